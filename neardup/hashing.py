@@ -1,0 +1,199 @@
+"""From an image file to a perceptual hash.
+
+This module owns every preprocessing decision (orientation, transparency, bit depth, pixel limit), so a
+store can name the exact recipe that produced its hashes and refuse to mix two recipes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
+
+ALGORITHMS: dict[str, HashFunction] = {
+    "dhash": imagehash.dhash,
+    "phash": imagehash.phash,
+    "ahash": imagehash.average_hash,
+    "whash": imagehash.whash,
+}
+
+# Bumped whenever the normalising preprocessing changes the bits it produces; stores record it.
+PREPROCESS_VERSION = 1
+
+# Pillow's own bomb limit (about 179 megapixels) lets a few-KB PNG claim 715 MB of RAM per decode;
+# a photo rarely needs more than 100 megapixels, so we refuse above that unless told otherwise.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Transparent pixels are composited onto this, so colour hidden under alpha=0 cannot change the hash.
+BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True, slots=True)
+class Hash:
+    """A perceptual hash: `bits` bits, most significant first, as ImageHash orders them."""
+
+    value: int
+    bits: int
+
+    def __post_init__(self) -> None:
+        if self.bits <= 0 or not 0 <= self.value < (1 << self.bits):
+            raise ValueError(f"hash value does not fit in {self.bits} bits")
+
+    def hex(self) -> str:
+        """Fixed-width lowercase hex, identical to `str(imagehash_object)`."""
+        return format(self.value, f"0{(self.bits + 3) // 4}x")
+
+    def distance(self, other: Hash) -> int:
+        """Hamming distance: the number of differing bits."""
+        if other.bits != self.bits:
+            raise ValueError(f"cannot compare a {self.bits}-bit hash with a {other.bits}-bit hash")
+        return (self.value ^ other.value).bit_count()
+
+    @classmethod
+    def from_hex(cls, text: str, bits: int) -> Hash:
+        if len(text) != (bits + 3) // 4:
+            raise ValueError(f"{text!r} is not a {bits}-bit hex hash")
+        return cls(int(text, 16), bits)
+
+    @classmethod
+    def from_imagehash(cls, image_hash: imagehash.ImageHash) -> Hash:
+        flat = np.asarray(image_hash.hash, dtype=bool).ravel()
+        packed = int.from_bytes(np.packbits(flat).tobytes(), "big")
+        padding = (-flat.size) % 8  # packbits pads the last byte on its low side
+        return cls(packed >> padding, int(flat.size))
+
+    def __str__(self) -> str:
+        return self.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How hashes are made. Two stores can be compared only when their recipes are equal."""
+
+    algorithm: str = "dhash"
+    hash_size: int = 8
+    # exact=True hashes `Image.open(path)` untouched, bit for bit like plain ImageHash, for users who
+    # compare our hashes with other tools'. exact=False first shows the hash what a person sees.
+    exact: bool = False
+    preprocess_version: int = PREPROCESS_VERSION
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            known = ", ".join(sorted(ALGORITHMS))
+            raise ValueError(f"unknown hash algorithm {self.algorithm!r} (known: {known})")
+        if self.hash_size < 2:
+            raise ValueError("hash size must be at least 2")
+        if self.algorithm == "whash" and self.hash_size & (self.hash_size - 1):
+            raise ValueError("whash needs a hash size that is a power of 2")
+
+    @property
+    def bits(self) -> int:
+        return self.hash_size * self.hash_size
+
+    def describe(self) -> str:
+        mode = "exact ImageHash" if self.exact else f"normalised v{self.preprocess_version}"
+        return f"{self.algorithm}-{self.hash_size} ({self.bits} bits, {mode})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return cls(
+            algorithm=str(data["algorithm"]),
+            hash_size=int(data["hash_size"]),
+            exact=bool(data["exact"]),
+            preprocess_version=int(data["preprocess_version"]),
+        )
+
+
+def normalise(image: Image.Image) -> Image.Image:
+    """Return the first frame, upright, without transparency and with 8-bit samples."""
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not cost us the picture itself
+        upright = image.copy()
+    if upright is None:  # Pillow < 10 returns None when transposing in place; we never do
+        upright = image.copy()
+
+    if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Pillow's convert('L') clips 16-bit samples at 255, turning most 16-bit images white.
+        samples = np.asarray(upright, dtype=np.float64) / 257.0
+        upright = Image.fromarray(np.clip(samples, 0, 255).astype(np.uint8))
+    elif upright.mode == "F":
+        upright = Image.fromarray(np.clip(np.asarray(upright), 0, 255).astype(np.uint8))
+
+    has_alpha = upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        upright.mode == "P" and "transparency" in upright.info
+    )
+    if has_alpha:
+        rgba = upright.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        upright = Image.alpha_composite(canvas, rgba).convert("RGB")
+    return upright
+
+
+def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
+    """Hash an already opened image according to the recipe."""
+    prepared = image if recipe.exact else normalise(image)
+    return Hash.from_imagehash(ALGORITHMS[recipe.algorithm](prepared, recipe.hash_size))
+
+
+@contextmanager
+def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError."""
+    try:
+        with open(path, "rb") as stream, warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; a warning is a bomb to us too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path,
+                        f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}",
+                    )
+                yield image
+    except ImageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
+        raise ImageError(path, describe_failure(path, error)) from error
+
+
+def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
+    """Hash one image file, or raise ImageError with a short reason a person can act on."""
+    with open_image(path, max_pixels) as image:
+        return hash_image(image, recipe)
+
+
+def describe_failure(path: str, error: BaseException) -> str:
+    """Turn what Pillow or the OS raised into a reason a person can act on."""
+    if isinstance(error, FileNotFoundError):
+        return "file not found (deleted or a broken link?)"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"refused as a decompression bomb ({error})"
+    if isinstance(error, UnidentifiedImageError):
+        try:
+            if os.path.getsize(path) == 0:
+                return "empty file"
+        except OSError:
+            pass
+        return "not an image, or a format Pillow cannot read"
+    if isinstance(error, OSError) and "truncated" in str(error):
+        return "truncated image"
+    return f"cannot decode image ({type(error).__name__}: {error})"
