@@ -329,8 +329,20 @@ _HEX_VALUES[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16)
 def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     try:
         if readonly:
-            uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+            # Not SQLite's mode=ro: that cannot open a WAL store whose -shm file was cleaned away.
+            # query_only makes any write through this connection an error instead.
+            connection = sqlite3.connect(path, isolation_level=None)
+            connection.execute("PRAGMA query_only = ON")
+            try:
+                connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                # A store on read-only media: nothing can change it, so read it as immutable.
+                connection.close()
+                uri = Path(os.path.abspath(path)).as_uri() + "?immutable=1"
+                connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                raise StoreError(f"{path}: not a neardup store ({error})") from error
         else:
             connection = sqlite3.connect(path, isolation_level=None)
             _check_is_sqlite(connection, path)  # before any pragma can write to a foreign file

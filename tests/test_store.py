@@ -6,6 +6,7 @@ import random
 import shelve
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ class TestRefusals:
 
     def test_another_sqlite_database_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "db.shelve"
-        with sqlite3.connect(path) as connection:
+        with closing(sqlite3.connect(path)) as connection, connection:
             connection.execute("CREATE TABLE people (name TEXT)")
         with pytest.raises(StoreError, match="not a neardup store"):
             open_store(tmp_path)
@@ -137,7 +138,7 @@ class TestRefusals:
 class TestUntrustedValues:
     def plant(self, tmp_path: Path, value: bytes) -> None:
         open_store(tmp_path).close()
-        with sqlite3.connect(tmp_path / "db.shelve") as connection:
+        with closing(sqlite3.connect(tmp_path / "db.shelve")) as connection, connection:
             connection.execute("INSERT INTO Dict (key, value) VALUES (?, ?)", (H1.encode(), value))
 
     def test_a_pickle_that_would_run_a_command_is_refused(self, tmp_path: Path) -> None:
@@ -167,7 +168,7 @@ class TestStandardLibraryLayout:
     def test_dict_table_is_laid_out_like_dbm_sqlite3(self, tmp_path: Path) -> None:
         with open_store(tmp_path) as store:
             store.apply([item("a.jpg", H1)], [])
-        with sqlite3.connect(tmp_path / "db.shelve") as connection:
+        with closing(sqlite3.connect(tmp_path / "db.shelve")) as connection, connection:
             columns = connection.execute("PRAGMA table_info(Dict)").fetchall()
             assert [(c[1], c[2], c[3]) for c in columns] == [("key", "BLOB", 1), ("value", "BLOB", 1)]
             key, value = connection.execute("SELECT key, value FROM Dict").fetchone()

@@ -1,0 +1,68 @@
+"""index.py: hash every image under a folder into a store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
+from ..indexing import DEFAULT_BATCH_SIZE, index_folder
+from .common import non_negative_int, positive_int, run_command, warn
+
+PROG = "index.py"
+
+EXIT_OK = 0
+EXIT_NOTHING_INDEXED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Hash every image under a folder and store hash -> paths in a shelve."
+        " Re-runs are incremental: unchanged files are skipped, deleted ones dropped.",
+        epilog="Exit status: 0 when the store holds images afterwards, 1 when nothing could be"
+        " indexed, 2 on an error (bad options, a store that cannot be used).",
+    )
+    parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash")
+    parser.add_argument("--hash-size", type=positive_int, default=8,
+                        help="hash is hash-size squared bits (default 8: 64 bits)")
+    parser.add_argument("--exact", action="store_true",
+                        help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
+                        " flattening), for comparing hashes with other tools")
+    parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
+                        help="worker processes (default 0: one per core)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help="images per committed transaction")
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images larger than this many pixels (decompression bombs)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        try:
+            recipe = Recipe(args.algorithm, args.hash_size, exact=args.exact)
+        except ValueError as error:
+            build_parser().error(str(error))
+        summary = index_folder(
+            args.dataset,
+            args.shelve,
+            recipe,
+            jobs=args.jobs,
+            batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
+            progress=not args.quiet and sys.stderr.isatty(),
+            report=lambda line: warn(PROG, line),
+        )
+        print(f"{args.shelve}: {summary.line()}")
+        if summary.total == 0:
+            warn(PROG, f"no image could be indexed under {args.dataset}")
+            return EXIT_NOTHING_INDEXED
+        return EXIT_OK
+
+    return run_command(PROG, body, "every committed batch is kept; run again to finish")

@@ -1,0 +1,179 @@
+"""Indexing a folder: find images, hash the new and changed ones in parallel, commit in batches.
+
+Hashing runs in worker processes; only this process writes, one transaction per batch, so a crash
+or Ctrl-C loses at most the batch in flight and a re-run picks up where the last commit left off.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+import PIL
+from tqdm import tqdm
+
+from . import __version__
+from .discovery import FoundFile, Skipped, walk_images
+from .errors import ImageError, NeardupError
+from .hashing import DEFAULT_MAX_PIXELS, Recipe, hash_file
+from .store import IndexedFile, Store
+
+DEFAULT_BATCH_SIZE = 500
+# A batch is also committed after this many seconds, so a slow disk still commits often.
+BATCH_SECONDS = 2.0
+
+Reporter = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HashOutcome:
+    """What a worker made of one file: a hash, or the reason there is none."""
+
+    file: FoundFile
+    hash_hex: str | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class IndexSummary:
+    indexed: int = 0  # hashed and stored in this run
+    unchanged: int = 0  # already stored with the same size and mtime
+    removed: int = 0  # stored before, gone (or no longer readable) now
+    failed: int = 0  # candidates that could not be hashed
+    skipped: int = 0  # entries that could not even be looked at (broken links, unreadable folders)
+    total: int = 0  # images in the store after the run
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed},"
+            f" failed {self.failed}, skipped {self.skipped}; {self.total} images in the store"
+            f" ({rate:,.0f} images/s)"
+        )
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "neardup": __version__,
+        "Pillow": PIL.__version__,
+        "ImageHash": imagehash.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def index_folder(
+    dataset: str,
+    store_path: str,
+    recipe: Recipe,
+    *,
+    jobs: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    report: Reporter = lambda line: None,
+) -> IndexSummary:
+    """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core."""
+    started = time.perf_counter()
+    root = os.path.abspath(dataset)
+    if not os.path.isdir(root):
+        raise NeardupError(f"{dataset}: not a folder")
+    summary = IndexSummary()
+    with Store.open_for_writing(store_path, recipe, root, library_versions()) as store:
+        found: list[FoundFile] = []
+        for entry in walk_images(root):
+            if isinstance(entry, Skipped):
+                summary.skipped += 1
+                report(f"{entry.path}: {entry.reason}")
+            else:
+                found.append(entry)
+
+        stored = store.file_states()
+        present = {item.relpath for item in found}
+        gone = [relpath for relpath in stored if relpath not in present]
+        todo = []
+        for item in found:
+            state = stored.get(item.relpath)
+            if state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+                summary.unchanged += 1
+            else:
+                todo.append(item)
+
+        store.apply([], gone)
+        summary.removed += len(gone)
+
+        bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
+        try:
+            batch: list[IndexedFile] = []
+            failed_before: list[str] = []
+            last_commit = time.monotonic()
+            for outcome in hash_files(todo, recipe, jobs=jobs, max_pixels=max_pixels):
+                bar.update(1)
+                if outcome.hash_hex is None:
+                    summary.failed += 1
+                    report(f"{outcome.file.path}: {outcome.error}")
+                    if outcome.file.relpath in stored:
+                        failed_before.append(outcome.file.relpath)  # its old hash is stale now
+                    continue
+                batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
+                                         outcome.file.mtime_ns, outcome.hash_hex))
+                if len(batch) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS:
+                    store.apply(batch, failed_before)
+                    summary.indexed += len(batch)
+                    summary.removed += len(failed_before)
+                    batch, failed_before = [], []
+                    last_commit = time.monotonic()
+            store.apply(batch, failed_before)
+            summary.indexed += len(batch)
+            summary.removed += len(failed_before)
+        finally:
+            bar.close()
+        summary.total = store.image_count()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def hash_files(
+    files: Sequence[FoundFile], recipe: Recipe, *, jobs: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[HashOutcome]:
+    """Hash files, in worker processes when jobs != 1; outcomes come in completion order."""
+    workers = jobs if jobs > 0 else (os.cpu_count() or 1)
+    workers = min(workers, max(1, len(files)))
+    if workers == 1:
+        for item in files:
+            yield _hash_one(item, recipe, max_pixels)
+        return
+    # forkserver: workers start from a clean process, never a fork of one holding threads or a
+    # database connection.
+    context = multiprocessing.get_context("forkserver")
+    chunk = max(1, min(64, len(files) // (workers * 8)))
+    with context.Pool(workers, initializer=_init_worker, initargs=(recipe, max_pixels)) as pool:
+        yield from pool.imap_unordered(_hash_in_worker, files, chunksize=chunk)
+
+
+_worker_settings: tuple[Recipe, int] | None = None
+
+
+def _init_worker(recipe: Recipe, max_pixels: int) -> None:
+    global _worker_settings  # one per worker process, set once before any task runs
+    _worker_settings = (recipe, max_pixels)
+
+
+def _hash_in_worker(item: FoundFile) -> HashOutcome:
+    assert _worker_settings is not None
+    return _hash_one(item, *_worker_settings)
+
+
+def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
+    try:
+        return HashOutcome(item, hash_file(item.path, recipe, max_pixels).hex(), None)
+    except ImageError as error:
+        return HashOutcome(item, None, error.reason)

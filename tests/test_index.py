@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neardup.cli import index as index_cli
+from neardup.store import Store
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree, save, textured
+
+
+def run_index(*extra: str) -> int:
+    return index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", *extra])
+
+
+def buckets(path: str = "db.shelve") -> dict[str, list[str]]:
+    """Every bucket, after checking that no path is listed twice and files and buckets agree."""
+    with Store.open_for_reading(path) as store:
+        result = {key: store.bucket(key) for key in store.shelf.keys()}
+        listed = [p for paths in result.values() for p in paths]
+        assert len(listed) == len(set(listed)), "a path is listed twice"
+        assert set(listed) == set(store.file_states())
+    return result
+
+
+class TestIncremental:
+    def test_rerun_adds_nothing(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        make_tree("images", 8)
+        assert run_index() == 0
+        first = buckets()
+        assert "indexed 8, unchanged 0" in capsys.readouterr().out
+        assert run_index() == 0
+        assert "indexed 0, unchanged 8, removed 0" in capsys.readouterr().out
+        assert buckets() == first
+        assert sum(len(paths) for paths in first.values()) == 8
+
+    def test_changed_added_and_deleted_files(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        relpaths = make_tree("images", 6)
+        assert run_index() == 0
+        before = buckets()
+        changed, deleted = relpaths[0], relpaths[1]
+        save(textured(500), f"images/{changed}", quality=92)
+        os.utime(f"images/{changed}", ns=(1, 1))  # a different mtime even on a coarse clock
+        os.remove(f"images/{deleted}")
+        save(textured(501), "images/new/added.jpg", quality=92)
+        capsys.readouterr()
+
+        assert run_index() == 0
+        assert "indexed 2, unchanged 4, removed 1" in capsys.readouterr().out
+        after = buckets()
+        listed = {path for paths in after.values() for path in paths}
+        assert deleted not in listed and "new/added.jpg" in listed and changed in listed
+        old_key = next(key for key, paths in before.items() if changed in paths)
+        assert changed not in after.get(old_key, [])
+
+    def test_every_format_pillow_reads_and_an_extensionless_jpeg(self, in_tmp: Path) -> None:
+        picture = textured(7)
+        for name in ("a.png", "b.webp", "c.bmp", "d.gif", "e.tiff", "f.jpeg"):
+            save(picture, f"images/{name}")
+        save(picture, "images/tmp", format="JPEG")  # like CALTECH-101's BACKGROUND_Google/tmp
+        Path("images/manifest.csv").write_text("file,role\n")  # not an image: passed over silently
+        assert run_index() == 0
+        listed = {path for paths in buckets().values() for path in paths}
+        assert listed == {"a.png", "b.webp", "c.bmp", "d.gif", "e.tiff", "f.jpeg", "tmp"}
+
+
+class TestBadInput:
+    def test_bad_files_are_reported_and_skipped(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        make_tree("images", 3)
+        Path("images/text.jpg").write_text("this is text\n")
+        Path("images/empty.jpg").write_bytes(b"")
+        whole = Path(save(textured(9, (300, 200)), "whole.jpg", quality=90)).read_bytes()
+        Path("images/truncated.jpg").write_bytes(whole[: len(whole) // 3])
+        Path("images/folder.jpg").mkdir()
+        os.symlink("does-not-exist.jpg", "images/broken.jpg")
+
+        assert run_index() == 0
+        captured = capsys.readouterr()
+        errors = captured.err.splitlines()
+        expected = {"text.jpg": "not an image", "empty.jpg": "empty file",
+                    "truncated.jpg": "truncated", "broken.jpg": "broken link"}
+        for name, reason in expected.items():
+            (line,) = [line for line in errors if f"images/{name}:" in line]
+            assert line.startswith("index.py: ") and reason in line
+        assert "Traceback" not in captured.err
+        assert "indexed 3, unchanged 0, removed 0, failed 3, skipped 1" in captured.out
+        assert sum(len(paths) for paths in buckets().values()) == 3
+
+    def test_nothing_indexable_exits_1(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        os.makedirs("images")
+        Path("images/text.jpg").write_text("no")
+        assert run_index() == 1
+        assert "no image could be indexed" in capsys.readouterr().err
+
+    def test_missing_dataset_and_mixed_recipes_exit_2(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        assert index_cli.main(["-d", "nowhere", "-s", "db.shelve"]) == 2
+        assert capsys.readouterr().err == "index.py: error: nowhere: not a folder\n"
+        make_tree("images", 2)
+        assert run_index() == 0
+        assert run_index("--hash-size", "16") == 2
+        err = capsys.readouterr().err
+        assert "built with dhash-8" in err and "asks for dhash-16" in err
+        assert len(err.splitlines()) == 1
+
+
+def test_parallel_workers_build_the_same_store(in_tmp: Path) -> None:
+    make_tree("images", 24, folders=3)
+    assert index_cli.main(["-d", "images", "-s", "one.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "two.shelve", "-q", "-j", "2"]) == 0
+    assert buckets("one.shelve") == buckets("two.shelve")
+
+
+def make_large_tree(root: Path, count: int) -> None:
+    """count distinct 640x480 JPEGs, cut from one noise field so they are quick to make."""
+    rng = np.random.default_rng(1)
+    field = rng.integers(0, 256, size=(600, 900, 3), dtype=np.uint8)
+    for number in range(count):
+        top, left = number % 100, (number * 7) % 250
+        crop = Image.fromarray(field[top:top + 480, left:left + 640])
+        save(crop, str(root / f"d{number % 4}" / f"{number:04d}.jpg"), quality=85)
+
+
+def committed_count(store: Path) -> int:
+    try:
+        uri = store.resolve().as_uri() + "?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=1)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM neardup_files").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_at_random_points_loses_no_committed_batch(in_tmp: Path) -> None:
+    total = 400
+    make_large_tree(in_tmp / "images", total)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
+               "-q", "-j", "1", "--batch-size", "10"]
+    kills = 0
+    seen = 0
+    for _round in range(4):
+        with subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) as process:
+            deadline = time.monotonic() + 60
+            # Kill it once it has committed something beyond what the last round left.
+            while process.poll() is None and time.monotonic() < deadline:
+                if committed_count(in_tmp / "db.shelve") >= seen + 20:
+                    process.send_signal(signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.01)
+        now = committed_count(in_tmp / "db.shelve")
+        assert now >= seen, "a committed batch was lost"
+        buckets()  # the store opens and is consistent after every kill
+        seen = now
+    assert kills >= 2, "the indexer finished before it could be killed; make the data set larger"
+
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert committed_count(in_tmp / "db.shelve") == total
+    # The killed-and-resumed store equals one built in a single clean run.
+    assert index_cli.main(["-d", "images", "-s", "clean.shelve", "-q", "-j", "1"]) == 0
+    assert buckets("db.shelve") == buckets("clean.shelve")

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.hashing import Hash, Recipe
+from neardup.search import HashIndex, find_matches, resolve_stored_path
+from neardup.store import IndexedFile, Store, hex_keys_to_words
+
+from .imagegen import make_tree, save, textured
+
+
+def flip_bits(value: int, count: int, bits: int, rng: random.Random) -> int:
+    for position in rng.sample(range(bits), count):
+        value ^= 1 << position
+    return value
+
+
+class TestHashIndexAgainstPythonBruteForce:
+    @pytest.mark.parametrize("bits", [64, 256])
+    def test_same_answers_with_planted_neighbours(self, bits: int) -> None:
+        rng = random.Random(bits)
+        stored = {rng.getrandbits(bits) for _ in range(2000)}
+        queries = [rng.getrandbits(bits) for _ in range(20)]
+        for query in queries:  # neighbours at every distance from 0 to 12
+            stored |= {flip_bits(query, distance, bits, rng) for distance in range(13)}
+        keys = sorted(Hash(value, bits).hex() for value in stored)
+        index = HashIndex(keys, hex_keys_to_words([key.encode() for key in keys], bits))
+
+        for query in queries:
+            for radius in (0, 4, 8, 12):
+                expected = sorted(
+                    ((Hash(value, bits).hex(), (value ^ query).bit_count()) for value in stored
+                     if (value ^ query).bit_count() <= radius),
+                    key=lambda pair: (pair[1], pair[0]),
+                )
+                assert index.within(Hash(query, bits), radius) == expected
+                assert len(expected) >= radius + 1  # the planted ones are really there
+
+    def test_empty_index(self) -> None:
+        index = HashIndex([], np.zeros((0, 1), dtype=np.uint64))
+        assert index.within(Hash(0, 64), 10) == []
+
+
+class TestFindMatches:
+    def test_ordered_by_distance_then_path_and_exact_bucket_alone_at_zero(
+        self, tmp_path: Path
+    ) -> None:
+        query = Hash(0x0F0F, 64)
+        near = Hash(0x0F0E, 64)  # one bit away
+        far = Hash(0xF0F0, 64)
+        with Store.open_for_writing(str(tmp_path / "s"), Recipe(), "/d", {}) as store:
+            store.apply([IndexedFile("z.jpg", 1, 1, query.hex()),
+                         IndexedFile("a.jpg", 1, 1, near.hex()),
+                         IndexedFile("b.jpg", 1, 1, query.hex()),
+                         IndexedFile("far.jpg", 1, 1, far.hex())], [])
+            within = find_matches(store, query, 4)
+            assert [(m.path, m.distance) for m in within] == [("b.jpg", 0), ("z.jpg", 0), ("a.jpg", 1)]
+            exact = find_matches(store, query, 0)
+            assert [(m.path, m.distance) for m in exact] == [("b.jpg", 0), ("z.jpg", 0)]
+
+
+class TestStoredPathsStayInsideTheDataset:
+    @pytest.mark.parametrize(
+        "relpath", ["../etc/passwd", "/etc/passwd", "a/../../b", "", "a//b", "./a", "a\\..\\b"]
+    )
+    def test_escaping_paths_are_refused(self, relpath: str) -> None:
+        assert resolve_stored_path("/data", relpath) is None
+
+    def test_ordinary_paths_join(self) -> None:
+        assert resolve_stored_path("/data", "cat/x y.jpg") == os.path.join("/data", "cat", "x y.jpg")
+
+
+@pytest.fixture()
+def indexed(in_tmp: Path) -> Path:
+    """A small dataset, indexed: 6 distinct images plus a resized copy of the first."""
+    make_tree(str(in_tmp / "images"), 6)
+    first = textured(0)
+    save(first.resize((101, 67)), str(in_tmp / "images" / "copy.jpg"), quality=90)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    return in_tmp
+
+
+class TestSearchCommand:
+    def test_finds_the_image_and_its_copy(self, indexed: Path, capsys: pytest.CaptureFixture) -> None:
+        assert search_cli.main(["-s", "db.shelve", "-q", "images/cat0/image_0000.jpg"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "0\timages/cat0/image_0000.jpg"
+        assert [line.split("\t")[1] for line in lines] == [
+            "images/cat0/image_0000.jpg", "images/copy.jpg"]
+        assert all(int(line.split("\t")[0]) <= 4 for line in lines)
+
+    def test_json_output(self, indexed: Path, capsys: pytest.CaptureFixture) -> None:
+        assert search_cli.main(["-s", "db.shelve", "-q", "images/copy.jpg", "--json"]) == 0
+        (record,) = json.loads(capsys.readouterr().out)
+        assert record["query"] == "images/copy.jpg"
+        assert len(record["hash"]) == 16
+        paths = {match["relpath"]: match["distance"] for match in record["matches"]}
+        assert paths["copy.jpg"] == 0 and "cat0/image_0000.jpg" in paths
+
+    def test_no_match_exits_1(self, indexed: Path, capsys: pytest.CaptureFixture) -> None:
+        save(textured(999), str(indexed / "stranger.jpg"))
+        assert search_cli.main(["-s", "db.shelve", "-q", "stranger.jpg", "-m", "2"]) == 1
+        assert capsys.readouterr().out == ""
+
+    def test_a_folder_of_queries_prefixes_each_line(
+        self, indexed: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        assert search_cli.main(["-s", "db.shelve", "-q", "images/cat1", "-m", "0"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3
+        for line in lines:
+            query, distance, path = line.split("\t")
+            assert distance == "0" and query.endswith(path.removeprefix("images/cat1/"))
+
+    def test_unreadable_query_is_reported_and_the_rest_answered(
+        self, indexed: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        Path("bad.jpg").write_text("hello")
+        code = search_cli.main(["-s", "db.shelve", "-q", "bad.jpg", "-q", "images/copy.jpg"])
+        captured = capsys.readouterr()
+        assert code == 2
+        assert "bad.jpg: not an image" in captured.err
+        assert "images/copy.jpg\t0\timages/copy.jpg" in captured.out
+
+    def test_missing_store_is_one_line_exit_2(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        assert search_cli.main(["-s", "nothing.shelve", "-q", "x.jpg"]) == 2
+        err = capsys.readouterr().err
+        assert err == "search.py: error: nothing.shelve: no such store (build one with index.py)\n"
+
+    def test_a_planted_escaping_path_is_not_shown(
+        self, indexed: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        with Store.open_for_reading("db.shelve") as store:
+            key = next(iter(store.shelf.keys()))
+        with closing(sqlite3.connect("db.shelve")) as connection, connection:
+            connection.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                               (pickle.dumps(["../../etc/passwd"]), key.encode()))
+        search_cli.main(["-s", "db.shelve", "-q", "images", "-m", "64"])
+        captured = capsys.readouterr()
+        assert "etc/passwd" not in captured.out
+        assert "points outside the dataset" in captured.err
