@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's test command: install what is needed, then run the whole test suite.
+# pytest's own exit code is passed on, so "no tests collected" (5) fails like any other failure.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/setup-venv.sh"
+cd "$root"
+exec "$PY" -m pytest "$@"

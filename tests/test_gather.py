@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import csv
+import filecmp
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from neardup.cli import gather as gather_cli
+from neardup.dataset import MANIFEST_COLUMNS, read_manifest, resized
+
+from .imagegen import make_tree, save, textured
+
+
+def run_gather(source: str, output: str, *extra: str) -> int:
+    return gather_cli.main(["--source", source, "--output", output, "-q", "--cache-dir", "cache",
+                            *extra])
+
+
+@pytest.fixture()
+def source(in_tmp: Path) -> Path:
+    make_tree("source", 30, folders=3)
+    return in_tmp / "source"
+
+
+class TestDataset:
+    def test_haystack_copies_and_manifest(self, source: Path, capsys: pytest.CaptureFixture) -> None:
+        assert run_gather("source", "out", "--samples", "4", "--copies", "3", "--seed", "5") == 0
+        assert "30 haystack images, 4 samples, 12 copies" in capsys.readouterr().out
+        with open("out/manifest.csv", newline="") as stream:
+            assert tuple(csv.DictReader(stream).fieldnames or ()) == MANIFEST_COLUMNS
+        rows = read_manifest("out/manifest.csv")
+        assert all(Path("out", row.file).is_file() for row in rows)
+
+        haystack = [row for row in rows if row.file.startswith("haystack/")]
+        assert sorted(row.file.removeprefix("haystack/") for row in haystack) == sorted(
+            str(path.relative_to(source)) for path in source.rglob("*.jpg"))
+        originals = {row.file: row for row in haystack if row.role == "original"}
+        assert len(originals) == 4 and len({row.group for row in originals.values()}) == 4
+        assert all(row.role == "" and row.group == "" for row in haystack if row.file not in originals)
+
+        copies = [row for row in rows if row.role == "copy"]
+        assert len(copies) == 12
+        for copy in copies:
+            original = originals[copy.source]
+            assert copy.group == original.group
+            with Image.open(Path("out", copy.file)) as made, Image.open(Path("out", original.file)) as was:
+                assert made.format == "JPEG"
+                assert made.size != was.size, "a copy must really be resized"
+                factor = made.width / was.width
+                assert 0.94 <= factor <= 1.06
+                assert abs(made.height - was.height * factor) <= 1, "aspect ratio kept"
+            assert copy.edit.startswith("resize factor=")
+
+    def test_random_copy_counts_stay_within_one_to_eight(self, source: Path) -> None:
+        assert run_gather("source", "out", "--samples", "10", "--seed", "2") == 0
+        rows = read_manifest("out/manifest.csv")
+        counts = {}
+        for row in rows:
+            if row.role == "copy":
+                counts[row.group] = counts.get(row.group, 0) + 1
+        assert len(counts) == 10 and all(1 <= count <= 8 for count in counts.values())
+        assert len(set(counts.values())) > 1
+
+    def test_the_same_seed_gives_the_same_files(self, source: Path) -> None:
+        assert run_gather("source", "one", "--samples", "3", "--seed", "9") == 0
+        assert run_gather("source", "two", "--samples", "3", "--seed", "9") == 0
+        assert Path("one/manifest.csv").read_bytes() == Path("two/manifest.csv").read_bytes()
+        for row in read_manifest("one/manifest.csv"):
+            assert filecmp.cmp(Path("one", row.file), Path("two", row.file), shallow=False)
+        assert run_gather("source", "three", "--samples", "3", "--seed", "10") == 0
+        assert Path("one/manifest.csv").read_bytes() != Path("three/manifest.csv").read_bytes()
+
+    def test_without_a_seed_the_seed_is_printed(self, source: Path, capsys: pytest.CaptureFixture) -> None:
+        assert run_gather("source", "out", "--samples", "2") == 0
+        assert "(seed " in capsys.readouterr().out
+
+    def test_unreadable_files_are_not_sampled(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+        make_tree("source", 3)
+        for number in range(4):
+            Path(f"source/bad{number}.jpg").write_text("not a picture")
+        assert run_gather("source", "out", "--samples", "3", "--seed", "1") == 0
+        rows = read_manifest("out/manifest.csv")
+        assert {row.file for row in rows if row.role == "original"} == {
+            f"haystack/{path}" for path in ("cat0/image_0000.jpg", "cat1/image_0001.jpg",
+                                            "cat0/image_0002.jpg")}
+        assert "not used as a sample" in capsys.readouterr().err
+
+
+class TestOutputFolder:
+    def test_a_non_empty_output_is_refused_without_force(
+        self, source: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
+        before = Path("out/manifest.csv").read_bytes()
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2") == 2
+        assert "not empty; pass --force" in capsys.readouterr().err
+        assert Path("out/manifest.csv").read_bytes() == before
+
+    def test_force_replaces_an_earlier_run_entirely(self, source: Path) -> None:
+        assert run_gather("source", "out", "--samples", "5", "--copies", "2", "--seed", "1") == 0
+        assert run_gather("source", "out", "--samples", "1", "--copies", "1", "--seed", "2",
+                          "--force") == 0
+        on_disk = {str(p.relative_to("out")) for p in Path("out").rglob("*") if p.is_file()}
+        listed = {row.file for row in read_manifest("out/manifest.csv")} | {"manifest.csv"}
+        assert on_disk == listed
+        assert not [name for name in os.listdir(".") if ".partial-" in name or ".old-" in name]
+
+    def test_force_never_deletes_a_folder_gather_did_not_make(
+        self, source: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        os.makedirs("precious")
+        Path("precious/thesis.txt").write_text("years of work")
+        assert run_gather("source", "precious", "--force") == 2
+        assert "not an earlier gather.py output" in capsys.readouterr().err
+        assert Path("precious/thesis.txt").read_text() == "years of work"
+
+    def test_output_inside_the_source_is_refused(self, source: Path, capsys: pytest.CaptureFixture) -> None:
+        assert run_gather("source", "source/out") == 2
+        assert "must not be inside the source" in capsys.readouterr().err
+
+    def test_bad_arguments(self, source: Path, capsys: pytest.CaptureFixture) -> None:
+        assert run_gather("nowhere", "out") == 2
+        assert capsys.readouterr().err == "gather.py: error: nowhere: no such file or folder\n"
+        assert run_gather("source", "out", "--samples", "31") == 2
+        assert "more than the 30 images" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exited:
+            run_gather("source", "out", "--scale", "2")
+        assert exited.value.code == 2
+
+
+def test_resizing_never_returns_the_same_size() -> None:
+    picture = textured(1, (300, 200))
+    for factor in (1.0, 1.001, 0.999):
+        assert resized(picture, factor).size != picture.size
+    assert resized(picture, 1.05).size == (315, 210)
+
+
+def test_exif_rotated_samples_are_copied_upright(in_tmp: Path) -> None:
+    upright = textured(4, (120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(upright.transpose(Image.Transpose.ROTATE_90), "source/sideways.jpg", exif=exif, quality=95)
+    assert run_gather("source", "out", "--samples", "1", "--copies", "1", "--seed", "1") == 0
+    with Image.open("out/copies/g1_copy1.jpg") as copy:
+        assert copy.width > copy.height  # upright, as a viewer shows the original
