@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,9 @@ _worker_settings: tuple[Recipe, int] | None = None
 def _init_worker(recipe: Recipe, max_pixels: int) -> None:
     global _worker_settings  # one per worker process, set once before any task runs
     _worker_settings = (recipe, max_pixels)
+    # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
+    # keeps the committed batches), so workers do not each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _hash_in_worker(item: FoundFile) -> HashOutcome:

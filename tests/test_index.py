@@ -171,3 +171,28 @@ def test_kill_9_at_random_points_loses_no_committed_batch(in_tmp: Path) -> None:
     # The killed-and-resumed store equals one built in a single clean run.
     assert index_cli.main(["-d", "images", "-s", "clean.shelve", "-q", "-j", "1"]) == 0
     assert buckets("db.shelve") == buckets("clean.shelve")
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_committed(in_tmp: Path) -> None:
+    make_large_tree(in_tmp / "images", 400)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
+               "-q", "-j", "2", "--batch-size", "10"]
+    # Its own process group, so the signal reaches the workers too, as a terminal's Ctrl-C does.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "db.shelve") < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the indexer finished before Ctrl-C arrived")
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "index.py: interrupted; every committed batch is kept; run again to finish")
+    assert "Traceback" not in err
+    kept = committed_count(in_tmp / "db.shelve")
+    assert 20 <= kept < 400
+    buckets()
+    assert run_index() == 0
+    assert committed_count(in_tmp / "db.shelve") == 400
