@@ -6,7 +6,6 @@ store can name the exact recipe that produced its hashes and refuse to mix two r
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,8 +30,9 @@ ALGORITHMS: dict[str, HashFunction] = {
 # Bumped whenever the normalising preprocessing changes the bits it produces; stores record it.
 PREPROCESS_VERSION = 1
 
-# Pillow's own bomb limit (about 179 megapixels) lets a few-KB PNG claim 715 MB of RAM per decode;
-# a photo rarely needs more than 100 megapixels, so we refuse above that unless told otherwise.
+# Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
+# only warns up to twice its own limit (about 179 megapixels) and refuses beyond, whatever we say;
+# a photo rarely has more than 100 megapixels, so we refuse above that unless told otherwise.
 DEFAULT_MAX_PIXELS = 100_000_000
 
 # Transparent pixels are composited onto this, so colour hidden under alpha=0 cannot change the hash.
@@ -75,6 +75,18 @@ class Hash:
 
     def __str__(self) -> str:
         return self.hex()
+
+
+def is_low_information(value: Hash) -> bool:
+    """True for the degenerate hashes of blank, single-colour and smooth-gradient images.
+
+    Such images give (nearly) all-zero or all-one bits under every ImageHash algorithm, so they
+    would "match" every other blank image. The band is bits/16 wide (4 bits of 64): no photo of
+    CALTECH-101's 9,145 has a dHash within it (the fewest set bits there is 5, the most 56).
+    """
+    band = value.bits // 16
+    ones = value.value.bit_count()
+    return ones <= band or ones >= value.bits - band
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +167,9 @@ def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Imag
     """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError."""
     try:
         with open(path, "rb") as stream, warnings.catch_warnings():
-            # Pillow only warns between its limit and twice it; a warning is a bomb to us too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
+            # the limit below is ours, and --max-pixels sets it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(stream) as image:
                 width, height = image.size
                 if width * height > max_pixels:
@@ -185,15 +198,40 @@ def describe_failure(path: str, error: BaseException) -> str:
         return "is a directory"
     if isinstance(error, PermissionError):
         return "permission denied"
-    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"refused as a decompression bomb ({error})"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"refused as a decompression bomb by Pillow ({error})"
     if isinstance(error, UnidentifiedImageError):
         try:
-            if os.path.getsize(path) == 0:
-                return "empty file"
+            with open(path, "rb") as stream:
+                head = stream.read(32)
         except OSError:
-            pass
+            head = b""
+        if not head:
+            return "empty file"
+        unsupported = _unsupported_format(head)
+        if unsupported:
+            return f"unsupported format: {unsupported}"
         return "not an image, or a format Pillow cannot read"
     if isinstance(error, OSError) and "truncated" in str(error):
         return "truncated image"
     return f"cannot decode image ({type(error).__name__}: {error})"
+
+
+# ISO media brands of image formats Pillow reads only with a plug-in (pillow-heif for HEIC/HEIF;
+# AVIF is built into recent Pillow wheels, but not every build).
+_ISO_IMAGE_BRANDS = {
+    b"heic": "HEIC (install the pillow-heif plug-in to read it)",
+    b"heix": "HEIC (install the pillow-heif plug-in to read it)",
+    b"hevc": "HEIC (install the pillow-heif plug-in to read it)",
+    b"heif": "HEIF (install the pillow-heif plug-in to read it)",
+    b"mif1": "HEIF (install the pillow-heif plug-in to read it)",
+    b"msf1": "HEIF (install the pillow-heif plug-in to read it)",
+    b"avif": "AVIF (this Pillow was built without AVIF support)",
+    b"avis": "AVIF (this Pillow was built without AVIF support)",
+}
+
+
+def _unsupported_format(head: bytes) -> str | None:
+    if head[4:8] == b"ftyp":
+        return _ISO_IMAGE_BRANDS.get(head[8:12])
+    return None

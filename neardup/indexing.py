@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import __version__
 from .discovery import FoundFile, Skipped, walk_images
 from .errors import ImageError, NeardupError
-from .hashing import DEFAULT_MAX_PIXELS, Recipe, hash_file
+from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .store import IndexedFile, Store
 
 DEFAULT_BATCH_SIZE = 500
@@ -48,6 +48,7 @@ class IndexSummary:
     removed: int = 0  # stored before, gone (or no longer readable) now
     failed: int = 0  # candidates that could not be hashed
     skipped: int = 0  # entries that could not even be looked at (broken links, unreadable folders)
+    low_information: int = 0  # indexed in this run with a blank/smooth hash (see is_low_information)
     total: int = 0  # images in the store after the run
     seconds: float = 0.0
 
@@ -55,7 +56,9 @@ class IndexSummary:
         rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
         return (
             f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed},"
-            f" failed {self.failed}, skipped {self.skipped}; {self.total} images in the store"
+            f" failed {self.failed}, skipped {self.skipped}"
+            + (f", {self.low_information} low-information" if self.low_information else "")
+            + f"; {self.total} images in the store"
             f" ({rate:,.0f} images/s)"
         )
 
@@ -123,6 +126,8 @@ def index_folder(
                     if outcome.file.relpath in stored:
                         failed_before.append(outcome.file.relpath)  # its old hash is stale now
                     continue
+                if is_low_information(Hash.from_hex(outcome.hash_hex, recipe.bits)):
+                    summary.low_information += 1
                 batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
                                          outcome.file.mtime_ns, outcome.hash_hex))
                 if len(batch) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS:

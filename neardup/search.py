@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hashing import Hash
+from .hashing import Hash, is_low_information
 from .store import Store, hash_to_words
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
@@ -58,12 +58,21 @@ class HashIndex:
 
 
 def find_matches(
-    store: Store, query: Hash, max_distance: int, index: HashIndex | None = None
+    store: Store,
+    query: Hash,
+    max_distance: int,
+    index: HashIndex | None = None,
+    *,
+    include_low_information: bool = False,
 ) -> list[Match]:
     """Every stored image within max_distance of the query, ordered by distance then path.
 
-    Distance 0 is the exact bucket: one indexed lookup, no scan and no index needed.
+    Distance 0 is the exact bucket: one indexed lookup, no scan and no index needed. Blank and
+    smooth images (low-information hashes) match each other whatever they show, so unless asked
+    they are neither matched as queries nor reported as matches.
     """
+    if not include_low_information and is_low_information(query):
+        return []
     if max_distance <= 0:
         key = query.hex()
         return [Match(path, 0, key) for path in sorted(store.bucket(key))]
@@ -72,6 +81,7 @@ def find_matches(
     matches = [
         Match(path, distance, key)
         for key, distance in index.within(query, max_distance)
+        if include_low_information or not is_low_information(Hash.from_hex(key, query.bits))
         for path in store.bucket(key)
     ]
     matches.sort(key=lambda match: (match.distance, match.path))

@@ -273,15 +273,29 @@ class Store:
             raise StoreError(f"{self.path}: cannot start a write ({error})") from error
         try:
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        try:
             self._db.execute("COMMIT")
-        except sqlite3.Error as error:
-            self._db.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: cannot commit ({error}); the store keeps its last"
+        except sqlite3.Error as error:  # disk full, read-only file system, I/O error
+            self._rollback()
+            raise StoreError(f"{self.path}: cannot write ({error}); the store keeps its last"
                              " committed state") from error
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may already have rolled back on its own (e.g. after SQLITE_FULL)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read a consistent view: an index.py committing meanwhile is not seen half-way."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     def _read_meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT name, value FROM neardup_meta").fetchall())

@@ -14,6 +14,11 @@ EXIT_INTERRUPTED = 130
 
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
     """Run a command body; a user's mistake becomes `prog: error: ...` on stderr, never a traceback."""
+    # File names need not be UTF-8: write their bytes back as they are (as ls does), not crash.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     try:
         return body()
     except NeardupError as error:

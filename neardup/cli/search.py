@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..discovery import Skipped, walk_images
 from ..errors import ImageError
 from ..evaluation import evaluate_manifest, format_evaluation
-from ..hashing import DEFAULT_MAX_PIXELS, hash_file
+from ..hashing import DEFAULT_MAX_PIXELS, hash_file, is_low_information
 from ..search import DEFAULT_MAX_DISTANCE, HashIndex, Match, find_matches, resolve_stored_path
 from ..store import Store
 from .common import non_negative_int, positive_int, run_command, warn
@@ -27,6 +27,7 @@ EXIT_ERROR = 2
 class QueryResult:
     query: str
     hash_hex: str | None = None
+    low_information: bool = False
     matches: list[Match] = field(default_factory=list)
     error: str | None = None
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only)")
     parser.add_argument("--json", action="store_true", help="print results as one JSON array")
+    parser.add_argument("--include-low-information", action="store_true",
+                        help="also match blank, single-colour and smooth images, whose hashes"
+                        " are (nearly) all zeros or ones and so match each other regardless")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse query images larger than this many pixels")
     return parser
@@ -72,6 +76,15 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
     return paths, problems
 
 
+def printable(path: str) -> str:
+    """A path on one line: control characters escaped, so a name with a newline stays one match."""
+    return path.translate(_CONTROL_ESCAPES)
+
+
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
 def display_path(dataset_root: str, relpath: str) -> str | None:
     """Where a match lives, relative to the working folder when it is below it."""
     full = resolve_stored_path(dataset_root, relpath)
@@ -85,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        with Store.open_for_reading(args.shelve) as store:
+        with Store.open_for_reading(args.shelve) as store, store.snapshot():
             if args.evaluate:
                 evaluation = evaluate_manifest(store, args.evaluate, args.max_distance)
                 if args.json:
-                    print(json.dumps(evaluation.as_dict(), indent=2, ensure_ascii=False))
+                    print(json.dumps(evaluation.as_dict(), indent=2))
                 else:
                     print(format_evaluation(evaluation))
                 return EXIT_MATCH
@@ -103,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                     result.error = error.reason
                 else:
                     result.hash_hex = query_hash.hex()
-                    result.matches = find_matches(store, query_hash, args.max_distance, index)
+                    result.low_information = is_low_information(query_hash)
+                    result.matches = find_matches(
+                        store, query_hash, args.max_distance, index,
+                        include_low_information=args.include_low_information)
+                    if result.low_information and not args.include_low_information:
+                        warn(PROG, f"{path}: low-information image (blank, single-colour or"
+                             " smooth): not matched; --include-low-information matches it anyway")
                 results.append(result)
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
@@ -129,13 +148,15 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
             shown.append({"path": path, "relpath": match.path, "distance": match.distance,
                           "hash": match.hash_hex})
         found = found or bool(shown)
-        records.append({"query": result.query, "hash": result.hash_hex, "matches": shown})
+        records.append({"query": result.query, "hash": result.hash_hex,
+                        "low_information": result.low_information, "matches": shown})
         if not as_json:
-            prefix = f"{result.query}\t" if several else ""
+            prefix = f"{printable(result.query)}\t" if several else ""
             for item in shown:
-                print(f"{prefix}{item['distance']}\t{item['path']}")
+                print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
-        json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
+        # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
+        json.dump(records, sys.stdout, indent=2)
         print()
     sys.stdout.flush()
     if errors:

@@ -1,0 +1,178 @@
+"""A zoo of awkward image files, generated on demand (no binaries in the repository).
+
+Each maker writes one file and returns its path. `reference(tmp)` is the plain RGB picture most of
+them are derived from, so a test can check that each variant hashes like what a person sees.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .imagegen import textured
+
+PICTURE_SIZE = (160, 120)
+
+
+def picture() -> Image.Image:
+    return textured(42, PICTURE_SIZE)
+
+
+def other_picture() -> Image.Image:
+    return textured(43, PICTURE_SIZE)
+
+
+def reference(tmp: Path) -> Path:
+    path = tmp / "reference.png"
+    picture().save(path)
+    return path
+
+
+# -- colour modes and formats: each should hash like the reference ---------------------------
+
+def cmyk_jpeg(tmp: Path) -> Path:
+    path = tmp / "cmyk.jpg"
+    picture().convert("CMYK").save(path, quality=95)
+    return path
+
+
+def grayscale_jpeg(tmp: Path) -> Path:
+    path = tmp / "gray.jpg"
+    picture().convert("L").save(path, quality=95)
+    return path
+
+
+def progressive_jpeg(tmp: Path) -> Path:
+    path = tmp / "progressive.jpg"
+    picture().save(path, quality=95, progressive=True)
+    return path
+
+
+def palette_png(tmp: Path) -> Path:
+    path = tmp / "palette.png"
+    picture().convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(path)
+    return path
+
+
+def sixteen_bit_png(tmp: Path) -> Path:
+    path = tmp / "deep.png"
+    gray = np.asarray(picture().convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray.astype("<u2")).save(path)
+    return path
+
+
+def one_bit_png(tmp: Path) -> Path:
+    path = tmp / "onebit.png"
+    picture().convert("1").save(path)
+    return path
+
+
+def lossless_variants(tmp: Path) -> list[Path]:
+    paths = []
+    for name, options in (("plain.webp", {"lossless": True}), ("plain.bmp", {}),
+                          ("plain.tiff", {}), ("plain.gif", {})):
+        path = tmp / name
+        picture().save(path, **options)
+        paths.append(path)
+    return paths
+
+
+def avif(tmp: Path) -> Path:
+    path = tmp / "picture.avif"
+    picture().save(path, quality=95)
+    return path
+
+
+# -- transparency: hidden colour must not count ---------------------------------------------
+
+def with_hidden_colour(tmp: Path, mode: str, seed: int) -> Path:
+    """Left half opaque picture, right half fully transparent over random colour."""
+    rgba = np.asarray(picture().convert("RGBA")).copy()
+    rng = np.random.default_rng(seed)
+    rgba[:, 80:, :3] = rng.integers(0, 256, size=rgba[:, 80:, :3].shape, dtype=np.uint8)
+    rgba[:, 80:, 3] = 0
+    image = Image.fromarray(rgba)
+    path = tmp / f"alpha-{mode}-{seed}.png"
+    if mode == "LA":
+        image.convert("LA").save(path)
+    elif mode == "P":
+        # A palette with one transparent entry (index 255), as GIFs and small PNGs carry.
+        paletted = image.convert("RGB").quantize(colors=255)
+        indices = np.asarray(paletted).copy()
+        indices[:, 80:] = 255
+        result = Image.fromarray(indices)
+        palette = (paletted.getpalette() or [])[: 255 * 3]
+        palette += [0, 0, 0] * (255 - len(palette) // 3)
+        result.putpalette(palette + [int(value) for value in rng.integers(0, 256, 3)])
+        result.save(path, transparency=255)
+    else:
+        image.save(path)
+    return path
+
+
+# -- animations and multi-page files: the first frame counts --------------------------------
+
+def animated(tmp: Path, extension: str) -> Path:
+    path = tmp / f"animated.{extension}"
+    first, second = picture(), other_picture()
+    options: dict[str, object] = {"save_all": True, "append_images": [second], "duration": 100}
+    if extension == "webp":
+        options["lossless"] = True
+    first.save(path, **options)
+    return path
+
+
+def single_frame(tmp: Path, extension: str) -> Path:
+    path = tmp / f"single.{extension}"
+    options: dict[str, object] = {"lossless": True} if extension == "webp" else {}
+    picture().save(path, **options)
+    return path
+
+
+# -- degenerate pictures ----------------------------------------------------------------------
+
+def blank(tmp: Path, name: str, colour: tuple[int, int, int]) -> Path:
+    path = tmp / name
+    Image.new("RGB", PICTURE_SIZE, colour).save(path)
+    return path
+
+
+def gradient(tmp: Path, name: str, horizontal: bool, rising: bool) -> Path:
+    ramp = np.linspace(0, 255, PICTURE_SIZE[0] if horizontal else PICTURE_SIZE[1])
+    if not rising:
+        ramp = ramp[::-1]
+    if horizontal:
+        pixels = np.tile(ramp, (PICTURE_SIZE[1], 1))
+    else:
+        pixels = np.tile(ramp[:, None], (1, PICTURE_SIZE[0]))
+    path = tmp / name
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+# -- files that are not what they claim ---------------------------------------------------------
+
+def heic_lookalike(tmp: Path) -> Path:
+    """The first bytes of a HEIC file (an ISO media 'ftyp' box, brand heic) and nothing more."""
+    path = tmp / "photo.heic"
+    path.write_bytes(struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0" + b"mif1heic" + b"\0" * 64)
+    return path
+
+
+def png_bomb(tmp: Path, width: int = 50_000, height: int = 50_000) -> Path:
+    """A valid-looking PNG header claiming width x height pixels, in a few hundred bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    rows = zlib.compress(b"\0" * 4096, 9)  # the start of the pixel data; the rest never comes
+    path = tmp / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+                     + chunk(b"IEND", b""))
+    return path

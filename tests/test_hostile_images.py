@@ -1,0 +1,174 @@
+"""Every kind of image a stranger can upload: hashed as a person sees it, or refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.errors import ImageError
+from neardup.hashing import Recipe, describe_failure, hash_file, is_low_information
+
+from . import hostile_images as zoo
+
+DEFAULT = Recipe()
+
+
+def distance_to_reference(tmp: Path, path: Path, recipe: Recipe = DEFAULT) -> int:
+    return hash_file(str(path), recipe).distance(hash_file(str(zoo.reference(tmp)), recipe))
+
+
+class TestColourModesAndFormats:
+    @pytest.mark.parametrize("maker", [zoo.cmyk_jpeg, zoo.grayscale_jpeg, zoo.progressive_jpeg,
+                                       zoo.palette_png, zoo.sixteen_bit_png, zoo.avif],
+                             ids=lambda maker: maker.__name__)
+    def test_hashes_like_the_rgb_picture(self, tmp_path: Path, maker) -> None:  # type: ignore[no-untyped-def]
+        assert distance_to_reference(tmp_path, maker(tmp_path)) <= 4
+
+    def test_lossless_containers_hash_identically(self, tmp_path: Path) -> None:
+        for path in zoo.lossless_variants(tmp_path):
+            limit = 4 if path.suffix == ".gif" else 0  # GIF keeps only 256 colours
+            assert distance_to_reference(tmp_path, path) <= limit, path.name
+
+    def test_one_bit_images_hash_without_error(self, tmp_path: Path) -> None:
+        value = hash_file(str(zoo.one_bit_png(tmp_path)), DEFAULT)
+        assert not is_low_information(value)
+
+
+class TestTransparency:
+    @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+    def test_colour_under_alpha_zero_does_not_change_the_hash(self, tmp_path: Path, mode: str) -> None:
+        first = zoo.with_hidden_colour(tmp_path, mode, seed=1)
+        second = zoo.with_hidden_colour(tmp_path, mode, seed=2)
+        assert hash_file(str(first), DEFAULT) == hash_file(str(second), DEFAULT)
+
+
+class TestFirstFrame:
+    @pytest.mark.parametrize("extension", ["gif", "webp", "png", "tiff"])
+    def test_animations_and_multi_page_files_hash_their_first_frame(
+        self, tmp_path: Path, extension: str
+    ) -> None:
+        moving = zoo.animated(tmp_path, extension)
+        still = zoo.single_frame(tmp_path, extension)
+        assert hash_file(str(moving), DEFAULT) == hash_file(str(still), DEFAULT)
+        assert hash_file(str(moving), Recipe(exact=True)) == hash_file(str(still), Recipe(exact=True))
+
+
+class TestLowInformation:
+    @pytest.mark.parametrize("colour", [(255, 255, 255), (200, 10, 10)], ids=["white", "red"])
+    def test_blank_images_are_flagged_under_every_algorithm(
+        self, tmp_path: Path, colour: tuple[int, int, int]
+    ) -> None:
+        path = zoo.blank(tmp_path, "blank.png", colour)
+        for algorithm in ("dhash", "phash", "ahash", "whash"):
+            assert is_low_information(hash_file(str(path), Recipe(algorithm)))
+
+    @pytest.mark.parametrize(("horizontal", "rising"), [(True, True), (True, False), (False, True)],
+                             ids=["rising", "falling", "vertical"])
+    def test_smooth_gradients_are_flagged_under_dhash(
+        self, tmp_path: Path, horizontal: bool, rising: bool
+    ) -> None:
+        # dHash compares neighbours, so a ramp gives all ones or all zeros; aHash and pHash give a
+        # half-and-half pattern instead, which is no more likely to collide than a photo's.
+        path = zoo.gradient(tmp_path, "ramp.png", horizontal=horizontal, rising=rising)
+        assert is_low_information(hash_file(str(path), DEFAULT))
+
+    def test_a_photo_is_not_flagged(self, tmp_path: Path) -> None:
+        assert not is_low_information(hash_file(str(zoo.reference(tmp_path)), DEFAULT))
+
+    def test_blanks_do_not_match_each_other_unless_asked(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        images = in_tmp / "images"
+        images.mkdir()
+        zoo.blank(images, "white.png", (255, 255, 255))
+        zoo.blank(images, "black.png", (0, 0, 0))
+        zoo.reference(images)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert "2 low-information" in capsys.readouterr().out
+
+        zoo.blank(in_tmp, "grey.png", (128, 128, 128))
+        assert search_cli.main(["-s", "db.shelve", "-q", "grey.png", "--json"]) == 1
+        captured = capsys.readouterr()
+        (record,) = json.loads(captured.out)
+        assert record["low_information"] is True and record["matches"] == []
+        assert "low-information image" in captured.err
+
+        assert search_cli.main(["-s", "db.shelve", "-q", "grey.png",
+                                "--include-low-information"]) == 0
+        listed = sorted(line.split("\t")[1] for line in capsys.readouterr().out.splitlines())
+        assert listed == ["images/black.png", "images/white.png"]
+
+        # A real photo never lists the blanks, even at a generous distance.
+        search_cli.main(["-s", "db.shelve", "-q", "images/reference.png", "-m", "64"])
+        assert "black" not in capsys.readouterr().out
+
+
+class TestRefused:
+    def test_heic_without_a_plug_in_says_so(self, tmp_path: Path) -> None:
+        with pytest.raises(ImageError, match="unsupported format: HEIC .*pillow-heif"):
+            hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)
+
+    def test_a_decompression_bomb_is_refused_from_its_header(self, tmp_path: Path) -> None:
+        bomb = zoo.png_bomb(tmp_path)
+        assert bomb.stat().st_size < 1000
+        # 2,500 megapixels: Pillow itself refuses it while reading the header, whatever our limit.
+        with pytest.raises(ImageError, match="decompression bomb by Pillow"):
+            hash_file(str(bomb), DEFAULT, max_pixels=10**10)
+
+    def test_our_pixel_limit_refuses_from_the_header(self, tmp_path: Path) -> None:
+        bomb = zoo.png_bomb(tmp_path, 9000, 9000)  # 81 megapixels in a few hundred bytes
+        with pytest.raises(ImageError, match="9000 x 9000 pixels is over the limit of 1,000,000"):
+            hash_file(str(bomb), DEFAULT, max_pixels=1_000_000)
+
+    def test_a_bomb_in_a_folder_is_one_line_and_the_run_goes_on(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        images = in_tmp / "images"
+        images.mkdir()
+        zoo.png_bomb(images, 9000, 9000)
+        zoo.reference(images)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--max-pixels", "1000000"]) == 0
+        captured = capsys.readouterr()
+        assert "images/bomb.png: refused: 9000 x 9000 pixels is over the limit" in captured.err
+        assert "indexed 1, unchanged 0, removed 0, failed 1" in captured.out
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; permissions cannot be tested")
+    def test_an_unreadable_file(self, tmp_path: Path) -> None:
+        path = zoo.reference(tmp_path)
+        path.chmod(0)
+        with pytest.raises(ImageError, match="permission denied"):
+            hash_file(str(path), DEFAULT)
+
+    def test_permission_errors_are_named(self) -> None:
+        assert describe_failure("x.jpg", PermissionError(13, "Permission denied")) == "permission denied"
+
+
+class TestAwkwardNames:
+    def test_non_utf8_spaces_and_newlines(
+        self, in_tmp: Path, capsysbinary: pytest.CaptureFixture
+    ) -> None:
+        images = in_tmp / "images"
+        images.mkdir()
+        picture = zoo.picture()
+        names = [b"caf\xe9.png", b"with space.png", b"new\nline.png"]
+        for name in names:
+            picture.save(os.path.join(os.fsencode(images), name), format="PNG")
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert b"indexed 3" in capsysbinary.readouterr().out
+
+        assert search_cli.main(["-s", "db.shelve", "-q", "images/with space.png"]) == 0
+        lines = capsysbinary.readouterr().out.splitlines()
+        assert len(lines) == 3, "one line per match, whatever the names hold"
+        # The name's own bytes come back, as ls prints them; a newline is shown escaped.
+        assert b"0\timages/caf\xe9.png" in lines and b"0\timages/new\\nline.png" in lines
+
+        assert search_cli.main(["-s", "db.shelve", "-q", "images/with space.png", "--json"]) == 0
+        (record,) = json.loads(capsysbinary.readouterr().out)
+        relpaths = sorted(os.fsencode(match["relpath"]) for match in record["matches"])
+        assert relpaths == sorted(names)
