@@ -372,7 +372,10 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
 def _check_is_sqlite(connection: sqlite3.Connection, path: str) -> None:
     try:
         connection.execute("SELECT name FROM sqlite_master").fetchall()
-    except sqlite3.DatabaseError as error:
+    except sqlite3.OperationalError as error:  # I/O error, locked, disk full: not a verdict
+        connection.close()
+        raise StoreError(f"{path}: cannot open store ({error})") from error
+    except sqlite3.DatabaseError as error:  # "file is not a database"
         connection.close()
         raise StoreError(f"{path}: exists and is not a neardup store ({error})") from error
 

@@ -1,0 +1,105 @@
+"""Faults while indexing: a full disk, a second indexer, readers during writes, vanishing files.
+
+(kill -9 and Ctrl-C at random points are in test_index.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neardup.cli import index as index_cli
+from neardup.discovery import FoundFile
+from neardup.hashing import Recipe
+from neardup.indexing import hash_files
+from neardup.store import Store
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree
+from .test_index import buckets, committed_count, make_large_tree
+
+INDEX = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve", "-q",
+         "-j", "1", "--batch-size", "10"]
+
+
+def test_a_full_disk_is_one_line_and_the_store_keeps_its_last_commit(
+    in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 10)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    before = buckets()
+    make_tree("images/more", 300, start_seed=100)
+    # Room for the store as it is and SQLite's 32 KiB shared-memory file, not for 300 more images.
+    limit = os.path.getsize("db.shelve") + 64 * 1024
+
+    def small_disk() -> None:
+        # Files may not grow past `limit` bytes: writes then fail as on a full disk.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(INDEX, capture_output=True, text=True, preexec_fn=small_disk,
+                            timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("index.py: error: db.shelve: cannot write (")
+    assert "the store keeps its last committed state" in last
+    assert "Traceback" not in result.stderr
+
+    after = buckets()  # opens, and files and buckets still agree
+    for key, paths in before.items():
+        assert set(paths) <= set(after[key]), "a path stored before the fault was lost"
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert committed_count(in_tmp / "db.shelve") == 310
+
+
+def test_a_second_indexer_is_refused_while_the_first_runs(
+    in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_large_tree(in_tmp / "images", 300)
+    with subprocess.Popen(INDEX, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as first:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "db.shelve") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if first.poll() is not None:
+            pytest.skip("the first indexer finished before the second could start")
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q"]) == 2
+        assert "another index.py is writing to this store" in capsys.readouterr().err
+        first.wait(timeout=120)
+    assert first.returncode == 0
+    buckets()
+
+
+def test_readers_see_consistent_snapshots_while_indexing_runs(in_tmp: Path) -> None:
+    make_large_tree(in_tmp / "images", 300)
+    looks = 0
+    with subprocess.Popen(INDEX, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as writer:
+        while writer.poll() is None:
+            if not (in_tmp / "db.shelve").exists():
+                time.sleep(0.01)
+                continue
+            try:
+                store = Store.open_for_reading("db.shelve")
+            except Exception:  # noqa: BLE001 - the writer may not have created the tables yet
+                time.sleep(0.01)
+                continue
+            with store, store.snapshot():
+                listed = [path for key in store.shelf.keys() for path in store.bucket(key)]
+                assert len(listed) == len(set(listed))
+                assert set(listed) == set(store.file_states())
+            looks += 1
+    assert writer.returncode == 0
+    assert looks >= 3, "the indexer finished before the readers could look"
+
+
+def test_a_file_that_vanishes_before_it_is_hashed_is_reported(tmp_path: Path) -> None:
+    gone = FoundFile("gone.jpg", str(tmp_path / "gone.jpg"), 100, 1)
+    (outcome,) = list(hash_files([gone], Recipe(), jobs=1))
+    assert outcome.hash_hex is None
+    assert outcome.error == "file not found (deleted or a broken link?)"
