@@ -15,6 +15,8 @@ from functools import lru_cache
 
 from PIL import Image
 
+from .hashing import enable_optional_formats
+
 
 @dataclass(frozen=True, slots=True)
 class FoundFile:
@@ -36,6 +38,7 @@ class Skipped:
 
 @lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
+    enable_optional_formats()  # .heic and .heif when pillow-heif is installed
     Image.init()  # registers every plug-in, not just the few Pillow preloads
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import imagehash
@@ -162,9 +163,27 @@ def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
     return Hash.from_imagehash(ALGORITHMS[recipe.algorithm](prepared, recipe.hash_size))
 
 
+@lru_cache(maxsize=1)
+def enable_optional_formats() -> tuple[str, ...]:
+    """Register Pillow plug-ins that are installed (pillow-heif for HEIC/HEIF); return their names.
+
+    Called on first use rather than at import, so importing neardup does no work.
+    """
+    enabled = []
+    try:
+        import pillow_heif  # optional: requirements-heic.txt
+    except ImportError:
+        pass
+    else:
+        pillow_heif.register_heif_opener()
+        enabled.append("heif")
+    return tuple(enabled)
+
+
 @contextmanager
 def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
     """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError."""
+    enable_optional_formats()
     try:
         with open(path, "rb") as stream, warnings.catch_warnings():
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:

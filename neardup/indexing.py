@@ -183,6 +183,15 @@ def _hash_in_worker(item: FoundFile) -> HashOutcome:
 
 def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
     try:
-        return HashOutcome(item, hash_file(item.path, recipe, max_pixels).hex(), None)
+        hash_hex = hash_file(item.path, recipe, max_pixels).hex()
     except ImageError as error:
         return HashOutcome(item, None, error.reason)
+    # A file rewritten while we read it may have given a hash of neither version: report it and
+    # let the next run, which will see its new size or mtime, index it.
+    try:
+        after = os.stat(item.path)
+    except OSError:
+        return HashOutcome(item, None, "vanished while being indexed")
+    if (after.st_size, after.st_mtime_ns) != (item.size, item.mtime_ns):
+        return HashOutcome(item, None, "changed while being indexed; run again to index it")
+    return HashOutcome(item, hash_hex, None)

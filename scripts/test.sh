@@ -4,5 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup-venv.sh"
+# The tests also cover the optional HEIC plug-in.
+"$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-heic.txt"
 cd "$root"
 exec "$PY" -m pytest "$@"

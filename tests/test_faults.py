@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from neardup import indexing
 from neardup.cli import index as index_cli
 from neardup.discovery import FoundFile
 from neardup.hashing import Recipe
@@ -103,3 +104,25 @@ def test_a_file_that_vanishes_before_it_is_hashed_is_reported(tmp_path: Path) ->
     (outcome,) = list(hash_files([gone], Recipe(), jobs=1))
     assert outcome.hash_hex is None
     assert outcome.error == "file not found (deleted or a broken link?)"
+
+
+def test_a_file_rewritten_while_it_is_hashed_is_reported_then_indexed_next_run(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 3)
+    real_hash_file = indexing.hash_file
+
+    def hash_while_someone_writes(path: str, *args: object) -> object:
+        if path.endswith("image_0001.jpg"):
+            os.utime(path, ns=(1, 1))  # another program saves the file meanwhile
+        return real_hash_file(path, *args)
+
+    monkeypatch.setattr(indexing, "hash_file", hash_while_someone_writes)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "image_0001.jpg: changed while being indexed; run again to index it" in captured.err
+    assert "indexed 2, unchanged 0, removed 0, failed 1" in captured.out
+
+    monkeypatch.setattr(indexing, "hash_file", real_hash_file)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert "indexed 1, unchanged 2" in capsys.readouterr().out

@@ -7,11 +7,19 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import UnidentifiedImageError
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.discovery import image_extensions
 from neardup.errors import ImageError
-from neardup.hashing import Recipe, describe_failure, hash_file, is_low_information
+from neardup.hashing import (
+    Recipe,
+    describe_failure,
+    enable_optional_formats,
+    hash_file,
+    is_low_information,
+)
 
 from . import hostile_images as zoo
 
@@ -108,10 +116,36 @@ class TestLowInformation:
         assert "black" not in capsys.readouterr().out
 
 
-class TestRefused:
-    def test_heic_without_a_plug_in_says_so(self, tmp_path: Path) -> None:
+def heif_plugin_installed() -> bool:
+    return "heif" in enable_optional_formats()
+
+
+class TestHeic:
+    @pytest.mark.skipif(not heif_plugin_installed(), reason="pillow-heif (requirements-heic.txt)"
+                        " is not installed")
+    def test_heic_photos_hash_like_the_picture_with_the_plug_in(self, tmp_path: Path) -> None:
+        path = tmp_path / "photo.heic"
+        zoo.picture().save(path, quality=95)
+        assert distance_to_reference(tmp_path, path) <= 4
+        assert ".heic" in image_extensions()
+
+    @pytest.mark.skipif(heif_plugin_installed(), reason="pillow-heif is installed, so HEIC is read")
+    def test_heic_without_the_plug_in_says_so(self, tmp_path: Path) -> None:
         with pytest.raises(ImageError, match="unsupported format: HEIC .*pillow-heif"):
             hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)
+
+    def test_the_reason_names_the_format_and_the_remedy(self, tmp_path: Path) -> None:
+        error = UnidentifiedImageError("cannot identify")
+        path = zoo.heic_lookalike(tmp_path)
+        assert describe_failure(str(path), error) == (
+            "unsupported format: HEIC (install the pillow-heif plug-in to read it)")
+
+    def test_a_broken_heic_is_refused_either_way(self, tmp_path: Path) -> None:
+        with pytest.raises(ImageError):
+            hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)
+
+
+class TestRefused:
 
     def test_a_decompression_bomb_is_refused_from_its_header(self, tmp_path: Path) -> None:
         bomb = zoo.png_bomb(tmp_path)
