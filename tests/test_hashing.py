@@ -8,18 +8,22 @@ import pytest
 from PIL import Image
 
 from neardup.errors import ImageError
-from neardup.hashing import ALGORITHMS, Hash, Recipe, hash_file
+from neardup.hashing import ALGORITHMS, DRAFT_SIDE, Hash, Recipe, hash_file
 
 from .imagegen import save, textured
 
-# Golden hashes: plain ImageHash on real CALTECH-101 photos, pinned so that a Pillow or ImageHash
-# upgrade that shifts hashes (and so invalidates every stored index) is caught.
-GOLDEN_CALTECH = {
+# Golden hashes on real CALTECH-101 photos, pinned so that a Pillow or ImageHash upgrade that
+# shifts hashes (and so invalidates every stored index) is caught. (dHash-64, pHash-64) each.
+GOLDEN_EXACT = {  # plain ImageHash: imagehash.dhash(Image.open(path))
     "Faces/image_0001.jpg": ("b2b3a56d71d90928", "daac3991979292f8"),
     "Leopards/image_0001.jpg": ("9898f0b2a8ca84b4", "90b972633c4ec766"),
     "airplanes/image_0001.jpg": ("09692539691b4915", "fad4a12b9a70b48e"),
     "BACKGROUND_Google/tmp": ("5574144435476627", "ffd22ea19205d32c"),
     "pagoda/image_0010.jpg": ("34e2c30c9b9c38d1", "918e1f947a7e5078"),
+}
+GOLDEN_DEFAULT = {  # our default recipe: grayscale JPEG decoding at reduced scale
+    **GOLDEN_EXACT,
+    "Faces/image_0001.jpg": ("b2b3a56d71d90928", "daac3999979292d8"),  # 510x337, decoded at 1/2
 }
 GOLDEN_DHASH16_FACE = (
     "d6c8d68cd60ed606d6733663b663b623b613b653b343b35190e280c38ec21ee2"
@@ -75,6 +79,10 @@ class TestRecipe:
             Recipe(*arguments)
 
 
+IMAGEHASH = {"dhash": imagehash.dhash, "phash": imagehash.phash,
+             "ahash": imagehash.average_hash, "whash": imagehash.whash}
+
+
 class TestAgreesWithImageHash:
     @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
     @pytest.mark.parametrize("size", [8, 16])
@@ -82,12 +90,26 @@ class TestAgreesWithImageHash:
     def test_bit_for_bit_on_plain_images(
         self, tmp_path: Path, algorithm: str, size: int, exact: bool
     ) -> None:
-        function = {"dhash": imagehash.dhash, "phash": imagehash.phash,
-                    "ahash": imagehash.average_hash, "whash": imagehash.whash}[algorithm]
+        # --exact on any file; the default recipe on files it has no reason to change (an
+        # upright, opaque, 8-bit PNG: only JPEGs are decoded differently).
+        suffix = ".jpg" if exact else ".png"
         for seed in range(3):
-            path = save(textured(seed, (120, 90)), str(tmp_path / f"{seed}.jpg"), quality=90)
-            expected = str(function(Image.open(path), size))
+            path = save(textured(seed, (120, 90)), str(tmp_path / f"{seed}{suffix}"))
+            expected = str(IMAGEHASH[algorithm](Image.open(path), size))
             assert hash_file(path, Recipe(algorithm, size, exact=exact)).hex() == expected
+
+    @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+    def test_default_recipe_decodes_jpegs_in_gray_at_reduced_scale(
+        self, tmp_path: Path, algorithm: str
+    ) -> None:
+        path = save(textured(8, (1200, 900)), str(tmp_path / "big.jpg"), quality=90)
+        with Image.open(path) as image:
+            image.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
+            assert image.size == (300, 225)  # libjpeg scaled it by 1/4 while decoding
+            expected = str(IMAGEHASH[algorithm](image, 8))
+        assert hash_file(path, Recipe(algorithm)).hex() == expected
+        plain = hash_file(path, Recipe(algorithm, exact=True))
+        assert hash_file(path, Recipe(algorithm)).distance(plain) <= 6
 
     def test_odd_bit_lengths_match_imagehash_hex(self, tmp_path: Path) -> None:
         path = save(textured(5), str(tmp_path / "a.png"))
@@ -101,12 +123,14 @@ class TestGolden:
         assert hash_file(path, Recipe()).hex() == "36dbd9d9363636d9"
         assert hash_file(path, Recipe("phash", 8)).hex() == "9543fcfc835455a4"
 
-    @pytest.mark.parametrize("relpath", sorted(GOLDEN_CALTECH))
+    @pytest.mark.parametrize("relpath", sorted(GOLDEN_EXACT))
     def test_caltech_photos(self, caltech_root: Path, relpath: str) -> None:
-        dhash, phash = GOLDEN_CALTECH[relpath]
         path = str(caltech_root / relpath)
-        assert hash_file(path, Recipe()).hex() == dhash
+        dhash, phash = GOLDEN_EXACT[relpath]
         assert hash_file(path, Recipe(exact=True)).hex() == dhash
+        assert hash_file(path, Recipe("phash", 8, exact=True)).hex() == phash
+        dhash, phash = GOLDEN_DEFAULT[relpath]
+        assert hash_file(path, Recipe()).hex() == dhash
         assert hash_file(path, Recipe("phash", 8)).hex() == phash
 
     def test_caltech_dhash_256(self, caltech_root: Path) -> None:
