@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .hashing import Hash, is_low_information
-from .store import Store, hash_to_words
+from .multiindex import MultiIndex, build_tables
+from .store import Store, hash_to_words, hex_keys_to_words
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
 # only ~75% of the time, but all stay within 4 bits, while only 256 of 41.8 million pairs of distinct
@@ -30,31 +31,74 @@ class Match:
 
 
 class HashIndex:
-    """Brute-force Hamming search over the distinct hashes of a store."""
+    """Hamming search over the distinct hashes of a store.
 
-    def __init__(self, keys: list[str], matrix: np.ndarray) -> None:
-        if matrix.ndim != 2 or matrix.shape[0] != len(keys):
-            raise ValueError("need one row of words per key")
-        self.keys = keys
+    Brute force (XOR and popcount over every hash, vectorised) is the reference. For large stores
+    of 64-bit hashes a multi-index is chosen automatically; it returns exactly the same answers
+    (a property test holds it to that) while reading a tiny fraction of the hashes.
+    """
+
+    def __init__(self, matrix: np.ndarray, bits: int, multi: MultiIndex | None = None) -> None:
+        if matrix.ndim != 2 or matrix.shape[1] != (bits + 63) // 64:
+            raise ValueError("need a (count, words) array of uint64")
         self.matrix = matrix
+        self.bits = bits
+        self.multi = multi
 
     @classmethod
     def from_store(cls, store: Store) -> HashIndex:
-        keys, matrix = store.hash_matrix()
-        return cls(keys, matrix)
+        matrix = store.hash_matrix()
+        bits = store.recipe.bits
+        multi = None
+        if bits == 64 and matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
+            values = matrix[:, 0]
+            tables = store.cached_array("multiindex", lambda: build_tables(values))
+            multi = MultiIndex(values, tables)
+        return cls(matrix, bits, multi)
+
+    @classmethod
+    def from_hashes(cls, hashes: list[Hash], *, multi_index: bool | None = None) -> HashIndex:
+        """An index over these hashes (tests and benchmarks); multi_index None decides by size."""
+        bits = hashes[0].bits if hashes else 64
+        keys = sorted({value.hex().encode("ascii") for value in hashes})
+        matrix = hex_keys_to_words(keys, bits)
+        if multi_index is None:
+            multi_index = bits == 64 and len(keys) >= MULTI_INDEX_MIN_HASHES
+        return cls(matrix, bits, MultiIndex(matrix[:, 0]) if multi_index else None)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self.matrix.shape[0])
 
     def within(self, query: Hash, max_distance: int) -> list[tuple[str, int]]:
         """(hash hex, distance) of every stored hash within max_distance, nearest first."""
-        if not self.keys:
-            return []
-        words = hash_to_words(query)
-        distances = np.bitwise_count(self.matrix ^ words).sum(axis=1, dtype=np.int64)
+        if query.bits != self.bits:
+            raise ValueError(f"a {query.bits}-bit query against {self.bits}-bit hashes")
+        if self.multi is not None and self.multi.handles(max_distance):
+            positions, distances = self.multi.within(query.value, max_distance)
+        else:
+            positions, distances = self.scan(query, max_distance)
+        # Positions follow the hashes' ascending order, so this sorts by distance, then hash.
+        order = np.lexsort((positions, distances))
+        width = (self.bits + 3) // 4
+        return [(self.hex_at(int(positions[i]), width), int(distances[i])) for i in order]
+
+    def scan(self, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """The reference: every hash's distance, computed at once."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        distances = np.bitwise_count(self.matrix ^ hash_to_words(query)).sum(axis=1, dtype=np.int64)
         hits = np.flatnonzero(distances <= max_distance)
-        order = np.lexsort((hits, distances[hits]))  # by distance, then by key (keys are sorted)
-        return [(self.keys[i], int(distances[i])) for i in hits[order]]
+        return hits, distances[hits]
+
+    def hex_at(self, position: int, width: int) -> str:
+        value = 0
+        for word in self.matrix[position]:
+            value = (value << 64) | int(word)
+        return format(value, f"0{width}x")
+
+
+# Below this, one vectorised scan is already well under a millisecond.
+MULTI_INDEX_MIN_HASHES = 50_000
 
 
 def find_matches(

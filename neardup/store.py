@@ -24,7 +24,8 @@ import os
 import pickle
 import shelve
 import sqlite3
-from collections.abc import Iterable, Iterator, MutableMapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from .errors import StoreError
 from .hashing import Hash, Recipe
 
 FORMAT_VERSION = 1
+# Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
+CACHE_MIN_HASHES = 20_000
 PICKLE_PROTOCOL = 4  # readable by every Python this project supports
 
 _SCHEMA = (
@@ -208,18 +211,57 @@ class Store:
         except KeyError:
             return []
 
-    def hash_matrix(self) -> tuple[list[str], np.ndarray]:
-        """All distinct hashes: their hex keys and a (count, words) uint64 array for vector search."""
+    def hash_matrix(self) -> np.ndarray:
+        """All distinct hashes in ascending order, as a (count, words) uint64 array."""
+        return self.cached_array("hashes", self._read_hash_matrix)
+
+    def _read_hash_matrix(self) -> np.ndarray:
         width = (self.recipe.bits + 3) // 4
         odd = self._db.execute("SELECT COUNT(*) FROM Dict WHERE length(key) != ?", (width,))
         if odd.fetchone()[0]:
             raise StoreError(f"{self.path}: holds keys that are not {self.recipe.bits}-bit hashes")
         keys = [bytes(key) for (key,) in self._db.execute("SELECT key FROM Dict ORDER BY key")]
         try:
-            matrix = hex_keys_to_words(keys, self.recipe.bits)
+            return hex_keys_to_words(keys, self.recipe.bits)
         except ValueError as error:
             raise StoreError(f"{self.path}: {error}") from error
-        return [key.decode("ascii") for key in keys], matrix
+
+    def hash_count(self) -> int:
+        return len(self.shelf.dict)
+
+    def generation(self) -> int:
+        row = self._db.execute("SELECT value FROM neardup_meta WHERE name = 'generation'")
+        return int(row.fetchone()[0])
+
+    def cached_array(self, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """An array derived from the store, kept on disk beside it until the store changes.
+
+        The file name carries the store's id and generation, so a cache is never read for a
+        store that changed since it was written. Small stores, and folders we cannot write to,
+        simply build the array again.
+        """
+        if self.hash_count() < CACHE_MIN_HASHES:
+            return build()
+        folder = self.path + ".cache"
+        stamp = f"{self.meta['store_id']}-{self.generation()}"
+        cached = os.path.join(folder, f"{name}-{stamp}.npy")
+        try:
+            return np.load(cached, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            pass
+        array = build()
+        try:
+            os.makedirs(folder, exist_ok=True)
+            partial = f"{cached}.{os.getpid()}.partial"
+            with open(partial, "wb") as stream:
+                np.save(stream, array, allow_pickle=False)
+            os.replace(partial, cached)
+            for old in os.listdir(folder):  # earlier generations are of no use to anyone
+                if old.startswith(f"{name}-") and old != os.path.basename(cached):
+                    os.remove(os.path.join(folder, old))
+        except OSError:
+            pass  # a read-only place: the array still serves this process
+        return array
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -259,6 +301,12 @@ class Store:
                     self.shelf[hash_hex] = sorted(paths)
                 elif hash_hex in self.shelf:
                     del self.shelf[hash_hex]
+            if additions or removals:
+                # Every change of the set of hashes gets a new generation: caches name theirs.
+                self._db.execute(
+                    "UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
+                    " WHERE name = 'generation'"
+                )
 
     def _stored_hash(self, path_key: bytes) -> str | None:
         row = self._db.execute("SELECT hash FROM neardup_files WHERE path = ?", (path_key,))
@@ -416,6 +464,8 @@ def _initialise_or_check(
             connection.execute(statement)
         meta = {
             "format_version": str(FORMAT_VERSION),
+            "store_id": uuid.uuid4().hex,
+            "generation": "0",
             "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
             "dataset_root": dataset_root,
             "versions": json.dumps(versions, sort_keys=True),

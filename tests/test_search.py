@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+import neardup.search as search_module
+import neardup.store as store_module
 from neardup.cli import search as search_cli
 from neardup.hashing import Hash, Recipe
 from neardup.search import HashIndex, find_matches
-from neardup.store import IndexedFile, Store, hex_keys_to_words
+from neardup.store import IndexedFile, Store
 
 from .imagegen import save, textured
 
@@ -29,8 +31,7 @@ class TestHashIndexAgainstPythonBruteForce:
         queries = [rng.getrandbits(bits) for _ in range(20)]
         for query in queries:  # neighbours at every distance from 0 to 12
             stored |= {flip_bits(query, distance, bits, rng) for distance in range(13)}
-        keys = sorted(Hash(value, bits).hex() for value in stored)
-        index = HashIndex(keys, hex_keys_to_words([key.encode() for key in keys], bits))
+        index = HashIndex.from_hashes([Hash(value, bits) for value in stored])
 
         for query in queries:
             for radius in (0, 4, 8, 12):
@@ -43,8 +44,9 @@ class TestHashIndexAgainstPythonBruteForce:
                 assert len(expected) >= radius + 1  # the planted ones are really there
 
     def test_empty_index(self) -> None:
-        index = HashIndex([], np.zeros((0, 1), dtype=np.uint64))
-        assert index.within(Hash(0, 64), 10) == []
+        for multi_index in (False, True):
+            index = HashIndex.from_hashes([], multi_index=multi_index)
+            assert index.within(Hash(0, 64), 10) == []
 
 
 class TestFindMatches:
@@ -112,3 +114,63 @@ class TestSearchCommand:
         err = capsys.readouterr().err
         assert err == "search.py: error: nothing.shelve: no such store (build one with index.py)\n"
 
+
+
+def clustered_hashes(rng: random.Random, count: int) -> list[int]:
+    """Like real dHashes: many near all-zero bits and around a few popular centres."""
+    centres = [0, (1 << 64) - 1] + [rng.getrandbits(64) for _ in range(6)]
+    return [flip_bits(rng.choice(centres), rng.randint(0, 10), 64, rng) for _ in range(count)]
+
+
+class TestMultiIndexAgreesWithBruteForce:
+    @pytest.mark.parametrize("kind", ["random", "clustered"])
+    def test_same_answers_at_every_radius(self, kind: str) -> None:
+        rng = random.Random(kind)
+        if kind == "random":
+            values = [rng.getrandbits(64) for _ in range(20_000)]
+        else:
+            values = clustered_hashes(rng, 20_000)
+        queries = [rng.choice(values) for _ in range(10)] + [rng.getrandbits(64) for _ in range(10)]
+        for query in queries:  # plant neighbours at every distance up to 16
+            values += [flip_bits(query, distance, 64, rng) for distance in range(17)]
+        hashes = [Hash(value, 64) for value in values]
+        multi = HashIndex.from_hashes(hashes, multi_index=True)
+        brute = HashIndex.from_hashes(hashes, multi_index=False)
+        assert multi.multi is not None and brute.multi is None
+        for query in queries:
+            for radius in range(0, 17):
+                expected = brute.within(Hash(query, 64), radius)
+                assert multi.within(Hash(query, 64), radius) == expected, (query, radius)
+                assert len(expected) > radius
+
+
+def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
+    monkeypatch.setattr(store_module, "CACHE_MIN_HASHES", 100)
+    rng = random.Random(5)
+    values = clustered_hashes(rng, 400)
+    path = str(tmp_path / "db.shelve")
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 64).hex()) for n, v in enumerate(values)], [])
+    query = Hash(values[0], 64)
+
+    def answer() -> list[tuple[str, int]]:
+        with Store.open_for_reading(path) as store, store.snapshot():
+            index = HashIndex.from_store(store)
+            assert index.multi is not None
+            return index.within(query, 8)
+
+    first = answer()
+    cached = sorted(os.listdir(path + ".cache"))
+    assert len(cached) == 2 and all(name.endswith(".npy") for name in cached)
+    assert answer() == first  # read back from the cache files
+    expected = HashIndex.from_hashes([Hash(v, 64) for v in values], multi_index=False)
+    assert first == expected.within(query, 8)
+
+    near = Hash(query.value ^ 0b111, 64)
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile("new.jpg", 1, 1, near.hex())], [])
+    assert (near.hex(), 3) in answer()
+    assert sorted(os.listdir(path + ".cache")) != cached and len(os.listdir(path + ".cache")) == 2
