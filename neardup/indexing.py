@@ -23,6 +23,7 @@ from . import __version__
 from .discovery import FoundFile, Skipped, walk_images
 from .errors import ImageError, NeardupError
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
+from .search import HashIndex
 from .store import IndexedFile, Store
 
 DEFAULT_BATCH_SIZE = 500
@@ -142,6 +143,10 @@ def index_folder(
         finally:
             bar.close()
         summary.total = store.image_count()
+        if summary.indexed or summary.removed:
+            # Build the search arrays now, while we hold the store, so that the first search
+            # after a large index does not pay for it (about 15 s at 10^7 hashes).
+            HashIndex.from_store(store)
     summary.seconds = time.perf_counter() - started
     return summary
 

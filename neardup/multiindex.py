@@ -20,8 +20,11 @@ import numpy as np
 WIDTHS = (22, 21, 21)  # most significant substring first; sums to 64
 SHIFTS = (42, 21, 0)
 PARTS = len(WIDTHS)
-# Beyond this many bits per substring the probes outnumber what a scan would read: scan instead.
+# Beyond this many bits per substring the probe lists themselves grow too long to be worth it.
 MAX_SUBSTRING_RADIUS = 4
+# Measured by bench/search_speed.py: a probe costs about 80 ns, scanning one hash about 1.5 ns.
+# The multi-index is used only where its probes cost less than a scan of every hash would.
+HASHES_PER_PROBE = 60
 
 
 class MultiIndex:
@@ -34,8 +37,13 @@ class MultiIndex:
         if self.tables.shape != (2 * PARTS, self.values.size):
             raise ValueError("substring tables do not fit the hashes")
 
-    def handles(self, max_distance: int) -> bool:
-        return max_distance // PARTS <= MAX_SUBSTRING_RADIUS
+    def worth_it(self, max_distance: int) -> bool:
+        """Whether probing beats scanning every hash for this radius and this many hashes."""
+        radius = max_distance // PARTS
+        if radius > MAX_SUBSTRING_RADIUS:
+            return False
+        probes = sum(len(flip_masks(width, radius)) for width in WIDTHS)
+        return self.values.size > HASHES_PER_PROBE * probes
 
     def within(self, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions (into values) and distances of every hash within max_distance of query."""

@@ -11,6 +11,7 @@ import neardup.search as search_module
 import neardup.store as store_module
 from neardup.cli import search as search_cli
 from neardup.hashing import Hash, Recipe
+from neardup.multiindex import MAX_SUBSTRING_RADIUS
 from neardup.search import HashIndex, find_matches
 from neardup.store import IndexedFile, Store
 
@@ -142,6 +143,12 @@ class TestMultiIndexAgreesWithBruteForce:
                 expected = brute.within(Hash(query, 64), radius)
                 assert multi.within(Hash(query, 64), radius) == expected, (query, radius)
                 assert len(expected) > radius
+                # And the multi-index itself, whether or not the cost rule would pick it:
+                if radius // 3 <= MAX_SUBSTRING_RADIUS:
+                    positions, distances = multi.multi.within(query, radius)
+                    scanned, scan_distances = brute.scan(Hash(query, 64), radius)
+                    assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
+                        sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True))
 
 
 def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
