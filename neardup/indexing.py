@@ -30,6 +30,9 @@ DEFAULT_BATCH_SIZE = 500
 # A batch is also committed after this many seconds, so a slow disk still commits often.
 BATCH_SECONDS = 2.0
 
+# A run that adds at least this many images, and half the store, compacts the file afterwards.
+COMPACT_MIN_IMAGES = 10_000
+
 Reporter = Callable[[str], None]
 
 
@@ -143,6 +146,8 @@ def index_folder(
         finally:
             bar.close()
         summary.total = store.image_count()
+        if summary.indexed >= COMPACT_MIN_IMAGES and summary.indexed * 2 >= summary.total:
+            store.compact()  # this run at least doubled the store: worth one rewrite
         if summary.indexed or summary.removed:
             # Build the search arrays now, while we hold the store, so that the first search
             # after a large index does not pay for it (about 15 s at 10^7 hashes).

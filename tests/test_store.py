@@ -67,6 +67,20 @@ class TestBuckets:
             assert consistent(store) == {H2: ["b.jpg"]}
             assert store.bucket(H1) == []
 
+    def test_compacting_keeps_every_bucket(self, tmp_path: Path) -> None:
+        rng = random.Random(3)
+        items = [item(f"{n}.jpg", Hash(rng.getrandbits(64), 64).hex()) for n in range(3000)]
+        with open_store(tmp_path) as store:
+            for start in range(0, len(items), 100):
+                store.apply(items[start:start + 100], [])
+            store.apply([], [f"{n}.jpg" for n in range(0, 3000, 2)])
+            before = consistent(store)
+        size = os.path.getsize(tmp_path / "db.shelve")  # closing wrote everything into the file
+        with open_store(tmp_path) as store:
+            store.compact()
+            assert consistent(store) == before
+        assert os.path.getsize(tmp_path / "db.shelve") < size
+
     def test_survives_reopening(self, tmp_path: Path) -> None:
         with open_store(tmp_path) as store:
             store.apply([item("a.jpg", H1)], [])
