@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark, each timing neardup against its baseline in the same run (about 10 minutes).
+# Uses CALTECH-101 from $NEARDUP_CALTECH101, else ../shared/caltech101/101_ObjectCategories.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$root/scripts/setup-venv.sh"
+cd "$root"
+"$PY" bench/index_speed.py
+"$PY" bench/search_speed.py
+"$PY" bench/store_size.py
