@@ -101,9 +101,9 @@ def python_loop(stored: list[imagehash.ImageHash], query: int, radius: int) -> l
 
 def measure_sizes(counts: list[int], caltech: np.ndarray | None) -> None:
     kinds = ["random"] + (["realistic"] if caltech is not None else [])
-    print("| hashes | set | radius | multi-index ms | numpy scan ms | python loop ms |"
-          " scan / multi | found per query |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| hashes | set | radius | multi-index ms | numpy scan ms | scan, 100 together ms |"
+          " python loop ms | scan / multi | found per query |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for count in counts:
         for kind in kinds:
             rng = np.random.default_rng(count)
@@ -130,15 +130,21 @@ def measure_sizes(counts: list[int], caltech: np.ndarray | None) -> None:
                     found += len(positions)
                 multi_ms = per_query_ms(partial(multi.within, max_distance=radius), queries)
                 scan_ms = per_query_ms(partial(scan, index, radius=radius), few)
+                batch = [Hash(int(q), 64) for q in queries[:100]]
+                started = time.perf_counter()
+                for _chunk in index.scan_together(batch, radius):
+                    pass
+                together_ms = (time.perf_counter() - started) * 1000 / len(batch)
                 loop = "-"
                 if python_hashes is not None and radius == RADII[-1]:
                     loop_ms = per_query_ms(partial(python_loop, python_hashes, radius=radius),
                                            few[:3])
                     loop = f"{loop_ms:,.1f}"
-                print(f"| {count:,} | {kind} | {radius} | {multi_ms:.3f} | {scan_ms:.2f} | {loop} |"
+                print(f"| {count:,} | {kind} | {radius} | {multi_ms:.3f} | {scan_ms:.2f} |"
+                      f" {together_ms:.3f} | {loop} |"
                       f" {scan_ms / multi_ms:,.0f}x | {found / len(queries):.1f} |", flush=True)
             memory = (values.nbytes + multi.tables.nbytes) / len(values)
-            print(f"| {count:,} | {kind} | build | {built:.2f} s | | | | {memory:.0f} B/hash |",
+            print(f"| {count:,} | {kind} | build | {built:.2f} s | | | | | {memory:.0f} B/hash |",
                   flush=True)
 
 
@@ -181,14 +187,17 @@ def measure_open(counts: list[int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-count", type=int, default=10**7)
+    parser.add_argument("--counts", type=int, nargs="*",
+                        help="exact sizes to measure instead (e.g. 100000000), no store rows")
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     args = parser.parse_args()
-    counts = [n for n in (10**4, 10**5, 10**6, 10**7) if n <= args.max_count]
+    counts = args.counts or [n for n in (10**4, 10**5, 10**6, 10**7) if n <= args.max_count]
     caltech = caltech_hashes(args.dataset) if os.path.isdir(args.dataset) else None
     if caltech is None:
         print(f"({args.dataset} not found: the realistic set is left out)")
     measure_sizes(counts, caltech)
-    measure_open([n for n in (10**6, 10**7) if n <= args.max_count])
+    if not args.counts:
+        measure_open([n for n in (10**6, 10**7) if n <= args.max_count])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory of the whole run: {peak:,.0f} MiB")
     return 0

@@ -84,6 +84,46 @@ class HashIndex:
         width = (self.bits + 3) // 4
         return [(self.hex_at(int(positions[i]), width), int(distances[i])) for i in order]
 
+    def within_many(self, queries: list[Hash], max_distance: int) -> list[list[tuple[str, int]]]:
+        """within() for each query; where scanning is the way, all queries share one pass."""
+        if len(queries) < 2 or not self._picks_scan(max_distance):
+            return [self.within(query, max_distance) for query in queries]
+        width = (self.bits + 3) // 4
+        per_query: list[tuple[list[np.ndarray], list[np.ndarray]]] = [([], []) for _ in queries]
+        for start, (rows, columns, distances) in self.scan_together(queries, max_distance):
+            for column in np.unique(columns):
+                picked = columns == column
+                per_query[column][0].append(rows[picked] + start)
+                per_query[column][1].append(distances[picked])
+        answers = []
+        for positions_parts, distance_parts in per_query:
+            positions = np.concatenate(positions_parts) if positions_parts else np.zeros(0, int)
+            distances = np.concatenate(distance_parts) if distance_parts else np.zeros(0, int)
+            order = np.lexsort((positions, distances))
+            answers.append([(self.hex_at(int(positions[i]), width), int(distances[i]))
+                            for i in order])
+        return answers
+
+    def _picks_scan(self, max_distance: int) -> bool:
+        if max_distance <= 0 and self.matrix.shape[1] == 1:
+            return False
+        return self.multi is None or not self.multi.worth_it(max_distance)
+
+    def scan_together(self, queries: list[Hash], max_distance: int):  # type: ignore[no-untyped-def]
+        """Yield (first row, (rows, query columns, distances)) for chunks of the stored hashes.
+
+        Each chunk is read from memory once for the whole batch, instead of once per query.
+        """
+        words = np.stack([hash_to_words(query) for query in queries])  # (queries, words)
+        chunk = max(1024, SCAN_CHUNK_CELLS // len(queries))
+        for start in range(0, len(self), chunk):
+            block = self.matrix[start:start + chunk]
+            distances = np.zeros((block.shape[0], len(queries)), dtype=np.uint16)
+            for word in range(block.shape[1]):
+                distances += np.bitwise_count(block[:, word, None] ^ words[None, :, word])
+            rows, columns = np.nonzero(distances <= max_distance)
+            yield start, (rows, columns, distances[rows, columns].astype(np.int64))
+
     def scan(self, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference: every hash's distance, computed at once."""
         if len(self) == 0:
@@ -113,6 +153,8 @@ class HashIndex:
 
 # Below this, one vectorised scan is already well under a tenth of a millisecond.
 MULTI_INDEX_MIN_HASHES = 20_000
+# A batch scan works on (hashes x queries) distance tables of at most this many cells at a time.
+SCAN_CHUNK_CELLS = 1 << 22
 
 
 def find_matches(
@@ -123,27 +165,48 @@ def find_matches(
     *,
     include_low_information: bool = False,
 ) -> list[Match]:
-    """Every stored image within max_distance of the query, ordered by distance then path.
+    """Every stored image within max_distance of the query, ordered by distance then path."""
+    return find_matches_many(store, [query], max_distance, index,
+                             include_low_information=include_low_information)[0]
+
+
+def find_matches_many(
+    store: Store,
+    queries: list[Hash],
+    max_distance: int,
+    index: HashIndex | None = None,
+    *,
+    include_low_information: bool = False,
+) -> list[list[Match]]:
+    """The matches of each query, computed together, each list ordered by distance then path.
 
     Distance 0 is the exact bucket: one indexed lookup, no scan and no index needed. Blank and
     smooth images (low-information hashes) match each other whatever they show, so unless asked
     they are neither matched as queries nor reported as matches.
     """
-    if not include_low_information and is_low_information(query):
-        return []
+    wanted = [include_low_information or not is_low_information(query) for query in queries]
+    searched = [query for query, keep in zip(queries, wanted, strict=True) if keep]
     if max_distance <= 0:
-        key = query.hex()
-        return [Match(path, 0, key) for path in sorted(store.bucket(key))]
-    if index is None:
-        index = HashIndex.from_store(store)
-    matches = [
-        Match(path, distance, key)
-        for key, distance in index.within(query, max_distance)
-        if include_low_information or not is_low_information(Hash.from_hex(key, query.bits))
-        for path in store.bucket(key)
-    ]
-    matches.sort(key=lambda match: (match.distance, match.path))
-    return matches
+        found = [[(query.hex(), 0)] for query in searched]
+    else:
+        if index is None:
+            index = HashIndex.from_store(store)
+        found = index.within_many(searched, max_distance)
+    answers = iter(found)
+    results: list[list[Match]] = []
+    for query, keep in zip(queries, wanted, strict=True):
+        if not keep:
+            results.append([])
+            continue
+        matches = [
+            Match(path, distance, key)
+            for key, distance in next(answers)
+            if include_low_information or not is_low_information(Hash.from_hex(key, query.bits))
+            for path in store.bucket(key)
+        ]
+        matches.sort(key=lambda match: (match.distance, match.path))
+        results.append(matches)
+    return results
 
 
 def resolve_stored_path(dataset_root: str, relpath: str) -> str | None:

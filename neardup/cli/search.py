@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from ..discovery import Skipped, walk_images
 from ..errors import ImageError
 from ..evaluation import evaluate_manifest, format_evaluation
-from ..hashing import DEFAULT_MAX_PIXELS, hash_file, is_low_information
-from ..search import DEFAULT_MAX_DISTANCE, HashIndex, Match, find_matches, resolve_stored_path
+from ..hashing import DEFAULT_MAX_PIXELS, Hash, hash_file, is_low_information
+from ..search import (
+    DEFAULT_MAX_DISTANCE,
+    HashIndex,
+    Match,
+    find_matches_many,
+    resolve_stored_path,
+)
 from ..store import Store
 from .common import non_negative_int, positive_int, run_command, warn
 
@@ -108,22 +114,26 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_MATCH
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
+            hashed: list[tuple[QueryResult, Hash]] = []
             for path in paths:
                 result = QueryResult(path)
+                results.append(result)
                 try:
                     query_hash = hash_file(path, store.recipe, args.max_pixels)
                 except ImageError as error:
                     result.error = error.reason
-                else:
-                    result.hash_hex = query_hash.hex()
-                    result.low_information = is_low_information(query_hash)
-                    result.matches = find_matches(
-                        store, query_hash, args.max_distance, index,
-                        include_low_information=args.include_low_information)
-                    if result.low_information and not args.include_low_information:
-                        warn(PROG, f"{path}: low-information image (blank, single-colour or"
-                             " smooth): not matched; --include-low-information matches it anyway")
-                results.append(result)
+                    continue
+                result.hash_hex = query_hash.hex()
+                result.low_information = is_low_information(query_hash)
+                if result.low_information and not args.include_low_information:
+                    warn(PROG, f"{path}: low-information image (blank, single-colour or"
+                         " smooth): not matched; --include-low-information matches it anyway")
+                hashed.append((result, query_hash))
+            # All queries are searched together: a scan reads the stored hashes once per batch.
+            answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
+                                        index, include_low_information=args.include_low_information)
+            for (result, _), matches in zip(hashed, answers, strict=True):
+                result.matches = matches
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
 
