@@ -181,20 +181,3 @@ def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
         store.apply([IndexedFile("new.jpg", 1, 1, near.hex())], [])
     assert (near.hex(), 3) in answer()
     assert sorted(os.listdir(path + ".cache")) != cached and len(os.listdir(path + ".cache")) == 2
-
-
-@pytest.mark.parametrize("bits", [64, 256])
-def test_queries_searched_together_get_the_answers_they_get_alone(
-    bits: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(search_module, "SCAN_CHUNK_CELLS", 5000)  # many chunks, ragged last one
-    rng = random.Random(bits + 1)
-    stored = [rng.getrandbits(bits) for _ in range(3000)]
-    queries = [rng.choice(stored) for _ in range(8)] + [rng.getrandbits(bits) for _ in range(4)]
-    for query in queries:
-        stored += [flip_bits(query, distance, bits, rng) for distance in range(0, 13, 2)]
-    index = HashIndex.from_hashes([Hash(value, bits) for value in stored], multi_index=False)
-    for radius in (0, 4, 9, 12):
-        together = index.within_many([Hash(q, bits) for q in queries], radius)
-        assert together == [index.within(Hash(q, bits), radius) for q in queries]
-        assert all(answer for answer in together[:8])
