@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     warn(PROG, f"{path}: low-information image (blank, single-colour or"
                          " smooth): not matched; --include-low-information matches it anyway")
                 hashed.append((result, query_hash))
-            # All queries are searched together: a scan reads the stored hashes once per batch.
+            # Every query is hashed first, then all are searched against the index loaded once.
             answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
                                         index, include_low_information=args.include_low_information)
             for (result, _), matches in zip(hashed, answers, strict=True):
