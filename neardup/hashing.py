@@ -6,6 +6,7 @@ store can name the exact recipe that produced its hashes and refuse to mix two r
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -201,11 +202,17 @@ def enable_optional_formats() -> tuple[str, ...]:
 
 
 @contextmanager
-def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
-    """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError."""
+def open_image(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None
+) -> Iterator[Image.Image]:
+    """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError.
+
+    With `data`, the image is read from those bytes (an upload) and `path` only names it.
+    """
     enable_optional_formats()
     try:
-        with open(path, "rb") as stream, warnings.catch_warnings():
+        with (open(path, "rb") if data is None else io.BytesIO(data)) as stream, \
+                warnings.catch_warnings():
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
             # the limit below is ours, and --max-pixels sets it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -220,7 +227,8 @@ def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Imag
     except ImageError:
         raise
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
-        raise ImageError(path, describe_failure(path, error)) from error
+        head = None if data is None else data[:32]
+        raise ImageError(path, describe_failure(path, error, head)) from error
 
 
 def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
@@ -229,8 +237,21 @@ def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -
         return hash_image(image, recipe)
 
 
-def describe_failure(path: str, error: BaseException) -> str:
-    """Turn what Pillow or the OS raised into a reason a person can act on."""
+def hash_bytes(
+    data: bytes, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload"
+) -> Hash:
+    """Hash an image held in memory (an upload); errors name it `name`."""
+    if not data:
+        raise ImageError(name, "empty file")
+    with open_image(name, max_pixels, data=data) as image:
+        return hash_image(image, recipe)
+
+
+def describe_failure(path: str, error: BaseException, head: bytes | None = None) -> str:
+    """Turn what Pillow or the OS raised into a reason a person can act on.
+
+    `head`: the first bytes of the image when it is not a file (an upload).
+    """
     if isinstance(error, FileNotFoundError):
         return "file not found (deleted or a broken link?)"
     if isinstance(error, IsADirectoryError):
@@ -240,11 +261,12 @@ def describe_failure(path: str, error: BaseException) -> str:
     if isinstance(error, Image.DecompressionBombError):
         return f"refused as a decompression bomb by Pillow ({error})"
     if isinstance(error, UnidentifiedImageError):
-        try:
-            with open(path, "rb") as stream:
-                head = stream.read(32)
-        except OSError:
-            head = b""
+        if head is None:
+            try:
+                with open(path, "rb") as stream:
+                    head = stream.read(32)
+            except OSError:
+                head = b""
         if not head:
             return "empty file"
         unsupported = _unsupported_format(head)

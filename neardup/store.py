@@ -170,12 +170,13 @@ class Store:
             raise
 
     @classmethod
-    def open_for_reading(cls, path: str) -> Store:
+    def open_for_reading(cls, path: str, *, shared_between_threads: bool = False) -> Store:
+        """Open read-only. shared_between_threads: the caller serialises access with a lock."""
         if not os.path.exists(path):
             raise StoreError(f"{path}: no such store (build one with index.py)")
         if os.path.isdir(path):
             raise StoreError(f"{path}: is a folder, not a store")
-        connection = _connect(path, readonly=True)
+        connection = _connect(path, readonly=True, same_thread=not shared_between_threads)
         try:
             _check_is_neardup_store(connection, path)
             return cls(path, connection, None)
@@ -397,12 +398,13 @@ _HEX_VALUES[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16)
 # -- helpers for opening -----------------------------------------------------------------------
 
 
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
+def _connect(path: str, readonly: bool, same_thread: bool = True) -> sqlite3.Connection:
     try:
         if readonly:
             # Not SQLite's mode=ro: that cannot open a WAL store whose -shm file was cleaned away.
             # query_only makes any write through this connection an error instead.
-            connection = sqlite3.connect(path, isolation_level=None)
+            connection = sqlite3.connect(path, isolation_level=None,
+                                         check_same_thread=same_thread)
             connection.execute("PRAGMA query_only = ON")
             try:
                 connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -410,7 +412,8 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
                 # A store on read-only media: nothing can change it, so read it as immutable.
                 connection.close()
                 uri = Path(os.path.abspath(path)).as_uri() + "?immutable=1"
-                connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+                connection = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                             check_same_thread=same_thread)
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise StoreError(f"{path}: not a neardup store ({error})") from error

@@ -6,19 +6,19 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 
+from ..checker import Checker
 from ..discovery import Skipped, walk_images
-from ..errors import ImageError
+from ..errors import ImageError, NeardupError
 from ..evaluation import evaluate_manifest, format_evaluation
 from ..hashing import DEFAULT_MAX_PIXELS, Hash, hash_file, is_low_information
+from ..results import QueryResult, to_record
 from ..search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
-    Match,
     find_matches_many,
-    resolve_stored_path,
 )
+from ..server import DEFAULT_MAX_UPLOAD_BYTES, serve
 from ..store import Store
 from .common import non_negative_int, positive_int, run_command, warn
 
@@ -27,15 +27,6 @@ PROG = "search.py"
 EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
-
-
-@dataclass
-class QueryResult:
-    query: str
-    hash_hex: str | None = None
-    low_information: bool = False
-    matches: list[Match] = field(default_factory=list)
-    error: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument("--evaluate", metavar="MANIFEST",
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
+    wanted.add_argument("--stdin", action="store_true",
+                        help="read one image path per line, answer each with one JSON line"
+                        " (flushed); images index.py commits meanwhile are found too")
+    wanted.add_argument("--serve", metavar="HOST:PORT",
+                        help="answer POST /search (image bytes as the body, optional"
+                        " ?max_distance=N) and GET /health over HTTP until SIGTERM")
+    parser.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                        help="with --serve: larger bodies are refused with 413")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only)")
@@ -91,19 +90,12 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
     ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
 
 
-def display_path(dataset_root: str, relpath: str) -> str | None:
-    """Where a match lives, relative to the working folder when it is below it."""
-    full = resolve_stored_path(dataset_root, relpath)
-    if full is None:
-        return None
-    here = os.getcwd()
-    return os.path.relpath(full, here) if full.startswith(here + os.sep) else full
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if args.stdin or args.serve:
+            return run_checker(args)
         with Store.open_for_reading(args.shelve) as store, store.snapshot():
             if args.evaluate:
                 evaluation = evaluate_manifest(store, args.evaluate, args.max_distance)
@@ -140,29 +132,48 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, body)
 
 
+def run_checker(args: argparse.Namespace) -> int:
+    """--stdin and --serve: the store loaded once, many queries answered."""
+    with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
+                 include_low_information=args.include_low_information,
+                 warn=lambda line: warn(PROG, line)) as checker:
+        if args.serve:
+            host, port = parse_address(args.serve)
+            try:
+                serve(checker, host, port, max_upload_bytes=args.max_upload_bytes,
+                      ready=lambda line: warn(PROG, line))
+            except OSError as error:
+                raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
+            return 0
+        for line in sys.stdin:
+            path = line.rstrip("\n")
+            if path.strip():
+                sys.stdout.write(json.dumps(checker.check_file(path)) + "\n")
+                sys.stdout.flush()
+        return 0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
 def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, several: bool) -> int:
     records = []
     found = errors = False
     for result in results:
+        record = to_record(result, dataset_root, lambda line: warn(PROG, line))
+        records.append(record)
         if result.error is not None:
             errors = True
             warn(PROG, f"{result.query}: {result.error}")
-            records.append({"query": result.query, "error": result.error})
             continue
-        shown = []
-        for match in result.matches:
-            path = display_path(dataset_root, match.path)
-            if path is None:
-                warn(PROG, f"store entry {match.path!r} points outside the dataset; not shown")
-                continue
-            shown.append({"path": path, "relpath": match.path, "distance": match.distance,
-                          "hash": match.hash_hex})
-        found = found or bool(shown)
-        records.append({"query": result.query, "hash": result.hash_hex,
-                        "low_information": result.low_information, "matches": shown})
+        found = found or bool(record["matches"])
         if not as_json:
             prefix = f"{printable(result.query)}\t" if several else ""
-            for item in shown:
+            for item in record["matches"]:
                 print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
         # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
