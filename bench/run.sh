@@ -8,3 +8,4 @@ cd "$root"
 "$PY" bench/index_speed.py
 "$PY" bench/search_speed.py
 "$PY" bench/store_size.py
+"$PY" bench/checker_speed.py

@@ -41,6 +41,9 @@ class CheckerServer(ThreadingHTTPServer):
 class CheckerHandler(BaseHTTPRequestHandler):
     server: CheckerServer
     protocol_version = "HTTP/1.1"  # keep-alive: a client can send many uploads on one connection
+    # Headers and body leave in two writes; with Nagle's algorithm on, the client's delayed ACK
+    # held every answer back 40 ms (measured: p50 44 ms, against under 2 ms without).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
         if urlsplit(self.path).path == "/health":
