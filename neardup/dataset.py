@@ -19,10 +19,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from PIL import Image
 from tqdm import tqdm
 
 from .discovery import FoundFile, Skipped, walk_images
+from .edits import apply_edit
 from .errors import DatasetError, ImageError
 from .hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 
@@ -30,7 +30,6 @@ MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "role", "group", "source", "edit")
 HAYSTACK_DIR = "haystack"
 COPIES_DIR = "copies"
-JPEG_QUALITY = 90
 MAX_RANDOM_COPIES = 8  # the reference tutorial's 1..8 copies per sample
 
 
@@ -41,6 +40,7 @@ class GatherOptions:
     scale: float = 0.05  # each copy is resized by a random factor in [1 - scale, 1 + scale]
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    edits: tuple[str, ...] = ("resize",)  # kinds from neardup.edits.KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,18 +110,6 @@ def gather(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
-
-
-def resized(image: Image.Image, factor: float) -> Image.Image:
-    """The image scaled by factor with its aspect ratio kept, and never left at its own size."""
-    width, height = image.size
-    new_width = max(1, round(width * factor))
-    new_height = max(1, round(height * factor))
-    if (new_width, new_height) == (width, height):
-        # A factor this close to 1 would reproduce the reference's bug: a "copy" that is the file.
-        new_width = max(1, width + (1 if factor >= 1 else -1))
-        new_height = max(1, round(height * new_width / width))
-    return image.resize((new_width, new_height), Image.Resampling.LANCZOS)
 
 
 def read_manifest(path: str) -> list[ManifestRow]:
@@ -210,16 +198,11 @@ def _write_copies(
         group = f"g{summary.samples:0{width}d}"
         original = rows[index]
         rows[index] = ManifestRow(original.file, "original", group, original.source, "")
-        count = options.copies if options.copies is not None else rng.randint(1, MAX_RANDOM_COPIES)
-        for number in range(1, count + 1):
-            factor = rng.uniform(1 - options.scale, 1 + options.scale)
-            copy = resized(picture, factor)
+        for number, kind in enumerate(_copy_kinds(options, rng), start=1):
+            copy, description, quality = apply_edit(kind, picture, rng, options.scale)
             relative = f"{COPIES_DIR}/{group}_copy{number}.jpg"
-            copy.save(os.path.join(staging, *relative.split("/")), "JPEG", quality=JPEG_QUALITY)
-            edit = (
-                f"resize factor={factor:.4f} from={picture.width}x{picture.height}"
-                f" to={copy.width}x{copy.height} jpeg_quality={JPEG_QUALITY}"
-            )
+            copy.save(os.path.join(staging, *relative.split("/")), "JPEG", quality=quality)
+            edit = f"{description} jpeg_quality={quality}"
             copy_rows.append(ManifestRow(relative, "copy", group, original.file, edit))
             summary.copies += 1
     if summary.samples < options.samples:
@@ -228,6 +211,21 @@ def _write_copies(
             f" --samples {options.samples} cannot be met"
         )
     return copy_rows
+
+
+def _copy_kinds(options: GatherOptions, rng: random.Random) -> list[str]:
+    """The edit of each copy of one sample.
+
+    With --copies N: N copies of every edit kind. Otherwise 1 to 8 copies (the reference
+    tutorial's count), taking the kinds in turn from a random starting point.
+    """
+    kinds = list(options.edits)
+    if options.copies is not None:
+        return [kind for kind in kinds for _ in range(options.copies)]
+    count = rng.randint(1, MAX_RANDOM_COPIES)
+    # One kind draws nothing more, so seeds made before --edits existed still give the same files.
+    start = rng.randrange(len(kinds)) if len(kinds) > 1 else 0
+    return [kinds[(start + number) % len(kinds)] for number in range(count)]
 
 
 def _write_manifest(path: str, rows: list[ManifestRow]) -> None:

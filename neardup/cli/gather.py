@@ -8,6 +8,7 @@ import sys
 
 from ..archives import DEFAULT_MAX_BYTES, Limits
 from ..dataset import GatherOptions, gather
+from ..edits import KINDS, parse_kinds
 from ..hashing import DEFAULT_MAX_PIXELS
 from ..sources import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
 from .common import non_negative_int, positive_int, run_command, warn
@@ -25,6 +26,13 @@ def scale_factor(text: str) -> float:
     return value
 
 
+def edit_kinds(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(parse_kinds(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -40,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="copies per sample (default: random from 1 to 8 per sample)")
     parser.add_argument("--scale", type=scale_factor, default=0.05,
                         help="copies are resized by a random factor in 1 +- SCALE (default 0.05)")
+    parser.add_argument("--edits", type=edit_kinds, default=("resize",),
+                        help="comma list of the edits that make copies, or all: "
+                        + ", ".join(KINDS) + " (default resize; each is recorded in the"
+                        " manifest's edit column with its parameters)")
     parser.add_argument("--seed", type=non_negative_int, default=None,
                         help="makes the run reproducible (default: random, printed)")
     parser.add_argument("--force", action="store_true",
@@ -74,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             report=report,
         )
         options = GatherOptions(samples=args.samples, copies=args.copies, scale=args.scale,
-                                seed=seed, max_pixels=args.max_pixels)
+                                seed=seed, max_pixels=args.max_pixels, edits=args.edits)
         summary = gather(source, args.output, options, force=args.force, progress=progress,
                          report=report)
         print(summary.line())
