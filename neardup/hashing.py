@@ -174,13 +174,15 @@ def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
         image.draft("L", (side, side))
 
 
-def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
-    """Hash an opened (not yet loaded) image according to the recipe."""
+def hash_image(image: Image.Image, recipe: Recipe, *, mirror: bool = False) -> Hash:
+    """Hash an opened (not yet loaded) image according to the recipe; mirror: its mirror image."""
     if recipe.exact:
         prepared = image
     else:
         decode_reduced(image, recipe)
         prepared = normalise(image)
+    if mirror:
+        prepared = ImageOps.mirror(prepared)
     return Hash.from_imagehash(ALGORITHMS[recipe.algorithm](prepared, recipe.hash_size))
 
 
@@ -231,10 +233,12 @@ def open_image(
         raise ImageError(path, describe_failure(path, error, head)) from error
 
 
-def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
+def hash_file(
+    path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, *, mirror: bool = False
+) -> Hash:
     """Hash one image file, or raise ImageError with a short reason a person can act on."""
     with open_image(path, max_pixels) as image:
-        return hash_image(image, recipe)
+        return hash_image(image, recipe, mirror=mirror)
 
 
 def hash_bytes(

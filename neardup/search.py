@@ -176,6 +176,15 @@ def find_matches_many(
     return results
 
 
+def merge_matches(plain: list[Match], mirrored: list[Match]) -> list[Match]:
+    """Matches of a query and of its mirror image: each path once, at its smaller distance."""
+    best: dict[str, Match] = {}
+    for match in plain + mirrored:
+        if match.path not in best or match.distance < best[match.path].distance:
+            best[match.path] = match
+    return sorted(best.values(), key=lambda match: (match.distance, match.path))
+
+
 def resolve_stored_path(dataset_root: str, relpath: str) -> str | None:
     """Join a stored relative path to its dataset root, or None if it would leave the root.
 

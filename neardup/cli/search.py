@@ -10,13 +10,15 @@ import sys
 from ..checker import Checker
 from ..discovery import Skipped, walk_images
 from ..errors import ImageError, NeardupError
-from ..evaluation import evaluate_manifest, format_evaluation
+from ..evaluation import comparison_table, evaluate_manifest, format_evaluation
 from ..hashing import DEFAULT_MAX_PIXELS, Hash, hash_file, is_low_information
+from ..report import write_report
 from ..results import QueryResult, to_record
 from ..search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
     find_matches_many,
+    merge_matches,
 )
 from ..server import DEFAULT_MAX_UPLOAD_BYTES, serve
 from ..store import Store
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         " starts with the query, as grep does with several files. Exit status, as grep: 0 when a"
         " match was found, 1 when none, 2 on an error.",
     )
-    parser.add_argument("-s", "--shelve", required=True, help="store built by index.py")
+    parser.add_argument("-s", "--shelve", required=True, action="append",
+                        help="store built by index.py (with --evaluate, repeat it to compare"
+                        " stores built with different hashes on the same dataset)")
     wanted = parser.add_mutually_exclusive_group(required=True)
     wanted.add_argument("-q", "--query", action="append",
                         help="query image, or a folder of them; may be repeated")
@@ -51,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument("--serve", metavar="HOST:PORT",
                         help="answer POST /search (image bytes as the body, optional"
                         " ?max_distance=N) and GET /health over HTTP until SIGTERM")
+    parser.add_argument("--mirror", action="store_true",
+                        help="also match mirror images: hash the flipped query too (the store"
+                        " is unchanged)")
+    parser.add_argument("--report", metavar="DIR",
+                        help="with --evaluate: write evaluation JSON, CSV and a PNG chart of"
+                        " recall and precision against the threshold into DIR")
     parser.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
                         help="with --serve: larger bodies are refused with 413")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
@@ -94,16 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if args.evaluate:
+            return run_evaluation(args)
+        if len(args.shelve) > 1:
+            raise NeardupError("several --shelve are only for --evaluate")
+        args.shelve = args.shelve[0]
         if args.stdin or args.serve:
             return run_checker(args)
         with Store.open_for_reading(args.shelve) as store, store.snapshot():
-            if args.evaluate:
-                evaluation = evaluate_manifest(store, args.evaluate, args.max_distance)
-                if args.json:
-                    print(json.dumps(evaluation.as_dict(), indent=2))
-                else:
-                    print(format_evaluation(evaluation))
-                return EXIT_MATCH
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
             hashed: list[tuple[QueryResult, Hash]] = []
@@ -124,12 +132,40 @@ def main(argv: list[str] | None = None) -> int:
             # Every query is hashed first, then all are searched against the index loaded once.
             answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
                                         index, include_low_information=args.include_low_information)
+            if args.mirror:
+                mirrored = [hash_file(r.query, store.recipe, args.max_pixels, mirror=True)
+                            for r, _ in hashed]
+                flipped = find_matches_many(store, mirrored, args.max_distance, index,
+                                            include_low_information=args.include_low_information)
+                answers = [merge_matches(plain, other)
+                           for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
 
     return run_command(PROG, body)
+
+
+def run_evaluation(args: argparse.Namespace) -> int:
+    """--evaluate: score each store against the manifest; several stores are compared."""
+    evaluations = []
+    for path in args.shelve:
+        with Store.open_for_reading(path) as store, store.snapshot():
+            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+    if args.json:
+        print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
+    else:
+        print("\n\n".join(format_evaluation(e, args.max_distance) for e in evaluations))
+        if len(evaluations) > 1:
+            print("\nrecall at each recipe's recommended threshold (precision >= target):")
+            print(comparison_table(evaluations))
+    if args.report:
+        for evaluation in evaluations:
+            stem = "evaluation-" + os.path.basename(evaluation.store).replace(".", "-")
+            for written in write_report(evaluation, args.report, stem):
+                warn(PROG, f"wrote {written}")
+    return EXIT_MATCH
 
 
 def run_checker(args: argparse.Namespace) -> int:

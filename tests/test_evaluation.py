@@ -1,0 +1,128 @@
+"""--evaluate on a dataset whose answers are known by construction."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.dataset import MANIFEST_COLUMNS
+from neardup.evaluation import MAX_THRESHOLD, evaluate_manifest
+from neardup.hashing import Recipe, hash_file
+from neardup.store import Store
+
+from .imagegen import textured
+
+
+def build(root: Path, planted_duplicate: bool) -> None:
+    """Two sampled originals with lossless copies (exact distances), two unrelated photos, and
+    optionally an exact duplicate of B outside its group: a false match by construction."""
+    a, b = textured(21, (160, 120)), textured(22, (160, 120))
+    files = {
+        "haystack/A.png": a, "haystack/B.png": b,
+        "haystack/C.png": textured(23, (160, 120)), "haystack/D.png": textured(24, (160, 120)),
+        "copies/A_same.png": a, "copies/A_mirror.png": ImageOps.mirror(a), "copies/B_same.png": b,
+    }
+    if planted_duplicate:
+        files["haystack/B_duplicate.png"] = b
+    for name, picture in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        picture.save(root / name)
+    rows = [
+        ("haystack/A.png", "original", "g1", "src/A.png", ""),
+        ("haystack/B.png", "original", "g2", "src/B.png", ""),
+        ("haystack/C.png", "", "", "src/C.png", ""),
+        ("haystack/D.png", "", "", "src/D.png", ""),
+        ("copies/A_same.png", "copy", "g1", "haystack/A.png", "jpeg jpeg_quality=90"),
+        ("copies/A_mirror.png", "copy", "g1", "haystack/A.png", "flip mirror jpeg_quality=90"),
+        ("copies/B_same.png", "copy", "g2", "haystack/B.png", "resize factor=1 jpeg_quality=90"),
+    ]
+    if planted_duplicate:
+        rows.append(("haystack/B_duplicate.png", "", "", "src/B_duplicate.png", ""))
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+    assert index_cli.main(["-d", str(root), "-s", str(root.parent / "db.shelve"), "-q",
+                           "-j", "1"]) == 0
+    # Preconditions of "known by construction": the mirror copy and the unrelated photos are far.
+    recipe = Recipe()
+    h = {name: hash_file(str(root / name), recipe) for name in files}
+    for far in ("copies/A_mirror.png", "haystack/C.png", "haystack/D.png", "haystack/B.png"):
+        assert h["haystack/A.png"].distance(h[far]) > MAX_THRESHOLD
+    for far in ("haystack/C.png", "haystack/D.png"):
+        assert h["haystack/B.png"].distance(h[far]) > MAX_THRESHOLD
+
+
+def evaluate(tmp: Path, mirror: bool = False):  # type: ignore[no-untyped-def]
+    with Store.open_for_reading(str(tmp / "db.shelve")) as store, store.snapshot():
+        return evaluate_manifest(store, str(tmp / "data" / "manifest.csv"), mirror=mirror)
+
+
+def test_recall_per_edit_precision_and_the_recommendation(tmp_path: Path) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    result = evaluate(tmp_path)
+    assert result.kinds == ["flip", "jpeg", "resize"]
+    for row in result.rows:  # the same at every threshold: distances are 0 or over 16
+        assert row.recall == {"flip": 0.0, "jpeg": 1.0, "resize": 1.0, "all": 2 / 3}
+        assert row.false_matches == 0 and row.precision == 1.0
+    assert result.recommended == 0  # the smallest threshold reaching the best recall
+
+
+def test_a_planted_false_match_lowers_precision_below_the_target(tmp_path: Path) -> None:
+    build(tmp_path / "data", planted_duplicate=True)
+    result = evaluate(tmp_path)
+    for row in result.rows:
+        assert row.false_matches == 1 and row.found == 2
+        assert row.precision == pytest.approx(2 / 3)
+    assert result.recommended is None
+    (group_b,) = [group for group in result.groups if group.group == "g2"]
+    assert group_b.others == {"haystack/B_duplicate.png": 0}
+
+
+def test_mirror_finds_the_flipped_copy(tmp_path: Path) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    result = evaluate(tmp_path, mirror=True)
+    assert result.rows[0].recall["flip"] == 1.0 and result.rows[0].recall["all"] == 1.0
+
+
+def test_the_command_prints_writes_and_compares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "phash.shelve", "-q", "-j", "1",
+                           "--algorithm", "phash"]) == 0
+    code = search_cli.main(["-s", "db.shelve", "-s", "phash.shelve", "--evaluate",
+                            "data/manifest.csv", "--report", "report"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "recommended threshold: 0" in captured.out
+    assert "missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; distance" in captured.out
+    assert "dhash-8" in captured.out and "phash-8" in captured.out
+    assert "recall at each recipe's recommended threshold" in captured.out
+
+    for stem in ("evaluation-db-shelve", "evaluation-phash-shelve"):
+        data = json.loads(Path(f"report/{stem}.json").read_text())
+        assert data["recommended_threshold"] == 0 and len(data["thresholds"]) == MAX_THRESHOLD + 1
+        with open(f"report/{stem}.csv", newline="") as stream:
+            assert len(list(csv.DictReader(stream))) == (MAX_THRESHOLD + 1) * 4  # 3 kinds + all
+        with Image.open(f"report/{stem}.png") as chart:
+            assert chart.size == (1000, 600)
+            assert len(chart.getcolors(1_000_000) or []) > 5  # something was drawn
+        assert f"wrote report/{stem}.png" in captured.err
+
+
+def test_search_with_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png"]) == 0
+    assert "A_mirror" not in capsys.readouterr().out
+    assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "--mirror"]) == 0
+    assert "0\tdata/copies/A_mirror.png" in capsys.readouterr().out.splitlines()
