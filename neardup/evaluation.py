@@ -175,6 +175,11 @@ def recommend(rows: list[ThresholdRow]) -> int | None:
     return min(row.threshold for row in eligible if row.recall["all"] == best)
 
 
+def best_precision(rows: list[ThresholdRow]) -> ThresholdRow:
+    """The row with the highest precision; of equals, the one with the best recall."""
+    return max(rows, key=lambda row: (row.precision, row.recall["all"]))
+
+
 def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
     kinds = evaluation.kinds
     lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
@@ -186,7 +191,10 @@ def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
         lines.append(f"{row.threshold:>3} {cells} {row.recall['all']:>6.1%}"
                      f" {row.false_matches:>6} {row.precision:>9.4f}")
     if evaluation.recommended is None:
-        lines.append(f"no threshold keeps precision at {TARGET_PRECISION}")
+        best = best_precision(evaluation.rows)
+        lines.append(f"no threshold keeps precision at {TARGET_PRECISION}; the highest is"
+                     f" {best.precision:.4f} at threshold {best.threshold} (recall"
+                     f" {best.recall['all']:.1%}, {best.false_matches} false matches)")
     else:
         chosen = evaluation.row(evaluation.recommended)
         lines.append(f"recommended threshold: {evaluation.recommended} (recall"
@@ -208,15 +216,17 @@ def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
 
 
 def comparison_table(evaluations: list[Evaluation]) -> str:
-    """Several stores (hashes) on the same manifest: recall per kind at each one's threshold."""
+    """Several stores (hashes) on the same manifest: recall per kind at each one's recommended
+    threshold, or where none reaches the target precision, at its most precise threshold."""
     kinds = sorted({kind for evaluation in evaluations for kind in evaluation.kinds})
-    lines = [f"{'recipe':<40} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds) + f" {'all':>6}"]
+    lines = [f"{'recipe':<52} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds) + f" {'all':>6}"]
     for evaluation in evaluations:
-        if evaluation.recommended is None:
-            lines.append(f"{evaluation.recipe:<40}   - (no threshold at precision {TARGET_PRECISION})")
-            continue
-        row = evaluation.row(evaluation.recommended)
-        cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)
         label = evaluation.recipe + (", mirror" if evaluation.mirror else "")
-        lines.append(f"{label:<40} {row.threshold:>3} {cells} {row.recall['all']:>6.1%}")
+        if evaluation.recommended is None:
+            row = best_precision(evaluation.rows)
+            label += f" (best precision {row.precision:.4f})"
+        else:
+            row = evaluation.row(evaluation.recommended)
+        cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)
+        lines.append(f"{label:<52} {row.threshold:>3} {cells} {row.recall['all']:>6.1%}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.dataset import MANIFEST_COLUMNS
-from neardup.evaluation import MAX_THRESHOLD, evaluate_manifest
+from neardup.evaluation import MAX_THRESHOLD, evaluate_manifest, format_evaluation
 from neardup.hashing import Recipe, hash_file
 from neardup.store import Store
 
@@ -81,6 +81,8 @@ def test_a_planted_false_match_lowers_precision_below_the_target(tmp_path: Path)
         assert row.false_matches == 1 and row.found == 2
         assert row.precision == pytest.approx(2 / 3)
     assert result.recommended is None
+    assert "no threshold keeps precision at 0.999; the highest is 0.6667" in format_evaluation(
+        result, 4)
     (group_b,) = [group for group in result.groups if group.group == "g2"]
     assert group_b.others == {"haystack/B_duplicate.png": 0}
 

@@ -158,7 +158,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(format_evaluation(e, args.max_distance) for e in evaluations))
         if len(evaluations) > 1:
-            print("\nrecall at each recipe's recommended threshold (precision >= target):")
+            print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
+                  " its most precise one:")
             print(comparison_table(evaluations))
     if args.report:
         for evaluation in evaluations:
