@@ -10,15 +10,18 @@ import sys
 from ..checker import Checker
 from ..discovery import Skipped, walk_images
 from ..errors import ImageError, NeardupError
-from ..evaluation import comparison_table, evaluate_manifest, format_evaluation
+from ..evaluation import Evaluation, comparison_table, evaluate_manifest, format_evaluation
+from ..grouping import near_duplicate_groups
 from ..hashing import DEFAULT_MAX_PIXELS, Hash, hash_file, is_low_information
+from ..montage import Row, Tile, contact_sheet
 from ..report import write_report
-from ..results import QueryResult, to_record
+from ..results import QueryResult, display_path, to_record
 from ..search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
     find_matches_many,
     merge_matches,
+    resolve_stored_path,
 )
 from ..server import DEFAULT_MAX_UPLOAD_BYTES, serve
 from ..store import Store
@@ -29,6 +32,7 @@ PROG = "search.py"
 EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
+MONTAGE_ROWS = 24  # a contact sheet stays a page a person can look at
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument("--evaluate", metavar="MANIFEST",
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
+    wanted.add_argument("--groups", action="store_true",
+                        help="list every group of near-duplicates in the store (images linked"
+                        " within --max-distance), largest first")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         " (flushed); images index.py commits meanwhile are found too")
@@ -58,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mirror", action="store_true",
                         help="also match mirror images: hash the flipped query too (the store"
                         " is unchanged)")
+    parser.add_argument("--montage", metavar="PNG",
+                        help="also draw a contact sheet: each query (or group) beside its matches"
+                        " with their distances")
     parser.add_argument("--report", metavar="DIR",
                         help="with --evaluate: write evaluation JSON, CSV and a PNG chart of"
                         " recall and precision against the threshold into DIR")
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         args.shelve = args.shelve[0]
         if args.stdin or args.serve:
             return run_checker(args)
+        if args.groups:
+            return run_groups(args)
         with Store.open_for_reading(args.shelve) as store, store.snapshot():
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
@@ -141,10 +153,52 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
+            if args.montage:
+                draw_montage(args.montage, "queries and their matches", [
+                    Row(Tile(r.query, "query"), [
+                        Tile(full, f"distance {m.distance}") for m in r.matches
+                        if (full := resolve_stored_path(store.dataset_root, m.path))])
+                    for r in results if r.error is None])
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
 
     return run_command(PROG, body)
+
+
+def draw_montage(path: str, title: str, rows: list[Row]) -> None:
+    try:
+        contact_sheet(rows[:MONTAGE_ROWS], title).save(path)
+    except (OSError, ValueError) as error:
+        raise NeardupError(f"{path}: cannot write the contact sheet ({error})") from error
+    warn(PROG, f"wrote {path}")
+
+
+def run_groups(args: argparse.Namespace) -> int:
+    """--groups: every connected group of near-duplicates in the store."""
+    with Store.open_for_reading(args.shelve) as store, store.snapshot():
+        groups = near_duplicate_groups(store, args.max_distance,
+                                       include_low_information=args.include_low_information)
+        root = store.dataset_root
+    # Each member as (stored path, file on disk); entries that would leave the dataset are dropped.
+    members = [[(relpath, full) for relpath in group.paths
+                if (full := resolve_stored_path(root, relpath))] for group in groups]
+    if args.json:
+        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _ in pairs],
+                           "relpaths": [relpath for relpath, _ in pairs],
+                           "distinct_hashes": group.hashes}
+                          for group, pairs in zip(groups, members, strict=True)], indent=2))
+    else:
+        for number, (group, pairs) in enumerate(zip(groups, members, strict=True), start=1):
+            print(f"# group {number}: {len(pairs)} images, {group.hashes} distinct"
+                  f" hash{'es' if group.hashes > 1 else ''}")
+            for relpath, _ in pairs:
+                print(printable(display_path(root, relpath) or relpath))
+            print()
+    if args.montage:
+        draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits",
+                     [Row(Tile(pairs[0][1], "first"), [Tile(full, "") for _, full in pairs[1:]])
+                      for pairs in members if pairs])
+    return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
 def run_evaluation(args: argparse.Namespace) -> int:
@@ -166,7 +220,31 @@ def run_evaluation(args: argparse.Namespace) -> int:
             stem = "evaluation-" + os.path.basename(evaluation.store).replace(".", "-")
             for written in write_report(evaluation, args.report, stem):
                 warn(PROG, f"wrote {written}")
+            draw_montage(os.path.join(args.report, f"{stem}-misses.png"),
+                         f"{evaluation.recipe}: copies missed and other matches at"
+                         f" --max-distance {args.max_distance}",
+                         evaluation_rows(evaluation, args.max_distance))
     return EXIT_MATCH
+
+
+def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
+    """The worst first: queries with the most missed copies, then those with other matches."""
+    with Store.open_for_reading(evaluation.store) as store:
+        root = store.dataset_root
+    rows = []
+    for group in evaluation.groups:
+        missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
+                  if (c.distance is None or c.distance > max_distance)
+                  and (full := resolve_stored_path(root, c.path))]
+        others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),
+                                                                 key=lambda item: item[1])
+                  if d <= max_distance and (full := resolve_stored_path(root, p))]
+        if missed or others:
+            original = resolve_stored_path(root, group.original) or group.original
+            rows.append((len(missed) + len(others), Row(Tile(original, group.group),
+                                                        missed + others)))
+    rows.sort(key=lambda item: -item[0])
+    return [row for _, row in rows]
 
 
 def run_checker(args: argparse.Namespace) -> int:

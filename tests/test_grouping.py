@@ -1,0 +1,88 @@
+"""search.py --groups and --montage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from neardup.cli import search as search_cli
+from neardup.grouping import near_duplicate_groups
+from neardup.hashing import Hash, Recipe
+from neardup.store import IndexedFile, Store
+
+from .test_evaluation import build
+
+
+def synthetic_store(path: str) -> None:
+    a = 0x0123_4567_89AB_CDEF
+    b = a ^ 0b111  # 3 bits from a
+    c = b ^ (0b111 << 8)  # 3 bits from b, 6 from a: a chain
+    far = a ^ ((1 << 40) - 1)
+    entries = {"a.jpg": a, "a2.jpg": a, "b.jpg": b, "c.jpg": c, "far.jpg": far,
+               "blank1.jpg": 0, "blank2.jpg": 1}
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(name, 1, 1, Hash(value, 64).hex())
+                     for name, value in entries.items()], [])
+
+
+def groups_at(path: str, distance: int, **options: bool) -> list[tuple[str, ...]]:
+    with Store.open_for_reading(path) as store:
+        return [group.paths for group in near_duplicate_groups(store, distance, **options)]
+
+
+def test_groups_follow_chains_and_leave_blanks_out(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    synthetic_store(path)
+    assert groups_at(path, 0) == [("a.jpg", "a2.jpg")]
+    assert groups_at(path, 3) == [("a.jpg", "a2.jpg", "b.jpg", "c.jpg")]  # a~b~c though a-c is 6
+    assert groups_at(path, 2) == [("a.jpg", "a2.jpg")]
+    assert groups_at(path, 3, include_low_information=True) == [
+        ("a.jpg", "a2.jpg", "b.jpg", "c.jpg"), ("blank1.jpg", "blank2.jpg")]
+
+
+def test_groups_command_text_json_and_montage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=True)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # what building the store printed
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "groups.png"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "# group 1: 3 images, 1 distinct hash"
+    assert "data/haystack/B_duplicate.png" in out and "data/copies/A_same.png" in out
+    with Image.open("groups.png") as sheet:
+        assert sheet.width > 3 * 160 and sheet.height > 2 * 160  # two rows, three tiles wide
+
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [sorted(g["relpaths"]) for g in groups] == [
+        ["copies/B_same.png", "haystack/B.png", "haystack/B_duplicate.png"],
+        ["copies/A_same.png", "haystack/A.png"]]
+
+
+def test_query_montage_survives_a_vanished_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    os.remove("data/copies/A_same.png")  # still in the store, gone from disk
+    assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "-q",
+                            "data/haystack/B.png", "--montage", "sheet.png"]) == 0
+    assert "wrote sheet.png" in capsys.readouterr().err
+    with Image.open("sheet.png") as sheet:
+        assert sheet.size[1] > 2 * 160
+
+
+def test_evaluation_report_draws_the_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=True)
+    monkeypatch.chdir(tmp_path)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--report", "report"]) == 0
+    with Image.open("report/evaluation-db-shelve-misses.png") as sheet:
+        assert sheet.height > 2 * 160  # g1's missed mirror copy, g2's planted duplicate
