@@ -77,6 +77,11 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# Hashes a list of files and yields the outcomes in groups; each group is committed as one
+# transaction. Local: groups by size and time from a process pool. On a cluster: one per partition.
+Hasher = Callable[[list[FoundFile], Recipe, int], Iterator[list["HashOutcome"]]]
+
+
 def index_folder(
     dataset: str,
     store_path: str,
@@ -87,12 +92,20 @@ def index_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     report: Reporter = lambda line: None,
+    hasher: Hasher | None = None,
 ) -> IndexSummary:
-    """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core."""
+    """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
+
+    `hasher` replaces the local process pool (neardup.cluster hashes on a Dask cluster); whoever
+    hashes, only this process writes, and files committed by an earlier, interrupted run are
+    unchanged now and not hashed again.
+    """
     started = time.perf_counter()
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
         raise NeardupError(f"{dataset}: not a folder")
+    if hasher is None:
+        hasher = local_hasher(jobs, batch_size)
     summary = IndexSummary()
     with Store.open_for_writing(store_path, recipe, root, library_versions()) as store:
         found: list[FoundFile] = []
@@ -119,30 +132,24 @@ def index_folder(
 
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
         try:
-            batch: list[IndexedFile] = []
-            failed_before: list[str] = []
-            last_commit = time.monotonic()
-            for outcome in hash_files(todo, recipe, jobs=jobs, max_pixels=max_pixels):
-                bar.update(1)
-                if outcome.hash_hex is None:
-                    summary.failed += 1
-                    report(f"{outcome.file.path}: {outcome.error}")
-                    if outcome.file.relpath in stored:
-                        failed_before.append(outcome.file.relpath)  # its old hash is stale now
-                    continue
-                if is_low_information(Hash.from_hex(outcome.hash_hex, recipe.bits)):
-                    summary.low_information += 1
-                batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
-                                         outcome.file.mtime_ns, outcome.hash_hex))
-                if len(batch) >= batch_size or time.monotonic() - last_commit > BATCH_SECONDS:
-                    store.apply(batch, failed_before)
-                    summary.indexed += len(batch)
-                    summary.removed += len(failed_before)
-                    batch, failed_before = [], []
-                    last_commit = time.monotonic()
-            store.apply(batch, failed_before)
-            summary.indexed += len(batch)
-            summary.removed += len(failed_before)
+            for outcomes in hasher(todo, recipe, max_pixels):
+                batch: list[IndexedFile] = []
+                failed_before: list[str] = []
+                for outcome in outcomes:
+                    if outcome.hash_hex is None:
+                        summary.failed += 1
+                        report(f"{outcome.file.path}: {outcome.error}")
+                        if outcome.file.relpath in stored:
+                            failed_before.append(outcome.file.relpath)  # its old hash is stale
+                        continue
+                    if is_low_information(Hash.from_hex(outcome.hash_hex, recipe.bits)):
+                        summary.low_information += 1
+                    batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
+                                             outcome.file.mtime_ns, outcome.hash_hex))
+                store.apply(batch, failed_before)
+                summary.indexed += len(batch)
+                summary.removed += len(failed_before)
+                bar.update(len(outcomes))
         finally:
             bar.close()
         summary.total = store.image_count()
@@ -154,6 +161,25 @@ def index_folder(
             HashIndex.from_store(store)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def local_hasher(jobs: int, batch_size: int) -> Hasher:
+    """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS."""
+
+    def hash_locally(
+        files: list[FoundFile], recipe: Recipe, max_pixels: int
+    ) -> Iterator[list[HashOutcome]]:
+        group: list[HashOutcome] = []
+        last = time.monotonic()
+        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels):
+            group.append(outcome)
+            if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
+                yield group
+                group, last = [], time.monotonic()
+        if group:
+            yield group
+
+    return hash_locally
 
 
 def hash_files(
@@ -189,6 +215,11 @@ def _init_worker(recipe: Recipe, max_pixels: int) -> None:
 def _hash_in_worker(item: FoundFile) -> HashOutcome:
     assert _worker_settings is not None
     return _hash_one(item, *_worker_settings)
+
+
+def hash_partition(files: list[FoundFile], recipe: Recipe, max_pixels: int) -> list[HashOutcome]:
+    """Hash a list of files in this process (a cluster worker's task)."""
+    return [_hash_one(item, recipe, max_pixels) for item in files]
 
 
 def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:

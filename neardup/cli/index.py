@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cluster import cluster_hasher, connect, worker_paths
 from ..hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..indexing import DEFAULT_BATCH_SIZE, index_folder
 from .common import non_negative_int, positive_int, run_command, warn
@@ -37,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per committed transaction")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
+    cluster = parser.add_argument_group(
+        "on a Dask cluster (pip install -r requirements-dask.txt; workers must see the files"
+        " at the same path)")
+    place = cluster.add_mutually_exclusive_group()
+    place.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="hash on the workers of this Dask scheduler")
+    place.add_argument("--local-cluster", type=positive_int, metavar="N",
+                       help="start a Dask cluster of N workers on 127.0.0.1 and hash there")
+    cluster.add_argument("--partition-size", type=positive_int, default=1000,
+                         help="files per task; each finished partition is one transaction")
+    cluster.add_argument("--connect-timeout", type=positive_int, default=30, metavar="SECONDS",
+                         help="how long to try reaching the scheduler (default 30)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -49,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             recipe = Recipe(args.algorithm, args.hash_size, exact=args.exact)
         except ValueError as error:
             build_parser().error(str(error))
-        summary = index_folder(
-            args.dataset,
-            args.shelve,
-            recipe,
-            jobs=args.jobs,
-            batch_size=args.batch_size,
-            max_pixels=args.max_pixels,
-            progress=not args.quiet and sys.stderr.isatty(),
-            report=lambda line: warn(PROG, line),
-        )
+        options = {"jobs": args.jobs, "batch_size": args.batch_size, "max_pixels": args.max_pixels,
+                   "progress": not args.quiet and sys.stderr.isatty(),
+                   "report": lambda line: warn(PROG, line)}
+        if args.scheduler or args.local_cluster:
+            with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
+                summary = index_folder(worker_paths(args.dataset), args.shelve, recipe,
+                                       hasher=cluster_hasher(client, args.partition_size),
+                                       **options)
+        else:
+            summary = index_folder(args.dataset, args.shelve, recipe, **options)
         print(f"{args.shelve}: {summary.line()}")
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")

@@ -1,0 +1,121 @@
+"""index.py on a real Dask LocalCluster (127.0.0.1): same store as a local run, whatever dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from neardup.cli import index as index_cli
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree
+from .test_index import buckets, committed_count, make_large_tree
+
+distributed = pytest.importorskip(
+    "distributed", reason="Dask is optional: pip install -r requirements-dask.txt to test it")
+
+
+def local_index(store: str) -> None:
+    assert index_cli.main(["-d", "images", "-s", store, "-q", "-j", "1"]) == 0
+
+
+@pytest.fixture()
+def cluster() -> Iterator[object]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as running:
+        yield running
+
+
+def test_a_store_built_on_the_cluster_equals_a_local_one(in_tmp: Path) -> None:
+    make_tree("images", 40, folders=3)
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--local-cluster", "2",
+                           "--partition-size", "7"]) == 0
+    local_index("local.shelve")
+    assert buckets("dask.shelve") == buckets("local.shelve")
+
+
+def test_on_a_caltech_subset(caltech_root: Path, in_tmp: Path, cluster) -> None:  # type: ignore[no-untyped-def]
+    for category in ("accordion", "brain", "emu"):
+        os.makedirs(f"images/{category}")
+        for photo in sorted((caltech_root / category).iterdir()):
+            os.symlink(photo, f"images/{category}/{photo.name}")
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler",
+                           cluster.scheduler_address, "--partition-size", "25"]) == 0
+    local_index("local.shelve")
+    assert buckets("dask.shelve") == buckets("local.shelve")
+    assert sum(len(paths) for paths in buckets("dask.shelve").values()) > 150
+
+
+def test_a_killed_worker_loses_nothing(in_tmp: Path, cluster, capsys) -> None:  # type: ignore[no-untyped-def]
+    make_large_tree(in_tmp / "images", 300)
+    with distributed.Client(cluster) as client:
+        worker_pids = list(client.run(os.getpid).values())
+    outcome: list[int] = []
+    run = threading.Thread(target=lambda: outcome.append(index_cli.main(
+        ["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", cluster.scheduler_address,
+         "--partition-size", "10"])))
+    run.start()
+    deadline = time.monotonic() + 60
+    while committed_count(in_tmp / "dask.shelve") < 20:
+        assert time.monotonic() < deadline and run.is_alive(), "nothing committed"
+        time.sleep(0.01)
+    os.kill(worker_pids[0], signal.SIGKILL)
+    run.join(timeout=180)
+    assert outcome == [0]
+    assert "indexed 300, unchanged 0, removed 0, failed 0" in capsys.readouterr().out
+    local_index("local.shelve")
+    assert buckets("dask.shelve") == buckets("local.shelve")
+
+
+def test_an_interrupted_client_resumes_without_duplicates(in_tmp: Path, cluster) -> None:  # type: ignore[no-untyped-def]
+    make_large_tree(in_tmp / "images", 300)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "dask.shelve",
+               "-q", "--scheduler", cluster.scheduler_address, "--partition-size", "10"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as client:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "dask.shelve") < 20 and client.poll() is None:
+            assert time.monotonic() < deadline, "nothing committed"
+            time.sleep(0.01)
+        client.send_signal(signal.SIGKILL)
+    kept = committed_count(in_tmp / "dask.shelve")
+    assert 20 <= kept < 300, "the client finished before it could be killed"
+    buckets("dask.shelve")  # opens, consistent
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"indexed {300 - kept}, unchanged {kept}" in resumed.stdout
+    local_index("local.shelve")
+    assert buckets("dask.shelve") == buckets("local.shelve")
+
+
+def test_without_dask_the_option_says_what_to_install(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 2)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--local-cluster", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "index.py: error: --scheduler and --local-cluster need Dask:"
+        " pip install -r requirements-dask.txt\n")
+
+
+def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make_tree("images", 2)
+    code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--scheduler",
+                           f"tcp://127.0.0.1:{port}", "--connect-timeout", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"index.py: error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
