@@ -13,6 +13,7 @@ on the same files with the page cache warm:
   index.py --exact -j 1   ours, bit for bit like ImageHash (full decode), one worker
   index.py -j 1           ours, default recipe (grayscale reduced-scale JPEG decode), one worker
   index.py -j N           the same, every core
+  Dask, N local workers   the same through index.py --local-cluster N (cluster started first)
 Ratios are against the reference loop and the decode floor measured in the same run.
 """
 
@@ -24,6 +25,7 @@ import shelve
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,9 @@ import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from neardup.cluster import cluster_hasher, connect  # noqa: E402
 from neardup.discovery import FoundFile, walk_images  # noqa: E402
+from neardup.errors import NeardupError  # noqa: E402
 from neardup.hashing import Recipe  # noqa: E402
 from neardup.indexing import index_folder  # noqa: E402
 
@@ -79,7 +83,8 @@ def make_large_photos(folder: str, count: int) -> list[str]:
     return paths
 
 
-def measure(label: str, files: list[tuple[str, str]], workdir: str) -> list[tuple[str, float]]:
+def measure(label: str, files: list[tuple[str, str]], workdir: str,
+            dask_cluster: object = None) -> list[tuple[str, float]]:
     """Time every row on the same files; files are (relative path, absolute path) pairs."""
     paths = [path for _relpath, path in files]
     subset = os.path.join(workdir, label)
@@ -108,6 +113,12 @@ def measure(label: str, files: list[tuple[str, str]], workdir: str) -> list[tupl
     ours("index.py --exact -j 1", Recipe(exact=True), 1)
     ours("index.py -j 1", Recipe(), 1)
     ours(f"index.py -j {cores}", Recipe(), cores)
+    if dask_cluster is not None:
+        # The cluster is started before the clock (about a second here); the row is the work.
+        store = os.path.join(workdir, f"{label}-dask.shelve")
+        hasher = cluster_hasher(dask_cluster, partition_size=max(10, len(paths) // (cores * 8)))
+        timed(f"Dask, {cores} local workers",
+              lambda: index_folder(subset, store, Recipe(), hasher=hasher))
     return rows
 
 
@@ -137,15 +148,21 @@ def main() -> int:
     found = [entry for entry in walk_images(args.dataset) if isinstance(entry, FoundFile)]
     if args.limit:
         found = found[: args.limit]
-    with tempfile.TemporaryDirectory() as workdir:
-        rows = measure("caltech", [(entry.relpath, entry.path) for entry in found], workdir)
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
+        client = None
+        try:
+            client = stack.enter_context(connect(None, cores))
+        except NeardupError:
+            print("(Dask is not installed: its row is left out)")
+        rows = measure("caltech", [(entry.relpath, entry.path) for entry in found], workdir,
+                       client)
         # Few distinct photos (they are slow to make), each linked under several names, so there
         # is enough work for the parallel rows to be measured rather than their start-up.
         large = make_large_photos(os.path.join(workdir, "generated"), args.large)
         large_files = [(f"copy{k}/{os.path.basename(p)}", p) for k in range(args.repeat)
                        for p in large]
-        large_rows = measure("large", large_files, workdir)
-    cores = os.cpu_count() or 1
+        large_rows = measure("large", large_files, workdir, client)
     report(f"{len(found)} images from {args.dataset} (about 300 x 200), {cores} cores", rows)
     report(f"{len(large_files)} 12-megapixel JPEGs (4000 x 3000; {len(large)} generated, each"
            f" linked {args.repeat} times), {cores} cores", large_rows)
