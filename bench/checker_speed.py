@@ -25,16 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
 from neardup.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.hashing import Recipe  # noqa: E402
 from neardup.indexing import index_folder  # noqa: E402
 
-DEFAULT_DATASET = os.environ.get(
-    "NEARDUP_CALTECH101", str(ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories")
-)
 SEARCH = [sys.executable, str(ROOT / "search.py")]
 TIME_LIMIT = 120.0  # seconds per row, whatever the count
 
@@ -118,9 +114,7 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=800)
     parser.add_argument("--processes", type=int, default=20, help="uploads for the slow row")
     args = parser.parse_args()
-    if not os.path.isdir(args.dataset):
-        print(f"checker_speed.py: {args.dataset}: no such folder (set NEARDUP_CALTECH101)",
-              file=sys.stderr)
+    if not require_dataset(args.dataset, "checker_speed.py"):
         return 2
     photos = [entry.path for entry in walk_images(args.dataset) if isinstance(entry, FoundFile)]
     paths = [os.path.abspath(path) for path in photos[:: max(1, len(photos) // args.uploads)]]

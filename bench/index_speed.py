@@ -22,17 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shelve
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
+from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 from PIL import Image  # noqa: E402
 
 from neardup.cluster import cluster_hasher, connect  # noqa: E402
@@ -40,10 +36,6 @@ from neardup.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.errors import NeardupError  # noqa: E402
 from neardup.hashing import Recipe  # noqa: E402
 from neardup.indexing import index_folder  # noqa: E402
-
-DEFAULT_DATASET = os.environ.get(
-    "NEARDUP_CALTECH101", str(ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories")
-)
 
 
 def read_bytes(paths: list[str]) -> None:
@@ -140,9 +132,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=8, help="12-megapixel JPEGs to generate")
     parser.add_argument("--repeat", type=int, default=20, help="names each large JPEG is linked as")
     args = parser.parse_args()
-    if not os.path.isdir(args.dataset):
-        print(f"index_speed.py: {args.dataset}: no such folder (set NEARDUP_CALTECH101)",
-              file=sys.stderr)
+    if not require_dataset(args.dataset, "index_speed.py"):
         return 2
 
     found = [entry for entry in walk_images(args.dataset) if isinstance(entry, FoundFile)]

@@ -22,17 +22,13 @@ import argparse
 import os
 import resource
 import sqlite3
-import sys
 import tempfile
 import time
 from functools import partial
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
+from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
 from neardup.hashing import Hash, Recipe  # noqa: E402
 from neardup.indexing import index_folder  # noqa: E402
@@ -40,9 +36,6 @@ from neardup.multiindex import MultiIndex  # noqa: E402
 from neardup.search import HashIndex  # noqa: E402
 from neardup.store import Store  # noqa: E402
 
-DEFAULT_DATASET = os.environ.get(
-    "NEARDUP_CALTECH101", str(ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories")
-)
 RADII = (0, 4, 8, 12)
 QUERIES = 200
 

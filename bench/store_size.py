@@ -14,13 +14,10 @@ import argparse
 import os
 import random
 import shelve
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
 from neardup.hashing import Hash, Recipe  # noqa: E402
 from neardup.store import IndexedFile, Store  # noqa: E402
