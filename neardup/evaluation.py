@@ -54,6 +54,7 @@ class ThresholdRow:
 @dataclass(slots=True)
 class Evaluation:
     store: str
+    dataset_root: str
     recipe: str
     mirror: bool
     groups: list[GroupResult]
@@ -146,8 +147,8 @@ def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False)
                     group.others[match.path] = min(known, match.distance)
 
     table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
-    return Evaluation(store.path, store.recipe.describe(), mirror, ordered, table,
-                      recommend(table))
+    return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
+                      table, recommend(table))
 
 
 def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:

@@ -229,8 +229,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
 
 def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     """The worst first: queries with the most missed copies, then those with other matches."""
-    with Store.open_for_reading(evaluation.store) as store:
-        root = store.dataset_root
+    root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
         missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
