@@ -17,7 +17,7 @@ from typing import Any
 
 from .dataset import read_manifest
 from .errors import DatasetError, ImageError
-from .hashing import Hash, hash_file, is_low_information
+from .hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
 from .search import HashIndex, find_matches_many
 from .store import Store
 
@@ -112,9 +112,10 @@ def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False)
     queries: dict[str, list[Hash]] = {}
     for group in groups.values():
         try:
-            looks = [hash_file(on_disk(group.original), store.recipe)]
             if mirror:
-                looks.append(hash_file(on_disk(group.original), store.recipe, mirror=True))
+                looks = list(hash_file_and_mirror(on_disk(group.original), store.recipe))
+            else:
+                looks = [hash_file(on_disk(group.original), store.recipe)]
         except ImageError as error:
             raise DatasetError(f"{manifest_path}: original {error}") from error
         queries[group.group] = looks

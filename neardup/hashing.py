@@ -174,16 +174,21 @@ def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
         image.draft("L", (side, side))
 
 
-def hash_image(image: Image.Image, recipe: Recipe, *, mirror: bool = False) -> Hash:
-    """Hash an opened (not yet loaded) image according to the recipe; mirror: its mirror image."""
+def prepare(image: Image.Image, recipe: Recipe) -> Image.Image:
+    """The opened (not yet loaded) image as the recipe shows it to the hash."""
     if recipe.exact:
-        prepared = image
-    else:
-        decode_reduced(image, recipe)
-        prepared = normalise(image)
-    if mirror:
-        prepared = ImageOps.mirror(prepared)
+        return image
+    decode_reduced(image, recipe)
+    return normalise(image)
+
+
+def hash_prepared(prepared: Image.Image, recipe: Recipe) -> Hash:
     return Hash.from_imagehash(ALGORITHMS[recipe.algorithm](prepared, recipe.hash_size))
+
+
+def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
+    """Hash an opened (not yet loaded) image according to the recipe."""
+    return hash_prepared(prepare(image, recipe), recipe)
 
 
 @lru_cache(maxsize=1)
@@ -233,12 +238,19 @@ def open_image(
         raise ImageError(path, describe_failure(path, error, head)) from error
 
 
-def hash_file(
-    path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, *, mirror: bool = False
-) -> Hash:
+def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
     """Hash one image file, or raise ImageError with a short reason a person can act on."""
     with open_image(path, max_pixels) as image:
-        return hash_image(image, recipe, mirror=mirror)
+        return hash_image(image, recipe)
+
+
+def hash_file_and_mirror(
+    path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Hash, Hash]:
+    """The file's hash and its mirror image's, from one decode (for --mirror)."""
+    with open_image(path, max_pixels) as image:
+        prepared = prepare(image, recipe)
+        return hash_prepared(prepared, recipe), hash_prepared(ImageOps.mirror(prepared), recipe)
 
 
 def hash_bytes(

@@ -12,7 +12,13 @@ from ..discovery import Skipped, walk_images
 from ..errors import ImageError, NeardupError
 from ..evaluation import Evaluation, comparison_table, evaluate_manifest, format_evaluation
 from ..grouping import near_duplicate_groups
-from ..hashing import DEFAULT_MAX_PIXELS, Hash, hash_file, is_low_information
+from ..hashing import (
+    DEFAULT_MAX_PIXELS,
+    Hash,
+    hash_file,
+    hash_file_and_mirror,
+    is_low_information,
+)
 from ..montage import Row, Tile, contact_sheet
 from ..report import write_report
 from ..results import QueryResult, display_path, to_record
@@ -127,11 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
             hashed: list[tuple[QueryResult, Hash]] = []
+            mirrored: list[Hash] = []
             for path in paths:
                 result = QueryResult(path)
                 results.append(result)
                 try:
-                    query_hash = hash_file(path, store.recipe, args.max_pixels)
+                    if args.mirror:
+                        query_hash, mirror_hash = hash_file_and_mirror(path, store.recipe,
+                                                                       args.max_pixels)
+                        mirrored.append(mirror_hash)
+                    else:
+                        query_hash = hash_file(path, store.recipe, args.max_pixels)
                 except ImageError as error:
                     result.error = error.reason
                     continue
@@ -145,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
                                         index, include_low_information=args.include_low_information)
             if args.mirror:
-                mirrored = [hash_file(r.query, store.recipe, args.max_pixels, mirror=True)
-                            for r, _ in hashed]
                 flipped = find_matches_many(store, mirrored, args.max_distance, index,
                                             include_low_information=args.include_low_information)
                 answers = [merge_matches(plain, other)
