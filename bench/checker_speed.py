@@ -27,9 +27,9 @@ from pathlib import Path
 
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
-from neardup.discovery import FoundFile, walk_images  # noqa: E402
-from neardup.hashing import Recipe  # noqa: E402
-from neardup.indexing import index_folder  # noqa: E402
+from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
+from neardup.core.hashing import Recipe  # noqa: E402
+from neardup.core.indexing import index_folder  # noqa: E402
 
 SEARCH = [sys.executable, str(ROOT / "search.py")]
 TIME_LIMIT = 120.0  # seconds per row, whatever the count

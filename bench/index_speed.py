@@ -31,11 +31,11 @@ import numpy as np  # noqa: E402
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 from PIL import Image  # noqa: E402
 
-from neardup.cluster import cluster_hasher, connect  # noqa: E402
-from neardup.discovery import FoundFile, walk_images  # noqa: E402
+from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
+from neardup.core.hashing import Recipe  # noqa: E402
+from neardup.core.indexing import index_folder  # noqa: E402
 from neardup.errors import NeardupError  # noqa: E402
-from neardup.hashing import Recipe  # noqa: E402
-from neardup.indexing import index_folder  # noqa: E402
+from neardup.scale.cluster import cluster_hasher, connect  # noqa: E402
 
 
 def read_bytes(paths: list[str]) -> None:

@@ -30,11 +30,11 @@ import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
-from neardup.hashing import Hash, Recipe  # noqa: E402
-from neardup.indexing import index_folder  # noqa: E402
-from neardup.multiindex import MultiIndex  # noqa: E402
-from neardup.search import HashIndex  # noqa: E402
-from neardup.store import Store  # noqa: E402
+from neardup.core.hashing import Hash, Recipe  # noqa: E402
+from neardup.core.indexing import index_folder  # noqa: E402
+from neardup.core.multiindex import MultiIndex  # noqa: E402
+from neardup.core.search import HashIndex  # noqa: E402
+from neardup.core.store import Store  # noqa: E402
 
 RADII = (0, 4, 8, 12)
 QUERIES = 200

@@ -19,8 +19,8 @@ import time
 
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 
-from neardup.hashing import Hash, Recipe  # noqa: E402
-from neardup.store import IndexedFile, Store  # noqa: E402
+from neardup.core.hashing import Hash, Recipe  # noqa: E402
+from neardup.core.store import IndexedFile, Store  # noqa: E402
 
 BATCH = 10_000
 

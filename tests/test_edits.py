@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from neardup.cli import gather as gather_cli
-from neardup.dataset import read_manifest
-from neardup.edits import KINDS, apply_edit, parse_kinds
+from neardup.sources.dataset import read_manifest
+from neardup.sources.edits import KINDS, apply_edit, parse_kinds
 
 from .imagegen import make_tree, textured
 

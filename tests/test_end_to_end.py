@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from neardup.dataset import read_manifest
+from neardup.sources.dataset import read_manifest
 
 from .conftest import PROJECT_ROOT
 

@@ -11,10 +11,10 @@ from PIL import Image, ImageOps
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
-from neardup.dataset import MANIFEST_COLUMNS
-from neardup.evaluation import MAX_THRESHOLD, evaluate_manifest, format_evaluation
-from neardup.hashing import Recipe, hash_file
-from neardup.store import Store
+from neardup.core.hashing import Recipe, hash_file
+from neardup.core.store import Store
+from neardup.evaluation.scoring import MAX_THRESHOLD, evaluate_manifest, format_evaluation
+from neardup.sources.dataset import MANIFEST_COLUMNS
 
 from .imagegen import textured
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from neardup import indexing
 from neardup.cli import index as index_cli
-from neardup.discovery import FoundFile
-from neardup.hashing import Recipe
-from neardup.indexing import hash_files
-from neardup.store import Store
+from neardup.core import indexing
+from neardup.core.discovery import FoundFile
+from neardup.core.hashing import Recipe
+from neardup.core.indexing import hash_files
+from neardup.core.store import Store
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from neardup.cli import gather as gather_cli
-from neardup.dataset import MANIFEST_COLUMNS, read_manifest
-from neardup.edits import resize
+from neardup.sources.dataset import MANIFEST_COLUMNS, read_manifest
+from neardup.sources.edits import resize
 
 from .imagegen import make_tree, save, textured
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from neardup.cli import search as search_cli
-from neardup.grouping import near_duplicate_groups
-from neardup.hashing import Hash, Recipe
-from neardup.store import IndexedFile, Store
+from neardup.core.grouping import near_duplicate_groups
+from neardup.core.hashing import Hash, Recipe
+from neardup.core.store import IndexedFile, Store
 
 from .test_evaluation import build
 

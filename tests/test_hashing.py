@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neardup.core.hashing import ALGORITHMS, DRAFT_SIDE, Hash, Recipe, hash_file
 from neardup.errors import ImageError
-from neardup.hashing import ALGORITHMS, DRAFT_SIDE, Hash, Recipe, hash_file
 
 from .imagegen import save, textured
 

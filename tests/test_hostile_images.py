@@ -11,15 +11,15 @@ from PIL import UnidentifiedImageError
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
-from neardup.discovery import image_extensions
-from neardup.errors import ImageError
-from neardup.hashing import (
+from neardup.core.discovery import image_extensions
+from neardup.core.hashing import (
     Recipe,
     describe_failure,
     enable_optional_formats,
     hash_file,
     is_low_information,
 )
+from neardup.errors import ImageError
 
 from . import hostile_images as zoo
 

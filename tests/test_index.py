@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from neardup.cli import index as index_cli
-from neardup.store import Store
+from neardup.core.store import Store
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree, save, textured

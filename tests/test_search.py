@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import neardup.search as search_module
-import neardup.store as store_module
+import neardup.core.search as search_module
+import neardup.core.store as store_module
 from neardup.cli import search as search_cli
-from neardup.hashing import Hash, Recipe
-from neardup.multiindex import MAX_SUBSTRING_RADIUS
-from neardup.search import HashIndex, find_matches
-from neardup.store import IndexedFile, Store
+from neardup.core.hashing import Hash, Recipe
+from neardup.core.multiindex import MAX_SUBSTRING_RADIUS
+from neardup.core.search import HashIndex, find_matches
+from neardup.core.store import IndexedFile, Store
 
 from .imagegen import save, textured
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from neardup.archives import Limits, extract
 from neardup.cli import search as search_cli
+from neardup.core.search import resolve_stored_path
+from neardup.core.store import Store, safe_loads
 from neardup.errors import DatasetError, StoreError
-from neardup.search import resolve_stored_path
-from neardup.store import Store, safe_loads
+from neardup.sources.archives import Limits, extract
 
 from .test_store import H1, open_store
 

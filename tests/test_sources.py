@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from neardup.cli import gather as gather_cli
-from neardup.dataset import read_manifest
+from neardup.sources.dataset import read_manifest
 
 from .imagegen import make_tree
 

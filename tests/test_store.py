@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neardup.core.hashing import Hash, Recipe
+from neardup.core.store import IndexedFile, Store, hash_to_words, hex_keys_to_words
 from neardup.errors import StoreError
-from neardup.hashing import Hash, Recipe
-from neardup.store import IndexedFile, Store, hash_to_words, hex_keys_to_words
 
 VERSIONS = {"test": "1"}
 

@@ -6,11 +6,11 @@ import argparse
 import random
 import sys
 
-from ..archives import DEFAULT_MAX_BYTES, Limits
-from ..dataset import GatherOptions, gather
-from ..edits import KINDS, parse_kinds
-from ..hashing import DEFAULT_MAX_PIXELS
-from ..sources import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
+from ..core.hashing import DEFAULT_MAX_PIXELS
+from ..sources.archives import DEFAULT_MAX_BYTES, Limits
+from ..sources.dataset import GatherOptions, gather
+from ..sources.edits import KINDS, parse_kinds
+from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
 from .common import non_negative_int, positive_int, run_command, warn
 
 PROG = "gather.py"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cluster import cluster_hasher, connect, worker_paths
-from ..hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
-from ..indexing import DEFAULT_BATCH_SIZE, index_folder
+from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
+from ..core.indexing import DEFAULT_BATCH_SIZE, index_folder
+from ..scale.cluster import cluster_hasher, connect, worker_paths
 from .common import non_negative_int, positive_int, run_command, warn
 
 PROG = "index.py"

@@ -7,30 +7,30 @@ import json
 import os
 import sys
 
-from ..checker import Checker
-from ..discovery import Skipped, walk_images
-from ..errors import ImageError, NeardupError
-from ..evaluation import Evaluation, comparison_table, evaluate_manifest, format_evaluation
-from ..grouping import near_duplicate_groups
-from ..hashing import (
+from ..core.discovery import Skipped, walk_images
+from ..core.grouping import near_duplicate_groups
+from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
     hash_file,
     hash_file_and_mirror,
     is_low_information,
 )
-from ..montage import Row, Tile, contact_sheet
-from ..report import write_report
-from ..results import QueryResult, display_path, to_record
-from ..search import (
+from ..core.results import QueryResult, display_path, to_record
+from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
 )
-from ..server import DEFAULT_MAX_UPLOAD_BYTES, serve
-from ..store import Store
+from ..core.store import Store
+from ..errors import ImageError, NeardupError
+from ..evaluation.montage import Row, Tile, contact_sheet
+from ..evaluation.report import write_report
+from ..evaluation.scoring import Evaluation, comparison_table, evaluate_manifest, format_evaluation
+from ..service.checker import Checker
+from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
 from .common import non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ImageError
-from .hashing import DEFAULT_MAX_PIXELS, Hash, hash_bytes, hash_file, is_low_information
-from .results import QueryResult, to_record
-from .search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches
-from .store import Store
+from ..core.hashing import DEFAULT_MAX_PIXELS, Hash, hash_bytes, hash_file, is_low_information
+from ..core.results import QueryResult, to_record
+from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches
+from ..core.store import Store
+from ..errors import ImageError
 
 
 class Checker:

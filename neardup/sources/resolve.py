@@ -11,10 +11,10 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from ..core.discovery import FoundFile, walk_images
+from ..errors import DatasetError
 from .archives import Limits, extract, is_archive
-from .discovery import FoundFile, walk_images
 from .download import download
-from .errors import DatasetError
 
 CALTECH101_URL = "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip?download=1"
 CALTECH101_MD5 = "3138e1922a9193bfa496528edbbc45d0"

@@ -19,9 +19,9 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
+from ..errors import ImageError, NeardupError
 from .discovery import FoundFile, Skipped, walk_images
-from .errors import ImageError, NeardupError
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .search import HashIndex
 from .store import IndexedFile, Store
@@ -96,7 +96,7 @@ def index_folder(
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
 
-    `hasher` replaces the local process pool (neardup.cluster hashes on a Dask cluster); whoever
+    `hasher` replaces the local process pool (neardup.scale.cluster hashes on a Dask cluster); whoever
     hashes, only this process writes, and files committed by an earlier, interrupted run are
     unchanged now and not hashed again.
     """

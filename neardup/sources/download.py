@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from . import __version__
-from .errors import DatasetError
+from .. import __version__
+from ..errors import DatasetError
 
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 60

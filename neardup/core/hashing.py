@@ -18,7 +18,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 

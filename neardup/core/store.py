@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from ..errors import StoreError
 from .hashing import Hash, Recipe
 
 FORMAT_VERSION = 1

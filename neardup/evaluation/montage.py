@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ImageError
-from .hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..errors import ImageError
 
 TILE = 160
 CAPTION = 34

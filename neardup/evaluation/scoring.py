@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dataset import read_manifest
-from .errors import DatasetError, ImageError
-from .hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
-from .search import HashIndex, find_matches_many
-from .store import Store
+from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
+from ..core.search import HashIndex, find_matches_many
+from ..core.store import Store
+from ..errors import DatasetError, ImageError
+from ..sources.dataset import read_manifest
 
 MAX_THRESHOLD = 16
 TARGET_PRECISION = 0.999

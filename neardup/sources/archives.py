@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 # CALTECH-101 unpacks to ~9,150 files and ~140 MB (plus its own inner archives); these leave
 # generous room while stopping a bomb long before it fills a disk.

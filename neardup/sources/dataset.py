@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from .discovery import FoundFile, Skipped, walk_images
+from ..core.discovery import FoundFile, Skipped, walk_images
+from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..errors import DatasetError, ImageError
 from .edits import apply_edit
-from .errors import DatasetError, ImageError
-from .hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "role", "group", "source", "edit")
@@ -40,7 +40,7 @@ class GatherOptions:
     scale: float = 0.05  # each copy is resized by a random factor in [1 - scale, 1 + scale]
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
-    edits: tuple[str, ...] = ("resize",)  # kinds from neardup.edits.KINDS
+    edits: tuple[str, ...] = ("resize",)  # kinds from neardup.sources.edits.KINDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .evaluation import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
+from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
 
 WIDTH, HEIGHT = 1000, 600
 LEFT, RIGHT, TOP, BOTTOM = 70, 230, 50, 60

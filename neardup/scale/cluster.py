@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .discovery import FoundFile
-from .errors import NeardupError
-from .hashing import Recipe
-from .indexing import Hasher, HashOutcome, hash_partition
+from ..core.discovery import FoundFile
+from ..core.hashing import Recipe
+from ..core.indexing import Hasher, HashOutcome, hash_partition
+from ..errors import NeardupError
 
 DEFAULT_PARTITION_SIZE = 1000
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.

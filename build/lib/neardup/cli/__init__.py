@@ -1,0 +1,1 @@
+"""Command-line entry points. Each module has `main(argv) -> int`, so tests call it directly."""

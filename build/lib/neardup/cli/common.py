@@ -1,0 +1,55 @@
+"""What every command shares: argument types, and the edge where errors become one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from ..errors import NeardupError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
+    """Run a command body; a user's mistake becomes `prog: error: ...` on stderr, never a traceback."""
+    # File names need not be UTF-8: write their bytes back as they are (as ls does), not crash.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
+    try:
+        return body()
+    except NeardupError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`search.py ... | head`): not an error worth a message.
+        sys.stderr.close()
+        return EXIT_ERROR
+
+
+def warn(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value

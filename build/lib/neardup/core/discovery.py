@@ -1,0 +1,98 @@
+"""Finding the image files in a folder tree.
+
+A file is a candidate when its extension is one Pillow registers, or when it has no extension at all
+(CALTECH-101 ships `BACKGROUND_Google/tmp`, a JPEG). Other files (a manifest.csv, a README) are
+passed over silently; a candidate that turns out not to be an image is reported by whoever hashes it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from PIL import Image
+
+from .hashing import enable_optional_formats
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    """A candidate image: its path relative to the root (always '/'-separated) and what stat said."""
+
+    relpath: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Something under the root that could not even be looked at, and why."""
+
+    path: str
+    reason: str
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    enable_optional_formats()  # .heic and .heif when pillow-heif is installed
+    Image.init()  # registers every plug-in, not just the few Pillow preloads
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def is_candidate(name: str) -> bool:
+    if name.startswith("."):
+        return False  # .DS_Store, editors' swap files, our own temporary files
+    extension = os.path.splitext(name)[1].lower()
+    return extension == "" or extension in image_extensions()
+
+
+def walk_images(root: str) -> Iterator[FoundFile | Skipped]:
+    """Yield every candidate image under root, sorted by path, and what could not be read.
+
+    Links to files are followed (a library of links is common); links to folders are not, so a
+    link cycle cannot make the walk endless.
+    """
+    pending = [""]
+    while pending:
+        reldir = pending.pop()
+        folder = os.path.join(root, reldir) if reldir else root
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as error:
+            yield Skipped(folder, f"cannot list folder ({error.strerror or error})")
+            continue
+        subfolders = []
+        for entry in entries:
+            relpath = f"{reldir}/{entry.name}" if reldir else entry.name
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(relpath)
+                    continue
+            except OSError:
+                pass
+            if not is_candidate(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                yield Skipped(entry.path, "broken link" if entry.is_symlink() else "vanished")
+                continue
+            except OSError as error:
+                yield Skipped(entry.path, f"cannot stat ({error.strerror or error})")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                yield Skipped(entry.path, "link to a folder, not followed")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                yield Skipped(entry.path, "not a regular file")
+                continue
+            yield FoundFile(relpath, entry.path, info.st_size, info.st_mtime_ns)
+        # Popping from the end: push in reverse so folders come out in name order.
+        pending.extend(reversed(subfolders))

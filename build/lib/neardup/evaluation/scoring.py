@@ -1,0 +1,234 @@
+"""Scoring a store against a gather.py manifest: recall per edit, precision, the threshold to use.
+
+Each sampled original is a query. Its copies are the true matches: their distances to the query
+are computed directly, so recall is known at every threshold, found or not. Every other stored
+image within the largest threshold is a false match (or a true duplicate the source data set
+itself contains: CALTECH-101 has some, e.g. the same photo in Faces and Faces_easy). Then, for
+every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall, false matches,
+precision; and the recommendation: the smallest threshold reaching the best recall that keeps
+precision at or above TARGET_PRECISION.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
+from ..core.search import HashIndex, find_matches_many
+from ..core.store import Store
+from ..errors import DatasetError, ImageError
+from ..sources.dataset import read_manifest
+
+MAX_THRESHOLD = 16
+TARGET_PRECISION = 0.999
+
+
+@dataclass(slots=True)
+class CopyOutcome:
+    path: str  # store path
+    kind: str  # the edit's first word: resize, crop, ...
+    edit: str  # the whole manifest description
+    distance: int | None  # None: the copy could not be hashed
+
+
+@dataclass(slots=True)
+class GroupResult:
+    group: str
+    original: str  # store path of the sampled original
+    copies: list[CopyOutcome] = field(default_factory=list)
+    others: dict[str, int] = field(default_factory=dict)  # other stored image -> distance
+    low_information: bool = False
+
+
+@dataclass(slots=True)
+class ThresholdRow:
+    threshold: int
+    recall: dict[str, float]  # per edit kind, and "all"
+    found: int
+    false_matches: int
+    precision: float
+
+
+@dataclass(slots=True)
+class Evaluation:
+    store: str
+    dataset_root: str
+    recipe: str
+    mirror: bool
+    groups: list[GroupResult]
+    rows: list[ThresholdRow]
+    recommended: int | None  # None: no threshold keeps precision at the target
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({copy.kind for group in self.groups for copy in group.copies})
+
+    @property
+    def copies(self) -> int:
+        return sum(len(group.copies) for group in self.groups)
+
+    def row(self, threshold: int) -> ThresholdRow:
+        return self.rows[min(threshold, MAX_THRESHOLD)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store, "recipe": self.recipe, "mirror": self.mirror,
+            "copies": self.copies, "queries": len(self.groups),
+            "target_precision": TARGET_PRECISION, "recommended_threshold": self.recommended,
+            "thresholds": [
+                {"threshold": r.threshold, "recall": r.recall, "found": r.found,
+                 "false_matches": r.false_matches, "precision": r.precision} for r in self.rows],
+            "groups": [
+                {"group": g.group, "original": g.original, "low_information": g.low_information,
+                 "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance}
+                            for c in g.copies],
+                 "others": g.others} for g in self.groups],
+        }
+
+
+def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False) -> Evaluation:
+    manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
+    rows = read_manifest(manifest_path)
+
+    def store_path(file: str) -> str:
+        relative = os.path.relpath(os.path.join(manifest_dir, *file.split("/")), store.dataset_root)
+        if relative == ".." or relative.startswith(".." + os.sep):
+            raise DatasetError(
+                f"{manifest_path}: {file} is not under the store's dataset {store.dataset_root}")
+        return relative.replace(os.sep, "/")
+
+    def on_disk(path: str) -> str:
+        return os.path.join(store.dataset_root, *path.split("/"))
+
+    groups: dict[str, GroupResult] = {}
+    for row in rows:
+        if row.role == "original":
+            groups[row.group] = GroupResult(row.group, store_path(row.file))
+    if not groups:
+        raise DatasetError(f"{manifest_path}: names no sampled originals")
+
+    queries: dict[str, list[Hash]] = {}
+    for group in groups.values():
+        try:
+            if mirror:
+                looks = list(hash_file_and_mirror(on_disk(group.original), store.recipe))
+            else:
+                looks = [hash_file(on_disk(group.original), store.recipe)]
+        except ImageError as error:
+            raise DatasetError(f"{manifest_path}: original {error}") from error
+        queries[group.group] = looks
+        group.low_information = is_low_information(looks[0])
+
+    for row in rows:
+        if row.role != "copy":
+            continue
+        if row.group not in groups:
+            raise DatasetError(f"{manifest_path}: copy {row.file} has no original")
+        path = store_path(row.file)
+        try:
+            value = hash_file(on_disk(path), store.recipe)
+            distance: int | None = min(value.distance(look) for look in queries[row.group])
+        except ImageError:
+            distance = None
+        kind = row.edit.split()[0] if row.edit else "copy"
+        groups[row.group].copies.append(CopyOutcome(path, kind, row.edit, distance))
+
+    index = HashIndex.from_store(store)
+    ordered = sorted(groups.values(), key=lambda group: group.group)
+    for look in range(2 if mirror else 1):
+        answers = find_matches_many(store, [queries[g.group][look] for g in ordered],
+                                    MAX_THRESHOLD, index)
+        for group, matches in zip(ordered, answers, strict=True):
+            members = {group.original} | {copy.path for copy in group.copies}
+            for match in matches:
+                if match.path not in members:
+                    known = group.others.get(match.path, match.distance)
+                    group.others[match.path] = min(known, match.distance)
+
+    table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
+    return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
+                      table, recommend(table))
+
+
+def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:
+    totals: dict[str, int] = {}
+    hits: dict[str, int] = {}
+    for group in groups:
+        for copy in group.copies:
+            totals[copy.kind] = totals.get(copy.kind, 0) + 1
+            if copy.distance is not None and copy.distance <= threshold:
+                hits[copy.kind] = hits.get(copy.kind, 0) + 1
+    found = sum(hits.values())
+    false = sum(1 for g in groups for d in g.others.values() if d <= threshold)
+    recall = {kind: hits.get(kind, 0) / total for kind, total in sorted(totals.items())}
+    recall["all"] = found / sum(totals.values()) if totals else 1.0
+    precision = found / (found + false) if found + false else 1.0
+    return ThresholdRow(threshold, recall, found, false, precision)
+
+
+def recommend(rows: list[ThresholdRow]) -> int | None:
+    """The smallest threshold reaching the best recall among those at the target precision."""
+    eligible = [row for row in rows if row.precision >= TARGET_PRECISION]
+    if not eligible:
+        return None
+    best = max(row.recall["all"] for row in eligible)
+    return min(row.threshold for row in eligible if row.recall["all"] == best)
+
+
+def best_precision(rows: list[ThresholdRow]) -> ThresholdRow:
+    """The row with the highest precision; of equals, the one with the best recall."""
+    return max(rows, key=lambda row: (row.precision, row.recall["all"]))
+
+
+def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
+    kinds = evaluation.kinds
+    lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
+             f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
+    header = f"{'t':>3} " + " ".join(f"{kind[:8]:>8}" for kind in kinds)
+    lines.append(f"{header} {'all':>6} {'false':>6} {'precision':>9}")
+    for row in evaluation.rows:
+        cells = " ".join(f"{row.recall[kind]:>8.1%}" for kind in kinds)
+        lines.append(f"{row.threshold:>3} {cells} {row.recall['all']:>6.1%}"
+                     f" {row.false_matches:>6} {row.precision:>9.4f}")
+    if evaluation.recommended is None:
+        best = best_precision(evaluation.rows)
+        lines.append(f"no threshold keeps precision at {TARGET_PRECISION}; the highest is"
+                     f" {best.precision:.4f} at threshold {best.threshold} (recall"
+                     f" {best.recall['all']:.1%}, {best.false_matches} false matches)")
+    else:
+        chosen = evaluation.row(evaluation.recommended)
+        lines.append(f"recommended threshold: {evaluation.recommended} (recall"
+                     f" {chosen.recall['all']:.1%} at precision {chosen.precision:.4f};"
+                     f" target {TARGET_PRECISION})")
+    at = evaluation.row(max_distance)
+    lines.append(f"at --max-distance {max_distance}: {at.found}/{evaluation.copies} copies found,"
+                 f" {at.false_matches} other matches")
+    for group in evaluation.groups:
+        for copy in group.copies:
+            if copy.distance is None or copy.distance > max_distance:
+                shown = "unreadable" if copy.distance is None else f"distance {copy.distance}"
+                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
+        for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
+            if distance <= max_distance:
+                lines.append(f"  other   {group.group} {group.original} ~ {path}"
+                             f" (distance {distance})")
+    return "\n".join(lines)
+
+
+def comparison_table(evaluations: list[Evaluation]) -> str:
+    """Several stores (hashes) on the same manifest: recall per kind at each one's recommended
+    threshold, or where none reaches the target precision, at its most precise threshold."""
+    kinds = sorted({kind for evaluation in evaluations for kind in evaluation.kinds})
+    lines = [f"{'recipe':<52} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds) + f" {'all':>6}"]
+    for evaluation in evaluations:
+        label = evaluation.recipe + (", mirror" if evaluation.mirror else "")
+        if evaluation.recommended is None:
+            row = best_precision(evaluation.rows)
+            label += f" (best precision {row.precision:.4f})"
+        else:
+            row = evaluation.row(evaluation.recommended)
+        cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)
+        lines.append(f"{label:<52} {row.threshold:>3} {cells} {row.recall['all']:>6.1%}")
+    return "\n".join(lines)

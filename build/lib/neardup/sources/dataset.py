@@ -1,0 +1,252 @@
+"""Building the evaluation dataset: a haystack of real photos plus resized copies of a few samples.
+
+Layout of the output folder:
+    haystack/<path in the source>   every source image (hard link, or a copy across file systems)
+    copies/<group>_copy<k>.jpg      resized copies of the sampled originals, saved as JPEG
+    manifest.csv                    which file came from where (columns in MANIFEST_COLUMNS)
+
+The folder is built beside its final place and renamed into it at the end, so an interrupted run
+leaves nothing half-made and two runs are never mixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from ..core.discovery import FoundFile, Skipped, walk_images
+from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..errors import DatasetError, ImageError
+from .edits import apply_edit
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ("file", "role", "group", "source", "edit")
+HAYSTACK_DIR = "haystack"
+COPIES_DIR = "copies"
+MAX_RANDOM_COPIES = 8  # the reference tutorial's 1..8 copies per sample
+
+
+@dataclass(frozen=True, slots=True)
+class GatherOptions:
+    samples: int = 17
+    copies: int | None = None  # None: a random count from 1 to MAX_RANDOM_COPIES per sample
+    scale: float = 0.05  # each copy is resized by a random factor in [1 - scale, 1 + scale]
+    seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    edits: tuple[str, ...] = ("resize",)  # kinds from neardup.sources.edits.KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    file: str  # relative to the output folder, '/'-separated
+    role: str  # "original", "copy", or "" for the rest of the haystack
+    group: str  # shared by a sampled original and its copies
+    source: str  # haystack: the path it came from; copy: the `file` of its original
+    edit: str  # what was done to make a copy, with its parameters
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in MANIFEST_COLUMNS}
+
+
+@dataclass(slots=True)
+class GatherSummary:
+    output: str
+    seed: int
+    haystack: int = 0
+    samples: int = 0
+    copies: int = 0
+    unreadable_samples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"{self.output}: {self.haystack} haystack images, {self.samples} samples,"
+            f" {self.copies} copies, {MANIFEST_NAME} (seed {self.seed})"
+        )
+
+
+def gather(
+    source_root: str,
+    output: str,
+    options: GatherOptions,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    report: Callable[[str], None] = lambda line: None,
+) -> GatherSummary:
+    """Build the dataset from the images under source_root into the folder output."""
+    destination = os.path.abspath(output)
+    _check_output(source_root, destination, force)
+    images = []
+    for entry in walk_images(source_root):
+        if isinstance(entry, Skipped):
+            report(f"{entry.path}: {entry.reason}")
+        else:
+            images.append(entry)
+    if not images:
+        raise DatasetError(f"{source_root}: holds no images")
+    if options.samples > len(images):
+        raise DatasetError(
+            f"--samples {options.samples} is more than the {len(images)} images in {source_root}"
+        )
+
+    summary = GatherSummary(output=output, seed=options.seed)
+    parent = os.path.dirname(destination)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.partial-", dir=parent)
+    try:
+        rows = _write_haystack(images, source_root, staging, progress)
+        summary.haystack = len(rows)
+        copy_rows = _write_copies(images, rows, staging, options, summary, report)
+        _write_manifest(os.path.join(staging, MANIFEST_NAME), rows + copy_rows)
+        _move_into_place(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def read_manifest(path: str) -> list[ManifestRow]:
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as stream:
+            reader = csv.DictReader(stream)
+            missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise DatasetError(f"{path}: not a manifest (missing {', '.join(sorted(missing))})")
+            return [ManifestRow(**{name: row[name] or "" for name in MANIFEST_COLUMNS})
+                    for row in reader]
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read manifest ({error.strerror})") from error
+    except csv.Error as error:
+        raise DatasetError(f"{path}: not a valid CSV file ({error})") from error
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+
+def _check_output(source_root: str, destination: str, force: bool) -> None:
+    source = os.path.realpath(source_root)
+    target = os.path.realpath(destination)
+    if target == source or target.startswith(source + os.sep) or source.startswith(target + os.sep):
+        raise DatasetError(f"{destination}: the output must not be inside the source, or around it")
+    if not os.path.exists(destination):
+        return
+    if not os.path.isdir(destination):
+        raise DatasetError(f"{destination}: exists and is not a folder")
+    if not os.listdir(destination):
+        return
+    if not force:
+        raise DatasetError(
+            f"{destination}: not empty; pass --force to replace the earlier gather.py run there"
+        )
+    if not os.path.isfile(os.path.join(destination, MANIFEST_NAME)):
+        raise DatasetError(
+            f"{destination}: not empty and holds no {MANIFEST_NAME}, so it is not an earlier"
+            " gather.py output; refusing to replace it even with --force"
+        )
+
+
+def _write_haystack(
+    images: list[FoundFile], source_root: str, staging: str, progress: bool
+) -> list[ManifestRow]:
+    rows = []
+    for image in tqdm(images, unit="img", desc="haystack", disable=not progress):
+        relative = f"{HAYSTACK_DIR}/{image.relpath}"
+        target = os.path.join(staging, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.link(image.path, target)  # instant and free; the source is never modified
+        except OSError:
+            shutil.copyfile(image.path, target)
+        rows.append(ManifestRow(relative, "", "", os.path.join(source_root, image.relpath), ""))
+    return rows
+
+
+def _write_copies(
+    images: list[FoundFile],
+    rows: list[ManifestRow],
+    staging: str,
+    options: GatherOptions,
+    summary: GatherSummary,
+    report: Callable[[str], None],
+) -> list[ManifestRow]:
+    rng = random.Random(options.seed)
+    width = len(str(options.samples))
+    os.makedirs(os.path.join(staging, COPIES_DIR))
+    copy_rows: list[ManifestRow] = []
+    # Walk a seeded permutation and take the first samples that decode, so one corrupt file does
+    # not end the run and the choice stays reproducible.
+    for index in rng.sample(range(len(images)), len(images)):
+        if summary.samples == options.samples:
+            break
+        try:
+            with open_image(images[index].path, options.max_pixels) as opened:
+                picture = normalise(opened)
+        except ImageError as error:
+            summary.unreadable_samples.append(error.path)
+            report(f"{error.path}: not used as a sample ({error.reason})")
+            continue
+        if picture.mode not in ("RGB", "L"):
+            picture = picture.convert("RGB")
+        summary.samples += 1
+        group = f"g{summary.samples:0{width}d}"
+        original = rows[index]
+        rows[index] = ManifestRow(original.file, "original", group, original.source, "")
+        for number, kind in enumerate(_copy_kinds(options, rng), start=1):
+            copy, description, quality = apply_edit(kind, picture, rng, options.scale)
+            relative = f"{COPIES_DIR}/{group}_copy{number}.jpg"
+            copy.save(os.path.join(staging, *relative.split("/")), "JPEG", quality=quality)
+            edit = f"{description} jpeg_quality={quality}"
+            copy_rows.append(ManifestRow(relative, "copy", group, original.file, edit))
+            summary.copies += 1
+    if summary.samples < options.samples:
+        raise DatasetError(
+            f"only {summary.samples} of the source images could be decoded;"
+            f" --samples {options.samples} cannot be met"
+        )
+    return copy_rows
+
+
+def _copy_kinds(options: GatherOptions, rng: random.Random) -> list[str]:
+    """The edit of each copy of one sample.
+
+    With --copies N: N copies of every edit kind. Otherwise 1 to 8 copies (the reference
+    tutorial's count), taking the kinds in turn from a random starting point.
+    """
+    kinds = list(options.edits)
+    if options.copies is not None:
+        return [kind for kind in kinds for _ in range(options.copies)]
+    count = rng.randint(1, MAX_RANDOM_COPIES)
+    # One kind draws nothing more, so seeds made before --edits existed still give the same files.
+    start = rng.randrange(len(kinds)) if len(kinds) > 1 else 0
+    return [kinds[(start + number) % len(kinds)] for number in range(count)]
+
+
+def _write_manifest(path: str, rows: list[ManifestRow]) -> None:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:
+        writer = csv.DictWriter(stream, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(row.as_dict() for row in rows)
+
+
+def _move_into_place(staging: str, destination: str) -> None:
+    if not os.path.exists(destination):
+        os.rename(staging, destination)
+        return
+    if not os.listdir(destination):
+        os.rmdir(destination)
+        os.rename(staging, destination)
+        return
+    # --force over an earlier run: swap first, delete after, so a failure never leaves nothing.
+    retired = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.old-",
+                               dir=os.path.dirname(destination))
+    os.rmdir(retired)
+    os.rename(destination, retired)
+    os.rename(staging, destination)
+    shutil.rmtree(retired, ignore_errors=True)
