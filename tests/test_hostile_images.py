@@ -206,3 +206,46 @@ class TestAwkwardNames:
         (record,) = json.loads(capsysbinary.readouterr().out)
         relpaths = sorted(os.fsencode(match["relpath"]) for match in record["matches"])
         assert relpaths == sorted(names)
+
+
+class TestOnlyRasterFormats:
+    """Pillow picks its plug-in from the content; only the raster formats we mean to read are tried."""
+
+    @pytest.mark.parametrize(("body", "named"), [
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
+        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "PDF"),
+        (b"8BPS\x00\x01" + bytes(26), "PSD"),
+        (b"SIMPLE  =                    T" + bytes(50), "FITS"),
+    ])
+    def test_documents_named_jpg_are_refused_by_name(self, tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                     body: bytes, named: str) -> None:
+        from PIL import EpsImagePlugin
+
+        def no_ghostscript(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the EPS plug-in was reached")
+
+        monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+        path = tmp_path / "x.jpg"
+        path.write_bytes(body)
+        with pytest.raises(ImageError) as caught:
+            hash_file(str(path), DEFAULT)
+        assert named in caught.value.reason
+
+    def test_extensions_are_those_of_the_raster_formats(self) -> None:
+        extensions = image_extensions()
+        assert {".jpg", ".png", ".webp", ".gif", ".bmp", ".tif"} <= extensions
+        assert not {".eps", ".ps", ".pdf", ".fits", ".psd", ".xpm", ".ico"} & extensions
+
+
+def test_a_bug_in_our_code_is_not_reported_as_a_bad_image(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Only opening and decoding are guarded: an error in the hash step propagates as itself."""
+    import neardup.core.hashing as hashing
+
+    path = zoo.reference(tmp_path)
+
+    def broken(image, size):  # type: ignore[no-untyped-def]
+        raise TypeError("a bug")
+
+    monkeypatch.setitem(hashing.ALGORITHMS, "dhash", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        hash_file(str(path), DEFAULT)

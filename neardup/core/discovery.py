@@ -1,6 +1,7 @@
 """Finding the image files in a folder tree.
 
-A file is a candidate when its extension is one Pillow registers, or when it has no extension at all
+A file is a candidate when its extension belongs to a raster format neardup reads
+(hashing.RASTER_FORMATS), or when it has no extension at all
 (CALTECH-101 ships `BACKGROUND_Google/tmp`, a JPEG). Other files (a manifest.csv, a README) are
 passed over silently; a candidate that turns out not to be an image is reported by whoever hashes it.
 """
@@ -15,7 +16,7 @@ from functools import lru_cache
 
 from PIL import Image
 
-from .hashing import enable_optional_formats
+from .hashing import readable_formats
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +39,10 @@ class Skipped:
 
 @lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
-    enable_optional_formats()  # .heic and .heif when pillow-heif is installed
-    Image.init()  # registers every plug-in, not just the few Pillow preloads
-    return frozenset(ext.lower() for ext in Image.registered_extensions())
+    """Extensions of the raster formats neardup reads (.heic and .heif with pillow-heif)."""
+    readable = set(readable_formats())
+    return frozenset(ext.lower() for ext, name in Image.registered_extensions().items()
+                     if name in readable)
 
 
 def is_candidate(name: str) -> bool:

@@ -174,12 +174,16 @@ def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
         image.draft("L", (side, side))
 
 
-def prepare(image: Image.Image, recipe: Recipe) -> Image.Image:
-    """The opened (not yet loaded) image as the recipe shows it to the hash."""
+def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
+    """What to tell the decoder before it decodes (None: decode as plain ImageHash does)."""
     if recipe.exact:
-        return image
-    decode_reduced(image, recipe)
-    return normalise(image)
+        return None
+    return lambda image: decode_reduced(image, recipe)
+
+
+def prepare(image: Image.Image, recipe: Recipe) -> Image.Image:
+    """The decoded image as the recipe shows it to the hash."""
+    return image if recipe.exact else normalise(image)
 
 
 def hash_prepared(prepared: Image.Image, recipe: Recipe) -> Hash:
@@ -187,8 +191,15 @@ def hash_prepared(prepared: Image.Image, recipe: Recipe) -> Hash:
 
 
 def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
-    """Hash an opened (not yet loaded) image according to the recipe."""
+    """Hash a decoded image according to the recipe."""
     return hash_prepared(prepare(image, recipe), recipe)
+
+
+# The raster formats neardup reads, by Pillow's format name; no other Pillow plug-in is ever given
+# a file or an upload. Pillow picks its decoder from the content, not the name, so without this a
+# PostScript body named x.jpg reaches the EPS plug-in, which runs Ghostscript. The same list decides
+# which file extensions index.py considers (neardup.core.discovery).
+RASTER_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 
 
 @lru_cache(maxsize=1)
@@ -208,39 +219,66 @@ def enable_optional_formats() -> tuple[str, ...]:
     return tuple(enabled)
 
 
+@lru_cache(maxsize=1)
+def readable_formats() -> tuple[str, ...]:
+    """RASTER_FORMATS that this Pillow (with its installed plug-ins) can actually open."""
+    enable_optional_formats()
+    Image.init()
+    return tuple(name for name in RASTER_FORMATS if name in Image.OPEN)
+
+
 @contextmanager
 def open_image(
-    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None
+    path: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    data: bytes | None = None,
+    before_load: Callable[[Image.Image], None] | None = None,
 ) -> Iterator[Image.Image]:
-    """Open an image lazily (header only), refusing bombs; any failure becomes an ImageError.
+    """Open and decode an image (its first frame), refusing bombs and formats we do not read.
 
-    With `data`, the image is read from those bytes (an upload) and `path` only names it.
+    Only opening and decoding are guarded: what they raise becomes an ImageError with a short
+    reason. What the caller then does with the pixels is not, so a bug in our code stays a bug
+    instead of being reported as a bad image. `before_load` runs between reading the header and
+    decoding (to ask for a reduced decode). With `data`, the image is read from those bytes (an
+    upload) and `path` only names it.
     """
-    enable_optional_formats()
+    stream: io.BufferedIOBase | None = None
+    image: Image.Image | None = None
     try:
-        with (open(path, "rb") if data is None else io.BytesIO(data)) as stream, \
-                warnings.catch_warnings():
+        stream = open(path, "rb") if data is None else io.BytesIO(data)
+        with warnings.catch_warnings():
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
             # the limit below is ours, and --max-pixels sets it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        path,
-                        f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}",
-                    )
-                yield image
-    except ImageError:
-        raise
+            image = Image.open(stream, formats=readable_formats())
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
+                )
+            if before_load is not None:
+                before_load(image)
+            image.load()
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
+        if image is not None:
+            image.close()
+        if stream is not None:
+            stream.close()
+        if isinstance(error, ImageError):
+            raise
         head = None if data is None else data[:32]
         raise ImageError(path, describe_failure(path, error, head)) from error
+    try:
+        yield image
+    finally:
+        image.close()
+        stream.close()
 
 
 def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
     """Hash one image file, or raise ImageError with a short reason a person can act on."""
-    with open_image(path, max_pixels) as image:
+    with open_image(path, max_pixels, before_load=decoder_settings(recipe)) as image:
         return hash_image(image, recipe)
 
 
@@ -248,7 +286,7 @@ def hash_file_and_mirror(
     path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Hash, Hash]:
     """The file's hash and its mirror image's, from one decode (for --mirror)."""
-    with open_image(path, max_pixels) as image:
+    with open_image(path, max_pixels, before_load=decoder_settings(recipe)) as image:
         prepared = prepare(image, recipe)
         return hash_prepared(prepared, recipe), hash_prepared(ImageOps.mirror(prepared), recipe)
 
@@ -259,7 +297,7 @@ def hash_bytes(
     """Hash an image held in memory (an upload); errors name it `name`."""
     if not data:
         raise ImageError(name, "empty file")
-    with open_image(name, max_pixels, data=data) as image:
+    with open_image(name, max_pixels, data=data, before_load=decoder_settings(recipe)) as image:
         return hash_image(image, recipe)
 
 
@@ -308,7 +346,26 @@ _ISO_IMAGE_BRANDS = {
 }
 
 
+# Formats Pillow has a plug-in for but neardup never hands to it (see RASTER_FORMATS): named in
+# the refusal, so a person knows the file was recognised and refused, not misread.
+_REFUSED_SIGNATURES = (
+    (b"%!PS-Adobe", "PostScript/EPS (not read: Pillow would run Ghostscript on it)"),
+    (b"%!", "PostScript (not read: Pillow would run Ghostscript on it)"),
+    (b"\xc5\xd0\xd3\xc6", "EPS (not read: Pillow would run Ghostscript on it)"),
+    (b"%PDF", "PDF (a document, not an image)"),
+    (b"8BPS", "Photoshop PSD (not read)"),
+    (b"SIMPLE  =", "FITS (not read)"),
+    (b"/* XPM */", "XPM (not read)"),
+    (b"\x00\x00\x01\x00", "ICO (not read)"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 (not read)"),
+    (b"\xffO\xffQ", "JPEG 2000 (not read)"),
+)
+
+
 def _unsupported_format(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         return _ISO_IMAGE_BRANDS.get(head[8:12])
+    for signature, name in _REFUSED_SIGNATURES:
+        if head.startswith(signature):
+            return name
     return None

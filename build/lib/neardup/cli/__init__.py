@@ -1,1 +1,0 @@
-"""Command-line entry points. Each module has `main(argv) -> int`, so tests call it directly."""
