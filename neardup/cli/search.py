@@ -223,7 +223,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
-            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+            evaluations.append(evaluate_manifest(
+                store, args.evaluate, mirror=args.mirror,
+                include_low_information=args.include_low_information))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
@@ -249,7 +251,8 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}")
+                  for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
         others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),
