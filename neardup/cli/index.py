@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact", action="store_true",
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
                         " flattening), for comparing hashes with other tools")
+    parser.add_argument("--features", action="store_true",
+                        help="also store local features of every image (about 4 KB each), so"
+                        " search.py finds cropped, padded, rotated and mirrored copies and verifies"
+                        " every match (pip install -r requirements-features.txt)")
     parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
                         help="worker processes (default 0: one per core)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
@@ -64,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().error(str(error))
         options = {"jobs": args.jobs, "batch_size": args.batch_size, "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
-                   "report": lambda line: warn(PROG, line)}
+                   "report": lambda line: warn(PROG, line), "features": args.features}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
                 summary = index_folder(worker_paths(args.dataset), args.shelve, recipe,
-                                       hasher=cluster_hasher(client, args.partition_size),
+                                       hasher=cluster_hasher(client, args.partition_size,
+                                                             features=args.features),
                                        **options)
         else:
             summary = index_folder(args.dataset, args.shelve, recipe, **options)

@@ -20,6 +20,7 @@ from ..core.results import QueryResult, display_path, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
+    Match,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
@@ -28,7 +29,15 @@ from ..core.store import Store
 from ..errors import ImageError, NeardupError
 from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import write_report
-from ..evaluation.scoring import Evaluation, comparison_table, evaluate_manifest, format_evaluation
+from ..evaluation.scoring import (
+    Evaluation,
+    comparison_table,
+    evaluate_manifest,
+    format_evaluation,
+    format_verified,
+)
+from ..features.extract import read_frame
+from ..features.search import VerifiedSearch
 from ..service.checker import Checker
 from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
 from .common import non_negative_int, positive_int, run_command, warn
@@ -153,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                     warn(PROG, f"{path}: low-information image (blank, single-colour or"
                          " smooth): not matched; --include-low-information matches it anyway")
                 hashed.append((result, query_hash))
+            verified = VerifiedSearch.for_store(store, index) if has_features(store) else None
+            if verified is not None:
+                answer_verified(verified, hashed, mirrored, args)
+                return finish_queries(args, store, results)
             # Every query is hashed first, then all are searched against the index loaded once.
             answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
                                         index, include_low_information=args.include_low_information)
@@ -163,16 +176,44 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
-            if args.montage:
-                draw_montage(args.montage, "queries and their matches", [
-                    Row(Tile(r.query, "query"), [
-                        Tile(full, f"distance {m.distance}") for m in r.matches
-                        if (full := resolve_stored_path(store.dataset_root, m.path))])
-                    for r in results if r.error is None])
-            return emit(results, store.dataset_root, as_json=args.json,
-                        several=len(results) > 1)
+            return finish_queries(args, store, results)
 
     return run_command(PROG, body)
+
+
+def has_features(store: Store) -> bool:
+    return store.feature_recipe() is not None
+
+
+def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Hash]],
+                    mirrored: list[Hash], args: argparse.Namespace) -> None:
+    """A store with local features: every query's candidates from hash and features, verified."""
+    for number, (result, query_hash) in enumerate(hashed):
+        try:
+            frame = read_frame(result.query, args.max_pixels)
+        except ImageError as error:
+            result.error = error.reason
+            continue
+        hashes = [query_hash] + ([mirrored[number]] if args.mirror else [])
+        result.matches = verified.search(hashes, frame, args.max_distance,
+                                         include_low_information=args.include_low_information)
+
+
+def match_label(match: Match) -> str:
+    distance = "-" if match.distance is None else str(match.distance)
+    if match.verified is None:
+        return f"distance {distance}"
+    return f"d {distance}, {match.inliers} inliers"
+
+
+def finish_queries(args: argparse.Namespace, store: Store, results: list[QueryResult]) -> int:
+    if args.montage:
+        draw_montage(args.montage, "queries and their matches", [
+            Row(Tile(r.query, "query"), [
+                Tile(full, match_label(m)) for m in r.matches
+                if (full := resolve_stored_path(store.dataset_root, m.path))])
+            for r in results if r.error is None])
+    return emit(results, store.dataset_root, as_json=args.json, several=len(results) > 1)
 
 
 def draw_montage(path: str, title: str, rows: list[Row]) -> None:
@@ -223,13 +264,19 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
+            verified = None
+            if has_features(store):
+                verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
             evaluations.append(evaluate_manifest(
                 store, args.evaluate, mirror=args.mirror,
-                include_low_information=args.include_low_information))
+                include_low_information=args.include_low_information, verified=verified,
+                max_distance=args.max_distance))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
-        print("\n\n".join(format_evaluation(e, args.max_distance) for e in evaluations))
+        print("\n\n".join(format_evaluation(e, args.max_distance)
+                          + (f"\n\n{format_verified(e)}" if e.verified_at is not None else "")
+                          for e in evaluations))
         if len(evaluations) > 1:
             print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
                   " its most precise one:")
@@ -308,7 +355,11 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
         if not as_json:
             prefix = f"{printable(result.query)}\t" if several else ""
             for item in record["matches"]:
-                print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
+                if "verified" in item:  # a store with features: distance (or -), inliers, path
+                    distance = "-" if item["distance"] is None else item["distance"]
+                    print(f"{prefix}{distance}\t{item['inliers']}\t{printable(item['path'])}")
+                else:
+                    print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
         # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
         json.dump(records, sys.stdout, indent=2)
