@@ -37,6 +37,7 @@ from ..evaluation.scoring import (
     format_verified,
 )
 from ..features.extract import read_frame
+from ..features.grouping import verified_groups
 from ..features.search import VerifiedSearch
 from ..service.checker import Checker
 from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
@@ -227,8 +228,15 @@ def draw_montage(path: str, title: str, rows: list[Row]) -> None:
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
     with Store.open_for_reading(args.shelve) as store, store.snapshot():
-        groups = near_duplicate_groups(store, args.max_distance,
-                                       include_low_information=args.include_low_information)
+        verified = (VerifiedSearch.for_store(store, HashIndex.from_store(store))
+                    if has_features(store) else None)
+        if verified is not None:  # every pair in a group is a verified match
+            groups = verified_groups(store, verified, args.max_distance,
+                                     include_low_information=args.include_low_information,
+                                     max_pixels=args.max_pixels, warn=lambda line: warn(PROG, line))
+        else:
+            groups = near_duplicate_groups(store, args.max_distance,
+                                           include_low_information=args.include_low_information)
         root = store.dataset_root
     # Each member as (stored path, file on disk, distance to the group's first image); entries
     # that would leave the dataset are dropped.
@@ -240,20 +248,23 @@ def run_groups(args: argparse.Namespace) -> int:
                            "relpaths": [relpath for relpath, _, _ in rows],
                            "distances": [distance for _, _, distance in rows],
                            "max_distance": group.max_distance,
+                           **({"verified": True} if verified is not None else {}),
                            "distinct_hashes": group.hashes}
                           for group, rows in zip(groups, members, strict=True)], indent=2))
     else:
         for number, (group, rows) in enumerate(zip(groups, members, strict=True), start=1):
+            rule = ("every pair a verified match, hashes within" if verified is not None
+                    else "every pair within")
             print(f"# group {number}: {len(rows)} images, {group.hashes} distinct"
-                  f" hash{'es' if group.hashes > 1 else ''}, every pair within"
-                  f" {group.max_distance} bits")
+                  f" hash{'es' if group.hashes > 1 else ''}, {rule} {group.max_distance} bits")
             for relpath, _, distance in rows:
-                print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
+                shown = "-" if distance is None else distance
+                print(f"{shown}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
         draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
                      " bits", [Row(Tile(rows[0][1], "first"),
-                                   [Tile(full, f"distance {distance}")
+                                   [Tile(full, f"distance {'-' if distance is None else distance}")
                                     for _, full, distance in rows[1:]])
                                for rows in members if rows])
     return EXIT_MATCH if groups else EXIT_NO_MATCH
@@ -290,7 +301,29 @@ def run_evaluation(args: argparse.Namespace) -> int:
                          f"{evaluation.recipe}: copies missed and other matches at"
                          f" --max-distance {args.max_distance}",
                          evaluation_rows(evaluation, args.max_distance))
+            if evaluation.verified_at is not None:
+                draw_montage(os.path.join(args.report, f"{stem}-verified.png"),
+                             f"{evaluation.recipe}: verified search, copies missed and other"
+                             " matches", verified_rows(evaluation))
     return EXIT_MATCH
+
+
+def verified_rows(evaluation: Evaluation) -> list[Row]:
+    """Copies the verified search missed and other images it returned, per query, worst first."""
+    root = evaluation.dataset_root
+    rows = []
+    for group in evaluation.groups:
+        copies = {copy.path for copy in group.copies}
+        missed = [Tile(full, f"missed: {c.kind}") for c in group.copies
+                  if c.path not in group.verified and (full := resolve_stored_path(root, c.path))]
+        others = [Tile(full, f"other ({how})") for path, how in sorted(group.verified.items())
+                  if path not in copies and (full := resolve_stored_path(root, path))]
+        if missed or others:
+            original = resolve_stored_path(root, group.original) or group.original
+            rows.append((len(missed) + len(others), Row(Tile(original, group.group),
+                                                        missed + others)))
+    rows.sort(key=lambda item: -item[0])
+    return [row for _, row in rows]
 
 
 def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:

@@ -141,3 +141,35 @@ def _parse(store: Store, path: str, data: bytes) -> FeatureSet:
         return FeatureSet.from_bytes(data)
     except ValueError as error:
         raise StoreError(f"{store.path}: features of {path}: {error}") from error
+
+
+class CheckerFeatures:
+    """What the long-running checker (neardup.service.checker) needs from local features.
+
+    The checker calls `frame_of` outside its lock (decoding is the expensive part) and `answer`
+    inside its snapshot, after reloading when the store's generation moved.
+    """
+
+    def __init__(self) -> None:
+        self._search: VerifiedSearch | None = None
+        self._generation = -1
+
+    @staticmethod
+    def wanted(store: Store) -> bool:
+        return store.feature_recipe() is not None
+
+    @staticmethod
+    def frame_of(name: str, max_pixels: int, data: bytes | None = None) -> np.ndarray:
+        from .extract import read_frame
+
+        return read_frame(name, max_pixels, data)
+
+    def answer(self, store: Store, generation: int, hash_index: HashIndex | None, query: Hash,
+               frame: np.ndarray, max_distance: int, include_low_information: bool) -> list[Match]:
+        if self._search is None or generation != self._generation:
+            self._search = VerifiedSearch.for_store(store, hash_index)
+            self._generation = generation
+        if self._search is None:
+            raise StoreError(f"{store.path}: its local features were removed")
+        return self._search.search([query], frame, max_distance,
+                                   include_low_information=include_low_information)

@@ -38,6 +38,15 @@ class Checker:
         self._lock = threading.Lock()
         self._index: HashIndex | None = None
         self._generation = -1
+        # A store with local features answers verified matches (neardup.features); the optional
+        # libraries are checked now, so a missing one is one line at start, not an error per query.
+        self._features = None
+        if self._store.feature_recipe() is not None:
+            from ..features import require
+            from ..features.search import CheckerFeatures
+
+            require()
+            self._features = CheckerFeatures()
 
     def close(self) -> None:
         self._store.close()
@@ -51,25 +60,30 @@ class Checker:
     def check_file(self, path: str, max_distance: int | None = None) -> dict[str, Any]:
         try:
             query = hash_file(path, self._store.recipe, self.max_pixels)
+            frame = (None if self._features is None
+                     else self._features.frame_of(path, self.max_pixels))
         except ImageError as error:
             return {"query": path, "error": error.reason}
-        return self._answer(path, query, max_distance)
+        return self._answer(path, query, max_distance, frame)
 
     def check_upload(
         self, data: bytes, name: str = "upload", max_distance: int | None = None
     ) -> dict[str, Any]:
         try:
             query = hash_bytes(data, self._store.recipe, self.max_pixels, name)
+            frame = (None if self._features is None
+                     else self._features.frame_of(name, self.max_pixels, data))
         except ImageError as error:
             return {"query": name, "error": error.reason}
-        return self._answer(name, query, max_distance)
+        return self._answer(name, query, max_distance, frame)
 
     def health(self) -> dict[str, Any]:
         with self._lock, self._store.snapshot():
             return {"status": "ok", "hashes": self._store.hash_count(),
                     "images": self._store.image_count(), "generation": self._store.generation()}
 
-    def _answer(self, name: str, query: Hash, max_distance: int | None) -> dict[str, Any]:
+    def _answer(self, name: str, query: Hash, max_distance: int | None,
+                frame: Any = None) -> dict[str, Any]:
         radius = self.max_distance if max_distance is None else max_distance
         result = QueryResult(name, query.hex(), is_low_information(query))
         with self._lock, self._store.snapshot():
@@ -77,6 +91,11 @@ class Checker:
             if generation != self._generation:
                 self._index = HashIndex.from_store(self._store)
                 self._generation = generation
-            result.matches = find_matches(self._store, query, radius, self._index,
-                                          include_low_information=self.include_low_information)
+            if self._features is not None and frame is not None:
+                result.matches = self._features.answer(
+                    self._store, generation, self._index, query, frame, radius,
+                    self.include_low_information)
+            else:
+                result.matches = find_matches(self._store, query, radius, self._index,
+                                              include_low_information=self.include_low_information)
             return to_record(result, self._store.dataset_root, self._warn)
