@@ -434,37 +434,62 @@ def open_image(
         stream.close()
 
 
+def hash_source(
+    name: str,
+    recipe: Recipe,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    data: bytes | None = None,
+    mirror: bool = False,
+    on_header: Callable[[Image.Image], None] | None = None,
+) -> tuple[Hash, Hash | None]:
+    """Hash a file (or, with `data`, bytes that `name` only names), and with `mirror` its mirror
+    image too, from one decode. The one place every caller hashes through, so a query and a stored
+    image always take the same path.
+
+    `on_header` runs after the recipe has told the decoder its reduced size and before decoding
+    (the checker reserves decode memory there).
+    """
+    if data is not None and not data:
+        raise ImageError(name, "empty file")
+    decoder = decoder_settings(recipe)
+
+    def before_load(image: Image.Image) -> None:
+        if decoder is not None:
+            decoder(image)
+        if on_header is not None:
+            on_header(image)
+
+    with open_image(name, max_pixels, data=data, before_load=before_load) as image:
+        if uses_grid(recipe):
+            extent = decoder.extent if isinstance(decoder, GridDecoder) else None
+            cells = upright_grid(image, recipe, extent)
+            plain = Hash.from_bits(grid_bits(cells, recipe))
+            return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+        prepared = prepare(image, recipe)
+        plain = hash_prepared(prepared, recipe)
+        return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
+
+
 def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
     """Hash one image file, or raise ImageError with a short reason a person can act on."""
-    decoder = decoder_settings(recipe)
-    with open_image(path, max_pixels, before_load=decoder) as image:
-        return hash_decoded(image, recipe, decoder)
+    return hash_source(path, recipe, max_pixels)[0]
 
 
 def hash_file_and_mirror(
     path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Hash, Hash]:
     """The file's hash and its mirror image's, from one decode (for --mirror)."""
-    decoder = decoder_settings(recipe)
-    with open_image(path, max_pixels, before_load=decoder) as image:
-        if uses_grid(recipe):
-            extent = decoder.extent if isinstance(decoder, GridDecoder) else None
-            cells = upright_grid(image, recipe, extent)
-            return (Hash.from_bits(grid_bits(cells, recipe)),
-                    Hash.from_bits(grid_bits(cells[:, ::-1], recipe)))
-        prepared = prepare(image, recipe)
-        return hash_prepared(prepared, recipe), hash_prepared(ImageOps.mirror(prepared), recipe)
+    plain, flipped = hash_source(path, recipe, max_pixels, mirror=True)
+    assert flipped is not None
+    return plain, flipped
 
 
 def hash_bytes(
     data: bytes, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload"
 ) -> Hash:
     """Hash an image held in memory (an upload); errors name it `name`."""
-    if not data:
-        raise ImageError(name, "empty file")
-    decoder = decoder_settings(recipe)
-    with open_image(name, max_pixels, data=data, before_load=decoder) as image:
-        return hash_decoded(image, recipe, decoder)
+    return hash_source(name, recipe, max_pixels, data=data)[0]
 
 
 def describe_failure(path: str, error: BaseException, head: bytes | None = None) -> str:
