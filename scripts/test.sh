@@ -4,8 +4,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup-venv.sh"
-# The tests also cover the optional extras: the HEIC plug-in, Dask and local features.
+# The tests also cover the optional extras: the HEIC plug-in, Dask, the HTTP server and local
+# features.
 "$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-heic.txt" \
-    -r "$root/requirements-dask.txt" -r "$root/requirements-features.txt"
+    -r "$root/requirements-dask.txt" -r "$root/requirements-serve.txt" \
+    -r "$root/requirements-features.txt"
 cd "$root"
 exec "$PY" -m pytest "$@"

@@ -168,6 +168,19 @@ def test_stdin_checker_answers_verified_matches(feature_store: Path) -> None:
     assert match["relpath"] == "originals/scene.jpg" and match["verified"] is True
 
 
+def test_http_server_answers_verified_matches(feature_store: Path) -> None:
+    """A real server on 127.0.0.1: an uploaded crop is answered with its verified original."""
+    from .test_server import request, running
+
+    with running() as server:
+        status, record, _ = request(server.port, "POST", "/search",
+                                    Path("queries/crop.jpg").read_bytes())
+        server.stop()
+    assert status == 200
+    assert [m["relpath"] for m in record["matches"]] == ["originals/scene.jpg"]
+    assert record["matches"][0]["verified"] is True
+
+
 class TestStore:
     def test_recipe_recorded_and_mismatches_refused(
         self, feature_store: Path, capsys: pytest.CaptureFixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,12 +131,20 @@ def _reduce_while_decoding(image: Image.Image) -> None:
 
 
 def read_frame(
-    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None,
+    on_header: Callable[[Image.Image], None] | None = None,
 ) -> np.ndarray:
-    """Decode a file (or an upload's bytes, named path) into its analysis frame."""
+    """Decode a file (or an upload's bytes, named path) into its analysis frame. `on_header` runs
+    once the decoder knows its reduced size, before decoding (the checker's memory budget)."""
     if data is not None and not data:
         raise ImageError(path, "empty file")
-    with open_image(path, max_pixels, data=data, before_load=_reduce_while_decoding) as image:
+
+    def before_load(image: Image.Image) -> None:
+        _reduce_while_decoding(image)
+        if on_header is not None:
+            on_header(image)
+
+    with open_image(path, max_pixels, data=data, before_load=before_load) as image:
         return analysis_frame(image)
 
 

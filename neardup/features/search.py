@@ -8,9 +8,10 @@ stored image's features, and only verified ones are answered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
+from PIL import Image
 
 from ..core.hashing import Hash
 from ..core.search import HashIndex, Match, find_matches_many
@@ -147,29 +148,28 @@ class CheckerFeatures:
     """What the long-running checker (neardup.service.checker) needs from local features.
 
     The checker calls `frame_of` outside its lock (decoding is the expensive part) and `answer`
-    inside its snapshot, after reloading when the store's generation moved.
+    inside its snapshot; the feature index is reloaded when the store's generation moved or the
+    store was reopened.
     """
 
     def __init__(self) -> None:
         self._search: VerifiedSearch | None = None
-        self._generation = -1
+        self._loaded_for: tuple[int, int] = (-1, -1)
 
     @staticmethod
-    def wanted(store: Store) -> bool:
-        return store.feature_recipe() is not None
-
-    @staticmethod
-    def frame_of(name: str, max_pixels: int, data: bytes | None = None) -> np.ndarray:
+    def frame_of(name: str, max_pixels: int, data: bytes | None = None,
+                 on_header: Callable[[Image.Image], None] | None = None) -> np.ndarray:
         from .extract import read_frame
 
-        return read_frame(name, max_pixels, data)
+        return read_frame(name, max_pixels, data, on_header=on_header)
 
-    def answer(self, store: Store, generation: int, hash_index: HashIndex | None, query: Hash,
-               frame: np.ndarray, max_distance: int, include_low_information: bool) -> list[Match]:
-        if self._search is None or generation != self._generation:
+    def answer(self, store: Store, generation: int, hash_index: HashIndex | None,
+               hashes: list[Hash], frame: np.ndarray, max_distance: int,
+               include_low_information: bool) -> list[Match]:
+        if self._search is None or self._loaded_for != (id(store), generation):
             self._search = VerifiedSearch.for_store(store, hash_index)
-            self._generation = generation
+            self._loaded_for = (id(store), generation)
         if self._search is None:
-            raise StoreError(f"{store.path}: its local features were removed")
-        return self._search.search([query], frame, max_distance,
+            raise StoreError(f"{store.path}: holds no local features any more")
+        return self._search.search(hashes, frame, max_distance,
                                    include_low_information=include_low_information)
