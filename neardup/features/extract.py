@@ -21,13 +21,14 @@ from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..errors import ImageError
 
 # Bumped whenever extraction changes what it stores; stores record it and refuse another.
-FEATURE_VERSION = 1
+# 2: a 28 x 28 thumbnail and the 8 x 8 colour grid.
+FEATURE_VERSION = 2
 
 # Pictures are analysed with their long side at most this: CALTECH-101 photos (about 300 x 200)
 # keep every pixel, and a 12-megapixel photo costs no more than a small one.
 MAX_SIDE = 320
-# 72 stored keypoints: 72 x (32 descriptor + 4 position) bytes + a 1,024-byte thumbnail is 3.6 KB,
-# about 3.9 KB in the store with its path and SQLite's overhead.
+# 72 stored keypoints: 72 x (32 descriptor + 4 position) bytes + a 784-byte thumbnail + 128 bytes
+# of colour is 3,511 bytes, under 4 KB in the store with its path and SQLite's overhead.
 # Measured on 1,300 CALTECH-101 copies of 13 edit kinds (seed 111): every copy but a few combos
 # kept at least 18 RANSAC inliers with 72 stored and 500 query keypoints.
 STORED_KEYPOINTS = 72
@@ -35,7 +36,9 @@ QUERY_KEYPOINTS = 500
 # Stored keypoints are chosen among this many, spread over a GRID x GRID grid (see extract()).
 DETECTED_KEYPOINTS = 300
 GRID = 4
-THUMBNAIL_SIDE = 32
+THUMBNAIL_SIDE = 28
+# Colour, coarsely: two opponent channels (red - green, yellow - blue) on an 8 x 8 grid, 128 bytes.
+CHROMA_SIDE = 8
 # Keypoint positions are stored as fixed point, 1/32 pixel, in uint16 (MAX_SIDE * 32 < 65,536).
 POSITION_SCALE = 32
 DESCRIPTOR_BYTES = 32
@@ -83,13 +86,16 @@ class FeatureSet:
     points: np.ndarray  # (n, 2) float32, x and y in the frame
     descriptors: np.ndarray  # (n, 32) uint8, ORB's 256 bits
     thumbnail: np.ndarray  # (THUMBNAIL_SIDE, THUMBNAIL_SIDE) uint8, the frame squeezed
+    chroma: np.ndarray  # (CHROMA_SIDE, CHROMA_SIDE, 2) int8: see chroma_grid
     gray: np.ndarray | None = None  # the whole frame; queries only (verification warps it)
+    colour: np.ndarray | None = None  # the whole frame in RGB; colour queries only
 
     def to_bytes(self) -> bytes:
         positions = np.clip(np.rint(self.points * POSITION_SCALE), 0, 65535).astype("<u2")
         return (_HEADER.pack(FEATURE_VERSION, self.width, self.height, len(self.points))
                 + positions.tobytes() + np.ascontiguousarray(self.descriptors).tobytes()
-                + np.ascontiguousarray(self.thumbnail).tobytes())
+                + np.ascontiguousarray(self.thumbnail).tobytes()
+                + np.ascontiguousarray(self.chroma, dtype=np.int8).tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureSet:
@@ -100,7 +106,8 @@ class FeatureSet:
         if version != FEATURE_VERSION:
             raise ValueError(f"feature record version {version}, expected {FEATURE_VERSION}")
         thumb = THUMBNAIL_SIDE * THUMBNAIL_SIDE
-        expected = _HEADER.size + count * (4 + DESCRIPTOR_BYTES) + thumb
+        colour = CHROMA_SIDE * CHROMA_SIDE * 2
+        expected = _HEADER.size + count * (4 + DESCRIPTOR_BYTES) + thumb + colour
         if len(data) != expected or width == 0 or height == 0:
             raise ValueError(f"feature record of {len(data)} bytes, expected {expected}")
         offset = _HEADER.size
@@ -109,25 +116,30 @@ class FeatureSet:
         descriptors = np.frombuffer(data, np.uint8, count * DESCRIPTOR_BYTES, offset)
         offset += count * DESCRIPTOR_BYTES
         thumbnail = np.frombuffer(data, np.uint8, thumb, offset)
+        offset += thumb
+        chroma = np.frombuffer(data, np.int8, colour, offset)
         return cls(width, height, points.astype(np.float32) / POSITION_SCALE,
                    descriptors.reshape(count, DESCRIPTOR_BYTES),
-                   thumbnail.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                   thumbnail.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE),
+                   chroma.reshape(CHROMA_SIDE, CHROMA_SIDE, 2))
 
 
 def analysis_frame(image: Image.Image, max_side: int = MAX_SIDE) -> np.ndarray:
-    """The picture as features see it: upright, grayscale, long side at most max_side."""
-    gray = normalise(image).convert("L")
-    width, height = gray.size
+    """The picture as features see it: upright, long side at most max_side; an (h, w, 3) RGB
+    array, or (h, w) for a grayscale picture."""
+    upright = normalise(image)
+    picture = upright.convert("L" if upright.mode in ("L", "1", "I", "F") else "RGB")
+    width, height = picture.size
     scale = min(1.0, max_side / max(width, height))
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(gray, dtype=np.uint8)
+        picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(picture, dtype=np.uint8)
 
 
 def _reduce_while_decoding(image: Image.Image) -> None:
     if image.format == "JPEG":
-        image.draft("L", (MAX_SIDE, MAX_SIDE))  # libjpeg scales by 1/2..1/8, never below this
+        image.draft(image.mode, (MAX_SIDE, MAX_SIDE))  # libjpeg scales by 1/2..1/8, not below
 
 
 def read_frame(
@@ -166,6 +178,9 @@ def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False) -> F
     """ORB features of one analysis frame, at most `keypoints`, spread over the picture."""
     import cv2
 
+    colour = frame if frame.ndim == 3 else None
+    if colour is not None:
+        frame = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
     # Detect many, keep the strongest of each part of the picture: the strongest overall gather
     # on a caption or watermark (text corners are the strongest there are), which the original
     # does not have, and a crop then loses them all together.
@@ -181,8 +196,24 @@ def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False) -> F
             points, descriptors = points[chosen], descriptors[chosen]
     height, width = frame.shape
     thumbnail = cv2.resize(frame, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
-    return FeatureSet(width, height, points, descriptors, thumbnail,
-                      frame if keep_frame else None)
+    chroma = (chroma_grid(colour) if colour is not None
+              else np.zeros((CHROMA_SIDE, CHROMA_SIDE, 2), np.int8))
+    return FeatureSet(width, height, points, descriptors, thumbnail, chroma,
+                      frame if keep_frame else None, colour if keep_frame else None)
+
+
+def chroma_grid(rgb: np.ndarray) -> np.ndarray:
+    """The picture's colour on a CHROMA_SIDE grid: red - green and (red + green) / 2 - blue,
+    halved to fit int8. Zero for gray pixels, whatever their brightness."""
+    import cv2
+
+    small = cv2.resize(rgb, (CHROMA_SIDE, CHROMA_SIDE), interpolation=cv2.INTER_AREA)
+    return opponent(small.astype(np.float32)).round().clip(-128, 127).astype(np.int8)
+
+
+def opponent(rgb: np.ndarray) -> np.ndarray:
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.stack([(red - green) / 2, ((red + green) / 2 - blue) / 2], axis=-1)
 
 
 def _spread(points: np.ndarray, strength: np.ndarray, shape: tuple[int, ...],
