@@ -170,7 +170,8 @@ def grow(store_path: Path, size: int) -> None:
                               axis=1)
             synthetic = FeatureSet(source.width, source.height, source.points,
                                    np.packbits(bits, axis=1),
-                                   np.roll(source.thumbnail, 1 + number % 7, axis=1))
+                                   np.roll(source.thumbnail, 1 + number % 7, axis=1),
+                                   source.chroma)
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
             batch.append(IndexedFile(f"synthetic/{number // 1000:04d}/{number:07d}.jpg", 1, 1,
                                      value, synthetic.to_bytes()))

@@ -118,9 +118,10 @@ def _build(store: Store) -> np.ndarray:
     if len(descriptors) <= FLAT_MAX_DESCRIPTORS:
         index = faiss.IndexBinaryFlat(bits)
     else:
-        # About 40 descriptors per training point per list, as FAISS's k-means asks; a list holds
-        # on average a few thousand descriptors, so a probe stays cheap.
-        lists = int(min(65_536, 2 ** round(np.log2(len(descriptors) / 2_000))))
+        # As many lists as descriptors per list (the square root of the count): a query then
+        # compares each descriptor with every centroid and with PROBES lists, and both costs are
+        # equal. Measured at 1.1 million descriptors: 512 lists took 80 ms per query look.
+        lists = int(min(65_536, 2 ** round(np.log2(np.sqrt(len(descriptors))))))
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
         rng = np.random.default_rng(0)  # the same sample, so the same index, on every build
         sample = descriptors[rng.choice(len(descriptors), min(len(descriptors),
