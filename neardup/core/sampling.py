@@ -28,8 +28,25 @@ ROWS_PER_BLOCK = 256
 STEP = 1 / 64
 
 
-@lru_cache(maxsize=512)
+# Photos come in few sizes, so the filters of sides up to this long are kept: at most 512 of them,
+# 128 MB at worst (pHash's 32 cells x 1024 pixels x 8 bytes each), 21 KB for dHash-64 on a
+# 300-pixel side. Longer sides (decoded whole; slow anyway) are computed anew.
+CACHED_SIDE = 1024
+
+
 def lanczos_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels."""
+    if pixels <= CACHED_SIDE:
+        return _cached_weights(pixels, extent, cells)
+    return _weights(pixels, extent, cells)
+
+
+@lru_cache(maxsize=512)
+def _cached_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    return _weights(pixels, extent, cells)
+
+
+def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels.
 
     `extent` is how many decoded pixels the picture spans (pixels, or less when the decoder
