@@ -4,8 +4,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup-venv.sh"
-# The tests also cover the optional extras: the HEIC plug-in and Dask.
+# The tests also cover the optional extras: the HEIC plug-in, Dask and the HTTP server.
 "$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-heic.txt" \
-    -r "$root/requirements-dask.txt"
+    -r "$root/requirements-dask.txt" -r "$root/requirements-serve.txt"
 cd "$root"
 exec "$PY" -m pytest "$@"

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import BinaryIO, TextIO
 
 from ..core.discovery import Skipped, walk_images
 from ..core.grouping import near_duplicate_groups
@@ -30,7 +31,15 @@ from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import write_report
 from ..evaluation.scoring import Evaluation, comparison_table, evaluate_manifest, format_evaluation
 from ..service.checker import Checker
-from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
+from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
+from ..service.server import (
+    DEFAULT_MAX_MATCHES,
+    DEFAULT_MAX_QUERY_DISTANCE,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    ServiceLimits,
+    load_token,
+    serve,
+)
 from .common import non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
@@ -60,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
-                        help="list every group of near-duplicates in the store (images linked"
-                        " within --max-distance), largest first")
+                        help="list every group of near-duplicates in the store, largest first:"
+                        " every pair in a group is within --max-distance (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         " (flushed); images index.py commits meanwhile are found too")
@@ -77,8 +86,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", metavar="DIR",
                         help="with --evaluate: write evaluation JSON, CSV and a PNG chart of"
                         " recall and precision against the threshold into DIR")
-    parser.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
-                        help="with --serve: larger bodies are refused with 413")
+    service = parser.add_argument_group(
+        "checker (--stdin and --serve)", "limits for a long-running checker; docs/service.md"
+        " explains each")
+    service.add_argument("--max-matches", type=positive_int, default=DEFAULT_MAX_MATCHES,
+                         help="at most this many matches per answer, nearest first; a longer"
+                         f' list is cut and marked "truncated": true (default {DEFAULT_MAX_MATCHES})')
+    service.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                         help="with --serve: larger bodies are refused with 413 (default"
+                         f" {DEFAULT_MAX_UPLOAD_BYTES:,})")
+    service.add_argument("--max-query-distance", type=non_negative_int,
+                         default=DEFAULT_MAX_QUERY_DISTANCE,
+                         help="with --serve: the largest ?max_distance a client may ask for"
+                         f" (default {DEFAULT_MAX_QUERY_DISTANCE})")
+    service.add_argument("--full-paths", action="store_true",
+                         help="with --serve: answers also give each match's path on this"
+                         " machine; by default only its path inside the dataset (relpath)")
+    service.add_argument("--token-file", metavar="FILE",
+                         help="with --serve: every request must carry 'Authorization: Bearer"
+                         " <the token in FILE>', else 401")
+    service.add_argument("--decode-memory-mb", type=positive_int,
+                         default=DEFAULT_DECODE_MEMORY // 2**20,
+                         help="with --serve: memory all uploads being decoded may take together;"
+                         " each upload's share is estimated from its header before decoding"
+                         f" (default {DEFAULT_DECODE_MEMORY // 2**20})")
+    service.add_argument("--max-connections", type=positive_int,
+                         default=ServiceLimits.max_connections,
+                         help="with --serve: more are answered 503 and closed (default"
+                         f" {ServiceLimits.max_connections})")
+    service.add_argument("--max-in-flight", type=positive_int, default=ServiceLimits.max_in_flight,
+                         help="with --serve: uploads received, decoded or searched at once; more"
+                         f" are answered 503 (default {ServiceLimits.max_in_flight})")
+    service.add_argument("--header-timeout", type=positive_float,
+                         default=ServiceLimits.header_timeout,
+                         help="with --serve: seconds for a request's headers to arrive (default"
+                         f" {ServiceLimits.header_timeout:g})")
+    service.add_argument("--body-timeout", type=positive_float, default=ServiceLimits.body_timeout,
+                         help="with --serve: seconds for an upload's body to arrive (default"
+                         f" {ServiceLimits.body_timeout:g})")
+    service.add_argument("--keep-alive-timeout", type=positive_float,
+                         default=ServiceLimits.keep_alive_timeout,
+                         help="with --serve: seconds an idle connection is kept open (default"
+                         f" {ServiceLimits.keep_alive_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only)")
@@ -86,9 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--include-low-information", action="store_true",
                         help="also match blank, single-colour and smooth images, whose hashes"
                         " are (nearly) all zeros or ones and so match each other regardless")
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse query images larger than this many pixels")
+    parser.add_argument("--max-pixels", type=positive_int,
+                        help="refuse query images larger than this many pixels (default"
+                        f" {DEFAULT_MAX_PIXELS:,}; with --serve {DEFAULT_UPLOAD_MAX_PIXELS:,})")
     return parser
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
@@ -118,6 +178,8 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
 
     def body() -> int:
         if args.evaluate:
@@ -184,30 +246,37 @@ def draw_montage(path: str, title: str, rows: list[Row]) -> None:
 
 
 def run_groups(args: argparse.Namespace) -> int:
-    """--groups: every connected group of near-duplicates in the store."""
+    """--groups: sets of images in which every pair is a match (no chains)."""
     with Store.open_for_reading(args.shelve) as store, store.snapshot():
         groups = near_duplicate_groups(store, args.max_distance,
                                        include_low_information=args.include_low_information)
         root = store.dataset_root
-    # Each member as (stored path, file on disk); entries that would leave the dataset are dropped.
-    members = [[(relpath, full) for relpath in group.paths
+    # Each member as (stored path, file on disk, distance to the group's first image); entries
+    # that would leave the dataset are dropped.
+    members = [[(relpath, full, distance)
+                for relpath, distance in zip(group.paths, group.distances, strict=True)
                 if (full := resolve_stored_path(root, relpath))] for group in groups]
     if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _ in pairs],
-                           "relpaths": [relpath for relpath, _ in pairs],
+        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _, _ in rows],
+                           "relpaths": [relpath for relpath, _, _ in rows],
+                           "distances": [distance for _, _, distance in rows],
+                           "max_distance": group.max_distance,
                            "distinct_hashes": group.hashes}
-                          for group, pairs in zip(groups, members, strict=True)], indent=2))
+                          for group, rows in zip(groups, members, strict=True)], indent=2))
     else:
-        for number, (group, pairs) in enumerate(zip(groups, members, strict=True), start=1):
-            print(f"# group {number}: {len(pairs)} images, {group.hashes} distinct"
-                  f" hash{'es' if group.hashes > 1 else ''}")
-            for relpath, _ in pairs:
-                print(printable(display_path(root, relpath) or relpath))
+        for number, (group, rows) in enumerate(zip(groups, members, strict=True), start=1):
+            print(f"# group {number}: {len(rows)} images, {group.hashes} distinct"
+                  f" hash{'es' if group.hashes > 1 else ''}, every pair within"
+                  f" {group.max_distance} bits")
+            for relpath, _, distance in rows:
+                print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
-        draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits",
-                     [Row(Tile(pairs[0][1], "first"), [Tile(full, "") for _, full in pairs[1:]])
-                      for pairs in members if pairs])
+        draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
+                     " bits", [Row(Tile(rows[0][1], "first"),
+                                   [Tile(full, f"distance {distance}")
+                                    for _, full, distance in rows[1:]])
+                               for rows in members if rows])
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
@@ -216,7 +285,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
-            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+            evaluations.append(evaluate_manifest(
+                store, args.evaluate, mirror=args.mirror,
+                include_low_information=args.include_low_information))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
@@ -242,7 +313,8 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}")
+                  for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
         others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),
@@ -258,23 +330,52 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
 
 def run_checker(args: argparse.Namespace) -> int:
     """--stdin and --serve: the store loaded once, many queries answered."""
+    mode = "--serve" if args.serve else "--stdin"
+    unused = [("--montage", args.montage), ("--report", args.report)]
+    if args.stdin:
+        unused += [("--token-file", args.token_file), ("--full-paths", args.full_paths)]
+    for option, given in unused:
+        if given:
+            raise NeardupError(f"{option} does not apply to {mode}")
+    limits = None
+    if args.serve:
+        host, port = parse_address(args.serve)
+        limits = ServiceLimits(
+            max_upload_bytes=args.max_upload_bytes, max_query_distance=args.max_query_distance,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+            max_in_flight=args.max_in_flight,
+            token=load_token(args.token_file) if args.token_file else None)
     with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
-                 include_low_information=args.include_low_information,
+                 include_low_information=args.include_low_information, mirror=args.mirror,
+                 max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
+                 decode_budget=DecodeBudget(args.decode_memory_mb * 2**20) if args.serve else None,
                  warn=lambda line: warn(PROG, line)) as checker:
         if args.serve:
-            host, port = parse_address(args.serve)
             try:
-                serve(checker, host, port, max_upload_bytes=args.max_upload_bytes,
-                      ready=lambda line: warn(PROG, line))
+                serve(checker, host, port, limits, ready=lambda line: warn(PROG, line))
             except OSError as error:
                 raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
             return 0
-        for line in sys.stdin:
-            path = line.rstrip("\n")
-            if path.strip():
-                sys.stdout.write(json.dumps(checker.check_file(path)) + "\n")
-                sys.stdout.flush()
-        return 0
+        return answer_lines(checker, sys.stdin.buffer, sys.stdout)
+
+
+def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
+    """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
+
+    Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
+    record escapes what is not ASCII); a CRLF line ending is not part of the name.
+    """
+    failed = False
+    for line in lines:
+        path = os.fsdecode(line.rstrip(b"\r\n"))
+        if not path.strip():
+            continue
+        record = checker.check_file(path)
+        failed = failed or "error" in record
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+    return EXIT_ERROR if failed else EXIT_MATCH
 
 
 def parse_address(text: str) -> tuple[str, int]:
