@@ -329,6 +329,24 @@ def hash_decoded(
     return hash_prepared(prepare(image, recipe), recipe)
 
 
+def hash_decoded_and_mirror(
+    image: Image.Image,
+    recipe: Recipe,
+    decoder: Callable[[Image.Image], None] | None = None,
+    *,
+    mirror: bool = True,
+) -> tuple[Hash, Hash | None]:
+    """hash_decoded, and the mirror image's hash from the same decode (None unless `mirror`)."""
+    if uses_grid(recipe):
+        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
+        cells = upright_grid(image, recipe, extent)
+        plain = Hash.from_bits(grid_bits(cells, recipe))
+        return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+    prepared = prepare(image, recipe)
+    plain = hash_prepared(prepared, recipe)
+    return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
+
+
 def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
     """Hash a decoded (full-size) image according to the recipe."""
     return hash_decoded(image, recipe)
@@ -447,13 +465,9 @@ def hash_file_and_mirror(
     """The file's hash and its mirror image's, from one decode (for --mirror)."""
     decoder = decoder_settings(recipe)
     with open_image(path, max_pixels, before_load=decoder) as image:
-        if uses_grid(recipe):
-            extent = decoder.extent if isinstance(decoder, GridDecoder) else None
-            cells = upright_grid(image, recipe, extent)
-            return (Hash.from_bits(grid_bits(cells, recipe)),
-                    Hash.from_bits(grid_bits(cells[:, ::-1], recipe)))
-        prepared = prepare(image, recipe)
-        return hash_prepared(prepared, recipe), hash_prepared(ImageOps.mirror(prepared), recipe)
+        plain, mirrored = hash_decoded_and_mirror(image, recipe, decoder)
+        assert mirrored is not None
+        return plain, mirrored
 
 
 def hash_bytes(

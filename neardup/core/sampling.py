@@ -20,8 +20,9 @@ import numpy as np
 
 # Pillow's Lanczos support: 3 lobes, widened by the reduction factor when shrinking.
 LANCZOS_LOBES = 3.0
-# Rows converted to float at a time, so a 100-megapixel PNG never needs an 800 MB float copy.
-ROWS_PER_BLOCK = 256
+# Pixels converted to float at a time (16 MB of float64), so a 100-megapixel PNG never needs an
+# 800 MB float copy.
+PIXELS_PER_BLOCK = 1 << 21
 # Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
 # coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
 # picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
@@ -84,9 +85,10 @@ def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int])
     across = lanczos_weights(columns, extent[0], width)
     down = lanczos_weights(rows, extent[1], height)
     partial = np.zeros((height, columns), dtype=np.float64)
-    for start in range(0, rows, ROWS_PER_BLOCK):
-        block = pixels[start : start + ROWS_PER_BLOCK].astype(np.float64)
-        partial += down[:, start : start + ROWS_PER_BLOCK] @ block
+    step = max(1, PIXELS_PER_BLOCK // max(1, columns))
+    for start in range(0, rows, step):
+        block = pixels[start : start + step].astype(np.float64)
+        partial += down[:, start : start + step] @ block
     return np.round((partial @ across.T) / STEP) * STEP
 
 

@@ -21,17 +21,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
     decoder_settings,
     describe_failure,
-    hash_prepared,
+    hash_decoded_and_mirror,
     is_low_information,
     open_image,
-    prepare,
 )
 from ..core.results import QueryResult, to_record
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
@@ -135,10 +134,8 @@ class Checker:
                 reservation.take(name, decode_cost(image))
 
             with open_image(name, self.max_pixels, data=data, before_load=before_load) as image:
-                prepared = prepare(image, recipe)
-                plain = hash_prepared(prepared, recipe)
-                flipped = hash_prepared(ImageOps.mirror(prepared), recipe) if self.mirror else None
-        return plain, flipped
+                # The recipe's own path (v3 reads its grid, knowing what the decoder reduced).
+                return hash_decoded_and_mirror(image, recipe, settings, mirror=self.mirror)
 
     def _answer(
         self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None
