@@ -8,8 +8,8 @@ grid by a fraction of a gray level, not by a shift.
 
 The grid is kept in floating point. Rounding it to 8 bits, as resizing a Pillow "L" image does,
 creates ties between neighbouring cells of smooth regions, and a tie broken by a rounding step
-flips a dHash bit: on CALTECH-101 that rounding alone costs about 10 points of exact-bucket recall
-on resized copies (bench/straddle.py and the accuracy tables in docs/accuracy.md).
+flips a dHash bit: on CALTECH-101 that rounding alone costs 7 to 10 points of exact-bucket recall
+on resized and re-compressed copies (bench/decode_margin.py; docs/accuracy.md).
 """
 
 from __future__ import annotations
