@@ -94,6 +94,6 @@ def test_the_command_says_on_stderr_what_the_sheet_left_out(
     monkeypatch.setattr("neardup.evaluation.montage.MAX_ROWS", 2)
     assert search_cli.main(["-s", "lib.shelve", "--groups", "--montage", "g.png"]) == 0
     assert capsys.readouterr().err == (
-        "search.py: wrote g.png (2 of 3 groups shown; 1 left out)\n")
+        "search.py: wrote g.png (2 of 3 groups shown; 1 left out (--html PAGE shows them all))\n")
     with Image.open("g.png") as sheet:
         assert sheet.height == HEADER + 2 * (TILE + CAPTION + GAP) + GAP

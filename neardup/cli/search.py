@@ -253,13 +253,13 @@ def check_max_distance(store_path: str, max_distance: int) -> None:
 
 
 def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: str,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Write a contact sheet, say what it leaves out; with nothing to draw, a line instead."""
     if not rows:
         warn(PROG, f"{path}: not written: {nothing}")
         return
     try:
-        sheet = contact_sheet(rows, title, what=what, max_pixels=max_pixels)
+        sheet = contact_sheet(rows, title, what=what, rest_in=rest_in, max_pixels=max_pixels)
         sheet.image.save(path)
     except (OSError, ValueError) as error:
         raise NeardupError(f"{path}: cannot write the contact sheet ({error})") from error
@@ -297,7 +297,8 @@ def run_groups(args: argparse.Namespace) -> int:
         draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits,"
                      " largest first", [group_row(group) for group in groups],
                      what="groups", nothing=f"no group of near-duplicates within"
-                     f" {args.max_distance} bits", max_pixels=args.max_pixels)
+                     f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
+                     max_pixels=args.max_pixels)
     if args.html:
         save_page(args.html, groups_page(
             [[Item(relpath, full, f"distance {distance}" if position else "first")
@@ -349,7 +350,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
                          evaluation_rows(evaluation, args.max_distance),
                          what="queries with a miss or another match",
                          nothing=f"every copy found and nothing else at --max-distance"
-                         f" {args.max_distance}")
+                         f" {args.max_distance}", rest_in=f"{stem}.html")
             save_page(os.path.join(args.report, f"{stem}.html"),
                       evaluation_page(evaluation, args.max_distance))
     if args.html:

@@ -66,10 +66,10 @@ class Sheet:
 
 def contact_sheet(
     rows: list[Row], title: str, *, what: str = "rows", max_rows: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Sheet:
     """Draw the first max_rows rows (default MAX_ROWS); `what` names them in the "shown / left
-    out" line."""
+    out" line, and `rest_in` where a reader finds the rows left out."""
     if not rows:
         raise ValueError("nothing to draw")
     shown = rows[:MAX_ROWS if max_rows is None else max_rows]
@@ -115,7 +115,7 @@ def contact_sheet(
                       fill="black", font=font)
     if result.rows_left_out:
         result.notes.append(f"{len(shown)} of {len(rows)} {what} shown; {result.rows_left_out}"
-                            " left out")
+                            " left out" + (f" ({rest_in} shows them all)" if rest_in else ""))
     if result.tiles_left_out:
         result.notes.append(f"{result.tiles_left_out} images beyond {MAX_PER_ROW} a row left out")
     line = "; ".join(result.notes) if result.notes else f"all {len(rows)} {what} shown"
