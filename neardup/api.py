@@ -68,11 +68,12 @@ class Found:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateGroup:
-    """Images linked within a distance (chains included), as listed by search.py --groups."""
+    """Images of which every pair is a near-duplicate (see search.py --groups): no chains."""
 
-    relpaths: tuple[str, ...]  # sorted; the first is the one distances are measured from
+    relpaths: tuple[str, ...]  # the first image, then the others nearest first
     paths: tuple[str, ...]  # the same files on disk
-    distances: tuple[int, ...]  # each image's distance to the first (0 for the first)
+    distances: tuple[int | None, ...]  # each image's hash distance to the first (0 for the first)
+    max_distance: int | None  # the largest hash distance between any two members
     distinct_hashes: int  # 1: exact duplicates of one hash only
 
 
@@ -186,25 +187,24 @@ class ImageStore:
     def groups(
         self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False
     ) -> list[DuplicateGroup]:
-        """Every group of two or more images linked within max_distance bits, largest first."""
+        """Groups of two or more images in which every pair is within max_distance bits (no
+        chains: a~b and b~c do not put a and c together), each image in one group at most,
+        largest first."""
         self._check_distance(max_distance)
         with self._store.snapshot():
             groups = near_duplicate_groups(self._store, max_distance,
                                            include_low_information=include_low_information)
-            hash_of = self._hashes_of({path for group in groups for path in group.paths})
-        bits = self.recipe.bits
         result = []
         for group in groups:
             # Stored paths that would leave the dataset (a store from someone else) are dropped.
-            kept = [(relpath, full) for relpath in group.paths
+            kept = [(relpath, full, distance)
+                    for relpath, distance in zip(group.paths, group.distances, strict=True)
                     if (full := resolve_stored_path(self.dataset, relpath)) is not None]
             if len(kept) < 2:
                 continue
-            first = Hash.from_hex(hash_of[kept[0][0]], bits)
-            distances = tuple(first.distance(Hash.from_hex(hash_of[relpath], bits))
-                              for relpath, _ in kept)
-            result.append(DuplicateGroup(tuple(r for r, _ in kept), tuple(f for _, f in kept),
-                                         distances, group.hashes))
+            result.append(DuplicateGroup(tuple(r for r, _, _ in kept), tuple(f for _, f, _ in kept),
+                                         tuple(d for _, _, d in kept), group.max_distance,
+                                         group.hashes))
         return result
 
     def evaluate(self, manifest: str | os.PathLike, *, mirror: bool = False) -> Evaluation:
@@ -245,18 +245,6 @@ class ImageStore:
         if mirror:
             return list(hash_file_and_mirror(path, recipe, max_pixels))
         return [hash_file(path, recipe, max_pixels)]
-
-    def _hashes_of(self, relpaths: set[str]) -> dict[str, str]:
-        """The stored hash of each of these paths (one pass over the store's buckets)."""
-        found: dict[str, str] = {}
-        if not relpaths:
-            return found
-        for key in self._store.shelf.keys():
-            for relpath in self._store.bucket(key):
-                if relpath in relpaths:
-                    found[relpath] = key
-        return found
-
 
 def _hash_decoded(image: Image.Image, recipe: Recipe, mirror: bool) -> list[Hash]:
     prepared = prepare(image, recipe)

@@ -121,7 +121,7 @@ def test_evaluation_page_loads_every_thumbnail(
                             "report"]) == 0
     page = tmp_path / "report" / "evaluation-db-shelve.html"
     html = page.read_text(encoding="utf-8")
-    assert "missed: flip mirror jpeg_quality=90 (distance" in html
+    assert "missed: flip mirror jpeg_quality=90 (not returned by search within 16 bits)" in html
     assert "other match, distance 0" in html and "haystack/B_duplicate.png" in html
     report = load_in_browser(chromium, page)
     assert report["images"] == 4  # g1 and its missed mirror copy, g2 and its planted duplicate

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
-                        help="list every group of near-duplicates in the store (images linked"
-                        " within --max-distance), largest first")
+                        help="list every group of near-duplicates in the store, largest first:"
+                        " every pair in a group is within --max-distance (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         " (flushed); images index.py commits meanwhile are found too")
@@ -276,7 +276,7 @@ def save_page(path: str, page: str) -> None:
 
 
 def run_groups(args: argparse.Namespace) -> int:
-    """--groups: every connected group of near-duplicates in the store."""
+    """--groups: sets of images in which every pair is a match (no chains)."""
     with ImageStore(Store.open_for_reading(args.shelve)) as store:
         groups = store.groups(args.max_distance,
                               include_low_information=args.include_low_information)
@@ -284,24 +284,26 @@ def run_groups(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
                            "relpaths": list(group.relpaths), "distances": list(group.distances),
+                           "max_distance": group.max_distance,
                            "distinct_hashes": group.distinct_hashes} for group in groups],
                          indent=2))
     else:
         for number, group in enumerate(groups, start=1):
             print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
-                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}")
-            for relpath in group.relpaths:
-                print(printable(display_path(root, relpath) or relpath))
+                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, every pair within"
+                  f" {group.max_distance} bits")
+            for relpath, distance in zip(group.relpaths, group.distances, strict=True):
+                print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
-        draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits,"
-                     " largest first", [group_row(group) for group in groups],
+        draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
+                     " bits, largest first", [group_row(group) for group in groups],
                      what="groups", nothing=f"no group of near-duplicates within"
                      f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
                      max_pixels=args.max_pixels)
     if args.html:
         save_page(args.html, groups_page(
-            [[Item(relpath, full, f"distance {distance}" if position else "first")
+            [[Item(relpath, full, distance_caption(position, distance))
               for position, (relpath, full, distance)
               in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
              for group in groups],
@@ -310,8 +312,14 @@ def run_groups(args: argparse.Namespace) -> int:
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
+def distance_caption(position: int, distance: int | None) -> str:
+    if position == 0:
+        return "first"
+    return "matched" if distance is None else f"distance {distance}"
+
+
 def group_row(group: DuplicateGroup) -> Row:
-    tiles = [Tile(full, f"distance {distance}" if position else "first", relpath)
+    tiles = [Tile(full, distance_caption(position, distance), relpath)
              for position, (relpath, full, distance)
              in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
     return Row(tiles[0], tiles[1:])
@@ -327,7 +335,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
-            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+            evaluations.append(evaluate_manifest(
+                store, args.evaluate, mirror=args.mirror,
+                include_low_information=args.include_low_information))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
@@ -363,7 +373,9 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={c.distance}", c.path) for c in group.copies
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}",
+                       c.path)
+                  for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
         others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),

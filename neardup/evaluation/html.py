@@ -25,7 +25,7 @@ from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.search import resolve_stored_path
 from ..errors import ImageError
 from .montage import thumbnail
-from .scoring import TARGET_PRECISION, Evaluation
+from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
 
 THUMBNAIL_SIDE = 150
 JPEG_QUALITY = 80
@@ -50,8 +50,8 @@ def groups_page(
 ) -> str:
     """The near-duplicate groups as a review form."""
     title = f"Near-duplicate groups in {os.path.basename(store)}"
-    summary = (f"{len(groups)} groups of images within {max_distance} bits of each other (chains"
-               f" included), {sum(len(g) for g in groups)} images; hash {recipe}. Distances are to"
+    summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group every"
+               f" pair of images is within {max_distance} bits (hash {recipe}). Distances are to"
                " the first image of each group. Paths are relative to the dataset folder:")
     sections = []
     for number, items in enumerate(groups, start=1):
@@ -96,7 +96,8 @@ def evaluation_page(
                       f"query {group.group}", "query")]
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                state = "unreadable" if copy.distance is None else f"distance {copy.distance}"
+                state = (f"not returned by search within {MAX_THRESHOLD} bits"
+                         if copy.distance is None else f"distance {copy.distance}")
                 items.append(Item(copy.path, resolve_stored_path(root, copy.path),
                                   f"missed: {copy.edit} ({state})", "missed"))
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
