@@ -137,7 +137,7 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
              max_pixels: int, reviewable: bool) -> str:
     figures = []
     for position, item in enumerate(items):
-        picture = '<div class="missing">not shown</div>'
+        picture = ""  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
         if item.path is None:
             picture = '<div class="missing">outside the dataset: not opened</div>'
         elif with_pictures:
