@@ -123,7 +123,8 @@ def test_options_that_do_not_apply_are_refused_in_one_line(store: Path) -> None:
     result = subprocess.run(SEARCH + ["--stdin", "--token-file", "token"], input="",
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr == "search.py: error: --token-file does not apply to --stdin\n"
+    assert result.stderr == ("search.py: error: --token-file does nothing with --stdin (it is for"
+                             " --serve)\n")
 
 
 def test_the_checker_hashes_as_index_py_does_on_reduced_decodes(in_tmp: Path) -> None:
