@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .core.grouping import near_duplicate_groups
 from .core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
     Recipe,
-    decoder_settings,
-    hash_file,
-    hash_file_and_mirror,
-    hash_prepared,
-    open_image,
-    prepare,
+    hash_decoded_and_mirror,
+    hash_source,
 )
 from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
@@ -47,7 +43,6 @@ from .core.search import (
     resolve_stored_path,
 )
 from .core.store import Store
-from .errors import ImageError
 
 if TYPE_CHECKING:
     from .evaluation.scoring import Evaluation
@@ -231,24 +226,14 @@ class ImageStore:
         return self._index
 
     def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
-        recipe = self.recipe
+        """The query's hash (and its mirror image's): through hashing's one entry point, so a
+        query is hashed exactly as index.py hashed the stored images."""
         if isinstance(image, Image.Image):
-            return _hash_decoded(image, recipe, mirror)
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            data = bytes(image)
-            if not data:
-                raise ImageError("upload", "empty file")
-            with open_image("upload", max_pixels, data=data,
-                            before_load=decoder_settings(recipe)) as decoded:
-                return _hash_decoded(decoded, recipe, mirror)
-        path = os.fspath(image)
-        if mirror:
-            return list(hash_file_and_mirror(path, recipe, max_pixels))
-        return [hash_file(path, recipe, max_pixels)]
-
-def _hash_decoded(image: Image.Image, recipe: Recipe, mirror: bool) -> list[Hash]:
-    prepared = prepare(image, recipe)
-    looks = [hash_prepared(prepared, recipe)]
-    if mirror:
-        looks.append(hash_prepared(ImageOps.mirror(prepared), recipe))
-    return looks
+            # Already decoded at full size by the caller: only the recipe's own steps remain.
+            plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            plain, flipped = hash_source("upload", self.recipe, max_pixels, data=bytes(image),
+                                         mirror=mirror)
+        else:
+            plain, flipped = hash_source(os.fspath(image), self.recipe, max_pixels, mirror=mirror)
+        return [plain] if flipped is None else [plain, flipped]
