@@ -49,6 +49,10 @@ class StoreUnavailable(NeardupError):
     """The store was deleted or replaced and the file now at its path cannot be opened."""
 
 
+class NotHere(ImageError):
+    """The upload has more pixels than the caller wanted to decode where it is (not an error)."""
+
+
 class StoreDamaged(NeardupError):
     """Reading the store for one query failed (a corrupt bucket); other queries go on."""
 
@@ -105,22 +109,27 @@ class Checker:
             return {"query": path, "error": str(error)}
 
     def check_upload(
-        self, data: bytes, name: str = "upload", max_distance: int | None = None
+        self, data: bytes, name: str = "upload", max_distance: int | None = None, *,
+        at_most_pixels: int | None = None,
     ) -> dict[str, Any]:
         """An upload's record; a bad image is an error record (the client's fault).
 
         Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
         StoreUnavailable or StoreDamaged when the store cannot answer: the server's fault.
+        With `at_most_pixels`, a larger image raises NotHere before it is decoded (the server
+        decodes small uploads on its event loop and hands larger ones to a thread).
         """
         try:
-            hashes = self._hash(data, name)
-        except (DecodeTooLarge, DecodeBusy):
-            raise  # the budget's refusals are answered with their own status
+            hashes = self._hash(data, name, at_most_pixels)
+        except (DecodeTooLarge, DecodeBusy, NotHere):
+            raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
         return self._answer(name, hashes, max_distance)
 
-    def _hash(self, data: bytes, name: str) -> tuple[Hash, Hash | None]:
+    def _hash(
+        self, data: bytes, name: str, at_most_pixels: int | None = None
+    ) -> tuple[Hash, Hash | None]:
         """The image's hash, and its mirror image's with --mirror, from one decode."""
         if not data:
             raise ImageError(name, "empty file")
@@ -131,6 +140,8 @@ class Checker:
             def before_load(image: Image.Image) -> None:
                 if settings is not None:
                     settings(image)
+                if at_most_pixels is not None and image.width * image.height > at_most_pixels:
+                    raise NotHere(name, "larger than asked for")
                 # Reserved after the decoder was told its reduced size, before it decodes.
                 reservation.take(name, decode_cost(image))
 
