@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
-                        help="list every group of near-duplicates in the store (images linked"
-                        " within --max-distance), largest first")
+                        help="list every group of near-duplicates in the store, largest first:"
+                        " every pair in a group is within --max-distance (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         " (flushed); images index.py commits meanwhile are found too")
@@ -246,30 +246,37 @@ def draw_montage(path: str, title: str, rows: list[Row]) -> None:
 
 
 def run_groups(args: argparse.Namespace) -> int:
-    """--groups: every connected group of near-duplicates in the store."""
+    """--groups: sets of images in which every pair is a match (no chains)."""
     with Store.open_for_reading(args.shelve) as store, store.snapshot():
         groups = near_duplicate_groups(store, args.max_distance,
                                        include_low_information=args.include_low_information)
         root = store.dataset_root
-    # Each member as (stored path, file on disk); entries that would leave the dataset are dropped.
-    members = [[(relpath, full) for relpath in group.paths
+    # Each member as (stored path, file on disk, distance to the group's first image); entries
+    # that would leave the dataset are dropped.
+    members = [[(relpath, full, distance)
+                for relpath, distance in zip(group.paths, group.distances, strict=True)
                 if (full := resolve_stored_path(root, relpath))] for group in groups]
     if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _ in pairs],
-                           "relpaths": [relpath for relpath, _ in pairs],
+        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _, _ in rows],
+                           "relpaths": [relpath for relpath, _, _ in rows],
+                           "distances": [distance for _, _, distance in rows],
+                           "max_distance": group.max_distance,
                            "distinct_hashes": group.hashes}
-                          for group, pairs in zip(groups, members, strict=True)], indent=2))
+                          for group, rows in zip(groups, members, strict=True)], indent=2))
     else:
-        for number, (group, pairs) in enumerate(zip(groups, members, strict=True), start=1):
-            print(f"# group {number}: {len(pairs)} images, {group.hashes} distinct"
-                  f" hash{'es' if group.hashes > 1 else ''}")
-            for relpath, _ in pairs:
-                print(printable(display_path(root, relpath) or relpath))
+        for number, (group, rows) in enumerate(zip(groups, members, strict=True), start=1):
+            print(f"# group {number}: {len(rows)} images, {group.hashes} distinct"
+                  f" hash{'es' if group.hashes > 1 else ''}, every pair within"
+                  f" {group.max_distance} bits")
+            for relpath, _, distance in rows:
+                print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
-        draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits",
-                     [Row(Tile(pairs[0][1], "first"), [Tile(full, "") for _, full in pairs[1:]])
-                      for pairs in members if pairs])
+        draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
+                     " bits", [Row(Tile(rows[0][1], "first"),
+                                   [Tile(full, f"distance {distance}")
+                                    for _, full, distance in rows[1:]])
+                               for rows in members if rows])
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
@@ -278,7 +285,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
-            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+            evaluations.append(evaluate_manifest(
+                store, args.evaluate, mirror=args.mirror,
+                include_low_information=args.include_low_information))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
@@ -304,7 +313,8 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}")
+                  for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
         others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),

@@ -1,8 +1,10 @@
 """Scoring a store against a gather.py manifest: recall per edit, precision, the threshold to use.
 
-Each sampled original is a query. Its copies are the true matches: their distances to the query
-are computed directly, so recall is known at every threshold, found or not. Every other stored
-image within the largest threshold is a false match (or a true duplicate the source data set
+Each sampled original is a query, searched in the store exactly as search.py searches it, at the
+largest threshold. Its copies are the true matches: a copy counts as found at a threshold only if
+the search returned it within that distance, so a copy missing from the store (never indexed,
+removed, unreadable) is missed, as a user would see it. Every other stored image the search
+returns is a false match (or a true duplicate the source data set
 itself contains: CALTECH-101 has some, e.g. the same photo in Faces and Faces_easy). Then, for
 every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall, false matches,
 precision; and the recommendation: the smallest threshold reaching the best recall that keeps
@@ -30,7 +32,7 @@ class CopyOutcome:
     path: str  # store path
     kind: str  # the edit's first word: resize, crop, ...
     edit: str  # the whole manifest description
-    distance: int | None  # None: the copy could not be hashed
+    distance: int | None  # as the store's search returned it; None: not returned at all
 
 
 @dataclass(slots=True)
@@ -88,7 +90,10 @@ class Evaluation:
         }
 
 
-def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False) -> Evaluation:
+def evaluate_manifest(
+    store: Store, manifest_path: str, *, mirror: bool = False,
+    include_low_information: bool = False,
+) -> Evaluation:
     manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
     rows = read_manifest(manifest_path)
 
@@ -126,26 +131,28 @@ def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False)
             continue
         if row.group not in groups:
             raise DatasetError(f"{manifest_path}: copy {row.file} has no original")
-        path = store_path(row.file)
-        try:
-            value = hash_file(on_disk(path), store.recipe)
-            distance: int | None = min(value.distance(look) for look in queries[row.group])
-        except ImageError:
-            distance = None
         kind = row.edit.split()[0] if row.edit else "copy"
-        groups[row.group].copies.append(CopyOutcome(path, kind, row.edit, distance))
+        groups[row.group].copies.append(CopyOutcome(store_path(row.file), kind, row.edit, None))
 
+    # What search returns, at the largest threshold; every smaller one is a filter of it.
     index = HashIndex.from_store(store)
     ordered = sorted(groups.values(), key=lambda group: group.group)
+    returned: dict[str, dict[str, int]] = {group.group: {} for group in ordered}
     for look in range(2 if mirror else 1):
         answers = find_matches_many(store, [queries[g.group][look] for g in ordered],
-                                    MAX_THRESHOLD, index)
+                                    MAX_THRESHOLD, index,
+                                    include_low_information=include_low_information)
         for group, matches in zip(ordered, answers, strict=True):
-            members = {group.original} | {copy.path for copy in group.copies}
+            found = returned[group.group]
             for match in matches:
-                if match.path not in members:
-                    known = group.others.get(match.path, match.distance)
-                    group.others[match.path] = min(known, match.distance)
+                found[match.path] = min(found.get(match.path, match.distance), match.distance)
+    for group in ordered:
+        found = returned[group.group]
+        for copy in group.copies:
+            copy.distance = found.get(copy.path)
+        members = {group.original} | {copy.path for copy in group.copies}
+        group.others = {path: distance for path, distance in found.items()
+                        if path not in members}
 
     table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
     return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
@@ -208,7 +215,9 @@ def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
     for group in evaluation.groups:
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                shown = "unreadable" if copy.distance is None else f"distance {copy.distance}"
+                shown = (f"not returned by search within {MAX_THRESHOLD} bits"
+                         if copy.distance is None
+                         else f"distance {copy.distance}")
                 lines.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:

@@ -7,6 +7,11 @@ this process alone writes it, one transaction per finished partition. A re-run a
 the client, the scheduler or a worker finds the committed files unchanged and hashes only the rest.
 If a worker dies, Dask runs its partitions again elsewhere.
 
+Before any work is sent, the client asks the scheduler and every worker which neardup they can
+import (`check_cluster`): the scheduler unpickles the task graph and the workers run it, so a
+process without neardup, or with another version, would fail with a long traceback in the middle
+of a run (or, worse, hash with another recipe's code).
+
 Dask is optional (requirements-dask.txt) and imported only when asked for.
 """
 
@@ -17,12 +22,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .. import __version__
 from ..core.discovery import FoundFile
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
 from ..errors import NeardupError
 
 DEFAULT_PARTITION_SIZE = 1000
+# What a cluster process answers when asked which neardup it imports. It is evaluated there with
+# the built-in eval, which every process can unpickle: a probe function defined in neardup would
+# itself need neardup to arrive. find_spec first, so a process without neardup answers None
+# instead of raising.
+_VERSION_PROBE = (
+    "__import__('neardup').__version__"
+    " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
+)
+INSTALL_HINT = ("install this neardup there (pip install 'neardup[dask]=={version}', or pip install"
+                " [-e] <this checkout> in the environment of the scheduler and of every worker)")
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
 
@@ -49,6 +65,7 @@ def connect(
                                            dashboard_address=None)
         try:
             with distributed.Client(cluster) as client:
+                check_cluster(client, timeout_seconds)
                 yield client
         finally:
             cluster.close()
@@ -59,7 +76,31 @@ def connect(
     except (OSError, TimeoutError) as error:
         raise NeardupError(f"cannot reach the Dask scheduler at {address} ({error})") from error
     with client:
+        check_cluster(client, timeout_seconds)
         yield client
+
+
+def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
+    """Refuse, in one line, a cluster whose scheduler or workers cannot import this neardup."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_seconds)
+    except TimeoutError:
+        raise NeardupError(f"no Dask worker joined the scheduler within {timeout_seconds:g} s;"
+                           " start some with `dask worker <scheduler address>`") from None
+    try:
+        answers = {"scheduler": client.run_on_scheduler(eval, _VERSION_PROBE)}
+        answers.update(client.run(eval, _VERSION_PROBE))
+    except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
+                           + INSTALL_HINT.format(version=__version__)) from error
+    wrong = {name: found for name, found in answers.items() if found != __version__}
+    if wrong:
+        first, found = sorted(wrong.items())[0]
+        seen = "no neardup" if found is None else f"neardup {found}"
+        others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+        raise NeardupError(f"{first}{others} of the Dask cluster has {seen}, this client"
+                           f" {__version__}; " + INSTALL_HINT.format(version=__version__))
 
 
 def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) -> Hasher:

@@ -21,17 +21,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
-    decoder_settings,
     describe_failure,
-    hash_prepared,
+    hash_source,
     is_low_information,
-    open_image,
-    prepare,
 )
 from ..core.results import QueryResult, to_record
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
@@ -133,23 +130,16 @@ class Checker:
         """The image's hash, and its mirror image's with --mirror, from one decode."""
         if not data:
             raise ImageError(name, "empty file")
-        recipe = self._store.recipe
-        settings = decoder_settings(recipe)
         budget = self.decode_budget or DecodeBudget(capacity=2**62)
         with budget.reservation() as reservation:
-            def before_load(image: Image.Image) -> None:
-                if settings is not None:
-                    settings(image)
+            def on_header(image: Image.Image) -> None:
                 if at_most_pixels is not None and image.width * image.height > at_most_pixels:
                     raise NotHere(name, "larger than asked for")
-                # Reserved after the decoder was told its reduced size, before it decodes.
+                # Reserved once the decoder knows its reduced size, before it decodes.
                 reservation.take(name, decode_cost(image))
 
-            with open_image(name, self.max_pixels, data=data, before_load=before_load) as image:
-                prepared = prepare(image, recipe)
-                plain = hash_prepared(prepared, recipe)
-                flipped = hash_prepared(ImageOps.mirror(prepared), recipe) if self.mirror else None
-        return plain, flipped
+            return hash_source(name, self._store.recipe, self.max_pixels, data=data,
+                               mirror=self.mirror, on_header=on_header)
 
     def _answer(
         self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None
