@@ -9,8 +9,9 @@ only. For --seconds, all at once (every count fixed, every client stops by itsel
   20 slowloris clients  request headers one byte a second, never finished
   8 bomb uploaders      16-bit 10000 x 10000 PNGs (about 200 KB each, 2 GB decoded), one after
                         another on each of 8 connections
-  2 heavy uploaders     8-bit RGB 7000 x 7000 PNGs: within the pixel limit, so really decoded,
-                        each needing about 440 MB; the decode memory budget decides how many at once
+  --heavy N uploaders   (0 by default) 8-bit RGB 7000 x 7000 PNGs: within the pixel limit, so
+                        really decoded, each estimated at 440 MB; the decode memory budget decides
+                        how many at once
   2 normal clients      CALTECH photos, one at a time; each answer must name the photo itself
   1 health prober       GET /health every 50 ms; its latency is measured
 Then SIGTERM with all those connections still open. Against the goals:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import select
 import signal
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 import zlib
+from multiprocessing.queues import Queue
 from pathlib import Path
 
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402  (sets the path)
@@ -45,7 +48,7 @@ from neardup.core.indexing import index_folder  # noqa: E402
 
 SEARCH = [sys.executable, str(ROOT / "search.py")]
 HOST = "127.0.0.1"  # loopback only, always
-IDLE, SLOWLORIS, BOMBS, HEAVY, NORMAL = 500, 20, 8, 2, 2
+IDLE, SLOWLORIS, BOMBS, NORMAL = 500, 20, 8, 2
 
 
 def png(width: int, height: int, bit_depth: int, colour_type: int, channels: int) -> bytes:
@@ -162,25 +165,28 @@ def slowloris(port: int, until: float, tally: Tally) -> None:
         tally.held.append(client)
 
 
-def health_prober(port: int, until: float, tally: Tally) -> None:
+def health_prober(port: int, seconds: float, results: Queue) -> None:
+    """In a process of its own, so the attackers' threads here cannot delay its clock."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
     connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    until = time.monotonic() + seconds
     while time.monotonic() < until:
         begun = time.perf_counter()
         try:
             connection.request("GET", "/health")
             response = connection.getresponse()
             response.read()
-            status = response.status
+            outcome = f"health {response.status}"
+            latencies.append(time.perf_counter() - begun)
         except (OSError, http.client.HTTPException):
             connection.close()
             connection = http.client.HTTPConnection(HOST, port, timeout=30)
-            tally.add("health failed")
-            continue
-        with tally.lock:
-            tally.health.append(time.perf_counter() - begun)
-        tally.add(f"health {status}")
+            outcome = "health failed"
+        statuses[outcome] = statuses.get(outcome, 0) + 1
         time.sleep(0.05)
     connection.close()
+    results.put((latencies, statuses))
 
 
 def peak_rss(pid: int) -> int:
@@ -195,6 +201,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the abuse lasts")
+    parser.add_argument("--heavy", type=int, default=0, choices=range(0, 9),
+                        help="clients uploading large images that are really decoded (default 0)")
+    parser.add_argument("--store", help="a store of the dataset to reuse (built there if missing);"
+                        " by default one is built in a temporary folder")
     args = parser.parse_args()
     if not require_dataset(args.dataset, "abuse.py"):
         return 2
@@ -206,8 +216,9 @@ def main() -> int:
     heavy = png(7_000, 7_000, 8, 2, 3)
 
     with tempfile.TemporaryDirectory() as workdir:
-        store = os.path.join(workdir, "db.shelve")
-        index_folder(args.dataset, store, Recipe())
+        store = args.store or os.path.join(workdir, "db.shelve")
+        if not os.path.exists(store):
+            index_folder(args.dataset, store, Recipe())
         log_path = os.path.join(workdir, "server.log")
         with open(log_path, "wb") as log:
             server = subprocess.Popen(SEARCH + ["-s", store, "--serve", f"{HOST}:0"],
@@ -224,16 +235,19 @@ def main() -> int:
         warm.close()
 
         tally = Tally()
+        spawn = multiprocessing.get_context("spawn")
+        health_results: Queue = spawn.Queue()
+        prober = spawn.Process(target=health_prober, args=(port, args.seconds, health_results))
+        prober.start()
         until = time.monotonic() + args.seconds
         threads = [threading.Thread(target=idle_holder, args=(port, until, tally)),
-                   threading.Thread(target=slowloris, args=(port, until, tally)),
-                   threading.Thread(target=health_prober, args=(port, until, tally))]
+                   threading.Thread(target=slowloris, args=(port, until, tally))]
         threads += [threading.Thread(target=uploader,
                                      args=(port, [("bomb", bomb)], until, tally, "bomb", False))
                     for _ in range(BOMBS)]
         threads += [threading.Thread(target=uploader,
                                      args=(port, [("heavy", heavy)], until, tally, "heavy", False))
-                    for _ in range(HEAVY)]
+                    for _ in range(args.heavy)]
         threads += [threading.Thread(target=uploader,
                                      args=(port, normal[n::NORMAL], until, tally, "normal", True))
                     for n in range(NORMAL)]
@@ -241,6 +255,10 @@ def main() -> int:
             thread.start()
         for thread in threads:
             thread.join(timeout=args.seconds + 120)
+        tally.health, statuses = health_results.get(timeout=120)
+        prober.join(timeout=30)
+        for outcome, count in statuses.items():
+            tally.counts[outcome] = count
 
         rss = peak_rss(server.pid)
         held = len(tally.held)
@@ -273,7 +291,7 @@ def main() -> int:
          stop_seconds < 5 and exit_status == 0),
     ]
     print(f"{args.seconds:g} s of abuse: {IDLE} idle connections, {SLOWLORIS} slowloris, {BOMBS}"
-          f" bomb uploaders ({len(bomb):,}-byte 16-bit 10000 x 10000 PNG), {HEAVY} heavy uploaders"
+          f" bomb uploaders ({len(bomb):,}-byte 16-bit 10000 x 10000 PNG), {args.heavy} heavy uploaders"
           f" ({len(heavy):,}-byte RGB 7000 x 7000 PNG), {NORMAL} normal clients; {os.cpu_count()}"
           " cores")
     print("| | measured | goal | met |")
