@@ -397,10 +397,36 @@ class OneLineFormatter(logging.Formatter):
         return line
 
 
+class LinesPerSecond(logging.Filter):
+    """At most `limit` lines a second: a client sending thousands of bad requests must not fill
+    the disk. The first line let through after some were left out says how many."""
+
+    def __init__(self, limit: int = 20) -> None:
+        super().__init__()
+        self.limit = limit
+        self.second = 0
+        self.passed = 0
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        second = int(record.created)
+        if second != self.second:
+            self.second, self.passed = second, 0
+        if self.passed >= self.limit:
+            self.left_out += 1
+            return False
+        self.passed += 1
+        if self.left_out:
+            record.msg = f"{record.msg} (and {self.left_out:,} lines left out before this one)"
+            self.left_out = 0
+        return True
+
+
 def service_logger() -> logging.Logger:
     """One handler for our lines, uvicorn's and asyncio's: stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
+    handler.addFilter(LinesPerSecond())
     for name in ("neardup.service", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
