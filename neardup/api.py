@@ -30,12 +30,12 @@ from .core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
     Recipe,
-    decoder_settings,
-    hash_file,
-    hash_file_and_mirror,
+    grid_bits,
     hash_prepared,
-    open_image,
+    hash_source,
     prepare,
+    upright_grid,
+    uses_grid,
 )
 from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
@@ -47,7 +47,6 @@ from .core.search import (
     resolve_stored_path,
 )
 from .core.store import Store
-from .errors import ImageError
 
 if TYPE_CHECKING:
     from .evaluation.scoring import Evaluation
@@ -235,18 +234,22 @@ class ImageStore:
         if isinstance(image, Image.Image):
             return _hash_decoded(image, recipe, mirror)
         if isinstance(image, (bytes, bytearray, memoryview)):
-            data = bytes(image)
-            if not data:
-                raise ImageError("upload", "empty file")
-            with open_image("upload", max_pixels, data=data,
-                            before_load=decoder_settings(recipe)) as decoded:
-                return _hash_decoded(decoded, recipe, mirror)
-        path = os.fspath(image)
-        if mirror:
-            return list(hash_file_and_mirror(path, recipe, max_pixels))
-        return [hash_file(path, recipe, max_pixels)]
+            # The same entry point index.py hashes files through, so bytes and file agree.
+            plain, flipped = hash_source("upload", recipe, max_pixels, data=bytes(image),
+                                         mirror=mirror)
+        else:
+            plain, flipped = hash_source(os.fspath(image), recipe, max_pixels, mirror=mirror)
+        return [plain] if flipped is None else [plain, flipped]
+
 
 def _hash_decoded(image: Image.Image, recipe: Recipe, mirror: bool) -> list[Hash]:
+    """A caller's decoded image, hashed (and mirrored) as hash_source does a full-size decode."""
+    if uses_grid(recipe):
+        cells = upright_grid(image, recipe, None)
+        looks = [Hash.from_bits(grid_bits(cells, recipe))]
+        if mirror:
+            looks.append(Hash.from_bits(grid_bits(cells[:, ::-1], recipe)))
+        return looks
     prepared = prepare(image, recipe)
     looks = [hash_prepared(prepared, recipe)]
     if mirror:

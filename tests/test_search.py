@@ -11,7 +11,7 @@ import neardup.core.search as search_module
 import neardup.core.store as store_module
 from neardup.cli import search as search_cli
 from neardup.core.hashing import Hash, Recipe
-from neardup.core.multiindex import MAX_SUBSTRING_RADIUS
+from neardup.core.multiindex import MAX_SUBSTRING_RADIUS, WideMultiIndex
 from neardup.core.search import HashIndex, find_matches
 from neardup.core.store import IndexedFile, Store
 
@@ -149,6 +149,61 @@ class TestMultiIndexAgreesWithBruteForce:
                     scanned, scan_distances = brute.scan(Hash(query, 64), radius)
                     assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
                         sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True))
+
+
+class TestWideMultiIndexAgreesWithBruteForce:
+    @pytest.mark.parametrize("bits", [256, 100, 36])
+    @pytest.mark.parametrize("kind", ["random", "clustered"])
+    def test_same_answers_at_every_radius(self, bits: int, kind: str) -> None:
+        rng = random.Random(f"{kind}{bits}")
+        if kind == "random":
+            values = [rng.getrandbits(bits) for _ in range(5_000)]
+        else:  # smooth images crowd near all-zero bits; a few popular centres
+            centres = [0, (1 << bits) - 1] + [rng.getrandbits(bits) for _ in range(6)]
+            values = [flip_bits(rng.choice(centres), rng.randint(0, bits // 6), bits, rng)
+                      for _ in range(5_000)]
+        queries = [rng.choice(values) for _ in range(5)] + [rng.getrandbits(bits) for _ in range(5)]
+        top = min(bits // 2, 40)
+        for query in queries:  # plant neighbours at every distance up to `top`
+            values += [flip_bits(query, distance, bits, rng) for distance in range(top + 1)]
+        hashes = [Hash(value, bits) for value in values]
+        wide = HashIndex.from_hashes(hashes, multi_index=True)
+        brute = HashIndex.from_hashes(hashes, multi_index=False)
+        assert isinstance(wide.multi, WideMultiIndex) and brute.multi is None
+        for query in queries:
+            for radius in (0, 1, 2, 4, 8, 12, 16, 24, 32, 40):
+                if radius > top:
+                    continue
+                positions, distances = wide.multi.within(query, radius)
+                scanned, scan_distances = brute.scan(Hash(query, bits), radius)
+                assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
+                    sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True)), \
+                    (query, radius)
+                assert len(scanned) > radius
+                assert wide.within(Hash(query, bits), radius) == brute.within(
+                    Hash(query, bits), radius)
+
+    def test_dhash_256_store_uses_it_and_caches_its_tables(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
+        monkeypatch.setattr(store_module, "CACHE_MIN_HASHES", 100)
+        rng = random.Random(256)
+        values = [rng.getrandbits(256) for _ in range(300)]
+        path = str(tmp_path / "db.shelve")
+        recipe = Recipe("dhash", 16)
+        with Store.open_for_writing(path, recipe, "/d", {}) as store:
+            store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 256).hex())
+                         for n, v in enumerate(values)], [])
+        query = Hash(values[0] ^ 0b1011, 256)
+        expected = HashIndex.from_hashes([Hash(v, 256) for v in values], multi_index=False)
+        for _ in range(2):  # built, then read back from the cache
+            with Store.open_for_reading(path) as store, store.snapshot():
+                index = HashIndex.from_store(store)
+                assert isinstance(index.multi, WideMultiIndex)
+                assert index.within(query, 16) == expected.within(query, 16)
+                assert index.within(query, 16)[0] == (Hash(values[0], 256).hex(), 3)
+        assert any(name.startswith("widemultiindex-") for name in os.listdir(path + ".cache"))
 
 
 def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import BinaryIO, TextIO
 
 from ..api import DuplicateGroup, ImageStore
 from ..core.discovery import Skipped, walk_images
@@ -37,8 +38,16 @@ from ..evaluation.scoring import (
     format_evaluation,
 )
 from ..service.checker import Checker
-from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
-from .common import invoked_as, non_negative_int, positive_int, run_command, warn
+from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
+from ..service.server import (
+    DEFAULT_MAX_MATCHES,
+    DEFAULT_MAX_QUERY_DISTANCE,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    ServiceLimits,
+    load_token,
+    serve,
+)
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
 
@@ -53,15 +62,20 @@ LISTED_MISSES = 10
 # it would be silently ignored, so it is refused instead: a user who asks for a report and gets
 # none, with exit status 0, believes something that is not true.
 MODES = ("query", "evaluate", "groups", "stdin", "serve")
+_SERVE = {"serve"}
 APPLIES_TO = {
-    "mirror": {"query", "evaluate"},
+    "mirror": {"query", "evaluate", "stdin", "serve"},
     "montage": {"query", "groups"},
-    "report": {"evaluate"},
     "html": {"groups", "evaluate"},
+    "report": {"evaluate"},
     "json": {"query", "groups", "evaluate"},
-    "include_low_information": {"query", "groups", "stdin", "serve"},
+    "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
     "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
-    "max_upload_bytes": {"serve"},
+    "max_matches": {"stdin", "serve"},
+    "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
+    "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
+    "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
+    "keep_alive_timeout": _SERVE,
 }
 
 
@@ -107,9 +121,48 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --evaluate: write into DIR, for each store, evaluation JSON and"
                         " CSV, a PNG chart of recall and precision against the threshold, a"
                         " contact sheet of the worst misses and an HTML page of them all")
-    parser.add_argument("--max-upload-bytes", type=positive_int, default=None,
-                        help="with --serve: larger bodies are refused with 413 (default"
-                        f" {DEFAULT_MAX_UPLOAD_BYTES:,})")
+    service = parser.add_argument_group(
+        "checker (--stdin and --serve)", "limits for a long-running checker; docs/service.md"
+        " explains each")
+    service.add_argument("--max-matches", type=positive_int, default=DEFAULT_MAX_MATCHES,
+                         help="at most this many matches per answer, nearest first; a longer"
+                         f' list is cut and marked "truncated": true (default {DEFAULT_MAX_MATCHES})')
+    service.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                         help="with --serve: larger bodies are refused with 413 (default"
+                         f" {DEFAULT_MAX_UPLOAD_BYTES:,})")
+    service.add_argument("--max-query-distance", type=non_negative_int,
+                         default=DEFAULT_MAX_QUERY_DISTANCE,
+                         help="with --serve: the largest ?max_distance a client may ask for"
+                         f" (default {DEFAULT_MAX_QUERY_DISTANCE})")
+    service.add_argument("--full-paths", action="store_true",
+                         help="with --serve: answers also give each match's path on this"
+                         " machine; by default only its path inside the dataset (relpath)")
+    service.add_argument("--token-file", metavar="FILE",
+                         help="with --serve: every request must carry 'Authorization: Bearer"
+                         " <the token in FILE>', else 401")
+    service.add_argument("--decode-memory-mb", type=positive_int,
+                         default=DEFAULT_DECODE_MEMORY // 2**20,
+                         help="with --serve: memory all uploads being decoded may take together;"
+                         " each upload's share is estimated from its header before decoding"
+                         f" (default {DEFAULT_DECODE_MEMORY // 2**20})")
+    service.add_argument("--max-connections", type=positive_int,
+                         default=ServiceLimits.max_connections,
+                         help="with --serve: more are answered 503 and closed (default"
+                         f" {ServiceLimits.max_connections})")
+    service.add_argument("--max-in-flight", type=positive_int, default=ServiceLimits.max_in_flight,
+                         help="with --serve: uploads received, decoded or searched at once; more"
+                         f" are answered 503 (default {ServiceLimits.max_in_flight})")
+    service.add_argument("--header-timeout", type=positive_float,
+                         default=ServiceLimits.header_timeout,
+                         help="with --serve: seconds for a request's headers to arrive (default"
+                         f" {ServiceLimits.header_timeout:g})")
+    service.add_argument("--body-timeout", type=positive_float, default=ServiceLimits.body_timeout,
+                         help="with --serve: seconds for an upload's body to arrive (default"
+                         f" {ServiceLimits.body_timeout:g})")
+    service.add_argument("--keep-alive-timeout", type=positive_float,
+                         default=ServiceLimits.keep_alive_timeout,
+                         help="with --serve: seconds an idle connection is kept open (default"
+                         f" {ServiceLimits.keep_alive_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only; at most the hash's bits, and for --evaluate"
@@ -120,10 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--include-low-information", action="store_true",
                         help="also match blank, single-colour and smooth images, whose hashes"
                         " are (nearly) all zeros or ones and so match each other regardless")
-    parser.add_argument("--max-pixels", type=positive_int, default=None,
+    parser.add_argument("--max-pixels", type=positive_int,
                         help="refuse query images larger than this many pixels (default"
-                        f" {DEFAULT_MAX_PIXELS:,})")
+                        f" {DEFAULT_MAX_PIXELS:,}; with --serve {DEFAULT_UPLOAD_MAX_PIXELS:,})")
     return parser
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
@@ -152,10 +215,14 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
 
     def body() -> int:
-        check_options(args)
+        check_options(args, given)
         if args.evaluate:
             return run_evaluation(args)
         if len(args.shelve) > 1:
@@ -214,33 +281,33 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, body)
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, every option that would do nothing in the mode asked for."""
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, every option given that would do nothing in the mode asked for."""
     mode = next(name for name in MODES if getattr(args, name))
-    flag = {name: "--" + name.replace("_", "-") for name in [*MODES, *APPLIES_TO]}
-    flag["query"] = "--query"
-    for option, modes in APPLIES_TO.items():
-        value = getattr(args, option)
-        if value is None or value is False or mode in modes:
+    for option in sorted(given & set(APPLIES_TO), key=list(APPLIES_TO).index):
+        modes = APPLIES_TO[option]
+        if mode in modes:
             continue
         if option == "max_pixels" and mode == "groups" and (args.montage or args.html):
-            continue
-        where = " and ".join(flag[name] for name in MODES if name in modes)
+            continue  # the pictures are opened under the same pixel limit
+        uses = [_flag(name) for name in MODES if name in modes]
+        where = " or ".join([", ".join(uses[:-1]), uses[-1]] if len(uses) > 1 else uses)
         hint = ""
         if option == "montage" and mode == "evaluate":
             hint = "; --report DIR draws the misses"
-        if option == "report" and mode in ("query", "groups"):
-            hint = "; --montage PNG or --html PAGE draw the results" if mode == "groups" else \
-                "; --montage PNG draws the results"
-        raise NeardupError(f"{flag[option]} does nothing with {flag[mode]} (it is for {where})"
+        elif option == "report" and mode == "groups":
+            hint = "; --montage PNG or --html PAGE draw the groups"
+        elif option == "report" and mode == "query":
+            hint = "; --montage PNG draws the results"
+        raise NeardupError(f"{_flag(option)} does nothing with {_flag(mode)} (it is for {where})"
                            + hint)
     if args.html and args.evaluate and len(args.shelve) > 1:
         raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
                            " writes a page for each")
-    if args.max_pixels is None:
-        args.max_pixels = DEFAULT_MAX_PIXELS
-    if args.max_upload_bytes is None:
-        args.max_upload_bytes = DEFAULT_MAX_UPLOAD_BYTES
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def check_max_distance(store_path: str, max_distance: int) -> None:
@@ -392,23 +459,45 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
 
 def run_checker(args: argparse.Namespace) -> int:
     """--stdin and --serve: the store loaded once, many queries answered."""
+    limits = None
+    if args.serve:
+        host, port = parse_address(args.serve)
+        limits = ServiceLimits(
+            max_upload_bytes=args.max_upload_bytes, max_query_distance=args.max_query_distance,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+            max_in_flight=args.max_in_flight,
+            token=load_token(args.token_file) if args.token_file else None)
     with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
-                 include_low_information=args.include_low_information,
+                 include_low_information=args.include_low_information, mirror=args.mirror,
+                 max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
+                 decode_budget=DecodeBudget(args.decode_memory_mb * 2**20) if args.serve else None,
                  warn=lambda line: warn(PROG, line)) as checker:
         if args.serve:
-            host, port = parse_address(args.serve)
             try:
-                serve(checker, host, port, max_upload_bytes=args.max_upload_bytes,
-                      ready=lambda line: warn(PROG, line))
+                serve(checker, host, port, limits, ready=lambda line: warn(PROG, line))
             except OSError as error:
                 raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
             return 0
-        for line in sys.stdin:
-            path = line.rstrip("\n")
-            if path.strip():
-                sys.stdout.write(json.dumps(checker.check_file(path)) + "\n")
-                sys.stdout.flush()
-        return 0
+        return answer_lines(checker, sys.stdin.buffer, sys.stdout)
+
+
+def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
+    """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
+
+    Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
+    record escapes what is not ASCII); a CRLF line ending is not part of the name.
+    """
+    failed = False
+    for line in lines:
+        path = os.fsdecode(line.rstrip(b"\r\n"))
+        if not path.strip():
+            continue
+        record = checker.check_file(path)
+        failed = failed or "error" in record
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+    return EXIT_ERROR if failed else EXIT_MATCH
 
 
 def parse_address(text: str) -> tuple[str, int]:

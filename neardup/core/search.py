@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .hashing import Hash, is_low_information
-from .multiindex import MultiIndex, build_tables
+from .multiindex import MultiIndex, WideMultiIndex, build_tables, build_wide_tables
 from .store import Store, hash_to_words, hex_keys_to_words
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
@@ -34,11 +34,14 @@ class HashIndex:
     """Hamming search over the distinct hashes of a store.
 
     Brute force (XOR and popcount over every hash, vectorised) is the reference. For large stores
-    of 64-bit hashes a multi-index is chosen automatically; it returns exactly the same answers
-    (a property test holds it to that) while reading a tiny fraction of the hashes.
+    a multi-index is chosen automatically (MultiIndex for 64-bit hashes, WideMultiIndex for any
+    other length); it returns exactly the same answers (property tests hold both to that) while
+    reading a tiny fraction of the hashes.
     """
 
-    def __init__(self, matrix: np.ndarray, bits: int, multi: MultiIndex | None = None) -> None:
+    def __init__(
+        self, matrix: np.ndarray, bits: int, multi: MultiIndex | WideMultiIndex | None = None
+    ) -> None:
         if matrix.ndim != 2 or matrix.shape[1] != (bits + 63) // 64:
             raise ValueError("need a (count, words) array of uint64")
         self.matrix = matrix
@@ -49,11 +52,14 @@ class HashIndex:
     def from_store(cls, store: Store) -> HashIndex:
         matrix = store.hash_matrix()
         bits = store.recipe.bits
-        multi = None
+        multi: MultiIndex | WideMultiIndex | None = None
         if bits == 64 and matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
             values = matrix[:, 0]
             tables = store.cached_array("multiindex", lambda: build_tables(values))
             multi = MultiIndex(values, tables)
+        elif matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
+            wide = store.cached_array("widemultiindex", lambda: build_wide_tables(matrix, bits))
+            multi = WideMultiIndex(matrix, bits, wide)
         return cls(matrix, bits, multi)
 
     @classmethod
@@ -63,8 +69,12 @@ class HashIndex:
         keys = sorted({value.hex().encode("ascii") for value in hashes})
         matrix = hex_keys_to_words(keys, bits)
         if multi_index is None:
-            multi_index = bits == 64 and len(keys) >= MULTI_INDEX_MIN_HASHES
-        return cls(matrix, bits, MultiIndex(matrix[:, 0]) if multi_index else None)
+            multi_index = len(keys) >= MULTI_INDEX_MIN_HASHES
+        if not multi_index:
+            return cls(matrix, bits)
+        if bits == 64:
+            return cls(matrix, bits, MultiIndex(matrix[:, 0]))
+        return cls(matrix, bits, WideMultiIndex(matrix, bits))
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])

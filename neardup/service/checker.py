@@ -5,19 +5,47 @@ last answer (the store's generation moved), the search index is reloaded from th
 first. So new images are found without a restart, and no answer mixes two states of the store.
 Hashing, the expensive part, runs outside the lock, so threads hash uploads in parallel (Pillow
 releases the GIL while decoding and resizing).
+
+Before each answer the store file on disk is compared with the one held open (device and inode): a
+store deleted, or replaced by a rebuilt one, is reopened, or reported as unavailable until it can
+be, never answered from silently. A damaged bucket fails only the query that reads it; the checker
+goes on and `health()` says it is degraded.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..core.hashing import DEFAULT_MAX_PIXELS, Hash, hash_bytes, hash_file, is_low_information
+from ..core.hashing import (
+    DEFAULT_MAX_PIXELS,
+    Hash,
+    describe_failure,
+    hash_source,
+    is_low_information,
+)
 from ..core.results import QueryResult, to_record
-from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches
+from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
 from ..core.store import Store
-from ..errors import ImageError
+from ..errors import ImageError, NeardupError, StoreError
+from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
+
+# A regular file larger than this is not read by --stdin (the pixel limit would refuse it anyway).
+MAX_FILE_BYTES = 1024 * 1024 * 1024
+# How many damage reports /health keeps (the newest).
+KEPT_PROBLEMS = 5
+
+
+class StoreUnavailable(NeardupError):
+    """The store was deleted or replaced and the file now at its path cannot be opened."""
+
+
+class StoreDamaged(NeardupError):
+    """Reading the store for one query failed (a corrupt bucket); other queries go on."""
 
 
 class Checker:
@@ -28,16 +56,27 @@ class Checker:
         max_distance: int = DEFAULT_MAX_DISTANCE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         include_low_information: bool = False,
+        mirror: bool = False,
+        max_matches: int | None = None,
+        full_paths: bool = True,
+        decode_budget: DecodeBudget | None = None,
         warn: Callable[[str], None] = lambda line: None,
     ) -> None:
-        self._store = Store.open_for_reading(store_path, shared_between_threads=True)
+        self.store_path = store_path
         self.max_distance = max_distance
         self.max_pixels = max_pixels
         self.include_low_information = include_low_information
+        self.mirror = mirror
+        self.max_matches = max_matches
+        self.full_paths = full_paths
+        self.decode_budget = decode_budget
         self._warn = warn
         self._lock = threading.Lock()
+        self._store, self._identity = open_store(store_path)
         self._index: HashIndex | None = None
         self._generation = -1
+        self._unavailable: str | None = None
+        self._problems: list[str] = []
 
     def close(self) -> None:
         self._store.close()
@@ -48,35 +87,185 @@ class Checker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # -- queries ---------------------------------------------------------------------------------
+
     def check_file(self, path: str, max_distance: int | None = None) -> dict[str, Any]:
+        """A file named by the caller (--stdin): every failure is an error record, never raised."""
         try:
-            query = hash_file(path, self._store.recipe, self.max_pixels)
+            hashes = self._hash(read_regular_file(path), path)
+            return self._answer(path, hashes, max_distance)
         except ImageError as error:
             return {"query": path, "error": error.reason}
-        return self._answer(path, query, max_distance)
+        except (StoreUnavailable, StoreDamaged) as error:
+            return {"query": path, "error": str(error)}
 
     def check_upload(
         self, data: bytes, name: str = "upload", max_distance: int | None = None
     ) -> dict[str, Any]:
+        """An upload's record; a bad image is an error record (the client's fault).
+
+        Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
+        StoreUnavailable or StoreDamaged when the store cannot answer: the server's fault.
+        """
         try:
-            query = hash_bytes(data, self._store.recipe, self.max_pixels, name)
+            hashes = self._hash(data, name)
+        except (DecodeTooLarge, DecodeBusy):
+            raise  # the budget's refusals are answered with their own status
         except ImageError as error:
             return {"query": name, "error": error.reason}
-        return self._answer(name, query, max_distance)
+        return self._answer(name, hashes, max_distance)
 
-    def health(self) -> dict[str, Any]:
-        with self._lock, self._store.snapshot():
-            return {"status": "ok", "hashes": self._store.hash_count(),
-                    "images": self._store.image_count(), "generation": self._store.generation()}
+    def _hash(self, data: bytes, name: str) -> tuple[Hash, Hash | None]:
+        """The image's hash, and its mirror image's with --mirror, from one decode."""
+        if not data:
+            raise ImageError(name, "empty file")
+        budget = self.decode_budget or DecodeBudget(capacity=2**62)
+        with budget.reservation() as reservation:
+            # Reserved once the decoder knows its reduced size, before it decodes.
+            return hash_source(name, self._store.recipe, self.max_pixels, data=data,
+                               mirror=self.mirror,
+                               on_header=lambda image: reservation.take(name, decode_cost(image)))
 
-    def _answer(self, name: str, query: Hash, max_distance: int | None) -> dict[str, Any]:
+    def _answer(
+        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None
+    ) -> dict[str, Any]:
+        query, flipped = hashes
         radius = self.max_distance if max_distance is None else max_distance
         result = QueryResult(name, query.hex(), is_low_information(query))
-        with self._lock, self._store.snapshot():
-            generation = self._store.generation()
-            if generation != self._generation:
-                self._index = HashIndex.from_store(self._store)
-                self._generation = generation
-            result.matches = find_matches(self._store, query, radius, self._index,
-                                          include_low_information=self.include_low_information)
-            return to_record(result, self._store.dataset_root, self._warn)
+        with self._lock:
+            store = self._current_store()
+            try:
+                with store.snapshot():
+                    generation = store.generation()
+                    if generation != self._generation:
+                        self._index = HashIndex.from_store(store)
+                        self._generation = generation
+                    matches = find_matches(store, query, radius, self._index,
+                                           include_low_information=self.include_low_information)
+                    if flipped is not None:
+                        matches = merge_matches(matches, find_matches(
+                            store, flipped, radius, self._index,
+                            include_low_information=self.include_low_information))
+                    truncated = self.max_matches is not None and len(matches) > self.max_matches
+                    result.matches = matches[: self.max_matches] if truncated else matches
+                    record = to_record(result, store.dataset_root, self._warn)
+            except (StoreError, sqlite3.DatabaseError) as error:
+                reason = f"store damaged: {without_path(str(error), store.path)}"
+                self._problems = (self._problems + [reason])[-KEPT_PROBLEMS:]
+                self._warn(f"{name}: {reason}")
+                raise StoreDamaged(reason) from error
+        if not self.full_paths:
+            for match in record["matches"]:
+                del match["path"]
+        record["truncated"] = truncated
+        return record
+
+    # -- the store's identity --------------------------------------------------------------------
+
+    def _current_store(self) -> Store:
+        """The open store, reopened first if the file at its path is no longer the one held open.
+
+        Called under the lock. One stat per answer: a few microseconds.
+        """
+        try:
+            identity = file_identity(self.store_path)
+        except OSError:
+            identity = None
+        if identity == self._identity and self._unavailable is None:
+            return self._store
+        try:
+            store, identity = open_store(self.store_path)
+        except StoreError as error:
+            reason = ("the store was deleted or replaced and cannot be reopened"
+                      f" ({without_path(str(error), self.store_path)})")
+            if reason != self._unavailable:
+                self._warn(f"{self.store_path}: {reason}")
+            self._unavailable = reason
+            raise StoreUnavailable(reason) from error
+        self._store.close()
+        self._store, self._identity = store, identity
+        self._index, self._generation = None, -1
+        self._unavailable = None
+        self._problems = []  # the damage was in the old file
+        self._warn(f"{self.store_path}: the store was replaced; reopened it")
+        return store
+
+    def health(self) -> dict[str, Any]:
+        """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read)."""
+        with self._lock:
+            try:
+                store = self._current_store()
+            except StoreUnavailable as error:
+                return {"status": "unavailable", "error": str(error)}
+            try:
+                with store.snapshot():
+                    report: dict[str, Any] = {
+                        "status": "degraded" if self._problems else "ok",
+                        "hashes": store.hash_count(), "images": store.image_count(),
+                        "generation": store.generation()}
+            except (StoreError, sqlite3.DatabaseError) as error:
+                return {"status": "unavailable",
+                        "error": f"cannot read the store ({without_path(str(error), store.path)})"}
+            if self._problems:
+                report["problems"] = list(self._problems)
+            return report
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def open_store(path: str) -> tuple[Store, tuple[int, int]]:
+    """The store at `path` opened for reading, with the identity of the file that was opened.
+
+    The path is looked at before and after opening; if it changed in between (a rebuild swapped
+    it), the open is tried again, so the identity is the opened file's.
+    """
+    for _ in range(3):
+        try:
+            before = file_identity(path)
+        except OSError:
+            before = None
+        store = Store.open_for_reading(path, shared_between_threads=True)
+        try:
+            after = file_identity(path)
+        except OSError:
+            after = None
+        if before is not None and before == after:
+            return store, before
+        store.close()
+    raise StoreError(f"{path}: keeps changing while being opened")
+
+
+def without_path(message: str, path: str) -> str:
+    """A store error without the server's path in front, for answers sent to clients."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def read_regular_file(path: str) -> bytes:
+    """A file's bytes; FIFOs, devices and sockets are refused without ever blocking on them.
+
+    Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
+    a check and the open cannot hang the checker either.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ImageError(path, describe_failure(path, error)) from error
+    try:
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageError(path, "is a directory")
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
+        if status.st_size > MAX_FILE_BYTES:
+            raise ImageError(path, f"refused: {status.st_size:,} bytes is over the limit of"
+                                   f" {MAX_FILE_BYTES:,}")
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+            return stream.read()
+    except OSError as error:
+        raise ImageError(path, describe_failure(path, error)) from error
+    finally:
+        os.close(descriptor)
