@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash",
-                        help="perceptual hash (default dhash: the best recall on resized and"
-                        " re-compressed copies; see the README's accuracy tables)")
+                        help="perceptual hash (default dhash); the README's \"How accurate is"
+                        " it?\" compares them on each kind of edit")
     parser.add_argument("--hash-size", type=positive_int, default=8,
                         help="hash is hash-size squared bits (default 8: 64 bits)")
     parser.add_argument("--exact", action="store_true",
