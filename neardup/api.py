@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .core.grouping import near_duplicate_groups
 from .core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
     Recipe,
-    grid_bits,
-    hash_prepared,
+    hash_decoded_and_mirror,
     hash_source,
-    prepare,
-    upright_grid,
-    uses_grid,
 )
 from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
@@ -230,28 +226,14 @@ class ImageStore:
         return self._index
 
     def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
-        recipe = self.recipe
+        """The query's hash (and its mirror image's): through hashing's one entry point, so a
+        query is hashed exactly as index.py hashed the stored images."""
         if isinstance(image, Image.Image):
-            return _hash_decoded(image, recipe, mirror)
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            # The same entry point index.py hashes files through, so bytes and file agree.
-            plain, flipped = hash_source("upload", recipe, max_pixels, data=bytes(image),
+            # Already decoded at full size by the caller: only the recipe's own steps remain.
+            plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            plain, flipped = hash_source("upload", self.recipe, max_pixels, data=bytes(image),
                                          mirror=mirror)
         else:
-            plain, flipped = hash_source(os.fspath(image), recipe, max_pixels, mirror=mirror)
+            plain, flipped = hash_source(os.fspath(image), self.recipe, max_pixels, mirror=mirror)
         return [plain] if flipped is None else [plain, flipped]
-
-
-def _hash_decoded(image: Image.Image, recipe: Recipe, mirror: bool) -> list[Hash]:
-    """A caller's decoded image, hashed (and mirrored) as hash_source does a full-size decode."""
-    if uses_grid(recipe):
-        cells = upright_grid(image, recipe, None)
-        looks = [Hash.from_bits(grid_bits(cells, recipe))]
-        if mirror:
-            looks.append(Hash.from_bits(grid_bits(cells[:, ::-1], recipe)))
-        return looks
-    prepared = prepare(image, recipe)
-    looks = [hash_prepared(prepared, recipe)]
-    if mirror:
-        looks.append(hash_prepared(ImageOps.mirror(prepared), recipe))
-    return looks

@@ -46,6 +46,8 @@ def refused(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:  
     (["-q", "data/haystack/A.png", "--token-file", "t"], "--token-file does nothing with --query"),
     (["--groups", "--max-matches", "3"],
      "--max-matches does nothing with --groups (it is for --stdin or --serve)"),
+    (["--stdin", "--token-file", "token"], "--token-file does nothing with --stdin (it is for"
+     " --serve)"),
     (["-q", "data/haystack/A.png", "--max-upload-bytes", "5"],
      "--max-upload-bytes does nothing with --query (it is for --serve)"),
     (["-q", "data/haystack/A.png", "--html", "x.html"], "--html does nothing with --query"),
