@@ -32,18 +32,22 @@ def refused(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:  
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--evaluate", "data/manifest.csv", "--montage", "x.png"],
-     "--montage does nothing with --evaluate (it is for --query and --groups); --report DIR"
+     "--montage does nothing with --evaluate (it is for --query or --groups); --report DIR"
      " draws the misses"),
     (["-q", "data/haystack/A.png", "--report", "out"],
      "--report does nothing with --query (it is for --evaluate); --montage PNG draws the results"),
     (["--groups", "--report", "out"], "--report does nothing with --groups"),
-    (["--groups", "--mirror"], "--mirror does nothing with --groups (it is for --query,"
-     " --evaluate, --stdin and --serve)"),
+    (["--groups", "--mirror"], "--mirror does nothing with --groups (it is for --query, --evaluate,"
+     " --stdin or --serve)"),
     (["--stdin", "--json"], "--json does nothing with --stdin"),
+    (["--serve", "127.0.0.1:1", "--report", "out"], "--report does nothing with --serve"),
+    (["--stdin", "--max-upload-bytes", "5"],
+     "--max-upload-bytes does nothing with --stdin (it is for --serve)"),
+    (["-q", "data/haystack/A.png", "--token-file", "t"], "--token-file does nothing with --query"),
+    (["--groups", "--max-matches", "3"],
+     "--max-matches does nothing with --groups (it is for --stdin or --serve)"),
     (["--stdin", "--token-file", "token"], "--token-file does nothing with --stdin (it is for"
      " --serve)"),
-    (["--evaluate", "data/manifest.csv", "--include-low-information"],
-     "--include-low-information does nothing with --evaluate"),
     (["-q", "data/haystack/A.png", "--max-upload-bytes", "5"],
      "--max-upload-bytes does nothing with --query (it is for --serve)"),
     (["-q", "data/haystack/A.png", "--html", "x.html"], "--html does nothing with --query"),
@@ -79,6 +83,8 @@ def test_the_same_options_work_where_they_apply(
                             "100000000", "--max-distance", "64"]) == 0
     assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "--max-distance",
                             "64", "--include-low-information"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--mirror",
+                            "--include-low-information", "--max-distance", "16"]) == 0
     assert os.path.exists("g.png")
 
 

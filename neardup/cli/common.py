@@ -60,6 +60,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the options the user actually gave (not those left at a default).
+
+    argparse fills every default in, so "was --x given?" is answered by parsing again with every
+    default suppressed: only what was on the command line is then set.
+    """
+    for action in parser._actions:  # argparse has no public list of a parser's actions
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def positive_int(text: str) -> int:
     value = non_negative_int(text)
     if value == 0:

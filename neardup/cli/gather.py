@@ -12,7 +12,7 @@ from ..sources.archives import DEFAULT_MAX_BYTES, Limits
 from ..sources.dataset import GatherOptions, gather
 from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
-from .common import invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "gather.py"
 DEFAULT_SCALE = 0.05
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=positive_int, default=17, help="originals to copy (default 17)")
     parser.add_argument("--copies", type=positive_int, default=None,
                         help="copies per sample (default: random from 1 to 8 per sample)")
-    parser.add_argument("--scale", type=scale_factor, default=None,
+    parser.add_argument("--scale", type=scale_factor, default=DEFAULT_SCALE,
                         help="resize copies are scaled by a random factor in 1 +- SCALE (default"
                         f" {DEFAULT_SCALE})")
     parser.add_argument("--edits", type=edit_kinds, default=("resize",),
@@ -73,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
 
     def body() -> int:
-        if args.scale is not None and "resize" not in args.edits:
+        if "scale" in given and "resize" not in args.edits:
             raise NeardupError("--scale does nothing without resize in --edits (it sets how much"
                                " resize copies are scaled)")
         progress = not args.quiet and sys.stderr.isatty()
@@ -91,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
             report=report,
         )
-        options = GatherOptions(samples=args.samples, copies=args.copies,
-                                scale=DEFAULT_SCALE if args.scale is None else args.scale,
+        options = GatherOptions(samples=args.samples, copies=args.copies, scale=args.scale,
                                 seed=seed, max_pixels=args.max_pixels, edits=args.edits)
         summary = gather(source, args.output, options, force=args.force, progress=progress,
                          report=report)

@@ -10,7 +10,7 @@ from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE
 from ..errors import NeardupError
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
-from .common import invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "index.py"
 
@@ -30,16 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash",
-                        help="perceptual hash (default dhash: the best recall on resized and"
-                        " re-compressed copies; see the README's accuracy tables)")
+                        help="perceptual hash (default dhash); the README's \"How accurate is"
+                        " it?\" compares them on each kind of edit")
     parser.add_argument("--hash-size", type=positive_int, default=8,
                         help="hash is hash-size squared bits (default 8: 64 bits)")
     parser.add_argument("--exact", action="store_true",
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
                         " flattening), for comparing hashes with other tools")
-    parser.add_argument("-j", "--jobs", type=non_negative_int, default=None,
+    parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
                         help="worker processes (default 0: one per core)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per committed transaction (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
@@ -51,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hash on the workers of this Dask scheduler")
     place.add_argument("--local-cluster", type=positive_int, metavar="N",
                        help="start a Dask cluster of N workers on 127.0.0.1 and hash there")
-    cluster.add_argument("--partition-size", type=positive_int, default=None,
+    cluster.add_argument("--partition-size", type=positive_int, default=DEFAULT_PARTITION_SIZE,
                          help="files per task; each finished partition is one transaction"
                          f" (default {DEFAULT_PARTITION_SIZE})")
-    cluster.add_argument("--connect-timeout", type=positive_int, default=None, metavar="SECONDS",
+    cluster.add_argument("--connect-timeout", type=positive_int, default=DEFAULT_CONNECT_SECONDS,
+                         metavar="SECONDS",
                          help="how long to wait for the scheduler and its first worker"
                          f" (default {DEFAULT_CONNECT_SECONDS})")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -62,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
 
     def body() -> int:
-        check_options(args)
+        check_options(args, given)
         try:
             Recipe(args.algorithm, args.hash_size, exact=args.exact)
         except ValueError as error:
@@ -75,14 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                    "progress": not args.quiet and sys.stderr.isatty(),
                    "report": lambda line: warn(PROG, line)}
         if args.scheduler or args.local_cluster:
-            with connect(args.scheduler, args.local_cluster,
-                         args.connect_timeout or DEFAULT_CONNECT_SECONDS) as client:
-                hasher = cluster_hasher(client, args.partition_size or DEFAULT_PARTITION_SIZE)
+            with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
+                hasher = cluster_hasher(client, args.partition_size)
                 summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
                                        **options)
         else:
-            summary = index_folder(args.dataset, args.shelve, jobs=args.jobs or 0,
-                                   batch_size=args.batch_size or DEFAULT_BATCH_SIZE, **options)
+            summary = index_folder(args.dataset, args.shelve, jobs=args.jobs,
+                                   batch_size=args.batch_size, **options)
         print(f"{args.shelve}: {summary.line()}")
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")
@@ -92,19 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, body, "every committed batch is kept; run again to finish")
 
 
-def check_options(args: argparse.Namespace) -> None:
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse, in one line, options that would do nothing with the hashing place asked for."""
     on_cluster = "--scheduler" if args.scheduler else "--local-cluster" if args.local_cluster else ""
     if on_cluster:
-        for flag, value in (("--jobs", args.jobs), ("--batch-size", args.batch_size)):
-            if value is not None:
+        for dest, flag in (("jobs", "--jobs"), ("batch_size", "--batch-size")):
+            if dest in given:
                 raise NeardupError(f"{flag} does nothing with {on_cluster} (the cluster's workers"
                                    " hash; --partition-size sets the files per transaction)")
-        if args.local_cluster and args.connect_timeout is not None:
+        if args.local_cluster and "connect_timeout" in given:
             raise NeardupError("--connect-timeout does nothing with --local-cluster (it is for"
                                " --scheduler)")
         return
-    for flag, value in (("--partition-size", args.partition_size),
-                        ("--connect-timeout", args.connect_timeout)):
-        if value is not None:
+    for dest, flag in (("partition_size", "--partition-size"),
+                       ("connect_timeout", "--connect-timeout")):
+        if dest in given:
             raise NeardupError(f"{flag} does nothing without --scheduler or --local-cluster")

@@ -47,7 +47,7 @@ from ..service.server import (
     load_token,
     serve,
 )
-from .common import invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
 
@@ -62,27 +62,20 @@ LISTED_MISSES = 10
 # it would be silently ignored, so it is refused instead: a user who asks for a report and gets
 # none, with exit status 0, believes something that is not true.
 MODES = ("query", "evaluate", "groups", "stdin", "serve")
+_SERVE = {"serve"}
 APPLIES_TO = {
     "mirror": {"query", "evaluate", "stdin", "serve"},
     "montage": {"query", "groups"},
-    "report": {"evaluate"},
     "html": {"groups", "evaluate"},
+    "report": {"evaluate"},
     "json": {"query", "groups", "evaluate"},
-    "include_low_information": {"query", "groups", "stdin", "serve"},
+    "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
     "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
-    # The checker's limits (--stdin and --serve): refused elsewhere when set to anything but
-    # their default.
     "max_matches": {"stdin", "serve"},
-    "max_upload_bytes": {"serve"},
-    "max_query_distance": {"serve"},
-    "full_paths": {"serve"},
-    "token_file": {"serve"},
-    "decode_memory_mb": {"serve"},
-    "max_connections": {"serve"},
-    "max_in_flight": {"serve"},
-    "header_timeout": {"serve"},
-    "body_timeout": {"serve"},
-    "keep_alive_timeout": {"serve"},
+    "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
+    "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
+    "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
+    "keep_alive_timeout": _SERVE,
 }
 
 
@@ -222,10 +215,14 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
 
     def body() -> int:
-        check_options(args)
+        check_options(args, given)
         if args.evaluate:
             return run_evaluation(args)
         if len(args.shelve) > 1:
@@ -284,34 +281,33 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, body)
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, every option that would do nothing in the mode asked for."""
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, every option given that would do nothing in the mode asked for."""
     mode = next(name for name in MODES if getattr(args, name))
-    flag = {name: "--" + name.replace("_", "-") for name in [*MODES, *APPLIES_TO]}
-    flag["query"] = "--query"
-    defaults = build_parser()
-    for option, modes in APPLIES_TO.items():
-        value = getattr(args, option)
-        if value is None or value is False or value == defaults.get_default(option) \
-                or mode in modes:
+    for option in sorted(given & set(APPLIES_TO), key=list(APPLIES_TO).index):
+        modes = APPLIES_TO[option]
+        if mode in modes:
             continue
         if option == "max_pixels" and mode == "groups" and (args.montage or args.html):
-            continue
-        names = [flag[name] for name in MODES if name in modes]
-        where = " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+            continue  # the pictures are opened under the same pixel limit
+        uses = [_flag(name) for name in MODES if name in modes]
+        where = " or ".join([", ".join(uses[:-1]), uses[-1]] if len(uses) > 1 else uses)
         hint = ""
         if option == "montage" and mode == "evaluate":
             hint = "; --report DIR draws the misses"
-        if option == "report" and mode in ("query", "groups"):
-            hint = "; --montage PNG or --html PAGE draw the results" if mode == "groups" else \
-                "; --montage PNG draws the results"
-        raise NeardupError(f"{flag[option]} does nothing with {flag[mode]} (it is for {where})"
+        elif option == "report" and mode == "groups":
+            hint = "; --montage PNG or --html PAGE draw the groups"
+        elif option == "report" and mode == "query":
+            hint = "; --montage PNG draws the results"
+        raise NeardupError(f"{_flag(option)} does nothing with {_flag(mode)} (it is for {where})"
                            + hint)
     if args.html and args.evaluate and len(args.shelve) > 1:
         raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
                            " writes a page for each")
-    if args.max_pixels is None:  # uploads from strangers get a lower default than files
-        args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def check_max_distance(store_path: str, max_distance: int) -> None:
