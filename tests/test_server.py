@@ -210,6 +210,21 @@ class TestHostileClients:
             assert request(server.port, "GET", "/health")[0] == 200
         assert_clean(server, most_lines=1 + 4)
 
+    def test_a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second(
+        self, store: Path
+    ) -> None:
+        with running(*FAST) as server:
+            started = time.monotonic()
+            for _ in range(150):
+                assert raw_exchange(server.port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n") \
+                    .startswith(b"HTTP/1.1 404")
+            seconds = time.monotonic() - started
+            time.sleep(1.1)
+            assert request(server.port, "GET", "/y")[0] == 404
+        lines = server.log().splitlines()[1:]
+        assert len(lines) <= 20 * (int(seconds) + 3) and len(lines) < 151
+        assert "lines left out before this one)" in lines[-1]
+
     def test_no_content_length_is_411_and_oversize_is_413_unread(self, store: Path) -> None:
         with running(*FAST, "--max-upload-bytes", "200000") as server:
             reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from PIL import Image
+
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -42,6 +44,10 @@ KEPT_PROBLEMS = 5
 
 class StoreUnavailable(NeardupError):
     """The store was deleted or replaced and the file now at its path cannot be opened."""
+
+
+class NotHere(ImageError):
+    """The upload has more pixels than the caller wanted to decode where it is (not an error)."""
 
 
 class StoreDamaged(NeardupError):
@@ -110,32 +116,41 @@ class Checker:
             return {"query": path, "error": str(error)}
 
     def check_upload(
-        self, data: bytes, name: str = "upload", max_distance: int | None = None
+        self, data: bytes, name: str = "upload", max_distance: int | None = None, *,
+        at_most_pixels: int | None = None,
     ) -> dict[str, Any]:
         """An upload's record; a bad image is an error record (the client's fault).
 
         Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
         StoreUnavailable or StoreDamaged when the store cannot answer: the server's fault.
+        With `at_most_pixels`, a larger image raises NotHere before it is decoded (the server
+        decodes small uploads on its event loop and hands larger ones to a thread).
         """
         try:
-            hashes = self._hash(data, name)
+            hashes = self._hash(data, name, at_most_pixels)
             frame = self._frame(data, name)
-        except (DecodeTooLarge, DecodeBusy):
-            raise  # the budget's refusals are answered with their own status
+        except (DecodeTooLarge, DecodeBusy, NotHere):
+            raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
         return self._answer(name, hashes, max_distance, frame)
 
-    def _hash(self, data: bytes, name: str) -> tuple[Hash, Hash | None]:
+    def _hash(
+        self, data: bytes, name: str, at_most_pixels: int | None = None
+    ) -> tuple[Hash, Hash | None]:
         """The image's hash, and its mirror image's with --mirror, from one decode."""
         if not data:
             raise ImageError(name, "empty file")
         budget = self.decode_budget or DecodeBudget(capacity=2**62)
         with budget.reservation() as reservation:
-            # Reserved once the decoder knows its reduced size, before it decodes.
+            def on_header(image: Image.Image) -> None:
+                if at_most_pixels is not None and image.width * image.height > at_most_pixels:
+                    raise NotHere(name, "larger than asked for")
+                # Reserved once the decoder knows its reduced size, before it decodes.
+                reservation.take(name, decode_cost(image))
+
             return hash_source(name, self._store.recipe, self.max_pixels, data=data,
-                               mirror=self.mirror,
-                               on_header=lambda image: reservation.take(name, decode_cost(image)))
+                               mirror=self.mirror, on_header=on_header)
 
     def _frame(self, data: bytes, name: str) -> Any:
         """The picture as local features see it (stores with features only; None otherwise),
