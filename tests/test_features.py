@@ -309,3 +309,16 @@ def test_real_photos_copies_found_and_look_alike_motorbikes_refused(
         assert record["matches"][0]["verified"] is True
     bikes = search_json("-q", "images/Motorbikes/image_0007.jpg")[0]["matches"]
     assert [m["relpath"] for m in bikes] == ["Motorbikes/image_0007.jpg"]
+
+
+def test_dask_workers_extract_the_same_features(in_tmp: Path) -> None:
+    """A real Dask LocalCluster on 127.0.0.1: its store equals a local run's, features included."""
+    pytest.importorskip("distributed", reason="Dask is optional: requirements-dask.txt")
+    for seed in range(12):
+        save(scene(200 + seed, (160, 120)), f"images/d{seed % 3}/{seed:02d}.jpg", quality=88)
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--local-cluster", "2",
+                           "--partition-size", "5", "--features"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "local.shelve", "-q", "-j", "1",
+                           "--features"]) == 0
+    assert stored_features("dask.shelve") == stored_features("local.shelve")
+    assert len(stored_features("dask.shelve")) == 12
