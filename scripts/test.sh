@@ -7,5 +7,17 @@ source "$root/scripts/setup-venv.sh"
 # The tests also cover the optional extras: the HEIC plug-in, Dask and the HTTP server.
 "$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-heic.txt" \
     -r "$root/requirements-dask.txt" -r "$root/requirements-serve.txt"
+# The HTML review pages are tested in a real headless browser: Debian's chromium, installed when
+# it is missing and apt-get can be used (as root, or with sudo that needs no password); otherwise
+# those tests are skipped and say why.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+  if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
+    echo "test.sh: installing Debian's chromium for the review-page tests" >&2
+    { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq chromium; } \
+        >/dev/null 2>&1 || echo "test.sh: could not install chromium; its tests are skipped" >&2
+  fi
+fi
 cd "$root"
 exec "$PY" -m pytest "$@"

@@ -123,4 +123,35 @@ def test_options_that_do_not_apply_are_refused_in_one_line(store: Path) -> None:
     result = subprocess.run(SEARCH + ["--stdin", "--token-file", "token"], input="",
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr == "search.py: error: --token-file does not apply to --stdin\n"
+    assert result.stderr == ("search.py: error: --token-file does nothing with --stdin (it is for"
+                             " --serve)\n")
+
+
+def test_the_checker_hashes_as_index_py_does_on_reduced_decodes(in_tmp: Path) -> None:
+    """A JPEG large enough to be decoded at reduced scale, and one turned by EXIF: the checker
+    must take the recipe's own path (v3 reads its grid knowing what the decoder reduced), so its
+    hash of the very file is the stored one, bit for bit."""
+    import numpy as np
+
+    from neardup.core.hashing import Recipe, hash_file
+
+    # Low contrast: neighbouring cells within a gray level, where 8-bit rounding ties them.
+    y, x = np.mgrid[0:1203, 0:1601]
+    faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
+    save(Image.fromarray(np.clip(faint, 0, 255).astype(np.uint8)), "images/big/large.jpg",
+         quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(textured(32, (400, 300)), "images/turned/turned.jpg", quality=90, exif=exif)
+    index_images()
+    with subprocess.Popen(SEARCH + ["--stdin", "--max-distance", "0"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as checker:
+        assert checker.stdin and checker.stdout
+        for path in ("images/big/large.jpg", "images/turned/turned.jpg"):
+            checker.stdin.write(path + "\n")
+            checker.stdin.flush()
+            answer = json.loads(read_line(checker.stdout))
+            assert answer["hash"] == hash_file(path, Recipe()).hex()
+            assert [m["relpath"] for m in answer["matches"]] == [path.removeprefix("images/")]
+        checker.stdin.close()
+        assert checker.wait(timeout=30) == 0

@@ -116,7 +116,9 @@ def test_workers_with_another_neardup_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1, err
-    assert err.startswith("index.py: error: tcp://127.0.0.1:")
-    assert (f"of the Dask cluster has neardup 0.0.1, this client {neardup.__version__}; install"
-            f" this neardup there (pip install 'neardup[dask]=={neardup.__version__}'") in err
+    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:")
+    assert err.endswith(
+        f") has neardup 0.0.1; this client has {neardup.__version__}: install the same there"
+        f" (pip install 'neardup[dask]=={neardup.__version__}', or pip install <this checkout>, in"
+        " the environment that runs dask scheduler and dask worker)\n")
     assert not os.path.exists("dask.shelve"), "nothing is written before the cluster is checked"

@@ -236,3 +236,47 @@ def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
         store.apply([IndexedFile("new.jpg", 1, 1, near.hex())], [])
     assert (near.hex(), 3) in answer()
     assert sorted(os.listdir(path + ".cache")) != cached and len(os.listdir(path + ".cache")) == 2
+
+
+class TestStoresOfOtherRecipeVersions:
+    """A v2 store stays searchable with v2 preprocessing; a store from a newer neardup is refused."""
+
+    @staticmethod
+    def faint_jpeg(path: str) -> str:
+        import numpy as np
+        from PIL import Image
+
+        # Low contrast, large enough for reduced decodes: v2 and v3 hash it differently.
+        y, x = np.mgrid[0:1203, 0:1601]
+        faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
+        return save(Image.fromarray(faint.astype(np.uint8)), path, quality=95)
+
+    def test_a_v2_store_is_searched_with_v2_hashes(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        from neardup.core.hashing import hash_file
+
+        query = self.faint_jpeg("faint.jpg")
+        v2 = Recipe(preprocess_version=2)
+        assert hash_file(query, v2) != hash_file(query, Recipe())
+        with Store.open_for_writing("db.shelve", v2, str(in_tmp), {}) as store:
+            store.apply([IndexedFile("faint.jpg", 1, 1, hash_file(query, v2).hex())], [])
+        assert search_cli.main(["-s", "db.shelve", "-q", query, "--max-distance", "0"]) == 0
+        assert capsys.readouterr().out.split("\t")[0] == "0"
+
+    def test_a_store_from_a_newer_recipe_is_one_line_exit_2(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        import json
+        import sqlite3
+
+        query = self.faint_jpeg("faint.jpg")
+        with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp), {}) as store:
+            store.apply([IndexedFile("faint.jpg", 1, 1, "0" * 16)], [])
+        future = json.dumps({**Recipe().to_dict(), "preprocess_version": 99})
+        with sqlite3.connect("db.shelve") as connection:
+            connection.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'", (future,))
+        connection.close()
+        assert search_cli.main(["-s", "db.shelve", "-q", query]) == 2
+        error = capsys.readouterr().err
+        assert "preprocessing v99 is not known" in error and len(error.splitlines()) == 1

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import BinaryIO, TextIO
 
+from ..api import DuplicateGroup, ImageStore
 from ..core.discovery import Skipped, walk_images
-from ..core.grouping import near_duplicate_groups
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -27,9 +27,16 @@ from ..core.search import (
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError
+from ..evaluation.html import Item, evaluation_page, groups_page, write_page
 from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import write_report
-from ..evaluation.scoring import Evaluation, comparison_table, evaluate_manifest, format_evaluation
+from ..evaluation.scoring import (
+    MAX_THRESHOLD,
+    Evaluation,
+    comparison_table,
+    evaluate_manifest,
+    format_evaluation,
+)
 from ..service.checker import Checker
 from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
 from ..service.server import (
@@ -40,19 +47,41 @@ from ..service.server import (
     load_token,
     serve,
 )
-from .common import non_negative_int, positive_int, run_command, warn
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
 
 EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
-MONTAGE_ROWS = 24  # a contact sheet stays a page a person can look at
+# --evaluate prints its table and at most this many missed copies and other matches; all of them
+# are in the --report files and the --html page (17,281 lines would bury the table).
+LISTED_MISSES = 10
+
+# The modes (the one required choice) in which each option does something. Given in another mode
+# it would be silently ignored, so it is refused instead: a user who asks for a report and gets
+# none, with exit status 0, believes something that is not true.
+MODES = ("query", "evaluate", "groups", "stdin", "serve")
+_SERVE = {"serve"}
+APPLIES_TO = {
+    "mirror": {"query", "evaluate", "stdin", "serve"},
+    "montage": {"query", "groups"},
+    "html": {"groups", "evaluate"},
+    "report": {"evaluate"},
+    "json": {"query", "groups", "evaluate"},
+    "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
+    "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
+    "max_matches": {"stdin", "serve"},
+    "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
+    "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
+    "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
+    "keep_alive_timeout": _SERVE,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=invoked_as(PROG),
         description="Hash query images with the store's recipe and list the stored images within"
         " a Hamming distance, nearest first.",
         epilog="Output: one match per line, 'distance<TAB>path'; with several queries each line"
@@ -81,11 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also match mirror images: hash the flipped query too (the store"
                         " is unchanged)")
     parser.add_argument("--montage", metavar="PNG",
-                        help="also draw a contact sheet: each query (or group) beside its matches"
-                        " with their distances")
+                        help="with --query or --groups: also draw a contact sheet, each query (or"
+                        " group) beside its matches with their distances; at most 24 rows, and"
+                        " what is left out is said on the sheet and on stderr")
+    parser.add_argument("--html", metavar="PAGE",
+                        help="with --groups or --evaluate (one store): also write a"
+                        " self-contained HTML page to review every group or every miss, with"
+                        " thumbnails, paths relative to the dataset and distances")
     parser.add_argument("--report", metavar="DIR",
-                        help="with --evaluate: write evaluation JSON, CSV and a PNG chart of"
-                        " recall and precision against the threshold into DIR")
+                        help="with --evaluate: write into DIR, for each store, evaluation JSON and"
+                        " CSV, a PNG chart of recall and precision against the threshold, a"
+                        " contact sheet of the worst misses and an HTML page of them all")
     service = parser.add_argument_group(
         "checker (--stdin and --serve)", "limits for a long-running checker; docs/service.md"
         " explains each")
@@ -130,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                          f" {ServiceLimits.keep_alive_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
-                        " 0 is the exact bucket only)")
-    parser.add_argument("--json", action="store_true", help="print results as one JSON array")
+                        " 0 is the exact bucket only; at most the hash's bits, and for --evaluate"
+                        f" at most {MAX_THRESHOLD})")
+    parser.add_argument("--json", action="store_true",
+                        help="print results as one JSON array (--stdin and --serve always answer"
+                        " in JSON)")
     parser.add_argument("--include-low-information", action="store_true",
                         help="also match blank, single-colour and smooth images, whose hashes"
                         " are (nearly) all zeros or ones and so match each other regardless")
@@ -177,16 +215,20 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
     if args.max_pixels is None:
         args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
 
     def body() -> int:
+        check_options(args, given)
         if args.evaluate:
             return run_evaluation(args)
         if len(args.shelve) > 1:
             raise NeardupError("several --shelve are only for --evaluate")
         args.shelve = args.shelve[0]
+        check_max_distance(args.shelve, args.max_distance)
         if args.stdin or args.serve:
             return run_checker(args)
         if args.groups:
@@ -227,61 +269,136 @@ def main(argv: list[str] | None = None) -> int:
                 result.matches = matches
             if args.montage:
                 draw_montage(args.montage, "queries and their matches", [
-                    Row(Tile(r.query, "query"), [
-                        Tile(full, f"distance {m.distance}") for m in r.matches
+                    Row(Tile(r.query, "query", r.query), [
+                        Tile(full, f"distance {m.distance}", m.path) for m in r.matches
                         if (full := resolve_stored_path(store.dataset_root, m.path))])
-                    for r in results if r.error is None])
+                    for r in results if r.error is None and r.matches],
+                    what="queries with matches", nothing="no query has a match",
+                    max_pixels=args.max_pixels)
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
 
     return run_command(PROG, body)
 
 
-def draw_montage(path: str, title: str, rows: list[Row]) -> None:
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, every option given that would do nothing in the mode asked for."""
+    mode = next(name for name in MODES if getattr(args, name))
+    for option in sorted(given & set(APPLIES_TO), key=list(APPLIES_TO).index):
+        modes = APPLIES_TO[option]
+        if mode in modes:
+            continue
+        if option == "max_pixels" and mode == "groups" and (args.montage or args.html):
+            continue  # the pictures are opened under the same pixel limit
+        uses = [_flag(name) for name in MODES if name in modes]
+        where = " or ".join([", ".join(uses[:-1]), uses[-1]] if len(uses) > 1 else uses)
+        hint = ""
+        if option == "montage" and mode == "evaluate":
+            hint = "; --report DIR draws the misses"
+        elif option == "report" and mode == "groups":
+            hint = "; --montage PNG or --html PAGE draw the groups"
+        elif option == "report" and mode == "query":
+            hint = "; --montage PNG draws the results"
+        raise NeardupError(f"{_flag(option)} does nothing with {_flag(mode)} (it is for {where})"
+                           + hint)
+    if args.html and args.evaluate and len(args.shelve) > 1:
+        raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
+                           " writes a page for each")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_max_distance(store_path: str, max_distance: int) -> None:
+    """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it."""
+    with Store.open_for_reading(store_path) as store:
+        bits = store.recipe.bits
+    if max_distance > bits:
+        raise NeardupError(f"--max-distance {max_distance} is more than the {bits} bits of"
+                           f" {store_path}'s hashes ({store.recipe.describe()})")
+
+
+def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: str,
+                 rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Write a contact sheet, say what it leaves out; with nothing to draw, a line instead."""
+    if not rows:
+        warn(PROG, f"{path}: not written: {nothing}")
+        return
     try:
-        contact_sheet(rows[:MONTAGE_ROWS], title).save(path)
+        sheet = contact_sheet(rows, title, what=what, rest_in=rest_in, max_pixels=max_pixels)
+        sheet.image.save(path)
     except (OSError, ValueError) as error:
         raise NeardupError(f"{path}: cannot write the contact sheet ({error})") from error
+    cut = f" ({'; '.join(sheet.notes)})" if sheet.notes else ""
+    warn(PROG, f"wrote {path}{cut}")
+
+
+def save_page(path: str, page: str) -> None:
+    try:
+        write_page(path, page)
+    except OSError as error:
+        raise NeardupError(f"{path}: cannot write the page ({error.strerror})") from error
     warn(PROG, f"wrote {path}")
 
 
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
-    with Store.open_for_reading(args.shelve) as store, store.snapshot():
-        groups = near_duplicate_groups(store, args.max_distance,
-                                       include_low_information=args.include_low_information)
-        root = store.dataset_root
-    # Each member as (stored path, file on disk, distance to the group's first image); entries
-    # that would leave the dataset are dropped.
-    members = [[(relpath, full, distance)
-                for relpath, distance in zip(group.paths, group.distances, strict=True)
-                if (full := resolve_stored_path(root, relpath))] for group in groups]
+    with ImageStore(Store.open_for_reading(args.shelve)) as store:
+        groups = store.groups(args.max_distance,
+                              include_low_information=args.include_low_information)
+        root, recipe = store.dataset, store.recipe.describe()
     if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _, _ in rows],
-                           "relpaths": [relpath for relpath, _, _ in rows],
-                           "distances": [distance for _, _, distance in rows],
+        print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
+                           "relpaths": list(group.relpaths), "distances": list(group.distances),
                            "max_distance": group.max_distance,
-                           "distinct_hashes": group.hashes}
-                          for group, rows in zip(groups, members, strict=True)], indent=2))
+                           "distinct_hashes": group.distinct_hashes} for group in groups],
+                         indent=2))
     else:
-        for number, (group, rows) in enumerate(zip(groups, members, strict=True), start=1):
-            print(f"# group {number}: {len(rows)} images, {group.hashes} distinct"
-                  f" hash{'es' if group.hashes > 1 else ''}, every pair within"
+        for number, group in enumerate(groups, start=1):
+            print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
+                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, every pair within"
                   f" {group.max_distance} bits")
-            for relpath, _, distance in rows:
+            for relpath, distance in zip(group.relpaths, group.distances, strict=True):
                 print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
         draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
-                     " bits", [Row(Tile(rows[0][1], "first"),
-                                   [Tile(full, f"distance {distance}")
-                                    for _, full, distance in rows[1:]])
-                               for rows in members if rows])
+                     " bits, largest first", [group_row(group) for group in groups],
+                     what="groups", nothing=f"no group of near-duplicates within"
+                     f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
+                     max_pixels=args.max_pixels)
+    if args.html:
+        save_page(args.html, groups_page(
+            [[Item(relpath, full, distance_caption(position, distance))
+              for position, (relpath, full, distance)
+              in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+             for group in groups],
+            store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
+            max_pixels=args.max_pixels))
     return EXIT_MATCH if groups else EXIT_NO_MATCH
+
+
+def distance_caption(position: int, distance: int | None) -> str:
+    if position == 0:
+        return "first"
+    return "matched" if distance is None else f"distance {distance}"
+
+
+def group_row(group: DuplicateGroup) -> Row:
+    tiles = [Tile(full, distance_caption(position, distance), relpath)
+             for position, (relpath, full, distance)
+             in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+    return Row(tiles[0], tiles[1:])
 
 
 def run_evaluation(args: argparse.Namespace) -> int:
     """--evaluate: score each store against the manifest; several stores are compared."""
+    if args.max_distance > MAX_THRESHOLD:
+        raise NeardupError(f"--max-distance {args.max_distance}: --evaluate scores the thresholds"
+                           f" 0 to {MAX_THRESHOLD}")
+    for path in args.shelve:
+        check_max_distance(path, args.max_distance)
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
@@ -291,7 +408,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
-        print("\n\n".join(format_evaluation(e, args.max_distance) for e in evaluations))
+        where = "the --report files" if args.report else (
+            "the --html page" if args.html else "--report DIR or --html PAGE")
+        print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
+                                             listed_elsewhere=where) for e in evaluations))
         if len(evaluations) > 1:
             print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
                   " its most precise one:")
@@ -303,8 +423,15 @@ def run_evaluation(args: argparse.Namespace) -> int:
                 warn(PROG, f"wrote {written}")
             draw_montage(os.path.join(args.report, f"{stem}-misses.png"),
                          f"{evaluation.recipe}: copies missed and other matches at"
-                         f" --max-distance {args.max_distance}",
-                         evaluation_rows(evaluation, args.max_distance))
+                         f" --max-distance {args.max_distance}, worst first",
+                         evaluation_rows(evaluation, args.max_distance),
+                         what="queries with a miss or another match",
+                         nothing=f"every copy found and nothing else at --max-distance"
+                         f" {args.max_distance}", rest_in=f"{stem}.html")
+            save_page(os.path.join(args.report, f"{stem}.html"),
+                      evaluation_page(evaluation, args.max_distance))
+    if args.html:
+        save_page(args.html, evaluation_page(evaluations[0], args.max_distance))
     return EXIT_MATCH
 
 
@@ -313,30 +440,25 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}")
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}",
+                       c.path)
                   for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
-        others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),
-                                                                 key=lambda item: item[1])
+        others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),
+                                                                    key=lambda item: item[1])
                   if d <= max_distance and (full := resolve_stored_path(root, p))]
         if missed or others:
             original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others), Row(Tile(original, group.group),
-                                                        missed + others)))
+            rows.append((len(missed) + len(others),
+                         Row(Tile(original, f"query {group.group}", group.original),
+                             missed + others)))
     rows.sort(key=lambda item: -item[0])
     return [row for _, row in rows]
 
 
 def run_checker(args: argparse.Namespace) -> int:
     """--stdin and --serve: the store loaded once, many queries answered."""
-    mode = "--serve" if args.serve else "--stdin"
-    unused = [("--montage", args.montage), ("--report", args.report)]
-    if args.stdin:
-        unused += [("--token-file", args.token_file), ("--full-paths", args.full_paths)]
-    for option, given in unused:
-        if given:
-            raise NeardupError(f"{option} does not apply to {mode}")
     limits = None
     if args.serve:
         host, port = parse_address(args.serve)

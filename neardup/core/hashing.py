@@ -46,10 +46,11 @@ DRAFT_SIDE = 128
 
 # v3: a JPEG is decoded at 1/2, 1/4 or 1/8 scale only while its shorter side keeps at least this
 # many decoded pixels per cell of the hash's grid (144 for the 9 x 8 of dHash-64, so 300 x 200
-# photos decode whole and 12-megapixel ones at 1/8). Measured on copies built to straddle each
-# scale boundary (bench/straddle.py): at 16 the two paths differ by well under one gray level per
-# cell and recall equals a full decode's; at 8 (1/2 scale for 300 x 200 photos) the exact bucket
-# falls from 89 % to 80 % of resized copies, at 1 (always 1/8) to 41 %.
+# photos decode whole and 12-megapixel ones at 1/8). A reduced decode is a per-block filter whose
+# blocks sit differently in a resized copy, so it must stay far finer than a cell. Measured by
+# bench/decode_margin.py (600 resized copies, seed 101), exact-bucket recall: margin 16, 90.0 %
+# (plain ImageHash 79.2 %); 8 (300 x 200 photos at 1/2), 80.2 %; 4, 70.7 %; 1 (nearly always
+# 1/8), 50.3 %. bench/straddle.py checks pairs built across each of its boundaries.
 DECODE_MARGIN = 16
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
@@ -136,10 +137,10 @@ class Recipe:
         if self.algorithm == "whash" and self.hash_size & (self.hash_size - 1):
             raise ValueError("whash needs a hash size that is a power of 2")
         if not self.exact and self.preprocess_version not in PREPROCESS_VERSIONS:
-            known = ", ".join(str(version) for version in PREPROCESS_VERSIONS)
+            known = ", ".join(f"v{version}" for version in PREPROCESS_VERSIONS)
             raise ValueError(
                 f"preprocessing v{self.preprocess_version} is not known to this neardup"
-                f" (it hashes with v{known}): upgrade neardup to use this store"
+                f" (it hashes with {known}): upgrade neardup to use this store"
             )
 
     @property
@@ -329,6 +330,24 @@ def hash_decoded(
     return hash_prepared(prepare(image, recipe), recipe)
 
 
+def hash_decoded_and_mirror(
+    image: Image.Image,
+    recipe: Recipe,
+    decoder: Callable[[Image.Image], None] | None = None,
+    *,
+    mirror: bool = True,
+) -> tuple[Hash, Hash | None]:
+    """hash_decoded, and the mirror image's hash from the same decode (None unless `mirror`)."""
+    if uses_grid(recipe):
+        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
+        cells = upright_grid(image, recipe, extent)
+        plain = Hash.from_bits(grid_bits(cells, recipe))
+        return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+    prepared = prepare(image, recipe)
+    plain = hash_prepared(prepared, recipe)
+    return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
+
+
 def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
     """Hash a decoded (full-size) image according to the recipe."""
     return hash_decoded(image, recipe)
@@ -461,14 +480,7 @@ def hash_source(
             on_header(image)
 
     with open_image(name, max_pixels, data=data, before_load=before_load) as image:
-        if uses_grid(recipe):
-            extent = decoder.extent if isinstance(decoder, GridDecoder) else None
-            cells = upright_grid(image, recipe, extent)
-            plain = Hash.from_bits(grid_bits(cells, recipe))
-            return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
-        prepared = prepare(image, recipe)
-        plain = hash_prepared(prepared, recipe)
-        return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
+        return hash_decoded_and_mirror(image, recipe, decoder, mirror=mirror)
 
 
 def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:

@@ -8,8 +8,8 @@ grid by a fraction of a gray level, not by a shift.
 
 The grid is kept in floating point. Rounding it to 8 bits, as resizing a Pillow "L" image does,
 creates ties between neighbouring cells of smooth regions, and a tie broken by a rounding step
-flips a dHash bit: on CALTECH-101 that rounding alone costs about 10 points of exact-bucket recall
-on resized copies (bench/straddle.py and the accuracy tables in docs/accuracy.md).
+flips a dHash bit: on CALTECH-101 that rounding alone costs 7 to 10 points of exact-bucket recall
+on resized and re-compressed copies (bench/decode_margin.py; docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -20,16 +20,39 @@ import numpy as np
 
 # Pillow's Lanczos support: 3 lobes, widened by the reduction factor when shrinking.
 LANCZOS_LOBES = 3.0
-# Rows converted to float at a time, so a 100-megapixel PNG never needs an 800 MB float copy.
-ROWS_PER_BLOCK = 256
+# Pixels converted to float at a time (16 MB of float64), so a 100-megapixel PNG never needs an
+# 800 MB float copy.
+PIXELS_PER_BLOCK = 1 << 21
+# OpenBLAS spreads a matrix product of more than 2^18 multiply-adds over threads that spin while
+# they wait; with one worker per core already (index.py), or on a busy machine, that made pHash's
+# 32 x 32 grid ten times slower than dHash's 9 x 8. Products are cut below it and stay on one
+# thread.
+SINGLE_THREAD_PRODUCT = 1 << 18
 # Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
 # coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
 # picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
 STEP = 1 / 64
 
 
-@lru_cache(maxsize=512)
+# Photos come in few sizes, so the filters of sides up to this long are kept: at most 512 of them,
+# 128 MB at worst (pHash's 32 cells x 1024 pixels x 8 bytes each), 21 KB for dHash-64 on a
+# 300-pixel side. Longer sides (decoded whole; slow anyway) are computed anew.
+CACHED_SIDE = 1024
+
+
 def lanczos_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels."""
+    if pixels <= CACHED_SIDE:
+        return _cached_weights(pixels, extent, cells)
+    return _weights(pixels, extent, cells)
+
+
+@lru_cache(maxsize=512)
+def _cached_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    return _weights(pixels, extent, cells)
+
+
+def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels.
 
     `extent` is how many decoded pixels the picture spans (pixels, or less when the decoder
@@ -41,7 +64,10 @@ def lanczos_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     centres = (np.arange(cells, dtype=np.float64) + 0.5) * scale
     offsets = (np.arange(pixels, dtype=np.float64) + 0.5)[None, :] - centres[:, None]
     x = offsets / widen
-    weights = np.where(np.abs(x) < LANCZOS_LOBES, np.sinc(x) * np.sinc(x / LANCZOS_LOBES), 0.0)
+    weights = np.zeros_like(x)
+    inside = np.abs(x) < LANCZOS_LOBES  # a cell's filter covers a few of the row's pixels only
+    near = x[inside]
+    weights[inside] = np.sinc(near) * np.sinc(near / LANCZOS_LOBES)
     totals = weights.sum(axis=1, keepdims=True)
     # A row can only sum to zero for degenerate sizes (a filter with no pixel under it): fall
     # back to the nearest pixel rather than divide by zero.
@@ -67,10 +93,16 @@ def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int])
     across = lanczos_weights(columns, extent[0], width)
     down = lanczos_weights(rows, extent[1], height)
     partial = np.zeros((height, columns), dtype=np.float64)
-    for start in range(0, rows, ROWS_PER_BLOCK):
-        block = pixels[start : start + ROWS_PER_BLOCK].astype(np.float64)
-        partial += down[:, start : start + ROWS_PER_BLOCK] @ block
-    return np.round((partial @ across.T) / STEP) * STEP
+    step = max(1, min(PIXELS_PER_BLOCK // max(1, columns),
+                      SINGLE_THREAD_PRODUCT // max(1, height * columns)))
+    for start in range(0, rows, step):
+        block = pixels[start : start + step].astype(np.float64)
+        partial += down[:, start : start + step] @ block
+    cells = np.empty((height, width), dtype=np.float64)
+    step = max(1, SINGLE_THREAD_PRODUCT // max(1, columns * width))
+    for start in range(0, height, step):
+        cells[start : start + step] = partial[start : start + step] @ across.T
+    return np.round(cells / STEP) * STEP
 
 
 def orient(cells: np.ndarray, orientation: int) -> np.ndarray:

@@ -145,7 +145,7 @@ class Store:
         self._lock = lock
         self.shelf = SafeShelf(SqliteDict(connection), protocol=PICKLE_PROTOCOL)
         meta = self._read_meta()
-        self.recipe = Recipe.from_dict(json.loads(meta["recipe"]))
+        self.recipe = stored_recipe(path, meta["recipe"])
         self.dataset_root = meta["dataset_root"]
         self.meta = meta
 
@@ -359,6 +359,14 @@ class Store:
         return dict(self._db.execute("SELECT name, value FROM neardup_meta").fetchall())
 
 
+def stored_recipe(path: str, text: str) -> Recipe:
+    """The recipe a store records, or a StoreError naming the store (one from a newer neardup)."""
+    try:
+        return Recipe.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{path}: its recipe cannot be used here: {error}") from error
+
+
 def hex_keys_to_words(keys: list[bytes], bits: int) -> np.ndarray:
     """Decode fixed-width hex keys into a (count, words) uint64 array, most significant word first.
 
@@ -487,7 +495,7 @@ def _initialise_or_check(
         return
     _check_is_neardup_store(connection, path)
     meta = dict(connection.execute("SELECT name, value FROM neardup_meta").fetchall())
-    stored = Recipe.from_dict(json.loads(meta["recipe"]))
+    stored = stored_recipe(path, meta["recipe"])
     if stored != recipe:
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"

@@ -189,7 +189,12 @@ def best_precision(rows: list[ThresholdRow]) -> ThresholdRow:
     return max(rows, key=lambda row: (row.precision, row.recall["all"]))
 
 
-def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
+def format_evaluation(
+    evaluation: Evaluation, max_distance: int, *, listed: int | None = None,
+    listed_elsewhere: str = "the report",
+) -> str:
+    """The table, the recommendation, and the missed copies and other matches at max_distance:
+    all of them, or the first `listed` and a count of the rest (found in `listed_elsewhere`)."""
     kinds = evaluation.kinds
     lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
              f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
@@ -212,17 +217,24 @@ def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
     at = evaluation.row(max_distance)
     lines.append(f"at --max-distance {max_distance}: {at.found}/{evaluation.copies} copies found,"
                  f" {at.false_matches} other matches")
+    misses = []
     for group in evaluation.groups:
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
                 shown = (f"not returned by search within {MAX_THRESHOLD} bits"
                          if copy.distance is None
                          else f"distance {copy.distance}")
-                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
+                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:
-                lines.append(f"  other   {group.group} {group.original} ~ {path}"
-                             f" (distance {distance})")
+                misses.append(f"  other   {group.group} {group.original} ~ {path}"
+                              f" (distance {distance})")
+    if listed is not None and len(misses) > listed:
+        lines += misses[:listed]
+        lines.append(f"  ... and {len(misses) - listed} more missed copies and other matches,"
+                     f" all listed in {listed_elsewhere}")
+    else:
+        lines += misses
     return "\n".join(lines)
 
 

@@ -37,8 +37,8 @@ _VERSION_PROBE = (
     "__import__('neardup').__version__"
     " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
 )
-INSTALL_HINT = ("install this neardup there (pip install 'neardup[dask]=={version}', or pip install"
-                " [-e] <this checkout> in the environment of the scheduler and of every worker)")
+INSTALL_HINT = ("install the same there (pip install 'neardup[dask]=={version}', or pip install"
+                " <this checkout>, in the environment that runs dask scheduler and dask worker)")
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
 
@@ -95,12 +95,18 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
         raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
                            + INSTALL_HINT.format(version=__version__)) from error
     wrong = {name: found for name, found in answers.items() if found != __version__}
-    if wrong:
-        first, found = sorted(wrong.items())[0]
-        seen = "no neardup" if found is None else f"neardup {found}"
-        others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
-        raise NeardupError(f"{first}{others} of the Dask cluster has {seen}, this client"
-                           f" {__version__}; " + INSTALL_HINT.format(version=__version__))
+    if not wrong:
+        return
+    parts = ["the Dask scheduler"] if "scheduler" in wrong else []
+    workers = sorted(name for name in wrong if name != "scheduler")
+    if workers:
+        more = ", ..." if len(workers) > 1 else ""
+        parts.append(f"{len(workers)} of {len(answers) - 1} Dask workers ({workers[0]}{more})")
+    versions = sorted({found or "" for found in wrong.values()})
+    seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
+    verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
+    raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
+                       + INSTALL_HINT.format(version=__version__))
 
 
 def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) -> Hasher:
