@@ -33,6 +33,9 @@ MAX_SIDE = 320
 # kept at least 18 RANSAC inliers with 72 stored and 500 query keypoints.
 STORED_KEYPOINTS = 72
 QUERY_KEYPOINTS = 500
+# Of those, the candidate search looks up only the first (most important, see extract(ranked=));
+# verification uses all of them. See neardup/features/index.py for the measurements.
+SEARCHED_KEYPOINTS = 150
 # Stored keypoints are chosen among this many, spread over a GRID x GRID grid (see extract()).
 DETECTED_KEYPOINTS = 300
 GRID = 4
@@ -174,8 +177,13 @@ def _orb(keypoints: int) -> Any:
     return _detectors[keypoints]
 
 
-def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False) -> FeatureSet:
-    """ORB features of one analysis frame, at most `keypoints`, spread over the picture."""
+def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False,
+            ranked: bool = False) -> FeatureSet:
+    """ORB features of one analysis frame, at most `keypoints`, spread over the picture.
+
+    `ranked`: keypoints in order of importance (each grid cell's strongest, then each cell's
+    next...), so that the first N are the best N spread over the picture (queries: the candidate
+    search looks up only the first SEARCHED_KEYPOINTS); otherwise in the detector's order."""
     import cv2
 
     colour = frame if frame.ndim == 3 else None
@@ -190,9 +198,11 @@ def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False) -> F
         descriptors = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
     else:
         points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
-        if len(found) > keypoints:
+        if len(found) > keypoints or ranked:
             chosen = _spread(points, np.array([point.response for point in found]),
                              frame.shape, keypoints)
+            if not ranked:  # stored records keep the detector's order (their recipe's bytes)
+                chosen = np.sort(chosen)
             points, descriptors = points[chosen], descriptors[chosen]
     height, width = frame.shape
     thumbnail = cv2.resize(frame, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
@@ -218,7 +228,8 @@ def opponent(rgb: np.ndarray) -> np.ndarray:
 
 def _spread(points: np.ndarray, strength: np.ndarray, shape: tuple[int, ...],
             keep: int) -> np.ndarray:
-    """Indices of `keep` keypoints: the strongest of each grid cell in turn, then the next."""
+    """Indices of `keep` keypoints, most important first: the strongest of each grid cell in
+    turn, then the next."""
     height, width = shape[:2]
     column = np.minimum((points[:, 0] * GRID / max(width, 1)).astype(int), GRID - 1)
     row = np.minimum((points[:, 1] * GRID / max(height, 1)).astype(int), GRID - 1)
@@ -228,8 +239,7 @@ def _spread(points: np.ndarray, strength: np.ndarray, shape: tuple[int, ...],
     starts = np.searchsorted(cell[order], np.arange(GRID * GRID))
     rank[order] = np.arange(len(points)) - starts[cell[order]]  # 0 = strongest of its cell
     # Round by round (each cell's best, then each cell's second...), strongest first per round.
-    chosen = np.lexsort((-strength, rank))[:keep]
-    return np.sort(chosen)
+    return np.lexsort((-strength, rank))[:keep]
 
 
 def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
@@ -239,9 +249,9 @@ def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
 
 def query_features(frame: np.ndarray, *, mirror: bool = True) -> list[FeatureSet]:
     """A query's features, and its mirror image's: mirrored copies are found without --mirror."""
-    looks = [extract(frame, QUERY_KEYPOINTS, keep_frame=True)]
+    looks = [extract(frame, QUERY_KEYPOINTS, keep_frame=True, ranked=True)]
     if mirror:
         looks.append(extract(np.ascontiguousarray(frame[:, ::-1]), QUERY_KEYPOINTS,
-                             keep_frame=True))
+                             keep_frame=True, ranked=True))
     return looks
 

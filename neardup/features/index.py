@@ -14,14 +14,13 @@ serialised index is cached beside the store by generation, like the hash arrays.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.store import Store
 from ..errors import StoreError
-from .extract import DESCRIPTOR_BYTES, FeatureSet
+from .extract import DESCRIPTOR_BYTES, SEARCHED_KEYPOINTS, FeatureSet
 
 # Two ORB descriptors of the same point in a copy differ by up to about 50 of 256 bits; unrelated
 # points by about 128 on average. Beyond 64 a neighbour is noise and gets no vote.
@@ -77,17 +76,21 @@ class FeatureIndex:
         if len(self) == 0:
             return []
         for look_number, look in enumerate(looks):
-            if len(look.descriptors) == 0:
+            searched = np.ascontiguousarray(look.descriptors[:SEARCHED_KEYPOINTS])
+            if len(searched) == 0:
                 continue
             distances, positions = self._index.search(  # type: ignore[attr-defined]
-                np.ascontiguousarray(look.descriptors), NEIGHBOURS)
+                searched, NEIGHBOURS)
             near = (positions >= 0) & (distances <= MAX_DESCRIPTOR_DISTANCE)
-            votes: Counter[int] = Counter()
-            for row in range(positions.shape[0]):
-                # One vote per query descriptor and image, however many of its descriptors match.
-                votes.update({int(owner) for owner in self.owners[positions[row][near[row]]]})
-            for image_id, count in votes.items():
-                if count >= MIN_VOTES and image_id not in exclude and (
+            rows = np.nonzero(near)[0]
+            # One vote per query descriptor and image, however many of its descriptors match:
+            # each (image, query descriptor) pair counted once, then the pairs counted per image.
+            pairs = np.unique(self.owners[positions[near]] * len(searched) + rows)
+            image_ids, counts = np.unique(pairs // len(searched), return_counts=True)
+            enough = counts >= MIN_VOTES
+            for image_id, count in zip(image_ids[enough].tolist(), counts[enough].tolist(),
+                                       strict=True):
+                if image_id not in exclude and (
                         image_id not in best or best[image_id].votes < count):
                     best[image_id] = Candidate(image_id, count, look_number)
         ranked = sorted(best.values(), key=lambda candidate: (-candidate.votes, candidate.image_id))

@@ -90,6 +90,7 @@ class VerifiedSearch:
                         distance = min(earlier[0], distance)  # the mirror hash was nearer
                     found[match.path] = (distance, {"hash"})
         stored: dict[str, FeatureSet] = {}
+        found_by_look: dict[str, int] = {}  # which look's descriptors found a feature candidate
         if source in ("features", "both"):
             candidates = self.features.candidates(looks)
             records = self.store.features_by_id(candidate.image_id for candidate in candidates)
@@ -98,6 +99,7 @@ class VerifiedSearch:
                     continue  # removed since the index was built: the caller reloads it
                 path, data = records[candidate.image_id]
                 stored[path] = _parse(self.store, path, data)
+                found_by_look[path] = candidate.look
                 distance, how = found.get(path, (None, set()))
                 found[path] = (distance, how | {"features"})
         for path in found:
@@ -113,7 +115,9 @@ class VerifiedSearch:
                 continue  # indexed without features (never in a complete store): cannot verify
             if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
                 continue
-            verdict = _best_verdict(looks, stored[path])
+            first = found_by_look.get(path, 0)
+            verdict = _best_verdict([looks[first], *looks[:first], *looks[first + 1:]],
+                                    stored[path])
             refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
             found_by = "+".join(name for name in ("hash", "features") if name in how)
@@ -125,7 +129,8 @@ class VerifiedSearch:
 
 
 def _best_verdict(looks: Iterable[FeatureSet], stored: FeatureSet) -> Verdict:
-    """The query as it is, else its mirror image: the first verified, or the one with most inliers."""
+    """The first look (the one whose descriptors found the candidate, else the query as it is)
+    that verifies, else the look with most inliers: a mirrored copy costs one verification."""
     best: Verdict | None = None
     for look in looks:
         verdict = verify(look, stored)
