@@ -45,7 +45,10 @@ from .core.search import (
 from .core.store import Store
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .evaluation.scoring import Evaluation
+    from .features.search import VerifiedSearch
 
 # What search() accepts: a file path, the bytes of an image file (an upload), or a decoded image.
 ImageInput = str | os.PathLike | bytes | Image.Image
@@ -57,8 +60,16 @@ class Found:
 
     relpath: str  # as stored: relative to the store's dataset folder, '/'-separated
     path: str  # the file on disk (the dataset folder joined with relpath)
-    distance: int  # Hamming distance between the two hashes, in bits
+    # Hamming distance between the two hashes, in bits; None on a store with features when the
+    # hash did not find it (a crop, a mirror image: found by the features alone).
+    distance: int | None
     hash: str  # the stored image's hash, hexadecimal
+    # Stores with features only (index.py --features): every answer is verified (README
+    # "Verified matches"); how it was found ("hash", "features", "hash+features") and the
+    # keypoint matches the verifying transform explains. None on a hash-only store.
+    found_by: str | None = None
+    inliers: int | None = None
+    verified: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +129,8 @@ class ImageStore:
         self._store = store
         self._index: HashIndex | None = None
         self._generation = -1
+        self._verified: VerifiedSearch | None = None  # stores with features: loaded once
+        self._verified_generation = -1
 
     @property
     def has_features(self) -> bool:
@@ -176,9 +189,16 @@ class ImageStore:
         at reduced size can differ by a bit or two. `mirror` also matches mirror images. Blank and
         smooth images match nothing unless `include_low_information`. Raises ImageError for an
         image that cannot be read, ValueError for a distance outside 0..the hash's bits.
+
+        On a store with features (index.py --features) the answers are search.py's: candidates
+        from the hash and the local features, only verified ones kept (crops, pads, rotations and
+        mirror images included), nearest by hash first, then by inliers.
         """
         self._check_distance(max_distance)
         looks = self._hashes(image, mirror=mirror, max_pixels=max_pixels)
+        if self.has_features:
+            return self._verified_search(image, looks, max_distance, include_low_information,
+                                         max_pixels)
         with self._store.snapshot():
             index = self._current_index() if max_distance > 0 else None
             answers = find_matches_many(self._store, looks, max_distance, index,
@@ -242,6 +262,24 @@ class ImageStore:
             self._generation = generation
         return self._index
 
+    def _verified_search(self, image: ImageInput, hashes: list[Hash], max_distance: int,
+                         include_low_information: bool, max_pixels: int) -> list[Found]:
+        frame = _analysis_frame(image, max_pixels)
+        with self._store.snapshot():
+            generation = self._store.generation()
+            if self._verified is None or generation != self._verified_generation:
+                # The feature index is read once per store generation, not once per query.
+                from .features.search import VerifiedSearch
+
+                self._verified = VerifiedSearch.for_store(self._store, self._current_index())
+                self._verified_generation = generation
+            assert self._verified is not None  # has_features: the store records a recipe
+            matches = self._verified.search(hashes, frame, max_distance,
+                                            include_low_information=include_low_information)
+        return [Found(match.path, full, match.distance, match.hash_hex, match.found_by,
+                      match.inliers, match.verified) for match in matches
+                if (full := resolve_stored_path(self.dataset, match.path)) is not None]
+
     def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
         """The query's hash (and its mirror image's): through hashing's one entry point, so a
         query is hashed exactly as index.py hashed the stored images."""
@@ -254,3 +292,14 @@ class ImageStore:
         else:
             plain, flipped = hash_source(os.fspath(image), self.recipe, max_pixels, mirror=mirror)
         return [plain] if flipped is None else [plain, flipped]
+
+
+def _analysis_frame(image: ImageInput, max_pixels: int) -> np.ndarray:
+    """What local features look at, decoded as index.py --features decodes stored files."""
+    from .features.extract import analysis_frame, read_frame
+
+    if isinstance(image, Image.Image):
+        return analysis_frame(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return read_frame("upload", max_pixels, data=bytes(image))
+    return read_frame(os.fspath(image), max_pixels)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
+import neardup
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.store import Store
@@ -111,6 +112,24 @@ def test_a_half_alike_picture_matches_keypoints_but_is_refused(feature_store: Pa
     assert not verdict.verified and verdict.reason.startswith("the aligned pictures differ")
     records = search_json("-q", "images/originals/scene.jpg")
     assert [m["relpath"] for m in records[0]["matches"]] == ["originals/scene.jpg"]
+
+
+def test_python_api_search_answers_verified_matches_like_search_py(feature_store: Path) -> None:
+    """ImageStore.search on a store with features: crops, pads, rotations and mirror images found
+    and verified, by path, bytes or PIL image; the half-alike picture refused."""
+    with neardup.open_store("db.shelve") as store:
+        answers = {name: store.search(f"queries/{name}.jpg") for name in ("crop", "pad", "rotate")}
+        answers["mirror, bytes"] = store.search(Path("queries/mirror.jpg").read_bytes())
+        with Image.open("queries/crop.jpg") as picture:
+            answers["crop, PIL"] = store.search(picture)
+        for name, found in answers.items():
+            assert [match.relpath for match in found] == ["originals/scene.jpg"], name
+            assert found[0].verified is True and found[0].inliers >= MIN_INLIERS, name
+            assert found[0].found_by in ("features", "hash+features"), name
+        assert answers["mirror, bytes"][0].distance is None  # far by hash: the features found it
+        itself = store.search("images/originals/scene.jpg")
+        assert [match.relpath for match in itself] == ["originals/scene.jpg"]
+        assert itself[0].distance == 0 and itself[0].found_by == "hash+features"
 
 
 def test_plain_output_has_distance_inliers_and_path(
