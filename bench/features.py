@@ -8,10 +8,16 @@ grows), each against the hash-only path in the same run.
    hash only against hash + features; images/s per core and the ratio. Bytes per image in the
    store, with and without features.
 2. Verified search against stores of growing size. Each store is the dataset indexed with
-   --features plus synthetic images up to the size: each synthetic image is a real stored image's
-   record with 10 of the 256 bits of each descriptor flipped at random and its thumbnail shifted
-   (so every one is distinct, with realistic descriptor statistics), under a new path and a random
-   hash. Queries are --queries copies from the manifest (all kinds in turn); per query: the whole
+   --features plus synthetic images up to the size, under new paths and random hashes, made one
+   of two ways (--synthetic):
+   - mixed (default): each synthetic image's descriptors are drawn at random from all the real
+     stored descriptors (of many different images), each with 10 of its 256 bits flipped; its
+     positions, thumbnail (shifted) and colours are a real image's. Realistic descriptor
+     statistics, and no synthetic image is a near-copy of a real one: a library of distinct photos.
+   - clones: each synthetic image is one real stored image's record with 10 bits of each descriptor
+     flipped and its thumbnail shifted: every real image gets size / dataset near-identical
+     feature sets that verification refuses, the hardest case for the candidate search.
+   Queries are --queries copies from the manifest (all kinds in turn); per query: the whole
    search (both looks' features, candidates, verification), after the store is loaded. Also the
    share of queries whose original was still found, and the feature index's memory.
 """
@@ -50,6 +56,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--baseline", help="a checkout without features (e.g. `git worktree add"
                         " ../base main`): its index.py is timed on the same files, hash only")
+    parser.add_argument("--synthetic", choices=("mixed", "clones"), default="mixed",
+                        help="how the images beyond the dataset are made (see above)")
     parser.add_argument("--store", help="the dataset already indexed with --features (else indexed"
                         " here)")
     args = parser.parse_args()
@@ -58,7 +66,7 @@ def main() -> int:
     work.mkdir(parents=True)
     indexing(Path(args.dataset), work, args.files, args.baseline)
     searching(Path(args.dataset), work, [int(size) for size in args.sizes.split(",")],
-              args.queries, args.store)
+              args.queries, args.store, args.synthetic)
     return 0
 
 
@@ -92,7 +100,7 @@ def indexing(dataset: Path, work: Path, count: int, baseline: str | None) -> Non
 
 
 def searching(dataset: Path, work: Path, sizes: list[int], query_count: int,
-              prebuilt: str | None) -> None:
+              prebuilt: str | None, synthetic: str) -> None:
     base = Path(prebuilt) if prebuilt else work / "base.shelve"
     if not prebuilt:
         subprocess.run([PYTHON, INDEX, "-d", str(dataset), "-s", str(base), "-q", "--features"],
@@ -107,7 +115,7 @@ def searching(dataset: Path, work: Path, sizes: list[int], query_count: int,
     for size in sizes:
         store_path = work / f"store-{size}.shelve"
         shutil.copyfile(base, store_path)
-        grow(store_path, size)
+        grow(store_path, size, synthetic)
         with Store.open_for_reading(str(store_path)) as store, store.snapshot():
             images = store.image_count()
             started = time.perf_counter()
@@ -150,7 +158,7 @@ def pick_queries(dataset: Path, count: int) -> list[tuple[str, str]]:
     return picked
 
 
-def grow(store_path: Path, size: int) -> None:
+def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
     """Add synthetic images until the store holds `size` (see the module's docstring)."""
     rng = np.random.default_rng(size)
     with Store.open_for_reading(str(store_path)) as store:
@@ -159,22 +167,26 @@ def grow(store_path: Path, size: int) -> None:
         have = store.image_count()
     if have >= size:
         return
+    pool = np.concatenate([features.descriptors for features in real])
     with Store.open_for_writing(str(store_path), recipe, root, {}) as store:
         batch: list[IndexedFile] = []
         for number in range(size - have):
             source = real[number % len(real)]
-            bits = np.unpackbits(source.descriptors, axis=1)
+            if synthetic == "mixed":
+                chosen = pool[rng.integers(0, len(pool), len(source.descriptors))]
+            else:
+                chosen = source.descriptors
+            bits = np.unpackbits(chosen, axis=1)
             # 10 distinct bits of each descriptor: the 10 smallest of 256 random numbers per row.
             flipped = np.argpartition(rng.random(bits.shape), 10, axis=1)[:, :10]
             np.put_along_axis(bits, flipped, 1 - np.take_along_axis(bits, flipped, axis=1),
                               axis=1)
-            synthetic = FeatureSet(source.width, source.height, source.points,
-                                   np.packbits(bits, axis=1),
-                                   np.roll(source.thumbnail, 1 + number % 7, axis=1),
-                                   source.chroma)
+            made = FeatureSet(source.width, source.height, source.points,
+                              np.packbits(bits, axis=1),
+                              np.roll(source.thumbnail, 1 + number % 7, axis=1), source.chroma)
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
             batch.append(IndexedFile(f"synthetic/{number // 1000:04d}/{number:07d}.jpg", 1, 1,
-                                     value, synthetic.to_bytes()))
+                                     value, made.to_bytes()))
             if len(batch) == 5000:
                 store.apply(batch, [])
                 batch = []
