@@ -65,7 +65,7 @@ class Verdict:
     correlation: float | None
     detail_correlation: float | None
     reason: str  # why it was refused, or "verified"
-    colour_agreement: float | None = None  # None: not measured, or a gray picture
+    colour_agreement: float | None = None  # None: not measured (refused before), or a gray picture
 
     def as_dict(self) -> dict[str, object]:
         return {"verified": self.verified, "inliers": self.inliers, "matches": self.matches,
@@ -135,15 +135,17 @@ def verify(query: FeatureSet, stored: FeatureSet) -> Verdict:
     # Gradients need their 3 x 3 neighbourhood covered: the border of the overlap is left out.
     inner = cv2.erode(covered.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     detail = _correlation(_gradients(warped_thumb, inner), _gradients(stored_thumb, inner))
-    colour = _colour_agreement(query, stored, onto_grid, coverage)
+    colour = None  # measured only when it decides: the pictures agree in brightness and edges
     if correlation < MIN_CORRELATION:
         reason = "the aligned pictures differ"
     elif detail < MIN_DETAIL_CORRELATION:
         reason = "the aligned pictures differ in detail"
-    elif colour is not None and colour < MIN_COLOUR_AGREEMENT:
-        reason = "the aligned pictures differ in colour"
     else:
-        reason = "verified"
+        colour = _colour_agreement(query, stored, onto_grid, coverage)
+        if colour is not None and colour < MIN_COLOUR_AGREEMENT:
+            reason = "the aligned pictures differ in colour"
+        else:
+            reason = "verified"
     return Verdict(reason == "verified", inliers, good, scale, overlap, correlation, detail,
                    reason, colour)
 
