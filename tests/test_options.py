@@ -188,3 +188,28 @@ def test_output_paths_are_checked_before_any_work(
     capsys.readouterr()
     line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
     assert line.startswith("search.py: error: " + message), line
+
+
+def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
+                                 "--groups", "--max-distance", "64"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.endswith("error: cannot write the results (No space left on device)\n")
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_serve_address_and_hash_size_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", "--serve", "h\u00f4st:18080"])
+    assert "expected HOST:PORT" in line
+    line = refused(capsys, index_cli.main, ["-d", "data", "-s", "big.shelve", "--hash-size", "1000"])
+    assert line == "index.py: error: hash size must be from 2 to 32 (1024 bits)"
+    assert not Path("big.shelve").exists()

@@ -597,7 +597,8 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
 
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not host or not port.isdigit() or int(port) > 65535 or not host.isascii() \
+            or not host.isprintable():
         raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 

@@ -118,6 +118,11 @@ def is_low_information(value: Hash) -> bool:
     return ones <= band or ones >= value.bits - band
 
 
+# 32 x 32 = 1,024 bits: four times the longest hash measured useful here (dHash-256); beyond it a
+# hash costs seconds per image and per query and finds nothing more.
+MAX_HASH_SIZE = 32
+
+
 @dataclass(frozen=True, slots=True)
 class Recipe:
     """How hashes are made. Two stores can be compared only when their recipes are equal."""
@@ -133,8 +138,9 @@ class Recipe:
         if self.algorithm not in ALGORITHMS:
             known = ", ".join(sorted(ALGORITHMS))
             raise ValueError(f"unknown hash algorithm {self.algorithm!r} (known: {known})")
-        if self.hash_size < 2:
-            raise ValueError("hash size must be at least 2")
+        if not 2 <= self.hash_size <= MAX_HASH_SIZE:
+            raise ValueError(f"hash size must be from 2 to {MAX_HASH_SIZE}"
+                             f" ({MAX_HASH_SIZE ** 2} bits)")
         if self.algorithm == "whash" and self.hash_size & (self.hash_size - 1):
             raise ValueError("whash needs a hash size that is a power of 2")
         if not self.exact and self.preprocess_version not in PREPROCESS_VERSIONS:
