@@ -10,7 +10,7 @@ only. For --seconds, all at once (every count fixed, every client stops by itsel
   8 bomb uploaders      16-bit 10000 x 10000 PNGs (about 200 KB each, 2 GB decoded), one after
                         another on each of 8 connections
   --heavy N uploaders   (0 by default) 8-bit RGB 7000 x 7000 PNGs: within the pixel limit, so
-                        really decoded, each estimated at 440 MB; the decode memory budget decides
+                        really decoded, each estimated at 483 MB; the decode memory budget decides
                         how many at once
   2 normal clients      CALTECH photos, one at a time; each answer must name the photo itself
   1 health prober       GET /health every 50 ms; its latency is measured

@@ -11,4 +11,5 @@ cd "$root"
 "$PY" bench/search_speed.py
 "$PY" bench/store_size.py
 "$PY" bench/checker_speed.py
+"$PY" bench/decode_memory.py
 "$PY" bench/abuse.py

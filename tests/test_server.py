@@ -317,7 +317,7 @@ class TestHostileClients:
     def test_decoding_is_bounded_by_pixels_and_memory(self, store: Path) -> None:
         deep = np.arange(1200 * 1000, dtype=np.uint32).reshape(1000, 1200) % 65536
         Image.fromarray(deep.astype("<u2")).save("deep.png")
-        with running(*FAST, "--decode-memory-mb", "10", "--max-pixels", "1000000") as server:
+        with running(*FAST, "--decode-memory-mb", "20", "--max-pixels", "1000000") as server:
             status, answer, _ = request(server.port, "POST", "/search",
                                         Path("deep.png").read_bytes())
             assert status == 400  # 1.2 megapixels: over --max-pixels, from the header
@@ -325,9 +325,9 @@ class TestHostileClients:
             Image.fromarray(deep[:, :1000].astype("<u2")).save("deep.png")
             status, answer, _ = request(server.port, "POST", "/search",
                                         Path("deep.png").read_bytes())
-            assert status == 413  # a megapixel of 16-bit samples needs more than 10 MB
+            assert status == 413  # a megapixel of 16-bit samples needs more than 20 MB
             assert answer["error"].startswith("refused: decoding it would take about")
-            assert answer["error"].endswith("over the decode memory limit of 10 MB")
+            assert answer["error"].endswith("over the decode memory limit of 20 MB")
             assert request(server.port, "POST", "/search", photo())[0] == 200
         with running(*FAST) as roomy:  # the default budget decodes it
             assert request(roomy.port, "POST", "/search", Path("deep.png").read_bytes())[0] == 200
