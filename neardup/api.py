@@ -85,6 +85,7 @@ def index_folder(
     progress: bool = False,
     report: Callable[[str], None] | None = None,
     hasher: Hasher | None = None,
+    features: bool = False,
 ) -> IndexSummary:
     """Hash every image under `dataset` into the store at `store` (created if missing).
 
@@ -92,11 +93,13 @@ def index_folder(
     are dropped, every committed batch survives an interruption. `report` receives one line per
     file that could not be hashed (default: ignored; the summary counts them). `jobs=0` uses one
     process per core. The recipe (algorithm, hash_size, exact) must match the store's, if it exists.
+    `features`: also keep local features (the `features` extra; see README "Verified matches").
     """
     recipe = Recipe(algorithm, hash_size, exact=exact)
     return _index_folder(os.fspath(dataset), os.fspath(store), recipe, jobs=jobs,
                          batch_size=batch_size, max_pixels=max_pixels, progress=progress,
-                         report=report or (lambda line: None), hasher=hasher)
+                         report=report or (lambda line: None), hasher=hasher,
+                         features=features)
 
 
 def open_store(path: str | os.PathLike) -> ImageStore:
@@ -115,6 +118,11 @@ class ImageStore:
         self._store = store
         self._index: HashIndex | None = None
         self._generation = -1
+
+    @property
+    def has_features(self) -> bool:
+        """True for a store built with index.py --features (verified matches)."""
+        return self._store.feature_recipe() is not None
 
     @property
     def path(self) -> str:
@@ -187,8 +195,17 @@ class ImageStore:
         largest first."""
         self._check_distance(max_distance)
         with self._store.snapshot():
-            groups = near_duplicate_groups(self._store, max_distance,
-                                           include_low_information=include_low_information)
+            if self.has_features:  # every pair in a group is a verified match
+                from .features.grouping import verified_groups
+                from .features.search import VerifiedSearch
+
+                search = VerifiedSearch.for_store(self._store, HashIndex.from_store(self._store))
+                assert search is not None
+                groups = verified_groups(self._store, search, max_distance,
+                                         include_low_information=include_low_information)
+            else:
+                groups = near_duplicate_groups(self._store, max_distance,
+                                               include_low_information=include_low_information)
         result = []
         for group in groups:
             # Stored paths that would leave the dataset (a store from someone else) are dropped.

@@ -4,9 +4,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup-venv.sh"
-# The tests also cover the optional extras: the HEIC plug-in, Dask and the HTTP server.
+# The tests also cover the optional extras: the HEIC plug-in, Dask, the HTTP server and local
+# features.
 "$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-heic.txt" \
-    -r "$root/requirements-dask.txt" -r "$root/requirements-serve.txt"
+    -r "$root/requirements-dask.txt" -r "$root/requirements-serve.txt" \
+    -r "$root/requirements-features.txt"
 # The HTML review pages are tested in a real headless browser: Debian's chromium, installed when
 # it is missing and apt-get can be used (as root, or with sudo that needs no password); otherwise
 # those tests are skipped and say why.

@@ -169,3 +169,22 @@ def test_messages_name_the_command_as_typed(tmp_path: Path) -> None:
             " index.py)\n"
         usage = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert usage.stdout.startswith(f"usage: {name} ")
+
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--evaluate", "data/manifest.csv", "--report", "a_file"],
+     "--report a_file: cannot make this folder (File exists)"),
+    (["--groups", "--html", "data"], "--html data: is a folder; give a file name"),
+    (["--groups", "--montage", "missing/x.png"], "--montage missing/x.png: no such folder"),
+])
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("not a folder\n")
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
+    assert line.startswith("search.py: error: " + message), line

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact", action="store_true",
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
                         " flattening), for comparing hashes with other tools")
+    parser.add_argument("--features", action="store_true",
+                        help="also store local features of every image (about 4 KB each), so"
+                        " search.py finds cropped, padded, rotated and mirrored copies and verifies"
+                        " every match (pip install -r requirements-features.txt)")
     parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
                         help="worker processes (default 0: one per core)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
@@ -76,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         options = {"algorithm": args.algorithm, "hash_size": args.hash_size, "exact": args.exact,
                    "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
-                   "report": lambda line: warn(PROG, line)}
+                   "report": lambda line: warn(PROG, line), "features": args.features}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
-                hasher = cluster_hasher(client, args.partition_size)
+                hasher = cluster_hasher(client, args.partition_size, features=args.features)
                 summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
                                        **options)
         else:

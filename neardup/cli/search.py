@@ -21,6 +21,7 @@ from ..core.results import QueryResult, display_path, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
+    Match,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
@@ -36,7 +37,10 @@ from ..evaluation.scoring import (
     comparison_table,
     evaluate_manifest,
     format_evaluation,
+    format_verified,
 )
+from ..features.extract import read_frame
+from ..features.search import VerifiedSearch
 from ..service.checker import Checker
 from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
 from ..service.server import (
@@ -267,10 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
+            verified = VerifiedSearch.for_store(store, index) if has_features(store) else None
+            if verified is not None:  # a store with local features: verified matches only
+                answer_verified(verified, hashed, mirrored, args)
             if args.montage:
                 draw_montage(args.montage, "queries and their matches", [
                     Row(Tile(r.query, "query", r.query), [
-                        Tile(full, f"distance {m.distance}", m.path) for m in r.matches
+                        Tile(full, match_label(m), m.path) for m in r.matches
                         if (full := resolve_stored_path(store.dataset_root, m.path))])
                     for r in results if r.error is None and r.matches],
                     what="queries with matches", nothing="no query has a match",
@@ -279,6 +286,31 @@ def main(argv: list[str] | None = None) -> int:
                         several=len(results) > 1)
 
     return run_command(PROG, body)
+
+
+def has_features(store: Store) -> bool:
+    return store.feature_recipe() is not None
+
+
+def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Hash]],
+                    mirrored: list[Hash], args: argparse.Namespace) -> None:
+    """A store with local features: every query's candidates from hash and features, verified."""
+    for number, (result, query_hash) in enumerate(hashed):
+        try:
+            frame = read_frame(result.query, args.max_pixels)
+        except ImageError as error:
+            result.error = error.reason
+            continue
+        hashes = [query_hash] + ([mirrored[number]] if args.mirror else [])
+        result.matches = verified.search(hashes, frame, args.max_distance,
+                                         include_low_information=args.include_low_information)
+
+
+def match_label(match: Match) -> str:
+    distance = "-" if match.distance is None else str(match.distance)
+    if match.verified is None:
+        return f"distance {distance}"
+    return f"d {distance}, {match.inliers} inliers"
 
 
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
@@ -304,10 +336,30 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
     if args.html and args.evaluate and len(args.shelve) > 1:
         raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
                            " writes a page for each")
+    check_outputs(args)
 
 
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Where --report, --montage and --html will write, checked before any work is done: a
+    mistyped path must not cost a whole evaluation and then a traceback."""
+    if args.report:
+        try:
+            os.makedirs(args.report, exist_ok=True)
+        except OSError as error:
+            raise NeardupError(f"--report {args.report}: cannot make this folder"
+                               f" ({error.strerror})") from error
+    for option, path in (("--montage", args.montage), ("--html", args.html)):
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise NeardupError(f"{option} {path}: is a folder; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise NeardupError(f"{option} {path}: no such folder {folder}")
 
 
 def check_max_distance(store_path: str, max_distance: int) -> None:
@@ -345,22 +397,28 @@ def save_page(path: str, page: str) -> None:
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
     with ImageStore(Store.open_for_reading(args.shelve)) as store:
+        # On a store with local features every pair in a group is a verified match (api.py).
         groups = store.groups(args.max_distance,
                               include_low_information=args.include_low_information)
         root, recipe = store.dataset, store.recipe.describe()
+        verified = store.has_features
     if args.json:
         print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
                            "relpaths": list(group.relpaths), "distances": list(group.distances),
                            "max_distance": group.max_distance,
-                           "distinct_hashes": group.distinct_hashes} for group in groups],
+                           "distinct_hashes": group.distinct_hashes,
+                           **({"verified": True} if verified else {})} for group in groups],
                          indent=2))
     else:
         for number, group in enumerate(groups, start=1):
+            rule = ("every pair a verified match, hashes within" if verified
+                    else "every pair within")
             print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
-                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, every pair within"
+                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, {rule}"
                   f" {group.max_distance} bits")
             for relpath, distance in zip(group.relpaths, group.distances, strict=True):
-                print(f"{distance}\t{printable(display_path(root, relpath) or relpath)}")
+                shown = "-" if distance is None else distance
+                print(f"{shown}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
         draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
@@ -402,16 +460,22 @@ def run_evaluation(args: argparse.Namespace) -> int:
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path) as store, store.snapshot():
+            verified = None
+            if has_features(store):
+                verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
             evaluations.append(evaluate_manifest(
                 store, args.evaluate, mirror=args.mirror,
-                include_low_information=args.include_low_information))
+                include_low_information=args.include_low_information, verified=verified,
+                max_distance=args.max_distance))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
         where = "the --report files" if args.report else (
             "the --html page" if args.html else "--report DIR or --html PAGE")
         print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
-                                             listed_elsewhere=where) for e in evaluations))
+                                             listed_elsewhere=where)
+                          + (f"\n\n{format_verified(e)}" if e.verified_at is not None else "")
+                          for e in evaluations))
         if len(evaluations) > 1:
             print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
                   " its most precise one:")
@@ -428,6 +492,12 @@ def run_evaluation(args: argparse.Namespace) -> int:
                          what="queries with a miss or another match",
                          nothing=f"every copy found and nothing else at --max-distance"
                          f" {args.max_distance}", rest_in=f"{stem}.html")
+            if evaluation.verified_at is not None:
+                draw_montage(os.path.join(args.report, f"{stem}-verified.png"),
+                             f"{evaluation.recipe}: verified search, copies missed and other"
+                             " matches, worst first", verified_rows(evaluation),
+                             what="queries with a miss or another match",
+                             nothing="every copy verified and nothing else")
             save_page(os.path.join(args.report, f"{stem}.html"),
                       evaluation_page(evaluation, args.max_distance))
     if args.html:
@@ -448,6 +518,25 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
         others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),
                                                                     key=lambda item: item[1])
                   if d <= max_distance and (full := resolve_stored_path(root, p))]
+        if missed or others:
+            original = resolve_stored_path(root, group.original) or group.original
+            rows.append((len(missed) + len(others),
+                         Row(Tile(original, f"query {group.group}", group.original),
+                             missed + others)))
+    rows.sort(key=lambda item: -item[0])
+    return [row for _, row in rows]
+
+
+def verified_rows(evaluation: Evaluation) -> list[Row]:
+    """Copies the verified search missed and other images it returned, per query, worst first."""
+    root = evaluation.dataset_root
+    rows = []
+    for group in evaluation.groups:
+        copies = {copy.path for copy in group.copies}
+        missed = [Tile(full, f"missed: {c.kind}", c.path) for c in group.copies
+                  if c.path not in group.verified and (full := resolve_stored_path(root, c.path))]
+        others = [Tile(full, f"other ({how})", path) for path, how in sorted(group.verified.items())
+                  if path not in copies and (full := resolve_stored_path(root, path))]
         if missed or others:
             original = resolve_stored_path(root, group.original) or group.original
             rows.append((len(missed) + len(others),
@@ -486,14 +575,20 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
     """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
 
     Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
-    record escapes what is not ASCII); a CRLF line ending is not part of the name.
+    record escapes what is not ASCII); a CRLF line ending is not part of the name. Every line
+    gets its answer, an empty one included.
     """
     failed = False
     for line in lines:
-        path = os.fsdecode(line.rstrip(b"\r\n"))
-        if not path.strip():
-            continue
-        record = checker.check_file(path)
+        # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
+        # part of a file name.
+        line = line[:-1] if line.endswith(b"\n") else line
+        line = line[:-1] if line.endswith(b"\r") else line
+        path = os.fsdecode(line)
+        if path:
+            record = checker.check_file(path)
+        else:  # still answered: a client pairs answers with its lines by their order
+            record = {"query": "", "error": "empty line: no file named"}
         failed = failed or "error" in record
         out.write(json.dumps(record) + "\n")
         out.flush()
@@ -521,7 +616,11 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
         if not as_json:
             prefix = f"{printable(result.query)}\t" if several else ""
             for item in record["matches"]:
-                print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
+                if "verified" in item:  # a store with features: distance (or -), inliers, path
+                    distance = "-" if item["distance"] is None else item["distance"]
+                    print(f"{prefix}{distance}\t{item['inliers']}\t{printable(item['path'])}")
+                else:
+                    print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
         # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
         json.dump(records, sys.stdout, indent=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -391,9 +392,30 @@ def readable_formats() -> tuple[str, ...]:
 WHOLE_FILE_BYTES = 16 * 1024 * 1024
 
 
+def open_regular_file(path: str) -> io.BufferedReader:
+    """Open a file for reading; FIFOs, devices and sockets are refused without blocking on them.
+
+    Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
+    a check and the open cannot hang a checker either.
+    """
+    if "\0" in path:
+        raise ImageError(path.replace("\0", "\\0"), "a file name cannot hold a NUL byte")
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(path, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def read_file(path: str) -> io.BufferedIOBase:
     """The file as a stream: in memory when small (see WHOLE_FILE_BYTES), else the open file."""
-    stream = open(path, "rb")
+    stream = open_regular_file(path)
     try:
         if os.fstat(stream.fileno()).st_size <= WHOLE_FILE_BYTES:
             with stream:

@@ -43,6 +43,7 @@ class HashOutcome:
     file: FoundFile
     hash_hex: str | None
     error: str | None
+    features: bytes | None = None  # local features, when the store keeps them
 
 
 @dataclass(slots=True)
@@ -93,21 +94,28 @@ def index_folder(
     progress: bool = False,
     report: Reporter = lambda line: None,
     hasher: Hasher | None = None,
+    features: bool = False,
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
 
     `hasher` replaces the local process pool (neardup.scale.cluster hashes on a Dask cluster); whoever
     hashes, only this process writes, and files committed by an earlier, interrupted run are
-    unchanged now and not hashed again.
+    unchanged now and not hashed again. `features`: also store local features (the hasher must
+    compute them: local_hasher(..., features=True), cluster_hasher(..., features=True)).
     """
     started = time.perf_counter()
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
         raise NeardupError(f"{dataset}: not a folder")
+    if features:
+        from ..features import require
+
+        require()  # one line naming what to install, before anything is written
     if hasher is None:
-        hasher = local_hasher(jobs, batch_size)
+        hasher = local_hasher(jobs, batch_size, features=features)
     summary = IndexSummary()
     with Store.open_for_writing(store_path, recipe, root, library_versions()) as store:
+        lacking = _prepare_features(store, store_path, features)
         found: list[FoundFile] = []
         for entry in walk_images(root):
             if isinstance(entry, Skipped):
@@ -122,7 +130,8 @@ def index_folder(
         todo = []
         for item in found:
             state = stored.get(item.relpath)
-            if state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns):
+            if (state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
+                    and item.relpath not in lacking):
                 summary.unchanged += 1
             else:
                 todo.append(item)
@@ -145,7 +154,8 @@ def index_folder(
                     if is_low_information(Hash.from_hex(outcome.hash_hex, recipe.bits)):
                         summary.low_information += 1
                     batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
-                                             outcome.file.mtime_ns, outcome.hash_hex))
+                                             outcome.file.mtime_ns, outcome.hash_hex,
+                                             outcome.features))
                 store.apply(batch, failed_before)
                 summary.indexed += len(batch)
                 summary.removed += len(failed_before)
@@ -159,11 +169,29 @@ def index_folder(
             # Build the search arrays now, while we hold the store, so that the first search
             # after a large index does not pay for it (about 15 s at 10^7 hashes).
             HashIndex.from_store(store)
+            if features:
+                from ..features.index import FeatureIndex
+
+                FeatureIndex.from_store(store)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def local_hasher(jobs: int, batch_size: int) -> Hasher:
+def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]:
+    """Record the feature recipe (or refuse a mismatch); the stored files that still lack them."""
+    if not features:
+        if store.feature_recipe() is not None:
+            raise NeardupError(f"{store_path}: keeps local features of every image; run index.py"
+                               " with --features to keep them complete")
+        return set()
+    from ..features.extract import FeatureRecipe
+
+    recipe = FeatureRecipe()
+    store.enable_features(recipe.to_dict(), FeatureRecipe.describe_recorded)
+    return store.paths_without_features()
+
+
+def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hasher:
     """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS."""
 
     def hash_locally(
@@ -171,7 +199,8 @@ def local_hasher(jobs: int, batch_size: int) -> Hasher:
     ) -> Iterator[list[HashOutcome]]:
         group: list[HashOutcome] = []
         last = time.monotonic()
-        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels):
+        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels,
+                                  features=features):
             group.append(outcome)
             if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
                 yield group
@@ -184,29 +213,31 @@ def local_hasher(jobs: int, batch_size: int) -> Hasher:
 
 def hash_files(
     files: Sequence[FoundFile], recipe: Recipe, *, jobs: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
 ) -> Iterator[HashOutcome]:
-    """Hash files, in worker processes when jobs != 1; outcomes come in completion order."""
+    """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
+    completion order."""
     workers = jobs if jobs > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(files)))
     if workers == 1:
         for item in files:
-            yield _hash_one(item, recipe, max_pixels)
+            yield _hash_one(item, recipe, max_pixels, features)
         return
     # forkserver: workers start from a clean process, never a fork of one holding threads or a
     # database connection.
     context = multiprocessing.get_context("forkserver")
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with context.Pool(workers, initializer=_init_worker, initargs=(recipe, max_pixels)) as pool:
+    with context.Pool(workers, initializer=_init_worker,
+                      initargs=(recipe, max_pixels, features)) as pool:
         yield from pool.imap_unordered(_hash_in_worker, files, chunksize=chunk)
 
 
-_worker_settings: tuple[Recipe, int] | None = None
+_worker_settings: tuple[Recipe, int, bool] | None = None
 
 
-def _init_worker(recipe: Recipe, max_pixels: int) -> None:
+def _init_worker(recipe: Recipe, max_pixels: int, features: bool = False) -> None:
     global _worker_settings  # one per worker process, set once before any task runs
-    _worker_settings = (recipe, max_pixels)
+    _worker_settings = (recipe, max_pixels, features)
     # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
     # keeps the committed batches), so workers do not each print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -217,14 +248,21 @@ def _hash_in_worker(item: FoundFile) -> HashOutcome:
     return _hash_one(item, *_worker_settings)
 
 
-def hash_partition(files: list[FoundFile], recipe: Recipe, max_pixels: int) -> list[HashOutcome]:
+def hash_partition(
+    files: list[FoundFile], recipe: Recipe, max_pixels: int, features: bool = False
+) -> list[HashOutcome]:
     """Hash a list of files in this process (a cluster worker's task)."""
-    return [_hash_one(item, recipe, max_pixels) for item in files]
+    return [_hash_one(item, recipe, max_pixels, features) for item in files]
 
 
-def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
+def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool = False) -> HashOutcome:
+    feature_bytes = None
     try:
         hash_hex = hash_file(item.path, recipe, max_pixels).hex()
+        if features:
+            from ..features.extract import stored_features
+
+            feature_bytes = stored_features(item.path, max_pixels)
     except ImageError as error:
         return HashOutcome(item, None, error.reason)
     # A file rewritten while we read it may have given a hash of neither version: report it and
@@ -235,4 +273,4 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
         return HashOutcome(item, None, "vanished while being indexed")
     if (after.st_size, after.st_mtime_ns) != (item.size, item.mtime_ns):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")
-    return HashOutcome(item, hash_hex, None)
+    return HashOutcome(item, hash_hex, None, feature_bytes)

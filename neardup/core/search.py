@@ -26,8 +26,12 @@ class Match:
     """A stored image near the query: its path relative to the dataset root, and how near."""
 
     path: str
-    distance: int
+    distance: int | None  # None: not near by hash (found by local features only)
     hash_hex: str
+    # Stores with local features only (neardup.features): how it was found and verified.
+    found_by: str | None = None  # "hash", "features" or "hash+features"
+    inliers: int | None = None
+    verified: bool | None = None
 
 
 class HashIndex:

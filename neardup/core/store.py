@@ -128,6 +128,7 @@ class IndexedFile:
     size: int
     mtime_ns: int
     hash_hex: str
+    features: bytes | None = None  # local features (stores with features only; see below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +236,16 @@ class Store:
         row = self._db.execute("SELECT value FROM neardup_meta WHERE name = 'generation'")
         return int(row.fetchone()[0])
 
-    def cached_array(self, name: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+    def cached_array(
+        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False
+    ) -> np.ndarray:
         """An array derived from the store, kept on disk beside it until the store changes.
 
         The file name carries the store's id and generation, so a cache is never read for a
-        store that changed since it was written. Small stores, and folders we cannot write to,
-        simply build the array again.
+        store that changed since it was written. Small stores (unless `small_too`: arrays slow to
+        build whatever the size), and folders we cannot write to, simply build the array again.
         """
-        if self.hash_count() < CACHE_MIN_HASHES:
+        if self.hash_count() < CACHE_MIN_HASHES and not small_too:
             return build()
         folder = self.path + ".cache"
         stamp = f"{self.meta['store_id']}-{self.generation()}"
@@ -275,7 +278,9 @@ class Store:
         """
         additions: dict[str, set[str]] = {}
         removals: dict[str, set[str]] = {}
+        indexed, removed = list(indexed), list(removed)
         with self._transaction():
+            self._apply_features(indexed, removed)
             for item in indexed:
                 key = os.fsencode(item.relpath)
                 old = self._stored_hash(key)
@@ -357,6 +362,94 @@ class Store:
 
     def _read_meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT name, value FROM neardup_meta").fetchall())
+
+    # -- local features (neardup.features) -----------------------------------------------------
+    # One table of its own, created by enable_features and written by _apply_features inside
+    # apply()'s transaction, so a file's hash and its features are committed together or not at
+    # all. The integer id is stable while the path stays: the feature index names images by it.
+
+    def feature_recipe(self) -> dict[str, Any] | None:
+        """The recorded feature recipe, or None for a hash-only store."""
+        row = self._db.execute("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
+        found = row.fetchone()
+        return None if found is None else dict(json.loads(found[0]))
+
+    def enable_features(
+        self, recipe: dict[str, Any], describe: Callable[[dict[str, Any]], str]
+    ) -> None:
+        """Keep local features from now on; a store made with another feature recipe refuses."""
+        stored = self.feature_recipe()
+        if stored is not None:
+            if stored != recipe:
+                raise StoreError(f"{self.path}: holds features made with {describe(stored)},"
+                                 f" this run asks for {describe(recipe)}; use another --shelve")
+            return
+        with self._transaction():
+            self._db.execute(_FEATURE_TABLE)
+            self._db.execute("INSERT INTO neardup_meta (name, value) VALUES ('feature_recipe', ?)",
+                             (json.dumps(recipe, sort_keys=True),))
+
+    def paths_without_features(self) -> set[str]:
+        """Indexed files whose features are not stored (indexed before features were enabled)."""
+        rows = self._db.execute("SELECT path FROM neardup_files WHERE path NOT IN"
+                                " (SELECT path FROM neardup_features)")
+        return {os.fsdecode(bytes(path)) for (path,) in rows}
+
+    def feature_count(self) -> int:
+        if self.feature_recipe() is None:
+            return 0
+        return int(self._db.execute("SELECT COUNT(*) FROM neardup_features").fetchone()[0])
+
+    def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
+        """(id, path, features) of every stored image, by id."""
+        for image_id, path, data in self._db.execute(
+                "SELECT id, path, data FROM neardup_features ORDER BY id"):
+            yield int(image_id), os.fsdecode(bytes(path)), bytes(data)
+
+    def features_by_id(self, ids: Iterable[int]) -> dict[int, tuple[str, bytes]]:
+        wanted = sorted(set(ids))
+        found: dict[int, tuple[str, bytes]] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, path, data in self._db.execute(
+                    f"SELECT id, path, data FROM neardup_features WHERE id IN ({marks})", chunk):
+                found[int(image_id)] = (os.fsdecode(bytes(path)), bytes(data))
+        return found
+
+    def features_of_path(self, relpath: str) -> tuple[int, bytes] | None:
+        row = self._db.execute("SELECT id, data FROM neardup_features WHERE path = ?",
+                               (os.fsencode(relpath),)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def hash_of_path(self, relpath: str) -> str | None:
+        """The stored hash (hex) of one indexed file."""
+        return self._stored_hash(os.fsencode(relpath))
+
+    def _apply_features(self, indexed: list[IndexedFile], removed: list[str]) -> None:
+        """apply()'s part for features: in its transaction, before its own writes."""
+        if self.feature_recipe() is None:  # a hash-only store: one lookup per batch, nothing else
+            return
+        for item in indexed:
+            key = os.fsencode(item.relpath)
+            if item.features is None:  # features of an older version of the file are stale
+                self._db.execute("DELETE FROM neardup_features WHERE path = ?", (key,))
+            else:
+                self._db.execute(
+                    "INSERT INTO neardup_features (path, data) VALUES (?, ?)"
+                    " ON CONFLICT (path) DO UPDATE SET data = excluded.data",
+                    (key, item.features))
+        for relpath in removed:
+            self._db.execute("DELETE FROM neardup_features WHERE path = ?",
+                             (os.fsencode(relpath),))
+        # Caches and checkers reload on a new generation; features changed even if hashes did not.
+        self._db.execute("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
+                         " WHERE name = 'generation'")
+
+
+# Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.
+_FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMARY KEY,"
+                  " path BLOB UNIQUE NOT NULL, data BLOB NOT NULL)")
 
 
 def stored_recipe(path: str, text: str) -> Recipe:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
-from ..core.search import HashIndex, find_matches_many
+from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import Store
 from ..errors import DatasetError, ImageError
+from ..features.extract import read_frame
+from ..features.search import VerifiedSearch
 from ..sources.dataset import read_manifest
 
 MAX_THRESHOLD = 16
@@ -42,6 +44,9 @@ class GroupResult:
     copies: list[CopyOutcome] = field(default_factory=list)
     others: dict[str, int] = field(default_factory=dict)  # other stored image -> distance
     low_information: bool = False
+    # Stores with local features: each verified answer's path -> how it was found ("hash",
+    # "features", "hash+features"), at --max-distance.
+    verified: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -62,6 +67,7 @@ class Evaluation:
     groups: list[GroupResult]
     rows: list[ThresholdRow]
     recommended: int | None  # None: no threshold keeps precision at the target
+    verified_at: int | None = None  # the --max-distance of the verified search; None: no features
 
     @property
     def kinds(self) -> list[str]:
@@ -86,13 +92,20 @@ class Evaluation:
                 {"group": g.group, "original": g.original, "low_information": g.low_information,
                  "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance}
                             for c in g.copies],
-                 "others": g.others} for g in self.groups],
-        }
+                 "others": g.others}
+                | ({"verified": g.verified} if self.verified_at is not None else {})
+                for g in self.groups],
+        } | ({"verified": {
+            "max_distance": self.verified_at,
+            "columns": [{"name": name, "recall": recall, "other_matches": others}
+                        for name, recall, others in verified_table(self)]}}
+             if self.verified_at is not None else {})
 
 
 def evaluate_manifest(
     store: Store, manifest_path: str, *, mirror: bool = False,
-    include_low_information: bool = False,
+    include_low_information: bool = False, verified: VerifiedSearch | None = None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
 ) -> Evaluation:
     manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
     rows = read_manifest(manifest_path)
@@ -154,9 +167,70 @@ def evaluate_manifest(
         group.others = {path: distance for path, distance in found.items()
                         if path not in members}
 
+    if verified is not None:
+        # The verified search exactly as search.py runs it, each candidate labelled by its source.
+        for group in ordered:
+            try:
+                frame = read_frame(on_disk(group.original))
+            except ImageError as error:
+                raise DatasetError(f"{manifest_path}: original {error}") from error
+            for match in verified.search(queries[group.group], frame, max_distance,
+                                         include_low_information=include_low_information):
+                if match.path != group.original:
+                    group.verified[match.path] = match.found_by or ""
+
     table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
     return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
-                      table, recommend(table))
+                      table, recommend(table), max_distance if verified is not None else None)
+
+
+# Columns of the side-by-side table: what each source alone, verified, returns, and both together.
+VERIFIED_SOURCES = {"hash, verified": "hash", "features, verified": "features",
+                    "both (search.py)": ""}
+
+
+def verified_table(evaluation: Evaluation) -> list[tuple[str, dict[str, float], int]]:
+    """(column, recall per kind and "all", other matches) for the hash alone (unverified, at
+    --max-distance: a hash-only store's answer) and for each verified source."""
+    assert evaluation.verified_at is not None
+    plain = evaluation.row(evaluation.verified_at)
+    columns = [(f"hash <= {evaluation.verified_at} bits", plain.recall, plain.false_matches)]
+    for title, source in VERIFIED_SOURCES.items():
+        totals: dict[str, int] = {}
+        hits: dict[str, int] = {}
+        others = 0
+        for group in evaluation.groups:
+            chosen = {path for path, how in group.verified.items() if source in how}
+            copies = {copy.path for copy in group.copies}
+            for copy in group.copies:
+                totals[copy.kind] = totals.get(copy.kind, 0) + 1
+                hits[copy.kind] = hits.get(copy.kind, 0) + (copy.path in chosen)
+            others += len(chosen - copies)
+        recall = {kind: hits[kind] / totals[kind] for kind in sorted(totals)}
+        recall["all"] = sum(hits.values()) / sum(totals.values()) if totals else 1.0
+        columns.append((title, recall, others))
+    return columns
+
+
+def format_verified(evaluation: Evaluation) -> str:
+    columns = verified_table(evaluation)
+    kinds = [*evaluation.kinds, "all"]
+    lines = [f"{evaluation.store}: recall per edit kind, verified matches (local features),"
+             f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
+    lines.append(f"{'edit':<12}" + "".join(f"{title:>20}" for title, _, _ in columns))
+    for kind in kinds:
+        lines.append(f"{kind:<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
+                                             for _, recall, _ in columns))
+    lines.append(f"{'other':<12}" + "".join(f"{others:>20}" for _, _, others in columns))
+    for group in evaluation.groups:
+        copies = {copy.path for copy in group.copies}
+        for copy in group.copies:
+            if copy.path not in group.verified:
+                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit})")
+        for path, how in sorted(group.verified.items()):
+            if path not in copies:
+                lines.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
+    return "\n".join(lines)
 
 
 def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:

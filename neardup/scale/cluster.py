@@ -109,8 +109,11 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
                        + INSTALL_HINT.format(version=__version__))
 
 
-def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) -> Hasher:
-    """A Hasher for index_folder that hashes partitions on the cluster's workers."""
+def cluster_hasher(
+    client: Any, partition_size: int = DEFAULT_PARTITION_SIZE, *, features: bool = False
+) -> Hasher:
+    """A Hasher for index_folder that hashes partitions (and extracts features) on the cluster's
+    workers."""
     distributed = _dask()
 
     def hash_on_cluster(
@@ -121,7 +124,7 @@ def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) ->
         if not partitions:
             return
         futures = client.map(hash_partition, partitions, recipe=recipe, max_pixels=max_pixels,
-                             retries=TASK_RETRIES, pure=False)
+                             features=features, retries=TASK_RETRIES, pure=False)
         try:
             for future in distributed.as_completed(futures):
                 yield future.result()

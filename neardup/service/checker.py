@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from ..core.hashing import (
     describe_failure,
     hash_source,
     is_low_information,
+    open_regular_file,
 )
 from ..core.results import QueryResult, to_record
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
@@ -83,6 +83,15 @@ class Checker:
         self._generation = -1
         self._unavailable: str | None = None
         self._problems: list[str] = []
+        # A store with local features answers verified matches (neardup.features); the optional
+        # libraries are checked now, so a missing one is one line at start, not an error per query.
+        self._features: Any = None
+        if self._store.feature_recipe() is not None:
+            from ..features import require
+            from ..features.search import CheckerFeatures
+
+            require()
+            self._features = CheckerFeatures()
 
     def close(self) -> None:
         self._store.close()
@@ -98,8 +107,9 @@ class Checker:
     def check_file(self, path: str, max_distance: int | None = None) -> dict[str, Any]:
         """A file named by the caller (--stdin): every failure is an error record, never raised."""
         try:
-            hashes = self._hash(read_regular_file(path), path)
-            return self._answer(path, hashes, max_distance)
+            data = read_regular_file(path)
+            hashes = self._hash(data, path)
+            return self._answer(path, hashes, max_distance, self._frame(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
         except (StoreUnavailable, StoreDamaged) as error:
@@ -118,11 +128,12 @@ class Checker:
         """
         try:
             hashes = self._hash(data, name, at_most_pixels)
+            frame = self._frame(data, name)
         except (DecodeTooLarge, DecodeBusy, NotHere):
             raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
-        return self._answer(name, hashes, max_distance)
+        return self._answer(name, hashes, max_distance, frame)
 
     def _hash(
         self, data: bytes, name: str, at_most_pixels: int | None = None
@@ -141,8 +152,20 @@ class Checker:
             return hash_source(name, self._store.recipe, self.max_pixels, data=data,
                                mirror=self.mirror, on_header=on_header)
 
+    def _frame(self, data: bytes, name: str) -> Any:
+        """The picture as local features see it (stores with features only; None otherwise),
+        decoded outside the lock and within the same decode budget as the hash."""
+        if self._features is None:
+            return None
+        budget = self.decode_budget or DecodeBudget(capacity=2**62)
+        with budget.reservation() as reservation:
+            return self._features.frame_of(
+                name, self.max_pixels, data,
+                on_header=lambda image: reservation.take(name, decode_cost(image)))
+
     def _answer(
-        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None
+        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
+        frame: Any = None,
     ) -> dict[str, Any]:
         query, flipped = hashes
         radius = self.max_distance if max_distance is None else max_distance
@@ -155,9 +178,16 @@ class Checker:
                     if generation != self._generation:
                         self._index = HashIndex.from_store(store)
                         self._generation = generation
-                    matches = find_matches(store, query, radius, self._index,
-                                           include_low_information=self.include_low_information)
-                    if flipped is not None:
+                    if self._features is not None and frame is not None:
+                        looks = [query] + ([flipped] if flipped is not None else [])
+                        matches = self._features.answer(
+                            store, generation, self._index, looks, frame, radius,
+                            self.include_low_information)
+                    else:
+                        matches = find_matches(
+                            store, query, radius, self._index,
+                            include_low_information=self.include_low_information)
+                    if flipped is not None and frame is None:
                         matches = merge_matches(matches, find_matches(
                             store, flipped, radius, self._index,
                             include_low_information=self.include_low_information))
@@ -260,27 +290,13 @@ def without_path(message: str, path: str) -> str:
 
 
 def read_regular_file(path: str) -> bytes:
-    """A file's bytes; FIFOs, devices and sockets are refused without ever blocking on them.
-
-    Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
-    a check and the open cannot hang the checker either.
-    """
+    """A file's bytes, at most MAX_FILE_BYTES; FIFOs and devices refused without blocking."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise ImageError(path, describe_failure(path, error)) from error
-    try:
-        status = os.fstat(descriptor)
-        if stat.S_ISDIR(status.st_mode):
-            raise ImageError(path, "is a directory")
-        if not stat.S_ISREG(status.st_mode):
-            raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
-        if status.st_size > MAX_FILE_BYTES:
-            raise ImageError(path, f"refused: {status.st_size:,} bytes is over the limit of"
-                                   f" {MAX_FILE_BYTES:,}")
-        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+        with open_regular_file(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(path, f"refused: {size:,} bytes is over the limit of"
+                                       f" {MAX_FILE_BYTES:,}")
             return stream.read()
     except OSError as error:
         raise ImageError(path, describe_failure(path, error)) from error
-    finally:
-        os.close(descriptor)
