@@ -91,7 +91,8 @@ def wide_flips(rng: np.random.Generator, count: int, counts: np.ndarray) -> np.n
     return masks
 
 
-def measure_wide(counts: list[int], caltech: np.ndarray | None) -> None:
+def measure_wide(counts: list[int], caltech: np.ndarray | None,
+                 radii: tuple[int, ...] = WIDE_RADII, checked: int = WIDE_CHECKED) -> None:
     kinds = ["random"] + (["realistic"] if caltech is not None else [])
     print(f"{WIDE_BITS}-bit hashes (dHash-256), one core:")
     print("| hashes | set | radius | multi-index ms | numpy scan ms | scan / multi |"
@@ -110,17 +111,17 @@ def measure_wide(counts: list[int], caltech: np.ndarray | None) -> None:
                 queries = caltech[picks] ^ wide_flips(rng, QUERIES, np.full(QUERIES, 4))
                 tiled = caltech[np.arange(count) % len(caltech)]
                 values = tiled ^ wide_flips(rng, count, rng.integers(0, 25, size=count))
-            planted = [queries ^ wide_flips(rng, QUERIES, np.full(QUERIES, d)) for d in WIDE_RADII]
+            planted = [queries ^ wide_flips(rng, QUERIES, np.full(QUERIES, d)) for d in radii]
             values = np.concatenate([values] + planted)
             query_values = [int.from_bytes(row.astype(">u8").tobytes(), "big") for row in queries]
             started = time.perf_counter()
             multi = WideMultiIndex(values, WIDE_BITS)
             built = time.perf_counter() - started
             index = HashIndex(values, WIDE_BITS, multi)
-            few = query_values[: max(5, min(QUERIES, 10**8 // count))]
-            for radius in WIDE_RADII:
+            few = query_values[: max(3, min(QUERIES, 10**8 // count))]
+            for radius in radii:
                 found = 0
-                for query in query_values[:WIDE_CHECKED]:  # exactness against the scan first
+                for query in query_values[:checked]:  # exactness against the scan first
                     positions, distances = multi.within(query, radius)
                     hits, _ = index.scan(Hash(query, WIDE_BITS), radius)
                     if set(positions.tolist()) != set(hits.tolist()):
@@ -130,7 +131,7 @@ def measure_wide(counts: list[int], caltech: np.ndarray | None) -> None:
                 scan_ms = per_query_ms(
                     lambda query, r=radius, idx=index: idx.scan(Hash(query, WIDE_BITS), r), few)
                 print(f"| {count:,} | {kind} | {radius} | {multi_ms:.3f} | {scan_ms:.2f} |"
-                      f" {scan_ms / multi_ms:,.1f}x | {found / WIDE_CHECKED:.1f} |", flush=True)
+                      f" {scan_ms / multi_ms:,.1f}x | {found / checked:.1f} |", flush=True)
             memory = (values.nbytes + multi.tables.nbytes) / len(values)
             print(f"| {count:,} | {kind} | build | {built:.2f} s | | | {memory:.0f} B/hash |",
                   flush=True)
@@ -250,11 +251,16 @@ def main() -> int:
                         help="exact sizes to measure instead (e.g. 100000000), no store rows")
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--bits", type=int, choices=(64, WIDE_BITS), default=64)
+    parser.add_argument("--radii", type=int, nargs="*", help=f"with --bits {WIDE_BITS}: radii"
+                        f" to measure (default {' '.join(map(str, WIDE_RADII))})")
+    parser.add_argument("--checked", type=int, default=WIDE_CHECKED,
+                        help=f"with --bits {WIDE_BITS}: queries checked against the scan")
     args = parser.parse_args()
     counts = args.counts or [n for n in (10**4, 10**5, 10**6, 10**7) if n <= args.max_count]
     if args.bits == WIDE_BITS:
         found = os.path.isdir(args.dataset)
-        measure_wide(counts, caltech_hashes(args.dataset, Recipe("dhash", 16)) if found else None)
+        caltech = caltech_hashes(args.dataset, Recipe("dhash", 16)) if found else None
+        measure_wide(counts, caltech, tuple(args.radii or WIDE_RADII), args.checked)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\npeak memory of the whole run: {peak:,.0f} MiB")
         return 0

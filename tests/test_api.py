@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,22 @@ def test_import_is_light_and_typed() -> None:
                            capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert probe.stdout.split() == ["False", "False"]
     assert (PROJECT_ROOT / "neardup" / "py.typed").exists()
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_a_script_without_a_main_guard_indexes_with_worker_processes(in_tmp: Path,
+                                                                     how: str) -> None:
+    """multiprocessing re-runs the caller's script in each worker; ours must not need it."""
+    make_tree(str(in_tmp / "photos"), 6)
+    script = ("import neardup\n"
+              "summary = neardup.index_folder('photos', 'db.shelve', jobs=2)\n"
+              "print(summary.total)\n")
+    Path("unguarded.py").write_text(script)
+    env = {"PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "unguarded.py"] if how == "script" else [sys.executable, "-"]
+    result = subprocess.run(command, input=script if how == "stdin" else None,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "6"
+    assert "Traceback" not in result.stderr

@@ -51,10 +51,14 @@ class TestStdin:
             assert answer["query"] == "images/cat0/image_0000.jpg"
             assert [m["relpath"] for m in answer["matches"]] == ["cat0/image_0000.jpg"]
 
-            checker.stdin.write("images/missing.jpg\n\n")  # a bad path, and a blank line ignored
+            checker.stdin.write("images/missing.jpg\n")  # a bad path
             checker.stdin.flush()
             assert json.loads(read_line(checker.stdout)) == {
                 "query": "images/missing.jpg", "error": "file not found (deleted or a broken link?)"}
+            checker.stdin.write("\n")  # a blank line: answered too, so answers stay in step
+            checker.stdin.flush()
+            assert json.loads(read_line(checker.stdout)) == {
+                "query": "", "error": "empty line: no file named"}
 
             # index.py commits new images while the checker runs; no restart needed.
             save(textured(77), "images/new/arrived.jpg", quality=92)
@@ -90,6 +94,17 @@ class TestStdin:
         assert answers[1]["matches"][0]["relpath"] == "cat0/image_0000.jpg"
         assert answers[0]["query"] == "images/cat0/image_0000.jpg"
         assert result.returncode == 2 and result.stderr == b""
+
+    def test_nul_bytes_and_empty_lines_are_answered_and_the_checker_goes_on(
+        self, store: Path
+    ) -> None:
+        result = run_stdin(b"images/cat0/image_0000.jpg\nx\x00y\n\n\r\n"
+                           b"images/cat1/image_0001.jpg\n")
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a.get("error") for a in answers] == [
+            None, "a file name cannot hold a NUL byte", "empty line: no file named",
+            "empty line: no file named", None]
+        assert result.returncode == 2 and b"Traceback" not in result.stderr
 
     def test_a_damaged_bucket_is_an_error_record_and_the_rest_are_answered(
         self, store: Path
@@ -155,3 +170,16 @@ def test_the_checker_hashes_as_index_py_does_on_reduced_decodes(in_tmp: Path) ->
             assert [m["relpath"] for m in answer["matches"]] == [path.removeprefix("images/")]
         checker.stdin.close()
         assert checker.wait(timeout=30) == 0
+
+
+def test_a_fifo_query_is_refused_without_blocking(store: Path) -> None:
+    """-q and the Python API open files the way --stdin does: a FIFO is never waited on."""
+    import neardup
+
+    os.mkfifo("pipe.jpg")
+    result = subprocess.run(SEARCH + ["-q", "pipe.jpg"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "pipe.jpg: not a regular file (a FIFO, device or socket): not read" in result.stderr
+    with neardup.open_store("db.shelve") as opened, pytest.raises(neardup.ImageError):
+        opened.search("pipe.jpg")

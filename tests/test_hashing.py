@@ -314,3 +314,23 @@ class TestRefusals:
         with pytest.raises(ImageError, match="over the limit"):
             hash_file(path, Recipe(), max_pixels=100_000)
         assert hash_file(path, Recipe(), max_pixels=120_000).bits == 64
+
+
+class TestGridResampling:
+    @pytest.mark.parametrize("size", [(9, 8), (32, 32), (64, 64), (128, 128)])
+    def test_dense_and_banded_ways_give_the_same_cells(self, size: tuple[int, int]) -> None:
+        from neardup.core import sampling
+
+        for seed, shape in enumerate([(200, 300), (375, 500), (141, 97)]):
+            pixels = np.asarray(textured(seed, (shape[1], shape[0])).convert("L"))
+            extent = (shape[1] - 0.5, shape[0] - 0.25)  # a reduced decode's partial last pixel
+            dense = sampling.dense_grid(pixels, extent, size)
+            banded = sampling.banded_grid(pixels, extent, size)
+            assert np.array_equal(dense, banded), (seed, size)
+
+    def test_a_blank_picture_gives_equal_cells_both_ways(self) -> None:
+        from neardup.core import sampling
+
+        pixels = np.full((210, 333), 255, dtype=np.uint8)
+        for size in [(9, 8), (128, 128)]:
+            assert np.all(sampling.grid(pixels, (333.0, 210.0), size) == 255.0)

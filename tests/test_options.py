@@ -169,3 +169,47 @@ def test_messages_name_the_command_as_typed(tmp_path: Path) -> None:
             " index.py)\n"
         usage = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert usage.stdout.startswith(f"usage: {name} ")
+
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--evaluate", "data/manifest.csv", "--report", "a_file"],
+     "--report a_file: cannot make this folder (File exists)"),
+    (["--groups", "--html", "data"], "--html data: is a folder; give a file name"),
+    (["--groups", "--montage", "missing/x.png"], "--montage missing/x.png: no such folder"),
+])
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("not a folder\n")
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
+    assert line.startswith("search.py: error: " + message), line
+
+
+def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
+                                 "--groups", "--max-distance", "64"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.endswith("error: cannot write the results (No space left on device)\n")
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_serve_address_and_hash_size_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", "--serve", "h\u00f4st:18080"])
+    assert "expected HOST:PORT" in line
+    line = refused(capsys, index_cli.main, ["-d", "data", "-s", "big.shelve", "--hash-size", "1000"])
+    assert line == "index.py: error: hash size must be from 2 to 32 (1024 bits)"
+    assert not Path("big.shelve").exists()

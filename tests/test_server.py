@@ -192,6 +192,18 @@ class TestToken:
             assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
         assert_clean(server, most_lines=1 + 2)
 
+    def test_the_scheme_is_case_insensitive(self, store: Path) -> None:
+        Path("token").write_text("s3cret-token\n")
+        with running(*FAST, "--token-file", "token") as server:
+            for given in ("bearer s3cret-token", "BEARER  s3cret-token"):
+                status, _, _ = request(server.port, "GET", "/health",
+                                       headers={"Authorization": given})
+                assert status == 200, given
+            for given in ("Basic s3cret-token", "s3cret-token", "Bearer"):
+                status, _, _ = request(server.port, "GET", "/health",
+                                       headers={"Authorization": given})
+                assert status == 401, given
+
     def test_an_empty_token_file_is_one_line(self, store: Path) -> None:
         Path("token").write_text("\n")
         result = subprocess.run(SEARCH + ["--serve", "127.0.0.1:0", "--token-file", "token"],
@@ -201,6 +213,26 @@ class TestToken:
 
 
 class TestHostileClients:
+    def test_a_five_thousand_digit_max_distance_gets_400(self, store: Path) -> None:
+        with running(*FAST) as server:
+            status, answer, _ = request(server.port, "POST", "/search?max_distance=" + "9" * 5000,
+                                        photo())
+            assert status == 400 and "max_distance" in answer["error"]
+        assert_clean(server, most_lines=2)
+
+    def test_oversized_headers_get_431_and_a_large_body_does_not(self, store: Path) -> None:
+        with running(*FAST) as server:
+            reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                                 + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 431"), reply[:80]
+            # Headers and a large body arriving in the same reads are not mistaken for headers.
+            body = Path("images/cat1/image_0001.jpg").read_bytes() * 40
+            reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                 b"Connection: close\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert not reply.startswith(b"HTTP/1.1 431"), reply[:80]
+        assert_clean(server, most_lines=3)
+
     def test_bad_content_lengths_get_400_without_a_traceback(self, store: Path) -> None:
         with running(*FAST) as server:
             for length in (b"\xb2", b"9" * 5000, b"-5", b"12, 12"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -44,6 +45,19 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         # The reader went away (`search.py ... | head`): not an error worth a message.
         sys.stderr.close()
         return EXIT_ERROR
+    except OSError as error:
+        if error.errno not in _OUTPUT_ERRORS:
+            raise  # anything else is a bug of ours, and shows as one
+        # Standard output on a full disk or a failing device: the results are lost, say so.
+        try:
+            print(f"{prog}: error: cannot write the results ({error.strerror})", file=sys.stderr)
+        except OSError:
+            pass
+        return EXIT_ERROR
+
+
+# Write errors a full or failing output can cause (`search.py ... > /dev/full`).
+_OUTPUT_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def warn(prog: str, message: str) -> None:

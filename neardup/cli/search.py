@@ -336,10 +336,30 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
     if args.html and args.evaluate and len(args.shelve) > 1:
         raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
                            " writes a page for each")
+    check_outputs(args)
 
 
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Where --report, --montage and --html will write, checked before any work is done: a
+    mistyped path must not cost a whole evaluation and then a traceback."""
+    if args.report:
+        try:
+            os.makedirs(args.report, exist_ok=True)
+        except OSError as error:
+            raise NeardupError(f"--report {args.report}: cannot make this folder"
+                               f" ({error.strerror})") from error
+    for option, path in (("--montage", args.montage), ("--html", args.html)):
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise NeardupError(f"{option} {path}: is a folder; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise NeardupError(f"{option} {path}: no such folder {folder}")
 
 
 def check_max_distance(store_path: str, max_distance: int) -> None:
@@ -555,14 +575,20 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
     """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
 
     Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
-    record escapes what is not ASCII); a CRLF line ending is not part of the name.
+    record escapes what is not ASCII); a CRLF line ending is not part of the name. Every line
+    gets its answer, an empty one included.
     """
     failed = False
     for line in lines:
-        path = os.fsdecode(line.rstrip(b"\r\n"))
-        if not path.strip():
-            continue
-        record = checker.check_file(path)
+        # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
+        # part of a file name.
+        line = line[:-1] if line.endswith(b"\n") else line
+        line = line[:-1] if line.endswith(b"\r") else line
+        path = os.fsdecode(line)
+        if path:
+            record = checker.check_file(path)
+        else:  # still answered: a client pairs answers with its lines by their order
+            record = {"query": "", "error": "empty line: no file named"}
         failed = failed or "error" in record
         out.write(json.dumps(record) + "\n")
         out.flush()
@@ -571,7 +597,8 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
 
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not host or not port.isdigit() or int(port) > 65535 or not host.isascii() \
+            or not host.isprintable():
         raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 

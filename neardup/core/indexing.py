@@ -10,8 +10,11 @@ import multiprocessing
 import os
 import platform
 import signal
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import imagehash
@@ -227,9 +230,29 @@ def hash_files(
     # database connection.
     context = multiprocessing.get_context("forkserver")
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with context.Pool(workers, initializer=_init_worker,
-                      initargs=(recipe, max_pixels, features)) as pool:
+    with _workers_without_the_callers_script():
+        pool = context.Pool(workers, initializer=_init_worker,
+                            initargs=(recipe, max_pixels, features))
+    with pool:
         yield from pool.imap_unordered(_hash_in_worker, files, chunksize=chunk)
+
+
+@contextmanager
+def _workers_without_the_callers_script() -> Iterator[None]:
+    """Start worker processes that import neardup but not the caller's script.
+
+    multiprocessing runs the parent's __main__ again in every new worker. The workers need nothing
+    from it, and a script that calls neardup.index_folder without an `if __name__ == "__main__":`
+    guard (or one read from standard input) would then index again in each worker, fail, and be
+    restarted without end. Workers are started while __main__ is a blank module: they are all
+    started here, before the pool is used.
+    """
+    script = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = script
 
 
 _worker_settings: tuple[Recipe, int, bool] | None = None

@@ -20,14 +20,16 @@ import numpy as np
 
 # Pillow's Lanczos support: 3 lobes, widened by the reduction factor when shrinking.
 LANCZOS_LOBES = 3.0
-# Pixels converted to float at a time (16 MB of float64), so a 100-megapixel PNG never needs an
-# 800 MB float copy.
+# Pixels converted to float at a time (16 MB of float64) by dense_grid, so a 100-megapixel PNG
+# never needs an 800 MB float copy.
 PIXELS_PER_BLOCK = 1 << 21
 # OpenBLAS spreads a matrix product of more than 2^18 multiply-adds over threads that spin while
 # they wait; with one worker per core already (index.py), or on a busy machine, that made pHash's
 # 32 x 32 grid ten times slower than dHash's 9 x 8. Products are cut below it and stay on one
 # thread.
 SINGLE_THREAD_PRODUCT = 1 << 18
+# Grids up to this many cells (pHash-64's 32 x 32) use dense products; larger ones bands.
+DENSE_CELLS = 32 * 32
 # Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
 # coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
 # picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
@@ -86,8 +88,41 @@ def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int])
     """Resample 8-bit gray `pixels` (rows, columns) to `size` = (width, height), as float64
     gray levels rounded to STEP.
 
-    `extent` = (width, height) of the picture in decoded pixels (see lanczos_weights).
+    `extent` = (width, height) of the picture in decoded pixels (see lanczos_weights). Two ways
+    to the same cells (they agree after rounding to STEP; a test holds them to it): dense
+    products for small grids (dHash, aHash, pHash), per-cell bands for large ones (wHash reads
+    up to 512 x 512, where dense products would cost cells x pixels).
     """
+    width, height = size
+    if width * height <= DENSE_CELLS:
+        return dense_grid(pixels, extent, size)
+    return banded_grid(pixels, extent, size)
+
+
+def banded_grid(
+    pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """grid() cell by cell, each reading only the pixels under its filter."""
+    rows, columns = pixels.shape
+    width, height = size
+    across = lanczos_weights(columns, extent[0], width)
+    down = lanczos_weights(rows, extent[1], height)
+    # Each cell reads only the pixels under its filter (a band a few cells wide), so the work
+    # follows the filter's support, not cells x pixels. einsum keeps to one thread and converts
+    # the 8-bit pixels to float through a small buffer, never the whole picture at once.
+    partial = np.empty((height, columns), dtype=np.float64)
+    for cell, (first, last) in enumerate(_bands(down)):
+        partial[cell] = np.einsum("k,kj->j", down[cell, first:last], pixels[first:last])
+    cells = np.empty((height, width), dtype=np.float64)
+    for cell, (first, last) in enumerate(_bands(across)):
+        cells[:, cell] = np.einsum("ik,k->i", partial[:, first:last], across[cell, first:last])
+    return np.round(cells / STEP) * STEP
+
+
+def dense_grid(
+    pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """grid() as two matrix products over every pixel: fastest for small grids."""
     rows, columns = pixels.shape
     width, height = size
     across = lanczos_weights(columns, extent[0], width)
@@ -103,6 +138,15 @@ def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int])
     for start in range(0, height, step):
         cells[start : start + step] = partial[start : start + step] @ across.T
     return np.round(cells / STEP) * STEP
+
+
+def _bands(weights: np.ndarray) -> list[tuple[int, int]]:
+    """For each row of a weight matrix, the [first, last) range of its non-zero weights."""
+    bands = []
+    for row in weights:
+        nonzero = np.flatnonzero(row)
+        bands.append((int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0))
+    return bands
 
 
 def orient(cells: np.ndarray, orientation: int) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from ..core.hashing import (
     describe_failure,
     hash_source,
     is_low_information,
+    open_regular_file,
 )
 from ..core.results import QueryResult, to_record
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
@@ -290,27 +290,13 @@ def without_path(message: str, path: str) -> str:
 
 
 def read_regular_file(path: str) -> bytes:
-    """A file's bytes; FIFOs, devices and sockets are refused without ever blocking on them.
-
-    Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
-    a check and the open cannot hang the checker either.
-    """
+    """A file's bytes, at most MAX_FILE_BYTES; FIFOs and devices refused without blocking."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise ImageError(path, describe_failure(path, error)) from error
-    try:
-        status = os.fstat(descriptor)
-        if stat.S_ISDIR(status.st_mode):
-            raise ImageError(path, "is a directory")
-        if not stat.S_ISREG(status.st_mode):
-            raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
-        if status.st_size > MAX_FILE_BYTES:
-            raise ImageError(path, f"refused: {status.st_size:,} bytes is over the limit of"
-                                   f" {MAX_FILE_BYTES:,}")
-        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+        with open_regular_file(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(path, f"refused: {size:,} bytes is over the limit of"
+                                       f" {MAX_FILE_BYTES:,}")
             return stream.read()
     except OSError as error:
         raise ImageError(path, describe_failure(path, error)) from error
-    finally:
-        os.close(descriptor)

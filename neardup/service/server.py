@@ -109,7 +109,7 @@ class CheckerApp:
             limits.decode_threads, thread_name_prefix="decode")
         # /health has a thread of its own, so it never queues behind uploads being decoded.
         self.health_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="health")
-        self.expected_authorization = (b"Bearer " + limits.token) if limits.token else None
+        self.expected_token = limits.token or None
 
     def close(self) -> None:
         self.decoders.shutdown(wait=False, cancel_futures=True)
@@ -133,9 +133,15 @@ class CheckerApp:
                 await self.answer_search(scope, receive, send)
             else:
                 raise Refused(404, "not found; use POST /search or GET /health", close=True)
-        except Refused as refusal:
-            self.log.warning("%s %s %s: %d %s", client_of(scope), method, printable(path),
-                             refusal.status, refusal.reason)
+        except Exception as error:  # noqa: BLE001 - our bug must not become uvicorn's text/plain 500
+            if isinstance(error, Refused):
+                refusal = error
+                self.log.warning("%s %s %s: %d %s", client_of(scope), method, printable(path),
+                                 refusal.status, refusal.reason)
+            else:
+                refusal = Refused(500, "internal error; the server log names it", close=True)
+                self.log.error("%s %s %s: 500 internal error (%s: %s)", client_of(scope), method,
+                               printable(path), type(error).__name__, error)
             headers = list(refusal.headers)
             if refusal.retry_after:
                 headers.append((b"retry-after", b"1"))
@@ -143,14 +149,17 @@ class CheckerApp:
                         close=refusal.close)
 
     def check_token(self, scope: Scope) -> None:
-        if self.expected_authorization is None:
+        if self.expected_token is None:
             return
         given = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
-        # Constant time: how much of a guess matched must not show in how long the answer took.
-        if not hmac.compare_digest(given, self.expected_authorization):
+        scheme, _, token = given.strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time, so
+        # how much of a guess matched does not show in how long the answer took.
+        valid = hmac.compare_digest(token.strip(), self.expected_token)
+        if scheme.lower() != b"bearer" or not valid:
             raise Refused(401, "a valid bearer token is required", close=True,
                           headers=[(b"www-authenticate", b'Bearer realm="neardup"')])
 
@@ -263,7 +272,8 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
     if not values:
         return None
     text = values[-1]
-    if not (text.isascii() and text.isdigit()) or int(text) > cap:
+    # The length first: int() of a 5,000-digit string raises (Python's conversion limit).
+    if not (text.isascii() and text.isdigit()) or len(text) > 4 or int(text) > cap:
         raise Refused(400, f"max_distance must be a whole number from 0 to {cap}", close=True)
     return int(text)
 
@@ -298,6 +308,10 @@ def canned(status: str, reason: str, extra: str = "") -> bytes:
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n{body}").encode()
 
 
+# Request line and headers together; a browser sends under 8 KB, and uvicorn's h11 default is 16 KB.
+MAX_HEADER_BYTES = 64 * 1024
+
+
 def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> type:
     """uvicorn's HTTP protocol with a header deadline and a connection cap added.
 
@@ -307,6 +321,8 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
     """
     too_many = canned("503 Service Unavailable", "too many connections; try again shortly",
                       "retry-after: 1\r\n")
+    too_large = canned("431 Request Header Fields Too Large",
+                       f"request headers over {MAX_HEADER_BYTES:,} bytes")
     too_slow = canned("408 Request Timeout",
                       f"no complete request within {limits.header_timeout:g} s")
 
@@ -314,6 +330,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _deadline: asyncio.TimerHandle | None = None
         _bytes_seen = False
         _refused = False
+        _header_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
@@ -328,6 +345,16 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             if self._refused:
                 return  # answered already; what the client still sends is not read
             self._bytes_seen = True
+            if self._deadline is not None:  # still waiting for this request's headers
+                # The parser keeps every header byte until the headers end: bounded here, so a
+                # client cannot hold megabytes per connection within the header deadline.
+                end = data.find(b"\r\n\r\n")  # body bytes in the same read do not count
+                self._header_bytes += len(data) if end < 0 else end
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    log.warning("%s: 431 closed: request headers over %d bytes",
+                                address(self.client), MAX_HEADER_BYTES)
+                    self._refuse(too_large)
+                    return
             super().data_received(data)
 
         def _refuse(self, answer: bytes) -> None:
@@ -359,6 +386,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def _arm(self) -> None:
             self._disarm()
+            self._header_bytes = 0
             self._deadline = self.loop.call_later(limits.header_timeout, self._headers_too_slow)
 
         def _disarm(self) -> None:
