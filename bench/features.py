@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -37,11 +38,9 @@ from pathlib import Path
 import _setup  # noqa: F401  (puts the project on the import path)
 import numpy as np
 
-from neardup.core.hashing import Hash, hash_file
-from neardup.core.search import HashIndex
+from neardup.core.hashing import Hash
 from neardup.core.store import IndexedFile, Store
-from neardup.features.extract import FeatureSet, read_frame
-from neardup.features.search import VerifiedSearch
+from neardup.features.extract import FeatureSet
 
 PYTHON = sys.executable
 INDEX = str(_setup.ROOT / "index.py")
@@ -56,6 +55,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--baseline", help="a checkout without features (e.g. `git worktree add"
                         " ../base main`): its index.py is timed on the same files, hash only")
+    parser.add_argument("--search-baseline", help="a checkout whose verified search is timed on"
+                        " the same stores and queries, one after the other (e.g. the commit"
+                        " before a change)")
     parser.add_argument("--synthetic", choices=("mixed", "clones"), default="mixed",
                         help="how the images beyond the dataset are made (see above)")
     parser.add_argument("--store", help="the dataset already indexed with --features (else indexed"
@@ -66,7 +68,7 @@ def main() -> int:
     work.mkdir(parents=True)
     indexing(Path(args.dataset), work, args.files, args.baseline)
     searching(Path(args.dataset), work, [int(size) for size in args.sizes.split(",")],
-              args.queries, args.store, args.synthetic)
+              args.queries, args.store, args.synthetic, args.search_baseline)
     return 0
 
 
@@ -100,42 +102,43 @@ def indexing(dataset: Path, work: Path, count: int, baseline: str | None) -> Non
 
 
 def searching(dataset: Path, work: Path, sizes: list[int], query_count: int,
-              prebuilt: str | None, synthetic: str) -> None:
+              prebuilt: str | None, synthetic: str, baseline: str | None) -> None:
     base = Path(prebuilt) if prebuilt else work / "base.shelve"
     if not prebuilt:
         subprocess.run([PYTHON, INDEX, "-d", str(dataset), "-s", str(base), "-q", "--features"],
                        check=True, stdout=subprocess.DEVNULL)
     queries = pick_queries(dataset, query_count)
+    queries_file = work / "queries.json"
+    queries_file.write_text(json.dumps(queries))
     print(f"\nVerified search, {len(queries)} copies as queries (every edit kind), one thread;"
-          " stores = the dataset + synthetic images; per query after decoding it: its features"
-          " and its mirror's, candidates, verification")
-    print("| images | p50 ms | p95 ms | mean ms | originals found | index build s |"
-          " index MiB | bytes per image |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f" stores = the dataset + {synthetic} synthetic images; per query after decoding it: its"
+          " features and its mirror's, candidates, verification; load average"
+          f" {os.getloadavg()[0]:.1f} at the start")
+    print("| images | checkout | p50 ms | p95 ms | mean ms | vs baseline (p50) | originals found |"
+          " index build s | index MiB | bytes per image |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    checkouts = [("this", str(_setup.ROOT))] + ([("baseline", baseline)] if baseline else [])
     for size in sizes:
         store_path = work / f"store-{size}.shelve"
         shutil.copyfile(base, store_path)
         grow(store_path, size, synthetic)
-        with Store.open_for_reading(str(store_path)) as store, store.snapshot():
-            images = store.image_count()
-            started = time.perf_counter()
-            search = VerifiedSearch.for_store(store, HashIndex.from_store(store))
-            assert search is not None
-            build = time.perf_counter() - started
+        medians: dict[str, float] = {}
+        for label, checkout in checkouts:  # the same store, the same queries, one after the other
+            answer = subprocess.run(
+                [PYTHON, str(Path(__file__).parent / "_time_search.py"), checkout,
+                 str(store_path), str(dataset), str(queries_file)],
+                check=True, capture_output=True, text=True).stdout
+            result = json.loads(answer.strip().splitlines()[-1])
+            times = sorted(result["times"])
+            medians[label] = statistics.median(times)
+            ratio = medians["this"] / medians[label] if label != "this" else None
             index_bytes = feature_index_bytes(store_path)
-            times, found = [], 0
-            for query, original in queries:
-                query_hash = hash_file(str(dataset / query), store.recipe)
-                frame = read_frame(str(dataset / query))
-                started = time.perf_counter()
-                matches = search.search([query_hash], frame, 4)
-                times.append((time.perf_counter() - started) * 1000)
-                found += any(match.path == original for match in matches)
-        times.sort()
-        print(f"| {images:,} | {statistics.median(times):.1f} |"
-              f" {times[int(len(times) * 0.95) - 1]:.1f} | {statistics.fmean(times):.1f} |"
-              f" {found}/{len(queries)} | {build:.1f} | {index_bytes / 2**20:,.0f} |"
-              f" {index_bytes / images:,.0f} |")
+            print(f"| {result['images']:,} | {label} | {medians[label]:.1f} |"
+                  f" {times[int(len(times) * 0.95) - 1]:.1f} | {statistics.fmean(times):.1f} |"
+                  f" {'' if ratio is None else f'{1 / ratio:.2f}x slower'} |"
+                  f" {result['found']}/{len(times)} | {result['build']:.1f} |"
+                  f" {index_bytes / 2**20:,.0f} | {index_bytes / result['images']:,.0f} |",
+                  flush=True)
 
 
 def feature_index_bytes(store_path: Path) -> int:
