@@ -14,6 +14,7 @@ PROG = "index.py"
 
 EXIT_OK = 0
 EXIT_NOTHING_INDEXED = 1
+EXIT_REFUSED = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hash every image under a folder and store hash -> paths in a shelve."
         " Re-runs are incremental: unchanged files are skipped, deleted ones dropped.",
         epilog="Exit status: 0 when the store holds images afterwards, 1 when nothing could be"
-        " indexed, 2 on an error (bad options, a store that cannot be used).",
+        " indexed, 2 on an error (bad options, a store that cannot be used or is damaged, a run"
+        " refused because it would remove more than half of the store).",
     )
     parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="files per task; each finished partition is one transaction")
     cluster.add_argument("--connect-timeout", type=positive_int, default=30, metavar="SECONDS",
                          help="how long to try reaching the scheduler (default 30)")
+    parser.add_argument("--allow-mass-removal", action="store_true",
+                        help="let this run remove the entries of more than half of the store's"
+                        " images when their files are gone (refused otherwise: a folder that"
+                        " failed to mount looks the same); an empty folder never empties a store")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().error(str(error))
         options = {"jobs": args.jobs, "batch_size": args.batch_size, "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
-                   "report": lambda line: warn(PROG, line)}
+                   "report": lambda line: warn(PROG, line),
+                   "allow_mass_removal": args.allow_mass_removal}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
                 summary = index_folder(worker_paths(args.dataset), args.shelve, recipe,
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = index_folder(args.dataset, args.shelve, recipe, **options)
         print(f"{args.shelve}: {summary.line()}")
+        if summary.refusal:
+            return EXIT_REFUSED
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")
             return EXIT_NOTHING_INDEXED

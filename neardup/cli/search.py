@@ -107,6 +107,11 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
     return paths, problems
 
 
+def say(line: str) -> None:
+    """A line on stderr about the store (an entry skipped), not about a query."""
+    warn(PROG, line)
+
+
 def printable(path: str) -> str:
     """A path on one line: control characters escaped, so a name with a newline stays one match."""
     return path.translate(_CONTROL_ESCAPES)
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_checker(args)
         if args.groups:
             return run_groups(args)
-        with Store.open_for_reading(args.shelve) as store, store.snapshot():
+        with Store.open_for_reading(args.shelve, report=say) as store, store.snapshot():
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
             hashed: list[tuple[QueryResult, Hash]] = []
@@ -185,7 +190,7 @@ def draw_montage(path: str, title: str, rows: list[Row]) -> None:
 
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: every connected group of near-duplicates in the store."""
-    with Store.open_for_reading(args.shelve) as store, store.snapshot():
+    with Store.open_for_reading(args.shelve, report=say) as store, store.snapshot():
         groups = near_duplicate_groups(store, args.max_distance,
                                        include_low_information=args.include_low_information)
         root = store.dataset_root
@@ -215,7 +220,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     """--evaluate: score each store against the manifest; several stores are compared."""
     evaluations = []
     for path in args.shelve:
-        with Store.open_for_reading(path) as store, store.snapshot():
+        with Store.open_for_reading(path, report=say) as store, store.snapshot():
             evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
