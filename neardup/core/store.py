@@ -55,10 +55,14 @@ READABLE_FORMATS = ("1", "2")
 PICKLE_PROTOCOL = 2
 # How long a reader or writer waits for a lock held by another connection before saying so.
 BUSY_SECONDS = 10.0
-# Readers check a store this small (about 50,000 images) whole when they open it: PRAGMA
-# quick_check reads every page, about 4.5 ms per MB here (0.66 s at 10^6 images). Larger stores are
-# checked by index.py at every run and, by readers, in every page they read.
-QUICK_CHECK_MAX_BYTES = 8 << 20
+# How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
+# its structure: about 4.5 ms per MB here (0.66 s at 10^6 images). PRAGMA integrity_check also
+# checks that every index agrees with its table (a key changed in one and not the other): about 27
+# ms per MB (4 s at 10^6). Readers check small stores whole when they open them; larger ones are
+# checked in every page they read. index.py checks every store before it writes to it.
+READER_INTEGRITY_MAX_BYTES = 2 << 20  # about 12,000 images: at most ~55 ms
+READER_QUICK_CHECK_MAX_BYTES = 8 << 20  # about 50,000 images: at most ~36 ms
+WRITER_INTEGRITY_MAX_BYTES = 32 << 20  # about 200,000 images: at most ~0.9 s, else quick_check
 # neardup_files.ctime_ns of a file recorded within RACY_NS of the moment it was looked at ("racily
 # clean", as git says): a later rewrite inside the same timestamp tick could keep its size, mtime
 # and ctime, so the next run hashes it again instead of trusting them.
@@ -388,8 +392,12 @@ class Store:
             problem = recipe_problem(store.recipe) if for_queries else None
             if problem:
                 raise StoreError(f"{path}: {problem}")
-            if quick_check and store.file_bytes() <= QUICK_CHECK_MAX_BYTES:
-                store.quick_check()
+            if quick_check:
+                size = store.file_bytes()
+                if size <= READER_INTEGRITY_MAX_BYTES:
+                    store.check(whole=True)
+                elif size <= READER_QUICK_CHECK_MAX_BYTES:
+                    store.check(whole=False)
             return store
         except BaseException:
             db.close()
@@ -441,14 +449,13 @@ class Store:
                 pass
         return total
 
+    def check(self, *, whole: bool) -> None:
+        """Read every page and check it (whole: also every index against its table); StoreDamaged
+        if anything is wrong. See READER_INTEGRITY_MAX_BYTES for what each costs."""
+        check_pages(self._db, self.path, whole=whole)
+
     def quick_check(self) -> None:
-        """PRAGMA quick_check: every page read and its structure checked; StoreDamaged if not ok."""
-        rows = self._db.all("PRAGMA quick_check")
-        if rows != [("ok",)]:
-            first = rows[0][0] if rows else "no answer"
-            more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
-            raise StoreDamaged(f"{self.path}: the store is damaged ({first}{more}); "
-                               + DAMAGED_HINT.replace("STORE", self.path))
+        self.check(whole=False)
 
     def file_states(self) -> dict[str, FileState]:
         """Every indexed path with what stat said when it was hashed, and its hash."""
@@ -1049,12 +1056,13 @@ def _initialise_or_check(
             db.many("INSERT INTO neardup_meta (name, value) VALUES (?, ?)", meta.items())
             db.many("INSERT INTO neardup_counts (name, n) VALUES (?, 0)", [("hashes",), ("images",)])
         return True
-    # An existing store: checked whole before anything is written to it.
-    rows = db.all("PRAGMA quick_check")
-    if rows != [("ok",)]:
-        first = rows[0][0] if rows else "no answer"
-        raise StoreDamaged(f"{path}: the store is damaged ({first}); "
-                           + DAMAGED_HINT.replace("STORE", path))
+    # An existing store: checked before anything is written to it.
+    try:
+        size = os.path.getsize(path) + (os.path.getsize(path + "-wal")
+                                        if os.path.exists(path + "-wal") else 0)
+    except OSError:
+        size = 0
+    check_pages(db, path, whole=size <= WRITER_INTEGRITY_MAX_BYTES)
     _check_is_neardup_store(db, path)
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
@@ -1073,6 +1081,15 @@ def _initialise_or_check(
         )
     _upgrade(db, path, meta)
     return False
+
+
+def check_pages(db: _Db, path: str, *, whole: bool) -> None:
+    rows = db.all("PRAGMA integrity_check" if whole else "PRAGMA quick_check")
+    if rows != [("ok",)]:
+        first = rows[0][0] if rows else "no answer"
+        more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
+        raise StoreDamaged(f"{path}: the store is damaged ({first}{more}); "
+                           + DAMAGED_HINT.replace("STORE", path))
 
 
 def _create_schema(db: _Db) -> None:
