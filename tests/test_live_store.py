@@ -344,3 +344,55 @@ def test_a_running_checker_follows_many_commits_and_rebuilds_beside_them(
         assert [m["relpath"] for m in checker.check_file(path)["matches"]] == ["extra/foreign.jpg"]
         health = checker.health()
         assert health["hashes"] == 21_000 + 240 + 1 and health["images"] == 21_240
+
+
+def format_1_store(path: str, dataset: str, files: dict[str, str]) -> None:
+    """A store as neardup wrote it before change tracking (format 1): relpath -> hash hex."""
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+        connection.execute("CREATE TABLE neardup_meta (name TEXT PRIMARY KEY,"
+                           " value TEXT NOT NULL) WITHOUT ROWID")
+        connection.execute("CREATE TABLE neardup_files (path BLOB PRIMARY KEY, size INTEGER NOT"
+                           " NULL, mtime_ns INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID")
+        meta = {"format_version": "1", "store_id": "0" * 32, "generation": "1",
+                "recipe": json.dumps(Recipe().to_dict(), sort_keys=True),
+                "dataset_root": dataset, "versions": "{}"}
+        connection.executemany("INSERT INTO neardup_meta VALUES (?, ?)", meta.items())
+        buckets: dict[str, list[str]] = {}
+        for relpath, key in files.items():
+            info = os.stat(os.path.join(dataset, relpath))
+            connection.execute("INSERT INTO neardup_files VALUES (?, ?, ?, ?)",
+                               (relpath.encode(), info.st_size, info.st_mtime_ns,
+                                bytes.fromhex(key)))
+            buckets.setdefault(key, []).append(relpath)
+        connection.executemany("INSERT INTO Dict VALUES (?, ?)",
+                               [(key.encode(), pickle.dumps(sorted(paths), protocol=2))
+                                for key, paths in buckets.items()])
+
+
+def test_a_format_1_store_is_read_as_it_is_then_upgraded_by_index(
+    in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    made = make_tree("images", 4)
+    files = {relpath: hash_file(f"images/{relpath}", Recipe()).hex() for relpath in made}
+    format_1_store("db.shelve", str(in_tmp / "images"), files)
+    code, out, err = search("-q", f"images/{made[0]}", "-m", "4")
+    assert code == 0 and f"images/{made[0]}" in out and err == ""
+    with Checker("db.shelve") as checker:
+        extra = foreign_picture()
+        sqlite_write("db.shelve", "INSERT INTO Dict VALUES (?, ?)", extra[1].encode(),
+                     pickle.dumps(["extra/foreign.jpg"]))
+        assert [m["relpath"] for m in checker.check_file(extra[0])["matches"]] == [
+            "extra/foreign.jpg"]  # no change log yet: any commit means a rebuild
+        assert checker.health()["images"] == 4
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    # Size and mtime were all format 1 had: unchanged files are trusted once and their inode and
+    # ctime recorded; the file the foreign entry names is indexed (its bucket already lists it).
+    assert "indexed 1, unchanged 4, removed 0" in out
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.format == "2" and store.tracking
+        assert store.counts() == (5, 5)
+        assert all(state.inode for state in store.file_states().values())

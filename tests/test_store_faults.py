@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import neardup.core.discovery as discovery_module
-import neardup.core.store as store_module
+import neardup.core.storefile as storefile_module
 from neardup.cli import index as index_cli
 from neardup.core import indexing
 from neardup.core.hashing import Recipe, hash_file
@@ -172,7 +172,7 @@ def test_a_locked_store_is_waited_for_then_refused_never_read_stale(
     indexed: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An exclusive lock held past the busy timeout is an error, never an immutable open."""
-    monkeypatch.setattr(store_module, "BUSY_SECONDS", 0.5)
+    monkeypatch.setattr(storefile_module, "BUSY_SECONDS", 0.5)
     holder = sqlite3.connect("db.shelve", isolation_level=None)
     holder.execute("PRAGMA locking_mode = EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")

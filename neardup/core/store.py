@@ -27,25 +27,37 @@ store without its committed WAL.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
 import pickle
 import shelve
 import sqlite3
-import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from .hashing import PREPROCESS_VERSION, Hash, Recipe
+from .storefile import (
+    SQLITE_MAGIC,
+    Db,
+    SqliteFailure,
+    StoreDamaged,
+    WriterLock,
+    check_pages,
+    check_store_path,
+    connect_reader,
+    connect_writer,
+    probe_for_writing,
+    read_header,
+    sqlite_failure,
+    write_transaction,
+)
 
 # 2: change tracking (neardup_changes, neardup_counts and the triggers) and each file's inode and
 # ctime. Version 1 stores are read as they are and upgraded by the next index.py run.
@@ -53,8 +65,6 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = ("1", "2")
 # Protocol 2 has no frame header: 4 bytes less per bucket than 4, and every Python 3 reads it.
 PICKLE_PROTOCOL = 2
-# How long a reader or writer waits for a lock held by another connection before saying so.
-BUSY_SECONDS = 10.0
 # How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
 # its structure: about 4.5 ms per MB here (0.66 s at 10^6 images). PRAGMA integrity_check also
 # checks that every index agrees with its table (a key changed in one and not the other): about 27
@@ -69,9 +79,6 @@ WRITER_INTEGRITY_MAX_BYTES = 32 << 20  # about 200,000 images: at most ~0.9 s, e
 RACY = -1
 RACY_NS = 2_000_000_000
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-DAMAGED_HINT = ("check it with `sqlite3 STORE 'PRAGMA integrity_check'` and rebuild it with index.py"
-                " (README: Checking and repairing a store)")
 
 # -- the schema: every table and trigger of the current format, in one place ----------------------
 # Issue 11's local features: add their tables here (and a step in _upgrade for older stores).
@@ -172,72 +179,13 @@ def describe_key(key: object) -> str:
     return repr(key)
 
 
-class SqliteFailure(StoreError):
-    """An SQLite error, said in one line with the store's path."""
-
-
-class StoreDamaged(SqliteFailure):
-    """The file is not what SQLite wrote: `PRAGMA integrity_check`, then rebuild."""
-
-
-def sqlite_failure(path: str, error: sqlite3.Error, doing: str = "read") -> SqliteFailure:
-    name = getattr(error, "sqlite_errorname", "") or ""
-    text = str(error)
-    if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or "malformed" in text:
-        return StoreDamaged(f"{path}: the store is damaged ({text}); "
-                            + DAMAGED_HINT.replace("STORE", path))
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-        return SqliteFailure(f"{path}: the store stayed locked by another program for"
-                             f" {BUSY_SECONDS:.0f} s ({text}); try again")
-    return SqliteFailure(f"{path}: cannot {doing} the store ({text})")
-
-
-class _Db:
-    """A store's connection: every statement goes through here, so every SQLite error becomes one
-    line (StoreError) and a damaged file is named as such wherever it is first noticed."""
-
-    def __init__(self, path: str, connection: sqlite3.Connection) -> None:
-        self.path = path
-        self.raw = connection
-
-    def run(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        try:
-            return self.raw.execute(sql, tuple(params))
-        except sqlite3.Error as error:
-            raise sqlite_failure(self.path, error) from error
-
-    def all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        try:
-            return self.raw.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as error:
-            raise sqlite_failure(self.path, error) from error
-
-    def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        try:
-            return self.raw.execute(sql, tuple(params)).fetchone()
-        except sqlite3.Error as error:
-            raise sqlite_failure(self.path, error) from error
-
-    def many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        try:
-            self.raw.executemany(sql, rows)
-        except sqlite3.Error as error:
-            raise sqlite_failure(self.path, error) from error
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except sqlite3.Error:
-            pass
-
-
 class SqliteDict(MutableMapping[bytes, bytes]):
     """A dbm-style bytes -> bytes mapping over the `Dict` table of an open store.
 
     It does not commit: the Store wraps each batch of writes in one transaction.
     """
 
-    def __init__(self, db: _Db) -> None:
+    def __init__(self, db: Db) -> None:
         self._db = db
 
     def __getitem__(self, key: bytes) -> bytes:
@@ -309,7 +257,7 @@ Report = Callable[[str], None]
 class Store:
     """An open index. Use `Store.open_for_writing` or `Store.open_for_reading`, then close it."""
 
-    def __init__(self, path: str, db: _Db, lock: _WriterLock | None, *,
+    def __init__(self, path: str, db: Db, lock: WriterLock | None, *,
                  report: Report | None = None, immutable: bool = False) -> None:
         self.path = path
         self._db = db
@@ -344,10 +292,10 @@ class Store:
         exists), an SQLite file holding a neardup store (or nothing at all), and undamaged.
         """
         exists = check_store_path(path, writing=True)
-        new = not exists or _probe_for_writing(path)  # never writes; refuses foreign files
-        lock = _WriterLock.take(path)
+        new = not exists or probe_for_writing(path)  # never writes; refuses foreign files
+        lock = WriterLock.take(path)
         try:
-            db = _Db(path, _connect(path, readonly=False))
+            db = Db(path, connect_writer(path))
             try:
                 created = _initialise_or_check(db, path, recipe, dataset_root, versions,
                                                expect_new=new)
@@ -379,13 +327,13 @@ class Store:
         a store whose recipe this neardup would not reproduce (recipe_problem).
         """
         check_store_path(path, writing=False)
-        header = _read_header(path)
+        header = read_header(path)
         if not header:
             raise StoreError(f"{path}: not a neardup store (an empty file)")
         if not header.startswith(SQLITE_MAGIC):
             raise StoreError(f"{path}: not a neardup store (not an SQLite database)")
-        connection, immutable = _connect_reader(path, same_thread=not shared_between_threads)
-        db = _Db(path, connection)
+        connection, immutable = connect_reader(path, same_thread=not shared_between_threads)
+        db = Db(path, connection)
         try:
             _check_is_neardup_store(db, path)
             store = cls(path, db, None, report=report, immutable=immutable)
@@ -872,149 +820,7 @@ _HEX_VALUES[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16)
 # -- helpers for opening -----------------------------------------------------------------------
 
 
-def check_store_path(path: str, *, writing: bool) -> bool:
-    """True if something is at `path`. Refuses, before anything opens it, what can never be a store:
-    a folder, a device or FIFO (opening /dev/null would leave /dev/null-journal; a FIFO would
-    block), a path in a folder that does not exist."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if not writing:
-            raise StoreError(f"{path}: no such store (build one with index.py)") from None
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise StoreError(f"{path}: the folder {folder} does not exist") from None
-        return False
-    except NotADirectoryError:
-        raise StoreError(f"{path}: a part of this path is a file, not a folder") from None
-    except OSError as error:
-        raise StoreError(f"{path}: cannot use it as a store ({error.strerror})") from error
-    if stat.S_ISDIR(info.st_mode):
-        raise StoreError(f"{path}: is a folder, not a store")
-    if not stat.S_ISREG(info.st_mode):
-        raise StoreError(f"{path}: is not a regular file (a device, FIFO or socket), so it cannot"
-                         " be a store; choose another --shelve")
-    return True
-
-
-def _read_header(path: str) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(100)
-    except OSError as error:
-        raise StoreError(f"{path}: cannot read ({error.strerror})") from error
-
-
-def _wal_has_data(path: str) -> bool:
-    try:
-        return os.path.getsize(path + "-wal") > 0
-    except OSError:
-        return False
-
-
-def _probe_for_writing(path: str) -> bool:
-    """Whether an existing file is a new store to fill (empty) rather than a neardup store;
-    StoreError if it is anything else. Reads only: a WAL is read through SQLite's read-only mode,
-    and without one the main file is opened immutable, which creates not even a -shm file."""
-    header = _read_header(path)
-    if not header and not _wal_has_data(path):
-        return True  # a 0-byte file holds nothing to lose
-    if header and not header.startswith(SQLITE_MAGIC):
-        raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite database);"
-                         " choose another --shelve")
-    query = "?mode=ro" if _wal_has_data(path) else "?immutable=1"
-    try:
-        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + query, uri=True,
-                                     timeout=BUSY_SECONDS, isolation_level=None)
-    except sqlite3.Error as error:
-        raise sqlite_failure(path, error, "open") from error
-    try:
-        tables = {row[0] for row in connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as error:
-        failure = sqlite_failure(path, error, "open")
-        if error.__class__ is sqlite3.DatabaseError and not isinstance(failure, StoreDamaged):
-            failure = StoreError(f"{path}: exists and is not a neardup store ({error})")
-        raise failure from error
-    finally:
-        connection.close()
-    if not tables:
-        return True
-    if "neardup_meta" not in tables:
-        raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
-    return False
-
-
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
-    """The writer's connection (reading goes through _connect_reader)."""
-    assert not readonly
-    try:
-        connection = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
-    except sqlite3.Error as error:
-        raise sqlite_failure(path, error, "open") from error
-    try:
-        connection.execute("PRAGMA journal_mode = WAL")
-        # FULL: a committed batch survives a power cut too, at one fsync per batch.
-        connection.execute("PRAGMA synchronous = FULL")
-    except sqlite3.Error as error:
-        connection.close()
-        raise sqlite_failure(path, error, "open") from error
-    return connection
-
-
-def _connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bool]:
-    """A read-only connection that sees every committed transaction, WAL included.
-
-    SQLite's read-only mode writes nothing to the store (a read-write connection would checkpoint
-    the WAL into it on close). It needs the -shm file beside the store, and creates it when the
-    folder allows. Where it cannot: on read-only media without a WAL, the main file holds every
-    commit and nothing can change it, so it is opened immutable; with a WAL there, the store is
-    refused rather than answered from the main file alone. A lock is never a reason to fall back:
-    the busy timeout is set before the first read, and a lock held longer is an error.
-    """
-    uri = Path(os.path.abspath(path)).as_uri()
-    connection = None
-    try:
-        connection = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_SECONDS,
-                                     isolation_level=None, check_same_thread=same_thread)
-        connection.execute("SELECT name FROM sqlite_master").fetchall()
-        return connection, False
-    except sqlite3.Error as error:
-        if connection is not None:
-            connection.close()
-        name = getattr(error, "sqlite_errorname", "") or ""
-        if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
-            # A lock (after the busy timeout), damage, an I/O error: said as it is.
-            raise sqlite_failure(path, error, "open") from error
-        opening_error = error
-    folder = os.path.dirname(os.path.abspath(path))
-    wal = path + "-wal"
-    if _wal_has_data(path):
-        raise StoreError(
-            f"{path}: cannot be read here: its latest commits are in {wal}, and SQLite cannot"
-            f" create {path}-shm beside it ({opening_error}); copy the store with its -wal file"
-            " to a writable folder, or open it once where it can be written") from opening_error
-    if not _read_only_file_system(folder):
-        raise StoreError(
-            f"{path}: cannot open it ({opening_error}); SQLite needs to create {path}-shm in"
-            f" {folder}: make that folder writable for this user") from opening_error
-    try:
-        connection = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
-                                     check_same_thread=same_thread)
-        connection.execute("SELECT name FROM sqlite_master").fetchall()
-        return connection, True
-    except sqlite3.Error as error:
-        raise sqlite_failure(path, error, "open") from error
-
-
-def _read_only_file_system(folder: str) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def _check_is_neardup_store(db: _Db, path: str) -> None:
+def _check_is_neardup_store(db: Db, path: str) -> None:
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "neardup_meta" not in tables or "Dict" not in tables:
         missing = "neardup_meta" if "neardup_meta" not in tables else "Dict"
@@ -1029,7 +835,7 @@ def _check_is_neardup_store(db: _Db, path: str) -> None:
 
 
 def _initialise_or_check(
-    db: _Db,
+    db: Db,
     path: str,
     recipe: Recipe,
     dataset_root: str,
@@ -1042,7 +848,7 @@ def _initialise_or_check(
     if tables and "neardup_meta" not in tables:
         raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
     if not tables:
-        with _write(db, path):
+        with write_transaction(db, path):
             _create_schema(db)
             meta = {
                 "format_version": str(FORMAT_VERSION),
@@ -1083,23 +889,14 @@ def _initialise_or_check(
     return False
 
 
-def check_pages(db: _Db, path: str, *, whole: bool) -> None:
-    rows = db.all("PRAGMA integrity_check" if whole else "PRAGMA quick_check")
-    if rows != [("ok",)]:
-        first = rows[0][0] if rows else "no answer"
-        more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
-        raise StoreDamaged(f"{path}: the store is damaged ({first}{more}); "
-                           + DAMAGED_HINT.replace("STORE", path))
-
-
-def _create_schema(db: _Db) -> None:
+def _create_schema(db: Db) -> None:
     for statement in _TABLES:
         db.run(statement)
     for statement in _TRIGGERS.values():
         db.run(statement)
 
 
-def _upgrade(db: _Db, path: str, meta: dict[str, str]) -> None:
+def _upgrade(db: Db, path: str, meta: dict[str, str]) -> None:
     """Bring an older (or tampered) store to the current schema, in one transaction."""
     names = {row[0] for row in db.all("SELECT name FROM sqlite_master")}
     columns = {row[1] for row in db.all("PRAGMA table_info(neardup_files)")}
@@ -1108,7 +905,7 @@ def _upgrade(db: _Db, path: str, meta: dict[str, str]) -> None:
                 and {"inode", "ctime_ns"} <= columns)
     if complete:
         return
-    with _write(db, path):
+    with write_transaction(db, path):
         for column in ("inode", "ctime_ns"):
             if column not in columns:
                 db.run(f"ALTER TABLE neardup_files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
@@ -1131,68 +928,3 @@ def _upgrade(db: _Db, path: str, meta: dict[str, str]) -> None:
             db.run("DELETE FROM neardup_meta WHERE name IN ('generation', 'entries_checked')")
 
 
-@contextmanager
-def _write(db: _Db, path: str) -> Iterator[None]:
-    try:
-        db.raw.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as error:
-        raise sqlite_failure(path, error, "start a write to") from error
-    try:
-        yield
-        db.raw.execute("COMMIT")
-    except sqlite3.Error as error:
-        try:
-            db.raw.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise sqlite_failure(path, error, "write") from error
-    except BaseException:
-        try:
-            db.raw.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise
-
-
-class _WriterLock:
-    """One writer at a time, decided by an advisory lock beside the store, with a clear message."""
-
-    def __init__(self, path: str, stream: io.BufferedWriter) -> None:
-        self.path = path
-        self._stream = stream
-
-    @classmethod
-    def take(cls, store_path: str) -> _WriterLock:
-        lock_path = store_path + ".lock"
-        for _attempt in range(5):
-            try:
-                stream = open(lock_path, "ab")
-            except OSError as error:
-                raise StoreError(f"{store_path}: cannot create lock file {lock_path}"
-                                 f" ({error.strerror})") from error
-            try:
-                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                stream.close()
-                raise StoreError(f"{store_path}: another index.py is writing to this store; try"
-                                 " again when it has finished") from None
-            # The file may have been removed (a writer discarding the store it created) between
-            # our open and our lock: then the lock is on a file nobody else will open.
-            try:
-                same = os.stat(lock_path).st_ino == os.fstat(stream.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return cls(lock_path, stream)
-            stream.close()
-        raise StoreError(f"{store_path}: its lock file keeps being replaced; try again")
-
-    def release(self, remove: bool = False) -> None:
-        if self._stream.closed:
-            return
-        if remove:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
-        self._stream.close()
