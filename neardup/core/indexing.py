@@ -163,7 +163,7 @@ def index_folder(
             return summary
 
         start_generation = store.generation()
-        bad = _check_foreign_entries(store, report)
+        bad = _check_foreign_entries(store)
 
         todo: list[FoundFile] = []
         rechecks: dict[str, str] = {}  # relpath -> stored hash, hashed again to be sure
@@ -228,7 +228,7 @@ def index_folder(
         end_generation = store.generation()
         late = [key for key in store.changed_raw_keys(start_generation, end_generation)
                 if _hash_text(key) not in written]
-        bad.update(store.check_entries(late))
+        bad = store.check_entries(list(dict.fromkeys([*bad, *late])))  # as they are now
         for key, problem in bad.items():
             report(f"{store.path}: store entry {describe_key(key)}: {problem}; search skips it"
                    " (fix it, or delete it)")
@@ -253,7 +253,7 @@ def settle_caches(store: Store, generation: int) -> None:
         store.prune_changes(generation)
 
 
-def _check_foreign_entries(store: Store, report: Reporter) -> dict[object, str]:
+def _check_foreign_entries(store: Store) -> dict[object, str]:
     """Entries other programs wrote since this store was last indexed, and those found bad before,
     looked at again: raw key -> what is wrong (reported at the end of the run)."""
     if not store.tracking:

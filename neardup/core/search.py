@@ -111,12 +111,12 @@ class HashIndex:
         generation = store.generation()
         if generation == self.generation:
             return self
-        added = set(self.extra_hex())
-        for hash_hex, exists in store.changed_keys(self.generation).items():
-            if exists and not self.base_contains(hash_hex):
-                added.add(hash_hex)
-            elif not exists:
-                added.discard(hash_hex)
+        changes = store.changed_keys(self.generation)
+        present = [hash_hex for hash_hex, exists in changes.items() if exists]
+        added = set(self.extra_hex()) - {hash_hex for hash_hex, exists in changes.items()
+                                         if not exists}
+        added.update(hash_hex for hash_hex, known in zip(
+            present, self.base_contains(present), strict=True) if not known)
         extra = sort_distinct(hex_keys_to_words(sorted(k.encode("ascii") for k in added),
                                                 self.bits))
         followed = HashIndex(self.matrix, self.bits, self.multi, extra=extra,
@@ -130,21 +130,23 @@ class HashIndex:
             self._extra_hex = frozenset(words_to_hex(row, self.bits) for row in self.extra)
         return self._extra_hex
 
-    def base_contains(self, hash_hex: str) -> bool:
-        """Whether the base array holds this hash: a binary search."""
-        if self.matrix.shape[0] == 0:
-            return False
-        target = hex_keys_to_words([hash_hex.encode("ascii")], self.bits)
+    def base_contains(self, hashes: list[str]) -> np.ndarray:
+        """For each hash (hex), whether the base array holds it: binary searches, vectorised."""
+        if not hashes or self.matrix.shape[0] == 0:
+            return np.zeros(len(hashes), dtype=bool)
+        targets = hex_keys_to_words([hash_hex.encode("ascii") for hash_hex in hashes], self.bits)
         if self.matrix.shape[1] == 1:
-            values = self.matrix[:, 0]
-            position = int(np.searchsorted(values, target[0, 0]))
-            return position < values.size and values[position] == target[0, 0]
-        if self._row_keys is None:  # big-endian bytes sort as the numbers do
-            width = 8 * self.matrix.shape[1]
-            self._row_keys = np.ascontiguousarray(self.matrix.astype(">u8")).view(f"S{width}")[:, 0]
-        probe = target.astype(">u8").view(f"S{8 * self.matrix.shape[1]}")[0, 0]
-        position = int(np.searchsorted(self._row_keys, probe))
-        return position < self._row_keys.size and self._row_keys[position] == probe
+            values = np.asarray(self.matrix[:, 0])
+            probes = targets[:, 0]
+        else:
+            if self._row_keys is None:  # big-endian bytes sort as the numbers do
+                width = 8 * self.matrix.shape[1]
+                self._row_keys = np.ascontiguousarray(
+                    np.asarray(self.matrix).astype(">u8")).view(f"S{width}")[:, 0]
+            values = self._row_keys
+            probes = np.ascontiguousarray(targets.astype(">u8")).view(values.dtype)[:, 0]
+        positions = np.minimum(np.searchsorted(values, probes), values.size - 1)
+        return values[positions] == probes
 
     @classmethod
     def from_hashes(cls, hashes: list[Hash], *, multi_index: bool | None = None) -> HashIndex:

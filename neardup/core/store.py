@@ -81,7 +81,8 @@ RACY_NS = 2_000_000_000
 
 
 # -- the schema: every table and trigger of the current format, in one place ----------------------
-# Issue 11's local features: add their tables here (and a step in _upgrade for older stores).
+# A new table (local features, say) goes here, with a step in _upgrade for stores made before it;
+# everything written goes through Store.transaction.
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)",
@@ -292,13 +293,13 @@ class Store:
         exists), an SQLite file holding a neardup store (or nothing at all), and undamaged.
         """
         exists = check_store_path(path, writing=True)
-        new = not exists or probe_for_writing(path)  # never writes; refuses foreign files
+        if exists:
+            probe_for_writing(path)  # reads only: refuses a foreign or damaged file untouched
         lock = WriterLock.take(path)
         try:
             db = Db(path, connect_writer(path))
             try:
-                created = _initialise_or_check(db, path, recipe, dataset_root, versions,
-                                               expect_new=new)
+                created = _initialise_or_check(db, path, recipe, dataset_root, versions)
                 store = cls(path, db, lock, report=report)
                 store.created = created
                 return store
@@ -407,7 +408,8 @@ class Store:
 
     def file_states(self) -> dict[str, FileState]:
         """Every indexed path with what stat said when it was hashed, and its hash."""
-        rows = self._db.all("SELECT path, size, mtime_ns, inode, ctime_ns, hash FROM neardup_files")
+        stat_columns = "inode, ctime_ns" if self.format != "1" else "0, 0"  # format 1: not kept
+        rows = self._db.all(f"SELECT path, size, mtime_ns, {stat_columns}, hash FROM neardup_files")
         return {os.fsdecode(bytes(path)): FileState(size, mtime, inode, ctime, bytes(hash_).hex())
                 for path, size, mtime, inode, ctime, hash_ in rows}
 
@@ -840,8 +842,6 @@ def _initialise_or_check(
     recipe: Recipe,
     dataset_root: str,
     versions: dict[str, str],
-    *,
-    expect_new: bool,
 ) -> bool:
     """Create a new store, or check and upgrade an existing one. True if it was created."""
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}

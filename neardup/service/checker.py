@@ -131,7 +131,7 @@ class Checker:
             return index
         if store.generation() == index.generation and index.schema == store.schema_version():
             return index
-        if index.can_follow(store):
+        if index.can_follow(store) and store.generation() - index.generation <= DELTA_MAX:
             index = index.follow(store)
             if index.extra.shape[0] > DELTA_MAX:
                 self._rebuild_in_background()
