@@ -301,7 +301,7 @@ class Store:
             try:
                 created = _initialise_or_check(db, path, recipe, dataset_root, versions)
                 store = cls(path, db, lock, report=report)
-                store.created = created
+                store.created = created and not exists  # never delete a file found there
                 return store
             except BaseException:
                 db.close()
