@@ -309,6 +309,12 @@ def test_a_running_stdin_checker_sees_a_313_shelve_write_in_its_next_answer(
     assert os.listdir("db.shelve.cache"), "25,000 hashes are cached"
     shelve_313("db.shelve", f"db[{key!r}] = ['extra/foreign.jpg']")
     assert ask(running_checker, path) == {"extra/foreign.jpg"}
+    for distance in ("0", "4", "8"):  # and a search.py of its own, with the real thresholds
+        done = subprocess.run(SEARCH + ["-s", "db.shelve", "-q", path, "-m", distance, "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert [m["relpath"] for m in json.loads(done.stdout)[0]["matches"]] == [
+            "extra/foreign.jpg"]
     near = save(textured(500).resize((101, 67)), "near.jpg", quality=90)
     assert ask(running_checker, near) == {"extra/foreign.jpg"}
     shelve_313("db.shelve", f"del db[{key!r}]")
@@ -396,3 +402,24 @@ def test_a_format_1_store_is_read_as_it_is_then_upgraded_by_index(
         assert store.format == "2" and store.tracking
         assert store.counts() == (5, 5)
         assert all(state.inode for state in store.file_states().values())
+
+
+def test_opening_and_closing_another_store_keeps_this_one_locked(indexed: Path) -> None:
+    """POSIX locks are per process: a plain open() and close() of the file by a second reader
+    would drop the first reader's SQLite locks, and a writer closing in another process would then
+    delete the WAL under it (a stale or torn view from then on)."""
+    first = Store.open_for_reading("db.shelve")
+    with first.snapshot():
+        before = first.generation()
+    Store.open_for_reading("db.shelve").close()
+    with Checker("db.shelve") as checker:  # opens (and keeps) two connections of its own
+        checker.health()
+    key = hash_file("images/copy.jpg", Recipe()).hex()
+    code = (f"import sqlite3, pickle; c = sqlite3.connect('db.shelve'); c.execute('DELETE FROM"
+            f" Dict WHERE key = ?', ({key!r}.encode(),)); c.commit(); c.close()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert os.path.exists("db.shelve-wal"), "the writer believed it was the last connection"
+    with first.snapshot():
+        assert first.generation() == before + 1
+        assert first.bucket(key) == []
+    first.close()

@@ -44,7 +44,6 @@ import numpy as np
 from ..errors import StoreError
 from .hashing import PREPROCESS_VERSION, Hash, Recipe
 from .storefile import (
-    SQLITE_MAGIC,
     Db,
     SqliteFailure,
     StoreDamaged,
@@ -53,8 +52,8 @@ from .storefile import (
     check_store_path,
     connect_reader,
     connect_writer,
+    file_size,
     probe_for_writing,
-    read_header,
     sqlite_failure,
     write_transaction,
 )
@@ -328,11 +327,8 @@ class Store:
         a store whose recipe this neardup would not reproduce (recipe_problem).
         """
         check_store_path(path, writing=False)
-        header = read_header(path)
-        if not header:
+        if file_size(path) == 0:
             raise StoreError(f"{path}: not a neardup store (an empty file)")
-        if not header.startswith(SQLITE_MAGIC):
-            raise StoreError(f"{path}: not a neardup store (not an SQLite database)")
         connection, immutable = connect_reader(path, same_thread=not shared_between_threads)
         db = Db(path, connection)
         try:

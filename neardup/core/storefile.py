@@ -3,7 +3,8 @@ error said in one line, one writer at a time.
 
 Opening for writing reads before it writes: the path must be a regular file (or nothing, in a folder
 that exists), hold an SQLite database with a neardup store in it (or nothing at all), and be
-undamaged; only then is the journal mode set. Opening for reading uses SQLite's read-only mode,
+undamaged; only then is the journal mode set. The file itself is only ever opened by SQLite (see
+file_size for why). Opening for reading uses SQLite's read-only mode,
 which writes nothing to the file and still reads the commits in its WAL; where that is impossible
 (read-only media without the -shm file) the store is opened immutable only if it has no WAL to
 lose, and refused otherwise. A lock is never a reason to read differently: the busy timeout is set
@@ -26,7 +27,6 @@ from ..errors import StoreError
 
 # How long a reader or writer waits for a lock held by another connection before saying so.
 BUSY_SECONDS = 10.0
-SQLITE_MAGIC = b"SQLite format 3\x00"
 DAMAGED_HINT = ("check it with `sqlite3 STORE 'PRAGMA integrity_check'` and rebuild it with index.py"
                 " (README: Checking and repairing a store)")
 
@@ -115,10 +115,18 @@ def check_store_path(path: str, *, writing: bool) -> bool:
     return True
 
 
-def read_header(path: str) -> bytes:
+def file_size(path: str) -> int:
+    """The store file's size, from stat.
+
+    Never read a store file with Python's own open(): POSIX advisory locks belong to the process,
+    and closing any descriptor of a file drops every lock the process holds on it, SQLite's
+    included. A checker opening a second connection that way (its /health, a rebuild) would let
+    a writer closing elsewhere believe it was the last connection and delete the WAL under it.
+    SQLite shares one lock state between its own connections in a process, so every look at the
+    file goes through SQLite.
+    """
     try:
-        with open(path, "rb") as stream:
-            return stream.read(100)
+        return os.stat(path).st_size
     except OSError as error:
         raise StoreError(f"{path}: cannot read ({error.strerror})") from error
 
@@ -134,12 +142,8 @@ def probe_for_writing(path: str) -> bool:
     """Whether an existing file is a new store to fill (empty) rather than a neardup store;
     StoreError if it is anything else. Reads only: a WAL is read through SQLite's read-only mode,
     and without one the main file is opened immutable, which creates not even a -shm file."""
-    header = read_header(path)
-    if not header and not wal_has_data(path):
+    if file_size(path) == 0 and not wal_has_data(path):
         return True  # a 0-byte file holds nothing to lose
-    if header and not header.startswith(SQLITE_MAGIC):
-        raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite database);"
-                         " choose another --shelve")
     query = "?mode=ro" if wal_has_data(path) else "?immutable=1"
     try:
         connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + query, uri=True,
@@ -150,10 +154,10 @@ def probe_for_writing(path: str) -> bool:
         tables = {row[0] for row in connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as error:
-        failure = sqlite_failure(path, error, "open")
-        if error.__class__ is sqlite3.DatabaseError and not isinstance(failure, StoreDamaged):
-            failure = StoreError(f"{path}: exists and is not a neardup store ({error})")
-        raise failure from error
+        if getattr(error, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite"
+                             " database); choose another --shelve") from error
+        raise sqlite_failure(path, error, "open") from error
     finally:
         connection.close()
     if not tables:
@@ -200,6 +204,8 @@ def connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bo
         if connection is not None:
             connection.close()
         name = getattr(error, "sqlite_errorname", "") or ""
+        if name == "SQLITE_NOTADB":
+            raise StoreError(f"{path}: not a neardup store (not an SQLite database)") from error
         if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
             # A lock (after the busy timeout), damage, an I/O error: said as it is.
             raise sqlite_failure(path, error, "open") from error

@@ -53,6 +53,10 @@ class Checker:
         except BaseException:
             self._store.close()
             raise
+        # /health has a connection of its own, so it never waits for an answer in progress.
+        self._health_store = Store.open_for_reading(store_path, shared_between_threads=True,
+                                                    quick_check=False, for_queries=False)
+        self._health_lock = threading.Lock()
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
         self._rebuilding: threading.Thread | None = None
         self._rebuild_error: BaseException | None = None
@@ -63,6 +67,7 @@ class Checker:
         thread = self._rebuilding
         if thread is not None:
             thread.join(timeout=60)
+        self._health_store.close()
         self._store.close()
 
     def __enter__(self) -> Checker:
@@ -93,11 +98,13 @@ class Checker:
         return self._answer(name, query, max_distance)
 
     def health(self) -> dict[str, Any]:
-        """O(1): three counters the store's triggers keep, read in one snapshot."""
-        with self._lock, self._store.snapshot():
-            hashes, images = self._store.counts()
+        """O(1): counters the store's triggers keep and its generation, read in one snapshot on a
+        connection of its own (an answer in progress does not hold it up)."""
+        store = self._health_store
+        with self._health_lock, store.snapshot():
+            hashes, images = store.counts()
             return {"status": "ok", "hashes": hashes, "images": images,
-                    "generation": self._store.generation()}
+                    "generation": store.generation()}
 
     def _answer(self, name: str, query: Hash, max_distance: int | None) -> dict[str, Any]:
         radius = self.max_distance if max_distance is None else max_distance
