@@ -221,8 +221,11 @@ def live_run(store: str, dataset: str, uploads: list[bytes], markers: list[tuple
     print(f"| commit -> first answer naming it, s | {len(seen_after)} |"
           f" {statistics.median(seen_after):.3f} | {percentile(seen_after, 0.99):.3f} |"
           f" {max(seen_after):.3f} |")
-    print(f"(cache entries beside the store afterwards: {rebuilt}; the checker rebuilds its"
-          f" index in a thread once more than {DELTA_MAX:,} keys were added since its base)")
+    slow = sum(1 for took in latencies if took > 0.020)
+    slower = sum(1 for took in latencies if took > 0.050)
+    print(f"(answers over 20 ms: {slow}, over 50 ms: {slower}; cache entries beside the store"
+          f" afterwards: {rebuilt}; the checker rebuilds its index in a thread once more than"
+          f" {DELTA_MAX:,} keys were added since its base)")
 
 
 def first_queries(store: str, photo: str, foreign: tuple[str, str]) -> None:
