@@ -418,6 +418,15 @@ def test_paths_round_trip_whatever_bytes_they_hold(in_tmp: Path) -> None:
     assert served.returncode == 0, served.stderr
     assert [json.loads(line)["matches"][0]["relpath"] for line in served.stdout.splitlines()] == [
         f"odd/{name}" for name in ODD_NAMES]
+    # The stored files themselves as queries on standard input (one per line: not the newline one).
+    plain_names = [name for name in ODD_NAMES if "\n" not in name]
+    served = run(SEARCH + ["-s", "db.shelve", "--stdin", "-m", "0"],
+                 "".join(f"images/odd/{name}\n" for name in plain_names))
+    assert served.returncode == 0, served.stderr
+    answers = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [answer["query"] for answer in answers] == [f"images/odd/{n}" for n in plain_names]
+    assert [answer["matches"][0]["relpath"] for answer in answers] == [
+        f"odd/{name}" for name in plain_names]
     for number in range(len(ODD_NAMES)):  # a second copy of each, so that --groups has groups
         save(textured(40 + number), f"images/copies/{number}.jpg", quality=92)
     assert index() == 0

@@ -274,6 +274,10 @@ def run_checker(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
             return 0
+        # File names need not be UTF-8: their bytes are kept (surrogateescape) and found as they are.
+        reconfigure = getattr(sys.stdin, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
         for line in sys.stdin:
             path = line.rstrip("\n")
             if path.strip():
