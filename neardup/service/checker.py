@@ -50,12 +50,12 @@ class Checker:
             with self._store.snapshot():
                 self._index = HashIndex.from_store(self._store)
                 self._data_version = self._store.data_version()
+            # /health has a connection of its own, so it never waits for an answer in progress.
+            self._health_store = Store.open_for_reading(store_path, shared_between_threads=True,
+                                                        quick_check=False, for_queries=False)
         except BaseException:
             self._store.close()
             raise
-        # /health has a connection of its own, so it never waits for an answer in progress.
-        self._health_store = Store.open_for_reading(store_path, shared_between_threads=True,
-                                                    quick_check=False, for_queries=False)
         self._health_lock = threading.Lock()
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
         self._rebuilding: threading.Thread | None = None
