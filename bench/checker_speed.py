@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checking uploads: a long-running checker against one search.py process per upload.
 
-    python bench/checker_speed.py [--dataset DIR] [--uploads 800]
+    python bench/checker_speed.py [--dataset DIR] [--uploads 800] [--baseline REV]
 
 The store holds all of CALTECH-101; the uploads are CALTECH photos. Rows, in one run:
   process per upload   `search.py -s db -q photo.jpg --json`, a new Python process each time
@@ -9,6 +9,9 @@ The store holds all of CALTECH-101; the uploads are CALTECH photos. Rows, in one
   HTTP, 1 client       POST /search with the bytes, one at a time on a keep-alive connection
   HTTP, 8 clients      8 concurrent keep-alive clients (loopback only; bounded in count and time)
 Uploads per second, and the latency each upload saw (p50, p99). Ratios against the first row.
+With --baseline (by default the last commit served by the standard library's http.server), that
+revision's server is exported from git into a temporary folder and measured in the same run,
+alternating with ours, and the last rows give ours as a share of its throughput.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
@@ -32,6 +37,8 @@ from neardup.core.hashing import Recipe  # noqa: E402
 from neardup.core.indexing import index_folder  # noqa: E402
 
 SEARCH = [sys.executable, str(ROOT / "search.py")]
+# The checker as served by http.server's ThreadingHTTPServer, before uvicorn.
+HTTP_SERVER_BASELINE = "4253421"
 TIME_LIMIT = 120.0  # seconds per row, whatever the count
 
 
@@ -113,6 +120,9 @@ def main() -> int:
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--uploads", type=int, default=800)
     parser.add_argument("--processes", type=int, default=20, help="uploads for the slow row")
+    parser.add_argument("--baseline", default=HTTP_SERVER_BASELINE,
+                        help="git revision whose HTTP server is measured beside ours ('' for none)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per HTTP row")
     args = parser.parse_args()
     if not require_dataset(args.dataset, "checker_speed.py"):
         return 2
@@ -125,23 +135,67 @@ def main() -> int:
         store = os.path.join(workdir, "db.shelve")
         index_folder(args.dataset, store, Recipe())
         rows = [process_per_upload(store, paths[: args.processes]), stdin_checker(store, paths)]
-        with subprocess.Popen(SEARCH + ["-s", store, "--serve", "127.0.0.1:0"],
-                              stderr=subprocess.PIPE, text=True) as server:
-            assert server.stderr
-            port = int(server.stderr.readline().rsplit(":", 1)[1])
-            http_clients(port, bodies[:20], 1)  # warm: the store and index are loaded lazily
-            rows.append(http_clients(port, bodies, 1))
-            rows.append(http_clients(port, bodies, 8))
-            server.terminate()
+        old_search = export_baseline(args.baseline, workdir) if args.baseline else None
+        ours: dict[int, list[tuple[str, float, float, float]]] = {1: [], 8: []}
+        theirs: dict[int, list[tuple[str, float, float, float]]] = {1: [], 8: []}
+        # Alternating, so both servers meet the same background load on a shared machine.
+        for _ in range(args.rounds):
+            for clients in (1, 8):
+                with serving(SEARCH, store, bodies[:20]) as port:
+                    ours[clients].append(http_clients(port, bodies, clients))
+                if old_search is not None:
+                    with serving(old_search, store, bodies[:20]) as port:
+                        theirs[clients].append(http_clients(port, bodies, clients))
+        for clients in (1, 8):
+            rows.append(best(ours[clients]))
+        if old_search is not None:
+            for clients in (1, 8):
+                name, *figures = best(theirs[clients])
+                rows.append((f"{name}, http.server ({args.baseline})", *figures))
 
     baseline = rows[0][1]
     print(f"{len(paths)} uploads of CALTECH-101 photos against a store of all {len(photos):,};"
-          f" {os.cpu_count()} cores")
+          f" {os.cpu_count()} cores; HTTP rows: the best of {args.rounds} rounds")
     print("| | uploads/s | vs process per upload | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
     for name, rate, p50, p99 in rows:
         print(f"| {name} | {rate:,.0f} | {rate / baseline:,.1f}x | {p50:.2f} | {p99:.2f} |")
+    if args.baseline:
+        for clients in (1, 8):
+            mine, old = best(ours[clients])[1], best(theirs[clients])[1]
+            print(f"uvicorn against http.server, {clients} client{'s' if clients > 1 else ''}:"
+                  f" {mine / old:.0%} of its throughput")
     return 0
+
+
+def best(rows: list[tuple[str, float, float, float]]) -> tuple[str, float, float, float]:
+    """The round with the highest throughput: the one least disturbed by other work."""
+    return max(rows, key=lambda row: row[1])
+
+
+@contextmanager
+def serving(search: list[str], store: str, warm: list[bytes]) -> Iterator[int]:
+    """A --serve checker on a free loopback port, warmed, stopped afterwards."""
+    with subprocess.Popen(search + ["-s", store, "--serve", "127.0.0.1:0"],
+                          stderr=subprocess.PIPE, text=True) as server:
+        assert server.stderr
+        port = int(server.stderr.readline().rsplit(":", 1)[1])
+        try:
+            http_clients(port, warm, 1)  # the store and index are loaded lazily
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def export_baseline(revision: str, workdir: str) -> list[str]:
+    """The project at `revision`, exported from git (no checkout); its search.py command."""
+    target = os.path.join(workdir, "baseline")
+    os.makedirs(target)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    return [sys.executable, os.path.join(target, "search.py")]
 
 
 if __name__ == "__main__":

@@ -14,14 +14,23 @@ on the same files with the page cache warm:
   index.py -j 1           ours, default recipe (grayscale reduced-scale JPEG decode), one worker
   index.py -j N           the same, every core
   Dask, N local workers   the same through index.py --local-cluster N (cluster started first)
+  czkawka, N cores        when the `czkawka` package (czkawka's Rust core through its Python
+                          binding) is installed: `ImageSimilarity().find_similar()` over a folder
+                          holding the same files (hard links, or copies where a file repeats:
+                          czkawka skips symbolic links), in a child process whose cache folder
+                          is empty, timed inside it; it uses every core
 Ratios are against the reference loop and the decode floor measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shelve
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -56,6 +65,44 @@ def reference_loop(paths: list[str], workdir: str) -> None:
         for path in paths:
             key = str(imagehash.dhash(Image.open(path)))
             db[key] = db.get(key, []) + [path]
+
+
+CZKAWKA_RUN = """
+import sys, time
+from czkawka import ImageSimilarity
+finder = ImageSimilarity()
+finder.set_directories([sys.argv[1]])
+started = time.perf_counter()
+finder.find_similar()
+print(time.perf_counter() - started)
+"""
+
+
+def czkawka_folder(files: list[tuple[str, str]], folder: str) -> None:
+    """The files under their relative paths as real directory entries (czkawka skips links)."""
+    seen: set[str] = set()
+    for relpath, path in files:
+        target = os.path.join(folder, relpath)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        real = os.path.realpath(path)
+        if real in seen:  # one inode under many names could be hashed once: give it its own
+            shutil.copyfile(real, target)
+            continue
+        seen.add(real)
+        try:
+            os.link(real, target)
+        except OSError:  # another file system
+            shutil.copyfile(real, target)
+
+
+def czkawka_seconds(folder: str, workdir: str) -> float:
+    home = os.path.join(workdir, "czkawka-home")
+    os.makedirs(home, exist_ok=True)
+    env = dict(os.environ, HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
+               XDG_CONFIG_HOME=os.path.join(home, ".config"))
+    done = subprocess.run([sys.executable, "-c", CZKAWKA_RUN, folder], env=env, check=True,
+                          capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def make_large_photos(folder: str, count: int) -> list[str]:
@@ -105,6 +152,12 @@ def measure(label: str, files: list[tuple[str, str]], workdir: str,
     ours("index.py --exact -j 1", Recipe(exact=True), 1)
     ours("index.py -j 1", Recipe(), 1)
     ours(f"index.py -j {cores}", Recipe(), cores)
+    if importlib.util.find_spec("czkawka") is not None:
+        folder = os.path.join(workdir, label + ".czkawka")
+        czkawka_folder(files, folder)
+        read_bytes([os.path.join(folder, relpath) for relpath, _path in files])
+        rows.append((f"czkawka, {cores} cores", len(paths) / czkawka_seconds(folder, workdir)))
+        ours(f"index.py -j {cores} (again)", Recipe(), cores)  # the load may have moved
     if dask_cluster is not None:
         # The cluster is started before the clock (about a second here); the row is the work.
         store = os.path.join(workdir, f"{label}-dask.shelve")
@@ -131,6 +184,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images")
     parser.add_argument("--large", type=int, default=8, help="12-megapixel JPEGs to generate")
     parser.add_argument("--repeat", type=int, default=20, help="names each large JPEG is linked as")
+    parser.add_argument("--no-dask", action="store_true", help="leave the Dask row out")
     args = parser.parse_args()
     if not require_dataset(args.dataset, "index_speed.py"):
         return 2
@@ -142,9 +196,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir, ExitStack() as stack:
         client = None
         try:
-            client = stack.enter_context(connect(None, cores))
+            if not args.no_dask:
+                client = stack.enter_context(connect(None, cores))
         except NeardupError:
             print("(Dask is not installed: its row is left out)")
+        if importlib.util.find_spec("czkawka") is None:
+            print("(czkawka is not installed: its row is left out; pip install czkawka)")
         rows = measure("caltech", [(entry.relpath, entry.path) for entry in found], workdir,
                        client)
         # Few distinct photos (they are slow to make), each linked under several names, so there

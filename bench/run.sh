@@ -4,9 +4,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup-venv.sh"
+# The checker benchmarks serve HTTP: the serve extra.
+"$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements-serve.txt"
 cd "$root"
 "$PY" bench/index_speed.py
 "$PY" bench/search_speed.py
 "$PY" bench/store_size.py
 "$PY" bench/checker_speed.py
 "$PY" bench/live_store.py
+"$PY" bench/decode_memory.py
+"$PY" bench/abuse.py

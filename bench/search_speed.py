@@ -14,6 +14,12 @@ the multi-index is checked against brute force. Rows, per query after loading, o
   python loop   `ImageHash - ImageHash` over every stored hash, the naive baseline (small sizes)
 Then the time to open a real store of 10^6 and 10^7 hashes (first open builds and caches the
 arrays; later opens map them), and the index's memory per hash.
+
+    python bench/search_speed.py --bits 256 [--max-count 10000000]
+
+The same for 256-bit hashes (dHash-256) and the wide multi-index (16-bit substrings), at radii
+0, 8, 16, 24 and 32; "realistic" tiles CALTECH-101's own dHash-256 values with 0-24 bits flipped.
+Exactness is checked against the scan on 20 queries per row.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (
 
 from neardup.core.hashing import Hash, Recipe  # noqa: E402
 from neardup.core.indexing import index_folder  # noqa: E402
-from neardup.core.multiindex import MultiIndex  # noqa: E402
+from neardup.core.multiindex import MultiIndex, WideMultiIndex  # noqa: E402
 from neardup.core.search import HashIndex  # noqa: E402
 from neardup.core.store import Store  # noqa: E402
 
@@ -56,12 +62,79 @@ def exact_flips(rng: np.random.Generator, count: int, distance: int) -> np.ndarr
                      for _ in range(count)], dtype=np.uint64)
 
 
-def caltech_hashes(dataset: str) -> np.ndarray:
+def caltech_hashes(dataset: str, recipe: Recipe | None = None) -> np.ndarray:
+    """CALTECH-101's hashes: (count,) for 64 bits, (count, words) for longer ones."""
+    recipe = recipe or Recipe()
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, "caltech.shelve")
-        index_folder(dataset, path, Recipe())
+        index_folder(dataset, path, recipe)
         with Store.open_for_reading(path) as store:
-            return np.array(store.hash_matrix()[:, 0])
+            matrix = np.array(store.hash_matrix())
+    return matrix[:, 0] if recipe.bits == 64 else matrix
+
+
+WIDE_BITS = 256
+WIDE_RADII = (0, 8, 16, 24, 32)
+WIDE_CHECKED = 20
+
+
+def wide_flips(rng: np.random.Generator, count: int, counts: np.ndarray) -> np.ndarray:
+    """(count, 4) uint64 masks, row i with counts[i] distinct random bits of 256 set."""
+    masks = np.zeros((count, WIDE_BITS // 64), dtype=np.uint64)
+    for step in range(int(counts.max(initial=0))):
+        bits = rng.integers(0, WIDE_BITS, size=count)
+        # a repeated bit would cancel; drawing without replacement row by row is too slow here,
+        # so set rather than toggle: the row then has at most counts[i] bits
+        chosen = np.where(counts > step)[0]
+        words, shifts = bits[chosen] // 64, (bits[chosen] % 64).astype(np.uint64)
+        masks[chosen, words] |= np.uint64(1) << shifts
+    return masks
+
+
+def measure_wide(counts: list[int], caltech: np.ndarray | None,
+                 radii: tuple[int, ...] = WIDE_RADII, checked: int = WIDE_CHECKED) -> None:
+    kinds = ["random"] + (["realistic"] if caltech is not None else [])
+    print(f"{WIDE_BITS}-bit hashes (dHash-256), one core:")
+    print("| hashes | set | radius | multi-index ms | numpy scan ms | scan / multi |"
+          " found per query |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    words = WIDE_BITS // 64
+    for count in counts:
+        for kind in kinds:
+            rng = np.random.default_rng(count + 256)
+            if kind == "random":
+                queries = rng.integers(0, 2**64, size=(QUERIES, words), dtype=np.uint64)
+                values = rng.integers(0, 2**64, size=(count, words), dtype=np.uint64)
+            else:
+                assert caltech is not None
+                picks = rng.integers(0, len(caltech), size=QUERIES)
+                queries = caltech[picks] ^ wide_flips(rng, QUERIES, np.full(QUERIES, 4))
+                tiled = caltech[np.arange(count) % len(caltech)]
+                values = tiled ^ wide_flips(rng, count, rng.integers(0, 25, size=count))
+            planted = [queries ^ wide_flips(rng, QUERIES, np.full(QUERIES, d)) for d in radii]
+            values = np.concatenate([values] + planted)
+            query_values = [int.from_bytes(row.astype(">u8").tobytes(), "big") for row in queries]
+            started = time.perf_counter()
+            multi = WideMultiIndex(values, WIDE_BITS)
+            built = time.perf_counter() - started
+            index = HashIndex(values, WIDE_BITS, multi)
+            few = query_values[: max(3, min(QUERIES, 10**8 // count))]
+            for radius in radii:
+                found = 0
+                for query in query_values[:checked]:  # exactness against the scan first
+                    positions, distances = multi.within(query, radius)
+                    hits, _ = index.scan(Hash(query, WIDE_BITS), radius)
+                    if set(positions.tolist()) != set(hits.tolist()):
+                        raise SystemExit(f"wide multi-index differs from brute force at r={radius}")
+                    found += len(positions)
+                multi_ms = per_query_ms(partial(multi.within, max_distance=radius), query_values)
+                scan_ms = per_query_ms(
+                    lambda query, r=radius, idx=index: idx.scan(Hash(query, WIDE_BITS), r), few)
+                print(f"| {count:,} | {kind} | {radius} | {multi_ms:.3f} | {scan_ms:.2f} |"
+                      f" {scan_ms / multi_ms:,.1f}x | {found / checked:.1f} |", flush=True)
+            memory = (values.nbytes + multi.tables.nbytes) / len(values)
+            print(f"| {count:,} | {kind} | build | {built:.2f} s | | | {memory:.0f} B/hash |",
+                  flush=True)
 
 
 def hash_set(kind: str, count: int, rng: np.random.Generator, caltech: np.ndarray | None,
@@ -179,11 +252,23 @@ def main() -> int:
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--open-only", action="store_true",
                         help="only the table of opening a store (10^6 and 10^7 hashes)")
+    parser.add_argument("--bits", type=int, choices=(64, WIDE_BITS), default=64)
+    parser.add_argument("--radii", type=int, nargs="*", help=f"with --bits {WIDE_BITS}: radii"
+                        f" to measure (default {' '.join(map(str, WIDE_RADII))})")
+    parser.add_argument("--checked", type=int, default=WIDE_CHECKED,
+                        help=f"with --bits {WIDE_BITS}: queries checked against the scan")
     args = parser.parse_args()
     if args.open_only:
         measure_open([n for n in (10**6, 10**7) if n <= args.max_count])
         return 0
     counts = args.counts or [n for n in (10**4, 10**5, 10**6, 10**7) if n <= args.max_count]
+    if args.bits == WIDE_BITS:
+        found = os.path.isdir(args.dataset)
+        caltech = caltech_hashes(args.dataset, Recipe("dhash", 16)) if found else None
+        measure_wide(counts, caltech, tuple(args.radii or WIDE_RADII), args.checked)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\npeak memory of the whole run: {peak:,.0f} MiB")
+        return 0
     caltech = caltech_hashes(args.dataset) if os.path.isdir(args.dataset) else None
     if caltech is None:
         print(f"({args.dataset} not found: the realistic set is left out)")

@@ -11,6 +11,10 @@ caltech="${NEARDUP_CALTECH101:-$root/../shared/caltech101/101_ObjectCategories}"
 source_args=()
 [ -d "$caltech" ] && source_args=(--source "$caltech")
 
+# The demo starts from scratch: gather.py --force rebuilds the images, and a store left by an
+# earlier version (another hash recipe) would be refused, rightly, by index.py.
+rm -rf "$out/db.shelve" "$out/db.shelve.lock" "$out/db.shelve-wal" "$out/db.shelve-shm" \
+    "$out/db.shelve.cache"
 set -x
 "$PY" gather.py --output "$out/images" --seed 1 --force "${source_args[@]}"
 "$PY" index.py --dataset "$out/images" --shelve "$out/db.shelve"

@@ -1,20 +1,18 @@
-"""search.py --stdin and --serve, driven for real: a pipe, and an HTTP server on 127.0.0.1."""
+"""search.py --stdin driven for real through a pipe (--serve: test_server.py)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import select
-import signal
-import socket
+import shutil
+import sqlite3
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageOps
 
 from neardup.cli import index as index_cli
 
@@ -53,10 +51,14 @@ class TestStdin:
             assert answer["query"] == "images/cat0/image_0000.jpg"
             assert [m["relpath"] for m in answer["matches"]] == ["cat0/image_0000.jpg"]
 
-            checker.stdin.write("images/missing.jpg\n\n")  # a bad path, and a blank line ignored
+            checker.stdin.write("images/missing.jpg\n")  # a bad path
             checker.stdin.flush()
             assert json.loads(read_line(checker.stdout)) == {
                 "query": "images/missing.jpg", "error": "file not found (deleted or a broken link?)"}
+            checker.stdin.write("\n")  # a blank line: answered too, so answers stay in step
+            checker.stdin.flush()
+            assert json.loads(read_line(checker.stdout)) == {
+                "query": "", "error": "empty line: no file named"}
 
             # index.py commits new images while the checker runs; no restart needed.
             save(textured(77), "images/new/arrived.jpg", quality=92)
@@ -67,121 +69,117 @@ class TestStdin:
             assert answer["matches"][0]["relpath"] == "new/arrived.jpg"
 
             checker.stdin.close()
-            assert checker.wait(timeout=30) == 0
+            assert checker.wait(timeout=30) == 2  # a query failed (the missing file)
             assert checker.stderr and checker.stderr.read() == ""
+            assert answer["truncated"] is False
 
+    def test_all_answered_exits_0(self, store: Path) -> None:
+        result = run_stdin(b"images/cat0/image_0000.jpg\nimages/cat1/image_0001.jpg\n")
+        assert result.returncode == 0
+        assert [json.loads(line)["matches"][0]["relpath"] for line in result.stdout.splitlines()] \
+            == ["cat0/image_0000.jpg", "cat1/image_0001.jpg"]
 
-@pytest.fixture()
-def server(store: Path) -> Iterator[tuple[int, subprocess.Popen]]:
-    command = SEARCH + ["--serve", "127.0.0.1:0", "--max-upload-bytes", "200000"]
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True) as process:
-        assert process.stderr
-        line = read_line(process.stderr)
-        assert line.startswith("search.py: serving on http://127.0.0.1:"), line
-        port = int(line.rsplit(":", 1)[1])
-        try:
-            yield port, process
-        finally:
-            if process.poll() is None:
-                process.kill()
+    def test_bytes_crlf_fifos_and_devices(self, store: Path) -> None:
+        odd_name = os.fsdecode(b"images/caf\xe9.jpg")  # not UTF-8
+        shutil.copy("images/cat0/image_0000.jpg", odd_name)
+        os.mkfifo("pipe.jpg")
+        lines = (b"images/cat0/image_0000.jpg\r\n" + b"images/caf\xe9.jpg\n" + b"pipe.jpg\n"
+                 + b"/dev/zero\n" + b"images\n" + b"images/cat1/image_0001.jpg")  # no final \n
+        result = run_stdin(lines, env={"PYTHONIOENCODING": "utf-8"})
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a.get("error") for a in answers] == [
+            None, None, "not a regular file (a FIFO, device or socket): not read",
+            "not a regular file (a FIFO, device or socket): not read", "is a directory", None]
+        assert answers[1]["query"] == odd_name
+        assert answers[1]["matches"][0]["relpath"] == "cat0/image_0000.jpg"
+        assert answers[0]["query"] == "images/cat0/image_0000.jpg"
+        assert result.returncode == 2 and result.stderr == b""
 
-
-def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, body=body)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
-
-
-class TestHttp:
-    def test_health_search_and_errors(self, server: tuple[int, subprocess.Popen]) -> None:
-        port, _ = server
-        status, health = request(port, "GET", "/health")
-        assert status == 200 and health["status"] == "ok" and health["images"] == 6
-
-        photo = Path("images/cat1/image_0001.jpg").read_bytes()
-        status, answer = request(port, "POST", "/search", photo)
-        assert status == 200
-        assert answer["matches"][0] == {**answer["matches"][0], "relpath": "cat1/image_0001.jpg",
-                                        "distance": 0}
-
-        status, answer = request(port, "POST", "/search?max_distance=0", photo)
-        assert status == 200 and len(answer["matches"]) == 1
-
-        status, answer = request(port, "POST", "/search", b"this is not a picture")
-        assert status == 400 and answer["error"].startswith("not an image")
-        status, answer = request(port, "POST", "/search", b"")
-        assert status == 400 and answer["error"] == "empty file"
-        status, answer = request(port, "POST", "/search", photo[: len(photo) // 2])
-        assert status == 400 and answer["error"] == "truncated image"
-        status, answer = request(port, "POST", "/search?max_distance=lots", photo)
-        assert status == 400 and "max_distance" in answer["error"]
-        status, _ = request(port, "GET", "/elsewhere")
-        assert status == 404
-
-    def test_an_oversize_body_is_refused_before_it_is_read(
-        self, server: tuple[int, subprocess.Popen]
+    def test_nul_bytes_and_empty_lines_are_answered_and_the_checker_goes_on(
+        self, store: Path
     ) -> None:
-        port, _ = server
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-            raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
-            chunks = []
-            while chunk := raw.recv(65536):  # the server closes the connection after replying
-                chunks.append(chunk)
-            reply = b"".join(chunks).decode()
-        assert reply.startswith("HTTP/1.1 413")
-        assert "over the limit of 200,000" in reply
-        status, _ = request(port, "GET", "/health")  # and the server is still there
-        assert status == 200
+        result = run_stdin(b"images/cat0/image_0000.jpg\nx\x00y\n\n\r\n"
+                           b"images/cat1/image_0001.jpg\n")
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a.get("error") for a in answers] == [
+            None, "a file name cannot hold a NUL byte", "empty line: no file named",
+            "empty line: no file named", None]
+        assert result.returncode == 2 and b"Traceback" not in result.stderr
 
-    def test_concurrent_clients_each_get_their_own_answer(
-        self, server: tuple[int, subprocess.Popen]
+    def test_a_damaged_bucket_is_skipped_with_one_line_and_the_rest_are_answered(
+        self, store: Path
     ) -> None:
-        port, _ = server
-        photos = {str(p.relative_to("images")): p.read_bytes() for p in Path("images").rglob("*.jpg")}
-        failures: list[str] = []
+        first = run_stdin(b"images/cat0/image_0000.jpg\n")
+        damaged_hash = json.loads(first.stdout)["hash"]
+        with sqlite3.connect("db.shelve") as database:
+            database.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                             (b"not a pickle", damaged_hash.encode()))
+        result = run_stdin(b"images/cat0/image_0000.jpg\nimages/cat1/image_0001.jpg\n")
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert damaged_hash not in {m["hash"] for m in answers[0]["matches"]}
+        assert answers[1]["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert result.stderr.count(f"bucket {damaged_hash}".encode()) == 1
+        assert b"skipped" in result.stderr and b"Traceback" not in result.stderr
 
-        def client(offset: int) -> None:
-            names = sorted(photos)
-            for step in range(12):
-                name = names[(offset + step) % len(names)]
-                status, answer = request(port, "POST", "/search", photos[name])
-                if status != 200 or answer["matches"][0]["relpath"] != name:
-                    failures.append(f"{name}: {status} {answer}")
+    def test_mirror_is_applied(self, store: Path) -> None:
+        save(ImageOps.mirror(Image.open("images/cat1/image_0001.jpg")), "flipped.jpg", quality=95)
+        assert json.loads(run_stdin(b"flipped.jpg\n").stdout)["matches"] == []
+        answer = json.loads(run_stdin(b"flipped.jpg\n", "--mirror").stdout)
+        assert [m["relpath"] for m in answer["matches"]] == ["cat1/image_0001.jpg"]
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert failures == []
 
-    def test_new_commits_are_seen_and_sigterm_stops_cleanly(
-        self, server: tuple[int, subprocess.Popen]
-    ) -> None:
-        port, process = server
-        save(textured(88), "images/new/arrived.jpg", quality=92)
-        index_images()
-        status, answer = request(port, "POST", "/search",
-                                 Path("images/new/arrived.jpg").read_bytes())
-        assert status == 200 and answer["matches"][0]["relpath"] == "new/arrived.jpg"
-        assert request(port, "GET", "/health")[1]["images"] == 7
+def run_stdin(lines: bytes, *options: str,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(SEARCH + ["--stdin", *options], input=lines, capture_output=True,
+                          timeout=60, env={**os.environ, **(env or {})})
 
-        os.kill(process.pid, signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        assert process.stderr and "Traceback" not in process.stderr.read()
 
-    def test_a_port_in_use_is_one_line(self, store: Path) -> None:
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            result = subprocess.run(SEARCH + ["--serve", f"127.0.0.1:{port}"], capture_output=True,
-                                    text=True, timeout=30)
-        assert result.returncode == 2
-        assert result.stderr.startswith(f"search.py: error: cannot serve on 127.0.0.1:{port}:")
-        assert len(result.stderr.splitlines()) == 1
+def test_options_that_do_not_apply_are_refused_in_one_line(store: Path) -> None:
+    result = subprocess.run(SEARCH + ["--stdin", "--token-file", "token"], input="",
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == ("search.py: error: --token-file does nothing with --stdin (it is for"
+                             " --serve)\n")
+
+
+def test_the_checker_hashes_as_index_py_does_on_reduced_decodes(in_tmp: Path) -> None:
+    """A JPEG large enough to be decoded at reduced scale, and one turned by EXIF: the checker
+    must take the recipe's own path (v3 reads its grid knowing what the decoder reduced), so its
+    hash of the very file is the stored one, bit for bit."""
+    import numpy as np
+
+    from neardup.core.hashing import Recipe, hash_file
+
+    # Low contrast: neighbouring cells within a gray level, where 8-bit rounding ties them.
+    y, x = np.mgrid[0:1203, 0:1601]
+    faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
+    save(Image.fromarray(np.clip(faint, 0, 255).astype(np.uint8)), "images/big/large.jpg",
+         quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(textured(32, (400, 300)), "images/turned/turned.jpg", quality=90, exif=exif)
+    index_images()
+    with subprocess.Popen(SEARCH + ["--stdin", "--max-distance", "0"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as checker:
+        assert checker.stdin and checker.stdout
+        for path in ("images/big/large.jpg", "images/turned/turned.jpg"):
+            checker.stdin.write(path + "\n")
+            checker.stdin.flush()
+            answer = json.loads(read_line(checker.stdout))
+            assert answer["hash"] == hash_file(path, Recipe()).hex()
+            assert [m["relpath"] for m in answer["matches"]] == [path.removeprefix("images/")]
+        checker.stdin.close()
+        assert checker.wait(timeout=30) == 0
+
+
+def test_a_fifo_query_is_refused_without_blocking(store: Path) -> None:
+    """-q and the Python API open files the way --stdin does: a FIFO is never waited on."""
+    import neardup
+
+    os.mkfifo("pipe.jpg")
+    result = subprocess.run(SEARCH + ["-q", "pipe.jpg"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "pipe.jpg: not a regular file (a FIFO, device or socket): not read" in result.stderr
+    with neardup.open_store("db.shelve") as opened, pytest.raises(neardup.ImageError):
+        opened.search("pipe.jpg")

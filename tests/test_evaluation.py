@@ -74,6 +74,24 @@ def test_recall_per_edit_precision_and_the_recommendation(tmp_path: Path) -> Non
     assert result.recommended == 0  # the smallest threshold reaching the best recall
 
 
+def test_copies_removed_from_the_store_are_missed(tmp_path: Path) -> None:
+    """Evaluation counts what search returns, not what re-hashing the copy on disk would give."""
+    build(tmp_path / "data", planted_duplicate=False)
+    store_path = str(tmp_path / "db.shelve")
+    with Store.open_for_reading(store_path) as store:
+        recipe, root = store.recipe, store.dataset_root
+    with Store.open_for_writing(store_path, recipe, root, {}) as store:
+        store.apply([], ["copies/A_same.png", "copies/B_same.png"])  # still on disk, not stored
+    result = evaluate(tmp_path)
+    for row in result.rows:
+        assert row.found == 0 and row.recall["all"] == 0.0
+    assert all(copy.distance is None for group in result.groups for copy in group.copies)
+    text = format_evaluation(result, 4)
+    assert "at --max-distance 4: 0/3 copies found" in text
+    assert ("missed  g2 copies/B_same.png (resize factor=1 jpeg_quality=90; not returned by search"
+            " within 16 bits)") in text
+
+
 def test_a_planted_false_match_lowers_precision_below_the_target(tmp_path: Path) -> None:
     build(tmp_path / "data", planted_duplicate=True)
     result = evaluate(tmp_path)
@@ -105,7 +123,8 @@ def test_the_command_prints_writes_and_compares(
     captured = capsys.readouterr()
     assert code == 0
     assert "recommended threshold: 0" in captured.out
-    assert "missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; distance" in captured.out
+    assert ("missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; not returned by search"
+            in captured.out)
     assert "dhash-8" in captured.out and "phash-8" in captured.out
     assert "recall at each recipe's recommended threshold" in captured.out
 

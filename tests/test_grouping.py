@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,43 @@ def synthetic_store(path: str) -> None:
 
 def groups_at(path: str, distance: int, **options: bool) -> list[tuple[str, ...]]:
     with Store.open_for_reading(path) as store:
-        return [group.paths for group in near_duplicate_groups(store, distance, **options)]
+        return [tuple(sorted(group.paths))
+                for group in near_duplicate_groups(store, distance, **options)]
 
 
-def test_groups_follow_chains_and_leave_blanks_out(tmp_path: Path) -> None:
+def test_groups_never_chain_and_leave_blanks_out(tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     synthetic_store(path)
     assert groups_at(path, 0) == [("a.jpg", "a2.jpg")]
-    assert groups_at(path, 3) == [("a.jpg", "a2.jpg", "b.jpg", "c.jpg")]  # a~b~c though a-c is 6
+    # a~b (3 bits) and b~c (3 bits), but a-c is 6: a chain must not put a and c together.
+    assert groups_at(path, 3) == [("a.jpg", "a2.jpg", "b.jpg")]
+    assert groups_at(path, 6) == [("a.jpg", "a2.jpg", "b.jpg", "c.jpg")]  # now every pair is near
     assert groups_at(path, 2) == [("a.jpg", "a2.jpg")]
     assert groups_at(path, 3, include_low_information=True) == [
-        ("a.jpg", "a2.jpg", "b.jpg", "c.jpg"), ("blank1.jpg", "blank2.jpg")]
+        ("a.jpg", "a2.jpg", "b.jpg"), ("blank1.jpg", "blank2.jpg")]
+
+
+def test_every_pair_in_a_group_is_within_the_threshold(tmp_path: Path) -> None:
+    """Random hashes in dense clusters: each group is a clique at the threshold, and shows it."""
+    rng = random.Random(11)
+    centres = [rng.getrandbits(64) for _ in range(5)]
+    values = {f"{i:03d}.jpg": centre ^ sum(1 << bit for bit in rng.sample(range(64), rng.randint(0, 5)))
+              for i, centre in enumerate(centres * 12)}
+    path = str(tmp_path / "s")
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(name, 1, 1, Hash(value, 64).hex())
+                     for name, value in values.items()], [])
+    with Store.open_for_reading(path) as store:
+        groups = near_duplicate_groups(store, 4)
+    seen: set[str] = set()
+    for group in groups:
+        assert not seen & set(group.paths)  # an image is in one group at most
+        seen |= set(group.paths)
+        hashes = [Hash(values[name], 64) for name in group.paths]
+        widest = max(a.distance(b) for a in hashes for b in hashes)
+        assert widest <= 4 and group.max_distance == widest
+        assert list(group.distances) == [hashes[0].distance(h) for h in hashes]
+    assert len(seen) > 30  # the clusters were found, not just left out
 
 
 def test_groups_command_text_json_and_montage(
@@ -52,8 +79,8 @@ def test_groups_command_text_json_and_montage(
     capsys.readouterr()  # what building the store printed
     assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "groups.png"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "# group 1: 3 images, 1 distinct hash"
-    assert "data/haystack/B_duplicate.png" in out and "data/copies/A_same.png" in out
+    assert out.splitlines()[0] == "# group 1: 3 images, 1 distinct hash, every pair within 0 bits"
+    assert "0\tdata/haystack/B_duplicate.png" in out and "data/copies/A_same.png" in out
     with Image.open("groups.png") as sheet:
         assert sheet.width > 3 * 160 and sheet.height > 2 * 160  # two rows, three tiles wide
 
@@ -62,6 +89,7 @@ def test_groups_command_text_json_and_montage(
     assert [sorted(g["relpaths"]) for g in groups] == [
         ["copies/B_same.png", "haystack/B.png", "haystack/B_duplicate.png"],
         ["copies/A_same.png", "haystack/A.png"]]
+    assert groups[0]["distances"] == [0, 0, 0] and groups[0]["max_distance"] == 0
 
 
 def test_query_montage_survives_a_vanished_file(

@@ -246,6 +246,9 @@ def test_a_bug_in_our_code_is_not_reported_as_a_bad_image(tmp_path: Path, monkey
     def broken(image, size):  # type: ignore[no-untyped-def]
         raise TypeError("a bug")
 
-    monkeypatch.setitem(hashing.ALGORITHMS, "dhash", broken)
+    monkeypatch.setitem(hashing.ALGORITHMS, "dhash", broken)  # the v2 and --exact hash step
+    monkeypatch.setattr(hashing, "grid_bits", broken)  # the default (v3) hash step
     with pytest.raises(TypeError, match="a bug"):
         hash_file(str(path), DEFAULT)
+    with pytest.raises(TypeError, match="a bug"):
+        hash_file(str(path), Recipe(preprocess_version=2))

@@ -222,23 +222,25 @@ class TestWhatAShelveUserCanWrite:
     def test_a_str_value_is_reported_by_index_and_skipped_by_every_search_mode(
         self, indexed: Path, capsys: pytest.CaptureFixture
     ) -> None:
-        key = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
-        shelve_313("db.shelve", f"db[{key!r}] = 'cat0/image_0000.jpg'")
+        key = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+        shelve_313("db.shelve", f"db[{key!r}] = 'cat1/image_0001.jpg'")
         capsys.readouterr()
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
         captured = capsys.readouterr()
         assert f"store entry {key}: expected a list of paths, found str" in captured.err
         assert ", 1 bad store entries;" in captured.out
 
-        code, out, err = search("-q", "images/cat0/image_0000.jpg", "-m", "4")
-        assert code == 0  # its copy is still found; the bad bucket alone is skipped
-        assert "copy.jpg" in out and "cat0/image_0000.jpg" not in out
+        code, out, err = search("-q", "images/cat1/image_0001.jpg", "-m", "4")
+        assert code == 1  # its only match is in the bad bucket, which alone is skipped
+        assert "cat1/image_0001.jpg" not in out
         assert f"bucket {key}: expected a list of paths, found str; skipped" in err
+        code, out, err = search("-q", "images/copy.jpg", "-m", "4")
+        assert code == 0 and "copy.jpg" in out  # the rest of the store answers as before
         code, out, err = search("--groups", "--json")
         assert code in (0, 1) and "skipped" in err and "Traceback" not in err
         checker = Checker("db.shelve", warn=print)
-        answer = checker.check_file("images/copy.jpg")
-        assert "cat0/image_0000.jpg" not in {m["relpath"] for m in answer["matches"]}
+        answer = checker.check_file("images/cat1/image_0001.jpg")
+        assert "cat1/image_0001.jpg" not in {m["relpath"] for m in answer["matches"]}
         checker.close()
 
     def test_keys_that_are_not_hashes_are_skipped_with_a_line(self, indexed: Path) -> None:
@@ -255,14 +257,14 @@ def test_a_store_whose_recipe_this_neardup_would_not_reproduce_is_refused(
     with closing(sqlite3.connect("db.shelve")) as connection, connection:
         (recipe,) = connection.execute(
             "SELECT value FROM neardup_meta WHERE name = 'recipe'").fetchone()
-        edited = json.loads(recipe) | {"preprocess_version": 1}
+        edited = json.loads(recipe) | {"preprocess_version": 99}
         connection.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'",
                            (json.dumps(edited),))
     for mode in (["-q", "images/copy.jpg"], ["--groups"], ["--stdin"]):
         assert search_cli.main(["-s", "db.shelve", *mode]) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1
-        assert "built with dhash-8 (64 bits, normalised v1)" in err and "normalised v2" in err
+        assert "preprocessing v99 is not known to this neardup" in err
 
 
 # -- a checker running in its own process, on a store large enough for caches ------------------

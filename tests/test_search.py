@@ -11,7 +11,7 @@ import neardup.core.cache as cache_module
 import neardup.core.search as search_module
 from neardup.cli import search as search_cli
 from neardup.core.hashing import Hash, Recipe
-from neardup.core.multiindex import MAX_SUBSTRING_RADIUS
+from neardup.core.multiindex import MAX_SUBSTRING_RADIUS, WideMultiIndex
 from neardup.core.search import HashIndex, find_matches
 from neardup.core.store import IndexedFile, Store
 
@@ -151,6 +151,61 @@ class TestMultiIndexAgreesWithBruteForce:
                         sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True))
 
 
+class TestWideMultiIndexAgreesWithBruteForce:
+    @pytest.mark.parametrize("bits", [256, 100, 36])
+    @pytest.mark.parametrize("kind", ["random", "clustered"])
+    def test_same_answers_at_every_radius(self, bits: int, kind: str) -> None:
+        rng = random.Random(f"{kind}{bits}")
+        if kind == "random":
+            values = [rng.getrandbits(bits) for _ in range(5_000)]
+        else:  # smooth images crowd near all-zero bits; a few popular centres
+            centres = [0, (1 << bits) - 1] + [rng.getrandbits(bits) for _ in range(6)]
+            values = [flip_bits(rng.choice(centres), rng.randint(0, bits // 6), bits, rng)
+                      for _ in range(5_000)]
+        queries = [rng.choice(values) for _ in range(5)] + [rng.getrandbits(bits) for _ in range(5)]
+        top = min(bits // 2, 40)
+        for query in queries:  # plant neighbours at every distance up to `top`
+            values += [flip_bits(query, distance, bits, rng) for distance in range(top + 1)]
+        hashes = [Hash(value, bits) for value in values]
+        wide = HashIndex.from_hashes(hashes, multi_index=True)
+        brute = HashIndex.from_hashes(hashes, multi_index=False)
+        assert isinstance(wide.multi, WideMultiIndex) and brute.multi is None
+        for query in queries:
+            for radius in (0, 1, 2, 4, 8, 12, 16, 24, 32, 40):
+                if radius > top:
+                    continue
+                positions, distances = wide.multi.within(query, radius)
+                scanned, scan_distances = brute.scan(Hash(query, bits), radius)
+                assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
+                    sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True)), \
+                    (query, radius)
+                assert len(scanned) > radius
+                assert wide.within(Hash(query, bits), radius) == brute.within(
+                    Hash(query, bits), radius)
+
+    def test_dhash_256_store_uses_it_and_caches_its_tables(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
+        monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 100)
+        rng = random.Random(256)
+        values = [rng.getrandbits(256) for _ in range(300)]
+        path = str(tmp_path / "db.shelve")
+        recipe = Recipe("dhash", 16)
+        with Store.open_for_writing(path, recipe, "/d", {}) as store:
+            store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 256).hex())
+                         for n, v in enumerate(values)], [])
+        query = Hash(values[0] ^ 0b1011, 256)
+        expected = HashIndex.from_hashes([Hash(v, 256) for v in values], multi_index=False)
+        for _ in range(2):  # built, then read back from the cache
+            with Store.open_for_reading(path) as store, store.snapshot():
+                index = HashIndex.from_store(store)
+                assert isinstance(index.multi, WideMultiIndex)
+                assert index.within(query, 16) == expected.within(query, 16)
+                assert index.within(query, 16)[0] == (Hash(values[0], 256).hex(), 3)
+        assert any(name.endswith(".multiindex.npy") for name in os.listdir(path + ".cache"))
+
+
 def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,3 +239,47 @@ def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
         store.apply([IndexedFile("new.jpg", 1, 1, near.hex())], [])
     assert (near.hex(), 3) in answer()
     assert sorted(os.listdir(path + ".cache")) == cached
+
+
+class TestStoresOfOtherRecipeVersions:
+    """A v2 store stays searchable with v2 preprocessing; a store from a newer neardup is refused."""
+
+    @staticmethod
+    def faint_jpeg(path: str) -> str:
+        import numpy as np
+        from PIL import Image
+
+        # Low contrast, large enough for reduced decodes: v2 and v3 hash it differently.
+        y, x = np.mgrid[0:1203, 0:1601]
+        faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
+        return save(Image.fromarray(faint.astype(np.uint8)), path, quality=95)
+
+    def test_a_v2_store_is_searched_with_v2_hashes(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        from neardup.core.hashing import hash_file
+
+        query = self.faint_jpeg("faint.jpg")
+        v2 = Recipe(preprocess_version=2)
+        assert hash_file(query, v2) != hash_file(query, Recipe())
+        with Store.open_for_writing("db.shelve", v2, str(in_tmp), {}) as store:
+            store.apply([IndexedFile("faint.jpg", 1, 1, hash_file(query, v2).hex())], [])
+        assert search_cli.main(["-s", "db.shelve", "-q", query, "--max-distance", "0"]) == 0
+        assert capsys.readouterr().out.split("\t")[0] == "0"
+
+    def test_a_store_from_a_newer_recipe_is_one_line_exit_2(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        import json
+        import sqlite3
+
+        query = self.faint_jpeg("faint.jpg")
+        with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp), {}) as store:
+            store.apply([IndexedFile("faint.jpg", 1, 1, "0" * 16)], [])
+        future = json.dumps({**Recipe().to_dict(), "preprocess_version": 99})
+        with sqlite3.connect("db.shelve") as connection:
+            connection.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'", (future,))
+        connection.close()
+        assert search_cli.main(["-s", "db.shelve", "-q", query]) == 2
+        error = capsys.readouterr().err
+        assert "preprocessing v99 is not known" in error and len(error.splitlines()) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 
@@ -12,8 +14,19 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def invoked_as(script: str) -> str:
+    """The name messages should give the command: as the user typed it.
+
+    `python search.py` and `python -m neardup.cli.search` are the script's name; the console
+    commands a pip install puts on PATH (neardup-search, ...) are their own name.
+    """
+    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return typed if typed.startswith("neardup-") else script
+
+
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
     """Run a command body; a user's mistake becomes `prog: error: ...` on stderr, never a traceback."""
+    prog = invoked_as(prog)
     # File names need not be UTF-8: write their bytes back as they are (as ls does), not crash.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -32,10 +45,23 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         # The reader went away (`search.py ... | head`): not an error worth a message.
         sys.stderr.close()
         return EXIT_ERROR
+    except OSError as error:
+        if error.errno not in _OUTPUT_ERRORS:
+            raise  # anything else is a bug of ours, and shows as one
+        # Standard output on a full disk or a failing device: the results are lost, say so.
+        try:
+            print(f"{prog}: error: cannot write the results ({error.strerror})", file=sys.stderr)
+        except OSError:
+            pass
+        return EXIT_ERROR
+
+
+# Write errors a full or failing output can cause (`search.py ... > /dev/full`).
+_OUTPUT_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def warn(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    print(f"{invoked_as(prog)}: {message}", file=sys.stderr, flush=True)
 
 
 def non_negative_int(text: str) -> int:
@@ -46,6 +72,17 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the options the user actually gave (not those left at a default).
+
+    argparse fills every default in, so "was --x given?" is answered by parsing again with every
+    default suppressed: only what was on the command line is then set.
+    """
+    for action in parser._actions:  # argparse has no public list of a parser's actions
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def positive_int(text: str) -> int:

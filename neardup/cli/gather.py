@@ -7,13 +7,15 @@ import random
 import sys
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
+from ..errors import NeardupError
 from ..sources.archives import DEFAULT_MAX_BYTES, Limits
 from ..sources.dataset import GatherOptions, gather
 from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
-from .common import non_negative_int, positive_int, run_command, warn
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "gather.py"
+DEFAULT_SCALE = 0.05
 
 
 def scale_factor(text: str) -> float:
@@ -35,7 +37,7 @@ def edit_kinds(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=invoked_as(PROG),
         description="Copy every source image into OUTPUT/haystack, add resized JPEG copies of a few"
         " random samples under OUTPUT/copies, and write OUTPUT/manifest.csv. Without --source the"
         " official CALTECH-101 archive is downloaded (checksum-verified, cached, resumable).",
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=positive_int, default=17, help="originals to copy (default 17)")
     parser.add_argument("--copies", type=positive_int, default=None,
                         help="copies per sample (default: random from 1 to 8 per sample)")
-    parser.add_argument("--scale", type=scale_factor, default=0.05,
-                        help="copies are resized by a random factor in 1 +- SCALE (default 0.05)")
+    parser.add_argument("--scale", type=scale_factor, default=DEFAULT_SCALE,
+                        help="resize copies are scaled by a random factor in 1 +- SCALE (default"
+                        f" {DEFAULT_SCALE})")
     parser.add_argument("--edits", type=edit_kinds, default=("resize",),
                         help="comma list of the edits that make copies, or all: "
                         + ", ".join(KINDS) + " (default resize; each is recorded in the"
@@ -70,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
 
     def body() -> int:
+        if "scale" in given and "resize" not in args.edits:
+            raise NeardupError("--scale does nothing without resize in --edits (it sets how much"
+                               " resize copies are scaled)")
         progress = not args.quiet and sys.stderr.isatty()
         report = lambda line: warn(PROG, line)  # noqa: E731
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)

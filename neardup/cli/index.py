@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..api import index_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
-from ..core.indexing import DEFAULT_BATCH_SIZE, index_folder
-from ..scale.cluster import cluster_hasher, connect, worker_paths
-from .common import non_negative_int, positive_int, run_command, warn
+from ..core.indexing import DEFAULT_BATCH_SIZE
+from ..errors import NeardupError
+from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "index.py"
 
 EXIT_OK = 0
 EXIT_NOTHING_INDEXED = 1
 EXIT_REFUSED = 2
+DEFAULT_CONNECT_SECONDS = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=invoked_as(PROG),
         description="Hash every image under a folder and store hash -> paths in a shelve."
         " Re-runs are incremental: unchanged files are skipped, deleted ones dropped.",
         epilog="Exit status: 0 when the store holds images afterwards, 1 when nothing could be"
@@ -28,16 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
-    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash")
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash",
+                        help="perceptual hash (default dhash); the README's \"How accurate is"
+                        " it?\" compares them on each kind of edit")
     parser.add_argument("--hash-size", type=positive_int, default=8,
                         help="hash is hash-size squared bits (default 8: 64 bits)")
     parser.add_argument("--exact", action="store_true",
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
                         " flattening), for comparing hashes with other tools")
+    parser.add_argument("--features", action="store_true",
+                        help="also store local features of every image (about 4 KB each), so"
+                        " search.py finds cropped, padded, rotated and mirrored copies and verifies"
+                        " every match (pip install -r requirements-features.txt)")
     parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
                         help="worker processes (default 0: one per core)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help="images per committed transaction")
+                        help=f"images per committed transaction (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
     cluster = parser.add_argument_group(
@@ -48,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hash on the workers of this Dask scheduler")
     place.add_argument("--local-cluster", type=positive_int, metavar="N",
                        help="start a Dask cluster of N workers on 127.0.0.1 and hash there")
-    cluster.add_argument("--partition-size", type=positive_int, default=1000,
-                         help="files per task; each finished partition is one transaction")
-    cluster.add_argument("--connect-timeout", type=positive_int, default=30, metavar="SECONDS",
-                         help="how long to try reaching the scheduler (default 30)")
+    cluster.add_argument("--partition-size", type=positive_int, default=DEFAULT_PARTITION_SIZE,
+                         help="files per task; each finished partition is one transaction"
+                         f" (default {DEFAULT_PARTITION_SIZE})")
+    cluster.add_argument("--connect-timeout", type=positive_int, default=DEFAULT_CONNECT_SECONDS,
+                         metavar="SECONDS",
+                         help="how long to wait for the scheduler and its first worker"
+                         f" (default {DEFAULT_CONNECT_SECONDS})")
     parser.add_argument("--allow-mass-removal", action="store_true",
                         help="let this run remove the entries of more than half of the store's"
                         " images when their files are gone (refused otherwise: a folder that"
@@ -61,24 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
 
     def body() -> int:
+        check_options(args, given)
         try:
-            recipe = Recipe(args.algorithm, args.hash_size, exact=args.exact)
+            Recipe(args.algorithm, args.hash_size, exact=args.exact)
         except ValueError as error:
-            build_parser().error(str(error))
-        options = {"jobs": args.jobs, "batch_size": args.batch_size, "max_pixels": args.max_pixels,
+            raise NeardupError(str(error)) from None
+        options = {"algorithm": args.algorithm, "hash_size": args.hash_size, "exact": args.exact,
+                   "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
-                   "report": lambda line: warn(PROG, line),
+                   "report": lambda line: warn(PROG, line), "features": args.features,
                    "allow_mass_removal": args.allow_mass_removal}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
-                summary = index_folder(worker_paths(args.dataset), args.shelve, recipe,
-                                       hasher=cluster_hasher(client, args.partition_size),
+                hasher = cluster_hasher(client, args.partition_size, features=args.features)
+                summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
                                        **options)
         else:
-            summary = index_folder(args.dataset, args.shelve, recipe, **options)
+            summary = index_folder(args.dataset, args.shelve, jobs=args.jobs,
+                                   batch_size=args.batch_size, **options)
         print(f"{args.shelve}: {summary.line()}")
         if summary.refusal:
             return EXIT_REFUSED
@@ -88,3 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     return run_command(PROG, body, "every committed batch is kept; run again to finish")
+
+
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, options that would do nothing with the hashing place asked for."""
+    on_cluster = "--scheduler" if args.scheduler else "--local-cluster" if args.local_cluster else ""
+    if on_cluster:
+        for dest, flag in (("jobs", "--jobs"), ("batch_size", "--batch-size")):
+            if dest in given:
+                raise NeardupError(f"{flag} does nothing with {on_cluster} (the cluster's workers"
+                                   " hash; --partition-size sets the files per transaction)")
+        if args.local_cluster and "connect_timeout" in given:
+            raise NeardupError("--connect-timeout does nothing with --local-cluster (it is for"
+                               " --scheduler)")
+        return
+    for dest, flag in (("partition_size", "--partition-size"),
+                       ("connect_timeout", "--connect-timeout")):
+        if dest in given:
+            raise NeardupError(f"{flag} does nothing without --scheduler or --local-cluster")

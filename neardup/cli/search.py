@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import sys
+from typing import BinaryIO, TextIO
 
+from ..api import DuplicateGroup, ImageStore
 from ..core.discovery import Skipped, walk_images
-from ..core.grouping import near_duplicate_groups
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -20,30 +21,71 @@ from ..core.results import QueryResult, display_path, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
+    Match,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError
+from ..evaluation.html import Item, evaluation_page, groups_page, write_page
 from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import write_report
-from ..evaluation.scoring import Evaluation, comparison_table, evaluate_manifest, format_evaluation
+from ..evaluation.scoring import (
+    MAX_THRESHOLD,
+    Evaluation,
+    comparison_table,
+    evaluate_manifest,
+    format_evaluation,
+    format_verified,
+)
+from ..features.extract import read_frame
+from ..features.search import VerifiedSearch
 from ..service.checker import Checker
-from ..service.server import DEFAULT_MAX_UPLOAD_BYTES, serve
-from .common import non_negative_int, positive_int, run_command, warn
+from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
+from ..service.server import (
+    DEFAULT_MAX_MATCHES,
+    DEFAULT_MAX_QUERY_DISTANCE,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    ServiceLimits,
+    load_token,
+    serve,
+)
+from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
 
 EXIT_MATCH = 0
 EXIT_NO_MATCH = 1
 EXIT_ERROR = 2
-MONTAGE_ROWS = 24  # a contact sheet stays a page a person can look at
+# --evaluate prints its table and at most this many missed copies and other matches; all of them
+# are in the --report files and the --html page (17,281 lines would bury the table).
+LISTED_MISSES = 10
+
+# The modes (the one required choice) in which each option does something. Given in another mode
+# it would be silently ignored, so it is refused instead: a user who asks for a report and gets
+# none, with exit status 0, believes something that is not true.
+MODES = ("query", "evaluate", "groups", "stdin", "serve")
+_SERVE = {"serve"}
+APPLIES_TO = {
+    "mirror": {"query", "evaluate", "stdin", "serve"},
+    "montage": {"query", "groups"},
+    "html": {"groups", "evaluate"},
+    "report": {"evaluate"},
+    "json": {"query", "groups", "evaluate"},
+    "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
+    "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
+    "max_matches": {"stdin", "serve"},
+    "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
+    "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
+    "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
+    "keep_alive_timeout": _SERVE,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=invoked_as(PROG),
         description="Hash query images with the store's recipe and list the stored images within"
         " a Hamming distance, nearest first.",
         epilog="Output: one match per line, 'distance<TAB>path'; with several queries each line"
@@ -60,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the store against a gather.py manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
-                        help="list every group of near-duplicates in the store (images linked"
-                        " within --max-distance), largest first")
+                        help="list every group of near-duplicates in the store, largest first:"
+                        " every pair in a group is within --max-distance (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         " (flushed); images index.py commits meanwhile are found too")
@@ -72,23 +114,83 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also match mirror images: hash the flipped query too (the store"
                         " is unchanged)")
     parser.add_argument("--montage", metavar="PNG",
-                        help="also draw a contact sheet: each query (or group) beside its matches"
-                        " with their distances")
+                        help="with --query or --groups: also draw a contact sheet, each query (or"
+                        " group) beside its matches with their distances; at most 24 rows, and"
+                        " what is left out is said on the sheet and on stderr")
+    parser.add_argument("--html", metavar="PAGE",
+                        help="with --groups or --evaluate (one store): also write a"
+                        " self-contained HTML page to review every group or every miss, with"
+                        " thumbnails, paths relative to the dataset and distances")
     parser.add_argument("--report", metavar="DIR",
-                        help="with --evaluate: write evaluation JSON, CSV and a PNG chart of"
-                        " recall and precision against the threshold into DIR")
-    parser.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
-                        help="with --serve: larger bodies are refused with 413")
+                        help="with --evaluate: write into DIR, for each store, evaluation JSON and"
+                        " CSV, a PNG chart of recall and precision against the threshold, a"
+                        " contact sheet of the worst misses and an HTML page of them all")
+    service = parser.add_argument_group(
+        "checker (--stdin and --serve)", "limits for a long-running checker; docs/service.md"
+        " explains each")
+    service.add_argument("--max-matches", type=positive_int, default=DEFAULT_MAX_MATCHES,
+                         help="at most this many matches per answer, nearest first; a longer"
+                         f' list is cut and marked "truncated": true (default {DEFAULT_MAX_MATCHES})')
+    service.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                         help="with --serve: larger bodies are refused with 413 (default"
+                         f" {DEFAULT_MAX_UPLOAD_BYTES:,})")
+    service.add_argument("--max-query-distance", type=non_negative_int,
+                         default=DEFAULT_MAX_QUERY_DISTANCE,
+                         help="with --serve: the largest ?max_distance a client may ask for"
+                         f" (default {DEFAULT_MAX_QUERY_DISTANCE})")
+    service.add_argument("--full-paths", action="store_true",
+                         help="with --serve: answers also give each match's path on this"
+                         " machine; by default only its path inside the dataset (relpath)")
+    service.add_argument("--token-file", metavar="FILE",
+                         help="with --serve: every request must carry 'Authorization: Bearer"
+                         " <the token in FILE>', else 401")
+    service.add_argument("--decode-memory-mb", type=positive_int,
+                         default=DEFAULT_DECODE_MEMORY // 2**20,
+                         help="with --serve: memory all uploads being decoded may take together;"
+                         " each upload's share is estimated from its header before decoding"
+                         f" (default {DEFAULT_DECODE_MEMORY // 2**20})")
+    service.add_argument("--max-connections", type=positive_int,
+                         default=ServiceLimits.max_connections,
+                         help="with --serve: more are answered 503 and closed (default"
+                         f" {ServiceLimits.max_connections})")
+    service.add_argument("--max-in-flight", type=positive_int, default=ServiceLimits.max_in_flight,
+                         help="with --serve: uploads received, decoded or searched at once; more"
+                         f" are answered 503 (default {ServiceLimits.max_in_flight})")
+    service.add_argument("--header-timeout", type=positive_float,
+                         default=ServiceLimits.header_timeout,
+                         help="with --serve: seconds for a request's headers to arrive (default"
+                         f" {ServiceLimits.header_timeout:g})")
+    service.add_argument("--body-timeout", type=positive_float, default=ServiceLimits.body_timeout,
+                         help="with --serve: seconds for an upload's body to arrive (default"
+                         f" {ServiceLimits.body_timeout:g})")
+    service.add_argument("--keep-alive-timeout", type=positive_float,
+                         default=ServiceLimits.keep_alive_timeout,
+                         help="with --serve: seconds an idle connection is kept open (default"
+                         f" {ServiceLimits.keep_alive_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
-                        " 0 is the exact bucket only)")
-    parser.add_argument("--json", action="store_true", help="print results as one JSON array")
+                        " 0 is the exact bucket only; at most the hash's bits, and for --evaluate"
+                        f" at most {MAX_THRESHOLD})")
+    parser.add_argument("--json", action="store_true",
+                        help="print results as one JSON array (--stdin and --serve always answer"
+                        " in JSON)")
     parser.add_argument("--include-low-information", action="store_true",
                         help="also match blank, single-colour and smooth images, whose hashes"
                         " are (nearly) all zeros or ones and so match each other regardless")
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse query images larger than this many pixels")
+    parser.add_argument("--max-pixels", type=positive_int,
+                        help="refuse query images larger than this many pixels (default"
+                        f" {DEFAULT_MAX_PIXELS:,}; with --serve {DEFAULT_UPLOAD_MAX_PIXELS:,})")
     return parser
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
@@ -122,14 +224,20 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_UPLOAD_MAX_PIXELS if args.serve else DEFAULT_MAX_PIXELS
 
     def body() -> int:
+        check_options(args, given)
         if args.evaluate:
             return run_evaluation(args)
         if len(args.shelve) > 1:
             raise NeardupError("several --shelve are only for --evaluate")
         args.shelve = args.shelve[0]
+        check_max_distance(args.shelve, args.max_distance)
         if args.stdin or args.serve:
             return run_checker(args)
         if args.groups:
@@ -168,64 +276,211 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
+            verified = VerifiedSearch.for_store(store, index) if has_features(store) else None
+            if verified is not None:  # a store with local features: verified matches only
+                answer_verified(verified, hashed, mirrored, args)
             if args.montage:
                 draw_montage(args.montage, "queries and their matches", [
-                    Row(Tile(r.query, "query"), [
-                        Tile(full, f"distance {m.distance}") for m in r.matches
+                    Row(Tile(r.query, "query", r.query), [
+                        Tile(full, match_label(m), m.path) for m in r.matches
                         if (full := resolve_stored_path(store.dataset_root, m.path))])
-                    for r in results if r.error is None])
+                    for r in results if r.error is None and r.matches],
+                    what="queries with matches", nothing="no query has a match",
+                    max_pixels=args.max_pixels)
             return emit(results, store.dataset_root, as_json=args.json,
                         several=len(results) > 1)
 
     return run_command(PROG, body)
 
 
-def draw_montage(path: str, title: str, rows: list[Row]) -> None:
+def has_features(store: Store) -> bool:
+    return store.feature_recipe() is not None
+
+
+def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Hash]],
+                    mirrored: list[Hash], args: argparse.Namespace) -> None:
+    """A store with local features: every query's candidates from hash and features, verified."""
+    for number, (result, query_hash) in enumerate(hashed):
+        try:
+            frame = read_frame(result.query, args.max_pixels)
+        except ImageError as error:
+            result.error = error.reason
+            continue
+        hashes = [query_hash] + ([mirrored[number]] if args.mirror else [])
+        result.matches = verified.search(hashes, frame, args.max_distance,
+                                         include_low_information=args.include_low_information)
+
+
+def match_label(match: Match) -> str:
+    distance = "-" if match.distance is None else str(match.distance)
+    if match.verified is None:
+        return f"distance {distance}"
+    return f"d {distance}, {match.inliers} inliers"
+
+
+def check_options(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse, in one line, every option given that would do nothing in the mode asked for."""
+    mode = next(name for name in MODES if getattr(args, name))
+    for option in sorted(given & set(APPLIES_TO), key=list(APPLIES_TO).index):
+        modes = APPLIES_TO[option]
+        if mode in modes:
+            continue
+        if option == "max_pixels" and mode == "groups" and (args.montage or args.html):
+            continue  # the pictures are opened under the same pixel limit
+        uses = [_flag(name) for name in MODES if name in modes]
+        where = " or ".join([", ".join(uses[:-1]), uses[-1]] if len(uses) > 1 else uses)
+        hint = ""
+        if option == "montage" and mode == "evaluate":
+            hint = "; --report DIR draws the misses"
+        elif option == "report" and mode == "groups":
+            hint = "; --montage PNG or --html PAGE draw the groups"
+        elif option == "report" and mode == "query":
+            hint = "; --montage PNG draws the results"
+        raise NeardupError(f"{_flag(option)} does nothing with {_flag(mode)} (it is for {where})"
+                           + hint)
+    if args.html and args.evaluate and len(args.shelve) > 1:
+        raise NeardupError("--html writes one store's page; with several --shelve, --report DIR"
+                           " writes a page for each")
+    check_outputs(args)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Where --report, --montage and --html will write, checked before any work is done: a
+    mistyped path must not cost a whole evaluation and then a traceback."""
+    if args.report:
+        try:
+            os.makedirs(args.report, exist_ok=True)
+        except OSError as error:
+            raise NeardupError(f"--report {args.report}: cannot make this folder"
+                               f" ({error.strerror})") from error
+    for option, path in (("--montage", args.montage), ("--html", args.html)):
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise NeardupError(f"{option} {path}: is a folder; give a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise NeardupError(f"{option} {path}: no such folder {folder}")
+
+
+def check_max_distance(store_path: str, max_distance: int) -> None:
+    """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it."""
+    with Store.open_for_reading(store_path) as store:
+        bits = store.recipe.bits
+    if max_distance > bits:
+        raise NeardupError(f"--max-distance {max_distance} is more than the {bits} bits of"
+                           f" {store_path}'s hashes ({store.recipe.describe()})")
+
+
+def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: str,
+                 rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Write a contact sheet, say what it leaves out; with nothing to draw, a line instead."""
+    if not rows:
+        warn(PROG, f"{path}: not written: {nothing}")
+        return
     try:
-        contact_sheet(rows[:MONTAGE_ROWS], title).save(path)
+        sheet = contact_sheet(rows, title, what=what, rest_in=rest_in, max_pixels=max_pixels)
+        sheet.image.save(path)
     except (OSError, ValueError) as error:
         raise NeardupError(f"{path}: cannot write the contact sheet ({error})") from error
+    cut = f" ({'; '.join(sheet.notes)})" if sheet.notes else ""
+    warn(PROG, f"wrote {path}{cut}")
+
+
+def save_page(path: str, page: str) -> None:
+    try:
+        write_page(path, page)
+    except OSError as error:
+        raise NeardupError(f"{path}: cannot write the page ({error.strerror})") from error
     warn(PROG, f"wrote {path}")
 
 
 def run_groups(args: argparse.Namespace) -> int:
-    """--groups: every connected group of near-duplicates in the store."""
-    with Store.open_for_reading(args.shelve, report=say) as store, store.snapshot():
-        groups = near_duplicate_groups(store, args.max_distance,
-                                       include_low_information=args.include_low_information)
-        root = store.dataset_root
-    # Each member as (stored path, file on disk); entries that would leave the dataset are dropped.
-    members = [[(relpath, full) for relpath in group.paths
-                if (full := resolve_stored_path(root, relpath))] for group in groups]
+    """--groups: sets of images in which every pair is a match (no chains)."""
+    with ImageStore(Store.open_for_reading(args.shelve, report=say)) as store:
+        # On a store with local features every pair in a group is a verified match (api.py).
+        groups = store.groups(args.max_distance,
+                              include_low_information=args.include_low_information)
+        root, recipe = store.dataset, store.recipe.describe()
+        verified = store.has_features
     if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath, _ in pairs],
-                           "relpaths": [relpath for relpath, _ in pairs],
-                           "distinct_hashes": group.hashes}
-                          for group, pairs in zip(groups, members, strict=True)], indent=2))
+        print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
+                           "relpaths": list(group.relpaths), "distances": list(group.distances),
+                           "max_distance": group.max_distance,
+                           "distinct_hashes": group.distinct_hashes,
+                           **({"verified": True} if verified else {})} for group in groups],
+                         indent=2))
     else:
-        for number, (group, pairs) in enumerate(zip(groups, members, strict=True), start=1):
-            print(f"# group {number}: {len(pairs)} images, {group.hashes} distinct"
-                  f" hash{'es' if group.hashes > 1 else ''}")
-            for relpath, _ in pairs:
-                print(printable(display_path(root, relpath) or relpath))
+        for number, group in enumerate(groups, start=1):
+            rule = ("every pair a verified match, hashes within" if verified
+                    else "every pair within")
+            print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
+                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, {rule}"
+                  f" {group.max_distance} bits")
+            for relpath, distance in zip(group.relpaths, group.distances, strict=True):
+                shown = "-" if distance is None else distance
+                print(f"{shown}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
-        draw_montage(args.montage, f"near-duplicate groups within {args.max_distance} bits",
-                     [Row(Tile(pairs[0][1], "first"), [Tile(full, "") for _, full in pairs[1:]])
-                      for pairs in members if pairs])
+        draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
+                     " bits, largest first", [group_row(group) for group in groups],
+                     what="groups", nothing=f"no group of near-duplicates within"
+                     f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
+                     max_pixels=args.max_pixels)
+    if args.html:
+        save_page(args.html, groups_page(
+            [[Item(relpath, full, distance_caption(position, distance))
+              for position, (relpath, full, distance)
+              in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+             for group in groups],
+            store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
+            max_pixels=args.max_pixels))
     return EXIT_MATCH if groups else EXIT_NO_MATCH
+
+
+def distance_caption(position: int, distance: int | None) -> str:
+    if position == 0:
+        return "first"
+    return "matched" if distance is None else f"distance {distance}"
+
+
+def group_row(group: DuplicateGroup) -> Row:
+    tiles = [Tile(full, distance_caption(position, distance), relpath)
+             for position, (relpath, full, distance)
+             in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+    return Row(tiles[0], tiles[1:])
 
 
 def run_evaluation(args: argparse.Namespace) -> int:
     """--evaluate: score each store against the manifest; several stores are compared."""
+    if args.max_distance > MAX_THRESHOLD:
+        raise NeardupError(f"--max-distance {args.max_distance}: --evaluate scores the thresholds"
+                           f" 0 to {MAX_THRESHOLD}")
+    for path in args.shelve:
+        check_max_distance(path, args.max_distance)
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path, report=say) as store, store.snapshot():
-            evaluations.append(evaluate_manifest(store, args.evaluate, mirror=args.mirror))
+            verified = None
+            if has_features(store):
+                verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
+            evaluations.append(evaluate_manifest(
+                store, args.evaluate, mirror=args.mirror,
+                include_low_information=args.include_low_information, verified=verified,
+                max_distance=args.max_distance))
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
-        print("\n\n".join(format_evaluation(e, args.max_distance) for e in evaluations))
+        where = "the --report files" if args.report else (
+            "the --html page" if args.html else "--report DIR or --html PAGE")
+        print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
+                                             listed_elsewhere=where)
+                          + (f"\n\n{format_verified(e)}" if e.verified_at is not None else "")
+                          for e in evaluations))
         if len(evaluations) > 1:
             print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
                   " its most precise one:")
@@ -237,8 +492,21 @@ def run_evaluation(args: argparse.Namespace) -> int:
                 warn(PROG, f"wrote {written}")
             draw_montage(os.path.join(args.report, f"{stem}-misses.png"),
                          f"{evaluation.recipe}: copies missed and other matches at"
-                         f" --max-distance {args.max_distance}",
-                         evaluation_rows(evaluation, args.max_distance))
+                         f" --max-distance {args.max_distance}, worst first",
+                         evaluation_rows(evaluation, args.max_distance),
+                         what="queries with a miss or another match",
+                         nothing=f"every copy found and nothing else at --max-distance"
+                         f" {args.max_distance}", rest_in=f"{stem}.html")
+            if evaluation.verified_at is not None:
+                draw_montage(os.path.join(args.report, f"{stem}-verified.png"),
+                             f"{evaluation.recipe}: verified search, copies missed and other"
+                             " matches, worst first", verified_rows(evaluation),
+                             what="queries with a miss or another match",
+                             nothing="every copy verified and nothing else")
+            save_page(os.path.join(args.report, f"{stem}.html"),
+                      evaluation_page(evaluation, args.max_distance))
+    if args.html:
+        save_page(args.html, evaluation_page(evaluations[0], args.max_distance))
     return EXIT_MATCH
 
 
@@ -247,48 +515,95 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     root = evaluation.dataset_root
     rows = []
     for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={c.distance}") for c in group.copies
+        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}",
+                       c.path)
+                  for c in group.copies
                   if (c.distance is None or c.distance > max_distance)
                   and (full := resolve_stored_path(root, c.path))]
-        others = [Tile(full, f"other d={d}") for p, d in sorted(group.others.items(),
-                                                                 key=lambda item: item[1])
+        others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),
+                                                                    key=lambda item: item[1])
                   if d <= max_distance and (full := resolve_stored_path(root, p))]
         if missed or others:
             original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others), Row(Tile(original, group.group),
-                                                        missed + others)))
+            rows.append((len(missed) + len(others),
+                         Row(Tile(original, f"query {group.group}", group.original),
+                             missed + others)))
+    rows.sort(key=lambda item: -item[0])
+    return [row for _, row in rows]
+
+
+def verified_rows(evaluation: Evaluation) -> list[Row]:
+    """Copies the verified search missed and other images it returned, per query, worst first."""
+    root = evaluation.dataset_root
+    rows = []
+    for group in evaluation.groups:
+        copies = {copy.path for copy in group.copies}
+        missed = [Tile(full, f"missed: {c.kind}", c.path) for c in group.copies
+                  if c.path not in group.verified and (full := resolve_stored_path(root, c.path))]
+        others = [Tile(full, f"other ({how})", path) for path, how in sorted(group.verified.items())
+                  if path not in copies and (full := resolve_stored_path(root, path))]
+        if missed or others:
+            original = resolve_stored_path(root, group.original) or group.original
+            rows.append((len(missed) + len(others),
+                         Row(Tile(original, f"query {group.group}", group.original),
+                             missed + others)))
     rows.sort(key=lambda item: -item[0])
     return [row for _, row in rows]
 
 
 def run_checker(args: argparse.Namespace) -> int:
     """--stdin and --serve: the store loaded once, many queries answered."""
+    limits = None
+    if args.serve:
+        host, port = parse_address(args.serve)
+        limits = ServiceLimits(
+            max_upload_bytes=args.max_upload_bytes, max_query_distance=args.max_query_distance,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+            max_in_flight=args.max_in_flight,
+            token=load_token(args.token_file) if args.token_file else None)
     with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
-                 include_low_information=args.include_low_information,
+                 include_low_information=args.include_low_information, mirror=args.mirror,
+                 max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
+                 decode_budget=DecodeBudget(args.decode_memory_mb * 2**20) if args.serve else None,
                  warn=lambda line: warn(PROG, line)) as checker:
         if args.serve:
-            host, port = parse_address(args.serve)
             try:
-                serve(checker, host, port, max_upload_bytes=args.max_upload_bytes,
-                      ready=lambda line: warn(PROG, line))
+                serve(checker, host, port, limits, ready=lambda line: warn(PROG, line))
             except OSError as error:
                 raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
             return 0
-        # File names need not be UTF-8: their bytes are kept (surrogateescape) and found as they are.
-        reconfigure = getattr(sys.stdin, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(errors="surrogateescape")
-        for line in sys.stdin:
-            path = line.rstrip("\n")
-            if path.strip():
-                sys.stdout.write(json.dumps(checker.check_file(path)) + "\n")
-                sys.stdout.flush()
-        return 0
+        return answer_lines(checker, sys.stdin.buffer, sys.stdout)
+
+
+def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
+    """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
+
+    Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
+    record escapes what is not ASCII); a CRLF line ending is not part of the name. Every line
+    gets its answer, an empty one included.
+    """
+    failed = False
+    for line in lines:
+        # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
+        # part of a file name.
+        line = line[:-1] if line.endswith(b"\n") else line
+        line = line[:-1] if line.endswith(b"\r") else line
+        path = os.fsdecode(line)
+        if path:
+            record = checker.check_file(path)
+        else:  # still answered: a client pairs answers with its lines by their order
+            record = {"query": "", "error": "empty line: no file named"}
+        failed = failed or "error" in record
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+    return EXIT_ERROR if failed else EXIT_MATCH
 
 
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not host or not port.isdigit() or int(port) > 65535 or not host.isascii() \
+            or not host.isprintable():
         raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
@@ -307,7 +622,11 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
         if not as_json:
             prefix = f"{printable(result.query)}\t" if several else ""
             for item in record["matches"]:
-                print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
+                if "verified" in item:  # a store with features: distance (or -), inliers, path
+                    distance = "-" if item["distance"] is None else item["distance"]
+                    print(f"{prefix}{distance}\t{item['inliers']}\t{printable(item['path'])}")
+                else:
+                    print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
         # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
         json.dump(records, sys.stdout, indent=2)

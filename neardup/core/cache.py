@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .multiindex import table_positions, tables_shape
 from .store import Store, rows_increasing, words_to_hex
 
 # Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
@@ -98,8 +99,10 @@ def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
         return None
     tables = None
     if "multiindex" in manifest["arrays"]:
-        tables = _load_array(folder, stem, "multiindex", manifest, np.uint32, (6, count))
-        if tables is None or (count and int(tables[1::2].max()) >= count):
+        bits = store.recipe.bits
+        tables = _load_array(folder, stem, "multiindex", manifest, np.uint32,
+                             tables_shape(bits, count))
+        if tables is None or (count and int(table_positions(tables, bits).max()) >= count):
             return None
     if current:
         # The store as it is now must be the store this entry was made from: same number of rows,

@@ -7,6 +7,8 @@ store can name the exact recipe that produced its hashes and refuse to mix two r
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from . import sampling
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 
@@ -31,15 +34,25 @@ ALGORITHMS: dict[str, HashFunction] = {
 
 # Bumped whenever the normalising preprocessing changes the bits it produces; stores record it.
 # 1: orientation, alpha, bit depth. 2: JPEGs decoded in grayscale at reduced scale (DRAFT_SIDE).
-PREPROCESS_VERSION = 2
+# 3: the hash's grid resampled in floating point from a decode whose scale keeps DECODE_MARGIN
+#    pixels per grid cell, the filter placed in full-size coordinates (neardup.core.sampling).
+PREPROCESS_VERSION = 3
+# Every version this neardup can still hash with, so a store made by an older one stays searchable.
+PREPROCESS_VERSIONS = (1, 2, 3)
 
-# JPEGs are decoded by libjpeg straight to grayscale and scaled down by 1/2, 1/4 or 1/8 while
-# decoding, keeping both sides at least this many pixels per 8 hash bits of side. Measured on
-# CALTECH-101 (600 copies resized +-5% and saved as JPEG, and all 41.8 million photo pairs):
-# 128 keeps every copy within 4 bits of its original (a full decode: the same) and 245 photo
-# pairs within 4 bits (full decode: 256), at 1.8x the speed on 300x200 photos and 4.7x on 12 MP.
-# Smaller targets are faster but lose copies: 64 keeps 99.5% within 4 bits, 1/8 scale only 86.7%.
+# v2 only: JPEGs decoded in grayscale at 1/2, 1/4 or 1/8 scale keeping both sides at least this
+# many pixels per 8 hash bits of side. Its threshold moved nearly equal sizes onto different paths
+# (300 x 253 decoded whole, 305 x 257 at 1/2: 5 bits apart), which v3 replaces.
 DRAFT_SIDE = 128
+
+# v3: a JPEG is decoded at 1/2, 1/4 or 1/8 scale only while its shorter side keeps at least this
+# many decoded pixels per cell of the hash's grid (144 for the 9 x 8 of dHash-64, so 300 x 200
+# photos decode whole and 12-megapixel ones at 1/8). A reduced decode is a per-block filter whose
+# blocks sit differently in a resized copy, so it must stay far finer than a cell. Measured by
+# bench/decode_margin.py (600 resized copies, seed 101), exact-bucket recall: margin 16, 90.0 %
+# (plain ImageHash 79.2 %); 8 (300 x 200 photos at 1/2), 80.2 %; 4, 70.7 %; 1 (nearly always
+# 1/8), 50.3 %. bench/straddle.py checks pairs built across each of its boundaries.
+DECODE_MARGIN = 16
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
 # only warns up to twice its own limit (about 179 megapixels) and refuses beyond, whatever we say;
@@ -79,7 +92,12 @@ class Hash:
 
     @classmethod
     def from_imagehash(cls, image_hash: imagehash.ImageHash) -> Hash:
-        flat = np.asarray(image_hash.hash, dtype=bool).ravel()
+        return cls.from_bits(np.asarray(image_hash.hash, dtype=bool))
+
+    @classmethod
+    def from_bits(cls, bits: np.ndarray) -> Hash:
+        """From a boolean array, row by row, first bit most significant (ImageHash's order)."""
+        flat = np.asarray(bits, dtype=bool).ravel()
         packed = int.from_bytes(np.packbits(flat).tobytes(), "big")
         padding = (-flat.size) % 8  # packbits pads the last byte on its low side
         return cls(packed >> padding, int(flat.size))
@@ -100,6 +118,11 @@ def is_low_information(value: Hash) -> bool:
     return ones <= band or ones >= value.bits - band
 
 
+# 32 x 32 = 1,024 bits: four times the longest hash measured useful here (dHash-256); beyond it a
+# hash costs seconds per image and per query and finds nothing more.
+MAX_HASH_SIZE = 32
+
+
 @dataclass(frozen=True, slots=True)
 class Recipe:
     """How hashes are made. Two stores can be compared only when their recipes are equal."""
@@ -115,10 +138,17 @@ class Recipe:
         if self.algorithm not in ALGORITHMS:
             known = ", ".join(sorted(ALGORITHMS))
             raise ValueError(f"unknown hash algorithm {self.algorithm!r} (known: {known})")
-        if self.hash_size < 2:
-            raise ValueError("hash size must be at least 2")
+        if not 2 <= self.hash_size <= MAX_HASH_SIZE:
+            raise ValueError(f"hash size must be from 2 to {MAX_HASH_SIZE}"
+                             f" ({MAX_HASH_SIZE ** 2} bits)")
         if self.algorithm == "whash" and self.hash_size & (self.hash_size - 1):
             raise ValueError("whash needs a hash size that is a power of 2")
+        if not self.exact and self.preprocess_version not in PREPROCESS_VERSIONS:
+            known = ", ".join(f"v{version}" for version in PREPROCESS_VERSIONS)
+            raise ValueError(
+                f"preprocessing v{self.preprocess_version} is not known to this neardup"
+                f" (it hashes with {known}): upgrade neardup to use this store"
+            )
 
     @property
     def bits(self) -> int:
@@ -149,7 +179,11 @@ def normalise(image: Image.Image) -> Image.Image:
         upright = image.copy()
     if upright is None:  # Pillow < 10 returns None when transposing in place; we never do
         upright = image.copy()
+    return flatten(upright)
 
+
+def flatten(upright: Image.Image) -> Image.Image:
+    """8-bit samples without transparency (transparent pixels shown on BACKGROUND)."""
     if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # Pillow's convert('L') clips 16-bit samples at 255, turning most 16-bit images white.
         samples = np.asarray(upright, dtype=np.float64) / 257.0
@@ -168,21 +202,77 @@ def normalise(image: Image.Image) -> Image.Image:
 
 
 def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
-    """Ask the decoder for a smaller grayscale image where that is cheaper (JPEG); before load."""
+    """v2: ask the decoder for a smaller grayscale image where that is cheaper (JPEG)."""
     if image.format == "JPEG":
         side = DRAFT_SIDE * max(1, recipe.hash_size // 8)
         image.draft("L", (side, side))
 
 
+def uses_grid(recipe: Recipe) -> bool:
+    """Whether the recipe resamples its own grid (v3) rather than handing ImageHash an image."""
+    return not recipe.exact and recipe.preprocess_version >= 3
+
+
+def grid_size(recipe: Recipe, picture: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the grid the recipe's algorithm reads, as ImageHash resizes to it.
+
+    whash's grid follows the picture (the largest power of 2 within its shorter side), as in
+    ImageHash; the other algorithms' is fixed by the hash size.
+    """
+    size = recipe.hash_size
+    if recipe.algorithm == "dhash":
+        return size + 1, size
+    if recipe.algorithm == "phash":
+        return size * 4, size * 4
+    if recipe.algorithm == "whash":
+        side = max(2 ** int(np.log2(max(1, min(picture)))), size)
+        return side, side
+    return size, size
+
+
+def decode_scale(picture: tuple[int, int], cells: tuple[int, int]) -> int:
+    """The largest JPEG decode scale (8, 4, 2, 1) keeping DECODE_MARGIN pixels per grid cell."""
+    shorter = min(picture)
+    for scale in (8, 4, 2):
+        if shorter >= scale * DECODE_MARGIN * max(cells):
+            return scale
+    return 1
+
+
+class GridDecoder:
+    """v3's before-load step for one image: picks the decode and remembers what it covers."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.extent: tuple[float, float] | None = None  # the picture in decoded pixels
+
+    def __call__(self, image: Image.Image) -> None:
+        if image.format != "JPEG":
+            return
+        width, height = image.size
+        scale = decode_scale(image.size, grid_size(self.recipe, image.size))
+        # Grayscale straight from libjpeg even at full scale: the colour planes are never
+        # converted, and their samples never upsampled.
+        drafted = image.draft("L", (max(1, width // scale), max(1, height // scale)))
+        if drafted is not None:
+            box = drafted[1]
+            self.extent = (box[2] - box[0], box[3] - box[1])
+
+
 def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
-    """What to tell the decoder before it decodes (None: decode as plain ImageHash does)."""
-    if recipe.exact:
+    """What to tell the decoder before it decodes (None: decode as plain ImageHash does).
+
+    v3 returns a fresh GridDecoder: ask for one per image.
+    """
+    if recipe.exact or recipe.preprocess_version < 2:
         return None
+    if uses_grid(recipe):
+        return GridDecoder(recipe)
     return lambda image: decode_reduced(image, recipe)
 
 
 def prepare(image: Image.Image, recipe: Recipe) -> Image.Image:
-    """The decoded image as the recipe shows it to the hash."""
+    """The decoded image as the recipe shows it to the hash (v1, v2 and --exact)."""
     return image if recipe.exact else normalise(image)
 
 
@@ -190,9 +280,84 @@ def hash_prepared(prepared: Image.Image, recipe: Recipe) -> Hash:
     return Hash.from_imagehash(ALGORITHMS[recipe.algorithm](prepared, recipe.hash_size))
 
 
-def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
-    """Hash a decoded image according to the recipe."""
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 when absent or unreadable."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block must not cost us the picture itself
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_grid(
+    image: Image.Image, recipe: Recipe, extent: tuple[float, float] | None = None
+) -> np.ndarray:
+    """v3: the recipe's grid of the decoded image as a person sees it, in float gray levels.
+
+    `extent`: the picture's size in decoded pixels, when a reduced decode rounded it up.
+    """
+    orientation = exif_orientation(image)
+    gray = flatten(image)
+    if gray.mode != "L":
+        gray = gray.convert("L")
+    pixels = np.asarray(gray)
+    width, height = grid_size(recipe, image.size)
+    if sampling.swaps_axes(orientation):
+        width, height = height, width
+    extent = extent or (float(image.width), float(image.height))
+    return sampling.orient(sampling.grid(pixels, extent, (width, height)), orientation)
+
+
+def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """The hash bits of a v3 grid: ImageHash's rule for each algorithm, on float gray levels."""
+    size = recipe.hash_size
+    if recipe.algorithm == "dhash":
+        return cells[:, 1:] > cells[:, :-1]
+    if recipe.algorithm == "ahash":
+        return cells > cells.mean()
+    if recipe.algorithm == "phash":
+        import scipy.fftpack  # ImageHash's own dependency; imported on first use as it does
+
+        spectrum = scipy.fftpack.dct(scipy.fftpack.dct(cells.astype(np.float64), axis=0), axis=1)
+        low = spectrum[:size, :size]
+        return low > np.median(low)
+    # whash: ImageHash's wavelet steps on the grid (8-bit, as it reads images); its own resize to
+    # image_scale is then a copy.
+    levels = Image.fromarray(np.clip(np.rint(cells), 0, 255).astype(np.uint8))
+    return np.asarray(imagehash.whash(levels, size, image_scale=cells.shape[0]).hash)
+
+
+def hash_decoded(
+    image: Image.Image, recipe: Recipe, decoder: Callable[[Image.Image], None] | None = None
+) -> Hash:
+    """Hash an image that open_image decoded with decoder_settings(recipe) as `decoder`."""
+    if uses_grid(recipe):
+        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
+        return Hash.from_bits(grid_bits(upright_grid(image, recipe, extent), recipe))
     return hash_prepared(prepare(image, recipe), recipe)
+
+
+def hash_decoded_and_mirror(
+    image: Image.Image,
+    recipe: Recipe,
+    decoder: Callable[[Image.Image], None] | None = None,
+    *,
+    mirror: bool = True,
+) -> tuple[Hash, Hash | None]:
+    """hash_decoded, and the mirror image's hash from the same decode (None unless `mirror`)."""
+    if uses_grid(recipe):
+        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
+        cells = upright_grid(image, recipe, extent)
+        plain = Hash.from_bits(grid_bits(cells, recipe))
+        return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+    prepared = prepare(image, recipe)
+    plain = hash_prepared(prepared, recipe)
+    return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
+
+
+def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
+    """Hash a decoded (full-size) image according to the recipe."""
+    return hash_decoded(image, recipe)
 
 
 # The raster formats neardup reads, by Pillow's format name; no other Pillow plug-in is ever given
@@ -227,6 +392,46 @@ def readable_formats() -> tuple[str, ...]:
     return tuple(name for name in RASTER_FORMATS if name in Image.OPEN)
 
 
+# Files up to this size are read in one call and parsed from memory: Pillow's JPEG header parser
+# reads a few bytes at a time, about 40 reads per photo, each a Python call (about a tenth of
+# the time to hash a 300 x 200 photo). Larger files are streamed as before.
+WHOLE_FILE_BYTES = 16 * 1024 * 1024
+
+
+def open_regular_file(path: str) -> io.BufferedReader:
+    """Open a file for reading; FIFOs, devices and sockets are refused without blocking on them.
+
+    Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
+    a check and the open cannot hang a checker either.
+    """
+    if "\0" in path:
+        raise ImageError(path.replace("\0", "\\0"), "a file name cannot hold a NUL byte")
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageError(path, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_file(path: str) -> io.BufferedIOBase:
+    """The file as a stream: in memory when small (see WHOLE_FILE_BYTES), else the open file."""
+    stream = open_regular_file(path)
+    try:
+        if os.fstat(stream.fileno()).st_size <= WHOLE_FILE_BYTES:
+            with stream:
+                return io.BytesIO(stream.read(WHOLE_FILE_BYTES + 1))
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
 @contextmanager
 def open_image(
     path: str,
@@ -246,7 +451,7 @@ def open_image(
     stream: io.BufferedIOBase | None = None
     image: Image.Image | None = None
     try:
-        stream = open(path, "rb") if data is None else io.BytesIO(data)
+        stream = read_file(path) if data is None else io.BytesIO(data)
         with warnings.catch_warnings():
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
             # the limit below is ours, and --max-pixels sets it.
@@ -276,29 +481,55 @@ def open_image(
         stream.close()
 
 
+def hash_source(
+    name: str,
+    recipe: Recipe,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    data: bytes | None = None,
+    mirror: bool = False,
+    on_header: Callable[[Image.Image], None] | None = None,
+) -> tuple[Hash, Hash | None]:
+    """Hash a file (or, with `data`, bytes that `name` only names), and with `mirror` its mirror
+    image too, from one decode. The one place every caller hashes through, so a query and a stored
+    image always take the same path.
+
+    `on_header` runs after the recipe has told the decoder its reduced size and before decoding
+    (the checker reserves decode memory there).
+    """
+    if data is not None and not data:
+        raise ImageError(name, "empty file")
+    decoder = decoder_settings(recipe)
+
+    def before_load(image: Image.Image) -> None:
+        if decoder is not None:
+            decoder(image)
+        if on_header is not None:
+            on_header(image)
+
+    with open_image(name, max_pixels, data=data, before_load=before_load) as image:
+        return hash_decoded_and_mirror(image, recipe, decoder, mirror=mirror)
+
+
 def hash_file(path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hash:
     """Hash one image file, or raise ImageError with a short reason a person can act on."""
-    with open_image(path, max_pixels, before_load=decoder_settings(recipe)) as image:
-        return hash_image(image, recipe)
+    return hash_source(path, recipe, max_pixels)[0]
 
 
 def hash_file_and_mirror(
     path: str, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Hash, Hash]:
     """The file's hash and its mirror image's, from one decode (for --mirror)."""
-    with open_image(path, max_pixels, before_load=decoder_settings(recipe)) as image:
-        prepared = prepare(image, recipe)
-        return hash_prepared(prepared, recipe), hash_prepared(ImageOps.mirror(prepared), recipe)
+    plain, flipped = hash_source(path, recipe, max_pixels, mirror=True)
+    assert flipped is not None
+    return plain, flipped
 
 
 def hash_bytes(
     data: bytes, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload"
 ) -> Hash:
     """Hash an image held in memory (an upload); errors name it `name`."""
-    if not data:
-        raise ImageError(name, "empty file")
-    with open_image(name, max_pixels, data=data, before_load=decoder_settings(recipe)) as image:
-        return hash_image(image, recipe)
+    return hash_source(name, recipe, max_pixels, data=data)[0]
 
 
 def describe_failure(path: str, error: BaseException, head: bytes | None = None) -> str:

@@ -25,7 +25,9 @@ import platform
 import signal
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import imagehash
@@ -58,6 +60,7 @@ class HashOutcome:
     file: FoundFile
     hash_hex: str | None
     error: str | None
+    features: bytes | None = None  # local features, when the store keeps them
 
 
 @dataclass(slots=True)
@@ -116,12 +119,14 @@ def index_folder(
     report: Reporter = lambda line: None,
     hasher: Hasher | None = None,
     allow_mass_removal: bool = False,
+    features: bool = False,
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
 
     `hasher` replaces the local process pool (neardup.scale.cluster hashes on a Dask cluster); whoever
     hashes, only this process writes, and files committed by an earlier, interrupted run are
-    unchanged now and not hashed again.
+    unchanged now and not hashed again. `features`: also store local features (the hasher must
+    compute them: local_hasher(..., features=True), cluster_hasher(..., features=True)).
     """
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
@@ -129,6 +134,10 @@ def index_folder(
     if not os.path.isdir(root):
         raise NeardupError(f"{dataset}: not a folder")
     check_store_path(store_path, writing=True)  # a device, FIFO or missing folder: before anything
+    if features:
+        from ..features import require
+
+        require()  # one line naming what to install, before anything is written
     summary = IndexSummary()
     found: list[FoundFile] = []
     kept_prefixes: list[str] = []  # what could not be looked at keeps its entries
@@ -144,7 +153,7 @@ def index_folder(
         summary.seconds = time.perf_counter() - started
         return summary  # nothing to index, and no empty store left behind
     if hasher is None:
-        hasher = local_hasher(jobs, batch_size)
+        hasher = local_hasher(jobs, batch_size, features=features)
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(),
                                 report=report) as store:
@@ -161,6 +170,7 @@ def index_folder(
             summary.unchanged = len(found)
             summary.seconds = time.perf_counter() - started
             return summary
+        lacking = _prepare_features(store, store_path, features)
 
         start_generation = store.generation()
         bad = _check_foreign_entries(store)
@@ -171,6 +181,8 @@ def index_folder(
         for item in found:
             state = stored.get(item.relpath)
             verdict = _compare(state, item)
+            if item.relpath in lacking and verdict in ("unchanged", "record"):
+                verdict = "new"  # hashed again for the local features it lacks
             if verdict == "unchanged":
                 summary.unchanged += 1
             elif verdict == "record":
@@ -184,7 +196,7 @@ def index_folder(
             else:
                 todo.append(item)
 
-        store.apply(refreshed, gone)
+        store.apply(refreshed, gone, keep_features=True)  # unchanged: their features stand
         summary.removed += len(gone)
         written: set[str] = set()  # hashes this run changed, not someone else
 
@@ -202,7 +214,8 @@ def index_folder(
                             failed_before.append(relpath)  # its old hash is stale
                             written.add(stored[relpath].hash_hex)
                         continue
-                    batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns))
+                    batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
+                                         outcome.features))
                     if rechecks.get(relpath) == outcome.hash_hex:
                         summary.unchanged += 1  # hashed again to be sure: the same picture
                         continue
@@ -235,6 +248,11 @@ def index_folder(
         summary.bad_entries = len(bad)
         store.record_bad_entries(bad)
         settle_caches(store, end_generation)
+        if features and (summary.indexed or summary.removed):
+            from ..features.index import FeatureIndex
+
+            with store.snapshot():
+                FeatureIndex.from_store(store)  # cached now, so the first search does not pay
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -310,14 +328,29 @@ def _compare(state: FileState | None, item: FoundFile) -> str:
     return "unchanged"
 
 
-def _record(item: FoundFile, hash_hex: str, looked_at_ns: int) -> IndexedFile:
+def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
+            features: bytes | None = None) -> IndexedFile:
     """What to store for a file hashed now; racily clean files are marked to be hashed again."""
     racy = max(item.mtime_ns, item.ctime_ns) >= looked_at_ns - RACY_NS
     return IndexedFile(item.relpath, item.size, item.mtime_ns, hash_hex, item.inode,
-                       RACY if racy else item.ctime_ns)
+                       RACY if racy else item.ctime_ns, features)
 
 
-def local_hasher(jobs: int, batch_size: int) -> Hasher:
+def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]:
+    """Record the feature recipe (or refuse a mismatch); the stored files that still lack them."""
+    if not features:
+        if store.feature_recipe() is not None:
+            raise NeardupError(f"{store_path}: keeps local features of every image; run index.py"
+                               " with --features to keep them complete")
+        return set()
+    from ..features.extract import FeatureRecipe
+
+    recipe = FeatureRecipe()
+    store.enable_features(recipe.to_dict(), FeatureRecipe.describe_recorded)
+    return store.paths_without_features()
+
+
+def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hasher:
     """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS."""
 
     def hash_locally(
@@ -325,7 +358,8 @@ def local_hasher(jobs: int, batch_size: int) -> Hasher:
     ) -> Iterator[list[HashOutcome]]:
         group: list[HashOutcome] = []
         last = time.monotonic()
-        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels):
+        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels,
+                                  features=features):
             group.append(outcome)
             if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
                 yield group
@@ -338,22 +372,44 @@ def local_hasher(jobs: int, batch_size: int) -> Hasher:
 
 def hash_files(
     files: Sequence[FoundFile], recipe: Recipe, *, jobs: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
 ) -> Iterator[HashOutcome]:
-    """Hash files, in worker processes when jobs != 1; outcomes come in completion order."""
+    """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
+    completion order."""
     workers = jobs if jobs > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(files)))
     if workers == 1:
         for item in files:
-            yield _hash_one(item, recipe, max_pixels)
+            yield _hash_one(item, recipe, max_pixels, features)
         return
     # forkserver: workers start from a clean process, never a fork of one holding threads or a
     # database connection.
     context = multiprocessing.get_context("forkserver")
     _quiet_resource_tracker()
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with context.Pool(workers, initializer=_init_worker, initargs=(recipe, max_pixels)) as pool:
+    with _workers_without_the_callers_script():
+        pool = context.Pool(workers, initializer=_init_worker,
+                            initargs=(recipe, max_pixels, features))
+    with pool:
         yield from pool.imap_unordered(_hash_in_worker, files, chunksize=chunk)
+
+
+@contextmanager
+def _workers_without_the_callers_script() -> Iterator[None]:
+    """Start worker processes that import neardup but not the caller's script.
+
+    multiprocessing runs the parent's __main__ again in every new worker. The workers need nothing
+    from it, and a script that calls neardup.index_folder without an `if __name__ == "__main__":`
+    guard (or one read from standard input) would then index again in each worker, fail, and be
+    restarted without end. Workers are started while __main__ is a blank module: they are all
+    started here, before the pool is used.
+    """
+    script = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = script
 
 
 def _quiet_resource_tracker() -> None:
@@ -368,9 +424,12 @@ def _quiet_resource_tracker() -> None:
 _worker_settings: tuple[Recipe, int] | None = None
 
 
-def _init_worker(recipe: Recipe, max_pixels: int) -> None:
+_worker_settings: tuple[Recipe, int, bool] | None = None
+
+
+def _init_worker(recipe: Recipe, max_pixels: int, features: bool = False) -> None:
     global _worker_settings  # one per worker process, set once before any task runs
-    _worker_settings = (recipe, max_pixels)
+    _worker_settings = (recipe, max_pixels, features)
     # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
     # keeps the committed batches), so workers do not each print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -413,14 +472,21 @@ def _hash_in_worker(item: FoundFile) -> HashOutcome:
     return _hash_one(item, *_worker_settings)
 
 
-def hash_partition(files: list[FoundFile], recipe: Recipe, max_pixels: int) -> list[HashOutcome]:
+def hash_partition(
+    files: list[FoundFile], recipe: Recipe, max_pixels: int, features: bool = False
+) -> list[HashOutcome]:
     """Hash a list of files in this process (a cluster worker's task)."""
-    return [_hash_one(item, recipe, max_pixels) for item in files]
+    return [_hash_one(item, recipe, max_pixels, features) for item in files]
 
 
-def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
+def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool = False) -> HashOutcome:
+    feature_bytes = None
     try:
         hash_hex = hash_file(item.path, recipe, max_pixels).hex()
+        if features:
+            from ..features.extract import stored_features
+
+            feature_bytes = stored_features(item.path, max_pixels)
     except ImageError as error:
         return HashOutcome(item, None, error.reason)
     # A file rewritten while we read it may have given a hash of neither version: report it and
@@ -432,4 +498,4 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int) -> HashOutcome:
     if (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) != (
             item.size, item.mtime_ns, item.inode or after.st_ino, item.ctime_ns or after.st_ctime_ns):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")
-    return HashOutcome(item, hash_hex, None)
+    return HashOutcome(item, hash_hex, None, feature_bytes)

@@ -1,4 +1,6 @@
-"""Multi-index hashing: exact Hamming search over 64-bit hashes without scanning them all.
+"""Multi-index hashing: exact Hamming search without scanning every hash.
+
+`MultiIndex` serves 64-bit hashes, `WideMultiIndex` hashes of any other length (dHash-256).
 
 Split each hash into m = 3 substrings (22, 21 and 21 bits). If two hashes differ in at most r bits,
 then by the pigeonhole principle some substring differs in at most floor(r / 3) bits. So probing,
@@ -105,3 +107,124 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
     return np.repeat(starts - offsets, lengths) + np.arange(total)
+
+
+# -- hashes of any length ------------------------------------------------------------------------
+#
+# A hash of b bits (b != 64) is cut into m = ceil(b / 16) substrings of 16 bits, counted from its
+# least significant end (the last may be shorter). If two hashes differ in at most r bits, some
+# substring differs in at most floor(r / m) bits, so probing each substring's table with every
+# value within floor(r / m) bits of the query's finds every hash within r; the candidates' full
+# distances drop the rest. One set of tables serves every radius: for dHash-256 (m = 16), r = 8
+# probes each table with the query's own substring (16 probes), r = 16 with it and its 16
+# one-bit neighbours (272 probes), r = 32 with the 137 values within 2 bits.
+#
+# Sixteen-bit substrings index a table directly (65,536 buckets), so no binary search: per table,
+# the positions of the hashes sorted by substring (uint32) and where each value's run starts.
+# Memory: 4 bytes per substring per hash (64 for dHash-256, beside its 32), plus 256 KiB per
+# substring for the run starts. Build: one 16-bit radix sort per substring.
+
+WIDE_SUBSTRING_BITS = 16
+_WIDE_BUCKETS = 1 << WIDE_SUBSTRING_BITS
+# Candidates are gathered at random and checked in full; beyond this share of the hashes, one
+# sequential scan of them all is cheaper and gives the same answer.
+WIDE_SCAN_SHARE = 0.25
+
+
+def wide_layout(bits: int) -> list[tuple[int, int, int]]:
+    """(word, shift, width) of each 16-bit substring, in the (count, words) layout of the store."""
+    words = (bits + 63) // 64
+    layout = []
+    for start in range(0, bits, WIDE_SUBSTRING_BITS):
+        width = min(WIDE_SUBSTRING_BITS, bits - start)
+        layout.append((words - 1 - start // 64, start % 64, width))
+    return layout
+
+
+def wide_substrings(matrix: np.ndarray, bits: int) -> np.ndarray:
+    """(m, count) uint16: every hash's substrings."""
+    layout = wide_layout(bits)
+    subs = np.empty((len(layout), matrix.shape[0]), dtype=np.uint16)
+    for part, (word, shift, width) in enumerate(layout):
+        column = matrix[:, word] >> np.uint64(shift)
+        subs[part] = (column & np.uint64((1 << width) - 1)).astype(np.uint16)
+    return subs
+
+
+def build_wide_tables(matrix: np.ndarray, bits: int) -> np.ndarray:
+    """(m, 65537 + count) uint32: per substring, its run starts then the positions sorted by it."""
+    count = matrix.shape[0]
+    if count >= 1 << 32:
+        raise ValueError("multi-index tables hold positions in 32 bits")
+    layout = wide_layout(bits)
+    tables = np.empty((len(layout), _WIDE_BUCKETS + 1 + count), dtype=np.uint32)
+    for part, row in enumerate(wide_substrings(matrix, bits)):
+        tables[part, 0] = 0
+        tables[part, 1:_WIDE_BUCKETS + 1] = np.cumsum(np.bincount(row, minlength=_WIDE_BUCKETS))
+        tables[part, _WIDE_BUCKETS + 1:] = np.argsort(row, kind="stable")  # radix sort: 16 bits
+    return tables
+
+
+class WideMultiIndex:
+    """16-bit substring tables over a fixed (count, words) array of distinct hashes of `bits`."""
+
+    def __init__(self, matrix: np.ndarray, bits: int, tables: np.ndarray | None = None) -> None:
+        self.matrix = matrix
+        self.bits = bits
+        self.layout = wide_layout(bits)
+        self.tables = build_wide_tables(matrix, bits) if tables is None else tables
+        if self.tables.shape != (len(self.layout), _WIDE_BUCKETS + 1 + matrix.shape[0]):
+            raise ValueError("substring tables do not fit the hashes")
+
+    def substring_radius(self, max_distance: int) -> int:
+        return max(0, max_distance) // len(self.layout)
+
+    def worth_it(self, max_distance: int) -> bool:
+        """Whether probing beats scanning every hash for this radius and this many hashes."""
+        radius = self.substring_radius(max_distance)
+        if radius > MAX_SUBSTRING_RADIUS:
+            return False
+        probes = sum(len(flip_masks(width, radius)) for _word, _shift, width in self.layout)
+        return self.matrix.shape[0] > HASHES_PER_PROBE * probes
+
+    def within(self, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (into the matrix) and distances of every hash within max_distance of query."""
+        radius = self.substring_radius(max_distance)
+        words = self.matrix.shape[1]
+        query_words = np.array(
+            [(query >> (64 * (words - 1 - i))) & 0xFFFF_FFFF_FFFF_FFFF for i in range(words)],
+            dtype=np.uint64,
+        )
+        starts, ends, tables = [], [], []
+        for part, (word, shift, width) in enumerate(self.layout):
+            value = (int(query_words[word]) >> shift) & ((1 << width) - 1)
+            probes = (np.uint32(value) ^ flip_masks(width, radius)).astype(np.int64)
+            table = self.tables[part]
+            starts.append(table[probes].astype(np.int64) + _WIDE_BUCKETS + 1)
+            ends.append(table[probes + 1].astype(np.int64) + _WIDE_BUCKETS + 1)
+            tables.append(np.full(probes.size, part, dtype=np.int64))
+        start, end = np.concatenate(starts), np.concatenate(ends)
+        if int((end - start).sum()) > WIDE_SCAN_SHARE * self.matrix.shape[0]:
+            candidates = np.arange(self.matrix.shape[0])
+        else:
+            flat = self.tables.reshape(-1)
+            row_offset = np.concatenate(tables) * self.tables.shape[1]
+            candidates = np.unique(flat[_ranges(start + row_offset, end + row_offset)])
+            candidates = candidates.astype(np.int64)
+        distances = np.bitwise_count(self.matrix[candidates] ^ query_words).sum(
+            axis=1, dtype=np.int64)
+        keep = distances <= max_distance
+        return candidates[keep], distances[keep]
+
+
+def tables_shape(bits: int, count: int) -> tuple[int, int]:
+    """The shape of the tables of either multi-index over `count` hashes of `bits` (for checking
+    a cached copy before use)."""
+    if bits == 64:
+        return (2 * PARTS, count)
+    return (len(wide_layout(bits)), _WIDE_BUCKETS + 1 + count)
+
+
+def table_positions(tables: np.ndarray, bits: int) -> np.ndarray:
+    """The part of the tables that holds positions into the hashes (each must be below count)."""
+    return tables[1::2] if bits == 64 else tables[:, _WIDE_BUCKETS + 1:]

@@ -3,6 +3,8 @@
 One JSON shape everywhere (`--json`, `--stdin`, HTTP):
     {"query": ..., "hash": ..., "low_information": ..., "matches": [{"path", "relpath", "distance",
      "hash"}, ...]}   or   {"query": ..., "error": ...}
+On a store with local features each match also has "found_by", "inliers" and "verified", and
+"distance" is null for a match the hash did not find.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ def to_record(
         if path is None:
             warn(f"store entry {match.path!r} points outside the dataset; not shown")
             continue
-        shown.append({"path": path, "relpath": match.path, "distance": match.distance,
-                      "hash": match.hash_hex})
+        record = {"path": path, "relpath": match.path, "distance": match.distance,
+                  "hash": match.hash_hex}
+        if match.verified is not None:  # a store with local features: how it was found, verified
+            record |= {"found_by": match.found_by, "inliers": match.inliers,
+                       "verified": match.verified}
+        shown.append(record)
     return {"query": result.query, "hash": result.hash_hex,
             "low_information": result.low_information, "matches": shown}

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import cache
 from .hashing import Hash, is_low_information
-from .multiindex import MultiIndex, build_tables
+from .multiindex import MultiIndex, WideMultiIndex, build_tables
 from .store import Store, hash_to_words, hex_keys_to_words, sort_distinct, words_to_hex
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
@@ -38,20 +38,25 @@ class Match:
     """A stored image near the query: its path relative to the dataset root, and how near."""
 
     path: str
-    distance: int
+    distance: int | None  # None: not near by hash (found by local features only)
     hash_hex: str
+    # Stores with local features only (neardup.features): how it was found and verified.
+    found_by: str | None = None  # "hash", "features" or "hash+features"
+    inliers: int | None = None
+    verified: bool | None = None
 
 
 class HashIndex:
     """Hamming search over the distinct hashes of a store.
 
     Brute force (XOR and popcount over every hash, vectorised) is the reference. For large stores
-    of 64-bit hashes a multi-index is chosen automatically; it returns exactly the same answers
-    (a property test holds it to that) while reading a tiny fraction of the hashes. `extra` holds
+    a multi-index is chosen automatically (MultiIndex for 64-bit hashes, WideMultiIndex for any
+    other length); it returns exactly the same answers (property tests hold both to that) while
+    reading a tiny fraction of the hashes. `extra` holds
     hashes added to the store after `matrix` was made, scanned by brute force.
     """
 
-    def __init__(self, matrix: np.ndarray, bits: int, multi: MultiIndex | None = None, *,
+    def __init__(self, matrix: np.ndarray, bits: int, multi: MultiIndex | WideMultiIndex | None = None, *,
                  extra: np.ndarray | None = None, generation: int = -1,
                  schema: int | None = None, tracked: bool = False) -> None:
         words = (bits + 63) // 64
@@ -84,9 +89,11 @@ class HashIndex:
             oldest = max(store.changes_since(), generation - max(0, max_delta))
             entry = cache.load(store, newest=generation, oldest=oldest)
             if entry is not None:
-                multi = None
-                if entry.tables is not None:
+                multi: MultiIndex | WideMultiIndex | None = None
+                if entry.tables is not None and bits == 64:
                     multi = MultiIndex(entry.matrix[:, 0], entry.tables)
+                elif entry.tables is not None:
+                    multi = WideMultiIndex(entry.matrix, bits, entry.tables)
                 base = cls(entry.matrix, bits, multi, generation=entry.generation, schema=schema,
                            tracked=True)
                 return base.follow(store)
@@ -95,6 +102,8 @@ class HashIndex:
         if bits == 64 and matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
             values = np.ascontiguousarray(matrix[:, 0])
             multi = MultiIndex(values, build_tables(values))
+        elif matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
+            multi = WideMultiIndex(matrix, bits)
         if cacheable:
             cache.save(store, generation, matrix, None if multi is None else multi.tables, rows)
         return cls(matrix, bits, multi, generation=generation, schema=schema,
@@ -155,8 +164,12 @@ class HashIndex:
         keys = sorted({value.hex().encode("ascii") for value in hashes})
         matrix = hex_keys_to_words(keys, bits)
         if multi_index is None:
-            multi_index = bits == 64 and len(keys) >= MULTI_INDEX_MIN_HASHES
-        return cls(matrix, bits, MultiIndex(matrix[:, 0]) if multi_index else None)
+            multi_index = len(keys) >= MULTI_INDEX_MIN_HASHES
+        if not multi_index:
+            return cls(matrix, bits)
+        if bits == 64:
+            return cls(matrix, bits, MultiIndex(matrix[:, 0]))
+        return cls(matrix, bits, WideMultiIndex(matrix, bits))
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0] + self.extra.shape[0])

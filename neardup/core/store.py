@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .hashing import PREPROCESS_VERSION, Hash, Recipe
+from .hashing import PREPROCESS_VERSIONS, Hash, Recipe
 from .storefile import (
     Db,
     SqliteFailure,
@@ -127,10 +127,11 @@ def recipe_problem(recipe: Recipe) -> str | None:
     preprocessing can keep older versions readable by listing them here). `exact` recipes hash the
     file untouched, so their preprocessing version does not matter.
     """
-    if recipe.exact or recipe.preprocess_version in (PREPROCESS_VERSION,):
+    if recipe.exact or recipe.preprocess_version in PREPROCESS_VERSIONS:
         return None
+    known = ", ".join(f"v{version}" for version in PREPROCESS_VERSIONS)
     return (f"built with {recipe.describe()}, but this neardup hashes queries only with normalised"
-            f" v{PREPROCESS_VERSION}, so its answers would be wrong; rebuild it with this index.py"
+            f" {known}, so its answers would be wrong; rebuild it with this index.py"
             " (another --shelve)")
 
 
@@ -240,6 +241,7 @@ class IndexedFile:
     hash_hex: str
     inode: int = 0
     ctime_ns: int = 0
+    features: bytes | None = None  # local features (stores with features only; see below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +271,7 @@ class Store:
         self._reported: set[object] = set()
         meta = self._read_meta()
         try:
-            self.recipe = Recipe.from_dict(json.loads(meta["recipe"]))
+            self.recipe = stored_recipe(path, meta["recipe"])
             self.dataset_root = meta["dataset_root"]
             self.store_id = meta["store_id"]
         except (KeyError, TypeError, ValueError) as error:
@@ -577,15 +579,19 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply(self, indexed: Iterable[IndexedFile], removed: Iterable[str]) -> None:
-        """Record hashed files and forget removed ones, all in one transaction.
+    def apply(self, indexed: Iterable[IndexedFile], removed: Iterable[str], *,
+              keep_features: bool = False) -> None:
+        """Record hashed files and forget removed ones, all in one transaction. `keep_features`:
+        the files are unchanged (only their stat is recorded again), their features stand.
 
         Idempotent: a path already stored under the same hash is not listed again, and a path whose
         hash changed leaves its old bucket, so no path is ever listed twice.
         """
         additions: dict[str, set[str]] = {}
         removals: dict[str, set[str]] = {}
+        indexed, removed = list(indexed), list(removed)
         with self.transaction():
+            self._apply_features([] if keep_features else indexed, removed)
             for item in indexed:
                 key = os.fsencode(item.relpath)
                 old = self._stored_hash(key)
@@ -715,6 +721,132 @@ class Store:
 # -- keys as numbers ------------------------------------------------------------------------------
 
 
+
+    # -- local features (neardup.features) -----------------------------------------------------
+    # One table of its own, created by enable_features and written by _apply_features inside
+    # apply()'s transaction, so a file's hash and its features are committed together or not at
+    # all. The integer id is stable while the path stays: the feature index names images by it.
+
+    def feature_recipe(self) -> dict[str, Any] | None:
+        """The recorded feature recipe, or None for a hash-only store."""
+        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
+        return None if found is None else dict(json.loads(found[0]))
+
+    def enable_features(
+        self, recipe: dict[str, Any], describe: Callable[[dict[str, Any]], str]
+    ) -> None:
+        """Keep local features from now on; a store made with another feature recipe refuses."""
+        stored = self.feature_recipe()
+        if stored is not None:
+            if stored != recipe:
+                raise StoreError(f"{self.path}: holds features made with {describe(stored)},"
+                                 f" this run asks for {describe(recipe)}; use another --shelve")
+            return
+        with self.transaction():
+            self._db.run(_FEATURE_TABLE)
+            self._set_meta("feature_recipe", json.dumps(recipe, sort_keys=True))
+            self._set_meta("feature_generation", "0")
+
+    def paths_without_features(self) -> set[str]:
+        """Indexed files whose features are not stored (indexed before features were enabled)."""
+        rows = self._db.all("SELECT path FROM neardup_files WHERE path NOT IN"
+                            " (SELECT path FROM neardup_features)")
+        return {os.fsdecode(bytes(path)) for (path,) in rows}
+
+    def feature_count(self) -> int:
+        if self.feature_recipe() is None:
+            return 0
+        return int(self._db.one("SELECT COUNT(*) FROM neardup_features")[0])
+
+    def feature_generation(self) -> int:
+        """Moves with every change of the features (which need not change any hash)."""
+        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_generation'")
+        return int(found[0]) if found else 0
+
+    def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
+        """(id, path, features) of every stored image, by id."""
+        for image_id, path, data in self._db.run(
+                "SELECT id, path, data FROM neardup_features ORDER BY id"):
+            yield int(image_id), os.fsdecode(bytes(path)), bytes(data)
+
+    def features_by_id(self, ids: Iterable[int]) -> dict[int, tuple[str, bytes]]:
+        wanted = sorted(set(ids))
+        found: dict[int, tuple[str, bytes]] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, path, data in self._db.all(
+                    f"SELECT id, path, data FROM neardup_features WHERE id IN ({marks})", chunk):
+                found[int(image_id)] = (os.fsdecode(bytes(path)), bytes(data))
+        return found
+
+    def features_of_path(self, relpath: str) -> tuple[int, bytes] | None:
+        row = self._db.one("SELECT id, data FROM neardup_features WHERE path = ?",
+                           (os.fsencode(relpath),))
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def hash_of_path(self, relpath: str) -> str | None:
+        """The stored hash (hex) of one indexed file."""
+        return self._stored_hash(os.fsencode(relpath))
+
+    def _apply_features(self, indexed: list[IndexedFile], removed: list[str]) -> None:
+        """apply()'s part for features: in its transaction, before its own writes."""
+        if self.feature_recipe() is None:  # a hash-only store: one lookup per batch, nothing else
+            return
+        for item in indexed:
+            key = os.fsencode(item.relpath)
+            if item.features is None:  # features of an older version of the file are stale
+                self._db.run("DELETE FROM neardup_features WHERE path = ?", (key,))
+            else:
+                self._db.run(
+                    "INSERT INTO neardup_features (path, data) VALUES (?, ?)"
+                    " ON CONFLICT (path) DO UPDATE SET data = excluded.data",
+                    (key, item.features))
+        for relpath in removed:
+            self._db.run("DELETE FROM neardup_features WHERE path = ?",
+                             (os.fsencode(relpath),))
+        if indexed or removed:
+            # The feature index cache is named by this too: features can change without a hash.
+            self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
+                         " WHERE name = 'feature_generation'")
+
+
+    def cached_array(
+        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False
+    ) -> np.ndarray:
+        """An array derived from the features, kept beside the store until they change (the
+        feature index). Named by the store's id, generation and feature generation, so it is
+        never read for another state; small stores (unless `small_too`) and folders that cannot
+        be written simply build it again. Only older states' files are removed, never a newer one
+        another process may be using."""
+        from .cache import CACHE_MIN_HASHES  # cache imports this module
+
+        if self.hash_count() < CACHE_MIN_HASHES and not small_too:
+            return build()
+        folder = self.path + ".cache"
+        state = (self.generation(), self.feature_generation())
+        cached = os.path.join(folder, f"{name}-{self.store_id}-{state[0]}-{state[1]}.npy")
+        try:
+            return np.load(cached, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            pass
+        array = build()
+        try:
+            os.makedirs(folder, exist_ok=True)
+            partial = f"{cached}.{os.getpid()}.partial"
+            with open(partial, "wb") as stream:
+                np.save(stream, array, allow_pickle=False)
+            os.replace(partial, cached)
+            prefix = f"{name}-{self.store_id}-"
+            for other in os.listdir(folder):
+                if other.startswith(prefix) and other.endswith(".npy"):
+                    older = tuple(int(part) for part in other[len(prefix):-4].split("-"))
+                    if older < state:
+                        os.remove(os.path.join(folder, other))
+        except (OSError, ValueError):
+            pass  # a read-only place, or a name not of ours: the array still serves this process
+        return array
+
 def _decode_joined_keys(joined: bytes, rows: int, width: int, bits: int) -> np.ndarray | None:
     """Keys joined by commas -> sorted distinct words, or None if any key is not `width` lowercase
     hex digits. If the text has rows * (width + 1) - 1 bytes, a comma at every (width + 1)th place
@@ -761,6 +893,19 @@ def sort_distinct(matrix: np.ndarray) -> np.ndarray:
     keep = np.ones(ordered.shape[0], dtype=bool)
     keep[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
     return np.ascontiguousarray(ordered[keep])
+
+
+# Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.
+_FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMARY KEY,"
+                  " path BLOB UNIQUE NOT NULL, data BLOB NOT NULL)")
+
+
+def stored_recipe(path: str, text: str) -> Recipe:
+    """The recipe a store records, or a StoreError naming the store (one from a newer neardup)."""
+    try:
+        return Recipe.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{path}: its recipe cannot be used here: {error}") from error
 
 
 def hex_keys_to_words(keys: list[bytes], bits: int) -> np.ndarray:
@@ -868,10 +1013,7 @@ def _initialise_or_check(
     _check_is_neardup_store(db, path)
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
-    try:
-        stored = Recipe.from_dict(json.loads(meta["recipe"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise StoreError(f"{path}: records a recipe this neardup does not know ({error})") from error
+    stored = stored_recipe(path, meta.get("recipe", ""))
     if stored != recipe:
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"

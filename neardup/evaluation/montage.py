@@ -1,14 +1,20 @@
 """Contact sheets: a query beside its matches, so a person can look instead of read.
 
-Each row starts with a labelled image (the query) followed by its matches, each captioned with
-its distance. Images are opened through the same safe path as hashing (pixel limit, orientation,
-transparency), and one that cannot be read is drawn as a grey tile saying so.
+Each row starts with a framed image (the query, or a group's first image) followed by its
+matches. Every tile is captioned with its folder, its file name and a note (the distance), so
+`Faces/image_0324.jpg` and `Faces_easy/image_0324.jpg` stay apart. A sheet holds at most
+`max_rows` rows and `MAX_PER_ROW` matches a row; whatever does not fit is counted in the sheet
+itself (a "+N more" tile, a line under the title) and in `Sheet.left_out`, so the caller can say
+it too: a picture must not look complete when it is not.
+
+Images are opened through the same safe path as hashing (pixel limit, orientation, transparency);
+one that cannot be read is drawn as a grey tile saying why.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -16,15 +22,27 @@ from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..errors import ImageError
 
 TILE = 160
-CAPTION = 34
+LINE = 14
+CAPTION = 3 * LINE + 6  # folder, file name, note
 GAP = 8
+HEADER = 56  # title and the "shown / left out" line
 MAX_PER_ROW = 8
+MAX_ROWS = 24  # a contact sheet stays a page a person can look at
+GREY = (90, 90, 90)
 
 
 @dataclass(frozen=True, slots=True)
 class Tile:
-    path: str
-    caption: str
+    path: str  # the file to draw
+    caption: str  # a note: "distance 3", "missed: crop ..."
+    label: str = ""  # the path to show, folder included (default: the last two parts of path)
+
+    @property
+    def shown_path(self) -> str:
+        if self.label:
+            return self.label
+        parts = self.path.replace("\\", "/").split("/")
+        return "/".join(parts[-2:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,48 +51,107 @@ class Row:
     others: list[Tile]  # its matches
 
 
-def contact_sheet(rows: list[Row], title: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    columns = 1 + min(MAX_PER_ROW, max((len(row.others) for row in rows), default=0))
-    width = GAP + columns * (TILE + GAP) + GAP
-    height = 40 + len(rows) * (TILE + CAPTION + GAP) + GAP
-    sheet = Image.new("RGB", (width, max(height, 80)), "white")
+@dataclass(slots=True)
+class Sheet:
+    image: Image.Image
+    rows_shown: int
+    rows_total: int
+    tiles_left_out: int = 0  # matches beyond MAX_PER_ROW in the rows shown
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows_left_out(self) -> int:
+        return self.rows_total - self.rows_shown
+
+
+def contact_sheet(
+    rows: list[Row], title: str, *, what: str = "rows", max_rows: int | None = None,
+    rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Sheet:
+    """Draw the first max_rows rows (default MAX_ROWS); `what` names them in the "shown / left
+    out" line, and `rest_in` where a reader finds the rows left out."""
+    if not rows:
+        raise ValueError("nothing to draw")
+    shown = rows[:MAX_ROWS if max_rows is None else max_rows]
+    columns = 1 + min(MAX_PER_ROW, max(len(row.others) for row in shown))
+    heading = ImageFont.load_default(size=15)
+    title_width = int(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(title, font=heading))
+    width = max(GAP + columns * (TILE + GAP) + GAP, min(title_width + 2 * GAP, 1600), 640)
+    row_height = TILE + CAPTION + GAP
+    sheet = Image.new("RGB", (width, HEADER + len(shown) * row_height + GAP), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
-    draw.text((GAP, 12), title, fill="black", font=ImageFont.load_default(size=15))
-    for number, row in enumerate(rows):
-        top = 40 + number * (TILE + CAPTION + GAP)
-        tiles = [row.first, *row.others[:MAX_PER_ROW]]
+    draw.text((GAP, 10), _fit(title, heading, draw, width - 2 * GAP), fill="black", font=heading)
+    result = Sheet(sheet, len(shown), len(rows))
+    for number, row in enumerate(shown):
+        top = HEADER + number * row_height
+        tiles = [row.first, *row.others]
+        if len(tiles) > columns:
+            # The last slot says how many did not fit, instead of a caption drawn over another.
+            left_out = len(tiles) - (columns - 1)
+            tiles = tiles[:columns - 1]
+            result.tiles_left_out += left_out
+        else:
+            left_out = 0
         for column, tile in enumerate(tiles):
-            left = GAP + column * (TILE + GAP) + (GAP if column else 0)
-            thumbnail = _thumbnail(tile.path, max_pixels)
-            sheet.paste(thumbnail, (left + (TILE - thumbnail.width) // 2,
-                                    top + (TILE - thumbnail.height) // 2))
+            left = GAP + column * (TILE + GAP)
+            picture = _tile_image(tile.path, max_pixels)
+            sheet.paste(picture, (left + (TILE - picture.width) // 2,
+                                  top + (TILE - picture.height) // 2))
             if column == 0:
-                draw.rectangle([left - 2, top - 2, left + TILE + 1, top + TILE + 1],
-                               outline=(214, 39, 40), width=2)
-            label = _fit(os.path.basename(tile.path), font, draw)
-            draw.text((left, top + TILE + 3), label, fill="black", font=font)
-            draw.text((left, top + TILE + 17), tile.caption, fill=(90, 90, 90), font=font)
-        if len(row.others) > MAX_PER_ROW:
-            draw.text((width - 120, top + TILE + 17), f"+{len(row.others) - MAX_PER_ROW} more",
+                draw.rectangle([left, top, left + TILE - 1, top + TILE - 1],
+                               outline=(214, 39, 40), width=3)
+            folder, name = posixpath.split(tile.shown_path)
+            draw.text((left, top + TILE + 3), _fit_left(folder + "/" if folder else "", font, draw),
+                      fill=GREY, font=font)
+            draw.text((left, top + TILE + 3 + LINE), _fit(name, font, draw), fill="black",
+                      font=font)
+            draw.text((left, top + TILE + 3 + 2 * LINE), _fit(tile.caption, font, draw),
+                      fill=GREY, font=font)
+        if left_out:
+            left = GAP + (columns - 1) * (TILE + GAP)
+            draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=(235, 235, 235))
+            draw.text((left + 12, top + TILE // 2 - 8), f"+{left_out} more not shown",
                       fill="black", font=font)
-    return sheet
+    if result.rows_left_out:
+        result.notes.append(f"{len(shown)} of {len(rows)} {what} shown; {result.rows_left_out}"
+                            " left out" + (f" ({rest_in} shows them all)" if rest_in else ""))
+    if result.tiles_left_out:
+        result.notes.append(f"{result.tiles_left_out} images beyond {MAX_PER_ROW} a row left out")
+    line = "; ".join(result.notes) if result.notes else f"all {len(rows)} {what} shown"
+    draw.text((GAP, 32), _fit(line, font, draw, width - 2 * GAP),
+              fill=(214, 39, 40) if result.notes else GREY, font=font)
+    return result
 
 
-def _thumbnail(path: str, max_pixels: int) -> Image.Image:
+def thumbnail(path: str, side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image, upright and in RGB, fitted in side x side; raises ImageError."""
+    # A JPEG decodes straight to about the size needed (draft), not in full.
+    with open_image(path, max_pixels, before_load=lambda image: image.draft("RGB", (side, side))) \
+            as opened:
+        picture = normalise(opened).convert("RGB")
+    picture.thumbnail((side, side))
+    return picture
+
+
+def _tile_image(path: str, max_pixels: int) -> Image.Image:
     try:
-        with open_image(path, max_pixels) as opened:
-            picture = normalise(opened).convert("RGB")
-        picture.thumbnail((TILE, TILE))
-        return picture
+        return thumbnail(path, TILE, max_pixels)
     except ImageError as error:
         tile = Image.new("RGB", (TILE, TILE), (200, 200, 200))
         ImageDraw.Draw(tile).text((6, TILE // 2 - 6), error.reason[:24], fill="black")
         return tile
 
 
-def _fit(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw) -> str:
-    """Shorten a file name with an ellipsis until it fits under its tile."""
-    while len(text) > 1 and draw.textlength(text, font=font) > TILE:
+def _fit(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw, room: int = TILE) -> str:
+    """Shorten text at its end with an ellipsis until it fits in `room` pixels."""
+    while len(text) > 1 and draw.textlength(text, font=font) > room:
         text = text[:-2] + "…"
+    return text
+
+
+def _fit_left(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw) -> str:
+    """Shorten a folder at its start, keeping the part nearest the file (the useful part)."""
+    while len(text) > 1 and draw.textlength(text, font=font) > TILE:
+        text = "…" + text[2:]
     return text

@@ -1,8 +1,10 @@
 """Scoring a store against a gather.py manifest: recall per edit, precision, the threshold to use.
 
-Each sampled original is a query. Its copies are the true matches: their distances to the query
-are computed directly, so recall is known at every threshold, found or not. Every other stored
-image within the largest threshold is a false match (or a true duplicate the source data set
+Each sampled original is a query, searched in the store exactly as search.py searches it, at the
+largest threshold. Its copies are the true matches: a copy counts as found at a threshold only if
+the search returned it within that distance, so a copy missing from the store (never indexed,
+removed, unreadable) is missed, as a user would see it. Every other stored image the search
+returns is a false match (or a true duplicate the source data set
 itself contains: CALTECH-101 has some, e.g. the same photo in Faces and Faces_easy). Then, for
 every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall, false matches,
 precision; and the recommendation: the smallest threshold reaching the best recall that keeps
@@ -16,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
-from ..core.search import HashIndex, find_matches_many
+from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import Store
 from ..errors import DatasetError, ImageError
+from ..features.extract import read_frame
+from ..features.search import VerifiedSearch
 from ..sources.dataset import read_manifest
 
 MAX_THRESHOLD = 16
@@ -30,7 +34,7 @@ class CopyOutcome:
     path: str  # store path
     kind: str  # the edit's first word: resize, crop, ...
     edit: str  # the whole manifest description
-    distance: int | None  # None: the copy could not be hashed
+    distance: int | None  # as the store's search returned it; None: not returned at all
 
 
 @dataclass(slots=True)
@@ -40,6 +44,9 @@ class GroupResult:
     copies: list[CopyOutcome] = field(default_factory=list)
     others: dict[str, int] = field(default_factory=dict)  # other stored image -> distance
     low_information: bool = False
+    # Stores with local features: each verified answer's path -> how it was found ("hash",
+    # "features", "hash+features"), at --max-distance.
+    verified: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -60,6 +67,7 @@ class Evaluation:
     groups: list[GroupResult]
     rows: list[ThresholdRow]
     recommended: int | None  # None: no threshold keeps precision at the target
+    verified_at: int | None = None  # the --max-distance of the verified search; None: no features
 
     @property
     def kinds(self) -> list[str]:
@@ -84,11 +92,21 @@ class Evaluation:
                 {"group": g.group, "original": g.original, "low_information": g.low_information,
                  "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance}
                             for c in g.copies],
-                 "others": g.others} for g in self.groups],
-        }
+                 "others": g.others}
+                | ({"verified": g.verified} if self.verified_at is not None else {})
+                for g in self.groups],
+        } | ({"verified": {
+            "max_distance": self.verified_at,
+            "columns": [{"name": name, "recall": recall, "other_matches": others}
+                        for name, recall, others in verified_table(self)]}}
+             if self.verified_at is not None else {})
 
 
-def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False) -> Evaluation:
+def evaluate_manifest(
+    store: Store, manifest_path: str, *, mirror: bool = False,
+    include_low_information: bool = False, verified: VerifiedSearch | None = None,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+) -> Evaluation:
     manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
     rows = read_manifest(manifest_path)
 
@@ -126,30 +144,93 @@ def evaluate_manifest(store: Store, manifest_path: str, *, mirror: bool = False)
             continue
         if row.group not in groups:
             raise DatasetError(f"{manifest_path}: copy {row.file} has no original")
-        path = store_path(row.file)
-        try:
-            value = hash_file(on_disk(path), store.recipe)
-            distance: int | None = min(value.distance(look) for look in queries[row.group])
-        except ImageError:
-            distance = None
         kind = row.edit.split()[0] if row.edit else "copy"
-        groups[row.group].copies.append(CopyOutcome(path, kind, row.edit, distance))
+        groups[row.group].copies.append(CopyOutcome(store_path(row.file), kind, row.edit, None))
 
+    # What search returns, at the largest threshold; every smaller one is a filter of it.
     index = HashIndex.from_store(store)
     ordered = sorted(groups.values(), key=lambda group: group.group)
+    returned: dict[str, dict[str, int]] = {group.group: {} for group in ordered}
     for look in range(2 if mirror else 1):
         answers = find_matches_many(store, [queries[g.group][look] for g in ordered],
-                                    MAX_THRESHOLD, index)
+                                    MAX_THRESHOLD, index,
+                                    include_low_information=include_low_information)
         for group, matches in zip(ordered, answers, strict=True):
-            members = {group.original} | {copy.path for copy in group.copies}
+            found = returned[group.group]
             for match in matches:
-                if match.path not in members:
-                    known = group.others.get(match.path, match.distance)
-                    group.others[match.path] = min(known, match.distance)
+                found[match.path] = min(found.get(match.path, match.distance), match.distance)
+    for group in ordered:
+        found = returned[group.group]
+        for copy in group.copies:
+            copy.distance = found.get(copy.path)
+        members = {group.original} | {copy.path for copy in group.copies}
+        group.others = {path: distance for path, distance in found.items()
+                        if path not in members}
+
+    if verified is not None:
+        # The verified search exactly as search.py runs it, each candidate labelled by its source.
+        for group in ordered:
+            try:
+                frame = read_frame(on_disk(group.original))
+            except ImageError as error:
+                raise DatasetError(f"{manifest_path}: original {error}") from error
+            for match in verified.search(queries[group.group], frame, max_distance,
+                                         include_low_information=include_low_information):
+                if match.path != group.original:
+                    group.verified[match.path] = match.found_by or ""
 
     table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
     return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
-                      table, recommend(table))
+                      table, recommend(table), max_distance if verified is not None else None)
+
+
+# Columns of the side-by-side table: what each source alone, verified, returns, and both together.
+VERIFIED_SOURCES = {"hash, verified": "hash", "features, verified": "features",
+                    "both (search.py)": ""}
+
+
+def verified_table(evaluation: Evaluation) -> list[tuple[str, dict[str, float], int]]:
+    """(column, recall per kind and "all", other matches) for the hash alone (unverified, at
+    --max-distance: a hash-only store's answer) and for each verified source."""
+    assert evaluation.verified_at is not None
+    plain = evaluation.row(evaluation.verified_at)
+    columns = [(f"hash <= {evaluation.verified_at} bits", plain.recall, plain.false_matches)]
+    for title, source in VERIFIED_SOURCES.items():
+        totals: dict[str, int] = {}
+        hits: dict[str, int] = {}
+        others = 0
+        for group in evaluation.groups:
+            chosen = {path for path, how in group.verified.items() if source in how}
+            copies = {copy.path for copy in group.copies}
+            for copy in group.copies:
+                totals[copy.kind] = totals.get(copy.kind, 0) + 1
+                hits[copy.kind] = hits.get(copy.kind, 0) + (copy.path in chosen)
+            others += len(chosen - copies)
+        recall = {kind: hits[kind] / totals[kind] for kind in sorted(totals)}
+        recall["all"] = sum(hits.values()) / sum(totals.values()) if totals else 1.0
+        columns.append((title, recall, others))
+    return columns
+
+
+def format_verified(evaluation: Evaluation) -> str:
+    columns = verified_table(evaluation)
+    kinds = [*evaluation.kinds, "all"]
+    lines = [f"{evaluation.store}: recall per edit kind, verified matches (local features),"
+             f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
+    lines.append(f"{'edit':<12}" + "".join(f"{title:>20}" for title, _, _ in columns))
+    for kind in kinds:
+        lines.append(f"{kind:<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
+                                             for _, recall, _ in columns))
+    lines.append(f"{'other':<12}" + "".join(f"{others:>20}" for _, _, others in columns))
+    for group in evaluation.groups:
+        copies = {copy.path for copy in group.copies}
+        for copy in group.copies:
+            if copy.path not in group.verified:
+                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit})")
+        for path, how in sorted(group.verified.items()):
+            if path not in copies:
+                lines.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
+    return "\n".join(lines)
 
 
 def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:
@@ -182,7 +263,12 @@ def best_precision(rows: list[ThresholdRow]) -> ThresholdRow:
     return max(rows, key=lambda row: (row.precision, row.recall["all"]))
 
 
-def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
+def format_evaluation(
+    evaluation: Evaluation, max_distance: int, *, listed: int | None = None,
+    listed_elsewhere: str = "the report",
+) -> str:
+    """The table, the recommendation, and the missed copies and other matches at max_distance:
+    all of them, or the first `listed` and a count of the rest (found in `listed_elsewhere`)."""
     kinds = evaluation.kinds
     lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
              f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
@@ -205,15 +291,24 @@ def format_evaluation(evaluation: Evaluation, max_distance: int) -> str:
     at = evaluation.row(max_distance)
     lines.append(f"at --max-distance {max_distance}: {at.found}/{evaluation.copies} copies found,"
                  f" {at.false_matches} other matches")
+    misses = []
     for group in evaluation.groups:
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                shown = "unreadable" if copy.distance is None else f"distance {copy.distance}"
-                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
+                shown = (f"not returned by search within {MAX_THRESHOLD} bits"
+                         if copy.distance is None
+                         else f"distance {copy.distance}")
+                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:
-                lines.append(f"  other   {group.group} {group.original} ~ {path}"
-                             f" (distance {distance})")
+                misses.append(f"  other   {group.group} {group.original} ~ {path}"
+                              f" (distance {distance})")
+    if listed is not None and len(misses) > listed:
+        lines += misses[:listed]
+        lines.append(f"  ... and {len(misses) - listed} more missed copies and other matches,"
+                     f" all listed in {listed_elsewhere}")
+    else:
+        lines += misses
     return "\n".join(lines)
 
 

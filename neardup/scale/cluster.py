@@ -7,6 +7,11 @@ this process alone writes it, one transaction per finished partition. A re-run a
 the client, the scheduler or a worker finds the committed files unchanged and hashes only the rest.
 If a worker dies, Dask runs its partitions again elsewhere.
 
+Before any work is sent, the client asks the scheduler and every worker which neardup they can
+import (`check_cluster`): the scheduler unpickles the task graph and the workers run it, so a
+process without neardup, or with another version, would fail with a long traceback in the middle
+of a run (or, worse, hash with another recipe's code).
+
 Dask is optional (requirements-dask.txt) and imported only when asked for.
 """
 
@@ -17,12 +22,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .. import __version__
 from ..core.discovery import FoundFile
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
 from ..errors import NeardupError
 
 DEFAULT_PARTITION_SIZE = 1000
+# What a cluster process answers when asked which neardup it imports. It is evaluated there with
+# the built-in eval, which every process can unpickle: a probe function defined in neardup would
+# itself need neardup to arrive. find_spec first, so a process without neardup answers None
+# instead of raising.
+_VERSION_PROBE = (
+    "__import__('neardup').__version__"
+    " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
+)
+INSTALL_HINT = ("install the same there (pip install 'neardup[dask]=={version}', or pip install"
+                " <this checkout>, in the environment that runs dask scheduler and dask worker)")
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
 
@@ -49,6 +65,7 @@ def connect(
                                            dashboard_address=None)
         try:
             with distributed.Client(cluster) as client:
+                check_cluster(client, timeout_seconds)
                 yield client
         finally:
             cluster.close()
@@ -59,11 +76,44 @@ def connect(
     except (OSError, TimeoutError) as error:
         raise NeardupError(f"cannot reach the Dask scheduler at {address} ({error})") from error
     with client:
+        check_cluster(client, timeout_seconds)
         yield client
 
 
-def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) -> Hasher:
-    """A Hasher for index_folder that hashes partitions on the cluster's workers."""
+def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
+    """Refuse, in one line, a cluster whose scheduler or workers cannot import this neardup."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_seconds)
+    except TimeoutError:
+        raise NeardupError(f"no Dask worker joined the scheduler within {timeout_seconds:g} s;"
+                           " start some with `dask worker <scheduler address>`") from None
+    try:
+        answers = {"scheduler": client.run_on_scheduler(eval, _VERSION_PROBE)}
+        answers.update(client.run(eval, _VERSION_PROBE))
+    except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
+                           + INSTALL_HINT.format(version=__version__)) from error
+    wrong = {name: found for name, found in answers.items() if found != __version__}
+    if not wrong:
+        return
+    parts = ["the Dask scheduler"] if "scheduler" in wrong else []
+    workers = sorted(name for name in wrong if name != "scheduler")
+    if workers:
+        more = ", ..." if len(workers) > 1 else ""
+        parts.append(f"{len(workers)} of {len(answers) - 1} Dask workers ({workers[0]}{more})")
+    versions = sorted({found or "" for found in wrong.values()})
+    seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
+    verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
+    raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
+                       + INSTALL_HINT.format(version=__version__))
+
+
+def cluster_hasher(
+    client: Any, partition_size: int = DEFAULT_PARTITION_SIZE, *, features: bool = False
+) -> Hasher:
+    """A Hasher for index_folder that hashes partitions (and extracts features) on the cluster's
+    workers."""
     distributed = _dask()
 
     def hash_on_cluster(
@@ -74,7 +124,7 @@ def cluster_hasher(client: Any, partition_size: int = DEFAULT_PARTITION_SIZE) ->
         if not partitions:
             return
         futures = client.map(hash_partition, partitions, recipe=recipe, max_pixels=max_pixels,
-                             retries=TASK_RETRIES, pure=False)
+                             features=features, retries=TASK_RETRIES, pure=False)
         try:
             for future in distributed.as_completed(futures):
                 yield future.result()

@@ -13,20 +13,60 @@ answer takes the new index and follows the few changes made meanwhile. Until the
 added in the gap may be missed for that moment (a second or so at 10^6 hashes); one deleted never
 is, since every bucket is read live. Hashing, the expensive part, runs outside the lock, so
 threads hash uploads in parallel (Pillow releases the GIL while decoding and resizing).
+
+Before each answer the store file on disk is compared with the one held open (device and inode): a
+store deleted, or replaced by a rebuilt one, is reopened, or reported as unavailable until it can
+be, never answered from silently. A damaged bucket fails only the query that reads it; the checker
+goes on and `health()` says it is degraded.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from PIL import Image
+
 from ..core import cache
-from ..core.hashing import DEFAULT_MAX_PIXELS, Hash, hash_bytes, hash_file, is_low_information
+from ..core.hashing import (
+    DEFAULT_MAX_PIXELS,
+    Hash,
+    describe_failure,
+    hash_source,
+    is_low_information,
+    open_regular_file,
+)
 from ..core.results import QueryResult, to_record
-from ..core.search import DEFAULT_MAX_DISTANCE, DELTA_MAX, HashIndex, find_matches
+from ..core.search import (
+    DEFAULT_MAX_DISTANCE,
+    DELTA_MAX,
+    HashIndex,
+    find_matches,
+    merge_matches,
+)
 from ..core.store import Store
-from ..errors import ImageError, NeardupError
+from ..errors import ImageError, NeardupError, StoreError
+from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
+
+# A regular file larger than this is not read by --stdin (the pixel limit would refuse it anyway).
+MAX_FILE_BYTES = 1024 * 1024 * 1024
+# How many damage reports /health keeps (the newest).
+KEPT_PROBLEMS = 5
+
+
+class StoreUnavailable(NeardupError):
+    """The store was deleted or replaced and the file now at its path cannot be opened."""
+
+
+class NotHere(ImageError):
+    """The upload has more pixels than the caller wanted to decode where it is (not an error)."""
+
+
+class StoreDamaged(NeardupError):
+    """Reading the store for one query failed (a corrupt bucket); other queries go on."""
 
 
 class Checker:
@@ -37,37 +77,46 @@ class Checker:
         max_distance: int = DEFAULT_MAX_DISTANCE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         include_low_information: bool = False,
+        mirror: bool = False,
+        max_matches: int | None = None,
+        full_paths: bool = True,
+        decode_budget: DecodeBudget | None = None,
         warn: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.store_path = store_path
-        self._warn = warn
-        self._store = Store.open_for_reading(store_path, shared_between_threads=True, report=warn)
         self.max_distance = max_distance
         self.max_pixels = max_pixels
         self.include_low_information = include_low_information
+        self.mirror = mirror
+        self.max_matches = max_matches
+        self.full_paths = full_paths
+        self.decode_budget = decode_budget
+        self._warn = warn
         self._lock = threading.Lock()
-        try:
-            with self._store.snapshot():
-                self._index = HashIndex.from_store(self._store)
-                self._data_version = self._store.data_version()
-            # /health has a connection of its own, so it never waits for an answer in progress.
-            self._health_store = Store.open_for_reading(store_path, shared_between_threads=True,
-                                                        quick_check=False, for_queries=False)
-        except BaseException:
-            self._store.close()
-            raise
-        self._health_lock = threading.Lock()
+        self._problems: list[str] = []
+        self._store, self._identity = open_store(store_path, self._store_problem)
+        self._index: HashIndex | None = None
+        self._data_version = -1
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
         self._rebuilding: threading.Thread | None = None
         self._rebuild_error: BaseException | None = None
         self._closed = False
+        self._unavailable: str | None = None
+        # A store with local features answers verified matches (neardup.features); the optional
+        # libraries are checked now, so a missing one is one line at start, not an error per query.
+        self._features: Any = None
+        if self._store.feature_recipe() is not None:
+            from ..features import require
+            from ..features.search import CheckerFeatures
+
+            require()
+            self._features = CheckerFeatures()
 
     def close(self) -> None:
         self._closed = True
         thread = self._rebuilding
         if thread is not None:
             thread.join(timeout=60)
-        self._health_store.close()
         self._store.close()
 
     def __enter__(self) -> Checker:
@@ -76,49 +125,113 @@ class Checker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def generation(self) -> int:
-        """The store state the last answer was computed from."""
-        return self._index.generation
+    # -- queries ---------------------------------------------------------------------------------
 
     def check_file(self, path: str, max_distance: int | None = None) -> dict[str, Any]:
+        """A file named by the caller (--stdin): every failure is an error record, never raised."""
         try:
-            query = hash_file(path, self._store.recipe, self.max_pixels)
+            data = read_regular_file(path)
+            hashes = self._hash(data, path)
+            return self._answer(path, hashes, max_distance, self._frame(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
-        return self._answer(path, query, max_distance)
+        except (StoreUnavailable, StoreDamaged) as error:
+            return {"query": path, "error": str(error)}
 
     def check_upload(
-        self, data: bytes, name: str = "upload", max_distance: int | None = None
+        self, data: bytes, name: str = "upload", max_distance: int | None = None, *,
+        at_most_pixels: int | None = None,
     ) -> dict[str, Any]:
+        """An upload's record; a bad image is an error record (the client's fault).
+
+        Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
+        StoreUnavailable or StoreDamaged when the store cannot answer: the server's fault.
+        With `at_most_pixels`, a larger image raises NotHere before it is decoded (the server
+        decodes small uploads on its event loop and hands larger ones to a thread).
+        """
         try:
-            query = hash_bytes(data, self._store.recipe, self.max_pixels, name)
+            hashes = self._hash(data, name, at_most_pixels)
+            frame = self._frame(data, name)
+        except (DecodeTooLarge, DecodeBusy, NotHere):
+            raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
-        return self._answer(name, query, max_distance)
+        return self._answer(name, hashes, max_distance, frame)
 
-    def health(self) -> dict[str, Any]:
-        """O(1): counters the store's triggers keep and its generation, read in one snapshot on a
-        connection of its own (an answer in progress does not hold it up)."""
-        store = self._health_store
-        with self._health_lock, store.snapshot():
-            hashes, images = store.counts()
-            return {"status": "ok", "hashes": hashes, "images": images,
-                    "generation": store.generation()}
+    def _hash(
+        self, data: bytes, name: str, at_most_pixels: int | None = None
+    ) -> tuple[Hash, Hash | None]:
+        """The image's hash, and its mirror image's with --mirror, from one decode."""
+        if not data:
+            raise ImageError(name, "empty file")
+        budget = self.decode_budget or DecodeBudget(capacity=2**62)
+        with budget.reservation() as reservation:
+            def on_header(image: Image.Image) -> None:
+                if at_most_pixels is not None and image.width * image.height > at_most_pixels:
+                    raise NotHere(name, "larger than asked for")
+                # Reserved once the decoder knows its reduced size, before it decodes.
+                reservation.take(name, decode_cost(image))
 
-    def _answer(self, name: str, query: Hash, max_distance: int | None) -> dict[str, Any]:
+            return hash_source(name, self._store.recipe, self.max_pixels, data=data,
+                               mirror=self.mirror, on_header=on_header)
+
+    def _frame(self, data: bytes, name: str) -> Any:
+        """The picture as local features see it (stores with features only; None otherwise),
+        decoded outside the lock and within the same decode budget as the hash."""
+        if self._features is None:
+            return None
+        budget = self.decode_budget or DecodeBudget(capacity=2**62)
+        with budget.reservation() as reservation:
+            return self._features.frame_of(
+                name, self.max_pixels, data,
+                on_header=lambda image: reservation.take(name, decode_cost(image)))
+
+    def _answer(
+        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
+        frame: Any = None,
+    ) -> dict[str, Any]:
+        query, flipped = hashes
         radius = self.max_distance if max_distance is None else max_distance
         result = QueryResult(name, query.hex(), is_low_information(query))
-        with self._lock, self._store.snapshot():
-            index = self._current_index()
-            result.matches = find_matches(self._store, query, radius, index,
-                                          include_low_information=self.include_low_information)
-            return to_record(result, self._store.dataset_root, self._warn)
+        with self._lock:
+            store = self._current_store()
+            try:
+                with store.snapshot():
+                    index = self._current_index(store)
+                    if self._features is not None and frame is not None:
+                        looks = [query] + ([flipped] if flipped is not None else [])
+                        matches = self._features.answer(
+                            store, store.generation(), index, looks, frame, radius,
+                            self.include_low_information)
+                    else:
+                        matches = find_matches(
+                            store, query, radius, index,
+                            include_low_information=self.include_low_information)
+                    if flipped is not None and frame is None:
+                        matches = merge_matches(matches, find_matches(
+                            store, flipped, radius, index,
+                            include_low_information=self.include_low_information))
+                    truncated = self.max_matches is not None and len(matches) > self.max_matches
+                    result.matches = matches[: self.max_matches] if truncated else matches
+                    record = to_record(result, store.dataset_root, self._warn)
+            except (StoreError, sqlite3.DatabaseError) as error:
+                reason = f"store damaged: {without_path(str(error), store.path)}"
+                self._problems = (self._problems + [reason])[-KEPT_PROBLEMS:]
+                self._warn(f"{name}: {reason}")
+                raise StoreDamaged(reason) from error
+        if not self.full_paths:
+            for match in record["matches"]:
+                del match["path"]
+        record["truncated"] = truncated
+        return record
 
     # -- keeping the index current (called with the lock held, inside a snapshot) -------------
 
-    def _current_index(self) -> HashIndex:
-        store = self._store
+    def _current_index(self, store: Store) -> HashIndex:
+        """The index for the store's state now (called with the lock held, inside a snapshot)."""
+        if self._index is None:  # at start, or after the store file was replaced
+            self._index = HashIndex.from_store(store)
+            self._data_version = store.data_version()
         if self._rebuild_error is not None:
             error, self._rebuild_error = self._rebuild_error, None
             if isinstance(error, NeardupError):
@@ -160,6 +273,8 @@ class Checker:
         try:
             with Store.open_for_reading(self.store_path, quick_check=False,
                                         report=self._warn) as store, store.snapshot():
+                if store.store_id != self._store.store_id:
+                    return  # the file was replaced meanwhile: the next answer reopens it
                 # A fresh base (or a cache entry of this very state), saved for everyone else.
                 index = HashIndex.from_store(store, max_delta=0)
             with self._lock:
@@ -168,3 +283,108 @@ class Checker:
             self._rebuild_error = error
         finally:
             self._rebuilding = None
+
+    def _store_problem(self, line: str) -> None:
+        """What the store reports while answering (a damaged bucket, skipped): logged once, and
+        kept for /health, which then says "degraded"."""
+        self._problems = (self._problems + [without_path(line, self.store_path)])[-KEPT_PROBLEMS:]
+        self._warn(line)
+
+    # -- the store's identity --------------------------------------------------------------------
+
+    def _current_store(self) -> Store:
+        """The open store, reopened first if the file at its path is no longer the one held open.
+
+        Called under the lock. One stat per answer: a few microseconds.
+        """
+        try:
+            identity = file_identity(self.store_path)
+        except OSError:
+            identity = None
+        if identity == self._identity and self._unavailable is None:
+            return self._store
+        try:
+            store, identity = open_store(self.store_path, self._store_problem)
+        except StoreError as error:
+            reason = ("the store was deleted or replaced and cannot be reopened"
+                      f" ({without_path(str(error), self.store_path)})")
+            if reason != self._unavailable:
+                self._warn(f"{self.store_path}: {reason}")
+            self._unavailable = reason
+            raise StoreUnavailable(reason) from error
+        self._store.close()
+        self._store, self._identity = store, identity
+        self._index, self._pending = None, None  # of the old file
+        self._unavailable = None
+        self._problems = []  # the damage was in the old file
+        self._warn(f"{self.store_path}: the store was replaced; reopened it")
+        return store
+
+    def health(self) -> dict[str, Any]:
+        """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read)."""
+        with self._lock:
+            try:
+                store = self._current_store()
+            except StoreUnavailable as error:
+                return {"status": "unavailable", "error": str(error)}
+            try:
+                with store.snapshot():
+                    hashes, images = store.counts()  # O(1): kept by the store's triggers
+                    report: dict[str, Any] = {
+                        "status": "degraded" if self._problems else "ok",
+                        "hashes": hashes, "images": images,
+                        "generation": store.generation()}
+            except (StoreError, sqlite3.DatabaseError) as error:
+                return {"status": "unavailable",
+                        "error": f"cannot read the store ({without_path(str(error), store.path)})"}
+            if self._problems:
+                report["problems"] = list(self._problems)
+            return report
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def open_store(
+    path: str, warn: Callable[[str], None] = lambda line: None
+) -> tuple[Store, tuple[int, int]]:
+    """The store at `path` opened for reading, with the identity of the file that was opened.
+
+    The path is looked at before and after opening; if it changed in between (a rebuild swapped
+    it), the open is tried again, so the identity is the opened file's.
+    """
+    for _ in range(3):
+        try:
+            before = file_identity(path)
+        except OSError:
+            before = None
+        store = Store.open_for_reading(path, shared_between_threads=True, report=warn)
+        try:
+            after = file_identity(path)
+        except OSError:
+            after = None
+        if before is not None and before == after:
+            return store, before
+        store.close()
+    raise StoreError(f"{path}: keeps changing while being opened")
+
+
+def without_path(message: str, path: str) -> str:
+    """A store error without the server's path in front, for answers sent to clients."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def read_regular_file(path: str) -> bytes:
+    """A file's bytes, at most MAX_FILE_BYTES; FIFOs and devices refused without blocking."""
+    try:
+        with open_regular_file(path) as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(path, f"refused: {size:,} bytes is over the limit of"
+                                       f" {MAX_FILE_BYTES:,}")
+            return stream.read()
+    except OSError as error:
+        raise ImageError(path, describe_failure(path, error)) from error

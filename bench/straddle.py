@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Copies that straddle each decode-scale boundary: the default recipe against plain ImageHash.
+
+    python bench/straddle.py [--dataset DIR] [--samples 100] [--seed 14]
+
+The default recipe (v3) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
+DECODE_MARGIN pixels per grid cell at that scale: for dHash-64 (a 9 x 8 grid) the boundaries are
+at 288, 576 and 1152 pixels. For each boundary and each sampled CALTECH-101 photo, two pairs are
+made, one per direction: an original a few pixels below the boundary (saved at JPEG quality 95)
+and its copy resized by 0.5-2 % to a few pixels above it (quality 90), and the reverse. The two
+images of a pair take different decode paths. Rows: recall (copies within t bits of their
+original) at every threshold for --exact (plain ImageHash, `imagehash.dhash(Image.open(p))`),
+the v2 recipe (whose own boundaries are at 256, 512 and 1024: its pairs are built there too) and
+the default recipe, all on the same files in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+
+import imagehash
+import numpy as np
+from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: F401  (sets the path)
+from PIL import Image
+
+from neardup.core.discovery import FoundFile, walk_images
+from neardup.core.hashing import DECODE_MARGIN, DRAFT_SIDE, Hash, Recipe, grid_size, hash_file
+
+THRESHOLDS = range(17)
+
+
+def boundaries(recipe_version: int) -> list[int]:
+    """Shorter-side lengths at which the recipe's dHash-64 JPEG decode changes scale."""
+    if recipe_version == 2:
+        return [DRAFT_SIDE * scale for scale in (2, 4, 8)]
+    cells = max(grid_size(Recipe(), (0, 0)))
+    return [DECODE_MARGIN * cells * scale for scale in (2, 4, 8)]
+
+
+def resized_to_shorter(picture: Image.Image, shorter: int) -> Image.Image:
+    factor = shorter / min(picture.size)
+    size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
+    if min(size) != shorter:  # rounding of the longer side never moves the shorter; be sure
+        size = (shorter, size[1]) if picture.width <= picture.height else (size[0], shorter)
+    return picture.resize(size, Image.Resampling.LANCZOS)
+
+
+def make_pairs(sources: list[str], edges: list[int], folder: str,
+               rng: random.Random) -> list[tuple[str, str, int, str]]:
+    """(original, copy, boundary, direction) JPEG pairs on both sides of each boundary."""
+    pairs = []
+    for number, source in enumerate(sources):
+        with Image.open(source) as opened:
+            photo = opened.convert("RGB")
+        for edge in edges:
+            below = edge - 1 - rng.randrange(4)
+            above = max(edge, round(below * (1 + rng.uniform(0.005, 0.02))))
+            for direction, (first, second) in (("up", (below, above)), ("down", (above, below))):
+                original = os.path.join(folder, f"{number}-{edge}-{direction}-o.jpg")
+                copy = os.path.join(folder, f"{number}-{edge}-{direction}-c.jpg")
+                base = resized_to_shorter(photo, first)
+                base.save(original, quality=95)
+                resized_to_shorter(base, second).save(copy, quality=90)
+                pairs.append((original, copy, edge, direction))
+    return pairs
+
+
+def exact_dhash(path: str) -> Hash:
+    return Hash.from_imagehash(imagehash.dhash(Image.open(path)))
+
+
+def recall_row(name: str, distances: np.ndarray) -> str:
+    cells = " | ".join(f"{(distances <= t).mean():.1%}" for t in THRESHOLDS)
+    return f"| {name} | {len(distances)} | {cells} | {distances.max()} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=DEFAULT_DATASET)
+    parser.add_argument("--samples", type=int, default=100, help="photos sampled per boundary")
+    parser.add_argument("--seed", type=int, default=14)
+    args = parser.parse_args()
+    if not require_dataset(args.dataset, "straddle.py"):
+        return 2
+    photos = sorted(entry.path for entry in walk_images(args.dataset)
+                    if isinstance(entry, FoundFile))
+    rng = random.Random(args.seed)
+    sources = rng.sample(photos, min(args.samples, len(photos)))
+    recipes = {
+        "--exact (plain ImageHash)": exact_dhash,
+        "v2 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=2)),
+        "v3 (default)": lambda path: hash_file(path, Recipe()),
+    }
+    started = time.perf_counter()
+    header = " | ".join(str(t) for t in THRESHOLDS)
+    with tempfile.TemporaryDirectory() as folder:
+        for version in (3, 2):
+            edges = boundaries(version)
+            pairs = make_pairs(sources, edges, folder, rng)
+            print(f"Pairs straddling the v{version} boundaries {edges} (shorter side, pixels),"
+                  f" {len(sources)} CALTECH-101 photos (seed {args.seed}), both directions:")
+            print(f"| recipe | pairs | {header} | worst |")
+            print("|---|---:|" + "---:|" * len(THRESHOLDS) + "---:|")
+            for name, hasher in recipes.items():
+                distances = np.array([hasher(o).distance(hasher(c)) for o, c, _, _ in pairs])
+                print(recall_row(name, distances))
+            print()
+            for name in ("--exact (plain ImageHash)", "v3 (default)"):
+                hasher = recipes[name]
+                worst = {}
+                for original, copy, edge, direction in pairs:
+                    key = f"{edge} {direction}"
+                    worst[key] = max(worst.get(key, 0), hasher(original).distance(hasher(copy)))
+                print(f"  worst distance per boundary, {name}: "
+                      + ", ".join(f"{key}: {value}" for key, value in worst.items()))
+            print()
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

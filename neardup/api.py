@@ -1,0 +1,260 @@
+"""neardup from Python: index a folder, search by path, bytes or PIL image, list groups, evaluate.
+
+    import neardup
+
+    neardup.index_folder("photos", "photos.shelve")       # incremental, like index.py
+    with neardup.open_store("photos.shelve") as store:
+        for found in store.search("upload.jpg"):         # a path, bytes or a PIL.Image.Image
+            print(found.distance, found.relpath)
+        for group in store.groups(max_distance=4):
+            print(group.relpaths)
+
+Everything a caller can get wrong raises a NeardupError subclass with a one-line message:
+ImageError (this image cannot be read; `.reason` says why), StoreError (the store cannot be
+opened or was built with another recipe), DatasetError (a manifest that does not fit the store).
+ValueError is raised for arguments outside their range (a distance beyond the hash's bits).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from .core.grouping import near_duplicate_groups
+from .core.hashing import (
+    DEFAULT_MAX_PIXELS,
+    Hash,
+    Recipe,
+    hash_decoded_and_mirror,
+    hash_source,
+)
+from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
+from .core.indexing import index_folder as _index_folder
+from .core.search import (
+    DEFAULT_MAX_DISTANCE,
+    HashIndex,
+    find_matches_many,
+    merge_matches,
+    resolve_stored_path,
+)
+from .core.store import Store
+
+if TYPE_CHECKING:
+    from .evaluation.scoring import Evaluation
+
+# What search() accepts: a file path, the bytes of an image file (an upload), or a decoded image.
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A stored image near the query."""
+
+    relpath: str  # as stored: relative to the store's dataset folder, '/'-separated
+    path: str  # the file on disk (the dataset folder joined with relpath)
+    distance: int  # Hamming distance between the two hashes, in bits
+    hash: str  # the stored image's hash, hexadecimal
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateGroup:
+    """Images of which every pair is a near-duplicate (see search.py --groups): no chains."""
+
+    relpaths: tuple[str, ...]  # the first image, then the others nearest first
+    paths: tuple[str, ...]  # the same files on disk
+    distances: tuple[int | None, ...]  # each image's hash distance to the first (0 for the first)
+    max_distance: int | None  # the largest hash distance between any two members
+    distinct_hashes: int  # 1: exact duplicates of one hash only
+
+
+def index_folder(
+    dataset: str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    algorithm: str = "dhash",
+    hash_size: int = 8,
+    exact: bool = False,
+    jobs: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    report: Callable[[str], None] | None = None,
+    hasher: Hasher | None = None,
+    features: bool = False,
+    allow_mass_removal: bool = False,
+) -> IndexSummary:
+    """Hash every image under `dataset` into the store at `store` (created if missing).
+
+    Incremental and crash-safe like index.py: unchanged files are not hashed again, deleted ones
+    are dropped, every committed batch survives an interruption. `report` receives one line per
+    file that could not be hashed (default: ignored; the summary counts them). `jobs=0` uses one
+    process per core. The recipe (algorithm, hash_size, exact) must match the store's, if it exists.
+    `features`: also keep local features (the `features` extra; see README "Verified matches").
+    `allow_mass_removal`: let a run drop more than half of the stored images whose files are gone
+    (refused otherwise, and `summary.refusal` says why: a folder that failed to mount looks the
+    same); an empty folder never empties a store.
+    """
+    recipe = Recipe(algorithm, hash_size, exact=exact)
+    return _index_folder(os.fspath(dataset), os.fspath(store), recipe, jobs=jobs,
+                         batch_size=batch_size, max_pixels=max_pixels, progress=progress,
+                         report=report or (lambda line: None), hasher=hasher,
+                         features=features, allow_mass_removal=allow_mass_removal)
+
+
+def open_store(path: str | os.PathLike) -> ImageStore:
+    """Open a store built by index.py or index_folder() for searching (read-only)."""
+    return ImageStore(Store.open_for_reading(os.fspath(path)))
+
+
+class ImageStore:
+    """A store open for reading. Use it as a context manager, or call close().
+
+    Searches see the store's latest committed state: when another process has indexed more images
+    since the last call, the search index is rebuilt first. One ImageStore is for one thread.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._index: HashIndex | None = None
+        self._generation = -1
+
+    @property
+    def has_features(self) -> bool:
+        """True for a store built with index.py --features (verified matches)."""
+        return self._store.feature_recipe() is not None
+
+    @property
+    def path(self) -> str:
+        return self._store.path
+
+    @property
+    def dataset(self) -> str:
+        """The folder the stored paths are relative to."""
+        return self._store.dataset_root
+
+    @property
+    def recipe(self) -> Recipe:
+        """How the stored hashes were made; queries are hashed the same way."""
+        return self._store.recipe
+
+    def __len__(self) -> int:
+        """How many images the store holds."""
+        with self._store.snapshot():
+            return self._store.image_count()
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def hash(self, image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+        """The image's hash with this store's recipe, hexadecimal."""
+        return self._hashes(image, mirror=False, max_pixels=max_pixels)[0].hex()
+
+    def search(
+        self,
+        image: ImageInput,
+        *,
+        max_distance: int = DEFAULT_MAX_DISTANCE,
+        mirror: bool = False,
+        include_low_information: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> list[Found]:
+        """The stored images within max_distance bits of `image`, nearest first.
+
+        `image` is a file path, the bytes of an image file, or a PIL image. Files and bytes are
+        decoded as index.py decodes them, so a stored file searched by path or by its bytes is
+        found at distance 0; a PIL image is hashed as it is, which for a JPEG the store decoded
+        at reduced size can differ by a bit or two. `mirror` also matches mirror images. Blank and
+        smooth images match nothing unless `include_low_information`. Raises ImageError for an
+        image that cannot be read, ValueError for a distance outside 0..the hash's bits.
+        """
+        self._check_distance(max_distance)
+        looks = self._hashes(image, mirror=mirror, max_pixels=max_pixels)
+        with self._store.snapshot():
+            index = self._current_index() if max_distance > 0 else None
+            answers = find_matches_many(self._store, looks, max_distance, index,
+                                        include_low_information=include_low_information)
+            matches = answers[0] if len(answers) == 1 else merge_matches(*answers)
+        return [Found(match.path, full, match.distance, match.hash_hex) for match in matches
+                if (full := resolve_stored_path(self.dataset, match.path)) is not None]
+
+    def groups(
+        self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False
+    ) -> list[DuplicateGroup]:
+        """Groups of two or more images in which every pair is within max_distance bits (no
+        chains: a~b and b~c do not put a and c together), each image in one group at most,
+        largest first."""
+        self._check_distance(max_distance)
+        with self._store.snapshot():
+            if self.has_features:  # every pair in a group is a verified match
+                from .features.grouping import verified_groups
+                from .features.search import VerifiedSearch
+
+                search = VerifiedSearch.for_store(self._store, HashIndex.from_store(self._store))
+                assert search is not None
+                groups = verified_groups(self._store, search, max_distance,
+                                         include_low_information=include_low_information)
+            else:
+                groups = near_duplicate_groups(self._store, max_distance,
+                                               include_low_information=include_low_information)
+        result = []
+        for group in groups:
+            # Stored paths that would leave the dataset (a store from someone else) are dropped.
+            kept = [(relpath, full, distance)
+                    for relpath, distance in zip(group.paths, group.distances, strict=True)
+                    if (full := resolve_stored_path(self.dataset, relpath)) is not None]
+            if len(kept) < 2:
+                continue
+            result.append(DuplicateGroup(tuple(r for r, _, _ in kept), tuple(f for _, f, _ in kept),
+                                         tuple(d for _, _, d in kept), group.max_distance,
+                                         group.hashes))
+        return result
+
+    def evaluate(self, manifest: str | os.PathLike, *, mirror: bool = False) -> Evaluation:
+        """Score the store against a gather.py manifest.csv: recall per edit and threshold,
+        precision, the recommended threshold (see search.py --evaluate)."""
+        from .evaluation.scoring import evaluate_manifest  # only evaluation needs the manifests
+
+        with self._store.snapshot():
+            return evaluate_manifest(self._store, os.fspath(manifest), mirror=mirror)
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _check_distance(self, max_distance: int) -> None:
+        bits = self.recipe.bits
+        if not 0 <= max_distance <= bits:
+            raise ValueError(f"max_distance {max_distance} is outside 0..{bits}, the bits of"
+                             f" {self.path}'s hashes")
+
+    def _current_index(self) -> HashIndex:
+        generation = self._store.generation()
+        if self._index is None or generation != self._generation:
+            self._index = HashIndex.from_store(self._store)
+            self._generation = generation
+        return self._index
+
+    def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
+        """The query's hash (and its mirror image's): through hashing's one entry point, so a
+        query is hashed exactly as index.py hashed the stored images."""
+        if isinstance(image, Image.Image):
+            # Already decoded at full size by the caller: only the recipe's own steps remain.
+            plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            plain, flipped = hash_source("upload", self.recipe, max_pixels, data=bytes(image),
+                                         mirror=mirror)
+        else:
+            plain, flipped = hash_source(os.fspath(image), self.recipe, max_pixels, mirror=mirror)
+        return [plain] if flipped is None else [plain, flipped]

@@ -1,0 +1,177 @@
+"""Resampling a decoded image to a hash's small grid, in floating point, wherever it was decoded.
+
+A JPEG decoded at 1/2, 1/4 or 1/8 scale covers the same picture as the full decode, in fewer
+pixels whose last row and column may stand for a partial block. `grid` places its Lanczos filter
+in the coordinates of the full-size picture (the decoded region may end mid-pixel), so the filter
+covers the same part of the picture whatever the decode scale: the path an image takes changes its
+grid by a fraction of a gray level, not by a shift.
+
+The grid is kept in floating point. Rounding it to 8 bits, as resizing a Pillow "L" image does,
+creates ties between neighbouring cells of smooth regions, and a tie broken by a rounding step
+flips a dHash bit: on CALTECH-101 that rounding alone costs 7 to 10 points of exact-bucket recall
+on resized and re-compressed copies (bench/decode_margin.py; docs/accuracy.md).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+# Pillow's Lanczos support: 3 lobes, widened by the reduction factor when shrinking.
+LANCZOS_LOBES = 3.0
+# Pixels converted to float at a time (16 MB of float64) by dense_grid, so a 100-megapixel PNG
+# never needs an 800 MB float copy.
+PIXELS_PER_BLOCK = 1 << 21
+# OpenBLAS spreads a matrix product of more than 2^18 multiply-adds over threads that spin while
+# they wait; with one worker per core already (index.py), or on a busy machine, that made pHash's
+# 32 x 32 grid ten times slower than dHash's 9 x 8. Products are cut below it and stay on one
+# thread.
+SINGLE_THREAD_PRODUCT = 1 << 18
+# Grids up to this many cells (pHash-64's 32 x 32) use dense products; larger ones bands.
+DENSE_CELLS = 32 * 32
+# Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
+# coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
+# picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
+STEP = 1 / 64
+
+
+# Photos come in few sizes, so the filters of sides up to this long are kept: at most 512 of them,
+# 128 MB at worst (pHash's 32 cells x 1024 pixels x 8 bytes each), 21 KB for dHash-64 on a
+# 300-pixel side. Longer sides (decoded whole; slow anyway) are computed anew.
+CACHED_SIDE = 1024
+
+
+def lanczos_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels."""
+    if pixels <= CACHED_SIDE:
+        return _cached_weights(pixels, extent, cells)
+    return _weights(pixels, extent, cells)
+
+
+@lru_cache(maxsize=512)
+def _cached_weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    return _weights(pixels, extent, cells)
+
+
+def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
+    """(cells, pixels) float64 weights: each row a Lanczos-3 filter over the decoded pixels.
+
+    `extent` is how many decoded pixels the picture spans (pixels, or less when the decoder
+    rounded a partial block up to a whole pixel). The filter is Pillow's: centres at
+    (i + 0.5) * extent / cells, support 3 output cells, rows normalised to sum to 1.
+    """
+    scale = extent / cells
+    widen = max(scale, 1.0)
+    centres = (np.arange(cells, dtype=np.float64) + 0.5) * scale
+    offsets = (np.arange(pixels, dtype=np.float64) + 0.5)[None, :] - centres[:, None]
+    x = offsets / widen
+    weights = np.zeros_like(x)
+    inside = np.abs(x) < LANCZOS_LOBES  # a cell's filter covers a few of the row's pixels only
+    near = x[inside]
+    weights[inside] = np.sinc(near) * np.sinc(near / LANCZOS_LOBES)
+    totals = weights.sum(axis=1, keepdims=True)
+    # A row can only sum to zero for degenerate sizes (a filter with no pixel under it): fall
+    # back to the nearest pixel rather than divide by zero.
+    empty = totals[:, 0] <= 1e-9
+    if empty.any():
+        nearest = np.clip(centres[empty].astype(np.int64), 0, pixels - 1)
+        weights[empty] = 0.0
+        weights[np.flatnonzero(empty), nearest] = 1.0
+        totals = weights.sum(axis=1, keepdims=True)
+    result = weights / totals
+    result.flags.writeable = False
+    return result
+
+
+def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
+    """Resample 8-bit gray `pixels` (rows, columns) to `size` = (width, height), as float64
+    gray levels rounded to STEP.
+
+    `extent` = (width, height) of the picture in decoded pixels (see lanczos_weights). Two ways
+    to the same cells (they agree after rounding to STEP; a test holds them to it): dense
+    products for small grids (dHash, aHash, pHash), per-cell bands for large ones (wHash reads
+    up to 512 x 512, where dense products would cost cells x pixels).
+    """
+    width, height = size
+    if width * height <= DENSE_CELLS:
+        return dense_grid(pixels, extent, size)
+    return banded_grid(pixels, extent, size)
+
+
+def banded_grid(
+    pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """grid() cell by cell, each reading only the pixels under its filter."""
+    rows, columns = pixels.shape
+    width, height = size
+    across = lanczos_weights(columns, extent[0], width)
+    down = lanczos_weights(rows, extent[1], height)
+    # Each cell reads only the pixels under its filter (a band a few cells wide), so the work
+    # follows the filter's support, not cells x pixels. einsum keeps to one thread and converts
+    # the 8-bit pixels to float through a small buffer, never the whole picture at once.
+    partial = np.empty((height, columns), dtype=np.float64)
+    for cell, (first, last) in enumerate(_bands(down)):
+        partial[cell] = np.einsum("k,kj->j", down[cell, first:last], pixels[first:last])
+    cells = np.empty((height, width), dtype=np.float64)
+    for cell, (first, last) in enumerate(_bands(across)):
+        cells[:, cell] = np.einsum("ik,k->i", partial[:, first:last], across[cell, first:last])
+    return np.round(cells / STEP) * STEP
+
+
+def dense_grid(
+    pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """grid() as two matrix products over every pixel: fastest for small grids."""
+    rows, columns = pixels.shape
+    width, height = size
+    across = lanczos_weights(columns, extent[0], width)
+    down = lanczos_weights(rows, extent[1], height)
+    partial = np.zeros((height, columns), dtype=np.float64)
+    step = max(1, min(PIXELS_PER_BLOCK // max(1, columns),
+                      SINGLE_THREAD_PRODUCT // max(1, height * columns)))
+    for start in range(0, rows, step):
+        block = pixels[start : start + step].astype(np.float64)
+        partial += down[:, start : start + step] @ block
+    cells = np.empty((height, width), dtype=np.float64)
+    step = max(1, SINGLE_THREAD_PRODUCT // max(1, columns * width))
+    for start in range(0, height, step):
+        cells[start : start + step] = partial[start : start + step] @ across.T
+    return np.round(cells / STEP) * STEP
+
+
+def _bands(weights: np.ndarray) -> list[tuple[int, int]]:
+    """For each row of a weight matrix, the [first, last) range of its non-zero weights."""
+    bands = []
+    for row in weights:
+        nonzero = np.flatnonzero(row)
+        bands.append((int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0))
+    return bands
+
+
+def orient(cells: np.ndarray, orientation: int) -> np.ndarray:
+    """The grid as a person sees it: apply an EXIF orientation (1-8) to a grid made upright-less.
+
+    Lanczos resampling commutes with flips and quarter turns, so turning the small grid gives what
+    turning the whole picture first would, for a fraction of the work.
+    """
+    if orientation == 2:
+        return cells[:, ::-1]
+    if orientation == 3:
+        return cells[::-1, ::-1]
+    if orientation == 4:
+        return cells[::-1, :]
+    if orientation == 5:
+        return cells.T
+    if orientation == 6:
+        return np.rot90(cells, -1)
+    if orientation == 7:
+        return cells[::-1, ::-1].T
+    if orientation == 8:
+        return np.rot90(cells, 1)
+    return cells
+
+
+def swaps_axes(orientation: int) -> bool:
+    """Whether this EXIF orientation turns the picture by a quarter (width and height swap)."""
+    return orientation in (5, 6, 7, 8)

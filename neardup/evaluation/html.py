@@ -1,0 +1,233 @@
+"""Review pages: one self-contained HTML file to scroll through, for groups and for evaluations.
+
+A person deciding what to delete, or checking what an evaluation missed, wants to see the images
+with their paths and distances, not read a list. Each page carries its thumbnails as data URIs
+(small JPEGs) and its own style and script, so it opens from anywhere, offline, and can be mailed
+or archived as one file. Paths are shown relative to the store's dataset folder, named at the top.
+
+The groups page is also a review form: a checkbox per image; "mark all but the first" pre-selects
+the usual clean-up; the marked paths are gathered in a text box to copy. The page itself deletes
+nothing.
+
+Every text comes from file names a stranger may have chosen, so all of it is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+
+from ..core.hashing import DEFAULT_MAX_PIXELS
+from ..core.search import resolve_stored_path
+from ..errors import ImageError
+from .montage import thumbnail
+from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
+
+THUMBNAIL_SIDE = 150
+JPEG_QUALITY = 80
+# Thumbnails cost about 5 KB each; past this many groups the page lists paths without pictures
+# (and says so), so that a 17,000-miss evaluation stays a page a browser opens.
+MAX_GROUPS_WITH_THUMBNAILS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One image on a page: its path relative to the dataset, the file, a caption."""
+
+    relpath: str
+    path: str | None  # None: the stored path would leave the dataset; shown, never opened
+    caption: str
+    css: str = ""  # "query", "missed", "other"
+
+
+def groups_page(
+    groups: Sequence[Sequence[Item]], *, store: str, dataset: str, recipe: str, max_distance: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> str:
+    """The near-duplicate groups as a review form."""
+    title = f"Near-duplicate groups in {os.path.basename(store)}"
+    summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group every"
+               f" pair of images is within {max_distance} bits (hash {recipe}). Distances are to"
+               " the first image of each group. Paths are relative to the dataset folder:")
+    sections = []
+    for number, items in enumerate(groups, start=1):
+        sections.append(_section(f"group-{number}", f"Group {number}: {len(items)} images",
+                                 items, with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
+                                 max_pixels=max_pixels, reviewable=True))
+    body = [_header(title, summary, dataset), _cut_notice(len(groups)), _REVIEW_TOOLS,
+            *sections]
+    return _page(title, body, script=_REVIEW_SCRIPT)
+
+
+def evaluation_page(
+    evaluation: Evaluation, max_distance: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str:
+    """The evaluation's table, then every query with what it missed and what else it found."""
+    title = f"Evaluation of {os.path.basename(evaluation.store)}"
+    at = evaluation.row(max_distance)
+    summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
+               f" {len(evaluation.groups)} queries, {evaluation.copies} copies. At max distance"
+               f" {max_distance}: {at.found} of {evaluation.copies} copies found,"
+               f" {at.false_matches} other matches. Paths are relative to the dataset folder:")
+    kinds = evaluation.kinds
+    head = "".join(f"<th>{escape(kind)}</th>" for kind in [*kinds, "all"])
+    rows = []
+    for row in evaluation.rows:
+        marks = []
+        if row.threshold == evaluation.recommended:
+            marks.append(f"recommended (precision &ge; {TARGET_PRECISION})")
+        if row.threshold == max_distance:
+            marks.append("max distance")
+        cells = "".join(f"<td>{row.recall.get(kind, 0):.1%}</td>" for kind in [*kinds, "all"])
+        css = ' class="chosen"' if marks else ""
+        rows.append(f"<tr{css}><td>{row.threshold}</td>{cells}<td>{row.false_matches}</td>"
+                    f"<td>{row.precision:.4f}</td><td>{', '.join(marks)}</td></tr>")
+    table = (f'<table class="scores"><tr><th>t</th>{head}<th>false</th><th>precision</th><th></th>'
+             f"</tr>{''.join(rows)}</table>")
+
+    root = evaluation.dataset_root
+    shown = []
+    for group in evaluation.groups:
+        items = [Item(group.original, resolve_stored_path(root, group.original),
+                      f"query {group.group}", "query")]
+        for copy in group.copies:
+            if copy.distance is None or copy.distance > max_distance:
+                state = (f"not returned by search within {MAX_THRESHOLD} bits"
+                         if copy.distance is None else f"distance {copy.distance}")
+                items.append(Item(copy.path, resolve_stored_path(root, copy.path),
+                                  f"missed: {copy.edit} ({state})", "missed"))
+        for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
+            if distance <= max_distance:
+                items.append(Item(path, resolve_stored_path(root, path),
+                                  f"other match, distance {distance}", "other"))
+        if len(items) > 1:
+            shown.append((group.group, items))
+    sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
+                         f" {_count(items, 'other', 'other match', 'other matches')}", items,
+                         with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
+                         max_pixels=max_pixels, reviewable=False)
+                for number, (name, items) in enumerate(shown, start=1)]
+    found_all = len(evaluation.groups) - len(shown)
+    listing = (f"<h2>Queries with a missed copy or another match: {len(shown)}</h2>"
+               f"<p>{found_all} of {len(evaluation.groups)} queries found every copy and nothing"
+               f" else at max distance {max_distance}.</p>")
+    body = [_header(title, summary, root), table, listing, _cut_notice(len(shown)), *sections]
+    return _page(title, body)
+
+
+def write_page(path: str, page: str) -> None:
+    # File names that are not UTF-8 reach us as surrogates; write them escaped, not crash.
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
+        stream.write(page)
+
+
+def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """A small JPEG of the image as a data: URI, or raise ImageError."""
+    picture = thumbnail(path, THUMBNAIL_SIDE, max_pixels)
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
+             max_pixels: int, reviewable: bool) -> str:
+    figures = []
+    for position, item in enumerate(items):
+        picture = ""  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
+        if item.path is None:
+            picture = '<div class="missing">outside the dataset: not opened</div>'
+        elif with_pictures:
+            try:
+                picture = f'<img alt="" src="{thumbnail_uri(item.path, max_pixels)}">'
+            except ImageError as error:
+                picture = f'<div class="missing">{escape(error.reason)}</div>'
+        size = ""
+        if item.path is not None:
+            try:
+                size = f"{os.path.getsize(item.path) / 1024:,.0f} KB"
+            except OSError:
+                size = "file not found"
+        tick = ""
+        if reviewable:
+            # Nothing is marked until the person says so.
+            tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
+                    f' data-first="{int(position == 0)}"> delete</label>')
+        figures.append(f'<figure class="{item.css}">{picture}<figcaption>'
+                       f'<span class="path">{escape(item.relpath)}</span>'
+                       f'<span class="caption">{escape(item.caption)}</span>'
+                       f'<span class="size">{escape(size)}</span>{tick}'
+                       "</figcaption></figure>")
+    return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
+            f'<div class="row">{"".join(figures)}</div></section>')
+
+
+def _count(items: list[Item], css: str, one: str, many: str = "") -> str:
+    number = sum(1 for item in items if item.css == css)
+    return f"{number} {one if number == 1 else many or one.replace('copy', 'copies')}"
+
+
+def _header(title: str, summary: str, dataset: str) -> str:
+    return (f"<h1>{escape(title)}</h1><p>{escape(summary)}</p>"
+            f'<p class="dataset">{escape(dataset)}</p>')
+
+
+def _cut_notice(sections: int) -> str:
+    if sections <= MAX_GROUPS_WITH_THUMBNAILS:
+        return ""
+    return (f'<p class="notice">Thumbnails are shown for the first {MAX_GROUPS_WITH_THUMBNAILS}'
+            f" of {sections}; the others are listed by path.</p>")
+
+
+def _page(title: str, body: list[str], script: str = "") -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+            + "\n".join(part for part in body if part)
+            + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
+
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+.dataset { font-family: monospace; color: #555; }
+.notice { background: #fff3cd; padding: .5em; }
+table.scores { border-collapse: collapse; margin: 1em 0; }
+table.scores td, table.scores th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+table.scores tr.chosen { background: #e8f0fe; font-weight: bold; }
+section { border-top: 1px solid #ddd; padding: .5em 0; }
+.row { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: 160px; }
+figure img, figure .missing { display: block; max-width: 150px; max-height: 150px; }
+figure .missing { width: 150px; height: 100px; background: #ddd; font-size: 12px; padding: 4px;
+  box-sizing: border-box; }
+figure.query img, figure:first-child img { outline: 3px solid #d62728; }
+figure.missed figcaption .caption { color: #b00; }
+figcaption { font-size: 12px; overflow-wrap: anywhere; }
+figcaption span { display: block; }
+.path { font-family: monospace; }
+.size { color: #777; }
+#review { position: sticky; top: 0; background: #f7f7f7; padding: .5em; border: 1px solid #ccc; }
+#review textarea { width: 100%; height: 6em; font-family: monospace; }
+"""
+
+_REVIEW_TOOLS = """
+<div id="review"><button type="button" id="all-but-first">mark all but the first of each group</button>
+<button type="button" id="clear">clear</button> <span id="count">0 marked</span>
+<textarea id="marked" readonly placeholder="the paths you mark appear here, one per line, to copy">
+</textarea></div>
+"""
+
+_REVIEW_SCRIPT = """
+const boxes = Array.from(document.querySelectorAll('input.mark'));
+function update() {
+  const marked = boxes.filter(b => b.checked).map(b => b.dataset.path);
+  document.getElementById('marked').value = marked.join('\\n');
+  document.getElementById('count').textContent = marked.length + ' marked';
+}
+boxes.forEach(b => b.addEventListener('change', update));
+document.getElementById('all-but-first').onclick = () => {
+  boxes.forEach(b => { b.checked = b.dataset.first === '0'; }); update(); };
+document.getElementById('clear').onclick = () => { boxes.forEach(b => { b.checked = false; }); update(); };
+"""

@@ -1,0 +1,67 @@
+"""--groups on a store with local features: images linked only by verified matches.
+
+Every stored image is searched as a query (its file re-read: verification needs the picture), and
+each verified match links the two images. Groups are then formed as on a hash-only store
+(neardup.core.grouping.clique_groups): every pair in a group is a verified match, never a chain.
+Distances shown are those of the stored hashes, whatever found the match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..core.grouping import Group, clique_groups
+from ..core.hashing import DEFAULT_MAX_PIXELS, Hash
+from ..core.search import resolve_stored_path
+from ..core.store import Store
+from ..errors import ImageError
+from .extract import read_frame
+from .search import VerifiedSearch
+
+
+def verified_groups(
+    store: Store,
+    search: VerifiedSearch,
+    max_distance: int,
+    *,
+    include_low_information: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    warn: Callable[[str], None] = lambda line: None,
+) -> list[Group]:
+    """Groups of two or more images in which every pair is a verified match, largest first."""
+    bits = store.recipe.bits
+    hashes: dict[str, Hash] = {}
+    links: dict[str, dict[str, int]] = {}
+    for _image_id, relpath, _data in list(store.feature_rows()):
+        hash_hex = store.hash_of_path(relpath)
+        full = resolve_stored_path(store.dataset_root, relpath)
+        if hash_hex is None or full is None:
+            continue
+        hashes[relpath] = Hash.from_hex(hash_hex, bits)
+        links.setdefault(relpath, {})
+        try:
+            frame = read_frame(full, max_pixels)
+        except ImageError as error:  # deleted or changed since indexing: it cannot be verified
+            warn(f"{full}: {error.reason}; left out of the groups")
+            continue
+        for match in search.search([hashes[relpath]], frame, max_distance,
+                                   include_low_information=include_low_information):
+            if match.path != relpath and match.inliers is not None:
+                # Closer means more inliers: clique_groups adds the closest candidates first.
+                closeness = -match.inliers
+                links[relpath][match.path] = closeness
+                links.setdefault(match.path, {})[relpath] = closeness
+    # A pair verified in one direction only is still linked, from both sides.
+    groups = []
+    for members in clique_groups(links):
+        if len(members) < 2:
+            continue
+        seed = hashes.get(members[0])
+        values = [hashes.get(path) for path in members]
+        distances = tuple(None if seed is None or value is None else seed.distance(value)
+                          for value in values)
+        known = [value for value in values if value is not None]
+        widest = max((a.distance(b) for a in known for b in known), default=None)
+        groups.append(Group(tuple(members), len({value for value in known}), distances, widest))
+    groups.sort(key=lambda group: (-len(group.paths), group.paths))
+    return groups

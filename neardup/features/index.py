@@ -1,0 +1,132 @@
+"""Candidate search over the stored local features: which stored images share keypoints with a
+query, found without comparing the query with every image.
+
+Every stored descriptor (STORED_KEYPOINTS per image) goes into one FAISS binary index; each query
+descriptor looks up its NEIGHBOURS nearest stored descriptors, and each stored image gets one vote
+per query descriptor that found one of its descriptors within MAX_DESCRIPTOR_DISTANCE bits. The
+images with the most votes (at least MIN_VOTES, at most MAX_CANDIDATES) are the candidates that
+verification then accepts or refuses.
+
+Small stores use an exact (flat) index; larger ones an inverted file (IndexBinaryIVF): descriptors
+are assigned to one of `lists` centroids, and a query scans only the PROBES nearest lists. The
+serialised index is cached beside the store by generation, like the hash arrays.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.store import Store
+from ..errors import StoreError
+from .extract import DESCRIPTOR_BYTES, FeatureSet
+
+# Two ORB descriptors of the same point in a copy differ by up to about 50 of 256 bits; unrelated
+# points by about 128 on average. Beyond 64 a neighbour is noise and gets no vote.
+MAX_DESCRIPTOR_DISTANCE = 64
+NEIGHBOURS = 10
+MIN_VOTES = 5
+# A photo library may hold a dozen copies of one picture (gather.py makes 13 per sample): each must
+# be a candidate. Verification stops earlier (search.py: STOP_AFTER_REFUSALS).
+MAX_CANDIDATES = 32
+# Below this many descriptors (about 280 images) an exact scan costs under a few milliseconds.
+FLAT_MAX_DESCRIPTORS = 20_000
+PROBES = 4
+TRAINING_SAMPLE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    image_id: int
+    votes: int
+    look: int  # which look of the query found it (0: as is, 1: mirrored)
+
+
+class FeatureIndex:
+    def __init__(self, index: object, owners: np.ndarray) -> None:
+        self._index = index
+        self.owners = owners  # image id of each indexed descriptor
+
+    @classmethod
+    def from_store(cls, store: Store) -> FeatureIndex:
+        import faiss
+
+        # The checker answers from several threads and index.py runs workers: FAISS's own
+        # OpenMP threads only fight them for the same cores (measured 60x slower on 2 busy cores).
+        faiss.omp_set_num_threads(1)
+        owners = store.cached_array("feature-owners", lambda: _read_descriptors(store)[1],
+                                    small_too=True)
+        serialised = store.cached_array("feature-index", lambda: _build(store), small_too=True)
+        index = faiss.deserialize_index_binary(np.ascontiguousarray(serialised))
+        if hasattr(index, "nprobe"):
+            index.nprobe = PROBES
+        if index.ntotal != len(owners):
+            raise StoreError(f"{store.path}: the feature index does not match the store; delete"
+                             f" {store.path}.cache to rebuild it")
+        return cls(index, np.asarray(owners))
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)  # type: ignore[attr-defined]
+
+    def candidates(self, looks: list[FeatureSet], exclude: set[int] = frozenset()  # type: ignore[assignment]
+                   ) -> list[Candidate]:
+        """The stored images sharing the most keypoints with any look of the query."""
+        best: dict[int, Candidate] = {}
+        if len(self) == 0:
+            return []
+        for look_number, look in enumerate(looks):
+            if len(look.descriptors) == 0:
+                continue
+            distances, positions = self._index.search(  # type: ignore[attr-defined]
+                np.ascontiguousarray(look.descriptors), NEIGHBOURS)
+            near = (positions >= 0) & (distances <= MAX_DESCRIPTOR_DISTANCE)
+            votes: Counter[int] = Counter()
+            for row in range(positions.shape[0]):
+                # One vote per query descriptor and image, however many of its descriptors match.
+                votes.update({int(owner) for owner in self.owners[positions[row][near[row]]]})
+            for image_id, count in votes.items():
+                if count >= MIN_VOTES and image_id not in exclude and (
+                        image_id not in best or best[image_id].votes < count):
+                    best[image_id] = Candidate(image_id, count, look_number)
+        ranked = sorted(best.values(), key=lambda candidate: (-candidate.votes, candidate.image_id))
+        return ranked[:MAX_CANDIDATES]
+
+
+def _read_descriptors(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored descriptor, and the image id it belongs to."""
+    blocks: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    for image_id, path, data in store.feature_rows():
+        try:
+            features = FeatureSet.from_bytes(data)
+        except ValueError as error:
+            raise StoreError(f"{store.path}: features of {path}: {error}") from error
+        blocks.append(features.descriptors)
+        owners.append(np.full(len(features.descriptors), image_id, dtype=np.int64))
+    if not blocks:
+        return np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(blocks), np.concatenate(owners)
+
+
+def _build(store: Store) -> np.ndarray:
+    import faiss
+
+    descriptors, _ = _read_descriptors(store)
+    bits = DESCRIPTOR_BYTES * 8
+    if len(descriptors) <= FLAT_MAX_DESCRIPTORS:
+        index = faiss.IndexBinaryFlat(bits)
+    else:
+        # As many lists as descriptors per list (the square root of the count): a query then
+        # compares each descriptor with every centroid and with PROBES lists, and both costs are
+        # equal. Measured at 1.1 million descriptors: 512 lists took 80 ms per query look.
+        lists = int(min(65_536, 2 ** round(np.log2(np.sqrt(len(descriptors))))))
+        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
+        rng = np.random.default_rng(0)  # the same sample, so the same index, on every build
+        sample = descriptors[rng.choice(len(descriptors), min(len(descriptors),
+                                                               max(TRAINING_SAMPLE, lists * 40)),
+                                        replace=False)]
+        index.train(sample)
+    index.add(descriptors)
+    return faiss.serialize_index_binary(index)

@@ -1,0 +1,175 @@
+"""Verified search: candidates from the hash AND the local features, kept only when verified.
+
+The hash proposes the stored images within max_distance bits; the feature index proposes those
+sharing the most keypoints with the query or with its mirror image (so mirrored copies are found
+without --mirror). Every candidate, however found, is then verified (verify.py) against the
+stored image's features, and only verified ones are answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from ..core.hashing import Hash
+from ..core.search import HashIndex, Match, find_matches_many
+from ..core.store import Store
+from ..errors import StoreError
+from . import require
+from .extract import FeatureRecipe, FeatureSet, query_features
+from .index import FeatureIndex
+from .verify import Verdict, verify
+
+# Which candidates to take from which source; "both" is what search.py does.
+SOURCES = ("hash", "features", "both")
+# Feature candidates come best first (most shared keypoints); after this many refusals in a row the
+# rest are refused unseen: copies have far more votes than look-alikes (bounds the search time).
+STOP_AFTER_REFUSALS = 4
+
+
+class VerifiedSearch:
+    """The store's feature index loaded once; answers queries inside the caller's snapshot."""
+
+    def __init__(self, store: Store, hash_index: HashIndex | None) -> None:
+        self.store = store
+        self.hash_index = hash_index
+        self.features = FeatureIndex.from_store(store)
+
+    @classmethod
+    def for_store(cls, store: Store, hash_index: HashIndex | None) -> VerifiedSearch | None:
+        """None for a hash-only store; a store with features needs the optional libraries."""
+        recorded = store.feature_recipe()
+        if recorded is None:
+            return None
+        require()
+        if recorded != FeatureRecipe().to_dict():
+            raise StoreError(f"{store.path}: holds features made with"
+                             f" {FeatureRecipe.describe_recorded(recorded)}; this neardup"
+                             f" makes {FeatureRecipe().describe()}; index again into a new store")
+        return cls(store, hash_index)
+
+    def search(
+        self,
+        hashes: list[Hash],
+        frame: np.ndarray,
+        max_distance: int,
+        *,
+        include_low_information: bool = False,
+        source: str = "both",
+    ) -> list[Match]:
+        """Verified matches of one query: `hashes` are its hash (and mirror hash, with --mirror),
+        `frame` its analysis frame (extract.read_frame). Best first: by hash distance, then by
+        inliers, features-only matches last."""
+        return [match for match, verdict in self.search_with_verdicts(
+            hashes, frame, max_distance, include_low_information=include_low_information,
+            source=source) if verdict.verified]
+
+    def search_with_verdicts(
+        self,
+        hashes: list[Hash],
+        frame: np.ndarray,
+        max_distance: int,
+        *,
+        include_low_information: bool = False,
+        source: str = "both",
+    ) -> list[tuple[Match, Verdict]]:
+        """Every candidate with its verdict, verified or not (for --evaluate and tests)."""
+        looks = query_features(frame)
+        # path -> (hash distance or None, how it was found)
+        found: dict[str, tuple[int | None, set[str]]] = {}
+        if source in ("hash", "both") and hashes:
+            answers = find_matches_many(self.store, hashes, max_distance, self.hash_index,
+                                        include_low_information=include_low_information)
+            for matches in answers:
+                for match in matches:
+                    earlier = found.get(match.path)
+                    distance = match.distance
+                    if earlier is not None and earlier[0] is not None and distance is not None:
+                        distance = min(earlier[0], distance)  # the mirror hash was nearer
+                    found[match.path] = (distance, {"hash"})
+        stored: dict[str, FeatureSet] = {}
+        if source in ("features", "both"):
+            candidates = self.features.candidates(looks)
+            records = self.store.features_by_id(candidate.image_id for candidate in candidates)
+            for candidate in candidates:  # most votes first
+                if candidate.image_id not in records:
+                    continue  # removed since the index was built: the caller reloads it
+                path, data = records[candidate.image_id]
+                stored[path] = _parse(self.store, path, data)
+                distance, how = found.get(path, (None, set()))
+                found[path] = (distance, how | {"features"})
+        for path in found:
+            if path not in stored:
+                record = self.store.features_of_path(path)
+                if record is not None:
+                    stored[path] = _parse(self.store, path, record[1])
+        answers_out: list[tuple[Match, Verdict]] = []
+        refused_in_a_row = 0
+        # Hash candidates first (each verified), then feature candidates by votes, best first.
+        for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
+            if path not in stored:
+                continue  # indexed without features (never in a complete store): cannot verify
+            if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
+                continue
+            verdict = _best_verdict(looks, stored[path])
+            refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
+            hash_hex = self.store.hash_of_path(path) or ""
+            found_by = "+".join(name for name in ("hash", "features") if name in how)
+            answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
+                                      verdict.verified), verdict))
+        answers_out.sort(key=lambda item: (item[0].distance is None, item[0].distance or 0,
+                                           -item[1].inliers, item[0].path))
+        return answers_out
+
+
+def _best_verdict(looks: Iterable[FeatureSet], stored: FeatureSet) -> Verdict:
+    """The query as it is, else its mirror image: the first verified, or the one with most inliers."""
+    best: Verdict | None = None
+    for look in looks:
+        verdict = verify(look, stored)
+        if verdict.verified:
+            return verdict
+        if best is None or verdict.inliers > best.inliers:
+            best = verdict
+    assert best is not None
+    return best
+
+
+def _parse(store: Store, path: str, data: bytes) -> FeatureSet:
+    try:
+        return FeatureSet.from_bytes(data)
+    except ValueError as error:
+        raise StoreError(f"{store.path}: features of {path}: {error}") from error
+
+
+class CheckerFeatures:
+    """What the long-running checker (neardup.service.checker) needs from local features.
+
+    The checker calls `frame_of` outside its lock (decoding is the expensive part) and `answer`
+    inside its snapshot; the feature index is reloaded when the store's generation moved or the
+    store was reopened.
+    """
+
+    def __init__(self) -> None:
+        self._search: VerifiedSearch | None = None
+        self._loaded_for: tuple[int, int] = (-1, -1)
+
+    @staticmethod
+    def frame_of(name: str, max_pixels: int, data: bytes | None = None,
+                 on_header: Callable[[Image.Image], None] | None = None) -> np.ndarray:
+        from .extract import read_frame
+
+        return read_frame(name, max_pixels, data, on_header=on_header)
+
+    def answer(self, store: Store, generation: int, hash_index: HashIndex | None,
+               hashes: list[Hash], frame: np.ndarray, max_distance: int,
+               include_low_information: bool) -> list[Match]:
+        if self._search is None or self._loaded_for != (id(store), generation):
+            self._search = VerifiedSearch.for_store(store, hash_index)
+            self._loaded_for = (id(store), generation)
+        if self._search is None:
+            raise StoreError(f"{store.path}: holds no local features any more")
+        return self._search.search(hashes, frame, max_distance,
+                                   include_low_information=include_low_information)

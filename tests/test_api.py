@@ -1,0 +1,137 @@
+"""The Python API: what a service or a script calls instead of running the commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+import neardup
+from neardup.cli import search as search_cli
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree, save, textured
+from .test_evaluation import build
+
+
+@pytest.fixture()
+def library(in_tmp: Path) -> Path:
+    """Six distinct photos, a resized copy of the first, and an exact copy of the second."""
+    make_tree("photos", 6)
+    save(textured(0).resize((101, 67)), "photos/copy_of_0.jpg", quality=90)
+    (in_tmp / "photos" / "again").mkdir()
+    (in_tmp / "photos" / "again" / "image_0001.jpg").write_bytes(
+        (in_tmp / "photos" / "cat1" / "image_0001.jpg").read_bytes())
+    summary = neardup.index_folder(in_tmp / "photos", in_tmp / "photos.shelve", jobs=1)
+    assert (summary.indexed, summary.failed, summary.total) == (8, 0, 8)
+    return in_tmp
+
+
+def test_search_by_path_bytes_and_pil_image(library: Path) -> None:
+    query = library / "photos" / "cat0" / "image_0000.jpg"
+    with neardup.open_store(library / "photos.shelve") as store:
+        assert len(store) == 8
+        assert store.dataset == str(library / "photos")
+        by_path = store.search(query)
+        assert [(f.relpath, f.distance) for f in by_path][0] == ("cat0/image_0000.jpg", 0)
+        assert "copy_of_0.jpg" in [f.relpath for f in by_path]
+        assert by_path[0].path == str(query)
+        assert store.search(query.read_bytes()) == by_path  # decoded the same way as the file
+        with Image.open(query) as picture:
+            from_pil = store.search(picture)
+        assert {f.relpath for f in from_pil} == {f.relpath for f in by_path}
+        assert store.search(str(query), max_distance=0)[0].distance == 0
+
+
+def test_mirror_and_low_information(library: Path) -> None:
+    flipped = ImageOps.mirror(textured(3))
+    with neardup.open_store(library / "photos.shelve") as store:
+        assert store.search(flipped) == []
+        assert [f.relpath for f in store.search(flipped, mirror=True)] == ["cat1/image_0003.jpg"]
+        blank = Image.new("RGB", (64, 64), "white")
+        assert store.search(blank, max_distance=64) == []  # blank matches nothing by default
+
+
+def test_groups_have_relative_paths_and_distances(library: Path) -> None:
+    with neardup.open_store(library / "photos.shelve") as store:
+        groups = store.groups()
+    by_members = {frozenset(g.relpaths): g for g in groups}
+    exact = by_members[frozenset({"again/image_0001.jpg", "cat1/image_0001.jpg"})]
+    resized = by_members[frozenset({"cat0/image_0000.jpg", "copy_of_0.jpg"})]
+    assert len(groups) == 2
+    assert exact.distances == (0, 0) and exact.distinct_hashes == 1 and exact.max_distance == 0
+    assert resized.distances[0] == 0 and resized.distances[1] == resized.max_distance <= 4
+    assert {Path(p).relative_to(library / "photos").as_posix() for p in resized.paths} == {
+        "cat0/image_0000.jpg", "copy_of_0.jpg"}
+
+
+def test_evaluate(tmp_path: Path) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    with neardup.open_store(tmp_path / "db.shelve") as store:
+        evaluation = store.evaluate(tmp_path / "data" / "manifest.csv")
+    assert evaluation.recommended == 0 and evaluation.copies == 3
+
+
+def test_errors_are_the_documented_ones(library: Path) -> None:
+    with neardup.open_store(library / "photos.shelve") as store:
+        with pytest.raises(neardup.ImageError) as bad:
+            store.search(b"not an image at all")
+        assert bad.value.path == "upload" and "not an image" in bad.value.reason
+        with pytest.raises(neardup.ImageError, match="empty file"):
+            store.search(b"")
+        with pytest.raises(neardup.ImageError, match="file not found"):
+            store.search(library / "missing.jpg")
+        with pytest.raises(ValueError, match="outside 0..64"):
+            store.search(b"x", max_distance=65)
+    with pytest.raises(neardup.StoreError, match="no such store"):
+        neardup.open_store(library / "nothing.shelve")
+    with pytest.raises(neardup.StoreError):  # another recipe than the store's
+        neardup.index_folder(library / "photos", library / "photos.shelve", algorithm="phash")
+
+
+def test_a_store_sees_what_is_indexed_after_it_was_opened(library: Path) -> None:
+    with neardup.open_store(library / "photos.shelve") as store:
+        new = textured(99)
+        assert store.search(new) == []
+        save(new, str(library / "photos" / "new.png"))
+        neardup.index_folder(library / "photos", library / "photos.shelve", jobs=1)
+        assert [f.relpath for f in store.search(new)] == ["new.png"]
+
+
+def test_the_groups_command_uses_the_api(
+    library: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert search_cli.main(["-s", "photos.shelve", "--groups"]) == 0
+    out = capsys.readouterr().out
+    assert "photos/again/image_0001.jpg" in out and "photos/copy_of_0.jpg" in out
+
+
+def test_import_is_light_and_typed() -> None:
+    probe = subprocess.run([sys.executable, "-c", "import sys, neardup;"
+                            " print('PIL' in sys.modules, 'numpy' in sys.modules)"],
+                           capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    assert probe.stdout.split() == ["False", "False"]
+    assert (PROJECT_ROOT / "neardup" / "py.typed").exists()
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_a_script_without_a_main_guard_indexes_with_worker_processes(in_tmp: Path,
+                                                                     how: str) -> None:
+    """multiprocessing re-runs the caller's script in each worker; ours must not need it."""
+    make_tree(str(in_tmp / "photos"), 6)
+    script = ("import neardup\n"
+              "summary = neardup.index_folder('photos', 'db.shelve', jobs=2)\n"
+              "print(summary.total)\n")
+    Path("unguarded.py").write_text(script)
+    env = {"PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "unguarded.py"] if how == "script" else [sys.executable, "-"]
+    result = subprocess.run(command, input=script if how == "stdin" else None,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "6"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,124 @@
+"""index.py --scheduler against real `dask scheduler` and `dask worker` processes on 127.0.0.1.
+
+Unlike a LocalCluster, these processes do not share the test's folder or sys.path: they import
+neardup only if it is installed in their environment (scripts/setup-venv.sh installs this checkout
+into .venv). So this is what a user's cluster does, including a worker with another neardup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import neardup
+from neardup.cli import index as index_cli
+
+from .imagegen import make_tree
+from .test_index import buckets
+
+pytest.importorskip("distributed", reason="Dask is optional: pip install -r requirements-dask.txt")
+
+BIN = Path(sys.executable).parent
+DASK = BIN / "dask"
+START_SECONDS = 60
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without PYTHONPATH: what the process imports must come from its venv."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed_venv() -> Path:
+    """The running venv, if it has the dask command and imports this very neardup from anywhere."""
+    if not DASK.exists():
+        pytest.skip(f"no dask command beside {sys.executable}: pip install -r requirements-dask.txt")
+    probe = subprocess.run([sys.executable, "-c", "import neardup; print(neardup.__version__)"],
+                           cwd="/", env=clean_env(), capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stdout.strip() != neardup.__version__:
+        pytest.skip("neardup is not installed in this venv (bash scripts/setup-venv.sh installs the"
+                    " checkout into .venv), so real Dask workers could not import it")
+    return BIN
+
+
+@contextmanager
+def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str]) -> Iterator[str]:
+    """A real scheduler and `workers` worker processes; yields the scheduler's address."""
+    folder.mkdir()
+    scheduler_file = folder / "scheduler.json"
+    logs = []
+    processes = []
+
+    def start(name: str, command: list[str], env: dict[str, str]) -> None:
+        log = open(folder / f"{name}.log", "w")  # noqa: SIM115 - closed below, after the process
+        logs.append(log)
+        processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+
+    try:
+        start("scheduler", [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                            "--no-dashboard", "--scheduler-file", str(scheduler_file)], clean_env())
+        deadline = time.monotonic() + START_SECONDS
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert time.monotonic() < deadline, (folder / "scheduler.log").read_text()
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        start("workers", [str(DASK), "worker", address, "--host", "127.0.0.1", "--nworkers",
+                          str(workers), "--nthreads", "1", "--no-dashboard"], worker_env)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def test_real_workers_build_the_same_store_as_a_local_run(installed_venv: Path, in_tmp: Path) -> None:
+    make_tree("images", 40, folders=3)
+    with dask_cluster(in_tmp / "cluster", 2, clean_env()) as address:
+        code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
+                               "--partition-size", "7", "--connect-timeout", str(START_SECONDS)])
+    assert code == 0
+    assert index_cli.main(["-d", "images", "-s", "local.shelve", "-q", "-j", "1"]) == 0
+    cluster_buckets = buckets("dask.shelve")
+    assert cluster_buckets == buckets("local.shelve")
+    assert sum(len(paths) for paths in cluster_buckets.values()) == 40
+
+
+def test_workers_with_another_neardup_are_refused_in_one_line(
+    installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A real worker whose environment imports another neardup first (as an old install would).
+    other = in_tmp / "other-neardup" / "neardup"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    make_tree("images", 4)
+    env = clean_env(PYTHONPATH=str(other.parent))
+    with dask_cluster(in_tmp / "cluster", 1, env) as address:
+        code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
+                               "--connect-timeout", str(START_SECONDS)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:")
+    assert err.endswith(
+        f") has neardup 0.0.1; this client has {neardup.__version__}: install the same there"
+        f" (pip install 'neardup[dask]=={neardup.__version__}', or pip install <this checkout>, in"
+        " the environment that runs dask scheduler and dask worker)\n")
+    assert not os.path.exists("dask.shelve"), "nothing is written before the cluster is checked"

@@ -1,0 +1,324 @@
+"""Local features (index.py --features): crops, pads, rotations and mirror images found and
+verified; look-alikes refused; the store keeps its promises; the optional libraries missing is
+one line. On generated scenes, and on real CALTECH-101 photos when they are present."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.core.store import Store
+from neardup.features.extract import FeatureSet, query_features, read_frame
+from neardup.features.verify import MIN_INLIERS, verify
+from neardup.sources.edits import crop, pad, rotate
+
+from .conftest import PROJECT_ROOT
+from .imagegen import save
+
+pytest.importorskip("cv2", reason="the features extra is not installed")
+pytest.importorskip("faiss", reason="the features extra is not installed")
+
+
+def scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A picture with corners and edges everywhere (shapes on a gradient), distinct per seed."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    ramp = np.linspace(40, 200, width, dtype=np.float64)[None, :, None]
+    tint = rng.uniform(0.6, 1.0, size=3)[None, None, :]
+    picture = Image.fromarray((ramp * tint * np.ones((height, 1, 1))).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for _ in range(40):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(8, 60)), int(rng.integers(8, 60))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if rng.random() < 0.5:
+            draw.rectangle((x, y, x + w, y + h), fill=colour)
+        else:
+            draw.polygon([(x, y), (x + w, y + h // 3), (x + w // 2, y + h)], fill=colour)
+    return picture
+
+
+def copies_of(picture: Image.Image) -> dict[str, Image.Image]:
+    rng = random.Random(3)
+    return {
+        "crop": crop(picture, rng)[0],
+        "pad": ImageOps.expand(picture, border=(32, 24, 32, 24), fill=(0, 0, 0)),
+        "rotate": picture.rotate(3.5, resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)),
+        "mirror": ImageOps.mirror(picture),
+    }
+
+
+def spliced(left: Image.Image, right: Image.Image) -> Image.Image:
+    """Half of one scene beside half of another: many keypoints match, the picture does not."""
+    result = left.copy()
+    width, height = left.size
+    result.paste(right.crop((width // 2, 0, width, height)), (width // 2, 0))
+    return result
+
+
+@pytest.fixture()
+def feature_store(in_tmp: Path) -> Path:
+    original = scene(1)
+    save(original, "images/originals/scene.jpg", quality=92)
+    for seed in range(2, 8):
+        save(scene(seed), f"images/others/scene_{seed}.jpg", quality=92)
+    save(spliced(original, scene(9)), "images/others/half_alike.jpg", quality=92)
+    for name, picture in copies_of(original).items():
+        save(picture, f"queries/{name}.jpg", quality=90)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    return in_tmp
+
+
+def search_json(*args: str) -> list[dict]:  # type: ignore[type-arg]
+    return json.loads(subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve", "--json", *args],
+        capture_output=True, text=True, check=False).stdout)
+
+
+def test_crop_pad_rotation_and_mirror_are_found_and_verified(feature_store: Path) -> None:
+    records = search_json(*[arg for name in ("crop", "pad", "rotate", "mirror")
+                            for arg in ("-q", f"queries/{name}.jpg")])
+    for record in records:
+        matches = record["matches"]
+        assert [m["relpath"] for m in matches] == ["originals/scene.jpg"], record["query"]
+        match = matches[0]
+        assert match["verified"] is True and match["inliers"] >= MIN_INLIERS
+        assert match["found_by"] in ("features", "hash+features")
+        if match["found_by"] == "features":
+            assert match["distance"] is None
+
+
+def test_a_half_alike_picture_matches_keypoints_but_is_refused(feature_store: Path) -> None:
+    """Inliers alone accept it: the aligned pictures must agree too."""
+    with Store.open_for_reading("db.shelve") as store:
+        stored = FeatureSet.from_bytes(store.features_of_path("others/half_alike.jpg")[1])
+    verdict = verify(query_features(read_frame("images/originals/scene.jpg"))[0], stored)
+    assert verdict.inliers >= MIN_INLIERS  # the geometric test alone would accept it
+    assert not verdict.verified and verdict.reason.startswith("the aligned pictures differ")
+    records = search_json("-q", "images/originals/scene.jpg")
+    assert [m["relpath"] for m in records[0]["matches"]] == ["originals/scene.jpg"]
+
+
+def test_plain_output_has_distance_inliers_and_path(
+    feature_store: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert search_cli.main(["-s", "db.shelve", "-q", "queries/mirror.jpg"]) == 0
+    distance, inliers, path = capsys.readouterr().out.strip().split("\t")
+    assert path == "images/originals/scene.jpg" and int(inliers) >= MIN_INLIERS
+    assert distance == "-"  # a mirror image is far by hash: found by the features alone
+
+
+def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    original = scene(1)
+    save(original, "images/scene.jpg", quality=92)
+    for name, picture in copies_of(original).items():
+        save(picture, f"images/{name}.jpg", quality=90)
+    save(spliced(original, scene(9)), "images/half_alike.jpg", quality=92)
+    save(scene(4), "images/other.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [sorted(group["relpaths"]) for group in groups] == [
+        ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
+    assert groups[0]["verified"] is True
+
+
+def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.CaptureFixture
+                                                  ) -> None:
+    original = scene(1)
+    save(original, "data/haystack/scene.jpg", quality=92)
+    save(scene(5), "data/haystack/other.jpg", quality=92)
+    rows = ["file,role,group,source,edit", "haystack/scene.jpg,original,g1,src/scene.jpg,",
+            "haystack/other.jpg,,,src/other.jpg,"]
+    for name, picture in copies_of(original).items():
+        save(picture, f"data/copies/{name}.jpg", quality=90)
+        kind = "flip" if name == "mirror" else name
+        rows.append(f"copies/{name}.jpg,copy,g1,haystack/scene.jpg,{kind} test")
+    Path("data/manifest.csv").write_text("\n".join(rows) + "\n")
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
+    columns = {c["name"]: c for c in json.loads(capsys.readouterr().out)[0]["verified"]["columns"]}
+    assert columns["both (search.py)"]["recall"]["all"] == 1.0
+    assert columns["features, verified"]["recall"]["all"] == 1.0
+    assert columns["hash <= 4 bits"]["recall"]["all"] < 1.0  # the hash misses crops and mirrors
+    assert all(column["other_matches"] == 0 for column in columns.values())
+
+
+def test_stdin_checker_answers_verified_matches(feature_store: Path) -> None:
+    answer = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve", "--stdin"],
+        input="queries/rotate.jpg\n", capture_output=True, text=True, check=True).stdout
+    match = json.loads(answer)["matches"][0]
+    assert match["relpath"] == "originals/scene.jpg" and match["verified"] is True
+
+
+def test_http_server_answers_verified_matches(feature_store: Path) -> None:
+    """A real server on 127.0.0.1: an uploaded crop is answered with its verified original."""
+    from .test_server import request, running
+
+    with running() as server:
+        status, record, _ = request(server.port, "POST", "/search",
+                                    Path("queries/crop.jpg").read_bytes())
+        server.stop()
+    assert status == 200
+    assert [m["relpath"] for m in record["matches"]] == ["originals/scene.jpg"]
+    assert record["matches"][0]["verified"] is True
+
+
+class TestStore:
+    def test_recipe_recorded_and_mismatches_refused(
+        self, feature_store: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        capsys.readouterr()
+        # A store with features cannot be updated without them: it would be left incomplete.
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "keeps local features" in err and len(err.splitlines()) == 1
+        with closing(sqlite3.connect("db.shelve")) as connection:
+            connection.execute("UPDATE neardup_meta SET value = json_set(value,"
+                               " '$.stored_keypoints', 50) WHERE name = 'feature_recipe'")
+            connection.commit()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features"]) == 2
+        err = capsys.readouterr().err
+        assert "orb-50" in err and "orb-72" in err and len(err.splitlines()) == 1
+
+    def test_features_are_added_to_a_hash_store_incrementally(self, in_tmp: Path) -> None:
+        for seed in range(3):
+            save(scene(seed), f"images/s{seed}.jpg", quality=92)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.feature_recipe() is None and store.feature_count() == 0
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.feature_count() == 3 and not store.paths_without_features()
+        Path("images/s0.jpg").unlink()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.feature_count() == 2 and store.image_count() == 2
+
+    def test_kill_9_keeps_hashes_and_features_together(self, in_tmp: Path) -> None:
+        total = 160
+        for number in range(total):
+            save(scene(100 + number, (160, 120)), f"images/d{number % 4}/{number:04d}.jpg",
+                 quality=85)
+        command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+                   "db.shelve", "-q", "-j", "1", "--batch-size", "5", "--features"]
+        kills, seen = 0, 0
+        for _round in range(3):
+            with subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) as process:
+                deadline = time.monotonic() + 60
+                while process.poll() is None and time.monotonic() < deadline:
+                    if counts()[0] >= seen + 10:
+                        process.send_signal(signal.SIGKILL)
+                        kills += 1
+                        break
+                    time.sleep(0.01)
+            files, features = counts()
+            assert files == features >= seen  # committed together, nothing committed lost
+            seen = files
+        assert kills >= 2, "the indexer finished before it could be killed"
+        assert subprocess.run(command, capture_output=True).returncode == 0
+        assert counts() == (total, total)
+        assert index_cli.main(["-d", "images", "-s", "clean.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        assert stored_features("db.shelve") == stored_features("clean.shelve")
+
+
+def counts(path: str = "db.shelve") -> tuple[int, int]:
+    try:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=1)) as connection:
+            files = connection.execute("SELECT COUNT(*) FROM neardup_files").fetchone()[0]
+            features = connection.execute("SELECT COUNT(*) FROM neardup_features").fetchone()[0]
+            return files, features
+    except sqlite3.Error:
+        return 0, 0
+
+
+def stored_features(path: str) -> dict[str, bytes]:
+    with Store.open_for_reading(path) as store:
+        return {relpath: data for _id, relpath, data in store.feature_rows()}
+
+
+def test_without_the_extra_features_is_one_line(in_tmp: Path) -> None:
+    """A real process in which OpenCV cannot be imported, as without requirements-features.txt."""
+    save(scene(1), "images/a.jpg")
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('cv2', 'faiss'):\n"
+        "            raise ImportError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from neardup.cli.index import main\n"
+        "sys.exit(main(['-d', 'images', '-s', 'db.shelve', '--features']))\n")
+    run = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True,
+                         cwd=in_tmp, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin"})
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "index.py: error: local features need OpenCV and FAISS: pip install -r"
+        " requirements-features.txt (cv2 is missing)"]
+    assert not Path("db.shelve").exists()  # refused before anything was written
+
+
+CALTECH_COPIES = ("Motorbikes/image_0007.jpg", "airplanes/image_0010.jpg", "Leopards/image_0042.jpg")
+
+
+def test_real_photos_copies_found_and_look_alike_motorbikes_refused(
+    caltech_root: Path, in_tmp: Path
+) -> None:
+    """CALTECH-101: four different motorbikes shot the same way are not copies of each other;
+    a crop, a pad, a rotation and a mirror image of real photos are."""
+    for relpath in CALTECH_COPIES + tuple(f"Motorbikes/image_{n:04d}.jpg" for n in (13, 15, 17)):
+        target = Path("images") / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(caltech_root / relpath, target)
+    rng = random.Random(7)
+    for number, relpath in enumerate(CALTECH_COPIES):
+        with Image.open(caltech_root / relpath) as photo:
+            picture = photo.convert("RGB")
+        for name, copy in {"crop": crop(picture, rng)[0], "pad": pad(picture, rng)[0],
+                           "rotate": rotate(picture, rng)[0],
+                           "mirror": ImageOps.mirror(picture)}.items():
+            save(copy, f"queries/{number}_{name}.jpg", quality=90)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    queries = sorted(str(path) for path in Path("queries").iterdir())
+    records = search_json(*[arg for query in queries for arg in ("-q", query)])
+    for record in records:
+        number = int(Path(record["query"]).name.split("_")[0])
+        assert [m["relpath"] for m in record["matches"]] == [CALTECH_COPIES[number]], record
+        assert record["matches"][0]["verified"] is True
+    bikes = search_json("-q", "images/Motorbikes/image_0007.jpg")[0]["matches"]
+    assert [m["relpath"] for m in bikes] == ["Motorbikes/image_0007.jpg"]
+
+
+def test_dask_workers_extract_the_same_features(in_tmp: Path) -> None:
+    """A real Dask LocalCluster on 127.0.0.1: its store equals a local run's, features included."""
+    pytest.importorskip("distributed", reason="Dask is optional: requirements-dask.txt")
+    for seed in range(12):
+        save(scene(200 + seed, (160, 120)), f"images/d{seed % 3}/{seed:02d}.jpg", quality=88)
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--local-cluster", "2",
+                           "--partition-size", "5", "--features"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "local.shelve", "-q", "-j", "1",
+                           "--features"]) == 0
+    assert stored_features("dask.shelve") == stored_features("local.shelve")
+    assert len(stored_features("dask.shelve")) == 12

@@ -1,0 +1,86 @@
+"""The decode memory budget (service/limits.py): estimates from headers, and sharing between threads."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neardup.service.limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
+
+
+def header_of(image: Image.Image, format: str = "PNG") -> Image.Image:  # noqa: A002
+    """The image as an upload's header is seen: opened, not decoded."""
+    stream = io.BytesIO()
+    image.save(stream, format)
+    return Image.open(io.BytesIO(stream.getvalue()))
+
+
+class TestDecodeCost:
+    def test_deeper_samples_and_transparency_cost_more(self) -> None:
+        size = (200, 100)
+        gray = decode_cost(header_of(Image.new("L", size)))
+        rgb = decode_cost(header_of(Image.new("RGB", size)))
+        rgba = decode_cost(header_of(Image.new("RGBA", size)))
+        deep = decode_cost(header_of(Image.fromarray(np.zeros((100, 200), dtype="<u2"))))
+        buffers = 16 * 2**20
+        assert gray == 200 * 100 * (2 * 1 + 2) + buffers
+        assert rgb == 200 * 100 * (2 * 4 + 2) + buffers  # Pillow keeps RGB in four bytes a pixel
+        assert rgba == rgb + 200 * 100 * 16
+        assert deep > rgb  # 16-bit samples go through float64 arrays
+
+    def test_a_jpeg_counts_at_its_reduced_decode_size(self) -> None:
+        image = header_of(Image.new("RGB", (2000, 1600)), "JPEG")
+        full = decode_cost(image)
+        image.draft("L", (250, 200))
+        assert decode_cost(image) - 16 * 2**20 < (full - 16 * 2**20) / 20
+
+
+class TestDecodeBudget:
+    def test_reservations_are_given_back_however_the_block_ends(self) -> None:
+        budget = DecodeBudget(1000, wait=0.1)
+        with budget.reservation() as held:
+            held.take("a", 600)
+            assert budget.used == 600
+        assert budget.used == 0
+        with pytest.raises(ValueError), budget.reservation() as held:
+            held.take("b", 700)
+            raise ValueError("the decode failed")
+        assert budget.used == 0
+
+    def test_more_than_the_whole_budget_is_refused_at_once(self) -> None:
+        budget = DecodeBudget(1000, wait=10)
+        started = time.monotonic()
+        with pytest.raises(DecodeTooLarge) as refused, budget.reservation() as held:
+            held.take("upload", 5 * 2**20)
+        assert time.monotonic() - started < 1
+        assert refused.value.reason == ("refused: decoding it would take about 5 MB, over the"
+                                        " decode memory limit of 0 MB")
+
+    def test_a_decode_waits_for_room_then_gives_up_busy(self) -> None:
+        budget = DecodeBudget(1000, wait=0.2)
+        release = threading.Event()
+
+        def holder() -> None:
+            with budget.reservation() as held:
+                held.take("first", 800)
+                release.wait(10)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        while budget.used == 0:
+            time.sleep(0.01)
+        with pytest.raises(DecodeBusy), budget.reservation() as held:
+            held.take("second", 300)  # 800 + 300 > 1000: waits 0.2 s, then busy
+
+        budget.wait = 10  # now room comes while it waits
+        threading.Timer(0.2, release.set).start()
+        with budget.reservation() as held:
+            held.take("third", 300)
+            assert budget.used == 300
+        thread.join()
+        assert budget.used == 0

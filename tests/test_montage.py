@@ -1,0 +1,99 @@
+"""Contact sheets say what they leave out, tell same-named files apart, and are not drawn empty."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageChops
+
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.evaluation.montage import CAPTION, GAP, HEADER, MAX_ROWS, TILE, Row, Tile, contact_sheet
+
+from .imagegen import save, textured
+from .test_evaluation import build
+
+
+def tiles(folder: Path, count: int, start: int = 0) -> list[Tile]:
+    return [Tile(save(textured(start + n), str(folder / f"img{n}.png")), f"distance {n}")
+            for n in range(count)]
+
+
+def test_rows_beyond_the_limit_are_counted_in_the_image_and_the_result(tmp_path: Path) -> None:
+    rows = [Row(tile, []) for tile in tiles(tmp_path, MAX_ROWS + 6)]
+    sheet = contact_sheet(rows, "groups", what="groups")
+    assert (sheet.rows_shown, sheet.rows_total, sheet.rows_left_out) == (MAX_ROWS, MAX_ROWS + 6, 6)
+    assert sheet.notes == [f"{MAX_ROWS} of {MAX_ROWS + 6} groups shown; 6 left out"]
+    assert sheet.image.height == HEADER + MAX_ROWS * (TILE + CAPTION + GAP) + GAP
+    notice = np.asarray(sheet.image.crop((0, 30, sheet.image.width, HEADER - 4)).convert("RGB"))
+    red = ((notice[..., 0] > 150) & (notice[..., 1] < 120)).sum()  # the warning line, in red
+    assert red > 20
+
+
+def test_matches_beyond_a_row_get_their_own_tile_not_a_caption_over_another(tmp_path: Path) -> None:
+    first, *others = tiles(tmp_path, 13)
+    sheet = contact_sheet([Row(first, others)], "one query")
+    assert sheet.tiles_left_out == 5  # 8 columns of matches: 7 drawn, the 8th says "+5 more"
+    assert sheet.notes == ["5 images beyond 8 a row left out"]
+    last = GAP + 8 * (TILE + GAP)
+    box = sheet.image.crop((last + 2, HEADER + 2, last + TILE - 2, HEADER + TILE - 2))
+    assert box.convert("L").getextrema()[0] < 100  # text on it
+    assert sheet.image.getpixel((last + 4, HEADER + 4)) == (235, 235, 235)  # its own grey tile
+    under = sheet.image.crop((last, HEADER + TILE, last + TILE, HEADER + TILE + CAPTION))
+    assert under.convert("L").getextrema() == (255, 255)  # nothing drawn in a caption's place
+
+
+def test_captions_tell_same_named_files_in_two_folders_apart(tmp_path: Path) -> None:
+    picture = textured(1)
+    a = save(picture, str(tmp_path / "Faces" / "image_0324.png"))
+    b = save(picture, str(tmp_path / "Faces_easy" / "image_0324.png"))
+    sheet = contact_sheet([Row(Tile(a, "first"), [Tile(b, "first")])], "x").image
+    captions = [sheet.crop((left, HEADER + TILE, left + TILE, HEADER + TILE + CAPTION))
+                for left in (GAP, GAP + TILE + GAP)]
+    assert ImageChops.difference(captions[0], captions[1]).getbbox() is not None
+    assert Tile(a, "").shown_path == "Faces/image_0324.png"
+
+
+def test_nothing_to_draw_is_a_line_not_an_empty_sheet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    # With --mirror every copy is found and nothing else matches: no misses to draw.
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--mirror",
+                            "--report", "report"]) == 0
+    err = capsys.readouterr().err
+    assert not os.path.exists("report/evaluation-db-shelve-misses.png")
+    assert ("search.py: report/evaluation-db-shelve-misses.png: not written: every copy found and"
+            " nothing else at --max-distance 4\n") in err
+    assert os.path.exists("report/evaluation-db-shelve.html")
+
+    os.makedirs("lonely")
+    save(textured(50), "lonely/one.png")
+    assert index_cli.main(["-d", "lonely", "-s", "lonely.shelve", "-q", "-j", "1"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "lonely.shelve", "--groups", "--montage", "g.png"]) == 1
+    assert capsys.readouterr().err == (
+        "search.py: g.png: not written: no group of near-duplicates within 4 bits\n")
+    assert not os.path.exists("g.png")
+
+
+def test_the_command_says_on_stderr_what_the_sheet_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for n in range(3):  # three groups of two exact copies each
+        for copy in ("a", "b"):
+            save(textured(60 + n), f"lib/g{n}/{copy}.png")
+    assert index_cli.main(["-d", "lib", "-s", "lib.shelve", "-q", "-j", "1"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("neardup.evaluation.montage.MAX_ROWS", 2)
+    assert search_cli.main(["-s", "lib.shelve", "--groups", "--montage", "g.png"]) == 0
+    assert capsys.readouterr().err == (
+        "search.py: wrote g.png (2 of 3 groups shown; 1 left out (--html PAGE shows them all))\n")
+    with Image.open("g.png") as sheet:
+        assert sheet.height == HEADER + 2 * (TILE + CAPTION + GAP) + GAP

@@ -1,0 +1,217 @@
+"""Options that would do nothing are refused in one line; every option is explained; the outputs
+of the README's commands stay out of `git status`; messages name the command as it was typed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neardup.cli import gather as gather_cli
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+
+from .conftest import PROJECT_ROOT
+from .test_evaluation import build
+
+
+def refused(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:  # type: ignore[no-untyped-def]
+    """Run a command that must be refused: exit 2, exactly one line on stderr, nothing on stdout."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.out == ""
+    return captured.err.strip()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--evaluate", "data/manifest.csv", "--montage", "x.png"],
+     "--montage does nothing with --evaluate (it is for --query or --groups); --report DIR"
+     " draws the misses"),
+    (["-q", "data/haystack/A.png", "--report", "out"],
+     "--report does nothing with --query (it is for --evaluate); --montage PNG draws the results"),
+    (["--groups", "--report", "out"], "--report does nothing with --groups"),
+    (["--groups", "--mirror"], "--mirror does nothing with --groups (it is for --query, --evaluate,"
+     " --stdin or --serve)"),
+    (["--stdin", "--json"], "--json does nothing with --stdin"),
+    (["--serve", "127.0.0.1:1", "--report", "out"], "--report does nothing with --serve"),
+    (["--stdin", "--max-upload-bytes", "5"],
+     "--max-upload-bytes does nothing with --stdin (it is for --serve)"),
+    (["-q", "data/haystack/A.png", "--token-file", "t"], "--token-file does nothing with --query"),
+    (["--groups", "--max-matches", "3"],
+     "--max-matches does nothing with --groups (it is for --stdin or --serve)"),
+    (["--stdin", "--token-file", "token"], "--token-file does nothing with --stdin (it is for"
+     " --serve)"),
+    (["-q", "data/haystack/A.png", "--max-upload-bytes", "5"],
+     "--max-upload-bytes does nothing with --query (it is for --serve)"),
+    (["-q", "data/haystack/A.png", "--html", "x.html"], "--html does nothing with --query"),
+    (["--groups", "--max-pixels", "1000"], "--max-pixels does nothing with --groups"),
+    (["--evaluate", "data/manifest.csv", "--max-pixels", "1000"],
+     "--max-pixels does nothing with --evaluate"),
+    (["-q", "data/haystack/A.png", "--max-distance", "100"],
+     "--max-distance 100 is more than the 64 bits of db.shelve's hashes"),
+    (["--groups", "--max-distance", "65"], "--max-distance 65 is more than the 64 bits"),
+    (["--stdin", "--max-distance", "65"], "--max-distance 65 is more than the 64 bits"),
+    (["--evaluate", "data/manifest.csv", "--max-distance", "17"],
+     "--max-distance 17: --evaluate scores the thresholds 0 to 16"),
+])
+def test_search_refuses_what_would_do_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    before = sorted(os.listdir(tmp_path))
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
+    assert line.startswith("search.py: error: " + message), line
+    # Nothing written (SQLite's own -wal and -shm files of a reader aside).
+    assert sorted(name for name in os.listdir(tmp_path)
+                  if not name.endswith(("-wal", "-shm"))) == before
+
+
+def test_the_same_options_work_where_they_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=True)
+    monkeypatch.chdir(tmp_path)
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png", "--max-pixels",
+                            "100000000", "--max-distance", "64"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "--max-distance",
+                            "64", "--include-low-information"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--mirror",
+                            "--include-low-information", "--max-distance", "16"]) == 0
+    assert os.path.exists("g.png")
+
+
+def test_evaluate_prints_a_few_misses_and_points_to_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=True)  # one missed copy, one other match
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr(search_cli, "LISTED_MISSES", 1)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("  missed  g1 copies/A_mirror.png")
+    assert out[-1] == ("  ... and 1 more missed copies and other matches, all listed in"
+                       " --report DIR or --html PAGE")
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--html", "page.html"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("all listed in the --html page")
+    assert "haystack/B_duplicate.png" in Path("page.html").read_text(encoding="utf-8")
+
+
+def test_index_refuses_cluster_options_that_would_do_nothing(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.makedirs("images")
+    base = ["-d", "images", "-s", "db.shelve", "-q"]
+    assert refused(capsys, index_cli.main, [*base, "--partition-size", "5"]) == (
+        "index.py: error: --partition-size does nothing without --scheduler or --local-cluster")
+    assert refused(capsys, index_cli.main, [*base, "--connect-timeout", "5"]).startswith(
+        "index.py: error: --connect-timeout does nothing without --scheduler")
+    assert refused(capsys, index_cli.main, [*base, "--local-cluster", "1", "-j", "2"]).startswith(
+        "index.py: error: --jobs does nothing with --local-cluster")
+    assert refused(capsys, index_cli.main, [*base, "--scheduler", "tcp://127.0.0.1:1",
+                                            "--batch-size", "9"]).startswith(
+        "index.py: error: --batch-size does nothing with --scheduler")
+    assert refused(capsys, index_cli.main, [*base, "--local-cluster", "1", "--connect-timeout",
+                                            "3"]).startswith(
+        "index.py: error: --connect-timeout does nothing with --local-cluster")
+    assert refused(capsys, index_cli.main, [*base, "--algorithm", "whash", "--hash-size", "6"]) \
+        == "index.py: error: whash needs a hash size that is a power of 2"
+    assert not os.path.exists("db.shelve")
+
+
+def test_gather_refuses_scale_without_resize(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.makedirs("source")
+    assert refused(capsys, gather_cli.main, ["-o", "out", "--source", "source", "--edits", "crop",
+                                             "--scale", "0.2"]) == (
+        "gather.py: error: --scale does nothing without resize in --edits (it sets how much"
+        " resize copies are scaled)")
+    assert not os.path.exists("out")
+
+
+@pytest.mark.parametrize("module", [gather_cli, index_cli, search_cli])
+def test_every_option_has_help(module) -> None:  # type: ignore[no-untyped-def]
+    parser: argparse.ArgumentParser = module.build_parser()
+    for action in parser._actions:  # argparse offers no public list of its options
+        assert action.help, f"{module.PROG} {'/'.join(action.option_strings)} has no help"
+
+
+def test_readme_outputs_are_ignored_by_git() -> None:
+    if not (PROJECT_ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    outputs = ["images/manifest.csv", "db.shelve", "db.shelve.lock", "db.shelve-wal",
+               "db.shelve-shm", "db.shelve.cache/hashes-1.npy", "dhash-8.shelve",
+               "phash-8.shelve.lock", "report/evaluation-db-shelve.html", "demo/db.shelve",
+               "groups.html", "sheet.png", "neardup.egg-info/PKG-INFO"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == sorted(outputs)
+
+
+def test_messages_name_the_command_as_typed(tmp_path: Path) -> None:
+    console = Path(sys.executable).parent / "neardup-search"
+    if not console.exists():
+        pytest.skip("neardup is not installed in this venv (bash scripts/setup-venv.sh does it)")
+    for command, name in (([str(console)], "neardup-search"),
+                          ([sys.executable, str(PROJECT_ROOT / "search.py")], "search.py")):
+        done = subprocess.run([*command, "-s", "missing.shelve", "--groups"], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert done.returncode == 2
+        assert done.stderr == f"{name}: error: missing.shelve: no such store (build one with" \
+            " index.py)\n"
+        usage = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
+        assert usage.stdout.startswith(f"usage: {name} ")
+
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--evaluate", "data/manifest.csv", "--report", "a_file"],
+     "--report a_file: cannot make this folder (File exists)"),
+    (["--groups", "--html", "data"], "--html data: is a folder; give a file name"),
+    (["--groups", "--montage", "missing/x.png"], "--montage missing/x.png: no such folder"),
+])
+def test_output_paths_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    extra: list[str], message: str,
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("not a folder\n")
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
+    assert line.startswith("search.py: error: " + message), line
+
+
+def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
+                                 "--groups", "--max-distance", "64"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.endswith("error: cannot write the results (No space left on device)\n")
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_serve_address_and_hash_size_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    line = refused(capsys, search_cli.main, ["-s", "db.shelve", "--serve", "h\u00f4st:18080"])
+    assert "expected HOST:PORT" in line
+    line = refused(capsys, index_cli.main, ["-d", "data", "-s", "big.shelve", "--hash-size", "1000"])
+    assert line == "index.py: error: hash size must be from 2 to 32 (1024 bits)"
+    assert not Path("big.shelve").exists()

@@ -1,0 +1,506 @@
+"""search.py --serve against hostile clients: a real server process per case, on 127.0.0.1.
+
+Each case starts the server with short timeouts (options) and checks both what the client is
+answered and what the server's log (stderr) says: never a traceback, at most one line per refused
+request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from neardup.cli import index as index_cli
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree, save, textured
+
+SEARCH = [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve"]
+FAST = ["--header-timeout", "1", "--body-timeout", "1", "--keep-alive-timeout", "1"]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log_path = log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM; the exit status and how long the exit took."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=20)
+        return status, time.monotonic() - started
+
+
+@contextmanager
+def running(*options: str) -> Iterator[Server]:
+    """The server, its stderr going to a file the test reads afterwards."""
+    log = Path("server.log")
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(SEARCH + ["--serve", "127.0.0.1:0", *options],
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 30
+        while "serving on http://" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        first = log.read_text().splitlines()[0]
+        yield Server(process, int(first.rsplit(":", 1)[1]), log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict, http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), response
+    finally:
+        connection.close()
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
+    """Send raw bytes, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        raw.sendall(data)
+        chunks = []
+        while chunk := raw.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def assert_clean(server: Server, *, most_lines: int) -> None:
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert len(log.splitlines()) <= most_lines, log
+
+
+def index_images() -> None:
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+
+
+@pytest.fixture()
+def store(in_tmp: Path) -> Path:
+    make_tree("images", 6)
+    index_images()
+    return in_tmp
+
+
+def photo() -> bytes:
+    return Path("images/cat1/image_0001.jpg").read_bytes()
+
+
+class TestAnswers:
+    def test_search_health_and_bad_requests(self, store: Path) -> None:
+        with running(*FAST, "--max-upload-bytes", "200000") as server:
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 200 and health["status"] == "ok" and health["images"] == 6
+
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert status == 200 and answer["truncated"] is False
+            # Relative paths only: nothing about where the server keeps its files.
+            assert answer["matches"][0] == {"relpath": "cat1/image_0001.jpg", "distance": 0,
+                                            "hash": answer["hash"]}
+            assert str(store) not in json.dumps(answer)
+
+            status, answer, _ = request(server.port, "POST", "/search", b"not a picture")
+            assert status == 400 and answer["error"].startswith("not an image")
+            status, answer, _ = request(server.port, "POST", "/search", photo()[:2000])
+            assert status == 400 and answer["error"] == "truncated image"
+            status, answer, _ = request(server.port, "POST", "/search?max_distance=lots", photo())
+            assert status == 400 and "max_distance" in answer["error"]
+            status, _, _ = request(server.port, "GET", "/elsewhere")
+            assert status == 404
+            status, _, response = request(server.port, "GET", "/search")
+            assert status == 405 and response.getheader("Allow") == "POST"
+        assert_clean(server, most_lines=1 + 5)
+
+    def test_postscript_is_refused_by_name_and_never_reaches_ghostscript(self, store: Path) -> None:
+        eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+        with running(*FAST) as server:
+            status, answer, _ = request(server.port, "POST", "/search", eps)
+        assert status == 400
+        assert answer["error"].startswith("unsupported format: PostScript/EPS")
+        assert "Ghostscript on paths" not in answer["error"]  # the EPS plug-in never ran
+
+    def test_max_distance_is_capped_and_matches_are_cut(self, store: Path) -> None:
+        for number in range(4):  # the same picture four times: one bucket of four paths
+            shutil.copy("images/cat1/image_0001.jpg", f"images/cat1/copy{number}.jpg")
+        index_images()
+        with running(*FAST, "--max-matches", "3", "--max-query-distance", "6") as server:
+            status, answer, _ = request(server.port, "POST", "/search?max_distance=6", photo())
+            assert status == 200 and answer["truncated"] is True
+            assert len(answer["matches"]) == 3
+            status, answer, _ = request(server.port, "POST", "/search?max_distance=64", photo())
+            assert status == 400
+            assert answer["error"] == "max_distance must be a whole number from 0 to 6"
+
+    def test_full_paths_only_when_asked(self, store: Path) -> None:
+        with running(*FAST, "--full-paths") as server:
+            _, answer, _ = request(server.port, "POST", "/search", photo())
+        assert Path(answer["matches"][0]["path"]).resolve() == Path(
+            "images/cat1/image_0001.jpg").resolve()
+
+    def test_mirror_matches_a_flipped_upload(self, store: Path) -> None:
+        flipped = ImageOps.mirror(Image.open("images/cat1/image_0001.jpg"))
+        save(flipped, "flipped.jpg", quality=95)
+        with running(*FAST) as plain:
+            _, answer, _ = request(plain.port, "POST", "/search", Path("flipped.jpg").read_bytes())
+        assert answer["matches"] == []
+        with running(*FAST, "--mirror") as server:
+            _, answer, _ = request(server.port, "POST", "/search", Path("flipped.jpg").read_bytes())
+        assert [m["relpath"] for m in answer["matches"]] == ["cat1/image_0001.jpg"]
+
+
+class TestToken:
+    def test_requests_without_the_token_get_401(self, store: Path) -> None:
+        Path("token").write_text("s3cret-token\n")
+        with running(*FAST, "--token-file", "token") as server:
+            status, answer, response = request(server.port, "POST", "/search", photo())
+            assert status == 401 and answer == {"error": "a valid bearer token is required"}
+            assert response.getheader("WWW-Authenticate", "").startswith("Bearer")
+            status, _, _ = request(server.port, "GET", "/health",
+                                   headers={"Authorization": "Bearer s3cret-tokem"})
+            assert status == 401
+            status, answer, _ = request(server.port, "POST", "/search", photo(),
+                                        headers={"Authorization": "Bearer s3cret-token"})
+            assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert_clean(server, most_lines=1 + 2)
+
+    def test_the_scheme_is_case_insensitive(self, store: Path) -> None:
+        Path("token").write_text("s3cret-token\n")
+        with running(*FAST, "--token-file", "token") as server:
+            for given in ("bearer s3cret-token", "BEARER  s3cret-token"):
+                status, _, _ = request(server.port, "GET", "/health",
+                                       headers={"Authorization": given})
+                assert status == 200, given
+            for given in ("Basic s3cret-token", "s3cret-token", "Bearer"):
+                status, _, _ = request(server.port, "GET", "/health",
+                                       headers={"Authorization": given})
+                assert status == 401, given
+
+    def test_an_empty_token_file_is_one_line(self, store: Path) -> None:
+        Path("token").write_text("\n")
+        result = subprocess.run(SEARCH + ["--serve", "127.0.0.1:0", "--token-file", "token"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr == "search.py: error: --token-file token: the file is empty\n"
+
+
+class TestHostileClients:
+    def test_a_five_thousand_digit_max_distance_gets_400(self, store: Path) -> None:
+        with running(*FAST) as server:
+            status, answer, _ = request(server.port, "POST", "/search?max_distance=" + "9" * 5000,
+                                        photo())
+            assert status == 400 and "max_distance" in answer["error"]
+        assert_clean(server, most_lines=2)
+
+    def test_oversized_headers_get_431_and_a_large_body_does_not(self, store: Path) -> None:
+        with running(*FAST) as server:
+            reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                                 + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 431"), reply[:80]
+            # Headers and a large body arriving in the same reads are not mistaken for headers.
+            body = Path("images/cat1/image_0001.jpg").read_bytes() * 40
+            reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                 b"Connection: close\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert not reply.startswith(b"HTTP/1.1 431"), reply[:80]
+        assert_clean(server, most_lines=3)
+
+    def test_bad_content_lengths_get_400_without_a_traceback(self, store: Path) -> None:
+        with running(*FAST) as server:
+            for length in (b"\xb2", b"9" * 5000, b"-5", b"12, 12"):
+                reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: " + length + b"\r\n\r\n")
+                assert reply.startswith(b"HTTP/1.1 400"), (length, reply)
+            assert request(server.port, "GET", "/health")[0] == 200
+        assert_clean(server, most_lines=1 + 4)
+
+    def test_a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second(
+        self, store: Path
+    ) -> None:
+        with running(*FAST) as server:
+            started = time.monotonic()
+            for _ in range(150):
+                assert raw_exchange(server.port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n") \
+                    .startswith(b"HTTP/1.1 404")
+            seconds = time.monotonic() - started
+            time.sleep(1.1)
+            assert request(server.port, "GET", "/y")[0] == 404
+        lines = server.log().splitlines()[1:]
+        assert len(lines) <= 20 * (int(seconds) + 3) and len(lines) < 151
+        assert "lines left out before this one)" in lines[-1]
+
+    def test_no_content_length_is_411_and_oversize_is_413_unread(self, store: Path) -> None:
+        with running(*FAST, "--max-upload-bytes", "200000") as server:
+            reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 1000000000\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 413") and b"over the limit of 200,000" in reply
+            reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 411")
+        assert_clean(server, most_lines=1 + 2)
+
+    def test_clients_that_leave_early_leave_no_trace(self, store: Path) -> None:
+        body = photo()
+        with running(*FAST) as server:
+            for _ in range(30):  # the whole upload, then gone before the answer
+                with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                    raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            for _ in range(10):  # half the upload, then the connection closes (early EOF)
+                with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                    raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body[:500])
+            time.sleep(0.5)
+            time.sleep(1)
+            status, answer, _ = request(server.port, "POST", "/search", body)
+            assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        # Uploads arriving faster than they are decoded may be refused as busy, one line each.
+        log = server.log()
+        assert "Traceback" not in log
+        assert all(": 503 busy: 16 uploads in flight" in line for line in log.splitlines()[1:]), log
+
+    def test_slow_headers_idle_connections_and_slow_bodies_are_cut_off(self, store: Path) -> None:
+        with running(*FAST) as server:
+            idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            started = time.monotonic()
+            assert idle.recv(100) == b""  # nothing sent, so closed silently
+            assert time.monotonic() - started < 3
+
+            slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            started = time.monotonic()
+            reply = b""
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":  # one byte every 0.2 s
+                try:
+                    slow.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.2)
+                if time.monotonic() - started > 5:
+                    break
+            while chunk := slow.recv(1000):
+                reply += chunk
+            slow.close()
+            assert reply.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 3
+
+            reply = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 5000\r\n\r\n" + b"x" * 100)
+            assert reply.startswith(b"HTTP/1.1 408")
+            assert b"did not arrive within 1 s (100 of 5,000 bytes)" in reply
+
+            # An idle keep-alive connection is closed after --keep-alive-timeout.
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            time.sleep(1.5)
+            assert connection.sock is not None and connection.sock.recv(100) == b""
+        assert_clean(server, most_lines=1 + 2)
+
+    def test_connections_and_requests_in_flight_are_bounded(self, store: Path) -> None:
+        with running("--header-timeout", "5", "--body-timeout", "5", "--max-connections", "4",
+                     "--max-in-flight", "1") as server:
+            # One upload whose body is still arriving holds the only slot in flight.
+            holder = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            holder.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nxx")
+            time.sleep(0.3)
+            status, answer, response = request(server.port, "POST", "/search", photo())
+            assert status == 503 and response.getheader("Retry-After") == "1"
+            assert answer["error"].startswith("busy: 1 uploads in flight")
+
+            idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+            time.sleep(0.3)
+            reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in reply.lower()
+            assert b"too many connections" in reply
+            for connection in idle + [holder]:
+                connection.close()
+            time.sleep(0.3)
+            assert request(server.port, "POST", "/search", photo())[0] == 200
+        assert_clean(server, most_lines=1 + 2)
+
+    def test_decoding_is_bounded_by_pixels_and_memory(self, store: Path) -> None:
+        deep = np.arange(1200 * 1000, dtype=np.uint32).reshape(1000, 1200) % 65536
+        Image.fromarray(deep.astype("<u2")).save("deep.png")
+        with running(*FAST, "--decode-memory-mb", "20", "--max-pixels", "1000000") as server:
+            status, answer, _ = request(server.port, "POST", "/search",
+                                        Path("deep.png").read_bytes())
+            assert status == 400  # 1.2 megapixels: over --max-pixels, from the header
+            assert answer["error"] == "refused: 1200 x 1000 pixels is over the limit of 1,000,000"
+            Image.fromarray(deep[:, :1000].astype("<u2")).save("deep.png")
+            status, answer, _ = request(server.port, "POST", "/search",
+                                        Path("deep.png").read_bytes())
+            assert status == 413  # a megapixel of 16-bit samples needs more than 20 MB
+            assert answer["error"].startswith("refused: decoding it would take about")
+            assert answer["error"].endswith("over the decode memory limit of 20 MB")
+            assert request(server.port, "POST", "/search", photo())[0] == 200
+        with running(*FAST) as roomy:  # the default budget decodes it
+            assert request(roomy.port, "POST", "/search", Path("deep.png").read_bytes())[0] == 200
+
+
+class TestStopping:
+    def test_sigterm_exits_0_at_once_with_idle_keep_alive_connections(self, store: Path) -> None:
+        with running("--keep-alive-timeout", "60", "--header-timeout", "60") as server:
+            kept = []
+            for _ in range(5):
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                connection.request("GET", "/health")
+                connection.getresponse().read()
+                kept.append(connection)
+            fresh = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+            time.sleep(0.2)
+            status, seconds = server.stop()
+        assert status == 0 and seconds < 5
+        assert_clean(server, most_lines=1)
+        for connection in kept:
+            connection.close()
+        for raw in fresh:
+            raw.close()
+
+    def test_an_upload_in_flight_is_answered_before_exit(self, store: Path) -> None:
+        body = photo()
+        with running(*FAST, "--body-timeout", "10") as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body[:100])
+            time.sleep(0.2)
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            raw.sendall(body[100:])
+            reply = b""
+            while chunk := raw.recv(65536):
+                reply += chunk
+            raw.close()
+            assert server.process.wait(timeout=10) == 0
+        assert reply.startswith(b"HTTP/1.1 200") and b"cat1/image_0001.jpg" in reply
+
+
+class TestStore:
+    def test_a_replaced_store_is_reopened_and_a_deleted_one_reported(self, store: Path) -> None:
+        with running(*FAST) as server:
+            assert request(server.port, "POST", "/search", photo())[0] == 200
+            os.remove("db.shelve")
+            status, health, response = request(server.port, "GET", "/health")
+            assert status == 503 and health["status"] == "unavailable"
+            assert response.getheader("Retry-After")
+            assert "deleted or replaced" in health["error"]
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert status == 503 and "deleted or replaced" in answer["error"]
+
+            shutil.rmtree("images")  # rebuilt from other images
+            make_tree("images", 3, start_seed=50)
+            index_images()
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 200 and health["status"] == "ok" and health["images"] == 3
+            fresh = Path("images/cat0/image_0000.jpg").read_bytes()
+            status, answer, _ = request(server.port, "POST", "/search", fresh)
+            assert status == 200 and answer["matches"][0]["relpath"] == "cat0/image_0000.jpg"
+        log = server.log()
+        assert "reopened it" in log and "Traceback" not in log
+
+    def test_a_damaged_bucket_is_skipped_reported_and_the_service_goes_on(
+        self, store: Path
+    ) -> None:
+        """A damaged bucket is skipped with one log line (issue 12: never a reason to refuse the
+        store), and /health says the store is degraded, naming it (issue 13)."""
+        with running(*FAST) as server:
+            _, answer, _ = request(server.port, "POST", "/search", photo())
+            damaged = answer["hash"]
+            with sqlite3.connect("db.shelve") as database:
+                database.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                                 (b"\x80\x05garbage", damaged.encode()))
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert status == 200 and damaged not in {m["hash"] for m in answer["matches"]}
+            other = Path("images/cat0/image_0002.jpg").read_bytes()
+            assert request(server.port, "POST", "/search", other)[0] == 200
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 200 and health["status"] == "degraded"
+            assert f"bucket {damaged}: unreadable or unsafe value" in health["problems"][0]
+        assert "Traceback" not in server.log()
+        assert server.log().count(f"bucket {damaged}") == 1
+
+
+def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:
+    blocked = Path("blocked/uvicorn")
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")
+    environment = {**os.environ, "PYTHONPATH": os.path.abspath("blocked")}
+    result = subprocess.run(SEARCH + ["--serve", "127.0.0.1:0"], capture_output=True, text=True,
+                            timeout=30, env=environment)
+    assert result.returncode == 2
+    assert result.stderr == ("search.py: error: --serve needs uvicorn and httptools: pip install"
+                             " 'neardup[serve]' (or pip install -r requirements-serve.txt)\n")
+
+
+def test_concurrent_clients_each_get_their_own_answer(store: Path) -> None:
+    photos = {str(p.relative_to("images")): p.read_bytes() for p in Path("images").rglob("*.jpg")}
+    failures: list[str] = []
+    with running(*FAST) as server:
+        def client(offset: int) -> None:
+            names = sorted(photos)
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            for step in range(12):
+                name = names[(offset + step) % len(names)]
+                connection.request("POST", "/search", body=photos[name])
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                if response.status != 200 or answer["matches"][0]["relpath"] != name:
+                    failures.append(f"{name}: {response.status} {answer}")
+            connection.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert failures == []
+    assert_clean(server, most_lines=1)
+
+
+def test_new_commits_are_seen(store: Path) -> None:
+    with running(*FAST) as server:
+        save(textured(88), "images/new/arrived.jpg", quality=92)
+        index_images()
+        status, answer, _ = request(server.port, "POST", "/search",
+                                    Path("images/new/arrived.jpg").read_bytes())
+        assert status == 200 and answer["matches"][0]["relpath"] == "new/arrived.jpg"
+        assert request(server.port, "GET", "/health")[1]["images"] == 7
+
+
+def test_a_port_in_use_is_one_line(store: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(SEARCH + ["--serve", f"127.0.0.1:{port}"], capture_output=True,
+                                text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"search.py: error: cannot serve on 127.0.0.1:{port}:")
+    assert len(result.stderr.splitlines()) == 1
