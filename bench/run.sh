@@ -11,5 +11,6 @@ cd "$root"
 "$PY" bench/search_speed.py
 "$PY" bench/store_size.py
 "$PY" bench/checker_speed.py
+"$PY" bench/live_store.py
 "$PY" bench/decode_memory.py
 "$PY" bench/abuse.py

@@ -37,8 +37,10 @@ def main() -> int:
                         help="images in the dbm.dumb shelve (it is slow to fill)")
     args = parser.parse_args()
     rng = random.Random(1)
+    # inode and ctime as a real file has them (about 3 and 8 bytes in SQLite's records).
     records = [IndexedFile(f"category_{n % 101:03d}/image_{n // 101:05d}.jpg", 40_000 + n,
-                           1_700_000_000_000_000_000 + n, Hash(rng.getrandbits(64), 64).hex())
+                           1_700_000_000_000_000_000 + n, Hash(rng.getrandbits(64), 64).hex(),
+                           3_000_000 + n, 1_700_000_000_000_000_000 + n)
                for n in range(args.count)]
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, "neardup.shelve")
@@ -47,6 +49,7 @@ def main() -> int:
             for start in range(0, len(records), BATCH):
                 store.apply(records[start:start + BATCH], [])
             seconds = time.perf_counter() - started
+            store.prune_changes(store.generation())  # as index.py does once it has cached
             before = folder_size(workdir, "neardup.shelve") / args.count
             store.compact()  # as index.py does after a run that at least doubles the store
         ours = folder_size(workdir, "neardup.shelve") / args.count

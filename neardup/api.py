@@ -97,6 +97,7 @@ def index_folder(
     report: Callable[[str], None] | None = None,
     hasher: Hasher | None = None,
     features: bool = False,
+    allow_mass_removal: bool = False,
 ) -> IndexSummary:
     """Hash every image under `dataset` into the store at `store` (created if missing).
 
@@ -105,12 +106,15 @@ def index_folder(
     file that could not be hashed (default: ignored; the summary counts them). `jobs=0` uses one
     process per core. The recipe (algorithm, hash_size, exact) must match the store's, if it exists.
     `features`: also keep local features (the `features` extra; see README "Verified matches").
+    `allow_mass_removal`: let a run drop more than half of the stored images whose files are gone
+    (refused otherwise, and `summary.refusal` says why: a folder that failed to mount looks the
+    same); an empty folder never empties a store.
     """
     recipe = Recipe(algorithm, hash_size, exact=exact)
     return _index_folder(os.fspath(dataset), os.fspath(store), recipe, jobs=jobs,
                          batch_size=batch_size, max_pixels=max_pixels, progress=progress,
                          report=report or (lambda line: None), hasher=hasher,
-                         features=features)
+                         features=features, allow_mass_removal=allow_mass_removal)
 
 
 def open_store(path: str | os.PathLike) -> ImageStore:

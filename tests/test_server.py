@@ -425,20 +425,26 @@ class TestStore:
         log = server.log()
         assert "reopened it" in log and "Traceback" not in log
 
-    def test_a_damaged_bucket_fails_its_query_only(self, store: Path) -> None:
+    def test_a_damaged_bucket_is_skipped_reported_and_the_service_goes_on(
+        self, store: Path
+    ) -> None:
+        """A damaged bucket is skipped with one log line (issue 12: never a reason to refuse the
+        store), and /health says the store is degraded, naming it (issue 13)."""
         with running(*FAST) as server:
             _, answer, _ = request(server.port, "POST", "/search", photo())
+            damaged = answer["hash"]
             with sqlite3.connect("db.shelve") as database:
                 database.execute("UPDATE Dict SET value = ? WHERE key = ?",
-                                 (b"\x80\x05garbage", answer["hash"].encode()))
+                                 (b"\x80\x05garbage", damaged.encode()))
             status, answer, _ = request(server.port, "POST", "/search", photo())
-            assert status == 500 and answer["error"].startswith("store damaged: bucket")
+            assert status == 200 and damaged not in {m["hash"] for m in answer["matches"]}
             other = Path("images/cat0/image_0002.jpg").read_bytes()
             assert request(server.port, "POST", "/search", other)[0] == 200
             status, health, _ = request(server.port, "GET", "/health")
             assert status == 200 and health["status"] == "degraded"
-            assert health["problems"][0].startswith("store damaged: bucket")
+            assert f"bucket {damaged}: unreadable or unsafe value" in health["problems"][0]
         assert "Traceback" not in server.log()
+        assert server.log().count(f"bucket {damaged}") == 1
 
 
 def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:

@@ -16,6 +16,7 @@ PROG = "index.py"
 
 EXIT_OK = 0
 EXIT_NOTHING_INDEXED = 1
+EXIT_REFUSED = 2
 DEFAULT_CONNECT_SECONDS = 30
 
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hash every image under a folder and store hash -> paths in a shelve."
         " Re-runs are incremental: unchanged files are skipped, deleted ones dropped.",
         epilog="Exit status: 0 when the store holds images afterwards, 1 when nothing could be"
-        " indexed, 2 on an error (bad options, a store that cannot be used).",
+        " indexed, 2 on an error (bad options, a store that cannot be used or is damaged, a run"
+        " refused because it would remove more than half of the store).",
     )
     parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
     parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="SECONDS",
                          help="how long to wait for the scheduler and its first worker"
                          f" (default {DEFAULT_CONNECT_SECONDS})")
+    parser.add_argument("--allow-mass-removal", action="store_true",
+                        help="let this run remove the entries of more than half of the store's"
+                        " images when their files are gone (refused otherwise: a folder that"
+                        " failed to mount looks the same); an empty folder never empties a store")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -80,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {"algorithm": args.algorithm, "hash_size": args.hash_size, "exact": args.exact,
                    "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
-                   "report": lambda line: warn(PROG, line), "features": args.features}
+                   "report": lambda line: warn(PROG, line), "features": args.features,
+                   "allow_mass_removal": args.allow_mass_removal}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
                 hasher = cluster_hasher(client, args.partition_size, features=args.features)
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = index_folder(args.dataset, args.shelve, jobs=args.jobs,
                                    batch_size=args.batch_size, **options)
         print(f"{args.shelve}: {summary.line()}")
+        if summary.refusal:
+            return EXIT_REFUSED
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")
             return EXIT_NOTHING_INDEXED

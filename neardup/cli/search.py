@@ -209,6 +209,11 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
     return paths, problems
 
 
+def say(line: str) -> None:
+    """A line on stderr about the store (an entry skipped), not about a query."""
+    warn(PROG, line)
+
+
 def printable(path: str) -> str:
     """A path on one line: control characters escaped, so a name with a newline stays one match."""
     return path.translate(_CONTROL_ESCAPES)
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_checker(args)
         if args.groups:
             return run_groups(args)
-        with Store.open_for_reading(args.shelve) as store, store.snapshot():
+        with Store.open_for_reading(args.shelve, report=say) as store, store.snapshot():
             paths, results = expand_queries(args.query)
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
             hashed: list[tuple[QueryResult, Hash]] = []
@@ -396,7 +401,7 @@ def save_page(path: str, page: str) -> None:
 
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
-    with ImageStore(Store.open_for_reading(args.shelve)) as store:
+    with ImageStore(Store.open_for_reading(args.shelve, report=say)) as store:
         # On a store with local features every pair in a group is a verified match (api.py).
         groups = store.groups(args.max_distance,
                               include_low_information=args.include_low_information)
@@ -459,7 +464,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         check_max_distance(path, args.max_distance)
     evaluations = []
     for path in args.shelve:
-        with Store.open_for_reading(path) as store, store.snapshot():
+        with Store.open_for_reading(path, report=say) as store, store.snapshot():
             verified = None
             if has_features(store):
                 verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))

@@ -21,20 +21,29 @@ from .hashing import readable_formats
 
 @dataclass(frozen=True, slots=True)
 class FoundFile:
-    """A candidate image: its path relative to the root (always '/'-separated) and what stat said."""
+    """A candidate image: its path relative to the root (always '/'-separated) and what stat said.
+
+    inode and ctime tell a replaced file (or one rewritten and given its old mtime back) from an
+    unchanged one; 0 when unknown."""
 
     relpath: str
     path: str
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """Something under the root that could not even be looked at, and why."""
+    """Something under the root that could not even be looked at, and why.
+
+    relpath: set when what is there was not seen rather than found gone (a folder that cannot be
+    listed, a file that cannot be stat'ed): the index keeps its entries at or under it."""
 
     path: str
     reason: str
+    relpath: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -66,7 +75,7 @@ def walk_images(root: str) -> Iterator[FoundFile | Skipped]:
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as error:
-            yield Skipped(folder, f"cannot list folder ({error.strerror or error})")
+            yield Skipped(folder, f"cannot list folder ({error.strerror or error})", reldir)
             continue
         subfolders = []
         for entry in entries:
@@ -87,7 +96,7 @@ def walk_images(root: str) -> Iterator[FoundFile | Skipped]:
                 yield Skipped(entry.path, "broken link" if entry.is_symlink() else "vanished")
                 continue
             except OSError as error:
-                yield Skipped(entry.path, f"cannot stat ({error.strerror or error})")
+                yield Skipped(entry.path, f"cannot stat ({error.strerror or error})", relpath)
                 continue
             if stat.S_ISDIR(info.st_mode):
                 yield Skipped(entry.path, "link to a folder, not followed")
@@ -95,6 +104,7 @@ def walk_images(root: str) -> Iterator[FoundFile | Skipped]:
             if not stat.S_ISREG(info.st_mode):
                 yield Skipped(entry.path, "not a regular file")
                 continue
-            yield FoundFile(relpath, entry.path, info.st_size, info.st_mtime_ns)
+            yield FoundFile(relpath, entry.path, info.st_size, info.st_mtime_ns, info.st_ino,
+                            info.st_ctime_ns)
         # Popping from the end: push in reverse so folders come out in name order.
         pending.extend(reversed(subfolders))

@@ -2,11 +2,24 @@
 
 Hashing runs in worker processes; only this process writes, one transaction per batch, so a crash
 or Ctrl-C loses at most the batch in flight and a re-run picks up where the last commit left off.
+
+What a run may decide on its own, and what it may not:
+- A file is unchanged when its size, mtime, inode and ctime are those recorded. A file recorded
+  within RACY_NS of the moment it was looked at is hashed again by the next run, as git does with
+  "racily clean" entries: a rewrite inside the same timestamp tick could keep all four.
+- Entries are removed only for files that are really gone: a folder that cannot be listed, or a
+  file that cannot be stat'ed, keeps its entries. A run that would remove more than half of the
+  store's images (a dataset folder on a disk that failed to mount looks exactly like that) is
+  refused before anything is written, unless --allow-mass-removal says so; an empty dataset folder
+  never empties a store.
+- Entries other programs wrote that are not (hash, list of paths) are reported, every run, until
+  fixed; search skips them.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import signal
@@ -24,10 +37,11 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import ImageError, NeardupError
+from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .search import HashIndex
-from .store import IndexedFile, Store
+from .store import RACY, RACY_NS, FileState, IndexedFile, Store, check_store_path, describe_key
 
 DEFAULT_BATCH_SIZE = 500
 # A batch is also committed after this many seconds, so a slow disk still commits often.
@@ -51,21 +65,28 @@ class HashOutcome:
 
 @dataclass(slots=True)
 class IndexSummary:
-    indexed: int = 0  # hashed and stored in this run
-    unchanged: int = 0  # already stored with the same size and mtime
+    indexed: int = 0  # hashed and stored in this run (new, or changed)
+    unchanged: int = 0  # already stored as they are (some hashed again to be sure: same hash)
     removed: int = 0  # stored before, gone (or no longer readable) now
     failed: int = 0  # candidates that could not be hashed
     skipped: int = 0  # entries that could not even be looked at (broken links, unreadable folders)
     low_information: int = 0  # indexed in this run with a blank/smooth hash (see is_low_information)
     total: int = 0  # images in the store after the run
     seconds: float = 0.0
+    bad_entries: int = 0  # store entries written by others that are not (hash, list of paths)
+    refused_removal: int = 0  # entries this run would have removed, had it not been refused
+    refusal: str = ""  # why the run wrote nothing
 
     def line(self) -> str:
+        if self.refusal:
+            return (f"nothing written: {self.refusal}; {self.total} images in the store"
+                    f" (found {self.unchanged + self.indexed}, skipped {self.skipped})")
         rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
         return (
             f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed},"
             f" failed {self.failed}, skipped {self.skipped}"
             + (f", {self.low_information} low-information" if self.low_information else "")
+            + (f", {self.bad_entries} bad store entries" if self.bad_entries else "")
             + f"; {self.total} images in the store"
             f" ({rate:,.0f} images/s)"
         )
@@ -97,6 +118,7 @@ def index_folder(
     progress: bool = False,
     report: Reporter = lambda line: None,
     hasher: Hasher | None = None,
+    allow_mass_removal: bool = False,
     features: bool = False,
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
@@ -107,40 +129,76 @@ def index_folder(
     compute them: local_hasher(..., features=True), cluster_hasher(..., features=True)).
     """
     started = time.perf_counter()
+    looked_at_ns = time.time_ns()  # every stat below is taken after this moment
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
         raise NeardupError(f"{dataset}: not a folder")
+    check_store_path(store_path, writing=True)  # a device, FIFO or missing folder: before anything
     if features:
         from ..features import require
 
         require()  # one line naming what to install, before anything is written
+    summary = IndexSummary()
+    found: list[FoundFile] = []
+    kept_prefixes: list[str] = []  # what could not be looked at keeps its entries
+    for entry in walk_images(root):
+        if isinstance(entry, Skipped):
+            summary.skipped += 1
+            report(f"{entry.path}: {entry.reason}")
+            if entry.relpath is not None:
+                kept_prefixes.append(entry.relpath)
+        else:
+            found.append(entry)
+    if not found and not kept_prefixes and not os.path.exists(store_path):
+        summary.seconds = time.perf_counter() - started
+        return summary  # nothing to index, and no empty store left behind
     if hasher is None:
         hasher = local_hasher(jobs, batch_size, features=features)
-    summary = IndexSummary()
-    with Store.open_for_writing(store_path, recipe, root, library_versions()) as store:
-        lacking = _prepare_features(store, store_path, features)
-        found: list[FoundFile] = []
-        for entry in walk_images(root):
-            if isinstance(entry, Skipped):
-                summary.skipped += 1
-                report(f"{entry.path}: {entry.reason}")
-            else:
-                found.append(entry)
 
+    with Store.open_for_writing(store_path, recipe, root, library_versions(),
+                                report=report) as store:
         stored = store.file_states()
         present = {item.relpath for item in found}
-        gone = [relpath for relpath in stored if relpath not in present]
-        todo = []
+        gone = [relpath for relpath in stored
+                if relpath not in present and not _under_any(relpath, kept_prefixes)]
+        refusal = _removal_refusal(len(gone), len(stored), bool(found), dataset,
+                                   allow_mass_removal)
+        if refusal:
+            summary.refusal = refusal
+            summary.refused_removal = len(gone)
+            summary.total = len(stored)
+            summary.unchanged = len(found)
+            summary.seconds = time.perf_counter() - started
+            return summary
+        lacking = _prepare_features(store, store_path, features)
+
+        start_generation = store.generation()
+        bad = _check_foreign_entries(store)
+
+        todo: list[FoundFile] = []
+        rechecks: dict[str, str] = {}  # relpath -> stored hash, hashed again to be sure
+        refreshed: list[IndexedFile] = []  # unchanged, recorded with what stat says now
         for item in found:
             state = stored.get(item.relpath)
-            if (state is not None and (state.size, state.mtime_ns) == (item.size, item.mtime_ns)
-                    and item.relpath not in lacking):
+            verdict = _compare(state, item)
+            if item.relpath in lacking and verdict in ("unchanged", "record"):
+                verdict = "new"  # hashed again for the local features it lacks
+            if verdict == "unchanged":
                 summary.unchanged += 1
+            elif verdict == "record":
+                assert state is not None
+                summary.unchanged += 1
+                refreshed.append(_record(item, state.hash_hex, looked_at_ns))
+            elif verdict == "recheck":
+                assert state is not None
+                rechecks[item.relpath] = state.hash_hex
+                todo.append(item)
             else:
                 todo.append(item)
 
-        store.apply([], gone)
+        store.apply(refreshed, gone, keep_features=True)  # unchanged: their features stand
         summary.removed += len(gone)
+        written: set[str] = set()  # hashes this run changed, not someone else
 
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
         try:
@@ -148,36 +206,134 @@ def index_folder(
                 batch: list[IndexedFile] = []
                 failed_before: list[str] = []
                 for outcome in outcomes:
+                    relpath = outcome.file.relpath
                     if outcome.hash_hex is None:
                         summary.failed += 1
                         report(f"{outcome.file.path}: {outcome.error}")
-                        if outcome.file.relpath in stored:
-                            failed_before.append(outcome.file.relpath)  # its old hash is stale
+                        if relpath in stored:
+                            failed_before.append(relpath)  # its old hash is stale
+                            written.add(stored[relpath].hash_hex)
                         continue
+                    batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
+                                         outcome.features))
+                    if rechecks.get(relpath) == outcome.hash_hex:
+                        summary.unchanged += 1  # hashed again to be sure: the same picture
+                        continue
+                    written.add(outcome.hash_hex)
+                    if relpath in stored:
+                        written.add(stored[relpath].hash_hex)
+                    summary.indexed += 1
                     if is_low_information(Hash.from_hex(outcome.hash_hex, recipe.bits)):
                         summary.low_information += 1
-                    batch.append(IndexedFile(outcome.file.relpath, outcome.file.size,
-                                             outcome.file.mtime_ns, outcome.hash_hex,
-                                             outcome.features))
                 store.apply(batch, failed_before)
-                summary.indexed += len(batch)
                 summary.removed += len(failed_before)
                 bar.update(len(outcomes))
         finally:
             bar.close()
         summary.total = store.image_count()
+        if summary.total == 0 and store.created:
+            store.discard()  # nothing could be indexed into a store this run made: leave nothing
+            summary.seconds = time.perf_counter() - started
+            return summary
         if summary.indexed >= COMPACT_MIN_IMAGES and summary.indexed * 2 >= summary.total:
             store.compact()  # this run at least doubled the store: worth one rewrite
-        if summary.indexed or summary.removed:
-            # Build the search arrays now, while we hold the store, so that the first search
-            # after a large index does not pay for it (about 15 s at 10^7 hashes).
-            HashIndex.from_store(store)
-            if features:
-                from ..features.index import FeatureIndex
+        # Entries changed by other programs while this run wrote, before their log is pruned.
+        end_generation = store.generation()
+        late = [key for key in store.changed_raw_keys(start_generation, end_generation)
+                if _hash_text(key) not in written]
+        bad = store.check_entries(list(dict.fromkeys([*bad, *late])))  # as they are now
+        for key, problem in bad.items():
+            report(f"{store.path}: store entry {describe_key(key)}: {problem}; search skips it"
+                   " (fix it, or delete it)")
+        summary.bad_entries = len(bad)
+        store.record_bad_entries(bad)
+        settle_caches(store, end_generation)
+        if features and (summary.indexed or summary.removed):
+            from ..features.index import FeatureIndex
 
-                FeatureIndex.from_store(store)
+            with store.snapshot():
+                FeatureIndex.from_store(store)  # cached now, so the first search does not pay
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def settle_caches(store: Store, generation: int) -> None:
+    """The writer's last step: cache the store's search arrays for this generation, so that the
+    first search after a large index does not pay for them (about 1 s at 10^6 hashes), then delete
+    older cache entries and the change log they make unnecessary."""
+    if store.tracking and store.hash_count() >= cache.CACHE_MIN_HASHES:
+        with store.snapshot():
+            if store.generation() != generation:
+                generation = store.generation()  # another program wrote meanwhile
+            HashIndex.from_store(store, max_delta=0)
+    cache.prune(store, keep=generation)
+    if store.tracking:
+        store.prune_changes(generation)
+
+
+def _check_foreign_entries(store: Store) -> dict[object, str]:
+    """Entries other programs wrote since this store was last indexed, and those found bad before,
+    looked at again: raw key -> what is wrong (reported at the end of the run)."""
+    if not store.tracking:
+        return {}
+    if not store.entries_checked():
+        return store.check_entries(None)  # upgraded from format 1: look at every entry once
+    keys = store.changed_raw_keys(store.changes_since()) + store.known_bad_entries()
+    return store.check_entries(list(dict.fromkeys(keys)))
+
+
+def _hash_text(key: object) -> str:
+    if isinstance(key, str):
+        return key
+    try:
+        return bytes(key).decode("ascii")  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return ""
+
+
+def _under_any(relpath: str, prefixes: list[str]) -> bool:
+    return any(prefix == "" or relpath == prefix or relpath.startswith(prefix + "/")
+               for prefix in prefixes)
+
+
+def _removal_refusal(gone: int, stored: int, found_any: bool, dataset: str,
+                     allowed: bool) -> str:
+    """Why removing `gone` of `stored` images is refused, or "" when it may go ahead."""
+    if not gone:
+        return ""
+    if not found_any:
+        return (f"{dataset} holds no images at all, and the store lists {stored}; an empty"
+                " folder (a disk that failed to mount looks the same) never empties a store:"
+                " delete the store to start again")
+    if allowed:
+        return ""
+    if gone == stored or gone * 2 > stored:
+        return (f"this run would remove {gone} of the store's {stored} images, whose files are"
+                f" gone from {dataset} (more than half); check that the folder is the right one"
+                " and mounted, or run again with --allow-mass-removal")
+    return ""
+
+
+def _compare(state: FileState | None, item: FoundFile) -> str:
+    """new | changed | recheck (hash again: its stat cannot vouch for it) | record (unchanged,
+    stat recorded now) | unchanged."""
+    if state is None:
+        return "new"
+    if (state.size, state.mtime_ns) != (item.size, item.mtime_ns):
+        return "changed"
+    if state.inode == 0 and state.ctime_ns == 0:
+        return "record"  # from a format 1 store: size and mtime were all it had
+    if state.ctime_ns == RACY or (state.inode, state.ctime_ns) != (item.inode, item.ctime_ns):
+        return "recheck"  # replaced (touch -r), rewritten in the same tick, or racily recorded
+    return "unchanged"
+
+
+def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
+            features: bytes | None = None) -> IndexedFile:
+    """What to store for a file hashed now; racily clean files are marked to be hashed again."""
+    racy = max(item.mtime_ns, item.ctime_ns) >= looked_at_ns - RACY_NS
+    return IndexedFile(item.relpath, item.size, item.mtime_ns, hash_hex, item.inode,
+                       RACY if racy else item.ctime_ns, features)
 
 
 def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]:
@@ -229,6 +385,7 @@ def hash_files(
     # forkserver: workers start from a clean process, never a fork of one holding threads or a
     # database connection.
     context = multiprocessing.get_context("forkserver")
+    _quiet_resource_tracker()
     chunk = max(1, min(64, len(files) // (workers * 8)))
     with _workers_without_the_callers_script():
         pool = context.Pool(workers, initializer=_init_worker,
@@ -255,6 +412,18 @@ def _workers_without_the_callers_script() -> Iterator[None]:
         sys.modules["__main__"] = script
 
 
+def _quiet_resource_tracker() -> None:
+    """After a kill -9 of index.py, the resource tracker (a child it starts) frees the pool's
+    semaphores and warns once per run that they "leaked"; they are freed, so the warning only
+    buries the useful output. It inherits -W options from sys.warnoptions when started."""
+    option = "ignore:resource_tracker:UserWarning"
+    if option not in sys.warnoptions:
+        sys.warnoptions.append(option)
+
+
+_worker_settings: tuple[Recipe, int] | None = None
+
+
 _worker_settings: tuple[Recipe, int, bool] | None = None
 
 
@@ -264,6 +433,38 @@ def _init_worker(recipe: Recipe, max_pixels: int, features: bool = False) -> Non
     # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
     # keeps the committed batches), so workers do not each print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # After a kill -9 of index.py, a worker sending its result finds the pipe broken and
+    # multiprocessing prints the BrokenPipeError twice. The parent's sentinel pipe says whether it
+    # is still there: once it is gone, this worker's stderr says nothing more.
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        sys.stderr = _SilentOnceOrphaned(sys.stderr, parent.sentinel)
+
+
+class _SilentOnceOrphaned:
+    """A worker's stderr that drops everything once the process that started it has died."""
+
+    def __init__(self, stream: object, sentinel: int) -> None:
+        self._stream = stream
+        self._sentinel = sentinel
+
+    def _orphaned(self) -> bool:
+        try:
+            return bool(multiprocessing.connection.wait([self._sentinel], timeout=0))
+        except (OSError, ValueError):
+            return True
+
+    def write(self, text: str) -> int:
+        if self._orphaned():
+            return len(text)
+        return self._stream.write(text)  # type: ignore[attr-defined, no-any-return]
+
+    def flush(self) -> None:
+        if not self._orphaned():
+            self._stream.flush()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 def _hash_in_worker(item: FoundFile) -> HashOutcome:
@@ -289,11 +490,12 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
     except ImageError as error:
         return HashOutcome(item, None, error.reason)
     # A file rewritten while we read it may have given a hash of neither version: report it and
-    # let the next run, which will see its new size or mtime, index it.
+    # let the next run, which will see its new size, mtime or ctime, index it.
     try:
         after = os.stat(item.path)
     except OSError:
         return HashOutcome(item, None, "vanished while being indexed")
-    if (after.st_size, after.st_mtime_ns) != (item.size, item.mtime_ns):
+    if (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) != (
+            item.size, item.mtime_ns, item.inode or after.st_ino, item.ctime_ns or after.st_ctime_ns):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")
     return HashOutcome(item, hash_hex, None, feature_bytes)

@@ -2,23 +2,35 @@
 
 `HashIndex` is the reference: every distinct stored hash in one uint64 array, XOR and popcount
 vectorised with numpy. Any faster index must return exactly what it returns.
+
+An index made from a store (`HashIndex.from_store`) answers for one state of it, its generation. It
+is made from the newest cache entry beside the store (neardup.core.cache) plus the keys the store's
+change log names as added since, kept in a small `extra` array scanned beside it; `follow` brings it
+to a later state by reading only those keys. A key whose bucket is gone needs nothing: its bucket
+lookup answers no path. So whichever program wrote the store, the answer is the current one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import cache
 from .hashing import Hash, is_low_information
-from .multiindex import MultiIndex, WideMultiIndex, build_tables, build_wide_tables
-from .store import Store, hash_to_words, hex_keys_to_words
+from .multiindex import MultiIndex, WideMultiIndex, build_tables
+from .store import Store, hash_to_words, hex_keys_to_words, sort_distinct, words_to_hex
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
 # only ~75% of the time, but all stay within 4 bits, while only 256 of 41.8 million pairs of distinct
 # images are that close. 4 finds every such copy at a negligible false-match rate.
 DEFAULT_MAX_DISTANCE = 4
+# An index follows at most this many keys added since its cached base (a brute-force scan of 20,000
+# hashes takes about 20 us); beyond, the base is built again (search.py) or rebuilt in the
+# background (a running checker).
+DELTA_MAX = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,31 +52,110 @@ class HashIndex:
     Brute force (XOR and popcount over every hash, vectorised) is the reference. For large stores
     a multi-index is chosen automatically (MultiIndex for 64-bit hashes, WideMultiIndex for any
     other length); it returns exactly the same answers (property tests hold both to that) while
-    reading a tiny fraction of the hashes.
+    reading a tiny fraction of the hashes. `extra` holds
+    hashes added to the store after `matrix` was made, scanned by brute force.
     """
 
-    def __init__(
-        self, matrix: np.ndarray, bits: int, multi: MultiIndex | WideMultiIndex | None = None
-    ) -> None:
-        if matrix.ndim != 2 or matrix.shape[1] != (bits + 63) // 64:
+    def __init__(self, matrix: np.ndarray, bits: int, multi: MultiIndex | WideMultiIndex | None = None, *,
+                 extra: np.ndarray | None = None, generation: int = -1,
+                 schema: int | None = None, tracked: bool = False) -> None:
+        words = (bits + 63) // 64
+        if matrix.ndim != 2 or matrix.shape[1] != words:
             raise ValueError("need a (count, words) array of uint64")
         self.matrix = matrix
         self.bits = bits
         self.multi = multi
+        self.extra = extra if extra is not None else np.zeros((0, words), dtype=np.uint64)
+        self.generation = generation  # the store state it answers for (-1: not from a store)
+        self.schema = schema  # the store's schema cookie when the base was made
+        self.tracked = tracked  # the store logs its changes, so follow() can be used
+        self._extra_hex: frozenset[str] | None = None
+        self._row_keys: np.ndarray | None = None
 
     @classmethod
-    def from_store(cls, store: Store) -> HashIndex:
-        matrix = store.hash_matrix()
+    def from_store(cls, store: Store, *, max_delta: int = DELTA_MAX) -> HashIndex:
+        """The index of the store's current state (call inside store.snapshot()).
+
+        A cache entry is used if it is at most `max_delta` changes old and the change log still
+        covers them (0: only an entry of this very generation); otherwise the hashes are read from
+        the store and, for a store worth it, saved as a new entry for everyone else.
+        """
+        generation = store.generation()
+        schema = store.schema_version()
         bits = store.recipe.bits
-        multi: MultiIndex | WideMultiIndex | None = None
+        rows = store.hash_count()
+        cacheable = store.tracking and rows >= cache.CACHE_MIN_HASHES
+        if cacheable:
+            oldest = max(store.changes_since(), generation - max(0, max_delta))
+            entry = cache.load(store, newest=generation, oldest=oldest)
+            if entry is not None:
+                multi: MultiIndex | WideMultiIndex | None = None
+                if entry.tables is not None and bits == 64:
+                    multi = MultiIndex(entry.matrix[:, 0], entry.tables)
+                elif entry.tables is not None:
+                    multi = WideMultiIndex(entry.matrix, bits, entry.tables)
+                base = cls(entry.matrix, bits, multi, generation=entry.generation, schema=schema,
+                           tracked=True)
+                return base.follow(store)
+        matrix, _skipped = store.read_hash_keys()
+        multi = None
         if bits == 64 and matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
-            values = matrix[:, 0]
-            tables = store.cached_array("multiindex", lambda: build_tables(values))
-            multi = MultiIndex(values, tables)
+            values = np.ascontiguousarray(matrix[:, 0])
+            multi = MultiIndex(values, build_tables(values))
         elif matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
-            wide = store.cached_array("widemultiindex", lambda: build_wide_tables(matrix, bits))
-            multi = WideMultiIndex(matrix, bits, wide)
-        return cls(matrix, bits, multi)
+            multi = WideMultiIndex(matrix, bits)
+        if cacheable:
+            cache.save(store, generation, matrix, None if multi is None else multi.tables, rows)
+        return cls(matrix, bits, multi, generation=generation, schema=schema,
+                   tracked=store.tracking)
+
+    def can_follow(self, store: Store) -> bool:
+        """Whether follow() can bring this index to the store's current state from the log."""
+        return (self.tracked and store.tracking and self.schema == store.schema_version()
+                and store.changes_since() <= self.generation)
+
+    def follow(self, store: Store) -> HashIndex:
+        """This index brought to the store's current state: the keys added since become `extra`.
+        Only for an index that can_follow (call inside store.snapshot())."""
+        generation = store.generation()
+        if generation == self.generation:
+            return self
+        changes = store.changed_keys(self.generation)
+        present = [hash_hex for hash_hex, exists in changes.items() if exists]
+        added = set(self.extra_hex()) - {hash_hex for hash_hex, exists in changes.items()
+                                         if not exists}
+        added.update(hash_hex for hash_hex, known in zip(
+            present, self.base_contains(present), strict=True) if not known)
+        extra = sort_distinct(hex_keys_to_words(sorted(k.encode("ascii") for k in added),
+                                                self.bits))
+        followed = HashIndex(self.matrix, self.bits, self.multi, extra=extra,
+                             generation=generation, schema=self.schema, tracked=True)
+        followed._extra_hex = frozenset(added)
+        followed._row_keys = self._row_keys
+        return followed
+
+    def extra_hex(self) -> frozenset[str]:
+        if self._extra_hex is None:
+            self._extra_hex = frozenset(words_to_hex(row, self.bits) for row in self.extra)
+        return self._extra_hex
+
+    def base_contains(self, hashes: list[str]) -> np.ndarray:
+        """For each hash (hex), whether the base array holds it: binary searches, vectorised."""
+        if not hashes or self.matrix.shape[0] == 0:
+            return np.zeros(len(hashes), dtype=bool)
+        targets = hex_keys_to_words([hash_hex.encode("ascii") for hash_hex in hashes], self.bits)
+        if self.matrix.shape[1] == 1:
+            values = np.asarray(self.matrix[:, 0])
+            probes = targets[:, 0]
+        else:
+            if self._row_keys is None:  # big-endian bytes sort as the numbers do
+                width = 8 * self.matrix.shape[1]
+                self._row_keys = np.ascontiguousarray(
+                    np.asarray(self.matrix).astype(">u8")).view(f"S{width}")[:, 0]
+            values = self._row_keys
+            probes = np.ascontiguousarray(targets.astype(">u8")).view(values.dtype)[:, 0]
+        positions = np.minimum(np.searchsorted(values, probes), values.size - 1)
+        return values[positions] == probes
 
     @classmethod
     def from_hashes(cls, hashes: list[Hash], *, multi_index: bool | None = None) -> HashIndex:
@@ -81,7 +172,13 @@ class HashIndex:
         return cls(matrix, bits, WideMultiIndex(matrix, bits))
 
     def __len__(self) -> int:
-        return int(self.matrix.shape[0])
+        return int(self.matrix.shape[0] + self.extra.shape[0])
+
+    def keys(self) -> Iterator[str]:
+        """Every hash as hex: the base in ascending order, then the extra ones."""
+        width = (self.bits + 3) // 4
+        for position in range(len(self)):
+            yield self.hex_at(position, width)
 
     def within(self, query: Hash, max_distance: int) -> list[tuple[str, int]]:
         """(hash hex, distance) of every stored hash within max_distance, nearest first."""
@@ -96,7 +193,13 @@ class HashIndex:
         # Positions follow the hashes' ascending order, so this sorts by distance, then hash.
         order = np.lexsort((positions, distances))
         width = (self.bits + 3) // 4
-        return [(self.hex_at(int(positions[i]), width), int(distances[i])) for i in order]
+        found = [(self.hex_at(int(positions[i]), width), int(distances[i])) for i in order]
+        if self.extra.shape[0]:
+            hits, extra_distances = _scan(self.extra, query, max_distance)
+            found += [(words_to_hex(self.extra[int(i)], self.bits), int(d))
+                      for i, d in zip(hits, extra_distances, strict=True)]
+            found.sort(key=lambda pair: (pair[1], pair[0]))
+        return found
 
     def within_many(self, queries: list[Hash], max_distance: int) -> list[list[tuple[str, int]]]:
         """within() for each query.
@@ -109,15 +212,7 @@ class HashIndex:
 
     def scan(self, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """The reference: every hash's distance, computed at once."""
-        if len(self) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        words = hash_to_words(query)
-        if self.matrix.shape[1] == 1:  # 64-bit hashes: no per-row sum needed (3x less memory traffic)
-            distances = np.bitwise_count(self.matrix[:, 0] ^ words[0])
-        else:
-            distances = np.bitwise_count(self.matrix ^ words).sum(axis=1, dtype=np.int64)
-        hits = np.flatnonzero(distances <= max_distance)
-        return hits, distances[hits].astype(np.int64)
+        return _scan(self.matrix, query, max_distance)
 
     def exact(self, query: Hash) -> tuple[np.ndarray, np.ndarray]:
         """Distance 0 over sorted 64-bit hashes: one binary search."""
@@ -128,10 +223,25 @@ class HashIndex:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
     def hex_at(self, position: int, width: int) -> str:
+        """The hash at a position: the base's, then the extra ones'."""
+        base = self.matrix.shape[0]
+        row = self.matrix[position] if position < base else self.extra[position - base]
         value = 0
-        for word in self.matrix[position]:
+        for word in row:
             value = (value << 64) | int(word)
         return format(value, f"0{width}x")
+
+
+def _scan(matrix: np.ndarray, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    if matrix.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    words = hash_to_words(query)
+    if matrix.shape[1] == 1:  # 64-bit hashes: no per-row sum needed (3x less memory traffic)
+        distances = np.bitwise_count(matrix[:, 0] ^ words[0])
+    else:
+        distances = np.bitwise_count(matrix ^ words).sum(axis=1, dtype=np.int64)
+    hits = np.flatnonzero(distances <= max_distance)
+    return hits, distances[hits].astype(np.int64)
 
 
 # Below this, one vectorised scan is already well under a tenth of a millisecond.
@@ -205,7 +315,9 @@ def resolve_stored_path(dataset_root: str, relpath: str) -> str | None:
     A store may come from someone else: an entry like '../../etc/passwd' or '/etc/passwd' is never
     turned into a path outside the dataset.
     """
-    if not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath:
+    # A backslash is an ordinary character in a POSIX file name (neardup stores '/'-separated
+    # paths), so it is kept: only what could leave the root is refused.
+    if not relpath or relpath.startswith("/") or "\0" in relpath:
         return None
     parts = relpath.split("/")
     if any(part in ("", ".", "..") for part in parts):

@@ -4,20 +4,29 @@ Layout. Table `Dict(key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)` is exactly w
 `dbm.sqlite3` uses, so `shelve.open(path, "r")` on 3.13+ reads our buckets: key = the hash as lowercase
 hex (ASCII bytes), value = a pickled sorted list of paths relative to the dataset root. Beside it:
 `neardup_meta` (format version, recipe, dataset root, library versions) and `neardup_files` (path,
-size, mtime, hash) which makes re-runs incremental and lets a changed or deleted file leave its old
-bucket. Both are written in the same transaction, so they never disagree.
+size, mtime, inode, ctime, hash) which makes re-runs incremental and lets a changed or deleted file
+leave its old bucket. Both are written in the same transaction, so they never disagree.
+
+Anyone may write `Dict` (a 3.13 `shelve` opened "w", the sqlite3 shell), so nothing derived from it
+may trust that neardup made the last change. Triggers on `Dict` (stored in the file, so they run in
+every writer's connection, whatever program it is) append each changed key to `neardup_changes`, whose
+AUTOINCREMENT sequence is the store's generation, and keep row counts in `neardup_counts`. A cache names
+the generation it was built from, a reader compares that with the store's in O(1), and a long-running
+checker reads the few keys changed since instead of rebuilding (neardup.core.search, .cache).
 
 Why SQLite and not the `shelve` default: on this Python `dbm` falls back to `dbm.dumb`, which writes its
 index only on close (a crash loses everything) and spends about 580 bytes per key. SQLite in WAL mode
 commits atomically, survives kill -9, and lets searches read a consistent snapshot while indexing runs.
 
 Safety: values are unpickled by an unpickler that refuses every global, so a planted pickle cannot run
-code; only lists of strings are accepted.
+code; only lists of strings are accepted, and any other value is skipped with a line, never a reason
+to refuse the whole store. Nothing is written to a file before it is known to be a neardup store (or a
+new one); every SQLite error becomes one line (a damaged file says so), and a reader never reads a
+store without its committed WAL.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -28,28 +37,102 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
-from .hashing import Hash, Recipe
+from .hashing import PREPROCESS_VERSIONS, Hash, Recipe
+from .storefile import (
+    Db,
+    SqliteFailure,
+    StoreDamaged,
+    WriterLock,
+    check_pages,
+    check_store_path,
+    connect_reader,
+    connect_writer,
+    file_size,
+    probe_for_writing,
+    sqlite_failure,
+    write_transaction,
+)
 
-FORMAT_VERSION = 1
-# Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
-CACHE_MIN_HASHES = 20_000
+# 2: change tracking (neardup_changes, neardup_counts and the triggers) and each file's inode and
+# ctime. Version 1 stores are read as they are and upgraded by the next index.py run.
+FORMAT_VERSION = 2
+READABLE_FORMATS = ("1", "2")
 # Protocol 2 has no frame header: 4 bytes less per bucket than 4, and every Python 3 reads it.
 PICKLE_PROTOCOL = 2
+# How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
+# its structure: about 4.5 ms per MB here (0.66 s at 10^6 images). PRAGMA integrity_check also
+# checks that every index agrees with its table (a key changed in one and not the other): about 27
+# ms per MB (4 s at 10^6). Readers check small stores whole when they open them; larger ones are
+# checked in every page they read. index.py checks every store before it writes to it.
+READER_INTEGRITY_MAX_BYTES = 2 << 20  # about 12,000 images: at most ~55 ms
+READER_QUICK_CHECK_MAX_BYTES = 8 << 20  # about 50,000 images: at most ~36 ms
+WRITER_INTEGRITY_MAX_BYTES = 32 << 20  # about 200,000 images: at most ~0.9 s, else quick_check
+# neardup_files.ctime_ns of a file recorded within RACY_NS of the moment it was looked at ("racily
+# clean", as git says): a later rewrite inside the same timestamp tick could keep its size, mtime
+# and ctime, so the next run hashes it again instead of trusting them.
+RACY = -1
+RACY_NS = 2_000_000_000
 
-_SCHEMA = (
+
+# -- the schema: every table and trigger of the current format, in one place ----------------------
+# A new table (local features, say) goes here, with a step in _upgrade for stores made before it;
+# everything written goes through Store.transaction.
+
+_TABLES = (
     "CREATE TABLE IF NOT EXISTS Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS neardup_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
     " WITHOUT ROWID",
     # Paths are stored as the bytes the OS gave us: names that are not valid UTF-8 still round-trip.
+    # hash: raw bytes, not hex. inode and ctime_ns 0: not recorded yet (a format 1 store).
     "CREATE TABLE IF NOT EXISTS neardup_files (path BLOB PRIMARY KEY, size INTEGER NOT NULL,"
-    " mtime_ns INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID",  # hash: raw bytes, not hex
+    " mtime_ns INTEGER NOT NULL, hash BLOB NOT NULL, inode INTEGER NOT NULL DEFAULT 0,"
+    " ctime_ns INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    # Every key of Dict inserted, updated or deleted, in commit order. Only index.py prunes it.
+    "CREATE TABLE IF NOT EXISTS neardup_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " key BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS neardup_counts (name TEXT PRIMARY KEY, n INTEGER NOT NULL)"
+    " WITHOUT ROWID",
 )
+
+# Python 3.13's dbm.sqlite3 writes with REPLACE INTO, whose implicit delete fires no trigger (unless a
+# connection turns recursive_triggers on): so rows are counted BEFORE INSERT, only when the key is new.
+_TRIGGERS = {
+    "neardup_dict_counted": "CREATE TRIGGER IF NOT EXISTS neardup_dict_counted BEFORE INSERT ON Dict"
+    " WHEN NOT EXISTS (SELECT 1 FROM Dict WHERE key = NEW.key)"
+    " BEGIN UPDATE neardup_counts SET n = n + 1 WHERE name = 'hashes'; END",
+    "neardup_dict_inserted": "CREATE TRIGGER IF NOT EXISTS neardup_dict_inserted AFTER INSERT ON Dict"
+    " BEGIN INSERT INTO neardup_changes (key) VALUES (NEW.key); END",
+    "neardup_dict_updated": "CREATE TRIGGER IF NOT EXISTS neardup_dict_updated AFTER UPDATE ON Dict"
+    " BEGIN INSERT INTO neardup_changes (key) VALUES (NEW.key);"
+    " INSERT INTO neardup_changes (key) SELECT OLD.key WHERE OLD.key IS NOT NEW.key; END",
+    "neardup_dict_deleted": "CREATE TRIGGER IF NOT EXISTS neardup_dict_deleted AFTER DELETE ON Dict"
+    " BEGIN INSERT INTO neardup_changes (key) VALUES (OLD.key);"
+    " UPDATE neardup_counts SET n = n - 1 WHERE name = 'hashes'; END",
+    "neardup_files_inserted": "CREATE TRIGGER IF NOT EXISTS neardup_files_inserted AFTER INSERT ON"
+    " neardup_files BEGIN UPDATE neardup_counts SET n = n + 1 WHERE name = 'images'; END",
+    "neardup_files_deleted": "CREATE TRIGGER IF NOT EXISTS neardup_files_deleted AFTER DELETE ON"
+    " neardup_files BEGIN UPDATE neardup_counts SET n = n - 1 WHERE name = 'images'; END",
+}
+
+
+def recipe_problem(recipe: Recipe) -> str | None:
+    """Why this neardup cannot hash queries the way `recipe` hashed a store, or None if it can.
+
+    The one place that compares what this neardup reproduces with a store's recipe (a new default
+    preprocessing can keep older versions readable by listing them here). `exact` recipes hash the
+    file untouched, so their preprocessing version does not matter.
+    """
+    if recipe.exact or recipe.preprocess_version in PREPROCESS_VERSIONS:
+        return None
+    known = ", ".join(f"v{version}" for version in PREPROCESS_VERSIONS)
+    return (f"built with {recipe.describe()}, but this neardup hashes queries only with normalised"
+            f" {known}, so its answers would be wrong; rebuild it with this index.py"
+            " (another --shelve)")
 
 
 class RefusingUnpickler(pickle.Unpickler):
@@ -63,44 +146,75 @@ def safe_loads(data: bytes) -> Any:
     return RefusingUnpickler(io.BytesIO(data)).load()
 
 
+def bucket_problem(value: object) -> tuple[list[str] | None, str | None]:
+    """The paths a stored value holds, or why it holds none (a shelve user can write anything)."""
+    if not isinstance(value, (bytes, memoryview)):
+        return None, f"a {type(value).__name__} value, not a pickled list of paths"
+    try:
+        paths = safe_loads(bytes(value))
+    except Exception as error:  # noqa: BLE001 - any malformed pickle is one reason, never a crash
+        return None, f"unreadable or unsafe value ({error})"
+    if not isinstance(paths, list) or not all(isinstance(item, str) for item in paths):
+        return None, f"expected a list of paths, found {type(paths).__name__}"
+    return paths, None
+
+
+def key_problem(key: object, bits: int) -> tuple[str | None, str | None]:
+    """The hash hex a Dict key holds, or why it is not one of this store's hashes."""
+    raw = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+    if not isinstance(raw, (bytes, memoryview)):
+        return None, f"a {type(key).__name__} key"
+    raw = bytes(raw)
+    if len(raw) != (bits + 3) // 4 or raw.strip(b"0123456789abcdef"):
+        return None, f"not a {bits}-bit hash in lowercase hex"
+    return raw.decode("ascii"), None
+
+
+def describe_key(key: object) -> str:
+    if isinstance(key, (bytes, memoryview)):
+        raw = bytes(key)
+        try:
+            return raw.decode("ascii") if raw.isascii() and raw.isalnum() else repr(raw)
+        except UnicodeDecodeError:
+            return repr(raw)
+    return repr(key)
+
+
 class SqliteDict(MutableMapping[bytes, bytes]):
-    """A dbm-style bytes -> bytes mapping over the `Dict` table of an open connection.
+    """A dbm-style bytes -> bytes mapping over the `Dict` table of an open store.
 
     It does not commit: the Store wraps each batch of writes in one transaction.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+    def __init__(self, db: Db) -> None:
+        self._db = db
 
     def __getitem__(self, key: bytes) -> bytes:
-        row = self._db.execute("SELECT value FROM Dict WHERE key = ?", (bytes(key),)).fetchone()
+        row = self._db.one("SELECT value FROM Dict WHERE key = ?", (bytes(key),))
         if row is None:
             raise KeyError(key)
         return bytes(row[0])
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO Dict (key, value) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (bytes(key), bytes(value)),
-        )
+        self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?)"
+                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                     (bytes(key), bytes(value)))
 
     def __delitem__(self, key: bytes) -> None:
-        if self._db.execute("DELETE FROM Dict WHERE key = ?", (bytes(key),)).rowcount == 0:
+        if self._db.run("DELETE FROM Dict WHERE key = ?", (bytes(key),)).rowcount == 0:
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, (bytes, bytearray)):
             return False
-        row = self._db.execute("SELECT 1 FROM Dict WHERE key = ?", (bytes(key),)).fetchone()
-        return row is not None
+        return self._db.one("SELECT 1 FROM Dict WHERE key = ?", (bytes(key),)) is not None
 
     def __iter__(self) -> Iterator[bytes]:
-        for (key,) in self._db.execute("SELECT key FROM Dict"):
-            yield bytes(key)
+        for (key,) in self._db.all("SELECT key FROM Dict"):
+            yield key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM Dict").fetchone()[0])
+        return int(self._db.one("SELECT COUNT(*) FROM Dict")[0])
 
     def close(self) -> None:
         """Shelf.close() calls this; the Store owns and closes the connection."""
@@ -111,23 +225,22 @@ class SafeShelf(shelve.Shelf):
 
     def __getitem__(self, key: str) -> list[str]:
         raw = self.dict[key.encode(self.keyencoding)]  # KeyError: no such bucket
-        try:
-            value = safe_loads(raw)
-        except Exception as error:
-            raise StoreError(f"bucket {key}: unreadable or unsafe value ({error})") from error
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise StoreError(f"bucket {key}: expected a list of paths, found {type(value).__name__}")
-        return value
+        paths, problem = bucket_problem(raw)
+        if paths is None:
+            raise StoreError(f"bucket {key}: {problem}")
+        return paths
 
 
 @dataclass(frozen=True, slots=True)
 class IndexedFile:
-    """One hashed file, as the indexer hands it to the store."""
+    """One hashed file, as the indexer hands it to the store (ctime_ns RACY: hash it again)."""
 
     relpath: str
     size: int
     mtime_ns: int
     hash_hex: str
+    inode: int = 0
+    ctime_ns: int = 0
     features: bytes | None = None  # local features (stores with features only; see below)
 
 
@@ -135,60 +248,135 @@ class IndexedFile:
 class FileState:
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
+    hash_hex: str = ""
+
+
+Report = Callable[[str], None]
 
 
 class Store:
     """An open index. Use `Store.open_for_writing` or `Store.open_for_reading`, then close it."""
 
-    def __init__(self, path: str, connection: sqlite3.Connection, lock: io.BufferedWriter | None):
+    def __init__(self, path: str, db: Db, lock: WriterLock | None, *,
+                 report: Report | None = None, immutable: bool = False) -> None:
         self.path = path
-        self._db = connection
+        self._db = db
         self._lock = lock
-        self.shelf = SafeShelf(SqliteDict(connection), protocol=PICKLE_PROTOCOL)
+        self.immutable = immutable  # read-only media: nothing can change it while we read
+        self.created = False  # set by open_for_writing: this run made the file
+        self.report: Report = report or (lambda line: None)
+        self.shelf = SafeShelf(SqliteDict(db), protocol=PICKLE_PROTOCOL)
+        self._reported: set[object] = set()
         meta = self._read_meta()
-        self.recipe = stored_recipe(path, meta["recipe"])
-        self.dataset_root = meta["dataset_root"]
+        try:
+            self.recipe = stored_recipe(path, meta["recipe"])
+            self.dataset_root = meta["dataset_root"]
+            self.store_id = meta["store_id"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoreError(f"{path}: its neardup_meta table is incomplete or not understood"
+                             f" ({type(error).__name__}: {error})") from error
         self.meta = meta
+        self.format = meta.get("format_version", "1")
+        self.tracking = self._has_tracking()
 
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
     def open_for_writing(
-        cls, path: str, recipe: Recipe, dataset_root: str, versions: dict[str, str]
+        cls, path: str, recipe: Recipe, dataset_root: str, versions: dict[str, str], *,
+        report: Report | None = None,
     ) -> Store:
-        """Open (creating if needed) for one writer. A second writer is refused, not interleaved."""
-        lock = _take_writer_lock(path)
+        """Open (creating if needed) for one writer. A second writer is refused, not interleaved.
+
+        Before anything is written: the path must be a regular file (or nothing, in a folder that
+        exists), an SQLite file holding a neardup store (or nothing at all), and undamaged.
+        """
+        exists = check_store_path(path, writing=True)
+        if exists:
+            probe_for_writing(path)  # reads only: refuses a foreign or damaged file untouched
+        lock = WriterLock.take(path)
         try:
-            connection = _connect(path, readonly=False)
+            db = Db(path, connect_writer(path))
             try:
-                _initialise_or_check(connection, path, recipe, dataset_root, versions)
-                return cls(path, connection, lock)
+                created = _initialise_or_check(db, path, recipe, dataset_root, versions)
+                store = cls(path, db, lock, report=report)
+                store.created = created and not exists  # never delete a file found there
+                return store
             except BaseException:
-                connection.close()
+                db.close()
                 raise
         except BaseException:
-            lock.close()
+            if not exists:  # nothing is left behind by a store that could not be created
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    try:
+                        os.remove(path + suffix)
+                    except OSError:
+                        pass
+            lock.release(remove=not exists)
             raise
 
     @classmethod
-    def open_for_reading(cls, path: str, *, shared_between_threads: bool = False) -> Store:
-        """Open read-only. shared_between_threads: the caller serialises access with a lock."""
-        if not os.path.exists(path):
-            raise StoreError(f"{path}: no such store (build one with index.py)")
-        if os.path.isdir(path):
-            raise StoreError(f"{path}: is a folder, not a store")
-        connection = _connect(path, readonly=True, same_thread=not shared_between_threads)
+    def open_for_reading(
+        cls, path: str, *, shared_between_threads: bool = False, report: Report | None = None,
+        quick_check: bool = True, for_queries: bool = True,
+    ) -> Store:
+        """Open read-only; nothing is ever written to the file.
+
+        shared_between_threads: the caller serialises access with a lock. quick_check: check a small
+        store whole now (larger ones are checked page by page as they are read). for_queries: refuse
+        a store whose recipe this neardup would not reproduce (recipe_problem).
+        """
+        check_store_path(path, writing=False)
+        if file_size(path) == 0:
+            raise StoreError(f"{path}: not a neardup store (an empty file)")
+        connection, immutable = connect_reader(path, same_thread=not shared_between_threads)
+        db = Db(path, connection)
         try:
-            _check_is_neardup_store(connection, path)
-            return cls(path, connection, None)
+            _check_is_neardup_store(db, path)
+            store = cls(path, db, None, report=report, immutable=immutable)
+            problem = recipe_problem(store.recipe) if for_queries else None
+            if problem:
+                raise StoreError(f"{path}: {problem}")
+            if quick_check:
+                size = store.file_bytes()
+                if size <= READER_INTEGRITY_MAX_BYTES:
+                    store.check(whole=True)
+                elif size <= READER_QUICK_CHECK_MAX_BYTES:
+                    store.check(whole=False)
+            return store
         except BaseException:
-            connection.close()
+            db.close()
             raise
 
     def close(self) -> None:
         self._db.close()
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
+            self._lock = None
+
+    def discard(self) -> None:
+        """Close and delete a store this writer created and left empty, with its lock and cache."""
+        self._db.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.remove(self.path + suffix)
+            except OSError:
+                pass
+        cache_folder = self.path + ".cache"
+        if os.path.isdir(cache_folder):
+            for name in os.listdir(cache_folder):
+                try:
+                    os.remove(os.path.join(cache_folder, name))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(cache_folder)
+            except OSError:
+                pass
+        if self._lock is not None:
+            self._lock.release(remove=True)
             self._lock = None
 
     def __enter__(self) -> Store:
@@ -199,79 +387,202 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    def check(self, *, whole: bool) -> None:
+        """Read every page and check it (whole: also every index against its table); StoreDamaged
+        if anything is wrong. See READER_INTEGRITY_MAX_BYTES for what each costs."""
+        check_pages(self._db, self.path, whole=whole)
+
+    def quick_check(self) -> None:
+        self.check(whole=False)
+
     def file_states(self) -> dict[str, FileState]:
-        """Every indexed path with the size and mtime it had when hashed."""
-        rows = self._db.execute("SELECT path, size, mtime_ns FROM neardup_files")
-        return {os.fsdecode(bytes(path)): FileState(size, mtime) for path, size, mtime in rows}
+        """Every indexed path with what stat said when it was hashed, and its hash."""
+        stat_columns = "inode, ctime_ns" if self.format != "1" else "0, 0"  # format 1: not kept
+        rows = self._db.all(f"SELECT path, size, mtime_ns, {stat_columns}, hash FROM neardup_files")
+        return {os.fsdecode(bytes(path)): FileState(size, mtime, inode, ctime, bytes(hash_).hex())
+                for path, size, mtime, inode, ctime, hash_ in rows}
+
+    def counts(self) -> tuple[int, int]:
+        """(rows of Dict, images): O(1) from the counters the triggers keep."""
+        if self.tracking:
+            found = dict(self._db.all("SELECT name, n FROM neardup_counts"))
+            if "hashes" in found and "images" in found:
+                return int(found["hashes"]), int(found["images"])
+        return (int(self._db.one("SELECT COUNT(*) FROM Dict")[0]),
+                int(self._db.one("SELECT COUNT(*) FROM neardup_files")[0]))
 
     def image_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM neardup_files").fetchone()[0])
-
-    def bucket(self, hash_hex: str) -> list[str]:
-        """The paths stored under one hash: a single indexed lookup."""
-        try:
-            return self.shelf[hash_hex]
-        except KeyError:
-            return []
-
-    def hash_matrix(self) -> np.ndarray:
-        """All distinct hashes in ascending order, as a (count, words) uint64 array."""
-        return self.cached_array("hashes", self._read_hash_matrix)
-
-    def _read_hash_matrix(self) -> np.ndarray:
-        width = (self.recipe.bits + 3) // 4
-        odd = self._db.execute("SELECT COUNT(*) FROM Dict WHERE length(key) != ?", (width,))
-        if odd.fetchone()[0]:
-            raise StoreError(f"{self.path}: holds keys that are not {self.recipe.bits}-bit hashes")
-        keys = [bytes(key) for (key,) in self._db.execute("SELECT key FROM Dict ORDER BY key")]
-        try:
-            return hex_keys_to_words(keys, self.recipe.bits)
-        except ValueError as error:
-            raise StoreError(f"{self.path}: {error}") from error
+        return self.counts()[1]
 
     def hash_count(self) -> int:
-        return len(self.shelf.dict)
+        return self.counts()[0]
 
     def generation(self) -> int:
-        row = self._db.execute("SELECT value FROM neardup_meta WHERE name = 'generation'")
-        return int(row.fetchone()[0])
+        """The store's change sequence: moves with every change of Dict, by any program."""
+        if not self.tracking:
+            row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'generation'")
+            return int(row[0]) if row else 0
+        row = self._db.one("SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'")
+        return int(row[0]) if row else 0
 
-    def cached_array(
-        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False
-    ) -> np.ndarray:
-        """An array derived from the store, kept on disk beside it until the store changes.
+    def changes_since(self) -> int:
+        """The change log holds every change after this generation (index.py prunes the rest)."""
+        row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'changes_since'")
+        return int(row[0]) if row else 0
 
-        The file name carries the store's id and generation, so a cache is never read for a
-        store that changed since it was written. Small stores (unless `small_too`: arrays slow to
-        build whatever the size), and folders we cannot write to, simply build the array again.
+    def schema_version(self) -> int:
+        """SQLite's schema cookie: moves when a table or trigger is created, dropped or altered."""
+        return int(self._db.one("PRAGMA schema_version")[0])
+
+    def data_version(self) -> int:
+        """Moves when another connection commits (any table); per connection."""
+        return int(self._db.one("PRAGMA data_version")[0])
+
+    def changed_keys(self, after: int) -> dict[str, bool]:
+        """Hash hex -> whether its bucket exists now, for every valid key changed after `after`."""
+        rows = self._db.all(
+            "SELECT c.key, EXISTS (SELECT 1 FROM Dict AS d WHERE d.key = c.key)"
+            " FROM (SELECT DISTINCT key FROM neardup_changes WHERE seq > ?) AS c", (after,))
+        found: dict[str, bool] = {}
+        for key, exists in rows:
+            hash_hex, problem = key_problem(key, self.recipe.bits)
+            if hash_hex is None:
+                if exists:
+                    self._report_once(("key", key), f"store entry {describe_key(key)}: {problem};"
+                                      " skipped")
+                continue
+            found[hash_hex] = found.get(hash_hex, False) or bool(exists)
+        return found
+
+    def bucket(self, hash_hex: str) -> list[str]:
+        """The paths stored under one hash: a single indexed lookup. A value that is not a list
+        of paths is skipped, with a line (once), as is a key written as text instead of bytes."""
+        rows = self._db.all("SELECT value FROM Dict WHERE key IN (?, ?)",
+                            (hash_hex.encode("ascii"), hash_hex))
+        if not rows:
+            return []
+        paths: list[str] = []
+        for (value,) in rows:
+            found, problem = bucket_problem(value)
+            if found is None:
+                self._report_once(("bucket", hash_hex), f"bucket {hash_hex}: {problem}; skipped")
+                continue
+            paths.extend(found)
+        return sorted(set(paths)) if len(rows) > 1 else paths
+
+    def has_key(self, hash_hex: str) -> bool:
+        return self._db.one("SELECT 1 FROM Dict WHERE key IN (?, ?)",
+                            (hash_hex.encode("ascii"), hash_hex)) is not None
+
+    def hash_matrix(self) -> np.ndarray:
+        """All distinct valid hashes in ascending order, as a (count, words) uint64 array."""
+        return self.read_hash_keys()[0]
+
+    def read_hash_keys(self) -> tuple[np.ndarray, int]:
+        """Every valid hash of Dict, sorted and distinct, as a (count, words) uint64 array, and how
+        many rows were skipped (each reported once) because their key is not such a hash.
+
+        Fast path: SQLite concatenates the keys (one C call, 0.14 s at 10^6) and numpy checks that
+        they are all exactly `width` lowercase hex digits; anything else takes the careful path.
         """
-        if self.hash_count() < CACHE_MIN_HASHES and not small_too:
-            return build()
-        folder = self.path + ".cache"
-        stamp = f"{self.meta['store_id']}-{self.generation()}"
-        cached = os.path.join(folder, f"{name}-{stamp}.npy")
+        bits = self.recipe.bits
+        width = (bits + 3) // 4
+        self._db.raw.text_factory = bytes
         try:
-            return np.load(cached, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            pass
-        array = build()
+            rows, joined = self._db.one("SELECT COUNT(*), group_concat(key, ',') FROM Dict")
+        finally:
+            self._db.raw.text_factory = str
+        if rows == 0:
+            return np.zeros((0, (bits + 63) // 64), dtype=np.uint64), 0
+        matrix = _decode_joined_keys(bytes(joined), rows, width, bits)
+        if matrix is not None:
+            return matrix, 0
+        return self._read_hash_keys_carefully()
+
+    def _read_hash_keys_carefully(self) -> tuple[np.ndarray, int]:
+        bits = self.recipe.bits
+        good: list[bytes] = []
+        skipped = 0
+        for (key,) in self._db.all("SELECT key FROM Dict"):
+            hash_hex, problem = key_problem(key, bits)
+            if hash_hex is None:
+                skipped += 1
+                self._report_once(("key", key), f"store entry {describe_key(key)}: {problem};"
+                                  " skipped")
+            else:
+                good.append(hash_hex.encode("ascii"))
+        return sort_distinct(hex_keys_to_words(good, bits)), skipped
+
+    def _report_once(self, what: object, line: str) -> None:
+        if what not in self._reported:
+            self._reported.add(what)
+            self.report(f"{self.path}: {line}")
+
+    # -- checking what other programs wrote (index.py) -----------------------------------------
+
+    def check_entries(self, keys: Iterable[object] | None = None) -> dict[object, str]:
+        """Entries that are not (hash key, list of paths): raw key -> why. `keys`: the raw keys
+        to look at (bytes or text, as the change log holds them); None: every row."""
+        bits = self.recipe.bits
+        if keys is None:
+            rows = self._db.all("SELECT key, value FROM Dict")
+        else:
+            rows = []
+            for key in keys:
+                rows.extend(self._db.all("SELECT key, value FROM Dict WHERE key = ?", (key,)))
+        problems: dict[object, str] = {}
+        for key, value in rows:
+            _hash_hex, problem = key_problem(key, bits)
+            if problem is None:
+                _paths, problem = bucket_problem(value)
+            if problem:
+                problems[key if isinstance(key, str) else bytes(key)] = problem
+        return problems
+
+    def changed_raw_keys(self, after: int, upto: int | None = None) -> list[object]:
+        """The keys (as stored: bytes, or text) the change log holds after `after`."""
+        if upto is None:
+            rows = self._db.all("SELECT DISTINCT key FROM neardup_changes WHERE seq > ?", (after,))
+        else:
+            rows = self._db.all("SELECT DISTINCT key FROM neardup_changes WHERE seq > ?"
+                                " AND seq <= ?", (after, upto))
+        return [key if isinstance(key, str) else bytes(key) for (key,) in rows]
+
+    def known_bad_entries(self) -> list[object]:
+        """The entries index.py last found wrong (it looks at them again each run)."""
+        row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'bad_entries'")
         try:
-            os.makedirs(folder, exist_ok=True)
-            partial = f"{cached}.{os.getpid()}.partial"
-            with open(partial, "wb") as stream:
-                np.save(stream, array, allow_pickle=False)
-            os.replace(partial, cached)
-            for old in os.listdir(folder):  # earlier generations are of no use to anyone
-                if old.startswith(f"{name}-") and old != os.path.basename(cached):
-                    os.remove(os.path.join(folder, old))
-        except OSError:
-            pass  # a read-only place: the array still serves this process
-        return array
+            listed = json.loads(row[0]) if row else []
+            return [bytes.fromhex(value) if kind == "b" else str(value) for kind, value in listed]
+        except (ValueError, TypeError):
+            return []
+
+    def entries_checked(self) -> bool:
+        """False for a store upgraded from format 1: nobody has looked at every entry yet."""
+        return self._db.one("SELECT 1 FROM neardup_meta WHERE name = 'entries_checked'") is not None
+
+    def record_bad_entries(self, keys: Iterable[object]) -> None:
+        listed = sorted(["t", key] if isinstance(key, str) else ["b", bytes(key).hex()]
+                        for key in keys)
+        with self.transaction():
+            self._set_meta("bad_entries", json.dumps(listed[:1000]))
+            self._set_meta("entries_checked", "1")
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply(self, indexed: Iterable[IndexedFile], removed: Iterable[str]) -> None:
-        """Record hashed files and forget removed ones, all in one transaction.
+    def apply(self, indexed: Iterable[IndexedFile], removed: Iterable[str], *,
+              keep_features: bool = False) -> None:
+        """Record hashed files and forget removed ones, all in one transaction. `keep_features`:
+        the files are unchanged (only their stat is recorded again), their features stand.
 
         Idempotent: a path already stored under the same hash is not listed again, and a path whose
         hash changed leaves its old bucket, so no path is ever listed twice.
@@ -279,8 +590,8 @@ class Store:
         additions: dict[str, set[str]] = {}
         removals: dict[str, set[str]] = {}
         indexed, removed = list(indexed), list(removed)
-        with self._transaction():
-            self._apply_features(indexed, removed)
+        with self.transaction():
+            self._apply_features([] if keep_features else indexed, removed)
             for item in indexed:
                 key = os.fsencode(item.relpath)
                 old = self._stored_hash(key)
@@ -288,80 +599,128 @@ class Store:
                     removals.setdefault(old, set()).add(item.relpath)
                 if old != item.hash_hex:
                     additions.setdefault(item.hash_hex, set()).add(item.relpath)
-                self._db.execute(
-                    "INSERT INTO neardup_files (path, size, mtime_ns, hash) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
-                    " mtime_ns = excluded.mtime_ns, hash = excluded.hash",
-                    (key, item.size, item.mtime_ns, bytes.fromhex(item.hash_hex)),
+                self._db.run(
+                    "INSERT INTO neardup_files (path, size, mtime_ns, hash, inode, ctime_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                    " size = excluded.size, mtime_ns = excluded.mtime_ns, hash = excluded.hash,"
+                    " inode = excluded.inode, ctime_ns = excluded.ctime_ns",
+                    (key, item.size, item.mtime_ns, bytes.fromhex(item.hash_hex), item.inode,
+                     item.ctime_ns),
                 )
             for relpath in removed:
                 key = os.fsencode(relpath)
                 old = self._stored_hash(key)
                 if old is not None:
                     removals.setdefault(old, set()).add(relpath)
-                    self._db.execute("DELETE FROM neardup_files WHERE path = ?", (key,))
-            for hash_hex in additions.keys() | removals.keys():
-                paths = set(self.bucket(hash_hex))
-                paths |= additions.get(hash_hex, set())
-                paths -= removals.get(hash_hex, set())
-                if paths:
-                    self.shelf[hash_hex] = sorted(paths)
-                elif hash_hex in self.shelf:
-                    del self.shelf[hash_hex]
-            if additions or removals:
-                # Every change of the set of hashes gets a new generation: caches name theirs.
-                self._db.execute(
-                    "UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
-                    " WHERE name = 'generation'"
-                )
+                    self._db.run("DELETE FROM neardup_files WHERE path = ?", (key,))
+            for hash_hex in sorted(additions.keys() | removals.keys()):
+                self._rewrite_bucket(hash_hex, additions.get(hash_hex, set()),
+                                     removals.get(hash_hex, set()))
+
+    def _rewrite_bucket(self, hash_hex: str, added: set[str], removed: set[str]) -> None:
+        blob = hash_hex.encode("ascii")
+        rows = self._db.all("SELECT key, value FROM Dict WHERE key IN (?, ?)", (blob, hash_hex))
+        paths: set[str] = set()
+        for key, value in rows:
+            found, problem = bucket_problem(value)
+            if found is None:
+                # Someone else's value: rebuilt from what neardup indexed under this hash (the
+                # files table, already updated in this transaction), and said so.
+                known = {os.fsdecode(bytes(path)) for (path,) in self._db.all(
+                    "SELECT path FROM neardup_files WHERE hash = ?", (bytes.fromhex(hash_hex),))}
+                self.report(f"{self.path}: bucket {hash_hex} held {problem}; rewritten with the"
+                            f" {len(known)} indexed images of that hash")
+                paths |= known
+            else:
+                paths |= set(found)
+            if isinstance(key, str):  # a text key written by hand: replaced by the bytes key
+                self._db.run("DELETE FROM Dict WHERE key = ?", (key,))
+        paths = (paths | added) - removed
+        if paths:
+            self.shelf[hash_hex] = sorted(paths)
+        else:
+            self._db.run("DELETE FROM Dict WHERE key = ?", (blob,))
 
     def _stored_hash(self, path_key: bytes) -> str | None:
-        row = self._db.execute("SELECT hash FROM neardup_files WHERE path = ?", (path_key,))
-        found = row.fetchone()
+        found = self._db.one("SELECT hash FROM neardup_files WHERE path = ?", (path_key,))
         return None if found is None else bytes(found[0]).hex()
 
+    def _set_meta(self, name: str, value: str) -> None:
+        self._db.run("INSERT INTO neardup_meta (name, value) VALUES (?, ?)"
+                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: everything in it is committed together, or nothing is."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.raw.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: cannot start a write ({error})") from error
+            raise sqlite_failure(self.path, error, "start a write to") from error
         try:
             yield
-            self._db.execute("COMMIT")
-        except sqlite3.Error as error:  # disk full, read-only file system, I/O error
+            self._db.raw.execute("COMMIT")
+        except (sqlite3.Error, SqliteFailure) as failure:  # disk full, read-only, I/O error, damage
             self._rollback()
+            error = failure if isinstance(failure, sqlite3.Error) else failure.__cause__
+            if isinstance(failure, StoreDamaged):
+                raise
+            if isinstance(error, sqlite3.Error):
+                damaged = sqlite_failure(self.path, error)
+                if isinstance(damaged, StoreDamaged):
+                    raise damaged from error
             raise StoreError(f"{self.path}: cannot write ({error}); the store keeps its last"
-                             " committed state") from error
+                             " committed state") from failure
         except BaseException:
             self._rollback()
             raise
 
     def _rollback(self) -> None:
         try:
-            self._db.execute("ROLLBACK")
+            self._db.raw.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite may already have rolled back on its own (e.g. after SQLITE_FULL)
+
+    def prune_changes(self, upto: int) -> None:
+        """Forget the logged changes up to this generation (index.py, once a cache covers them)."""
+        with self.transaction():
+            self._db.run("DELETE FROM neardup_changes WHERE seq <= ?", (upto,))
+            if upto > self.changes_since():
+                self._set_meta("changes_since", str(upto))
 
     def compact(self) -> None:
         """Rewrite the file with full pages. Hashes arrive in random order, so after a large
         import SQLite's pages are only about 70% full; this saves about 6% (10 bytes an image)."""
         try:
-            self._db.execute("VACUUM")
+            self._db.raw.execute("VACUUM")
         except sqlite3.Error as error:
             raise StoreError(f"{self.path}: cannot compact ({error}); the store is unchanged") from error
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         """Read a consistent view: an index.py committing meanwhile is not seen half-way."""
-        self._db.execute("BEGIN")
+        self._db.run("BEGIN")
         try:
             yield
         finally:
-            self._db.execute("COMMIT")
+            try:
+                self._db.raw.execute("COMMIT")
+            except sqlite3.Error:
+                pass
 
     def _read_meta(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT name, value FROM neardup_meta").fetchall())
+        return {str(name): str(value) for name, value in
+                self._db.all("SELECT name, value FROM neardup_meta")}
+
+    def _has_tracking(self) -> bool:
+        names = {row[0] for row in self._db.all(
+            "SELECT name FROM sqlite_master WHERE type IN ('trigger', 'table')")}
+        return (self.format != "1" and "neardup_changes" in names and "neardup_counts" in names
+                and set(_TRIGGERS) <= names)
+
+
+# -- keys as numbers ------------------------------------------------------------------------------
+
+
 
     # -- local features (neardup.features) -----------------------------------------------------
     # One table of its own, created by enable_features and written by _apply_features inside
@@ -370,8 +729,7 @@ class Store:
 
     def feature_recipe(self) -> dict[str, Any] | None:
         """The recorded feature recipe, or None for a hash-only store."""
-        row = self._db.execute("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
-        found = row.fetchone()
+        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
         return None if found is None else dict(json.loads(found[0]))
 
     def enable_features(
@@ -384,25 +742,30 @@ class Store:
                 raise StoreError(f"{self.path}: holds features made with {describe(stored)},"
                                  f" this run asks for {describe(recipe)}; use another --shelve")
             return
-        with self._transaction():
-            self._db.execute(_FEATURE_TABLE)
-            self._db.execute("INSERT INTO neardup_meta (name, value) VALUES ('feature_recipe', ?)",
-                             (json.dumps(recipe, sort_keys=True),))
+        with self.transaction():
+            self._db.run(_FEATURE_TABLE)
+            self._set_meta("feature_recipe", json.dumps(recipe, sort_keys=True))
+            self._set_meta("feature_generation", "0")
 
     def paths_without_features(self) -> set[str]:
         """Indexed files whose features are not stored (indexed before features were enabled)."""
-        rows = self._db.execute("SELECT path FROM neardup_files WHERE path NOT IN"
-                                " (SELECT path FROM neardup_features)")
+        rows = self._db.all("SELECT path FROM neardup_files WHERE path NOT IN"
+                            " (SELECT path FROM neardup_features)")
         return {os.fsdecode(bytes(path)) for (path,) in rows}
 
     def feature_count(self) -> int:
         if self.feature_recipe() is None:
             return 0
-        return int(self._db.execute("SELECT COUNT(*) FROM neardup_features").fetchone()[0])
+        return int(self._db.one("SELECT COUNT(*) FROM neardup_features")[0])
+
+    def feature_generation(self) -> int:
+        """Moves with every change of the features (which need not change any hash)."""
+        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_generation'")
+        return int(found[0]) if found else 0
 
     def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
         """(id, path, features) of every stored image, by id."""
-        for image_id, path, data in self._db.execute(
+        for image_id, path, data in self._db.run(
                 "SELECT id, path, data FROM neardup_features ORDER BY id"):
             yield int(image_id), os.fsdecode(bytes(path)), bytes(data)
 
@@ -412,14 +775,14 @@ class Store:
         for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
             chunk = wanted[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for image_id, path, data in self._db.execute(
+            for image_id, path, data in self._db.all(
                     f"SELECT id, path, data FROM neardup_features WHERE id IN ({marks})", chunk):
                 found[int(image_id)] = (os.fsdecode(bytes(path)), bytes(data))
         return found
 
     def features_of_path(self, relpath: str) -> tuple[int, bytes] | None:
-        row = self._db.execute("SELECT id, data FROM neardup_features WHERE path = ?",
-                               (os.fsencode(relpath),)).fetchone()
+        row = self._db.one("SELECT id, data FROM neardup_features WHERE path = ?",
+                           (os.fsencode(relpath),))
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def hash_of_path(self, relpath: str) -> str | None:
@@ -433,18 +796,103 @@ class Store:
         for item in indexed:
             key = os.fsencode(item.relpath)
             if item.features is None:  # features of an older version of the file are stale
-                self._db.execute("DELETE FROM neardup_features WHERE path = ?", (key,))
+                self._db.run("DELETE FROM neardup_features WHERE path = ?", (key,))
             else:
-                self._db.execute(
+                self._db.run(
                     "INSERT INTO neardup_features (path, data) VALUES (?, ?)"
                     " ON CONFLICT (path) DO UPDATE SET data = excluded.data",
                     (key, item.features))
         for relpath in removed:
-            self._db.execute("DELETE FROM neardup_features WHERE path = ?",
+            self._db.run("DELETE FROM neardup_features WHERE path = ?",
                              (os.fsencode(relpath),))
-        # Caches and checkers reload on a new generation; features changed even if hashes did not.
-        self._db.execute("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
-                         " WHERE name = 'generation'")
+        if indexed or removed:
+            # The feature index cache is named by this too: features can change without a hash.
+            self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
+                         " WHERE name = 'feature_generation'")
+
+
+    def cached_array(
+        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False
+    ) -> np.ndarray:
+        """An array derived from the features, kept beside the store until they change (the
+        feature index). Named by the store's id, generation and feature generation, so it is
+        never read for another state; small stores (unless `small_too`) and folders that cannot
+        be written simply build it again. Only older states' files are removed, never a newer one
+        another process may be using."""
+        from .cache import CACHE_MIN_HASHES  # cache imports this module
+
+        if self.hash_count() < CACHE_MIN_HASHES and not small_too:
+            return build()
+        folder = self.path + ".cache"
+        state = (self.generation(), self.feature_generation())
+        cached = os.path.join(folder, f"{name}-{self.store_id}-{state[0]}-{state[1]}.npy")
+        try:
+            return np.load(cached, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            pass
+        array = build()
+        try:
+            os.makedirs(folder, exist_ok=True)
+            partial = f"{cached}.{os.getpid()}.partial"
+            with open(partial, "wb") as stream:
+                np.save(stream, array, allow_pickle=False)
+            os.replace(partial, cached)
+            prefix = f"{name}-{self.store_id}-"
+            for other in os.listdir(folder):
+                if other.startswith(prefix) and other.endswith(".npy"):
+                    older = tuple(int(part) for part in other[len(prefix):-4].split("-"))
+                    if older < state:
+                        os.remove(os.path.join(folder, other))
+        except (OSError, ValueError):
+            pass  # a read-only place, or a name not of ours: the array still serves this process
+        return array
+
+def _decode_joined_keys(joined: bytes, rows: int, width: int, bits: int) -> np.ndarray | None:
+    """Keys joined by commas -> sorted distinct words, or None if any key is not `width` lowercase
+    hex digits. If the text has rows * (width + 1) - 1 bytes, a comma at every (width + 1)th place
+    and hex digits everywhere else, then it holds exactly `rows` keys of `width` hex digits: any
+    other key would put a comma or a non-hex byte where a digit must be."""
+    if len(joined) != rows * (width + 1) - 1:
+        return None
+    raw = np.frombuffer(joined + b",", dtype=np.uint8).reshape(rows, width + 1)
+    if not (raw[:, width] == ord(",")).all():
+        return None
+    digits = raw[:, :width]
+    if not (_HEX_VALUES[digits] <= 15).all():
+        return None
+    return sort_distinct(_digits_to_words(digits, bits))
+
+
+def rows_increasing(matrix: np.ndarray) -> bool:
+    """Whether the rows are in strictly ascending order (most significant word first)."""
+    if matrix.shape[0] < 2:
+        return True
+    if matrix.shape[1] == 1:
+        column = matrix[:, 0]
+        return bool((column[1:] > column[:-1]).all())
+    greater = np.zeros(matrix.shape[0] - 1, dtype=bool)
+    decided = np.zeros(matrix.shape[0] - 1, dtype=bool)
+    for word in range(matrix.shape[1]):
+        after, before = matrix[1:, word], matrix[:-1, word]
+        greater |= ~decided & (after > before)
+        decided |= after != before
+    return bool(greater.all())
+
+
+def sort_distinct(matrix: np.ndarray) -> np.ndarray:
+    """Rows sorted ascending, each once (a hash stored under a text key and a bytes key)."""
+    if rows_increasing(matrix):
+        return matrix
+    if matrix.shape[1] == 1:
+        column = np.sort(matrix[:, 0])
+        keep = np.ones(column.size, dtype=bool)
+        keep[1:] = column[1:] != column[:-1]
+        return column[keep].reshape(-1, 1)
+    order = np.lexsort(matrix.T[::-1])
+    ordered = matrix[order]
+    keep = np.ones(ordered.shape[0], dtype=bool)
+    keep[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    return np.ascontiguousarray(ordered[keep])
 
 
 # Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.
@@ -463,7 +911,8 @@ def stored_recipe(path: str, text: str) -> Recipe:
 def hex_keys_to_words(keys: list[bytes], bits: int) -> np.ndarray:
     """Decode fixed-width hex keys into a (count, words) uint64 array, most significant word first.
 
-    Vectorised: a million keys decode in tens of milliseconds instead of a second of int(key, 16).
+    Vectorised: numpy checks the digits and bytes.fromhex decodes them all in one call, so a million
+    keys take tens of milliseconds instead of a second of int(key, 16).
     """
     width = (bits + 3) // 4
     words = (bits + 63) // 64
@@ -472,14 +921,22 @@ def hex_keys_to_words(keys: list[bytes], bits: int) -> np.ndarray:
     raw = np.frombuffer(b"".join(keys), dtype=np.uint8)
     if raw.size != len(keys) * width:
         raise ValueError(f"hash keys must be {width} hex digits each")
-    nibbles = _HEX_VALUES[raw.reshape(len(keys), width)]
-    if (nibbles > 15).any():
+    digits = raw.reshape(len(keys), width)
+    if (_HEX_VALUES[digits] > 15).any():
         raise ValueError("a hash key is not lowercase hex")
-    padded = np.zeros((len(keys), words * 16), dtype=np.uint64)
-    padded[:, words * 16 - width:] = nibbles
-    shifts = np.arange(60, -1, -4, dtype=np.uint64)
-    # The nibbles occupy disjoint bits, so their sum is their bitwise OR.
-    return (padded.reshape(len(keys), words, 16) << shifts).sum(axis=2, dtype=np.uint64)
+    return _digits_to_words(digits, bits)
+
+
+def _digits_to_words(digits: np.ndarray, bits: int) -> np.ndarray:
+    """(count, width) checked lowercase hex digits -> (count, words) uint64."""
+    count, width = digits.shape
+    words = (bits + 63) // 64
+    if width != words * 16:  # left-pad each key to whole 64-bit words
+        padded = np.full((count, words * 16), ord("0"), dtype=np.uint8)
+        padded[:, words * 16 - width:] = digits
+        digits = padded
+    as_bytes = bytes.fromhex(np.ascontiguousarray(digits).tobytes().decode("ascii"))
+    return np.frombuffer(as_bytes, dtype=">u8").astype(np.uint64).reshape(count, words)
 
 
 def hash_to_words(value: Hash) -> np.ndarray:
@@ -491,6 +948,13 @@ def hash_to_words(value: Hash) -> np.ndarray:
     )
 
 
+def words_to_hex(row: np.ndarray, bits: int) -> str:
+    value = 0
+    for word in row:
+        value = (value << 64) | int(word)
+    return format(value, f"0{(bits + 3) // 4}x")
+
+
 _HEX_VALUES = np.full(256, 255, dtype=np.uint8)
 _HEX_VALUES[np.frombuffer(b"0123456789", dtype=np.uint8)] = np.arange(10)
 _HEX_VALUES[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16)
@@ -499,118 +963,106 @@ _HEX_VALUES[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16)
 # -- helpers for opening -----------------------------------------------------------------------
 
 
-def _connect(path: str, readonly: bool, same_thread: bool = True) -> sqlite3.Connection:
-    try:
-        if readonly:
-            # Not SQLite's mode=ro: that cannot open a WAL store whose -shm file was cleaned away.
-            # query_only makes any write through this connection an error instead.
-            connection = sqlite3.connect(path, isolation_level=None,
-                                         check_same_thread=same_thread)
-            connection.execute("PRAGMA query_only = ON")
-            try:
-                connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            except sqlite3.OperationalError:
-                # A store on read-only media: nothing can change it, so read it as immutable.
-                connection.close()
-                uri = Path(os.path.abspath(path)).as_uri() + "?immutable=1"
-                connection = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                             check_same_thread=same_thread)
-            except sqlite3.DatabaseError as error:
-                connection.close()
-                raise StoreError(f"{path}: not a neardup store ({error})") from error
-        else:
-            connection = sqlite3.connect(path, isolation_level=None)
-            _check_is_sqlite(connection, path)  # before any pragma can write to a foreign file
-            connection.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed batch survives a power cut too, at one fsync per batch.
-            connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA busy_timeout = 10000")
-        return connection
-    except sqlite3.Error as error:
-        raise StoreError(f"{path}: cannot open store ({error})") from error
-
-
-def _check_is_sqlite(connection: sqlite3.Connection, path: str) -> None:
-    try:
-        connection.execute("SELECT name FROM sqlite_master").fetchall()
-    except sqlite3.OperationalError as error:  # I/O error, locked, disk full: not a verdict
-        connection.close()
-        raise StoreError(f"{path}: cannot open store ({error})") from error
-    except sqlite3.DatabaseError as error:  # "file is not a database"
-        connection.close()
-        raise StoreError(f"{path}: exists and is not a neardup store ({error})") from error
-
-
-def _check_is_neardup_store(connection: sqlite3.Connection, path: str) -> None:
-    try:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as error:
-        raise StoreError(f"{path}: not a neardup store ({error})") from error
-    if "neardup_meta" not in tables:
-        raise StoreError(f"{path}: not a neardup store (no neardup_meta table)")
-    version = connection.execute(
-        "SELECT value FROM neardup_meta WHERE name = 'format_version'"
-    ).fetchone()
-    if version is None or version[0] != str(FORMAT_VERSION):
+def _check_is_neardup_store(db: Db, path: str) -> None:
+    tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "neardup_meta" not in tables or "Dict" not in tables:
+        missing = "neardup_meta" if "neardup_meta" not in tables else "Dict"
+        raise StoreError(f"{path}: not a neardup store (no {missing} table)")
+    version = db.one("SELECT value FROM neardup_meta WHERE name = 'format_version'")
+    if version is None or str(version[0]) not in READABLE_FORMATS:
         found = "none" if version is None else version[0]
         raise StoreError(
-            f"{path}: store format version {found}, this neardup reads version {FORMAT_VERSION}"
+            f"{path}: store format version {found}, this neardup reads versions"
+            f" {', '.join(READABLE_FORMATS)}"
         )
 
 
 def _initialise_or_check(
-    connection: sqlite3.Connection,
+    db: Db,
     path: str,
     recipe: Recipe,
     dataset_root: str,
     versions: dict[str, str],
-) -> None:
-    try:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as error:
-        raise StoreError(f"{path}: exists and is not a neardup store ({error})") from error
+) -> bool:
+    """Create a new store, or check and upgrade an existing one. True if it was created."""
+    tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and "neardup_meta" not in tables:
         raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
     if not tables:
-        connection.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA:
-            connection.execute(statement)
-        meta = {
-            "format_version": str(FORMAT_VERSION),
-            "store_id": uuid.uuid4().hex,
-            "generation": "0",
-            "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
-            "dataset_root": dataset_root,
-            "versions": json.dumps(versions, sort_keys=True),
-        }
-        connection.executemany("INSERT INTO neardup_meta (name, value) VALUES (?, ?)", meta.items())
-        connection.execute("COMMIT")
-        return
-    _check_is_neardup_store(connection, path)
-    meta = dict(connection.execute("SELECT name, value FROM neardup_meta").fetchall())
-    stored = stored_recipe(path, meta["recipe"])
+        with write_transaction(db, path):
+            _create_schema(db)
+            meta = {
+                "format_version": str(FORMAT_VERSION),
+                "store_id": uuid.uuid4().hex,
+                "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+                "dataset_root": dataset_root,
+                "versions": json.dumps(versions, sort_keys=True),
+                "changes_since": "0",
+                "entries_checked": "1",
+            }
+            db.many("INSERT INTO neardup_meta (name, value) VALUES (?, ?)", meta.items())
+            db.many("INSERT INTO neardup_counts (name, n) VALUES (?, 0)", [("hashes",), ("images",)])
+        return True
+    # An existing store: checked before anything is written to it.
+    try:
+        size = os.path.getsize(path) + (os.path.getsize(path + "-wal")
+                                        if os.path.exists(path + "-wal") else 0)
+    except OSError:
+        size = 0
+    check_pages(db, path, whole=size <= WRITER_INTEGRITY_MAX_BYTES)
+    _check_is_neardup_store(db, path)
+    meta = {str(name): str(value) for name, value in
+            db.all("SELECT name, value FROM neardup_meta")}
+    stored = stored_recipe(path, meta.get("recipe", ""))
     if stored != recipe:
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
             " use the same options or another --shelve"
         )
-    if meta["dataset_root"] != dataset_root:
+    if meta.get("dataset_root") != dataset_root:
         raise StoreError(
-            f"{path}: indexes {meta['dataset_root']}, not {dataset_root}; use another --shelve"
+            f"{path}: indexes {meta.get('dataset_root')}, not {dataset_root}; use another --shelve"
         )
+    _upgrade(db, path, meta)
+    return False
 
 
-def _take_writer_lock(path: str) -> io.BufferedWriter:
-    """One writer at a time, decided by an advisory lock beside the store, with a clear message."""
-    lock_path = path + ".lock"
-    try:
-        lock = open(lock_path, "ab")
-    except OSError as error:
-        raise StoreError(f"{path}: cannot create lock file {lock_path} ({error.strerror})") from error
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise StoreError(f"{path}: another index.py is writing to this store; try again when it"
-                         " has finished") from None
-    return lock
+def _create_schema(db: Db) -> None:
+    for statement in _TABLES:
+        db.run(statement)
+    for statement in _TRIGGERS.values():
+        db.run(statement)
+
+
+def _upgrade(db: Db, path: str, meta: dict[str, str]) -> None:
+    """Bring an older (or tampered) store to the current schema, in one transaction."""
+    names = {row[0] for row in db.all("SELECT name FROM sqlite_master")}
+    columns = {row[1] for row in db.all("PRAGMA table_info(neardup_files)")}
+    complete = (meta.get("format_version") == str(FORMAT_VERSION) and set(_TRIGGERS) <= names
+                and {"neardup_changes", "neardup_counts"} <= names
+                and {"inode", "ctime_ns"} <= columns)
+    if complete:
+        return
+    with write_transaction(db, path):
+        for column in ("inode", "ctime_ns"):
+            if column not in columns:
+                db.run(f"ALTER TABLE neardup_files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        _create_schema(db)
+        # Counted now, whatever the triggers missed before they existed (or while dropped).
+        db.run("INSERT INTO neardup_counts (name, n) VALUES ('hashes', (SELECT COUNT(*) FROM Dict))"
+               " ON CONFLICT (name) DO UPDATE SET n = excluded.n")
+        db.run("INSERT INTO neardup_counts (name, n) VALUES"
+               " ('images', (SELECT COUNT(*) FROM neardup_files))"
+               " ON CONFLICT (name) DO UPDATE SET n = excluded.n")
+        # Changes made while nothing logged them are unknown: no delta may span them. (Caches
+        # built before are refused anyway: creating the triggers moved the schema cookie.)
+        row = db.one("SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'")
+        since = str(int(row[0]) if row else 0)
+        upgrades = {"format_version": str(FORMAT_VERSION), "changes_since": since}
+        for name, value in upgrades.items():
+            db.run("INSERT INTO neardup_meta (name, value) VALUES (?, ?)"
+                   " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+        if meta.get("format_version") == "1":
+            db.run("DELETE FROM neardup_meta WHERE name IN ('generation', 'entries_checked')")
+
+

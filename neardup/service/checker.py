@@ -1,10 +1,18 @@
 """A long-running checker: the store opened once, every upload answered against the latest commit.
 
-Each answer is computed inside one read snapshot of the store: if index.py has committed since the
-last answer (the store's generation moved), the search index is reloaded from that same snapshot
-first. So new images are found without a restart, and no answer mixes two states of the store.
-Hashing, the expensive part, runs outside the lock, so threads hash uploads in parallel (Pillow
-releases the GIL while decoding and resizing).
+Each answer is computed inside one read snapshot of the store. If anything wrote the store since
+the last answer (index.py, a Python 3.13 `shelve`, the sqlite3 shell: its generation moved), the
+search index first follows the keys the store logged as changed, in that same snapshot: a few
+hundred keys per index.py batch, a few milliseconds at 10^6 hashes. So new images are found by the very next
+answer, without a restart, and no answer mixes two states of the store.
+
+A commit never stalls answers: when the keys followed beside the index grow past DELTA_MAX, or the
+log no longer reaches back to the index (index.py prunes it after caching a new state), a thread
+builds a new index from its own connection while answers go on from the current one, and the next
+answer takes the new index and follows the few changes made meanwhile. Until then, an image
+added in the gap may be missed for that moment (a second or so at 10^6 hashes); one deleted never
+is, since every bucket is read live. Hashing, the expensive part, runs outside the lock, so
+threads hash uploads in parallel (Pillow releases the GIL while decoding and resizing).
 
 Before each answer the store file on disk is compared with the one held open (device and inode): a
 store deleted, or replaced by a rebuilt one, is reopened, or reported as unavailable until it can
@@ -22,6 +30,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..core import cache
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -31,7 +40,13 @@ from ..core.hashing import (
     open_regular_file,
 )
 from ..core.results import QueryResult, to_record
-from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches, merge_matches
+from ..core.search import (
+    DEFAULT_MAX_DISTANCE,
+    DELTA_MAX,
+    HashIndex,
+    find_matches,
+    merge_matches,
+)
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, StoreError
 from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
@@ -78,11 +93,15 @@ class Checker:
         self.decode_budget = decode_budget
         self._warn = warn
         self._lock = threading.Lock()
-        self._store, self._identity = open_store(store_path)
-        self._index: HashIndex | None = None
-        self._generation = -1
-        self._unavailable: str | None = None
         self._problems: list[str] = []
+        self._store, self._identity = open_store(store_path, self._store_problem)
+        self._index: HashIndex | None = None
+        self._data_version = -1
+        self._pending: HashIndex | None = None  # built in the background, taken by an answer
+        self._rebuilding: threading.Thread | None = None
+        self._rebuild_error: BaseException | None = None
+        self._closed = False
+        self._unavailable: str | None = None
         # A store with local features answers verified matches (neardup.features); the optional
         # libraries are checked now, so a missing one is one line at start, not an error per query.
         self._features: Any = None
@@ -94,6 +113,10 @@ class Checker:
             self._features = CheckerFeatures()
 
     def close(self) -> None:
+        self._closed = True
+        thread = self._rebuilding
+        if thread is not None:
+            thread.join(timeout=60)
         self._store.close()
 
     def __enter__(self) -> Checker:
@@ -174,22 +197,19 @@ class Checker:
             store = self._current_store()
             try:
                 with store.snapshot():
-                    generation = store.generation()
-                    if generation != self._generation:
-                        self._index = HashIndex.from_store(store)
-                        self._generation = generation
+                    index = self._current_index(store)
                     if self._features is not None and frame is not None:
                         looks = [query] + ([flipped] if flipped is not None else [])
                         matches = self._features.answer(
-                            store, generation, self._index, looks, frame, radius,
+                            store, store.generation(), index, looks, frame, radius,
                             self.include_low_information)
                     else:
                         matches = find_matches(
-                            store, query, radius, self._index,
+                            store, query, radius, index,
                             include_low_information=self.include_low_information)
                     if flipped is not None and frame is None:
                         matches = merge_matches(matches, find_matches(
-                            store, flipped, radius, self._index,
+                            store, flipped, radius, index,
                             include_low_information=self.include_low_information))
                     truncated = self.max_matches is not None and len(matches) > self.max_matches
                     result.matches = matches[: self.max_matches] if truncated else matches
@@ -205,6 +225,71 @@ class Checker:
         record["truncated"] = truncated
         return record
 
+    # -- keeping the index current (called with the lock held, inside a snapshot) -------------
+
+    def _current_index(self, store: Store) -> HashIndex:
+        """The index for the store's state now (called with the lock held, inside a snapshot)."""
+        if self._index is None:  # at start, or after the store file was replaced
+            self._index = HashIndex.from_store(store)
+            self._data_version = store.data_version()
+        if self._rebuild_error is not None:
+            error, self._rebuild_error = self._rebuild_error, None
+            if isinstance(error, NeardupError):
+                raise error
+            self._warn(f"rebuilding the search index failed ({type(error).__name__}: {error});"
+                       " answering from the one in memory")
+        if self._pending is not None:
+            self._index, self._pending = self._pending, None
+        index = self._index
+        if not store.tracking:
+            # A format 1 store (written by an older neardup, not upgraded yet): no change log, so
+            # any commit by another connection means a full rebuild, done here.
+            version = store.data_version()
+            if version != self._data_version:
+                self._index = index = HashIndex.from_store(store)
+                self._data_version = version
+            return index
+        if store.generation() == index.generation and index.schema == store.schema_version():
+            return index
+        if index.can_follow(store) and store.generation() - index.generation <= DELTA_MAX:
+            index = index.follow(store)
+            if index.extra.shape[0] > DELTA_MAX:
+                self._rebuild_in_background()
+        elif store.hash_count() < cache.CACHE_MIN_HASHES:
+            index = HashIndex.from_store(store)  # small: quicker than a thread
+        else:
+            self._rebuild_in_background()
+        self._index = index
+        return index
+
+    def _rebuild_in_background(self) -> None:
+        if self._rebuilding is not None or self._closed:
+            return
+        thread = threading.Thread(target=self._rebuild, name="neardup-index-rebuild", daemon=True)
+        self._rebuilding = thread
+        thread.start()
+
+    def _rebuild(self) -> None:
+        try:
+            with Store.open_for_reading(self.store_path, quick_check=False,
+                                        report=self._warn) as store, store.snapshot():
+                if store.store_id != self._store.store_id:
+                    return  # the file was replaced meanwhile: the next answer reopens it
+                # A fresh base (or a cache entry of this very state), saved for everyone else.
+                index = HashIndex.from_store(store, max_delta=0)
+            with self._lock:
+                self._pending = index
+        except BaseException as error:  # noqa: BLE001 - reported by the next answer
+            self._rebuild_error = error
+        finally:
+            self._rebuilding = None
+
+    def _store_problem(self, line: str) -> None:
+        """What the store reports while answering (a damaged bucket, skipped): logged once, and
+        kept for /health, which then says "degraded"."""
+        self._problems = (self._problems + [without_path(line, self.store_path)])[-KEPT_PROBLEMS:]
+        self._warn(line)
+
     # -- the store's identity --------------------------------------------------------------------
 
     def _current_store(self) -> Store:
@@ -219,7 +304,7 @@ class Checker:
         if identity == self._identity and self._unavailable is None:
             return self._store
         try:
-            store, identity = open_store(self.store_path)
+            store, identity = open_store(self.store_path, self._store_problem)
         except StoreError as error:
             reason = ("the store was deleted or replaced and cannot be reopened"
                       f" ({without_path(str(error), self.store_path)})")
@@ -229,7 +314,7 @@ class Checker:
             raise StoreUnavailable(reason) from error
         self._store.close()
         self._store, self._identity = store, identity
-        self._index, self._generation = None, -1
+        self._index, self._pending = None, None  # of the old file
         self._unavailable = None
         self._problems = []  # the damage was in the old file
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
@@ -244,9 +329,10 @@ class Checker:
                 return {"status": "unavailable", "error": str(error)}
             try:
                 with store.snapshot():
+                    hashes, images = store.counts()  # O(1): kept by the store's triggers
                     report: dict[str, Any] = {
                         "status": "degraded" if self._problems else "ok",
-                        "hashes": store.hash_count(), "images": store.image_count(),
+                        "hashes": hashes, "images": images,
                         "generation": store.generation()}
             except (StoreError, sqlite3.DatabaseError) as error:
                 return {"status": "unavailable",
@@ -261,7 +347,9 @@ def file_identity(path: str) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def open_store(path: str) -> tuple[Store, tuple[int, int]]:
+def open_store(
+    path: str, warn: Callable[[str], None] = lambda line: None
+) -> tuple[Store, tuple[int, int]]:
     """The store at `path` opened for reading, with the identity of the file that was opened.
 
     The path is looked at before and after opening; if it changed in between (a rebuild swapped
@@ -272,7 +360,7 @@ def open_store(path: str) -> tuple[Store, tuple[int, int]]:
             before = file_identity(path)
         except OSError:
             before = None
-        store = Store.open_for_reading(path, shared_between_threads=True)
+        store = Store.open_for_reading(path, shared_between_threads=True, report=warn)
         try:
             after = file_identity(path)
         except OSError:

@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: no absolute paths, no `..`, no links or device
 files, and bounded member count and total size (zip bombs). Extraction goes to a temporary folder that
-is renamed into place only when complete, so an interrupted run never leaves a half archive behind.
+is renamed into place only when complete, so an interrupted run never leaves a half archive behind;
+that folder gets the mode any new folder would (0777 less the umask), not mkdtemp's private 0700.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
+def new_folder_mode() -> int:
+    """The mode os.mkdir would give a new folder: 0777 less the process's umask."""
+    mask = os.umask(0o022)  # the only way to read the umask is to set it; put back at once
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def make_staging_folder(parent: str, prefix: str) -> str:
+    """A new, empty folder with a unique name in `parent`, with an ordinary folder's mode."""
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(staging, new_folder_mode())
+    return staging
+
+
 def is_archive(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
@@ -43,7 +58,7 @@ def extract(archive: str, target: str, limits: Limits = Limits()) -> None:
         raise DatasetError(f"{target}: already exists; not extracting over it")
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".extract-", dir=parent)
+    staging = make_staging_folder(parent, ".extract-")
     try:
         lowered = archive.lower()
         if lowered.endswith(".zip"):

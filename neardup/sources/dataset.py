@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..core.discovery import FoundFile, Skipped, walk_images
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..errors import DatasetError, ImageError
+from .archives import make_staging_folder
 from .edits import apply_edit
 
 MANIFEST_NAME = "manifest.csv"
@@ -99,7 +100,7 @@ def gather(
     summary = GatherSummary(output=output, seed=options.seed)
     parent = os.path.dirname(destination)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.partial-", dir=parent)
+    staging = make_staging_folder(parent, f".{os.path.basename(destination)}.partial-")
     try:
         rows = _write_haystack(images, source_root, staging, progress)
         summary.haystack = len(rows)

@@ -2,7 +2,8 @@
 
 Whatever the source, the result is a folder of images. Archives (and the download) are unpacked
 once into the cache and reused; the official archive nests `101_ObjectCategories.tar.gz` inside a
-zip, so archives found inside an unpacked archive that holds no images are unpacked too.
+zip, so archives found inside a folder that holds no images are unpacked too, into the cache as
+well: a --source folder is only ever read, never written to.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def resolve_source(
     if source is None:
         archive = download(url, os.path.join(cache_dir, CALTECH101_ARCHIVE_NAME), md5,
                            progress=progress, report=report)
-        return _image_root(_unpacked(archive, cache_dir, limits, report), limits, report)
+        return _image_root(_unpacked(archive, cache_dir, limits, report), cache_dir, limits,
+                           report)
     if os.path.isdir(source):
-        return _image_root(source, limits, report)
+        return _image_root(source, cache_dir, limits, report)
     if os.path.isfile(source) and is_archive(source):
-        return _image_root(_unpacked(source, cache_dir, limits, report), limits, report)
+        return _image_root(_unpacked(source, cache_dir, limits, report), cache_dir, limits, report)
     if os.path.exists(source):
         raise DatasetError(f"{source}: not a folder or a .zip / .tar / .tar.gz archive")
     raise DatasetError(f"{source}: no such file or folder")
@@ -67,23 +69,21 @@ def _unpacked(archive: str, cache_dir: str, limits: Limits, report: Callable[[st
     return target
 
 
-def _image_root(folder: str, limits: Limits, report: Callable[[str], None]) -> str:
-    """Narrow an unpacked tree down to its image folder, unpacking nested archives if needed."""
+def _image_root(folder: str, cache_dir: str, limits: Limits,
+                report: Callable[[str], None]) -> str:
+    """Narrow a tree down to its image folder, unpacking nested archives (into the cache) if needed."""
     named = _find_folder(folder, CALTECH101_FOLDER)
     if named is not None:
         return named
     if _has_images(folder):
         return folder
-    for dirpath, _dirs, files in os.walk(folder):
+    for dirpath, _dirs, files in sorted(os.walk(folder)):
         # The official zip also holds Annotations.tar: prefer the archive named for the images.
         for name in sorted(files, key=lambda name: (CALTECH101_FOLDER not in name, name)):
             if is_archive(name):
                 inner = os.path.join(dirpath, name)
-                target = os.path.join(dirpath, "." + name + ".unpacked")
-                if not os.path.isdir(target):
-                    report(f"unpacking {inner}")
-                    extract(inner, target, limits)
-                return _image_root(target, limits, report)
+                return _image_root(_unpacked(inner, cache_dir, limits, report), cache_dir, limits,
+                                   report)
     raise DatasetError(f"{folder}: holds no images")
 
 

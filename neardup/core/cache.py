@@ -1,0 +1,219 @@
+"""Search arrays kept beside a store (`db.shelve.cache/`), so that a search does not rebuild them.
+
+An entry holds the sorted hash array, and for large 64-bit stores the multi-index tables, of one
+state of the store, named by the store's id and generation; its manifest is written last:
+
+    <store_id>-<generation>.json   <store_id>-<generation>.hashes.npy   <...>.multiindex.npy
+
+The generation moves with every change of `Dict`, whatever program made it (triggers, see
+neardup.core.store), so an entry stands for exactly one state; a reader uses the newest entry at or
+before the store's generation and follows the keys logged as changed since (neardup.core.search).
+
+Nothing is trusted as found: the manifest must name this store, a generation the change log still
+covers, the store's current schema cookie (dropping or re-creating a trigger moves it) and, for the
+current generation, the store's row count and its first and last keys; each array must have the
+dtype, shape and CRC-32 the manifest records, the hashes must be in strictly ascending order and
+the table positions in range. Anything else is ignored and the arrays are built again.
+
+Readers may write entries (in a folder they cannot write to they simply build in memory); only
+index.py deletes them, and only entries older than the generation it has just cached, so a reader
+on an older snapshot can never delete the newer entry another process relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .multiindex import table_positions, tables_shape
+from .store import Store, rows_increasing, words_to_hex
+
+# Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
+CACHE_MIN_HASHES = 20_000
+MANIFEST_VERSION = 1
+# A partial file older than this was left by a process that died while writing it.
+STALE_PARTIAL_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    generation: int
+    matrix: np.ndarray  # (count, words) uint64, strictly ascending
+    tables: np.ndarray | None  # (6, count) uint32 multi-index tables, or None
+
+
+def folder_of(store: Store) -> str:
+    return store.path + ".cache"
+
+
+def _stem(store: Store, generation: int) -> str:
+    return f"{store.store_id}-{generation}"
+
+
+def entries(store: Store) -> list[int]:
+    """Generations with a manifest for this store, newest first."""
+    try:
+        names = os.listdir(folder_of(store))
+    except OSError:
+        return []
+    prefix = f"{store.store_id}-"
+    found = []
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".json"):
+            number = name[len(prefix):-len(".json")]
+            if number.isdigit():
+                found.append(int(number))
+    return sorted(found, reverse=True)
+
+
+def load(store: Store, *, newest: int, oldest: int) -> Entry | None:
+    """The newest valid entry whose generation is from `oldest` to `newest`, or None."""
+    for generation in entries(store):
+        if oldest <= generation <= newest:
+            entry = _load(store, generation, current=generation == newest)
+            if entry is not None:
+                return entry
+    return None
+
+
+def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
+    folder = folder_of(store)
+    stem = _stem(store, generation)
+    try:
+        with open(os.path.join(folder, stem + ".json"), encoding="utf-8") as stream:
+            manifest = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not _manifest_fits(store, manifest, generation):
+        return None
+    count = manifest["hashes"]
+    words = (store.recipe.bits + 63) // 64
+    matrix = _load_array(folder, stem, "hashes", manifest, np.uint64, (count, words))
+    if matrix is None or not rows_increasing(matrix):
+        return None
+    tables = None
+    if "multiindex" in manifest["arrays"]:
+        bits = store.recipe.bits
+        tables = _load_array(folder, stem, "multiindex", manifest, np.uint32,
+                             tables_shape(bits, count))
+        if tables is None or (count and int(table_positions(tables, bits).max()) >= count):
+            return None
+    if current:
+        # The store as it is now must be the store this entry was made from: same number of rows,
+        # and its first and last hash present (a store restored from a backup reaches an old
+        # generation number again with other contents).
+        if store.hash_count() != manifest["rows"]:
+            return None
+        bits = store.recipe.bits
+        if count and not (store.has_key(words_to_hex(matrix[0], bits))
+                          and store.has_key(words_to_hex(matrix[-1], bits))):
+            return None
+    return Entry(generation, matrix, tables)
+
+
+def _manifest_fits(store: Store, manifest: dict[str, Any], generation: int) -> bool:
+    try:
+        return (manifest["version"] == MANIFEST_VERSION
+                and manifest["store_id"] == store.store_id
+                and manifest["generation"] == generation
+                and manifest["bits"] == store.recipe.bits
+                and manifest["schema_version"] == store.schema_version()
+                and isinstance(manifest["hashes"], int) and manifest["hashes"] >= 0
+                and isinstance(manifest["rows"], int)
+                and isinstance(manifest["arrays"], dict) and "hashes" in manifest["arrays"])
+    except (KeyError, TypeError):
+        return False
+
+
+def _load_array(folder: str, stem: str, name: str, manifest: dict[str, Any], dtype: type,
+                shape: tuple[int, int]) -> np.ndarray | None:
+    described = manifest["arrays"][name]
+    try:
+        array = np.load(os.path.join(folder, f"{stem}.{name}.npy"), mmap_mode="r",
+                        allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if (array.dtype != np.dtype(dtype) or array.shape != shape or not array.flags.c_contiguous
+            or not isinstance(described, dict)):
+        return None
+    if array.size and zlib.crc32(memoryview(array).cast("B")) != described.get("crc32"):
+        return None
+    return array
+
+
+def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray | None,
+         rows: int) -> bool:
+    """Write an entry for this generation (a reader may too); False where the folder is not
+    writable. Files are written under temporary names and renamed; the manifest comes last."""
+    folder = folder_of(store)
+    stem = _stem(store, generation)
+    arrays: dict[str, Any] = {}
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for name, array in (("hashes", matrix), ("multiindex", tables)):
+            if array is None:
+                continue
+            array = np.ascontiguousarray(array)
+            final = os.path.join(folder, f"{stem}.{name}.npy")
+            partial = f"{final}.{os.getpid()}.partial"
+            with open(partial, "wb") as stream:
+                np.save(stream, array, allow_pickle=False)
+            os.replace(partial, final)
+            crc = zlib.crc32(memoryview(array).cast("B")) if array.size else 0
+            arrays[name] = {"crc32": crc}
+        manifest = {"version": MANIFEST_VERSION, "store_id": store.store_id,
+                    "generation": generation, "bits": store.recipe.bits,
+                    "schema_version": store.schema_version(), "hashes": int(matrix.shape[0]),
+                    "rows": rows, "arrays": arrays}
+        final = os.path.join(folder, stem + ".json")
+        partial = f"{final}.{os.getpid()}.partial"
+        with open(partial, "w", encoding="utf-8") as stream:
+            json.dump(manifest, stream)
+        os.replace(partial, final)
+        return True
+    except OSError:
+        return False  # a read-only place: the arrays still serve this process
+
+
+def prune(store: Store, keep: int) -> None:
+    """Delete every entry older than `keep` (and other stores', and dead processes' partial files).
+
+    Only the writer (index.py) calls this, after caching generation `keep`; newer entries, which a
+    reader may have written meanwhile for a later state, are kept.
+    """
+    folder = folder_of(store)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    prefix = f"{store.store_id}-"
+    now = time.time()
+    doomed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(".partial"):
+            try:
+                if now - os.path.getmtime(path) > STALE_PARTIAL_SECONDS:
+                    doomed.append(path)
+            except OSError:
+                pass
+            continue
+        generation = None
+        if name.startswith(prefix):
+            number = name[len(prefix):].split(".", 1)[0]
+            generation = int(number) if number.isdigit() else None
+        if generation is None or generation < keep:
+            doomed.append(path)
+    # Manifests first: an entry without its manifest is never read, whatever is left of it.
+    doomed.sort(key=lambda path: not path.endswith(".json"))
+    for path in doomed:
+        try:
+            os.remove(path)
+        except OSError:
+            pass

@@ -1,0 +1,313 @@
+"""The SQLite file under a store: opening it without writing to what is not ours, every SQLite
+error said in one line, one writer at a time.
+
+Opening for writing reads before it writes: the path must be a regular file (or nothing, in a folder
+that exists), hold an SQLite database with a neardup store in it (or nothing at all), and be
+undamaged; only then is the journal mode set. The file itself is only ever opened by SQLite (see
+file_size for why). Opening for reading uses SQLite's read-only mode,
+which writes nothing to the file and still reads the commits in its WAL; where that is impossible
+(read-only media without the -shm file) the store is opened immutable only if it has no WAL to
+lose, and refused otherwise. A lock is never a reason to read differently: the busy timeout is set
+before the first read, and a lock held past it is an error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+
+# How long a reader or writer waits for a lock held by another connection before saying so.
+BUSY_SECONDS = 10.0
+DAMAGED_HINT = ("check it with `sqlite3 STORE 'PRAGMA integrity_check'` and rebuild it with index.py"
+                " (README: Checking and repairing a store)")
+
+
+class SqliteFailure(StoreError):
+    """An SQLite error, said in one line with the store's path."""
+
+
+class StoreDamaged(SqliteFailure):
+    """The file is not what SQLite wrote: `PRAGMA integrity_check`, then rebuild."""
+
+
+def sqlite_failure(path: str, error: sqlite3.Error, doing: str = "read") -> SqliteFailure:
+    name = getattr(error, "sqlite_errorname", "") or ""
+    text = str(error)
+    if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or "malformed" in text:
+        return StoreDamaged(f"{path}: the store is damaged ({text}); "
+                            + DAMAGED_HINT.replace("STORE", path))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return SqliteFailure(f"{path}: the store stayed locked by another program for"
+                             f" {BUSY_SECONDS:.0f} s ({text}); try again")
+    return SqliteFailure(f"{path}: cannot {doing} the store ({text})")
+
+
+class Db:
+    """A store's connection: every statement goes through here, so every SQLite error becomes one
+    line (StoreError) and a damaged file is named as such wherever it is first noticed."""
+
+    def __init__(self, path: str, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self.raw = connection
+
+    def run(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.raw.execute(sql, tuple(params))
+        except sqlite3.Error as error:
+            raise sqlite_failure(self.path, error) from error
+
+    def all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        try:
+            return self.raw.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as error:
+            raise sqlite_failure(self.path, error) from error
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        try:
+            return self.raw.execute(sql, tuple(params)).fetchone()
+        except sqlite3.Error as error:
+            raise sqlite_failure(self.path, error) from error
+
+    def many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        try:
+            self.raw.executemany(sql, rows)
+        except sqlite3.Error as error:
+            raise sqlite_failure(self.path, error) from error
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except sqlite3.Error:
+            pass
+
+
+def check_store_path(path: str, *, writing: bool) -> bool:
+    """True if something is at `path`. Refuses, before anything opens it, what can never be a store:
+    a folder, a device or FIFO (opening /dev/null would leave /dev/null-journal; a FIFO would
+    block), a path in a folder that does not exist."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if not writing:
+            raise StoreError(f"{path}: no such store (build one with index.py)") from None
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise StoreError(f"{path}: the folder {folder} does not exist") from None
+        return False
+    except NotADirectoryError:
+        raise StoreError(f"{path}: a part of this path is a file, not a folder") from None
+    except OSError as error:
+        raise StoreError(f"{path}: cannot use it as a store ({error.strerror})") from error
+    if stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"{path}: is a folder, not a store")
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{path}: is not a regular file (a device, FIFO or socket), so it cannot"
+                         " be a store; choose another --shelve")
+    return True
+
+
+def file_size(path: str) -> int:
+    """The store file's size, from stat.
+
+    Never read a store file with Python's own open(): POSIX advisory locks belong to the process,
+    and closing any descriptor of a file drops every lock the process holds on it, SQLite's
+    included. A checker opening a second connection that way (its /health, a rebuild) would let
+    a writer closing elsewhere believe it was the last connection and delete the WAL under it.
+    SQLite shares one lock state between its own connections in a process, so every look at the
+    file goes through SQLite.
+    """
+    try:
+        return os.stat(path).st_size
+    except OSError as error:
+        raise StoreError(f"{path}: cannot read ({error.strerror})") from error
+
+
+def wal_has_data(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
+
+
+def probe_for_writing(path: str) -> bool:
+    """Whether an existing file is a new store to fill (empty) rather than a neardup store;
+    StoreError if it is anything else. Reads only: a WAL is read through SQLite's read-only mode,
+    and without one the main file is opened immutable, which creates not even a -shm file."""
+    if file_size(path) == 0 and not wal_has_data(path):
+        return True  # a 0-byte file holds nothing to lose
+    query = "?mode=ro" if wal_has_data(path) else "?immutable=1"
+    try:
+        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + query, uri=True,
+                                     timeout=BUSY_SECONDS, isolation_level=None)
+    except sqlite3.Error as error:
+        raise sqlite_failure(path, error, "open") from error
+    try:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        if getattr(error, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite"
+                             " database); choose another --shelve") from error
+        raise sqlite_failure(path, error, "open") from error
+    finally:
+        connection.close()
+    if not tables:
+        return True
+    if "neardup_meta" not in tables:
+        raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
+    return False
+
+
+def connect_writer(path: str) -> sqlite3.Connection:
+    """The writer's connection (reading goes through connect_reader)."""
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+    except sqlite3.Error as error:
+        raise sqlite_failure(path, error, "open") from error
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed batch survives a power cut too, at one fsync per batch.
+        connection.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error as error:
+        connection.close()
+        raise sqlite_failure(path, error, "open") from error
+    return connection
+
+
+def connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection that sees every committed transaction, WAL included.
+
+    SQLite's read-only mode writes nothing to the store (a read-write connection would checkpoint
+    the WAL into it on close). It needs the -shm file beside the store, and creates it when the
+    folder allows. Where it cannot: on read-only media without a WAL, the main file holds every
+    commit and nothing can change it, so it is opened immutable; with a WAL there, the store is
+    refused rather than answered from the main file alone. A lock is never a reason to fall back:
+    the busy timeout is set before the first read, and a lock held longer is an error.
+    """
+    uri = Path(os.path.abspath(path)).as_uri()
+    connection = None
+    try:
+        connection = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_SECONDS,
+                                     isolation_level=None, check_same_thread=same_thread)
+        connection.execute("SELECT name FROM sqlite_master").fetchall()
+        return connection, False
+    except sqlite3.Error as error:
+        if connection is not None:
+            connection.close()
+        name = getattr(error, "sqlite_errorname", "") or ""
+        if name == "SQLITE_NOTADB":
+            raise StoreError(f"{path}: not a neardup store (not an SQLite database)") from error
+        if not name.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY")):
+            # A lock (after the busy timeout), damage, an I/O error: said as it is.
+            raise sqlite_failure(path, error, "open") from error
+        opening_error = error
+    folder = os.path.dirname(os.path.abspath(path))
+    wal = path + "-wal"
+    if wal_has_data(path):
+        raise StoreError(
+            f"{path}: cannot be read here: its latest commits are in {wal}, and SQLite cannot"
+            f" create {path}-shm beside it ({opening_error}); copy the store with its -wal file"
+            " to a writable folder, or open it once where it can be written") from opening_error
+    if not read_only_file_system(folder):
+        raise StoreError(
+            f"{path}: cannot open it ({opening_error}); SQLite needs to create {path}-shm in"
+            f" {folder}: make that folder writable for this user") from opening_error
+    try:
+        connection = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
+                                     check_same_thread=same_thread)
+        connection.execute("SELECT name FROM sqlite_master").fetchall()
+        return connection, True
+    except sqlite3.Error as error:
+        raise sqlite_failure(path, error, "open") from error
+
+
+def read_only_file_system(folder: str) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_pages(db: Db, path: str, *, whole: bool) -> None:
+    rows = db.all("PRAGMA integrity_check" if whole else "PRAGMA quick_check")
+    if rows != [("ok",)]:
+        first = rows[0][0] if rows else "no answer"
+        more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
+        raise StoreDamaged(f"{path}: the store is damaged ({first}{more}); "
+                           + DAMAGED_HINT.replace("STORE", path))
+
+
+@contextmanager
+def write_transaction(db: Db, path: str) -> Iterator[None]:
+    try:
+        db.raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as error:
+        raise sqlite_failure(path, error, "start a write to") from error
+    try:
+        yield
+        db.raw.execute("COMMIT")
+    except sqlite3.Error as error:
+        try:
+            db.raw.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise sqlite_failure(path, error, "write") from error
+    except BaseException:
+        try:
+            db.raw.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
+
+
+class WriterLock:
+    """One writer at a time, decided by an advisory lock beside the store, with a clear message."""
+
+    def __init__(self, path: str, stream: io.BufferedWriter) -> None:
+        self.path = path
+        self._stream = stream
+
+    @classmethod
+    def take(cls, store_path: str) -> WriterLock:
+        lock_path = store_path + ".lock"
+        for _attempt in range(5):
+            try:
+                stream = open(lock_path, "ab")
+            except OSError as error:
+                raise StoreError(f"{store_path}: cannot create lock file {lock_path}"
+                                 f" ({error.strerror})") from error
+            try:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stream.close()
+                raise StoreError(f"{store_path}: another index.py is writing to this store; try"
+                                 " again when it has finished") from None
+            # The file may have been removed (a writer discarding the store it created) between
+            # our open and our lock: then the lock is on a file nobody else will open.
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(stream.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return cls(lock_path, stream)
+            stream.close()
+        raise StoreError(f"{store_path}: its lock file keeps being replaced; try again")
+
+    def release(self, remove: bool = False) -> None:
+        if self._stream.closed:
+            return
+        if remove:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+        self._stream.close()

@@ -1,0 +1,427 @@
+"""The store written behind neardup's back: Python 3.13's `shelve` and sqlite3 directly.
+
+Every search mode, and a checker that is already running, answers from the new contents at once;
+cached arrays are never trusted as found; readers never delete a cache; values a shelve user can
+write are skipped with a line, never a reason to refuse the store; recipes we would not reproduce
+are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import select
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import neardup.core.cache as cache_module
+import neardup.core.search as search_module
+from neardup.cli import index as index_cli
+from neardup.cli import search as search_cli
+from neardup.core.hashing import Recipe, hash_file
+from neardup.core.search import HashIndex
+from neardup.core.store import IndexedFile, Store
+from neardup.service.checker import Checker
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree, save, textured
+
+PY313 = (sys.executable if sys.version_info >= (3, 13)
+         else "/root/.pyenv/versions/3.13.0/bin/python3.13")
+needs_313 = pytest.mark.skipif(
+    not os.path.exists(PY313),
+    reason=f"Python 3.13 (for its dbm.sqlite3 shelve) not found at {PY313}")
+SEARCH = [sys.executable, str(PROJECT_ROOT / "search.py")]
+
+
+def shelve_313(path: str, code: str) -> None:
+    """Run `code` in real Python 3.13 with `db = shelve.open(path, "w")`, as a user would."""
+    script = f"import shelve\nwith shelve.open({path!r}, 'w') as db:\n" + "".join(
+        f"    {line}\n" for line in code.splitlines())
+    done = subprocess.run([PY313, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def sqlite_write(path: str, sql: str, *params: object) -> None:
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(sql, params)
+
+
+def search(*args: str) -> tuple[int, str, str]:
+    """search.py in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = search_cli.main(["-s", "db.shelve", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture()
+def cached(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """60 images indexed, with the thresholds lowered so that the cache and multi-index are used."""
+    monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 20)
+    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 20)
+    make_tree("images", 60, folders=3)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert len(entries()) == 1, "index.py caches the arrays of the state it leaves"
+    return in_tmp
+
+
+def entries() -> list[str]:
+    return sorted(name for name in os.listdir("db.shelve.cache") if name.endswith(".json"))
+
+
+def foreign_picture() -> tuple[str, str]:
+    """A new picture in the dataset folder that index.py has not seen: (its path, its hash)."""
+    path = save(textured(500), "images/extra/foreign.jpg", quality=92)
+    return path, hash_file(path, Recipe()).hex()
+
+
+def answers(path: str, *extra: str) -> set[str]:
+    code, out, _err = search("-q", path, "--json", *extra)
+    assert code in (0, 1)
+    (record,) = json.loads(out)
+    return {match["relpath"] for match in record["matches"]}
+
+
+class TestWritesBehindNeardupsBack:
+    @needs_313
+    def test_a_313_shelve_write_is_found_by_every_search_mode_and_a_running_checker(
+        self, cached: Path
+    ) -> None:
+        path, key = foreign_picture()
+        checker = Checker("db.shelve")
+        assert checker.check_file(path)["matches"] == []
+        shelve_313("db.shelve", f"db[{key!r}] = ['extra/foreign.jpg', 'extra/foreign-copy.jpg']")
+
+        for distance in range(0, 9):  # the exact bucket and every other radius alike
+            assert answers(path, "-m", str(distance)) >= {"extra/foreign.jpg"}, distance
+        near = save(textured(500).resize((101, 67)), "near.jpg", quality=90)
+        assert "extra/foreign.jpg" in answers(near, "-m", "8")
+        code, out, _ = search("--groups", "--json", "-m", "0")
+        assert code == 0 and ["extra/foreign-copy.jpg", "extra/foreign.jpg"] in [
+            group["relpaths"] for group in json.loads(out)]
+        # The checker opened before the write sees it in its very next answer.
+        assert {m["relpath"] for m in checker.check_file(path)["matches"]} >= {"extra/foreign.jpg"}
+        assert checker.health()["hashes"] == 61
+        checker.close()
+
+        # And after index.py runs again, and after it re-indexes a touched file.
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert "extra/foreign.jpg" in answers(path, "-m", "4")
+        os.utime("images/cat0/image_0000.jpg", ns=(1, 1))
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert "extra/foreign.jpg" in answers(path, "-m", "4")
+        assert "cat0/image_0000.jpg" in answers("images/cat0/image_0000.jpg", "-m", "4")
+
+    def test_sqlite_writes_insert_update_replace_and_delete_are_all_followed(
+        self, cached: Path
+    ) -> None:
+        path, key = foreign_picture()
+        checker = Checker("db.shelve")
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["extra/a.jpg"]))
+        assert answers(path, "-m", "4") == {"extra/a.jpg"}
+        assert {m["relpath"] for m in checker.check_file(path)["matches"]} == {"extra/a.jpg"}
+        sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
+                     pickle.dumps(["extra/b.jpg"]), key.encode())
+        assert answers(path, "-m", "4") == {"extra/b.jpg"}
+        sqlite_write("db.shelve", "REPLACE INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["extra/c.jpg"]))
+        assert answers(path, "-m", "4") == {"extra/c.jpg"}
+        assert {m["relpath"] for m in checker.check_file(path)["matches"]} == {"extra/c.jpg"}
+        sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", key.encode())
+        assert answers(path, "-m", "4") == set()
+        assert checker.check_file(path)["matches"] == []
+        # A key written as text (not bytes) by hand is found too.
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)", key,
+                     pickle.dumps(["extra/text.jpg"]))
+        assert answers(path, "-m", "0") == {"extra/text.jpg"}
+        assert answers(path, "-m", "4") == {"extra/text.jpg"}
+        checker.close()
+
+    def test_counts_stay_exact_whatever_writes(self, cached: Path) -> None:
+        _path, key = foreign_picture()
+        sqlite_write("db.shelve", "REPLACE INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["x.jpg"]))
+        sqlite_write("db.shelve", "REPLACE INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["y.jpg"]))
+        sqlite_write("db.shelve", "INSERT OR IGNORE INTO Dict (key, value) VALUES (?, ?)",
+                     key.encode(), pickle.dumps(["z.jpg"]))
+        with Store.open_for_reading("db.shelve") as store:
+            rows = int(store._db.one("SELECT COUNT(*) FROM Dict")[0])
+            assert store.counts() == (rows, 60) and rows == 61
+        sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", key.encode())
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.counts() == (60, 60)
+
+
+class TestCachesAreNeverTrustedAsFound:
+    @pytest.mark.parametrize("planted", ["shape", "float", "bytes", "manifest"])
+    def test_a_planted_or_damaged_cache_is_rebuilt(self, cached: Path, planted: str) -> None:
+        expected = answers("images/cat1/image_0001.jpg", "-m", "8")
+        stem = entries()[0].removesuffix(".json")
+        hashes = f"db.shelve.cache/{stem}.hashes.npy"
+        if planted == "shape":
+            np.save(hashes, np.arange(20, dtype=np.uint64).reshape(10, 2))
+        elif planted == "float":
+            count = np.load(hashes).shape[0]
+            np.save(hashes, np.ones((count, 1), dtype=np.float64))
+        elif planted == "bytes":  # same shape and dtype, one hash changed: the CRC says so
+            array = np.load(hashes)
+            array[5, 0] ^= np.uint64(1)
+            np.save(hashes, array)
+        else:
+            Path(f"db.shelve.cache/{stem}.json").write_text('{"version": 1, "rows": "many"}')
+        assert answers("images/cat1/image_0001.jpg", "-m", "8") == expected
+        with Store.open_for_reading("db.shelve") as store, store.snapshot():
+            assert cache_module.load(store, newest=store.generation(), oldest=0) is not None
+
+    def test_a_reader_on_an_older_snapshot_never_deletes_a_newer_entry(
+        self, cached: Path
+    ) -> None:
+        old = Store.open_for_reading("db.shelve")
+        with old.snapshot():
+            before = old.generation()
+            save(textured(600), "images/new/one.jpg", quality=92)
+            assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+            newer = entries()
+            assert newer != [] and all(f"-{before}." not in name for name in newer)
+            # The old snapshot's index: built for its own state (the entry index.py kept is
+            # newer, so it is not used), saved beside it, and nothing deleted.
+            index = HashIndex.from_store(old)
+            assert index.generation == before
+        old.close()
+        assert set(newer) <= set(entries())
+        assert len(entries()) == 2
+        # Only index.py prunes, and only what is older than the state it has just cached.
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert entries() == newer
+
+    def test_an_index_run_leaves_one_entry_and_an_empty_change_log(self, cached: Path) -> None:
+        save(textured(601), "images/new/two.jpg", quality=92)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert len(entries()) == 1
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.changed_raw_keys(0) == []
+            assert store.changes_since() == store.generation()
+
+
+class TestWhatAShelveUserCanWrite:
+    @needs_313
+    def test_a_str_value_is_reported_by_index_and_skipped_by_every_search_mode(
+        self, indexed: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        key = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+        shelve_313("db.shelve", f"db[{key!r}] = 'cat1/image_0001.jpg'")
+        capsys.readouterr()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        captured = capsys.readouterr()
+        assert f"store entry {key}: expected a list of paths, found str" in captured.err
+        assert ", 1 bad store entries;" in captured.out
+
+        code, out, err = search("-q", "images/cat1/image_0001.jpg", "-m", "4")
+        assert code == 1  # its only match is in the bad bucket, which alone is skipped
+        assert "cat1/image_0001.jpg" not in out
+        assert f"bucket {key}: expected a list of paths, found str; skipped" in err
+        code, out, err = search("-q", "images/copy.jpg", "-m", "4")
+        assert code == 0 and "copy.jpg" in out  # the rest of the store answers as before
+        code, out, err = search("--groups", "--json")
+        assert code in (0, 1) and "skipped" in err and "Traceback" not in err
+        checker = Checker("db.shelve", warn=print)
+        answer = checker.check_file("images/cat1/image_0001.jpg")
+        assert "cat1/image_0001.jpg" not in {m["relpath"] for m in answer["matches"]}
+        checker.close()
+
+    def test_keys_that_are_not_hashes_are_skipped_with_a_line(self, indexed: Path) -> None:
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)", b"hello",
+                     pickle.dumps(["x.jpg"]))
+        code, out, err = search("-q", "images/copy.jpg", "-m", "4")
+        assert code == 0 and "copy.jpg" in out
+        assert "store entry hello: not a 64-bit hash in lowercase hex; skipped" in err
+
+
+def test_a_store_whose_recipe_this_neardup_would_not_reproduce_is_refused(
+    indexed: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with closing(sqlite3.connect("db.shelve")) as connection, connection:
+        (recipe,) = connection.execute(
+            "SELECT value FROM neardup_meta WHERE name = 'recipe'").fetchone()
+        edited = json.loads(recipe) | {"preprocess_version": 99}
+        connection.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'",
+                           (json.dumps(edited),))
+    for mode in (["-q", "images/copy.jpg"], ["--groups"], ["--stdin"]):
+        assert search_cli.main(["-s", "db.shelve", *mode]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1
+        assert "preprocessing v99 is not known to this neardup" in err
+
+
+# -- a checker running in its own process, on a store large enough for caches ------------------
+
+
+def fill(path: str, count: int, dataset: str) -> None:
+    """A store of `count` random hashes (paths that need not exist), written as index.py writes."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 2**64, size=count, dtype=np.uint64)
+    with Store.open_for_writing(path, Recipe(), dataset, {}) as store:
+        store.apply([IndexedFile(f"filler/{n}.jpg", 1, 1, format(int(v), "016x"))
+                     for n, v in enumerate(values)], [])
+
+
+def read_line(stream, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no answer within the time limit"
+    return stream.readline()
+
+
+@pytest.fixture()
+def running_checker(in_tmp: Path) -> Iterator[subprocess.Popen]:
+    fill("db.shelve", 25_000, str(in_tmp / "images"))
+    with subprocess.Popen(SEARCH + ["-s", "db.shelve", "--stdin"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        yield process
+        if process.poll() is None:
+            process.kill()
+
+
+def ask(process: subprocess.Popen, path: str) -> set[str]:
+    assert process.stdin and process.stdout
+    process.stdin.write(path + "\n")
+    process.stdin.flush()
+    return {match["relpath"] for match in json.loads(read_line(process.stdout))["matches"]}
+
+
+@needs_313
+def test_a_running_stdin_checker_sees_a_313_shelve_write_in_its_next_answer(
+    running_checker: subprocess.Popen,
+) -> None:
+    path, key = foreign_picture()
+    assert ask(running_checker, path) == set()
+    assert os.listdir("db.shelve.cache"), "25,000 hashes are cached"
+    shelve_313("db.shelve", f"db[{key!r}] = ['extra/foreign.jpg']")
+    assert ask(running_checker, path) == {"extra/foreign.jpg"}
+    for distance in ("0", "4", "8"):  # and a search.py of its own, with the real thresholds
+        done = subprocess.run(SEARCH + ["-s", "db.shelve", "-q", path, "-m", distance, "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert [m["relpath"] for m in json.loads(done.stdout)[0]["matches"]] == [
+            "extra/foreign.jpg"]
+    near = save(textured(500).resize((101, 67)), "near.jpg", quality=90)
+    assert ask(running_checker, near) == {"extra/foreign.jpg"}
+    shelve_313("db.shelve", f"del db[{key!r}]")
+    assert ask(running_checker, path) == set()
+    assert running_checker.stdin
+    running_checker.stdin.close()
+    assert running_checker.wait(timeout=60) == 0
+    assert running_checker.stderr and running_checker.stderr.read() == ""
+
+
+def test_a_running_checker_follows_many_commits_and_rebuilds_beside_them(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More keys than DELTA_MAX arrive while it answers: the index is rebuilt in a thread and
+    every answer stays right."""
+    monkeypatch.setattr(search_module, "DELTA_MAX", 50)
+    monkeypatch.setattr("neardup.service.checker.DELTA_MAX", 50)
+    fill("db.shelve", 21_000, str(in_tmp / "images"))
+    path, key = foreign_picture()
+    with Checker("db.shelve") as checker:
+        rng = np.random.default_rng(9)
+        for batch in range(6):
+            with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp / "images"), {}) as store:
+                store.apply([IndexedFile(f"more/{batch}-{n}.jpg", 1, 1, format(int(v), "016x"))
+                             for n, v in enumerate(rng.integers(0, 2**64, size=40,
+                                                                dtype=np.uint64))], [])
+            assert checker.check_file(path)["matches"] == []
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["extra/foreign.jpg"]))
+        assert [m["relpath"] for m in checker.check_file(path)["matches"]] == ["extra/foreign.jpg"]
+        if checker._rebuilding is not None:
+            checker._rebuilding.join(timeout=60)
+        assert [m["relpath"] for m in checker.check_file(path)["matches"]] == ["extra/foreign.jpg"]
+        health = checker.health()
+        assert health["hashes"] == 21_000 + 240 + 1 and health["images"] == 21_240
+
+
+def format_1_store(path: str, dataset: str, files: dict[str, str]) -> None:
+    """A store as neardup wrote it before change tracking (format 1): relpath -> hash hex."""
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE Dict (key BLOB UNIQUE NOT NULL, value BLOB NOT NULL)")
+        connection.execute("CREATE TABLE neardup_meta (name TEXT PRIMARY KEY,"
+                           " value TEXT NOT NULL) WITHOUT ROWID")
+        connection.execute("CREATE TABLE neardup_files (path BLOB PRIMARY KEY, size INTEGER NOT"
+                           " NULL, mtime_ns INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID")
+        meta = {"format_version": "1", "store_id": "0" * 32, "generation": "1",
+                "recipe": json.dumps(Recipe().to_dict(), sort_keys=True),
+                "dataset_root": dataset, "versions": "{}"}
+        connection.executemany("INSERT INTO neardup_meta VALUES (?, ?)", meta.items())
+        buckets: dict[str, list[str]] = {}
+        for relpath, key in files.items():
+            info = os.stat(os.path.join(dataset, relpath))
+            connection.execute("INSERT INTO neardup_files VALUES (?, ?, ?, ?)",
+                               (relpath.encode(), info.st_size, info.st_mtime_ns,
+                                bytes.fromhex(key)))
+            buckets.setdefault(key, []).append(relpath)
+        connection.executemany("INSERT INTO Dict VALUES (?, ?)",
+                               [(key.encode(), pickle.dumps(sorted(paths), protocol=2))
+                                for key, paths in buckets.items()])
+
+
+def test_a_format_1_store_is_read_as_it_is_then_upgraded_by_index(
+    in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    made = make_tree("images", 4)
+    files = {relpath: hash_file(f"images/{relpath}", Recipe()).hex() for relpath in made}
+    format_1_store("db.shelve", str(in_tmp / "images"), files)
+    code, out, err = search("-q", f"images/{made[0]}", "-m", "4")
+    assert code == 0 and f"images/{made[0]}" in out and err == ""
+    with Checker("db.shelve") as checker:
+        extra = foreign_picture()
+        sqlite_write("db.shelve", "INSERT INTO Dict VALUES (?, ?)", extra[1].encode(),
+                     pickle.dumps(["extra/foreign.jpg"]))
+        assert [m["relpath"] for m in checker.check_file(extra[0])["matches"]] == [
+            "extra/foreign.jpg"]  # no change log yet: any commit means a rebuild
+        assert checker.health()["images"] == 4
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    # Size and mtime were all format 1 had: unchanged files are trusted once and their inode and
+    # ctime recorded; the file the foreign entry names is indexed (its bucket already lists it).
+    assert "indexed 1, unchanged 4, removed 0" in out
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.format == "2" and store.tracking
+        assert store.counts() == (5, 5)
+        assert all(state.inode for state in store.file_states().values())
+
+
+def test_opening_and_closing_another_store_keeps_this_one_locked(indexed: Path) -> None:
+    """POSIX locks are per process: a plain open() and close() of the file by a second reader
+    would drop the first reader's SQLite locks, and a writer closing in another process would then
+    delete the WAL under it (a stale or torn view from then on)."""
+    first = Store.open_for_reading("db.shelve")
+    with first.snapshot():
+        before = first.generation()
+    Store.open_for_reading("db.shelve").close()
+    with Checker("db.shelve") as checker:  # opens (and keeps) two connections of its own
+        checker.health()
+    key = hash_file("images/copy.jpg", Recipe()).hex()
+    code = (f"import sqlite3, pickle; c = sqlite3.connect('db.shelve'); c.execute('DELETE FROM"
+            f" Dict WHERE key = ?', ({key!r}.encode(),)); c.commit(); c.close()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert os.path.exists("db.shelve-wal"), "the writer believed it was the last connection"
+    with first.snapshot():
+        assert first.generation() == before + 1
+        assert first.bucket(key) == []
+    first.close()

@@ -1,0 +1,503 @@
+"""The store under failures: damage, read-only media, locks, foreign files, failed mounts,
+files that change without saying so, odd names, killed indexers, and inputs that are only read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import neardup.core.discovery as discovery_module
+import neardup.core.storefile as storefile_module
+from neardup.cli import index as index_cli
+from neardup.core import indexing
+from neardup.core.hashing import Recipe, hash_file
+from neardup.core.store import RACY, Store
+from neardup.errors import StoreError
+
+from .conftest import PROJECT_ROOT
+from .imagegen import make_tree, save, textured
+from .test_index import buckets, committed_count, make_large_tree
+
+INDEX = [sys.executable, str(PROJECT_ROOT / "index.py")]
+SEARCH = [sys.executable, str(PROJECT_ROOT / "search.py")]
+
+
+def run(command: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, input=stdin, timeout=120,
+                          errors="surrogateescape")
+
+
+def index(*extra: str) -> int:
+    return index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", *extra])
+
+
+def relpaths() -> set[str]:
+    return {path for paths in buckets().values() for path in paths}
+
+
+# -- damage -------------------------------------------------------------------------------------
+
+
+def damage(path: str, how: str) -> None:
+    """Flip bytes in the middle of the store: the header of its middle page (its structure), or
+    one stored key inside the table's page (a value that no longer matches its index)."""
+    data = bytearray(Path(path).read_bytes())
+    if how == "page":
+        middle = (len(data) // 4096 // 2) * 4096
+        for position in range(middle, middle + 48):
+            data[position] ^= 0xA5
+    else:
+        with Store.open_for_reading(path) as store:
+            key = next(iter(store.shelf.keys())).encode()
+        first = data.index(key)  # in the Dict table's page; the index holds another copy
+        data[first:first + 4] = b"zzzz"
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["page", "key"])
+def test_a_damaged_store_is_one_line_and_exit_2_in_every_command(indexed: Path, how: str) -> None:
+    Path("manifest.csv").write_text("file,role,group,source,edit\n")
+    damage("db.shelve", how)
+    damaged = Path("db.shelve").read_bytes()
+    commands = {
+        "index": (INDEX + ["-d", "images", "-s", "db.shelve", "-q", "-j", "1"], None),
+        "search -q": (SEARCH + ["-s", "db.shelve", "-q", "images/copy.jpg"], None),
+        "search -m 0": (SEARCH + ["-s", "db.shelve", "-q", "images/copy.jpg", "-m", "0"], None),
+        "--groups": (SEARCH + ["-s", "db.shelve", "--groups"], None),
+        "--evaluate": (SEARCH + ["-s", "db.shelve", "--evaluate", "manifest.csv"], None),
+        "--stdin": (SEARCH + ["-s", "db.shelve", "--stdin"], "images/copy.jpg\n"),
+    }
+    for name, (command, stdin) in commands.items():
+        result = run(command, stdin)
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, (name, result.stderr)
+        assert "the store is damaged" in result.stderr and "integrity_check" in result.stderr, name
+        assert result.stdout == "", name
+    assert Path("db.shelve").read_bytes() == damaged, "nothing was written to the damaged store"
+
+
+# -- read-only media, and locks ---------------------------------------------------------------
+
+
+def leave_wal(store: str, dataset: str, count: int) -> None:
+    """Commit `count` more images and die without closing: they stay in the -wal file."""
+    code = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+        "from neardup.core.store import Store, IndexedFile\n"
+        "from neardup.core.hashing import Recipe\n"
+        f"store = Store.open_for_writing({store!r}, Recipe(), {dataset!r}, {{}})\n"
+        "store._db.raw.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        f"store.apply([IndexedFile(f'wal/{{n}}.jpg', 1, 1, format(n * 7919 + 12345, '016x'))"
+        f" for n in range({count})], [])\n"
+        "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def read_only_view(source: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """Run `command` where `source` is mounted read-only at /tmp/<...>/ro (a private mount)."""
+    view = source.parent / "ro-view"
+    view.mkdir(exist_ok=True)
+    script = (f"mount --bind {source} {view} && mount -o remount,bind,ro {view} && cd {view}"
+              f" && {command}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture()
+def mountable(tmp_path: Path) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = read_only_view(probe, "touch x")
+    if "Read-only file system" not in result.stderr:
+        pytest.skip("a read-only bind mount needs root and `unshare -m` (" +
+                    (result.stderr.strip().splitlines() or ["not available"])[-1] + ")")
+
+
+@pytest.mark.usefixtures("mountable")
+class TestReadOnlyMedia:
+    """A real read-only bind mount (unshare -m, mount --bind -o ro), as root."""
+
+    def stored_images(self, result: subprocess.CompletedProcess[str]) -> int:
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["images"]
+
+    def health_command(self) -> str:
+        probe = (f"import sys, json; sys.path.insert(0, {str(PROJECT_ROOT)!r});"
+                 " from neardup.service.checker import Checker;"
+                 " c = Checker('db.shelve'); print(json.dumps(c.health()))")
+        return f"{sys.executable} -c \"{probe}\""
+
+    def test_commits_still_in_the_wal_are_read(self, indexed: Path) -> None:
+        leave_wal("db.shelve", str(indexed / "images"), 50)
+        assert os.path.getsize("db.shelve-wal") > 0 and os.path.exists("db.shelve-shm")
+        before = Path("db.shelve").read_bytes()
+        assert self.stored_images(read_only_view(indexed, self.health_command())) == 57
+        searched = read_only_view(indexed, " ".join(SEARCH + ["-s", "db.shelve", "-q",
+                                                               "images/copy.jpg"]))
+        assert searched.returncode == 0 and "images/copy.jpg" in searched.stdout
+        assert Path("db.shelve").read_bytes() == before
+
+    def test_a_wal_without_its_shm_is_refused_not_answered_from_the_main_file(
+        self, indexed: Path
+    ) -> None:
+        leave_wal("db.shelve", str(indexed / "images"), 50)
+        os.remove("db.shelve-shm")
+        result = read_only_view(indexed, " ".join(SEARCH + ["-s", "db.shelve", "-q",
+                                                             "images/copy.jpg"]))
+        assert result.returncode == 2 and result.stdout == ""
+        assert len(result.stderr.splitlines()) == 1
+        assert "its latest commits are in db.shelve-wal" in result.stderr
+
+    def test_a_store_without_a_wal_is_read_on_read_only_media(self, indexed: Path) -> None:
+        for leftover in ("db.shelve-wal", "db.shelve-shm"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        assert self.stored_images(read_only_view(indexed, self.health_command())) == 7
+
+
+def test_a_locked_store_is_waited_for_then_refused_never_read_stale(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exclusive lock held past the busy timeout is an error, never an immutable open."""
+    monkeypatch.setattr(storefile_module, "BUSY_SECONDS", 0.5)
+    holder = sqlite3.connect("db.shelve", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("UPDATE neardup_meta SET value = value WHERE name = 'x'")  # takes the lock
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            Store.open_for_reading("db.shelve")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 7 and not store.immutable
+
+
+# -- what is at the store path ------------------------------------------------------------------
+
+
+def test_a_foreign_sqlite_file_is_left_byte_for_byte_untouched(
+    in_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 2)
+    with closing(sqlite3.connect("db.shelve")) as connection, connection:
+        connection.execute("CREATE TABLE people (name TEXT)")
+        connection.execute("INSERT INTO people VALUES ('Ada')")
+    before = Path("db.shelve").read_bytes()
+    assert before[18:20] == b"\x01\x01"  # rollback journal, not WAL
+    assert index() == 2
+    assert "exists and is not a neardup store" in capsys.readouterr().err
+    assert Path("db.shelve").read_bytes() == before
+    assert sorted(os.listdir(".")) == ["db.shelve", "images"]  # no -wal, -shm or lock either
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_special_file_as_the_store_is_refused_before_anything_is_written(
+    in_tmp: Path, special: str, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 2)
+    if special == "fifo":
+        os.mkfifo("fifo")
+    journal_before = os.path.exists(special + "-journal")
+    assert index_cli.main(["-d", "images", "-s", special, "-q", "-j", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file" in err and len(err.splitlines()) == 1
+    assert os.path.exists(special + "-journal") == journal_before
+    assert not os.path.exists(special + ".lock") or special == "/dev/null"
+    result = run(SEARCH + ["-s", special, "-q", "images/cat0/image_0000.jpg"])
+    assert result.returncode == 2 and "is not a regular file" in result.stderr
+
+
+def test_a_store_in_a_missing_folder_says_so(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 2)
+    assert index_cli.main(["-d", "images", "-s", "nowhere/db.shelve", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {in_tmp / 'nowhere'} does not exist" in err
+    assert "lock" not in err
+
+
+def test_an_empty_dataset_leaves_no_store_and_no_lock(in_tmp: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    os.makedirs("empty")
+    assert index_cli.main(["-d", "empty", "-s", "db.shelve", "-q"]) == 1
+    assert sorted(os.listdir(".")) == ["empty"]
+    os.makedirs("junk")
+    Path("junk/text.jpg").write_text("not a picture")
+    assert index_cli.main(["-d", "junk", "-s", "db.shelve", "-q", "-j", "1"]) == 1
+    assert sorted(os.listdir(".")) == ["empty", "junk"]
+
+
+# -- a failed mount, an unreadable folder --------------------------------------------------------
+
+
+def test_an_empty_dataset_folder_never_empties_a_store(in_tmp: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 6)
+    assert index() == 0
+    before = buckets()
+    shutil.rmtree("images")
+    os.makedirs("images")  # a mount point whose disk did not mount
+    capsys.readouterr()
+    for extra in ([], ["--allow-mass-removal"]):
+        assert index(*extra) == 2
+        out = capsys.readouterr().out
+        assert out.startswith("db.shelve: nothing written: images holds no images at all")
+        assert "6 images in the store" in out
+        assert buckets() == before
+
+
+def test_removing_more_than_half_needs_the_option(in_tmp: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    relpaths_made = make_tree("images", 6)
+    assert index() == 0
+    for relpath in relpaths_made[:3]:  # half: allowed
+        os.remove(f"images/{relpath}")
+    capsys.readouterr()
+    assert index() == 0
+    assert "removed 3" in capsys.readouterr().out
+    os.remove(f"images/{relpaths_made[3]}")
+    os.remove(f"images/{relpaths_made[4]}")  # 2 of the 3 left: more than half
+    assert index() == 2
+    out = capsys.readouterr().out
+    assert "nothing written: this run would remove 2 of the store's 3 images" in out
+    assert "--allow-mass-removal" in out
+    assert len(relpaths()) == 3
+    assert index("--allow-mass-removal") == 0
+    assert "removed 2" in capsys.readouterr().out
+    assert relpaths() == {relpaths_made[5]}
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_entries(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    make_tree("images", 10, folders=2)
+    assert index() == 0
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if str(path).endswith("cat1"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(discovery_module.os, "scandir", scandir)
+    capsys.readouterr()
+    assert index() == 0
+    captured = capsys.readouterr()
+    assert "cat1: cannot list folder (Permission denied)" in captured.err
+    assert "removed 0" in captured.out and "skipped 1" in captured.out
+    assert len(relpaths()) == 10
+    monkeypatch.setattr(discovery_module.os, "scandir", real_scandir)
+    assert index() == 0
+    assert "indexed 0, unchanged 10" in capsys.readouterr().out  # nothing hashed again
+
+
+# -- files that change without saying so ---------------------------------------------------------
+
+
+def same_size_pictures(path_a: str, path_b: str) -> None:
+    """Two different pictures in files of exactly the same size (uncompressed BMP)."""
+    textured(1).save(path_a, format="BMP")
+    textured(2).save(path_b, format="BMP")
+    assert os.path.getsize(path_a) == os.path.getsize(path_b)
+
+
+@pytest.mark.parametrize("how", ["replaced", "rewritten"])
+def test_a_changed_file_that_keeps_its_size_and_mtime_is_hashed_again(
+    in_tmp: Path, how: str, capsys: pytest.CaptureFixture
+) -> None:
+    os.makedirs("images")
+    same_size_pictures("images/photo.bmp", "other.bmp")
+    old_time = time.time_ns() - 3600 * 10**9
+    os.utime("images/photo.bmp", ns=(old_time, old_time))
+    time.sleep(0.01)
+    assert index() == 0
+    new_hash = hash_file("other.bmp", Recipe()).hex()
+    if how == "replaced":  # mv over it, then touch -r: another inode, the same size and mtime
+        shutil.copyfile("other.bmp", "images/.photo.tmp")
+        os.utime("images/.photo.tmp", ns=(old_time, old_time))
+        os.replace("images/.photo.tmp", "images/photo.bmp")
+    else:  # rewritten in place within the same mtime tick: only ctime moves
+        Path("images/photo.bmp").write_bytes(Path("other.bmp").read_bytes())
+        os.utime("images/photo.bmp", ns=(old_time, old_time))
+    capsys.readouterr()
+    assert index() == 0
+    assert "indexed 1, unchanged 0" in capsys.readouterr().out
+    assert buckets() == {new_hash: ["photo.bmp"]}
+    result = run(SEARCH + ["-s", "db.shelve", "-q", "other.bmp", "-m", "0"])
+    assert result.returncode == 0 and "images/photo.bmp" in result.stdout
+
+
+def test_files_recorded_right_after_they_changed_are_checked_again_next_run(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(indexing, "RACY_NS", 300_000_000)  # 0.3 s instead of 2, to keep it short
+    make_tree("images", 3)
+    time.sleep(0.5)
+    save(textured(99), "images/cat0/image_0000.jpg", quality=92)  # changed just before the run
+    assert index() == 0
+    with Store.open_for_reading("db.shelve") as store:
+        states = store.file_states()
+    assert states["cat0/image_0000.jpg"].ctime_ns == RACY
+    assert states["cat1/image_0001.jpg"].ctime_ns not in (RACY, 0)
+    hashed: list[str] = []
+    real_hash_file = indexing.hash_file
+
+    def counting(path: str, *args: object) -> object:
+        hashed.append(os.path.relpath(path, "images"))
+        return real_hash_file(path, *args)
+
+    monkeypatch.setattr(indexing, "hash_file", counting)
+    time.sleep(0.5)
+    capsys.readouterr()
+    assert index() == 0
+    assert "indexed 0, unchanged 3" in capsys.readouterr().out
+    assert hashed == ["cat0/image_0000.jpg"]  # only the racily recorded one, hashed again
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.file_states()["cat0/image_0000.jpg"].ctime_ns != RACY
+    hashed.clear()
+    assert index() == 0
+    assert hashed == []
+
+
+def test_a_bug_while_hashing_is_a_bug_not_a_bad_image(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = buckets()
+    os.utime("images/copy.jpg", ns=(1, 1))  # so that it is hashed again
+
+    def broken(*args: object) -> object:
+        raise TypeError("a bug in our code")
+
+    monkeypatch.setattr(indexing, "hash_file", broken)
+    with pytest.raises(TypeError, match="a bug in our code"):
+        index()
+    assert buckets() == before  # its entry was not dropped as if the image were bad
+
+
+# -- names --------------------------------------------------------------------------------------
+
+
+ODD_NAMES = ["back\\slash.jpg", "new\nline.jpg", os.fsdecode(b"caf\xe9.jpg"), "tab\there.jpg"]
+
+
+def test_paths_round_trip_whatever_bytes_they_hold(in_tmp: Path) -> None:
+    for number, name in enumerate(ODD_NAMES):
+        save(textured(40 + number), os.path.join("images", "odd", name), quality=92)
+        save(textured(40 + number), f"query{number}.jpg", quality=92)  # the same picture
+    assert index() == 0
+    assert relpaths() == {f"odd/{name}" for name in ODD_NAMES}
+    for number, name in enumerate(ODD_NAMES):
+        for distance in ("0", "4"):
+            result = run(SEARCH + ["-s", "db.shelve", "-q", f"query{number}.jpg", "-m", distance,
+                                   "--json"])
+            assert result.returncode == 0, result.stderr
+            (record,) = json.loads(result.stdout)
+            assert [m["relpath"] for m in record["matches"]] == [f"odd/{name}"]
+            assert record["matches"][0]["path"] == os.path.join("images", "odd", name)
+        plain = run(SEARCH + ["-s", "db.shelve", "-q", os.path.join("images", "odd", name),
+                              "-m", "0"])
+        assert plain.returncode == 0 and len(plain.stdout.splitlines()) == 1, plain.stderr
+        shown = name.translate({ord("\n"): "\\n", ord("\t"): "\\t"})
+        assert plain.stdout == f"0\timages/odd/{shown}\n"
+        assert "outside the dataset" not in plain.stderr
+    stdin = "".join(f"query{number}.jpg\n" for number in range(len(ODD_NAMES)))
+    served = run(SEARCH + ["-s", "db.shelve", "--stdin", "-m", "0"], stdin)
+    assert served.returncode == 0, served.stderr
+    assert [json.loads(line)["matches"][0]["relpath"] for line in served.stdout.splitlines()] == [
+        f"odd/{name}" for name in ODD_NAMES]
+    # The stored files themselves as queries on standard input (one per line: not the newline one).
+    plain_names = [name for name in ODD_NAMES if "\n" not in name]
+    served = run(SEARCH + ["-s", "db.shelve", "--stdin", "-m", "0"],
+                 "".join(f"images/odd/{name}\n" for name in plain_names))
+    assert served.returncode == 0, served.stderr
+    answers = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [answer["query"] for answer in answers] == [f"images/odd/{n}" for n in plain_names]
+    assert [answer["matches"][0]["relpath"] for answer in answers] == [
+        f"odd/{name}" for name in plain_names]
+    for number in range(len(ODD_NAMES)):  # a second copy of each, so that --groups has groups
+        save(textured(40 + number), f"images/copies/{number}.jpg", quality=92)
+    assert index() == 0
+    grouped = run(SEARCH + ["-s", "db.shelve", "--groups", "-m", "0", "--json"])
+    assert grouped.returncode == 0 and "outside the dataset" not in grouped.stderr
+    assert sorted(sorted(group["relpaths"]) for group in json.loads(grouped.stdout)) == sorted(
+        sorted([f"copies/{number}.jpg", f"odd/{name}"]) for number, name in enumerate(ODD_NAMES))
+
+
+# -- a killed indexer ---------------------------------------------------------------------------
+
+
+def test_workers_of_a_killed_indexer_exit_without_a_word(in_tmp: Path) -> None:
+    make_large_tree(in_tmp / "images", 600)
+    command = INDEX + ["-d", "images", "-s", "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as process:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "db.shelve") < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        # The workers (and the resource tracker) still hold the pipe: read until they are gone.
+        _out, err = process.communicate(timeout=60)
+    if committed_count(in_tmp / "db.shelve") == 600:
+        pytest.skip("the indexer finished before it could be killed")
+    assert "Traceback" not in err and "BrokenPipe" not in err and "leaked" not in err, err
+    assert err == ""
+
+
+# -- inputs are only read -----------------------------------------------------------------------
+
+
+def test_a_source_folder_holding_an_archive_is_not_written_to(in_tmp: Path) -> None:
+    import tarfile
+
+    make_tree("pictures", 4)
+    os.makedirs("source")
+    with tarfile.open("source/photos.tar.gz", "w:gz") as bundle:
+        bundle.add("pictures", arcname="pictures")
+    os.chmod("source", 0o755)
+    before = {name: os.stat(os.path.join("source", name)).st_mtime_ns
+              for name in os.listdir("source")}
+    folder_time = os.stat("source").st_mtime_ns
+    from neardup.cli import gather as gather_cli
+
+    assert gather_cli.main(["--source", "source", "--output", "out", "--samples", "1", "-q",
+                            "--cache-dir", "cache", "--seed", "1"]) == 0
+    assert {name: os.stat(os.path.join("source", name)).st_mtime_ns
+            for name in os.listdir("source")} == before
+    assert os.stat("source").st_mtime_ns == folder_time
+    assert os.listdir("cache/unpacked")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_output_and_unpacked_folders_have_the_usual_mode(in_tmp: Path, umask: int) -> None:
+    import tarfile
+
+    make_tree("pictures", 4)
+    with tarfile.open("photos.tar.gz", "w:gz") as bundle:
+        bundle.add("pictures", arcname="pictures")
+    from neardup.cli import gather as gather_cli
+
+    previous = os.umask(umask)
+    try:
+        assert gather_cli.main(["--source", "photos.tar.gz", "--output", "out", "--samples", "1",
+                                "-q", "--cache-dir", "cache", "--seed", "1"]) == 0
+    finally:
+        os.umask(previous)
+    wanted = 0o777 & ~umask
+    assert stat.S_IMODE(os.stat("out").st_mode) == wanted
+    (unpacked,) = os.listdir("cache/unpacked")
+    assert stat.S_IMODE(os.stat(os.path.join("cache/unpacked", unpacked)).st_mode) == wanted
+
