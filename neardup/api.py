@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .features.search import VerifiedSearch
 
 # What search() accepts: a file path, the bytes of an image file (an upload), or a decoded image.
-ImageInput = str | os.PathLike | bytes | Image.Image
+ImageInput = str | os.PathLike | bytes | BinaryIO | Image.Image
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +187,8 @@ class ImageStore:
     ) -> list[Found]:
         """The stored images within max_distance bits of `image`, nearest first.
 
-        `image` is a file path, the bytes of an image file, or a PIL image. Files and bytes are
+        `image` is a file path, the bytes of an image file (or an open binary file or stream,
+        which is read), or a PIL image. Files and bytes are
         decoded as index.py decodes them, so a stored file searched by path or by its bytes is
         found at distance 0; a PIL image is hashed as it is, which for a JPEG the store decoded
         at reduced size can differ by a bit or two. `mirror` also matches mirror images. Blank and
@@ -199,6 +200,8 @@ class ImageStore:
         mirror images included), nearest by hash first, then by inliers.
         """
         self._check_distance(max_distance)
+        if hasattr(image, "read") and not isinstance(image, Image.Image):
+            image = image.read()  # an open file or a stream, as a web framework hands an upload
         looks = self._hashes(image, mirror=mirror, max_pixels=max_pixels)
         if self.has_features:
             return self._verified_search(image, looks, max_distance, include_low_information,
@@ -254,6 +257,8 @@ class ImageStore:
     # -- inside ------------------------------------------------------------------------------
 
     def _check_distance(self, max_distance: int) -> None:
+        if isinstance(max_distance, bool) or not isinstance(max_distance, int):
+            raise TypeError(f"max_distance must be a whole number of bits, not {max_distance!r}")
         bits = self.recipe.bits
         if not 0 <= max_distance <= bits:
             raise ValueError(f"max_distance {max_distance} is outside 0..{bits}, the bits of"

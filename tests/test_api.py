@@ -135,3 +135,19 @@ def test_a_script_without_a_main_guard_indexes_with_worker_processes(in_tmp: Pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "6"
     assert "Traceback" not in result.stderr
+
+
+def test_search_takes_an_open_file_and_checks_the_distance_type(in_tmp: Path) -> None:
+    import io
+
+    make_tree(str(in_tmp / "photos"), 4)
+    neardup.index_folder("photos", "db.shelve", jobs=1)
+    query = in_tmp / "photos" / "cat0" / "image_0000.jpg"
+    with neardup.open_store("db.shelve") as store:
+        by_path = store.search(query)
+        with open(query, "rb") as opened:
+            assert store.search(opened) == by_path
+        assert store.search(io.BytesIO(query.read_bytes())) == by_path
+        for wrong in ("4", 4.5, True):
+            with pytest.raises(TypeError, match="max_distance must be a whole number"):
+                store.search(query, max_distance=wrong)  # type: ignore[arg-type]
