@@ -368,8 +368,10 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def check_max_distance(store_path: str, max_distance: int) -> None:
-    """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it."""
-    with Store.open_for_reading(store_path) as store:
+    """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it.
+
+    Only the recipe is read here: the open that does the work checks the store's pages."""
+    with Store.open_for_reading(store_path, report=say, quick_check=False) as store:
         bits = store.recipe.bits
     if max_distance > bits:
         raise NeardupError(f"--max-distance {max_distance} is more than the {bits} bits of"

@@ -90,7 +90,8 @@ class Checker:
         self.mirror = mirror
         self.max_matches = max_matches
         self.full_paths = full_paths
-        self.decode_budget = decode_budget
+        # Without a budget (--stdin, the API) decodes are not bounded; one code path either way.
+        self.decode_budget = decode_budget or DecodeBudget(capacity=2**62)
         self._warn = warn
         self._lock = threading.Lock()
         self._problems: list[str] = []
@@ -164,8 +165,7 @@ class Checker:
         """The image's hash, and its mirror image's with --mirror, from one decode."""
         if not data:
             raise ImageError(name, "empty file")
-        budget = self.decode_budget or DecodeBudget(capacity=2**62)
-        with budget.reservation() as reservation:
+        with self.decode_budget.reservation() as reservation:
             def on_header(image: Image.Image) -> None:
                 if at_most_pixels is not None and image.width * image.height > at_most_pixels:
                     raise NotHere(name, "larger than asked for")
@@ -180,8 +180,7 @@ class Checker:
         decoded outside the lock and within the same decode budget as the hash."""
         if self._features is None:
             return None
-        budget = self.decode_budget or DecodeBudget(capacity=2**62)
-        with budget.reservation() as reservation:
+        with self.decode_budget.reservation() as reservation:
             return self._features.frame_of(
                 name, self.max_pixels, data,
                 on_header=lambda image: reservation.take(name, decode_cost(image)))

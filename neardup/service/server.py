@@ -180,8 +180,7 @@ class CheckerApp:
             if body is None:
                 return  # the client left; nobody to answer
             answer = None
-            budget = self.checker.decode_budget
-            if self.in_flight == 1 and (budget is None or budget.used == 0):
+            if self.in_flight == 1 and self.checker.decode_budget.used == 0:
                 # Alone, a small upload is decoded right here: handing it to a thread and back
                 # took more time than decoding a CALTECH photo. A larger one stops at its header
                 # and goes to a thread, so the loop is never held more than a few milliseconds;
