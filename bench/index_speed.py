@@ -12,6 +12,8 @@ on the same files with the page cache warm:
                           into the default `shelve` (dbm.dumb on this Python), as the tutorial does
   index.py --exact -j 1   ours, bit for bit like ImageHash (full decode), one worker
   index.py -j 1           ours, default recipe (grayscale reduced-scale JPEG decode), one worker
+  index.py -j 1, Pillow   the same with the fast decoder (simplejpeg) hidden: what it buys (the
+                          hashes are the same)
   index.py -j N           the same, every core
   Dask, N local workers   the same through index.py --local-cluster N (cluster started first)
   czkawka, N cores        when the `czkawka` package (czkawka's Rust core through its Python
@@ -33,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,10 +44,21 @@ from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (
 from PIL import Image  # noqa: E402
 
 from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
+from neardup.core import jpeg  # noqa: E402
 from neardup.core.hashing import Recipe  # noqa: E402
 from neardup.core.indexing import index_folder  # noqa: E402
 from neardup.errors import NeardupError  # noqa: E402
 from neardup.scale.cluster import cluster_hasher, connect  # noqa: E402
+
+
+@contextmanager
+def without_fast_decoder() -> Iterator[None]:
+    """Pillow decodes every JPEG, in this process (so for -j 1 rows only)."""
+    saved, jpeg.simplejpeg = jpeg.simplejpeg, None
+    try:
+        yield
+    finally:
+        jpeg.simplejpeg = saved
 
 
 def read_bytes(paths: list[str]) -> None:
@@ -151,6 +165,9 @@ def measure(label: str, files: list[tuple[str, str]], workdir: str,
     timed("reference loop", lambda: reference_loop(paths, reference_dir))
     ours("index.py --exact -j 1", Recipe(exact=True), 1)
     ours("index.py -j 1", Recipe(), 1)
+    if jpeg.available():
+        with without_fast_decoder():
+            ours("index.py -j 1, Pillow", Recipe(), 1)
     ours(f"index.py -j {cores}", Recipe(), cores)
     if importlib.util.find_spec("czkawka") is not None:
         folder = os.path.join(workdir, label + ".czkawka")

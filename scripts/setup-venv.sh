@@ -11,7 +11,10 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 PY="$root/.venv/bin/python"
 # Quiet when everything is already there; pip still checks the pinned minimum versions.
-"$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements.txt"
+# The fast JPEG decoder too: optional for neardup, but the hashes are the same without it only
+# slower, and the README's figures are measured with it.
+"$PY" -m pip install --disable-pip-version-check -q -r "$root/requirements.txt" \
+    -r "$root/requirements-fast.txt"
 # Installing builds a wheel (a few seconds): only when the venv does not already import this
 # checkout (asked from / so that the current folder cannot answer for the venv).
 if ! (cd / && "$PY" -c 'import sys, neardup; sys.exit(not neardup.__file__.startswith(sys.argv[1] + "/"))' \

@@ -176,7 +176,7 @@ class TestStraddle:
                 assert image.height == -(-(edge - 2) // (scale // 2))
             with open_image(above, before_load=decoders[1]) as image:
                 assert image.height == -(-(edge + 2) // scale)
-                reduced = upright_grid(image, recipe, decoders[1].extent)
+                reduced = upright_grid(image, recipe, decoders[1])
             # The path itself moves no cell by half a gray level (less than 8-bit rounding does)...
             with open_image(above, before_load=lambda image: image.draft("L", image.size)) as image:
                 assert image.height == edge + 2

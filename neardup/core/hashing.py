@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from . import sampling
+from . import jpeg, sampling
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 
@@ -240,11 +240,18 @@ def decode_scale(picture: tuple[int, int], cells: tuple[int, int]) -> int:
 
 
 class GridDecoder:
-    """v3's before-load step for one image: picks the decode and remembers what it covers."""
+    """v3's before-load step for one image: picks the decode and remembers what it covers, and
+    decodes a JPEG's grayscale pixels itself when the fast decoder can (neardup.core.jpeg)."""
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self.extent: tuple[float, float] | None = None  # the picture in decoded pixels
+        self.pixels: np.ndarray | None = None  # decoded here rather than by Pillow
+
+    def read_pixels(self, image: Image.Image, stream: Any) -> bool:
+        """open_image's decode step: True when the pixels were decoded here (Pillow's are not)."""
+        self.pixels = jpeg.decode_gray(image, stream)
+        return self.pixels is not None
 
     def __call__(self, image: Image.Image) -> None:
         if image.format != "JPEG":
@@ -257,6 +264,27 @@ class GridDecoder:
         if drafted is not None:
             box = drafted[1]
             self.extent = (box[2] - box[0], box[3] - box[1])
+
+
+def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray | None:
+    """v3's grid of a JPEG decoded by the fast decoder alone, without Pillow; None for anything
+    else (Pillow then opens it, and reports what is wrong with it).
+
+    Only a JPEG holding nothing Pillow would act on takes this path (see jpeg.plain_size): it is
+    upright as stored, and decoded as GridDecoder has Pillow decode it, at the same scale (Pillow's
+    draft rounds the reduced size up and places the picture over size / scale decoded pixels).
+    A test holds its hashes equal to Pillow's path.
+    """
+    size = jpeg.plain_size(data)
+    if size is None or size[0] * size[1] > max_pixels:
+        return None
+    width, height = size
+    cells = grid_size(recipe, size)
+    scale = decode_scale(size, cells)
+    pixels = jpeg.decode_luma(data, (-(-width // scale), -(-height // scale)))
+    if pixels is None:
+        return None
+    return sampling.grid(pixels, (width / scale, height / scale), cells)
 
 
 def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
@@ -290,17 +318,22 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def upright_grid(
-    image: Image.Image, recipe: Recipe, extent: tuple[float, float] | None = None
+    image: Image.Image, recipe: Recipe, decoder: Callable[[Image.Image], None] | None = None
 ) -> np.ndarray:
     """v3: the recipe's grid of the decoded image as a person sees it, in float gray levels.
 
-    `extent`: the picture's size in decoded pixels, when a reduced decode rounded it up.
+    `decoder`: the GridDecoder that decoded it, which knows the picture's size in decoded pixels
+    when a reduced decode rounded it up, and holds the pixels when it decoded them itself.
     """
     orientation = exif_orientation(image)
-    gray = flatten(image)
-    if gray.mode != "L":
-        gray = gray.convert("L")
-    pixels = np.asarray(gray)
+    extent = pixels = None
+    if isinstance(decoder, GridDecoder):
+        extent, pixels = decoder.extent, decoder.pixels
+    if pixels is None:
+        gray = flatten(image)
+        if gray.mode != "L":
+            gray = gray.convert("L")
+        pixels = np.asarray(gray)
     width, height = grid_size(recipe, image.size)
     if sampling.swaps_axes(orientation):
         width, height = height, width
@@ -327,13 +360,18 @@ def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
     return np.asarray(imagehash.whash(levels, size, image_scale=cells.shape[0]).hash)
 
 
+def grid_hashes(cells: np.ndarray, recipe: Recipe, mirror: bool) -> tuple[Hash, Hash | None]:
+    """v3: the hash of an upright grid, and with `mirror` the mirror image's (None without)."""
+    plain = Hash.from_bits(grid_bits(cells, recipe))
+    return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+
+
 def hash_decoded(
     image: Image.Image, recipe: Recipe, decoder: Callable[[Image.Image], None] | None = None
 ) -> Hash:
     """Hash an image that open_image decoded with decoder_settings(recipe) as `decoder`."""
     if uses_grid(recipe):
-        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
-        return Hash.from_bits(grid_bits(upright_grid(image, recipe, extent), recipe))
+        return Hash.from_bits(grid_bits(upright_grid(image, recipe, decoder), recipe))
     return hash_prepared(prepare(image, recipe), recipe)
 
 
@@ -346,10 +384,7 @@ def hash_decoded_and_mirror(
 ) -> tuple[Hash, Hash | None]:
     """hash_decoded, and the mirror image's hash from the same decode (None unless `mirror`)."""
     if uses_grid(recipe):
-        extent = decoder.extent if isinstance(decoder, GridDecoder) else None
-        cells = upright_grid(image, recipe, extent)
-        plain = Hash.from_bits(grid_bits(cells, recipe))
-        return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
+        return grid_hashes(upright_grid(image, recipe, decoder), recipe, mirror)
     prepared = prepare(image, recipe)
     plain = hash_prepared(prepared, recipe)
     return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
@@ -404,16 +439,22 @@ def open_regular_file(path: str) -> io.BufferedReader:
     Opened non-blocking and checked on the open descriptor, so a name swapped for a FIFO between
     a check and the open cannot hang a checker either.
     """
+    descriptor, _size = _open_regular(path)
+    return os.fdopen(descriptor, "rb")
+
+
+def _open_regular(path: str) -> tuple[int, int]:
+    """open_regular_file's descriptor and the file's size, before any Python file object."""
     if "\0" in path:
         raise ImageError(path.replace("\0", "\\0"), "a file name cannot hold a NUL byte")
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
             raise ImageError(path, "is a directory")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(status.st_mode):
             raise ImageError(path, "not a regular file (a FIFO, device or socket): not read")
-        return os.fdopen(descriptor, "rb")
+        return descriptor, status.st_size
     except BaseException:
         os.close(descriptor)
         raise
@@ -421,15 +462,32 @@ def open_regular_file(path: str) -> io.BufferedReader:
 
 def read_file(path: str) -> io.BufferedIOBase:
     """The file as a stream: in memory when small (see WHOLE_FILE_BYTES), else the open file."""
-    stream = open_regular_file(path)
+    descriptor, size = _open_regular(path)
+    if size > WHOLE_FILE_BYTES:
+        return os.fdopen(descriptor, "rb")
     try:
-        if os.fstat(stream.fileno()).st_size <= WHOLE_FILE_BYTES:
-            with stream:
-                return io.BytesIO(stream.read(WHOLE_FILE_BYTES + 1))
-    except BaseException:
-        stream.close()
+        # Straight from the descriptor (a photo is one read): a buffered file object costs more
+        # than the read itself. Read to the end (as much as fits in memory, as before), whatever
+        # the size said a moment ago.
+        chunks = []
+        left = WHOLE_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(descriptor, min(left, max(size + 1, 65536)))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(descriptor)
+    return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def read_source(path: str, data: bytes | None = None) -> io.BufferedIOBase:
+    """The image's bytes as a stream, from the file or from `data` (an upload `path` names); what
+    reading raises becomes an ImageError with a short reason."""
+    try:
+        return read_file(path) if data is None else io.BytesIO(data)
+    except ImageError:
         raise
-    return stream
+    except Exception as error:  # noqa: BLE001 - a vanished or unreadable file becomes a report
+        raise ImageError(path, describe_failure(path, error)) from error
 
 
 @contextmanager
@@ -438,20 +496,24 @@ def open_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     *,
     data: bytes | None = None,
+    stream: io.BufferedIOBase | None = None,
     before_load: Callable[[Image.Image], None] | None = None,
+    read_pixels: Callable[[Image.Image, Any], bool] | None = None,
 ) -> Iterator[Image.Image]:
     """Open and decode an image (its first frame), refusing bombs and formats we do not read.
 
     Only opening and decoding are guarded: what they raise becomes an ImageError with a short
     reason. What the caller then does with the pixels is not, so a bug in our code stays a bug
     instead of being reported as a bad image. `before_load` runs between reading the header and
-    decoding (to ask for a reduced decode). With `data`, the image is read from those bytes (an
-    upload) and `path` only names it.
+    decoding (to ask for a reduced decode). `read_pixels(image, stream)` may decode the pixels
+    itself and return True, and the image is then yielded with its header only. With `data`, the
+    image is read from those bytes (an upload) and `path` only names it; with `stream`, from that
+    stream (read_source's, closed here).
     """
-    stream: io.BufferedIOBase | None = None
     image: Image.Image | None = None
     try:
-        stream = read_file(path) if data is None else io.BytesIO(data)
+        if stream is None:
+            stream = read_file(path) if data is None else io.BytesIO(data)
         with warnings.catch_warnings():
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
             # the limit below is ours, and --max-pixels sets it.
@@ -464,7 +526,8 @@ def open_image(
                 )
             if before_load is not None:
                 before_load(image)
-            image.load()
+            if read_pixels is None or not read_pixels(image, stream):
+                image.load()
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
         if image is not None:
             image.close()
@@ -499,6 +562,12 @@ def hash_source(
     """
     if data is not None and not data:
         raise ImageError(name, "empty file")
+    stream = read_source(name, data)
+    if on_header is None and uses_grid(recipe) and isinstance(stream, io.BytesIO):
+        cells = plain_jpeg_grid(stream.getvalue(), recipe, max_pixels)
+        if cells is not None:
+            stream.close()
+            return grid_hashes(cells, recipe, mirror)
     decoder = decoder_settings(recipe)
 
     def before_load(image: Image.Image) -> None:
@@ -507,7 +576,9 @@ def hash_source(
         if on_header is not None:
             on_header(image)
 
-    with open_image(name, max_pixels, data=data, before_load=before_load) as image:
+    read_pixels = decoder.read_pixels if isinstance(decoder, GridDecoder) else None
+    with open_image(name, max_pixels, data=data, stream=stream, before_load=before_load,
+                    read_pixels=read_pixels) as image:
         return hash_decoded_and_mirror(image, recipe, decoder, mirror=mirror)
 
 

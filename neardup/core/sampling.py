@@ -64,12 +64,15 @@ def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     scale = extent / cells
     widen = max(scale, 1.0)
     centres = (np.arange(cells, dtype=np.float64) + 0.5) * scale
-    offsets = (np.arange(pixels, dtype=np.float64) + 0.5)[None, :] - centres[:, None]
-    x = offsets / widen
-    weights = np.zeros_like(x)
-    inside = np.abs(x) < LANCZOS_LOBES  # a cell's filter covers a few of the row's pixels only
-    near = x[inside]
-    weights[inside] = np.sinc(near) * np.sinc(near / LANCZOS_LOBES)
+    x = ((np.arange(pixels, dtype=np.float64) + 0.5)[None, :] - centres[:, None]) / widen
+    # sinc(x) * sinc(x / 3) = 3 sin(pi x) sin(pi x / 3) / (pi x)^2, with sin(pi x) from
+    # sin(pi x / 3) (sin 3a = 3 sin a - 4 sin^3 a): one sine per weight, not two. Photos come in
+    # many heights, so these weights are computed for about one image in six.
+    third = np.sin(x * (np.pi / LANCZOS_LOBES))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = LANCZOS_LOBES * third * third * (3.0 - 4.0 * third * third) / (np.pi * x) ** 2
+    weights[x == 0] = 1.0
+    weights[np.abs(x) >= LANCZOS_LOBES] = 0.0  # a cell's filter covers a few of the row's pixels
     totals = weights.sum(axis=1, keepdims=True)
     # A row can only sum to zero for degenerate sizes (a filter with no pixel under it): fall
     # back to the nearest pixel rather than divide by zero.

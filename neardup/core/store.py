@@ -62,6 +62,8 @@ from .storefile import (
 # ctime. Version 1 stores are read as they are and upgraded by the next index.py run.
 FORMAT_VERSION = 2
 READABLE_FORMATS = ("1", "2")
+# Paths or hashes looked up in one statement (SQLite allows at least 999 parameters).
+SQL_BATCH = 500
 # Protocol 2 has no frame header: 4 bytes less per bucket than 4, and every Python 3 reads it.
 PICKLE_PROTOCOL = 2
 # How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
@@ -592,34 +594,78 @@ class Store:
         indexed, removed = list(indexed), list(removed)
         with self.transaction():
             self._apply_features([] if keep_features else indexed, removed)
-            for item in indexed:
-                key = os.fsencode(item.relpath)
-                old = self._stored_hash(key)
+            # What is stored now, read for the whole batch at once: a statement per file cost
+            # index.py more than a fifth of its time on small photos.
+            keys = [os.fsencode(item.relpath) for item in indexed]
+            gone = [os.fsencode(relpath) for relpath in removed]
+            stored = self._stored_hashes(keys + gone)
+            rows = []
+            for item, key in zip(indexed, keys):
+                old = stored.get(key)
                 if old is not None and old != item.hash_hex:
                     removals.setdefault(old, set()).add(item.relpath)
                 if old != item.hash_hex:
                     additions.setdefault(item.hash_hex, set()).add(item.relpath)
-                self._db.run(
-                    "INSERT INTO neardup_files (path, size, mtime_ns, hash, inode, ctime_ns)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
-                    " size = excluded.size, mtime_ns = excluded.mtime_ns, hash = excluded.hash,"
-                    " inode = excluded.inode, ctime_ns = excluded.ctime_ns",
-                    (key, item.size, item.mtime_ns, bytes.fromhex(item.hash_hex), item.inode,
-                     item.ctime_ns),
-                )
-            for relpath in removed:
-                key = os.fsencode(relpath)
-                old = self._stored_hash(key)
+                rows.append((key, item.size, item.mtime_ns, bytes.fromhex(item.hash_hex),
+                             item.inode, item.ctime_ns))
+            self._db.many(
+                "INSERT INTO neardup_files (path, size, mtime_ns, hash, inode, ctime_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns, hash = excluded.hash,"
+                " inode = excluded.inode, ctime_ns = excluded.ctime_ns",
+                rows,
+            )
+            for relpath, key in zip(removed, gone):
+                old = stored.get(key)
                 if old is not None:
                     removals.setdefault(old, set()).add(relpath)
-                    self._db.run("DELETE FROM neardup_files WHERE path = ?", (key,))
-            for hash_hex in sorted(additions.keys() | removals.keys()):
-                self._rewrite_bucket(hash_hex, additions.get(hash_hex, set()),
-                                     removals.get(hash_hex, set()))
+            self._db.many("DELETE FROM neardup_files WHERE path = ?",
+                          [(key,) for key in gone if key in stored])
+            changed = sorted(additions.keys() | removals.keys())
+            buckets = self._stored_buckets(changed)
+            written, emptied = [], []
+            for hash_hex in changed:
+                paths = self._bucket_after(hash_hex, buckets.get(hash_hex, []),
+                                           additions.get(hash_hex, set()),
+                                           removals.get(hash_hex, set()))
+                blob = hash_hex.encode("ascii")
+                if paths:  # as shelve writes it, in one statement for the batch
+                    written.append((blob, pickle.dumps(paths, PICKLE_PROTOCOL)))
+                else:
+                    emptied.append((blob,))
+            self._db.many("INSERT INTO Dict (key, value) VALUES (?, ?)"
+                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
+            self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
-    def _rewrite_bucket(self, hash_hex: str, added: set[str], removed: set[str]) -> None:
-        blob = hash_hex.encode("ascii")
-        rows = self._db.all("SELECT key, value FROM Dict WHERE key IN (?, ?)", (blob, hash_hex))
+    def _stored_hashes(self, path_keys: list[bytes]) -> dict[bytes, str]:
+        """The stored hash of each of these paths that has one."""
+        found: dict[bytes, str] = {}
+        for start in range(0, len(path_keys), SQL_BATCH):
+            chunk = path_keys[start : start + SQL_BATCH]
+            marks = ", ".join("?" * len(chunk))
+            for path, hash_blob in self._db.all(
+                    f"SELECT path, hash FROM neardup_files WHERE path IN ({marks})", chunk):
+                found[bytes(path)] = bytes(hash_blob).hex()
+        return found
+
+    def _stored_buckets(self, hashes: list[str]) -> dict[str, list[tuple[Any, Any]]]:
+        """The Dict rows (key, value) of each of these hashes: its bytes key, and a text key
+        written by hand, if any."""
+        found: dict[str, list[tuple[Any, Any]]] = {}
+        for start in range(0, len(hashes), SQL_BATCH // 2):
+            chunk = hashes[start : start + SQL_BATCH // 2]
+            params = [hash_hex.encode("ascii") for hash_hex in chunk] + chunk
+            marks = ", ".join("?" * len(params))
+            for key, value in self._db.all(f"SELECT key, value FROM Dict WHERE key IN ({marks})",
+                                           params):
+                name = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+                found.setdefault(name, []).append((key, value))
+        return found
+
+    def _bucket_after(self, hash_hex: str, rows: list[tuple[Any, Any]], added: set[str],
+                      removed: set[str]) -> list[str]:
+        """A hash's bucket as it must be written: its stored `rows` (_stored_buckets) plus and
+        minus the paths this transaction added to and removed from it (empty: to be deleted)."""
         paths: set[str] = set()
         for key, value in rows:
             found, problem = bucket_problem(value)
@@ -635,11 +681,7 @@ class Store:
                 paths |= set(found)
             if isinstance(key, str):  # a text key written by hand: replaced by the bytes key
                 self._db.run("DELETE FROM Dict WHERE key = ?", (key,))
-        paths = (paths | added) - removed
-        if paths:
-            self.shelf[hash_hex] = sorted(paths)
-        else:
-            self._db.run("DELETE FROM Dict WHERE key = ?", (blob,))
+        return sorted((paths | added) - removed)
 
     def _stored_hash(self, path_key: bytes) -> str | None:
         found = self._db.one("SELECT hash FROM neardup_files WHERE path = ?", (path_key,))
