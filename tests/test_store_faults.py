@@ -390,7 +390,9 @@ def test_a_bug_while_hashing_is_a_bug_not_a_bad_image(
 # -- names --------------------------------------------------------------------------------------
 
 
-ODD_NAMES = ["back\\slash.jpg", "new\nline.jpg", os.fsdecode(b"caf\xe9.jpg"), "tab\there.jpg"]
+# A backslash and an n, and a newline: printed differently (\\n and \n) in plain output.
+ODD_NAMES = ["back\\slash.jpg", "new\nline.jpg", os.fsdecode(b"caf\xe9.jpg"), "tab\there.jpg",
+             "new\\nline.jpg"]
 
 
 def test_paths_round_trip_whatever_bytes_they_hold(in_tmp: Path) -> None:
@@ -410,7 +412,7 @@ def test_paths_round_trip_whatever_bytes_they_hold(in_tmp: Path) -> None:
         plain = run(SEARCH + ["-s", "db.shelve", "-q", os.path.join("images", "odd", name),
                               "-m", "0"])
         assert plain.returncode == 0 and len(plain.stdout.splitlines()) == 1, plain.stderr
-        shown = name.translate({ord("\n"): "\\n", ord("\t"): "\\t"})
+        shown = name.translate({ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t"})
         assert plain.stdout == f"0\timages/odd/{shown}\n"
         assert "outside the dataset" not in plain.stderr
     stdin = "".join(f"query{number}.jpg\n" for number in range(len(ODD_NAMES)))

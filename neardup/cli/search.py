@@ -215,12 +215,14 @@ def say(line: str) -> None:
 
 
 def printable(path: str) -> str:
-    """A path on one line: control characters escaped, so a name with a newline stays one match."""
+    """A path on one line: control characters escaped, so a name with a newline stays one match,
+    and backslashes doubled, so that no two names print alike (a backslash followed by n is
+    printed as two backslashes and an n; a newline as one backslash and an n)."""
     return path.translate(_CONTROL_ESCAPES)
 
 
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"}
 
 
 def main(argv: list[str] | None = None) -> int:
