@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
 from PIL import Image  # noqa: E402
 
-from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.core import jpeg  # noqa: E402
+from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.core.hashing import Recipe  # noqa: E402
 from neardup.core.indexing import index_folder  # noqa: E402
 from neardup.errors import NeardupError  # noqa: E402

@@ -112,6 +112,36 @@ def test_groups_page_loads_every_thumbnail(
     assert_not_blank(chromium, page)
 
 
+def test_names_that_cannot_be_listed_are_shown_escaped_and_left_out_of_the_list(
+    chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Copies of B under names that, one per line in the list of paths to delete, would read as
+    # two paths (one of them another file's: "haystack/A.png") or as a stand-in for bytes.
+    build(tmp_path / "data", planted_duplicate=True)
+    data = tmp_path / "data"
+    odd = {"line break": "x\nhaystack/A.png", "not UTF-8": os.fsdecode(b"B\xff.png"),
+           "direction override": "B\u202egnp.exe.png", "backslash": "B\\n.png"}
+    os.makedirs(data / "x\nhaystack")  # a folder whose name holds a line break
+    for name in odd.values():
+        shutil.copy(data / "haystack" / "B.png", os.fsencode(data / name))
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
+    page = tmp_path / "review.html"
+    html = page.read_text(encoding="utf-8")  # valid UTF-8 whatever the names
+    for shown in ("x\\nhaystack/A.png", "B\\xff.png", "B\\u202egnp.exe.png", "B\\\\n.png"):
+        assert shown in html, shown
+    assert html.count("delete it by hand") == 3  # the backslash is an ordinary name
+
+    report = load_in_browser(chromium, page)
+    assert report["loaded"] == report["images"] == 9  # 7 in B's group, 2 in A's
+    assert html.count('class="mark"') == 6  # the backslash name has its tick box
+    marked = report["marked"].splitlines()
+    # Every image but each group's first ("B\\n.png" sorts first in B's), none of the odd names.
+    assert sorted(marked) == ["copies/B_same.png", "haystack/A.png", "haystack/B.png",
+                              "haystack/B_duplicate.png"]
+
+
 def test_evaluation_page_loads_every_thumbnail(
     chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

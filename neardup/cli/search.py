@@ -17,7 +17,7 @@ from ..core.hashing import (
     hash_file_and_mirror,
     is_low_information,
 )
-from ..core.results import QueryResult, display_path, to_record
+from ..core.results import QueryResult, display_path, printable, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
@@ -212,17 +212,6 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
 def say(line: str) -> None:
     """A line on stderr about the store (an entry skipped), not about a query."""
     warn(PROG, line)
-
-
-def printable(path: str) -> str:
-    """A path on one line: control characters escaped, so a name with a newline stays one match,
-    and backslashes doubled, so that no two names print alike (a backslash followed by n is
-    printed as two backslashes and an n; a newline as one backslash and an n)."""
-    return path.translate(_CONTROL_ESCAPES)
-
-
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"}
 
 
 def main(argv: list[str] | None = None) -> int:

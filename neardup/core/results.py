@@ -26,6 +26,39 @@ class QueryResult:
     error: str | None = None
 
 
+# Control characters escaped and backslashes doubled, so that a name stays on one line and no two
+# names print alike (a backslash followed by n prints as two backslashes and an n; a newline as
+# one backslash and an n).
+_NAME_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"}
+
+
+def printable(path: str) -> str:
+    """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
+    (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
+    return path.translate(_NAME_ESCAPES)
+
+
+def shown_path(path: str) -> str:
+    """A name as a page shows it: printable(), then bytes that are not UTF-8 (which reach us as
+    surrogates) as \\xNN and invisible characters (a direction override) as \\uNNNN."""
+    text = os.fsencode(printable(path)).decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
+
+
+def can_be_listed(path: str) -> bool:
+    """Whether a name can go in a list of paths, one per line, as it is: not when it holds a line
+    break or another control character (it would read as two paths, or another file's), an
+    invisible character, or bytes that are not UTF-8 (a page could only show a stand-in)."""
+    if not path.isprintable():
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def display_path(dataset_root: str, relpath: str) -> str | None:
     """Where a match lives, relative to the working folder when it is below it."""
     full = resolve_stored_path(dataset_root, relpath)

@@ -600,7 +600,7 @@ class Store:
             gone = [os.fsencode(relpath) for relpath in removed]
             stored = self._stored_hashes(keys + gone)
             rows = []
-            for item, key in zip(indexed, keys):
+            for item, key in zip(indexed, keys, strict=True):
                 old = stored.get(key)
                 if old is not None and old != item.hash_hex:
                     removals.setdefault(old, set()).add(item.relpath)
@@ -615,7 +615,7 @@ class Store:
                 " inode = excluded.inode, ctime_ns = excluded.ctime_ns",
                 rows,
             )
-            for relpath, key in zip(removed, gone):
+            for relpath, key in zip(removed, gone, strict=True):
                 old = stored.get(key)
                 if old is not None:
                     removals.setdefault(old, set()).add(relpath)

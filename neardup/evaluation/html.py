@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from html import escape
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
+from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError
 from .montage import thumbnail
@@ -120,9 +121,11 @@ def evaluation_page(
 
 
 def write_page(path: str, page: str) -> None:
-    # File names that are not UTF-8 reach us as surrogates; write them escaped, not crash.
+    # Names are shown escaped (shown_path); anything else not UTF-8 is written escaped, no crash.
     with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
         stream.write(page)
+
+
 
 
 def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
@@ -152,12 +155,15 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
             except OSError:
                 size = "file not found"
         tick = ""
-        if reviewable:
+        if reviewable and can_be_listed(item.relpath):
             # Nothing is marked until the person says so.
             tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
                     f' data-first="{int(position == 0)}"> delete</label>')
+        elif reviewable:
+            tick = ('<span class="by-hand">not listed for deletion: its name holds a line break,'
+                    ' a control character or bytes that are not UTF-8; delete it by hand</span>')
         figures.append(f'<figure class="{item.css}">{picture}<figcaption>'
-                       f'<span class="path">{escape(item.relpath)}</span>'
+                       f'<span class="path">{escape(shown_path(item.relpath))}</span>'
                        f'<span class="caption">{escape(item.caption)}</span>'
                        f'<span class="size">{escape(size)}</span>{tick}'
                        "</figcaption></figure>")
@@ -208,6 +214,7 @@ figcaption { font-size: 12px; overflow-wrap: anywhere; }
 figcaption span { display: block; }
 .path { font-family: monospace; }
 .size { color: #777; }
+.by-hand { color: #b00; }
 #review { position: sticky; top: 0; background: #f7f7f7; padding: .5em; border: 1px solid #ccc; }
 #review textarea { width: 100%; height: 6em; font-family: monospace; }
 """
