@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Indexing speed: the reference tutorial's loop against index.py, on the same files in one run.
 
-    python bench/index_speed.py [--dataset DIR] [--limit N]
+    python bench/index_speed.py [--dataset DIR] [--limit N] [--rounds N]
 
 Two sets of files: CALTECH-101 (small JPEGs) and a few generated 12-megapixel JPEGs. Rows, all
 on the same files with the page cache warm:
@@ -195,6 +195,19 @@ def report(title: str, rows: list[tuple[str, float]]) -> None:
     print()
 
 
+def report_medians(title: str, rounds: list[list[tuple[str, float]]]) -> None:
+    """Each row's median rate and median ratio to the reference of its own round."""
+    print(title)
+    print(f"| {'':<26}| {'images/s':>9} | {'vs reference':>12} |")
+    print(f"|{'-' * 27}|{'-' * 10}:|{'-' * 13}:|")
+    for name, _rate in rounds[0]:
+        rates = [dict(rows)[name] for rows in rounds]
+        ratios = [dict(rows)[name] / dict(rows)["reference loop"] for rows in rounds]
+        print(f"| {name:<26}| {float(np.median(rates)):>9,.0f} |"
+              f" {float(np.median(ratios)):>11.2f}x |")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -202,6 +215,9 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=8, help="12-megapixel JPEGs to generate")
     parser.add_argument("--repeat", type=int, default=20, help="names each large JPEG is linked as")
     parser.add_argument("--no-dask", action="store_true", help="leave the Dask row out")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every row this many times in turn; then a table of the"
+                             " median ratios (a shared machine's load moves within a run)")
     args = parser.parse_args()
     if not require_dataset(args.dataset, "index_speed.py"):
         return 2
@@ -219,17 +235,26 @@ def main() -> int:
             print("(Dask is not installed: its row is left out)")
         if importlib.util.find_spec("czkawka") is None:
             print("(czkawka is not installed: its row is left out; pip install czkawka)")
-        rows = measure("caltech", [(entry.relpath, entry.path) for entry in found], workdir,
-                       client)
+        files = [(entry.relpath, entry.path) for entry in found]
         # Few distinct photos (they are slow to make), each linked under several names, so there
         # is enough work for the parallel rows to be measured rather than their start-up.
         large = make_large_photos(os.path.join(workdir, "generated"), args.large)
         large_files = [(f"copy{k}/{os.path.basename(p)}", p) for k in range(args.repeat)
                        for p in large]
-        large_rows = measure("large", large_files, workdir, client)
-    report(f"{len(found)} images from {args.dataset} (about 300 x 200), {cores} cores", rows)
-    report(f"{len(large_files)} 12-megapixel JPEGs (4000 x 3000; {len(large)} generated, each"
-           f" linked {args.repeat} times), {cores} cores", large_rows)
+        small_rounds, large_rounds = [], []
+        for number in range(args.rounds):
+            small_rounds.append(measure(f"caltech{number}", files, workdir, client))
+            large_rounds.append(measure(f"large{number}", large_files, workdir, client))
+    for title, rounds in (
+            (f"{len(found)} images from {args.dataset} (about 300 x 200), {cores} cores",
+             small_rounds),
+            (f"{len(large_files)} 12-megapixel JPEGs (4000 x 3000; {len(large)} generated, each"
+             f" linked {args.repeat} times), {cores} cores", large_rounds)):
+        for number, rows in enumerate(rounds):
+            report(title + (f", round {number + 1} of {len(rounds)}" if len(rounds) > 1 else ""),
+                   rows)
+        if len(rounds) > 1:
+            report_medians(title + f", median of {len(rounds)} rounds", rounds)
     return 0
 
 

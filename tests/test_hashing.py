@@ -334,3 +334,24 @@ class TestGridResampling:
         pixels = np.full((210, 333), 255, dtype=np.uint8)
         for size in [(9, 8), (128, 128)]:
             assert np.all(sampling.grid(pixels, (333.0, 210.0), size) == 255.0)
+
+
+def test_filters_are_kept_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Photos come in hundreds of sizes: the filters stay cached (an LRU by count was emptied over
+    # and over on CALTECH-101), but never past the budget, and an evicted one is computed again
+    # to the same values.
+    from neardup.core import sampling
+
+    monkeypatch.setattr(sampling, "_cache", type(sampling._cache)())
+    monkeypatch.setattr(sampling, "_cache_bytes", 0)
+    monkeypatch.setattr(sampling, "CACHE_BYTES", 9 * 300 * 8 * 3)  # three 9 x 300 filters
+    first = sampling.lanczos_weights(300, 300.0, 9)
+    assert sampling.lanczos_weights(300, 300.0, 9) is first  # kept
+    for side in range(301, 306):
+        sampling.lanczos_weights(side, float(side), 9)
+    assert sampling._cache_bytes <= sampling.CACHE_BYTES
+    assert len(sampling._cache) <= 3 and (300, 300.0, 9) not in sampling._cache
+    again = sampling.lanczos_weights(300, 300.0, 9)
+    assert again is not first and np.array_equal(again, first)
+    assert sampling.lanczos_weights(4000, 4000.0, 9).shape == (9, 4000)  # long: not kept
+    assert (4000, 4000.0, 9) not in sampling._cache
