@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imagehash
@@ -355,3 +356,44 @@ def test_filters_are_kept_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) 
     assert again is not first and np.array_equal(again, first)
     assert sampling.lanczos_weights(4000, 4000.0, 9).shape == (9, 4000)  # long: not kept
     assert (4000, 4000.0, 9) not in sampling._cache
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_wide_samples_are_scaled_to_8_bits_as_flatten_does(mode: str) -> None:
+    from neardup.core import hashing, sampling
+
+    rng = np.random.default_rng(3)
+    if mode == "F":
+        values = rng.uniform(-50, 300, size=(70, 90)).astype(np.float32)
+        image = Image.fromarray(values, "F")
+    elif mode == "I":
+        values = rng.integers(-70000, 200000, size=(70, 90), dtype=np.int32)
+        image = Image.fromarray(values, "I")
+    else:
+        image = Image.new(mode, (90, 70))
+        image.putdata([int(v) for v in rng.integers(0, 65536, size=70 * 90)])
+    expected = np.asarray(hashing.flatten(image).convert("L"))
+    assert np.array_equal(hashing.gray_pixels(image), expected)
+    with pytest.MonkeyPatch.context() as patched:  # in bands of a few rows, as for a huge picture
+        patched.setattr(sampling, "PIXELS_PER_BLOCK", 90 * 3)
+        assert np.array_equal(hashing.gray_pixels(image), expected)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_a_huge_16_bit_png_is_hashed_without_a_float_copy(tmp_path: Path) -> None:
+    # 64 megapixels of 16-bit gray in a file of a few hundred KB: 128 MB decoded. The float64
+    # copy flatten() makes would be 512 MB more; hashing must stay well under that.
+    import subprocess
+    import sys
+
+    path = tmp_path / "wide.png"
+    samples = (np.arange(8000, dtype=np.uint32)[None, :] * 8 + np.arange(8000)[:, None]) % 65536
+    Image.fromarray(samples.astype(np.uint16)).save(path)
+    # The peak of this process alone (VmHWM starts anew at exec; ru_maxrss would count pytest's).
+    script = ("import sys; from neardup.core.hashing import Recipe, hash_file;"
+              " hash_file(sys.argv[1], Recipe());"
+              " print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, check=True)
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    assert peak_mb < 128 + 64 + 250, peak_mb  # decoded + 8-bit result + the interpreter, numpy
