@@ -242,6 +242,25 @@ class TestHostileClients:
             assert request(server.port, "GET", "/health")[0] == 200
         assert_clean(server, most_lines=1 + 4)
 
+    def test_what_the_parser_rejects_gets_json_and_a_line_naming_the_client(
+        self, store: Path
+    ) -> None:
+        with running(*FAST) as server:
+            for garbage in (b"GARBAGE\x00\x01\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+                            b"GET /health HTTP/1.1\r\nHo st: x\r\n\r\n"):
+                reply = raw_exchange(server.port, garbage)
+                head, _, body = reply.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 400"), (garbage, reply)
+                assert b"content-type: application/json" in head.lower()
+                assert json.loads(body) == {"error": "malformed HTTP request"}
+            assert request(server.port, "GET", "/health")[0] == 200
+        lines = server.log().splitlines()[1:]
+        assert [line for line in lines if "malformed" in line] == [
+            line for line in lines if line.startswith("search.py: 127.0.0.1:")]
+        assert len([line for line in lines if "400 closed: malformed HTTP request" in line]) == 3
+        assert "Invalid HTTP request received." not in server.log()
+        assert_clean(server, most_lines=1 + 3)
+
     def test_a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second(
         self, store: Path
     ) -> None:

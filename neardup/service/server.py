@@ -324,6 +324,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                        f"request headers over {MAX_HEADER_BYTES:,} bytes")
     too_slow = canned("408 Request Timeout",
                       f"no complete request within {limits.header_timeout:g} s")
+    malformed = canned("400 Bad Request", "malformed HTTP request")
 
     class GuardedHttpProtocol(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -368,6 +369,12 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self.loop.call_later(1.0, self.transport.close)
             else:
                 self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer to what its parser rejects is plain text, and its log line
+            # (left out by UvicornsBadRequestLine) does not say who sent it.
+            log.warning("%s: 400 closed: malformed HTTP request", address(self.client))
+            self._refuse(malformed)
 
         def on_headers_complete(self) -> None:
             self._disarm()
@@ -449,10 +456,20 @@ class LinesPerSecond(logging.Filter):
         return True
 
 
+class UvicornsBadRequestLine(logging.Filter):
+    """Leaves out uvicorn's "Invalid HTTP request received.": our protocol logs the same event
+    with the client's address (GuardedHttpProtocol.send_400_response)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("uvicorn")
+                    and record.getMessage() == "Invalid HTTP request received.")
+
+
 def service_logger() -> logging.Logger:
     """One handler for our lines, uvicorn's and asyncio's: stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
+    handler.addFilter(UvicornsBadRequestLine())
     handler.addFilter(LinesPerSecond())
     for name in ("neardup.service", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
