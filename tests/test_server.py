@@ -420,6 +420,27 @@ class TestStopping:
             assert server.process.wait(timeout=10) == 0
         assert reply.startswith(b"HTTP/1.1 200") and b"cat1/image_0001.jpg" in reply
 
+    def test_an_upload_that_stops_arriving_at_exit_gets_a_json_503(self, store: Path) -> None:
+        # SIGTERM waits for requests in flight (--shutdown-timeout at most); one whose body never
+        # comes is then answered 503 in JSON, not uvicorn's plain-text 500 and a stack of lines.
+        with running(*FAST, "--body-timeout", "30") as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+            raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                        + b"x" * 10)
+            time.sleep(0.3)
+            status, seconds = server.stop()
+            reply = b""
+            while chunk := raw.recv(65536):
+                reply += chunk
+            raw.close()
+        assert status == 0 and seconds < 10
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"application/json" in head, reply
+        assert json.loads(body) == {"error": "the server is stopping; try again"}
+        log = server.log()
+        assert "Exception in ASGI application" not in log and "503 the server stopped" in log
+        assert_clean(server, most_lines=3)
+
 
 class TestStore:
     def test_a_replaced_store_is_reopened_and_a_deleted_one_reported(self, store: Path) -> None:

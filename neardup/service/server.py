@@ -119,6 +119,28 @@ class CheckerApp:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.route(scope, receive, tracked)
+        except asyncio.CancelledError:
+            # SIGTERM waited --shutdown-timeout for this request (an upload still arriving, say)
+            # and uvicorn cancels it: answered here, in JSON, instead of uvicorn's plain-text 500
+            # and its "Exception in ASGI application".
+            if not started:
+                self.log.warning("%s %s %s: 503 the server stopped before answering",
+                                 client_of(scope), method, printable(path))
+                await reply(send, 503, {"error": "the server is stopping; try again"},
+                            [(b"retry-after", b"1")], close=True)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request, every refusal and our own errors included, in JSON."""
+        method, path = scope["method"], scope["path"]
         try:
             self.check_token(scope)
             if path == "/health":
