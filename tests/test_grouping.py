@@ -71,6 +71,33 @@ def test_every_pair_in_a_group_is_within_the_threshold(tmp_path: Path) -> None:
     assert len(seen) > 30  # the clusters were found, not just left out
 
 
+def test_groups_found_all_at_once_are_the_groups_found_hash_by_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store large enough for the multi-index: --groups takes every pair at once from it
+    # (MultiIndex.pairs_within); the same groups as searching around each hash in turn.
+    from neardup.core import search as search_module
+
+    rng = random.Random(12)
+    centres = [rng.getrandbits(64) for _ in range(400)]
+    values = {f"{i:05d}.jpg": rng.choice(centres)
+              ^ sum(1 << bit for bit in rng.sample(range(64), rng.randint(0, 6)))
+              for i in range(search_module.MULTI_INDEX_MIN_HASHES + 2_000)}
+    path = str(tmp_path / "s")
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(name, 1, 1, Hash(value, 64).hex())
+                     for name, value in values.items()], [])
+    for distance in (0, 3, 5):
+        with Store.open_for_reading(path) as store:
+            at_once = near_duplicate_groups(store, distance)
+        with monkeypatch.context() as patched:
+            patched.setattr(search_module.HashIndex, "pairs_within", lambda self, radius: None)
+            with Store.open_for_reading(path) as store:
+                one_by_one = near_duplicate_groups(store, distance)
+        assert at_once == one_by_one, distance
+        assert len(at_once) > 50
+
+
 def test_groups_command_text_json_and_montage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import neardup.core.cache as cache_module
@@ -149,6 +150,30 @@ class TestMultiIndexAgreesWithBruteForce:
                     scanned, scan_distances = brute.scan(Hash(query, 64), radius)
                     assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
                         sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True))
+
+
+    @pytest.mark.parametrize("kind", ["random", "clustered"])
+    def test_every_pair_at_once_is_every_pair_brute_force_finds(
+        self, kind: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from neardup.core import multiindex
+
+        rng = random.Random(f"pairs-{kind}")
+        values = ([rng.getrandbits(64) for _ in range(3_000)] if kind == "random"
+                  else clustered_hashes(rng, 3_000))
+        values += [flip_bits(value, rng.randint(0, 12), 64, rng) for value in values[:600]]
+        hashes = [Hash(value, 64) for value in values]
+        index = HashIndex.from_hashes(hashes, multi_index=True)
+        matrix = index.matrix[:, 0]
+        distances = np.bitwise_count(matrix[:, None] ^ matrix[None, :]).astype(np.int64)
+        # Small chunks, so that queries are split across them and a big run stands alone.
+        monkeypatch.setattr(multiindex, "PAIRS_PER_CHUNK", 97)
+        for radius in (0, 1, 2, 3, 4, 5, 8, 12):
+            first, second, found = index.multi.pairs_within(radius)
+            expected = np.argwhere(np.triu(distances <= radius, k=1))
+            assert sorted(zip(first.tolist(), second.tolist(), strict=True)) == \
+                sorted(map(tuple, expected.tolist())), radius
+            assert found.tolist() == distances[first, second].tolist()
 
 
 class TestWideMultiIndexAgreesWithBruteForce:

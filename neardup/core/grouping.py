@@ -81,16 +81,21 @@ def near_duplicate_groups(
     keys = [index.hex_at(position, width) for position in range(len(index))]
     usable = {key for key in keys
               if include_low_information or not is_low_information(Hash.from_hex(key, bits))}
-    buckets = {key: store.bucket(key) for key in usable}
+    stored = store.all_buckets()  # one pass over the table, not a query per hash
+    buckets = {key: stored.get(key, []) for key in usable}
 
-    links: dict[str, dict[str, int]] = {}
-    for key in sorted(usable):
-        near: dict[str, int] = {}
-        if max_distance > 0:
+    links: dict[str, dict[str, int]] = {key: {} for key in sorted(usable)}
+    pairs = index.pairs_within(max_distance) if max_distance > 0 else None
+    if pairs is not None:  # every pair at once (a 64-bit multi-index)
+        for first, second, distance in zip(*(found.tolist() for found in pairs), strict=True):
+            one, other = keys[first], keys[second]
+            if one in usable and other in usable:
+                links[one][other] = links[other][one] = distance
+    elif max_distance > 0:
+        for key in links:
             for neighbour, distance in index.within(Hash.from_hex(key, bits), max_distance):
                 if neighbour in usable and neighbour != key:
-                    near[neighbour] = distance
-        links[key] = near
+                    links[key][neighbour] = distance
 
     groups = [_hash_group(members, buckets, bits)
               for members in clique_groups(links, lambda key: len(buckets[key]))]

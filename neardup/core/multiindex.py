@@ -14,6 +14,7 @@ hash itself. Build: three argsorts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from itertools import combinations
 
@@ -62,6 +63,65 @@ class MultiIndex:
         distances = np.bitwise_count(self.values[candidates] ^ np.uint64(query)).astype(np.int64)
         keep = distances <= max_distance
         return candidates[keep].astype(np.int64), distances[keep]
+
+
+    def pairs_within(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of stored hashes within max_distance, each once: positions (first <
+        second) and distances. within() for every hash at once: per substring and probe mask,
+        one vectorised pass over all the hashes instead of a Python call per hash (--groups on
+        a million hashes)."""
+        radius = max_distance // PARTS
+        found_first, found_second = [], []
+        for part in range(PARTS):
+            sorted_values = self.tables[2 * part]
+            positions = self.tables[2 * part + 1]
+            subs = ((self.values >> np.uint64(SHIFTS[part]))
+                    & np.uint64((1 << WIDTHS[part]) - 1)).astype(np.uint32)
+            for mask in flip_masks(WIDTHS[part], radius):
+                probes = subs ^ mask
+                starts = np.searchsorted(sorted_values, probes, side="left")
+                ends = np.searchsorted(sorted_values, probes, side="right")
+                for first, second in _candidate_pairs(starts, ends, positions):
+                    near = np.bitwise_count(self.values[first] ^ self.values[second]) \
+                        <= max_distance
+                    found_first.append(first[near])
+                    found_second.append(second[near])
+        if not found_first:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        # A pair is found once per substring it agrees on: each kept once.
+        keys = np.unique((np.concatenate(found_first).astype(np.uint64) << np.uint64(32))
+                         | np.concatenate(found_second).astype(np.uint64))
+        first = (keys >> np.uint64(32)).astype(np.int64)
+        second = (keys & np.uint64(0xFFFF_FFFF)).astype(np.int64)
+        distances = np.bitwise_count(self.values[first] ^ self.values[second]).astype(np.int64)
+        return first, second, distances
+
+
+# Candidate pairs checked at a time by MultiIndex.pairs_within: 48 MB of temporaries.
+PAIRS_PER_CHUNK = 1 << 21
+
+
+def _candidate_pairs(
+    starts: np.ndarray, ends: np.ndarray, positions: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(first, second) positions with first < second: each hash (the query, its own position)
+    against the table run [start, end) its probe found, a chunk of queries at a time."""
+    lengths = (ends - starts).astype(np.int64)
+    totals = np.cumsum(lengths)
+    query = 0
+    while query < lengths.size:
+        done_before = int(totals[query - 1]) if query else 0
+        last = int(np.searchsorted(totals, done_before + PAIRS_PER_CHUNK, side="right"))
+        last = max(last, query + 1)  # one query with a huge run: alone in its chunk
+        chunk = slice(query, last)
+        counts = lengths[chunk]
+        if counts.sum():
+            first = np.repeat(np.arange(query, last, dtype=np.int64), counts)
+            second = positions[_ranges(starts[chunk], ends[chunk])].astype(np.int64)
+            keep = first < second
+            yield first[keep], second[keep]
+        query = last
 
 
 def substring(value: int, part: int) -> np.uint32:

@@ -201,6 +201,15 @@ class HashIndex:
             found.sort(key=lambda pair: (pair[1], pair[0]))
         return found
 
+    def pairs_within(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every pair of hashes within max_distance, found at once: positions (as hex_at takes
+        them; first < second) and distances. None where only a search per hash can tell: no
+        64-bit multi-index, keys added since the cached arrays, or a radius it does not serve."""
+        if (self.extra.shape[0] or not isinstance(self.multi, MultiIndex)
+                or not self.multi.worth_it(max_distance)):
+            return None
+        return self.multi.pairs_within(max_distance)
+
     def within_many(self, queries: list[Hash], max_distance: int) -> list[list[tuple[str, int]]]:
         """within() for each query.
 

@@ -481,6 +481,27 @@ class Store:
             paths.extend(found)
         return sorted(set(paths)) if len(rows) > 1 else paths
 
+    def all_buckets(self) -> dict[str, list[str]]:
+        """Every hash's paths, read in one pass over the table (as bucket() reads one): a value
+        that is not a list of paths is skipped with a line (once); a hash written under both a
+        bytes and a text key gets the paths of both."""
+        buckets: dict[str, list[str]] = {}
+        merged: set[str] = set()
+        for key, value in self._db.all("SELECT key, value FROM Dict"):
+            hash_hex = key if isinstance(key, str) else bytes(key).decode("ascii", "replace")
+            found, problem = bucket_problem(value)
+            if found is None:
+                self._report_once(("bucket", hash_hex), f"bucket {hash_hex}: {problem}; skipped")
+                continue
+            if hash_hex in buckets:
+                buckets[hash_hex] = buckets[hash_hex] + found
+                merged.add(hash_hex)
+            else:
+                buckets[hash_hex] = found
+        for hash_hex in merged:
+            buckets[hash_hex] = sorted(set(buckets[hash_hex]))
+        return buckets
+
     def has_key(self, hash_hex: str) -> bool:
         return self._db.one("SELECT 1 FROM Dict WHERE key IN (?, ?)",
                             (hash_hex.encode("ascii"), hash_hex)) is not None
