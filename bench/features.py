@@ -189,11 +189,16 @@ def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
                               np.roll(source.thumbnail, 1 + number % 7, axis=1), source.chroma)
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
             batch.append(IndexedFile(f"synthetic/{number // 1000:04d}/{number:07d}.jpg", 1, 1,
-                                     value, made.to_bytes()))
+                                     value, features=made.to_bytes()))
             if len(batch) == 5000:
                 store.apply(batch, [])
                 batch = []
         store.apply(batch, [])
+    with Store.open_for_reading(str(store_path)) as store:
+        # Every synthetic image must be in the feature index, or the timing is of a smaller one.
+        if store.feature_count() != size:
+            raise SystemExit(f"{store_path}: {store.feature_count():,} images with features,"
+                             f" expected {size:,}")
 
 
 if __name__ == "__main__":
