@@ -44,6 +44,9 @@ QUERY_KEYPOINTS = 500
 # 90.8 / 100 %, combo 74.4 / 88.2 / 94.6 % looking up 150 / 300 / 500. See
 # neardup/features/index.py for the cost.
 SEARCHED_KEYPOINTS = 500
+# The mirror image's look finds mirrored copies, which are the query's own pixels flipped (no
+# resampling, no blur): its most important keypoints are enough, and the lookup costs a third.
+MIRROR_SEARCHED_KEYPOINTS = 150
 # Keypoints are chosen among this many, spread over a GRID x GRID grid (see extract()). 500, not
 # 300: a caption's corners are the strongest there are, and with 300 a caption across a plain
 # picture took nearly all of them, leaving the rest of the picture without keypoints to store

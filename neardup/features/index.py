@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.store import Store
 from ..errors import StoreError
-from .extract import DESCRIPTOR_BYTES, SEARCHED_KEYPOINTS, FeatureSet
+from .extract import DESCRIPTOR_BYTES, MIRROR_SEARCHED_KEYPOINTS, SEARCHED_KEYPOINTS, FeatureSet
 
 # Two ORB descriptors of the same point in a copy differ by up to about 25 of the 128 bits stored;
 # unrelated points by about 64 on average. Beyond 32 a neighbour is noise and gets no vote.
@@ -79,7 +79,8 @@ class FeatureIndex:
         if len(self) == 0:
             return []
         for look_number, look in enumerate(looks):
-            searched = np.ascontiguousarray(look.descriptors[:SEARCHED_KEYPOINTS])
+            limit = SEARCHED_KEYPOINTS if look_number == 0 else MIRROR_SEARCHED_KEYPOINTS
+            searched = np.ascontiguousarray(look.descriptors[:limit])
             if len(searched) == 0:
                 continue
             distances, positions = self._index.search(  # type: ignore[attr-defined]
