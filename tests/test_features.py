@@ -425,6 +425,7 @@ CAPTIONED = (  # CALTECH-101 photos whose text copies (gather.py --seed 2026) we
     ("scissors/image_0010.jpg", 9, "SAMPLE", "middle"),
     ("crocodile/image_0029.jpg", 12, "watermark", "middle"),
     ("pigeon/image_0006.jpg", 7, "(c) neardup", "middle"),
+    ("sea_horse/image_0027.jpg", 11, "watermark", "middle"),  # seed 7: 19 inliers
 )
 
 
