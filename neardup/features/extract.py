@@ -1,8 +1,8 @@
 """From an image to its local features: ORB keypoints and descriptors, plus a tiny thumbnail.
 
-A stored image keeps few features (STORED_KEYPOINTS, the strongest) so that it costs under 4 KB in
+A stored image keeps few features (STORED_KEYPOINTS, the strongest) so that it costs about 2 KB in
 the store; a query, computed on the fly, keeps many (QUERY_KEYPOINTS), so that the stored ones find
-their partners even in a crop. The 32 x 32 grayscale thumbnail is what verification compares after
+their partners even in a crop. The 28 x 28 grayscale thumbnail is what verification compares after
 aligning the two pictures (see verify.py): keypoints alone match look-alikes.
 """
 

@@ -7,7 +7,7 @@ Two tests, both required, because each alone accepts something it should not:
    resizes and small rotations do) explains at least MIN_INLIERS of the matches, found by RANSAC,
    with a plausible scale.
 2. Appearance: the query, warped by that transform onto the stored image, looks like it. Compared
-   on 32 x 32 thumbnails over the part both cover: the plain normalised correlation, and the
+   on 28 x 28 thumbnails over the part both cover: the plain normalised correlation, and the
    correlation of their gradients (edges), which photos taken the same way (the look-alike
    motorbikes of CALTECH-101, up to 42 inliers) do not share.
 
