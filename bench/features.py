@@ -78,7 +78,9 @@ def indexing(dataset: Path, work: Path, count: int, baseline: str | None) -> Non
     for number, path in enumerate(files):
         target = sample / f"{number // 500:03d}" / path.name.replace("image", f"i{number}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(path, target)
+        # A copy, not a hard link: anything else linking the same photos (gather.py) changes their
+        # ctime, and index.py then skips them as "changed while being indexed", which is cheap.
+        shutil.copyfile(path, target)
         target.read_bytes()  # warm the page cache for every row alike
     runs = [("hash only (index.py -j 1)", INDEX, []),
             ("hash + features (index.py -j 1 --features)", INDEX, ["--features"])]
@@ -92,6 +94,9 @@ def indexing(dataset: Path, work: Path, count: int, baseline: str | None) -> Non
                         *extra], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, PYTHONPATH=str(Path(script).parent)))
         seconds = time.perf_counter() - started
+        with Store.open_for_reading(str(store)) as done:
+            if done.image_count() != len(files):  # a skipped file would make the rate look better
+                raise SystemExit(f"{store}: {done.image_count()} of {len(files)} images indexed")
         rows.append((label, len(files) / seconds, os.path.getsize(store) / len(files)))
     base = rows[0][1]
     print(f"\n{len(files)} CALTECH-101 photos from {dataset}, one worker, in one run")
@@ -189,11 +194,16 @@ def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
                               np.roll(source.thumbnail, 1 + number % 7, axis=1), source.chroma)
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
             batch.append(IndexedFile(f"synthetic/{number // 1000:04d}/{number:07d}.jpg", 1, 1,
-                                     value, made.to_bytes()))
+                                     value, features=made.to_bytes()))
             if len(batch) == 5000:
                 store.apply(batch, [])
                 batch = []
         store.apply(batch, [])
+    with Store.open_for_reading(str(store_path)) as store:
+        # Every synthetic image must be in the feature index, or the timing is of a smaller one.
+        if store.feature_count() != size:
+            raise SystemExit(f"{store_path}: {store.feature_count():,} images with features,"
+                             f" expected {size:,}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,16 @@ import neardup
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.store import Store
-from neardup.features.extract import FeatureSet, query_features, read_frame
-from neardup.features.verify import MIN_INLIERS, verify
-from neardup.sources.edits import crop, pad, rotate
+from neardup.features.extract import (
+    CHROMA_SIDE,
+    STORED_KEYPOINTS,
+    FeatureSet,
+    extract,
+    query_features,
+    read_frame,
+)
+from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, verify
+from neardup.sources.edits import crop, pad, rotate, text
 
 from .conftest import PROJECT_ROOT
 from .imagegen import save
@@ -341,3 +348,94 @@ def test_dask_workers_extract_the_same_features(in_tmp: Path) -> None:
                            "--features"]) == 0
     assert stored_features("dask.shelve") == stored_features("local.shelve")
     assert len(stored_features("dask.shelve")) == 12
+
+
+class _Fixed:
+    """Stands in for edits.text's random.Random: the caption's size (% of the height), word and
+    place are chosen by the test."""
+
+    def __init__(self, percent: int, word: str, where: str) -> None:
+        self.percent, self.answers = percent, [word, where]
+
+    def randint(self, _low: int, _high: int) -> int:
+        return self.percent
+
+    def choice(self, _options: list[str]) -> str:
+        return self.answers.pop(0)
+
+
+def captioned(picture: Image.Image, percent: int, word: str, where: str) -> Image.Image:
+    return text(picture, _Fixed(percent, word, where))[0]  # type: ignore[arg-type]
+
+
+def test_a_record_fits_two_to_a_sqlite_page() -> None:
+    """72 keypoints, the thumbnail and the colours in under 1,900 bytes, so that SQLite keeps two
+    records (with their paths) in one 4 KB page; and they read back as they were written."""
+    features = extract(np.asarray(scene(1)), STORED_KEYPOINTS)
+    data = features.to_bytes()
+    assert len(features.points) == STORED_KEYPOINTS and len(data) <= 1_900
+    back = FeatureSet.from_bytes(data)
+    assert np.abs(back.points - features.points).max() <= 1 / 16 + 1e-4
+    assert (back.descriptors == features.descriptors).all()
+    error = np.abs(back.thumbnail.astype(int) - features.thumbnail)  # 16 fitted grey levels
+    assert error.mean() <= 4 and error.max() <= 24
+    with pytest.raises(ValueError):
+        FeatureSet.from_bytes(data[:-1])
+
+
+def test_a_store_with_features_takes_about_half_a_page_per_image(in_tmp: Path) -> None:
+    for seed in range(60):
+        save(scene(seed), f"images/{seed // 30}/scene_{seed}.jpg", quality=90)
+    assert index_cli.main(["-d", "images", "-s", "hash.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "both.shelve", "-q", "-j", "1", "--features"]) == 0
+    added = (Path("both.shelve").stat().st_size - Path("hash.shelve").stat().st_size) / 60
+    assert added < 2_400, added  # a record per 4 KB page (recipe v2) was 4,140 bytes
+
+
+def test_faint_colours_keep_their_direction_in_the_record() -> None:
+    """A nearly gray photo's colours (a few levels) survive the 4-bit record: compared with its
+    copies by direction, they must not round to nothing."""
+    features = extract(np.asarray(scene(1)), STORED_KEYPOINTS)
+    faint = np.array([-9, -5, -3, -2, -1, 1, 2, 3, 5, 9, 30, -30, 80, -80, 0, 4] * 8,
+                     np.int8).reshape(CHROMA_SIDE, CHROMA_SIDE, 2)
+    stored = FeatureSet(features.width, features.height, features.points, features.descriptors,
+                        features.thumbnail, faint)
+    back = FeatureSet.from_bytes(stored.to_bytes()).chroma.astype(float)
+    assert (np.sign(back) == np.sign(faint)).all()
+    cosine = (back * faint).sum() / np.linalg.norm(back) / np.linalg.norm(faint.astype(float))
+    assert cosine > 0.98
+
+
+@pytest.mark.parametrize(("seed", "percent", "word"), [(3, 18, "SAMPLE"), (1, 20, "watermark")])
+def test_a_captioned_copy_is_verified(in_tmp: Path, seed: int, percent: int, word: str) -> None:
+    """A caption across the middle changes the thumbnail more than any edit the appearance test
+    allows (these two were refused); but every other pixel is where it was (the keypoints say so,
+    to a fraction of a pixel), so the pictures are compared without their most different part."""
+    original = scene(seed)
+    save(captioned(original, percent, word, "middle"), "copy.jpg", quality=90)
+    stored = FeatureSet.from_bytes(extract(read_frame("copy.jpg"), STORED_KEYPOINTS).to_bytes())
+    verdict = verify(query_features(np.asarray(original))[0], stored)
+    assert verdict.verified, verdict
+    assert verdict.residual is not None and verdict.residual < EXACT_RESIDUAL
+
+
+CAPTIONED = (  # CALTECH-101 photos whose text copies (gather.py --seed 2026) were refused before
+    ("BACKGROUND_Google/image_0042.jpg", 10, "SAMPLE", "middle"),
+    ("BACKGROUND_Google/image_0446.jpg", 12, "watermark", "corner"),
+    ("scissors/image_0010.jpg", 9, "SAMPLE", "middle"),
+    ("crocodile/image_0029.jpg", 12, "watermark", "middle"),
+    ("pigeon/image_0006.jpg", 7, "(c) neardup", "middle"),
+    ("sea_horse/image_0027.jpg", 11, "watermark", "middle"),  # seed 7: 19 inliers
+)
+
+
+@pytest.mark.parametrize(("relpath", "percent", "word", "where"), CAPTIONED)
+def test_real_photos_with_a_caption_are_verified(
+    caltech_root: Path, in_tmp: Path, relpath: str, percent: int, word: str, where: str
+) -> None:
+    with Image.open(caltech_root / relpath) as photo:
+        picture = photo.convert("RGB")
+    save(captioned(picture, percent, word, where), "copy.jpg", quality=90)
+    stored = FeatureSet.from_bytes(extract(read_frame("copy.jpg"), STORED_KEYPOINTS).to_bytes())
+    looks = query_features(read_frame(str(caltech_root / relpath)))
+    assert any(verify(look, stored).verified for look in looks)

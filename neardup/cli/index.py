@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"
                         " flattening), for comparing hashes with other tools")
     parser.add_argument("--features", action="store_true",
-                        help="also store local features of every image (about 4 KB each), so"
+                        help="also store local features of every image (about 2 KB each), so"
                         " search.py finds cropped, padded, rotated and mirrored copies and verifies"
                         " every match (pip install -r requirements-features.txt)")
     parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,

@@ -1,8 +1,8 @@
 """From an image to its local features: ORB keypoints and descriptors, plus a tiny thumbnail.
 
-A stored image keeps few features (STORED_KEYPOINTS, the strongest) so that it costs under 4 KB in
+A stored image keeps few features (STORED_KEYPOINTS, the strongest) so that it costs about 2 KB in
 the store; a query, computed on the fly, keeps many (QUERY_KEYPOINTS), so that the stored ones find
-their partners even in a crop. The 32 x 32 grayscale thumbnail is what verification compares after
+their partners even in a crop. The 28 x 28 grayscale thumbnail is what verification compares after
 aligning the two pictures (see verify.py): keypoints alone match look-alikes.
 """
 
@@ -22,29 +22,57 @@ from ..errors import ImageError
 
 # Bumped whenever extraction changes what it stores; stores record it and refuse another.
 # 2: a 28 x 28 thumbnail and the 8 x 8 colour grid.
-FEATURE_VERSION = 2
+# 3: a record half the size (1,847 bytes, two per 4 KB SQLite page): 128-bit descriptors, positions
+#    in 3 bytes, thumbnail and colour grid in 4 bits; keypoints chosen among 500 detected.
+FEATURE_VERSION = 3
 
 # Pictures are analysed with their long side at most this: CALTECH-101 photos (about 300 x 200)
 # keep every pixel, and a 12-megapixel photo costs no more than a small one.
 MAX_SIDE = 320
-# 72 stored keypoints: 72 x (32 descriptor + 4 position) bytes + a 784-byte thumbnail + 128 bytes
-# of colour is 3,511 bytes, under 4 KB in the store with its path and SQLite's overhead.
+# 72 stored keypoints: 72 x (16 descriptor + 3 position) bytes + a 408-byte thumbnail + 64 bytes of
+# colour + a 7-byte header is 1,847 bytes. SQLite fits two such records (with a path of up to
+# about 180 bytes) in one 4 KB page; a record over about 2,030 bytes takes a page of its own.
 # Measured on 1,300 CALTECH-101 copies of 13 edit kinds (seed 111): every copy but a few combos
 # kept at least 18 RANSAC inliers with 72 stored and 500 query keypoints.
 STORED_KEYPOINTS = 72
 QUERY_KEYPOINTS = 500
-# Of those, the candidate search looks up only the first (most important, see extract(ranked=));
-# verification uses all of them. See neardup/features/index.py for the measurements.
-SEARCHED_KEYPOINTS = 150
-# Stored keypoints are chosen among this many, spread over a GRID x GRID grid (see extract()).
-DETECTED_KEYPOINTS = 300
+# Of those, the candidate search looks up the first SEARCHED_KEYPOINTS (most important first, see
+# extract(ranked=)); verification uses all of them. All 500: with 128-bit descriptors a copy's
+# descriptors have more unrelated near neighbours than with 256, and the query's 150 strongest
+# alone left a pad or blur copy without the votes to be a candidate. On 6,500 CALTECH-101 copies
+# (gather.py --seed 2026, recipe v3) the features found pad 89.0 / 98.0 / 99.0 %, blur 47.6 /
+# 90.8 / 100 %, combo 74.4 / 88.2 / 94.6 % looking up 150 / 300 / 500. See
+# neardup/features/index.py for the cost.
+SEARCHED_KEYPOINTS = 500
+# The mirror image's look finds mirrored copies, which are the query's own pixels flipped (no
+# resampling, no blur): its most important keypoints are enough, and the lookup costs a third.
+MIRROR_SEARCHED_KEYPOINTS = 150
+# Keypoints are chosen among this many, spread over a GRID x GRID grid (see extract()). 500, not
+# 300: a caption's corners are the strongest there are, and with 300 a caption across a plain
+# picture took nearly all of them, leaving the rest of the picture without keypoints to store
+# (CALTECH-101 text copies refused with 2 to 9 matches; gather.py --seed 2026). Not 1,000 either:
+# the strongest of each cell among so many are more often fine details that a blurred or padded
+# copy does not keep, and the candidate search found 72 % of the pad copies (seed 2026). Measured
+# on 750 copies (gather.py --seed 111; query descriptors among the 150 looked up with a stored
+# partner within 10 bits, 5th percentile, 300 / 500 / 1,000 detected): pad 16 / 16 / 6, crop
+# 27 / 24 / 20, rotate 20 / 21 / 15, text 20 / 25 / 25, blur 5 / 4 / 4.
+DETECTED_KEYPOINTS = 500
 GRID = 4
 THUMBNAIL_SIDE = 28
-# Colour, coarsely: two opponent channels (red - green, yellow - blue) on an 8 x 8 grid, 128 bytes.
+# Colour, coarsely: two opponent channels (red - green, yellow - blue) on an 8 x 8 grid.
 CHROMA_SIDE = 8
-# Keypoint positions are stored as fixed point, 1/32 pixel, in uint16 (MAX_SIDE * 32 < 65,536).
-POSITION_SCALE = 32
-DESCRIPTOR_BYTES = 32
+# Stored in 4 bits as the signed square root (-7..7; 49 and beyond is stored as 49): fine steps for
+# the faint colours of a nearly gray photo, coarse ones for strong colours (only the direction of
+# the colours is compared). Uniform steps of 8 lost the faint ones: a pale CALTECH-101 menorah
+# (colours within 8) was refused against 8 of its own copies.
+CHROMA_LEVELS = 7
+# Keypoint positions are stored as fixed point, 1/8 pixel, 12 bits each (MAX_SIDE * 8 < 4,096).
+POSITION_SCALE = 8
+# ORB computes 256 binary tests per keypoint; the first 128 are kept (its tests are ordered, best
+# first: learned for high variance and low correlation). Half the bytes in the store and in the
+# FAISS index, half the work per comparison.
+ORB_DESCRIPTOR_BYTES = 32
+DESCRIPTOR_BYTES = 16
 
 _HEADER = struct.Struct("<BHHH")  # version, frame width, frame height, keypoint count
 
@@ -87,18 +115,31 @@ class FeatureSet:
     width: int
     height: int
     points: np.ndarray  # (n, 2) float32, x and y in the frame
-    descriptors: np.ndarray  # (n, 32) uint8, ORB's 256 bits
+    descriptors: np.ndarray  # (n, DESCRIPTOR_BYTES) uint8: ORB's first 128 bits
     thumbnail: np.ndarray  # (THUMBNAIL_SIDE, THUMBNAIL_SIDE) uint8, the frame squeezed
     chroma: np.ndarray  # (CHROMA_SIDE, CHROMA_SIDE, 2) int8: see chroma_grid
     gray: np.ndarray | None = None  # the whole frame; queries only (verification warps it)
     colour: np.ndarray | None = None  # the whole frame in RGB; colour queries only
 
     def to_bytes(self) -> bytes:
-        positions = np.clip(np.rint(self.points * POSITION_SCALE), 0, 65535).astype("<u2")
+        positions = np.clip(np.rint(self.points * POSITION_SCALE), 0, 4095).astype(np.uint32)
+        # x and y, 12 bits each, in 3 little-endian bytes per keypoint
+        packed = (positions[:, 0] | (positions[:, 1] << 12)).astype("<u4").view(np.uint8)
+        packed = packed.reshape(-1, 4)[:, :3]
+        # The thumbnail in 4 bits: 16 grey levels fitted to its pixels (Lloyd's algorithm, from 16
+        # even steps over its range), each pixel stored as its nearest level's number and the
+        # levels in a 16-byte table. Verification compares correlations of the thumbnails and of
+        # their edges: even steps over the whole range spent most levels on a pad or a white
+        # background and left a low-contrast picture a few of them (3 of 500 CALTECH-101 combo
+        # copies refused that the 8-bit thumbnail verifies, gather.py --seed 2026).
+        codes, table = _grey_levels(self.thumbnail.ravel())
+        chroma = self.chroma.astype(np.float32)
+        chroma = np.sign(chroma) * np.minimum(np.rint(np.sqrt(np.abs(chroma))), CHROMA_LEVELS)
         return (_HEADER.pack(FEATURE_VERSION, self.width, self.height, len(self.points))
-                + positions.tobytes() + np.ascontiguousarray(self.descriptors).tobytes()
-                + np.ascontiguousarray(self.thumbnail).tobytes()
-                + np.ascontiguousarray(self.chroma, dtype=np.int8).tobytes())
+                + np.ascontiguousarray(packed).tobytes()
+                + np.ascontiguousarray(self.descriptors[:, :DESCRIPTOR_BYTES]).tobytes()
+                + table.tobytes() + _nibbles(codes)
+                + _nibbles((chroma.astype(np.int8) & 15).ravel()))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureSet:
@@ -108,23 +149,57 @@ class FeatureSet:
         version, width, height, count = _HEADER.unpack_from(data)
         if version != FEATURE_VERSION:
             raise ValueError(f"feature record version {version}, expected {FEATURE_VERSION}")
-        thumb = THUMBNAIL_SIDE * THUMBNAIL_SIDE
-        colour = CHROMA_SIDE * CHROMA_SIDE * 2
-        expected = _HEADER.size + count * (4 + DESCRIPTOR_BYTES) + thumb + colour
+        thumb = 16 + THUMBNAIL_SIDE * THUMBNAIL_SIDE // 2
+        colour = CHROMA_SIDE * CHROMA_SIDE * 2 // 2
+        expected = _HEADER.size + count * (3 + DESCRIPTOR_BYTES) + thumb + colour
         if len(data) != expected or width == 0 or height == 0:
             raise ValueError(f"feature record of {len(data)} bytes, expected {expected}")
         offset = _HEADER.size
-        points = np.frombuffer(data, "<u2", count * 2, offset).reshape(count, 2)
-        offset += count * 4
+        packed = np.zeros((count, 4), np.uint8)
+        packed[:, :3] = np.frombuffer(data, np.uint8, count * 3, offset).reshape(count, 3)
+        both = packed.view("<u4").ravel()
+        points = np.stack([both & 4095, both >> 12], axis=1).astype(np.float32) / POSITION_SCALE
+        offset += count * 3
         descriptors = np.frombuffer(data, np.uint8, count * DESCRIPTOR_BYTES, offset)
         offset += count * DESCRIPTOR_BYTES
-        thumbnail = np.frombuffer(data, np.uint8, thumb, offset)
+        table = np.frombuffer(data, np.uint8, 16, offset)
+        thumbnail = table[_unnibble(data[offset + 16:offset + thumb])]
         offset += thumb
-        chroma = np.frombuffer(data, np.int8, colour, offset)
-        return cls(width, height, points.astype(np.float32) / POSITION_SCALE,
-                   descriptors.reshape(count, DESCRIPTOR_BYTES),
+        signed = _unnibble(data[offset:offset + colour]).astype(np.int8)
+        root = np.where(signed > 7, signed.astype(np.int16) - 16, signed)
+        chroma = np.sign(root) * root * root
+        return cls(width, height, points, descriptors.reshape(count, DESCRIPTOR_BYTES),
                    thumbnail.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE),
-                   chroma.reshape(CHROMA_SIDE, CHROMA_SIDE, 2))
+                   chroma.astype(np.int8).reshape(CHROMA_SIDE, CHROMA_SIDE, 2))
+
+
+def _grey_levels(pixels: np.ndarray, rounds: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's level number (0..15) and the 16 levels (uint8), fitted by Lloyd's algorithm
+    (on the histogram of the 256 possible values: the same result, at a fraction of the cost)."""
+    counts = np.bincount(pixels, minlength=256).astype(np.float64)
+    grey = np.arange(256, dtype=np.float64)
+    present = np.nonzero(counts)[0]
+    levels = np.linspace(present[0], present[-1], 16)
+    for _ in range(rounds):
+        nearest = np.abs(grey[:, None] - levels[None, :]).argmin(axis=1)
+        weight = np.bincount(nearest, counts, minlength=16)
+        total = np.bincount(nearest, counts * grey, minlength=16)
+        levels = np.where(weight > 0, total / np.maximum(weight, 1), levels)
+    table = np.rint(levels).astype(np.uint8)
+    nearest = np.abs(grey[:, None] - table[None, :].astype(np.float64)).argmin(axis=1)
+    return nearest[pixels].astype(np.uint8), table
+
+
+def _nibbles(values: np.ndarray) -> bytes:
+    """Values 0..15, two per byte (an even count)."""
+    return (values[0::2] | (values[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def _unnibble(data: bytes) -> np.ndarray:
+    packed = np.frombuffer(data, np.uint8)
+    values = np.empty(packed.size * 2, np.uint8)
+    values[0::2], values[1::2] = packed & 15, packed >> 4
+    return values
 
 
 def analysis_frame(image: Image.Image, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -191,19 +266,26 @@ def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False,
         frame = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
     # Detect many, keep the strongest of each part of the picture: the strongest overall gather
     # on a caption or watermark (text corners are the strongest there are), which the original
-    # does not have, and a crop then loses them all together.
-    found, descriptors = _orb(max(keypoints, DETECTED_KEYPOINTS)).detectAndCompute(frame, None)
+    # does not have, and a crop then loses them all together. Descriptors are computed only for
+    # the keypoints kept (cheaper than for every one detected).
+    detector = _orb(max(keypoints, DETECTED_KEYPOINTS))
+    found = detector.detect(frame, None)
+    descriptors = None
+    if found:
+        points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
+        if len(found) > keypoints or ranked:
+            chosen = _spread(points, np.array([point.response for point in found]),
+                             frame.shape, keypoints)
+            if not ranked:  # stored records keep the detector's order
+                chosen = np.sort(chosen)
+            found = [found[index] for index in chosen]
+        found, descriptors = detector.compute(frame, found)
     if descriptors is None or not found:
         points = np.zeros((0, 2), np.float32)
         descriptors = np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
     else:
         points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
-        if len(found) > keypoints or ranked:
-            chosen = _spread(points, np.array([point.response for point in found]),
-                             frame.shape, keypoints)
-            if not ranked:  # stored records keep the detector's order (their recipe's bytes)
-                chosen = np.sort(chosen)
-            points, descriptors = points[chosen], descriptors[chosen]
+        descriptors = np.ascontiguousarray(descriptors[:, :DESCRIPTOR_BYTES])
     height, width = frame.shape
     thumbnail = cv2.resize(frame, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
     chroma = (chroma_grid(colour) if colour is not None

@@ -20,11 +20,11 @@ import numpy as np
 
 from ..core.store import Store
 from ..errors import StoreError
-from .extract import DESCRIPTOR_BYTES, SEARCHED_KEYPOINTS, FeatureSet
+from .extract import DESCRIPTOR_BYTES, MIRROR_SEARCHED_KEYPOINTS, SEARCHED_KEYPOINTS, FeatureSet
 
-# Two ORB descriptors of the same point in a copy differ by up to about 50 of 256 bits; unrelated
-# points by about 128 on average. Beyond 64 a neighbour is noise and gets no vote.
-MAX_DESCRIPTOR_DISTANCE = 64
+# Two ORB descriptors of the same point in a copy differ by up to about 25 of the 128 bits stored;
+# unrelated points by about 64 on average. Beyond 32 a neighbour is noise and gets no vote.
+MAX_DESCRIPTOR_DISTANCE = 32
 NEIGHBOURS = 10
 MIN_VOTES = 5
 # A photo library may hold a dozen copies of one picture (gather.py makes 13 per sample): each must
@@ -33,7 +33,7 @@ MAX_CANDIDATES = 32
 # Below this many descriptors (about 280 images) an exact scan costs under a few milliseconds.
 FLAT_MAX_DESCRIPTORS = 20_000
 # Lists scanned per query descriptor. 150 CALTECH-101 copies x 13 edit kinds (gather.py --seed 31)
-# on 11,095 images: 4 lists (and all 500 query keypoints) found 99.8 %, 2 lists (and 150) 99.7 %;
+# on 11,095 images, recipe v2: 4 lists (and all 500 query keypoints) found 99.8 %, 2 lists (and 150) 99.7 %;
 # at 10^5 images 2 lists cost 50 ms per query against 70 ms with 4 (bench/features.py).
 PROBES = 2
 TRAINING_SAMPLE = 100_000
@@ -79,7 +79,8 @@ class FeatureIndex:
         if len(self) == 0:
             return []
         for look_number, look in enumerate(looks):
-            searched = np.ascontiguousarray(look.descriptors[:SEARCHED_KEYPOINTS])
+            limit = SEARCHED_KEYPOINTS if look_number == 0 else MIRROR_SEARCHED_KEYPOINTS
+            searched = np.ascontiguousarray(look.descriptors[:limit])
             if len(searched) == 0:
                 continue
             distances, positions = self._index.search(  # type: ignore[attr-defined]
