@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .hashing import Hash, is_low_information
+from .hashing import Hash, is_low_information_count
 from .search import HashIndex
 from .store import Store
 
@@ -77,10 +77,9 @@ def near_duplicate_groups(
     """
     index = HashIndex.from_store(store)
     bits = store.recipe.bits
-    width = (bits + 3) // 4
-    keys = [index.hex_at(position, width) for position in range(len(index))]
-    usable = {key for key in keys
-              if include_low_information or not is_low_information(Hash.from_hex(key, bits))}
+    keys = index.hex_keys()
+    usable = {key for key, ones in zip(keys, index.set_bits(), strict=True)
+              if include_low_information or not is_low_information_count(ones, bits)}
     stored = store.all_buckets()  # one pass over the table, not a query per hash
     buckets = {key: stored.get(key, []) for key in usable}
 
@@ -97,8 +96,10 @@ def near_duplicate_groups(
                 if neighbour in usable and neighbour != key:
                     links[key][neighbour] = distance
 
+    # A set of one hash with one image is no group: most of a million, not worth describing.
     groups = [_hash_group(members, buckets, bits)
-              for members in clique_groups(links, lambda key: len(buckets[key]))]
+              for members in clique_groups(links, lambda key: len(buckets[key]))
+              if len(members) > 1 or len(buckets[members[0]]) > 1]
     groups = [group for group in groups if len(group.paths) >= 2]
     groups.sort(key=lambda group: (-len(group.paths), group.paths))
     return groups

@@ -113,9 +113,13 @@ def is_low_information(value: Hash) -> bool:
     would "match" every other blank image. The band is bits/16 wide (4 bits of 64): no photo of
     CALTECH-101's 9,145 has a dHash within it (the fewest set bits there is 5, the most 56).
     """
-    band = value.bits // 16
-    ones = value.value.bit_count()
-    return ones <= band or ones >= value.bits - band
+    return is_low_information_count(value.value.bit_count(), value.bits)
+
+
+def is_low_information_count(ones: int, bits: int) -> bool:
+    """is_low_information() from a hash's number of set bits (for many hashes at once)."""
+    band = bits // 16
+    return ones <= band or ones >= bits - band
 
 
 # 32 x 32 = 1,024 bits: four times the longest hash measured useful here (dHash-256); beyond it a
