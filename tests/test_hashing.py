@@ -359,7 +359,7 @@ def test_filters_are_kept_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
-def test_wide_samples_are_scaled_to_8_bits_as_flatten_does(mode: str) -> None:
+def test_wide_samples_are_scaled_to_8_bits_in_bands(mode: str) -> None:
     from neardup.core import hashing, sampling
 
     rng = np.random.default_rng(3)
@@ -372,8 +372,11 @@ def test_wide_samples_are_scaled_to_8_bits_as_flatten_does(mode: str) -> None:
     else:
         image = Image.new(mode, (90, 70))
         image.putdata([int(v) for v in rng.integers(0, 65536, size=70 * 90)])
-    expected = np.asarray(hashing.flatten(image).convert("L"))
+    # The rule, written out: 16- and 32-bit samples / 257 rounded down, everything clipped.
+    samples = np.asarray(image, dtype=np.float64)
+    expected = np.clip(samples if mode == "F" else samples / 257.0, 0, 255).astype(np.uint8)
     assert np.array_equal(hashing.gray_pixels(image), expected)
+    assert np.array_equal(np.asarray(hashing.flatten(image)), expected)  # ImageHash's path too
     with pytest.MonkeyPatch.context() as patched:  # in bands of a few rows, as for a huge picture
         patched.setattr(sampling, "PIXELS_PER_BLOCK", 90 * 3)
         assert np.array_equal(hashing.gray_pixels(image), expected)

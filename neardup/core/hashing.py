@@ -188,12 +188,9 @@ def normalise(image: Image.Image) -> Image.Image:
 
 def flatten(upright: Image.Image) -> Image.Image:
     """8-bit samples without transparency (transparent pixels shown on BACKGROUND)."""
-    if upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if upright.mode in WIDE_MODES:
         # Pillow's convert('L') clips 16-bit samples at 255, turning most 16-bit images white.
-        samples = np.asarray(upright, dtype=np.float64) / 257.0
-        upright = Image.fromarray(np.clip(samples, 0, 255).astype(np.uint8))
-    elif upright.mode == "F":
-        upright = Image.fromarray(np.clip(np.asarray(upright), 0, 255).astype(np.uint8))
+        upright = Image.fromarray(gray_pixels(upright))
 
     has_alpha = upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         upright.mode == "P" and "transparency" in upright.info
@@ -210,11 +207,12 @@ WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def gray_pixels(image: Image.Image) -> np.ndarray:
-    """v3: the decoded image as 8-bit gray levels, the same as flatten() then convert("L").
+    """The decoded image as 8-bit gray levels: flatten() then convert("L").
 
-    16-bit, 32-bit and float pictures are scaled a band of rows at a time: flatten() makes a
-    float64 copy of the whole picture, 800 MB for a 100-megapixel 16-bit PNG (1.9 GB at the peak
-    for a 1 MB file), where this needs the decoded picture and its 8-bit result.
+    16-bit and 32-bit samples are divided by 257 (rounded down, clipped to 0-255), float ones
+    clipped, a band of rows at a time: a float64 copy of the whole picture, as before, took 800 MB
+    for a 100-megapixel 16-bit PNG (1.9 GB at the peak for a 1 MB file); this needs the decoded
+    picture and its 8-bit result.
     """
     if image.mode not in WIDE_MODES:
         flat = flatten(image)
