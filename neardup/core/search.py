@@ -231,20 +231,22 @@ class HashIndex:
             return np.array([position]), np.array([0])
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
+    def rows(self) -> np.ndarray:
+        """Every hash as (count, words) uint64, in position order: the base, then the extra."""
+        if self.extra.shape[0]:
+            return np.concatenate([np.asarray(self.matrix), self.extra])
+        return np.asarray(self.matrix)
+
     def hex_keys(self) -> list[str]:
         """Every hash as hex, in position order (hex_at of each), built in bulk."""
         width = (self.bits + 3) // 4
-        rows = np.concatenate([np.asarray(self.matrix), self.extra]) if self.extra.shape[0] \
-            else np.asarray(self.matrix)
-        if rows.shape[1] == 1:
-            return [format(value, f"0{width}x") for value in rows[:, 0].tolist()]
+        if self.matrix.shape[1] == 1:
+            return [format(value, f"0{width}x") for value in self.rows()[:, 0].tolist()]
         return [self.hex_at(position, width) for position in range(len(self))]
 
     def set_bits(self) -> list[int]:
         """Every hash's number of set bits, in position order."""
-        rows = np.concatenate([np.asarray(self.matrix), self.extra]) if self.extra.shape[0] \
-            else np.asarray(self.matrix)
-        return np.bitwise_count(rows).sum(axis=1).tolist()
+        return np.bitwise_count(self.rows()).sum(axis=1).tolist()
 
     def hex_at(self, position: int, width: int) -> str:
         """The hash at a position: the base's, then the extra ones'."""

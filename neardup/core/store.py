@@ -470,37 +470,28 @@ class Store:
         of paths is skipped, with a line (once), as is a key written as text instead of bytes."""
         rows = self._db.all("SELECT value FROM Dict WHERE key IN (?, ?)",
                             (hash_hex.encode("ascii"), hash_hex))
-        if not rows:
-            return []
+        return self._bucket_paths(hash_hex, [value for (value,) in rows])
+
+    def all_buckets(self) -> dict[str, list[str]]:
+        """Every hash's paths, as bucket() reads them, in one pass over the table."""
+        values: dict[str, list[object]] = {}
+        for key, value in self._db.all("SELECT key, value FROM Dict"):
+            hash_hex = key if isinstance(key, str) else bytes(key).decode("ascii", "replace")
+            values.setdefault(hash_hex, []).append(value)
+        return {hash_hex: self._bucket_paths(hash_hex, stored)
+                for hash_hex, stored in values.items()}
+
+    def _bucket_paths(self, hash_hex: str, values: list[object]) -> list[str]:
+        """The paths of one hash's stored values (its bytes key's, and a text key's if someone
+        wrote one): a value that is not a list of paths is skipped with a line (once)."""
         paths: list[str] = []
-        for (value,) in rows:
+        for value in values:
             found, problem = bucket_problem(value)
             if found is None:
                 self._report_once(("bucket", hash_hex), f"bucket {hash_hex}: {problem}; skipped")
                 continue
             paths.extend(found)
-        return sorted(set(paths)) if len(rows) > 1 else paths
-
-    def all_buckets(self) -> dict[str, list[str]]:
-        """Every hash's paths, read in one pass over the table (as bucket() reads one): a value
-        that is not a list of paths is skipped with a line (once); a hash written under both a
-        bytes and a text key gets the paths of both."""
-        buckets: dict[str, list[str]] = {}
-        merged: set[str] = set()
-        for key, value in self._db.all("SELECT key, value FROM Dict"):
-            hash_hex = key if isinstance(key, str) else bytes(key).decode("ascii", "replace")
-            found, problem = bucket_problem(value)
-            if found is None:
-                self._report_once(("bucket", hash_hex), f"bucket {hash_hex}: {problem}; skipped")
-                continue
-            if hash_hex in buckets:
-                buckets[hash_hex] = buckets[hash_hex] + found
-                merged.add(hash_hex)
-            else:
-                buckets[hash_hex] = found
-        for hash_hex in merged:
-            buckets[hash_hex] = sorted(set(buckets[hash_hex]))
-        return buckets
+        return sorted(set(paths)) if len(values) > 1 else paths
 
     def has_key(self, hash_hex: str) -> bool:
         return self._db.one("SELECT 1 FROM Dict WHERE key IN (?, ?)",
