@@ -439,3 +439,37 @@ def test_real_photos_with_a_caption_are_verified(
     stored = FeatureSet.from_bytes(extract(read_frame("copy.jpg"), STORED_KEYPOINTS).to_bytes())
     looks = query_features(read_frame(str(caltech_root / relpath)))
     assert any(verify(look, stored).verified for look in looks)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (269, 167), (101, 320)])
+def test_the_mirror_look_has_the_mirror_images_own_descriptors(size: tuple[int, int]) -> None:
+    """The query's mirror look reuses the query's keypoints, mirrored within each pyramid level
+    (not detected again): every descriptor must be the one ORB computes on the mirror image at
+    the keypoint ORB finds there, whatever the frame's width (odd widths round each level's)."""
+    import cv2
+
+    from neardup.features.extract import _choose, _describe, _mirrored_keypoints, _orb
+
+    frame = np.asarray(scene(size[0] * 7 + size[1], size))
+    looks = query_features(frame)
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    flipped = np.ascontiguousarray(gray[:, ::-1])
+    assert np.array_equal(looks[1].gray, flipped)
+    found, _ = _describe(gray, _choose(gray, 500, ranked=True))
+    mirrored, descriptors = _describe(flipped, _mirrored_keypoints(found, size[0]))
+    assert np.array_equal(looks[1].descriptors, descriptors[:, :16])
+    assert len(mirrored) == len(found) == len(looks[0].points) > 0
+
+    def key(point: cv2.KeyPoint) -> tuple[float, float, int]:
+        return round(point.pt[0], 2), round(point.pt[1], 2), point.octave
+
+    detector = _orb(500)
+    detected, own = detector.compute(flipped, detector.detect(flipped, None))
+    own_at = {key(point): row.tobytes() for point, row in zip(detected, own, strict=True)}
+    compared = 0
+    for point, row in zip(mirrored, descriptors, strict=True):
+        if key(point) in own_at:
+            assert own_at[key(point)] == row.tobytes(), f"descriptor at {key(point)} differs"
+            compared += 1
+    # Detection's tie-breaks are not symmetric: a few points differ (see _mirrored_keypoints).
+    assert compared >= 0.8 * len(mirrored)
