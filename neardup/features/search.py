@@ -9,6 +9,7 @@ stored image's features, and only verified ones are answered.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,7 @@ from ..errors import StoreError
 from . import require
 from .extract import FeatureRecipe, FeatureSet, query_features
 from .index import FeatureIndex
-from .verify import Verdict, verify
+from .verify import Verdict, descriptor_index, verify
 
 # Which candidates to take from which source; "both" is what search.py does.
 SOURCES = ("hash", "features", "both")
@@ -108,6 +109,7 @@ class VerifiedSearch:
                 if record is not None:
                     stored[path] = _parse(self.store, path, record[1])
         answers_out: list[tuple[Match, Verdict]] = []
+        indexes = [descriptor_index(look) for look in looks]
         refused_in_a_row = 0
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
@@ -116,7 +118,8 @@ class VerifiedSearch:
             if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
                 continue
             first = found_by_look.get(path, 0)
-            verdict = _best_verdict([looks[first], *looks[:first], *looks[first + 1:]],
+            order = [first, *range(first), *range(first + 1, len(looks))]
+            verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
                                     stored[path])
             refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
@@ -128,12 +131,13 @@ class VerifiedSearch:
         return answers_out
 
 
-def _best_verdict(looks: Iterable[FeatureSet], stored: FeatureSet) -> Verdict:
+def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet) -> Verdict:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
-    that verifies, else the look with most inliers: a mirrored copy costs one verification."""
+    that verifies, else the look with most inliers: a mirrored copy costs one verification.
+    Each look comes with its descriptor_index()."""
     best: Verdict | None = None
-    for look in looks:
-        verdict = verify(look, stored)
+    for look, index in looks:
+        verdict = verify(look, stored, index)
         if verdict.verified:
             return verdict
         if best is None or verdict.inliers > best.inliers:
