@@ -473,3 +473,41 @@ def test_the_mirror_look_has_the_mirror_images_own_descriptors(size: tuple[int, 
             compared += 1
     # Detection's tie-breaks are not symmetric: a few points differ (see _mirrored_keypoints).
     assert compared >= 0.8 * len(mirrored)
+
+
+def load_precision_bench():  # type: ignore[no-untyped-def]
+    """bench/precision.py as a module (it imports bench/_setup.py beside it)."""
+    import importlib.util
+
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("precision_bench",
+                                                      PROJECT_ROOT / "bench" / "precision.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+
+
+def test_precision_bench_measures_a_pixel_copy_and_a_rotated_copy(in_tmp: Path) -> None:
+    """bench/precision.py's quantities: a JPEG copy keeps its keypoints in place (residual, the
+    descriptors); a rotated one is resampled (its residual larger), yet the query re-rendered on its
+    pixel grid has close descriptors at its keypoints, and both look alike when aligned."""
+    bench = load_precision_bench()
+    original = scene(1)
+    frame = read_frame(save(original, "original.jpg", quality=95))
+    looks = query_features(frame)
+    for name, picture in {"jpeg": original,
+                          "rotate": original.rotate(3.5, resample=Image.Resampling.BICUBIC)}.items():
+        copy = read_frame(save(picture, f"{name}.jpg", quality=90))
+        stored = FeatureSet.from_bytes(extract(copy, STORED_KEYPOINTS).to_bytes())
+        found = bench.best_of_looks(looks, stored, bench._gray(copy))
+        assert found is not None, name
+        assert found["rerendered_bits"] <= 8, (name, found)
+        assert found["detail28"] > 0.95 and found["detail56"] > 0.9, (name, found)
+        if name == "jpeg":
+            assert found["residual"] < EXACT_RESIDUAL and found["inlier_bits"] <= 2, found
+        else:
+            assert found["residual"] > EXACT_RESIDUAL, found

@@ -108,6 +108,30 @@ def descriptor_index(query: FeatureSet) -> Any:
     return index
 
 
+def matches(query: FeatureSet, stored: FeatureSet, query_index: Any = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The keypoint matches verify() fits a transform to: the query's points, the stored points
+    and the descriptors' distance in bits, one row per match."""
+    # Each stored keypoint looks for its partner among the query's (many more) keypoints, so each
+    # is used once: matched the other way, many query keypoints can pile onto one stored keypoint,
+    # and RANSAC then prefers a degenerate transform that shrinks the picture onto that point.
+    # A match passing the ratio test is strictly nearer than the second, so it is the same
+    # whichever way an exact search breaks ties.
+    if len(query.descriptors) < 2 or len(stored.descriptors) < 2:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0)
+    if query_index is None:
+        query_index = descriptor_index(query)
+    distances, nearest = query_index.search(np.ascontiguousarray(stored.descriptors), 2)
+    partner: dict[int, tuple[float, int]] = {}  # query keypoint -> (distance, stored keypoint)
+    for stored_index, ((first, second), (found, _)) in enumerate(
+            zip(distances.tolist(), nearest.tolist(), strict=True)):
+        if first < RATIO * second and (found not in partner or first < partner[found][0]):
+            partner[found] = (first, stored_index)
+    return (query.points[list(partner)],
+            stored.points[[stored_index for _, stored_index in partner.values()]],
+            np.array([distance for distance, _ in partner.values()], np.float64))
+
+
 def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Verdict:
     """The verdict on `stored` being a copy of `query` (whose whole frame must be kept);
     `query_index` is descriptor_index(query), when the caller verifies many candidates."""
@@ -117,25 +141,10 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
         raise ValueError("the query's frame is needed to compare the aligned pictures")
     if len(query.descriptors) < 2 or len(stored.descriptors) < 2:
         return Verdict(False, 0, 0, None, 0.0, None, None, "too few keypoints")
-    # Each stored keypoint looks for its partner among the query's (many more) keypoints, so each
-    # is used once: matched the other way, many query keypoints can pile onto one stored keypoint,
-    # and RANSAC then prefers a degenerate transform that shrinks the picture onto that point.
-    # A matcher per call: it costs microseconds, and the checker verifies in several threads.
-    # A match passing the ratio test is strictly nearer than the second, so it is the same
-    # whichever way an exact search breaks ties.
-    if query_index is None:
-        query_index = descriptor_index(query)
-    distances, nearest = query_index.search(np.ascontiguousarray(stored.descriptors), 2)
-    partner: dict[int, tuple[float, int]] = {}  # query keypoint -> (distance, stored keypoint)
-    for stored_index, ((first, second), (found, _)) in enumerate(
-            zip(distances.tolist(), nearest.tolist(), strict=True)):
-        if first < RATIO * second and (found not in partner or first < partner[found][0]):
-            partner[found] = (first, stored_index)
-    good = len(partner)
+    source, target, _ = matches(query, stored, query_index)
+    good = len(source)
     if good < MIN_INLIERS:
         return Verdict(False, 0, good, None, 0.0, None, None, "too few matches")
-    source = query.points[list(partner)]
-    target = stored.points[[stored_index for _, stored_index in partner.values()]]
     transform, mask = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PIXELS)
     if transform is None:
