@@ -184,6 +184,14 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
         correlation, detail = _agreement(warped_thumb, stored_thumb,
                                          _without_most_different(warped_thumb, stored_thumb,
                                                                  covered))
+    if exact and (correlation < MIN_CORRELATION or detail < MIN_DETAIL_CORRELATION):
+        # A brightened copy whose highlights clipped keeps its edges only where it did not clip:
+        # the query's grey levels given the stored picture's, rank for rank, clip it alike. Only
+        # for a pixel-exact copy: applied to every candidate, it let 5 more pairs of different
+        # photographs through (of 30,888 CALTECH-101 neighbours in 6 categories, 134 verified
+        # before: motorbikes, airplanes on white, aligned to 0.57 to 1.4 pixels).
+        correlation, detail = _agreement(_tone_matched(warped_thumb, stored_thumb, covered),
+                                         stored_thumb, covered)
     colour = None  # measured only when it decides: the pictures agree in brightness and edges
     if correlation < MIN_CORRELATION:
         reason = "the aligned pictures differ"
@@ -218,6 +226,18 @@ def _without_most_different(warped: np.ndarray, stored: np.ndarray,
     difference = np.abs(stored - (slope * warped + offset))
     limit = np.quantile(difference[covered], 1 - TRIMMED_SHARE)
     return covered & (difference <= limit)
+
+
+def _tone_matched(warped: np.ndarray, stored: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """`warped` with the grey levels of its pixels in `where` replaced, rank for rank, by those of
+    `stored` there: the query as a monotone change of tone (brightness and its clipping, contrast,
+    gamma) would have made it."""
+    toned = warped.copy()
+    order = np.argsort(warped[where], kind="stable")
+    levels = np.empty(order.size, np.float32)
+    levels[order] = np.sort(stored[where])
+    toned[where] = levels
+    return toned
 
 
 def _colour_agreement(query: FeatureSet, stored: FeatureSet, onto_grid: np.ndarray,
