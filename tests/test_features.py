@@ -535,3 +535,39 @@ def test_precision_bench_measures_a_pixel_copy_and_a_rotated_copy(in_tmp: Path) 
             assert found["residual"] < EXACT_RESIDUAL and found["inlier_bits"] <= 2, found
         else:
             assert found["residual"] > EXACT_RESIDUAL, found
+
+
+def test_the_candidate_search_skips_crowded_lists_and_nothing_else(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inverted file's lists over CROWDED_LIST times the mean are not scanned (stop words);
+    every other list is, exactly as a plain search of it would."""
+    import faiss
+
+    from neardup.features import index as feature_index
+
+    rng = np.random.default_rng(5)
+    common = rng.integers(0, 256, 16, dtype=np.uint8)  # a pattern every photo has
+    spread = rng.integers(0, 256, (4000, 16), dtype=np.uint8)
+    crowd = np.repeat(common[None, :], 3000, axis=0)
+    crowd[:, 0] ^= rng.integers(0, 4, 3000, dtype=np.uint8)  # near copies of it
+    descriptors = np.concatenate([spread, crowd])
+    owners = np.concatenate([np.arange(4000) // 40, 1000 + np.arange(3000) // 40])
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(128), 128, 64)
+    index.train(descriptors)
+    index.add(descriptors)
+    index.nprobe = feature_index.PROBES
+
+    def look(rows: np.ndarray) -> FeatureSet:
+        return FeatureSet(320, 240, np.zeros((len(rows), 2), np.float32), rows,
+                          np.zeros((28, 28), np.uint8), np.zeros((CHROMA_SIDE, CHROMA_SIDE, 2),
+                                                                  np.int8))
+
+    query = look(np.concatenate([spread[400:440], crowd[:40]]))  # image 10's, and the crowd's
+    found = {c.image_id: c.votes for c in feature_index.FeatureIndex(index, owners)
+             .candidates([query])}
+    assert found.get(10, 0) >= 30  # its own lists are scanned
+    assert not any(image >= 1000 for image in found), found  # the crowded list is not
+    monkeypatch.setattr(feature_index, "CROWDED_LIST", 1e9)
+    everything = {c.image_id for c in feature_index.FeatureIndex(index, owners)
+                  .candidates([query])}
+    assert 10 in everything and any(image >= 1000 for image in everything)
