@@ -11,7 +11,7 @@ grows), each against the hash-only path in the same run.
    --features plus synthetic images up to the size, under new paths and random hashes, made one
    of two ways (--synthetic):
    - mixed (default): each synthetic image's descriptors are drawn at random from all the real
-     stored descriptors (of many different images), each with 10 of its 256 bits flipped; its
+     stored descriptors (of many different images), each with 10 of its 128 bits flipped; its
      positions, thumbnail (shifted) and colours are a real image's. Realistic descriptor
      statistics, and no synthetic image is a near-copy of a real one: a library of distinct photos.
    - clones: each synthetic image is one real stored image's record with 10 bits of each descriptor
@@ -185,7 +185,7 @@ def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
             else:
                 chosen = source.descriptors
             bits = np.unpackbits(chosen, axis=1)
-            # 10 distinct bits of each descriptor: the 10 smallest of 256 random numbers per row.
+            # 10 distinct bits of each descriptor: the 10 smallest of one random number per bit.
             flipped = np.argpartition(rng.random(bits.shape), 10, axis=1)[:, :10]
             np.put_along_axis(bits, flipped, 1 - np.take_along_axis(bits, flipped, axis=1),
                               axis=1)
