@@ -152,7 +152,7 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     inliers = int(mask.sum())
     kept = mask.ravel().astype(bool)
     moved = source[kept] @ transform[:, :2].T + transform[:, 2]
-    residual = float(np.median(np.hypot(*(moved - target[kept]).T))) if kept.any() else 0.0
+    residual = _median(np.hypot(*(moved - target[kept]).T)) if kept.any() else 0.0
     scale = float(np.hypot(transform[0, 0], transform[0, 1]))
     if not MIN_SCALE <= scale <= MAX_SCALE:
         return Verdict(False, inliers, good, scale, 0.0, None, None, "implausible scale")
@@ -205,6 +205,15 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
             reason = "verified"
     return Verdict(reason == "verified", inliers, good, scale, overlap, correlation, detail,
                    reason, colour, residual)
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median of a few dozen values, the same number at a tenth of its cost."""
+    ordered = np.sort(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def _agreement(warped: np.ndarray, stored: np.ndarray, where: np.ndarray) -> tuple[float, float]:
