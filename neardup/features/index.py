@@ -43,8 +43,9 @@ TRAINING_SAMPLE = 100_000
 # common patterns (plain edges and corners, which every photo has): at 10^5 images a third of
 # the descriptors were in lists over twice the mean (the largest 7.4 times), and a query scanned
 # 1.85 times the mean list per probe. Skipping them cut the candidate search from 21 to 11 ms per
-# query (bench/features.py) and cost the verified search 0.2 to 0.4 % of the pad, crop, rotate
-# or combo copies on three samples (gather.py --seed 2026, 7, 99; every recall goal still met).
+# query (cProfile of bench/features.py's queries) and cost the verified search 0.2 to 0.4 % of
+# the pad, crop, rotate or combo copies on three samples (gather.py --seed 2026, 7, 99; every
+# recall goal still met).
 CROWDED_LIST = 2.0
 
 
@@ -115,7 +116,6 @@ class FeatureIndex:
                     best[image_id] = Candidate(image_id, count, look_number)
         ranked = sorted(best.values(), key=lambda candidate: (-candidate.votes, candidate.image_id))
         return ranked[:MAX_CANDIDATES]
-
 
     def _search(self, searched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The NEIGHBOURS nearest stored descriptors of each searched one, or -1."""

