@@ -119,7 +119,9 @@ class FeatureSet:
     thumbnail: np.ndarray  # (THUMBNAIL_SIDE, THUMBNAIL_SIDE) uint8, the frame squeezed
     chroma: np.ndarray  # (CHROMA_SIDE, CHROMA_SIDE, 2) int8: see chroma_grid
     gray: np.ndarray | None = None  # the whole frame; queries only (verification warps it)
-    colour: np.ndarray | None = None  # the whole frame in RGB; colour queries only
+    # The whole frame in RGB, and its gray as a fourth channel (verification warps all four at
+    # once); colour queries only.
+    colour: np.ndarray | None = None
 
     def to_bytes(self) -> bytes:
         positions = np.clip(np.rint(self.points * POSITION_SCALE), 0, 4095).astype(np.uint32)
@@ -312,8 +314,10 @@ def _feature_set(gray: np.ndarray, colour: np.ndarray | None, found: list[Any],
     thumbnail = cv2.resize(gray, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
     chroma = (chroma_grid(colour) if colour is not None
               else np.zeros((CHROMA_SIDE, CHROMA_SIDE, 2), np.int8))
-    return FeatureSet(width, height, points, descriptors, thumbnail, chroma,
-                      gray if keep_frame else None, colour if keep_frame else None)
+    if not keep_frame:
+        return FeatureSet(width, height, points, descriptors, thumbnail, chroma)
+    return FeatureSet(width, height, points, descriptors, thumbnail, chroma, gray,
+                      None if colour is None else np.dstack([colour, gray]))
 
 
 def _mirrored_keypoints(keypoints: list[Any], width: int) -> list[Any]:
@@ -340,7 +344,8 @@ def _mirrored_keypoints(keypoints: list[Any], width: int) -> list[Any]:
 
 def chroma_grid(rgb: np.ndarray) -> np.ndarray:
     """The picture's colour on a CHROMA_SIDE grid: red - green and (red + green) / 2 - blue,
-    halved to fit int8. Zero for gray pixels, whatever their brightness."""
+    halved to fit int8. Zero for gray pixels, whatever their brightness. A fourth channel (a
+    query's gray) is ignored."""
     import cv2
 
     small = cv2.resize(rgb, (CHROMA_SIDE, CHROMA_SIDE), interpolation=cv2.INTER_AREA)

@@ -170,7 +170,15 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     grid = THUMBNAIL_SIDE * WARP_SAMPLES
     onto_grid = np.array([[grid / stored.width, 0, 0], [0, grid / stored.height, 0]]) @ np.vstack(
         [transform, [0, 0, 1]])
-    warped = cv2.warpAffine(query.gray, onto_grid, (grid, grid), flags=cv2.INTER_LINEAR)
+    # A colour query's frame holds its gray as a fourth channel: one warp of all four costs less
+    # than half of a gray and a colour one (each channel is interpolated alone: the same pixels).
+    warped_colour = None
+    if query.colour is None:
+        warped = cv2.warpAffine(query.gray, onto_grid, (grid, grid), flags=cv2.INTER_LINEAR)
+    else:
+        warped_colour = cv2.warpAffine(query.colour, onto_grid, (grid, grid),
+                                       flags=cv2.INTER_LINEAR)
+        warped = np.ascontiguousarray(warped_colour[..., 3])
     coverage = cv2.warpAffine(np.full(query.gray.shape, 255, np.uint8), onto_grid, (grid, grid),
                               flags=cv2.INTER_NEAREST)
     warped_thumb = cv2.resize(warped, side, interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -199,7 +207,7 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     elif detail < MIN_DETAIL_CORRELATION:
         reason = "the aligned pictures differ in detail"
     else:
-        colour = _colour_agreement(query, stored, onto_grid, coverage)
+        colour = _colour_agreement(warped_colour, stored, coverage)
         if colour is not None and colour < MIN_COLOUR_AGREEMENT:
             reason = "the aligned pictures differ in colour"
         else:
@@ -250,17 +258,16 @@ def _tone_matched(warped: np.ndarray, stored: np.ndarray, where: np.ndarray) -> 
     return toned
 
 
-def _colour_agreement(query: FeatureSet, stored: FeatureSet, onto_grid: np.ndarray,
+def _colour_agreement(warped: np.ndarray | None, stored: FeatureSet,
                       coverage: np.ndarray) -> float | None:
     """Cosine similarity of the two colour grids where the query covers the stored picture; None
     when either is (nearly) gray there (a gray copy of a colour photo is still a copy).
-    `onto_grid` maps the query onto verify()'s grid over the stored frame; `coverage` is the
-    query's coverage of that grid."""
+    `warped` is the colour query on verify()'s grid over the stored frame (None: a gray query);
+    `coverage` is the query's coverage of that grid."""
     import cv2
 
-    if query.colour is None:
+    if warped is None:
         return None
-    warped = cv2.warpAffine(query.colour, onto_grid, coverage.shape[::-1], flags=cv2.INTER_LINEAR)
     side = (CHROMA_SIDE, CHROMA_SIDE)
     covered = cv2.resize(coverage, side, interpolation=cv2.INTER_AREA) >= 250
     if covered.sum() < 4:
