@@ -571,3 +571,40 @@ def test_the_candidate_search_skips_crowded_lists_and_nothing_else(
     everything = {c.image_id for c in feature_index.FeatureIndex(index, owners)
                   .candidates([query])}
     assert 10 in everything and any(image >= 1000 for image in everything)
+
+
+def test_look_alikes_the_hash_proposes_do_not_stop_the_feature_candidates(in_tmp: Path) -> None:
+    """Verification gives up on the feature candidates after STOP_AFTER_REFUSALS of them are
+    refused in a row. Look-alikes the hash proposes (the query's layout, other details: a
+    motorbike's hash finds a dozen other motorbikes) are refused too, and must not count: a
+    cropped copy that only the features find is still verified after them."""
+    from PIL import ImageFilter
+
+    from neardup.core.hashing import hash_file
+    from neardup.core.search import HashIndex
+    from neardup.features.search import STOP_AFTER_REFUSALS, VerifiedSearch
+
+    query = scene(1)
+    layout = np.asarray(query.filter(ImageFilter.GaussianBlur(10)), dtype=np.float64)
+    for seed in range(6):  # the layout with other details: near by hash, no keypoint in common
+        details = np.random.default_rng(seed).normal(0, 40, layout.shape[:2])[..., None]
+        save(Image.fromarray(np.clip(layout + details, 0, 255).astype(np.uint8)),
+             f"images/alike_{seed}.jpg", quality=92)
+    save(crop(query, random.Random(3))[0], "images/cropped.jpg", quality=90)
+    for seed in range(2, 5):
+        save(scene(seed), f"images/scene_{seed}.jpg", quality=92)
+    save(query, "query.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+
+    with Store.open_for_reading("db.shelve") as store, store.snapshot():
+        search = VerifiedSearch.for_store(store, HashIndex.from_store(store))
+        assert search is not None
+        answers = search.search_with_verdicts([hash_file("query.jpg", store.recipe)],
+                                              read_frame("query.jpg"), 4)
+    refused_by_hash = [match.path for match, verdict in answers
+                       if "hash" in match.found_by and not verdict.verified]
+    assert len(refused_by_hash) >= STOP_AFTER_REFUSALS  # the case this test is about
+    cropped = [(match.found_by, verdict.verified) for match, verdict in answers
+               if Path(match.path).name == "cropped.jpg"]
+    assert cropped == [("features", True)]
+    assert [m["relpath"] for m in search_json("-q", "query.jpg")[0]["matches"]] == ["cropped.jpg"]

@@ -25,8 +25,10 @@ from .verify import Verdict, descriptor_index, verify
 
 # Which candidates to take from which source; "both" is what search.py does.
 SOURCES = ("hash", "features", "both")
-# Feature candidates come best first (most shared keypoints); after this many refusals in a row the
-# rest are refused unseen: copies have far more votes than look-alikes (bounds the search time).
+# Feature candidates come best first (most shared keypoints); after this many of them refused in a
+# row the rest are refused unseen: copies have far more votes than look-alikes (bounds the search
+# time). Only feature candidates count: a motorbike's hash finds a dozen other motorbikes, which
+# verification refuses, and counted with them its own copies with 46 votes went unverified.
 STOP_AFTER_REFUSALS = 4
 
 
@@ -121,7 +123,8 @@ class VerifiedSearch:
             order = [first, *range(first), *range(first + 1, len(looks))]
             verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
                                     stored[path])
-            refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
+            if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
+                refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
