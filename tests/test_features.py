@@ -465,6 +465,49 @@ def test_real_photos_brightened_until_they_clip_are_verified(
     assert verdict.verified, verdict
 
 
+def cropped_and_letterboxed(picture: Image.Image, cuts: tuple[int, int, int, int],
+                            share: int) -> Image.Image:
+    """What gather.py's combo of a crop (percent off left, top, right, bottom) and a black
+    letterbox (share percent of the height, top and bottom) makes."""
+    width, height = picture.size
+    left, top, right, bottom = cuts
+    cropped = picture.crop((width * left // 100, height * top // 100,
+                            width - width * right // 100, height - height * bottom // 100))
+    bar = cropped.size[1] * share // 100
+    return ImageOps.expand(cropped, border=(0, bar, 0, bar), fill=(0, 0, 0))
+
+
+def test_a_cropped_then_letterboxed_copy_is_verified(in_tmp: Path) -> None:
+    """The copy's bars lie where the query, which was not cropped, still has picture: compared
+    there, the aligned pictures differed (edges correlating 0.81 to 0.89 on CALTECH-101 photos)."""
+    original = scene(4)
+    save(cropped_and_letterboxed(original, (9, 6, 2, 3), 13), "copy.jpg", quality=90)
+    stored = FeatureSet.from_bytes(extract(read_frame("copy.jpg"), STORED_KEYPOINTS).to_bytes())
+    save(original, "original.jpg", quality=92)
+    verdict = verify(query_features(read_frame("original.jpg"))[0], stored)
+    assert verdict.verified, verdict
+
+
+CROPPED_AND_LETTERBOXED = (  # CALTECH-101 photos whose combo copies (gather.py --seed 2026)
+    ("grand_piano/image_0068.jpg", (9, 6, 2, 3), 13, 90),  # were refused: edges 0.893
+    ("BACKGROUND_Google/image_0272.jpg", (2, 7, 10, 7), 13, 85),  # brightness 0.294
+    ("emu/image_0026.jpg", (7, 1, 6, 10), 13, 67),  # edges 0.806
+)
+
+
+@pytest.mark.parametrize(("relpath", "cuts", "share", "quality"), CROPPED_AND_LETTERBOXED)
+def test_real_photos_cropped_then_letterboxed_are_verified(
+    caltech_root: Path, in_tmp: Path, relpath: str, cuts: tuple[int, int, int, int], share: int,
+    quality: int,
+) -> None:
+    with Image.open(caltech_root / relpath) as photo:
+        picture = photo.convert("RGB")
+    save(cropped_and_letterboxed(picture, cuts, share), "copy.jpg", quality=quality)
+    stored = FeatureSet.from_bytes(extract(read_frame("copy.jpg"), STORED_KEYPOINTS).to_bytes())
+    verdict = verify(query_features(read_frame(str(caltech_root / relpath)))[0], stored)
+    assert verdict.verified, verdict
+
+
 @pytest.mark.parametrize("size", [(320, 240), (269, 167), (101, 320)])
 def test_the_mirror_look_has_the_mirror_images_own_descriptors(size: tuple[int, int]) -> None:
     """The query's mirror look reuses the query's keypoints, mirrored within each pyramid level

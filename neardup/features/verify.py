@@ -69,6 +69,14 @@ TRIMMED_SHARE = 0.25
 # reach 0.80 (a contrast change) or more.
 GRAY_LIMIT = 3
 MIN_COLOUR_AGREEMENT = 0.5
+# Pads (see _padding_over_the_picture): a pixel of a stored flat edge band shows the query's
+# picture when the warped query, its brightness and contrast matched, differs from it by more
+# than PADDING_TOLERANCE grey levels. A band counts from MIN_PADDING_ROWS thumbnail rows (7 % of
+# the side): a single flat row or column is more often a photo's own frame line or a scanner's
+# edge, and leaving out one where a different photograph lacks it let that photograph through
+# (CALTECH-101 airplanes/image_0565 ~ 0566). Measured in docs/features.md (Verification).
+PADDING_TOLERANCE = 24
+MIN_PADDING_ROWS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +196,7 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     if overlap < MIN_OVERLAP:
         return Verdict(False, inliers, good, scale, overlap, None, None, "too little overlap")
     stored_thumb = stored.thumbnail.astype(np.float32)
+    covered = covered & ~_padding_over_the_picture(stored_thumb, warped_thumb, covered)
     correlation, detail = _agreement(warped_thumb, stored_thumb, covered)
     if exact and (correlation < MIN_CORRELATION or detail < MIN_DETAIL_CORRELATION):
         correlation, detail = _agreement(warped_thumb, stored_thumb,
@@ -235,13 +244,53 @@ def _agreement(warped: np.ndarray, stored: np.ndarray, where: np.ndarray) -> tup
     return correlation, _correlation(_gradients(warped, inner), _gradients(stored, inner))
 
 
+def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
+                              covered: np.ndarray) -> np.ndarray:
+    """The stored thumbnail's flat edge bands (a pad, a letterbox: at least MIN_PADDING_ROWS rows
+    or columns of one grey level from an edge inwards, and the row or column next to them, partly
+    pad) where the warped query, in the stored picture's tones, shows something else over most of
+    the part it covers: a copy cropped, then padded, has its bars where the query, not cropped,
+    still has picture. A band the query mostly agrees with stays: a different motorbike on the
+    same white reaching into it is a difference, not a pad."""
+    padding = np.zeros(stored.shape, bool)
+    half = stored.shape[0] // 2
+    # Different as it is and in the stored picture's tones: a darker copy is not a pad, and a
+    # white background does not stop being white because the line fitted to a whole picture
+    # maps its white a little lower.
+    differ = ((np.abs(warped - stored) > PADDING_TOLERANCE)
+              & (np.abs(_in_stored_tones(warped, stored, covered) - stored) > PADDING_TOLERANCE))
+    for ours, different, inside, mark in (
+            (stored, differ, covered, padding),
+            (stored[::-1], differ[::-1], covered[::-1], padding[::-1]),
+            (stored.T, differ.T, covered.T, padding.T),
+            (stored.T[::-1], differ.T[::-1], covered.T[::-1], padding.T[::-1])):
+        rows = 0
+        while rows < half and (ours[rows] == ours[0, 0]).all():
+            rows += 1
+        if rows < MIN_PADDING_ROWS:
+            continue
+        band = slice(0, rows + 1)
+        seen = inside[band]
+        if seen.any() and different[band][seen].mean() > 0.5:
+            mark[band] = True
+    return padding
+
+
+def _in_stored_tones(warped: np.ndarray, stored: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The warped query with its brightness and contrast matched to the stored thumbnail over
+    `covered` (a least-squares line from one to the other)."""
+    ours, theirs = warped[covered], stored[covered]
+    if ours.size == 0:
+        return warped
+    slope, offset = np.polyfit(ours, theirs, 1) if ours.std() > 0 else (0.0, theirs.mean())
+    return slope * warped + offset
+
+
 def _without_most_different(warped: np.ndarray, stored: np.ndarray,
                             covered: np.ndarray) -> np.ndarray:
     """`covered` less its TRIMMED_SHARE of pixels that differ most once brightness and contrast
-    are matched (a least-squares line from the warped query to the stored thumbnail)."""
-    ours, theirs = warped[covered], stored[covered]
-    slope, offset = np.polyfit(ours, theirs, 1) if ours.std() > 0 else (0.0, theirs.mean())
-    difference = np.abs(stored - (slope * warped + offset))
+    are matched."""
+    difference = np.abs(stored - _in_stored_tones(warped, stored, covered))
     limit = np.quantile(difference[covered], 1 - TRIMMED_SHARE)
     return covered & (difference <= limit)
 
