@@ -254,36 +254,43 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
     same white reaching into it is a difference, not a pad."""
     padding = np.zeros(stored.shape, bool)
     half = stored.shape[0] // 2
+    bands = []  # (how to see the thumbnail with that edge on top, rows of the band)
+    for from_edge in _FROM_EACH_EDGE:
+        ours = from_edge(stored)
+        rows = 0
+        while rows < half and (ours[rows] == ours[0, 0]).all():
+            rows += 1
+        if rows >= MIN_PADDING_ROWS and from_edge(covered)[:rows + 1].any():
+            bands.append((from_edge, rows + 1))
+    if not bands:
+        return padding  # most pictures: nothing more to measure
     # Different as it is and in the stored picture's tones: a darker copy is not a pad, and a
     # white background does not stop being white because the line fitted to a whole picture
     # maps its white a little lower.
     differ = ((np.abs(warped - stored) > PADDING_TOLERANCE)
               & (np.abs(_in_stored_tones(warped, stored, covered) - stored) > PADDING_TOLERANCE))
-    for ours, different, inside, mark in (
-            (stored, differ, covered, padding),
-            (stored[::-1], differ[::-1], covered[::-1], padding[::-1]),
-            (stored.T, differ.T, covered.T, padding.T),
-            (stored.T[::-1], differ.T[::-1], covered.T[::-1], padding.T[::-1])):
-        rows = 0
-        while rows < half and (ours[rows] == ours[0, 0]).all():
-            rows += 1
-        if rows < MIN_PADDING_ROWS:
-            continue
-        band = slice(0, rows + 1)
-        seen = inside[band]
-        if seen.any() and different[band][seen].mean() > 0.5:
-            mark[band] = True
+    for from_edge, rows in bands:
+        if from_edge(differ)[:rows][from_edge(covered)[:rows]].mean() > 0.5:
+            from_edge(padding)[:rows] = True  # a view: marks `padding` itself
     return padding
+
+
+# The thumbnail seen with its top, bottom, left or right edge as the first row (views, not copies).
+_FROM_EACH_EDGE = (lambda array: array, lambda array: array[::-1], lambda array: array.T,
+                   lambda array: array.T[::-1])
 
 
 def _in_stored_tones(warped: np.ndarray, stored: np.ndarray, covered: np.ndarray) -> np.ndarray:
     """The warped query with its brightness and contrast matched to the stored thumbnail over
-    `covered` (a least-squares line from one to the other)."""
-    ours, theirs = warped[covered], stored[covered]
+    `covered`: the least-squares line from one to the other (in closed form: np.polyfit costs
+    ten times as much on a few hundred pixels)."""
+    ours, theirs = warped[covered].astype(np.float64), stored[covered].astype(np.float64)
     if ours.size == 0:
         return warped
-    slope, offset = np.polyfit(ours, theirs, 1) if ours.std() > 0 else (0.0, theirs.mean())
-    return slope * warped + offset
+    centred = ours - ours.mean()
+    spread = float((centred * centred).sum())
+    slope = float((centred * (theirs - theirs.mean())).sum()) / spread if spread > 0 else 0.0
+    return slope * warped + (theirs.mean() - slope * ours.mean())
 
 
 def _without_most_different(warped: np.ndarray, stored: np.ndarray,
