@@ -272,6 +272,8 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
     for from_edge, rows in bands:
         if from_edge(differ)[:rows][from_edge(covered)[:rows]].mean() > 0.5:
             from_edge(padding)[:rows] = True  # a view: marks `padding` itself
+    if (covered & ~padding).mean() < MIN_OVERLAP:
+        padding[:] = False  # too little would be left to compare: the pictures decide as they are
     return padding
 
 
