@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Why DECODE_MARGIN is 16 and the grid is kept in floating point: recall of variants of v3.
+"""Why the decode margin is 16 at least and the grid is kept in floating point: recall of variants.
 
     python gather.py --source CALTECH --output images --seed 101 --samples 600 --copies 1 \\
         --edits resize,jpeg
     python bench/decode_margin.py images [--margins 1 2 4 8 16]
 
 Each sampled original and its copies are hashed (dHash-64) by: plain ImageHash
-(`imagehash.dhash(Image.open(p))`), the v2 recipe, and the v3 recipe with DECODE_MARGIN set to
-each value (a smaller margin decodes more JPEGs at reduced scale: at 8, photos of 300 x 200 are
-decoded at 1/2; at 1, nearly always at 1/8), plus v3 with its grid rounded to whole gray levels
-(as an 8-bit resize would). Printed: recall (copies within t bits of their original) per edit.
+(`imagehash.dhash(Image.open(p))`), the v2 recipe, the v3 recipe (one margin for every scale) with
+DECODE_MARGIN set to each value (a smaller margin decodes more JPEGs at reduced scale: at 8,
+photos of 300 x 200 are decoded at 1/2; at 1, nearly always at 1/8), v3 with its grid rounded to
+whole gray levels (as an 8-bit resize would), and the default (v4, DECODE_MARGINS). Printed:
+recall (copies within t bits of their original) per edit.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def variants(margins: list[int]) -> dict[str, Callable[[str], Hash]]:
             saved = hashing.DECODE_MARGIN, sampling.STEP
             hashing.DECODE_MARGIN, sampling.STEP = margin, step
             try:
-                return hash_file(path, Recipe())
+                return hash_file(path, Recipe(preprocess_version=3))
             finally:
                 hashing.DECODE_MARGIN, sampling.STEP = saved
         return hasher
@@ -48,10 +49,11 @@ def variants(margins: list[int]) -> dict[str, Callable[[str], Hash]]:
         "v2": lambda p: hash_file(p, Recipe(preprocess_version=2)),
     }
     for margin in margins:
-        label = " (default)" if margin == hashing.DECODE_MARGIN else ""
+        label = " (v3's)" if margin == hashing.DECODE_MARGIN else ""
         rows[f"v3, margin {margin}{label}"] = v3_with(margin)
     rows[f"v3, margin {hashing.DECODE_MARGIN}, grid rounded to gray levels"] = v3_with(
         hashing.DECODE_MARGIN, 1.0)
+    rows["v4 (default)"] = lambda p: hash_file(p, Recipe())
     return rows
 
 

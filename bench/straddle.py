@@ -3,15 +3,16 @@
 
     python bench/straddle.py [--dataset DIR] [--samples 100] [--seed 14]
 
-The default recipe (v3) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
-DECODE_MARGIN pixels per grid cell at that scale: for dHash-64 (a 9 x 8 grid) the boundaries are
-at 288, 576 and 1152 pixels. For each boundary and each sampled CALTECH-101 photo, two pairs are
-made, one per direction: an original a few pixels below the boundary (saved at JPEG quality 95)
-and its copy resized by 0.5-2 % to a few pixels above it (quality 90), and the reverse. The two
-images of a pair take different decode paths. Rows: recall (copies within t bits of their
-original) at every threshold for --exact (plain ImageHash, `imagehash.dhash(Image.open(p))`),
-the v2 recipe (whose own boundaries are at 256, 512 and 1024: its pairs are built there too) and
-the default recipe, all on the same files in one run.
+The default recipe (v4) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
+enough decoded pixels per grid cell at that scale (hashing.DECODE_MARGINS): for dHash-64 (a 9 x 8
+grid) the boundaries are at 288, 1,440 and 2,880 pixels. For each boundary and each sampled
+CALTECH-101 photo, two pairs are made, one per direction: an original a few pixels below the
+boundary (saved at JPEG quality 95) and its copy resized by 0.5-2 % to a few pixels above it
+(quality 90), and the reverse. The two images of a pair take different decode paths. Rows: recall
+(copies within t bits of their original) at every threshold for --exact (plain ImageHash,
+`imagehash.dhash(Image.open(p))`), the v3 recipe (16 pixels per cell at every scale: boundaries
+at 288, 576 and 1,152, where its pairs are built too) and the default, all on the same files in
+one run.
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: F401  (sets t
 from PIL import Image
 
 from neardup.core.discovery import FoundFile, walk_images
-from neardup.core.hashing import DECODE_MARGIN, DRAFT_SIDE, Hash, Recipe, grid_size, hash_file
+from neardup.core.hashing import Hash, Recipe, hash_file, scale_boundaries
 
 THRESHOLDS = range(17)
 
 
 def boundaries(recipe_version: int) -> list[int]:
     """Shorter-side lengths at which the recipe's dHash-64 JPEG decode changes scale."""
-    if recipe_version == 2:
-        return [DRAFT_SIDE * scale for scale in (2, 4, 8)]
-    cells = max(grid_size(Recipe(), (0, 0)))
-    return [DECODE_MARGIN * cells * scale for scale in (2, 4, 8)]
+    return sorted(scale_boundaries(Recipe(preprocess_version=recipe_version)).values())
 
 
 def resized_to_shorter(picture: Image.Image, shorter: int) -> Image.Image:
@@ -92,13 +90,13 @@ def main() -> int:
     sources = rng.sample(photos, min(args.samples, len(photos)))
     recipes = {
         "--exact (plain ImageHash)": exact_dhash,
-        "v2 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=2)),
-        "v3 (default)": lambda path: hash_file(path, Recipe()),
+        "v3 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=3)),
+        "v4 (default)": lambda path: hash_file(path, Recipe()),
     }
     started = time.perf_counter()
     header = " | ".join(str(t) for t in THRESHOLDS)
     with tempfile.TemporaryDirectory() as folder:
-        for version in (3, 2):
+        for version in (4, 3):
             edges = boundaries(version)
             pairs = make_pairs(sources, edges, folder, rng)
             print(f"Pairs straddling the v{version} boundaries {edges} (shorter side, pixels),"
@@ -109,7 +107,7 @@ def main() -> int:
                 distances = np.array([hasher(o).distance(hasher(c)) for o, c, _, _ in pairs])
                 print(recall_row(name, distances))
             print()
-            for name in ("--exact (plain ImageHash)", "v3 (default)"):
+            for name in ("--exact (plain ImageHash)", "v4 (default)"):
                 hasher = recipes[name]
                 worst = {}
                 for original, copy, edge, direction in pairs:

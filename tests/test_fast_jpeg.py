@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from neardup.core import hashing, jpeg
-from neardup.core.hashing import DECODE_MARGIN, Recipe, grid_size, hash_source
+from neardup.core.hashing import Recipe, hash_source, scale_boundaries
 from neardup.errors import ImageError
 
 from .imagegen import save, textured
@@ -28,7 +28,8 @@ XMP_TURNED = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://w
               b'02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
               b' tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
 
-RECIPES = [Recipe(), Recipe(algorithm="phash"), Recipe(hash_size=16), Recipe(algorithm="ahash")]
+RECIPES = [Recipe(), Recipe(algorithm="phash"), Recipe(hash_size=16), Recipe(algorithm="ahash"),
+           Recipe(preprocess_version=3)]
 
 
 def outcome(path: str, recipe: Recipe, *, data: bytes | None = None) -> tuple[str, str | None]:
@@ -53,13 +54,11 @@ def both_ways(path: str, recipe: Recipe, monkeypatch: pytest.MonkeyPatch,
 
 def boundary_sizes(recipe: Recipe) -> list[tuple[int, int]]:
     """Sizes whose shorter side sits just below and above each decode-scale boundary."""
-    cells = max(grid_size(recipe, (0, 0))) if recipe.algorithm != "whash" else 8
     sizes = []
-    for scale in (1, 2, 4):
-        edge = 2 * scale * DECODE_MARGIN * cells  # the boundary between scale and 2 * scale
+    for edge in scale_boundaries(recipe).values():  # where a decode at 1/2, 1/4, 1/8 begins
         sizes += [(edge * 4 // 3 + 1, edge - 1), (edge * 4 // 3 + 3, edge + 1),
                   (edge + 5, edge * 3 // 2 + 7)]  # portrait too
-    return [size for size in sizes if size[0] * size[1] <= 6_000_000]
+    return [size for size in sizes if size[0] * size[1] <= 12_500_000]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda recipe: recipe.describe())

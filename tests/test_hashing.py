@@ -10,15 +10,14 @@ from PIL import Image
 
 from neardup.core.hashing import (
     ALGORITHMS,
-    DECODE_MARGIN,
     DRAFT_SIDE,
     GridDecoder,
     Hash,
     Recipe,
-    grid_size,
     hash_file,
     hash_file_and_mirror,
     open_image,
+    scale_boundaries,
     upright_grid,
 )
 from neardup.errors import ImageError
@@ -99,10 +98,10 @@ class TestRecipe:
         with pytest.raises(ValueError):
             Recipe(*arguments)
 
-    def test_default_is_v3_and_a_future_version_is_refused_by_name(self) -> None:
-        assert Recipe().preprocess_version == 3
-        with pytest.raises(ValueError, match="v4 is not known"):
-            Recipe(preprocess_version=4)
+    def test_default_is_v4_and_a_future_version_is_refused_by_name(self) -> None:
+        assert Recipe().preprocess_version == 4
+        with pytest.raises(ValueError, match="v5 is not known"):
+            Recipe(preprocess_version=5)
 
 
 IMAGEHASH = {"dhash": imagehash.dhash, "phash": imagehash.phash,
@@ -148,8 +147,8 @@ class TestAgreesWithImageHash:
         decoder = GridDecoder(recipe)
         with open_image(path, before_load=decoder) as image:
             scale = 2400 / image.width
-        cells = max(grid_size(recipe, (2400, 1800)))
-        assert scale == max(s for s in (1, 2, 4, 8) if 1800 >= s * DECODE_MARGIN * cells)
+        edges = scale_boundaries(recipe)
+        assert scale == max(s for s in (1, 2, 4, 8) if s == 1 or 1800 >= edges[s])
         assert scale > 1 or algorithm == "phash"
         assert decoder.extent == (2400 / scale, 1800 / scale)
         plain = hash_file(path, Recipe(algorithm, exact=True))
@@ -164,7 +163,7 @@ class TestStraddle:
         self, tmp_path: Path, scale: int
     ) -> None:
         recipe = Recipe()
-        edge = scale * DECODE_MARGIN * max(grid_size(recipe, (0, 0)))  # shorter side
+        edge = scale_boundaries(recipe)[scale]  # shorter side
         for seed in range(5):
             picture = textured(seed, (edge * 4 // 3 + 60, edge + 60))
             below = save(picture.resize((edge * 4 // 3 - 3, edge - 2), Image.Resampling.LANCZOS),

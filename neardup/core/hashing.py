@@ -36,9 +36,10 @@ ALGORITHMS: dict[str, HashFunction] = {
 # 1: orientation, alpha, bit depth. 2: JPEGs decoded in grayscale at reduced scale (DRAFT_SIDE).
 # 3: the hash's grid resampled in floating point from a decode whose scale keeps DECODE_MARGIN
 #    pixels per grid cell, the filter placed in full-size coordinates (neardup.core.sampling).
-PREPROCESS_VERSION = 3
+# 4: v3 with wider margins for the 1/4 and 1/8 decodes (DECODE_MARGINS).
+PREPROCESS_VERSION = 4
 # Every version this neardup can still hash with, so a store made by an older one stays searchable.
-PREPROCESS_VERSIONS = (1, 2, 3)
+PREPROCESS_VERSIONS = (1, 2, 3, 4)
 
 # v2 only: JPEGs decoded in grayscale at 1/2, 1/4 or 1/8 scale keeping both sides at least this
 # many pixels per 8 hash bits of side. Its threshold moved nearly equal sizes onto different paths
@@ -53,6 +54,14 @@ DRAFT_SIDE = 128
 # (plain ImageHash 79.2 %); 8 (300 x 200 photos at 1/2), 80.2 %; 4, 70.7 %; 1 (nearly always
 # 1/8), 50.3 %. bench/straddle.py checks pairs built across each of its boundaries.
 DECODE_MARGIN = 16
+# v4: the margin for each reduced scale. Plain ImageHash's own error shrinks as pictures grow (more
+# pixels under each cell), while a reduced decode's does not: at 16 pixels per cell, a 1/4 or 1/8
+# decode put copies 2 or 3 bits apart that plain ImageHash kept in one bucket (Leopards/image_0175
+# at 1,151 and 1,152 pixels). With 40 for those two scales, pairs straddling each boundary
+# (bench/straddle.py, seeds 14 to 17) stay at least as close as plain ImageHash at every
+# threshold, and a 12-megapixel photo (3,000 pixels high, 41.7 per cell) still decodes at 1/8.
+# At 1/2, from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
+DECODE_MARGINS = {2: 16, 4: 40, 8: 40}
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
 # only warns up to twice its own limit (about 179 megapixels) and refuses beyond, whatever we say;
@@ -260,13 +269,28 @@ def grid_size(recipe: Recipe, picture: tuple[int, int]) -> tuple[int, int]:
     return size, size
 
 
-def decode_scale(picture: tuple[int, int], cells: tuple[int, int]) -> int:
-    """The largest JPEG decode scale (8, 4, 2, 1) keeping DECODE_MARGIN pixels per grid cell."""
+def decode_margins(recipe: Recipe) -> dict[int, int]:
+    """Decoded pixels per grid cell each reduced JPEG scale must keep, for this recipe's version."""
+    if recipe.preprocess_version == 3:
+        return dict.fromkeys((2, 4, 8), DECODE_MARGIN)
+    return DECODE_MARGINS
+
+
+def decode_scale(picture: tuple[int, int], cells: tuple[int, int], recipe: Recipe) -> int:
+    """The largest JPEG decode scale (8, 4, 2, 1) keeping the recipe's margin per grid cell."""
     shorter = min(picture)
+    margins = decode_margins(recipe)
     for scale in (8, 4, 2):
-        if shorter >= scale * DECODE_MARGIN * max(cells):
+        if shorter >= scale * margins[scale] * max(cells):
             return scale
     return 1
+
+
+def scale_boundaries(recipe: Recipe) -> dict[int, int]:
+    """For each reduced scale, the shorter side from which a JPEG decodes at it (the recipe's
+    fixed-size grids; whash's grid follows the picture)."""
+    cells = max(grid_size(recipe, (0, 0)))
+    return {scale: scale * margin * cells for scale, margin in decode_margins(recipe).items()}
 
 
 class GridDecoder:
@@ -287,7 +311,7 @@ class GridDecoder:
         if image.format != "JPEG":
             return
         width, height = image.size
-        scale = decode_scale(image.size, grid_size(self.recipe, image.size))
+        scale = decode_scale(image.size, grid_size(self.recipe, image.size), self.recipe)
         # Grayscale straight from libjpeg even at full scale: the colour planes are never
         # converted, and their samples never upsampled.
         drafted = image.draft("L", (max(1, width // scale), max(1, height // scale)))
@@ -310,7 +334,7 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
         return None
     width, height = size
     cells = grid_size(recipe, size)
-    scale = decode_scale(size, cells)
+    scale = decode_scale(size, cells, recipe)
     pixels = jpeg.decode_luma(data, (-(-width // scale), -(-height // scale)))
     if pixels is None:
         return None
