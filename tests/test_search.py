@@ -267,28 +267,42 @@ def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
 
 
 class TestStoresOfOtherRecipeVersions:
-    """A v2 store stays searchable with v2 preprocessing; a store from a newer neardup is refused."""
+    """Stores of older versions stay searchable with their own preprocessing; a store from a newer
+    neardup is refused."""
 
     @staticmethod
-    def faint_jpeg(path: str) -> str:
+    def faint_jpeg(path: str, seed: int = 0) -> str:
         import numpy as np
         from PIL import Image
 
-        # Low contrast, large enough for reduced decodes: v2 and v3 hash it differently.
+        # Low contrast and a little noise, large enough for reduced decodes (v3 decodes it at
+        # 1/8, v4 at 1/2): each version may hash it differently.
         y, x = np.mgrid[0:1203, 0:1601]
         faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
-        return save(Image.fromarray(faint.astype(np.uint8)), path, quality=95)
+        faint += np.random.default_rng(seed).normal(0, 2, faint.shape)
+        return save(Image.fromarray(np.clip(faint, 0, 255).astype(np.uint8)), path, quality=95)
 
-    def test_a_v2_store_is_searched_with_v2_hashes(
-        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    @classmethod
+    def hashed_apart(cls, path: str, older: Recipe) -> str:
+        """A faint JPEG the older recipe and the default hash differently."""
+        from neardup.core.hashing import hash_file
+
+        for seed in range(10):
+            query = cls.faint_jpeg(path, seed)
+            if hash_file(query, older) != hash_file(query, Recipe()):
+                return query
+        pytest.fail(f"no faint JPEG hashed apart by {older.describe()} and the default")
+
+    @pytest.mark.parametrize("version", [2, 3])
+    def test_a_store_of_an_older_version_is_searched_with_its_hashes(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture, version: int
     ) -> None:
         from neardup.core.hashing import hash_file
 
-        query = self.faint_jpeg("faint.jpg")
-        v2 = Recipe(preprocess_version=2)
-        assert hash_file(query, v2) != hash_file(query, Recipe())
-        with Store.open_for_writing("db.shelve", v2, str(in_tmp), {}) as store:
-            store.apply([IndexedFile("faint.jpg", 1, 1, hash_file(query, v2).hex())], [])
+        older = Recipe(preprocess_version=version)
+        query = self.hashed_apart("faint.jpg", older)
+        with Store.open_for_writing("db.shelve", older, str(in_tmp), {}) as store:
+            store.apply([IndexedFile("faint.jpg", 1, 1, hash_file(query, older).hex())], [])
         assert search_cli.main(["-s", "db.shelve", "-q", query, "--max-distance", "0"]) == 0
         assert capsys.readouterr().out.split("\t")[0] == "0"
 
