@@ -14,6 +14,8 @@ from neardup.core.hashing import (
     GridDecoder,
     Hash,
     Recipe,
+    decode_scale,
+    grid_size,
     hash_file,
     hash_file_and_mirror,
     open_image,
@@ -23,6 +25,10 @@ from neardup.core.hashing import (
 from neardup.errors import ImageError
 
 from .imagegen import save, textured
+
+
+def hashing_scale(size: tuple[int, int], recipe: Recipe) -> int:
+    return decode_scale(size, grid_size(recipe, size), recipe)
 
 # Golden hashes on real CALTECH-101 photos, pinned so that a Pillow or ImageHash upgrade that
 # shifts hashes (and so invalidates every stored index) is caught. (dHash-64, pHash-64) each.
@@ -116,7 +122,7 @@ class TestAgreesWithImageHash:
         self, tmp_path: Path, algorithm: str, size: int, exact: bool
     ) -> None:
         # --exact on any file; the v2 recipe on files it has no reason to change (an upright,
-        # opaque, 8-bit PNG: only JPEGs are decoded differently). The default (v3) reads the
+        # opaque, 8-bit PNG: only JPEGs are decoded differently). The default (v4) reads the
         # same grid in floating point instead of 8 bits: a few bits may differ, where
         # neighbouring cells were within a rounding step.
         suffix = ".jpg" if exact else ".png"
@@ -157,6 +163,15 @@ class TestAgreesWithImageHash:
 
 class TestStraddle:
     """Sizes on both sides of a decode-scale boundary must hash alike (issue 14)."""
+
+    def test_each_version_keeps_its_own_boundaries(self) -> None:
+        # dHash-64 (a 9 x 8 grid): v4 keeps 40 decoded pixels per cell at 1/4 and 1/8, so a
+        # 4000 x 3000 photo still decodes at 1/8; v3 stores are still hashed with 16 everywhere.
+        assert scale_boundaries(Recipe()) == {2: 288, 4: 1440, 8: 2880}
+        assert scale_boundaries(Recipe(preprocess_version=3)) == {2: 288, 4: 576, 8: 1152}
+        assert hashing_scale((4000, 3000), Recipe()) == 8
+        assert hashing_scale((2000, 1500), Recipe()) == 4
+        assert hashing_scale((2000, 1500), Recipe(preprocess_version=3)) == 8
 
     @pytest.mark.parametrize("scale", [2, 4, 8])
     def test_jpegs_just_below_and_above_each_boundary_hash_alike(

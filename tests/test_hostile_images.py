@@ -247,7 +247,7 @@ def test_a_bug_in_our_code_is_not_reported_as_a_bad_image(tmp_path: Path, monkey
         raise TypeError("a bug")
 
     monkeypatch.setitem(hashing.ALGORITHMS, "dhash", broken)  # the v2 and --exact hash step
-    monkeypatch.setattr(hashing, "grid_bits", broken)  # the default (v3) hash step
+    monkeypatch.setattr(hashing, "grid_bits", broken)  # the default (v3 and later) hash step
     with pytest.raises(TypeError, match="a bug"):
         hash_file(str(path), DEFAULT)
     with pytest.raises(TypeError, match="a bug"):

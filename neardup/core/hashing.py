@@ -248,7 +248,8 @@ def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
 
 
 def uses_grid(recipe: Recipe) -> bool:
-    """Whether the recipe resamples its own grid (v3) rather than handing ImageHash an image."""
+    """Whether the recipe resamples its own grid (v3 and later) rather than handing ImageHash an
+    image."""
     return not recipe.exact and recipe.preprocess_version >= 3
 
 
