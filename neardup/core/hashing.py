@@ -55,12 +55,12 @@ DRAFT_SIDE = 128
 # 1/8), 50.3 %. bench/straddle.py checks pairs built across each of its boundaries.
 DECODE_MARGIN = 16
 # v4: the margin for each reduced scale. Plain ImageHash's own error shrinks as pictures grow (more
-# pixels under each cell), while a reduced decode's does not: at 16 pixels per cell, a 1/4 or 1/8
-# decode put copies 2 or 3 bits apart that plain ImageHash kept in one bucket (Leopards/image_0175
-# at 1,151 and 1,152 pixels). With 40 for those two scales, pairs straddling each boundary
-# (bench/straddle.py, seeds 14 to 17) stay at least as close as plain ImageHash at every
-# threshold, and a 12-megapixel photo (3,000 pixels high, 41.7 per cell) still decodes at 1/8.
-# At 1/2, from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
+# pixels under each cell), a reduced decode's does not: at 16 pixels per cell, v3's 1/4 and 1/8
+# decodes put copies 2 or 3 bits apart that plain ImageHash kept in one bucket. With 40 at those
+# two scales, pairs straddling each boundary (bench/straddle.py, six seeds) stay at least as close
+# as plain ImageHash keeps them at every threshold in 10 sets of 12 (v3: 4), and a 12-megapixel
+# photo (3,000 pixels high, 41.7 per cell) still decodes at 1/8, where indexing must stay fast. At
+# 1/2, from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
 DECODE_MARGINS = {2: 16, 4: 40, 8: 40}
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
