@@ -19,6 +19,29 @@ def textured(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def faint_jpeg(path: str, seed: int = 0) -> str:
+    """A low-contrast 1601 x 1203 JPEG with a little noise: large enough for reduced decodes, and
+    flat enough that each preprocessing version may hash it differently."""
+    y, x = np.mgrid[0:1203, 0:1601]
+    faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
+    faint += np.random.default_rng(seed).normal(0, 2, faint.shape)
+    return save(Image.fromarray(np.clip(faint, 0, 255).astype(np.uint8)), path, quality=95)
+
+
+def hashed_apart(path: str, older: object) -> str:
+    """A faint JPEG that the recipe `older` and the default recipe hash differently."""
+    import pytest
+
+    from neardup.core.hashing import Recipe, hash_file
+
+    assert isinstance(older, Recipe)
+    for seed in range(10):
+        made = faint_jpeg(path, seed)
+        if hash_file(made, older) != hash_file(made, Recipe()):
+            return made
+    pytest.fail(f"no faint JPEG hashed apart by {older.describe()} and the default")
+
+
 def save(image: Image.Image, path: str, **options: object) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     image.save(path, **options)

@@ -17,7 +17,7 @@ from neardup.cli import index as index_cli
 from neardup.core.store import Store
 
 from .conftest import PROJECT_ROOT
-from .imagegen import make_tree, save, textured
+from .imagegen import hashed_apart, make_tree, save, textured
 
 
 def run_index(*extra: str) -> int:
@@ -114,6 +114,27 @@ class TestBadInput:
         err = capsys.readouterr().err
         assert "built with dhash-8" in err and "asks for dhash-16" in err
         assert len(err.splitlines()) == 1
+
+    def test_a_store_of_an_older_preprocessing_is_updated_its_own_way(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        # A store built before an upgrade goes on taking new images, hashed as its others were
+        # (one store, one recipe), and says how to move to the new one.
+        from neardup.core.hashing import Recipe, hash_file
+        from neardup.core.indexing import index_folder
+
+        older = Recipe(preprocess_version=3)
+        make_tree("images", 2)
+        index_folder("images", "db.shelve", older)
+        big = hashed_apart("images/big.jpg", older)  # v3 decodes it at 1/8, v4 at 1/2
+        assert run_index() == 0
+        captured = capsys.readouterr()
+        assert "indexed 1, unchanged 2" in captured.out
+        assert "normalised v3); its new images are hashed the same way" in captured.err
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.recipe == older
+        assert "big.jpg" in buckets()[hash_file(big, older).hex()]
+        assert run_index("--exact") == 2  # another hash altogether is still refused
 
 
 def test_parallel_workers_build_the_same_store(in_tmp: Path) -> None:

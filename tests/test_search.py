@@ -16,7 +16,7 @@ from neardup.core.multiindex import MAX_SUBSTRING_RADIUS, WideMultiIndex
 from neardup.core.search import HashIndex, find_matches
 from neardup.core.store import IndexedFile, Store
 
-from .imagegen import save, textured
+from .imagegen import faint_jpeg, hashed_apart, save, textured
 
 
 def flip_bits(value: int, count: int, bits: int, rng: random.Random) -> int:
@@ -270,29 +270,6 @@ class TestStoresOfOtherRecipeVersions:
     """Stores of older versions stay searchable with their own preprocessing; a store from a newer
     neardup is refused."""
 
-    @staticmethod
-    def faint_jpeg(path: str, seed: int = 0) -> str:
-        import numpy as np
-        from PIL import Image
-
-        # Low contrast and a little noise, large enough for reduced decodes (v3 decodes it at
-        # 1/8, v4 at 1/2): each version may hash it differently.
-        y, x = np.mgrid[0:1203, 0:1601]
-        faint = 120 + 1.2 * np.sin(x / 150.0) * np.cos(y / 110.0) + x / 1600.0
-        faint += np.random.default_rng(seed).normal(0, 2, faint.shape)
-        return save(Image.fromarray(np.clip(faint, 0, 255).astype(np.uint8)), path, quality=95)
-
-    @classmethod
-    def hashed_apart(cls, path: str, older: Recipe) -> str:
-        """A faint JPEG the older recipe and the default hash differently."""
-        from neardup.core.hashing import hash_file
-
-        for seed in range(10):
-            query = cls.faint_jpeg(path, seed)
-            if hash_file(query, older) != hash_file(query, Recipe()):
-                return query
-        pytest.fail(f"no faint JPEG hashed apart by {older.describe()} and the default")
-
     @pytest.mark.parametrize("version", [2, 3])
     def test_a_store_of_an_older_version_is_searched_with_its_hashes(
         self, in_tmp: Path, capsys: pytest.CaptureFixture, version: int
@@ -300,7 +277,7 @@ class TestStoresOfOtherRecipeVersions:
         from neardup.core.hashing import hash_file
 
         older = Recipe(preprocess_version=version)
-        query = self.hashed_apart("faint.jpg", older)
+        query = hashed_apart("faint.jpg", older)
         with Store.open_for_writing("db.shelve", older, str(in_tmp), {}) as store:
             store.apply([IndexedFile("faint.jpg", 1, 1, hash_file(query, older).hex())], [])
         assert search_cli.main(["-s", "db.shelve", "-q", query, "--max-distance", "0"]) == 0
@@ -312,7 +289,7 @@ class TestStoresOfOtherRecipeVersions:
         import json
         import sqlite3
 
-        query = self.faint_jpeg("faint.jpg")
+        query = faint_jpeg("faint.jpg")
         with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp), {}) as store:
             store.apply([IndexedFile("faint.jpg", 1, 1, "0" * 16)], [])
         future = json.dumps({**Recipe().to_dict(), "preprocess_version": 99})

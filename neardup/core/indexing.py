@@ -157,6 +157,10 @@ def index_folder(
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(),
                                 report=report) as store:
+        if store.recipe != recipe:  # an older preprocessing of the same hash: keep to it
+            report(f"{store_path}: built with {store.recipe.describe()}; its new images are"
+                   f" hashed the same way (another --shelve would use {recipe.describe()})")
+            recipe = store.recipe
         stored = store.file_states()
         present = {item.relpath for item in found}
         gone = [relpath for relpath in stored

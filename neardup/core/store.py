@@ -137,6 +137,17 @@ def recipe_problem(recipe: Recipe) -> str | None:
             " (another --shelve)")
 
 
+def keeps_older_preprocessing(stored: Recipe, asked: Recipe) -> bool:
+    """Whether a store made by an older neardup with the hash asked for (algorithm, size, not
+    --exact) goes on being updated with its own preprocessing: every image of one store must be
+    hashed the same way, and this neardup still hashes with every version it lists. Rebuilding
+    it (another --shelve) moves it to the current one."""
+    return (not stored.exact and not asked.exact and stored.algorithm == asked.algorithm
+            and stored.hash_size == asked.hash_size
+            and stored.preprocess_version < asked.preprocess_version
+            and stored.preprocess_version in PREPROCESS_VERSIONS)
+
+
 class RefusingUnpickler(pickle.Unpickler):
     """An unpickler for plain data only: any reference to a class or function is refused."""
 
@@ -1068,7 +1079,7 @@ def _initialise_or_check(
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
     stored = stored_recipe(path, meta.get("recipe", ""))
-    if stored != recipe:
+    if stored != recipe and not keeps_older_preprocessing(stored, recipe):
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
             " use the same options or another --shelve"
