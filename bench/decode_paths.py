@@ -29,10 +29,9 @@ import numpy as np
 from _setup import DEFAULT_DATASET, require_dataset
 from index_speed import make_large_photos
 from PIL import Image
-from straddle import resized_to_shorter
+from straddle import resized_to_shorter, sample_photos
 
 from neardup.core import hashing, sampling
-from neardup.core.discovery import FoundFile, walk_images
 from neardup.core.hashing import Recipe, hash_file
 
 CELLS = (9, 8)  # dHash-64's grid
@@ -95,9 +94,7 @@ def main() -> int:
     args = parser.parse_args()
     if not require_dataset(args.dataset, "decode_paths.py"):
         return 2
-    photos = sorted(entry.path for entry in walk_images(args.dataset)
-                    if isinstance(entry, FoundFile))
-    sources = random.Random(args.seed).sample(photos, min(args.samples, len(photos)))
+    sources = sample_photos(args.dataset, args.samples, random.Random(args.seed))
     with tempfile.TemporaryDirectory() as folder:
         errors = grid_errors(sources, args.side, folder)
         print(f"dHash-64 grid against the whole decode's, {len(sources)} CALTECH-101 photos"

@@ -39,6 +39,12 @@ def boundaries(recipe_version: int) -> list[int]:
     return sorted(scale_boundaries(Recipe(preprocess_version=recipe_version)).values())
 
 
+def sample_photos(dataset: str, count: int, rng: random.Random) -> list[str]:
+    """`count` photos of the dataset, drawn by `rng` from its sorted list."""
+    photos = sorted(entry.path for entry in walk_images(dataset) if isinstance(entry, FoundFile))
+    return rng.sample(photos, min(count, len(photos)))
+
+
 def resized_to_shorter(picture: Image.Image, shorter: int) -> Image.Image:
     factor = shorter / min(picture.size)
     size = (max(1, round(picture.width * factor)), max(1, round(picture.height * factor)))
@@ -84,10 +90,8 @@ def main() -> int:
     args = parser.parse_args()
     if not require_dataset(args.dataset, "straddle.py"):
         return 2
-    photos = sorted(entry.path for entry in walk_images(args.dataset)
-                    if isinstance(entry, FoundFile))
     rng = random.Random(args.seed)
-    sources = rng.sample(photos, min(args.samples, len(photos)))
+    sources = sample_photos(args.dataset, args.samples, rng)
     recipes = {
         "--exact (plain ImageHash)": exact_dhash,
         "v3 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=3)),
