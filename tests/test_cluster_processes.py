@@ -122,3 +122,28 @@ def test_workers_with_another_neardup_are_refused_in_one_line(
         f" (pip install 'neardup[dask]=={neardup.__version__}', or pip install <this checkout>, in"
         " the environment that runs dask scheduler and dask worker)\n")
     assert not os.path.exists("dask.shelve"), "nothing is written before the cluster is checked"
+
+
+def test_real_workers_update_an_older_store_its_own_way(
+    installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A store made with preprocessing v3 takes new images from real workers hashed the v3 way,
+    # as a local run does (test_index.py): the workers get the store's recipe, not the default.
+    from neardup.core.hashing import Recipe, hash_file
+    from neardup.core.indexing import index_folder
+    from neardup.core.store import Store
+
+    from .imagegen import hashed_apart
+
+    older = Recipe(preprocess_version=3)
+    make_tree("images", 3)
+    index_folder("images", "dask.shelve", older)
+    big = hashed_apart("images/big.jpg", older)
+    with dask_cluster(in_tmp / "cluster", 1, clean_env()) as address:
+        code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
+                               "--connect-timeout", str(START_SECONDS)])
+    assert code == 0
+    assert "normalised v3); its new images are hashed the same way" in capsys.readouterr().err
+    with Store.open_for_reading("dask.shelve") as store:
+        assert store.recipe == older
+    assert "big.jpg" in buckets("dask.shelve")[hash_file(big, older).hex()]
