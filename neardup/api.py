@@ -103,8 +103,10 @@ def index_folder(
 
     Incremental and crash-safe like index.py: unchanged files are not hashed again, deleted ones
     are dropped, every committed batch survives an interruption. `report` receives one line per
-    file that could not be hashed (default: ignored; the summary counts them). `jobs=0` uses one
-    process per core. The recipe (algorithm, hash_size, exact) must match the store's, if it exists.
+    file that could not be hashed, and one line when an existing store keeps an older
+    preprocessing (default: ignored; the summary counts the files). `jobs=0` uses one process per
+    core. The hash (algorithm, hash_size, exact) must match the store's, if it exists; a store made
+    by an older neardup with the same hash keeps being updated with its own preprocessing.
     `features`: also keep local features (the `features` extra; see README "Verified matches").
     `allow_mass_removal`: let a run drop more than half of the stored images whose files are gone
     (refused otherwise, and `summary.refusal` says why: a folder that failed to mount looks the

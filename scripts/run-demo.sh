@@ -12,7 +12,7 @@ source_args=()
 [ -d "$caltech" ] && source_args=(--source "$caltech")
 
 # The demo starts from scratch: gather.py --force rebuilds the images, and a store left by an
-# earlier version (another hash recipe) would be refused, rightly, by index.py.
+# earlier version would be refused (another hash) or kept on its older preprocessing by index.py.
 rm -rf "$out/db.shelve" "$out/db.shelve.lock" "$out/db.shelve-wal" "$out/db.shelve-shm" \
     "$out/db.shelve.cache"
 set -x

@@ -24,6 +24,15 @@ def run_index(*extra: str) -> int:
     return index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", *extra])
 
 
+def index_folder_with(recipe: object) -> None:
+    """Index ./images into ./db.shelve with a given recipe, as an older neardup would have."""
+    from neardup.core.hashing import Recipe
+    from neardup.core.indexing import index_folder
+
+    assert isinstance(recipe, Recipe)
+    index_folder("images", "db.shelve", recipe)
+
+
 def buckets(path: str = "db.shelve") -> dict[str, list[str]]:
     """Every bucket, after checking that no path is listed twice and files and buckets agree."""
     with Store.open_for_reading(path) as store:
@@ -121,20 +130,36 @@ class TestBadInput:
         # A store built before an upgrade goes on taking new images, hashed as its others were
         # (one store, one recipe), and says how to move to the new one.
         from neardup.core.hashing import Recipe, hash_file
-        from neardup.core.indexing import index_folder
 
         older = Recipe(preprocess_version=3)
         make_tree("images", 2)
-        index_folder("images", "db.shelve", older)
+        index_folder_with(older)
         big = hashed_apart("images/big.jpg", older)  # v3 decodes it at 1/8, v4 at 1/2
         assert run_index() == 0
         captured = capsys.readouterr()
         assert "indexed 1, unchanged 2" in captured.out
-        assert "normalised v3); its new images are hashed the same way" in captured.err
+        assert "normalised v3): new images are hashed with v3 too" in captured.err
         with Store.open_for_reading("db.shelve") as store:
             assert store.recipe == older
         assert "big.jpg" in buckets()[hash_file(big, older).hex()]
         assert run_index("--exact") == 2  # another hash altogether is still refused
+
+    def test_an_exact_store_of_an_older_neardup_is_updated(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        # neardup 0.1.0 recorded --exact stores with the default preprocessing of the day (v3),
+        # which --exact never uses: they go on as they are, without a word.
+        from neardup.core.hashing import Recipe
+
+        make_tree("images", 2)
+        index_folder_with(Recipe(exact=True, preprocess_version=3))
+        save(textured(9), "images/new.png")
+        assert run_index("--exact") == 0
+        captured = capsys.readouterr()
+        assert "indexed 1, unchanged 2" in captured.out and captured.err == ""
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.recipe == Recipe(exact=True, preprocess_version=3)
+        assert run_index() == 2  # the default recipe is another hash: still refused
 
 
 def test_parallel_workers_build_the_same_store(in_tmp: Path) -> None:

@@ -58,9 +58,10 @@ DECODE_MARGIN = 16
 # pixels under each cell), a reduced decode's does not: at 16 pixels per cell, v3's 1/4 and 1/8
 # decodes put copies 2 or 3 bits apart that plain ImageHash kept in one bucket. With 40 at those
 # two scales, pairs straddling each boundary (bench/straddle.py, six seeds) stay at least as close
-# as plain ImageHash keeps them at every threshold in 10 sets of 12 (v3: 4), and a 12-megapixel
-# photo (3,000 pixels high, 41.7 per cell) still decodes at 1/8, where indexing must stay fast. At
-# 1/2, from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
+# as plain ImageHash keeps them at every threshold in 10 sets of 12 (v3: 4), and a 4000 x 3000
+# photo (41.7 pixels per cell) still decodes at 1/8, where indexing must stay fast; a 12-megapixel
+# photo of another shape (4288 x 2848, 4608 x 2592) decodes at 1/4, about 12 % slower. At 1/2,
+# from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
 DECODE_MARGINS = {2: 16, 4: 40, 8: 40}
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
@@ -271,10 +272,11 @@ def grid_size(recipe: Recipe, picture: tuple[int, int]) -> tuple[int, int]:
 
 
 def decode_margins(recipe: Recipe) -> dict[int, int]:
-    """Decoded pixels per grid cell each reduced JPEG scale must keep, for this recipe's version."""
-    if recipe.preprocess_version == 3:
+    """Decoded pixels per grid cell each reduced JPEG scale must keep, for a recipe that reads its
+    own grid (v3 and later; uses_grid)."""
+    if recipe.preprocess_version <= 3:
         return dict.fromkeys((2, 4, 8), DECODE_MARGIN)
-    return DECODE_MARGINS
+    return dict(DECODE_MARGINS)
 
 
 def decode_scale(picture: tuple[int, int], cells: tuple[int, int], recipe: Recipe) -> int:
@@ -288,15 +290,16 @@ def decode_scale(picture: tuple[int, int], cells: tuple[int, int], recipe: Recip
 
 
 def scale_boundaries(recipe: Recipe) -> dict[int, int]:
-    """For each reduced scale, the shorter side from which a JPEG decodes at it (the recipe's
-    fixed-size grids; whash's grid follows the picture)."""
+    """For each reduced scale, the shorter side from which a JPEG decodes at it, for a recipe that
+    reads its own grid of a fixed size (not whash's, which follows the picture)."""
     cells = max(grid_size(recipe, (0, 0)))
     return {scale: scale * margin * cells for scale, margin in decode_margins(recipe).items()}
 
 
 class GridDecoder:
-    """v3's before-load step for one image: picks the decode and remembers what it covers, and
-    decodes a JPEG's grayscale pixels itself when the fast decoder can (neardup.core.jpeg)."""
+    """The grid recipes' (v3, v4) before-load step for one image: picks the decode and remembers
+    what it covers, and decodes a JPEG's grayscale pixels itself when the fast decoder can
+    (neardup.core.jpeg)."""
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
@@ -322,8 +325,8 @@ class GridDecoder:
 
 
 def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray | None:
-    """v3's grid of a JPEG decoded by the fast decoder alone, without Pillow; None for anything
-    else (Pillow then opens it, and reports what is wrong with it).
+    """The grid (v3, v4) of a JPEG decoded by the fast decoder alone, without Pillow; None for
+    anything else (Pillow then opens it, and reports what is wrong with it).
 
     Only a JPEG holding nothing Pillow would act on takes this path (see jpeg.plain_size): it is
     upright as stored, and decoded as GridDecoder has Pillow decode it, at the same scale (Pillow's
@@ -345,7 +348,7 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
 def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
     """What to tell the decoder before it decodes (None: decode as plain ImageHash does).
 
-    v3 returns a fresh GridDecoder: ask for one per image.
+    v3 and v4 return a fresh GridDecoder: ask for one per image.
     """
     if recipe.exact or recipe.preprocess_version < 2:
         return None
@@ -375,7 +378,7 @@ def exif_orientation(image: Image.Image) -> int:
 def upright_grid(
     image: Image.Image, recipe: Recipe, decoder: Callable[[Image.Image], None] | None = None
 ) -> np.ndarray:
-    """v3: the recipe's grid of the decoded image as a person sees it, in float gray levels.
+    """v3 and v4: the recipe's grid of the decoded image as a person sees it, in float gray levels.
 
     `decoder`: the GridDecoder that decoded it, which knows the picture's size in decoded pixels
     when a reduced decode rounded it up, and holds the pixels when it decoded them itself.
@@ -394,7 +397,7 @@ def upright_grid(
 
 
 def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """The hash bits of a v3 grid: ImageHash's rule for each algorithm, on float gray levels."""
+    """The hash bits of a v3 or v4 grid: ImageHash's rule for each algorithm, on float gray levels."""
     size = recipe.hash_size
     if recipe.algorithm == "dhash":
         return cells[:, 1:] > cells[:, :-1]
@@ -413,7 +416,7 @@ def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def grid_hashes(cells: np.ndarray, recipe: Recipe, mirror: bool) -> tuple[Hash, Hash | None]:
-    """v3: the hash of an upright grid, and with `mirror` the mirror image's (None without)."""
+    """v3 and v4: the hash of an upright grid, and with `mirror` the mirror image's (None without)."""
     plain = Hash.from_bits(grid_bits(cells, recipe))
     return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
 

@@ -157,9 +157,11 @@ def index_folder(
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(),
                                 report=report) as store:
-        if store.recipe != recipe:  # an older preprocessing of the same hash: keep to it
-            report(f"{store_path}: built with {store.recipe.describe()}; its new images are"
-                   f" hashed the same way (another --shelve would use {recipe.describe()})")
+        if store.recipe != recipe:  # the same hash made by an older neardup: keep to its recipe
+            if not recipe.exact:
+                report(f"{store_path}: built with {store.recipe.describe()}: new images are"
+                       f" hashed with v{store.recipe.preprocess_version} too (another --shelve"
+                       f" would use v{recipe.preprocess_version})")
             recipe = store.recipe
         stored = store.file_states()
         present = {item.relpath for item in found}

@@ -137,15 +137,16 @@ def recipe_problem(recipe: Recipe) -> str | None:
             " (another --shelve)")
 
 
-def keeps_older_preprocessing(stored: Recipe, asked: Recipe) -> bool:
-    """Whether a store made by an older neardup with the hash asked for (algorithm, size, not
-    --exact) goes on being updated with its own preprocessing: every image of one store must be
-    hashed the same way, and this neardup still hashes with every version it lists. Rebuilding
-    it (another --shelve) moves it to the current one."""
-    return (not stored.exact and not asked.exact and stored.algorithm == asked.algorithm
-            and stored.hash_size == asked.hash_size
-            and stored.preprocess_version < asked.preprocess_version
-            and stored.preprocess_version in PREPROCESS_VERSIONS)
+def keeps_its_recipe(stored: Recipe, asked: Recipe) -> bool:
+    """Whether a store made by an older neardup goes on being updated with its own recipe when a
+    run asks for the same hash (algorithm, size, --exact or not) made today's way: every image of
+    one store must be hashed alike, and this neardup still hashes with every preprocessing version
+    it can read. `--exact` ignores the version altogether (an --exact store of 0.1.0 recorded v3).
+    Rebuilding the store (another --shelve) moves it to the current preprocessing."""
+    if (stored.algorithm, stored.hash_size, stored.exact) != (
+            asked.algorithm, asked.hash_size, asked.exact):
+        return False
+    return stored.exact or stored.preprocess_version < asked.preprocess_version
 
 
 class RefusingUnpickler(pickle.Unpickler):
@@ -1079,7 +1080,7 @@ def _initialise_or_check(
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
     stored = stored_recipe(path, meta.get("recipe", ""))
-    if stored != recipe and not keeps_older_preprocessing(stored, recipe):
+    if stored != recipe and not keeps_its_recipe(stored, recipe):
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
             " use the same options or another --shelve"
