@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from neardup.cli import index as index_cli
+from neardup.core.hashing import Recipe, hash_file
+from neardup.core.indexing import index_folder
 from neardup.core.store import Store
 
 from .conftest import PROJECT_ROOT
@@ -24,12 +26,8 @@ def run_index(*extra: str) -> int:
     return index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", *extra])
 
 
-def index_folder_with(recipe: object) -> None:
+def index_folder_with(recipe: Recipe) -> None:
     """Index ./images into ./db.shelve with a given recipe, as an older neardup would have."""
-    from neardup.core.hashing import Recipe
-    from neardup.core.indexing import index_folder
-
-    assert isinstance(recipe, Recipe)
     index_folder("images", "db.shelve", recipe)
 
 
@@ -129,8 +127,6 @@ class TestBadInput:
     ) -> None:
         # A store built before an upgrade goes on taking new images, hashed as its others were
         # (one store, one recipe), and says how to move to the new one.
-        from neardup.core.hashing import Recipe, hash_file
-
         older = Recipe(preprocess_version=3)
         make_tree("images", 2)
         index_folder_with(older)
@@ -149,8 +145,6 @@ class TestBadInput:
     ) -> None:
         # neardup 0.1.0 recorded --exact stores with the default preprocessing of the day (v3),
         # which --exact never uses: they go on as they are, without a word.
-        from neardup.core.hashing import Recipe
-
         make_tree("images", 2)
         index_folder_with(Recipe(exact=True, preprocess_version=3))
         save(textured(9), "images/new.png")
