@@ -18,9 +18,16 @@ Quantities (the stored record against the query, as verify() aligns them):
   keypoint's descriptor to the re-rendered keypoint within 1 pixel of it.
 - redetected: share of the stored keypoints inside the covered part for which the re-rendered
   query has a keypoint at the same position (within 0.1 pixel).
+- scaled_residual: the inliers' distances from the transform, each divided by the scale of the
+  query keypoint's pyramid level (1.2 ** octave: ORB finds keypoints to a whole pixel of their
+  level), median. Resampling moves a keypoint by up to half a pixel of its level.
 - detail28, detail56 (with --files): correlation of the gradients of the aligned pictures on
   28 x 28 (what the store keeps) and 56 x 56 thumbnails made from the stored image's file: what
   a record four times finer would give.
+- frame_detail (with --files): the same on the whole analysis frames (the stored image's file
+  read again: possible where the files remain, not in a store of fingerprints alone), the query
+  aligned once more by OpenCV's ECC (the better of both alignments kept), and blur matched: the
+  query or the stored picture blurred by whichever of 0.5 to 2.7 pixels agrees best.
 """
 
 from __future__ import annotations
@@ -33,11 +40,15 @@ import sys
 import _setup  # noqa: F401  (puts the project on the import path)
 import numpy as np
 
-QUANTITIES = ("residual", "inlier_bits", "rerendered_bits", "redetected", "detail28", "detail56")
+QUANTITIES = ("residual", "scaled_residual", "inlier_bits", "rerendered_bits", "redetected",
+              "detail28", "detail56", "frame_detail")
+# Blurs tried on either picture by frame_detail (Gaussian sigma, pixels; 0: as it is).
+BLURS = (0.0, 0.5, 0.8, 1.1, 1.5, 2.0, 2.7)
 
 
-def measure(query, stored, stored_gray=None) -> dict[str, float] | None:
-    """The quantities for one query look (with its frame) against one stored feature set."""
+def measure(query, stored, stored_gray=None, octaves=None) -> dict[str, float] | None:
+    """The quantities for one query look (with its frame) against one stored feature set;
+    `octaves`: the pyramid level of each of the look's keypoints (see keypoint_octaves)."""
     import cv2
 
     from neardup.features import verify as verification
@@ -45,20 +56,80 @@ def measure(query, stored, stored_gray=None) -> dict[str, float] | None:
     source, target, bits = verification.matches(query, stored)
     if len(source) < verification.MIN_INLIERS:
         return None
+    levels = None
+    if octaves is not None:  # which query keypoint each match came from, by its position
+        where = {point: number for number, point in enumerate(map(tuple, query.points.tolist()))}
+        levels = np.array([octaves[where[point]] for point in map(tuple, source.tolist())])
     transform, mask = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=verification.REPROJECTION_PIXELS)
     if transform is None:
         return None
     kept = mask.ravel().astype(bool)
     moved = source[kept] @ transform[:, :2].T + transform[:, 2]
-    out = {"inliers": float(kept.sum()),
-           "residual": float(np.median(np.hypot(*(moved - target[kept]).T))),
+    distances = np.hypot(*(moved - target[kept]).T)
+    out = {"inliers": float(kept.sum()), "residual": float(np.median(distances)),
            "inlier_bits": float(np.median(bits[kept]))}
+    if levels is not None:
+        out["scaled_residual"] = float(np.median(distances / 1.2 ** levels[kept]))
     out.update(_rerendered(query.gray, stored, transform))
     if stored_gray is not None:
         for side in (28, 56):
             out[f"detail{side}"] = _detail(query.gray, stored_gray, transform, side)
+        out["frame_detail"] = _frame_detail(query.gray, stored_gray, transform)
     return out
+
+
+def keypoint_octaves(frame: np.ndarray) -> list[np.ndarray]:
+    """The pyramid level of each keypoint of each look query_features makes of `frame`: the
+    same detection again (its keypoints and their order are deterministic)."""
+    from neardup.features.extract import QUERY_KEYPOINTS, _choose, _describe, _split
+
+    _, gray = _split(frame)
+    found, _ = _describe(gray, _choose(gray, QUERY_KEYPOINTS, ranked=True))
+    octaves = np.array([point.octave for point in found])
+    return [octaves, octaves]  # the mirror look keeps each keypoint's level (_mirrored_keypoints)
+
+
+def _frame_detail(gray: np.ndarray, stored_gray: np.ndarray, transform: np.ndarray) -> float:
+    import cv2
+
+    height, width = stored_gray.shape
+    theirs = stored_gray.astype(np.float32)
+    warped = cv2.warpAffine(gray.astype(np.float32), transform, (width, height),
+                            flags=cv2.INTER_LINEAR)
+    cover = cv2.warpAffine(np.ones_like(gray), transform, (width, height),
+                           flags=cv2.INTER_NEAREST)
+    inside = cv2.erode(cover, np.ones((7, 7), np.uint8)) > 0
+    candidates = [warped]
+    refined = np.eye(2, 3, dtype=np.float32)
+    try:
+        _, refined = cv2.findTransformECC(theirs, warped, refined, cv2.MOTION_AFFINE,
+                                          (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30,
+                                           1e-4), inside.astype(np.uint8), 3)
+        candidates.append(cv2.warpAffine(warped, refined, (width, height),
+                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+    except cv2.error:
+        pass  # not converged: the first alignment stands
+
+    def blurred(picture: np.ndarray, sigma: float) -> np.ndarray:
+        return cv2.GaussianBlur(picture, (0, 0), sigma) if sigma else picture
+
+    def edges(picture: np.ndarray) -> np.ndarray:
+        return np.concatenate([cv2.Sobel(picture, cv2.CV_32F, 1, 0)[inside],
+                               cv2.Sobel(picture, cv2.CV_32F, 0, 1)[inside]])
+
+    best = 0.0
+    for ours in candidates:
+        for sigma in BLURS:
+            best = max(best, _correlation(edges(blurred(ours, sigma)), edges(theirs)),
+                       _correlation(edges(ours), edges(blurred(theirs, sigma))))
+    return best
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    from neardup.features.verify import _correlation as correlation
+
+    return correlation(a, b)
 
 
 _detector = None
@@ -116,11 +187,11 @@ def _detail(gray: np.ndarray, stored_gray: np.ndarray, transform: np.ndarray, si
     return _agreement(ours, theirs, covered)[1]
 
 
-def best_of_looks(looks, stored, stored_gray=None) -> dict[str, float] | None:
+def best_of_looks(looks, stored, stored_gray=None, octaves=None) -> dict[str, float] | None:
     """The look (the query or its mirror image) with most inliers."""
     best = None
-    for look in looks:
-        found = measure(look, stored, stored_gray)
+    for number, look in enumerate(looks):
+        found = measure(look, stored, stored_gray, None if octaves is None else octaves[number])
         if found is not None and (best is None or found["inliers"] > best["inliers"]):
             best = found
     return best
@@ -160,6 +231,7 @@ def from_store(store_path: str, manifest: str, limit: int | None,
             path = os.path.join(root, original)
             frame = read_frame(path)
             looks = query_features(frame)
+            octaves = keypoint_octaves(frame)
             for match in search.search([hash_file(path, store.recipe)], frame, 4):
                 if match.path == original:
                     continue
@@ -169,7 +241,8 @@ def from_store(store_path: str, manifest: str, limit: int | None,
                 copy_of, kind = kinds.get(match.path, (None, "other"))
                 label = kind if copy_of == group else "other"
                 stored_gray = _gray(read_frame(os.path.join(root, match.path))) if files else None
-                found = best_of_looks(looks, FeatureSet.from_bytes(record[1]), stored_gray)
+                found = best_of_looks(looks, FeatureSet.from_bytes(record[1]), stored_gray,
+                                      octaves)
                 if found is not None:
                     results.append((label, original, match.path, found))
     return results
@@ -187,6 +260,7 @@ def neighbours(dataset: str, categories: list[str], span: int,
         names = sorted(os.listdir(os.path.join(dataset, category)))
         frames = [read_frame(os.path.join(dataset, category, name)) for name in names]
         looks = [query_features(frame) for frame in frames]
+        octaves = [keypoint_octaves(frame) for frame in frames]
         stored = [FeatureSet.from_bytes(extract(frame, STORED_KEYPOINTS).to_bytes())
                   for frame in frames]
         for first in range(len(names)):
@@ -198,7 +272,7 @@ def neighbours(dataset: str, categories: list[str], span: int,
                 if verdict.inliers < 10:
                     continue
                 found = best_of_looks(looks[first], stored[second],
-                                      _gray(frames[second]) if files else None)
+                                      _gray(frames[second]) if files else None, octaves[first])
                 if found is not None:
                     label = "neighbour, verified" if verdict.verified else "neighbour, refused"
                     results.append((label, f"{category}/{names[first]}",

@@ -631,23 +631,33 @@ def load_precision_bench():  # type: ignore[no-untyped-def]
 def test_precision_bench_measures_a_pixel_copy_and_a_rotated_copy(in_tmp: Path) -> None:
     """bench/precision.py's quantities: a JPEG copy keeps its keypoints in place (residual, the
     descriptors); a rotated one is resampled (its residual larger), yet the query re-rendered on its
-    pixel grid has close descriptors at its keypoints, and both look alike when aligned."""
+    pixel grid has close descriptors at its keypoints, and both look alike when aligned (on the
+    whole frames too, a blurred copy once the query is blurred alike); a different scene does
+    not."""
     bench = load_precision_bench()
     original = scene(1)
     frame = read_frame(save(original, "original.jpg", quality=95))
     looks = query_features(frame)
+    octaves = bench.keypoint_octaves(frame)
+    assert [len(levels) for levels in octaves] == [len(look.points) for look in looks]
     for name, picture in {"jpeg": original,
-                          "rotate": original.rotate(3.5, resample=Image.Resampling.BICUBIC)}.items():
+                          "rotate": original.rotate(3.5, resample=Image.Resampling.BICUBIC),
+                          "blur": original.filter(ImageFilter.GaussianBlur(1.5))}.items():
         copy = read_frame(save(picture, f"{name}.jpg", quality=90))
         stored = FeatureSet.from_bytes(extract(copy, STORED_KEYPOINTS).to_bytes())
-        found = bench.best_of_looks(looks, stored, bench._gray(copy))
+        found = bench.best_of_looks(looks, stored, bench._gray(copy), octaves)
         assert found is not None, name
-        assert found["rerendered_bits"] <= 8, (name, found)
-        assert found["detail28"] > 0.95 and found["detail56"] > 0.9, (name, found)
+        assert found["detail28"] > 0.95 and found["frame_detail"] > 0.95, (name, found)
+        assert found["scaled_residual"] <= found["residual"], (name, found)
         if name == "jpeg":
             assert found["residual"] < EXACT_RESIDUAL and found["inlier_bits"] <= 2, found
-        else:
+        if name == "rotate":
             assert found["residual"] > EXACT_RESIDUAL, found
+            assert found["rerendered_bits"] <= 8 and found["detail56"] > 0.9, found
+    half = read_frame(save(spliced(original, scene(9)), "half.jpg", quality=90))
+    found = bench.best_of_looks(looks, FeatureSet.from_bytes(
+        extract(half, STORED_KEYPOINTS).to_bytes()), bench._gray(half), octaves)
+    assert found is not None and found["frame_detail"] < 0.9, found
 
 
 def test_the_candidate_search_skips_crowded_lists_and_nothing_else(
