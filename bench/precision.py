@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -312,7 +313,10 @@ def main() -> int:
     parser.add_argument("--span", type=int, default=6)
     parser.add_argument("--dataset", default=_setup.DEFAULT_DATASET)
     parser.add_argument("--files", action="store_true",
-                        help="also read the stored images' files (detail28, detail56)")
+                        help="also read the stored images' files (detail28, detail56,"
+                        " frame_detail)")
+    parser.add_argument("--jsonl", help="also write every measured pair to this file, one JSON"
+                        " object per line (label, query, match and the quantities)")
     args = parser.parse_args()
     if len(args.store) != len(args.manifest) or not (args.store or args.neighbours):
         parser.error("give --store and --manifest pairs, or --neighbours")
@@ -324,6 +328,11 @@ def main() -> int:
             return 2
         results += neighbours(args.dataset, args.neighbours.split(","), args.span, args.files)
     report(results)
+    if args.jsonl:
+        with open(args.jsonl, "w", encoding="utf-8") as out:
+            for label, query, match, found in results:
+                out.write(json.dumps({"label": label, "query": query, "match": match, **found})
+                          + "\n")
     return 0
 
 
