@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 import neardup
 from neardup.cli import index as index_cli
@@ -27,19 +27,11 @@ from neardup.features.extract import (
     CHROMA_SIDE,
     STORED_KEYPOINTS,
     FeatureSet,
-    chroma_grid,
     extract,
     query_features,
     read_frame,
 )
-from neardup.features.verify import (
-    COLOURED,
-    EXACT_RESIDUAL,
-    GRAY_LIMIT,
-    MIN_COLOUR_AGREEMENT,
-    MIN_INLIERS,
-    verify,
-)
+from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, verify
 from neardup.sources.edits import crop, pad, rotate, text
 
 from .conftest import PROJECT_ROOT
@@ -343,68 +335,6 @@ def test_real_photos_copies_found_and_look_alike_motorbikes_refused(
         assert record["matches"][0]["verified"] is True
     bikes = search_json("-q", "images/Motorbikes/image_0007.jpg")[0]["matches"]
     assert [m["relpath"] for m in bikes] == ["Motorbikes/image_0007.jpg"]
-
-
-# Different photographs of one thing that pass every test but colour, which they passed while a
-# nearly colourless picture counted as gray (gather.py --seed 2026 and 4242 found them).
-NEARLY_GRAY_AGAINST_COLOURED = (
-    ("Motorbikes/image_0719.jpg", "Motorbikes/image_0720.jpg"),  # a red and a black bike, one shot
-    ("Motorbikes/image_0419.jpg", "Motorbikes/image_0418.jpg"),
-    ("watch/image_0013.jpg", "watch/image_0047.jpg"),  # a silver and a gold watch (blurred copy)
-)
-
-
-def test_real_photos_a_nearly_gray_one_against_a_coloured_one_are_refused(
-    caltech_root: Path, in_tmp: Path
-) -> None:
-    """Each pair stored (and a blurred copy of the gold watch): neither finds the other; a gray
-    copy of each still finds it (and may find the other too: without colour, nothing tells them
-    apart, README "Verified matches")."""
-    for query, other in NEARLY_GRAY_AGAINST_COLOURED:
-        for relpath in (query, other):
-            target = Path("images") / relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(caltech_root / relpath, target)
-    with Image.open(caltech_root / "watch/image_0047.jpg") as photo:  # as gather.py's blur copy
-        save(photo.convert("RGB").filter(ImageFilter.GaussianBlur(1.29)),
-             "images/watch/image_0047_blurred.jpg", quality=90)
-    for query, _ in NEARLY_GRAY_AGAINST_COLOURED:
-        with Image.open(caltech_root / query) as photo:
-            save(photo.convert("L"), f"queries/{Path(query).stem}_gray.jpg", quality=90)
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
-    for query, other in NEARLY_GRAY_AGAINST_COLOURED:
-        for one, two in ((query, other), (other, query)):
-            found = [m["relpath"] for m in search_json("-q", f"images/{one}")[0]["matches"]]
-            assert one in found and two not in found, (one, found)
-        gray = search_json("-q", f"queries/{Path(query).stem}_gray.jpg")[0]["matches"]
-        assert query in [m["relpath"] for m in gray]
-
-
-def test_a_faint_tint_against_strong_colours_is_refused_and_a_gray_copy_is_not() -> None:
-    """A picture with a faint tint (its strongest colour cell 1 to 3 levels) is another photograph
-    of a strongly coloured one; a gray copy (no colour at all) and copies of the faint one are
-    copies."""
-    import cv2
-
-    colourful = np.asarray(scene(1))
-    gray = np.asarray(Image.fromarray(colourful).convert("L"))
-    faint = np.stack([gray.astype(np.int16) + shift for shift in (3, 0, -2)], axis=-1)
-    faint = faint.clip(0, 255).astype(np.uint8)
-    strongest = int(np.abs(chroma_grid(faint)).max())
-    assert 1 <= strongest <= GRAY_LIMIT
-    assert int(np.abs(chroma_grid(colourful)).max()) >= COLOURED
-
-    def verdict(query: np.ndarray, stored: np.ndarray):  # type: ignore[no-untyped-def]
-        record = FeatureSet.from_bytes(extract(stored, STORED_KEYPOINTS).to_bytes())
-        return verify(query_features(query)[0], record)
-
-    refused = verdict(colourful, faint)
-    assert not refused.verified and refused.reason == "the aligned pictures differ in colour"
-    assert refused.colour_agreement is not None and refused.colour_agreement < MIN_COLOUR_AGREEMENT
-    assert not verdict(faint, colourful).verified
-    assert verdict(colourful, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)).verified
-    darker = (faint.astype(np.float32) * 0.7).astype(np.uint8)  # a brightness copy of the faint one
-    assert verdict(faint, darker).verified
 
 
 def test_dask_workers_extract_the_same_features(in_tmp: Path) -> None:

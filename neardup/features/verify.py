@@ -69,14 +69,6 @@ TRIMMED_SHARE = 0.25
 # reach 0.80 (a contrast change) or more.
 GRAY_LIMIT = 3
 MIN_COLOUR_AGREEMENT = 0.5
-# A picture nearly without colour (a cell of 1 to GRAY_LIMIT) is not a gray copy when the other is
-# strongly coloured (a cell of COLOURED or more): gray copies have no colour at all (0 in every
-# cell: a gray JPEG, or R = G = B, decodes to exactly that), and no edit of colour strength
-# (brightness and contrast, even both at 0.6) takes a cell of COLOURED below 4. Then the ratio of
-# the two colour strengths is the agreement. Found as other matches with gather.py --seed 2026 and
-# 4242: a black motorbike (Motorbikes/image_0720: strongest cell 1) against a red one of the same
-# shot (0719), and a silver watch (watch/image_0013, 1) against a gold one (image_0047, 49).
-COLOURED = 4 * GRAY_LIMIT
 # Pads (see _padding_over_the_picture): a pixel of a stored flat edge band shows the query's
 # picture when the warped query, its brightness and contrast matched, differs from it by more
 # than PADDING_TOLERANCE grey levels. A band counts from MIN_PADDING_ROWS thumbnail rows (7 % of
@@ -339,10 +331,7 @@ def _colour_agreement(warped: np.ndarray | None, stored: FeatureSet,
     if covered.sum() < 4:
         return None
     ours_grid = chroma_grid(warped)
-    weaker, stronger = sorted((int(np.abs(ours_grid).max()), int(np.abs(stored.chroma).max())))
-    if 0 < weaker <= GRAY_LIMIT and stronger >= COLOURED:
-        return weaker / stronger  # nearly colourless against coloured: another photograph
-    if weaker <= GRAY_LIMIT:
+    if min(np.abs(ours_grid).max(), np.abs(stored.chroma).max()) <= GRAY_LIMIT:
         return None  # a gray picture (or a gray copy): colour says nothing
     ours = ours_grid.astype(np.float32)[covered].ravel()
     theirs = stored.chroma.astype(np.float32)[covered].ravel()
