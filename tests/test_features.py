@@ -590,6 +590,30 @@ def test_precision_bench_measures_a_pixel_copy_and_a_rotated_copy(in_tmp: Path) 
     assert found is not None and found["frame_detail"] < 0.9, found
 
 
+def test_the_feature_index_does_not_depend_on_the_order_images_were_stored(in_tmp: Path) -> None:
+    """Ids follow the order index.py stored the images in; the feature index is built in path
+    order, so the same images give the same index (and the same answers) either way."""
+    from neardup.features.index import _build, _read_descriptors
+
+    for seed in range(1, 5):
+        save(scene(seed), f"early/scene_{seed}.jpg" if seed < 3 else f"first/scene_{seed}.jpg",
+             quality=92)
+    assert index_cli.main(["-d", ".", "-s", "all.shelve", "-q", "-j", "1", "--features"]) == 0
+    shutil.move("early", "held_back")
+    assert index_cli.main(["-d", ".", "-s", "two.shelve", "-q", "-j", "1", "--features"]) == 0
+    shutil.move("held_back", "early")  # stored after first/..., though its paths sort before
+    assert index_cli.main(["-d", ".", "-s", "two.shelve", "-q", "-j", "1", "--features"]) == 0
+    built = []
+    for name in ("all.shelve", "two.shelve"):
+        with Store.open_for_reading(name) as store:
+            paths = [path for _id, path, _data in store.feature_rows()]
+            assert paths == sorted(paths) and len(paths) == 4
+            ids = {path: image_id for image_id, path, _data in store.feature_rows()}
+            built.append((bytes(_build(_read_descriptors(store)[0])), ids))
+    assert built[0][0] == built[1][0]
+    assert built[0][1] != built[1][1]  # stored in another order all the same
+
+
 def test_the_candidate_search_skips_crowded_lists_and_nothing_else(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An inverted file's lists over CROWDED_LIST times the mean are not scanned (stop words);
