@@ -1,7 +1,9 @@
-"""What could tell a copy from a different photograph of the same thing shot the same way? The
-quantities below, measured on every candidate that verification accepts today, printed as
+"""What tells a verified copy from a different photograph of the same thing shot the same way?
+
+The quantities below, measured on every candidate that verification accepts today, printed as
 distributions per edit kind (copies) and listed one by one for the other matches (which a person
-then labels: the same photo, or a different one). docs/features.md ("Known limits") has the figures.
+then labels: the same photo, or a different one). docs/features.md ("Copies or different
+photographs") has the figures.
 
     python bench/precision.py --store db.shelve --manifest images/manifest.csv [--limit 100]
     python bench/precision.py --neighbours Motorbikes,Faces_easy --span 6     # CALTECH-101 pairs
@@ -305,13 +307,18 @@ def report(results: list[tuple[str, str, str, dict[str, float]]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", action="append", default=[])
+    parser.add_argument("--store", action="append", default=[],
+                        help="a store indexed with --features (repeat for several)")
     parser.add_argument("--manifest", action="append", default=[],
                         help="one per --store, in the same order")
-    parser.add_argument("--limit", type=int, help="only the first N originals of each store")
+    parser.add_argument("--limit", type=_positive, help="only the first N originals of each"
+                        " store")
     parser.add_argument("--neighbours", help="CALTECH-101 categories, comma-separated")
-    parser.add_argument("--span", type=int, default=6)
-    parser.add_argument("--dataset", default=_setup.DEFAULT_DATASET)
+    parser.add_argument("--span", type=_positive, default=6,
+                        help="with --neighbours: how many images on either side (default 6)")
+    parser.add_argument("--dataset", default=_setup.DEFAULT_DATASET,
+                        help="with --neighbours: CALTECH-101's 101_ObjectCategories folder"
+                        " (default: $NEARDUP_CALTECH101, else ../shared/caltech101/...)"),
     parser.add_argument("--files", action="store_true",
                         help="also read the stored images' files (detail28, detail56,"
                         " frame_detail)")
@@ -327,13 +334,20 @@ def main() -> int:
         if not _setup.require_dataset(args.dataset, "precision.py"):
             return 2
         results += neighbours(args.dataset, args.neighbours.split(","), args.span, args.files)
-    report(results)
-    if args.jsonl:
+    if args.jsonl:  # before the report, which may go to a pipe closed early
         with open(args.jsonl, "w", encoding="utf-8") as out:
             for label, query, match, found in results:
                 out.write(json.dumps({"label": label, "query": query, "match": match, **found})
                           + "\n")
+    report(results)
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 if __name__ == "__main__":
