@@ -830,12 +830,9 @@ class Store:
         return int(found[0]) if found else 0
 
     def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
-        """(id, path, features) of every stored image, by path: what is built from them (the
-        feature index, whose training sample is drawn by position) is then the same for the same
-        images, whatever order they were stored in (ids follow the order index.py's workers
-        finished, and two indexings of one dataset differed by 3 pad copies of 500)."""
+        """(id, path, features) of every stored image, by id (the order they were stored in)."""
         for image_id, path, data in self._db.run(
-                "SELECT id, path, data FROM neardup_features ORDER BY path"):
+                "SELECT id, path, data FROM neardup_features ORDER BY id"):
             yield int(image_id), os.fsdecode(bytes(path)), bytes(data)
 
     def features_by_id(self, ids: Iterable[int]) -> dict[int, tuple[str, bytes]]:

@@ -141,16 +141,25 @@ class FeatureIndex:
 
 
 def _read_descriptors(store: Store) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored descriptor, and the image id it belongs to."""
-    blocks: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
+    """Every stored descriptor, and the image id it belongs to, image by image in path order:
+    the index built from them (its training sample is drawn by position) is then the same for
+    the same images, whatever order they were stored in. Ids follow the order index.py's workers
+    finished: two indexings of one gather.py sample differed by 3 pad copies of 500 when the
+    index was built in id order. Read in id order (the table's own, one pass over the file),
+    then sorted."""
+    rows: list[tuple[str, int, np.ndarray]] = []
     for image_id, path, data in store.feature_rows():
         try:
             features = FeatureSet.from_bytes(data)
         except ValueError as error:
             raise StoreError(f"{store.path}: features of {path}: {error}") from error
-        blocks.append(features.descriptors)
-        owners.append(np.full(len(features.descriptors), image_id, dtype=np.int64))
+        rows.append((path, image_id, features.descriptors))
+    rows.sort(key=lambda row: row[0])
+    blocks: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    for _path, image_id, descriptors in rows:
+        blocks.append(descriptors)
+        owners.append(np.full(len(descriptors), image_id, dtype=np.int64))
     if not blocks:
         return np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.int64)
     return np.concatenate(blocks), np.concatenate(owners)
