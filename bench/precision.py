@@ -43,6 +43,8 @@ import sys
 import _setup  # noqa: F401  (puts the project on the import path)
 import numpy as np
 
+from neardup.cli.common import positive_int
+
 QUANTITIES = ("residual", "scaled_residual", "inlier_bits", "rerendered_bits", "redetected",
               "detail28", "detail56", "frame_detail")
 # Blurs tried on either picture by frame_detail (Gaussian sigma, pixels; 0: as it is).
@@ -96,6 +98,8 @@ def keypoint_octaves(frame: np.ndarray) -> list[np.ndarray]:
 def _frame_detail(gray: np.ndarray, stored_gray: np.ndarray, transform: np.ndarray) -> float:
     import cv2
 
+    from neardup.features.verify import _correlation
+
     height, width = stored_gray.shape
     theirs = stored_gray.astype(np.float32)
     warped = cv2.warpAffine(gray.astype(np.float32), transform, (width, height),
@@ -121,18 +125,16 @@ def _frame_detail(gray: np.ndarray, stored_gray: np.ndarray, transform: np.ndarr
         return np.concatenate([cv2.Sobel(picture, cv2.CV_32F, 1, 0)[inside],
                                cv2.Sobel(picture, cv2.CV_32F, 0, 1)[inside]])
 
+    # Either picture blurred in turn, the other as it is (each side's own edges found once).
+    theirs_blurred = [edges(blurred(theirs, sigma)) for sigma in BLURS]
+    theirs_edges = theirs_blurred[BLURS.index(0.0)]
     best = 0.0
     for ours in candidates:
-        for sigma in BLURS:
-            best = max(best, _correlation(edges(blurred(ours, sigma)), edges(theirs)),
-                       _correlation(edges(ours), edges(blurred(theirs, sigma))))
+        ours_edges = edges(ours)
+        for sigma, theirs_at in zip(BLURS, theirs_blurred, strict=True):
+            best = max(best, _correlation(edges(blurred(ours, sigma)), theirs_edges),
+                       _correlation(ours_edges, theirs_at))
     return best
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    from neardup.features.verify import _correlation as correlation
-
-    return correlation(a, b)
 
 
 _detector = None
@@ -311,14 +313,14 @@ def main() -> int:
                         help="a store indexed with --features (repeat for several)")
     parser.add_argument("--manifest", action="append", default=[],
                         help="one per --store, in the same order")
-    parser.add_argument("--limit", type=_positive, help="only the first N originals of each"
+    parser.add_argument("--limit", type=positive_int, help="only the first N originals of each"
                         " store")
     parser.add_argument("--neighbours", help="CALTECH-101 categories, comma-separated")
-    parser.add_argument("--span", type=_positive, default=6,
+    parser.add_argument("--span", type=positive_int, default=6,
                         help="with --neighbours: how many images on either side (default 6)")
     parser.add_argument("--dataset", default=_setup.DEFAULT_DATASET,
                         help="with --neighbours: CALTECH-101's 101_ObjectCategories folder"
-                        " (default: $NEARDUP_CALTECH101, else ../shared/caltech101/...)"),
+                        " (default: $NEARDUP_CALTECH101, else ../shared/caltech101/...)")
     parser.add_argument("--files", action="store_true",
                         help="also read the stored images' files (detail28, detail56,"
                         " frame_detail)")
@@ -341,13 +343,6 @@ def main() -> int:
                           + "\n")
     report(results)
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 if __name__ == "__main__":
