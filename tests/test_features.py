@@ -5,6 +5,7 @@ one line. On generated scenes, and on real CALTECH-101 photos when they are pres
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -611,6 +612,34 @@ def test_the_feature_index_does_not_depend_on_the_order_images_were_stored(in_tm
             built.append((bytes(_build(_read_descriptors(store)[0])), ids))
     assert built[0][0] == built[1][0]
     assert built[0][1] != built[1][1]  # stored in another order all the same
+
+
+def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
+    """The feature index cached beside a store is named by the build that made it: one an older
+    neardup cached for the same store state (built in id order, say) is built again, not read,
+    and removed; the current build's is read back as it was written."""
+    from neardup.features.index import INDEX_BUILD, FeatureIndex
+
+    for seed in range(1, 4):
+        save(scene(seed), f"scene_{seed}.jpg", quality=92)
+    assert index_cli.main(["-d", ".", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        fresh = FeatureIndex.from_store(store)
+        written = sorted(os.listdir("db.shelve.cache"))
+        assert written and all(name.endswith(f"-{INDEX_BUILD}.npy") for name in written)
+        state = f"{store.store_id}-{store.generation()}-{store.feature_generation()}"
+        # What an older build left for this very state (and this build's files not yet made):
+        # owners that belong to no image here, and bytes that are no index at all.
+        for name in written:
+            os.remove(f"db.shelve.cache/{name}")
+        np.save(f"db.shelve.cache/feature-owners-{state}.npy", np.full(len(fresh), 999, np.int64))
+        np.save(f"db.shelve.cache/feature-index-{state}.npy", np.zeros(64, np.uint8))
+        rebuilt = FeatureIndex.from_store(store)
+        assert list(rebuilt.owners) == list(fresh.owners)
+        assert 999 not in set(rebuilt.owners)
+        assert sorted(os.listdir("db.shelve.cache")) == written  # the older build's files gone
+        again = FeatureIndex.from_store(store)  # read back from the cache
+        assert list(again.owners) == list(fresh.owners)
 
 
 def test_the_candidate_search_skips_crowded_lists_and_nothing_else(

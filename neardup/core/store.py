@@ -878,20 +878,27 @@ class Store:
 
 
     def cached_array(
-        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False
+        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False,
+        build_version: int = 0,
     ) -> np.ndarray:
         """An array derived from the features, kept beside the store until they change (the
         feature index). Named by the store's id, generation and feature generation, so it is
-        never read for another state; small stores (unless `small_too`) and folders that cannot
-        be written simply build it again. Only older states' files are removed, never a newer one
+        never read for another state, and by `build_version` (when not 0), which the caller bumps
+        when the same records start giving another array: one built by an older neardup is then
+        not used. Small stores (unless `small_too`) and folders that cannot be written simply
+        build it again. Only older states' and builds' files are removed, never a newer one
         another process may be using."""
         from .cache import CACHE_MIN_HASHES  # cache imports this module
 
         if self.hash_count() < CACHE_MIN_HASHES and not small_too:
             return build()
         folder = self.path + ".cache"
-        state = (self.generation(), self.feature_generation())
-        cached = os.path.join(folder, f"{name}-{self.store_id}-{state[0]}-{state[1]}.npy")
+        # Compared as tuples below: a name without a build version (an older neardup's) sorts
+        # before every build of the same state.
+        state = (self.generation(), self.feature_generation()) + (
+            (build_version,) if build_version else ())
+        cached = os.path.join(folder, f"{name}-{self.store_id}-"
+                                      + "-".join(str(part) for part in state) + ".npy")
         try:
             return np.load(cached, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):

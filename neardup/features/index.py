@@ -57,6 +57,11 @@ TRAINING_ROUNDS = 10
 # the pad, crop, rotate or combo copies on three samples (gather.py --seed 2026, 7, 99; every
 # recall goal still met).
 CROWDED_LIST = 2.0
+# Bumped whenever the same stored records start giving another index (the order descriptors are
+# added in, how the lists are trained), so that an index cached by an older neardup is built
+# again rather than answering differently from a fresh one. 2: descriptors in path order, lists
+# trained in TRAINING_ROUNDS rounds (1, unnamed: in id order, 25 rounds).
+INDEX_BUILD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +94,10 @@ class FeatureIndex:
         # Both arrays come from one reading of every stored record (4 s per 10^5 images),
         # whichever of the two has to be built.
         read = functools.cache(lambda: _read_descriptors(store))
-        owners = store.cached_array("feature-owners", lambda: read()[1], small_too=True)
+        owners = store.cached_array("feature-owners", lambda: read()[1], small_too=True,
+                                    build_version=INDEX_BUILD)
         serialised = store.cached_array("feature-index", lambda: _build(read()[0]),
-                                        small_too=True)
+                                        small_too=True, build_version=INDEX_BUILD)
         index = faiss.deserialize_index_binary(np.ascontiguousarray(serialised))
         if hasattr(index, "nprobe"):
             index.nprobe = PROBES
