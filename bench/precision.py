@@ -325,22 +325,28 @@ def main() -> int:
                         help="also read the stored images' files (detail28, detail56,"
                         " frame_detail)")
     parser.add_argument("--jsonl", help="also write every measured pair to this file, one JSON"
-                        " object per line (label, query, match and the quantities)")
+                        " object per line (source: the store or the neighbours it came from;"
+                        " label, query, match and the quantities)")
     args = parser.parse_args()
     if len(args.store) != len(args.manifest) or not (args.store or args.neighbours):
         parser.error("give --store and --manifest pairs, or --neighbours")
     results = []
+    sources = []  # where each result came from: its store, or the neighbours of the data set
     for store, manifest in zip(args.store, args.manifest, strict=True):
-        results += from_store(store, manifest, args.limit, args.files)
+        measured = from_store(store, manifest, args.limit, args.files)
+        results += measured
+        sources += [store] * len(measured)
     if args.neighbours:
         if not _setup.require_dataset(args.dataset, "precision.py"):
             return 2
-        results += neighbours(args.dataset, args.neighbours.split(","), args.span, args.files)
+        measured = neighbours(args.dataset, args.neighbours.split(","), args.span, args.files)
+        results += measured
+        sources += [f"neighbours of {args.dataset}"] * len(measured)
     if args.jsonl:  # before the report, which may go to a pipe closed early
         with open(args.jsonl, "w", encoding="utf-8") as out:
-            for label, query, match, found in results:
-                out.write(json.dumps({"label": label, "query": query, "match": match, **found})
-                          + "\n")
+            for (label, query, match, found), source in zip(results, sources, strict=True):
+                out.write(json.dumps({"source": source, "label": label, "query": query,
+                                      "match": match, **found}) + "\n")
     report(results)
     return 0
 
