@@ -163,6 +163,21 @@ def test_parallel_workers_build_the_same_store(in_tmp: Path) -> None:
     assert buckets("one.shelve") == buckets("two.shelve")
 
 
+def test_workers_import_nothing_from_the_current_folder(in_tmp: Path) -> None:
+    """Python starts its fork server with the current folder first on its path: run from a
+    folder holding another neardup (an older checkout) or a numpy.py, the workers imported
+    those. Each decoy here leaves a mark if imported; the workers must run this neardup."""
+    make_tree("images", 12, folders=2)
+    for decoy in ("neardup/__init__.py", "numpy.py", "imagehash.py"):
+        Path(decoy).parent.mkdir(exist_ok=True)
+        Path(decoy).write_text(f"open({str(in_tmp / 'imported')!r}, 'a').write({decoy!r})\n")
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images",
+                             "-s", "db.shelve", "-q", "-j", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not Path("imported").exists(), Path("imported").read_text()
+    assert committed_count(Path("db.shelve")) == 12
+
+
 def make_large_tree(root: Path, count: int) -> None:
     """count distinct 640x480 JPEGs, cut from one noise field so they are quick to make."""
     rng = np.random.default_rng(1)

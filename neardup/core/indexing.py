@@ -391,14 +391,14 @@ def hash_files(
     # forkserver: workers start from a clean process, never a fork of one holding threads or a
     # database connection.
     context = multiprocessing.get_context("forkserver")
-    # The fork server imports the hashing code once and every worker is forked from it ready,
+    # The fork server imports the libraries once and every worker is forked from it ready,
     # instead of each importing numpy, Pillow and ImageHash anew (0.2 s of CPU each): on a short
     # run of small photos the workers' start-up was a sixth of the time. (Ignored when this
-    # process's fork server is already running.)
-    context.set_forkserver_preload([__name__])
+    # process's fork server is already running.) Not neardup itself: see _workers_import_ours.
+    context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
     _quiet_resource_tracker()
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with _workers_without_the_callers_script():
+    with _workers_without_the_callers_script(), _workers_import_ours():
         pool = context.Pool(workers, initializer=_init_worker,
                             initargs=(recipe, max_pixels, features))
     with pool:
@@ -423,6 +423,34 @@ def _workers_without_the_callers_script() -> Iterator[None]:
         sys.modules["__main__"] = script
 
 
+# Libraries the fork server imports before forking workers (see hash_files).
+FORK_SERVER_PRELOAD = ("numpy", "PIL.Image", "imagehash")
+
+
+@contextmanager
+def _workers_import_ours() -> Iterator[None]:
+    """Start the fork server so that it imports nothing from the current directory.
+
+    Python (3.11 to 3.13) starts its fork server as `python -c ...`, which puts the current
+    directory first on sys.path, and imports the preloaded modules from there, ignoring this
+    process's sys.path: run from a folder holding another neardup (an older checkout) the
+    workers hashed with that one (records of another feature version, found only when the
+    store was read), and a `numpy.py` in the folder being indexed would run in every worker.
+    PYTHONSAFEPATH keeps the current directory off the fork server's path, and neardup is not
+    preloaded: each worker imports it after taking this process's sys.path, so it runs the
+    same neardup as this process.
+    """
+    earlier = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if earlier is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = earlier
+
+
 def _quiet_resource_tracker() -> None:
     """After a kill -9 of index.py, the resource tracker (a child it starts) frees the pool's
     semaphores and warns once per run that they "leaked"; they are freed, so the warning only
@@ -430,9 +458,6 @@ def _quiet_resource_tracker() -> None:
     option = "ignore:resource_tracker:UserWarning"
     if option not in sys.warnoptions:
         sys.warnoptions.append(option)
-
-
-_worker_settings: tuple[Recipe, int] | None = None
 
 
 _worker_settings: tuple[Recipe, int, bool] | None = None
