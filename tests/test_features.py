@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from contextlib import closing
 from pathlib import Path
 
@@ -626,8 +627,9 @@ def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
     with Store.open_for_reading("db.shelve") as store:
         fresh = FeatureIndex.from_store(store)
         written = sorted(os.listdir("db.shelve.cache"))
-        assert written and all(name.endswith(f"-{INDEX_BUILD}.npy") for name in written)
         state = f"{store.store_id}-{store.generation()}-{store.feature_generation()}"
+        assert [name.split(".")[0] for name in written] == [
+            f"feature-index-{state}-{INDEX_BUILD}", f"feature-owners-{state}-{INDEX_BUILD}"]
         # What an older build left for this very state (and this build's files not yet made):
         # owners that belong to no image here, and bytes that are no index at all.
         for name in written:
@@ -636,10 +638,51 @@ def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
         np.save(f"db.shelve.cache/feature-index-{state}.npy", np.zeros(64, np.uint8))
         rebuilt = FeatureIndex.from_store(store)
         assert list(rebuilt.owners) == list(fresh.owners)
-        assert 999 not in set(rebuilt.owners)
         assert sorted(os.listdir("db.shelve.cache")) == written  # the older build's files gone
         again = FeatureIndex.from_store(store)  # read back from the cache
         assert list(again.owners) == list(fresh.owners)
+
+
+@pytest.mark.parametrize("tampering", ["emptied", "reversed", "same length, other ids",
+                                       "index bytes", "one of the pair renamed"])
+def test_a_feature_cache_written_behind_our_back_is_built_again(
+        in_tmp: Path, tampering: str, capsys: pytest.CaptureFixture) -> None:
+    """Every cached file is checked against the CRC-32 in its name, and the pair against each
+    other: a file emptied, rewritten or swapped behind our back gives the same answers as a fresh
+    build (it gave no matches at all, a traceback, or an error asking to delete the cache)."""
+    from neardup.features.index import FeatureIndex
+
+    for seed in range(1, 5):
+        save(scene(seed), f"scene_{seed}.jpg", quality=92)
+    save(ImageOps.mirror(scene(2)), "mirrored.jpg", quality=90)
+    assert index_cli.main(["-d", ".", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        expected = list(FeatureIndex.from_store(store).owners)
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-q", "scene_2.jpg", "--json"]) == 0
+    before = capsys.readouterr().out
+    assert "mirrored.jpg" in before
+    folder = Path("db.shelve.cache")
+    owners = next(folder.glob("feature-owners-*.npy"))
+    index = next(folder.glob("feature-index-*.npy"))
+    if tampering == "emptied":
+        owners.write_bytes(b"")
+    elif tampering == "reversed":
+        np.save(owners, np.load(owners)[::-1].copy())
+    elif tampering == "same length, other ids":
+        np.save(owners, np.full(len(expected), 10**9, np.int64))
+    elif tampering == "index bytes":
+        data = np.load(index)
+        data[:8] = 255
+        np.save(index, data)
+    else:  # a valid pair's file under the other's CRC: the CRC holds, the pair does not
+        np.save(owners, np.load(owners)[:-1].copy())
+        crc = f"{zlib.crc32(np.load(owners).tobytes()):08x}"
+        owners.rename(owners.with_name(owners.name.rsplit(".", 2)[0] + f".{crc}.npy"))
+    with Store.open_for_reading("db.shelve") as store:
+        assert list(FeatureIndex.from_store(store).owners) == expected
+    assert search_cli.main(["-s", "db.shelve", "-q", "scene_2.jpg", "--json"]) == 0
+    assert capsys.readouterr().out == before
 
 
 def test_the_candidate_search_skips_crowded_lists_and_nothing_else(

@@ -167,7 +167,8 @@ class TestWritesBehindNeardupsBack:
 
 
 class TestCachesAreNeverTrustedAsFound:
-    @pytest.mark.parametrize("planted", ["shape", "float", "bytes", "manifest"])
+    @pytest.mark.parametrize("planted", ["shape", "float", "bytes", "manifest", "empty array",
+                                         "cut short", "FIFO manifest", "FIFO array"])
     def test_a_planted_or_damaged_cache_is_rebuilt(self, cached: Path, planted: str) -> None:
         expected = answers("images/cat1/image_0001.jpg", "-m", "8")
         stem = entries()[0].removesuffix(".json")
@@ -181,9 +182,18 @@ class TestCachesAreNeverTrustedAsFound:
             array = np.load(hashes)
             array[5, 0] ^= np.uint64(1)
             np.save(hashes, array)
+        elif planted == "empty array":  # numpy raises EOFError, which no one caught
+            Path(hashes).write_bytes(b"")
+        elif planted == "cut short":
+            Path(hashes).write_bytes(Path(hashes).read_bytes()[:100])
+        elif planted.startswith("FIFO"):  # opening one to read would wait for a writer forever
+            planted_path = f"db.shelve.cache/{stem}.json" if "manifest" in planted else hashes
+            os.remove(planted_path)
+            os.mkfifo(planted_path)
         else:
             Path(f"db.shelve.cache/{stem}.json").write_text('{"version": 1, "rows": "many"}')
         assert answers("images/cat1/image_0001.jpg", "-m", "8") == expected
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
         with Store.open_for_reading("db.shelve") as store, store.snapshot():
             assert cache_module.load(store, newest=store.generation(), oldest=0) is not None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import zlib
 from dataclasses import dataclass
@@ -82,14 +83,40 @@ def load(store: Store, *, newest: int, oldest: int) -> Entry | None:
     return None
 
 
+def read_json(path: str) -> Any:
+    """A cache file's JSON, or None: not a regular file (a FIFO would block the reader), not
+    readable or not JSON."""
+    if not _is_regular(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
+
+
+def load_array(path: str) -> np.ndarray | None:
+    """A cached .npy array, memory-mapped, or None for anything that is not one: not a regular
+    file, empty or cut short (numpy raises EOFError), a header numpy refuses."""
+    if not _is_regular(path):
+        return None
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
     folder = folder_of(store)
     stem = _stem(store, generation)
-    try:
-        with open(os.path.join(folder, stem + ".json"), encoding="utf-8") as stream:
-            manifest = json.load(stream)
-    except (OSError, ValueError):
-        return None
+    manifest = read_json(os.path.join(folder, stem + ".json"))
     if not isinstance(manifest, dict) or not _manifest_fits(store, manifest, generation):
         return None
     count = manifest["hashes"]
@@ -134,10 +161,8 @@ def _manifest_fits(store: Store, manifest: dict[str, Any], generation: int) -> b
 def _load_array(folder: str, stem: str, name: str, manifest: dict[str, Any], dtype: type,
                 shape: tuple[int, int]) -> np.ndarray | None:
     described = manifest["arrays"][name]
-    try:
-        array = np.load(os.path.join(folder, f"{stem}.{name}.npy"), mmap_mode="r",
-                        allow_pickle=False)
-    except (OSError, ValueError):
+    array = load_array(os.path.join(folder, f"{stem}.{name}.npy"))
+    if array is None:
         return None
     if (array.dtype != np.dtype(dtype) or array.shape != shape or not array.flags.c_contiguous
             or not isinstance(described, dict)):

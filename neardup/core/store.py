@@ -34,6 +34,7 @@ import pickle
 import shelve
 import sqlite3
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -879,16 +880,19 @@ class Store:
 
     def cached_array(
         self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False,
-        build_version: int = 0,
+        build_version: int = 0, fresh: bool = False,
     ) -> np.ndarray:
         """An array derived from the features, kept beside the store until they change (the
         feature index). Named by the store's id, generation and feature generation, so it is
         never read for another state, and by `build_version` (when not 0), which the caller bumps
         when the same records start giving another array: one built by an older neardup is then
-        not used. Small stores (unless `small_too`) and folders that cannot be written simply
-        build it again. Only older states' and builds' files are removed, never a newer one
-        another process may be using."""
-        from .cache import CACHE_MIN_HASHES  # cache imports this module
+        not used. The name also carries the array's CRC-32, checked on every read: a file cut
+        short, emptied or rewritten behind our back is built again, never used. `fresh`: build it
+        again whatever is cached (the caller found the cached one does not fit). Small stores
+        (unless `small_too`) and folders that cannot be written simply build it again. Only
+        older states' and builds' files are removed, never a newer one another process may be
+        using."""
+        from .cache import CACHE_MIN_HASHES, load_array  # cache imports this module
 
         if self.hash_count() < CACHE_MIN_HASHES and not small_too:
             return build()
@@ -897,28 +901,42 @@ class Store:
         # before every build of the same state.
         state = (self.generation(), self.feature_generation()) + (
             (build_version,) if build_version else ())
-        cached = os.path.join(folder, f"{name}-{self.store_id}-"
-                                      + "-".join(str(part) for part in state) + ".npy")
+        prefix = f"{name}-{self.store_id}-"
+        stem = prefix + "-".join(str(part) for part in state)
         try:
-            return np.load(cached, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            pass
-        array = build()
+            names = sorted(os.listdir(folder))
+        except OSError:
+            names = []
+        for found in names if not fresh else ():
+            crc = found[len(stem) + 1:-len(".npy")]
+            if found.startswith(stem + ".") and found.endswith(".npy") and len(crc) == 8:
+                array = load_array(os.path.join(folder, found))
+                if array is not None and f"{_crc32(array):08x}" == crc:
+                    return array
+        array = np.ascontiguousarray(build())
+        cached = os.path.join(folder, f"{stem}.{_crc32(array):08x}.npy")
         try:
             os.makedirs(folder, exist_ok=True)
             partial = f"{cached}.{os.getpid()}.partial"
             with open(partial, "wb") as stream:
                 np.save(stream, array, allow_pickle=False)
             os.replace(partial, cached)
-            prefix = f"{name}-{self.store_id}-"
             for other in os.listdir(folder):
                 if other.startswith(prefix) and other.endswith(".npy"):
-                    older = tuple(int(part) for part in other[len(prefix):-4].split("-"))
-                    if older < state:
+                    older = tuple(int(part) for part in
+                                  other[len(prefix):-len(".npy")].split(".")[0].split("-"))
+                    if older < state or (older == state and other != os.path.basename(cached)):
                         os.remove(os.path.join(folder, other))
         except (OSError, ValueError):
             pass  # a read-only place, or a name not of ours: the array still serves this process
         return array
+
+
+def _crc32(array: np.ndarray) -> int:
+    """CRC-32 of a C-contiguous array's bytes (about 1 GB/s: 0.2 s for the feature index of 10^5
+    images)."""
+    return zlib.crc32(memoryview(array).cast("B")) if array.size else 0
+
 
 def _decode_joined_keys(joined: bytes, rows: int, width: int, bits: int) -> np.ndarray | None:
     """Keys joined by commas -> sorted distinct words, or None if any key is not `width` lowercase

@@ -94,16 +94,26 @@ class FeatureIndex:
         # Both arrays come from one reading of every stored record (4 s per 10^5 images),
         # whichever of the two has to be built.
         read = functools.cache(lambda: _read_descriptors(store))
-        owners = store.cached_array("feature-owners", lambda: read()[1], small_too=True,
-                                    build_version=INDEX_BUILD)
-        serialised = store.cached_array("feature-index", lambda: _build(read()[0]),
-                                        small_too=True, build_version=INDEX_BUILD)
-        index = faiss.deserialize_index_binary(np.ascontiguousarray(serialised))
+        for fresh in (False, True):
+            owners = store.cached_array("feature-owners", lambda: read()[1], small_too=True,
+                                        build_version=INDEX_BUILD, fresh=fresh)
+            serialised = store.cached_array("feature-index", lambda: _build(read()[0]),
+                                            small_too=True, build_version=INDEX_BUILD,
+                                            fresh=fresh)
+            # The cached files pass their CRC; these checks catch a pair that does not belong
+            # together (each rewritten alone, with a matching name): both are then built again.
+            try:
+                index = faiss.deserialize_index_binary(np.ascontiguousarray(serialised))
+            except RuntimeError:  # FAISS's word for bytes that are no index
+                continue
+            if (index.ntotal == len(owners) and owners.ndim == 1
+                    and owners.dtype == np.int64):
+                break
+        else:
+            raise StoreError(f"{store.path}: the feature index built from the store does not"
+                             " match it (the store changed while it was built?); search again")
         if hasattr(index, "nprobe"):
             index.nprobe = PROBES
-        if index.ntotal != len(owners):
-            raise StoreError(f"{store.path}: the feature index does not match the store; delete"
-                             f" {store.path}.cache to rebuild it")
         return cls(index, np.asarray(owners))
 
     def __len__(self) -> int:
