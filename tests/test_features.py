@@ -643,6 +643,33 @@ def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
         assert list(again.owners) == list(fresh.owners)
 
 
+def test_a_run_that_changes_nothing_keeps_the_cached_feature_index(in_tmp: Path) -> None:
+    """index.py deleted the feature index cache on a run that changed nothing (its clean-up took
+    the files for another store's), and a file read again only because its ctime moved (a hard
+    link made to it, as gather.py makes) had its identical record written again, which moved the
+    feature generation: either way the next search rebuilt the index (40 s at 10^5 images)."""
+    Path("images").mkdir()
+    for seed in range(1, 5):
+        save(scene(seed), f"images/scene_{seed}.jpg", quality=92)
+    index = ["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]
+    assert index_cli.main(index) == 0
+    cached = {path.name: path.stat().st_mtime_ns for path in Path("db.shelve.cache").iterdir()}
+    assert any(name.startswith("feature-index-") for name in cached)
+    with Store.open_for_reading("db.shelve") as store:
+        generation = store.feature_generation()
+    assert index_cli.main(index) == 0
+    Path("links").mkdir()
+    for picture in Path("images").iterdir():
+        os.link(picture, Path("links") / picture.name)  # moves each file's ctime
+    time.sleep(2.1)  # past the window in which a file changed too recently is read again anyway
+    assert index_cli.main(index) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.feature_generation() == generation
+    after = {path.name: path.stat().st_mtime_ns for path in Path("db.shelve.cache").iterdir()}
+    assert {name: when for name, when in after.items() if name.startswith("feature-")} == {
+        name: when for name, when in cached.items() if name.startswith("feature-")}
+
+
 @pytest.mark.parametrize("tampering", ["emptied", "reversed", "same length, other ids",
                                        "index bytes", "one of the pair renamed"])
 def test_a_feature_cache_written_behind_our_back_is_built_again(

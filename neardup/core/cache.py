@@ -229,6 +229,13 @@ def prune(store: Store, keep: int) -> None:
             except OSError:
                 pass
             continue
+        if name.startswith("feature-"):
+            # The feature index's files (Store.cached_array, which removes its own older ones):
+            # only another store's are removed here.
+            parts = name.split("-")
+            if len(parts) < 3 or parts[2] != store.store_id:
+                doomed.append(path)
+            continue
         generation = None
         if name.startswith(prefix):
             number = name[len(prefix):].split(".", 1)[0]

@@ -254,11 +254,13 @@ def index_folder(
         summary.bad_entries = len(bad)
         store.record_bad_entries(bad)
         settle_caches(store, end_generation)
-        if features and (summary.indexed or summary.removed):
+        if features:
             from ..features.index import FeatureIndex
 
+            # Cached now, so the first search does not pay; on a run that changed nothing this
+            # reads the cached index back and checks it (its CRC: 0.2 s at 10^5 images).
             with store.snapshot():
-                FeatureIndex.from_store(store)  # cached now, so the first search does not pay
+                FeatureIndex.from_store(store)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -860,20 +860,24 @@ class Store:
         """apply()'s part for features: in its transaction, before its own writes."""
         if self.feature_recipe() is None:  # a hash-only store: one lookup per batch, nothing else
             return
+        changed = 0  # records written or deleted; one rewritten as it was does not count
         for item in indexed:
             key = os.fsencode(item.relpath)
             if item.features is None:  # features of an older version of the file are stale
-                self._db.run("DELETE FROM neardup_features WHERE path = ?", (key,))
+                changed += self._db.run("DELETE FROM neardup_features WHERE path = ?",
+                                        (key,)).rowcount
             else:
-                self._db.run(
+                changed += self._db.run(
                     "INSERT INTO neardup_features (path, data) VALUES (?, ?)"
-                    " ON CONFLICT (path) DO UPDATE SET data = excluded.data",
-                    (key, item.features))
+                    " ON CONFLICT (path) DO UPDATE SET data = excluded.data"
+                    " WHERE data IS NOT excluded.data", (key, item.features)).rowcount
         for relpath in removed:
-            self._db.run("DELETE FROM neardup_features WHERE path = ?",
-                             (os.fsencode(relpath),))
-        if indexed or removed:
+            changed += self._db.run("DELETE FROM neardup_features WHERE path = ?",
+                                    (os.fsencode(relpath),)).rowcount
+        if changed:
             # The feature index cache is named by this too: features can change without a hash.
+            # A file read again only because its ctime moved (a hard link made to it) gives the
+            # same record, and the cached index of 10^5 images (40 s to build) stays valid.
             self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
                          " WHERE name = 'feature_generation'")
 
