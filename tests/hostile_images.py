@@ -6,6 +6,7 @@ them are derived from, so a test can check that each variant hashes like what a 
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -175,4 +176,18 @@ def png_bomb(tmp: Path, width: int = 50_000, height: int = 50_000) -> Path:
     path = tmp / "bomb.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
                      + chunk(b"IEND", b""))
+    return path
+
+
+def scan_bomb(tmp: Path, repeats: int = 5_000, side: int = 600, name: str = "scans.jpg") -> Path:
+    """A valid progressive JPEG whose first AC scan is repeated `repeats` times: each repeat is a
+    few dozen bytes, and the decoder makes a pass over the whole picture for every one."""
+    flat = np.full((side, side), 128, np.uint8)  # its AC scans hold almost nothing
+    buffer = io.BytesIO()
+    Image.fromarray(flat).save(buffer, "JPEG", progressive=True, quality=95)
+    data = buffer.getvalue()
+    starts = [index for index in range(len(data) - 1) if data[index:index + 2] == b"\xff\xda"]
+    first, after = starts[1], starts[2]
+    path = tmp / name
+    path.write_bytes(data[:after] + data[first:after] * repeats + data[after:])
     return path

@@ -334,8 +334,8 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     A test holds its hashes equal to Pillow's path.
     """
     size = jpeg.plain_size(data)
-    if size is None or size[0] * size[1] > max_pixels:
-        return None
+    if size is None or size[0] * size[1] > max_pixels or jpeg.scan_count(data) > jpeg.MAX_SCANS:
+        return None  # Pillow's path refuses it with the reason
     width, height = size
     cells = grid_size(recipe, size)
     scale = decode_scale(size, cells, recipe)
@@ -579,6 +579,12 @@ def open_image(
                 raise ImageError(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
+            if image.format == "JPEG":
+                scans = _scan_count(data, stream)
+                if scans > jpeg.MAX_SCANS:
+                    raise ImageError(path, f"refused: a JPEG of {scans:,} scans (more than"
+                                           f" {jpeg.MAX_SCANS} take seconds to decode; photos"
+                                           " have about ten)")
             if before_load is not None:
                 before_load(image)
             if read_pixels is None or not read_pixels(image, stream):
@@ -597,6 +603,24 @@ def open_image(
     finally:
         image.close()
         stream.close()
+
+
+def _scan_count(data: bytes | None, stream: Any) -> int:
+    """jpeg.scan_count of an image's bytes, from memory when they are there, else read through
+    the open file in chunks (a file over WHOLE_FILE_BYTES), which is left where it was."""
+    if data is not None:
+        return jpeg.scan_count(data)
+    if isinstance(stream, io.BytesIO):
+        return jpeg.scan_count(stream.getvalue())
+    where = stream.tell()
+    stream.seek(0)
+    count, tail = 0, b""
+    while chunk := stream.read(1 << 20):
+        joined = tail + chunk
+        count += jpeg.scan_count(joined)
+        tail = joined[-1:] if joined[-1:] == b"\xff" else b""  # a marker split by the chunking
+    stream.seek(where)
+    return count
 
 
 def hash_source(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from ..core.jpeg import PROGRESSIVE_FRAME
 from ..errors import NeardupError
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
@@ -64,6 +65,13 @@ class ServiceLimits:
     shutdown_timeout: float = 3.0   # SIGTERM: requests in flight get this long to finish
     max_connections: int = 1000
     max_in_flight: int = 16         # uploads being received, decoded or searched at once
+
+    @property
+    def max_in_flight_per_client(self) -> int:
+        """Uploads one client address may have in flight: a quarter of them. Sixteen uploads
+        trickling a byte a second from one client held every slot until the body timeout, and
+        every other client was answered 503 meanwhile (a hostile review)."""
+        return max(1, self.max_in_flight // 4)
     decode_threads: int = max(2, os.cpu_count() or 2)
     backlog: int = 1024
     token: bytes | None = None      # the bearer token every request must carry, if set
@@ -105,6 +113,7 @@ class CheckerApp:
         self.limits = limits
         self.log = log
         self.in_flight = 0
+        self.in_flight_from: dict[str, int] = {}  # per client address
         self.decoders = concurrent.futures.ThreadPoolExecutor(
             limits.decode_threads, thread_name_prefix="decode")
         # /health has a thread of its own, so it never queues behind uploads being decoded.
@@ -195,18 +204,27 @@ class CheckerApp:
         if self.in_flight >= self.limits.max_in_flight:
             raise Refused(503, f"busy: {self.in_flight} uploads in flight; try again shortly",
                           retry_after=True, close=True)
+        client = (scope.get("client") or ("unknown", 0))[0]
+        mine = self.in_flight_from.get(client, 0)
+        if mine >= self.limits.max_in_flight_per_client:
+            raise Refused(429, f"busy: {mine} uploads from this address in flight;"
+                               " try again shortly", retry_after=True, close=True)
         self.in_flight += 1
+        self.in_flight_from[client] = mine + 1
         try:
             distance = parse_distance(scope["query_string"], self.limits.max_query_distance)
             body = await self.read_body(scope, receive)
             if body is None:
                 return  # the client left; nobody to answer
             answer = None
-            if self.in_flight == 1 and self.checker.decode_budget.used == 0:
+            if (self.in_flight == 1 and self.checker.decode_budget.used == 0
+                    and PROGRESSIVE_FRAME not in body):
                 # Alone, a small upload is decoded right here: handing it to a thread and back
                 # took more time than decoding a CALTECH photo. A larger one stops at its header
                 # and goes to a thread, so the loop is never held more than a few milliseconds;
-                # and with no decode memory in use it never waits for any.
+                # and with no decode memory in use it never waits for any. A progressive JPEG
+                # goes to a thread whatever its size: its decode takes a pass per scan (up to
+                # jpeg.MAX_SCANS), not a time set by its pixels.
                 answer = self.check(body, distance, INLINE_MAX_PIXELS)
             if answer is None:
                 answer = await asyncio.get_running_loop().run_in_executor(
@@ -219,6 +237,11 @@ class CheckerApp:
                         [(b"retry-after", b"1")] if status == 503 else [])
         finally:
             self.in_flight -= 1
+            left = self.in_flight_from[client] - 1
+            if left:
+                self.in_flight_from[client] = left
+            else:
+                del self.in_flight_from[client]
 
     def check(self, body: bytes, distance: int | None,
               at_most_pixels: int | None) -> tuple[int, dict[str, Any]] | None:
