@@ -136,11 +136,25 @@ class TestHeic:
         with pytest.raises(ImageError, match="unsupported format: HEIC .*pillow-heif"):
             hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)
 
-    def test_the_reason_names_the_format_and_the_remedy(self, tmp_path: Path) -> None:
+    def test_the_reason_names_the_format_and_the_remedy(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from neardup.core import hashing
+
         error = UnidentifiedImageError("cannot identify")
         path = zoo.heic_lookalike(tmp_path)
+        monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG"))
         assert describe_failure(str(path), error) == (
             "unsupported format: HEIC (install the pillow-heif plug-in to read it)")
+        # With the plug-in, a file it cannot read is damaged; installing it again would not help.
+        monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG", "HEIF"))
+        assert describe_failure(str(path), error) == (
+            "damaged HEIC file (the pillow-heif plug-in cannot read it)")
+
+    def test_a_reason_is_one_line_whatever_the_decoder_said(self, tmp_path: Path) -> None:
+        error = ValueError("Invalid input: Unexpected end of file\n(points to file position 416)\n)")
+        assert describe_failure(str(tmp_path / "x.heic"), error) == (
+            "cannot decode image (ValueError: Invalid input: Unexpected end of file (points to"
+            " file position 416) ))")
 
     def test_a_broken_heic_is_refused_either_way(self, tmp_path: Path) -> None:
         with pytest.raises(ImageError):

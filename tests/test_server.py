@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -260,6 +261,21 @@ class TestHostileClients:
         assert len([line for line in lines if "400 closed: malformed HTTP request" in line]) == 3
         assert "Invalid HTTP request received." not in server.log()
         assert_clean(server, most_lines=1 + 3)
+
+    def test_an_upgrade_request_is_one_line_naming_the_client(self, store: Path) -> None:
+        """uvicorn logged two lines of its own for `Upgrade: websocket` (one advising to
+        install a WebSocket library), naming no one."""
+        with running(*FAST) as server:
+            reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                                 b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                 b"Sec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200")
+        lines = server.log().splitlines()[1:]
+        assert len(lines) == 1 and re.fullmatch(
+            r"search\.py: 127\.0\.0\.1:\d+: an Upgrade request, answered as plain HTTP",
+            lines[0]), lines
+        assert_clean(server, most_lines=1 + 1)
 
     def test_a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second(
         self, store: Path

@@ -694,7 +694,7 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
     if isinstance(error, PermissionError):
         return "permission denied"
     if isinstance(error, Image.DecompressionBombError):
-        return f"refused as a decompression bomb by Pillow ({error})"
+        return f"refused as a decompression bomb by Pillow ({_one_line(error)})"
     if isinstance(error, UnidentifiedImageError):
         if head is None:
             try:
@@ -705,12 +705,21 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
         if not head:
             return "empty file"
         unsupported = _unsupported_format(head)
+        if unsupported and unsupported.startswith("HEI") and "HEIF" in readable_formats():
+            # The plug-in is there and read the file's brand, but not the rest of it.
+            return f"damaged {unsupported[:4]} file (the pillow-heif plug-in cannot read it)"
         if unsupported:
             return f"unsupported format: {unsupported}"
         return "not an image, or a format Pillow cannot read"
     if isinstance(error, OSError) and "truncated" in str(error):
         return "truncated image"
-    return f"cannot decode image ({type(error).__name__}: {error})"
+    return f"cannot decode image ({type(error).__name__}: {_one_line(error)})"
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's text on one line (libheif's messages hold line breaks): one report, one
+    line."""
+    return " ".join(str(error).split())
 
 
 # ISO media brands of image formats Pillow reads only with a plug-in (pillow-heif for HEIC/HEIF;

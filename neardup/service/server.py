@@ -425,6 +425,12 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             self._disarm()
             super().on_headers_complete()
 
+        def _unsupported_upgrade_warning(self) -> None:
+            # uvicorn logs two lines of its own for an Upgrade header (one advising to install a
+            # WebSocket library) without saying who sent it; the request is answered as plain
+            # HTTP either way.
+            log.warning("%s: an Upgrade request, answered as plain HTTP", address(self.client))
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
