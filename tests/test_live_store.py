@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import select
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -196,6 +197,33 @@ class TestCachesAreNeverTrustedAsFound:
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
         with Store.open_for_reading("db.shelve") as store, store.snapshot():
             assert cache_module.load(store, newest=store.generation(), oldest=0) is not None
+
+    def test_a_store_restored_from_a_copy_never_reads_the_other_historys_entries(
+        self, cached: Path
+    ) -> None:
+        """Restored from a copy, then changed as much again, a store reaches the abandoned
+        history's generation and row count again; an entry cached for that history (its first
+        and last hash the same) was used, and a search missed the new image."""
+        with Store.open_for_reading("db.shelve") as store:
+            keys = sorted(store.all_buckets())
+        inside = []  # pictures whose hashes fall strictly between the stored ones
+        for seed in range(600, 700):
+            picture = textured(seed)
+            key = hash_file(save(picture, f"probe/{seed}.jpg", quality=92), Recipe()).hex()
+            if keys[0] < key < keys[-1] and key not in keys:
+                inside.append(picture)
+            if len(inside) == 2:
+                break
+        shutil.copy("db.shelve", "backup.shelve")
+        save(inside[0], "images/extra/a.jpg", quality=92)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"db.shelve{suffix}").unlink(missing_ok=True)
+        shutil.copy("backup.shelve", "db.shelve")  # restored; its cache folder left as it was
+        Path("images/extra/a.jpg").unlink()
+        save(inside[1], "images/extra/b.jpg", quality=92)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert "extra/b.jpg" in answers("images/extra/b.jpg", "-m", "4")
 
     def test_a_reader_on_an_older_snapshot_never_deletes_a_newer_entry(
         self, cached: Path

@@ -206,6 +206,44 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
         return False  # a read-only place: the arrays still serve this process
 
 
+def forget_other_histories(store: Store) -> None:
+    """Delete every entry of a later state than the store's own (index.py, as it starts).
+
+    A store restored from a copy goes back to an older generation, and its next changes reach
+    the generations of the abandoned history again, with other contents: an entry cached for
+    one of those (same store id, same generation, same row count, same first and last hash) was
+    used and a search missed an image the store held (a hostile review). Only the writer calls
+    this, under the store's lock: no reader can have cached a state later than the committed one,
+    so such an entry is another history's.
+    """
+    folder = folder_of(store)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    generation, features = store.generation(), store.feature_generation()
+    prefix = f"{store.store_id}-"
+    doomed = []
+    for name in names:
+        stem = name.split(".", 1)[0]
+        if name.startswith(prefix):
+            number = stem[len(prefix):]
+            if number.isdigit() and int(number) > generation:
+                doomed.append(name)
+        elif name.startswith("feature-"):  # feature-<kind>-<store id>-<generation>-<features>...
+            parts = stem.split("-")
+            if (len(parts) >= 5 and parts[2] == store.store_id and parts[3].isdigit()
+                    and parts[4].isdigit()
+                    and (int(parts[3]) > generation or int(parts[4]) > features)):
+                doomed.append(name)
+    doomed.sort(key=lambda name: not name.endswith(".json"))  # manifests first, as in prune
+    for name in doomed:
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
 def prune(store: Store, keep: int) -> None:
     """Delete every entry older than `keep` (and other stores', and dead processes' partial files).
 

@@ -179,6 +179,7 @@ def index_folder(
         lacking = _prepare_features(store, store_path, features)
 
         start_generation = store.generation()
+        cache.forget_other_histories(store)
         bad = _check_foreign_entries(store)
 
         todo: list[FoundFile] = []
