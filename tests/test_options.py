@@ -212,6 +212,10 @@ def test_unusable_serve_address_and_hash_size_are_one_line(
     capsys.readouterr()
     line = refused(capsys, search_cli.main, ["-s", "db.shelve", "--serve", "h\u00f4st:18080"])
     assert "expected HOST:PORT" in line
-    line = refused(capsys, index_cli.main, ["-d", "data", "-s", "big.shelve", "--hash-size", "1000"])
-    assert line == "index.py: error: hash size must be from 2 to 32 (1024 bits)"
+    for size in ("1000", "0", "1"):  # 0 was "must be at least 1", 1 "must be from 2 to 32"
+        with pytest.raises(SystemExit) as stopped:  # argparse: its usage, then the one line
+            index_cli.main(["-d", "data", "-s", "big.shelve", "--hash-size", size])
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            "index.py: error: argument --hash-size: must be from 2 to 32 (1024 bits)")
     assert not Path("big.shelve").exists()

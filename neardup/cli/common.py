@@ -90,3 +90,14 @@ def positive_int(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def hash_size(text: str) -> int:
+    """--hash-size: the same range and words for 0 as for 1 or 99 (the recipe's own check)."""
+    from ..core.hashing import MAX_HASH_SIZE
+
+    value = non_negative_int(text)
+    if not 2 <= value <= MAX_HASH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 2 to {MAX_HASH_SIZE}"
+                                         f" ({MAX_HASH_SIZE ** 2} bits)")
+    return value

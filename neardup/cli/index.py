@@ -10,7 +10,15 @@ from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE
 from ..errors import NeardupError
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
-from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import (
+    given_options,
+    hash_size,
+    invoked_as,
+    non_negative_int,
+    positive_int,
+    run_command,
+    warn,
+)
 
 PROG = "index.py"
 
@@ -34,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash",
                         help="perceptual hash (default dhash); the README's \"How accurate is"
                         " it?\" compares them on each kind of edit")
-    parser.add_argument("--hash-size", type=positive_int, default=8,
+    parser.add_argument("--hash-size", type=hash_size, default=8,
                         help="hash is hash-size squared bits (default 8: 64 bits)")
     parser.add_argument("--exact", action="store_true",
                         help="hash files exactly as plain ImageHash does (no EXIF rotation or alpha"

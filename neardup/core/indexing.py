@@ -36,7 +36,7 @@ import PIL
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import ImageError, NeardupError
+from ..errors import DatasetError, ImageError, NeardupError
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
@@ -79,7 +79,7 @@ class IndexSummary:
 
     def line(self) -> str:
         if self.refusal:
-            return (f"nothing written: {self.refusal}; {self.total} images in the store"
+            return (f"nothing written: {self.refusal}; {_images(self.total)} in the store"
                     f" (found {self.unchanged + self.indexed}, skipped {self.skipped})")
         rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
         return (
@@ -87,9 +87,13 @@ class IndexSummary:
             f" failed {self.failed}, skipped {self.skipped}"
             + (f", {self.low_information} low-information" if self.low_information else "")
             + (f", {self.bad_entries} bad store entries" if self.bad_entries else "")
-            + f"; {self.total} images in the store"
+            + f"; {_images(self.total)} in the store"
             f" ({rate:,.0f} images/s)"
         )
+
+
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
 
 
 def library_versions() -> dict[str, str]:
@@ -132,7 +136,13 @@ def index_folder(
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
-        raise NeardupError(f"{dataset}: not a folder")
+        raise DatasetError(f"{dataset}: not a folder")
+
+    def shown(path: str) -> str:
+        """A file's path as the user named its folder (`images/x.jpg` for -d images)."""
+        inside = os.path.relpath(path, root)
+        return path if inside.startswith(os.pardir) else os.path.join(dataset, inside)
+
     check_store_path(store_path, writing=True)  # a device, FIFO or missing folder: before anything
     if features:
         from ..features import require
@@ -144,7 +154,7 @@ def index_folder(
     for entry in walk_images(root):
         if isinstance(entry, Skipped):
             summary.skipped += 1
-            report(f"{entry.path}: {entry.reason}")
+            report(f"{shown(entry.path)}: {entry.reason}")
             if entry.relpath is not None:
                 kept_prefixes.append(entry.relpath)
         else:
@@ -216,7 +226,7 @@ def index_folder(
                     relpath = outcome.file.relpath
                     if outcome.hash_hex is None:
                         summary.failed += 1
-                        report(f"{outcome.file.path}: {outcome.error}")
+                        report(f"{shown(outcome.file.path)}: {outcome.error}")
                         if relpath in stored:
                             failed_before.append(relpath)  # its old hash is stale
                             written.add(stored[relpath].hash_hex)
