@@ -22,3 +22,10 @@ class ImageError(NeardupError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of neardup's optional extras (pyproject.toml), the same words in every
+    message: neardup is installed from its source, not from a package index."""
+    return (f"pip install '.[{extra}]' in the neardup checkout (or pip install -r"
+            f" requirements-{extra}.txt)")

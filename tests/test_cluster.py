@@ -103,8 +103,8 @@ def test_without_dask_the_option_says_what_to_install(
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--local-cluster", "1"]) == 2
     assert capsys.readouterr().err == (
-        "index.py: error: --scheduler and --local-cluster need Dask:"
-        " pip install -r requirements-dask.txt\n")
+        "index.py: error: --scheduler and --local-cluster need Dask: pip install '.[dask]' in"
+        " the neardup checkout (or pip install -r requirements-dask.txt)\n")
 
 
 def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:

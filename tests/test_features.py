@@ -303,8 +303,8 @@ def test_without_the_extra_features_is_one_line(in_tmp: Path) -> None:
                          cwd=in_tmp, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin"})
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
-        "index.py: error: local features need OpenCV and FAISS: pip install -r"
-        " requirements-features.txt (cv2 is missing)"]
+        "index.py: error: local features need OpenCV and FAISS: pip install '.[features]' in"
+        " the neardup checkout (or pip install -r requirements-features.txt) (cv2 is missing)"]
     assert not Path("db.shelve").exists()  # refused before anything was written
 
 

@@ -556,7 +556,8 @@ def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:
                             timeout=30, env=environment)
     assert result.returncode == 2
     assert result.stderr == ("search.py: error: --serve needs uvicorn and httptools: pip install"
-                             " 'neardup[serve]' (or pip install -r requirements-serve.txt)\n")
+                             " '.[serve]' in the neardup checkout (or pip install -r"
+                             " requirements-serve.txt)\n")
 
 
 def test_concurrent_clients_each_get_their_own_answer(store: Path) -> None:

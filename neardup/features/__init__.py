@@ -6,9 +6,9 @@ one line saying what to install; nothing here is imported by the hash-only path.
 
 from __future__ import annotations
 
-from ..errors import NeardupError
+from ..errors import NeardupError, install_hint
 
-INSTALL_HINT = "local features need OpenCV and FAISS: pip install -r requirements-features.txt"
+INSTALL_HINT = f"local features need OpenCV and FAISS: {install_hint('features')}"
 
 
 def require() -> None:

@@ -26,7 +26,7 @@ from .. import __version__
 from ..core.discovery import FoundFile
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
-from ..errors import NeardupError
+from ..errors import NeardupError, install_hint
 
 DEFAULT_PARTITION_SIZE = 1000
 # What a cluster process answers when asked which neardup it imports. It is evaluated there with
@@ -37,8 +37,8 @@ _VERSION_PROBE = (
     "__import__('neardup').__version__"
     " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
 )
-INSTALL_HINT = ("install the same there (pip install 'neardup[dask]=={version}', or pip install"
-                " <this checkout>, in the environment that runs dask scheduler and dask worker)")
+INSTALL_HINT = ("install the same there (pip install '<this checkout>[dask]' in the environment"
+                " that runs dask scheduler and dask worker)")
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
 
@@ -48,8 +48,7 @@ def _dask() -> Any:
         import distributed
     except ImportError:
         raise NeardupError(
-            "--scheduler and --local-cluster need Dask: pip install -r requirements-dask.txt"
-        ) from None
+            f"--scheduler and --local-cluster need Dask: {install_hint('dask')}") from None
     return distributed
 
 
@@ -93,7 +92,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
     except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
-                           + INSTALL_HINT.format(version=__version__)) from error
+                           + INSTALL_HINT) from error
     wrong = {name: found for name, found in answers.items() if found != __version__}
     if not wrong:
         return
@@ -106,7 +105,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
     seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
     verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
     raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
-                       + INSTALL_HINT.format(version=__version__))
+                       + INSTALL_HINT)
 
 
 def cluster_hasher(

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..core.jpeg import PROGRESSIVE_FRAME
-from ..errors import NeardupError
+from ..errors import NeardupError, install_hint
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
 
@@ -45,8 +45,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_QUERY_DISTANCE = 10
 DEFAULT_MAX_MATCHES = 100
 
-INSTALL_HINT = ("--serve needs uvicorn and httptools: pip install 'neardup[serve]'"
-                " (or pip install -r requirements-serve.txt)")
+INSTALL_HINT = f"--serve needs uvicorn and httptools: {install_hint('serve')}"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
