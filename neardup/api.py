@@ -217,11 +217,14 @@ class ImageStore:
                 if (full := resolve_stored_path(self.dataset, match.path)) is not None]
 
     def groups(
-        self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False
+        self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False,
+        progress: bool = False, warn: Callable[[str], None] | None = None,
     ) -> list[DuplicateGroup]:
         """Groups of two or more images in which every pair is within max_distance bits (no
         chains: a~b and b~c do not put a and c together), each image in one group at most,
-        largest first."""
+        largest first. On a store with features each image is searched again (its file read:
+        minutes for 10^4 images): `progress` shows a bar on a terminal, and `warn` gets a line
+        for each image left out because its file can no longer be read."""
         self._check_distance(max_distance)
         with self._store.snapshot():
             if self.has_features:  # every pair in a group is a verified match
@@ -231,7 +234,9 @@ class ImageStore:
                 search = VerifiedSearch.for_store(self._store, HashIndex.from_store(self._store))
                 assert search is not None
                 groups = verified_groups(self._store, search, max_distance,
-                                         include_low_information=include_low_information)
+                                         include_low_information=include_low_information,
+                                         progress=progress,
+                                         warn=warn or (lambda line: None))
             else:
                 groups = near_duplicate_groups(self._store, max_distance,
                                                include_low_information=include_low_information)

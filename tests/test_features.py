@@ -164,6 +164,16 @@ def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureF
     assert [sorted(group["relpaths"]) for group in groups] == [
         ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
     assert groups[0]["verified"] is True
+    # A file gone since indexing cannot be searched from, and that is said (it was silent);
+    # the others still match its stored record.
+    Path("images/pad.jpg").unlink()
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [sorted(group["relpaths"]) for group in json.loads(captured.out)] == [
+        ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
+    assert captured.err.splitlines() == [
+        f"search.py: {in_tmp / 'images' / 'pad.jpg'}: file not found (deleted or a broken"
+        " link?); its own matches were not searched (run index.py to update the store)"]
 
 
 def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.CaptureFixture

@@ -397,7 +397,8 @@ def run_groups(args: argparse.Namespace) -> int:
     with ImageStore(Store.open_for_reading(args.shelve, report=say)) as store:
         # On a store with local features every pair in a group is a verified match (api.py).
         groups = store.groups(args.max_distance,
-                              include_low_information=args.include_low_information)
+                              include_low_information=args.include_low_information,
+                              progress=True, warn=say)
         root, recipe = store.dataset, store.recipe.describe()
         verified = store.has_features
     if args.json:

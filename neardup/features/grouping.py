@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 from ..core.grouping import Group, clique_groups
 from ..core.hashing import DEFAULT_MAX_PIXELS, Hash
 from ..core.search import resolve_stored_path
@@ -27,12 +29,17 @@ def verified_groups(
     include_low_information: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     warn: Callable[[str], None] = lambda line: None,
+    progress: bool = False,
 ) -> list[Group]:
-    """Groups of two or more images in which every pair is a verified match, largest first."""
+    """Groups of two or more images in which every pair is a verified match, largest first.
+    `progress`: a bar on standard error while the images are searched, if it is a terminal."""
     bits = store.recipe.bits
     hashes: dict[str, Hash] = {}
     links: dict[str, dict[str, int]] = {}
-    for _image_id, relpath, _data in list(store.feature_rows()):
+    rows = list(store.feature_rows())
+    for _image_id, relpath, _data in tqdm(rows, unit="img", desc="verifying",
+                                          disable=None if progress else True,
+                                          dynamic_ncols=True):
         hash_hex = store.hash_of_path(relpath)
         full = resolve_stored_path(store.dataset_root, relpath)
         if hash_hex is None or full is None:
@@ -42,7 +49,10 @@ def verified_groups(
         try:
             frame = read_frame(full, max_pixels)
         except ImageError as error:  # deleted or changed since indexing: it cannot be verified
-            warn(f"{full}: {error.reason}; left out of the groups")
+            # Others' searches still find it by its stored record, as a hash-only store's groups
+            # list what the store holds; index.py brings the store up to date.
+            warn(f"{full}: {error.reason}; its own matches were not searched (run index.py to"
+                 " update the store)")
             continue
         for match in search.search([hashes[relpath]], frame, max_distance,
                                    include_low_information=include_low_information):
