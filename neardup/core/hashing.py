@@ -334,7 +334,8 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     A test holds its hashes equal to Pillow's path.
     """
     size = jpeg.plain_size(data)
-    if size is None or size[0] * size[1] > max_pixels or jpeg.scan_count(data) > jpeg.MAX_SCANS:
+    if size is None or size[0] * size[1] > max_pixels or (
+            jpeg.progressive(data) and jpeg.scan_count(data) > jpeg.MAX_SCANS):
         return None  # Pillow's path refuses it with the reason
     width, height = size
     cells = grid_size(recipe, size)
@@ -579,7 +580,7 @@ def open_image(
                 raise ImageError(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
-            if image.format == "JPEG":
+            if image.format == "JPEG" and image.info.get("progressive"):
                 scans = _scan_count(data, stream)
                 if scans > jpeg.MAX_SCANS:
                     raise ImageError(path, f"refused: a JPEG of {scans:,} scans (more than"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..core.jpeg import PROGRESSIVE_FRAME
+from ..core.jpeg import progressive
 from ..errors import NeardupError, install_hint
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
@@ -217,7 +217,7 @@ class CheckerApp:
                 return  # the client left; nobody to answer
             answer = None
             if (self.in_flight == 1 and self.checker.decode_budget.used == 0
-                    and PROGRESSIVE_FRAME not in body):
+                    and not progressive(body)):
                 # Alone, a small upload is decoded right here: handing it to a thread and back
                 # took more time than decoding a CALTECH photo. A larger one stops at its header
                 # and goes to a thread, so the loop is never held more than a few milliseconds;
