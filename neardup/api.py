@@ -224,7 +224,7 @@ class ImageStore:
         chains: a~b and b~c do not put a and c together), each image in one group at most,
         largest first. On a store with features each image is searched again (its file read:
         minutes for 10^4 images): `progress` shows a bar on a terminal, and `warn` gets a line
-        for each image left out because its file can no longer be read."""
+        for each image whose file can no longer be read (its own matches are not searched)."""
         self._check_distance(max_distance)
         with self._store.snapshot():
             if self.has_features:  # every pair in a group is a verified match

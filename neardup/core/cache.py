@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .multiindex import table_positions, tables_shape
-from .store import Store, rows_increasing, words_to_hex
+from .store import Store, cached_array_state, rows_increasing, words_to_hex
 
 # Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
 CACHE_MIN_HASHES = 20_000
@@ -230,11 +230,8 @@ def forget_other_histories(store: Store) -> None:
             number = stem[len(prefix):]
             if number.isdigit() and int(number) > generation:
                 doomed.append(name)
-        elif name.startswith("feature-"):  # feature-<kind>-<store id>-<generation>-<features>...
-            parts = stem.split("-")
-            if (len(parts) >= 5 and parts[2] == store.store_id and parts[3].isdigit()
-                    and parts[4].isdigit()
-                    and (int(parts[3]) > generation or int(parts[4]) > features)):
+        elif (named := cached_array_state(name)) is not None and named[1] == store.store_id:
+            if named[2][0] > generation or named[2][1] > features:  # the feature index's files
                 doomed.append(name)
     doomed.sort(key=lambda name: not name.endswith(".json"))  # manifests first, as in prune
     for name in doomed:
@@ -267,11 +264,11 @@ def prune(store: Store, keep: int) -> None:
             except OSError:
                 pass
             continue
-        if name.startswith("feature-"):
+        named = cached_array_state(name)
+        if named is not None:
             # The feature index's files (Store.cached_array, which removes its own older ones):
             # only another store's are removed here.
-            parts = name.split("-")
-            if len(parts) < 3 or parts[2] != store.store_id:
+            if named[1] != store.store_id:
                 doomed.append(path)
             continue
         generation = None

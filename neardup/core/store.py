@@ -926,14 +926,32 @@ class Store:
                 np.save(stream, array, allow_pickle=False)
             os.replace(partial, cached)
             for other in os.listdir(folder):
-                if other.startswith(prefix) and other.endswith(".npy"):
-                    older = tuple(int(part) for part in
-                                  other[len(prefix):-len(".npy")].split(".")[0].split("-"))
-                    if older < state or (older == state and other != os.path.basename(cached)):
-                        os.remove(os.path.join(folder, other))
-        except (OSError, ValueError):
-            pass  # a read-only place, or a name not of ours: the array still serves this process
+                named = cached_array_state(other)
+                if named is None or named[:2] != (name, self.store_id):
+                    continue
+                if named[2] < state or (named[2] == state and other != os.path.basename(cached)):
+                    os.remove(os.path.join(folder, other))
+        except OSError:
+            pass  # a read-only place: the array still serves this process
         return array
+
+
+def cached_array_state(file_name: str) -> tuple[str, str, tuple[int, ...]] | None:
+    """(name, store id, state) of a file Store.cached_array wrote (`<name>-<store id>-<generation>
+    -<feature generation>[-<build>].<crc>.npy`; store ids are 32 hex digits), or None for any other
+    file name."""
+    if not file_name.endswith(".npy"):
+        return None
+    parts = file_name.split(".", 1)[0].split("-")
+    for position in range(1, len(parts)):
+        part = parts[position]
+        if len(part) == 32 and all(digit in "0123456789abcdef" for digit in part):
+            numbers = parts[position + 1:]
+            if 2 <= len(numbers) <= 3 and all(number.isdigit() for number in numbers):
+                return ("-".join(parts[:position]), part,
+                        tuple(int(number) for number in numbers))
+            return None
+    return None
 
 
 def _crc32(array: np.ndarray) -> int:
