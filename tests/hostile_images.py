@@ -182,12 +182,45 @@ def png_bomb(tmp: Path, width: int = 50_000, height: int = 50_000) -> Path:
 def scan_bomb(tmp: Path, repeats: int = 5_000, side: int = 600, name: str = "scans.jpg") -> Path:
     """A valid progressive JPEG whose first AC scan is repeated `repeats` times: each repeat is a
     few dozen bytes, and the decoder makes a pass over the whole picture for every one."""
+    path = tmp / name
+    path.write_bytes(repeated_scan(side, repeats))
+    return path
+
+
+def repeated_scan(side: int, repeats: int) -> bytes:
     flat = np.full((side, side), 128, np.uint8)  # its AC scans hold almost nothing
     buffer = io.BytesIO()
     Image.fromarray(flat).save(buffer, "JPEG", progressive=True, quality=95)
     data = buffer.getvalue()
     starts = [index for index in range(len(data) - 1) if data[index:index + 2] == b"\xff\xda"]
     first, after = starts[1], starts[2]
-    path = tmp / name
-    path.write_bytes(data[:after] + data[first:after] * repeats + data[after:])
+    return data[:after] + data[first:after] * repeats + data[after:]
+
+
+def sequential_scan_bomb(tmp: Path, repeats: int = 5_000) -> Path:
+    """A sequential JPEG declared arithmetic-coded (SOF9) holding `repeats` more scans: libjpeg
+    takes any number of one-component scans in such a file, each a pass over the picture in about
+    20 bytes (the frame is declared here, not coded: the file is refused before decoding)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((600, 600), 128, np.uint8)).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue().replace(b"\xff\xc0", b"\xff\xc9", 1)
+    scan = data.index(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    path = tmp / "sequential.jpg"
+    path.write_bytes(data[:end] + data[scan:end] * repeats + data[end:])
+    return path
+
+
+def mpo_wrapped(tmp: Path, jpeg: Path) -> Path:
+    """The JPEG with a multi-picture (MPF) block put in front, as a two-picture MPO has: Pillow
+    then opens it as an MPO and decodes the JPEG as its first picture."""
+    made = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(made, "MPO", save_all=True,
+                                            append_images=[Image.new("RGB", (16, 16), "blue")])
+    mpo = made.getvalue()
+    start = mpo.index(b"\xff\xe2")
+    block = mpo[start:start + 2 + int.from_bytes(mpo[start + 2:start + 4], "big")]
+    data = jpeg.read_bytes()
+    path = tmp / "wrapped.mpo.jpg"
+    path.write_bytes(data[:2] + block + data[2:])
     return path

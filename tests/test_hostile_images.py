@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
@@ -222,6 +222,29 @@ class TestRefused:
         assert "indexed 1, unchanged 0, removed 0, failed 1" in captured.out
         # A real progressive photo (about ten scans) is hashed as before.
         hash_file(str(zoo.progressive_jpeg(in_tmp)), DEFAULT)
+
+    def test_scans_are_counted_in_every_frame_but_huffman_sequential_and_in_mpo(
+        self, tmp_path: Path
+    ) -> None:
+        """A review got past a count made only in progressive JPEGs: arithmetic-coded sequential
+        scans (58 KB, 15 s to decode), the same bomb behind an MPO block (Pillow opens it as MPO,
+        not JPEG: 6 s), and fewer scans over a far larger picture (251 over 100 megapixels in
+        4.7 KB: 3.7 s)."""
+        reason = "refused: a JPEG of 5,00[0-9] scans"
+        with pytest.raises(ImageError, match=reason):
+            hash_file(str(zoo.sequential_scan_bomb(tmp_path)), DEFAULT)
+        wrapped = zoo.mpo_wrapped(tmp_path, zoo.scan_bomb(tmp_path))
+        with Image.open(wrapped) as opened:
+            assert opened.format == "MPO"
+        with pytest.raises(ImageError, match=reason):
+            hash_file(str(wrapped), DEFAULT)
+        wide = tmp_path / "wide.jpg"  # 200 scans (fewer than 256) over 16 megapixels
+        wide.write_bytes(zoo.repeated_scan(4000, 200))
+        with pytest.raises(ImageError, match=r"refused: a JPEG of 20\d scans over 4000 x 4000"):
+            hash_file(str(wide), DEFAULT)
+        few = tmp_path / "few.jpg"  # the same number of scans over a small picture is decoded
+        few.write_bytes(zoo.repeated_scan(600, 200))
+        hash_file(str(few), DEFAULT)
 
     @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file; permissions cannot be tested")
     def test_an_unreadable_file(self, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ request.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -545,6 +546,28 @@ class TestStore:
             assert f"bucket {damaged}: unreadable or unsafe value" in health["problems"][0]
         assert "Traceback" not in server.log()
         assert server.log().count(f"bucket {damaged}") == 1
+
+
+def test_only_small_huffman_sequential_jpegs_are_decoded_on_the_event_loop(tmp_path: Path) -> None:
+    """The inline rule looked at the size after the decoder was told to reduce it (7000 x 7000
+    counted as 875 x 875) and at the progressive flag only: an arithmetic-coded upload of 7000 x
+    7000 held the loop, and /health, for 78 s."""
+    from neardup.service.server import inline_decodable
+
+    from .hostile_images import sequential_scan_bomb
+
+    def encoded(side: int, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((side, side), 90, np.uint8)).save(buffer, "JPEG", **options)
+        return buffer.getvalue()
+
+    assert inline_decodable(encoded(600))
+    assert not inline_decodable(encoded(1200))  # 1.44 megapixels at full size
+    assert not inline_decodable(encoded(600, progressive=True))
+    assert not inline_decodable(sequential_scan_bomb(tmp_path).read_bytes())
+    png = io.BytesIO()
+    Image.new("L", (600, 600)).save(png, "PNG")
+    assert inline_decodable(png.getvalue())  # its pixels are checked from its header
 
 
 def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:

@@ -335,7 +335,8 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     """
     size = jpeg.plain_size(data)
     if size is None or size[0] * size[1] > max_pixels or (
-            jpeg.progressive(data) and jpeg.scan_count(data) > jpeg.MAX_SCANS):
+            jpeg.needs_scan_count(data)
+            and jpeg.decoding_refusal(jpeg.scan_count(data), *size) is not None):
         return None  # Pillow's path refuses it with the reason
     width, height = size
     cells = grid_size(recipe, size)
@@ -580,12 +581,11 @@ def open_image(
                 raise ImageError(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
-            if image.format == "JPEG" and image.info.get("progressive"):
-                scans = _scan_count(data, stream)
-                if scans > jpeg.MAX_SCANS:
-                    raise ImageError(path, f"refused: a JPEG of {scans:,} scans (more than"
-                                           f" {jpeg.MAX_SCANS} take seconds to decode; photos"
-                                           " have about ten)")
+            if image.format in ("JPEG", "MPO") and jpeg.needs_scan_count(_head(data, stream)):
+                # (An MPO is a JPEG with more pictures after it: Pillow decodes the first.)
+                refusal = jpeg.decoding_refusal(_scan_count(data, stream), width, height)
+                if refusal is not None:
+                    raise ImageError(path, refusal)
             if before_load is not None:
                 before_load(image)
             if read_pixels is None or not read_pixels(image, stream):
@@ -604,6 +604,20 @@ def open_image(
     finally:
         image.close()
         stream.close()
+
+
+def _head(data: bytes | None, stream: Any, size: int = 1 << 20) -> bytes:
+    """An image's first `size` bytes (its JPEG blocks up to the frame, as a rule), from memory
+    when they are there, else from the open file, which is left where it was."""
+    if data is not None:
+        return data[:size]
+    if isinstance(stream, io.BytesIO):
+        return bytes(stream.getbuffer()[:size])
+    where = stream.tell()
+    stream.seek(0)
+    head = stream.read(size)
+    stream.seek(where)
+    return head
 
 
 def _scan_count(data: bytes | None, stream: Any) -> int:

@@ -27,33 +27,79 @@ except ImportError:  # pragma: no cover - depends on the environment
 LUMA_SPACES = ("Gray", "YCbCr")
 
 
-# A progressive JPEG is decoded scan by scan, each scan over the whole picture, and libjpeg decodes
-# as many as the file holds: a 3.4 MB upload of 100,000 tiny scans took 28 s to decode (a hostile
-# review of the checker). Encoders write about ten (a few more with a progressive thumbnail).
-# A sequential (baseline) JPEG has a scan per component at most, so only progressive ones are
-# counted: counting reads every byte (1.6 ms for a 12-megapixel photo, a tenth of its hashing).
+# Every scan of a JPEG is a pass over all of its blocks, and libjpeg decodes as many scans as a
+# file holds: a 3.4 MB upload of 100,000 near-empty progressive scans took 28 s, a 58 KB
+# arithmetic-coded one of 3,000 sequential scans 15 s, and a 4.7 KB one of 251 progressive scans
+# over 100 megapixels 3.7 s (hostile reviews). So the scans of every JPEG that is not Huffman-coded
+# sequential (where a scan's bytes grow with its picture, and 5 MB decoded in 0.57 s) are counted
+# before decoding, and a JPEG is refused beyond MAX_SCANS scans, or beyond MAX_SCAN_BLOCKS scans
+# times 8 x 8 blocks (about 100 million a second are decoded: the limit is about half a second,
+# and a 100-megapixel progressive photo of 12 scans, 19 million, is far below it). Photos hold
+# one to about a dozen scans. Counting reads every byte (1.6 ms for a 12-megapixel photo), which
+# the Huffman-coded sequential JPEGs that most photos are never pay.
 MAX_SCANS = 256
+MAX_SCAN_BLOCKS = 50_000_000
 START_OF_SCAN = b"\xff\xda"
-# Start-of-frame markers of progressive JPEGs (Huffman and arithmetic coded, with or without
-# hierarchical frames), as Pillow marks them.
-PROGRESSIVE_FRAMES = (b"\xff\xc2", b"\xff\xc6", b"\xff\xca", b"\xff\xce")
+# Start-of-frame markers: SOF0 and SOF1 are Huffman-coded sequential; the rest (progressive,
+# lossless, arithmetic-coded, hierarchical) have their scans counted. C4, C8 and CC are not frames.
+HUFFMAN_SEQUENTIAL = frozenset((0xC0, 0xC1))
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def scan_count(data: bytes) -> int:
     """How many scans a JPEG's bytes hold, or more: a marker cannot appear inside entropy-coded
     data (a 0xFF byte there is followed by 0 or a restart marker), but may inside a metadata
-    block, which only ever adds to the count."""
+    block or an embedded thumbnail, which only ever adds to the count."""
     return data.count(START_OF_SCAN)
 
 
-def progressive(data: bytes) -> bool:
-    """Whether a JPEG's blocks before its first scan declare a progressive frame; True as well
-    for what the strict walk of header_length does not follow (then only the count decides)."""
+def frame_header(data: bytes) -> tuple[int, int, int] | None:
+    """(start-of-frame marker, width, height) of the JPEG these bytes begin, or None when the
+    walk over its blocks does not reach a whole frame header (not a JPEG, bytes between blocks,
+    cut short)."""
     if not data.startswith(b"\xff\xd8"):
-        return False
-    header = header_length(data)
-    blocks = data if header is None else data[:header]
-    return any(frame in blocks for frame in PROGRESSIVE_FRAMES)
+        return None
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+            continue
+        if marker in _FRAMES:
+            if position + 9 > end:
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return marker, width, height
+        if marker in _BARE_MARKERS:
+            position += 2
+            continue
+        if marker in (_START_OF_SCAN, 0xD8, 0xD9):
+            return None
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2:
+            return None
+        position += 2 + length
+    return None
+
+
+def needs_scan_count(head: bytes) -> bool:
+    """Whether a JPEG, from its first bytes, must have its scans counted: anything but a
+    Huffman-coded sequential frame, including a frame the walk does not find."""
+    frame = frame_header(head)
+    return frame is None or frame[0] not in HUFFMAN_SEQUENTIAL
+
+
+def decoding_refusal(scans: int, width: int, height: int) -> str | None:
+    """Why a JPEG of this many scans over this picture is not decoded, or None."""
+    blocks = -(-width // 8) * -(-height // 8)
+    if scans <= MAX_SCANS and scans * blocks <= MAX_SCAN_BLOCKS:
+        return None
+    return (f"refused: a JPEG of {scans:,} scans over {width} x {height} pixels (each scan is a"
+            " pass over the whole picture: decoding it would take seconds; photos have about"
+            " ten)")
 
 
 def available() -> bool:

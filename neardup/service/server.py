@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..core.jpeg import progressive
+from ..core.jpeg import HUFFMAN_SEQUENTIAL, frame_header
 from ..errors import NeardupError, install_hint
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
@@ -217,13 +217,11 @@ class CheckerApp:
                 return  # the client left; nobody to answer
             answer = None
             if (self.in_flight == 1 and self.checker.decode_budget.used == 0
-                    and not progressive(body)):
+                    and inline_decodable(body)):
                 # Alone, a small upload is decoded right here: handing it to a thread and back
                 # took more time than decoding a CALTECH photo. A larger one stops at its header
                 # and goes to a thread, so the loop is never held more than a few milliseconds;
-                # and with no decode memory in use it never waits for any. A progressive JPEG
-                # goes to a thread whatever its size: its decode takes a pass per scan (up to
-                # jpeg.MAX_SCANS), not a time set by its pixels.
+                # and with no decode memory in use it never waits for any.
                 answer = self.check(body, distance, INLINE_MAX_PIXELS)
             if answer is None:
                 answer = await asyncio.get_running_loop().run_in_executor(
@@ -293,6 +291,19 @@ class CheckerApp:
 # Uploads up to this many pixels may be decoded on the event loop itself (see answer_search):
 # a few milliseconds of decoding at most.
 INLINE_MAX_PIXELS = 1_000_000
+
+
+def inline_decodable(body: bytes) -> bool:
+    """Whether an upload may be decoded on the event loop (then only up to INLINE_MAX_PIXELS, as
+    its header says once it is told its reduced size). A JPEG only when it is Huffman-coded
+    sequential and small at its full size: another kind's decode takes a pass per scan (up to
+    jpeg.MAX_SCANS), and a reduced decode of a large one still reads all of it (a 7000 x 7000
+    arithmetic-coded upload held the loop, and /health, for 78 s)."""
+    if not body.startswith(b"\xff\xd8"):
+        return True
+    frame = frame_header(body)
+    return (frame is not None and frame[0] in HUFFMAN_SEQUENTIAL
+            and frame[1] * frame[2] <= INLINE_MAX_PIXELS)
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int:
