@@ -451,13 +451,21 @@ def _workers_import_ours() -> Iterator[None]:
     store was read), and a `numpy.py` in the folder being indexed would run in every worker.
     PYTHONSAFEPATH keeps the current directory off the fork server's path, and neardup is not
     preloaded: each worker imports it after taking this process's sys.path, so it runs the
-    same neardup as this process.
+    same neardup as this process. Under `python -E` (passed on to the fork server, which then
+    ignores PYTHONSAFEPATH) the fork server is started from the standard library's own folder
+    instead, already on its path.
     """
     earlier = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
+    here = None
+    if sys.flags.ignore_environment and not sys.flags.safe_path:
+        here = os.getcwd()
+        os.chdir(os.path.dirname(os.__file__))
     try:
         yield
     finally:
+        if here is not None:
+            os.chdir(here)
         if earlier is None:
             del os.environ["PYTHONSAFEPATH"]
         else:
