@@ -51,8 +51,9 @@ def verified_groups(
         except ImageError as error:  # deleted or changed since indexing: it cannot be verified
             # Others' searches still find it by its stored record, as a hash-only store's groups
             # list what the store holds; index.py brings the store up to date.
-            warn(f"{full}: {error.reason}; its own matches were not searched (run index.py to"
-                 " update the store)")
+            with tqdm.external_write_mode():  # the line above the bar, not on it
+                warn(f"{full}: {error.reason}; its own matches were not searched (run index.py"
+                     " to update the store)")
             continue
         for match in search.search([hashes[relpath]], frame, max_distance,
                                    include_low_information=include_low_information):
