@@ -680,6 +680,38 @@ def test_a_run_that_changes_nothing_keeps_the_cached_feature_index(in_tmp: Path)
         name: when for name, when in cached.items() if name.startswith("feature-")}
 
 
+def test_a_restored_copy_never_reads_a_feature_index_cached_for_another_history(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two copies of a store, restored and changed apart, reach the same generations with other
+    features: the index cached for one was read for the other, and a crop of an image it held
+    was not found. The features' token, drawn anew with every change, names the cached files."""
+    Path("images").mkdir()
+    for seed in range(11, 15):
+        save(scene(seed), f"images/scene_{seed}.jpg", quality=92)
+    index = ["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]
+
+    def copy_store(source: str, target: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        shutil.copy(source, target)
+
+    assert index_cli.main(index) == 0
+    copy_store("db.shelve", "first.shelve")
+    save(scene(1), "images/x.jpg", quality=92)
+    assert index_cli.main(index) == 0
+    copy_store("db.shelve", "with_x.shelve")
+    copy_store("first.shelve", "db.shelve")  # the other history: z where x was
+    Path("images/x.jpg").unlink()
+    save(scene(2), "images/z.jpg", quality=92)
+    assert index_cli.main(index) == 0
+    copy_store("with_x.shelve", "db.shelve")  # back to x, its cache folder as z left it
+    save(copies_of(scene(1))["mirror"], "query.jpg", quality=90)  # found by features alone
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert "x.jpg" in [match["relpath"] for match in record["matches"]]
+
+
 @pytest.mark.parametrize("tampering", ["emptied", "reversed", "same length, other ids",
                                        "index bytes", "one of the pair renamed"])
 def test_a_feature_cache_written_behind_our_back_is_built_again(

@@ -830,6 +830,13 @@ class Store:
         found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_generation'")
         return int(found[0]) if found else 0
 
+    def feature_token(self) -> str:
+        """A random word drawn anew with every change of the features: two copies of a store
+        restored and changed apart reach the same generations with other features, never the
+        same token ("0" before the first change, and in stores from before it was kept)."""
+        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_token'")
+        return str(found[0]) if found else "0"
+
     def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
         """(id, path, features) of every stored image, by id (the order they were stored in)."""
         for image_id, path, data in self._db.run(
@@ -880,6 +887,7 @@ class Store:
             # same record, and the cached index of 10^5 images (40 s to build) stays valid.
             self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
                          " WHERE name = 'feature_generation'")
+            self._set_meta("feature_token", uuid.uuid4().hex[:16])
 
 
     def cached_array(
@@ -905,8 +913,11 @@ class Store:
         # before every build of the same state.
         state = (self.generation(), self.feature_generation()) + (
             (build_version,) if build_version else ())
-        prefix = f"{name}-{self.store_id}-"
-        stem = prefix + "-".join(str(part) for part in state)
+        # The features' token as well: a copy of the store restored and changed apart reaches
+        # the same generations with other features (an index cached for one answered the other
+        # wrongly, a review found).
+        stem = (f"{name}-{self.store_id}-" + "-".join(str(part) for part in state)
+                + f".{self.feature_token()}")
         try:
             names = sorted(os.listdir(folder))
         except OSError:
@@ -938,8 +949,8 @@ class Store:
 
 def cached_array_state(file_name: str) -> tuple[str, str, tuple[int, ...]] | None:
     """(name, store id, state) of a file Store.cached_array wrote (`<name>-<store id>-<generation>
-    -<feature generation>[-<build>].<crc>.npy`; store ids are 32 hex digits), or None for any other
-    file name."""
+    -<feature generation>[-<build>][.<features' token>].<crc>.npy`; store ids are 32 hex digits),
+    or None for any other file name."""
     if not file_name.endswith(".npy"):
         return None
     parts = file_name.split(".", 1)[0].split("-")
