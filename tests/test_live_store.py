@@ -225,6 +225,34 @@ class TestCachesAreNeverTrustedAsFound:
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
         assert "extra/b.jpg" in answers("images/extra/b.jpg", "-m", "4")
 
+    def test_an_entry_of_another_history_is_not_followed_by_this_ones_log(
+        self, cached: Path
+    ) -> None:
+        """A copy kept after writes that index.py did not make (its log not pruned), the store
+        restored to before them and indexed: the entry cached for that generation holds another
+        change than the kept copy's log says made it, and a search of the kept copy followed its
+        log from there and missed the image written first."""
+        def copy_store(source: str, target: str) -> None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            shutil.copy(source, target)
+
+        copy_store("db.shelve", "before.shelve")
+        path, key = foreign_picture()
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)", key.encode(),
+                     pickle.dumps(["extra/foreign.jpg"]))
+        for number in range(5):  # more writes, as a shelve or the sqlite3 shell might make
+            sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)",
+                         f"{number:016x}".encode(), pickle.dumps([f"extra/{number}.jpg"]))
+        copy_store("db.shelve", "kept.shelve")
+        copy_store("before.shelve", "db.shelve")
+        Path(path).rename("elsewhere.jpg")
+        save(textured(777), "images/extra/other.jpg", quality=92)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        Path("elsewhere.jpg").rename(path)
+        copy_store("kept.shelve", "db.shelve")
+        assert "extra/foreign.jpg" in answers(path, "-m", "4")
+
     def test_a_reader_on_an_older_snapshot_never_deletes_a_newer_entry(
         self, cached: Path
     ) -> None:

@@ -10,7 +10,9 @@ neardup.core.store), so an entry stands for exactly one state; a reader uses the
 before the store's generation and follows the keys logged as changed since (neardup.core.search).
 
 Nothing is trusted as found: the manifest must name this store, a generation the change log still
-covers, the store's current schema cookie (dropping or re-creating a trigger moves it) and, for the
+covers, the store's current schema cookie (dropping or re-creating a trigger moves it), the change
+that made its generation where the log still holds it (a restored copy reaches the same generation
+by another change) and, for the
 current generation, the store's row count and its first and last keys; each array must have the
 dtype, shape and CRC-32 the manifest records, the hashes must be in strictly ascending order and
 the table positions in range. Anything else is ignored and the arrays are built again.
@@ -119,6 +121,12 @@ def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
     manifest = read_json(os.path.join(folder, stem + ".json"))
     if not isinstance(manifest, dict) or not _manifest_fits(store, manifest, generation):
         return None
+    # The change that made this generation, where both the entry and the store's log know it: a
+    # copy of the store restored and changed apart reaches the same generation by another change
+    # (an entry cached for one history, and followed by the other's log, missed an image).
+    recorded, logged = manifest.get("logged_key"), store.logged_key(generation)
+    if recorded is not None and logged is not None and recorded != logged:
+        return None
     count = manifest["hashes"]
     words = (store.recipe.bits + 63) // 64
     matrix = _load_array(folder, stem, "hashes", manifest, np.uint64, (count, words))
@@ -195,7 +203,8 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
         manifest = {"version": MANIFEST_VERSION, "store_id": store.store_id,
                     "generation": generation, "bits": store.recipe.bits,
                     "schema_version": store.schema_version(), "hashes": int(matrix.shape[0]),
-                    "rows": rows, "arrays": arrays}
+                    "rows": rows, "arrays": arrays,
+                    "logged_key": store.logged_key(generation)}
         final = os.path.join(folder, stem + ".json")
         partial = f"{final}.{os.getpid()}.partial"
         with open(partial, "w", encoding="utf-8") as stream:

@@ -454,6 +454,15 @@ class Store:
         row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'changes_since'")
         return int(row[0]) if row else 0
 
+    def logged_key(self, generation: int) -> str | None:
+        """The key whose change made this generation, while the change log still holds it (after
+        changes_since); None otherwise. A cache entry records it: a copy of the store restored
+        and changed apart reaches the same generation by another change."""
+        if not self.tracking or generation <= self.changes_since():
+            return None
+        row = self._db.one("SELECT key FROM neardup_changes WHERE seq = ?", (generation,))
+        return None if row is None else bytes(row[0]).hex()
+
     def schema_version(self) -> int:
         """SQLite's schema cookie: moves when a table or trigger is created, dropped or altered."""
         return int(self._db.one("PRAGMA schema_version")[0])
