@@ -11,6 +11,7 @@ take, so a hash never depends on which of the two is installed.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,31 +58,13 @@ def frame_header(data: bytes) -> tuple[int, int, int] | None:
     """(start-of-frame marker, width, height) of the JPEG these bytes begin, or None when the
     walk over its blocks does not reach a whole frame header (not a JPEG, bytes between blocks,
     cut short)."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    position, end = 2, len(data)
-    while position + 4 <= end:
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
+    for position, marker in _blocks(data):
         if marker in _FRAMES:
-            if position + 9 > end:
+            if position + 9 > len(data):
                 return None
             height = int.from_bytes(data[position + 5 : position + 7], "big")
             width = int.from_bytes(data[position + 7 : position + 9], "big")
             return marker, width, height
-        if marker in _BARE_MARKERS:
-            position += 2
-            continue
-        if marker in (_START_OF_SCAN, 0xD8, 0xD9):
-            return None
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if length < 2:
-            return None
-        position += 2 + length
     return None
 
 
@@ -124,28 +107,38 @@ def header_length(data: bytes) -> int | None:
     None for anything this strict walk does not follow (bytes between segments, a segment
     running past the end): such a file goes to Pillow, which resynchronises as it sees fit.
     """
+    for position, marker in _blocks(data):
+        if marker in _LEFT_TO_PILLOW:
+            return None
+        if marker == _START_OF_SCAN:
+            return position
+    return None
+
+
+def _blocks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(position, marker) of each block of the JPEG these bytes begin, in order, as far as a
+    strict walk follows them: it stops at bytes between blocks, at a block whose length runs
+    past the end, and after the first scan's marker, a second SOI or an EOI."""
     if not data.startswith(b"\xff\xd8"):
-        return None
+        return
     position, end = 2, len(data)
     while position + 4 <= end:
         if data[position] != 0xFF:
-            return None
+            return
         marker = data[position + 1]
         if marker == 0xFF:  # a fill byte before the marker
             position += 1
             continue
-        if marker in _LEFT_TO_PILLOW:
-            return None
+        yield position, marker
         if marker in _BARE_MARKERS:
             position += 2
             continue
-        if marker == _START_OF_SCAN:
-            return position
+        if marker in (_START_OF_SCAN, 0xD8, 0xD9):
+            return
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         if length < 2:
-            return None
+            return
         position += 2 + length
-    return None
 
 
 def plain_size(data: bytes) -> tuple[int, int] | None:
