@@ -211,6 +211,24 @@ def sequential_scan_bomb(tmp: Path, repeats: int = 5_000) -> Path:
     return path
 
 
+def partial_first_scan_bomb(tmp: Path, repeats: int = 5_000) -> Path:
+    """A Huffman-coded sequential colour JPEG whose first scan holds only its first component,
+    followed by `repeats` empty scans of its second: libjpeg then expects more scans and takes
+    any number, each a pass over the picture in 10 bytes (2,000 over 16 megapixels: 10 s)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (600, 600), (90, 120, 150)).save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    scan = data.index(b"\xff\xda")
+    length = int.from_bytes(data[scan + 2:scan + 4], "big")
+    one = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # component 1 alone
+    empty = b"\xff\xda\x00\x08\x01\x02\x11\x00\x3f\x00"  # component 2, no data
+    end = data.rindex(b"\xff\xd9")
+    path = tmp / "partial.jpg"
+    path.write_bytes(data[:scan] + one + data[scan + 2 + length:end] + empty * repeats
+                     + data[end:])
+    return path
+
+
 def mpo_wrapped(tmp: Path, jpeg: Path) -> Path:
     """The JPEG with a multi-picture (MPF) block put in front, as a two-picture MPO has: Pillow
     then opens it as an MPO and decodes the JPEG as its first picture."""

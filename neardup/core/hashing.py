@@ -334,9 +334,10 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     A test holds its hashes equal to Pillow's path.
     """
     size = jpeg.plain_size(data)
-    if size is None or size[0] * size[1] > max_pixels or (
-            jpeg.needs_scan_count(data)
-            and jpeg.decoding_refusal(jpeg.scan_count(data), *size) is not None):
+    if size is None or size[0] * size[1] > max_pixels:
+        return None
+    frame = jpeg.frame_header(data) or jpeg.UNKNOWN_FRAME
+    if frame.needs_scan_count() and frame.decoding_refusal(jpeg.scan_tally(data), *size):
         return None  # Pillow's path refuses it with the reason
     width, height = size
     cells = grid_size(recipe, size)
@@ -581,9 +582,11 @@ def open_image(
                 raise ImageError(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
-            if image.format in ("JPEG", "MPO") and jpeg.needs_scan_count(_head(data, stream)):
-                # (An MPO is a JPEG with more pictures after it: Pillow decodes the first.)
-                refusal = jpeg.decoding_refusal(_scan_count(data, stream), width, height)
+            if image.format in ("JPEG", "MPO"):  # (an MPO: more pictures after the first)
+                frame = jpeg.frame_header(_head(data, stream)) or jpeg.UNKNOWN_FRAME
+                refusal = (frame.decoding_refusal(jpeg.scan_tally(_whole(data, stream)),
+                                                  width, height)
+                           if frame.needs_scan_count() else None)
                 if refusal is not None:
                     raise ImageError(path, refusal)
             if before_load is not None:
@@ -620,22 +623,18 @@ def _head(data: bytes | None, stream: Any, size: int = 1 << 20) -> bytes:
     return head
 
 
-def _scan_count(data: bytes | None, stream: Any) -> int:
-    """jpeg.scan_count of an image's bytes, from memory when they are there, else read through
-    the open file in chunks (a file over WHOLE_FILE_BYTES), which is left where it was."""
+def _whole(data: bytes | None, stream: Any) -> bytes:
+    """All of an image's bytes (for a JPEG whose scans must be counted), from memory when they
+    are there, else read from the open file, which is left where it was."""
     if data is not None:
-        return jpeg.scan_count(data)
+        return data
     if isinstance(stream, io.BytesIO):
-        return jpeg.scan_count(stream.getvalue())
+        return stream.getvalue()
     where = stream.tell()
     stream.seek(0)
-    count, tail = 0, b""
-    while chunk := stream.read(1 << 20):
-        joined = tail + chunk
-        count += jpeg.scan_count(joined)
-        tail = joined[-1:] if joined[-1:] == b"\xff" else b""  # a marker split by the chunking
+    whole = stream.read()
     stream.seek(where)
-    return count
+    return whole
 
 
 def hash_source(

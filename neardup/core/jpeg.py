@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,61 +29,108 @@ except ImportError:  # pragma: no cover - depends on the environment
 LUMA_SPACES = ("Gray", "YCbCr")
 
 
-# Every scan of a JPEG is a pass over all of its blocks, and libjpeg decodes as many scans as a
-# file holds: a 3.4 MB upload of 100,000 near-empty progressive scans took 28 s, a 58 KB
-# arithmetic-coded one of 3,000 sequential scans 15 s, and a 4.7 KB one of 251 progressive scans
-# over 100 megapixels 3.7 s (hostile reviews). So the scans of every JPEG that is not Huffman-coded
-# sequential (where a scan's bytes grow with its picture, and 5 MB decoded in 0.57 s) are counted
-# before decoding, and a JPEG is refused beyond MAX_SCANS scans, or beyond MAX_SCAN_BLOCKS scans
-# times 8 x 8 blocks (about 100 million a second are decoded: the limit is about half a second,
-# and a 100-megapixel progressive photo of 12 scans, 19 million, is far below it). Photos hold
-# one to about a dozen scans. Counting reads every byte (1.6 ms for a 12-megapixel photo), which
-# the Huffman-coded sequential JPEGs that most photos are never pay.
+# Every scan of a JPEG is a pass over all the blocks of the components it holds, and libjpeg
+# decodes as many scans as a file holds, even empty ones: a 3.4 MB upload of 100,000 near-empty
+# progressive scans took 28 s; 58 KB of arithmetic-coded sequential ones 15 s; 251 progressive
+# scans over 100 megapixels in 4.7 KB 3.7 s; 2,000 Huffman-coded sequential scans in 20 KB 10 s (a
+# sequential JPEG whose first scan holds only some of its components takes any number more);
+# 200 arithmetic-coded DC scans of 4 components in 3.3 KB 15 s; 50 lossless scans in 563 bytes
+# 3.7 s (hostile reviews). So before a JPEG is decoded its scans are counted, each weighed by the
+# components it holds, the blocks of the picture and what the decoder does per block, measured on
+# those files in units of about 10 ns: an AC scan of a progressive JPEG 1 (empty blocks are
+# skipped in runs: about 100 million a second), a scan holding the DC coefficients (every scan of
+# a sequential JPEG) 2 when Huffman-coded, 8 when arithmetic-coded (13 million a second); a
+# lossless scan per pixel rather than per 8 x 8 block. A JPEG is refused beyond MAX_SCANS scans
+# or MAX_DECODE_WORK (about a second; a 96-megapixel arithmetic-coded progressive photo is about
+# 50 million, a 100-megapixel Huffman-coded one 24 million). The one kind not counted is a
+# Huffman-coded sequential JPEG whose first scan holds all its components (most photos): libjpeg
+# stops at a second scan there. Counting reads every byte (1.6 ms for a 12-megapixel photo),
+# which those never pay.
 MAX_SCANS = 256
-MAX_SCAN_BLOCKS = 50_000_000
+MAX_DECODE_WORK = 100_000_000
+DC_SCAN_COST = 2
+ARITHMETIC_DC_SCAN_COST = 8
 START_OF_SCAN = b"\xff\xda"
-# Start-of-frame markers: SOF0 and SOF1 are Huffman-coded sequential; the rest (progressive,
-# lossless, arithmetic-coded, hierarchical) have their scans counted. C4, C8 and CC are not frames.
+# Start-of-frame markers (C4, C8 and CC are not frames): SOF0 and SOF1 are Huffman-coded
+# sequential, 9 to 15 but 12 arithmetic-coded, 3, 7, 11 and 15 lossless.
 HUFFMAN_SEQUENTIAL = frozenset((0xC0, 0xC1))
+ARITHMETIC = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+LOSSLESS = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def scan_count(data: bytes) -> int:
-    """How many scans a JPEG's bytes hold, or more: a marker cannot appear inside entropy-coded
-    data (a 0xFF byte there is followed by 0 or a restart marker), but may inside a metadata
-    block or an embedded thumbnail, which only ever adds to the count."""
-    return data.count(START_OF_SCAN)
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """What a JPEG's blocks up to its first scan declare."""
+
+    marker: int  # its start-of-frame marker
+    width: int
+    height: int
+    components: int
+    first_scan_components: int | None  # None: the first scan's header was not reached
+
+    def needs_scan_count(self) -> bool:
+        """All but a Huffman-coded sequential JPEG whose first scan holds all its components."""
+        return not (self.marker in HUFFMAN_SEQUENTIAL
+                    and self.first_scan_components == self.components)
+
+    def decoding_refusal(self, tally: tuple[int, int, int], width: int | None = None,
+                         height: int | None = None) -> str | None:
+        """Why a JPEG of this frame and these scans (scan_tally's) is not decoded, or None.
+        `width` and `height`: the picture's size where the decoder says otherwise (Pillow's)."""
+        scans, dc_components, ac_components = tally
+        width = self.width if width is None else width
+        height = self.height if height is None else height
+        dc_cost = ARITHMETIC_DC_SCAN_COST if self.marker in ARITHMETIC else DC_SCAN_COST
+        work = (dc_components * dc_cost + ac_components) * (-(-width // 8) * -(-height // 8))
+        if self.marker in LOSSLESS:
+            work *= 64  # pixels, not blocks
+        if scans <= MAX_SCANS and work <= MAX_DECODE_WORK:
+            return None
+        counted = f"more than {MAX_SCANS}" if scans > MAX_SCANS else f"{scans:,}"
+        return (f"refused: a JPEG of {counted} scans over {width} x {height} pixels (each scan"
+                " is a pass over the whole picture: decoding it would take seconds; photos have"
+                " about ten)")
 
 
-def frame_header(data: bytes) -> tuple[int, int, int] | None:
-    """(start-of-frame marker, width, height) of the JPEG these bytes begin, or None when the
-    walk over its blocks does not reach a whole frame header (not a JPEG, bytes between blocks,
-    cut short)."""
+# A frame the walk does not reach (bytes between blocks): counted, weighed as arithmetic-coded.
+UNKNOWN_FRAME = Frame(0xC9, 0, 0, 1, None)
+
+
+def scan_tally(data: bytes, stop_after: int = MAX_SCANS) -> tuple[int, int, int]:
+    """(scans, components held by scans of DC coefficients, components held by AC scans) in a
+    JPEG's bytes, or more: a marker cannot appear inside entropy-coded data (a 0xFF byte there is
+    followed by 0 or a restart marker), but may inside a metadata block or an embedded
+    thumbnail, which only adds. Stops counting past `stop_after` scans (then already refused)."""
+    scans = dc_components = ac_components = 0
+    position = data.find(START_OF_SCAN)
+    while position >= 0 and scans <= stop_after:
+        scans += 1
+        held = max(1, data[position + 4]) if position + 4 < len(data) else 1
+        first = position + 5 + 2 * held  # the scan's first coefficient, Ss
+        if first < len(data) and data[first] > 0:
+            ac_components += held
+        else:
+            dc_components += held
+        position = data.find(START_OF_SCAN, position + 2)
+    return scans, dc_components, ac_components
+
+
+def frame_header(data: bytes) -> Frame | None:
+    """The frame the JPEG these bytes begin declares, or None when the walk over its blocks does
+    not reach a whole frame header (not a JPEG, bytes between blocks, cut short)."""
+    frame = None
     for position, marker in _blocks(data):
-        if marker in _FRAMES:
-            if position + 9 > len(data):
+        if marker in _FRAMES and frame is None:
+            if position + 10 > len(data):
                 return None
-            height = int.from_bytes(data[position + 5 : position + 7], "big")
-            width = int.from_bytes(data[position + 7 : position + 9], "big")
-            return marker, width, height
-    return None
-
-
-def needs_scan_count(head: bytes) -> bool:
-    """Whether a JPEG, from its first bytes, must have its scans counted: anything but a
-    Huffman-coded sequential frame, including a frame the walk does not find."""
-    frame = frame_header(head)
-    return frame is None or frame[0] not in HUFFMAN_SEQUENTIAL
-
-
-def decoding_refusal(scans: int, width: int, height: int) -> str | None:
-    """Why a JPEG of this many scans over this picture is not decoded, or None."""
-    blocks = -(-width // 8) * -(-height // 8)
-    if scans <= MAX_SCANS and scans * blocks <= MAX_SCAN_BLOCKS:
-        return None
-    return (f"refused: a JPEG of {scans:,} scans over {width} x {height} pixels (each scan is a"
-            " pass over the whole picture: decoding it would take seconds; photos have about"
-            " ten)")
+            frame = Frame(marker, int.from_bytes(data[position + 7 : position + 9], "big"),
+                          int.from_bytes(data[position + 5 : position + 7], "big"),
+                          data[position + 9], None)
+        elif marker == _START_OF_SCAN and frame is not None:
+            first = data[position + 4] if position + 4 < len(data) else None
+            return Frame(frame.marker, frame.width, frame.height, frame.components, first)
+    return frame
 
 
 def available() -> bool:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..core.jpeg import HUFFMAN_SEQUENTIAL, frame_header
+from ..core.jpeg import frame_header
 from ..errors import NeardupError, install_hint
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
@@ -296,14 +296,15 @@ INLINE_MAX_PIXELS = 1_000_000
 def inline_decodable(body: bytes) -> bool:
     """Whether an upload may be decoded on the event loop (then only up to INLINE_MAX_PIXELS, as
     its header says once it is told its reduced size). A JPEG only when it is Huffman-coded
-    sequential and small at its full size: another kind's decode takes a pass per scan (up to
-    jpeg.MAX_SCANS), and a reduced decode of a large one still reads all of it (a 7000 x 7000
-    arithmetic-coded upload held the loop, and /health, for 78 s)."""
+    sequential with every component in its first scan, and small at its full size: another
+    kind's decode takes a pass per scan (up to jpeg.MAX_SCANS), and a reduced decode of a large
+    one still reads all of it (a 7000 x 7000 arithmetic-coded upload held the loop, and /health,
+    for 78 s)."""
     if not body.startswith(b"\xff\xd8"):
         return True
     frame = frame_header(body)
-    return (frame is not None and frame[0] in HUFFMAN_SEQUENTIAL
-            and frame[1] * frame[2] <= INLINE_MAX_PIXELS)
+    return (frame is not None and not frame.needs_scan_count()
+            and frame.width * frame.height <= INLINE_MAX_PIXELS)
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int:
