@@ -54,6 +54,7 @@ START_OF_SCAN = b"\xff\xda"
 # Start-of-frame markers (C4, C8 and CC are not frames): SOF0 and SOF1 are Huffman-coded
 # sequential, 9 to 15 but 12 arithmetic-coded, 3, 7, 11 and 15 lossless.
 HUFFMAN_SEQUENTIAL = frozenset((0xC0, 0xC1))
+PROGRESSIVE = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
 ARITHMETIC = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
 LOSSLESS = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -79,6 +80,8 @@ class Frame:
         """Why a JPEG of this frame and these scans (scan_tally's) is not decoded, or None.
         `width` and `height`: the picture's size where the decoder says otherwise (Pillow's)."""
         scans, dc_components, ac_components = tally
+        if self.marker not in PROGRESSIVE:  # libjpeg decodes whole blocks whatever Ss says
+            dc_components, ac_components = dc_components + ac_components, 0
         width = self.width if width is None else width
         height = self.height if height is None else height
         dc_cost = ARITHMETIC_DC_SCAN_COST if self.marker in ARITHMETIC else DC_SCAN_COST
