@@ -583,8 +583,8 @@ def open_image(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
             if image.format in ("JPEG", "MPO"):  # (an MPO: more pictures after the first)
-                frame = jpeg.frame_header(_head(data, stream)) or jpeg.UNKNOWN_FRAME
-                refusal = (frame.decoding_refusal(jpeg.scan_tally(_whole(data, stream)),
+                frame = jpeg.frame_header(_image_bytes(data, stream, 1 << 20)) or jpeg.UNKNOWN_FRAME
+                refusal = (frame.decoding_refusal(jpeg.scan_tally(_image_bytes(data, stream)),
                                                   width, height)
                            if frame.needs_scan_count() else None)
                 if refusal is not None:
@@ -609,32 +609,18 @@ def open_image(
         stream.close()
 
 
-def _head(data: bytes | None, stream: Any, size: int = 1 << 20) -> bytes:
-    """An image's first `size` bytes (its JPEG blocks up to the frame, as a rule), from memory
-    when they are there, else from the open file, which is left where it was."""
+def _image_bytes(data: bytes | None, stream: Any, size: int | None = None) -> bytes:
+    """An image's bytes, all of them or its first `size` (a JPEG's blocks up to its frame, as a
+    rule), from memory when they are there, else from the open file, left where it was."""
+    if data is None and isinstance(stream, io.BytesIO):
+        data = stream.getvalue() if size is None else bytes(stream.getbuffer()[:size])
     if data is not None:
-        return data[:size]
-    if isinstance(stream, io.BytesIO):
-        return bytes(stream.getbuffer()[:size])
+        return data if size is None else data[:size]
     where = stream.tell()
     stream.seek(0)
-    head = stream.read(size)
+    read = stream.read() if size is None else stream.read(size)
     stream.seek(where)
-    return head
-
-
-def _whole(data: bytes | None, stream: Any) -> bytes:
-    """All of an image's bytes (for a JPEG whose scans must be counted), from memory when they
-    are there, else read from the open file, which is left where it was."""
-    if data is not None:
-        return data
-    if isinstance(stream, io.BytesIO):
-        return stream.getvalue()
-    where = stream.tell()
-    stream.seek(0)
-    whole = stream.read()
-    stream.seek(where)
-    return whole
+    return read
 
 
 def hash_source(
