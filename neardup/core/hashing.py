@@ -333,10 +333,10 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     draft rounds the reduced size up and places the picture over size / scale decoded pixels).
     A test holds its hashes equal to Pillow's path.
     """
-    size = jpeg.plain_size(data)
-    if size is None or size[0] * size[1] > max_pixels:
+    plain = jpeg.plain_size(data)
+    if plain is None or plain[0][0] * plain[0][1] > max_pixels:
         return None
-    frame = jpeg.frame_header(data) or jpeg.UNKNOWN_FRAME
+    size, frame = plain
     if frame.needs_scan_count() and frame.decoding_refusal(jpeg.scan_tally(data), *size):
         return None  # Pillow's path refuses it with the reason
     width, height = size
