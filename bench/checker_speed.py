@@ -10,8 +10,9 @@ The store holds all of CALTECH-101; the uploads are CALTECH photos. Rows, in one
   HTTP, 8 clients      8 concurrent keep-alive clients (loopback only; bounded in count and time)
 Uploads per second, and the latency each upload saw (p50, p99). Ratios against the first row.
 With --baseline (by default the last commit served by the standard library's http.server), that
-revision's server is exported from git into a temporary folder and measured in the same run,
-alternating with ours, and the last rows give ours as a share of its throughput.
+revision is exported from git into a temporary folder, indexes the dataset into a store of its own
+(its store format is older than ours), and its server is measured in the same run, alternating
+with ours; the last rows give ours as a share of its throughput.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def main() -> int:
         store = os.path.join(workdir, "db.shelve")
         index_folder(args.dataset, store, Recipe())
         rows = [process_per_upload(store, paths[: args.processes]), stdin_checker(store, paths)]
-        old_search = export_baseline(args.baseline, workdir) if args.baseline else None
+        old_search, old_store = None, ""
+        if args.baseline:
+            old_search, old_store = export_baseline(args.baseline, workdir, args.dataset)
         ours: dict[int, list[tuple[str, float, float, float]]] = {1: [], 8: []}
         theirs: dict[int, list[tuple[str, float, float, float]]] = {1: [], 8: []}
         # Alternating, so both servers meet the same background load on a shared machine.
@@ -147,7 +150,7 @@ def main() -> int:
                 with serving(SEARCH, store, bodies[:20]) as port:
                     ours[clients].append(http_clients(port, bodies, clients))
                 if old_search is not None:
-                    with serving(old_search, store, bodies[:20]) as port:
+                    with serving(old_search, old_store, bodies[:20]) as port:
                         theirs[clients].append(http_clients(port, bodies, clients))
         for clients in (1, 8):
             rows.append(best(ours[clients]))
@@ -191,14 +194,19 @@ def serving(search: list[str], store: str, warm: list[bytes]) -> Iterator[int]:
             server.wait(timeout=30)
 
 
-def export_baseline(revision: str, workdir: str) -> list[str]:
-    """The project at `revision`, exported from git (no checkout); its search.py command."""
+def export_baseline(revision: str, workdir: str, dataset: str) -> tuple[list[str], str]:
+    """The project at `revision`, exported from git (no checkout): its search.py command and a
+    store of `dataset` made by its own index.py (an older revision cannot read our store)."""
     target = os.path.join(workdir, "baseline")
     os.makedirs(target)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
-    return [sys.executable, os.path.join(target, "search.py")]
+    store = os.path.join(workdir, "baseline.shelve")
+    # Run from the export, so its own neardup package is the one imported.
+    subprocess.run([sys.executable, "index.py", "-d", os.path.abspath(dataset), "-s", store],
+                   cwd=target, check=True, stdout=subprocess.DEVNULL)
+    return [sys.executable, os.path.join(target, "search.py")], store
 
 
 if __name__ == "__main__":
