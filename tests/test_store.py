@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from neardup.core.hashing import Hash, Recipe
-from neardup.core.store import IndexedFile, Store, hash_to_words, hex_keys_to_words
+from neardup.core.hashwords import hash_to_words, hex_keys_to_words
+from neardup.core.store import IndexedFile, Store
 from neardup.errors import StoreError
 
 VERSIONS = {"test": "1"}

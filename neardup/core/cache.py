@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from .hashwords import rows_increasing, words_to_hex
 from .multiindex import table_positions, tables_shape
-from .store import Store, cached_array_state, rows_increasing, words_to_hex
+from .store import Store, cached_array_state
 
 # Below this many distinct hashes, reading them from SQLite is as quick as a cache file.
 CACHE_MIN_HASHES = 20_000

@@ -20,8 +20,9 @@ import numpy as np
 
 from . import cache
 from .hashing import Hash, is_low_information
+from .hashwords import hash_to_words, hex_keys_to_words, sort_distinct, words_to_hex
 from .multiindex import MultiIndex, WideMultiIndex, build_tables
-from .store import Store, hash_to_words, hex_keys_to_words, sort_distinct, words_to_hex
+from .store import Store
 
 # Measured on CALTECH-101: copies resized by +-5% and re-saved as JPEG keep the exact 64-bit dHash
 # only ~75% of the time, but all stay within 4 bits, while only 256 of 41.8 million pairs of distinct
