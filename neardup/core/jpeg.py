@@ -50,7 +50,9 @@ MAX_SCANS = 256
 MAX_DECODE_WORK = 100_000_000
 DC_SCAN_COST = 2
 ARITHMETIC_DC_SCAN_COST = 8
-START_OF_SCAN = b"\xff\xda"
+# The start-of-scan marker, as the walk over blocks sees it and as bytes to search for.
+SOS = 0xDA
+START_OF_SCAN = bytes((0xFF, SOS))
 # Start-of-frame markers (C4, C8 and CC are not frames): SOF0 and SOF1 are Huffman-coded
 # sequential, 9 to 15 but 12 arithmetic-coded, 3, 7, 11 and 15 lossless.
 HUFFMAN_SEQUENTIAL = frozenset((0xC0, 0xC1))
@@ -138,7 +140,6 @@ PILLOW_BLOCKS = (b"Exif\x00\x00", b"http://ns.adobe.com/xap/1.0/", b"MPF\x00")
 # SOI and EOI are left to Pillow (it refuses some of them and reads on past others).
 _BARE_MARKERS = frozenset(range(0xD0, 0xD8))
 _LEFT_TO_PILLOW = frozenset([*range(0xC0), 0xD8, 0xD9])
-_START_OF_SCAN = 0xDA
 
 
 def header_length(data: bytes) -> int | None:
@@ -163,7 +164,7 @@ def _header(data: bytes) -> tuple[int | None, Frame | None]:
             frame = Frame(marker, int.from_bytes(data[position + 7 : position + 9], "big"),
                           int.from_bytes(data[position + 5 : position + 7], "big"),
                           data[position + 9], None)
-        elif marker == _START_OF_SCAN:
+        elif marker == SOS:
             if frame is not None:
                 first = data[position + 4] if position + 4 < len(data) else None
                 frame = Frame(frame.marker, frame.width, frame.height, frame.components, first)
@@ -189,7 +190,7 @@ def _blocks(data: bytes) -> Iterator[tuple[int, int]]:
         if marker in _BARE_MARKERS:
             position += 2
             continue
-        if marker in (_START_OF_SCAN, 0xD8, 0xD9):
+        if marker in (SOS, 0xD8, 0xD9):
             return
         length = int.from_bytes(data[position + 2 : position + 4], "big")
         if length < 2:
