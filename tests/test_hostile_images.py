@@ -156,6 +156,29 @@ class TestHeic:
             "cannot decode image (ValueError: Invalid input: Unexpected end of file (points to"
             " file position 416) ))")
 
+    def test_heic_files_are_reported_not_passed_over_without_the_plug_in(
+            self, in_tmp: Path, capsys: pytest.CaptureFixture,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        # Without pillow-heif, Pillow registers no .heic extension: the walk passed such files
+        # over like a manifest.csv, so a folder of iPhone photos indexed nothing and said nothing.
+        from neardup.core import discovery, hashing
+
+        monkeypatch.setattr(discovery, "readable_formats", lambda: ("JPEG", "PNG"))
+        monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG"))
+        discovery.image_extensions.cache_clear()
+        try:
+            assert {".heic", ".heif", ".avif"} <= discovery.image_extensions()
+            os.makedirs("photos")
+            zoo.heic_lookalike(Path("photos"))
+            zoo.picture().save("photos/other.jpg")
+            assert index_cli.main(["-d", "photos", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+            captured = capsys.readouterr()
+            assert "photos/photo.heic: unsupported format: HEIC (install the pillow-heif" in (
+                captured.err)
+            assert "failed 1" in captured.out
+        finally:
+            discovery.image_extensions.cache_clear()
+
     def test_a_broken_heic_is_refused_either_way(self, tmp_path: Path) -> None:
         with pytest.raises(ImageError):
             hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)

@@ -46,12 +46,18 @@ class Skipped:
     relpath: str | None = None
 
 
+# Extensions of formats read only with a plug-in or a Pillow build that may be missing: such files
+# are candidates all the same, so that each is reported as failed with what to install, rather
+# than passed over like a manifest.csv (an iPhone library is mostly .heic).
+OPTIONAL_FORMAT_EXTENSIONS = frozenset((".heic", ".heif", ".hif", ".avif", ".avifs"))
+
+
 @lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
-    """Extensions of the raster formats neardup reads (.heic and .heif with pillow-heif)."""
+    """Extensions of the raster formats neardup reads, and of the optional ones (HEIC, AVIF)."""
     readable = set(readable_formats())
-    return frozenset(ext.lower() for ext, name in Image.registered_extensions().items()
-                     if name in readable)
+    return OPTIONAL_FORMAT_EXTENSIONS | frozenset(
+        ext.lower() for ext, name in Image.registered_extensions().items() if name in readable)
 
 
 def is_candidate(name: str) -> bool:
