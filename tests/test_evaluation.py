@@ -13,7 +13,12 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.store import Store
-from neardup.evaluation.scoring import MAX_THRESHOLD, evaluate_manifest, format_evaluation
+from neardup.evaluation.scoring import (
+    MAX_THRESHOLD,
+    comparison_table,
+    evaluate_manifest,
+    format_evaluation,
+)
 from neardup.sources.dataset import MANIFEST_COLUMNS
 
 from .imagegen import textured
@@ -103,6 +108,17 @@ def test_a_planted_false_match_lowers_precision_below_the_target(tmp_path: Path)
         result, 4)
     (group_b,) = [group for group in result.groups if group.group == "g2"]
     assert group_b.others == {"haystack/B_duplicate.png": 0}
+
+
+def test_stores_compared_side_by_side_stay_in_columns(tmp_path: Path) -> None:
+    build(tmp_path / "data", planted_duplicate=True)
+    lowest = evaluate(tmp_path)  # no threshold reaches the target: a long label
+    build(tmp_path / "clean" / "data", planted_duplicate=False)
+    recommended = evaluate(tmp_path / "clean")
+    header, *rows = comparison_table([lowest, recommended]).splitlines()
+    assert "(best precision 0.6667)" in rows[0]
+    column = header.index(" t ") + 1
+    assert [row[column] for row in rows] == ["0", "0"]  # each row's threshold under the t
 
 
 def test_mirror_finds_the_flipped_copy(tmp_path: Path) -> None:

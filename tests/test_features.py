@@ -198,6 +198,31 @@ def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.Ca
     assert all(column["other_matches"] == 0 for column in columns.values())
 
 
+def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
+        in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    save(scene(1), "data/haystack/scene.jpg", quality=92)
+    rows = ["file,role,group,source,edit", "haystack/scene.jpg,original,g1,src/scene.jpg,"]
+    for number in (5, 7, 9):  # "copies" that are other pictures: missed by every search
+        save(scene(number), f"data/copies/not{number}.jpg", quality=90)
+        rows.append(f"copies/not{number}.jpg,copy,g1,haystack/scene.jpg,text test")
+    Path("data/manifest.csv").write_text("\n".join(rows) + "\n")
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(search_cli, "LISTED_MISSES", 2)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    verified = capsys.readouterr().out.split("verified matches (local features)")[1].splitlines()
+    assert [line.split()[:2] for line in verified[-3:-1]] == [["missed", "g1"]] * 2
+    assert verified[-1] == ("  ... and 1 more missed copies and other matches, all listed in"
+                            " --report DIR (its .json)")
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--report", "report"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1].endswith("all listed in the --report files")
+    report = json.loads(Path("report/evaluation-db-shelve.json").read_text())
+    assert report["groups"][0]["verified"] == {}  # every miss is in the report
+    assert "search.py: wrote report/evaluation-db-shelve-verified.png" in captured.err
+
+
 def test_stdin_checker_answers_verified_matches(feature_store: Path) -> None:
     answer = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve", "--stdin"],

@@ -471,9 +471,12 @@ def run_evaluation(args: argparse.Namespace) -> int:
     else:
         where = "the --report files" if args.report else (
             "the --html page" if args.html else "--report DIR or --html PAGE")
+        # The page shows the hash's answers; the verified ones are in the report's JSON.
+        verified_where = "the --report files" if args.report else "--report DIR (its .json)"
         print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
                                              listed_elsewhere=where)
-                          + (f"\n\n{format_verified(e)}" if e.verified_at is not None else "")
+                          + (f"\n\n{format_verified(e, LISTED_MISSES, verified_where)}"
+                             if e.verified_at is not None else "")
                           for e in evaluations))
         if len(evaluations) > 1:
             print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
@@ -496,7 +499,8 @@ def run_evaluation(args: argparse.Namespace) -> int:
                              f"{evaluation.recipe}: verified search, copies missed and other"
                              " matches, worst first", verified_rows(evaluation),
                              what="queries with a miss or another match",
-                             nothing="every copy verified and nothing else")
+                             nothing="every copy verified and nothing else",
+                             rest_in=f"{stem}.json")
             save_page(os.path.join(args.report, f"{stem}.html"),
                       evaluation_page(evaluation, args.max_distance))
     if args.html:

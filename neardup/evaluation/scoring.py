@@ -212,7 +212,11 @@ def verified_table(evaluation: Evaluation) -> list[tuple[str, dict[str, float], 
     return columns
 
 
-def format_verified(evaluation: Evaluation) -> str:
+def format_verified(evaluation: Evaluation, listed: int | None = None,
+                    listed_elsewhere: str = "") -> str:
+    """The side-by-side table, then the copies the verified search missed and the other images
+    it returned: the first `listed` of them, the rest counted and said to be in
+    `listed_elsewhere` (all of them when `listed` is None)."""
     columns = verified_table(evaluation)
     kinds = [*evaluation.kinds, "all"]
     lines = [f"{evaluation.store}: recall per edit kind, verified matches (local features),"
@@ -222,15 +226,29 @@ def format_verified(evaluation: Evaluation) -> str:
         lines.append(f"{kind:<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
                                              for _, recall, _ in columns))
     lines.append(f"{'other':<12}" + "".join(f"{others:>20}" for _, _, others in columns))
+    misses = []
     for group in evaluation.groups:
         copies = {copy.path for copy in group.copies}
         for copy in group.copies:
             if copy.path not in group.verified:
-                lines.append(f"  missed  {group.group} {copy.path} ({copy.edit})")
+                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit})")
         for path, how in sorted(group.verified.items()):
             if path not in copies:
-                lines.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
+                misses.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
+    lines += _listed(misses, listed, listed_elsewhere)
     return "\n".join(lines)
+
+
+def _matches(count: int, kind: str) -> str:
+    return f"{count} {kind} match" + ("" if count == 1 else "es")
+
+
+def _listed(misses: list[str], listed: int | None, listed_elsewhere: str) -> list[str]:
+    """The first `listed` lines, and one counting the rest and saying where they are."""
+    if listed is None or len(misses) <= listed:
+        return misses
+    return [*misses[:listed], f"  ... and {len(misses) - listed} more missed copies and other"
+            f" matches, all listed in {listed_elsewhere}"]
 
 
 def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:
@@ -282,7 +300,7 @@ def format_evaluation(
         best = best_precision(evaluation.rows)
         lines.append(f"no threshold keeps precision at {TARGET_PRECISION}; the highest is"
                      f" {best.precision:.4f} at threshold {best.threshold} (recall"
-                     f" {best.recall['all']:.1%}, {best.false_matches} false matches)")
+                     f" {best.recall['all']:.1%}, {_matches(best.false_matches, 'false')})")
     else:
         chosen = evaluation.row(evaluation.recommended)
         lines.append(f"recommended threshold: {evaluation.recommended} (recall"
@@ -290,7 +308,7 @@ def format_evaluation(
                      f" target {TARGET_PRECISION})")
     at = evaluation.row(max_distance)
     lines.append(f"at --max-distance {max_distance}: {at.found}/{evaluation.copies} copies found,"
-                 f" {at.false_matches} other matches")
+                 f" {_matches(at.false_matches, 'other')}")
     misses = []
     for group in evaluation.groups:
         for copy in group.copies:
@@ -303,12 +321,7 @@ def format_evaluation(
             if distance <= max_distance:
                 misses.append(f"  other   {group.group} {group.original} ~ {path}"
                               f" (distance {distance})")
-    if listed is not None and len(misses) > listed:
-        lines += misses[:listed]
-        lines.append(f"  ... and {len(misses) - listed} more missed copies and other matches,"
-                     f" all listed in {listed_elsewhere}")
-    else:
-        lines += misses
+    lines += _listed(misses, listed, listed_elsewhere)
     return "\n".join(lines)
 
 
@@ -316,7 +329,7 @@ def comparison_table(evaluations: list[Evaluation]) -> str:
     """Several stores (hashes) on the same manifest: recall per kind at each one's recommended
     threshold, or where none reaches the target precision, at its most precise threshold."""
     kinds = sorted({kind for evaluation in evaluations for kind in evaluation.kinds})
-    lines = [f"{'recipe':<52} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds) + f" {'all':>6}"]
+    rows = []
     for evaluation in evaluations:
         label = evaluation.recipe + (", mirror" if evaluation.mirror else "")
         if evaluation.recommended is None:
@@ -324,6 +337,11 @@ def comparison_table(evaluations: list[Evaluation]) -> str:
             label += f" (best precision {row.precision:.4f})"
         else:
             row = evaluation.row(evaluation.recommended)
+        rows.append((label, row))
+    width = max(len("recipe"), *(len(label) for label, _ in rows))  # columns stay aligned
+    lines = [f"{'recipe':<{width}} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds)
+             + f" {'all':>6}"]
+    for label, row in rows:
         cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)
-        lines.append(f"{label:<52} {row.threshold:>3} {cells} {row.recall['all']:>6.1%}")
+        lines.append(f"{label:<{width}} {row.threshold:>3} {cells} {row.recall['all']:>6.1%}")
     return "\n".join(lines)
