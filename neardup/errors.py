@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class NeardupError(Exception):
     """Base of every error the command-line tools report without a traceback."""
@@ -26,6 +29,29 @@ class ImageError(NeardupError):
 
 def install_hint(extra: str) -> str:
     """How to install one of neardup's optional extras (pyproject.toml), the same words in every
-    message: neardup is installed from its source, not from a package index."""
-    return (f"pip install '.[{extra}]' in the neardup checkout (or pip install -r"
-            f" requirements-{extra}.txt)")
+    message. Where neardup is installed (a wheel, a checkout installed with pip), the extra's own
+    packages and minimum versions, read from the installed metadata: that works with or without
+    the checkout at hand. Otherwise (the scripts run from a checkout with requirements.txt
+    installed by hand) the checkout's requirements file."""
+    import importlib.metadata  # only when a message needs it: importing neardup stays light
+
+    try:
+        requirements = importlib.metadata.requires("neardup") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    marker = f'extra == "{extra}"'
+    wanted = [requirement.split(";")[0].strip() for requirement in requirements
+              if marker in requirement.split(";", 1)[-1]]
+    if wanted:
+        return "pip install " + " ".join(f"'{requirement}'" for requirement in wanted)
+    return f"pip install -r requirements-{extra}.txt (in the neardup checkout)"
+
+
+def command(script: str) -> str:
+    """How a message names one of the three programs (`index.py`): as this process was started.
+    Run as a console command of a pip install (neardup-search), the others are named the same
+    way (neardup-index); run as a script or with python -m, by their scripts."""
+    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if typed.startswith("neardup-"):
+        return "neardup-" + script.removesuffix(".py")
+    return script

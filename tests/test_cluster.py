@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from neardup.cli import index as index_cli
+from neardup.errors import install_hint
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree
@@ -103,8 +104,7 @@ def test_without_dask_the_option_says_what_to_install(
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--local-cluster", "1"]) == 2
     assert capsys.readouterr().err == (
-        "index.py: error: --scheduler and --local-cluster need Dask: pip install '.[dask]' in"
-        " the neardup checkout (or pip install -r requirements-dask.txt)\n")
+        f"index.py: error: --scheduler and --local-cluster need Dask: {install_hint('dask')}\n")
 
 
 def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:

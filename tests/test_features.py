@@ -25,6 +25,7 @@ import neardup
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.store import Store
+from neardup.errors import install_hint
 from neardup.features.extract import (
     CHROMA_SIDE,
     STORED_KEYPOINTS,
@@ -338,8 +339,8 @@ def test_without_the_extra_features_is_one_line(in_tmp: Path) -> None:
                          cwd=in_tmp, env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin"})
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
-        "index.py: error: local features need OpenCV and FAISS: pip install '.[features]' in"
-        " the neardup checkout (or pip install -r requirements-features.txt) (cv2 is missing)"]
+        "index.py: error: local features need OpenCV and FAISS:"
+        f" {install_hint('features')} (cv2 is missing)"]
     assert not Path("db.shelve").exists()  # refused before anything was written
 
 

@@ -162,15 +162,32 @@ def test_messages_name_the_command_as_typed(tmp_path: Path) -> None:
     console = Path(sys.executable).parent / "neardup-search"
     if not console.exists():
         pytest.skip("neardup is not installed in this venv (bash scripts/setup-venv.sh does it)")
-    for command, name in (([str(console)], "neardup-search"),
-                          ([sys.executable, str(PROJECT_ROOT / "search.py")], "search.py")):
+    # A console command names its siblings as console commands too: a wheel has no index.py.
+    for command, name, sibling in (([str(console)], "neardup-search", "neardup-index"),
+                                   ([sys.executable, str(PROJECT_ROOT / "search.py")], "search.py",
+                                    "index.py")):
         done = subprocess.run([*command, "-s", "missing.shelve", "--groups"], cwd=tmp_path,
                               capture_output=True, text=True)
         assert done.returncode == 2
         assert done.stderr == f"{name}: error: missing.shelve: no such store (build one with" \
-            " index.py)\n"
+            f" {sibling})\n"
         usage = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert usage.stdout.startswith(f"usage: {name} ")
+        assert f"store built by {sibling}" in " ".join(usage.stdout.split())
+
+
+def test_the_checkers_log_lines_name_the_command_as_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    pytest.importorskip("uvicorn", reason="the checker's extra (serve) is not installed")
+    from neardup.service.server import OneLineFormatter
+
+    record = logging.LogRecord("neardup", logging.INFO, __file__, 1, "127.0.0.1:5 GET /x: 404",
+                               None, None)
+    for argv0, name in (("/venv/bin/neardup-search", "neardup-search"),
+                        ("search.py", "search.py")):
+        monkeypatch.setattr(sys, "argv", [argv0, "--serve", "127.0.0.1:0"])
+        assert OneLineFormatter().format(record) == f"{name}: 127.0.0.1:5 GET /x: 404"
 
 
 

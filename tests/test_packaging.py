@@ -35,3 +35,35 @@ def test_console_commands_point_at_the_cli_mains() -> None:
     for target in PROJECT["scripts"].values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_install_hints_name_each_extras_packages(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Where neardup is installed (a wheel has no checkout to run `pip install '.[x]'` in), the
+    hint lists the extra's packages as pyproject.toml does; otherwise the requirements file."""
+    import importlib.metadata
+
+    from neardup.errors import install_hint
+
+    for extra in ("features", "dask", "serve", "heic", "fast"):
+        needs = PROJECT["optional-dependencies"][extra]
+        assert install_hint(extra) == "pip install " + " ".join(f"'{need}'" for need in needs)
+
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    assert install_hint("features") == (
+        "pip install -r requirements-features.txt (in the neardup checkout)")
+    assert (PROJECT_ROOT / "requirements-features.txt").exists()
+
+
+def test_modules_of_the_commands_run_with_python_m() -> None:
+    """`python -m neardup.cli.search` runs the command (it used to import it, do nothing and
+    exit 0: a mistyped automation step would have passed)."""
+    import subprocess
+    import sys
+
+    for name in ("gather", "index", "search"):
+        run = subprocess.run([sys.executable, "-m", f"neardup.cli.{name}", "--help"],
+                             capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+        assert run.returncode == 0 and run.stdout.startswith(f"usage: {name}.py ")

@@ -29,6 +29,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from neardup.cli import index as index_cli
+from neardup.errors import install_hint
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree, save, textured
@@ -578,9 +579,8 @@ def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:
     result = subprocess.run(SEARCH + ["--serve", "127.0.0.1:0"], capture_output=True, text=True,
                             timeout=30, env=environment)
     assert result.returncode == 2
-    assert result.stderr == ("search.py: error: --serve needs uvicorn and httptools: pip install"
-                             " '.[serve]' in the neardup checkout (or pip install -r"
-                             " requirements-serve.txt)\n")
+    assert result.stderr == ("search.py: error: --serve needs uvicorn and httptools:"
+                             f" {install_hint('serve')}\n")
 
 
 def test_concurrent_clients_each_get_their_own_answer(store: Path) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from collections.abc import Callable
 
-from ..errors import NeardupError
+from ..errors import NeardupError, command
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -20,8 +19,7 @@ def invoked_as(script: str) -> str:
     `python search.py` and `python -m neardup.cli.search` are the script's name; the console
     commands a pip install puts on PATH (neardup-search, ...) are their own name.
     """
-    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return typed if typed.startswith("neardup-") else script
+    return command(script)
 
 
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:

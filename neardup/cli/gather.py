@@ -7,7 +7,7 @@ import random
 import sys
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
-from ..errors import NeardupError
+from ..errors import NeardupError, command
 from ..sources.archives import DEFAULT_MAX_BYTES, Limits
 from ..sources.dataset import GatherOptions, gather
 from ..sources.edits import KINDS, parse_kinds
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=non_negative_int, default=None,
                         help="makes the run reproducible (default: random, printed)")
     parser.add_argument("--force", action="store_true",
-                        help="replace an earlier gather.py output in the folder")
+                        help=f"replace an earlier {command('gather.py')} output in the folder")
     parser.add_argument("--cache-dir", default=None,
                         help="where downloads and unpacked archives are kept"
                         " (default $NEARDUP_CACHE or ~/.cache/neardup)")
@@ -101,3 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command(PROG, body, "nothing was written to the output folder")
+
+
+if __name__ == "__main__":  # python -m neardup.cli.gather
+    raise SystemExit(main())

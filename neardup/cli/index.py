@@ -8,7 +8,7 @@ import sys
 from ..api import index_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE
-from ..errors import NeardupError
+from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
     given_options,
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " flattening), for comparing hashes with other tools")
     parser.add_argument("--features", action="store_true",
                         help="also store local features of every image (about 2 KB each), so"
-                        " search.py finds cropped, padded, rotated and mirrored copies and verifies"
-                        " every match (pip install -r requirements-features.txt)")
+                        f" {command('search.py')} finds cropped, padded, rotated and mirrored"
+                        " copies and verifies every match (needs the extra 'features': OpenCV and"
+                        " FAISS)")
     parser.add_argument("-j", "--jobs", type=non_negative_int, default=0,
                         help="worker processes (default 0: one per core)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
@@ -131,3 +132,7 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
                        ("connect_timeout", "--connect-timeout")):
         if dest in given:
             raise NeardupError(f"{flag} does nothing without --scheduler or --local-cluster")
+
+
+if __name__ == "__main__":  # python -m neardup.cli.index
+    raise SystemExit(main())

@@ -27,7 +27,7 @@ from ..core.search import (
     resolve_stored_path,
 )
 from ..core.store import Store
-from ..errors import ImageError, NeardupError
+from ..errors import ImageError, NeardupError, command
 from ..evaluation.html import Item, evaluation_page, groups_page, write_page
 from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import write_report
@@ -93,20 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         " match was found, 1 when none, 2 on an error.",
     )
     parser.add_argument("-s", "--shelve", required=True, action="append",
-                        help="store built by index.py (with --evaluate, repeat it to compare"
+                        help=f"store built by {command('index.py')} (with --evaluate, repeat it to compare"
                         " stores built with different hashes on the same dataset)")
     wanted = parser.add_mutually_exclusive_group(required=True)
     wanted.add_argument("-q", "--query", action="append",
                         help="query image, or a folder of them; may be repeated")
     wanted.add_argument("--evaluate", metavar="MANIFEST",
-                        help="score the store against a gather.py manifest.csv: search every"
+                        help=f"score the store against a {command('gather.py')} manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
                         help="list every group of near-duplicates in the store, largest first:"
                         " every pair in a group is within --max-distance (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
-                        " (flushed); images index.py commits meanwhile are found too")
+                        f" (flushed); images {command('index.py')} commits meanwhile are found too")
     wanted.add_argument("--serve", metavar="HOST:PORT",
                         help="answer POST /search (image bytes as the body, optional"
                         " ?max_distance=N) and GET /health over HTTP until SIGTERM")
@@ -633,3 +633,7 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
     if errors:
         return EXIT_ERROR
     return EXIT_MATCH if found else EXIT_NO_MATCH
+
+
+if __name__ == "__main__":  # python -m neardup.cli.search
+    raise SystemExit(main())

@@ -36,7 +36,7 @@ import PIL
 from tqdm import tqdm
 
 from .. import __version__
-from ..errors import DatasetError, ImageError, NeardupError
+from ..errors import DatasetError, ImageError, NeardupError, command
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
@@ -359,8 +359,8 @@ def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]
     """Record the feature recipe (or refuse a mismatch); the stored files that still lack them."""
     if not features:
         if store.feature_recipe() is not None:
-            raise NeardupError(f"{store_path}: keeps local features of every image; run index.py"
-                               " with --features to keep them complete")
+            raise NeardupError(f"{store_path}: keeps local features of every image; run"
+                               f" {command('index.py')} with --features to keep them complete")
         return set()
     from ..features.extract import FeatureRecipe
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, command
 from .hashing import PREPROCESS_VERSIONS, Recipe
 from .hashwords import decode_joined_keys, hex_keys_to_words, sort_distinct
 from .storefile import (
@@ -135,8 +135,8 @@ def recipe_problem(recipe: Recipe) -> str | None:
         return None
     known = ", ".join(f"v{version}" for version in PREPROCESS_VERSIONS)
     return (f"built with {recipe.describe()}, but this neardup hashes queries only with normalised"
-            f" {known}, so its answers would be wrong; rebuild it with this index.py"
-            " (another --shelve)")
+            f" {known}, so its answers would be wrong; rebuild it with this"
+            f" {command('index.py')} (another --shelve)")
 
 
 def keeps_its_recipe(stored: Recipe, asked: Recipe) -> bool:

@@ -23,12 +23,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import StoreError, command
 
 # How long a reader or writer waits for a lock held by another connection before saying so.
 BUSY_SECONDS = 10.0
-DAMAGED_HINT = ("check it with `sqlite3 STORE 'PRAGMA integrity_check'` and rebuild it with index.py"
-                " (README: Checking and repairing a store)")
+def damaged_hint(path: str) -> str:
+    return (f"check it with `sqlite3 {path} 'PRAGMA integrity_check'` and rebuild it with"
+            f" {command('index.py')} (README: Checking and repairing a store)")
 
 
 class SqliteFailure(StoreError):
@@ -44,7 +45,7 @@ def sqlite_failure(path: str, error: sqlite3.Error, doing: str = "read") -> Sqli
     text = str(error)
     if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB" or "malformed" in text:
         return StoreDamaged(f"{path}: the store is damaged ({text}); "
-                            + DAMAGED_HINT.replace("STORE", path))
+                            + damaged_hint(path))
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
         return SqliteFailure(f"{path}: the store stayed locked by another program for"
                              f" {BUSY_SECONDS:.0f} s ({text}); try again")
@@ -98,7 +99,7 @@ def check_store_path(path: str, *, writing: bool) -> bool:
         info = os.stat(path)
     except FileNotFoundError:
         if not writing:
-            raise StoreError(f"{path}: no such store (build one with index.py)") from None
+            raise StoreError(f"{path}: no such store (build one with {command('index.py')})") from None
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise StoreError(f"{path}: the folder {folder} does not exist") from None
@@ -243,7 +244,7 @@ def check_pages(db: Db, path: str, *, whole: bool) -> None:
         first = rows[0][0] if rows else "no answer"
         more = f" and {len(rows) - 1} more problems" if len(rows) > 1 else ""
         raise StoreDamaged(f"{path}: the store is damaged ({first}{more}); "
-                           + DAMAGED_HINT.replace("STORE", path))
+                           + damaged_hint(path))
 
 
 @contextmanager
@@ -289,7 +290,7 @@ class WriterLock:
                 fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 stream.close()
-                raise StoreError(f"{store_path}: another index.py is writing to this store; try"
+                raise StoreError(f"{store_path}: another {command('index.py')} is writing to this store; try"
                                  " again when it has finished") from None
             # The file may have been removed (a writer discarding the store it created) between
             # our open and our lock: then the lock is on a file nobody else will open.

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from ..errors import NeardupError, install_hint
 
-INSTALL_HINT = f"local features need OpenCV and FAISS: {install_hint('features')}"
-
 
 def require() -> None:
     """Raise one clear line when the optional libraries are missing."""
@@ -17,4 +15,5 @@ def require() -> None:
         import cv2  # noqa: F401
         import faiss  # noqa: F401
     except ImportError as error:
-        raise NeardupError(f"{INSTALL_HINT} ({error.name} is missing)") from None
+        raise NeardupError(f"local features need OpenCV and FAISS: {install_hint('features')}"
+                           f" ({error.name} is missing)") from None

@@ -16,7 +16,7 @@ from ..core.grouping import Group, clique_groups
 from ..core.hashing import DEFAULT_MAX_PIXELS, Hash
 from ..core.search import resolve_stored_path
 from ..core.store import Store
-from ..errors import ImageError
+from ..errors import ImageError, command
 from .extract import read_frame
 from .search import VerifiedSearch
 
@@ -52,8 +52,8 @@ def verified_groups(
             # Others' searches still find it by its stored record, as a hash-only store's groups
             # list what the store holds; index.py brings the store up to date.
             with tqdm.external_write_mode():  # the line above the bar, not on it
-                warn(f"{full}: {error.reason}; its own matches were not searched (run index.py"
-                     " to update the store)")
+                warn(f"{full}: {error.reason}; its own matches were not searched (run"
+                     f" {command('index.py')} to update the store)")
             continue
         for match in search.search([hashes[relpath]], frame, max_distance,
                                    include_low_information=include_low_information):

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..core.jpeg import frame_header
-from ..errors import NeardupError, install_hint
+from ..errors import NeardupError, command, install_hint
 from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
 
@@ -44,8 +44,6 @@ DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 # and ?max_distance=64 used to return the whole catalogue to any client.
 DEFAULT_MAX_QUERY_DISTANCE = 10
 DEFAULT_MAX_MATCHES = 100
-
-INSTALL_HINT = f"--serve needs uvicorn and httptools: {install_hint('serve')}"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -483,10 +481,11 @@ def address(client: tuple[str, int] | None) -> str:
 
 
 class OneLineFormatter(logging.Formatter):
-    """`search.py: message`; an exception attached by asyncio becomes its type and message."""
+    """`search.py: message` (the command as typed); an exception attached by asyncio becomes its
+    type and message."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"search.py: {record.getMessage()}"
+        line = f"{command('search.py')}: {record.getMessage()}"
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             line += f" ({type(error).__name__}: {error})"
@@ -574,7 +573,8 @@ def serve(
         import uvicorn
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError as error:
-        raise NeardupError(INSTALL_HINT) from error
+        raise NeardupError(f"--serve needs uvicorn and httptools: {install_hint('serve')}"
+                           ) from error
     limits = limits or ServiceLimits()
     log = service_logger()
     cap = usable_connections(limits.max_connections)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..core.discovery import FoundFile, Skipped, walk_images
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
-from ..errors import DatasetError, ImageError
+from ..errors import DatasetError, ImageError, command
 from .archives import make_staging_folder
 from .edits import apply_edit
 
@@ -144,12 +144,13 @@ def _check_output(source_root: str, destination: str, force: bool) -> None:
         return
     if not force:
         raise DatasetError(
-            f"{destination}: not empty; pass --force to replace the earlier gather.py run there"
+            f"{destination}: not empty; pass --force to replace the earlier {command('gather.py')}"
+            " run there"
         )
     if not os.path.isfile(os.path.join(destination, MANIFEST_NAME)):
         raise DatasetError(
             f"{destination}: not empty and holds no {MANIFEST_NAME}, so it is not an earlier"
-            " gather.py output; refusing to replace it even with --force"
+            f" {command('gather.py')} output; refusing to replace it even with --force"
         )
 
 
