@@ -448,11 +448,6 @@ def hash_decoded_and_mirror(
     return plain, hash_prepared(ImageOps.mirror(prepared), recipe) if mirror else None
 
 
-def hash_image(image: Image.Image, recipe: Recipe) -> Hash:
-    """Hash a decoded (full-size) image according to the recipe."""
-    return hash_decoded(image, recipe)
-
-
 # The raster formats neardup reads, by Pillow's format name; no other Pillow plug-in is ever given
 # a file or an upload. Pillow picks its decoder from the content, not the name, so without this a
 # PostScript body named x.jpg reaches the EPS plug-in, which runs Ghostscript. The same list decides
@@ -673,13 +668,6 @@ def hash_file_and_mirror(
     plain, flipped = hash_source(path, recipe, max_pixels, mirror=True)
     assert flipped is not None
     return plain, flipped
-
-
-def hash_bytes(
-    data: bytes, recipe: Recipe, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload"
-) -> Hash:
-    """Hash an image held in memory (an upload); errors name it `name`."""
-    return hash_source(name, recipe, max_pixels, data=data)[0]
 
 
 def describe_failure(path: str, error: BaseException, head: bytes | None = None) -> str:

@@ -142,18 +142,14 @@ _BARE_MARKERS = frozenset(range(0xD0, 0xD8))
 _LEFT_TO_PILLOW = frozenset([*range(0xC0), 0xD8, 0xD9])
 
 
-def header_length(data: bytes) -> int | None:
-    """Where the JPEG's first scan starts: Pillow reads its blocks up to there and no further.
-
-    None for anything this strict walk does not follow (bytes between segments, a segment
-    running past the end): such a file goes to Pillow, which resynchronises as it sees fit.
-    """
-    return _header(data)[0]
-
-
 def _header(data: bytes) -> tuple[int | None, Frame | None]:
-    """header_length and frame_header from one walk over the blocks (the fast path needs both,
-    and a walk is a tenth of the fast path's Python time on a small photo)."""
+    """(where the first scan starts, the frame) from one walk over the blocks (the fast path
+    needs both, and a walk is a tenth of the fast path's Python time on a small photo).
+
+    Pillow reads a JPEG's blocks up to its first scan and no further. The position is None for
+    anything this strict walk does not follow (bytes between segments, a segment running past
+    the end, a marker it leaves to Pillow): such a file goes to Pillow, which resynchronises as
+    it sees fit."""
     plain, frame = True, None
     for position, marker in _blocks(data):
         if marker in _LEFT_TO_PILLOW:

@@ -68,10 +68,9 @@ CHROMA_SIDE = 8
 CHROMA_LEVELS = 7
 # Keypoint positions are stored as fixed point, 1/8 pixel, 12 bits each (MAX_SIDE * 8 < 4,096).
 POSITION_SCALE = 8
-# ORB computes 256 binary tests per keypoint; the first 128 are kept (its tests are ordered, best
-# first: learned for high variance and low correlation). Half the bytes in the store and in the
-# FAISS index, half the work per comparison.
-ORB_DESCRIPTOR_BYTES = 32
+# ORB computes 256 binary tests (32 bytes) per keypoint; the first 128 are kept (its tests are
+# ordered, best first: learned for high variance and low correlation). Half the bytes in the store
+# and in the FAISS index, half the work per comparison.
 DESCRIPTOR_BYTES = 16
 
 _HEADER = struct.Struct("<BHHH")  # version, frame width, frame height, keypoint count

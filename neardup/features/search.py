@@ -23,8 +23,6 @@ from .extract import FeatureRecipe, FeatureSet, query_features
 from .index import FeatureIndex
 from .verify import Verdict, descriptor_index, verify
 
-# Which candidates to take from which source; "both" is what search.py does.
-SOURCES = ("hash", "features", "both")
 # Feature candidates come best first (most shared keypoints); after this many of them refused in a
 # row the rest are refused unseen: copies have far more votes than look-alikes (bounds the search
 # time). Only feature candidates count: a motorbike's hash finds a dozen other motorbikes, which
@@ -64,7 +62,8 @@ class VerifiedSearch:
     ) -> list[Match]:
         """Verified matches of one query: `hashes` are its hash (and mirror hash, with --mirror),
         `frame` its analysis frame (extract.read_frame). Best first: by hash distance, then by
-        inliers, features-only matches last."""
+        inliers, features-only matches last. `source`: where candidates come from, "hash",
+        "features" or "both" (what search.py does)."""
         return [match for match, verdict in self.search_with_verdicts(
             hashes, frame, max_distance, include_low_information=include_low_information,
             source=source) if verdict.verified]
