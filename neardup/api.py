@@ -141,7 +141,7 @@ class ImageStore:
     @property
     def has_features(self) -> bool:
         """True for a store built with index.py --features (verified matches)."""
-        return self._store.feature_recipe() is not None
+        return self._store.has_features()
 
     @property
     def path(self) -> str:

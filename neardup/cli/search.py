@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
-            verified = VerifiedSearch.for_store(store, index) if has_features(store) else None
+            verified = VerifiedSearch.for_store(store, index) if store.has_features() else None
             if verified is not None:  # a store with local features: verified matches only
                 answer_verified(verified, hashed, mirrored, args)
             if args.montage:
@@ -282,10 +282,6 @@ def main(argv: list[str] | None = None) -> int:
                         several=len(results) > 1)
 
     return run_command(PROG, body)
-
-
-def has_features(store: Store) -> bool:
-    return store.feature_recipe() is not None
 
 
 def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Hash]],
@@ -460,7 +456,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
     for path in args.shelve:
         with Store.open_for_reading(path, report=say) as store, store.snapshot():
             verified = None
-            if has_features(store):
+            if store.has_features():
                 verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
             evaluations.append(evaluate_manifest(
                 store, args.evaluate, mirror=args.mirror,

@@ -358,7 +358,7 @@ def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
 def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]:
     """Record the feature recipe (or refuse a mismatch); the stored files that still lack them."""
     if not features:
-        if store.feature_recipe() is not None:
+        if store.has_features():
             raise NeardupError(f"{store_path}: keeps local features of every image; run"
                                f" {command('index.py')} with --features to keep them complete")
         return set()

@@ -804,6 +804,10 @@ class Store:
     # apply()'s transaction, so a file's hash and its features are committed together or not at
     # all. The integer id is stable while the path stays: the feature index names images by it.
 
+    def has_features(self) -> bool:
+        """Whether the store keeps local features (index.py --features)."""
+        return self.feature_recipe() is not None
+
     def feature_recipe(self) -> dict[str, Any] | None:
         """The recorded feature recipe, or None for a hash-only store."""
         found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
@@ -831,7 +835,7 @@ class Store:
         return {os.fsdecode(bytes(path)) for (path,) in rows}
 
     def feature_count(self) -> int:
-        if self.feature_recipe() is None:
+        if not self.has_features():
             return 0
         return int(self._db.one("SELECT COUNT(*) FROM neardup_features")[0])
 
@@ -875,7 +879,7 @@ class Store:
 
     def _apply_features(self, indexed: list[IndexedFile], removed: list[str]) -> None:
         """apply()'s part for features: in its transaction, before its own writes."""
-        if self.feature_recipe() is None:  # a hash-only store: one lookup per batch, nothing else
+        if not self.has_features():  # a hash-only store: one lookup per batch, nothing else
             return
         changed = 0  # records written or deleted; one rewritten as it was does not count
         for item in indexed:

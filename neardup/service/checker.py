@@ -65,7 +65,7 @@ class NotHere(ImageError):
     """The upload has more pixels than the caller wanted to decode where it is (not an error)."""
 
 
-class StoreDamaged(NeardupError):
+class StoreReadFailed(NeardupError):
     """Reading the store for one query failed (a corrupt bucket); other queries go on."""
 
 
@@ -95,7 +95,7 @@ class Checker:
         self._warn = warn
         self._lock = threading.Lock()
         self._problems: list[str] = []
-        self._store, self._identity = open_store(store_path, self._store_problem)
+        self._store, self._identity = open_with_identity(store_path, self._store_problem)
         self._index: HashIndex | None = None
         self._data_version = -1
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
@@ -106,7 +106,7 @@ class Checker:
         # A store with local features answers verified matches (neardup.features); the optional
         # libraries are checked now, so a missing one is one line at start, not an error per query.
         self._features: Any = None
-        if self._store.feature_recipe() is not None:
+        if self._store.has_features():
             from ..features import require
             from ..features.search import CheckerFeatures
 
@@ -136,7 +136,7 @@ class Checker:
             return self._answer(path, hashes, max_distance, self._frame(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
-        except (StoreUnavailable, StoreDamaged) as error:
+        except (StoreUnavailable, StoreReadFailed) as error:
             return {"query": path, "error": str(error)}
 
     def check_upload(
@@ -146,7 +146,7 @@ class Checker:
         """An upload's record; a bad image is an error record (the client's fault).
 
         Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
-        StoreUnavailable or StoreDamaged when the store cannot answer: the server's fault.
+        StoreUnavailable or StoreReadFailed when the store cannot answer: the server's fault.
         With `at_most_pixels`, a larger image raises NotHere before it is decoded (the server
         decodes small uploads on its event loop and hands larger ones to a thread).
         """
@@ -217,7 +217,7 @@ class Checker:
                 reason = f"store damaged: {without_path(str(error), store.path)}"
                 self._problems = (self._problems + [reason])[-KEPT_PROBLEMS:]
                 self._warn(f"{name}: {reason}")
-                raise StoreDamaged(reason) from error
+                raise StoreReadFailed(reason) from error
         if not self.full_paths:
             for match in record["matches"]:
                 del match["path"]
@@ -303,7 +303,7 @@ class Checker:
         if identity == self._identity and self._unavailable is None:
             return self._store
         try:
-            store, identity = open_store(self.store_path, self._store_problem)
+            store, identity = open_with_identity(self.store_path, self._store_problem)
         except StoreError as error:
             reason = ("the store was deleted or replaced and cannot be reopened"
                       f" ({without_path(str(error), self.store_path)})")
@@ -346,7 +346,7 @@ def file_identity(path: str) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def open_store(
+def open_with_identity(
     path: str, warn: Callable[[str], None] = lambda line: None
 ) -> tuple[Store, tuple[int, int]]:
     """The store at `path` opened for reading, with the identity of the file that was opened.

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs
 
 from ..core.jpeg import frame_header
 from ..errors import NeardupError, command, install_hint
-from .checker import Checker, NotHere, StoreDamaged, StoreUnavailable
+from .checker import Checker, NotHere, StoreReadFailed, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -140,7 +140,7 @@ class CheckerApp:
             # and its "Exception in ASGI application".
             if not started:
                 self.log.warning("%s %s %s: 503 the server stopped before answering",
-                                 client_of(scope), method, printable(path))
+                                 address(scope.get("client")), method, log_safe(path))
                 await reply(send, 503, {"error": "the server is stopping; try again"},
                             [(b"retry-after", b"1")], close=True)
 
@@ -164,12 +164,12 @@ class CheckerApp:
         except Exception as error:  # noqa: BLE001 - our bug must not become uvicorn's text/plain 500
             if isinstance(error, Refused):
                 refusal = error
-                self.log.warning("%s %s %s: %d %s", client_of(scope), method, printable(path),
+                self.log.warning("%s %s %s: %d %s", address(scope.get("client")), method, log_safe(path),
                                  refusal.status, refusal.reason)
             else:
                 refusal = Refused(500, "internal error; the server log names it", close=True)
-                self.log.error("%s %s %s: 500 internal error (%s: %s)", client_of(scope), method,
-                               printable(path), type(error).__name__, error)
+                self.log.error("%s %s %s: 500 internal error (%s: %s)", address(scope.get("client")), method,
+                               log_safe(path), type(error).__name__, error)
             headers = list(refusal.headers)
             if refusal.retry_after:
                 headers.append((b"retry-after", b"1"))
@@ -226,7 +226,7 @@ class CheckerApp:
                     self.decoders, self.check, body, distance, None)
             status, record = answer
             if status != 200:
-                self.log.warning("%s POST /search: %d %s", client_of(scope), status,
+                self.log.warning("%s POST /search: %d %s", address(scope.get("client")), status,
                                  record.get("error"))
             await reply(send, status, record,
                         [(b"retry-after", b"1")] if status == 503 else [])
@@ -252,7 +252,7 @@ class CheckerApp:
             return 503, {"query": "upload", "error": error.reason}
         except StoreUnavailable as error:
             return 503, {"query": "upload", "error": str(error)}
-        except StoreDamaged as error:
+        except StoreReadFailed as error:
             return 500, {"query": "upload", "error": str(error)}
         return (400 if "error" in record else 200), record
 
@@ -343,12 +343,7 @@ async def reply(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": body})
 
 
-def client_of(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "client"
-
-
-def printable(text: str) -> str:
+def log_safe(text: str) -> str:
     """A client's path in a log line: at most 100 characters, control characters escaped."""
     shown = text[:100].encode("unicode_escape").decode("ascii")
     return shown + ("..." if len(text) > 100 else "")
