@@ -34,7 +34,6 @@ import pickle
 import shelve
 import sqlite3
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -902,87 +901,6 @@ class Store:
             self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
                          " WHERE name = 'feature_generation'")
             self._set_meta("feature_token", uuid.uuid4().hex[:16])
-
-
-    def cached_array(
-        self, name: str, build: Callable[[], np.ndarray], *, small_too: bool = False,
-        build_version: int = 0, fresh: bool = False,
-    ) -> np.ndarray:
-        """An array derived from the features, kept beside the store until they change (the
-        feature index). Named by the store's id, generation and feature generation, so it is
-        never read for another state, and by `build_version` (when not 0), which the caller bumps
-        when the same records start giving another array: one built by an older neardup is then
-        not used. The name also carries the array's CRC-32, checked on every read: a file cut
-        short, emptied or rewritten behind our back is built again, never used. `fresh`: build it
-        again whatever is cached (the caller found the cached one does not fit). Small stores
-        (unless `small_too`) and folders that cannot be written simply build it again. Only
-        older states' and builds' files are removed, never a newer one another process may be
-        using."""
-        from .cache import CACHE_MIN_HASHES, load_array  # cache imports this module
-
-        if self.hash_count() < CACHE_MIN_HASHES and not small_too:
-            return build()
-        folder = self.path + ".cache"
-        # Compared as tuples below: a name without a build version (an older neardup's) sorts
-        # before every build of the same state.
-        state = (self.generation(), self.feature_generation()) + (
-            (build_version,) if build_version else ())
-        # The features' token as well: a copy of the store restored and changed apart reaches
-        # the same generations with other features (an index cached for one answered the other
-        # wrongly, a review found).
-        stem = (f"{name}-{self.store_id}-" + "-".join(str(part) for part in state)
-                + f".{self.feature_token()}")
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            names = []
-        for found in names if not fresh else ():
-            crc = found[len(stem) + 1:-len(".npy")]
-            if found.startswith(stem + ".") and found.endswith(".npy") and len(crc) == 8:
-                array = load_array(os.path.join(folder, found))
-                if array is not None and f"{_crc32(array):08x}" == crc:
-                    return array
-        array = np.ascontiguousarray(build())
-        cached = os.path.join(folder, f"{stem}.{_crc32(array):08x}.npy")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            partial = f"{cached}.{os.getpid()}.partial"
-            with open(partial, "wb") as stream:
-                np.save(stream, array, allow_pickle=False)
-            os.replace(partial, cached)
-            for other in os.listdir(folder):
-                named = cached_array_state(other)
-                if named is None or named[:2] != (name, self.store_id):
-                    continue
-                if named[2] < state or (named[2] == state and other != os.path.basename(cached)):
-                    os.remove(os.path.join(folder, other))
-        except OSError:
-            pass  # a read-only place: the array still serves this process
-        return array
-
-
-def cached_array_state(file_name: str) -> tuple[str, str, tuple[int, ...]] | None:
-    """(name, store id, state) of a file Store.cached_array wrote (`<name>-<store id>-<generation>
-    -<feature generation>[-<build>][.<features' token>].<crc>.npy`; store ids are 32 hex digits),
-    or None for any other file name."""
-    if not file_name.endswith(".npy"):
-        return None
-    parts = file_name.split(".", 1)[0].split("-")
-    for position in range(1, len(parts)):
-        part = parts[position]
-        if len(part) == 32 and all(digit in "0123456789abcdef" for digit in part):
-            numbers = parts[position + 1:]
-            if 2 <= len(numbers) <= 3 and all(number.isdigit() for number in numbers):
-                return ("-".join(parts[:position]), part,
-                        tuple(int(number) for number in numbers))
-            return None
-    return None
-
-
-def _crc32(array: np.ndarray) -> int:
-    """CRC-32 of a C-contiguous array's bytes (about 1 GB/s: 0.2 s for the feature index of 10^5
-    images)."""
-    return zlib.crc32(memoryview(array).cast("B")) if array.size else 0
 
 
 # Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.cache import cached_array
 from ..core.store import Store
 from ..errors import StoreError
 from .extract import DESCRIPTOR_BYTES, MIRROR_SEARCHED_KEYPOINTS, SEARCHED_KEYPOINTS, FeatureSet
@@ -95,9 +96,9 @@ class FeatureIndex:
         # whichever of the two has to be built.
         read = functools.cache(lambda: _read_descriptors(store))
         for fresh in (False, True):
-            owners = store.cached_array("feature-owners", lambda: read()[1], small_too=True,
+            owners = cached_array(store, "feature-owners", lambda: read()[1], small_too=True,
                                         build_version=INDEX_BUILD, fresh=fresh)
-            serialised = store.cached_array("feature-index", lambda: _build(read()[0]),
+            serialised = cached_array(store, "feature-index", lambda: _build(read()[0]),
                                             small_too=True, build_version=INDEX_BUILD,
                                             fresh=fresh)
             # The cached files pass their CRC; these checks catch a pair that does not belong
