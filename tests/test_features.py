@@ -245,6 +245,35 @@ def test_http_server_answers_verified_matches(feature_store: Path) -> None:
     assert record["matches"][0]["verified"] is True
 
 
+def test_a_picture_one_pixel_thin_in_the_frame_is_indexed_and_searched(
+        feature_store: Path, capsys: pytest.CaptureFixture) -> None:
+    """OpenCV's ORB fails an assertion on a frame 1 pixel wide: index.py --features died with a
+    traceback on such a file (and at every later run), search.py printed one, the checker
+    answered 500. Such a picture has no keypoints; it is hashed and searched like any other."""
+    from .test_server import request, running
+
+    rng = np.random.default_rng(1)
+    thin = {"images/thin/one_by_500.png": (500, 1, 3), "images/thin/one.png": (1, 1, 3),
+            "images/thin/ten_by_3000.png": (3000, 10, 3), "images/thin/gray.png": (300, 1)}
+    for path, shape in thin.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    assert "indexed 4, unchanged 8, removed 0, failed 0" in capsys.readouterr().out
+    # Without keypoints nothing can be verified, so they are answered without matches (see
+    # docs/features.md, Known limits), as any picture the store does not hold.
+    for path in thin:
+        assert search_cli.main(["-s", "db.shelve", "-q", path, "--include-low-information",
+                                "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)[0]["matches"] == []
+    with running("--include-low-information") as server:
+        status, record, _ = request(server.port, "POST", "/search",
+                                    Path("images/thin/one_by_500.png").read_bytes())
+        server.stop()
+    assert status == 200 and record["matches"] == []
+
+
 class TestStore:
     def test_recipe_recorded_and_mismatches_refused(
         self, feature_store: Path, capsys: pytest.CaptureFixture

@@ -240,6 +240,9 @@ def read_frame(
 
 
 _detectors: dict[int, Any] = {}
+# ORB keeps its keypoints ORB_EDGE pixels from every edge: a side shorter than this has none.
+ORB_EDGE = 15
+ORB_MIN_SIDE = 2 * ORB_EDGE + 1
 
 
 def _orb(keypoints: int) -> Any:
@@ -248,7 +251,7 @@ def _orb(keypoints: int) -> Any:
     if keypoints not in _detectors:  # one per process: creating it costs more than small images
         # Smaller borders and patches than OpenCV's defaults (31): on 300 x 200 photos the default
         # leaves a 31-pixel margin without keypoints, the very part a crop keeps or a pad moves.
-        _detectors[keypoints] = cv2.ORB_create(nfeatures=keypoints, edgeThreshold=15,
+        _detectors[keypoints] = cv2.ORB_create(nfeatures=keypoints, edgeThreshold=ORB_EDGE,
                                                patchSize=15, fastThreshold=10)
     return _detectors[keypoints]
 
@@ -280,6 +283,8 @@ def _choose(gray: np.ndarray, keypoints: int, ranked: bool) -> list[Any]:
     # on a caption or watermark (text corners are the strongest there are), which the original
     # does not have, and a crop then loses them all together. Descriptors are computed only for
     # the keypoints kept (cheaper than for every one detected).
+    if min(gray.shape) < ORB_MIN_SIDE:
+        return []  # no keypoint there; OpenCV's pyramid fails an assertion on a 1-pixel side
     found = _orb(max(keypoints, DETECTED_KEYPOINTS)).detect(gray, None)
     if found and (len(found) > keypoints or ranked):
         points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
