@@ -16,10 +16,12 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,8 +79,10 @@ def running(*options: str) -> Iterator[Server]:
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict, http.client.HTTPResponse]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            headers: dict[str, str] | None = None, source: str | None = None,
+            ) -> tuple[int, dict, http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                            source_address=(source, 0) if source else None)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
@@ -567,8 +571,40 @@ def test_only_small_huffman_sequential_jpegs_are_decoded_on_the_event_loop(tmp_p
     assert not inline_decodable(encoded(600, progressive=True))
     assert not inline_decodable(sequential_scan_bomb(tmp_path).read_bytes())
     png = io.BytesIO()
-    Image.new("L", (600, 600)).save(png, "PNG")
-    assert inline_decodable(png.getvalue())  # its pixels are checked from its header
+    Image.new("L", (60, 60)).save(png, "PNG")
+    assert not inline_decodable(png.getvalue())  # other formats' cost follows their bytes
+    padded = encoded(200)
+    padded = padded[:2] + b"\xff\xe1\x00\x02" * 20_000 + padded[2:]  # 80 KB of empty blocks
+    assert not inline_decodable(padded)
+
+
+def empty_chunks_png(chunks: int) -> bytes:
+    """A 100 x 100 PNG whose header is followed by `chunks` empty ancillary chunks: Pillow reads
+    them one by one in Python, about 4 us each."""
+    buffer = io.BytesIO()
+    Image.new("L", (100, 100), 128).save(buffer, "PNG")
+    data = buffer.getvalue()
+    header_end = 8 + 25  # signature, IHDR
+    empty = struct.pack(">I", 0) + b"zzZz" + struct.pack(">I", zlib.crc32(b"zzZz"))
+    return data[:header_end] + empty * chunks + data[header_end:]
+
+
+def test_an_upload_costly_for_its_bytes_never_holds_the_event_loop(store: Path) -> None:
+    """A PNG of 8 MB of empty chunks (100 x 100 pixels, so it passed the inline rule) was decoded
+    on the event loop: /health, and every other client, waited seconds behind it."""
+    body = empty_chunks_png(700_000)
+    waits: list[float] = []
+    with running() as server:
+        uploader = threading.Thread(target=request, args=(server.port, "POST", "/search", body),
+                                    kwargs={"source": "127.0.0.3"})
+        uploader.start()
+        while uploader.is_alive():
+            started = time.perf_counter()
+            assert request(server.port, "GET", "/health")[0] == 200
+            waits.append(time.perf_counter() - started)
+            time.sleep(0.05)
+        server.stop()
+    assert len(waits) >= 5 and max(waits) < 0.5, waits
 
 
 def test_without_uvicorn_serve_says_what_to_install(store: Path) -> None:

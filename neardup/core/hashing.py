@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from . import jpeg, sampling
+from . import jpeg, sampling, tiff
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 
@@ -571,6 +571,9 @@ def open_image(
             # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
             # the limit below is ours, and --max-pixels sets it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            refused = tiff.refusal(stream)  # before Pillow parses its directory
+            if refused is not None:
+                raise ImageError(path, refused)
             image = Image.open(stream, formats=readable_formats())
             width, height = image.size
             if width * height > max_pixels:

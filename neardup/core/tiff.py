@@ -1,0 +1,69 @@
+"""What a TIFF's first directory declares, read before Pillow opens it.
+
+Pillow parses a TIFF's first directory as it opens the file and keeps a Python object for every
+strip or tile it lists: a 32 MB TIFF of 4 million one-row strips (4 megapixels) took 1.5 GB and
+44 s before a pixel was decoded, far beyond what its size in pixels lets the checker's memory
+budget expect. Photos and scans list a few thousand strips (a 100-megapixel scan with one row
+per strip, 10,000); more than MAX_BLOCKS is refused unopened.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+MAX_BLOCKS = 65_536
+# Tags whose value counts the blocks of the picture: StripOffsets, TileOffsets.
+_BLOCK_TAGS = (273, 324)
+# Entries read from the first directory at most (photos have tens); a longer one is refused too.
+_MAX_ENTRIES = 4_096
+
+
+def is_tiff(head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def block_count(stream: BinaryIO) -> int | None:
+    """How many strips or tiles the first directory of the TIFF in `stream` lists (the stream is
+    left where it was), or None where the header cannot be followed (Pillow then says why)."""
+    where = stream.tell()
+    try:
+        stream.seek(0)
+        head = stream.read(16)
+        if not is_tiff(head):
+            return None
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte counts and offsets
+        if big:
+            directory = struct.unpack(order + "Q", head[8:16])[0]
+            count_format, entry_format, entry_size = "Q", "HHQQ", 20
+        else:
+            directory = struct.unpack(order + "I", head[4:8])[0]
+            count_format, entry_format, entry_size = "H", "HHII", 12
+        stream.seek(directory)
+        raw = stream.read(struct.calcsize(count_format))
+        if len(raw) < struct.calcsize(count_format):
+            return None
+        entries = struct.unpack(order + count_format, raw)[0]
+        if entries > _MAX_ENTRIES:
+            return MAX_BLOCKS + 1
+        table = stream.read(entries * entry_size)
+        blocks = 0
+        for offset in range(0, len(table) - entry_size + 1, entry_size):
+            tag, _kind, count, _value = struct.unpack_from(order + entry_format, table, offset)
+            if tag in _BLOCK_TAGS:
+                blocks = max(blocks, count)
+        return blocks
+    except (OSError, struct.error, ValueError, OverflowError):
+        return None
+    finally:
+        stream.seek(where)
+
+
+def refusal(stream: BinaryIO) -> str | None:
+    """Why the TIFF in `stream` is not opened, or None."""
+    blocks = block_count(stream)
+    if blocks is None or blocks <= MAX_BLOCKS:
+        return None
+    return (f"refused: a TIFF of more than {MAX_BLOCKS:,} strips or tiles (each costs memory"
+            " before a pixel is decoded; photos have a few thousand)")
