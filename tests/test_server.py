@@ -667,3 +667,40 @@ def test_a_port_in_use_is_one_line(store: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"search.py: error: cannot serve on 127.0.0.1:{port}:")
     assert len(result.stderr.splitlines()) == 1
+
+
+def resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_requests_sent_far_ahead_of_their_answers_are_not_queued(store: Path) -> None:
+    """uvicorn queues every pipelined request it has read and reads on after each answer: one
+    connection sending GET /health without reading the answers grew the server by gigabytes.
+    A few requests ahead are answered in order; past MAX_PIPELINED the connection is closed once
+    those queued are answered."""
+    from neardup.service.server import MAX_PIPELINED
+
+    with running() as server:
+        few = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 5
+        answers = raw_exchange(server.port, few + b"GET /health HTTP/1.1\r\nconnection: close"
+                               b"\r\n\r\n")
+        assert answers.count(b"HTTP/1.1 200 OK") == 6
+        before = resident_mb(server.process.pid)
+        flood = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 100_000  # 3.3 MB
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # hardly reads
+            try:
+                raw.sendall(flood)
+            except OSError:
+                pass  # closed by the server once the queue was full: what is wanted
+            time.sleep(1)
+            grown = resident_mb(server.process.pid) - before
+            assert request(server.port, "GET", "/health", source="127.0.0.5")[0] == 200
+        answered = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 40)
+        server.stop()
+    assert answered.count(b"HTTP/1.1 200 OK") == MAX_PIPELINED + 1  # the one answered, then 16
+    assert grown < 30, grown  # megabytes (uvicorn alone: hundreds)
+    assert "requests sent ahead of their answers" in server.log()
+    assert "Traceback" not in server.log()
