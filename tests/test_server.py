@@ -704,3 +704,26 @@ def test_requests_sent_far_ahead_of_their_answers_are_not_queued(store: Path) ->
     assert grown < 30, grown  # megabytes (uvicorn alone: hundreds)
     assert "requests sent ahead of their answers" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_request_cut_off_by_a_malformed_one_after_it_logs_no_exception(store: Path) -> None:
+    """The parser refuses what follows a request (a chunk size of 20 hex digits; the rest of a
+    body longer than its Content-Length) while that request is being answered: the answer was
+    then written after the connection's write side was shut, and uvicorn logged 'Exception in
+    ASGI application' and once a false '500 internal error'."""
+    photo = next(Path("images").rglob("*.jpg")).read_bytes()
+    with running() as server:
+        for _ in range(3):
+            answer = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nhost: x\r\n"
+                                  b"transfer-encoding: chunked\r\n\r\nffffffffffffffffffff\r\n"
+                                  b"hello\r\n")
+            assert answer.startswith(b"HTTP/1.1 4")
+        for number in range(8):
+            answer = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nhost: x\r\n"
+                                  b"content-length: 100\r\n\r\n" + photo)
+            assert answer.startswith(b"HTTP/1.1 4"), answer[:80]
+            time.sleep(1.1 if number % 4 == 3 else 0)  # this address's uploads come back
+        assert request(server.port, "POST", "/search", photo, source="127.0.0.9")[0] == 200
+        server.stop()
+    log = server.log()
+    assert "Exception" not in log and " 500 " not in log and "Traceback" not in log, log

@@ -390,6 +390,11 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _refused = False
         _header_bytes = 0
         _ahead_too_far = False  # more than MAX_PIPELINED requests ahead of their answers
+        _running: Any = None  # the request being answered (self.cycle is the last one read)
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            self._running = cycle
+            super()._start_asgi_task(cycle, app)
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
@@ -422,6 +427,13 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             closed a moment later."""
             self._refused = True
             self._disarm()
+            # A request being answered (the parser refused what came after it) must not write
+            # after this answer: uvicorn then raised "Cannot call write() after write_eof()" and
+            # logged an exception in the application for something a client did.
+            for cycle in (self._running, self.cycle, *(queued for queued, _ in self.pipeline)):
+                if cycle is not None and not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
             self.transport.write(answer)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
