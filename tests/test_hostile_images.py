@@ -305,6 +305,16 @@ class TestRefused:
 
 
 class TestAwkwardNames:
+
+    def test_the_systems_errors_are_said_as_such_without_the_path(self, tmp_path: Path) -> None:
+        (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+        (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+        with pytest.raises(ImageError) as loop:
+            hash_file(str(tmp_path / "loop1"), DEFAULT)
+        assert loop.value.reason == "cannot read (too many levels of symbolic links)"
+        with pytest.raises(ImageError) as long_name:
+            hash_file(str(tmp_path / ("a" * 300 + ".jpg")), DEFAULT)
+        assert long_name.value.reason == "cannot read (file name too long)"
     def test_non_utf8_spaces_and_newlines(
         self, in_tmp: Path, capsysbinary: pytest.CaptureFixture
     ) -> None:

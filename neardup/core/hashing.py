@@ -704,6 +704,10 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
         return "not an image, or a format Pillow cannot read"
     if isinstance(error, OSError) and "truncated" in str(error):
         return "truncated image"
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        # The system's error, not the decoder's (Pillow's carry no errno): a link loop, a name
+        # too long, a read error. Said without the path the caller already names.
+        return f"cannot read ({error.strerror[0].lower()}{error.strerror[1:]})"
     return f"cannot decode image ({type(error).__name__}: {_one_line(error)})"
 
 
