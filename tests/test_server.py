@@ -210,6 +210,13 @@ class TestToken:
                 status, _, _ = request(server.port, "GET", "/health",
                                        headers={"Authorization": given})
                 assert status == 401, given
+            # Two Authorization headers: which one a proxy in front checked is not known.
+            for first, second in (("Bearer s3cret-token", "Bearer guess"),
+                                  ("Bearer guess", "Bearer s3cret-token")):
+                reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n"
+                                     b"authorization: %s\r\nauthorization: %s\r\n\r\n"
+                                     % (first.encode(), second.encode()))
+                assert reply.startswith(b"HTTP/1.1 401"), (first, second)
 
     def test_an_empty_token_file_is_one_line(self, store: Path) -> None:
         Path("token").write_text("\n")
@@ -368,18 +375,25 @@ class TestHostileClients:
             assert connection.sock is not None and connection.sock.recv(100) == b""
         assert_clean(server, most_lines=1 + 2)
 
-    def test_connections_and_requests_in_flight_are_bounded(self, store: Path) -> None:
+    def test_connections_and_upload_memory_are_bounded(self, store: Path) -> None:
+        upload = photo()
         with running("--header-timeout", "5", "--body-timeout", "5", "--max-connections", "4",
-                     "--max-in-flight", "1") as server:
-            # One upload whose body is still arriving holds the only slot in flight.
-            holder = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            holder.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nxx")
+                     "--max-in-flight", "1", "--max-upload-bytes", str(len(upload))) as server:
+            # Uploads hold memory as their bytes arrive, all of them together at most
+            # --max-in-flight uploads of --max-upload-bytes: here one.
+            holder = socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                              source_address=("127.0.0.2", 0))
+            holder.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                           % len(upload) + upload[:-100])
             time.sleep(0.3)
-            status, answer, response = request(server.port, "POST", "/search", photo())
+            status, answer, response = request(server.port, "POST", "/search", upload,
+                                               source="127.0.0.3")
             assert status == 503 and response.getheader("Retry-After") == "1"
-            assert answer["error"].startswith("busy: 1 uploads in flight")
+            assert answer["error"].startswith("busy: uploads hold"), answer
 
-            idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+            idle = [socket.create_connection(("127.0.0.1", server.port),
+                                             source_address=(f"127.0.0.{4 + n}", 0))
+                    for n in range(3)]
             time.sleep(0.3)
             reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in reply.lower()
@@ -387,32 +401,49 @@ class TestHostileClients:
             for connection in idle + [holder]:
                 connection.close()
             time.sleep(0.3)
-            assert request(server.port, "POST", "/search", photo())[0] == 200
+            assert request(server.port, "POST", "/search", upload)[0] == 200
         assert_clean(server, most_lines=1 + 2)
 
-    def test_one_address_cannot_hold_every_upload_slot(self, store: Path) -> None:
-        """Uploads trickling a byte at a time from one address take at most a quarter of the
-        slots (--max-in-flight 8: two), so another address is still answered."""
-        with running("--body-timeout", "10", "--max-in-flight", "8") as server:
+    def test_one_address_cannot_hold_every_connection(self, store: Path) -> None:
+        """1,100 idle sockets from one address kept every other client out until the header
+        deadline: one address may hold a quarter of --max-connections."""
+        with running("--max-connections", "8") as server:
+            mine = [socket.create_connection(("127.0.0.1", server.port),
+                                             source_address=("127.0.0.2", 0)) for _ in range(2)]
+            time.sleep(0.3)
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                          source_address=("127.0.0.2", 0)) as third:
+                reply = third.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 429") and b"retry-after: 1" in reply.lower()
+            assert b"too many connections from this address" in reply
+            assert request(server.port, "GET", "/health", source="127.0.0.3")[0] == 200
+            for connection in mine:
+                connection.close()
+        assert_clean(server, most_lines=1 + 1)
+
+    def test_uploads_trickling_in_hold_no_slot(self, store: Path) -> None:
+        """Sixteen uploads trickling a byte at a time from four addresses held every upload slot
+        until the body timeout: every other client was answered 503, for 16 bytes a second.
+        An upload counts against the limit on uploads checked at once only once it has arrived,
+        and holds memory only for the bytes it has sent."""
+        with running("--body-timeout", "3") as server:
             trickles = []
-            for _ in range(3):
+            for number in range(16):
                 trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10,
-                                                   source_address=("127.0.0.1", 0))
+                                                   source_address=(f"127.0.0.{2 + number % 4}", 0))
                 trickle.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\n"
                                 b"Content-Length: 5000\r\n\r\nx")
                 trickles.append(trickle)
             time.sleep(0.3)
-            reply = trickles[2].recv(4096)  # the third from this address: refused at once
-            assert reply.startswith(b"HTTP/1.1 429") and b"retry-after: 1" in reply.lower()
-            assert b"uploads from this address in flight" in reply
-            other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10,
-                                               source_address=("127.0.0.2", 0))
-            other.request("POST", "/search", body=photo())
-            assert other.getresponse().status == 200
-            other.close()
+            for _ in range(3):
+                started = time.monotonic()
+                assert request(server.port, "POST", "/search", photo(), source="127.0.0.9")[0] == 200
+                assert time.monotonic() - started < 1
+            replies = [trickle.recv(4096) for trickle in trickles]  # the body timeout's 408
+            assert all(reply.startswith(b"HTTP/1.1 408") for reply in replies)
             for trickle in trickles:
                 trickle.close()
-        assert_clean(server, most_lines=1 + 1)
+        assert_clean(server, most_lines=1 + 16)
 
     def test_a_jpeg_of_thousands_of_scans_is_refused_at_once(self, store: Path) -> None:
         """A progressive JPEG of 5,000 near-empty scans (a pass over the picture for each; the

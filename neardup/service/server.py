@@ -37,7 +37,7 @@ from urllib.parse import parse_qs
 from ..core.jpeg import frame_header
 from ..errors import NeardupError, command, install_hint
 from .checker import Checker, NotHere, StoreReadFailed, StoreUnavailable
-from .limits import DecodeBusy, DecodeTooLarge
+from .limits import DecodeBusy, DecodeTooLarge, mb
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 # Distances above this are refused: at 64 bits, 10 already reaches images that merely look alike,
@@ -61,14 +61,26 @@ class ServiceLimits:
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
     shutdown_timeout: float = 3.0   # SIGTERM: requests in flight get this long to finish
     max_connections: int = 1000
-    max_in_flight: int = 16         # uploads being received, decoded or searched at once
+    max_in_flight: int = 16         # uploads being decoded or searched at once
 
     @property
     def max_in_flight_per_client(self) -> int:
-        """Uploads one client address may have in flight: a quarter of them. Sixteen uploads
-        trickling a byte a second from one client held every slot until the body timeout, and
-        every other client was answered 503 meanwhile (a hostile review)."""
+        """Uploads one client address may have decoded or searched at once: a quarter."""
         return max(1, self.max_in_flight // 4)
+
+    @property
+    def max_connections_per_client(self) -> int:
+        """Connections one client address may hold open: a quarter. 1,100 idle sockets from one
+        address kept every other client out until the header deadline (a hostile review)."""
+        return max(1, self.max_connections // 4)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Bytes of uploads all clients together may hold in memory, received so far or being
+        checked: as many as max_in_flight uploads of the largest size. Counted as they arrive,
+        so an upload trickling in holds what it has sent and no more (counted by upload, 16
+        trickling a byte a second held every slot for the body timeout)."""
+        return self.max_in_flight * self.max_upload_bytes
     decode_threads: int = max(2, os.cpu_count() or 2)
     backlog: int = 1024
     token: bytes | None = None      # the bearer token every request must carry, if set
@@ -111,6 +123,8 @@ class CheckerApp:
         self.log = log
         self.in_flight = 0
         self.in_flight_from: dict[str, int] = {}  # per client address
+        self.body_bytes = 0  # of uploads held in memory, received so far or being checked
+        self.body_bytes_from: dict[str, int] = {}  # per client address
         self.decoders = concurrent.futures.ThreadPoolExecutor(
             limits.decode_threads, thread_name_prefix="decode")
         # /health has a thread of its own, so it never queues behind uploads being decoded.
@@ -179,11 +193,11 @@ class CheckerApp:
     def check_token(self, scope: Scope) -> None:
         if self.expected_token is None:
             return
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                given = value
-        scheme, _, token = given.strip().partition(b" ")
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(given) != 1:  # none, or two: which one a proxy in front checked is not known
+            raise Refused(401, "a valid bearer token is required", close=True,
+                          headers=[(b"www-authenticate", b'Bearer realm="neardup"')])
+        scheme, _, token = given[0].strip().partition(b" ")
         # The scheme is case-insensitive (RFC 7235); the token is compared in constant time, so
         # how much of a guess matched does not show in how long the answer took.
         valid = hmac.compare_digest(token.strip(), self.expected_token)
@@ -198,10 +212,23 @@ class CheckerApp:
                     [(b"retry-after", b"5")] if report["status"] == "unavailable" else [])
 
     async def answer_search(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = (scope.get("client") or ("unknown", 0))[0]
+        held = [0]  # bytes of this upload counted in body_bytes
+        try:
+            distance = parse_distance(scope["query_string"], self.limits.max_query_distance)
+            body = await self.read_body(scope, receive, client, held)
+            if body is None:
+                return  # the client left; nobody to answer
+            await self.check_and_answer(body, distance, client, scope, send)
+        finally:
+            self._hold(client, held, -held[0])
+
+    async def check_and_answer(self, body: bytes, distance: int | None, client: str,
+                               scope: Scope, send: Send) -> None:
+        """Decode and search a whole upload, within the limits on uploads checked at once."""
         if self.in_flight >= self.limits.max_in_flight:
             raise Refused(503, f"busy: {self.in_flight} uploads in flight; try again shortly",
                           retry_after=True, close=True)
-        client = (scope.get("client") or ("unknown", 0))[0]
         mine = self.in_flight_from.get(client, 0)
         if mine >= self.limits.max_in_flight_per_client:
             raise Refused(429, f"busy: {mine} uploads from this address in flight;"
@@ -209,10 +236,6 @@ class CheckerApp:
         self.in_flight += 1
         self.in_flight_from[client] = mine + 1
         try:
-            distance = parse_distance(scope["query_string"], self.limits.max_query_distance)
-            body = await self.read_body(scope, receive)
-            if body is None:
-                return  # the client left; nobody to answer
             answer = None
             if (self.in_flight == 1 and self.checker.decode_budget.used == 0
                     and inline_decodable(body)):
@@ -238,6 +261,18 @@ class CheckerApp:
             else:
                 del self.in_flight_from[client]
 
+    def _hold(self, client: str, held: list[int], amount: int) -> None:
+        """Count `amount` more (or, negative, fewer) bytes of one upload from `client`."""
+        if not amount:
+            return
+        held[0] += amount
+        self.body_bytes += amount
+        mine = self.body_bytes_from.get(client, 0) + amount
+        if mine:
+            self.body_bytes_from[client] = mine
+        else:
+            del self.body_bytes_from[client]
+
     def check(self, body: bytes, distance: int | None,
               at_most_pixels: int | None) -> tuple[int, dict[str, Any]] | None:
         """The status and the record for one upload; None if over at_most_pixels."""
@@ -256,7 +291,9 @@ class CheckerApp:
             return 500, {"query": "upload", "error": str(error)}
         return (400 if "error" in record else 200), record
 
-    async def read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def read_body(self, scope: Scope, receive: Receive, client: str,
+                        held: list[int]) -> bytes | None:
+        """The whole body, each chunk counted in the memory all uploads hold as it arrives."""
         length = content_length(scope["headers"])
         if length > self.limits.max_upload_bytes:
             # Refused unread; closing the connection keeps the unread body from being taken
@@ -265,6 +302,7 @@ class CheckerApp:
                                f" {self.limits.max_upload_bytes:,}", close=True)
         chunks: list[bytes] = []
         received = 0
+        share = max(self.limits.max_upload_bytes, self.limits.max_body_bytes // 4)
         try:
             async with asyncio.timeout(self.limits.body_timeout):
                 while True:
@@ -275,6 +313,14 @@ class CheckerApp:
                     received += len(chunk)
                     if received > length:  # the parser enforces the length; never trust it twice
                         raise Refused(400, "more body than its Content-Length", close=True)
+                    if self.body_bytes + len(chunk) > self.limits.max_body_bytes:
+                        raise Refused(503, f"busy: uploads hold {mb(self.body_bytes)} of memory;"
+                                           " try again shortly", retry_after=True, close=True)
+                    if self.body_bytes_from.get(client, 0) + len(chunk) > share:
+                        raise Refused(429, "busy: uploads from this address hold"
+                                           f" {mb(self.body_bytes_from[client])} of memory;"
+                                           " try again shortly", retry_after=True, close=True)
+                    self._hold(client, held, len(chunk))
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
@@ -378,6 +424,9 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
     """
     too_many = canned("503 Service Unavailable", "too many connections; try again shortly",
                       "retry-after: 1\r\n")
+    too_many_here = canned("429 Too Many Requests", "too many connections from this address;"
+                           " try again shortly", "retry-after: 1\r\n")
+    open_from: dict[str, int] = {}  # connections open per client address
     too_large = canned("431 Request Header Fields Too Large",
                        f"request headers over {MAX_HEADER_BYTES:,} bytes")
     too_slow = canned("408 Request Timeout",
@@ -391,6 +440,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _header_bytes = 0
         _ahead_too_far = False  # more than MAX_PIPELINED requests ahead of their answers
         _running: Any = None  # the request being answered (self.cycle is the last one read)
+        _counted_as: str | None = None  # the address this connection is counted under
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
@@ -403,6 +453,14 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                             address(self.client), limits.max_connections)
                 self._refuse(too_many)
                 return
+            host = self.client[0] if self.client else "unknown"
+            if open_from.get(host, 0) >= limits.max_connections_per_client:
+                log.warning("%s: 429 refused a connection: %d open from this address is the"
+                            " limit", address(self.client), limits.max_connections_per_client)
+                self._refuse(too_many_here)
+                return
+            open_from[host] = open_from.get(host, 0) + 1
+            self._counted_as = host
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -490,6 +548,13 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._counted_as is not None:
+                left = open_from[self._counted_as] - 1
+                if left:
+                    open_from[self._counted_as] = left
+                else:
+                    del open_from[self._counted_as]
+                self._counted_as = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -554,7 +619,8 @@ class LinesPerSecond(logging.Filter):
             return False
         self.passed += 1
         if self.left_out:
-            record.msg = f"{record.msg} (and {self.left_out:,} lines left out before this one)"
+            lines = "1 line" if self.left_out == 1 else f"{self.left_out:,} lines"
+            record.msg = f"{record.msg} (and {lines} left out before this one)"
             self.left_out = 0
         return True
 
