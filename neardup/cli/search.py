@@ -151,11 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                          f" (default {DEFAULT_DECODE_MEMORY // 2**20})")
     service.add_argument("--max-connections", type=positive_int,
                          default=ServiceLimits.max_connections,
-                         help="with --serve: more are answered 503 and closed (default"
+                         help="with --serve: more are answered 503 and closed, more than a"
+                         " quarter from one address 429 (default"
                          f" {ServiceLimits.max_connections})")
     service.add_argument("--max-in-flight", type=positive_int, default=ServiceLimits.max_in_flight,
-                         help="with --serve: uploads received, decoded or searched at once; more"
-                         f" are answered 503 (default {ServiceLimits.max_in_flight})")
+                         help="with --serve: uploads decoded or searched at once; more are"
+                         " answered 503, more than a quarter from one address 429; uploads"
+                         " still arriving may hold as many of --max-upload-bytes in memory"
+                         f" (default {ServiceLimits.max_in_flight})")
     service.add_argument("--header-timeout", type=positive_float,
                          default=ServiceLimits.header_timeout,
                          help="with --serve: seconds for a request's headers to arrive (default"
