@@ -37,7 +37,7 @@ from urllib.parse import parse_qs
 from ..core.jpeg import frame_header
 from ..errors import NeardupError, command, install_hint
 from .checker import Checker, NotHere, StoreReadFailed, StoreUnavailable
-from .limits import DecodeBusy, DecodeTooLarge, mb
+from .limits import DecodeBusy, DecodeTooLarge
 
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 # Distances above this are refused: at 64 bits, 10 already reaches images that merely look alike,
@@ -314,11 +314,12 @@ class CheckerApp:
                     if received > length:  # the parser enforces the length; never trust it twice
                         raise Refused(400, "more body than its Content-Length", close=True)
                     if self.body_bytes + len(chunk) > self.limits.max_body_bytes:
-                        raise Refused(503, f"busy: uploads hold {mb(self.body_bytes)} of memory;"
-                                           " try again shortly", retry_after=True, close=True)
+                        raise Refused(503, f"busy: uploads hold {self.body_bytes:,} bytes of"
+                                           " memory; try again shortly", retry_after=True,
+                                      close=True)
                     if self.body_bytes_from.get(client, 0) + len(chunk) > share:
                         raise Refused(429, "busy: uploads from this address hold"
-                                           f" {mb(self.body_bytes_from[client])} of memory;"
+                                           f" {self.body_bytes_from[client]:,} bytes of memory;"
                                            " try again shortly", retry_after=True, close=True)
                     self._hold(client, held, len(chunk))
                     chunks.append(chunk)
@@ -432,6 +433,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
     too_slow = canned("408 Request Timeout",
                       f"no complete request within {limits.header_timeout:g} s")
     malformed = canned("400 Bad Request", "malformed HTTP request")
+    ended_early = canned("400 Bad Request", "the upload ended early")
 
     class GuardedHttpProtocol(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -441,6 +443,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _ahead_too_far = False  # more than MAX_PIPELINED requests ahead of their answers
         _running: Any = None  # the request being answered (self.cycle is the last one read)
         _counted_as: str | None = None  # the address this connection is counted under
+        _half_closed = False  # the client has sent all it will (shut its write side)
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
@@ -537,7 +540,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         def on_response_complete(self) -> None:
             queued = bool(self.pipeline)
             super().on_response_complete()  # starts the next queued request; reads on
-            if self._ahead_too_far:
+            if self._ahead_too_far or self._half_closed:
                 self.flow.pause_reading()
                 if not queued:  # that was the last one queued
                     self.transport.close()  # what was written still goes out first
@@ -545,6 +548,21 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             if not self.transport.is_closing():
                 self._bytes_seen = False
                 self._arm()
+
+        def eof_received(self) -> bool | None:
+            """The client shut its write side (`nc -N`, some HTTP/1.0 clients) and waits for the
+            answer: requests it sent whole are answered, then the connection is closed, and one
+            whose body stopped short is told so (400). asyncio's default, and uvicorn's, closes
+            at once: such a client got no answer at all."""
+            if self._refused or self.cycle is None or self.cycle.response_complete:
+                return None  # nothing to answer: closed
+            if self.cycle.more_body:
+                log.warning("%s: 400 closed: the upload ended early", address(self.client))
+                self._refuse(ended_early)
+            else:
+                self._half_closed = True
+                self._disarm()
+            return True  # keep the write side open for the answers
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
