@@ -126,3 +126,58 @@ def test_a_file_rewritten_while_it_is_hashed_is_reported_then_indexed_next_run(
     monkeypatch.setattr(indexing, "hash_file", real_hash_file)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert "indexed 1, unchanged 2" in capsys.readouterr().out
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _hashing_workers(indexer: int) -> list[int]:
+    """The worker processes of an index.py: children of its fork server (its child too)."""
+    workers = []
+    for child in _children(indexer):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"forkserver" in command:
+            workers += _children(child)
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find workers")
+def test_a_worker_killed_mid_run_stops_the_run_with_one_line(in_tmp: Path) -> None:
+    """multiprocessing.Pool replaced a killed worker (the kernel's out-of-memory killer, say)
+    and waited for ever for the files it held, keeping the store's lock."""
+    make_large_tree(in_tmp / "images", 600)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+               "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as indexer:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "db.shelve") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = _hashing_workers(indexer.pid)
+        if indexer.poll() is not None or not workers:
+            pytest.skip("the run finished before a worker could be killed")
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = indexer.communicate(timeout=60)
+    assert indexer.returncode == 2, (out, err)
+    assert err.splitlines() == [
+        "index.py: error: a worker process died while hashing (killed, or out of memory?);"
+        " what was hashed before is written: run index.py again to finish (with fewer --jobs,"
+        " or a lower --max-pixels, if memory ran out)"], err
+    kept = committed_count(in_tmp / "db.shelve")
+    assert 0 < kept
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "2"]) == 0
+    assert committed_count(in_tmp / "db.shelve") == 600

@@ -18,6 +18,8 @@ What a run may decide on its own, and what it may not:
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -369,6 +371,10 @@ def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]
     return store.paths_without_features()
 
 
+class WorkerDied(NeardupError):
+    """A worker process ended without a word: the pool cannot go on."""
+
+
 def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hasher:
     """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS."""
 
@@ -377,12 +383,17 @@ def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hashe
     ) -> Iterator[list[HashOutcome]]:
         group: list[HashOutcome] = []
         last = time.monotonic()
-        for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels,
-                                  features=features):
-            group.append(outcome)
-            if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
-                yield group
-                group, last = [], time.monotonic()
+        try:
+            for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels,
+                                      features=features):
+                group.append(outcome)
+                if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
+                    yield group
+                    group, last = [], time.monotonic()
+        except WorkerDied:
+            if group:
+                yield group  # what was hashed before is written
+            raise
         if group:
             yield group
 
@@ -411,11 +422,37 @@ def hash_files(
     context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
     _quiet_resource_tracker()
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with _workers_without_the_callers_script(), _workers_import_ours():
-        pool = context.Pool(workers, initializer=_init_worker,
-                            initargs=(recipe, max_pixels, features))
-    with pool:
-        yield from pool.imap_unordered(_hash_in_worker, files, chunksize=chunk)
+    # concurrent.futures rather than multiprocessing.Pool: a worker killed (by the kernel when
+    # memory runs out, say) breaks the pool and says so, where Pool replaced the worker and
+    # waited for the lost files' results for ever, holding the store's lock.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker,
+        initargs=(recipe, max_pixels, features))
+    try:
+        with _workers_without_the_callers_script(), _workers_import_ours():
+            # Submitting starts the workers, all of them at once.
+            outcomes = pool.map(_hash_in_worker, files, chunksize=chunk)
+        yield from outcomes
+    except concurrent.futures.process.BrokenProcessPool:
+        raise WorkerDied(
+            "a worker process died while hashing (killed, or out of memory?); what was hashed"
+            f" before is written: run {command('index.py')} again to finish (with fewer --jobs,"
+            " or a lower --max-pixels, if memory ran out)") from None
+    finally:
+        _stop_workers(pool)
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop the workers now: after Ctrl-C, shutdown() alone would wait for every file still
+    queued (as multiprocessing.Pool's terminate() did not)."""
+    # The executor's own record of its processes (Python 3.14 adds terminate_workers()).
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        if process.is_alive():
+            process.terminate()
+    for process in workers:
+        process.join()
 
 
 @contextmanager
