@@ -147,3 +147,47 @@ def test_real_workers_update_an_older_store_its_own_way(
     with Store.open_for_reading("dask.shelve") as store:
         assert store.recipe == older
     assert "big.jpg" in buckets("dask.shelve")[hash_file(big, older).hex()]
+
+
+def test_losing_the_scheduler_mid_run_is_one_line(installed_venv: Path, in_tmp: Path) -> None:
+    """The scheduler killed mid-run: a FutureCancelledError traceback and distributed's own
+    log lines, exit 1 ("nothing could be indexed"). Now one line, exit 2; a re-run finishes."""
+    import signal
+
+    from .test_index import committed_count, make_large_tree
+
+    make_large_tree(in_tmp / "images", 300)
+    with dask_cluster(in_tmp / "cluster", 1, clean_env()) as address:
+        with subprocess.Popen(
+                [sys.executable, "index.py", "-d", str(in_tmp / "images"), "-s",
+                 str(in_tmp / "dask.shelve"), "-q", "--scheduler", address, "--partition-size",
+                 "5", "--connect-timeout", str(START_SECONDS)],
+                cwd=Path(neardup.__file__).parent.parent, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True) as indexer:
+            deadline = time.monotonic() + START_SECONDS
+            while committed_count(in_tmp / "dask.shelve") == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if indexer.poll() is not None:
+                pytest.skip("the run finished before the scheduler could be stopped")
+            os.kill(_scheduler_pid(in_tmp / "cluster"), signal.SIGKILL)
+            out, err = indexer.communicate(timeout=120)
+    assert indexer.returncode == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("index.py: error: lost the Dask scheduler ("), err
+    assert lines[0].endswith("what was hashed before is written: run index.py again to finish")
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "-j", "1"]) == 0
+    assert sum(len(paths) for paths in buckets("dask.shelve").values()) == 300
+
+
+def _scheduler_pid(folder: Path) -> int:
+    """The `dask scheduler` process started for `folder` (its working directory)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+                where = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if b"scheduler" in command and b"--scheduler-file" in command and where == str(folder):
+                return int(entry)
+    raise AssertionError("no scheduler process")

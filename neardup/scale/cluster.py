@@ -17,6 +17,10 @@ Dask is optional (requirements-dask.txt) and imported only when asked for.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +30,7 @@ from .. import __version__
 from ..core.discovery import FoundFile
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
-from ..errors import NeardupError, install_hint
+from ..errors import NeardupError, command, install_hint
 
 DEFAULT_PARTITION_SIZE = 1000
 # What a cluster process answers when asked which neardup it imports. It is evaluated there with
@@ -74,9 +78,17 @@ def connect(
         client = distributed.Client(address, timeout=f"{timeout_seconds}s")
     except (OSError, TimeoutError) as error:
         raise NeardupError(f"cannot reach the Dask scheduler at {address} ({error})") from error
-    with client:
-        check_cluster(client, timeout_seconds)
-        yield client
+    # The client logs a traceback of its own when the scheduler goes away; the run says it in
+    # one line instead (hash_on_cluster).
+    quiet = logging.getLogger("distributed.client")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with client:
+            check_cluster(client, timeout_seconds)
+            yield client
+    finally:
+        quiet.setLevel(level)
 
 
 def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
@@ -126,12 +138,32 @@ def cluster_hasher(
                              features=features, retries=TASK_RETRIES, pure=False)
         try:
             for future in distributed.as_completed(futures):
-                yield future.result()
+                try:
+                    outcomes = future.result()
+                except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
+                    raise _cluster_failure(distributed, error) from None
+                yield outcomes
                 future.release()  # its outcomes are committed; the cluster can forget them
         finally:
-            client.cancel(futures)
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                client.cancel(futures)
 
     return hash_on_cluster
+
+
+def _cluster_failure(distributed: Any, error: BaseException) -> BaseException:
+    """One line for what the cluster did (the scheduler lost, workers dying on one partition);
+    anything else (a bug of ours in a worker) is raised as it is."""
+    written = f"what was hashed before is written: run {command('index.py')} again to finish"
+    killed = getattr(getattr(distributed, "scheduler", None), "KilledWorker", None)
+    if killed is not None and isinstance(error, killed):
+        return NeardupError(f"Dask workers died {TASK_RETRIES + 1} times running one partition"
+                            f" (out of memory?); {written}")
+    if isinstance(error, (asyncio.CancelledError, concurrent.futures.CancelledError, OSError)):
+        reason = getattr(error, "reason", None) or " ".join(str(error).split()) or type(
+            error).__name__
+        return NeardupError(f"lost the Dask scheduler ({reason}); {written}")
+    return error
 
 
 def worker_paths(dataset: str) -> str:
