@@ -236,3 +236,36 @@ def test_unusable_serve_address_and_hash_size_are_one_line(
         assert capsys.readouterr().err.splitlines()[-1] == (
             "index.py: error: argument --hash-size: must be from 2 to 32 (1024 bits)")
     assert not Path("big.shelve").exists()
+
+
+BROKEN_PIPE_SCRIPT = """
+import sys
+from neardup.cli.common import run_command
+def body():
+    if sys.argv[1] == "print":
+        for _ in range(100_000):
+            print("x" * 100)
+        return 0
+    raise BrokenPipeError(32, "Broken pipe")  # a pipe to a worker, say
+sys.exit(run_command("x.py", body))
+"""
+
+
+def test_only_a_broken_standard_output_is_silent(tmp_path: Path) -> None:
+    """`search.py ... | head` ends quietly; a pipe to worker processes that broke (they could not
+    start) exited 2 without a word too."""
+    script = tmp_path / "broken.py"
+    script.write_text(BROKEN_PIPE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    other = subprocess.run([sys.executable, str(script), "raise"], capture_output=True, text=True,
+                           env=env)
+    assert other.returncode == 2
+    assert other.stderr == ("x.py: error: a pipe to a helper process broke (Broken pipe); worker"
+                            " processes may have failed to start\n")
+    with subprocess.Popen([sys.executable, str(script), "print"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as reader:
+        assert reader.stdout is not None and reader.stderr is not None
+        reader.stdout.readline()
+        reader.stdout.close()  # as `| head -1` does
+        assert reader.stderr.read() == b""
+        assert reader.wait(timeout=30) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import select
 import sys
 from collections.abc import Callable
 
@@ -39,9 +40,15 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`search.py ... | head`): not an error worth a message.
-        sys.stderr.close()
+    except BrokenPipeError as error:
+        if _stdout_gone():
+            # The reader went away (`search.py ... | head`): not an error worth a message.
+            sys.stderr.close()
+            return EXIT_ERROR
+        # Another pipe: to worker processes that could not start, say (a user who may not run
+        # this Python got exit 2 and not a word).
+        print(f"{prog}: error: a pipe to a helper process broke ({error.strerror or error});"
+              " worker processes may have failed to start", file=sys.stderr)
         return EXIT_ERROR
     except OSError as error:
         if error.errno not in _OUTPUT_ERRORS:
@@ -52,6 +59,16 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         except OSError:
             pass
         return EXIT_ERROR
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe its reader has closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True  # no descriptor to ask: as before, silent
 
 
 # Write errors a full or failing output can cause (`search.py ... > /dev/full`).
