@@ -97,3 +97,22 @@ def test_the_command_says_on_stderr_what_the_sheet_left_out(
         "search.py: wrote g.png (2 of 3 groups shown; 1 left out (--html PAGE shows them all))\n")
     with Image.open("g.png") as sheet:
         assert sheet.height == HEADER + 2 * (TILE + CAPTION + GAP) + GAP
+
+
+def test_names_with_line_breaks_are_drawn_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pillow refuses to measure text of several lines: a name holding a newline stopped
+    --montage, and with it the --html page and the matches of the same run."""
+    picture = textured(1)
+    images = tmp_path / "images"
+    save(picture, str(images / "one\nline.png"))
+    save(picture, str(images / "two\tcopy.png"))
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "g.html", "--montage",
+                            "g.png"]) == 0
+    assert Path("g.html").exists() and Path("g.png").exists()
+    assert search_cli.main(["-s", "db.shelve", "-q", "images/one\nline.png", "--montage",
+                            "q.png"]) == 0
+    assert "two\\tcopy.png" in capsys.readouterr().out and Path("q.png").exists()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw, ImageFont
 
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..core.results import shown_path
 from ..errors import ImageError
 
 TILE = 160
@@ -75,6 +76,7 @@ def contact_sheet(
     shown = rows[:MAX_ROWS if max_rows is None else max_rows]
     columns = 1 + min(MAX_PER_ROW, max(len(row.others) for row in shown))
     heading = ImageFont.load_default(size=15)
+    title = shown_path(title)  # it may name a query
     title_width = int(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(title, font=heading))
     width = max(GAP + columns * (TILE + GAP) + GAP, min(title_width + 2 * GAP, 1600), 640)
     row_height = TILE + CAPTION + GAP
@@ -144,14 +146,20 @@ def _tile_image(path: str, max_pixels: int) -> Image.Image:
 
 
 def _fit(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw, room: int = TILE) -> str:
-    """Shorten text at its end with an ellipsis until it fits in `room` pixels."""
+    """Shorten text at its end with an ellipsis until it fits in `room` pixels; a name's line
+    breaks, invisible characters and bytes that are not UTF-8 are escaped as the page shows them
+    (Pillow refuses to measure text of several lines: a name holding a newline stopped the
+    sheet, and every output of the run with it)."""
+    text = shown_path(text)
     while len(text) > 1 and draw.textlength(text, font=font) > room:
         text = text[:-2] + "…"
     return text
 
 
 def _fit_left(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw) -> str:
-    """Shorten a folder at its start, keeping the part nearest the file (the useful part)."""
+    """Shorten a folder at its start, keeping the part nearest the file (the useful part);
+    escaped as _fit does."""
+    text = shown_path(text)
     while len(text) > 1 and draw.textlength(text, font=font) > TILE:
         text = "…" + text[2:]
     return text
