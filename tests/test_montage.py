@@ -116,3 +116,41 @@ def test_names_with_line_breaks_are_drawn_escaped(
     assert search_cli.main(["-s", "db.shelve", "-q", "images/one\nline.png", "--montage",
                             "q.png"]) == 0
     assert "two\\tcopy.png" in capsys.readouterr().out and Path("q.png").exists()
+
+
+def test_a_full_disk_leaves_the_earlier_page_and_sheet_whole(tmp_path: Path) -> None:
+    """Written in place, a page cut short by a full disk replaced the complete one of an earlier
+    run (its script cut off, its box of names to delete half there), and a sheet was 0 bytes."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import PROJECT_ROOT
+
+    for number in range(12):
+        picture = textured(number)
+        save(picture, str(tmp_path / "images" / "a" / f"{number}.png"))
+        save(picture, str(tmp_path / "images" / "b" / f"{number}.png"))
+    command = [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve", "--groups",
+               "--html", "g.html", "--montage", "g.png"]
+    assert index_cli.main(["-d", str(tmp_path / "images"), "-s", str(tmp_path / "db.shelve"),
+                           "-q", "-j", "1"]) == 0
+    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+    page, sheet = (tmp_path / "g.html").read_bytes(), (tmp_path / "g.png").read_bytes()
+    limit = 48 * 1024  # room for SQLite's shared-memory file, not for the page
+    assert len(page) > limit
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    for written, what in ((command, "g.png: cannot write the contact sheet (File too large)"),
+                          (command[:-2], "g.html: cannot write the page (File too large)")):
+        failed = subprocess.run(written, cwd=tmp_path, capture_output=True, text=True,
+                                preexec_fn=small_disk)
+        assert failed.returncode == 2
+        assert failed.stderr.strip().endswith(what), failed.stderr
+        assert (tmp_path / "g.html").read_bytes() == page  # the earlier ones, whole
+        assert (tmp_path / "g.png").read_bytes() == sheet
+        assert not list(tmp_path.glob("*.partial"))

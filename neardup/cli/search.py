@@ -376,9 +376,10 @@ def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: 
         return
     try:
         sheet = contact_sheet(rows, title, what=what, rest_in=rest_in, max_pixels=max_pixels)
-        sheet.image.save(path)
+        sheet.save(path)
     except (OSError, ValueError) as error:
-        raise NeardupError(f"{path}: cannot write the contact sheet ({error})") from error
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise NeardupError(f"{path}: cannot write the contact sheet ({reason})") from error
     cut = f" ({'; '.join(sheet.notes)})" if sheet.notes else ""
     warn(PROG, f"wrote {path}{cut}")
 

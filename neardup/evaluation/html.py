@@ -26,6 +26,7 @@ from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError
 from .montage import thumbnail
+from .output import write_whole
 from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
 
 THUMBNAIL_SIDE = 150
@@ -122,8 +123,7 @@ def evaluation_page(
 
 def write_page(path: str, page: str) -> None:
     # Names are shown escaped (shown_path); anything else not UTF-8 is written escaped, no crash.
-    with open(path, "w", encoding="utf-8", errors="backslashreplace") as stream:
-        stream.write(page)
+    write_whole(path, page.encode("utf-8", errors="backslashreplace"))
 
 
 

@@ -13,6 +13,7 @@ one that cannot be read is drawn as a grey tile saying why.
 
 from __future__ import annotations
 
+import io
 import posixpath
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..core.results import shown_path
 from ..errors import ImageError
+from .output import write_whole
 
 TILE = 160
 LINE = 14
@@ -63,6 +65,13 @@ class Sheet:
     @property
     def rows_left_out(self) -> int:
         return self.rows_total - self.rows_shown
+
+    def save(self, path: str) -> None:
+        """Write the sheet whole (in the format its extension names, else PNG), or not at all."""
+        encoded = io.BytesIO()
+        self.image.save(encoded, format=Image.registered_extensions().get(
+            posixpath.splitext(path)[1].lower(), "PNG"))
+        write_whole(path, encoded.getvalue())
 
 
 def contact_sheet(

@@ -7,11 +7,13 @@ precision, against the Hamming threshold, with the recommended threshold marked.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .output import write_whole
 from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
 
 WIDTH, HEIGHT = 1000, 600
@@ -25,20 +27,21 @@ def write_report(evaluation: Evaluation, folder: str, stem: str) -> list[str]:
     """Write <stem>.json, <stem>.csv and <stem>.png into folder; return their paths."""
     os.makedirs(folder, exist_ok=True)
     json_path = os.path.join(folder, f"{stem}.json")
-    with open(json_path, "w", encoding="utf-8") as stream:
-        json.dump(evaluation.as_dict(), stream, indent=2)
-        stream.write("\n")
+    write_whole(json_path, (json.dumps(evaluation.as_dict(), indent=2) + "\n").encode("utf-8"))
     csv_path = os.path.join(folder, f"{stem}.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["recipe", "threshold", "edit", "recall", "found", "false_matches",
-                         "precision"])
-        for row in evaluation.rows:
-            for kind, recall in row.recall.items():
-                writer.writerow([evaluation.recipe, row.threshold, kind, f"{recall:.6f}", row.found,
-                                 row.false_matches, f"{row.precision:.6f}"])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["recipe", "threshold", "edit", "recall", "found", "false_matches",
+                     "precision"])
+    for row in evaluation.rows:
+        for kind, recall in row.recall.items():
+            writer.writerow([evaluation.recipe, row.threshold, kind, f"{recall:.6f}", row.found,
+                             row.false_matches, f"{row.precision:.6f}"])
+    write_whole(csv_path, table.getvalue().encode("utf-8"))
     png_path = os.path.join(folder, f"{stem}.png")
-    chart(evaluation).save(png_path)
+    encoded = io.BytesIO()
+    chart(evaluation).save(encoded, "PNG")
+    write_whole(png_path, encoded.getvalue())
     return [json_path, csv_path, png_path]
 
 
