@@ -165,6 +165,10 @@ def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureF
     assert [sorted(group["relpaths"]) for group in groups] == [
         ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
     assert groups[0]["verified"] is True
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "g.html"]) == 0
+    page = Path("g.html").read_text(encoding="utf-8")
+    assert "every pair of images is a verified match" in page and "within 4 bits" not in page
+    capsys.readouterr()
     # A file gone since indexing cannot be searched from, and that is said (it was silent);
     # the others still match its stored record.
     Path("images/pad.jpg").unlink()

@@ -170,3 +170,29 @@ def test_an_unreadable_image_is_a_note_not_a_broken_picture(
     assert "not an image" in html
     report = load_in_browser(chromium, tmp_path / "review.html")
     assert report["images"] == 4 and report["loaded"] == 4
+
+
+def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
+    chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'Mark all but the first' kept each group's most connected image, which may be a small or
+    recompressed copy, and ticked the original; and a file replaced after indexing was shown in
+    its old group (with its new picture) and ticked too."""
+    from .imagegen import textured
+
+    picture = textured(3).resize((400, 300))
+    data = tmp_path / "data"
+    data.mkdir()
+    picture.save(data / "a_copy_q60.jpg", quality=60)
+    picture.save(data / "b_original.png")
+    picture.resize((200, 150)).save(data / "c_half.jpg", quality=90)
+    picture.save(data / "d_replaced.jpg", quality=90)
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    textured(9).save(data / "d_replaced.jpg", quality=90)  # another picture, after indexing
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
+    html = (tmp_path / "review.html").read_text(encoding="utf-8")
+    assert "400 x 300" in html and "(kept: the most pixels)" in html
+    assert html.count("changed since it was indexed") == 1
+    report = load_in_browser(chromium, tmp_path / "review.html")
+    assert sorted(report["marked"].splitlines()) == ["a_copy_q60.jpg", "c_half.jpg"]

@@ -394,13 +394,16 @@ def save_page(path: str, page: str) -> None:
 
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
-    with ImageStore(Store.open_for_reading(args.shelve, report=say)) as store:
+    opened = Store.open_for_reading(args.shelve, report=say)
+    with ImageStore(opened) as store:
         # On a store with local features every pair in a group is a verified match (api.py).
         groups = store.groups(args.max_distance,
                               include_low_information=args.include_low_information,
                               progress=True, warn=say)
         root, recipe = store.dataset, store.recipe.describe()
         verified = store.has_features
+        # Files changed since they were indexed are shown, never offered for deletion.
+        changed = changed_since_indexed(opened, groups) if args.html else set()
     if args.json:
         print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
                            "relpaths": list(group.relpaths), "distances": list(group.distances),
@@ -420,20 +423,43 @@ def run_groups(args: argparse.Namespace) -> int:
                 print(f"{shown}\t{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
-        draw_montage(args.montage, f"near-duplicate groups, every pair within {args.max_distance}"
-                     " bits, largest first", [group_row(group) for group in groups],
+        rule = ("every pair a verified match" if verified
+                else f"every pair within {args.max_distance} bits")
+        draw_montage(args.montage, f"near-duplicate groups, {rule}, largest first",
+                     [group_row(group) for group in groups],
                      what="groups", nothing=f"no group of near-duplicates within"
                      f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
                      max_pixels=args.max_pixels)
     if args.html:
         save_page(args.html, groups_page(
-            [[Item(relpath, full, distance_caption(position, distance))
+            [[Item(relpath, full, distance_caption(position, distance),
+                   changed=relpath in changed)
               for position, (relpath, full, distance)
               in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
              for group in groups],
             store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
-            max_pixels=args.max_pixels))
+            max_pixels=args.max_pixels, verified=verified))
     return EXIT_MATCH if groups else EXIT_NO_MATCH
+
+
+def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str]:
+    """The grouped images whose file is no longer what was indexed: another size, mtime or
+    inode (a replaced or rewritten file; a missing one too). Not ctime: a hard link made to a
+    file moves it, as gather.py's do."""
+    states = store.file_states()
+    changed = set()
+    for group in groups:
+        for relpath, path in zip(group.relpaths, group.paths, strict=True):
+            state = states.get(relpath)
+            try:
+                now = os.stat(path)
+            except OSError:
+                changed.add(relpath)
+                continue
+            if state is None or (now.st_size, now.st_mtime_ns) != (state.size, state.mtime_ns) \
+                    or (state.inode and now.st_ino != state.inode):
+                changed.add(relpath)
+    return changed
 
 
 def distance_caption(position: int, distance: int | None) -> str:

@@ -607,6 +607,21 @@ def open_image(
         stream.close()
 
 
+def picture_size(path: str) -> tuple[int, int] | None:
+    """The picture's width and height read from its header alone, or None where it cannot be
+    read (for choosing which of a group of duplicates to keep; nothing is decoded)."""
+    try:
+        with read_file(path) as stream:
+            if tiff.refusal(stream) is not None:
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(stream, formats=readable_formats()) as image:
+                    return image.size
+    except Exception:  # noqa: BLE001 - any file may be anything: then its size is unknown
+        return None
+
+
 def _image_bytes(data: bytes | None, stream: Any, size: int | None = None) -> bytes:
     """An image's bytes, all of them or its first `size` (a JPEG's blocks up to its frame, as a
     rule), from memory when they are there, else from the open file, left where it was."""

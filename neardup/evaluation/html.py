@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ..core.hashing import DEFAULT_MAX_PIXELS
+from ..core.hashing import DEFAULT_MAX_PIXELS, picture_size
 from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError
@@ -44,17 +44,22 @@ class Item:
     path: str | None  # None: the stored path would leave the dataset; shown, never opened
     caption: str
     css: str = ""  # "query", "missed", "other"
+    changed: bool = False  # the file is not what was indexed (size, mtime or inode differ)
 
 
 def groups_page(
     groups: Sequence[Sequence[Item]], *, store: str, dataset: str, recipe: str, max_distance: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, verified: bool = False,
 ) -> str:
-    """The near-duplicate groups as a review form."""
+    """The near-duplicate groups as a review form. `verified`: a store with local features,
+    whose groups link verified matches (their hashes may be far apart)."""
     title = f"Near-duplicate groups in {os.path.basename(store)}"
-    summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group every"
-               f" pair of images is within {max_distance} bits (hash {recipe}). Distances are to"
-               " the first image of each group. Paths are relative to the dataset folder:")
+    rule = ("every pair of images is a verified match (local features; hash distances, where"
+            f" shown, by {recipe})" if verified
+            else f"every pair of images is within {max_distance} bits (hash {recipe})")
+    summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group"
+               f" {rule}. Distances are to the first image of each group. Paths are relative to"
+               " the dataset folder:")
     sections = []
     for number, items in enumerate(groups, start=1):
         sections.append(_section(f"group-{number}", f"Group {number}: {len(items)} images",
@@ -138,6 +143,9 @@ def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
 
 def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
              max_pixels: int, reviewable: bool) -> str:
+    items = list(items)
+    sizes = [picture_size(item.path) if reviewable and item.path else None for item in items]
+    keep = _best(items, sizes) if reviewable else -1
     figures = []
     for position, item in enumerate(items):
         picture = ""  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
@@ -154,11 +162,19 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
                 size = f"{os.path.getsize(item.path) / 1024:,.0f} KB"
             except OSError:
                 size = "file not found"
+        if sizes[position] is not None:
+            width, height = sizes[position]  # type: ignore[misc]
+            size = f"{width} x {height}, {size}"
+        if position == keep:
+            size += " (kept: the most pixels)"
         tick = ""
-        if reviewable and can_be_listed(item.relpath):
+        if reviewable and item.changed:
+            tick = ('<span class="by-hand">changed since it was indexed: not listed for'
+                    " deletion; run index.py and look again</span>")
+        elif reviewable and can_be_listed(item.relpath):
             # Nothing is marked until the person says so.
             tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
-                    f' data-first="{int(position == 0)}"> delete</label>')
+                    f' data-keep="{int(position == keep)}"> delete</label>')
         elif reviewable:
             tick = ('<span class="by-hand">not listed for deletion: its name holds a line break,'
                     ' a control character or bytes that are not UTF-8; delete it by hand</span>')
@@ -169,6 +185,21 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
                        "</figcaption></figure>")
     return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
             f'<div class="row">{"".join(figures)}</div></section>')
+
+
+def _best(items: list[Item], sizes: list[tuple[int, int] | None]) -> int:
+    """Which image of a group to keep: the most pixels, then the largest file (the least
+    compressed), then the first. The group's first is its most connected image, which may be a
+    captioned or recompressed copy of the original beside it."""
+    def quality(position: int) -> tuple[int, int, int]:
+        size = sizes[position]
+        try:
+            length = os.path.getsize(items[position].path or "")
+        except OSError:
+            length = -1
+        return (size[0] * size[1] if size else -1, length, -position)
+
+    return max(range(len(items)), key=quality) if items else -1
 
 
 def _count(items: list[Item], css: str, one: str, many: str = "") -> str:
@@ -220,7 +251,8 @@ figcaption span { display: block; }
 """
 
 _REVIEW_TOOLS = """
-<div id="review"><button type="button" id="all-but-first">mark all but the first of each group</button>
+<div id="review"><button type="button" id="all-but-first">mark all but the one kept in each group
+(the most pixels, then the largest file)</button>
 <button type="button" id="clear">clear</button> <span id="count">0 marked</span>
 <textarea id="marked" readonly placeholder="the paths you mark appear here, one per line, to copy">
 </textarea></div>
@@ -235,6 +267,6 @@ function update() {
 }
 boxes.forEach(b => b.addEventListener('change', update));
 document.getElementById('all-but-first').onclick = () => {
-  boxes.forEach(b => { b.checked = b.dataset.first === '0'; }); update(); };
+  boxes.forEach(b => { b.checked = b.dataset.keep === '0'; }); update(); };
 document.getElementById('clear').onclick = () => { boxes.forEach(b => { b.checked = false; }); update(); };
 """
