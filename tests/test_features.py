@@ -113,6 +113,20 @@ def test_crop_pad_rotation_and_mirror_are_found_and_verified(feature_store: Path
             assert match["distance"] is None
 
 
+def test_a_smaller_copy_as_the_query_finds_its_original(feature_store: Path) -> None:
+    """The checker's everyday case: someone uploads a smaller copy. The stored frame keeps its
+    keypoints on its finest levels, which a copy at half size does not have: at distance 0 by
+    its hash, it was refused by verification (0 of 12 at half size in a review)."""
+    original = Image.open("images/originals/scene.jpg")
+    for scale in (0.75, 0.5, 0.33):
+        small = original.resize((round(original.width * scale), round(original.height * scale)),
+                                Image.Resampling.LANCZOS)
+        save(small, f"queries/small_{scale}.jpg", quality=90)
+        matches = search_json("-q", f"queries/small_{scale}.jpg")[0]["matches"]
+        assert [m["relpath"] for m in matches][:1] == ["originals/scene.jpg"], scale
+        assert matches[0]["verified"] is True
+
+
 def test_a_half_alike_picture_matches_keypoints_but_is_refused(feature_store: Path) -> None:
     """Inliers alone accept it: the aligned pictures must agree too."""
     with Store.open_for_reading("db.shelve") as store:

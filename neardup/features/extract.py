@@ -384,16 +384,42 @@ def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     return extract(read_frame(path, max_pixels), STORED_KEYPOINTS).to_bytes()
 
 
-def query_features(frame: np.ndarray, *, mirror: bool = True) -> list[FeatureSet]:
-    """A query's features, and its mirror image's: mirrored copies are found without --mirror."""
+def query_features(frame: np.ndarray) -> list[FeatureSet]:
+    """A query's looks, in pairs: its features and its mirror image's (mirrored copies are found
+    without --mirror); for a small picture, then the same of it enlarged (ENLARGED_BELOW)."""
+    looks = _looks(frame)
+    if max(frame.shape[:2]) < ENLARGED_BELOW:
+        looks += _looks(_enlarged(frame))
+    return looks
+
+
+# A query whose analysis frame's long side is under this many pixels is also looked at enlarged
+# to MAX_SIDE. ORB finds a picture's corners again at another scale through its pyramid, but a
+# stored frame of 300 pixels keeps its 72 keypoints mostly on the finest levels, which a copy at
+# half size does not have: on 40 CALTECH-101 photos, copies at 0.75 / 0.5 / 0.33 of their size
+# were verified 33 / 12 / 0 times as they are, 40 / 38 / 37 times enlarged (and the hash alone,
+# at distance 0, found them). Enlarged as well, not instead: a small stored picture and its copy
+# match best as they are.
+ENLARGED_BELOW = 272
+
+
+def _enlarged(frame: np.ndarray) -> np.ndarray:
+    import cv2
+
+    height, width = frame.shape[:2]
+    scale = MAX_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC)
+
+
+def _looks(frame: np.ndarray) -> list[FeatureSet]:
+    """The picture's look and its mirror image's."""
     colour, gray = _split(frame)
     found, descriptors = _describe(gray, _choose(gray, QUERY_KEYPOINTS, ranked=True))
     looks = [_feature_set(gray, colour, found, descriptors, keep_frame=True)]
-    if mirror:
-        flipped = np.ascontiguousarray(gray[:, ::-1])
-        flipped_colour = None if colour is None else np.ascontiguousarray(colour[:, ::-1])
-        mirrored, mirrored_descriptors = _describe(flipped,
-                                                   _mirrored_keypoints(found, gray.shape[1]))
-        looks.append(_feature_set(flipped, flipped_colour, mirrored, mirrored_descriptors,
-                                  keep_frame=True))
+    flipped = np.ascontiguousarray(gray[:, ::-1])
+    flipped_colour = None if colour is None else np.ascontiguousarray(colour[:, ::-1])
+    mirrored, mirrored_descriptors = _describe(flipped, _mirrored_keypoints(found, gray.shape[1]))
+    looks.append(_feature_set(flipped, flipped_colour, mirrored, mirrored_descriptors,
+                              keep_frame=True))
     return looks
