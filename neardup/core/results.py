@@ -28,9 +28,12 @@ class QueryResult:
 
 # Control characters escaped and backslashes doubled, so that a name stays on one line and no two
 # names print alike (a backslash followed by n prints as two backslashes and an n; a newline as
-# one backslash and an n).
+# one backslash and an n). The characters that reorder text on a terminal (bidirectional
+# overrides, embeddings, isolates, marks) too: "B\u202egnp.exe.png" would show as another name.
+_BIDI_CONTROLS = [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _NAME_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"}
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"} | {
+    code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
 
 
 def printable(path: str) -> str:
