@@ -118,10 +118,12 @@ class VerifiedSearch:
                 continue  # indexed without features (never in a complete store): cannot verify
             if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
                 continue
+            # The look that found it first, the query as it is before its enlarged looks.
             first = found_by_look.get(path, 0)
-            order = [first, *range(first), *range(first + 1, len(looks))]
-            verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
-                                    stored[path])
+            order = sorted(range(len(looks)), key=lambda number: (number >= 2, number != first,
+                                                                  number))
+            verdict = _best_verdict([(looks[number], indexes[number], number >= 2)
+                                     for number in order], stored[path])
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
@@ -133,13 +135,26 @@ class VerifiedSearch:
         return answers_out
 
 
-def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet) -> Verdict:
+# Refusals before the pictures are compared: no transform between them was found. Only then is
+# an enlarged look of a small query asked (extract.ENLARGED_BELOW): a picture whose keypoints did
+# align and was refused for how it looks is a look-alike (catalogue motorbikes of one studio),
+# and its enlarged look, blurred by the enlarging, would only give it a second chance.
+GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no transform",
+                                "implausible scale", "too few inliers"))
+
+
+def _best_verdict(looks: Iterable[tuple[FeatureSet, Any, bool]], stored: FeatureSet) -> Verdict:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
     that verifies, else the look with most inliers: a mirrored copy costs one verification.
-    Each look comes with its descriptor_index()."""
+    Each look comes with its descriptor_index() and whether it is an enlarged one, asked only
+    when every look before it failed to align (GEOMETRIC_REFUSALS)."""
     best: Verdict | None = None
-    for look, index in looks:
+    aligned = False
+    for look, index, enlarged in looks:
+        if enlarged and aligned:
+            continue
         verdict = verify(look, stored, index)
+        aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
         if verdict.verified:
             return verdict
         if best is None or verdict.inliers > best.inliers:
