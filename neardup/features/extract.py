@@ -385,12 +385,16 @@ def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
 
 
 def query_features(frame: np.ndarray) -> list[FeatureSet]:
-    """A query's looks, in pairs: its features and its mirror image's (mirrored copies are found
-    without --mirror); for a small picture, then the same of it enlarged (ENLARGED_BELOW)."""
-    looks = _looks(frame)
-    if max(frame.shape[:2]) < ENLARGED_BELOW:
-        looks += _looks(_enlarged(frame))
-    return looks
+    """A query's looks: its features and its mirror image's (mirrored copies are found without
+    --mirror)."""
+    return _looks(frame)
+
+
+def enlarged_features(frame: np.ndarray) -> list[FeatureSet]:
+    """The looks of a small query enlarged to MAX_SIDE (ENLARGED_BELOW), or none."""
+    if max(frame.shape[:2]) >= ENLARGED_BELOW:
+        return []
+    return _looks(_enlarged(frame))
 
 
 # A query whose analysis frame's long side is under this many pixels is also looked at enlarged

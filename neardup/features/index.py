@@ -69,7 +69,7 @@ INDEX_BUILD = 2
 class Candidate:
     image_id: int
     votes: int
-    look: int  # which look of the query found it (0: as is, 1: mirrored, 2 and 3: enlarged)
+    look: int  # which look of the query found it (0: as is, 1: mirrored)
 
 
 class FeatureIndex:
@@ -127,8 +127,7 @@ class FeatureIndex:
         if len(self) == 0:
             return []
         for look_number, look in enumerate(looks):
-            # Looks come in pairs, the picture and its mirror image (extract.query_features).
-            limit = SEARCHED_KEYPOINTS if look_number % 2 == 0 else MIRROR_SEARCHED_KEYPOINTS
+            limit = SEARCHED_KEYPOINTS if look_number == 0 else MIRROR_SEARCHED_KEYPOINTS
             searched = np.ascontiguousarray(look.descriptors[:limit])
             if len(searched) == 0:
                 continue

@@ -19,7 +19,7 @@ from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
 from ..errors import StoreError
 from . import require
-from .extract import FeatureRecipe, FeatureSet, query_features
+from .extract import FeatureRecipe, FeatureSet, enlarged_features, query_features
 from .index import FeatureIndex
 from .verify import Verdict, descriptor_index, verify
 
@@ -97,7 +97,7 @@ class VerifiedSearch:
             # The query as it is and mirrored propose candidates; enlarged looks only verify
             # (proposing too, their look-alikes took the place of copies in the verification
             # order: one more copy missed on gather.py --seed 7).
-            candidates = self.features.candidates(looks[:2])
+            candidates = self.features.candidates(looks)
             records = self.store.features_by_id(candidate.image_id for candidate in candidates)
             for candidate in candidates:  # most votes first
                 if candidate.image_id not in records:
@@ -114,6 +114,7 @@ class VerifiedSearch:
                     stored[path] = _parse(self.store, path, record[1])
         answers_out: list[tuple[Match, Verdict]] = []
         indexes = [descriptor_index(look) for look in looks]
+        enlarged = _Enlarged(frame)
         refused_in_a_row = 0
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
@@ -121,12 +122,10 @@ class VerifiedSearch:
                 continue  # indexed without features (never in a complete store): cannot verify
             if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
                 continue
-            # The look that found it first, the query as it is before its enlarged looks.
-            first = found_by_look.get(path, 0)
-            order = sorted(range(len(looks)), key=lambda number: (number >= 2, number != first,
-                                                                  number))
-            verdict = _best_verdict([(looks[number], indexes[number], number >= 2)
-                                     for number in order], stored[path])
+            first = found_by_look.get(path, 0)  # the look that found it, first
+            order = [first, *range(first), *range(first + 1, len(looks))]
+            verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
+                                    stored[path], enlarged)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
@@ -149,27 +148,48 @@ GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no tran
 ENLARGED_FOR = 1.15
 
 
-def _best_verdict(looks: Iterable[tuple[FeatureSet, Any, bool]], stored: FeatureSet) -> Verdict:
+class _Enlarged:
+    """A small query's enlarged looks with their descriptor indexes, made when first asked for
+    (most verifications never need them)."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        self._frame: np.ndarray | None = frame
+        self._looks: list[tuple[FeatureSet, Any]] = []
+
+    def __call__(self) -> list[tuple[FeatureSet, Any]]:
+        if self._frame is not None:
+            self._looks = [(look, descriptor_index(look))
+                           for look in enlarged_features(self._frame)]
+            self._frame = None
+        return self._looks
+
+
+def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
+                  enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None) -> Verdict:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
     that verifies, else the look with most inliers: a mirrored copy costs one verification.
-    Each look comes with its descriptor_index() and whether it is an enlarged one, asked only
-    when every look before it failed to align, against a stored picture ENLARGED_FOR times the
-    query's size or more."""
+    Each look comes with its descriptor_index(). The `enlarged` looks of a small query are asked
+    only when no look aligned with the stored picture and it is ENLARGED_FOR times the query's
+    size or more."""
     best: Verdict | None = None
     aligned = False
-    smallest = None  # the long side of the query as it is
-    for look, index, enlarged in looks:
-        if not enlarged:
-            smallest = max(look.width, look.height)
-        elif aligned or smallest is None or (
-                max(stored.width, stored.height) < ENLARGED_FOR * smallest):
-            continue
+    query_side = 0
+    for look, index in looks:
+        query_side = max(query_side, look.width, look.height)
         verdict = verify(look, stored, index)
-        aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
         if verdict.verified:
             return verdict
+        aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
         if best is None or verdict.inliers > best.inliers:
             best = verdict
+    if enlarged is not None and not aligned and (
+            max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
+        for look, index in enlarged():
+            verdict = verify(look, stored, index)
+            if verdict.verified:
+                return verdict
+            if best is None or verdict.inliers > best.inliers:
+                best = verdict
     assert best is not None
     return best
 
