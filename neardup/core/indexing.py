@@ -26,6 +26,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -533,6 +534,18 @@ def _init_worker(recipe: Recipe, max_pixels: int, features: bool = False) -> Non
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
         sys.stderr = _SilentOnceOrphaned(sys.stderr, parent.sentinel)
+        # And the worker ends with it: a concurrent.futures worker waits for its next file on a
+        # queue whose writing end it holds itself, so it would wait for ever.
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True,
+                         name="exit-with-parent").start()
+
+
+def _exit_with(sentinel: int) -> None:
+    """Wait for the process that started this worker to end, then end this one at once."""
+    try:
+        multiprocessing.connection.wait([sentinel])
+    finally:
+        os._exit(0)
 
 
 class _SilentOnceOrphaned:
