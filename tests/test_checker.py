@@ -106,6 +106,21 @@ class TestStdin:
             "empty line: no file named", None]
         assert result.returncode == 2 and b"Traceback" not in result.stderr
 
+    def test_a_line_longer_than_any_path_is_answered_without_being_kept(
+        self, store: Path
+    ) -> None:
+        """A 100 MB line took 732 MB and its answer held it twice."""
+        long_line = b"x" * (3 * 64 * 1024) + b"\n"
+        exact = b"y" * (64 * 1024) + b"\n"  # as long as a line may be: looked up
+        result = run_stdin(long_line + exact + b"images/cat1/image_0001.jpg\n" + b"z" * 70_000)
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a.get("error") for a in answers] == [
+            "a line of more than 65,536 bytes: no file name is that long",
+            "cannot read (file name too long)", None,
+            "a line of more than 65,536 bytes: no file name is that long"]
+        assert len(result.stdout) < 70_000 + 2_000  # the long lines are not echoed
+        assert result.returncode == 2 and b"Traceback" not in result.stderr
+
     def test_a_damaged_bucket_is_skipped_with_one_line_and_the_rest_are_answered(
         self, store: Path
     ) -> None:

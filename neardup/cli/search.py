@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from ..api import DuplicateGroup, ImageStore
@@ -608,7 +609,14 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
     gets its answer, an empty one included.
     """
     failed = False
-    for line in lines:
+    for line in bounded_lines(lines, MAX_LINE_BYTES):
+        if line is None:  # skipped unkept: a 100 MB line took 732 MB and was answered twice over
+            record = {"query": "", "error": f"a line of more than {MAX_LINE_BYTES:,} bytes: no"
+                                            " file name is that long"}
+            failed = True
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            continue
         # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
         # part of a file name.
         line = line[:-1] if line.endswith(b"\n") else line
@@ -622,6 +630,25 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
         out.write(json.dumps(record) + "\n")
         out.flush()
     return EXIT_ERROR if failed else EXIT_MATCH
+
+
+# Longer than any path the system takes (PATH_MAX is 4,096 bytes on Linux).
+MAX_LINE_BYTES = 64 * 1024
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The stream's lines, each with its line ending; None for a line longer than `limit`,
+    which is read to its end without being kept."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the long line, dropped
+            line = stream.readline(limit)
+        yield None
 
 
 def parse_address(text: str) -> tuple[str, int]:
