@@ -187,12 +187,25 @@ def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
     picture.save(data / "b_original.png")
     picture.resize((200, 150)).save(data / "c_half.jpg", quality=90)
     picture.save(data / "d_replaced.jpg", quality=90)
+    # A second group whose largest picture is cut short after indexing, and a third whose
+    # every file changes: neither may be the one kept.
+    other = textured(5).resize((400, 300))
+    other.save(data / "e_large.jpg", quality=95)
+    other.resize((300, 225)).save(data / "f_medium.jpg", quality=90)
+    alone = textured(7).resize((300, 200))
+    alone.save(data / "g_one.jpg", quality=90)
+    alone.save(data / "h_two.jpg", quality=80)
     monkeypatch.chdir(tmp_path)
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    textured(9).save(data / "d_replaced.jpg", quality=90)  # another picture, after indexing
+    textured(9).resize((1600, 1200)).save(data / "d_replaced.jpg", quality=90)  # larger, another
+    whole = (data / "e_large.jpg").read_bytes()
+    (data / "e_large.jpg").write_bytes(whole[:len(whole) // 4])  # same header, cut short
+    os.utime(data / "e_large.jpg", ns=(0, os.stat(data / "f_medium.jpg").st_mtime_ns))
+    for name in ("g_one.jpg", "h_two.jpg"):
+        textured(11).save(data / name, quality=90)
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
     html = (tmp_path / "review.html").read_text(encoding="utf-8")
     assert "400 x 300" in html and "(kept: the most pixels)" in html
-    assert html.count("changed since it was indexed") == 1
+    assert "none is kept and none marked by the button" in html
     report = load_in_browser(chromium, tmp_path / "review.html")
     assert sorted(report["marked"].splitlines()) == ["a_copy_q60.jpg", "c_half.jpg"]

@@ -144,7 +144,8 @@ def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
 def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
              max_pixels: int, reviewable: bool) -> str:
     items = list(items)
-    sizes = [picture_size(item.path) if reviewable and item.path else None for item in items]
+    sizes = [picture_size(item.path) if reviewable and item.path and not item.changed else None
+             for item in items]
     keep = _best(items, sizes) if reviewable else -1
     figures = []
     for position, item in enumerate(items):
@@ -172,9 +173,11 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
             tick = ('<span class="by-hand">changed since it was indexed: not listed for'
                     " deletion; run index.py and look again</span>")
         elif reviewable and can_be_listed(item.relpath):
-            # Nothing is marked until the person says so.
+            # Nothing is marked until the person says so. A group with no image fit to keep
+            # ("-") is left alone by "mark all but the one kept".
+            role = "-" if keep < 0 else str(int(position == keep))
             tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
-                    f' data-keep="{int(position == keep)}"> delete</label>')
+                    f' data-keep="{role}"> delete</label>')
         elif reviewable:
             tick = ('<span class="by-hand">not listed for deletion: its name holds a line break,'
                     ' a control character or bytes that are not UTF-8; delete it by hand</span>')
@@ -183,14 +186,20 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
                        f'<span class="caption">{escape(item.caption)}</span>'
                        f'<span class="size">{escape(size)}</span>{tick}'
                        "</figcaption></figure>")
+    if reviewable and keep < 0:
+        heading += (": no image here is still what was indexed and readable, so none is kept"
+                    " and none marked by the button")
     return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
             f'<div class="row">{"".join(figures)}</div></section>')
 
 
 def _best(items: list[Item], sizes: list[tuple[int, int] | None]) -> int:
     """Which image of a group to keep: the most pixels, then the largest file (the least
-    compressed), then the first. The group's first is its most connected image, which may be a
-    captioned or recompressed copy of the original beside it."""
+    compressed), then the first; -1 (nothing marked in the group) when no image can be kept. The
+    group's first is its most connected image, which may be a captioned or recompressed copy of
+    the original beside it. Only a file that is still what was indexed and that decodes can be
+    kept: the largest header of a file replaced or cut short since was kept, and the intact
+    copies marked."""
     def quality(position: int) -> tuple[int, int, int]:
         size = sizes[position]
         try:
@@ -199,7 +208,17 @@ def _best(items: list[Item], sizes: list[tuple[int, int] | None]) -> int:
             length = -1
         return (size[0] * size[1] if size else -1, length, -position)
 
-    return max(range(len(items)), key=quality) if items else -1
+    keepable = [position for position, item in enumerate(items)
+                if sizes[position] is not None and _decodes(item.path)]
+    return max(keepable, key=quality) if keepable else -1
+
+
+def _decodes(path: str | None) -> bool:
+    try:
+        thumbnail(path or "", 8)
+    except ImageError:
+        return False
+    return True
 
 
 def _count(items: list[Item], css: str, one: str, many: str = "") -> str:

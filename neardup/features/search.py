@@ -124,8 +124,11 @@ class VerifiedSearch:
                 continue
             first = found_by_look.get(path, 0)  # the look that found it, first
             order = [first, *range(first), *range(first + 1, len(looks))]
+            # Enlarged looks for the hash's candidates only: what a smaller copy of the same
+            # photo is (its hash barely moves). Offered a feature candidate too, they verified
+            # small copies of a face against other photographs of the same woman.
             verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
-                                    stored[path], enlarged)
+                                    stored[path], enlarged if "hash" in how else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = self.store.hash_of_path(path) or ""
