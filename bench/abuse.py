@@ -87,9 +87,9 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, dict
 
 
 def uploader(port: int, bodies: list[tuple[str, bytes]], until: float, tally: Tally,
-             kind: str, check: bool) -> None:
+             kind: str, check: bool, source: str) -> None:
     """Uploads one after another on a keep-alive connection, reconnecting when it is closed."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=60)
+    connection = http.client.HTTPConnection(HOST, port, timeout=60, source_address=(source, 0))
     position = 0
     while time.monotonic() < until:
         name, body = bodies[position % len(bodies)]
@@ -98,7 +98,8 @@ def uploader(port: int, bodies: list[tuple[str, bytes]], until: float, tally: Ta
             status, answer = post(connection, body)
         except (OSError, http.client.HTTPException) as error:
             connection.close()
-            connection = http.client.HTTPConnection(HOST, port, timeout=60)
+            connection = http.client.HTTPConnection(HOST, port, timeout=60,
+                                                    source_address=(source, 0))
             if check:  # a normal client's upload must be answered, whatever else is going on
                 with tally.lock:
                     tally.wrong.append(f"{name}: {type(error).__name__}: {error}")
@@ -119,7 +120,10 @@ def idle_holder(port: int, until: float, tally: Tally) -> None:
     def fill() -> None:
         while len(sockets) < IDLE:
             try:
-                sockets.append(socket.create_connection((HOST, port), timeout=10))
+                # From four addresses: one may hold a quarter of the server's connections.
+                source = f"127.0.1.{1 + len(sockets) % 4}"
+                sockets.append(socket.create_connection((HOST, port), timeout=10,
+                                                        source_address=(source, 0)))
             except OSError:
                 tally.add("idle connect failed")
                 return
@@ -147,7 +151,8 @@ def slowloris(port: int, until: float, tally: Tally) -> None:
     while time.monotonic() < until:
         while len(clients) < SLOWLORIS:
             try:
-                clients.append((socket.create_connection((HOST, port), timeout=10), 0))
+                clients.append((socket.create_connection((HOST, port), timeout=10,
+                                                         source_address=("127.0.2.1", 0)), 0))
             except OSError:
                 tally.add("slowloris connect failed")
                 break
@@ -169,7 +174,8 @@ def health_prober(port: int, seconds: float, results: Queue) -> None:
     """In a process of its own, so the attackers' threads here cannot delay its clock."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    connection = http.client.HTTPConnection(HOST, port, timeout=30)
+    connection = http.client.HTTPConnection(HOST, port, timeout=30,
+                                            source_address=("127.0.6.1", 0))
     until = time.monotonic() + seconds
     while time.monotonic() < until:
         begun = time.perf_counter()
@@ -181,7 +187,8 @@ def health_prober(port: int, seconds: float, results: Queue) -> None:
             latencies.append(time.perf_counter() - begun)
         except (OSError, http.client.HTTPException):
             connection.close()
-            connection = http.client.HTTPConnection(HOST, port, timeout=30)
+            connection = http.client.HTTPConnection(HOST, port, timeout=30,
+                                            source_address=("127.0.6.1", 0))
             outcome = "health failed"
         statuses[outcome] = statuses.get(outcome, 0) + 1
         time.sleep(0.05)
@@ -242,14 +249,19 @@ def main() -> int:
         until = time.monotonic() + args.seconds
         threads = [threading.Thread(target=idle_holder, args=(port, until, tally)),
                    threading.Thread(target=slowloris, args=(port, until, tally))]
+        # Each client from an address of its own, as distinct clients are (one address may
+        # hold only a share of the server's connections and uploads).
         threads += [threading.Thread(target=uploader,
-                                     args=(port, [("bomb", bomb)], until, tally, "bomb", False))
-                    for _ in range(BOMBS)]
+                                     args=(port, [("bomb", bomb)], until, tally, "bomb", False,
+                                           f"127.0.3.{n + 1}"))
+                    for n in range(BOMBS)]
         threads += [threading.Thread(target=uploader,
-                                     args=(port, [("heavy", heavy)], until, tally, "heavy", False))
-                    for _ in range(args.heavy)]
+                                     args=(port, [("heavy", heavy)], until, tally, "heavy", False,
+                                           f"127.0.4.{n + 1}"))
+                    for n in range(args.heavy)]
         threads += [threading.Thread(target=uploader,
-                                     args=(port, normal[n::NORMAL], until, tally, "normal", True))
+                                     args=(port, normal[n::NORMAL], until, tally, "normal", True,
+                                           f"127.0.5.{n + 1}"))
                     for n in range(NORMAL)]
         for thread in threads:
             thread.start()
