@@ -242,3 +242,35 @@ def mpo_wrapped(tmp: Path, jpeg: Path) -> Path:
     path = tmp / "wrapped.mpo.jpg"
     path.write_bytes(data[:2] + block + data[2:])
     return path
+
+
+def tiff_with_entry(path: Path, tag: int, kind: int, values: bytes, count: int) -> Path:
+    """A 64 x 64 gray TIFF (one strip) whose directory also holds `tag` of `count` values of
+    TIFF type `kind`, little-endian: the rest of the file is a plain picture."""
+    side = 64
+    pixels = bytes((x * 4) & 255 for x in range(side)) * side
+    entries = [(256, 3, 1, struct.pack("<H", side)), (257, 3, 1, struct.pack("<H", side)),
+               (258, 3, 1, struct.pack("<H", 8)), (259, 3, 1, struct.pack("<H", 1)),
+               (262, 3, 1, struct.pack("<H", 1)), (273, 4, 1, None),
+               (277, 3, 1, struct.pack("<H", 1)), (278, 3, 1, struct.pack("<H", side)),
+               (279, 4, 1, struct.pack("<I", len(pixels))), (tag, kind, count, values)]
+    entries.sort(key=lambda entry: entry[0])
+    table_end = 8 + 2 + 12 * len(entries) + 4
+    blobs = b""
+    table = b""
+    offsets = {}
+    for entry_tag, entry_kind, entry_count, payload in entries:
+        if payload is None or len(payload) <= 4:
+            value = (payload or b"").ljust(4, b"\0")
+        else:
+            value = struct.pack("<I", table_end + len(blobs))
+            blobs += payload
+        offsets[entry_tag] = len(table) + 8  # where its value field sits, from the entry start
+        table += struct.pack("<HHI", entry_tag, entry_kind, entry_count) + value
+    pixel_offset = table_end + len(blobs)
+    position = offsets[273]
+    table = table[:position] + struct.pack("<I", pixel_offset) + table[position + 4:]
+    data = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + table
+            + struct.pack("<I", 0) + blobs + pixels)
+    path.write_bytes(data)
+    return path

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from neardup.core.hashing import (
 from neardup.errors import ImageError
 
 from . import hostile_images as zoo
+from .conftest import PROJECT_ROOT
 
 DEFAULT = Recipe()
 
@@ -201,6 +205,21 @@ class TestRefused:
         with pytest.raises(ImageError, match="refused: a TIFF of more than 65,536 strips"):
             hash_file(str(strips(70_000)), DEFAULT)
         hash_file(str(strips(60_000)), DEFAULT)  # a tall scan with one row per strip is read
+        # Pillow unpacks every value of a tag it knows: 3.5 million rationals in XResolution
+        # took 600 MB and 10 s before a pixel was decoded.
+        many = zoo.tiff_with_entry(tmp_path / "xres.tif", 282, 5, struct.pack("<II", 72, 1)
+                                   * 300_000, 300_000)
+        with pytest.raises(ImageError, match="refused: a TIFF whose tag 282 holds 300,000 values"):
+            hash_file(str(many), DEFAULT)
+        # Two values where one is expected: Pillow warns, two lines on stderr per file (the
+        # checker's log limit did not hold them back).
+        warned = zoo.tiff_with_entry(tmp_path / "two.tif", 282, 5, struct.pack("<IIII", 72, 1,
+                                                                              72, 1), 2)
+        run = subprocess.run([sys.executable, "-c", "import sys; from neardup.core.hashing"
+                              " import hash_file, Recipe; print(hash_file(sys.argv[1], Recipe()))",
+                              str(warned)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        assert run.returncode == 0 and run.stderr == "", run.stderr
         if importlib.util.find_spec("cv2") is not None:  # the features' decode too
             from neardup.features.extract import read_frame
 

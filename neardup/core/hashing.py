@@ -568,9 +568,11 @@ def open_image(
         if stream is None:
             stream = read_file(path) if data is None else io.BytesIO(data)
         with warnings.catch_warnings():
-            # Pillow's warning would fire for anything over ~89 megapixels and say nothing useful:
-            # the limit below is ours, and --max-pixels sets it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow's warnings say nothing a person can act on: its decompression bomb warning
+            # fires for anything over ~89 megapixels (the limit below is ours, and --max-pixels
+            # sets it), and its metadata warnings ("tag 282 had too many entries") put two lines
+            # on stderr per upload that asks for them, past the checker's log limit.
+            warnings.simplefilter("ignore")
             refused = tiff.refusal(stream)  # before Pillow parses its directory
             if refused is not None:
                 raise ImageError(path, refused)
@@ -615,7 +617,7 @@ def picture_size(path: str) -> tuple[int, int] | None:
             if tiff.refusal(stream) is not None:
                 return None
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore")  # as open_image
                 with Image.open(stream, formats=readable_formats()) as image:
                     return image.size
     except Exception:  # noqa: BLE001 - any file may be anything: then its size is unknown

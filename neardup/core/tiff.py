@@ -4,7 +4,8 @@ Pillow parses a TIFF's first directory as it opens the file and keeps a Python o
 strip or tile it lists: a 32 MB TIFF of 4 million one-row strips (4 megapixels) took 1.5 GB and
 44 s before a pixel was decoded, far beyond what its size in pixels lets the checker's memory
 budget expect. Photos and scans list a few thousand strips (a 100-megapixel scan with one row
-per strip, 10,000); more than MAX_BLOCKS is refused unopened.
+per strip, 10,000); more than MAX_BLOCKS is refused unopened, and so is a directory with any
+numeric entry of more than MAX_VALUES values.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ MAX_BLOCKS = 65_536
 _BLOCK_TAGS = (273, 324)
 # Entries read from the first directory at most (photos have tens); a longer one is refused too.
 _MAX_ENTRIES = 4_096
+# Values one numeric entry may hold. Pillow unpacks every value of the tags it knows into Python
+# objects as it opens the file: an XResolution of 3.5 million rationals took 600 MB and 10 s
+# before a pixel was decoded. A 16-bit palette (ColorMap) holds 196,608. Bytes, text and
+# undefined blobs (an ICC profile, XMP) are read whole, whatever their length.
+MAX_VALUES = 262_144
+_BLOB_TYPES = frozenset((1, 2, 6, 7))  # BYTE, ASCII, SBYTE, UNDEFINED
 
 
 def is_tiff(head: bytes) -> bool:
     return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def block_count(stream: BinaryIO) -> int | None:
-    """How many strips or tiles the first directory of the TIFF in `stream` lists (the stream is
-    left where it was), or None where the header cannot be followed (Pillow then says why)."""
+def directory_problem(stream: BinaryIO) -> str | None:
+    """Why the first directory of the TIFF in `stream` is not given to Pillow, or None (also for
+    anything that is not a TIFF, or whose header cannot be followed: Pillow then says why). The
+    stream is left where it was."""
     where = stream.tell()
     try:
         stream.seek(0)
@@ -46,14 +54,17 @@ def block_count(stream: BinaryIO) -> int | None:
             return None
         entries = struct.unpack(order + count_format, raw)[0]
         if entries > _MAX_ENTRIES:
-            return MAX_BLOCKS + 1
+            return f"a TIFF directory of {entries:,} entries (photos have tens)"
         table = stream.read(entries * entry_size)
-        blocks = 0
         for offset in range(0, len(table) - entry_size + 1, entry_size):
-            tag, _kind, count, _value = struct.unpack_from(order + entry_format, table, offset)
-            if tag in _BLOCK_TAGS:
-                blocks = max(blocks, count)
-        return blocks
+            tag, kind, count, _value = struct.unpack_from(order + entry_format, table, offset)
+            if tag in _BLOCK_TAGS and count > MAX_BLOCKS:
+                return (f"a TIFF of more than {MAX_BLOCKS:,} strips or tiles (each costs memory"
+                        " before a pixel is decoded; photos have a few thousand)")
+            if kind not in _BLOB_TYPES and count > MAX_VALUES:
+                return (f"a TIFF whose tag {tag} holds {count:,} values (each costs memory before"
+                        f" a pixel is decoded; more than {MAX_VALUES:,} are refused)")
+        return None
     except (OSError, struct.error, ValueError, OverflowError):
         return None
     finally:
@@ -61,9 +72,6 @@ def block_count(stream: BinaryIO) -> int | None:
 
 
 def refusal(stream: BinaryIO) -> str | None:
-    """Why the TIFF in `stream` is not opened, or None."""
-    blocks = block_count(stream)
-    if blocks is None or blocks <= MAX_BLOCKS:
-        return None
-    return (f"refused: a TIFF of more than {MAX_BLOCKS:,} strips or tiles (each costs memory"
-            " before a pixel is decoded; photos have a few thousand)")
+    """Why the TIFF in `stream` is not opened ("refused: ..."), or None."""
+    problem = directory_problem(stream)
+    return None if problem is None else f"refused: {problem}"
