@@ -790,3 +790,45 @@ def test_a_client_that_shuts_its_write_side_is_answered(store: Path) -> None:
         assert two.count(b"HTTP/1.1 200") == 2
         server.stop()
     assert "Traceback" not in server.log() and "Exception" not in server.log()
+
+
+def test_an_upload_pipelined_after_another_request_is_answered(store: Path) -> None:
+    """The header deadline was armed again after the first answer, though the next request's
+    headers had already arrived: its body was counted as header bytes, and a 7 MB upload sent
+    after a GET /health got 431 "request headers over 65,536 bytes"."""
+    rng = np.random.default_rng(3)
+    big = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(big, "JPEG",
+                                                                                 quality=95)
+    body = big.getvalue()
+    assert len(body) > 200_000
+    with running() as server:
+        answers = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+                               b"POST /search HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                               b"content-length: %d\r\n\r\n" % len(body) + body)
+        server.stop()
+    statuses = re.findall(rb"HTTP/1.1 (\d+)", answers)
+    assert statuses == [b"200", b"200"], answers[-300:]
+
+
+def test_an_ipv6_address_is_shown_as_a_usable_url(store: Path) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    log = Path("server6.log")
+    with log.open("wb") as stderr, subprocess.Popen(SEARCH + ["--serve", "[::1]:0"],
+                                                    stderr=stderr) as process:
+        try:
+            deadline = time.monotonic() + 30
+            while "serving on" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            first = log.read_text().splitlines()[0]
+            assert re.fullmatch(r"search\.py: serving on http://\[::1\]:\d+", first), first
+            port = int(first.rsplit(":", 1)[1])
+            with socket.create_connection(("::1", port), timeout=10) as raw:
+                raw.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                assert raw.recv(100).startswith(b"HTTP/1.1 200")
+        finally:
+            process.terminate()

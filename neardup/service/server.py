@@ -545,7 +545,10 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 if not queued:  # that was the last one queued
                     self.transport.close()  # what was written still goes out first
                 return
-            if not self.transport.is_closing():
+            # The next request's headers may have arrived already (pipelined): then its body,
+            # not its headers, is what comes next, under the body deadline.
+            if not self.transport.is_closing() and (
+                    self.cycle is None or self.cycle.response_complete):
                 self._bytes_seen = False
                 self._arm()
 
@@ -723,7 +726,8 @@ def serve(
             await asyncio.sleep(0.01)
         if server.started:
             bound_host, bound_port = listener.getsockname()[:2]
-            ready(f"serving on http://{bound_host}:{bound_port}")
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
+            ready(f"serving on http://{shown}:{bound_port}")
         await serving
 
     # uvicorn catches SIGTERM and SIGINT while it serves, shuts down gracefully, then raises the
