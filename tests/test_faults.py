@@ -181,3 +181,23 @@ def test_a_worker_killed_mid_run_stops_the_run_with_one_line(in_tmp: Path) -> No
     assert 0 < kept
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "2"]) == 0
     assert committed_count(in_tmp / "db.shelve") == 600
+
+
+def test_a_file_that_needs_more_memory_than_allowed_is_one_failed_file(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A MemoryError outside decoding (converting a huge picture under `ulimit -v`) was a
+    traceback from the worker and one from the run, exit 1, and nothing written."""
+    make_tree("images", 4)
+    real = indexing.hash_file
+
+    def hungry(path: str, *args: object) -> object:
+        if path.endswith("image_0002.jpg"):
+            raise MemoryError
+        return real(path, *args)
+
+    monkeypatch.setattr(indexing, "hash_file", hungry)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "indexed 3, unchanged 0, removed 0, failed 1" in captured.out
+    assert captured.err.endswith("image_0002.jpg: " + indexing.OUT_OF_MEMORY + "\n")

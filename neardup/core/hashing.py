@@ -701,6 +701,8 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
         return "is a directory"
     if isinstance(error, PermissionError):
         return "permission denied"
+    if isinstance(error, MemoryError):
+        return "out of memory decoding it (lower --max-pixels, or allow more memory)"
     if isinstance(error, Image.DecompressionBombError):
         return f"refused as a decompression bomb by Pillow ({_one_line(error)})"
     if isinstance(error, UnidentifiedImageError):

@@ -586,6 +586,9 @@ def hash_partition(
     return [_hash_one(item, recipe, max_pixels, features) for item in files]
 
 
+OUT_OF_MEMORY = "out of memory while hashing it (lower --max-pixels, or allow more memory)"
+
+
 def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool = False) -> HashOutcome:
     feature_bytes = None
     try:
@@ -596,6 +599,10 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
             feature_bytes = stored_features(item.path, max_pixels)
     except ImageError as error:
         return HashOutcome(item, None, error.reason)
+    except MemoryError:
+        # Not a bug nor a bad image: this file needs more memory than the process may take
+        # (ulimit -v, a container's limit). The others go on; the run says which one.
+        return HashOutcome(item, None, OUT_OF_MEMORY)
     # A file rewritten while we read it may have given a hash of neither version: report it and
     # let the next run, which will see its new size, mtime or ctime, index it.
     try:
