@@ -544,8 +544,9 @@ def _exit_with(sentinel: int) -> None:
     """Wait for the process that started this worker to end, then end this one at once."""
     try:
         multiprocessing.connection.wait([sentinel])
-    finally:
-        os._exit(0)
+    except (OSError, ValueError):
+        return  # it cannot be watched: the worker goes on as without this thread
+    os._exit(0)
 
 
 class _SilentOnceOrphaned:
