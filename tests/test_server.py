@@ -832,3 +832,19 @@ def test_an_ipv6_address_is_shown_as_a_usable_url(store: Path) -> None:
                 assert raw.recv(100).startswith(b"HTTP/1.1 200")
         finally:
             process.terminate()
+
+
+def test_requests_before_a_malformed_one_are_answered_first(store: Path) -> None:
+    """GET, GET, then garbage in one write: the 400 was written at once, and the client read it
+    as the answer to its first request."""
+    photo_bytes = next(Path("images").rglob("*.jpg")).read_bytes()
+    with running() as server:
+        answers = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 2
+                               + b"\x00\x01 not HTTP\r\n\r\n")
+        assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"200", b"400"], answers
+        upload = (b"POST /search HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+                  % len(photo_bytes) + photo_bytes)
+        answers = raw_exchange(server.port, upload + b"garbage\r\n\r\n")
+        assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"400"], answers[:300]
+        server.stop()
+    assert "Traceback" not in server.log() and "Exception" not in server.log()

@@ -444,6 +444,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _running: Any = None  # the request being answered (self.cycle is the last one read)
         _counted_as: str | None = None  # the address this connection is counted under
         _half_closed = False  # the client has sent all it will (shut its write side)
+        _after_answers: bytes | None = None  # a refusal to send once those read are answered
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
@@ -506,6 +507,15 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             # uvicorn's own answer to what its parser rejects is plain text, and its log line
             # (left out by UvicornsBadRequestLine) does not say who sent it.
             log.warning("%s: 400 closed: malformed HTTP request", address(self.client))
+            if self.cycle is not None and not self.cycle.more_body and (
+                    not self.cycle.response_complete or self.pipeline):
+                # Requests read whole before it are answered first, in order, and the 400
+                # after them: written at once, it took the place of the first one's answer.
+                self._refused = True
+                self._disarm()
+                self.flow.pause_reading()
+                self._after_answers = malformed
+                return
             self._refuse(malformed)
 
         def on_headers_complete(self) -> None:
@@ -540,6 +550,12 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         def on_response_complete(self) -> None:
             queued = bool(self.pipeline)
             super().on_response_complete()  # starts the next queued request; reads on
+            if self._after_answers is not None:
+                self.flow.pause_reading()
+                if not queued:
+                    answer, self._after_answers = self._after_answers, None
+                    self._refuse(answer)
+                return
             if self._ahead_too_far or self._half_closed:
                 self.flow.pause_reading()
                 if not queued:  # that was the last one queued
