@@ -788,6 +788,8 @@ def test_a_client_that_shuts_its_write_side_is_answered(store: Path) -> None:
         assert short.startswith(b"HTTP/1.1 400") and b"the upload ended early" in short
         two = half_closed(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 2)
         assert two.count(b"HTTP/1.1 200") == 2
+        cut = half_closed(b"GET /health HTTP/1.1\r\nhost: x\r\n")  # headers never end
+        assert cut.startswith(b"HTTP/1.1 400") and b"before its headers did" in cut
         server.stop()
     assert "Traceback" not in server.log() and "Exception" not in server.log()
 

@@ -434,6 +434,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                       f"no complete request within {limits.header_timeout:g} s")
     malformed = canned("400 Bad Request", "malformed HTTP request")
     ended_early = canned("400 Bad Request", "the upload ended early")
+    request_ended_early = canned("400 Bad Request", "the request ended before its headers did")
 
     class GuardedHttpProtocol(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -573,8 +574,15 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             answer: requests it sent whole are answered, then the connection is closed, and one
             whose body stopped short is told so (400). asyncio's default, and uvicorn's, closes
             at once: such a client got no answer at all."""
-            if self._refused or self.cycle is None or self.cycle.response_complete:
-                return None  # nothing to answer: closed
+            if self._refused:
+                return None
+            if self.cycle is None or self.cycle.response_complete:
+                if not self._bytes_seen:
+                    return None  # nothing to answer: closed
+                # Part of a request's headers, and no more to come.
+                log.warning("%s: 400 closed: the request ended early", address(self.client))
+                self._refuse(request_ended_early)
+                return True
             if self.cycle.more_body:
                 log.warning("%s: 400 closed: the upload ended early", address(self.client))
                 self._refuse(ended_early)
