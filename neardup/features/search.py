@@ -94,9 +94,9 @@ class VerifiedSearch:
         stored: dict[str, FeatureSet] = {}
         found_by_look: dict[str, int] = {}  # which look's descriptors found a feature candidate
         if source in ("features", "both"):
-            # The query as it is and mirrored propose candidates; enlarged looks only verify
-            # (proposing too, their look-alikes took the place of copies in the verification
-            # order: one more copy missed on gather.py --seed 7).
+            # The query as it is and mirrored propose candidates; enlarged looks only verify.
+            # Proposing too, they found 1 or 2 more copies on three of the six README samples,
+            # and 2 more different catalogue motorbikes on gather.py --seed 2026, 1 on 4242.
             candidates = self.features.candidates(looks)
             records = self.store.features_by_id(candidate.image_id for candidate in candidates)
             for candidate in candidates:  # most votes first
@@ -142,10 +142,10 @@ class VerifiedSearch:
 
 # Refusals before the pictures are compared: no transform between them was found. Only then is
 # an enlarged look of a small query asked (extract.ENLARGED_BELOW), and only against a stored
-# picture at least ENLARGED_FOR times its size: what the enlarging is for. A picture whose
-# keypoints did align and was refused for how it looks is a look-alike, and so is one of the
-# query's own size that did not align: catalogue motorbikes of one studio, 261 pixels wide, were
-# verified through their blurred enlargements (3 more different photographs on the six samples).
+# picture at least ENLARGED_FOR times its size: what the enlarging is for (a picture of the
+# query's own size gains nothing from it). A picture whose keypoints aligned and was refused for
+# how it looks gets no second chance from a blurred enlargement: verification is the only test
+# against look-alikes.
 GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no transform",
                                 "implausible scale", "too few inliers"))
 ENLARGED_FOR = 1.15
