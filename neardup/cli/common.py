@@ -14,18 +14,9 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def invoked_as(script: str) -> str:
-    """The name messages should give the command: as the user typed it.
-
-    `python search.py` and `python -m neardup.cli.search` are the script's name; the console
-    commands a pip install puts on PATH (neardup-search, ...) are their own name.
-    """
-    return command(script)
-
-
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
     """Run a command body; a user's mistake becomes `prog: error: ...` on stderr, never a traceback."""
-    prog = invoked_as(prog)
+    prog = command(prog)  # as the user typed it (neardup-search, search.py)
     # File names need not be UTF-8: write their bytes back as they are (as ls does), not crash.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
@@ -76,7 +67,7 @@ _OUTPUT_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EROF
 
 
 def warn(prog: str, message: str) -> None:
-    print(f"{invoked_as(prog)}: {message}", file=sys.stderr, flush=True)
+    print(f"{command(prog)}: {message}", file=sys.stderr, flush=True)
 
 
 def non_negative_int(text: str) -> int:

@@ -12,7 +12,7 @@ from ..sources.archives import DEFAULT_MAX_BYTES, Limits
 from ..sources.dataset import GatherOptions, gather
 from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
-from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import given_options, non_negative_int, positive_int, run_command, warn
 
 PROG = "gather.py"
 DEFAULT_SCALE = 0.05
@@ -37,7 +37,7 @@ def edit_kinds(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=invoked_as(PROG),
+        prog=command(PROG),
         description="Copy every source image into OUTPUT/haystack, add resized JPEG copies of a few"
         " random samples under OUTPUT/copies, and write OUTPUT/manifest.csv. Without --source the"
         " official CALTECH-101 archive is downloaded (checksum-verified, cached, resumable).",

@@ -13,7 +13,6 @@ from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, wor
 from .common import (
     given_options,
     hash_size,
-    invoked_as,
     non_negative_int,
     positive_int,
     run_command,
@@ -30,7 +29,7 @@ DEFAULT_CONNECT_SECONDS = 30
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=invoked_as(PROG),
+        prog=command(PROG),
         description="Hash every image under a folder and store hash -> paths in a shelve."
         " Re-runs are incremental: unchanged files are skipped, deleted ones dropped.",
         epilog="Exit status: 0 when the store holds images afterwards, 1 when nothing could be"

@@ -52,7 +52,7 @@ from ..service.server import (
     load_token,
     serve,
 )
-from .common import given_options, invoked_as, non_negative_int, positive_int, run_command, warn
+from .common import given_options, non_negative_int, positive_int, run_command, warn
 
 PROG = "search.py"
 
@@ -86,7 +86,7 @@ APPLIES_TO = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=invoked_as(PROG),
+        prog=command(PROG),
         description="Hash query images with the store's recipe and list the stored images within"
         " a Hamming distance, nearest first.",
         epilog="Output: one match per line, 'distance<TAB>path'; with several queries each line"
