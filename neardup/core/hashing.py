@@ -613,7 +613,7 @@ def picture_size(path: str) -> tuple[int, int] | None:
     """The picture's width and height read from its header alone, or None where it cannot be
     read (for choosing which of a group of duplicates to keep; nothing is decoded)."""
     try:
-        with read_file(path) as stream:
+        with open_regular_file(path) as stream:  # the header only: the file is not read whole
             if tiff.refusal(stream) is not None:
                 return None
             with warnings.catch_warnings():

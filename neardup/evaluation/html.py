@@ -24,7 +24,7 @@ from html import escape
 from ..core.hashing import DEFAULT_MAX_PIXELS, picture_size
 from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
-from ..errors import ImageError
+from ..errors import ImageError, command
 from .montage import thumbnail
 from .output import write_whole
 from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
@@ -144,19 +144,28 @@ def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
 def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
              max_pixels: int, reviewable: bool) -> str:
     items = list(items)
-    sizes = [picture_size(item.path) if reviewable and item.path and not item.changed else None
-             for item in items]
-    keep = _best(items, sizes) if reviewable else -1
-    figures = []
-    for position, item in enumerate(items):
-        picture = ""  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
+    pictures: list[str] = []  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
+    decoded: list[bool | None] = []  # None: not tried (no thumbnail drawn)
+    for item in items:
         if item.path is None:
-            picture = '<div class="missing">outside the dataset: not opened</div>'
+            pictures.append('<div class="missing">outside the dataset: not opened</div>')
+            decoded.append(False)
         elif with_pictures:
             try:
-                picture = f'<img alt="" src="{thumbnail_uri(item.path, max_pixels)}">'
+                pictures.append(f'<img alt="" src="{thumbnail_uri(item.path, max_pixels)}">')
+                decoded.append(True)
             except ImageError as error:
-                picture = f'<div class="missing">{escape(error.reason)}</div>'
+                pictures.append(f'<div class="missing">{escape(error.reason)}</div>')
+                decoded.append(False)
+        else:
+            pictures.append("")
+            decoded.append(None)
+    sizes = [picture_size(item.path) if reviewable and item.path and not item.changed else None
+             for item in items]
+    keep = _best(items, sizes, decoded) if reviewable else -1
+    figures = []
+    for position, item in enumerate(items):
+        picture = pictures[position]
         size = ""
         if item.path is not None:
             try:
@@ -171,7 +180,7 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
         tick = ""
         if reviewable and item.changed:
             tick = ('<span class="by-hand">changed since it was indexed: not listed for'
-                    " deletion; run index.py and look again</span>")
+                    f" deletion; run {escape(command('index.py'))} and look again</span>")
         elif reviewable and can_be_listed(item.relpath):
             # Nothing is marked until the person says so. A group with no image fit to keep
             # ("-") is left alone by "mark all but the one kept".
@@ -193,13 +202,14 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
             f'<div class="row">{"".join(figures)}</div></section>')
 
 
-def _best(items: list[Item], sizes: list[tuple[int, int] | None]) -> int:
+def _best(items: list[Item], sizes: list[tuple[int, int] | None],
+          decoded: list[bool | None]) -> int:
     """Which image of a group to keep: the most pixels, then the largest file (the least
     compressed), then the first; -1 (nothing marked in the group) when no image can be kept. The
     group's first is its most connected image, which may be a captioned or recompressed copy of
-    the original beside it. Only a file that is still what was indexed and that decodes can be
-    kept: the largest header of a file replaced or cut short since was kept, and the intact
-    copies marked."""
+    the original beside it. Only a file that is still what was indexed (its size known) and that
+    decodes (`decoded`: its thumbnail; None, not drawn, so tried here) can be kept: the largest
+    header of a file replaced or cut short since was kept, and the intact copies marked."""
     def quality(position: int) -> tuple[int, int, int]:
         size = sizes[position]
         try:
@@ -209,7 +219,9 @@ def _best(items: list[Item], sizes: list[tuple[int, int] | None]) -> int:
         return (size[0] * size[1] if size else -1, length, -position)
 
     keepable = [position for position, item in enumerate(items)
-                if sizes[position] is not None and _decodes(item.path)]
+                if sizes[position] is not None
+                and (decoded[position] if decoded[position] is not None
+                     else _decodes(item.path))]
     return max(keepable, key=quality) if keepable else -1
 
 
