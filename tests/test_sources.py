@@ -160,3 +160,17 @@ class TestLocalSources:
         assert len([r for r in read_manifest("out/manifest.csv") if r.role != "copy"]) == 12
 
 
+
+
+def test_a_source_of_links_to_folders_says_they_are_not_followed(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree("real", 6, folders=2)
+    Path("links").mkdir()
+    for folder in sorted(Path("real").iterdir()):
+        (Path("links") / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    assert gather_cli.main(["--source", "links", "-o", "out", "--seed", "1", "--samples", "1",
+                            "-q"]) == 2
+    error = capsys.readouterr().err.strip()
+    names = ", ".join(sorted(folder.name for folder in Path("real").iterdir()))
+    assert error == ("gather.py: error: links: holds no images (it holds links to folders, which"
+                     f" are not followed: {names})")

@@ -12,7 +12,8 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from ..core.discovery import FoundFile, walk_images
+from ..core.discovery import FoundFile, Skipped, walk_images
+from ..core.results import shown_path
 from ..errors import DatasetError
 from .archives import Limits, extract, is_archive
 from .download import download
@@ -84,7 +85,19 @@ def _image_root(folder: str, cache_dir: str, limits: Limits,
                 inner = os.path.join(dirpath, name)
                 return _image_root(_unpacked(inner, cache_dir, limits, report), cache_dir, limits,
                                    report)
-    raise DatasetError(f"{folder}: holds no images")
+    raise DatasetError(f"{folder}: holds no images{_links_left_out(folder)}")
+
+
+def _links_left_out(folder: str) -> str:
+    """What the walk passed over that may be the images: links to folders are never followed
+    (a link cycle would make the walk endless), so a folder of such links holds no images."""
+    links = [entry.path for entry in walk_images(folder)
+             if isinstance(entry, Skipped) and entry.reason.startswith("link to a folder")]
+    if not links:
+        return ""
+    shown = ", ".join(shown_path(os.path.relpath(link, folder)) for link in links[:3])
+    more = f" and {len(links) - 3} more" if len(links) > 3 else ""
+    return f" (it holds links to folders, which are not followed: {shown}{more})"
 
 
 def _find_folder(root: str, name: str, depth: int = 3) -> str | None:
