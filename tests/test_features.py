@@ -215,6 +215,15 @@ def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.Ca
     assert columns["features, verified"]["recall"]["all"] == 1.0
     assert columns["hash <= 4 bits"]["recall"]["all"] < 1.0  # the hash misses crops and mirrors
     assert all(column["other_matches"] == 0 for column in columns.values())
+    # The review page shows what search.py answers: every copy verified, none listed as missed
+    # (the hash alone misses the crop and the mirror image; its table stays, labelled).
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--html", "page.html"]) == 0
+    page = Path("page.html").read_text(encoding="utf-8")
+    copies = len(copies_of(original))
+    assert f"{copies} of {copies} copies found, 0 other matches" in page
+    assert "missed:" not in page and "1 of 1 queries found every copy" in page
+    assert "The hash alone, unverified" in page
 
 
 def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
@@ -232,7 +241,7 @@ def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
     verified = capsys.readouterr().out.split("verified matches (local features)")[1].splitlines()
     assert [line.split()[:2] for line in verified[-3:-1]] == [["missed", "g1"]] * 2
     assert verified[-1] == ("  ... and 1 more missed copies and other matches, all listed in"
-                            " --report DIR (its .json)")
+                            " --report DIR or --html PAGE")
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
                             "--report", "report"]) == 0
     captured = capsys.readouterr()

@@ -498,8 +498,9 @@ def run_evaluation(args: argparse.Namespace) -> int:
     else:
         where = "the --report files" if args.report else (
             "the --html page" if args.html else "--report DIR or --html PAGE")
-        # The page shows the hash's answers; the verified ones are in the report's JSON.
-        verified_where = "the --report files" if args.report else "--report DIR (its .json)"
+        # On a store with features the page shows the verified answers, as the report does.
+        verified_where = "the --report files" if args.report else (
+            "the --html page" if args.html else "--report DIR or --html PAGE")
         print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
                                              listed_elsewhere=where)
                           + (f"\n\n{format_verified(e, LISTED_MISSES, verified_where)}"
@@ -527,7 +528,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
                              " matches, worst first", verified_rows(evaluation),
                              what="queries with a miss or another match",
                              nothing="every copy verified and nothing else",
-                             rest_in=f"{stem}.json")
+                             rest_in=f"{stem}.html")
             save_page(os.path.join(args.report, f"{stem}.html"),
                       evaluation_page(evaluation, args.max_distance))
     if args.html:

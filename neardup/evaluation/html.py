@@ -27,7 +27,7 @@ from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
 from .montage import thumbnail
 from .output import write_whole
-from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
+from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation, verified_table
 
 THUMBNAIL_SIDE = 150
 JPEG_QUALITY = 80
@@ -73,13 +73,49 @@ def groups_page(
 def evaluation_page(
     evaluation: Evaluation, max_distance: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> str:
-    """The evaluation's table, then every query with what it missed and what else it found."""
+    """The evaluation's table, then every query with what it missed and what else it found. On a
+    store with local features the queries listed are what search.py answers (verified matches),
+    the hash's table kept below the verified one for comparison."""
     title = f"Evaluation of {os.path.basename(evaluation.store)}"
-    at = evaluation.row(max_distance)
-    summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
-               f" {len(evaluation.groups)} queries, {evaluation.copies} copies. At max distance"
-               f" {max_distance}: {at.found} of {evaluation.copies} copies found,"
-               f" {at.false_matches} other matches. Paths are relative to the dataset folder:")
+    root = evaluation.dataset_root
+    if evaluation.verified_at is None:
+        at = evaluation.row(max_distance)
+        summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
+                   f" {len(evaluation.groups)} queries, {evaluation.copies} copies. At max"
+                   f" distance {max_distance}: {at.found} of {evaluation.copies} copies found,"
+                   f" {at.false_matches} other matches. Paths are relative to the dataset folder:")
+        tables = [_threshold_table(evaluation, max_distance)]
+        shown = _hash_answers(evaluation, max_distance)
+        answered = f"at max distance {max_distance}"
+    else:
+        others = verified_table(evaluation)[-1][2]
+        found = sum(copy.path in group.verified for group in evaluation.groups
+                    for copy in group.copies)
+        summary = (f"{evaluation.recipe} and local features: {len(evaluation.groups)} queries,"
+                   f" {evaluation.copies} copies. Verified search (what search.py answers, at"
+                   f" max distance {evaluation.verified_at}): {found} of {evaluation.copies}"
+                   f" copies found, {others} other matches. Paths are relative to the dataset"
+                   " folder:")
+        tables = [_verified_table(evaluation),
+                  "<h2>The hash alone, unverified (what a store without features answers)</h2>",
+                  _threshold_table(evaluation, max_distance)]
+        shown = _verified_answers(evaluation)
+        answered = "in the verified search"
+    sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
+                         f" {_count(items, 'other', 'other match', 'other matches')}", items,
+                         with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
+                         max_pixels=max_pixels, reviewable=False)
+                for number, (name, items) in enumerate(shown, start=1)]
+    found_all = len(evaluation.groups) - len(shown)
+    listing = (f"<h2>Queries with a missed copy or another match: {len(shown)}</h2>"
+               f"<p>{found_all} of {len(evaluation.groups)} queries found every copy and nothing"
+               f" else {answered}.</p>")
+    body = [_header(title, summary, root), *tables, listing, _cut_notice(len(shown)), *sections]
+    return _page(title, body)
+
+
+def _threshold_table(evaluation: Evaluation, max_distance: int) -> str:
+    """Recall per edit kind, other matches and precision of the hash at every threshold."""
     kinds = evaluation.kinds
     head = "".join(f"<th>{escape(kind)}</th>" for kind in [*kinds, "all"])
     rows = []
@@ -93,9 +129,24 @@ def evaluation_page(
         css = ' class="chosen"' if marks else ""
         rows.append(f"<tr{css}><td>{row.threshold}</td>{cells}<td>{row.false_matches}</td>"
                     f"<td>{row.precision:.4f}</td><td>{', '.join(marks)}</td></tr>")
-    table = (f'<table class="scores"><tr><th>t</th>{head}<th>false</th><th>precision</th><th></th>'
-             f"</tr>{''.join(rows)}</table>")
+    return (f'<table class="scores"><tr><th>t</th>{head}<th>false</th><th>precision</th><th></th>'
+            f"</tr>{''.join(rows)}</table>")
 
+
+def _verified_table(evaluation: Evaluation) -> str:
+    """Recall per edit kind and other matches, by where the verified candidates came from."""
+    columns = verified_table(evaluation)
+    head = "".join(f"<th>{escape(title)}</th>" for title, _, _ in columns)
+    rows = [f"<tr><td>{escape(kind)}</td>"
+            + "".join(f"<td>{recall.get(kind, 0.0):.1%}</td>" for _, recall, _ in columns)
+            + "</tr>" for kind in [*evaluation.kinds, "all"]]
+    rows.append("<tr><td>other matches</td>"
+                + "".join(f"<td>{others}</td>" for _, _, others in columns) + "</tr>")
+    return (f'<table class="scores"><tr><th>edit</th>{head}</tr>{"".join(rows)}</table>')
+
+
+def _hash_answers(evaluation: Evaluation, max_distance: int) -> list[tuple[str, list[Item]]]:
+    """Per query: the copies the hash missed and the other images within max_distance."""
     root = evaluation.dataset_root
     shown = []
     for group in evaluation.groups:
@@ -113,17 +164,33 @@ def evaluation_page(
                                   f"other match, distance {distance}", "other"))
         if len(items) > 1:
             shown.append((group.group, items))
-    sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
-                         f" {_count(items, 'other', 'other match', 'other matches')}", items,
-                         with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
-                         max_pixels=max_pixels, reviewable=False)
-                for number, (name, items) in enumerate(shown, start=1)]
-    found_all = len(evaluation.groups) - len(shown)
-    listing = (f"<h2>Queries with a missed copy or another match: {len(shown)}</h2>"
-               f"<p>{found_all} of {len(evaluation.groups)} queries found every copy and nothing"
-               f" else at max distance {max_distance}.</p>")
-    body = [_header(title, summary, root), table, listing, _cut_notice(len(shown)), *sections]
-    return _page(title, body)
+    return shown
+
+
+def _verified_answers(evaluation: Evaluation) -> list[tuple[str, list[Item]]]:
+    """Per query: the copies the verified search did not answer and the other images it did."""
+    root = evaluation.dataset_root
+    shown = []
+    for group in evaluation.groups:
+        items = [Item(group.original, resolve_stored_path(root, group.original),
+                      f"query {group.group}", "query")]
+        copies = {copy.path for copy in group.copies}
+        for copy in group.copies:
+            if copy.path not in group.verified:
+                distance = (f"hash not within {MAX_THRESHOLD} bits" if copy.distance is None
+                            else f"hash distance {copy.distance}")
+                items.append(Item(copy.path, resolve_stored_path(root, copy.path),
+                                  f"missed: {copy.edit} (not verified; {distance})", "missed"))
+        for path, how in sorted(group.verified.items()):
+            if path not in copies:
+                distance = group.others.get(path)
+                shown_distance = "" if distance is None else f", hash distance {distance}"
+                items.append(Item(path, resolve_stored_path(root, path),
+                                  f"other match, verified (found by {how}{shown_distance})",
+                                  "other"))
+        if len(items) > 1:
+            shown.append((group.group, items))
+    return shown
 
 
 def write_page(path: str, page: str) -> None:
