@@ -978,3 +978,21 @@ def test_two_bikes_before_one_backdrop_are_not_rebalanced_into_a_match(caltech_r
     stored = FeatureSet.from_bytes(extract(frames[724], STORED_KEYPOINTS).to_bytes())
     verdict = verify(query_features(frames[722])[0], stored)
     assert not verdict.verified, verdict
+
+
+def test_a_sepia_copy_is_verified() -> None:
+    """A sepia copy is a gray one given a tint from its shadows to its highlights: its colours are
+    a function of its brightness and say nothing against the original's (they were refused)."""
+    original = object_on_white((40, 120, 200))
+    sepia = ImageOps.colorize(ImageOps.grayscale(original), (40, 26, 13), (255, 240, 192))
+    stored = FeatureSet.from_bytes(extract(np.asarray(original), STORED_KEYPOINTS).to_bytes())
+    verdict = verify(query_features(np.asarray(sepia))[0], stored)
+    assert verdict.verified and verdict.colour_agreement is None, verdict
+
+
+def test_a_real_sepia_copy_is_verified(caltech_root: Path) -> None:
+    with Image.open(caltech_root / "Motorbikes/image_0374.jpg") as photo:
+        original = photo.convert("RGB")
+    sepia = ImageOps.colorize(ImageOps.grayscale(original), (40, 26, 13), (255, 240, 192))
+    stored = FeatureSet.from_bytes(extract(np.asarray(original), STORED_KEYPOINTS).to_bytes())
+    assert verify(query_features(np.asarray(sepia))[0], stored).verified
