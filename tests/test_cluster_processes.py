@@ -52,8 +52,11 @@ def installed_venv() -> Path:
 
 
 @contextmanager
-def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str]) -> Iterator[str]:
-    """A real scheduler and `workers` worker processes; yields the scheduler's address."""
+def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str],
+                 hidden: Path | None = None) -> Iterator[str]:
+    """A real scheduler and `workers` worker processes; yields the scheduler's address. `hidden`:
+    a folder the workers do not see (an empty tmpfs mounted over it in their own mount namespace,
+    as on worker machines where a share is not mounted)."""
     folder.mkdir()
     scheduler_file = folder / "scheduler.json"
     logs = []
@@ -73,8 +76,12 @@ def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str]) -> Iter
             assert time.monotonic() < deadline, (folder / "scheduler.log").read_text()
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
-        start("workers", [str(DASK), "worker", address, "--host", "127.0.0.1", "--nworkers",
-                          str(workers), "--nthreads", "1", "--no-dashboard"], worker_env)
+        worker = [str(DASK), "worker", address, "--host", "127.0.0.1", "--nworkers",
+                  str(workers), "--nthreads", "1", "--no-dashboard"]
+        if hidden is not None:
+            worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden), *worker]
+        start("workers", worker, worker_env)
         yield address
     finally:
         for process in reversed(processes):
@@ -119,8 +126,8 @@ def test_workers_with_another_neardup_are_refused_in_one_line(
     assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:")
     assert err.endswith(
         f") has neardup 0.0.1; this client has {neardup.__version__}: install the same there"
-        " (pip install '<this checkout>[dask]' in the environment that runs dask scheduler and"
-        " dask worker)\n")
+        f" (neardup {neardup.__version__} with its [dask] extra, from the same wheel or checkout"
+        " as this client, in the environment that runs dask scheduler and dask worker)\n")
     assert not os.path.exists("dask.shelve"), "nothing is written before the cluster is checked"
 
 
@@ -191,3 +198,53 @@ def _scheduler_pid(folder: Path) -> int:
             if b"scheduler" in command and b"--scheduler-file" in command and where == str(folder):
                 return int(entry)
     raise AssertionError("no scheduler process")
+
+
+def test_workers_that_do_not_see_the_folder_remove_nothing(
+        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: workers that could not see the dataset folder reported every changed file "not
+    found", and index.py removed their entries (all 200 of a store; with a few changed files,
+    exit 0). Entries of files the workers cannot reach now stay, and the run says why."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("hiding a folder from the workers needs root and unshare (a mount namespace)")
+    make_tree("images", 30, folders=2)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    before = buckets("db.shelve")
+    for path in Path("images").rglob("*.jpg"):
+        os.chmod(path, 0o644)  # content unchanged, ctime moved: hashed again
+    capsys.readouterr()
+    with dask_cluster(in_tmp / "cluster", 1, clean_env(), hidden=in_tmp / "images") as address:
+        code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--scheduler", address,
+                               "--connect-timeout", str(START_SECONDS)])
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert buckets("db.shelve") == before
+    assert ", removed 0," in captured.out and "30 kept as they were" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        "index.py: the Dask workers could not read 30 files that are under images here: each"
+        " worker must see the folder at the same path; stored entries of those files were kept")
+
+
+def test_features_on_workers_without_opencv_are_refused_in_one_line(
+        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: --features on workers without the features extra failed with a 45-line
+    traceback from a worker (No module named 'cv2'), and left an empty store that then refused a
+    run without --features. Now one line before anything is written."""
+    pytest.importorskip("cv2", reason="the client needs the features extra")
+    blocker = in_tmp / "no-opencv"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['cv2'] = None\n")
+    make_tree("images", 4)
+    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(blocker))) as address:
+        code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features",
+                               "--scheduler", address, "--connect-timeout", str(START_SECONDS)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:"), err
+    assert err.endswith(
+        ") cannot extract local features (cv2 missing there); install the same there (neardup"
+        f" {neardup.__version__} with its [dask,features] extra, from the same wheel or checkout"
+        " as this client, in the environment that runs dask scheduler and dask worker)\n"), err
+    assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")

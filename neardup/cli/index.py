@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                    "report": lambda line: warn(PROG, line), "features": args.features,
                    "allow_mass_removal": args.allow_mass_removal}
         if args.scheduler or args.local_cluster:
-            with connect(args.scheduler, args.local_cluster, args.connect_timeout) as client:
+            with connect(args.scheduler, args.local_cluster, args.connect_timeout,
+                         features=args.features) as client:
                 hasher = cluster_hasher(client, args.partition_size, features=args.features)
                 summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
                                        **options)
@@ -107,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.shelve}: {summary.line()}")
         if summary.refusal:
             return EXIT_REFUSED
+        if (args.scheduler or args.local_cluster) and summary.unreached_here:
+            # The workers could not find files that are here: they do not see the folder.
+            warn(PROG, f"the Dask workers could not read {summary.unreached_here} files that"
+                 f" are under {args.dataset} here: each worker must see the folder at the same"
+                 " path; stored entries of those files were kept")
+            return EXIT_NOTHING_INDEXED
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")
             return EXIT_NOTHING_INDEXED

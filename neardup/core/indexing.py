@@ -64,6 +64,9 @@ class HashOutcome:
     hash_hex: str | None
     error: str | None
     features: bytes | None = None  # local features, when the store keeps them
+    # The file could not be reached (not found, permission denied), as opposed to read and found
+    # wanting: says nothing of its content, so a stored entry for it stays.
+    unreached: bool = False
 
 
 @dataclass(slots=True)
@@ -79,6 +82,8 @@ class IndexSummary:
     bad_entries: int = 0  # store entries written by others that are not (hash, list of paths)
     refused_removal: int = 0  # entries this run would have removed, had it not been refused
     refusal: str = ""  # why the run wrote nothing
+    kept: int = 0  # stored images that could not be reached this run: their entries stay
+    unreached_here: int = 0  # files the hashing side could not reach though this side sees them
 
     def line(self) -> str:
         if self.refusal:
@@ -90,6 +95,7 @@ class IndexSummary:
             f" failed {self.failed}, skipped {self.skipped}"
             + (f", {self.low_information} low-information" if self.low_information else "")
             + (f", {self.bad_entries} bad store entries" if self.bad_entries else "")
+            + (f", {self.kept} kept as they were (could not be read)" if self.kept else "")
             + f"; {_images(self.total)} in the store"
             f" ({rate:,.0f} images/s)"
         )
@@ -230,8 +236,16 @@ def index_folder(
                     if outcome.hash_hex is None:
                         summary.failed += 1
                         report(f"{shown(outcome.file.path)}: {outcome.error}")
-                        if relpath in stored:
-                            failed_before.append(relpath)  # its old hash is stale
+                        if outcome.unreached:
+                            # Not found or not readable where it was hashed, but listed here:
+                            # a Dask worker that does not see the folder, or a file deleted or
+                            # locked meanwhile. Its content is unknown, so its entry stays (the
+                            # next run removes it if it is gone).
+                            summary.kept += relpath in stored
+                            if os.path.exists(outcome.file.path):
+                                summary.unreached_here += 1
+                        elif relpath in stored:
+                            failed_before.append(relpath)  # read, and not an image now: stale
                             written.add(stored[relpath].hash_hex)
                         continue
                     batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
@@ -599,7 +613,8 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
 
             feature_bytes = stored_features(item.path, max_pixels)
     except ImageError as error:
-        return HashOutcome(item, None, error.reason)
+        unreached = isinstance(error.__cause__, (FileNotFoundError, PermissionError))
+        return HashOutcome(item, None, error.reason, unreached=unreached)
     except MemoryError:
         # Not a bug nor a bad image: this file needs more memory than the process may take
         # (ulimit -v, a container's limit). The others go on; the run says which one.
@@ -609,7 +624,7 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
     try:
         after = os.stat(item.path)
     except OSError:
-        return HashOutcome(item, None, "vanished while being indexed")
+        return HashOutcome(item, None, "vanished while being indexed", unreached=True)
     if (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) != (
             item.size, item.mtime_ns, item.inode or after.st_ino, item.ctime_ns or after.st_ctime_ns):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")

@@ -41,8 +41,18 @@ _VERSION_PROBE = (
     "__import__('neardup').__version__"
     " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
 )
-INSTALL_HINT = ("install the same there (pip install '<this checkout>[dask]' in the environment"
-                " that runs dask scheduler and dask worker)")
+# Which of the features extra's modules a worker cannot import (a list, empty when it has both).
+_FEATURES_PROBE = ("[name for name in ('cv2', 'faiss')"
+                   " if __import__('importlib.util').util.find_spec(name) is None]")
+
+
+def cluster_install_hint(extras: str = "dask") -> str:
+    """Where to install what: the same neardup as this client, in the cluster's environments."""
+    return (f"install the same there (neardup {__version__} with its [{extras}] extra, from the"
+            " same wheel or checkout as this client, in the environment that runs dask scheduler"
+            " and dask worker)")
+
+
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
 
@@ -58,7 +68,8 @@ def _dask() -> Any:
 
 @contextmanager
 def connect(
-    scheduler: str | None, local_workers: int | None, timeout_seconds: float = 30
+    scheduler: str | None, local_workers: int | None, timeout_seconds: float = 30,
+    features: bool = False,
 ) -> Iterator[Any]:
     """A Dask client: to the scheduler at that address, or to a new local cluster on 127.0.0.1."""
     distributed = _dask()
@@ -68,7 +79,7 @@ def connect(
                                            dashboard_address=None)
         try:
             with distributed.Client(cluster) as client:
-                check_cluster(client, timeout_seconds)
+                check_cluster(client, timeout_seconds, features)
                 yield client
         finally:
             cluster.close()
@@ -85,14 +96,15 @@ def connect(
     quiet.setLevel(logging.CRITICAL)
     try:
         with client:
-            check_cluster(client, timeout_seconds)
+            check_cluster(client, timeout_seconds, features)
             yield client
     finally:
         quiet.setLevel(level)
 
 
-def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
-    """Refuse, in one line, a cluster whose scheduler or workers cannot import this neardup."""
+def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = False) -> None:
+    """Refuse, in one line, a cluster whose scheduler or workers cannot import this neardup (or,
+    for `features`, whose workers lack OpenCV or FAISS)."""
     try:
         client.wait_for_workers(1, timeout=timeout_seconds)
     except TimeoutError:
@@ -104,9 +116,11 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
     except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
-                           + INSTALL_HINT) from error
+                           + cluster_install_hint()) from error
     wrong = {name: found for name, found in answers.items() if found != __version__}
     if not wrong:
+        if features:
+            _check_features(client)
         return
     parts = ["the Dask scheduler"] if "scheduler" in wrong else []
     workers = sorted(name for name in wrong if name != "scheduler")
@@ -117,7 +131,27 @@ def check_cluster(client: Any, timeout_seconds: float = 30) -> None:
     seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
     verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
     raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
-                       + INSTALL_HINT)
+                       + cluster_install_hint())
+
+
+def _check_features(client: Any) -> None:
+    """Refuse a --features run on workers that could not extract them: each would fail its first
+    partition with a traceback, after the store was made."""
+    try:
+        lacking = {name: missing for name, missing in client.run(eval, _FEATURES_PROBE).items()
+                   if missing}
+    except Exception as error:  # noqa: BLE001 - whatever the remote probe raised
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NeardupError(f"cannot ask the Dask workers for OpenCV and FAISS ({detail})"
+                           ) from error
+    if not lacking:
+        return
+    workers = sorted(lacking)
+    more = ", ..." if len(workers) > 1 else ""
+    missing = " and ".join(sorted({name for names in lacking.values() for name in names}))
+    raise NeardupError(f"{len(workers)} of {len(client.scheduler_info()['workers'])} Dask workers"
+                       f" ({workers[0]}{more}) cannot extract local features ({missing} missing"
+                       f" there); " + cluster_install_hint("dask,features"))
 
 
 def cluster_hasher(
