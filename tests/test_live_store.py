@@ -491,3 +491,27 @@ def test_opening_and_closing_another_store_keeps_this_one_locked(indexed: Path) 
         assert first.generation() == before + 1
         assert first.bucket(key) == []
     first.close()
+
+
+def test_a_checker_left_running_leaves_the_commits_in_the_store_file(in_tmp: Path) -> None:
+    """A review: a read-only checker open while index.py wrote was the last to close, and could
+    not copy the commits from the -wal into the file. A copy of the file alone (a backup) then
+    lacked them, a backup copied back over the file was undone by them, and a rebuilt store moved
+    into place was damaged by them. index.py now empties the -wal as it finishes."""
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    with subprocess.Popen(SEARCH + ["-s", "db.shelve", "--stdin"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as checker:
+        probe = str(in_tmp / "images" / "cat0" / "image_0000.jpg")
+        assert ask(checker, probe) == {"cat0/image_0000.jpg"}  # open, and reading
+        make_tree("images/more", 12, start_seed=100)  # 12 more images
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        assert os.path.getsize("db.shelve-wal") == 0
+        os.mkdir("backup")
+        shutil.copyfile("db.shelve", "backup/db.shelve")  # the file alone
+        assert ask(checker, probe) == {"cat0/image_0000.jpg"}
+        assert checker.stdin
+        checker.stdin.close()
+        assert checker.wait(timeout=60) == 0
+    with Store.open_for_reading("backup/db.shelve") as copy:
+        assert copy.image_count() == 18

@@ -62,6 +62,8 @@ from .storefile import (
 # 2: change tracking (neardup_changes, neardup_counts and the triggers) and each file's inode and
 # ctime. Version 1 stores are read as they are and upgraded by the next index.py run.
 FORMAT_VERSION = 2
+# How long the writer's last checkpoint waits for readers on an older snapshot (Store._checkpoint).
+CHECKPOINT_WAIT_MS = 2000
 READABLE_FORMATS = ("1", "2")
 # Paths or hashes looked up in one statement (SQLite allows at least 999 parameters).
 SQL_BATCH = 500
@@ -366,10 +368,25 @@ class Store:
             raise
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._checkpoint()
         self._db.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _checkpoint(self) -> None:
+        """The writer's last step: copy every commit from the `-wal` into the file and empty the
+        `-wal`. The last connection to close does that by itself, but a reader (a checker) still
+        open, read-only, cannot: it left a `-wal` full of commits, so that a copy of the file alone
+        (a backup) missed them, a backup copied back over the file was undone by them, and a
+        rebuilt store moved into place was damaged by them. Waits a little for readers to move
+        to the latest snapshot; if one holds an old one longer, the `-wal` stays as it is."""
+        try:
+            self._db.raw.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+            self._db.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # the commits are safe in the -wal; only the copy into the file waits
 
     def discard(self) -> None:
         """Close and delete a store this writer created and left empty, with its lock and cache."""
