@@ -51,7 +51,13 @@ def command(script: str) -> str:
     """How a message names one of the three programs (`index.py`): as this process was started.
     Run as a console command of a pip install (neardup-search), the others are named the same
     way (neardup-index); run as a script or with python -m, by their scripts."""
-    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    started = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    typed = os.path.basename(started)
     if typed.startswith("neardup-"):
         return "neardup-" + script.removesuffix(".py")
+    folder = os.path.dirname(os.path.abspath(started)) if started else ""
+    if (os.path.basename(folder) == "cli" and os.path.basename(os.path.dirname(folder)) == "neardup"
+            and typed.endswith(".py")):
+        # python -m neardup.cli.search: an installed package has no search.py to name.
+        return "python -m neardup.cli." + script.removesuffix(".py")
     return script

@@ -66,4 +66,18 @@ def test_modules_of_the_commands_run_with_python_m() -> None:
     for name in ("gather", "index", "search"):
         run = subprocess.run([sys.executable, "-m", f"neardup.cli.{name}", "--help"],
                              capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
-        assert run.returncode == 0 and run.stdout.startswith(f"usage: {name}.py ")
+        assert run.returncode == 0
+        assert run.stdout.startswith(f"usage: python -m neardup.cli.{name} "), run.stdout
+
+
+def test_messages_of_python_m_name_the_other_commands_as_python_m(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A review: run with python -m from an installed package, messages said `search.py: error:
+    ... (build one with index.py)`, commands an installed package does not have."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "neardup.cli.search", "-s", "nope.shelve", "-q",
+                          "x.jpg"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr == ("python -m neardup.cli.search: error: nope.shelve: no such store (build"
+                          " one with python -m neardup.cli.index)\n")
