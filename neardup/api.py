@@ -44,10 +44,14 @@ from .core.search import (
 )
 from .core.store import Store
 
+# Imported for real (34 ms), not only for type checkers: typing.get_type_hints(), and the tools
+# built on it (sphinx-autodoc-typehints, typeguard, pydantic), must resolve every public
+# annotation.
+from .evaluation.scoring import Evaluation
+
 if TYPE_CHECKING:
     import numpy as np
 
-    from .evaluation.scoring import Evaluation
     from .features.search import VerifiedSearch
 
 # What search() accepts: a file path, the bytes of an image file (an upload), or a decoded image.

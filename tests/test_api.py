@@ -151,3 +151,20 @@ def test_search_takes_an_open_file_and_checks_the_distance_type(in_tmp: Path) ->
         for wrong in ("4", 4.5, True):
             with pytest.raises(TypeError, match="max_distance must be a whole number"):
                 store.search(query, max_distance=wrong)  # type: ignore[arg-type]
+
+
+def test_every_public_annotation_resolves() -> None:
+    """A review: typing.get_type_hints() raised NameError on index_folder (a quoted name inside
+    the Hasher alias) and on ImageStore.evaluate (a name imported for type checkers only), which
+    breaks the tools built on it (sphinx-autodoc-typehints, typeguard, pydantic)."""
+    import inspect
+    import typing
+
+    import neardup
+
+    checked = [neardup.index_folder, neardup.open_store]
+    checked += [member for name, member in inspect.getmembers(neardup.ImageStore)
+                if callable(member) and not name.startswith("_")]
+    checked += [neardup.Found, neardup.DuplicateGroup]
+    for function in checked:
+        typing.get_type_hints(function)  # raises on a name that does not resolve

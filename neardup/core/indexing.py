@@ -117,7 +117,7 @@ def library_versions() -> dict[str, str]:
 
 # Hashes a list of files and yields the outcomes in groups; each group is committed as one
 # transaction. Local: groups by size and time from a process pool. On a cluster: one per partition.
-Hasher = Callable[[list[FoundFile], Recipe, int], Iterator[list["HashOutcome"]]]
+Hasher = Callable[[list[FoundFile], Recipe, int], Iterator[list[HashOutcome]]]
 
 
 def index_folder(
