@@ -138,6 +138,16 @@ class TestRefusals:
             Store.open_for_reading(str(path))
         assert path.read_bytes() == content
 
+    @pytest.mark.parametrize("content", [b"\n", b"7", b"SQLite format 3"])
+    def test_a_file_shorter_than_an_sqlite_header_is_left_untouched(
+            self, tmp_path: Path, content: bytes) -> None:
+        """A review: SQLite reads a 1-byte file as an empty database, and it was filled."""
+        path = tmp_path / "db.shelve"
+        path.write_bytes(content)
+        with pytest.raises(StoreError, match="not a neardup store"):
+            open_store(tmp_path)
+        assert path.read_bytes() == content
+
     def test_another_sqlite_database_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "db.shelve"
         with closing(sqlite3.connect(path)) as connection, connection:

@@ -145,6 +145,11 @@ def probe_for_writing(path: str) -> bool:
     and without one the main file is opened immutable, which creates not even a -shm file."""
     if file_size(path) == 0 and not wal_has_data(path):
         return True  # a 0-byte file holds nothing to lose
+    if not wal_has_data(path) and not _has_sqlite_header(path):
+        # SQLite reads a file shorter than its header (a 1-byte file) as an empty database,
+        # which would then be filled: refused like any other file that is not one.
+        raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite database);"
+                         " choose another --shelve")
     query = "?mode=ro" if wal_has_data(path) else "?immutable=1"
     try:
         connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + query, uri=True,
@@ -166,6 +171,14 @@ def probe_for_writing(path: str) -> bool:
     if "neardup_meta" not in tables:
         raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
     return False
+
+
+def _has_sqlite_header(path: str) -> bool:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return True  # SQLite's own open then says what is wrong
 
 
 def connect_writer(path: str) -> sqlite3.Connection:
