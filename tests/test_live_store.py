@@ -515,3 +515,25 @@ def test_a_checker_left_running_leaves_the_commits_in_the_store_file(in_tmp: Pat
         assert checker.wait(timeout=60) == 0
     with Store.open_for_reading("backup/db.shelve") as copy:
         assert copy.image_count() == 18
+
+
+def test_a_bucket_deleted_behind_index_py_is_listed_again(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: a bucket deleted by another program (`del db[hash]` in a 3.13 shelve, as the
+    message about a bad entry invites) lost its image for good: the file was unchanged, so never
+    hashed again, and every run counted it as stored. Paths others added to a bucket stay."""
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    key = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
+    other = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+    sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", key.encode("ascii"))
+    sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
+                 pickle.dumps(["uploads/added.jpg"]), other.encode("ascii"))
+    assert answers("images/cat0/image_0000.jpg") == set()
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"bucket {key} had lost 1 image indexed under that hash" in err
+    assert f"bucket {other} had lost 1 image" in err
+    assert answers("images/cat0/image_0000.jpg") == {"cat0/image_0000.jpg"}
+    assert answers("images/cat1/image_0001.jpg") == {"cat1/image_0001.jpg", "uploads/added.jpg"}

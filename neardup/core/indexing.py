@@ -200,6 +200,7 @@ def index_folder(
         start_generation = store.generation()
         cache.forget_other_histories(store)
         bad = _check_foreign_entries(store)
+        relisted = _relist_lost_images(store, report)
 
         todo: list[FoundFile] = []
         rechecks: dict[str, str] = {}  # relpath -> stored hash, hashed again to be sure
@@ -224,7 +225,7 @@ def index_folder(
 
         store.apply(refreshed, gone, keep_features=True)  # unchanged: their features stand
         summary.removed += len(gone)
-        written: set[str] = set()  # hashes this run changed, not someone else
+        written: set[str] = set(relisted)  # hashes this run changed, not someone else
 
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
         try:
@@ -316,6 +317,21 @@ def _check_foreign_entries(store: Store) -> dict[object, str]:
         return store.check_entries(None)  # upgraded from format 1: look at every entry once
     keys = store.changed_raw_keys(store.changes_since()) + store.known_bad_entries()
     return store.check_entries(list(dict.fromkeys(keys)))
+
+
+def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
+    """Buckets other programs changed since the last run that lost images indexed under them (a
+    `del db[hash]`, as the message about a bad entry invites): those images are listed again,
+    or they would stay out of every answer while the summary counted them. Returns the hashes."""
+    if not store.tracking:
+        return []
+    changed = [_hash_text(key) for key in store.changed_raw_keys(store.changes_since())]
+    relisted = store.relist_indexed(hash_hex for hash_hex in changed if hash_hex)
+    for hash_hex, count in relisted.items():
+        images = "1 image" if count == 1 else f"{count} images"
+        report(f"{store.path}: bucket {hash_hex} had lost {images} indexed under that hash"
+               " (deleted or rewritten by another program); listed again")
+    return list(relisted)
 
 
 def _hash_text(key: object) -> str:

@@ -688,6 +688,41 @@ class Store:
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
             self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
+    def relist_indexed(self, hashes: Iterable[str]) -> dict[str, int]:
+        """List again, in one transaction, the images neardup indexed under these hashes that their
+        buckets no longer list (another program deleted the bucket, or rewrote it without them:
+        the files table still records their hash, and an unchanged file is never hashed again).
+        Paths others added stay. A bucket whose value is not a list of paths is left as it is
+        (reported until someone fixes it). Returns hash -> how many paths were listed again."""
+        relisted: dict[str, int] = {}
+        with self.transaction():
+            for hash_hex in sorted(set(hashes)):
+                try:
+                    blob = bytes.fromhex(hash_hex)
+                except ValueError:
+                    continue
+                known = {os.fsdecode(bytes(path)) for (path,) in self._db.all(
+                    "SELECT path FROM neardup_files WHERE hash = ?", (blob,))}
+                if not known:
+                    continue
+                rows = self._stored_buckets([hash_hex]).get(hash_hex, [])
+                listed: set[str] = set()
+                for _key, value in rows:
+                    found, _problem = bucket_problem(value)
+                    if found is None:
+                        break
+                    listed |= set(found)
+                else:
+                    missing = known - listed
+                    if missing:
+                        paths = self._bucket_after(hash_hex, rows, missing, set())
+                        self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?) ON CONFLICT"
+                                     " (key) DO UPDATE SET value = excluded.value",
+                                     (hash_hex.encode("ascii"),
+                                      pickle.dumps(paths, PICKLE_PROTOCOL)))
+                        relisted[hash_hex] = len(missing)
+        return relisted
+
     def _stored_hashes(self, path_keys: list[bytes]) -> dict[bytes, str]:
         """The stored hash of each of these paths that has one."""
         found: dict[bytes, str] = {}
