@@ -253,6 +253,29 @@ class TestCachesAreNeverTrustedAsFound:
         copy_store("kept.shelve", "db.shelve")
         assert "extra/foreign.jpg" in answers(path, "-m", "4")
 
+    def test_a_restored_copy_changed_by_the_same_key_is_not_answered_from_the_other_history(
+        self, cached: Path
+    ) -> None:
+        """A review: index.py removed an image (its bucket deleted: generation g, cached); the
+        store was restored from a backup, and another program then rewrote that very bucket
+        (adding a path: generation g again, by the same key) and one more. The entry of the
+        abandoned history passed every check and a search missed both paths of the bucket."""
+        query = "images/cat0/image_0000.jpg"
+        shutil.copy(query, "query.jpg")
+        key = hash_file("query.jpg", Recipe()).hex()
+        shutil.copy("db.shelve", "backup.shelve")
+        Path(query).unlink()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"db.shelve{suffix}").unlink(missing_ok=True)
+        shutil.copy("backup.shelve", "db.shelve")  # restored; its cache folder left as it was
+        shutil.copy("query.jpg", query)
+        sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
+                     pickle.dumps(["cat0/image_0000.jpg", "uploads/new.jpg"]), key.encode())
+        sqlite_write("db.shelve", "INSERT INTO Dict (key, value) VALUES (?, ?)",
+                     b"0123456789abcdef", pickle.dumps(["x/y.jpg"]))
+        assert answers("query.jpg") == {"cat0/image_0000.jpg", "uploads/new.jpg"}
+
     def test_a_reader_on_an_older_snapshot_never_deletes_a_newer_entry(
         self, cached: Path
     ) -> None:

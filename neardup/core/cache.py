@@ -11,8 +11,10 @@ before the store's generation and follows the keys logged as changed since (near
 
 Nothing is trusted as found: the manifest must name this store, a generation the change log still
 covers, the store's current schema cookie (dropping or re-creating a trigger moves it), the change
-that made its generation where the log still holds it (a restored copy reaches the same generation
-by another change) and, for the
+that made its generation and the WINDOW - 1 before it where the log still holds them (a restored
+copy reaches the same generation by other changes), the hashes those changes touched that the store
+holds now, unchanged since, in the entry (HashIndex.from_store: a restored copy changed by the same
+key, another way) and, for the
 current generation, the store's row count and its first and last keys; each array must have the
 dtype, shape and CRC-32 the manifest records, the hashes must be in strictly ascending order and
 the table positions in range. Anything else is ignored and the arrays are built again.
@@ -50,11 +52,18 @@ MANIFEST_VERSION = 1
 STALE_PARTIAL_SECONDS = 3600
 
 
+# The last changes before an entry's generation that its manifest records (Entry.window).
+WINDOW = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     generation: int
     matrix: np.ndarray  # (count, words) uint64, strictly ascending
     tables: np.ndarray | None  # (6, count) uint32 multi-index tables, or None
+    # The hashes (hex) changed by the last WINDOW changes up to `generation`: each that the store
+    # holds now and that has not changed since must be in `matrix` (HashIndex.from_store checks).
+    window: tuple[str, ...] = ()
 
 
 def folder_of(store: Store) -> str:
@@ -133,6 +142,17 @@ def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
     recorded, logged = manifest.get("logged_key"), store.logged_key(generation)
     if recorded is not None and logged is not None and recorded != logged:
         return None
+    # The same for each of the last changes before it that the log still holds: a restored copy
+    # changed apart by the same key at that generation (a 3.13 shelve adding a path where the
+    # abandoned history deleted the bucket) differs in an earlier change, or in what the change
+    # left (checked by HashIndex.from_store on the window's hashes).
+    window = _window(manifest.get("log"))
+    if window is None:
+        return None
+    since = store.changes_since()
+    now = dict(store.log_window(generation, WINDOW))
+    if any(seq > since and seq in now and now[seq] != key for seq, key in window):
+        return None
     count = manifest["hashes"]
     words = (store.recipe.bits + 63) // 64
     matrix = _load_array(folder, stem, "hashes", manifest, np.uint64, (count, words))
@@ -155,7 +175,35 @@ def _load(store: Store, generation: int, *, current: bool) -> Entry | None:
         if count and not (store.has_key(words_to_hex(matrix[0], bits))
                           and store.has_key(words_to_hex(matrix[-1], bits))):
             return None
-    return Entry(generation, matrix, tables)
+    hashes = tuple(dict.fromkeys(text for _, key in window
+                                 if (text := _hash_of_raw(key)) is not None))
+    return Entry(generation, matrix, tables, hashes)
+
+
+def _window(recorded: object) -> list[tuple[int, str]] | None:
+    """A manifest's "log" as (sequence number, raw key hex) pairs; [] for a manifest of an
+    earlier neardup that has none; None for anything malformed."""
+    if recorded is None:
+        return []
+    if not isinstance(recorded, list):
+        return None
+    pairs = []
+    for item in recorded:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)
+                and isinstance(item[1], str)):
+            return None
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+def _hash_of_raw(key_hex: str) -> str | None:
+    """The hash a logged key names (its ASCII hex text), or None for a key that names none."""
+    try:
+        text = bytes.fromhex(key_hex).decode("ascii")
+        int(text, 16)
+    except ValueError:
+        return None
+    return text.lower()
 
 
 def _manifest_fits(store: Store, manifest: dict[str, Any], generation: int) -> bool:
@@ -210,7 +258,8 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
                     "generation": generation, "bits": store.recipe.bits,
                     "schema_version": store.schema_version(), "hashes": int(matrix.shape[0]),
                     "rows": rows, "arrays": arrays,
-                    "logged_key": store.logged_key(generation)}
+                    "logged_key": store.logged_key(generation),
+                    "log": [[seq, key] for seq, key in store.log_window(generation, WINDOW)]}
         final = os.path.join(folder, stem + ".json")
         partial = f"{final}.{os.getpid()}.partial"
         with open(partial, "w", encoding="utf-8") as stream:

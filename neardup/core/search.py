@@ -97,7 +97,9 @@ class HashIndex:
                     multi = WideMultiIndex(entry.matrix, bits, entry.tables)
                 base = cls(entry.matrix, bits, multi, generation=entry.generation, schema=schema,
                            tracked=True)
-                return base.follow(store)
+                if base.holds_what_the_store_holds(store, entry.window):
+                    return base.follow(store)
+                # Another history's entry (a restored copy changed apart): built again below.
         matrix, _skipped = store.read_hash_keys()
         multi = None
         if bits == 64 and matrix.shape[0] >= MULTI_INDEX_MIN_HASHES:
@@ -109,6 +111,18 @@ class HashIndex:
             cache.save(store, generation, matrix, None if multi is None else multi.tables, rows)
         return cls(matrix, bits, multi, generation=generation, schema=schema,
                    tracked=store.tracking)
+
+    def holds_what_the_store_holds(self, store: Store, hashes: tuple[str, ...]) -> bool:
+        """Whether each of these hashes (a cache entry's last changes) that the store holds now
+        and that has not changed since the entry's generation is in this base: an entry of the
+        store's own history holds it."""
+        if not hashes:
+            return True
+        changed_since = store.changed_keys(self.generation)
+        held = [hash_hex for hash_hex in hashes
+                if len(hash_hex) * 4 == self.bits and hash_hex not in changed_since
+                and store.has_key(hash_hex)]
+        return bool(self.base_contains(held).all()) if held else True
 
     def can_follow(self, store: Store) -> bool:
         """Whether follow() can bring this index to the store's current state from the log."""

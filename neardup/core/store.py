@@ -163,6 +163,12 @@ def safe_loads(data: bytes) -> Any:
     return RefusingUnpickler(io.BytesIO(data)).load()
 
 
+def _raw_hex(key: object) -> str:
+    """A key as the change log stores it (bytes, or text written by hand), in hex."""
+    return key.encode("utf-8", "surrogateescape").hex() if isinstance(key, str) else bytes(
+        key).hex()  # type: ignore[arg-type]
+
+
 def bucket_problem(value: object) -> tuple[list[str] | None, str | None]:
     """The paths a stored value holds, or why it holds none (a shelve user can write anything)."""
     if not isinstance(value, (bytes, memoryview)):
@@ -478,7 +484,16 @@ class Store:
         if not self.tracking or generation <= self.changes_since():
             return None
         row = self._db.one("SELECT key FROM neardup_changes WHERE seq = ?", (generation,))
-        return None if row is None else bytes(row[0]).hex()
+        return None if row is None else _raw_hex(row[0])
+
+    def log_window(self, upto: int, limit: int) -> list[tuple[int, str]]:
+        """The last `limit` changes the log holds up to generation `upto`: (sequence number, the
+        changed key as stored, in hex). A cache entry records them (cache.save)."""
+        if not self.tracking:
+            return []
+        rows = self._db.all("SELECT seq, key FROM neardup_changes WHERE seq > ? AND seq <= ?"
+                            " ORDER BY seq DESC LIMIT ?", (self.changes_since(), upto, limit))
+        return [(int(seq), _raw_hex(key)) for seq, key in rows]
 
     def schema_version(self) -> int:
         """SQLite's schema cookie: moves when a table or trigger is created, dropped or altered."""
