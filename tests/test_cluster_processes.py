@@ -248,3 +248,63 @@ def test_features_on_workers_without_opencv_are_refused_in_one_line(
         f" {neardup.__version__} with its [dask,features] extra, from the same wheel or checkout"
         " as this client, in the environment that runs dask scheduler and dask worker)\n"), err
     assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
+
+
+def test_a_run_whose_workers_all_died_says_it_waits(
+        installed_venv: Path, in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: with every worker killed mid-run, index.py waited for ever without a word (Dask
+    keeps the partitions for a worker that may come). It now says so in one line; Ctrl-C
+    (SIGINT) still ends it with what was hashed kept."""
+    import signal
+
+    from .test_index import committed_count, make_large_tree
+
+    make_large_tree(in_tmp / "images", 300)
+    with dask_cluster(in_tmp / "cluster", 1, clean_env()) as address:
+        with subprocess.Popen(
+                [sys.executable, "-c", "import sys, neardup.scale.cluster as c;"
+                 " c.WORKERLESS_SECONDS = 2; from neardup.cli.index import main;"
+                 " sys.exit(main(sys.argv[1:]))", "-d", str(in_tmp / "images"), "-s",
+                 str(in_tmp / "dask.shelve"), "-q", "--scheduler", address, "--partition-size",
+                 "5", "--connect-timeout", str(START_SECONDS)],
+                cwd=in_tmp, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True) as indexer:
+            deadline = time.monotonic() + START_SECONDS
+            while committed_count(in_tmp / "dask.shelve") == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if indexer.poll() is not None:
+                pytest.skip("the run finished before its workers could be stopped")
+            for pid in _worker_pids(in_tmp / "cluster"):
+                os.kill(pid, signal.SIGKILL)
+            assert indexer.stderr
+            line = read_line(indexer.stderr, timeout=60)
+            assert line.startswith("index.py: no Dask worker has been connected to the scheduler"
+                                   " for 2 s; waiting for one"), line
+            indexer.send_signal(signal.SIGINT)
+            out, err = indexer.communicate(timeout=60)
+    assert indexer.returncode == 130, (out, err)
+    assert committed_count(in_tmp / "dask.shelve") > 0
+
+
+def _worker_pids(folder: Path) -> list[int]:
+    """The `dask worker` processes (and their nannies' children) started in `folder`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+                where = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if where == str(folder) and b"scheduler-file" not in command and (
+                    b"worker" in command or b"multiprocessing" in command):
+                found.append(int(entry))
+    return found
+
+
+def read_line(stream, timeout: float) -> str:  # type: ignore[no-untyped-def]
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "nothing said within the time limit"
+    return stream.readline()

@@ -22,7 +22,9 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,6 +57,10 @@ def cluster_install_hint(extras: str = "dask") -> str:
 
 # A partition whose worker dies is run again elsewhere; one that fails this often is an error.
 TASK_RETRIES = 3
+# With no worker left, Dask keeps the partitions waiting for a new one, for ever: the run says so
+# after this long (checked every WATCH_SECONDS).
+WORKERLESS_SECONDS = 30.0
+WATCH_SECONDS = 1.0
 
 
 def _dask() -> Any:
@@ -155,10 +161,12 @@ def _check_features(client: Any) -> None:
 
 
 def cluster_hasher(
-    client: Any, partition_size: int = DEFAULT_PARTITION_SIZE, *, features: bool = False
+    client: Any, partition_size: int = DEFAULT_PARTITION_SIZE, *, features: bool = False,
+    report: Callable[[str], None] = lambda line: None,
 ) -> Hasher:
     """A Hasher for index_folder that hashes partitions (and extracts features) on the cluster's
-    workers."""
+    workers. `report` hears when the cluster has had no worker for WORKERLESS_SECONDS (the
+    scheduler then waits for one, for ever)."""
     distributed = _dask()
 
     def hash_on_cluster(
@@ -170,6 +178,7 @@ def cluster_hasher(
             return
         futures = client.map(hash_partition, partitions, recipe=recipe, max_pixels=max_pixels,
                              features=features, retries=TASK_RETRIES, pure=False)
+        watch = _WorkerWatch(client, report)
         try:
             for future in distributed.as_completed(futures):
                 try:
@@ -179,10 +188,50 @@ def cluster_hasher(
                 yield outcomes
                 future.release()  # its outcomes are committed; the cluster can forget them
         finally:
+            watch.stop()
             with contextlib.suppress(Exception):  # the scheduler may be gone
                 client.cancel(futures)
 
     return hash_on_cluster
+
+
+class _WorkerWatch:
+    """Says once, in one line, when the cluster has had no worker for WORKERLESS_SECONDS while
+    partitions wait (every worker killed or gone: Dask waits for a new one without a word), and
+    once more when one is back."""
+
+    def __init__(self, client: Any, report: Callable[[str], None]) -> None:
+        self._client = client
+        self._report = report
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="neardup-worker-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        workerless_since: float | None = None
+        said = False
+        while not self._stopped.wait(WATCH_SECONDS):
+            try:
+                workers = len(self._client.scheduler_info().get("workers", {}))
+            except Exception:  # noqa: BLE001 - the scheduler gone: hash_on_cluster says so
+                return
+            now = time.monotonic()
+            if workers:
+                if said:
+                    self._report(f"{workers} Dask worker{'s' if workers > 1 else ''} back;"
+                                 " hashing goes on")
+                workerless_since, said = None, False
+            elif workerless_since is None:
+                workerless_since = now
+            elif not said and now - workerless_since >= WORKERLESS_SECONDS:
+                self._report(f"no Dask worker has been connected to the scheduler for"
+                             f" {WORKERLESS_SECONDS:g} s; waiting for one (start `dask worker"
+                             " <scheduler address>`; Ctrl-C stops, and what was hashed is kept)")
+                said = True
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 def _cluster_failure(distributed: Any, error: BaseException) -> BaseException:
