@@ -359,13 +359,14 @@ def _colour_agreement(warped: np.ndarray | None, stored: FeatureSet,
     ours_grid = chroma_grid(warped)
     if min(np.abs(ours_grid).max(), np.abs(stored.chroma).max()) <= GRAY_LIMIT:
         return None  # a gray picture (or a gray copy): colour says nothing
-    if rebalance and _toned(warped[..., :3].astype(np.float32), covered):
-        return None  # a toned copy (sepia) is a gray one given a colour: colour says nothing
     theirs = stored.chroma.astype(np.float32)[covered]
     agreement = _cosine(ours_grid.astype(np.float32)[covered], theirs)
     if rebalance and agreement is not None and agreement < MIN_COLOUR_AGREEMENT:
-        balanced = _white_balanced(warped[..., :3].astype(np.float32), covered,
-                                   stored.chroma.astype(np.float32))
+        # Measured only now: most copies agree as they are.
+        rgb = warped[..., :3].astype(np.float32)
+        if _toned(rgb, covered):
+            return None  # a toned copy (sepia) is a gray one given a colour: colour says nothing
+        balanced = _white_balanced(rgb, covered, stored.chroma.astype(np.float32))
         if balanced is not None:
             agreement = max(agreement, _cosine(balanced[covered], theirs) or -1.0)
     return agreement
