@@ -186,8 +186,8 @@ def test_losing_the_scheduler_mid_run_is_one_line(installed_venv: Path, in_tmp: 
     assert sum(len(paths) for paths in buckets("dask.shelve").values()) == 300
 
 
-def _scheduler_pid(folder: Path) -> int:
-    """The `dask scheduler` process started for `folder` (its working directory)."""
+def _processes_in(folder: Path) -> Iterator[tuple[int, bytes]]:
+    """(pid, command line) of each process whose working directory is `folder`."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -195,8 +195,15 @@ def _scheduler_pid(folder: Path) -> int:
                 where = os.readlink(f"/proc/{entry}/cwd")
             except OSError:
                 continue
-            if b"scheduler" in command and b"--scheduler-file" in command and where == str(folder):
-                return int(entry)
+            if where == str(folder):
+                yield int(entry), command
+
+
+def _scheduler_pid(folder: Path) -> int:
+    """The `dask scheduler` process started for `folder` (its working directory)."""
+    for pid, command in _processes_in(folder):
+        if b"scheduler" in command and b"--scheduler-file" in command:
+            return pid
     raise AssertionError("no scheduler process")
 
 
@@ -288,18 +295,9 @@ def test_a_run_whose_workers_all_died_says_it_waits(
 
 def _worker_pids(folder: Path) -> list[int]:
     """The `dask worker` processes (and their nannies' children) started in `folder`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                command = Path(f"/proc/{entry}/cmdline").read_bytes()
-                where = os.readlink(f"/proc/{entry}/cwd")
-            except OSError:
-                continue
-            if where == str(folder) and b"scheduler-file" not in command and (
-                    b"worker" in command or b"multiprocessing" in command):
-                found.append(int(entry))
-    return found
+    return [pid for pid, command in _processes_in(folder)
+            if b"scheduler-file" not in command
+            and (b"worker" in command or b"multiprocessing" in command)]
 
 
 def read_line(stream, timeout: float) -> str:  # type: ignore[no-untyped-def]
