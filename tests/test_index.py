@@ -262,3 +262,12 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_committed(in_tmp: Path) -> None
     buckets()
     assert run_index() == 0
     assert committed_count(in_tmp / "db.shelve") == 400
+
+
+def test_the_summary_is_one_line_whatever_the_store_is_called(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: a store named with a line break printed its summary over two lines."""
+    make_tree("images", 3)
+    assert index_cli.main(["-d", "images", "-s", "new\nline.shelve", "-q", "-j", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("new\\nline.shelve: indexed 3,"), out

@@ -8,6 +8,7 @@ import sys
 from ..api import index_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE
+from ..core.results import shown_path
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = index_folder(args.dataset, args.shelve, jobs=args.jobs,
                                    batch_size=args.batch_size, **options)
-        print(f"{args.shelve}: {summary.line()}")
+        print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if summary.refusal:
             return EXIT_REFUSED
         if (args.scheduler or args.local_cluster) and summary.unreached_here:
