@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    "allow_mass_removal": args.allow_mass_removal}
         if args.scheduler or args.local_cluster:
             with connect(args.scheduler, args.local_cluster, args.connect_timeout,
-                         features=args.features) as client:
+                         features=args.features,
+                         report=lambda line: warn(PROG, line)) as client:
                 hasher = cluster_hasher(client, args.partition_size, features=args.features,
                                         report=lambda line: warn(PROG, line))
                 summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -75,16 +76,20 @@ def _dask() -> Any:
 @contextmanager
 def connect(
     scheduler: str | None, local_workers: int | None, timeout_seconds: float = 30,
-    features: bool = False,
+    features: bool = False, report: Callable[[str], None] = lambda line: None,
 ) -> Iterator[Any]:
-    """A Dask client: to the scheduler at that address, or to a new local cluster on 127.0.0.1."""
+    """A Dask client: to the scheduler at that address, or to a new local cluster on 127.0.0.1.
+    Dask's own warnings as it connects become one line each (`report`)."""
     distributed = _dask()
     if local_workers:
-        cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1,
-                                           processes=True, host="127.0.0.1",
-                                           dashboard_address=None)
+        with _dask_warnings(report):
+            cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1,
+                                               processes=True, host="127.0.0.1",
+                                               dashboard_address=None)
         try:
-            with distributed.Client(cluster) as client:
+            with _dask_warnings(report):
+                client = distributed.Client(cluster)
+            with client:
                 check_cluster(client, timeout_seconds, features)
                 yield client
         finally:
@@ -92,7 +97,8 @@ def connect(
         return
     address = scheduler or ""
     try:
-        client = distributed.Client(address, timeout=f"{timeout_seconds}s")
+        with _dask_warnings(report):
+            client = distributed.Client(address, timeout=f"{timeout_seconds}s")
     except (OSError, TimeoutError) as error:
         raise NeardupError(f"cannot reach the Dask scheduler at {address} ({error})") from error
     # The client logs a traceback of its own when the scheduler goes away; the run says it in
@@ -106,6 +112,31 @@ def connect(
             yield client
     finally:
         quiet.setLevel(level)
+
+
+@contextmanager
+def _dask_warnings(report: Callable[[str], None]) -> Iterator[None]:
+    """Dask's warnings while connecting, each said in one line: its table of package versions
+    that differ between the client, the scheduler and the workers (9 lines) becomes the names of
+    those packages; a port already taken (the local cluster's HTTP server, on 127.0.0.1, then
+    takes another) is left out. Others pass as they are."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        text = str(warning.message)
+        if type(warning.message).__name__ == "VersionMismatchWarning":
+            names = [cells[1].strip() for line in text.splitlines()
+                     if len(cells := line.split("|")) > 2 and cells[1].strip()
+                     and cells[1].strip() != "Package" and not set(cells[1].strip()) <= set("-")]
+            report("Dask: the client, scheduler and workers run different versions of "
+                   + (", ".join(names) or "some packages")
+                   + " (neardup's own is checked to be the same everywhere)")
+        elif "is already in use" in text and "Port" in text:
+            continue
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
 
 
 def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = False) -> None:
