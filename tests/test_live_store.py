@@ -560,3 +560,42 @@ def test_a_bucket_deleted_behind_index_py_is_listed_again(
     assert f"bucket {other} had lost 1 image" in err
     assert answers("images/cat0/image_0000.jpg") == {"cat0/image_0000.jpg"}
     assert answers("images/cat1/image_0001.jpg") == {"cat1/image_0001.jpg", "uploads/added.jpg"}
+
+
+def test_a_path_another_program_moved_to_another_bucket_is_not_listed_twice(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review of the relisting: another program moved a.jpg into b.jpg's bucket (deleting its
+    own); it was listed again under its indexed hash too, and search answered it twice."""
+    make_tree("images", 4)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    moved = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
+    into = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+    sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", moved.encode("ascii"))
+    sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
+                 pickle.dumps(["cat1/image_0001.jpg", "cat0/image_0000.jpg"]), into.encode("ascii"))
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert "listed again" not in capsys.readouterr().err
+    with Store.open_for_reading("db.shelve") as store:
+        listed = [path for paths in store.all_buckets().values() for path in paths]
+    assert sorted(listed) == sorted(set(listed))
+
+
+def test_a_search_holding_an_old_view_is_told_of(
+        in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: while a long search held one snapshot (search.py over many queries), the -wal
+    could not be emptied and index.py said nothing, though a copy of the file alone then lacked
+    the new image."""
+    import neardup.core.store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_WAIT_MS", 100)
+    make_tree("images", 3)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    make_tree("images/more", 2, start_seed=50)
+    capsys.readouterr()
+    with Store.open_for_reading("db.shelve") as reader, reader.snapshot():
+        reader.image_count()  # the snapshot starts at the first read
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "db.shelve-wal still holds this run's last commits (a search held an older view" in err
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert not os.path.exists("db.shelve-wal") or os.path.getsize("db.shelve-wal") == 0

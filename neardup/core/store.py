@@ -62,7 +62,7 @@ from .storefile import (
 # 2: change tracking (neardup_changes, neardup_counts and the triggers) and each file's inode and
 # ctime. Version 1 stores are read as they are and upgraded by the next index.py run.
 FORMAT_VERSION = 2
-# How long the writer's last checkpoint waits for readers on an older snapshot (Store._checkpoint).
+# How long the writer's last checkpoint waits for readers on an older snapshot (Store.checkpoint).
 CHECKPOINT_WAIT_MS = 2000
 READABLE_FORMATS = ("1", "2")
 # Paths or hashes looked up in one statement (SQLite allows at least 999 parameters).
@@ -161,6 +161,14 @@ class RefusingUnpickler(pickle.Unpickler):
 
 def safe_loads(data: bytes) -> Any:
     return RefusingUnpickler(io.BytesIO(data)).load()
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return bool(text)
 
 
 def _raw_hex(key: object) -> str:
@@ -374,25 +382,24 @@ class Store:
             raise
 
     def close(self) -> None:
-        if self._lock is not None:
-            self._checkpoint()
         self._db.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
 
-    def _checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """The writer's last step: copy every commit from the `-wal` into the file and empty the
-        `-wal`. The last connection to close does that by itself, but a reader (a checker) still
-        open, read-only, cannot: it left a `-wal` full of commits, so that a copy of the file alone
-        (a backup) missed them, a backup copied back over the file was undone by them, and a
-        rebuilt store moved into place was damaged by them. Waits a little for readers to move
-        to the latest snapshot; if one holds an old one longer, the `-wal` stays as it is."""
+        `-wal`; False when a reader held an older snapshot for CHECKPOINT_WAIT_MS (the commits
+        are safe in the `-wal`). The last connection to close does that by itself, but a reader
+        (a checker) still open, read-only, cannot: it left a `-wal` full of commits, so that a
+        copy of the file alone (a backup) missed them, a backup copied back over the file was
+        undone by them, and a rebuilt store moved into place was damaged by them."""
         try:
             self._db.raw.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
-            self._db.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            row = self._db.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
-            pass  # the commits are safe in the -wal; only the copy into the file waits
+            return False
+        return row is not None and row[0] == 0
 
     def discard(self) -> None:
         """Close and delete a store this writer created and left empty, with its lock and cache."""
@@ -704,38 +711,48 @@ class Store:
             self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
     def relist_indexed(self, hashes: Iterable[str]) -> dict[str, int]:
-        """List again, in one transaction, the images neardup indexed under these hashes that their
-        buckets no longer list (another program deleted the bucket, or rewrote it without them:
-        the files table still records their hash, and an unchanged file is never hashed again).
-        Paths others added stay. A bucket whose value is not a list of paths is left as it is
-        (reported until someone fixes it). Returns hash -> how many paths were listed again."""
+        """List again, in one transaction, the images neardup indexed under these hashes (the
+        buckets others changed) that no bucket lists any more (another program deleted the bucket,
+        or rewrote it without them: the files table still records their hash, and an unchanged
+        file is never hashed again). Paths others added stay; a path another program moved into
+        one of these other buckets stays there (never listed twice). A bucket whose value is not a
+        list of paths is left as it is (reported until someone fixes it). One pass over the files
+        table, whatever the number of hashes. Returns hash -> how many paths were listed again."""
+        wanted = {hash_hex for hash_hex in hashes if _is_hex(hash_hex)}
+        if not wanted:
+            return {}
         relisted: dict[str, int] = {}
         with self.transaction():
-            for hash_hex in sorted(set(hashes)):
-                try:
-                    blob = bytes.fromhex(hash_hex)
-                except ValueError:
-                    continue
-                known = {os.fsdecode(bytes(path)) for (path,) in self._db.all(
-                    "SELECT path FROM neardup_files WHERE hash = ?", (blob,))}
-                if not known:
-                    continue
-                rows = self._stored_buckets([hash_hex]).get(hash_hex, [])
-                listed: set[str] = set()
-                for _key, value in rows:
+            known: dict[str, set[str]] = {}
+            for path, blob in self._db.all("SELECT path, hash FROM neardup_files"):
+                hash_hex = bytes(blob).hex()
+                if hash_hex in wanted:
+                    known.setdefault(hash_hex, set()).add(os.fsdecode(bytes(path)))
+            if not known:
+                return {}
+            buckets = self._stored_buckets(sorted(wanted))
+            listed: dict[str, set[str] | None] = {}  # None: a value that is not a list of paths
+            for hash_hex in wanted:
+                paths: set[str] | None = set()
+                for _key, value in buckets.get(hash_hex, []):
                     found, _problem = bucket_problem(value)
                     if found is None:
+                        paths = None
                         break
-                    listed |= set(found)
-                else:
-                    missing = known - listed
-                    if missing:
-                        paths = self._bucket_after(hash_hex, rows, missing, set())
-                        self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?) ON CONFLICT"
-                                     " (key) DO UPDATE SET value = excluded.value",
-                                     (hash_hex.encode("ascii"),
-                                      pickle.dumps(paths, PICKLE_PROTOCOL)))
-                        relisted[hash_hex] = len(missing)
+                    paths |= set(found)
+                listed[hash_hex] = paths
+            anywhere = set().union(*(paths for paths in listed.values() if paths))
+            for hash_hex in sorted(known):
+                paths = listed.get(hash_hex, set())
+                if paths is None:
+                    continue
+                missing = known[hash_hex] - paths - anywhere
+                if missing:
+                    after = self._bucket_after(hash_hex, buckets.get(hash_hex, []), missing, set())
+                    self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?) ON CONFLICT"
+                                 " (key) DO UPDATE SET value = excluded.value",
+                                 (hash_hex.encode("ascii"), pickle.dumps(after, PICKLE_PROTOCOL)))
+                    relisted[hash_hex] = len(missing)
         return relisted
 
     def _stored_hashes(self, path_keys: list[bytes]) -> dict[bytes, str]:
