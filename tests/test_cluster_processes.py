@@ -230,8 +230,8 @@ def test_workers_that_do_not_see_the_folder_remove_nothing(
     assert buckets("db.shelve") == before
     assert ", removed 0," in captured.out and "30 kept as they were" in captured.out
     assert captured.err.splitlines()[-1] == (
-        "index.py: the Dask workers could not read 30 files that are under images here: each"
-        " worker must see the folder at the same path; stored entries of those files were kept")
+        "index.py: the Dask workers did not find 30 files that are under images here: each"
+        " worker must see the folder at the same path; stored entries of such files were kept")
 
 
 def test_features_on_workers_without_opencv_are_refused_in_one_line(

@@ -271,3 +271,24 @@ def test_the_summary_is_one_line_whatever_the_store_is_called(
     assert index_cli.main(["-d", "images", "-s", "new\nline.shelve", "-q", "-j", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("new\\nline.shelve: indexed 3,"), out
+
+
+def test_a_file_not_read_keeps_its_entry_only_while_it_is_unchanged(in_tmp: Path) -> None:
+    """Files the hashing side could not read (permission denied, as a worker or a non-root user
+    sees them): one only chmod-ed keeps its entry; one rewritten with another picture (a review:
+    its old hash answered for ever, an exact match for a picture it no longer held) loses it."""
+    from neardup.core.indexing import HashOutcome
+
+    make_tree("images", 2)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    time.sleep(0.01)
+    os.chmod("images/cat0/image_0000.jpg", 0o600)  # its ctime moves: hashed again
+    save(textured(99), "images/cat1/image_0001.jpg", quality=70)  # another picture
+
+    def denied(files, recipe, max_pixels):  # type: ignore[no-untyped-def]
+        yield [HashOutcome(item, None, "permission denied", unreached="denied") for item in files]
+
+    summary = index_folder("images", "db.shelve", Recipe(), hasher=denied)
+    assert (summary.kept, summary.removed, summary.failed) == (1, 1, 2)
+    with Store.open_for_reading("db.shelve") as store:
+        assert sorted(store.file_states()) == ["cat0/image_0000.jpg"]

@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if summary.refusal:
             return EXIT_REFUSED
-        if (args.scheduler or args.local_cluster) and summary.unreached_here:
-            # The workers could not find files that are here: they do not see the folder.
-            warn(PROG, f"the Dask workers could not read {summary.unreached_here} files that"
-                 f" are under {args.dataset} here: each worker must see the folder at the same"
-                 " path; stored entries of those files were kept")
+        if (args.scheduler or args.local_cluster) and summary.missing_there:
+            # The workers did not find files that are here: they do not see the folder.
+            files = "1 file" if summary.missing_there == 1 else f"{summary.missing_there} files"
+            kept = "; stored entries of such files were kept" if summary.kept else ""
+            warn(PROG, f"the Dask workers did not find {files} that are under {args.dataset}"
+                 f" here: each worker must see the folder at the same path{kept}")
             return EXIT_NOTHING_INDEXED
         if summary.total == 0:
             warn(PROG, f"no image could be indexed under {args.dataset}")

@@ -64,9 +64,10 @@ class HashOutcome:
     hash_hex: str | None
     error: str | None
     features: bytes | None = None  # local features, when the store keeps them
-    # The file could not be reached (not found, permission denied), as opposed to read and found
-    # wanting: says nothing of its content, so a stored entry for it stays.
-    unreached: bool = False
+    # The file could not be reached where it was hashed: "missing" (not found there) or "denied"
+    # (permission denied), as opposed to read and found wanting ("": says something of its
+    # content). An unreached file whose size and mtime are those stored keeps its entry.
+    unreached: str = ""
 
 
 @dataclass(slots=True)
@@ -83,7 +84,7 @@ class IndexSummary:
     refused_removal: int = 0  # entries this run would have removed, had it not been refused
     refusal: str = ""  # why the run wrote nothing
     kept: int = 0  # stored images that could not be reached this run: their entries stay
-    unreached_here: int = 0  # files the hashing side could not reach though this side sees them
+    missing_there: int = 0  # files the hashing side did not find, though this side sees them
 
     def line(self) -> str:
         if self.refusal:
@@ -237,17 +238,20 @@ def index_folder(
                     if outcome.hash_hex is None:
                         summary.failed += 1
                         report(f"{shown(outcome.file.path)}: {outcome.error}")
-                        if outcome.unreached:
-                            # Not found or not readable where it was hashed, but listed here:
-                            # a Dask worker that does not see the folder, or a file deleted or
-                            # locked meanwhile. Its content is unknown, so its entry stays (the
-                            # next run removes it if it is gone).
-                            summary.kept += relpath in stored
-                            if os.path.exists(outcome.file.path):
-                                summary.unreached_here += 1
-                        elif relpath in stored:
-                            failed_before.append(relpath)  # read, and not an image now: stale
-                            written.add(stored[relpath].hash_hex)
+                        if outcome.unreached == "missing" and os.path.exists(outcome.file.path):
+                            summary.missing_there += 1  # a Dask worker that does not see it
+                        state = stored.get(relpath)
+                        if state is None:
+                            continue
+                        if outcome.unreached and (state.size, state.mtime_ns) == (
+                                outcome.file.size, outcome.file.mtime_ns):
+                            # Not read (a worker that does not see the folder, a chmod, a file
+                            # deleted meanwhile), and its size and mtime are those indexed: the
+                            # entry stays (the next run removes it if the file is gone).
+                            summary.kept += 1
+                        else:  # read and not an image now, or changed and unreadable: stale
+                            failed_before.append(relpath)
+                            written.add(state.hash_hex)
                         continue
                     batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
                                          outcome.features))
@@ -290,6 +294,10 @@ def index_folder(
             # reads the cached index back and checks it (its CRC: 0.2 s at 10^5 images).
             with store.snapshot():
                 FeatureIndex.from_store(store)
+        if not store.checkpoint():
+            report(f"{store.path}-wal still holds this run's last commits (a search held an"
+                   f" older view of the store): copy {store.path} with its -wal, or run"
+                   f" {command('index.py')} again once searches are done, before copying it alone")
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -629,7 +637,9 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
 
             feature_bytes = stored_features(item.path, max_pixels)
     except ImageError as error:
-        unreached = isinstance(error.__cause__, (FileNotFoundError, PermissionError))
+        cause = error.__cause__
+        unreached = ("missing" if isinstance(cause, FileNotFoundError)
+                     else "denied" if isinstance(cause, PermissionError) else "")
         return HashOutcome(item, None, error.reason, unreached=unreached)
     except MemoryError:
         # Not a bug nor a bad image: this file needs more memory than the process may take
@@ -640,7 +650,7 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
     try:
         after = os.stat(item.path)
     except OSError:
-        return HashOutcome(item, None, "vanished while being indexed", unreached=True)
+        return HashOutcome(item, None, "vanished while being indexed", unreached="missing")
     if (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) != (
             item.size, item.mtime_ns, item.inode or after.st_ino, item.ctime_ns or after.st_ctime_ns):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")
