@@ -996,3 +996,14 @@ def test_a_real_sepia_copy_is_verified(caltech_root: Path) -> None:
     sepia = ImageOps.colorize(ImageOps.grayscale(original), (40, 26, 13), (255, 240, 192))
     stored = FeatureSet.from_bytes(extract(np.asarray(original), STORED_KEYPOINTS).to_bytes())
     assert verify(query_features(np.asarray(sepia))[0], stored).verified
+
+
+def test_one_picture_tinted_in_two_colours_is_refused() -> None:
+    """A review: a picture tinted red was taken for a toned (sepia) copy of the same picture
+    tinted blue, and verified: only a warm tint (yellow to orange) counts as a toning."""
+    gray = ImageOps.grayscale(object_on_white((150, 150, 150)))
+    red = ImageOps.colorize(gray, (0, 0, 0), (255, 60, 60))
+    blue = ImageOps.colorize(gray, (0, 0, 0), (60, 60, 255))
+    stored = FeatureSet.from_bytes(extract(np.asarray(blue), STORED_KEYPOINTS).to_bytes())
+    verdict = verify(query_features(np.asarray(red))[0], stored)
+    assert not verdict.verified and verdict.reason == "the aligned pictures differ in colour", verdict
