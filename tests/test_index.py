@@ -292,3 +292,15 @@ def test_a_file_not_read_keeps_its_entry_only_while_it_is_unchanged(in_tmp: Path
     assert (summary.kept, summary.removed, summary.failed) == (1, 1, 2)
     with Store.open_for_reading("db.shelve") as store:
         assert sorted(store.file_states()) == ["cat0/image_0000.jpg"]
+
+
+def test_every_message_is_one_line_whatever_the_file_is_called(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: a file named with a line break made its failure two lines on stderr (index.py
+    and gather.py alike)."""
+    os.makedirs("images")
+    Path("images/bad\nname.jpg").write_bytes(b"x")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "index.py: images/bad\\nname.jpg: not an image, or a format Pillow cannot read",
+        "index.py: no image could be indexed under images"]

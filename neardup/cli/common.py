@@ -8,6 +8,7 @@ import select
 import sys
 from collections.abc import Callable
 
+from ..core.results import one_line
 from ..errors import NeardupError, command
 
 EXIT_ERROR = 2
@@ -25,7 +26,7 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
     try:
         return body()
     except NeardupError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}",
@@ -67,7 +68,7 @@ _OUTPUT_ERRORS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EROF
 
 
 def warn(prog: str, message: str) -> None:
-    print(f"{command(prog)}: {message}", file=sys.stderr, flush=True)
+    print(f"{command(prog)}: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def non_negative_int(text: str) -> int:

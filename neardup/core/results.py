@@ -36,6 +36,18 @@ _NAME_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
     code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
 
 
+_LINE_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"} | {
+    code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+
+
+def one_line(message: str) -> str:
+    """A diagnostic on one line whatever the names in it: line breaks, other control characters
+    and direction overrides escaped (a backslash is left as it is: names shown_path escaped
+    already keep their form)."""
+    return message.translate(_LINE_ESCAPES)
+
+
 def printable(path: str) -> str:
     """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
     (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
