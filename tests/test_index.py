@@ -279,17 +279,26 @@ def test_a_file_not_read_keeps_its_entry_only_while_it_is_unchanged(in_tmp: Path
     its old hash answered for ever, an exact match for a picture it no longer held) loses it."""
     from neardup.core.indexing import HashOutcome
 
-    make_tree("images", 2)
+    make_tree("images", 3, folders=3)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     time.sleep(0.01)
     os.chmod("images/cat0/image_0000.jpg", 0o600)  # its ctime moves: hashed again
     save(textured(99), "images/cat1/image_0001.jpg", quality=70)  # another picture
+    # Another picture of the same size and mtime renamed over it (a new inode): not the same.
+    replaced = "images/cat2/image_0002.jpg"
+    data = Path(replaced).read_bytes()
+    other = bytearray(Path("images/cat1/image_0001.jpg").read_bytes()[:len(data)])
+    other += b"\0" * (len(data) - len(other))
+    Path("new.jpg").write_bytes(bytes(other))
+    info = os.stat(replaced)
+    os.utime("new.jpg", ns=(info.st_atime_ns, info.st_mtime_ns))
+    os.replace("new.jpg", replaced)
 
     def denied(files, recipe, max_pixels):  # type: ignore[no-untyped-def]
         yield [HashOutcome(item, None, "permission denied", unreached="denied") for item in files]
 
     summary = index_folder("images", "db.shelve", Recipe(), hasher=denied)
-    assert (summary.kept, summary.removed, summary.failed) == (1, 1, 2)
+    assert (summary.kept, summary.removed, summary.failed) == (1, 2, 3)
     with Store.open_for_reading("db.shelve") as store:
         assert sorted(store.file_states()) == ["cat0/image_0000.jpg"]
 
@@ -300,7 +309,10 @@ def test_every_message_is_one_line_whatever_the_file_is_called(
     and gather.py alike)."""
     os.makedirs("images")
     Path("images/bad\nname.jpg").write_bytes(b"x")
+    Path("images/c1\u0085\u2028\u009b.jpg").write_bytes(b"x")  # NEL, line separator, CSI
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "index.py: images/bad\\nname.jpg: not an image, or a format Pillow cannot read",
+        "index.py: images/c1\\x85\\u2028\\x9b.jpg: not an image, or a format Pillow cannot"
+        " read",
         "index.py: no image could be indexed under images"]

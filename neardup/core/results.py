@@ -31,14 +31,18 @@ class QueryResult:
 # one backslash and an n). The characters that reorder text on a terminal (bidirectional
 # overrides, embeddings, isolates, marks) too: "B\u202egnp.exe.png" would show as another name.
 _BIDI_CONTROLS = [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-_NAME_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
+# C1 controls (U+0085 is a line break to str.splitlines, U+009B a terminal's CSI) and the line and
+# paragraph separators break or steer a line as the C0 ones do.
+_CONTROLS = [*range(32), *range(0x7F, 0xA0)]
+_SEPARATORS = [0x2028, 0x2029]
+_NAME_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
     ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"} | {
-    code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+    code: f"\\u{code:04x}" for code in [*_BIDI_CONTROLS, *_SEPARATORS]}
 
 
-_LINE_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 0x7F]} | {
+_LINE_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
     ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"} | {
-    code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+    code: f"\\u{code:04x}" for code in [*_BIDI_CONTROLS, *_SEPARATORS]}
 
 
 def one_line(message: str) -> str:
