@@ -562,22 +562,31 @@ def test_a_bucket_deleted_behind_index_py_is_listed_again(
     assert answers("images/cat1/image_0001.jpg") == {"cat1/image_0001.jpg", "uploads/added.jpg"}
 
 
-def test_a_path_another_program_moved_to_another_bucket_is_not_listed_twice(
+def test_a_path_another_program_moved_to_another_bucket_goes_back_to_its_own(
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
-    """A review of the relisting: another program moved a.jpg into b.jpg's bucket (deleting its
-    own); it was listed again under its indexed hash too, and search answered it twice."""
+    """Reviews of the relisting: another program moved a.jpg into b.jpg's bucket (deleting its
+    own); it was listed again under its indexed hash too (search answered it twice), and, kept
+    where it was moved, stayed listed there once its file was deleted."""
     make_tree("images", 4)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     moved = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
     into = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
     sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", moved.encode("ascii"))
     sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
-                 pickle.dumps(["cat1/image_0001.jpg", "cat0/image_0000.jpg"]), into.encode("ascii"))
+                 pickle.dumps(["cat1/image_0001.jpg", "cat0/image_0000.jpg", "up/other.jpg"]),
+                 into.encode("ascii"))
+    capsys.readouterr()
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    assert "listed again" not in capsys.readouterr().err
+    assert (f"bucket {into} listed 1 image indexed under another hash (moved there by another"
+            " program); listed under their own again") in capsys.readouterr().err
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.bucket(moved) == ["cat0/image_0000.jpg"]
+        assert store.bucket(into) == ["cat1/image_0001.jpg", "up/other.jpg"]
+    os.remove("images/cat0/image_0000.jpg")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     with Store.open_for_reading("db.shelve") as store:
         listed = [path for paths in store.all_buckets().values() for path in paths]
-    assert sorted(listed) == sorted(set(listed))
+    assert "cat0/image_0000.jpg" not in listed and sorted(listed) == sorted(set(listed))
 
 
 def test_a_search_holding_an_old_view_is_told_of(

@@ -341,10 +341,13 @@ def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
         return []
     changed = [_hash_text(key) for key in store.changed_raw_keys(store.changes_since())]
     relisted = store.relist_indexed(hash_hex for hash_hex in changed if hash_hex)
-    for hash_hex, count in relisted.items():
-        images = "1 image" if count == 1 else f"{count} images"
-        report(f"{store.path}: bucket {hash_hex} had lost {images} indexed under that hash"
-               " (deleted or rewritten by another program); listed again")
+    for hash_hex, (again, out) in relisted.items():
+        if again:
+            report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"
+                   " hash (deleted or rewritten by another program); listed again")
+        if out:
+            report(f"{store.path}: bucket {hash_hex} listed {_images(out)} indexed under another"
+                   " hash (moved there by another program); listed under their own again")
     return list(relisted)
 
 

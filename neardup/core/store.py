@@ -710,28 +710,24 @@ class Store:
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
             self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
-    def relist_indexed(self, hashes: Iterable[str]) -> dict[str, int]:
-        """List again, in one transaction, the images neardup indexed under these hashes (the
-        buckets others changed) that no bucket lists any more (another program deleted the bucket,
-        or rewrote it without them: the files table still records their hash, and an unchanged
-        file is never hashed again). Paths others added stay; a path another program moved into
-        one of these other buckets stays there (never listed twice). A bucket whose value is not a
-        list of paths is left as it is (reported until someone fixes it). One pass over the files
-        table, whatever the number of hashes. Returns hash -> how many paths were listed again."""
+    def relist_indexed(self, hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Bring the buckets of these hashes (those others changed) back to what index.py stored
+        there, in one transaction: an image it indexed under a hash that no bucket lists any more
+        (another program deleted the bucket, or rewrote it without it: the files table still
+        records its hash, and an unchanged file is never hashed again) is listed again; an image
+        it indexed under another hash, which another program moved into one of these buckets,
+        goes back to its own (else it would be listed twice, and stay listed there once its file
+        is deleted). Paths index.py never indexed stay where others put them. A bucket whose
+        value is not a list of paths is left as it is (reported until someone fixes it). One pass
+        over the files table, whatever the number of hashes. Returns hash -> (paths listed
+        again, paths taken out)."""
         wanted = {hash_hex for hash_hex in hashes if _is_hex(hash_hex)}
         if not wanted:
             return {}
-        relisted: dict[str, int] = {}
+        changed: dict[str, tuple[int, int]] = {}
         with self.transaction():
-            known: dict[str, set[str]] = {}
-            for path, blob in self._db.all("SELECT path, hash FROM neardup_files"):
-                hash_hex = bytes(blob).hex()
-                if hash_hex in wanted:
-                    known.setdefault(hash_hex, set()).add(os.fsdecode(bytes(path)))
-            if not known:
-                return {}
             buckets = self._stored_buckets(sorted(wanted))
-            listed: dict[str, set[str] | None] = {}  # None: a value that is not a list of paths
+            listed: dict[str, set[str]] = {}  # valid buckets only: others are left alone
             for hash_hex in wanted:
                 paths: set[str] | None = set()
                 for _key, value in buckets.get(hash_hex, []):
@@ -740,20 +736,37 @@ class Store:
                         paths = None
                         break
                     paths |= set(found)
-                listed[hash_hex] = paths
-            anywhere = set().union(*(paths for paths in listed.values() if paths))
-            for hash_hex in sorted(known):
-                paths = listed.get(hash_hex, set())
-                if paths is None:
+                if paths is not None:
+                    listed[hash_hex] = paths
+            every_listed = set().union(*listed.values())
+            known: dict[str, set[str]] = {}  # hash -> the paths index.py indexed under it
+            indexed_as: dict[str, str] = {}  # listed path -> the hash index.py indexed it under
+            for path_key, blob in self._db.all("SELECT path, hash FROM neardup_files"):
+                hash_hex = bytes(blob).hex()
+                path = os.fsdecode(bytes(path_key))
+                if hash_hex in wanted:
+                    known.setdefault(hash_hex, set()).add(path)
+                if path in every_listed:
+                    indexed_as[path] = hash_hex
+            misplaced = {hash_hex: {path for path in paths
+                                    if indexed_as.get(path, hash_hex) != hash_hex}
+                         for hash_hex, paths in listed.items()}
+            anywhere = set().union(*(paths - misplaced[hash_hex]
+                                     for hash_hex, paths in listed.items()))
+            for hash_hex in sorted(listed):
+                missing = known.get(hash_hex, set()) - listed[hash_hex] - anywhere
+                if not missing and not misplaced[hash_hex]:
                     continue
-                missing = known[hash_hex] - paths - anywhere
-                if missing:
-                    after = self._bucket_after(hash_hex, buckets.get(hash_hex, []), missing, set())
+                after = self._bucket_after(hash_hex, buckets.get(hash_hex, []), missing,
+                                           misplaced[hash_hex])
+                if after:
                     self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?) ON CONFLICT"
                                  " (key) DO UPDATE SET value = excluded.value",
                                  (hash_hex.encode("ascii"), pickle.dumps(after, PICKLE_PROTOCOL)))
-                    relisted[hash_hex] = len(missing)
-        return relisted
+                else:
+                    self._db.run("DELETE FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
+                changed[hash_hex] = (len(missing), len(misplaced[hash_hex]))
+        return changed
 
     def _stored_hashes(self, path_keys: list[bytes]) -> dict[bytes, str]:
         """The stored hash of each of these paths that has one."""
