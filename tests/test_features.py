@@ -980,11 +980,13 @@ def test_two_bikes_before_one_backdrop_are_not_rebalanced_into_a_match(caltech_r
     assert not verdict.verified, verdict
 
 
-def test_a_sepia_copy_is_verified() -> None:
+@pytest.mark.parametrize(("dark", "light"), [((40, 26, 13), (255, 240, 192)),
+                                             ((46, 26, 5), (255, 244, 224))])  # fading: a review
+def test_a_sepia_copy_is_verified(dark: tuple[int, int, int], light: tuple[int, int, int]) -> None:
     """A sepia copy is a gray one given a tint from its shadows to its highlights: its colours are
     a function of its brightness and say nothing against the original's (they were refused)."""
     original = object_on_white((40, 120, 200))
-    sepia = ImageOps.colorize(ImageOps.grayscale(original), (40, 26, 13), (255, 240, 192))
+    sepia = ImageOps.colorize(ImageOps.grayscale(original), dark, light)
     stored = FeatureSet.from_bytes(extract(np.asarray(original), STORED_KEYPOINTS).to_bytes())
     verdict = verify(query_features(np.asarray(sepia))[0], stored)
     assert verdict.verified and verdict.colour_agreement is None, verdict

@@ -420,10 +420,11 @@ def _toned(rgb: np.ndarray, covered: np.ndarray) -> bool:
     line = np.stack([np.ones_like(luminance), luminance], axis=1)
     fit, *_ = np.linalg.lstsq(line, colours, rcond=None)
     left = colours - line @ fit
-    red_green, yellow_blue = fit[1]  # the tint gained per grey level, in opponent colours
-    # A warm tint (yellow to orange, as sepia and the vintage filters give): a picture in one
-    # other colour (a logo drawn in red, then in blue) is not taken for a toned copy (a review:
-    # the same drawing tinted red and blue was verified).
+    # A warm tint overall (yellow to orange, as sepia and the vintage filters give, whether it
+    # deepens or fades towards the highlights): a picture in one other colour (a logo drawn in
+    # red, then in blue) is not taken for a toned copy (a review: the same drawing tinted red
+    # and blue was verified).
+    red_green, yellow_blue = colours.mean(axis=0)
     warm = yellow_blue > 0 and abs(red_green) <= yellow_blue
     return warm and 1 - float((left * left).sum()) / energy >= TONED_FIT
 
