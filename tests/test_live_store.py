@@ -578,7 +578,7 @@ def test_a_path_another_program_moved_to_another_bucket_goes_back_to_its_own(
     capsys.readouterr()
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert (f"bucket {into} listed 1 image indexed under another hash (moved there by another"
-            " program); listed under their own again") in capsys.readouterr().err
+            " program); it is listed under its own again") in capsys.readouterr().err
     with Store.open_for_reading("db.shelve") as store:
         assert store.bucket(moved) == ["cat0/image_0000.jpg"]
         assert store.bucket(into) == ["cat1/image_0001.jpg", "up/other.jpg"]

@@ -521,7 +521,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
                          evaluation_rows(evaluation, args.max_distance),
                          what="queries with a miss or another match",
                          nothing=f"every copy found and nothing else at --max-distance"
-                         f" {args.max_distance}", rest_in=f"{stem}.html")
+                         f" {args.max_distance}",
+                         # On a store with features the page shows the verified answers.
+                         rest_in=f"{stem}.html" if evaluation.verified_at is None
+                         else f"{stem}.json")
             if evaluation.verified_at is not None:
                 draw_montage(os.path.join(args.report, f"{stem}-verified.png"),
                              f"{evaluation.recipe}: verified search, copies missed and other"

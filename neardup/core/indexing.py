@@ -346,8 +346,9 @@ def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
             report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"
                    " hash (deleted or rewritten by another program); listed again")
         if out:
+            own = "it is listed under its own" if out == 1 else "they are listed under their own"
             report(f"{store.path}: bucket {hash_hex} listed {_images(out)} indexed under another"
-                   " hash (moved there by another program); listed under their own again")
+                   f" hash (moved there by another program); {own} again")
     return list(relisted)
 
 
