@@ -119,3 +119,26 @@ def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"index.py: error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+
+
+def test_dasks_version_table_is_one_line() -> None:
+    """A review: a 3.11 client with 3.13 workers printed distributed's 9-line table of package
+    versions; it is one line naming the packages that differ."""
+    import warnings
+
+    import distributed.versions as versions
+
+    from neardup.scale.cluster import _dask_warnings
+
+    mine = versions.get_versions()
+    theirs = {"packages": dict(mine["packages"], python="3.13.0", numpy="9.9.9")}
+    table = versions.error_message(mine, {"tcp://127.0.0.1:1": theirs}, mine)["warning"]
+    said: list[str] = []
+    with warnings.catch_warnings(record=True) as passed:
+        warnings.simplefilter("always")
+        with _dask_warnings(said.append):
+            warnings.warn(table, versions.VersionMismatchWarning, stacklevel=1)
+            warnings.warn("Port 8787 is already in use.", UserWarning, stacklevel=1)
+    assert said == ["Dask: the client, scheduler and workers run different versions of numpy,"
+                    " python (neardup's own is checked to be the same everywhere)"]
+    assert passed == []
