@@ -540,15 +540,20 @@ def test_a_checker_left_running_leaves_the_commits_in_the_store_file(in_tmp: Pat
         assert copy.image_count() == 18
 
 
+def indexed_tree(count: int) -> tuple[str, str]:
+    """`count` images indexed into db.shelve; the hashes of cat0/image_0000 and cat1/image_0001."""
+    make_tree("images", count)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    return (hash_file("images/cat0/image_0000.jpg", Recipe()).hex(),
+            hash_file("images/cat1/image_0001.jpg", Recipe()).hex())
+
+
 def test_a_bucket_deleted_behind_index_py_is_listed_again(
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     """A review: a bucket deleted by another program (`del db[hash]` in a 3.13 shelve, as the
     message about a bad entry invites) lost its image for good: the file was unchanged, so never
     hashed again, and every run counted it as stored. Paths others added to a bucket stay."""
-    make_tree("images", 6)
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    key = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
-    other = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+    key, other = indexed_tree(6)
     sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", key.encode("ascii"))
     sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
                  pickle.dumps(["uploads/added.jpg"]), other.encode("ascii"))
@@ -567,10 +572,7 @@ def test_a_path_another_program_moved_to_another_bucket_goes_back_to_its_own(
     """Reviews of the relisting: another program moved a.jpg into b.jpg's bucket (deleting its
     own); it was listed again under its indexed hash too (search answered it twice), and, kept
     where it was moved, stayed listed there once its file was deleted."""
-    make_tree("images", 4)
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    moved = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
-    into = hash_file("images/cat1/image_0001.jpg", Recipe()).hex()
+    moved, into = indexed_tree(4)
     sqlite_write("db.shelve", "DELETE FROM Dict WHERE key = ?", moved.encode("ascii"))
     sqlite_write("db.shelve", "UPDATE Dict SET value = ? WHERE key = ?",
                  pickle.dumps(["cat1/image_0001.jpg", "cat0/image_0000.jpg", "up/other.jpg"]),
