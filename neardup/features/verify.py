@@ -364,17 +364,19 @@ def _colour_agreement(warped: np.ndarray | None, stored: FeatureSet,
     if rebalance and agreement is not None and agreement < MIN_COLOUR_AGREEMENT:
         # Measured only now: most copies agree as they are.
         rgb = warped[..., :3].astype(np.float32)
-        if _toned(rgb, covered):
+        cells = cv2.resize(rgb, side, interpolation=cv2.INTER_AREA)  # colour per grid cell
+        if _toned(cells[covered]):
             return None  # a toned copy (sepia) is a gray one given a colour: colour says nothing
-        balanced = _white_balanced(rgb, covered, stored.chroma.astype(np.float32))
+        balanced = _white_balanced(rgb, cells, covered, stored.chroma.astype(np.float32))
         if balanced is not None:
             agreement = max(agreement, _cosine(balanced[covered], theirs) or -1.0)
     return agreement
 
 
-def _white_balanced(rgb: np.ndarray, covered: np.ndarray, theirs: np.ndarray
+def _white_balanced(rgb: np.ndarray, cells: np.ndarray, covered: np.ndarray, theirs: np.ndarray
                     ) -> np.ndarray | None:
-    """The opponent-colour grid of the query (`rgb`, on verify()'s grid) with red and blue scaled
+    """The opponent-colour grid of the query (`rgb`, on verify()'s grid; `cells`, its colour per
+    cell of the CHROMA_SIDE grid) with red and blue scaled
     by the gains, each within WHITE_BALANCE, whose colours come closest to the stored ones
     (`theirs`), by least squares over the covered cells; None when too few cells can tell.
 
@@ -385,7 +387,6 @@ def _white_balanced(rgb: np.ndarray, covered: np.ndarray, theirs: np.ndarray
 
     side = (CHROMA_SIDE, CHROMA_SIDE)
     clipped = rgb >= 254
-    cells = cv2.resize(rgb, side, interpolation=cv2.INTER_AREA)
     clipped_share = cv2.resize(clipped.astype(np.float32), side, interpolation=cv2.INTER_AREA)
     usable = covered & (clipped_share.max(axis=2) < 0.02)
     if usable.sum() < 4:
@@ -404,14 +405,11 @@ def _white_balanced(rgb: np.ndarray, covered: np.ndarray, theirs: np.ndarray
     return opponent(cv2.resize(scaled, side, interpolation=cv2.INTER_AREA))
 
 
-def _toned(rgb: np.ndarray, covered: np.ndarray) -> bool:
-    """Is the query (`rgb`, on verify()'s grid) a toned gray picture, its colour a function of its
-    brightness alone (sepia: a gray picture mapped from a dark to a light tint)? Its opponent
-    colours, cell by cell over the covered part, are then a straight line of its luminance, to
-    TONED_FIT of their energy."""
-    import cv2
-
-    cells = cv2.resize(rgb, (CHROMA_SIDE, CHROMA_SIDE), interpolation=cv2.INTER_AREA)[covered]
+def _toned(cells: np.ndarray) -> bool:
+    """Is the query a toned gray picture, its colour a function of its brightness alone (sepia: a
+    gray picture mapped from a dark to a light tint)? `cells`: its colour (RGB) per covered cell.
+    Its opponent colours are then a straight line of its luminance, to TONED_FIT of their
+    energy."""
     colours = opponent(cells).astype(np.float64)
     energy = float((colours * colours).sum())
     if energy == 0:
