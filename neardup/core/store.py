@@ -696,19 +696,21 @@ class Store:
                           [(key,) for key in gone if key in stored])
             changed = sorted(additions.keys() | removals.keys())
             buckets = self._stored_buckets(changed)
-            written, emptied = [], []
-            for hash_hex in changed:
-                paths = self._bucket_after(hash_hex, buckets.get(hash_hex, []),
-                                           additions.get(hash_hex, set()),
-                                           removals.get(hash_hex, set()))
-                blob = hash_hex.encode("ascii")
-                if paths:  # as shelve writes it, in one statement for the batch
-                    written.append((blob, pickle.dumps(paths, PICKLE_PROTOCOL)))
-                else:
-                    emptied.append((blob,))
-            self._db.many("INSERT INTO Dict (key, value) VALUES (?, ?)"
-                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
-            self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
+            self._write_buckets({hash_hex: self._bucket_after(hash_hex,
+                                                              buckets.get(hash_hex, []),
+                                                              additions.get(hash_hex, set()),
+                                                              removals.get(hash_hex, set()))
+                                 for hash_hex in changed})
+
+    def _write_buckets(self, buckets: dict[str, list[str]]) -> None:
+        """Write each hash's bucket as shelve writes it (the hex key as bytes, a pickled list),
+        one statement for them all; an empty one is deleted."""
+        written = [(hash_hex.encode("ascii"), pickle.dumps(paths, PICKLE_PROTOCOL))
+                   for hash_hex, paths in buckets.items() if paths]
+        emptied = [(hash_hex.encode("ascii"),) for hash_hex, paths in buckets.items() if not paths]
+        self._db.many("INSERT INTO Dict (key, value) VALUES (?, ?)"
+                      " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
+        self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
     def relist_indexed(self, hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
         """Bring the buckets of these hashes (those others changed) back to what index.py stored
@@ -753,19 +755,15 @@ class Store:
                          for hash_hex, paths in listed.items()}
             anywhere = set().union(*(paths - misplaced[hash_hex]
                                      for hash_hex, paths in listed.items()))
+            rewritten: dict[str, list[str]] = {}
             for hash_hex in sorted(listed):
                 missing = known.get(hash_hex, set()) - listed[hash_hex] - anywhere
                 if not missing and not misplaced[hash_hex]:
                     continue
-                after = self._bucket_after(hash_hex, buckets.get(hash_hex, []), missing,
-                                           misplaced[hash_hex])
-                if after:
-                    self._db.run("INSERT INTO Dict (key, value) VALUES (?, ?) ON CONFLICT"
-                                 " (key) DO UPDATE SET value = excluded.value",
-                                 (hash_hex.encode("ascii"), pickle.dumps(after, PICKLE_PROTOCOL)))
-                else:
-                    self._db.run("DELETE FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
+                rewritten[hash_hex] = self._bucket_after(hash_hex, buckets.get(hash_hex, []),
+                                                         missing, misplaced[hash_hex])
                 changed[hash_hex] = (len(missing), len(misplaced[hash_hex]))
+            self._write_buckets(rewritten)
         return changed
 
     def _stored_hashes(self, path_keys: list[bytes]) -> dict[bytes, str]:
