@@ -444,9 +444,8 @@ def run_groups(args: argparse.Namespace) -> int:
 
 
 def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str]:
-    """The grouped images whose file is no longer what was indexed: another size, mtime or
-    inode (a replaced or rewritten file; a missing one too). Not ctime: a hard link made to a
-    file moves it, as gather.py's do."""
+    """The grouped images whose file is no longer what was indexed (FileState.same_file: a
+    replaced or rewritten file), or missing."""
     states = store.file_states()
     changed = set()
     for group in groups:
@@ -457,8 +456,7 @@ def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str
             except OSError:
                 changed.add(relpath)
                 continue
-            if state is None or (now.st_size, now.st_mtime_ns) != (state.size, state.mtime_ns) \
-                    or (state.inode and now.st_ino != state.inode):
+            if state is None or not state.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
                 changed.add(relpath)
     return changed
 

@@ -66,7 +66,7 @@ class HashOutcome:
     features: bytes | None = None  # local features, when the store keeps them
     # The file could not be reached where it was hashed: "missing" (not found there) or "denied"
     # (permission denied), as opposed to read and found wanting ("": says something of its
-    # content). An unreached file whose size and mtime are those stored keeps its entry.
+    # content). An unreached file still the one indexed (FileState.same_file) keeps its entry.
     unreached: str = ""
 
 
@@ -243,7 +243,8 @@ def index_folder(
                         state = stored.get(relpath)
                         if state is None:
                             continue
-                        if outcome.unreached and _same_file(state, outcome.file):
+                        if outcome.unreached and state.same_file(
+                                outcome.file.size, outcome.file.mtime_ns, outcome.file.inode):
                             # Not read (a worker that does not see the folder, a chmod, a file
                             # deleted meanwhile), and its size, mtime and inode are those indexed:
                             # the entry stays (the next run removes it if the file is gone).
@@ -324,13 +325,6 @@ def _check_foreign_entries(store: Store) -> dict[object, str]:
         return store.check_entries(None)  # upgraded from format 1: look at every entry once
     keys = store.changed_raw_keys(store.changes_since()) + store.known_bad_entries()
     return store.check_entries(list(dict.fromkeys(keys)))
-
-
-def _same_file(state: FileState, item: FoundFile) -> bool:
-    """Size, mtime and inode as indexed (ctime aside: a chmod moves it). A file replaced by
-    another (renamed over it: a new inode) is not the same, even with its size and mtime."""
-    return (state.size, state.mtime_ns) == (item.size, item.mtime_ns) and (
-        not state.inode or not item.inode or state.inode == item.inode)
 
 
 def _relist_lost_images(store: Store, report: Reporter) -> list[str]:

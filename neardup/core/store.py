@@ -283,6 +283,14 @@ class FileState:
     ctime_ns: int = 0
     hash_hex: str = ""
 
+    def same_file(self, size: int, mtime_ns: int, inode: int) -> bool:
+        """Whether a file with this size, mtime and inode (0: unknown) is still the one indexed.
+        Not ctime: a chmod moves it, and so does a hard link made to the file (gather.py's). A
+        file replaced by another, renamed over it (a new inode), is not, even with its size and
+        mtime."""
+        return (self.size, self.mtime_ns) == (size, mtime_ns) and (
+            not self.inode or not inode or self.inode == inode)
+
 
 Report = Callable[[str], None]
 
