@@ -151,8 +151,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
         answers = {"scheduler": client.run_on_scheduler(eval, _VERSION_PROBE)}
         answers.update(client.run(eval, _VERSION_PROBE))
     except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise NeardupError(f"the Dask cluster cannot import neardup ({detail}); "
+        raise NeardupError(f"the Dask cluster cannot import neardup ({_first_line(error)}); "
                            + cluster_install_hint()) from error
     wrong = {name: found for name, found in answers.items() if found != __version__}
     if not wrong:
@@ -162,8 +161,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     parts = ["the Dask scheduler"] if "scheduler" in wrong else []
     workers = sorted(name for name in wrong if name != "scheduler")
     if workers:
-        more = ", ..." if len(workers) > 1 else ""
-        parts.append(f"{len(workers)} of {len(answers) - 1} Dask workers ({workers[0]}{more})")
+        parts.append(_some_workers(workers, len(answers) - 1))
     versions = sorted({found or "" for found in wrong.values()})
     seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
     verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
@@ -178,17 +176,25 @@ def _check_features(client: Any) -> None:
         lacking = {name: missing for name, missing in client.run(eval, _FEATURES_PROBE).items()
                    if missing}
     except Exception as error:  # noqa: BLE001 - whatever the remote probe raised
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise NeardupError(f"cannot ask the Dask workers for OpenCV and FAISS ({detail})"
-                           ) from error
+        raise NeardupError("cannot ask the Dask workers for OpenCV and FAISS"
+                           f" ({_first_line(error)})") from error
     if not lacking:
         return
-    workers = sorted(lacking)
-    more = ", ..." if len(workers) > 1 else ""
     missing = " and ".join(sorted({name for names in lacking.values() for name in names}))
-    raise NeardupError(f"{len(workers)} of {len(client.scheduler_info()['workers'])} Dask workers"
-                       f" ({workers[0]}{more}) cannot extract local features ({missing} missing"
-                       f" there); " + cluster_install_hint("dask,features"))
+    raise NeardupError(f"{_some_workers(sorted(lacking), len(client.scheduler_info()['workers']))}"
+                       f" cannot extract local features ({missing} missing there); "
+                       + cluster_install_hint("dask,features"))
+
+
+def _some_workers(names: list[str], total: int) -> str:
+    """'2 of 5 Dask workers (tcp://..., ...)': which workers a refusal is about."""
+    more = ", ..." if len(names) > 1 else ""
+    return f"{len(names)} of {total} Dask workers ({names[0]}{more})"
+
+
+def _first_line(error: BaseException) -> str:
+    """What a remote call raised, in one line: its message's first line, or its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def cluster_hasher(
