@@ -50,6 +50,9 @@ class Skipped:
 # are candidates all the same, so that each is reported as failed with what to install, rather
 # than passed over like a manifest.csv (an iPhone library is mostly .heic).
 OPTIONAL_FORMAT_EXTENSIONS = frozenset((".heic", ".heif", ".hif", ".avif", ".avifs"))
+# Why a link to a folder is skipped (a link cycle would make the walk endless); callers that
+# explain an empty walk look for it.
+LINK_TO_FOLDER = "link to a folder, not followed"
 
 
 @lru_cache(maxsize=1)
@@ -105,7 +108,7 @@ def walk_images(root: str) -> Iterator[FoundFile | Skipped]:
                 yield Skipped(entry.path, f"cannot stat ({error.strerror or error})", relpath)
                 continue
             if stat.S_ISDIR(info.st_mode):
-                yield Skipped(entry.path, "link to a folder, not followed")
+                yield Skipped(entry.path, LINK_TO_FOLDER)
                 continue
             if not stat.S_ISREG(info.st_mode):
                 yield Skipped(entry.path, "not a regular file")

@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
-from ..core.discovery import FoundFile, Skipped, walk_images
+from ..core.discovery import LINK_TO_FOLDER, FoundFile, Skipped, walk_images
 from ..core.results import shown_path
 from ..errors import DatasetError
 from .archives import Limits, extract, is_archive
@@ -92,7 +92,7 @@ def _links_left_out(folder: str) -> str:
     """What the walk passed over that may be the images: links to folders are never followed
     (a link cycle would make the walk endless), so a folder of such links holds no images."""
     links = [entry.path for entry in walk_images(folder)
-             if isinstance(entry, Skipped) and entry.reason.startswith("link to a folder")]
+             if isinstance(entry, Skipped) and entry.reason == LINK_TO_FOLDER]
     if not links:
         return ""
     shown = ", ".join(shown_path(os.path.relpath(link, folder)) for link in links[:3])
