@@ -154,14 +154,19 @@ def matches(query: FeatureSet, stored: FeatureSet, query_index: Any = None
     if query_index is None:
         query_index = descriptor_index(query)
     distances, nearest = query_index.search(np.ascontiguousarray(stored.descriptors), 2)
-    partner: dict[int, tuple[float, int]] = {}  # query keypoint -> (distance, stored keypoint)
-    for stored_index, ((first, second), (found, _)) in enumerate(
-            zip(distances.tolist(), nearest.tolist(), strict=True)):
-        if first < RATIO * second and (found not in partner or first < partner[found][0]):
-            partner[found] = (first, stored_index)
-    return (query.points[list(partner)],
-            stored.points[[stored_index for _, stored_index in partner.values()]],
-            np.array([distance for distance, _ in partner.values()], np.float64))
+    first, second = distances[:, 0], distances[:, 1]
+    passing = np.flatnonzero(first < RATIO * second)  # stored keypoints, in order
+    found = nearest[passing, 0]
+    # Each query keypoint keeps its nearest stored keypoint (the first of equals), listed where
+    # it was first found: the order RANSAC draws its samples from, the same as one pass over the
+    # stored keypoints keeping the better partner would give. Vectorised: the pass cost more
+    # than the search itself (54 against 64 us for 72 stored keypoints).
+    keys, first_seen = np.unique(found, return_index=True)
+    by_partner = np.lexsort((passing, first[passing], found))
+    best = passing[by_partner[np.unique(found[by_partner], return_index=True)[1]]]
+    order = np.argsort(first_seen)
+    keys, best = keys[order], best[order]
+    return (query.points[keys], stored.points[best], first[best].astype(np.float64))
 
 
 def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Verdict:
