@@ -979,6 +979,11 @@ class Store:
         """The stored hash (hex) of one indexed file."""
         return self._stored_hash(os.fsencode(relpath))
 
+    def hashes_of_paths(self, relpaths: Iterable[str]) -> dict[str, str]:
+        """The stored hash (hex) of each of these indexed files that has one."""
+        found = self._stored_hashes([os.fsencode(relpath) for relpath in relpaths])
+        return {os.fsdecode(key): hash_hex for key, hash_hex in found.items()}
+
     def _apply_features(self, indexed: list[IndexedFile], removed: list[str]) -> None:
         """apply()'s part for features: in its transaction, before its own writes."""
         if not self.has_features():  # a hash-only store: one lookup per batch, nothing else

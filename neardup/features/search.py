@@ -81,6 +81,7 @@ class VerifiedSearch:
         looks = query_features(frame)
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
+        hash_of: dict[str, str] = {}  # the stored hash (hex) of each candidate the hash found
         if source in ("hash", "both") and hashes:
             answers = find_matches_many(self.store, hashes, max_distance, self.hash_index,
                                         include_low_information=include_low_information)
@@ -91,6 +92,7 @@ class VerifiedSearch:
                     if earlier is not None and earlier[0] is not None and distance is not None:
                         distance = min(earlier[0], distance)  # the mirror hash was nearer
                     found[match.path] = (distance, {"hash"})
+                    hash_of[match.path] = match.hash_hex
         stored: dict[str, FeatureSet] = {}
         found_by_look: dict[str, int] = {}  # which look's descriptors found a feature candidate
         if source in ("features", "both"):
@@ -112,6 +114,9 @@ class VerifiedSearch:
                 record = self.store.features_of_path(path)
                 if record is not None:
                     stored[path] = _parse(self.store, path, record[1])
+        # One query for the hashes of the features' candidates (one per candidate cost 1.4 ms of
+        # a 30 ms search at 10^5 images).
+        hash_of |= self.store.hashes_of_paths([path for path in found if path not in hash_of])
         answers_out: list[tuple[Match, Verdict]] = []
         indexes = [descriptor_index(look) for look in looks]
         enlarged = _Enlarged(frame)
@@ -131,7 +136,7 @@ class VerifiedSearch:
                                     stored[path], enlarged if "hash" in how else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
-            hash_hex = self.store.hash_of_path(path) or ""
+            hash_hex = hash_of.get(path, "")
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
                                       verdict.verified), verdict))
