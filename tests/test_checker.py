@@ -136,6 +136,33 @@ class TestStdin:
         assert result.stderr.count(f"bucket {damaged_hash}".encode()) == 1
         assert b"skipped" in result.stderr and b"Traceback" not in result.stderr
 
+    def test_null_separated_paths_can_hold_line_breaks(self, store: Path) -> None:
+        """--null: find -print0 | search.py --stdin --null; without it a name holding a line
+        break could not be asked for."""
+        shutil.copy("images/cat0/image_0000.jpg", "images/two\nlines.jpg")
+        result = run_stdin(b"images/two\nlines.jpg\0images/cat1/image_0001.jpg\r\0\0"
+                           + b"x" * 70_000 + b"\0images/cat1/image_0001.jpg", "--null")
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a.get("error") for a in answers] == [
+            None, "file not found (deleted or a broken link?)", "empty path: no file named",
+            "a path of more than 65,536 bytes: no file name is that long", None]
+        assert answers[0]["query"] == "images/two\nlines.jpg"  # a CR is part of a name here
+        assert answers[0]["matches"][0]["relpath"] == "cat0/image_0000.jpg"
+        assert answers[4]["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert result.returncode == 2 and result.stderr == b""
+
+    def test_null_answers_each_path_as_soon_as_its_nul_arrives(self, store: Path) -> None:
+        with subprocess.Popen(SEARCH + ["--stdin", "--null"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as checker:
+            assert checker.stdin and checker.stdout
+            for name in ("cat0/image_0000.jpg", "cat1/image_0001.jpg"):
+                checker.stdin.write(f"images/{name}".encode() + b"\0")
+                checker.stdin.flush()  # the pipe stays open: the answer must not wait for more
+                answer = json.loads(read_line(checker.stdout))
+                assert answer["matches"][0]["relpath"] == name
+            checker.stdin.close()
+            assert checker.wait(timeout=30) == 0
+
     def test_mirror_is_applied(self, store: Path) -> None:
         save(ImageOps.mirror(Image.open("images/cat1/image_0001.jpg")), "flipped.jpg", quality=95)
         assert json.loads(run_stdin(b"flipped.jpg\n").stdout)["matches"] == []

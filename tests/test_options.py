@@ -40,6 +40,7 @@ def refused(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:  
     (["--groups", "--mirror"], "--mirror does nothing with --groups (it is for --query, --evaluate,"
      " --stdin or --serve)"),
     (["--stdin", "--json"], "--json does nothing with --stdin"),
+    (["-q", "x.jpg", "--null"], "--null does nothing with --query (it is for --stdin)"),
     (["--serve", "127.0.0.1:1", "--report", "out"], "--report does nothing with --serve"),
     (["--stdin", "--max-upload-bytes", "5"],
      "--max-upload-bytes does nothing with --stdin (it is for --serve)"),

@@ -77,6 +77,7 @@ APPLIES_TO = {
     "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
     "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
     "max_matches": {"stdin", "serve"},
+    "null": {"stdin"},
     "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
     "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
     "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         f" (flushed); images {command('index.py')} commits meanwhile are found too")
+    parser.add_argument("-0", "--null", action="store_true",
+                        help="with --stdin: paths end with a NUL byte, not a line break (as"
+                        " find -print0 writes them), so that any file name can be asked for")
     wanted.add_argument("--serve", metavar="HOST:PORT",
                         help="answer POST /search (image bytes as the body, optional"
                         " ?max_distance=N) and GET /health over HTTP until SIGTERM")
@@ -600,34 +604,41 @@ def run_checker(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
             return 0
-        return answer_lines(checker, sys.stdin.buffer, sys.stdout)
+        return answer_lines(checker, sys.stdin.buffer, sys.stdout, null=args.null)
 
 
-def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO) -> int:
+def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO, null: bool = False) -> int:
     """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
 
     Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
     record escapes what is not ASCII); a CRLF line ending is not part of the name. Every line
-    gets its answer, an empty one included.
+    gets its answer, an empty one included. `null` (--null): paths end with a NUL byte instead,
+    the one byte no file name holds, so names with line breaks can be asked for too.
     """
     failed = False
-    for line in bounded_lines(lines, MAX_LINE_BYTES):
+    unit = "path" if null else "line"
+    records = bounded_records(lines, MAX_LINE_BYTES) if null else bounded_lines(lines,
+                                                                                 MAX_LINE_BYTES)
+    for line in records:
         if line is None:  # skipped unkept: a 100 MB line took 732 MB and was answered twice over
-            record = {"query": "", "error": f"a line of more than {MAX_LINE_BYTES:,} bytes: no"
+            record = {"query": "", "error": f"a {unit} of more than {MAX_LINE_BYTES:,} bytes: no"
                                             " file name is that long"}
             failed = True
             out.write(json.dumps(record) + "\n")
             out.flush()
             continue
-        # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
-        # part of a file name.
-        line = line[:-1] if line.endswith(b"\n") else line
-        line = line[:-1] if line.endswith(b"\r") else line
+        if null:
+            line = line[:-1] if line.endswith(b"\0") else line
+        else:
+            # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
+            # part of a file name.
+            line = line[:-1] if line.endswith(b"\n") else line
+            line = line[:-1] if line.endswith(b"\r") else line
         path = os.fsdecode(line)
         if path:
             record = checker.check_file(path)
         else:  # still answered: a client pairs answers with its lines by their order
-            record = {"query": "", "error": "empty line: no file named"}
+            record = {"query": "", "error": f"empty {unit}: no file named"}
         failed = failed or "error" in record
         out.write(json.dumps(record) + "\n")
         out.flush()
@@ -651,6 +662,31 @@ def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
         while line and not line.endswith(b"\n"):  # the rest of the long line, dropped
             line = stream.readline(limit)
         yield None
+
+
+def bounded_records(stream: BinaryIO, limit: int, end: bytes = b"\0") -> Iterator[bytes | None]:
+    """bounded_lines() for records ending with `end` (a NUL byte): each as soon as its end has
+    arrived (a client waits for its answer before sending the next path), None for one longer
+    than `limit`, dropped as it streams in."""
+    pending = b""
+    too_long = False
+    while chunk := _read_available(stream):
+        pending += chunk
+        while (cut := pending.find(end)) >= 0:
+            record, pending = pending[:cut + 1], pending[cut + 1:]
+            yield None if too_long or len(record) > limit + 1 else record
+            too_long = False
+        if len(pending) > limit:
+            too_long, pending = True, b""
+    if pending or too_long:  # the last path without its NUL
+        yield None if too_long else pending
+
+
+def _read_available(stream: BinaryIO) -> bytes:
+    """What the stream holds now (at least one byte, or b"" at its end), without waiting for
+    more: read(n) of a pipe would wait for all n bytes."""
+    read1 = getattr(stream, "read1", None)
+    return read1(64 * 1024) if read1 is not None else stream.read(1)
 
 
 def parse_address(text: str) -> tuple[str, int]:
