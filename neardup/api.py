@@ -85,6 +85,10 @@ class DuplicateGroup:
     distances: tuple[int | None, ...]  # each image's hash distance to the first (0 for the first)
     max_distance: int | None  # the largest hash distance between any two members
     distinct_hashes: int  # 1: exact duplicates of one hash only
+    # Stores with local features: each image's inliers with the first (None for the first), and
+    # the fewest of any verified pair in the group; None on a hash-only store.
+    inliers: tuple[int | None, ...] | None = None
+    fewest_inliers: int | None = None
 
 
 def index_folder(
@@ -247,14 +251,18 @@ class ImageStore:
         result = []
         for group in groups:
             # Stored paths that would leave the dataset (a store from someone else) are dropped.
-            kept = [(relpath, full, distance)
-                    for relpath, distance in zip(group.paths, group.distances, strict=True)
+            inliers = group.inliers or (None,) * len(group.paths)
+            kept = [(relpath, full, distance, count)
+                    for relpath, distance, count in zip(group.paths, group.distances, inliers,
+                                                        strict=True)
                     if (full := resolve_stored_path(self.dataset, relpath)) is not None]
             if len(kept) < 2:
                 continue
-            result.append(DuplicateGroup(tuple(r for r, _, _ in kept), tuple(f for _, f, _ in kept),
-                                         tuple(d for _, _, d in kept), group.max_distance,
-                                         group.hashes))
+            result.append(DuplicateGroup(
+                tuple(r for r, _, _, _ in kept), tuple(f for _, f, _, _ in kept),
+                tuple(d for _, _, d, _ in kept), group.max_distance, group.hashes,
+                tuple(c for _, _, _, c in kept) if group.inliers is not None else None,
+                group.fewest_inliers))
         return result
 
     def evaluate(self, manifest: str | os.PathLike, *, mirror: bool = False) -> Evaluation:

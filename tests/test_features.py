@@ -180,6 +180,15 @@ def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureF
     assert [sorted(group["relpaths"]) for group in groups] == [
         ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
     assert groups[0]["verified"] is True
+    # How strong each link is (a review: a pass at exactly MIN_INLIERS looked like one at 70).
+    inliers = groups[0]["inliers"]
+    assert inliers[0] is None and all(count >= MIN_INLIERS for count in inliers[1:])
+    assert MIN_INLIERS <= groups[0]["fewest_inliers"] <= min(inliers[1:])
+    assert search_cli.main(["-s", "db.shelve", "--groups"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# group 1: 5 images") and (
+        f"the weakest with {groups[0]['fewest_inliers']} inliers" in lines[0])
+    assert [line.split("\t")[1] for line in lines[1:6]] == ["-", *map(str, inliers[1:])]
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "g.html"]) == 0
     page = Path("g.html").read_text(encoding="utf-8")
     assert "every pair of images is a verified match" in page and "within 4 bits" not in page
@@ -193,7 +202,9 @@ def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureF
         ["crop.jpg", "mirror.jpg", "pad.jpg", "rotate.jpg", "scene.jpg"]]
     assert captured.err.splitlines() == [
         f"search.py: {in_tmp / 'images' / 'pad.jpg'}: file not found (deleted or a broken"
-        " link?); its own matches were not searched (run index.py to update the store)"]
+        " link?); its own matches were not searched (run index.py to update the store)",
+        "search.py: images/pad.jpg: changed or gone since it was indexed; run index.py before"
+        " deleting anything from its group"]
 
 
 def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.CaptureFixture

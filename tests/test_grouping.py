@@ -119,6 +119,45 @@ def test_groups_command_text_json_and_montage(
     assert groups[0]["distances"] == [0, 0, 0] and groups[0]["max_distance"] == 0
 
 
+def test_groups_say_which_files_changed_since_they_were_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A review: text and JSON listed a replaced and a deleted file as before, silently (only the
+    page said so); people script their clean-up from those."""
+    build(tmp_path / "data", planted_duplicate=True)
+    monkeypatch.chdir(tmp_path)
+    os.remove("data/copies/A_same.png")
+    Image.new("RGB", (160, 120), "red").save("data/haystack/B_duplicate.png")  # another picture
+    capsys.readouterr()
+    for extra in ([], ["--json"]):
+        assert search_cli.main(["-s", "db.shelve", "--groups", *extra]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.splitlines() == [
+            f"search.py: data/{name}: changed or gone since it was indexed; run index.py before"
+            " deleting anything from its group"
+            for name in ("copies/A_same.png", "haystack/B_duplicate.png")]
+    assert [group["changed"] for group in json.loads(captured.out)] == [
+        ["haystack/B_duplicate.png"], ["copies/A_same.png"]]
+
+
+def test_a_weakly_verified_group_is_left_to_the_person(tmp_path: Path) -> None:
+    """Different photographs taken alike pass verification with few inliers: the page's button
+    marks none of such a group, and says why."""
+    from neardup.evaluation.html import Item, groups_page
+
+    items = []
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (64, 48), colour).save(tmp_path / name)
+        items.append(Item(name, str(tmp_path / name), "first" if name == "a.png" else "matched"))
+    weak = groups_page([items], store="db.shelve", dataset="data", recipe="dhash",
+                       max_distance=4, verified=True, fewest_inliers=[12])
+    assert "weakly verified (a pair with only 12 inliers" in weak
+    assert 'data-keep="0"' not in weak and 'data-keep="1"' not in weak
+    strong = groups_page([items], store="db.shelve", dataset="data", recipe="dhash",
+                         max_distance=4, verified=True, fewest_inliers=[40])
+    assert "weakly verified" not in strong
+
+
 def test_query_montage_survives_a_vanished_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

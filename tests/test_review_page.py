@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -70,7 +72,7 @@ def load_in_browser(chromium: str, page: Path) -> dict:
     done = browser(chromium, page.parent / "profile", "--dump-dom", probe.as_uri())
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"the page did not finish loading: {done.stderr[-2000:]}"
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    return json.loads(unescape(found.group(1)))  # the dump escapes the <pre>'s text
 
 
 def assert_not_blank(chromium: str, page: Path) -> None:
@@ -90,6 +92,7 @@ def test_groups_page_loads_every_thumbnail(
     shutil.copy(tmp_path / "data" / "haystack" / "B.png", tmp_path / "data" / "<b onclick=x>B & co.png")
     os.makedirs(tmp_path / "data" / "sub")
     shutil.copy(tmp_path / "data" / "haystack" / "A.png", tmp_path / "data" / "sub" / "A.png")
+    originals_first(tmp_path / "data", "haystack/A.png", "haystack/B.png")
     monkeypatch.chdir(tmp_path)
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
@@ -105,10 +108,10 @@ def test_groups_page_loads_every_thumbnail(
     assert report["loaded"] == report["images"]
     assert report["text"] > 200 and report["height"] > 400
     assert report["elements_in_captions"] == 0
-    # Each group's first image is kept: "<b onclick=x>B & co.png" sorts first, then copies/A_same.
+    # Equal pictures: the oldest file of each group is kept, whatever its place in the group.
     assert sorted(report["marked"].splitlines()) == [
-        "copies/B_same.png", "haystack/A.png", "haystack/B.png", "haystack/B_duplicate.png",
-        "sub/A.png"]
+        "<b onclick=x>B & co.png", "copies/A_same.png", "copies/B_same.png",
+        "haystack/B_duplicate.png", "sub/A.png"]
     assert_not_blank(chromium, page)
 
 
@@ -124,6 +127,7 @@ def test_names_that_cannot_be_listed_are_shown_escaped_and_left_out_of_the_list(
     os.makedirs(data / "x\nhaystack")  # a folder whose name holds a line break
     for name in odd.values():
         shutil.copy(data / "haystack" / "B.png", os.fsencode(data / name))
+    originals_first(data, "haystack/A.png", "haystack/B.png")
     monkeypatch.chdir(tmp_path)
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
@@ -137,9 +141,20 @@ def test_names_that_cannot_be_listed_are_shown_escaped_and_left_out_of_the_list(
     assert report["loaded"] == report["images"] == 9  # 7 in B's group, 2 in A's
     assert html.count('class="mark"') == 6  # the backslash name has its tick box
     marked = report["marked"].splitlines()
-    # Every image but each group's first ("B\\n.png" sorts first in B's), none of the odd names.
-    assert sorted(marked) == ["copies/B_same.png", "haystack/A.png", "haystack/B.png",
+    # Every image but each group's oldest, none of the odd names but the backslash.
+    assert sorted(marked) == ["B\\n.png", "copies/A_same.png", "copies/B_same.png",
                               "haystack/B_duplicate.png"]
+
+
+def originals_first(data: Path, *originals: str) -> None:
+    """Every image in `data` made at one time, `originals` earlier: the keep rule's third test
+    (equal pictures: the oldest file) then keeps them (copies made in a test are seconds apart
+    at most, in whatever order the test made them)."""
+    for path in data.rglob("*"):
+        if path.is_file():
+            os.utime(path, (2_000_000_000, 2_000_000_000))
+    for name in originals:
+        os.utime(data / name, (1_000_000_000, 1_000_000_000))
 
 
 def test_evaluation_page_loads_every_thumbnail(
@@ -195,6 +210,7 @@ def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
     alone = textured(7).resize((300, 200))
     alone.save(data / "g_one.jpg", quality=90)
     alone.save(data / "h_two.jpg", quality=80)
+    originals_first(data, "b_original.png")
     monkeypatch.chdir(tmp_path)
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     textured(9).resize((1600, 1200)).save(data / "d_replaced.jpg", quality=90)  # larger, another
@@ -205,7 +221,177 @@ def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
         textured(11).save(data / name, quality=90)
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
     html = (tmp_path / "review.html").read_text(encoding="utf-8")
-    assert "400 x 300" in html and "(kept: the most pixels)" in html
+    assert "400 x 300" in html and "(kept: as much picture, the oldest file)" in html
+    assert "(kept: the only file here still as indexed and readable)" in html  # e_large cut
     assert "none is kept and none marked by the button" in html
     report = load_in_browser(chromium, tmp_path / "review.html")
     assert sorted(report["marked"].splitlines()) == ["a_copy_q60.jpg", "c_half.jpg"]
+
+
+def group_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, object],
+               originals: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """Index `files` (name -> a picture, or a callable making the file at that path), write the
+    groups page, and return it with what its button marks."""
+    data = tmp_path / "data"
+    for name, made in files.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        if callable(made):
+            made(data / name)
+        else:
+            made.save(data / name)  # type: ignore[attr-defined]
+    originals_first(data, *originals)
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
+    page = (tmp_path / "review.html").read_text(encoding="utf-8")
+    return page, sorted(marked_by_button(page))
+
+
+def marked_by_button(page: str) -> list[str]:
+    """What "mark all but the one kept" marks: the page's own rule, read from its tick boxes
+    (data-keep "0"), as the browser tests above check it in Chromium."""
+    return [unescape(path) for path, role in re.findall(
+        r'data-path="([^"]*)" data-keep="([-01])"', page) if role == "0"]
+
+
+def test_the_original_is_kept_over_the_copies_people_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of a photo library: the copy was kept and the original marked in every case (a
+    letterbox or frame adds pixels; a palette GIF, a PNG with a transparent part or a 16-bit PNG
+    tie on pixels and win on bytes; a re-save at a higher quality is larger)."""
+    from .imagegen import textured
+
+    def cut_out(photo: Image.Image) -> Image.Image:  # a corner transparent
+        alpha = Image.new("L", photo.size, 255)
+        alpha.paste(0, (0, 0, 30, 30))
+        copy = photo.convert("RGBA")
+        copy.putalpha(alpha)
+        return copy
+
+    edits = {  # borders: test_a_letterbox_or_a_frame_is_not_more_picture (no hash finds them)
+        "palette": lambda photo: photo.convert("P", palette=Image.Palette.ADAPTIVE),
+        "cut_out": cut_out,
+        "deep": lambda photo: Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257),
+    }
+    files: dict[str, object] = {}
+    for seed, (name, edit) in enumerate(edits.items(), start=50):  # one photo per group
+        photo = textured(seed).resize((400, 300))
+        files[f"{name}/original.jpg"] = lambda path, photo=photo: photo.save(path, quality=85)
+        files[f"{name}/copy.{'gif' if name == 'palette' else 'png'}"] = edit(photo)
+    photo = textured(41).resize((400, 300))
+    files["resave/original.jpg"] = lambda path: photo.save(path, quality=75)
+    files["resave/copy.jpg"] = lambda path: photo.save(path, quality=95)  # larger, and newer
+    originals = tuple(name for name in files if name.endswith("original.jpg"))
+    page, marked = group_page(tmp_path, monkeypatch, files, originals)
+    assert marked == sorted(name for name in files if "/copy." in name)
+    assert "(kept: not a palette, animated or partly transparent copy)" in page
+    assert "(kept: as much picture, the oldest file)" in page
+
+
+def test_paths_to_one_file_are_kept_or_offered_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a link and its target were a duplicate pair; the link was kept and the target
+    marked, and deleting the list left the link dangling (the photo gone). Hard links: deleting
+    one frees nothing."""
+    from .imagegen import textured
+
+    big, small = textured(43).resize((400, 300)), textured(44).resize((400, 300))
+
+    def link_to(target: str):  # type: ignore[no-untyped-def]
+        return lambda path: os.symlink(target, path)
+
+    def hard_link_to(target: Path):  # type: ignore[no-untyped-def]
+        return lambda path: os.link(target, path)
+
+    data = tmp_path / "data"
+    files: dict[str, object] = {
+        # The original is the file kept: neither its path nor the link to it is offered.
+        "camera/image_0001.png": big,
+        "albums/a/favourite.png": link_to("../../camera/image_0001.png"),
+        "shared/resized.png": big.resize((300, 225)),
+        # A smaller copy reached by a link and a hard link: every path to it is offered.
+        "camera/image_0002.png": small,
+        "shared/small.png": small.resize((200, 150)),
+        "albums/b/small_link.png": link_to("../../shared/small.png"),
+        "albums/b/small_hard.png": hard_link_to(data / "shared/small.png"),
+    }
+    page, marked = group_page(tmp_path, monkeypatch, files)
+    assert marked == ["albums/b/small_hard.png", "albums/b/small_link.png",
+                      "shared/resized.png", "shared/small.png"]
+    assert "(the same file as the one kept)" in page  # the link to the original
+    kept = re.findall(r'<span class="path">([^<]*)</span><span class="caption">[^<]*</span>'
+                      r'<span class="size">[^<]*\(kept:', page)
+    assert sorted(kept) == ["camera/image_0001.png", "camera/image_0002.png"]  # not the links
+
+
+def test_a_kept_image_that_cannot_be_listed_is_not_offered_for_deletion_by_hand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the image kept had a line break in its name; the page said 'delete it by hand'
+    on it and marked the other: following the page deleted both."""
+    from .imagegen import textured
+
+    photo = textured(45).resize((400, 300))
+    page, marked = group_page(tmp_path, monkeypatch, {
+        "original.jpg": lambda path: photo.resize((200, 150)).save(path, quality=90),
+        "copy\nfrom chat.jpg": lambda path: photo.save(path, quality=90)})
+    assert marked == ["original.jpg"]
+    assert "delete it by hand" not in page and "could not be listed" in page
+
+
+def test_sizes_are_shown_upright_and_the_kept_image_is_outlined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .imagegen import textured
+
+    photo = textured(46).resize((400, 300))
+
+    def sideways(path: Path) -> None:  # stored 300 x 400, shown 400 x 300 (EXIF orientation 6)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo.rotate(90, expand=True).save(path, quality=90, exif=exif)
+
+    page, marked = group_page(tmp_path, monkeypatch, {"a.jpg": sideways,
+                                                      "b.jpg": lambda path: photo.resize(
+                                                          (200, 150)).save(path, quality=90)})
+    assert "400 x 300, " in page and "300 x 400" not in page
+    assert marked == ["b.jpg"]
+    assert page.count('<figure class="kept">') == 1 and "figure.kept img" in page
+
+
+def test_a_letterbox_or_a_frame_is_not_more_picture(tmp_path: Path) -> None:
+    """The keep rule on its own (a hash-only store does not group pads; verified matches do)."""
+    from PIL import ImageOps
+
+    from neardup.evaluation.keeping import choose, facts_of
+    from neardup.evaluation.montage import thumbnail
+
+    from .imagegen import textured
+
+    photo = textured(47).resize((400, 300))
+    made = {"original.jpg": photo,
+            "letterbox.jpg": ImageOps.expand(photo, border=(0, 60), fill="black"),
+            "frame.jpg": ImageOps.expand(photo, border=30, fill="white"),
+            "smaller.jpg": photo.resize((390, 292))}
+    facts = []
+    for age, (name, picture) in enumerate(made.items()):
+        picture.save(tmp_path / name, quality=90)
+        os.utime(tmp_path / name, (2_000_000_000 + age, 2_000_000_000 + age))
+        seen: list = []
+        thumbnail(str(tmp_path / name), 150,
+                  inspect=lambda opened, size, shown, name=name, seen=seen:
+                  seen.append(facts_of(str(tmp_path / name), opened, size, shown)))
+        facts.append(seen[0])
+    assert facts[1].width * facts[1].height > facts[0].width * facts[0].height  # more pixels
+    assert abs(facts[1].picture - facts[0].picture) < 0.02 * facts[0].picture  # as much picture
+    assert abs(facts[2].picture - facts[0].picture) < 0.02 * facts[0].picture
+    paths = [str(tmp_path / name) for name in made]
+    choice = choose(paths, facts)
+    assert choice.kept == 0 and choice.reason == "as much picture, the oldest file"
+    # Whatever the group's order: among equal pictures the oldest (the letterbox before the
+    # frame), and a smaller copy (under 95 % of the picture) never.
+    facts.reverse()
+    paths.reverse()
+    assert choose(paths[:3], facts[:3]).kept == 2 and choose(paths, facts).kept == 3

@@ -407,25 +407,36 @@ def run_groups(args: argparse.Namespace) -> int:
                               progress=True, warn=say)
         root, recipe = store.dataset, store.recipe.describe()
         verified = store.has_features
-        # Files changed since they were indexed are shown, never offered for deletion.
-        changed = changed_since_indexed(opened, groups) if args.html else set()
+        # Files changed since they were indexed are shown, never offered for deletion, and said
+        # in every output: people script the clean-up from the text and JSON too.
+        changed = changed_since_indexed(opened, groups)
+    for relpath in sorted(changed):
+        say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
+            f" run {command('index.py')} before deleting anything from its group")
     if args.json:
         print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
                            "relpaths": list(group.relpaths), "distances": list(group.distances),
                            "max_distance": group.max_distance,
                            "distinct_hashes": group.distinct_hashes,
-                           **({"verified": True} if verified else {})} for group in groups],
-                         indent=2))
+                           "changed": [relpath for relpath in group.relpaths
+                                       if relpath in changed],
+                           **({"verified": True, "inliers": list(group.inliers or ()),
+                               "fewest_inliers": group.fewest_inliers} if verified else {})}
+                          for group in groups], indent=2))
     else:
         for number, group in enumerate(groups, start=1):
-            rule = ("every pair a verified match, hashes within" if verified
-                    else "every pair within")
+            rule = (f"every pair a verified match (the weakest with {group.fewest_inliers}"
+                    " inliers), hashes within" if verified else "every pair within")
             print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
                   f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, {rule}"
                   f" {group.max_distance} bits")
-            for relpath, distance in zip(group.relpaths, group.distances, strict=True):
+            inliers = group.inliers or (None,) * len(group.relpaths)
+            for relpath, distance, count in zip(group.relpaths, group.distances, inliers,
+                                                strict=True):
                 shown = "-" if distance is None else distance
-                print(f"{shown}\t{printable(display_path(root, relpath) or relpath)}")
+                # On a store with features, as -q prints: distance, inliers (- for the first).
+                middle = f"{'-' if count is None else count}\t" if verified else ""
+                print(f"{shown}\t{middle}{printable(display_path(root, relpath) or relpath)}")
             print()
     if args.montage:
         rule = ("every pair a verified match" if verified
@@ -437,13 +448,15 @@ def run_groups(args: argparse.Namespace) -> int:
                      max_pixels=args.max_pixels)
     if args.html:
         save_page(args.html, groups_page(
-            [[Item(relpath, full, distance_caption(position, distance),
+            [[Item(relpath, full, distance_caption(position, distance, count),
                    changed=relpath in changed)
-              for position, (relpath, full, distance)
-              in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+              for position, (relpath, full, distance, count)
+              in enumerate(zip(group.relpaths, group.paths, group.distances,
+                               group.inliers or (None,) * len(group.relpaths), strict=True))]
              for group in groups],
             store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
-            max_pixels=args.max_pixels, verified=verified))
+            max_pixels=args.max_pixels, verified=verified,
+            fewest_inliers=[group.fewest_inliers for group in groups] if verified else None))
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
@@ -465,16 +478,18 @@ def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str
     return changed
 
 
-def distance_caption(position: int, distance: int | None) -> str:
+def distance_caption(position: int, distance: int | None, inliers: int | None = None) -> str:
     if position == 0:
         return "first"
-    return "matched" if distance is None else f"distance {distance}"
+    caption = "matched" if distance is None else f"distance {distance}"
+    return caption if inliers is None else f"{caption}, {inliers} inliers"
 
 
 def group_row(group: DuplicateGroup) -> Row:
-    tiles = [Tile(full, distance_caption(position, distance), relpath)
-             for position, (relpath, full, distance)
-             in enumerate(zip(group.relpaths, group.paths, group.distances, strict=True))]
+    tiles = [Tile(full, distance_caption(position, distance, count), relpath)
+             for position, (relpath, full, distance, count)
+             in enumerate(zip(group.relpaths, group.paths, group.distances,
+                              group.inliers or (None,) * len(group.relpaths), strict=True))]
     return Row(tiles[0], tiles[1:])
 
 

@@ -34,6 +34,10 @@ class Group:
     hashes: int  # how many distinct hashes it spans (1: exact duplicates only)
     distances: tuple[int | None, ...]  # each path's hash distance to the first image
     max_distance: int | None  # the largest hash distance between any two members
+    # Stores with local features: each path's inliers with the first image (None for the first),
+    # and the fewest of any verified pair in the group (its weakest link).
+    inliers: tuple[int | None, ...] | None = None
+    fewest_inliers: int | None = None
 
 
 def clique_groups(

@@ -5,9 +5,9 @@ with their paths and distances, not read a list. Each page carries its thumbnail
 (small JPEGs) and its own style and script, so it opens from anywhere, offline, and can be mailed
 or archived as one file. Paths are shown relative to the store's dataset folder, named at the top.
 
-The groups page is also a review form: a checkbox per image; "mark all but the first" pre-selects
-the usual clean-up; the marked paths are gathered in a text box to copy. The page itself deletes
-nothing.
+The groups page is also a review form: a checkbox per image; "mark all but the one kept"
+pre-selects the usual clean-up (keeping.py chooses the image kept); the marked paths are gathered
+in a text box to copy. The page itself deletes nothing.
 
 Every text comes from file names a stranger may have chosen, so all of it is escaped.
 """
@@ -21,10 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ..core.hashing import DEFAULT_MAX_PIXELS, picture_size
+from PIL import Image
+
+from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
+from .keeping import WEAK_INLIERS, Facts, choose, facts_of
 from .montage import thumbnail
 from .output import write_whole
 from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation, verified_table
@@ -50,21 +53,24 @@ class Item:
 def groups_page(
     groups: Sequence[Sequence[Item]], *, store: str, dataset: str, recipe: str, max_distance: int,
     max_pixels: int = DEFAULT_MAX_PIXELS, verified: bool = False,
+    fewest_inliers: Sequence[int | None] | None = None,
 ) -> str:
     """The near-duplicate groups as a review form. `verified`: a store with local features,
-    whose groups link verified matches (their hashes may be far apart)."""
+    whose groups link verified matches (their hashes may be far apart); `fewest_inliers`: for
+    each group, the inliers of its weakest verified pair."""
     title = f"Near-duplicate groups in {os.path.basename(store)}"
     rule = ("every pair of images is a verified match (local features; hash distances, where"
             f" shown, by {recipe})" if verified
             else f"every pair of images is within {max_distance} bits (hash {recipe})")
     summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group"
-               f" {rule}. Distances are to the first image of each group. Paths are relative to"
-               " the dataset folder:")
+               f" {rule}. Distances{' and inliers' if verified else ''} are to the first image"
+               " of each group. Paths are relative to the dataset folder:")
     sections = []
     for number, items in enumerate(groups, start=1):
         sections.append(_section(f"group-{number}", f"Group {number}: {len(items)} images",
                                  items, with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
-                                 max_pixels=max_pixels, reviewable=True))
+                                 max_pixels=max_pixels, reviewable=True,
+                                 weakest=fewest_inliers[number - 1] if fewest_inliers else None))
     body = [_header(title, summary, dataset), _cut_notice(len(groups)), _REVIEW_TOOLS,
             *sections]
     return _page(title, body, script=_REVIEW_SCRIPT)
@@ -200,104 +206,95 @@ def write_page(path: str, page: str) -> None:
 
 
 
-def thumbnail_uri(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
-    """A small JPEG of the image as a data: URI, or raise ImageError."""
-    picture = thumbnail(path, THUMBNAIL_SIDE, max_pixels)
+def _data_uri(picture: Image.Image) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
-             max_pixels: int, reviewable: bool) -> str:
+             max_pixels: int, reviewable: bool, weakest: int | None = None) -> str:
+    """One group or one query with its images. `reviewable` (a group): tick boxes, the image
+    kept, and what "mark all but the one kept" marks; `weakest`: the fewest inliers of a verified
+    pair in the group, which, under WEAK_INLIERS, leaves the group to the person."""
     items = list(items)
     pictures: list[str] = []  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
-    decoded: list[bool | None] = []  # None: not tried (no thumbnail drawn)
+    facts: list[Facts | None] = []  # what the keep rule weighs; None: cannot be kept
     for item in items:
+        seen: list[Facts | None] = [None]
+
+        def inspect(opened: Image.Image, size: tuple[int, int], shown: Image.Image,
+                    path: str = item.path or "", seen: list[Facts | None] = seen) -> None:
+            if reviewable:
+                seen[0] = facts_of(path, opened, size, shown)
+
         if item.path is None:
             pictures.append('<div class="missing">outside the dataset: not opened</div>')
-            decoded.append(False)
-        elif with_pictures:
-            try:
-                pictures.append(f'<img alt="" src="{thumbnail_uri(item.path, max_pixels)}">')
-                decoded.append(True)
-            except ImageError as error:
-                pictures.append(f'<div class="missing">{escape(error.reason)}</div>')
-                decoded.append(False)
         else:
-            pictures.append("")
-            decoded.append(None)
-    sizes = [picture_size(item.path) if reviewable and item.path and not item.changed else None
-             for item in items]
-    keep = _best(items, sizes, decoded) if reviewable else -1
+            try:  # past the thumbnails shown, a tiny decode still weighs it for keeping
+                picture = thumbnail(item.path, THUMBNAIL_SIDE if with_pictures else 16,
+                                    max_pixels, inspect if reviewable else None)
+                pictures.append(f'<img alt="" src="{_data_uri(picture)}">' if with_pictures
+                                else "")
+            except ImageError as error:
+                pictures.append(f'<div class="missing">{escape(error.reason)}</div>'
+                                if with_pictures else "")
+        # A file changed since it was indexed is not what the group is about: never kept.
+        facts.append(None if item.changed else seen[0])
+    choice = choose([item.path for item in items], facts) if reviewable else None
+    weak = reviewable and weakest is not None and weakest < WEAK_INLIERS
     figures = []
     for position, item in enumerate(items):
-        picture = pictures[position]
         size = ""
         if item.path is not None:
             try:
                 size = f"{os.path.getsize(item.path) / 1024:,.0f} KB"
             except OSError:
                 size = "file not found"
-        if sizes[position] is not None:
-            width, height = sizes[position]  # type: ignore[misc]
-            size = f"{width} x {height}, {size}"
-        if position == keep:
-            size += " (kept: the most pixels)"
+        fact = facts[position]
+        if fact is not None:
+            size = f"{fact.width} x {fact.height}, {size}"
+        kept = choice is not None and position in choice.keep
+        if choice is not None and position == choice.kept:
+            size += f" (kept: {choice.reason})"
+        elif kept:
+            size += " (the same file as the one kept)"
+        elif choice is not None and fact is not None and any(
+                other is not None and other.identity == fact.identity and other is not fact
+                for other in facts):
+            size += " (one file under several names: each is listed)"
         tick = ""
         if reviewable and item.changed:
             tick = ('<span class="by-hand">changed since it was indexed: not listed for'
                     f" deletion; run {escape(command('index.py'))} and look again</span>")
         elif reviewable and can_be_listed(item.relpath):
-            # Nothing is marked until the person says so. A group with no image fit to keep
-            # ("-") is left alone by "mark all but the one kept".
-            role = "-" if keep < 0 else str(int(position == keep))
+            # Nothing is marked until the person says so. A group with no image fit to keep,
+            # or only weakly verified, ("-") is left alone by "mark all but the one kept".
+            role = "-" if choice is None or choice.kept < 0 or weak else str(int(kept))
             tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
                     f' data-keep="{role}"> delete</label>')
+        elif reviewable and kept:
+            tick = ('<span class="by-hand">kept; its name holds a line break, a control'
+                    " character or bytes that are not UTF-8, so it could not be listed</span>")
         elif reviewable:
             tick = ('<span class="by-hand">not listed for deletion: its name holds a line break,'
                     ' a control character or bytes that are not UTF-8; delete it by hand</span>')
-        figures.append(f'<figure class="{item.css}">{picture}<figcaption>'
+        css = " ".join(filter(None, [item.css, "kept" if kept and choice and position == choice.kept
+                                     else ""]))
+        figures.append(f'<figure class="{css}">{pictures[position]}<figcaption>'
                        f'<span class="path">{escape(shown_path(item.relpath))}</span>'
                        f'<span class="caption">{escape(item.caption)}</span>'
                        f'<span class="size">{escape(size)}</span>{tick}'
                        "</figcaption></figure>")
-    if reviewable and keep < 0:
+    if choice is not None and choice.kept < 0:
         heading += (": no image here is still what was indexed and readable, so none is kept"
                     " and none marked by the button")
+    elif weak:
+        heading += (f": weakly verified (a pair with only {weakest} inliers; different"
+                    " photographs taken alike reach such counts), so the button marks none:"
+                    " look, and mark by hand")
     return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
             f'<div class="row">{"".join(figures)}</div></section>')
-
-
-def _best(items: list[Item], sizes: list[tuple[int, int] | None],
-          decoded: list[bool | None]) -> int:
-    """Which image of a group to keep: the most pixels, then the largest file (the least
-    compressed), then the first; -1 (nothing marked in the group) when no image can be kept. The
-    group's first is its most connected image, which may be a captioned or recompressed copy of
-    the original beside it. Only a file that is still what was indexed (its size known) and that
-    decodes (`decoded`: its thumbnail; None, not drawn, so tried here) can be kept: the largest
-    header of a file replaced or cut short since was kept, and the intact copies marked."""
-    def quality(position: int) -> tuple[int, int, int]:
-        size = sizes[position]
-        try:
-            length = os.path.getsize(items[position].path or "")
-        except OSError:
-            length = -1
-        return (size[0] * size[1] if size else -1, length, -position)
-
-    keepable = [position for position, item in enumerate(items)
-                if sizes[position] is not None
-                and (decoded[position] if decoded[position] is not None
-                     else _decodes(item.path))]
-    return max(keepable, key=quality) if keepable else -1
-
-
-def _decodes(path: str | None) -> bool:
-    try:
-        thumbnail(path or "", 8)
-    except ImageError:
-        return False
-    return True
 
 
 def _count(items: list[Item], css: str, one: str, many: str = "") -> str:
@@ -337,7 +334,8 @@ figure { margin: 0; width: 160px; }
 figure img, figure .missing { display: block; max-width: 150px; max-height: 150px; }
 figure .missing { width: 150px; height: 100px; background: #ddd; font-size: 12px; padding: 4px;
   box-sizing: border-box; }
-figure.query img, figure:first-child img { outline: 3px solid #d62728; }
+figure.query img { outline: 3px solid #d62728; }
+figure.kept img { outline: 3px solid #2ca02c; }
 figure.missed figcaption .caption { color: #b00; }
 figcaption { font-size: 12px; overflow-wrap: anywhere; }
 figcaption span { display: block; }
@@ -350,7 +348,8 @@ figcaption span { display: block; }
 
 _REVIEW_TOOLS = """
 <div id="review"><button type="button" id="all-but-first">mark all but the one kept in each group
-(the most pixels, then the largest file)</button>
+(a plain picture over a palette, animated or transparent one, then the most picture without flat
+borders, then the oldest file, then the largest)</button>
 <button type="button" id="clear">clear</button> <span id="count">0 marked</span>
 <textarea id="marked" readonly placeholder="the paths you mark appear here, one per line, to copy">
 </textarea></div>

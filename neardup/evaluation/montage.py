@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
@@ -135,12 +136,24 @@ def contact_sheet(
     return result
 
 
-def thumbnail(path: str, side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The image, upright and in RGB, fitted in side x side; raises ImageError."""
-    # A JPEG decodes straight to about the size needed (draft), not in full.
-    with open_image(path, max_pixels, before_load=lambda image: image.draft("RGB", (side, side))) \
-            as opened:
+def thumbnail(
+    path: str, side: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+    inspect: Callable[[Image.Image, tuple[int, int], Image.Image], None] | None = None,
+) -> Image.Image:
+    """The image, upright and in RGB, fitted in side x side; raises ImageError. `inspect`, if
+    given, sees the same decode: the image as opened, its size in the file's header, and the
+    upright RGB picture (the groups page weighs which image to keep without decoding again)."""
+    header: list[tuple[int, int]] = []
+
+    def reduce(image: Image.Image) -> None:
+        # A JPEG decodes straight to about the size needed (draft), not in full.
+        header.append(image.size)
+        image.draft("RGB", (side, side))
+
+    with open_image(path, max_pixels, before_load=reduce) as opened:
         picture = normalise(opened).convert("RGB")
+        if inspect is not None:
+            inspect(opened, header[0] if header else opened.size, picture)
     picture.thumbnail((side, side))
     return picture
 

@@ -59,7 +59,8 @@ def verified_groups(
                                    include_low_information=include_low_information):
             if match.path != relpath and match.inliers is not None:
                 # Closer means more inliers: clique_groups adds the closest candidates first.
-                closeness = -match.inliers
+                # Verified both ways, a pair keeps the fewer inliers: the weaker evidence.
+                closeness = max(-match.inliers, links[relpath].get(match.path, -10**9))
                 links[relpath][match.path] = closeness
                 links.setdefault(match.path, {})[relpath] = closeness
     # A pair verified in one direction only is still linked, from both sides.
@@ -73,6 +74,9 @@ def verified_groups(
                           for value in values)
         known = [value for value in values if value is not None]
         widest = max((a.distance(b) for a in known for b in known), default=None)
-        groups.append(Group(tuple(members), len({value for value in known}), distances, widest))
+        inliers = (None, *(-links[members[0]][path] for path in members[1:]))
+        fewest = min(-links[a][b] for a in members for b in members if a != b)
+        groups.append(Group(tuple(members), len({value for value in known}), distances, widest,
+                            inliers, fewest))
     groups.sort(key=lambda group: (-len(group.paths), group.paths))
     return groups
