@@ -81,7 +81,7 @@ APPLIES_TO = {
     "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
     "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
     "max_in_flight": _SERVE, "header_timeout": _SERVE, "body_timeout": _SERVE,
-    "keep_alive_timeout": _SERVE,
+    "keep_alive_timeout": _SERVE, "send_timeout": _SERVE,
 }
 
 
@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                          default=ServiceLimits.keep_alive_timeout,
                          help="with --serve: seconds an idle connection is kept open (default"
                          f" {ServiceLimits.keep_alive_timeout:g})")
+    service.add_argument("--send-timeout", type=positive_float, default=ServiceLimits.send_timeout,
+                         help="with --serve: seconds a client may leave an answer untaken (its"
+                         " connection's buffer full) before the connection is closed (default"
+                         f" {ServiceLimits.send_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
                         help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only; at most the hash's bits, and for --evaluate"
@@ -605,7 +609,8 @@ def run_checker(args: argparse.Namespace) -> int:
         limits = ServiceLimits(
             max_upload_bytes=args.max_upload_bytes, max_query_distance=args.max_query_distance,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections,
+            keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
+            max_connections=args.max_connections,
             max_in_flight=args.max_in_flight,
             token=load_token(args.token_file) if args.token_file else None)
     with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,

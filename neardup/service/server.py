@@ -59,6 +59,7 @@ class ServiceLimits:
     header_timeout: float = 10.0    # from connecting (or the previous answer) to complete headers
     body_timeout: float = 30.0      # from the headers to the last byte of the body
     keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
+    send_timeout: float = 10.0      # an answer the client does not take in for this long: closed
     shutdown_timeout: float = 3.0   # SIGTERM: requests in flight get this long to finish
     max_connections: int = 1000
     max_in_flight: int = 16         # uploads being decoded or searched at once
@@ -247,19 +248,23 @@ class CheckerApp:
             if answer is None:
                 answer = await asyncio.get_running_loop().run_in_executor(
                     self.decoders, self.check, body, distance, None)
-            status, record = answer
-            if status != 200:
-                self.log.warning("%s POST /search: %d %s", address(scope.get("client")), status,
-                                 record.get("error"))
-            await reply(send, status, record,
-                        [(b"retry-after", b"1")] if status == 503 else [])
         finally:
+            # The upload is checked: its slot is free before the answer is written. A client that
+            # never reads its answers held its slots while the write waited, and 16 of them shut
+            # every other client out (a hostile review); the write has its own deadline
+            # (send_timeout, in the protocol below).
             self.in_flight -= 1
             left = self.in_flight_from[client] - 1
             if left:
                 self.in_flight_from[client] = left
             else:
                 del self.in_flight_from[client]
+        assert answer is not None  # None only where at most INLINE_MAX_PIXELS were asked for
+        status, record = answer
+        if status != 200:
+            self.log.warning("%s POST /search: %d %s", address(scope.get("client")), status,
+                             record.get("error"))
+        await reply(send, status, record, [(b"retry-after", b"1")] if status == 503 else [])
 
     def _hold(self, client: str, held: list[int], amount: int) -> None:
         """Count `amount` more (or, negative, fewer) bytes of one upload from `client`."""
@@ -446,6 +451,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _counted_as: str | None = None  # the address this connection is counted under
         _half_closed = False  # the client has sent all it will (shut its write side)
         _after_answers: bytes | None = None  # a refusal to send once those read are answered
+        _send_deadline: asyncio.TimerHandle | None = None  # armed while writing is paused
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
@@ -591,8 +597,34 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self._disarm()
             return True  # keep the write side open for the answers
 
+        def pause_writing(self) -> None:
+            """The client is not taking its answers in (the transport's buffer is full): it
+            gets send_timeout to start again. Without this an answer waited for ever, and with
+            it the request and its connection: a client that sent requests and never read held
+            them past every other deadline (a hostile review)."""
+            super().pause_writing()
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(limits.send_timeout, self._not_reading)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._stop_send_deadline()
+
+        def _stop_send_deadline(self) -> None:
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+
+        def _not_reading(self) -> None:
+            self._send_deadline = None
+            if not self.transport.is_closing():
+                log.warning("%s: closed: the client took no answer in for %g s",
+                            address(self.client), limits.send_timeout)
+            self.transport.abort()  # what is buffered is dropped; connection_lost follows
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stop_send_deadline()
             if self._counted_as is not None:
                 left = open_from[self._counted_as] - 1
                 if left:
