@@ -447,6 +447,51 @@ class TestHostileClients:
                 trickle.close()
         assert_clean(server, most_lines=1 + 16)
 
+    def test_clients_that_never_read_their_answers_hold_no_slot_for_long(
+        self, store: Path
+    ) -> None:
+        """A hostile review: clients sending uploads and never reading the answers held their
+        upload slots and connections past every deadline (the write waited for ever): from four
+        addresses every other upload was answered 503 for minutes. A slot is freed once its
+        upload is checked, and a connection whose answers are not taken in for --send-timeout
+        is closed."""
+        for number in range(150):  # answers of about 10 KB: the buffers fill in seconds
+            os.link("images/cat1/image_0001.jpg", f"images/cat1/same_{number:03d}.jpg")
+        index_images()
+        body = photo()
+        upload = (b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        with running("--send-timeout", "2", "--max-in-flight", "4") as server:
+            hogs = []
+            for number in range(4):
+                hog = socket.create_connection(("127.0.0.1", server.port),
+                                               source_address=(f"127.0.0.{2 + number}", 0))
+                hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                hog.setblocking(False)
+                hogs.append(hog)
+            # Each sends an upload every few milliseconds (never 16 ahead of the server) and
+            # reads nothing.
+            closed: set[int] = set()
+            until = time.monotonic() + 12
+            while len(closed) < len(hogs) and time.monotonic() < until:
+                for number, hog in enumerate(hogs):
+                    try:
+                        hog.send(upload)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        closed.add(number)
+                status = request(server.port, "POST", "/search", body, source="127.0.0.9")[0]
+                assert status == 200, status  # never shut out meanwhile
+                time.sleep(0.01)
+            assert closed == {0, 1, 2, 3}, "a client that does not read was never cut off"
+            for hog in hogs:
+                hog.close()
+            assert request(server.port, "POST", "/search", body, source="127.0.0.9")[0] == 200
+        log = server.log()
+        assert log.count("closed: the client took no answer in for 2 s") == 4, log
+        assert "Traceback" not in log
+
     def test_a_jpeg_of_thousands_of_scans_is_refused_at_once(self, store: Path) -> None:
         """A progressive JPEG of 5,000 near-empty scans (a pass over the picture for each; the
         review's 100,000 held the event loop, and /health, for 28 s) is refused from its scan
@@ -584,6 +629,62 @@ class TestStore:
             assert f"bucket {damaged}: unreadable or unsafe value" in health["problems"][0]
         assert "Traceback" not in server.log()
         assert server.log().count(f"bucket {damaged}") == 1
+
+    def test_a_repaired_bucket_is_no_longer_a_problem(self, store: Path) -> None:
+        """A review: /health said "degraded" for ever once a bucket had been bad, after it was
+        written right again, and a second, different damage to it was not logged."""
+        with running(*FAST) as server:
+            _, answer, _ = request(server.port, "POST", "/search", photo())
+            damaged, good = answer["hash"], None
+            with sqlite3.connect("db.shelve") as database:
+                good = database.execute("SELECT value FROM Dict WHERE key = ?",
+                                        (damaged.encode(),)).fetchone()[0]
+                database.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                                 (b"\x80\x05garbage", damaged.encode()))
+            request(server.port, "POST", "/search", photo())
+            assert request(server.port, "GET", "/health")[1]["status"] == "degraded"
+            with sqlite3.connect("db.shelve") as database:
+                database.execute("UPDATE Dict SET value = ? WHERE key = ?", (good, damaged.encode()))
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 200 and health["status"] == "ok" and "problems" not in health
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert damaged in {m["hash"] for m in answer["matches"]}
+            with sqlite3.connect("db.shelve") as database:  # damaged again, another way
+                database.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                                 (b"not a pickle", damaged.encode()))
+            request(server.port, "POST", "/search", photo())
+            assert request(server.port, "GET", "/health")[1]["status"] == "degraded"
+        assert server.log().count(f"bucket {damaged}") == 2
+
+    def test_a_store_rewritten_in_place_is_answered_as_it_is_now(self, store: Path) -> None:
+        """A review: a backup copied back over the store (`cp`, the same inode) was never seen,
+        and a store cut to 0 bytes went on being answered, when an index.py commit had come
+        before (SQLite sees other connections' commits through the WAL's index, not a file
+        rewritten under it). And the error told every client the server's path and how to
+        repair the store."""
+        shutil.copy("db.shelve", "backup.shelve")  # 6 images
+        with running(*FAST) as server:
+            save(textured(61), "images/new/arrived.jpg", quality=92)
+            index_images()  # a commit, and a checkpoint moving it into the file
+            arrived = Path("images/new/arrived.jpg").read_bytes()
+            assert request(server.port, "POST", "/search", arrived)[1]["matches"]
+            assert request(server.port, "GET", "/health")[1]["images"] == 7
+            with open("db.shelve", "r+b") as stream:  # the backup copied over it, in place
+                stream.write(Path("backup.shelve").read_bytes())
+                stream.truncate()
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 200 and health["images"] == 6
+            status, answer, _ = request(server.port, "POST", "/search", arrived)
+            assert status == 200 and answer["matches"] == []
+            assert request(server.port, "POST", "/search", photo())[1]["matches"]
+            os.truncate("db.shelve", 0)  # cut to nothing
+            status, health, _ = request(server.port, "GET", "/health")
+            assert status == 503 and health["status"] == "unavailable"
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert status == 503 and str(store) not in answer["error"]
+            assert "sqlite3" not in answer["error"] and "index.py" not in answer["error"]
+        log = server.log()
+        assert "rewritten with other contents" in log and "Traceback" not in log
 
 
 def test_only_small_huffman_sequential_jpegs_are_decoded_on_the_event_loop(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ goes on and `health()` says it is degraded.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -55,6 +56,10 @@ from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 # How many damage reports /health keeps (the newest).
 KEPT_PROBLEMS = 5
+# Changes of the log compared to tell the same store's later state from another one
+# (_same_history): a copy of another state shares none of its last changes' sequence numbers
+# and keys by chance.
+HISTORY_WINDOW = 16
 
 
 class StoreUnavailable(NeardupError):
@@ -94,8 +99,15 @@ class Checker:
         self.decode_budget = decode_budget or DecodeBudget(capacity=2**62)
         self._warn = warn
         self._lock = threading.Lock()
-        self._problems: list[str] = []
+        # What /health reports as "degraded", newest last: a damaged bucket (keyed by its hash,
+        # dropped once it reads clean again) or the store failing an answer (until reopened).
+        self._problems: dict[str, str] = {}
+        self._checked_repairs_at = -1  # the generation at which repaired buckets were looked for
         self._store, self._identity = open_with_identity(store_path, self._store_problem)
+        self._state = self._state_now()  # the file's size, mtime and ctime when opened
+        # The log's last changes up to the index's generation, (generation, changes): what tells
+        # a checkpoint of the same store from a copy of another state written over it.
+        self._window: tuple[int, list[tuple[int, str]]] | None = None
         self._index: HashIndex | None = None
         self._data_version = -1
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
@@ -196,6 +208,7 @@ class Checker:
             store = self._current_store()
             try:
                 with store.snapshot():
+                    self._forget_repaired(store)
                     index = self._current_index(store)
                     if self._features is not None and frame is not None:
                         looks = [query] + ([flipped] if flipped is not None else [])
@@ -215,8 +228,8 @@ class Checker:
                     record = to_record(result, store.dataset_root, self._warn)
             except (StoreError, sqlite3.DatabaseError) as error:
                 reason = f"store damaged: {without_path(str(error), store.path)}"
-                self._problems = (self._problems + [reason])[-KEPT_PROBLEMS:]
-                self._warn(f"{name}: {reason}")
+                self._note_problem(reason, reason)
+                self._warn(f"{name}: store damaged: {error}")  # the operator's line: all of it
                 raise StoreReadFailed(reason) from error
         if not self.full_paths:
             for match in record["matches"]:
@@ -227,7 +240,14 @@ class Checker:
     # -- keeping the index current (called with the lock held, inside a snapshot) -------------
 
     def _current_index(self, store: Store) -> HashIndex:
-        """The index for the store's state now (called with the lock held, inside a snapshot)."""
+        """The index for the store's state now (called with the lock held, inside a snapshot),
+        and the log's last changes up to its generation noted (_same_history)."""
+        index = self._followed_index(store)
+        if store.tracking and (self._window is None or self._window[0] != index.generation):
+            self._window = (index.generation, store.log_window(index.generation, HISTORY_WINDOW))
+        return index
+
+    def _followed_index(self, store: Store) -> HashIndex:
         if self._index is None:  # at start, or after the store file was replaced
             self._index = HashIndex.from_store(store)
             self._data_version = store.data_version()
@@ -285,23 +305,53 @@ class Checker:
 
     def _store_problem(self, line: str) -> None:
         """What the store reports while answering (a damaged bucket, skipped): logged once, and
-        kept for /health, which then says "degraded"."""
-        self._problems = (self._problems + [without_path(line, self.store_path)])[-KEPT_PROBLEMS:]
+        kept for /health, which then says "degraded" until the bucket reads clean again."""
+        shown = without_path(line, self.store_path)
+        bucket = re.match(r"bucket ([0-9a-f]+):", shown)
+        self._note_problem(bucket.group(1) if bucket else shown, shown)
         self._warn(line)
+
+    def _note_problem(self, key: str, reason: str) -> None:
+        self._problems.pop(key, None)  # the newest last
+        self._problems[key] = reason
+        while len(self._problems) > KEPT_PROBLEMS:
+            del self._problems[next(iter(self._problems))]
+
+    def _forget_repaired(self, store: Store) -> None:
+        """Buckets reported damaged that read clean now are no longer problems (a review:
+        /health said "degraded" for ever after the bucket was written right again). Looked for
+        once per generation, inside the answer's snapshot, while any is reported."""
+        generation = store.generation()
+        if not self._problems or generation == self._checked_repairs_at:
+            return
+        self._checked_repairs_at = generation
+        for hash_hex in store.reported_entries_repaired():
+            self._problems.pop(hash_hex, None)
 
     # -- the store's identity --------------------------------------------------------------------
 
     def _current_store(self) -> Store:
-        """The open store, reopened first if the file at its path is no longer the one held open.
+        """The open store, reopened first if the file at its path is no longer the one held open,
+        or was rewritten in place.
 
-        Called under the lock. One stat per answer: a few microseconds.
+        Called under the lock. One stat per answer: a few microseconds. SQLite notices another
+        connection's commits through the WAL's index, not a file rewritten under it: a backup
+        copied back over the store (`cp`), or the file cut to nothing, went on being answered
+        from the pages it had read (a review). So the file's size, mtime and ctime are compared
+        too, and when they moved the store is opened again: a checkpoint (index.py moving its
+        commits into the file) keeps the search index, which then follows the log as for any
+        commit; another content keeps nothing.
         """
         try:
-            identity = file_identity(self.store_path)
+            status = os.stat(self.store_path)
+            identity: tuple[int, int] | None = (status.st_dev, status.st_ino)
+            state = file_state(status)
         except OSError:
-            identity = None
+            identity = state = None
         if identity == self._identity and self._unavailable is None:
-            return self._store
+            if state == self._state:
+                return self._store
+            return self._reopen_rewritten()
         try:
             store, identity = open_with_identity(self.store_path, self._store_problem)
         except StoreError as error:
@@ -311,13 +361,60 @@ class Checker:
                 self._warn(f"{self.store_path}: {reason}")
             self._unavailable = reason
             raise StoreUnavailable(reason) from error
-        self._store.close()
-        self._store, self._identity = store, identity
-        self._index, self._pending = None, None  # of the old file
-        self._unavailable = None
-        self._problems = []  # the damage was in the old file
+        self._replace_store(store, identity)
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
         return store
+
+    def _reopen_rewritten(self) -> Store:
+        """_current_store() for a file whose contents moved under the same identity."""
+        try:
+            store, identity = open_with_identity(self.store_path, self._store_problem)
+        except StoreError as error:
+            reason = ("the store's file was rewritten and cannot be read"
+                      f" ({without_path(str(error), self.store_path)})")
+            if reason != self._unavailable:
+                self._warn(f"{self.store_path}: {reason}")
+            self._unavailable = reason
+            raise StoreUnavailable(reason) from error
+        if self._same_history(store):
+            old, self._store = self._store, store  # the index and its history stay
+            self._identity, self._state = identity, self._state_now()
+            old.close()
+            return store
+        self._replace_store(store, identity)
+        self._warn(f"{self.store_path}: the store's file was rewritten with other contents (a"
+                   " backup copied over it?); reloaded it")
+        return store
+
+    def _same_history(self, store: Store) -> bool:
+        """Whether `store` is the one answered from so far, moved on by commits (not another
+        store, nor a copy of an earlier or another state of it): the same store id, and the
+        log holding what it held at the index's generation."""
+        if store.store_id != self._store.store_id:
+            return False
+        index = self._index
+        if index is None:
+            return True  # nothing kept to be wrong
+        with store.snapshot():
+            if store.generation() < index.generation:
+                return False
+            if not store.tracking or self._window is None:
+                return False  # an older store without a log: nothing to tell them apart by
+            generation, window = self._window
+            return store.log_window(generation, HISTORY_WINDOW) == window
+
+    def _replace_store(self, store: Store, identity: tuple[int, int]) -> None:
+        self._store.close()
+        self._store, self._identity, self._state = store, identity, self._state_now()
+        self._index, self._pending, self._window = None, None, None  # of the old contents
+        self._unavailable = None
+        self._problems = {}  # the damage was in the old file
+
+    def _state_now(self) -> tuple[int, int, int] | None:
+        try:
+            return file_state(os.stat(self.store_path))
+        except OSError:
+            return None
 
     def health(self) -> dict[str, Any]:
         """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read)."""
@@ -328,6 +425,7 @@ class Checker:
                 return {"status": "unavailable", "error": str(error)}
             try:
                 with store.snapshot():
+                    self._forget_repaired(store)
                     hashes, images = store.counts()  # O(1): kept by the store's triggers
                     report: dict[str, Any] = {
                         "status": "degraded" if self._problems else "ok",
@@ -337,13 +435,18 @@ class Checker:
                 return {"status": "unavailable",
                         "error": f"cannot read the store ({without_path(str(error), store.path)})"}
             if self._problems:
-                report["problems"] = list(self._problems)
+                report["problems"] = list(self._problems.values())
             return report
 
 
 def file_identity(path: str) -> tuple[int, int]:
     status = os.stat(path)
     return status.st_dev, status.st_ino
+
+
+def file_state(status: os.stat_result) -> tuple[int, int, int]:
+    """What moves when the file's contents are written: its size, mtime and ctime."""
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def open_with_identity(
@@ -371,9 +474,15 @@ def open_with_identity(
 
 
 def without_path(message: str, path: str) -> str:
-    """A store error without the server's path in front, for answers sent to clients."""
+    """A store error as clients are told it: without the server's path (in front, or anywhere
+    in it: a damaged store's message names the file in the command to check it) and without
+    what the operator should do about it (after the first "; "), which the log keeps."""
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    message = message[len(prefix):] if message.startswith(prefix) else message
+    message = message.split("; ", 1)[0]
+    for named in {path, os.path.abspath(path)}:
+        message = message.replace(named, "the store")
+    return message
 
 
 def read_regular_file(path: str) -> bytes:
