@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,35 @@ def test_a_fifo_query_is_refused_without_blocking(store: Path) -> None:
     assert "pipe.jpg: not a regular file (a FIFO, device or socket): not read" in result.stderr
     with neardup.open_store("db.shelve") as opened, pytest.raises(neardup.ImageError):
         opened.search("pipe.jpg")
+
+
+def test_closing_while_answering_is_never_taken_for_a_damaged_store(store: Path) -> None:
+    """A review: SIGTERM while uploads were checked closed the store's connection under them;
+    they failed with "Cannot operate on a closed database", logged as a damaged store."""
+    import threading
+
+    from neardup.service.checker import Checker
+
+    warnings: list[str] = []
+    answers: list[dict] = []
+    checker = Checker("db.shelve", warn=warnings.append)
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            answers.append(checker.check_file("images/cat0/image_0000.jpg"))
+
+    askers = [threading.Thread(target=ask) for _ in range(3)]
+    for asker in askers:
+        asker.start()
+    time.sleep(0.3)
+    checker.close()
+    time.sleep(0.1)
+    stop.set()
+    for asker in askers:
+        asker.join(10)
+    errors = {answer.get("error") for answer in answers}
+    assert errors <= {None, "the checker is stopping"}, errors
+    assert "the checker is stopping" in errors and None in errors
+    assert not [line for line in warnings if "damaged" in line], warnings
+    assert checker.health() == {"status": "unavailable", "error": "the checker is stopping"}

@@ -1020,3 +1020,48 @@ def test_one_picture_tinted_in_two_colours_is_refused() -> None:
     stored = FeatureSet.from_bytes(extract(np.asarray(blue), STORED_KEYPOINTS).to_bytes())
     verdict = verify(query_features(np.asarray(red))[0], stored)
     assert not verdict.verified and verdict.reason == "the aligned pictures differ in colour", verdict
+
+
+def test_the_checker_answers_while_a_new_feature_index_is_built(
+    feature_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile review: after each commit the first answer built the feature index again under
+    the checker's lock, and every answer and /health waited (5.5 s per commit at 2,508 images,
+    more as the store grows). Answers now go on from the index in memory while a thread builds
+    the new one; an image added meanwhile is found by its hash, and by its features once the
+    new index is in."""
+    import threading
+
+    from neardup.features import index as feature_index
+    from neardup.service.checker import Checker
+
+    with Checker("db.shelve") as checker:
+        assert checker.check_file("queries/mirror.jpg")["matches"]  # loads the index
+        arrived = scene(11)
+        save(arrived, "images/new/arrived.jpg", quality=92)
+        save(copies_of(arrived)["crop"], "new_crop.jpg", quality=90)  # far from it by hash
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        building = threading.Event()
+        release = threading.Event()
+        original = feature_index.FeatureIndex.from_store
+
+        def slow_build(store):  # type: ignore[no-untyped-def]
+            building.set()
+            release.wait(30)
+            return original(store)
+
+        monkeypatch.setattr(feature_index.FeatureIndex, "from_store", staticmethod(slow_build))
+        started = time.monotonic()
+        answer = checker.check_file("images/new/arrived.jpg")
+        assert time.monotonic() - started < 5 and building.wait(5)  # answered, not waiting
+        assert [match["relpath"] for match in answer["matches"]] == ["new/arrived.jpg"]
+        assert checker.check_file("new_crop.jpg")["matches"] == []  # not in the old index
+        assert checker.health()["status"] == "ok"
+        release.set()
+        deadline = time.monotonic() + 30
+        while not checker.check_file("new_crop.jpg")["matches"]:
+            assert time.monotonic() < deadline, "the new feature index was never taken"
+            time.sleep(0.1)
+        assert [match["relpath"] for match in checker.check_file("new_crop.jpg")["matches"]] \
+            == ["new/arrived.jpg"]

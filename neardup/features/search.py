@@ -8,6 +8,7 @@ stored image's features, and only verified ones are answered.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -213,13 +214,24 @@ class CheckerFeatures:
     """What the long-running checker (neardup.service.checker) needs from local features.
 
     The checker calls `frame_of` outside its lock (decoding is the expensive part) and `answer`
-    inside its snapshot; the feature index is reloaded when the store's generation moved or the
-    store was reopened.
+    inside its snapshot. The feature index is loaded when the store is first answered from (or
+    reopened); when the features change after that, a thread builds the new index from its own
+    connection while answers go on from the one in memory, and the first answer after it is
+    done takes it. Meanwhile every candidate is still verified against the store as it is now:
+    only images added since are not yet proposed by their features (their hash still finds
+    them), and images removed since are passed over. Building it in the answer, under the
+    checker's lock, froze every answer and /health for 5.5 s per commit at 2,508 images, and
+    grows with the store (a hostile review).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store_path: str, warn: Callable[[str], None] = lambda line: None) -> None:
+        self._store_path = store_path
+        self._warn = warn
         self._search: VerifiedSearch | None = None
-        self._loaded_for: tuple[int, int] = (-1, -1)
+        self._loaded_for: tuple[int, str] = (-1, "")  # id of the store object, features' token
+        self._pending: tuple[str, FeatureIndex] | None = None  # built by the thread: (token, index)
+        self._building: threading.Thread | None = None
+        self._failed: str | None = None
 
     @staticmethod
     def frame_of(name: str, max_pixels: int, data: bytes | None = None,
@@ -231,10 +243,54 @@ class CheckerFeatures:
     def answer(self, store: Store, generation: int, hash_index: HashIndex | None,
                hashes: list[Hash], frame: np.ndarray, max_distance: int,
                include_low_information: bool) -> list[Match]:
-        if self._search is None or self._loaded_for != (id(store), generation):
+        token = store.feature_token()
+        if self._search is None or self._search.store.store_id != store.store_id:
+            # At start, or another store at the path: loaded here, from its cache when index.py
+            # left one.
             self._search = VerifiedSearch.for_store(store, hash_index)
-            self._loaded_for = (id(store), generation)
+            self._loaded_for, self._pending = (id(store), token), None
+        else:
+            # The same store, perhaps opened again (its file was checkpointed): its index
+            # follows it like any other change.
+            self._search.store = store
+            self._loaded_for = (id(store), self._loaded_for[1])
+            if self._loaded_for[1] != token:
+                self._follow(store, token)
         if self._search is None:
             raise StoreError(f"{store.path}: holds no local features any more")
+        self._search.hash_index = hash_index  # the checker's, current for this snapshot
         return self._search.search(hashes, frame, max_distance,
                                    include_low_information=include_low_information)
+
+    def _follow(self, store: Store, token: str) -> None:
+        """Take the index the thread built, if it is for the features as they are now, else
+        have one built (called under the checker's lock)."""
+        assert self._search is not None
+        if self._pending is not None:
+            built_for, index = self._pending
+            self._pending = None
+            self._search.features = index
+            self._loaded_for = (id(store), built_for)
+            if built_for == token:
+                return
+        if self._failed is not None:
+            self._warn(f"building the feature index again failed ({self._failed}); answering"
+                       " from the one in memory")
+            self._failed = None
+        if self._building is None:
+            self._building = threading.Thread(target=self._build, args=(store.store_id,),
+                                              name="neardup-feature-index", daemon=True)
+            self._building.start()
+
+    def _build(self, store_id: str) -> None:
+        try:
+            with Store.open_for_reading(self._store_path, quick_check=False,
+                                        report=self._warn) as store, store.snapshot():
+                if store.store_id != store_id:
+                    return  # another store at the path: the next answer reopens it
+                built = (store.feature_token(), FeatureIndex.from_store(store))
+            self._pending = built
+        except Exception as error:  # noqa: BLE001 - said by the next answer; the old one serves
+            self._failed = f"{type(error).__name__}: {error}"
+        finally:
+            self._building = None

@@ -123,14 +123,18 @@ class Checker:
             from ..features.search import CheckerFeatures
 
             require()
-            self._features = CheckerFeatures()
+            self._features = CheckerFeatures(store_path, warn)
 
     def close(self) -> None:
         self._closed = True
         thread = self._rebuilding
         if thread is not None:
             thread.join(timeout=60)
-        self._store.close()
+        # An answer still running (a decode thread the server stopped waiting for) finishes
+        # first; one coming after is told the checker stopped. Closed under it, the connection
+        # failed with "Cannot operate on a closed database", logged as a damaged store.
+        with self._lock:
+            self._store.close()
 
     def __enter__(self) -> Checker:
         return self
@@ -205,6 +209,8 @@ class Checker:
         radius = self.max_distance if max_distance is None else max_distance
         result = QueryResult(name, query.hex(), is_low_information(query))
         with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the checker is stopping")
             store = self._current_store()
             try:
                 with store.snapshot():
@@ -419,6 +425,8 @@ class Checker:
     def health(self) -> dict[str, Any]:
         """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read)."""
         with self._lock:
+            if self._closed:
+                return {"status": "unavailable", "error": "the checker is stopping"}
             try:
                 store = self._current_store()
             except StoreUnavailable as error:
