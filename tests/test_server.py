@@ -147,6 +147,24 @@ class TestAnswers:
             assert status == 405 and response.getheader("Allow") == "POST"
         assert_clean(server, most_lines=1 + 5)
 
+    def test_a_form_or_a_compressed_body_is_told_to_send_the_image_itself(
+        self, store: Path
+    ) -> None:
+        """A review: `curl -F file=@img.jpg` and a gzip-encoded upload were told "not an
+        image" for a valid JPEG."""
+        with running(*FAST) as server:
+            form = (b"--x\r\nContent-Disposition: form-data; name=file; filename=a.jpg\r\n\r\n"
+                    + photo() + b"\r\n--x--\r\n")
+            status, answer, _ = request(server.port, "POST", "/search", form,
+                                        {"Content-Type": "multipart/form-data; boundary=x"})
+            assert status == 415 and "--data-binary" in answer["error"]
+            status, answer, _ = request(server.port, "POST", "/search", zlib.compress(photo()),
+                                        {"Content-Encoding": "gzip"})
+            assert status == 415 and "Content-Encoding gzip is not accepted" in answer["error"]
+            assert request(server.port, "POST", "/search", photo(),
+                           {"Content-Encoding": "identity"})[0] == 200
+        assert_clean(server, most_lines=1 + 2)
+
     def test_postscript_is_refused_by_name_and_never_reaches_ghostscript(self, store: Path) -> None:
         eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
         with running(*FAST) as server:

@@ -217,6 +217,7 @@ class CheckerApp:
         held = [0]  # bytes of this upload counted in body_bytes
         try:
             distance = parse_distance(scope["query_string"], self.limits.max_query_distance)
+            refuse_wrapped_bodies(scope["headers"])
             body = await self.read_body(scope, receive, client, held)
             if body is None:
                 return  # the client left; nobody to answer
@@ -360,6 +361,19 @@ def inline_decodable(body: bytes) -> bool:
     frame = frame_header(body)
     return (frame is not None and not frame.needs_scan_count()
             and frame.width * frame.height <= INLINE_MAX_PIXELS)
+
+
+def refuse_wrapped_bodies(headers: list[tuple[bytes, bytes]]) -> None:
+    """A form upload (what an HTML form and `curl -F` send) or a compressed body is not the
+    image's bytes: said as such (415), not as "not an image" after decoding what it is not."""
+    for name, value in headers:
+        value = value.strip().lower()
+        if name == b"content-type" and value.startswith(b"multipart/"):
+            raise Refused(415, "send the image's bytes as the body (curl --data-binary @FILE),"
+                               " not a form (multipart/form-data)", close=True)
+        if name == b"content-encoding" and value not in (b"", b"identity"):
+            raise Refused(415, "send the image's bytes as they are: Content-Encoding"
+                               f" {value.decode('latin-1')[:40]} is not accepted", close=True)
 
 
 def content_length(headers: list[tuple[bytes, bytes]]) -> int:
