@@ -14,10 +14,11 @@ added in the gap may be missed for that moment (a second or so at 10^6 hashes); 
 is, since every bucket is read live. Hashing, the expensive part, runs outside the lock, so
 threads hash uploads in parallel (Pillow releases the GIL while decoding and resizing).
 
-Before each answer the store file on disk is compared with the one held open (device and inode): a
-store deleted, or replaced by a rebuilt one, is reopened, or reported as unavailable until it can
-be, never answered from silently. A damaged bucket fails only the query that reads it; the checker
-goes on and `health()` says it is degraded.
+Before each answer the store file on disk is compared with the one held open (device and inode,
+size, mtime and ctime): a store deleted, replaced by a rebuilt one, or rewritten in place (a backup
+copied over it) is opened again, or reported as unavailable until it can be, never answered from
+silently. A damaged bucket fails only the query that reads it; the checker goes on and `health()`
+says it is degraded until the bucket reads clean again.
 """
 
 from __future__ import annotations
