@@ -258,3 +258,28 @@ def test_closing_while_answering_is_never_taken_for_a_damaged_store(store: Path)
     assert "the checker is stopping" in errors and None in errors
     assert not [line for line in warnings if "damaged" in line], warnings
     assert checker.health() == {"status": "unavailable", "error": "the checker is stopping"}
+
+
+def test_index_runs_while_answering_are_not_taken_for_a_store_copied_over(store: Path) -> None:
+    """Every index.py run moves its commits into the store's file and prunes the change log; a
+    checker that answered during the run took the file for another state copied over it (one
+    misleading log line per run, and its search index thrown away)."""
+    import subprocess
+
+    from neardup.service.checker import Checker
+
+    warnings: list[str] = []
+    with Checker("db.shelve", warn=warnings.append) as checker:
+        for round in range(2):
+            for number in range(40):
+                save(textured(300 + 50 * round + number), f"images/new{round}/{number}.jpg",
+                     quality=90)
+            with subprocess.Popen([sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images",
+                                   "-s", "db.shelve", "-q", "-j", "1", "--batch-size", "5"]
+                                  ) as indexing:
+                while indexing.poll() is None:
+                    assert "error" not in checker.check_file("images/cat0/image_0000.jpg")
+                    time.sleep(0.005)
+            answer = checker.check_file(f"images/new{round}/0.jpg")
+            assert [match["relpath"] for match in answer["matches"]] == [f"new{round}/0.jpg"]
+    assert warnings == []

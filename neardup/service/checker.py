@@ -407,8 +407,13 @@ class Checker:
                 return False
             if not store.tracking or self._window is None:
                 return False  # an older store without a log: nothing to tell them apart by
+            # The changes logged up to the index's generation, as noted then, less those index.py
+            # has pruned since (every run prunes what its cache covers: compared whole, every
+            # run while the checker answered looked like a backup copied over the store).
             generation, window = self._window
-            return store.log_window(generation, HISTORY_WINDOW) == window
+            since = store.changes_since()
+            return store.log_window(generation, HISTORY_WINDOW) == [
+                (sequence, key) for sequence, key in window if sequence > since]
 
     def _replace_store(self, store: Store, identity: tuple[int, int]) -> None:
         self._store.close()
