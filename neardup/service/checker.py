@@ -359,30 +359,26 @@ class Checker:
             if state == self._state:
                 return self._store
             return self._reopen_rewritten()
-        try:
-            store, identity = open_with_identity(self.store_path, self._store_problem)
-        except StoreError as error:
-            reason = ("the store was deleted or replaced and cannot be reopened"
-                      f" ({without_path(str(error), self.store_path)})")
-            if reason != self._unavailable:
-                self._warn(f"{self.store_path}: {reason}")
-            self._unavailable = reason
-            raise StoreUnavailable(reason) from error
+        store, identity = self._open_again("the store was deleted or replaced and cannot be"
+                                           " reopened")
         self._replace_store(store, identity)
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
         return store
 
-    def _reopen_rewritten(self) -> Store:
-        """_current_store() for a file whose contents moved under the same identity."""
+    def _open_again(self, failure: str) -> tuple[Store, tuple[int, int]]:
+        """The store at the path opened anew, or StoreUnavailable (said once) with `failure`."""
         try:
-            store, identity = open_with_identity(self.store_path, self._store_problem)
+            return open_with_identity(self.store_path, self._store_problem)
         except StoreError as error:
-            reason = ("the store's file was rewritten and cannot be read"
-                      f" ({without_path(str(error), self.store_path)})")
+            reason = f"{failure} ({without_path(str(error), self.store_path)})"
             if reason != self._unavailable:
                 self._warn(f"{self.store_path}: {reason}")
             self._unavailable = reason
             raise StoreUnavailable(reason) from error
+
+    def _reopen_rewritten(self) -> Store:
+        """_current_store() for a file whose contents moved under the same identity."""
+        store, identity = self._open_again("the store's file was rewritten and cannot be read")
         if self._same_history(store):
             old, self._store = self._store, store  # the index and its history stay
             self._identity, self._state = identity, self._state_now()
