@@ -89,6 +89,8 @@ class DuplicateGroup:
     # the fewest of any verified pair in the group; None on a hash-only store.
     inliers: tuple[int | None, ...] | None = None
     fewest_inliers: int | None = None
+    # And the inliers of every pair of images, by their relpaths in sorted order.
+    pair_inliers: dict[tuple[str, str], int] | None = None
 
 
 def index_folder(
@@ -262,7 +264,7 @@ class ImageStore:
                 tuple(r for r, _, _, _ in kept), tuple(f for _, f, _, _ in kept),
                 tuple(d for _, _, d, _ in kept), group.max_distance, group.hashes,
                 tuple(c for _, _, _, c in kept) if group.inliers is not None else None,
-                group.fewest_inliers))
+                group.fewest_inliers, group.pair_inliers))
         return result
 
     def evaluate(self, manifest: str | os.PathLike, *, mirror: bool = False) -> Evaluation:

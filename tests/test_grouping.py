@@ -140,9 +140,9 @@ def test_groups_say_which_files_changed_since_they_were_indexed(
         ["haystack/B_duplicate.png"], ["copies/A_same.png"]]
 
 
-def test_a_weakly_verified_group_is_left_to_the_person(tmp_path: Path) -> None:
-    """Different photographs taken alike pass verification with few inliers: the page's button
-    marks none of such a group, and says why."""
+def test_a_weakly_verified_group_is_said_and_nothing_in_it_marked(tmp_path: Path) -> None:
+    """Different photographs taken alike pass verification with few inliers: the page says so,
+    and the button marks no image verified with fewer than 20 inliers."""
     from neardup.evaluation.html import Item, groups_page
 
     items = []
@@ -150,11 +150,13 @@ def test_a_weakly_verified_group_is_left_to_the_person(tmp_path: Path) -> None:
         Image.new("RGB", (64, 48), colour).save(tmp_path / name)
         items.append(Item(name, str(tmp_path / name), "first" if name == "a.png" else "matched"))
     weak = groups_page([items], store="db.shelve", dataset="data", recipe="dhash",
-                       max_distance=4, verified=True, fewest_inliers=[12])
+                       max_distance=4, verified=True, fewest_inliers=[12],
+                       pair_inliers=[{("a.png", "b.png"): 12}])
     assert "weakly verified (a pair with only 12 inliers" in weak
-    assert 'data-keep="0"' not in weak and 'data-keep="1"' not in weak
+    assert 'data-keep="0"' not in weak
     strong = groups_page([items], store="db.shelve", dataset="data", recipe="dhash",
-                         max_distance=4, verified=True, fewest_inliers=[40])
+                         max_distance=4, verified=True, fewest_inliers=[40],
+                         pair_inliers=[{("a.png", "b.png"): 40}])
     assert "weakly verified" not in strong
 
 

@@ -135,7 +135,7 @@ def test_names_that_cannot_be_listed_are_shown_escaped_and_left_out_of_the_list(
     html = page.read_text(encoding="utf-8")  # valid UTF-8 whatever the names
     for shown in ("x\\nhaystack/A.png", "B\\xff.png", "B\\u202egnp.exe.png", "B\\\\n.png"):
         assert shown in html, shown
-    assert html.count("delete it by hand") == 3  # the backslash is an ordinary name
+    assert html.count("not in the list of paths") == 3  # the backslash is an ordinary name
 
     report = load_in_browser(chromium, page)
     assert report["loaded"] == report["images"] == 9  # 7 in B's group, 2 in A's
@@ -151,7 +151,7 @@ def originals_first(data: Path, *originals: str) -> None:
     (equal pictures: the oldest file) then keeps them (copies made in a test are seconds apart
     at most, in whatever order the test made them)."""
     for path in data.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():  # a link's target keeps its own time
             os.utime(path, (2_000_000_000, 2_000_000_000))
     for name in originals:
         os.utime(data / name, (1_000_000_000, 1_000_000_000))
@@ -187,12 +187,12 @@ def test_an_unreadable_image_is_a_note_not_a_broken_picture(
     assert report["images"] == 4 and report["loaded"] == 4
 
 
-def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
+def test_a_changed_file_is_never_listed_nor_kept_and_different_bytes_are_left_alone(
     chromium: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """'Mark all but the first' kept each group's most connected image, which may be a small or
-    recompressed copy, and ticked the original; and a file replaced after indexing was shown in
-    its old group (with its new picture) and ticked too."""
+    """On a store without features only identical files are marked (the hash alone links
+    different photographs taken alike too); a file replaced or cut short since it was indexed is
+    shown, never listed, never kept."""
     from .imagegen import textured
 
     picture = textured(3).resize((400, 300))
@@ -200,36 +200,34 @@ def test_the_kept_image_is_the_largest_and_a_changed_file_is_never_listed(
     data.mkdir()
     picture.save(data / "a_copy_q60.jpg", quality=60)
     picture.save(data / "b_original.png")
+    shutil.copy(data / "b_original.png", data / "b_twin.png")  # the same bytes
     picture.resize((200, 150)).save(data / "c_half.jpg", quality=90)
     picture.save(data / "d_replaced.jpg", quality=90)
-    # A second group whose largest picture is cut short after indexing, and a third whose
-    # every file changes: neither may be the one kept.
     other = textured(5).resize((400, 300))
     other.save(data / "e_large.jpg", quality=95)
-    other.resize((300, 225)).save(data / "f_medium.jpg", quality=90)
+    shutil.copy(data / "e_large.jpg", data / "e_twin.jpg")
     alone = textured(7).resize((300, 200))
     alone.save(data / "g_one.jpg", quality=90)
     alone.save(data / "h_two.jpg", quality=80)
-    originals_first(data, "b_original.png")
+    originals_first(data, "b_original.png", "e_twin.jpg")
     monkeypatch.chdir(tmp_path)
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     textured(9).resize((1600, 1200)).save(data / "d_replaced.jpg", quality=90)  # larger, another
-    whole = (data / "e_large.jpg").read_bytes()
-    (data / "e_large.jpg").write_bytes(whole[:len(whole) // 4])  # same header, cut short
-    os.utime(data / "e_large.jpg", ns=(0, os.stat(data / "f_medium.jpg").st_mtime_ns))
+    whole = (data / "e_twin.jpg").read_bytes()
+    (data / "e_twin.jpg").write_bytes(whole[:len(whole) // 4])  # same header, cut short
     for name in ("g_one.jpg", "h_two.jpg"):
         textured(11).save(data / name, quality=90)
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
     html = (tmp_path / "review.html").read_text(encoding="utf-8")
-    assert "400 x 300" in html and "(kept: as much picture, the oldest file)" in html
-    assert "(kept: the only file here still as indexed and readable)" in html  # e_large cut
-    assert "none is kept and none marked by the button" in html
+    assert "400 x 300" in html and "(marked: the same bytes as the one kept)" in html
+    assert "none is kept and none marked by the button" in html  # g and h both changed
+    assert "the hash alone cannot tell a copy from another photograph" in html  # e and its cut
     report = load_in_browser(chromium, tmp_path / "review.html")
-    assert sorted(report["marked"].splitlines()) == ["a_copy_q60.jpg", "c_half.jpg"]
+    assert sorted(report["marked"].splitlines()) == ["b_twin.png"]
 
 
 def group_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, object],
-               originals: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+               originals: tuple[str, ...] = (), features: bool = False) -> tuple[str, list[str]]:
     """Index `files` (name -> a picture, or a callable making the file at that path), write the
     groups page, and return it with what its button marks."""
     data = tmp_path / "data"
@@ -241,55 +239,52 @@ def group_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str,
             made.save(data / name)  # type: ignore[attr-defined]
     originals_first(data, *originals)
     monkeypatch.chdir(tmp_path)
-    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1",
+                           *(["--features"] if features else [])]) == 0
     assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "review.html"]) == 0
     page = (tmp_path / "review.html").read_text(encoding="utf-8")
     return page, sorted(marked_by_button(page))
 
 
 def marked_by_button(page: str) -> list[str]:
-    """What "mark all but the one kept" marks: the page's own rule, read from its tick boxes
-    (data-keep "0"), as the browser tests above check it in Chromium."""
+    """What the page's button marks: its own rule, read from its tick boxes (data-keep "0"), as
+    the browser tests above check it in Chromium."""
     return [unescape(path) for path, role in re.findall(
         r'data-path="([^"]*)" data-keep="([-01])"', page) if role == "0"]
 
 
-def test_the_original_is_kept_over_the_copies_people_make(
+def test_only_what_can_go_without_losing_a_picture_is_marked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A review of a photo library: the copy was kept and the original marked in every case (a
-    letterbox or frame adds pixels; a palette GIF, a PNG with a transparent part or a 16-bit PNG
-    tie on pixels and win on bytes; a re-save at a higher quality is larger)."""
-    from .imagegen import textured
+    """Two reviews of a photo library (originals beside the copies people make): every rule
+    that chose 'the original' among pictures of one size or of two shapes kept a copy somewhere
+    (an enlarged or letterboxed copy, a re-save at a higher quality, a 16-bit PNG, a palette GIF,
+    an original copied in after its copy) and marked the original. On a store with features the
+    button marks smaller copies of the same shape as the one kept, and identical files; the rest
+    is left to the person."""
+    pytest.importorskip("cv2", reason="the features extra (OpenCV) is not installed")
+    from PIL import ImageOps
 
-    def cut_out(photo: Image.Image) -> Image.Image:  # a corner transparent
-        alpha = Image.new("L", photo.size, 255)
-        alpha.paste(0, (0, 0, 30, 30))
-        copy = photo.convert("RGBA")
-        copy.putalpha(alpha)
-        return copy
+    from .test_features import scene
 
-    edits = {  # borders: test_a_letterbox_or_a_frame_is_not_more_picture (no hash finds them)
-        "palette": lambda photo: photo.convert("P", palette=Image.Palette.ADAPTIVE),
-        "cut_out": cut_out,
-        "deep": lambda photo: Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257),
-    }
-    files: dict[str, object] = {}
-    for seed, (name, edit) in enumerate(edits.items(), start=50):  # one photo per group
-        photo = textured(seed).resize((400, 300))
-        files[f"{name}/original.jpg"] = lambda path, photo=photo: photo.save(path, quality=85)
-        files[f"{name}/copy.{'gif' if name == 'palette' else 'png'}"] = edit(photo)
-    photo = textured(41).resize((400, 300))
-    files["resave/original.jpg"] = lambda path: photo.save(path, quality=75)
-    files["resave/copy.jpg"] = lambda path: photo.save(path, quality=95)  # larger, and newer
-    originals = tuple(name for name in files if name.endswith("original.jpg"))
-    page, marked = group_page(tmp_path, monkeypatch, files, originals)
-    assert marked == sorted(name for name in files if "/copy." in name)
-    assert "(kept: not a palette, animated or partly transparent copy)" in page
-    assert "(kept: as much picture, the oldest file)" in page
+    photo = scene(21, (400, 300))
+    page, marked = group_page(tmp_path, monkeypatch, {
+        "original.jpg": lambda path: photo.save(path, quality=90),
+        "smaller.jpg": lambda path: photo.resize((320, 240)).save(path, quality=90),
+        "enlarged.jpg": lambda path: photo.resize((412, 309)).save(path, quality=85),
+        "letterbox.jpg": lambda path: ImageOps.expand(photo, border=(0, 60), fill="white").save(
+            path, quality=90),
+        "resaved.jpg": lambda path: photo.save(path, quality=97),
+        "deep.png": Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257),
+    }, originals=("original.jpg",), features=True)
+    assert marked == ["smaller.jpg"]
+    for left in ("enlarged.jpg", "letterbox.jpg", "resaved.jpg", "deep.png"):
+        assert re.search(re.escape(left) + r".*?left to you: which is the original cannot be"
+                         r" told", page), left
+    assert "(marked: a smaller copy of the one kept, of the same shape)" in page
 
 
-def test_paths_to_one_file_are_kept_or_offered_together(
+def test_paths_to_one_file_are_kept_or_marked_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A review: a link and its target were a duplicate pair; the link was kept and the target
@@ -297,7 +292,7 @@ def test_paths_to_one_file_are_kept_or_offered_together(
     one frees nothing."""
     from .imagegen import textured
 
-    big, small = textured(43).resize((400, 300)), textured(44).resize((400, 300))
+    big = textured(43).resize((400, 300))
 
     def link_to(target: str):  # type: ignore[no-untyped-def]
         return lambda path: os.symlink(target, path)
@@ -305,28 +300,32 @@ def test_paths_to_one_file_are_kept_or_offered_together(
     def hard_link_to(target: Path):  # type: ignore[no-untyped-def]
         return lambda path: os.link(target, path)
 
+    def copy_of(target: Path):  # type: ignore[no-untyped-def]
+        return lambda path: shutil.copy(target, path)
+
     data = tmp_path / "data"
-    files: dict[str, object] = {
-        # The original is the file kept: neither its path nor the link to it is offered.
-        "camera/image_0001.png": big,
+    elsewhere = tmp_path / "elsewhere.png"  # outside the library, older than its copy in it
+    textured(47).resize((400, 300)).save(elsewhere)
+    os.utime(elsewhere, (900_000_000, 900_000_000))
+    page, marked = group_page(tmp_path, monkeypatch, {
+        # A link to a file elsewhere is not kept over the library's own copy of it (a review).
+        "outside/link.png": link_to(str(elsewhere)),
+        "outside/own_copy.png": copy_of(elsewhere),
+        "camera/image_0001.png": big,  # the oldest: kept, and the link to it
         "albums/a/favourite.png": link_to("../../camera/image_0001.png"),
-        "shared/resized.png": big.resize((300, 225)),
-        # A smaller copy reached by a link and a hard link: every path to it is offered.
-        "camera/image_0002.png": small,
-        "shared/small.png": small.resize((200, 150)),
-        "albums/b/small_link.png": link_to("../../shared/small.png"),
-        "albums/b/small_hard.png": hard_link_to(data / "shared/small.png"),
-    }
-    page, marked = group_page(tmp_path, monkeypatch, files)
-    assert marked == ["albums/b/small_hard.png", "albums/b/small_link.png",
-                      "shared/resized.png", "shared/small.png"]
-    assert "(the same file as the one kept)" in page  # the link to the original
+        "shared/copy.png": copy_of(data / "camera/image_0001.png"),  # the same bytes: marked
+        "albums/b/copy_link.png": link_to("../../shared/copy.png"),  # marked with it
+        "albums/b/copy_hard.png": hard_link_to(data / "shared/copy.png"),
+    }, originals=("camera/image_0001.png",))
+    assert marked == ["albums/b/copy_hard.png", "albums/b/copy_link.png", "outside/link.png",
+                      "shared/copy.png"]
+    assert "(kept: the same file as the one kept)" in page  # the link to the original
     kept = re.findall(r'<span class="path">([^<]*)</span><span class="caption">[^<]*</span>'
-                      r'<span class="size">[^<]*\(kept:', page)
-    assert sorted(kept) == ["camera/image_0001.png", "camera/image_0002.png"]  # not the links
+                      r'<span class="size">[^<]*\(kept\)', page)
+    assert sorted(kept) == ["camera/image_0001.png", "outside/own_copy.png"]  # not the links
 
 
-def test_a_kept_image_that_cannot_be_listed_is_not_offered_for_deletion_by_hand(
+def test_a_name_that_cannot_be_listed_is_not_offered_for_deletion_by_hand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A review: the image kept had a line break in its name; the page said 'delete it by hand'
@@ -335,10 +334,10 @@ def test_a_kept_image_that_cannot_be_listed_is_not_offered_for_deletion_by_hand(
 
     photo = textured(45).resize((400, 300))
     page, marked = group_page(tmp_path, monkeypatch, {
-        "original.jpg": lambda path: photo.resize((200, 150)).save(path, quality=90),
-        "copy\nfrom chat.jpg": lambda path: photo.save(path, quality=90)})
-    assert marked == ["original.jpg"]
-    assert "delete it by hand" not in page and "could not be listed" in page
+        "original.png": photo, "copy\nfrom chat.png": lambda path: photo.save(path)},
+        originals=("copy\nfrom chat.png",))
+    assert marked == ["original.png"]  # the same bytes; the one kept is the oldest
+    assert "delete it by hand" not in page and "not in the list of paths" in page
 
 
 def test_sizes_are_shown_upright_and_the_kept_image_is_outlined(
@@ -353,45 +352,9 @@ def test_sizes_are_shown_upright_and_the_kept_image_is_outlined(
         exif[0x0112] = 6
         photo.rotate(90, expand=True).save(path, quality=90, exif=exif)
 
-    page, marked = group_page(tmp_path, monkeypatch, {"a.jpg": sideways,
-                                                      "b.jpg": lambda path: photo.resize(
-                                                          (200, 150)).save(path, quality=90)})
+    page, marked = group_page(tmp_path, monkeypatch, {
+        "a.jpg": sideways, "b.jpg": lambda path: shutil.copy(path.parent / "a.jpg", path)},
+        originals=("a.jpg",))
     assert "400 x 300, " in page and "300 x 400" not in page
     assert marked == ["b.jpg"]
     assert page.count('<figure class="kept">') == 1 and "figure.kept img" in page
-
-
-def test_a_letterbox_or_a_frame_is_not_more_picture(tmp_path: Path) -> None:
-    """The keep rule on its own (a hash-only store does not group pads; verified matches do)."""
-    from PIL import ImageOps
-
-    from neardup.evaluation.keeping import choose, facts_of
-    from neardup.evaluation.montage import thumbnail
-
-    from .imagegen import textured
-
-    photo = textured(47).resize((400, 300))
-    made = {"original.jpg": photo,
-            "letterbox.jpg": ImageOps.expand(photo, border=(0, 60), fill="black"),
-            "frame.jpg": ImageOps.expand(photo, border=30, fill="white"),
-            "smaller.jpg": photo.resize((390, 292))}
-    facts = []
-    for age, (name, picture) in enumerate(made.items()):
-        picture.save(tmp_path / name, quality=90)
-        os.utime(tmp_path / name, (2_000_000_000 + age, 2_000_000_000 + age))
-        seen: list = []
-        thumbnail(str(tmp_path / name), 150,
-                  inspect=lambda opened, size, shown, name=name, seen=seen:
-                  seen.append(facts_of(str(tmp_path / name), opened, size, shown)))
-        facts.append(seen[0])
-    assert facts[1].width * facts[1].height > facts[0].width * facts[0].height  # more pixels
-    assert abs(facts[1].picture - facts[0].picture) < 0.02 * facts[0].picture  # as much picture
-    assert abs(facts[2].picture - facts[0].picture) < 0.02 * facts[0].picture
-    paths = [str(tmp_path / name) for name in made]
-    choice = choose(paths, facts)
-    assert choice.kept == 0 and choice.reason == "as much picture, the oldest file"
-    # Whatever the group's order: among equal pictures the oldest (the letterbox before the
-    # frame), and a smaller copy (under 95 % of the picture) never.
-    facts.reverse()
-    paths.reverse()
-    assert choose(paths[:3], facts[:3]).kept == 2 and choose(paths, facts).kept == 3

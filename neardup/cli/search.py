@@ -460,7 +460,8 @@ def run_groups(args: argparse.Namespace) -> int:
              for group in groups],
             store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
             max_pixels=args.max_pixels, verified=verified,
-            fewest_inliers=[group.fewest_inliers for group in groups] if verified else None))
+            fewest_inliers=[group.fewest_inliers for group in groups] if verified else None,
+            pair_inliers=[group.pair_inliers for group in groups] if verified else None))
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 

@@ -38,6 +38,8 @@ class Group:
     # and the fewest of any verified pair in the group (its weakest link).
     inliers: tuple[int | None, ...] | None = None
     fewest_inliers: int | None = None
+    # And the inliers of every pair: (path, path) in sorted order -> inliers.
+    pair_inliers: dict[tuple[str, str], int] | None = None
 
 
 def clique_groups(

@@ -54,10 +54,12 @@ def groups_page(
     groups: Sequence[Sequence[Item]], *, store: str, dataset: str, recipe: str, max_distance: int,
     max_pixels: int = DEFAULT_MAX_PIXELS, verified: bool = False,
     fewest_inliers: Sequence[int | None] | None = None,
+    pair_inliers: Sequence[dict[tuple[str, str], int] | None] | None = None,
 ) -> str:
     """The near-duplicate groups as a review form. `verified`: a store with local features,
-    whose groups link verified matches (their hashes may be far apart); `fewest_inliers`: for
-    each group, the inliers of its weakest verified pair."""
+    whose groups link verified matches (their hashes may be far apart); `fewest_inliers` and
+    `pair_inliers`: for each group, the inliers of its weakest verified pair and of each pair
+    (by relpaths in sorted order)."""
     title = f"Near-duplicate groups in {os.path.basename(store)}"
     rule = ("every pair of images is a verified match (local features; hash distances, where"
             f" shown, by {recipe})" if verified
@@ -70,7 +72,8 @@ def groups_page(
         sections.append(_section(f"group-{number}", f"Group {number}: {len(items)} images",
                                  items, with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,
                                  max_pixels=max_pixels, reviewable=True,
-                                 weakest=fewest_inliers[number - 1] if fewest_inliers else None))
+                                 weakest=fewest_inliers[number - 1] if fewest_inliers else None,
+                                 pairs=pair_inliers[number - 1] if pair_inliers else None))
     body = [_header(title, summary, dataset), _cut_notice(len(groups)), _REVIEW_TOOLS,
             *sections]
     return _page(title, body, script=_REVIEW_SCRIPT)
@@ -213,10 +216,11 @@ def _data_uri(picture: Image.Image) -> str:
 
 
 def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures: bool,
-             max_pixels: int, reviewable: bool, weakest: int | None = None) -> str:
-    """One group or one query with its images. `reviewable` (a group): tick boxes, the image
-    kept, and what "mark all but the one kept" marks; `weakest`: the fewest inliers of a verified
-    pair in the group, which, under WEAK_INLIERS, leaves the group to the person."""
+             max_pixels: int, reviewable: bool, weakest: int | None = None,
+             pairs: dict[tuple[str, str], int] | None = None) -> str:
+    """One group or one query with its images. `reviewable` (a group): tick boxes, and what
+    "mark all but the one kept" marks (keeping.py); `pairs`: a group of verified matches, the
+    inliers of each pair (by relpaths in sorted order), `weakest` the fewest."""
     items = list(items)
     pictures: list[str] = []  # past MAX_GROUPS_WITH_THUMBNAILS: the path and caption alone
     facts: list[Facts | None] = []  # what the keep rule weighs; None: cannot be kept
@@ -225,8 +229,7 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
 
         def inspect(opened: Image.Image, size: tuple[int, int], shown: Image.Image,
                     path: str = item.path or "", seen: list[Facts | None] = seen) -> None:
-            if reviewable:
-                seen[0] = facts_of(path, opened, size, shown)
+            seen[0] = facts_of(path, opened, size)
 
         if item.path is None:
             pictures.append('<div class="missing">outside the dataset: not opened</div>')
@@ -241,8 +244,15 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
                                 if with_pictures else "")
         # A file changed since it was indexed is not what the group is about: never kept.
         facts.append(None if item.changed else seen[0])
-    choice = choose([item.path for item in items], facts) if reviewable else None
-    weak = reviewable and weakest is not None and weakest < WEAK_INLIERS
+    verified = pairs is not None
+    weak = verified and weakest is not None and weakest < WEAK_INLIERS
+
+    def strong(one: int, other: int) -> bool:  # a verified pair with enough inliers
+        key = tuple(sorted((items[one].relpath, items[other].relpath)))
+        return pairs is not None and pairs.get(key, 0) >= WEAK_INLIERS  # type: ignore[arg-type]
+
+    choice = (choose([item.path for item in items], facts, strong if verified else None)
+              if reviewable else None)
     figures = []
     for position, item in enumerate(items):
         size = ""
@@ -254,45 +264,39 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
         fact = facts[position]
         if fact is not None:
             size = f"{fact.width} x {fact.height}, {size}"
-        kept = choice is not None and position in choice.keep
-        if choice is not None and position == choice.kept:
-            size += f" (kept: {choice.reason})"
-        elif kept:
-            size += " (the same file as the one kept)"
-        elif choice is not None and fact is not None and any(
-                other is not None and other.identity == fact.identity and other is not fact
-                for other in facts):
-            size += " (one file under several names: each is listed)"
+        if choice is not None and position in choice.why:
+            size += f" ({choice.why[position]})"
         tick = ""
         if reviewable and item.changed:
             tick = ('<span class="by-hand">changed since it was indexed: not listed for'
                     f" deletion; run {escape(command('index.py'))} and look again</span>")
         elif reviewable and can_be_listed(item.relpath):
-            # Nothing is marked until the person says so. A group with no image fit to keep,
-            # or only weakly verified, ("-") is left alone by "mark all but the one kept".
-            role = "-" if choice is None or choice.kept < 0 or weak else str(int(kept))
+            # Nothing is marked until the person says so; the button marks those "0".
+            role = ("1" if choice and position in choice.keep
+                    else "0" if choice and position in choice.marked else "-")
             tick = (f'<label><input type="checkbox" class="mark" data-path="{escape(item.relpath)}"'
                     f' data-keep="{role}"> delete</label>')
-        elif reviewable and kept:
-            tick = ('<span class="by-hand">kept; its name holds a line break, a control'
-                    " character or bytes that are not UTF-8, so it could not be listed</span>")
         elif reviewable:
-            tick = ('<span class="by-hand">not listed for deletion: its name holds a line break,'
-                    ' a control character or bytes that are not UTF-8; delete it by hand</span>')
-        css = " ".join(filter(None, [item.css, "kept" if kept and choice and position == choice.kept
-                                     else ""]))
+            tick = ('<span class="by-hand">not in the list of paths: its name holds a line'
+                    " break, a control character or bytes that are not UTF-8</span>")
+        css = " ".join(filter(None, [item.css, "kept" if choice and position == choice.kept
+                                     and choice.marked else ""]))
         figures.append(f'<figure class="{css}">{pictures[position]}<figcaption>'
                        f'<span class="path">{escape(shown_path(item.relpath))}</span>'
                        f'<span class="caption">{escape(item.caption)}</span>'
                        f'<span class="size">{escape(size)}</span>{tick}'
                        "</figcaption></figure>")
-    if choice is not None and choice.kept < 0:
+    if choice is not None and not choice.keep:
         heading += (": no image here is still what was indexed and readable, so none is kept"
                     " and none marked by the button")
-    elif weak:
-        heading += (f": weakly verified (a pair with only {weakest} inliers; different"
-                    " photographs taken alike reach such counts), so the button marks none:"
-                    " look, and mark by hand")
+    elif choice is not None and not choice.marked:
+        heading += ": the button marks nothing here (" + (
+            "which image is the original cannot be told from the files" if verified else
+            "no identical files; the hash alone cannot tell a copy from another photograph"
+            " taken alike") + "): look, and mark by hand"
+    if weak:
+        heading += (f"; weakly verified (a pair with only {weakest} inliers, which different"
+                    " photographs taken alike reach): look before deleting")
     return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
             f'<div class="row">{"".join(figures)}</div></section>')
 
@@ -347,9 +351,9 @@ figcaption span { display: block; }
 """
 
 _REVIEW_TOOLS = """
-<div id="review"><button type="button" id="all-but-first">mark all but the one kept in each group
-(a plain picture over a palette, animated or transparent one, then the most picture without flat
-borders, then the oldest file, then the largest)</button>
+<div id="review"><button type="button" id="all-but-first">mark what can go without losing a
+picture: files identical to one kept and, where matches are verified, smaller copies of the same
+shape (the rest is left to you)</button>
 <button type="button" id="clear">clear</button> <span id="count">0 marked</span>
 <textarea id="marked" readonly placeholder="the paths you mark appear here, one per line, to copy">
 </textarea></div>

@@ -1,123 +1,177 @@
-"""Which image of a group of duplicates to keep, and which paths to offer for deletion.
+"""Which images of a group of duplicates the groups page offers for deletion, and which it keeps.
 
-The groups page pre-selects "all but the one kept", and people delete what it selects, so the
-choice must keep the original, not the copy beside it. A review of a photo library (originals next
-to the copies people make) found the earlier rule (the most pixels, then the largest file) keeping
-the copy in every case: a letterbox or a frame adds pixels, a re-save at a higher quality or a
-16-bit conversion adds bytes, and an animated GIF or a PNG with a transparent part can tie on both.
-So, in order:
+People delete what the page's "mark all but the one kept" button marks, so it marks only what
+can be deleted without losing a picture, and leaves the rest to the person:
 
-1. A plain picture (one frame, full colour or gray, nothing transparent) over a palette, animated
-   or partly transparent one: those are made from a photo, rarely the other way round.
-2. The most picture: pixels as displayed (EXIF orientation applied), flat bands at the edges (a
-   letterbox, a frame, a pad) left out; within PICTURE_TIE of the most, equal.
-3. The oldest file (its modification time): a copy is made after its original.
-4. The largest file, then the group's order.
+1. Files with the same bytes as one kept (a photo copied twice): nothing is lost whichever goes.
+   The one kept is the oldest, by a path that is not a symbolic link where it has one.
+2. On a store whose matches are verified (local features): a smaller copy of the same shape as
+   the image kept, verified against it with at least WEAK_INLIERS inliers (at most
+   SMALLER_AREA of its pixels, neither side longer, the aspect ratio within ASPECT_TOLERANCE), the
+   image kept being the one that has the most such copies, then the oldest, then the one with
+   the most pixels (among images the button does not mark, which one is shown as kept changes
+   nothing).
+3. Nothing else. Which of two pictures of one size, or of two shapes, is the original cannot be
+   told from the files: a review of a photo library (originals beside the copies people make)
+   found every rule tried keeping the copy somewhere. The most pixels kept a letterboxed, framed
+   or slightly enlarged copy; the most picture with flat bands left out failed on studio and sky
+   backgrounds (a photo's own white band trimmed away, a copy's black bar not); the oldest file
+   failed on an original copied into the library after its copy, or unpacked with one time for
+   every file; the largest file kept re-saves at a higher quality, 16-bit conversions, palette GIFs
+   and PNGs with transparent parts.
 
-Several paths to one file (a symbolic link and its target, hard links) are one image: deleting one
-of them frees nothing, and deleting a link's target leaves the link dangling. So every path to the
-file kept is kept, and every path to another file is offered.
+On a store without features the hash alone links the group, and it links different photographs
+taken alike too (two motorbikes at distance 0, in a review): only identical files are marked.
+Several paths to one file (a symbolic link and its target, hard links) are one image: every path
+to a file kept is kept, every path to a file marked is marked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
-# Pictures within 5 % of the most picture are as large: trimming a band is not exact to the pixel
-# (a black letterbox at JPEG quality 60 read 3 % larger), and a copy resized or cropped by a few
-# per cent is no better an original for being a little larger.
-PICTURE_TIE = 0.95
-# An edge row or column is part of a flat band when it stays this close to the band's colour
-# (JPEG noise on a black or white band); see _flat_rows.
-FLAT_SPREAD = 12
-# A group on a store with local features whose weakest pair has fewer inliers than this is left to
-# the person: the button marks none of it. Different photographs taken alike (catalogue motorbikes,
-# frames of one portrait sitting, chat screenshots around different photos) pass verification with
-# 10 to 19 inliers more often than not (10 of 16 such matches on three gather.py samples, a
-# review's screenshots 11 to 14), copies rarely (pad 12.6 %, combo 9.3 %, crop, resize, rotate
-# and blur 0.7 to 1.8 %, the other kinds under 1 %; 21,000 verified copies).
+# A smaller copy is marked only when verified against the image kept with at least this many
+# inliers (and the page says when a group's weakest pair has fewer): different photographs taken
+# alike (catalogue motorbikes, frames of one portrait sitting, chat screenshots around different photos) pass
+# verification with 10 to 19 inliers more often than not (10 of 16 such matches on three
+# gather.py samples, a review's screenshots 11 to 14), copies rarely (pad 12.6 %, combo 9.3 %,
+# crop, resize, rotate and blur 0.7 to 1.8 %, the other kinds under 1 %; 21,000 verified copies).
 WEAK_INLIERS = 20
+# A smaller copy has at most this share of the kept image's pixels (each side at most 0.89 of
+# it): gather.py's resized copies reach 1.05 times their original's sides, and one of those
+# enlarged copies, kept for its pixels, cost the original (a review: 27 of 40 originals marked).
+SMALLER_AREA = 0.8
+# Same shape: the aspect ratios (long side over short side) within 2 % (rounding a resized copy's
+# sides moves it by under 1 % at 100 pixels; a letterbox or frame moves it by more).
+ASPECT_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """What the keep rule weighs for one image (None for an image that cannot be kept)."""
+    """What the rule weighs for one image (None where an image cannot be kept: changed since it
+    was indexed, unreadable)."""
 
     width: int  # as displayed: EXIF orientation applied
     height: int
-    picture: float  # pixels less the flat bands at its edges
-    plain: bool  # one frame, not a palette, nothing transparent
     mtime_ns: int
-    length: int  # bytes
     identity: tuple[int, int]  # (device, inode) of the file, links followed
+    digest: bytes  # of its bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    kept: int  # position of the image kept; -1: none can be
-    keep: frozenset[int]  # every position that is the kept file (links and hard links to it)
-    reason: str  # why it, in a few words ("" when none is kept)
+    kept: int  # the position shown as kept; -1: none
+    keep: frozenset[int]  # every position of a file kept
+    marked: frozenset[int]  # what the button marks, each with its reason in `why`
+    why: dict[int, str]  # position -> why it is kept, marked or left to the person
 
 
-def facts_of(path: str, opened: Image.Image, size: tuple[int, int],
-             shown: Image.Image) -> Facts | None:
-    """The facts of the image at `path`: `opened` is the image as opened (its mode, frames and
-    EXIF), `size` its size in the file's header, `shown` the upright picture as decoded (any
-    scale); None when the file is gone."""
+def facts_of(path: str, opened: Image.Image, size: tuple[int, int]) -> Facts | None:
+    """The facts of the image at `path` (`opened`: the image as opened, for its EXIF; `size`: its
+    size in the file's header); None when the file cannot be read now."""
     try:
-        status = os.stat(path)
+        with open(path, "rb") as stream:
+            status = os.fstat(stream.fileno())
+            digest = hashlib.file_digest(stream, "sha256").digest()
     except OSError:
         return None
     width, height = size
     if _orientation(opened) in (5, 6, 7, 8):  # turned a quarter: displayed the other way
         width, height = height, width
-    return Facts(width, height, width * height * _share_inside_flat_edges(shown),
-                 _plain(opened), status.st_mtime_ns, status.st_size,
-                 (status.st_dev, status.st_ino))
+    return Facts(width, height, status.st_mtime_ns, (status.st_dev, status.st_ino), digest)
 
 
-def choose(paths: list[str | None], facts: list[Facts | None]) -> Choice:
-    """The image to keep among a group's (`facts` None: cannot be kept: changed since it was
-    indexed, unreadable), every position that is the same file, and the reason. The kept file is
-    shown by a path that is not a symbolic link, where it has one."""
+def choose(paths: list[str | None], facts: list[Facts | None],
+           strong: Callable[[int, int], bool] | None = None) -> Choice:
+    """What to keep and what the button marks among one group's images. `strong` (a group of
+    verified matches): whether two positions are a verified match with at least WEAK_INLIERS
+    inliers; None: the hash alone links the group."""
+    verified = strong is not None
     usable = [position for position, fact in enumerate(facts) if fact is not None]
     if not usable:
-        return Choice(-1, frozenset(), "")
-    by_file: dict[tuple[int, int], list[int]] = {}
+        return Choice(-1, frozenset(), frozenset(), {})
+    by_content: dict[bytes, list[int]] = {}
     for position in usable:
-        by_file.setdefault(facts[position].identity, []).append(position)  # type: ignore[union-attr]
-    files = [positions[0] for positions in by_file.values()]  # one position per file
-    if len(files) == 1:
-        kept, reason = files[0], "the only file here still as indexed and readable"
-    else:
-        kept, reason = _best(files, facts)  # type: ignore[arg-type]
-    same = by_file[facts[kept].identity]  # type: ignore[union-attr]
-    not_links = [position for position in same if not os.path.islink(paths[position] or "")]
-    return Choice(not_links[0] if not_links else kept, frozenset(same), reason)
+        by_content.setdefault(facts[position].digest, []).append(position)  # type: ignore[union-attr]
+    contents = list(by_content.values())
+    # One image per content, the largest of them kept (each content's first: same pixels).
+    smaller_of = {index: [other for other, positions in enumerate(contents) if other != index
+                          and strong is not None and strong(contents[index][0], positions[0])
+                          and _smaller_copy(known_fact(facts, positions[0]),
+                                            known_fact(facts, contents[index][0]))]
+                  for index in range(len(contents))}
+    kept_content = max(range(len(contents)), key=lambda index: (
+        len(smaller_of[index]), -min(known_fact(facts, position).mtime_ns
+                                     for position in contents[index]),
+        _area(known_fact(facts, contents[index][0])), -index))
+    # Within the content kept: a file the library holds itself (reached by a path that is not a
+    # link: a link to a file elsewhere was kept, and the library's own copy marked, in a
+    # review), then the oldest; shown by a path that is not a link.
+    kept_positions = contents[kept_content]
+    by_link = {position: os.path.islink(paths[position] or "") for position in kept_positions}
+    held = {known_fact(facts, position).identity for position in kept_positions
+            if not by_link[position]}
+    kept_file = min((known_fact(facts, position) for position in kept_positions),
+                    key=lambda fact: (fact.identity not in held, fact.mtime_ns)).identity
+    keep = frozenset(position for position in usable
+                     if known_fact(facts, position).identity == kept_file)
+    shown = min(keep, key=lambda position: (os.path.islink(paths[position] or ""), position))
+    marked: set[int] = set()
+    why: dict[int, str] = {}
+    for position in kept_positions:
+        if position not in keep:
+            marked.add(position)
+            why[position] = "marked: the same bytes as the one kept"
+    for index in smaller_of[kept_content]:
+        for position in contents[index]:
+            marked.add(position)
+            why[position] = "marked: a smaller copy of the one kept, of the same shape"
+    for position in usable:
+        if position not in keep and position not in marked:
+            why[position] = _left(verified)
+    for position in keep:
+        why[position] = ("kept" if position == shown else "kept: the same file as the one kept")
+    if not marked:  # nothing to keep one image against: none is called the one kept
+        lone = len(contents) == 1 and len(keep) == len(usable)
+        for position in usable:
+            why[position] = ("every path here is one file" if lone
+                             else why.get(position, "") if position not in keep
+                             else _left(verified))
+        return Choice(-1 if not lone else shown, keep, frozenset(), why)
+    return Choice(shown, keep, frozenset(marked), why)
 
 
-def _best(files: list[int], facts: list[Facts]) -> tuple[int, str]:
-    plain = [position for position in files if facts[position].plain]
-    if plain and len(plain) < len(files):
-        files, first_reason = plain, "not a palette, animated or partly transparent copy"
-    else:
-        first_reason = ""
-    most = max(facts[position].picture for position in files)
-    large = [position for position in files if facts[position].picture >= PICTURE_TIE * most]
-    if len(large) == 1:
-        return large[0], first_reason or "the most picture (flat borders left out)"
-    oldest = min(facts[position].mtime_ns for position in large)
-    old = [position for position in large if facts[position].mtime_ns == oldest]
-    if len(old) == 1:
-        return old[0], first_reason or "as much picture, the oldest file"
-    largest = max(facts[position].length for position in old)
-    big = [position for position in old if facts[position].length == largest]
-    return big[0], first_reason or ("as much picture, as old, the largest file" if len(big) == 1
-                                    else "as much picture, as old and as large: the first")
+def _left(verified: bool) -> str:
+    return ("left to you: which is the original cannot be told from the files (or their match is"
+            " weak)" if verified else "left to you: only identical files are marked where the"
+            " hash alone links the group")
+
+
+def known_fact(facts: list[Facts | None], position: int) -> Facts:
+    fact = facts[position]
+    assert fact is not None
+    return fact
+
+
+def _area(fact: Facts) -> int:
+    return fact.width * fact.height
+
+
+def _smaller_copy(small: Facts, large: Facts) -> bool:
+    """Is `small` a smaller copy of `large` of the same shape?"""
+    if small.width > large.width or small.height > large.height:
+        return False
+    if _area(small) > SMALLER_AREA * _area(large):
+        return False
+    ratio = (max(small.width, small.height) / max(1, min(small.width, small.height)))
+    theirs = (max(large.width, large.height) / max(1, min(large.width, large.height)))
+    same_orientation = (small.width >= small.height) == (large.width >= large.height)
+    return same_orientation and abs(ratio / theirs - 1) <= ASPECT_TOLERANCE
 
 
 def _orientation(opened: Image.Image) -> int:
@@ -125,44 +179,3 @@ def _orientation(opened: Image.Image) -> int:
         return int(opened.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a damaged EXIF block: shown as stored
         return 1
-
-
-def _plain(opened: Image.Image) -> bool:
-    if getattr(opened, "n_frames", 1) > 1 or opened.mode in ("P", "PA", "1"):
-        return False
-    if opened.mode in ("RGBA", "LA", "RGBa", "La") or "transparency" in opened.info:
-        try:
-            alpha = opened.getchannel("A")
-        except (ValueError, OSError):
-            return False
-        return alpha.getextrema()[0] == 255  # an alpha channel, but nothing transparent
-    return True
-
-
-def _share_inside_flat_edges(shown: Image.Image) -> float:
-    """The share of the picture inside the flat bands at its edges (1.0: none)."""
-    pixels = np.asarray(shown.convert("RGB"), dtype=np.int16)
-    height, width = pixels.shape[:2]
-    if height < 3 or width < 3:
-        return 1.0
-    top = _flat_rows(pixels)
-    bottom = _flat_rows(pixels[::-1])
-    left = _flat_rows(pixels.transpose(1, 0, 2))
-    right = _flat_rows(pixels.transpose(1, 0, 2)[::-1])
-    inside = max(0, height - top - bottom) * max(0, width - left - right)
-    return inside / (height * width)
-
-
-def _flat_rows(pixels: np.ndarray) -> int:
-    """How many rows from the first are one flat band (at most half the picture): nine pixels in
-    ten within twice FLAT_SPREAD grey levels of the band's colour, and FLAT_SPREAD on average.
-    Not all of them: a JPEG rings along the picture's edge, into the band's last rows (a white
-    frame read 7 % larger than the picture at quality 90, all of them required)."""
-    colour = np.median(pixels[0], axis=0)
-    rows = 0
-    for row in pixels[: len(pixels) // 2]:
-        apart = np.abs(row - colour).max(axis=1)
-        if np.percentile(apart, 90) > 2 * FLAT_SPREAD or apart.mean() > FLAT_SPREAD:
-            break
-        rows += 1
-    return rows

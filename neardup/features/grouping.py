@@ -75,8 +75,8 @@ def verified_groups(
         known = [value for value in values if value is not None]
         widest = max((a.distance(b) for a in known for b in known), default=None)
         inliers = (None, *(-links[members[0]][path] for path in members[1:]))
-        fewest = min(-links[a][b] for a in members for b in members if a != b)
+        pairs = {(a, b): -links[a][b] for a in members for b in members if a < b}
         groups.append(Group(tuple(members), len({value for value in known}), distances, widest,
-                            inliers, fewest))
+                            inliers, min(pairs.values()), pairs))
     groups.sort(key=lambda group: (-len(group.paths), group.paths))
     return groups
