@@ -142,3 +142,22 @@ def test_dasks_version_table_is_one_line() -> None:
     assert said == ["Dask: the client, scheduler and workers run different versions of numpy,"
                     " python (neardup's own is checked to be the same everywhere)"]
     assert passed == []
+
+
+def test_distributeds_own_log_lines_are_quiet_while_the_client_runs(
+    cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    """A review's test run: the scheduler killed mid-run, distributed's batched connection
+    logged "Batched Comm Closed" and a 10-line CommClosedError traceback in one run of ten
+    (only the client's own logger was quiet); index.py says it in one line."""
+    import logging
+
+    from neardup.scale.cluster import connect
+
+    names = ("distributed.batched", "distributed.comm.tcp", "distributed.core",
+             "distributed.client")
+    before = {name: logging.getLogger(name).getEffectiveLevel() for name in names}
+    with connect(cluster.scheduler_address, None, timeout_seconds=30):
+        for name in names:
+            assert not logging.getLogger(name).isEnabledFor(logging.ERROR), name
+    assert {name: logging.getLogger(name).getEffectiveLevel() for name in names} == before

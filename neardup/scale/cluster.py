@@ -101,17 +101,26 @@ def connect(
             client = distributed.Client(address, timeout=f"{timeout_seconds}s")
     except (OSError, TimeoutError) as error:
         raise NeardupError(f"cannot reach the Dask scheduler at {address} ({error})") from error
-    # The client logs a traceback of its own when the scheduler goes away; the run says it in
-    # one line instead (hash_on_cluster).
-    quiet = logging.getLogger("distributed.client")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    # The client logs a traceback of its own when the scheduler goes away, and so, at times,
+    # does its batched connection ("Batched Comm Closed" and a CommClosedError: 12 lines in one
+    # of ten runs); the run says it in one line instead (hash_on_cluster).
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         with client:
             check_cluster(client, timeout_seconds, features)
             yield client
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+# distributed's loggers that write to standard error while the client runs: every one of its
+# lines is said by index.py in its own words, or is noise to a person running it.
+QUIET_LOGGERS = ("distributed", "distributed.client", "distributed.batched", "distributed.comm",
+                 "distributed.core")
 
 
 @contextmanager
