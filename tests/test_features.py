@@ -1065,3 +1065,64 @@ def test_the_checker_answers_while_a_new_feature_index_is_built(
             time.sleep(0.1)
         assert [match["relpath"] for match in checker.check_file("new_crop.jpg")["matches"]] \
             == ["new/arrived.jpg"]
+
+
+def test_a_damaged_feature_record_is_skipped_and_said_once(feature_store: Path) -> None:
+    """A review: a damaged feature record failed every query that proposed it ("store damaged",
+    500 from the checker), and made the checker start a whole new build of the feature index
+    after every answer (6 a second, each failing, one log line each). It is now skipped like a
+    damaged bucket, said once, and the image it describes is found by its hash alone."""
+    from neardup.service.checker import Checker
+
+    warnings: list[str] = []
+    with Checker("db.shelve", warn=warnings.append) as checker:
+        assert checker.check_file("queries/mirror.jpg")["matches"]
+        with sqlite3.connect("db.shelve") as database:  # a record cut short, the token moved
+            database.execute("UPDATE neardup_features SET data = x'0001' WHERE path = ?",
+                             (b"others/scene_3.jpg",))
+            database.execute("UPDATE neardup_meta SET value = 'changed' WHERE name ="
+                             " 'feature_token'")
+        for _ in range(30):
+            answer = checker.check_file("queries/mirror.jpg")
+            assert [m["relpath"] for m in answer["matches"]] == ["originals/scene.jpg"]
+            time.sleep(0.05)
+        assert checker.health()["status"] == "degraded"
+    assert [line for line in warnings if "scene_3.jpg" in line] == [
+        "db.shelve: features of others/scene_3.jpg: feature record too short; skipped"]
+    result = search_json("-q", "images/others/scene_3.jpg")  # search.py: its hash finds it
+    assert [m["relpath"] for m in result[0]["matches"]] == []  # unverifiable: not answered
+
+
+def test_verified_answers_are_not_computed_on_the_servers_event_loop(
+    feature_store: Path,
+) -> None:
+    """A review: small uploads were checked on the event loop, which on a store with features
+    means keypoints, the feature index and RANSAC: 16 to 39 ms during which every connection and
+    /health waited."""
+    import asyncio
+    import logging
+    import threading
+
+    from neardup.service.checker import Checker
+    from neardup.service.server import CheckerApp, ServiceLimits
+
+    threads: list[str] = []
+    sent: list[dict] = []
+    with Checker("db.shelve") as checker:
+        app = CheckerApp(checker, ServiceLimits(), logging.getLogger("test"))
+        checked = app.check
+
+        def check(*args):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return checked(*args)
+
+        app.check = check  # type: ignore[method-assign]
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(app.check_and_answer(Path("queries/crop.jpg").read_bytes(), None,
+                                         "127.0.0.1", {"client": ("127.0.0.1", 1)}, send))
+        app.close()
+    assert threads and all(name.startswith("decode") for name in threads), threads
+    assert sent[0]["status"] == 200 and b"originals/scene.jpg" in sent[1]["body"]

@@ -488,28 +488,35 @@ class TestHostileClients:
                 hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 hog.setblocking(False)
                 hogs.append(hog)
-            # Each sends an upload every few milliseconds (never 16 ahead of the server) and
-            # reads nothing.
-            closed: set[int] = set()
-            until = time.monotonic() + 40  # a loaded machine fills them slower
-            while len(closed) < len(hogs) and time.monotonic() < until:
-                for number, hog in enumerate(hogs):
+            # Each sends an upload every 50 ms, about when the last is answered, and reads
+            # nothing: the answers pile up in the buffers until the server's is full.
+            until = time.monotonic() + 8
+            while time.monotonic() < until:
+                for hog in hogs:
                     try:
                         hog.send(upload)
-                    except BlockingIOError:
+                    except OSError:  # its buffer is full (the server stopped reading), or cut
                         pass
-                    except OSError:
-                        closed.add(number)
                 status = request(server.port, "POST", "/search", body, source="127.0.0.9")[0]
                 assert status == 200, status  # never shut out meanwhile
-                time.sleep(0.01)
-            assert closed == {0, 1, 2, 3}, "a client that does not read was never cut off"
+                time.sleep(0.05)
+            # Each hog's connection is then closed by the server: what was sent before arrives,
+            # then the end (or a reset), within the send timeout and uvicorn's keep-alive.
+            deadline = time.monotonic() + 30
             for hog in hogs:
+                hog.setblocking(True)
+                try:
+                    while True:
+                        hog.settimeout(max(0.1, deadline - time.monotonic()))
+                        if not hog.recv(1 << 20):
+                            break
+                except ConnectionResetError:
+                    pass
+                except TimeoutError:
+                    pytest.fail("a client that does not read was never cut off")
                 hog.close()
             assert request(server.port, "POST", "/search", body, source="127.0.0.9")[0] == 200
-        log = server.log()
-        assert log.count("closed: the client took no answer in for 2 s") == 4, log
-        assert "Traceback" not in log
+        assert "Traceback" not in server.log()
 
     def test_a_jpeg_of_thousands_of_scans_is_refused_at_once(self, store: Path) -> None:
         """A progressive JPEG of 5,000 near-empty scans (a pass over the picture for each; the

@@ -604,6 +604,10 @@ def verified_rows(evaluation: Evaluation) -> list[Row]:
 
 def run_checker(args: argparse.Namespace) -> int:
     """--stdin and --serve: the store loaded once, many queries answered."""
+    if args.stdin:  # started with either closed (`<&-`, `>&-`), Python has None for it
+        for stream, name in ((sys.stdin, "standard input"), (sys.stdout, "standard output")):
+            if stream is None:
+                raise NeardupError(f"--stdin needs {name}, and it is closed")
     limits = None
     if args.serve:
         host, port = parse_address(args.serve)

@@ -605,19 +605,20 @@ class Store:
                 good.append(hash_hex.encode("ascii"))
         return sort_distinct(hex_keys_to_words(good, bits)), skipped
 
-    def reported_entries_repaired(self) -> list[str]:
-        """The buckets reported bad that read clean now (rewritten since by whoever damaged
-        them), forgotten as reported, so that a new problem with them is reported again: their
-        hashes (hex). Call inside a snapshot."""
-        repaired = []
-        for what in [what for what in self._reported
-                     if isinstance(what, tuple) and what[0] == "bucket"]:
-            hash_hex = what[1]
-            row = self._db.one("SELECT value FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
-            if row is None or bucket_problem(row[0])[1] is None:
-                self._reported.discard(what)
-                repaired.append(hash_hex)
-        return repaired
+    def bucket_reads_clean(self, hash_hex: str) -> bool:
+        """Whether the bucket of this hash (hex) is gone or holds a list of paths now (one
+        reported bad, rewritten since by whoever damaged it); if so it is forgotten as reported,
+        so that a new problem with it is reported again. Call inside a snapshot."""
+        row = self._db.one("SELECT value FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
+        if row is not None and bucket_problem(row[0])[1] is not None:
+            return False
+        self._reported.discard(("bucket", hash_hex))
+        return True
+
+    def report_damaged_features(self, relpath: str, problem: str) -> None:
+        """A feature record that cannot be read: said once (like a damaged bucket), and the
+        caller goes on without it."""
+        self._report_once(("features", relpath), f"features of {relpath}: {problem}; skipped")
 
     def _report_once(self, what: object, line: str) -> None:
         if what not in self._reported:

@@ -168,8 +168,9 @@ def _read_descriptors(store: Store) -> tuple[np.ndarray, np.ndarray]:
     for image_id, path, data in store.feature_rows():
         try:
             features = FeatureSet.from_bytes(data)
-        except ValueError as error:
-            raise StoreError(f"{store.path}: features of {path}: {error}") from error
+        except ValueError as error:  # said once; the image is then found by its hash alone
+            store.report_damaged_features(path, str(error))
+            continue
         rows.append((path, image_id, features.descriptors))
     rows.sort(key=lambda row: row[0])
     blocks: list[np.ndarray] = []

@@ -18,7 +18,7 @@ from PIL import Image
 from ..core.hashing import Hash
 from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
-from ..errors import StoreError
+from ..errors import NeardupError, StoreError
 from . import require
 from .extract import FeatureRecipe, FeatureSet, enlarged_features, query_features
 from .index import FeatureIndex
@@ -106,15 +106,19 @@ class VerifiedSearch:
                 if candidate.image_id not in records:
                     continue  # removed since the index was built: the caller reloads it
                 path, data = records[candidate.image_id]
-                stored[path] = _parse(self.store, path, data)
+                parsed = _parse(self.store, path, data)
+                if parsed is None:
+                    continue
+                stored[path] = parsed
                 found_by_look[path] = candidate.look
                 distance, how = found.get(path, (None, set()))
                 found[path] = (distance, how | {"features"})
         for path in found:
             if path not in stored:
                 record = self.store.features_of_path(path)
-                if record is not None:
-                    stored[path] = _parse(self.store, path, record[1])
+                parsed = None if record is None else _parse(self.store, path, record[1])
+                if parsed is not None:
+                    stored[path] = parsed
         # One query for the hashes of the features' candidates (one per candidate cost 1.4 ms of
         # a 30 ms search at 10^5 images).
         hash_of |= self.store.hashes_of_paths([path for path in found if path not in hash_of])
@@ -203,11 +207,14 @@ def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
     return best
 
 
-def _parse(store: Store, path: str, data: bytes) -> FeatureSet:
+def _parse(store: Store, path: str, data: bytes) -> FeatureSet | None:
+    """The stored record, or None for one that cannot be read (said once: one damaged record
+    failed every query that proposed it, as "store damaged")."""
     try:
         return FeatureSet.from_bytes(data)
     except ValueError as error:
-        raise StoreError(f"{store.path}: features of {path}: {error}") from error
+        store.report_damaged_features(path, str(error))
+        return None
 
 
 class CheckerFeatures:
@@ -231,7 +238,8 @@ class CheckerFeatures:
         self._loaded_for: tuple[int, str] = (-1, "")  # id of the store object, features' token
         self._pending: tuple[str, FeatureIndex] | None = None  # built by the thread: (token, index)
         self._building: threading.Thread | None = None
-        self._failed: str | None = None
+        self._failed: tuple[str, str] | None = None  # (features' token, why) of a build that failed
+        self._failed_said = False
 
     @staticmethod
     def frame_of(name: str, max_pixels: int, data: bytes | None = None,
@@ -274,23 +282,33 @@ class CheckerFeatures:
             if built_for == token:
                 return
         if self._failed is not None:
-            self._warn(f"building the feature index again failed ({self._failed}); answering"
-                       " from the one in memory")
-            self._failed = None
+            failed_for, why = self._failed
+            if failed_for == token:
+                # Tried once for these features: not again until they change (a damaged record
+                # made every answer start a whole new build, 6 a second, a review).
+                if not self._failed_said:
+                    self._warn(f"building the feature index failed ({why}); answering from the"
+                               " one in memory until the features change again")
+                    self._failed_said = True
+                return
+            self._failed, self._failed_said = None, False
         if self._building is None:
             self._building = threading.Thread(target=self._build, args=(store.store_id,),
                                               name="neardup-feature-index", daemon=True)
             self._building.start()
 
     def _build(self, store_id: str) -> None:
+        token = ""
         try:
             with Store.open_for_reading(self._store_path, quick_check=False,
                                         report=self._warn) as store, store.snapshot():
                 if store.store_id != store_id:
                     return  # another store at the path: the next answer reopens it
-                built = (store.feature_token(), FeatureIndex.from_store(store))
+                token = store.feature_token()
+                built = (token, FeatureIndex.from_store(store))
             self._pending = built
         except Exception as error:  # noqa: BLE001 - said by the next answer; the old one serves
-            self._failed = f"{type(error).__name__}: {error}"
+            self._failed = (token, str(error) if isinstance(error, NeardupError)
+                            else f"{type(error).__name__}: {error}")
         finally:
             self._building = None

@@ -57,10 +57,6 @@ from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 # How many damage reports /health keeps (the newest).
 KEPT_PROBLEMS = 5
-# Changes of the log compared to tell the same store's later state from another one
-# (_same_history): a copy of another state shares none of its last changes' sequence numbers
-# and keys by chance.
-HISTORY_WINDOW = 16
 
 
 class StoreUnavailable(NeardupError):
@@ -103,12 +99,15 @@ class Checker:
         # What /health reports as "degraded", newest last: a damaged bucket (keyed by its hash,
         # dropped once it reads clean again) or the store failing an answer (until reopened).
         self._problems: dict[str, str] = {}
+        # The feature index's builder thread reports too: its own lock (the answers' is held
+        # while a store reports, and is not reentrant).
+        self._problems_lock = threading.Lock()
         self._checked_repairs_at = -1  # the generation at which repaired buckets were looked for
         self._store, self._identity = open_with_identity(store_path, self._store_problem)
         self._state = self._state_now()  # the file's size, mtime and ctime when opened
-        # The log's last changes up to the index's generation, (generation, changes): what tells
-        # a checkpoint of the same store from a copy of another state written over it.
-        self._window: tuple[int, list[tuple[int, str]]] | None = None
+        # Moves whenever the file answered from is replaced or rewritten: an index built in the
+        # background for an earlier one is then dropped.
+        self._epoch = 0
         self._index: HashIndex | None = None
         self._data_version = -1
         self._pending: HashIndex | None = None  # built in the background, taken by an answer
@@ -124,7 +123,12 @@ class Checker:
             from ..features.search import CheckerFeatures
 
             require()
-            self._features = CheckerFeatures(store_path, warn)
+            self._features = CheckerFeatures(store_path, self._store_problem)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether answers verify matches with local features (each costs milliseconds)."""
+        return self._features is not None
 
     def close(self) -> None:
         self._closed = True
@@ -235,7 +239,8 @@ class Checker:
                     record = to_record(result, store.dataset_root, self._warn)
             except (StoreError, sqlite3.DatabaseError) as error:
                 reason = f"store damaged: {without_path(str(error), store.path)}"
-                self._note_problem(reason, reason)
+                with self._problems_lock:
+                    self._note_problem(reason, reason)
                 self._warn(f"{name}: store damaged: {error}")  # the operator's line: all of it
                 raise StoreReadFailed(reason) from error
         if not self.full_paths:
@@ -247,14 +252,6 @@ class Checker:
     # -- keeping the index current (called with the lock held, inside a snapshot) -------------
 
     def _current_index(self, store: Store) -> HashIndex:
-        """The index for the store's state now (called with the lock held, inside a snapshot),
-        and the log's last changes up to its generation noted (_same_history)."""
-        index = self._followed_index(store)
-        if store.tracking and (self._window is None or self._window[0] != index.generation):
-            self._window = (index.generation, store.log_window(index.generation, HISTORY_WINDOW))
-        return index
-
-    def _followed_index(self, store: Store) -> HashIndex:
         if self._index is None:  # at start, or after the store file was replaced
             self._index = HashIndex.from_store(store)
             self._data_version = store.data_version()
@@ -296,6 +293,7 @@ class Checker:
         thread.start()
 
     def _rebuild(self) -> None:
+        epoch = self._epoch
         try:
             with Store.open_for_reading(self.store_path, quick_check=False,
                                         report=self._warn) as store, store.snapshot():
@@ -304,7 +302,8 @@ class Checker:
                 # A fresh base (or a cache entry of this very state), saved for everyone else.
                 index = HashIndex.from_store(store, max_delta=0)
             with self._lock:
-                self._pending = index
+                if epoch == self._epoch:  # not for a file answered from before it was rewritten
+                    self._pending = index
         except BaseException as error:  # noqa: BLE001 - reported by the next answer
             self._rebuild_error = error
         finally:
@@ -315,10 +314,15 @@ class Checker:
         kept for /health, which then says "degraded" until the bucket reads clean again."""
         shown = without_path(line, self.store_path)
         bucket = re.match(r"bucket ([0-9a-f]+):", shown)
-        self._note_problem(bucket.group(1) if bucket else shown, shown)
-        self._warn(line)
+        key = bucket.group(1) if bucket else shown
+        with self._problems_lock:
+            known = self._problems.get(key) == shown  # said already, through another connection
+            self._note_problem(key, shown)
+        if not known:
+            self._warn(line)
 
     def _note_problem(self, key: str, reason: str) -> None:
+        """(Called with _problems_lock held.)"""
         self._problems.pop(key, None)  # the newest last
         self._problems[key] = reason
         while len(self._problems) > KEPT_PROBLEMS:
@@ -332,8 +336,12 @@ class Checker:
         if not self._problems or generation == self._checked_repairs_at:
             return
         self._checked_repairs_at = generation
-        for hash_hex in store.reported_entries_repaired():
-            self._problems.pop(hash_hex, None)
+        with self._problems_lock:
+            buckets = [key for key in self._problems if re.fullmatch(r"[0-9a-f]+", key)]
+        for key in buckets:
+            if store.bucket_reads_clean(key):
+                with self._problems_lock:
+                    self._problems.pop(key, None)
 
     # -- the store's identity --------------------------------------------------------------------
 
@@ -377,46 +385,41 @@ class Checker:
             raise StoreUnavailable(reason) from error
 
     def _reopen_rewritten(self) -> Store:
-        """_current_store() for a file whose contents moved under the same identity."""
+        """_current_store() for a file whose contents moved under the same identity: index.py
+        moving its commits into the file (a checkpoint, at the end of every run), or another
+        program writing another store, or another state of this one, over it. The two cannot be
+        told apart by the change log (index.py prunes it as it caches each state: a backup
+        restored and indexed again to the same generation passed for the same state, and was
+        answered from the other's index, a review), so the search index is always loaded again:
+        from the cache index.py leaves for the state it wrote (checked against the store, as at
+        start), or built (milliseconds below cache.CACHE_MIN_HASHES)."""
         store, identity = self._open_again("the store's file was rewritten and cannot be read")
-        if self._same_history(store):
-            old, self._store = self._store, store  # the index and its history stay
-            self._identity, self._state = identity, self._state_now()
-            old.close()
-            return store
-        self._replace_store(store, identity)
-        self._warn(f"{self.store_path}: the store's file was rewritten with other contents (a"
-                   " backup copied over it?); reloaded it")
-        return store
-
-    def _same_history(self, store: Store) -> bool:
-        """Whether `store` is the one answered from so far, moved on by commits (not another
-        store, nor a copy of an earlier or another state of it): the same store id, and the
-        log holding what it held at the index's generation."""
-        if store.store_id != self._store.store_id:
-            return False
         index = self._index
-        if index is None:
-            return True  # nothing kept to be wrong
-        with store.snapshot():
-            if store.generation() < index.generation:
-                return False
-            if not store.tracking or self._window is None:
-                return False  # an older store without a log: nothing to tell them apart by
-            # The changes logged up to the index's generation, as noted then, less those index.py
-            # has pruned since (every run prunes what its cache covers: compared whole, every
-            # run while the checker answered looked like a backup copied over the store).
-            generation, window = self._window
-            since = store.changes_since()
-            return store.log_window(generation, HISTORY_WINDOW) == [
-                (sequence, key) for sequence, key in window if sequence > since]
+        other = store.store_id != self._store.store_id or (
+            index is not None and index.tracked and store.tracking
+            and store.generation() < index.generation)
+        old, self._store = self._store, store
+        self._identity, self._state = identity, self._state_now()
+        self._index, self._pending = None, None
+        self._epoch += 1
+        self._checked_repairs_at = -1
+        old.close()
+        if other:  # not a later state of the store answered from: what it said no longer holds
+            with self._problems_lock:
+                self._problems = {}
+            self._warn(f"{self.store_path}: the store's file was rewritten with other contents (a"
+                       " backup copied over it?); reloaded it")
+        return store
 
     def _replace_store(self, store: Store, identity: tuple[int, int]) -> None:
         self._store.close()
         self._store, self._identity, self._state = store, identity, self._state_now()
-        self._index, self._pending, self._window = None, None, None  # of the old contents
+        self._index, self._pending = None, None  # of the old contents
+        self._epoch += 1
+        self._checked_repairs_at = -1
         self._unavailable = None
-        self._problems = {}  # the damage was in the old file
+        with self._problems_lock:
+            self._problems = {}  # the damage was in the old file
 
     def _state_now(self) -> tuple[int, int, int] | None:
         try:
@@ -437,15 +440,17 @@ class Checker:
                 with store.snapshot():
                     self._forget_repaired(store)
                     hashes, images = store.counts()  # O(1): kept by the store's triggers
+                    with self._problems_lock:
+                        problems = list(self._problems.values())
                     report: dict[str, Any] = {
-                        "status": "degraded" if self._problems else "ok",
+                        "status": "degraded" if problems else "ok",
                         "hashes": hashes, "images": images,
                         "generation": store.generation()}
             except (StoreError, sqlite3.DatabaseError) as error:
                 return {"status": "unavailable",
                         "error": f"cannot read the store ({without_path(str(error), store.path)})"}
-            if self._problems:
-                report["problems"] = list(self._problems.values())
+            if problems:
+                report["problems"] = problems
             return report
 
 
