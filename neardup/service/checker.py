@@ -354,8 +354,8 @@ class Checker:
         copied back over the store (`cp`), or the file cut to nothing, went on being answered
         from the pages it had read (a review). So the file's size, mtime and ctime are compared
         too, and when they moved the store is opened again: a checkpoint (index.py moving its
-        commits into the file) keeps the search index, which then follows the log as for any
-        commit; another content keeps nothing.
+        commits into the file after more of them) keeps the search index, which then follows
+        the log as for any commit (_reopen_rewritten says when it is loaded again).
         """
         try:
             status = os.stat(self.store_path)
@@ -366,10 +366,10 @@ class Checker:
         if identity == self._identity and self._unavailable is None:
             if state == self._state:
                 return self._store
-            return self._reopen_rewritten()
+            return self._reopen_rewritten(state)
         store, identity = self._open_again("the store was deleted or replaced and cannot be"
                                            " reopened")
-        self._replace_store(store, identity)
+        self._replace_store(store, identity, state)
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
         return store
 
@@ -384,24 +384,32 @@ class Checker:
             self._unavailable = reason
             raise StoreUnavailable(reason) from error
 
-    def _reopen_rewritten(self) -> Store:
-        """_current_store() for a file whose contents moved under the same identity: index.py
-        moving its commits into the file (a checkpoint, at the end of every run), or another
-        program writing another store, or another state of this one, over it. The two cannot be
-        told apart by the change log (index.py prunes it as it caches each state: a backup
-        restored and indexed again to the same generation passed for the same state, and was
-        answered from the other's index, a review), so the search index is always loaded again:
-        from the cache index.py leaves for the state it wrote (checked against the store, as at
-        start), or built (milliseconds below cache.CACHE_MIN_HASHES)."""
+    def _reopen_rewritten(self, state: tuple[int, int, int] | None) -> Store:
+        """_current_store() for a file whose contents moved under the same identity (`state`:
+        its size, mtime and ctime as seen before opening it): index.py moving its commits into
+        the file (a checkpoint, at the end of every run and as the -wal grows), or another
+        program writing another store, or another state of this one, over it.
+
+        Another store, or an earlier generation of this one, keeps nothing (one log line). A
+        later generation keeps the search index, which follows the log as for any commit (or,
+        where index.py pruned the log past it, is built again by a thread). At the generation
+        the index is at, the index is loaded again (from the cache index.py leaves for the
+        state it wrote, checked against the store as at start, or built: milliseconds below
+        cache.CACHE_MIN_HASHES): a checkpoint and a backup restored and indexed back to that
+        very generation cannot be told apart by the log, which index.py prunes (a review found
+        such a store answered from the replaced one's index)."""
         store, identity = self._open_again("the store's file was rewritten and cannot be read")
         index = self._index
         other = store.store_id != self._store.store_id or (
             index is not None and index.tracked and store.tracking
             and store.generation() < index.generation)
+        later = (not other and index is not None and index.tracked and store.tracking
+                 and store.generation() > index.generation)
         old, self._store = self._store, store
-        self._identity, self._state = identity, self._state_now()
-        self._index, self._pending = None, None
-        self._epoch += 1
+        self._identity, self._state = identity, state
+        if not later:
+            self._index, self._pending = None, None
+            self._epoch += 1
         self._checked_repairs_at = -1
         old.close()
         if other:  # not a later state of the store answered from: what it said no longer holds
@@ -411,9 +419,10 @@ class Checker:
                        " backup copied over it?); reloaded it")
         return store
 
-    def _replace_store(self, store: Store, identity: tuple[int, int]) -> None:
+    def _replace_store(self, store: Store, identity: tuple[int, int],
+                       state: tuple[int, int, int] | None) -> None:
         self._store.close()
-        self._store, self._identity, self._state = store, identity, self._state_now()
+        self._store, self._identity, self._state = store, identity, state
         self._index, self._pending = None, None  # of the old contents
         self._epoch += 1
         self._checked_repairs_at = -1
