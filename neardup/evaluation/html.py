@@ -5,9 +5,10 @@ with their paths and distances, not read a list. Each page carries its thumbnail
 (small JPEGs) and its own style and script, so it opens from anywhere, offline, and can be mailed
 or archived as one file. Paths are shown relative to the store's dataset folder, named at the top.
 
-The groups page is also a review form: a checkbox per image; "mark all but the one kept"
-pre-selects the usual clean-up (keeping.py chooses the image kept); the marked paths are gathered
-in a text box to copy. The page itself deletes nothing.
+The groups page is also a review form: a checkbox per image; its button pre-selects what can go
+without losing a picture (keeping.py: identical files, and smaller copies of the one kept where
+matches are verified), leaving the rest to the person; the marked paths are gathered in a text
+box to copy. The page itself deletes nothing.
 
 Every text comes from file names a stranger may have chosen, so all of it is escaped.
 """
