@@ -693,11 +693,19 @@ class TestStore:
             os.truncate("db.shelve", 0)  # cut to nothing
             status, health, _ = request(server.port, "GET", "/health")
             assert status == 503 and health["status"] == "unavailable"
-            status, answer, _ = request(server.port, "POST", "/search", photo())
-            assert status == 503 and str(store) not in answer["error"]
-            assert "sqlite3" not in answer["error"] and "index.py" not in answer["error"]
+            for _ in range(2):  # said one way, to clients and /health, and logged once
+                status, answer, _ = request(server.port, "POST", "/search", photo())
+                assert status == 503 and answer["error"] == health["error"] == (
+                    "the store's file was rewritten and cannot be read (not a neardup store (an"
+                    " empty file))")
+            assert str(store) not in answer["error"]
+            with open("db.shelve", "r+b") as stream:  # the backup back, in place
+                stream.write(Path("backup.shelve").read_bytes())
+            assert request(server.port, "POST", "/search", photo())[1]["matches"]
         log = server.log()
         assert "rewritten with other contents" in log and "Traceback" not in log
+        assert log.count("db.shelve: the store's file was rewritten and cannot be read") == 1
+        assert "can be read again; reopened it" in log and "was replaced" not in log
 
 
 def test_a_connection_whose_answers_are_not_taken_in_is_aborted_after_the_send_timeout() -> None:

@@ -363,8 +363,8 @@ class Checker:
             state = file_state(status)
         except OSError:
             identity = state = None
-        if identity == self._identity and self._unavailable is None:
-            if state == self._state:
+        if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
+            if state == self._state and self._unavailable is None:
                 return self._store
             return self._reopen_rewritten(state)
         store, identity = self._open_again("the store was deleted or replaced and cannot be"
@@ -407,6 +407,9 @@ class Checker:
                  and store.generation() > index.generation)
         old, self._store = self._store, store
         self._identity, self._state = identity, state
+        if self._unavailable is not None:
+            self._unavailable = None
+            self._warn(f"{self.store_path}: the store's file can be read again; reopened it")
         if not later:
             self._index, self._pending = None, None
             self._epoch += 1
