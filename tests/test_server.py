@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -667,7 +668,15 @@ class TestStore:
                                  (b"not a pickle", damaged.encode()))
             request(server.port, "POST", "/search", photo())
             assert request(server.port, "GET", "/health")[1]["status"] == "degraded"
-        assert server.log().count(f"bucket {damaged}") == 2
+            # And again, without reading clean in between: the new reason replaces the old.
+            with sqlite3.connect("db.shelve") as database:
+                database.execute("UPDATE Dict SET value = ? WHERE key = ?",
+                                 (pickle.dumps(["a.jpg", 3, None]), damaged.encode()))
+            request(server.port, "POST", "/search", photo())
+            problems = request(server.port, "GET", "/health")[1]["problems"]
+            assert problems == [f"bucket {damaged}: expected a list of paths, found a list"
+                                " holding NoneType, int"]
+        assert server.log().count(f"bucket {damaged}") == 3
 
     def test_a_store_rewritten_in_place_is_answered_as_it_is_now(self, store: Path) -> None:
         """A review: a backup copied back over the store (`cp`, the same inode) was never seen,

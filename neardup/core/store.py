@@ -185,8 +185,11 @@ def bucket_problem(value: object) -> tuple[list[str] | None, str | None]:
         paths = safe_loads(bytes(value))
     except Exception as error:  # noqa: BLE001 - any malformed pickle is one reason, never a crash
         return None, f"unreadable or unsafe value ({error})"
-    if not isinstance(paths, list) or not all(isinstance(item, str) for item in paths):
+    if not isinstance(paths, list):
         return None, f"expected a list of paths, found {type(paths).__name__}"
+    strays = sorted({type(item).__name__ for item in paths if not isinstance(item, str)})
+    if strays:
+        return None, f"expected a list of paths, found a list holding {', '.join(strays)}"
     return paths, None
 
 
@@ -605,15 +608,16 @@ class Store:
                 good.append(hash_hex.encode("ascii"))
         return sort_distinct(hex_keys_to_words(good, bits)), skipped
 
-    def bucket_reads_clean(self, hash_hex: str) -> bool:
-        """Whether the bucket of this hash (hex) is gone or holds a list of paths now (one
-        reported bad, rewritten since by whoever damaged it); if so it is forgotten as reported,
-        so that a new problem with it is reported again. Call inside a snapshot."""
+    def bucket_problem_now(self, hash_hex: str) -> str | None:
+        """What is wrong with the bucket of this hash (hex) now, or None where it is gone or
+        holds a list of paths (one reported bad, rewritten since by whoever damaged it: then
+        forgotten as reported, so that a new problem with it is reported again). Call inside a
+        snapshot."""
         row = self._db.one("SELECT value FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
-        if row is not None and bucket_problem(row[0])[1] is not None:
-            return False
-        self._reported.discard(("bucket", hash_hex))
-        return True
+        problem = None if row is None else bucket_problem(row[0])[1]
+        if problem is None:
+            self._reported.discard(("bucket", hash_hex))
+        return problem
 
     def report_damaged_features(self, relpath: str, problem: str) -> None:
         """A feature record that cannot be read: said once (like a damaged bucket), and the

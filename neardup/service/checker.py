@@ -330,8 +330,9 @@ class Checker:
 
     def _forget_repaired(self, store: Store) -> None:
         """Buckets reported damaged that read clean now are no longer problems (a review:
-        /health said "degraded" for ever after the bucket was written right again). Looked for
-        once per generation, inside the answer's snapshot, while any is reported."""
+        /health said "degraded" for ever after the bucket was written right again), and one
+        damaged again another way is said again with its new reason. Looked at once per
+        generation, inside the answer's snapshot, while any is reported."""
         generation = store.generation()
         if not self._problems or generation == self._checked_repairs_at:
             return
@@ -339,9 +340,14 @@ class Checker:
         with self._problems_lock:
             buckets = [key for key in self._problems if re.fullmatch(r"[0-9a-f]+", key)]
         for key in buckets:
-            if store.bucket_reads_clean(key):
-                with self._problems_lock:
+            problem = store.bucket_problem_now(key)
+            reason = None if problem is None else f"bucket {key}: {problem}"
+            with self._problems_lock:
+                if reason is None:
                     self._problems.pop(key, None)
+                elif self._problems.get(key) != reason:  # damaged again, another way
+                    self._note_problem(key, reason)
+                    self._warn(f"{self.store_path}: {reason}; skipped")
 
     # -- the store's identity --------------------------------------------------------------------
 
