@@ -235,7 +235,7 @@ class CheckerFeatures:
         self._store_path = store_path
         self._warn = warn
         self._search: VerifiedSearch | None = None
-        self._loaded_for: tuple[int, str] = (-1, "")  # id of the store object, features' token
+        self._loaded_token = ""  # the features' token of the index in memory
         self._pending: tuple[str, FeatureIndex] | None = None  # built by the thread: (token, index)
         self._building: threading.Thread | None = None
         self._failed: tuple[str, str] | None = None  # (features' token, why) of a build that failed
@@ -256,13 +256,12 @@ class CheckerFeatures:
             # At start, or another store at the path: loaded here, from its cache when index.py
             # left one.
             self._search = VerifiedSearch.for_store(store, hash_index)
-            self._loaded_for, self._pending = (id(store), token), None
+            self._loaded_token, self._pending = token, None
         else:
             # The same store, perhaps opened again (its file was checkpointed): its index
             # follows it like any other change.
             self._search.store = store
-            self._loaded_for = (id(store), self._loaded_for[1])
-            if self._loaded_for[1] != token:
+            if self._loaded_token != token:
                 self._follow(store, token)
         if self._search is None:
             raise StoreError(f"{store.path}: holds no local features any more")
@@ -278,7 +277,7 @@ class CheckerFeatures:
             built_for, index = self._pending
             self._pending = None
             self._search.features = index
-            self._loaded_for = (id(store), built_for)
+            self._loaded_token = built_for
             if built_for == token:
                 return
         if self._failed is not None:
