@@ -35,6 +35,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..core.hashing import exif_orientation, open_regular_file
+from ..errors import ImageError
+
 # A smaller copy is marked only when verified against the image kept with at least this many
 # inliers (and the page says when a group's weakest pair has fewer): different photographs taken
 # alike (catalogue motorbikes, frames of one portrait sitting, chat screenshots around different photos) pass
@@ -75,13 +78,13 @@ def facts_of(path: str, opened: Image.Image, size: tuple[int, int]) -> Facts | N
     """The facts of the image at `path` (`opened`: the image as opened, for its EXIF; `size`: its
     size in the file's header); None when the file cannot be read now."""
     try:
-        with open(path, "rb") as stream:
+        with open_regular_file(path) as stream:  # a FIFO swapped in since is not waited on
             status = os.fstat(stream.fileno())
             digest = hashlib.file_digest(stream, "sha256").digest()
-    except OSError:
+    except (OSError, ImageError):  # gone, or no longer a regular file
         return None
     width, height = size
-    if _orientation(opened) in (5, 6, 7, 8):  # turned a quarter: displayed the other way
+    if exif_orientation(opened) in (5, 6, 7, 8):  # turned a quarter: displayed the other way
         width, height = height, width
     return Facts(width, height, status.st_mtime_ns, (status.st_dev, status.st_ino), digest)
 
@@ -120,7 +123,7 @@ def choose(paths: list[str | None], facts: list[Facts | None],
                     key=lambda fact: (fact.identity not in held, fact.mtime_ns)).identity
     keep = frozenset(position for position in usable
                      if known_fact(facts, position).identity == kept_file)
-    shown = min(keep, key=lambda position: (os.path.islink(paths[position] or ""), position))
+    shown = min(keep, key=lambda position: (by_link[position], position))  # keep: all in it
     marked: set[int] = set()
     why: dict[int, str] = {}
     for position in kept_positions:
@@ -138,10 +141,8 @@ def choose(paths: list[str | None], facts: list[Facts | None],
         why[position] = ("kept" if position == shown else "kept: the same file as the one kept")
     if not marked:  # nothing to keep one image against: none is called the one kept
         lone = len(contents) == 1 and len(keep) == len(usable)
-        for position in usable:
-            why[position] = ("every path here is one file" if lone
-                             else why.get(position, "") if position not in keep
-                             else _left(verified))
+        for position in keep:  # the others are left to the person already
+            why[position] = "every path here is one file" if lone else _left(verified)
         return Choice(-1 if not lone else shown, keep, frozenset(), why)
     return Choice(shown, keep, frozenset(marked), why)
 
@@ -172,10 +173,3 @@ def _smaller_copy(small: Facts, large: Facts) -> bool:
     theirs = (max(large.width, large.height) / max(1, min(large.width, large.height)))
     same_orientation = (small.width >= small.height) == (large.width >= large.height)
     return same_orientation and abs(ratio / theirs - 1) <= ASPECT_TOLERANCE
-
-
-def _orientation(opened: Image.Image) -> int:
-    try:
-        return int(opened.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 - a damaged EXIF block: shown as stored
-        return 1
