@@ -22,6 +22,7 @@ pairs that straddle.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 import contextlib
 import os
 import random
@@ -84,7 +85,7 @@ def exact_dhash(path: str) -> Hash:
 
 
 @contextlib.contextmanager
-def forced_scale(scale: int):
+def forced_scale(scale: int) -> Iterator[None]:
     """The default recipe decoding every JPEG at 1/scale (1: whole), whatever its size."""
     saved = hashing.DECODE_MARGINS
     never = 10**9
