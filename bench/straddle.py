@@ -22,12 +22,12 @@ pairs that straddle.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 import contextlib
 import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 
 import imagehash
 import numpy as np
