@@ -57,6 +57,19 @@ def test_captions_tell_same_named_files_in_two_folders_apart(tmp_path: Path) -> 
     assert Tile(a, "").shown_path == "Faces/image_0324.png"
 
 
+@pytest.mark.parametrize("names", [("café.png", "cafè.png"), ("Müller.png", "Möller.png"),
+                                   ("写真.png", "写眞.png")])
+def test_names_the_font_cannot_draw_are_told_apart(tmp_path: Path, names: tuple[str, str]) -> None:
+    """Pillow's built-in font draws é, è, ü, ö and CJK as one empty box: two such names looked
+    alike on the sheet. Characters it cannot draw are escaped, as the pages show them."""
+    picture = textured(1)
+    a, b = (save(picture, str(tmp_path / "photos" / name)) for name in names)
+    sheet = contact_sheet([Row(Tile(a, "first"), [Tile(b, "first")])], "x").image
+    captions = [sheet.crop((left, HEADER + TILE, left + TILE, HEADER + TILE + CAPTION))
+                for left in (GAP, GAP + TILE + GAP)]
+    assert ImageChops.difference(captions[0], captions[1]).getbbox() is not None
+
+
 def test_nothing_to_draw_is_a_line_not_an_empty_sheet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

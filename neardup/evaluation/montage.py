@@ -171,17 +171,39 @@ def _fit(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw, room: 
     """Shorten text at its end with an ellipsis until it fits in `room` pixels; a name's line
     breaks, invisible characters and bytes that are not UTF-8 are escaped as the page shows them
     (Pillow refuses to measure text of several lines: a name holding a newline stopped the
-    sheet, and every output of the run with it)."""
-    text = shown_path(text)
+    sheet, and every output of the run with it), and so is any character the font cannot draw."""
+    text = _drawable(shown_path(text), font)
     while len(text) > 1 and draw.textlength(text, font=font) > room:
         text = text[:-2] + "…"
     return text
 
 
+def _drawable(text: str, font: ImageFont.ImageFont) -> str:
+    """The text with every character the font has no glyph for written as \\uNNNN. Pillow's
+    built-in font draws é, ü, ø, Cyrillic or CJK as one empty box, so café.jpg and cafè.jpg
+    looked alike on a sheet; escaped, two names never print alike (as on the pages)."""
+    if text.isascii():
+        return text
+    missing = _missing_glyph(font)
+    return "".join(char if char.isascii() or _glyph(font, char) != missing
+                   else (f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
+                   for char in text)
+
+
+def _glyph(font: ImageFont.ImageFont, char: str) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(char)
+    return mask.size, bytes(mask)
+
+
+def _missing_glyph(font: ImageFont.ImageFont) -> tuple[tuple[int, int], bytes]:
+    """What the font draws for a character it lacks (U+FFFF is no character at all)."""
+    return _glyph(font, "\uffff")
+
+
 def _fit_left(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw) -> str:
     """Shorten a folder at its start, keeping the part nearest the file (the useful part);
     escaped as _fit does."""
-    text = shown_path(text)
+    text = _drawable(shown_path(text), font)
     while len(text) > 1 and draw.textlength(text, font=font) > TILE:
         text = "…" + text[2:]
     return text
