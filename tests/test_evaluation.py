@@ -142,7 +142,7 @@ def test_the_command_prints_writes_and_compares(
     assert ("missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; not returned by search"
             in captured.out)
     assert "dhash-8" in captured.out and "phash-8" in captured.out
-    assert "recall at each recipe's recommended threshold" in captured.out
+    assert "recall at each store's recommended threshold" in captured.out
 
     for stem in ("evaluation-db-shelve", "evaluation-phash-shelve"):
         data = json.loads(Path(f"report/{stem}.json").read_text())
@@ -163,3 +163,32 @@ def test_search_with_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "A_mirror" not in capsys.readouterr().out
     assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "--mirror"]) == 0
     assert "0\tdata/copies/A_mirror.png" in capsys.readouterr().out.splitlines()
+
+
+def test_the_csv_counts_the_copies_found_of_each_edit_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--report", "report"]) == 0
+    with open("report/evaluation-db-shelve.csv", newline="") as stream:
+        at_zero = {row["edit"]: row for row in csv.DictReader(stream) if row["threshold"] == "0"}
+    assert {edit: (row["found"], row["copies"]) for edit, row in at_zero.items()} == {
+        "flip": ("0", "1"), "jpeg": ("1", "1"), "resize": ("1", "1"), "all": ("2", "3")}
+    assert {row["search"] for row in at_zero.values()} == {"hash"}
+
+
+def test_stores_of_one_recipe_compared_are_named_by_their_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "again.shelve", "-q", "-j", "1"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-s", "again.shelve", "--evaluate",
+                            "data/manifest.csv"]) == 0
+    table = capsys.readouterr().out.split("or else at its most precise one:\n")[1]
+    header, first, second = table.splitlines()
+    assert first.startswith("db.shelve: dhash-8") and second.startswith("again.shelve: dhash-8")
+

@@ -4,6 +4,7 @@ one line. On generated scenes, and on real CALTECH-101 photos when they are pres
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -207,8 +208,8 @@ def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureF
         " deleting anything from its group"]
 
 
-def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.CaptureFixture
-                                                  ) -> None:
+def evaluation_dataset() -> None:
+    """data/: one original with the copies of copies_of, another picture, and their manifest."""
     original = scene(1)
     save(original, "data/haystack/scene.jpg", quality=92)
     save(scene(5), "data/haystack/other.jpg", quality=92)
@@ -219,6 +220,11 @@ def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.Ca
         kind = "flip" if name == "mirror" else name
         rows.append(f"copies/{name}.jpg,copy,g1,haystack/scene.jpg,{kind} test")
     Path("data/manifest.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.CaptureFixture
+                                                  ) -> None:
+    evaluation_dataset()
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
     capsys.readouterr()
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
@@ -232,10 +238,33 @@ def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.Ca
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
                             "--html", "page.html"]) == 0
     page = Path("page.html").read_text(encoding="utf-8")
-    copies = len(copies_of(original))
+    copies = len(copies_of(scene(1)))
     assert f"{copies} of {copies} copies found, 0 other matches" in page
     assert "missed:" not in page and "1 of 1 queries found every copy" in page
     assert "The hash alone, unverified" in page
+
+
+def test_a_feature_store_compared_and_reported_gives_what_search_answers(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    evaluation_dataset()
+    assert index_cli.main(["-d", "data", "-s", "plain.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "plain.shelve", "-s", "db.shelve", "--evaluate",
+                            "data/manifest.csv", "--report", "report"]) == 0
+    table = capsys.readouterr().out.split("or else at its most precise one")[1].splitlines()
+    labels = [line.split("  ")[0] for line in table[2:]]
+    assert labels == ["plain.shelve: dhash-8 (64 bits, normalised v4)",
+                      "db.shelve: dhash-8 (64 bits, normalised v4)",
+                      "db.shelve: verified search (what search.py answers)"]
+    assert table[-1].split()[-1] == "100.0%"  # every copy, where the hash alone misses some
+    assert float(table[-2].split()[-1].rstrip("%")) < 100
+    with open("report/evaluation-db-shelve.csv", newline="") as stream:
+        verified = {row["edit"]: row for row in csv.DictReader(stream)
+                    if row["search"] == "both (search.py)"}
+    copies = len(copies_of(scene(1)))
+    assert verified["all"]["recall"] == "1.000000" and verified["all"]["found"] == str(copies)
+    assert verified["flip"]["found"] == "1" and verified["all"]["threshold"] == "4"
 
 
 def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(

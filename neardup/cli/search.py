@@ -518,18 +518,16 @@ def run_evaluation(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
+        # On a store with features the page shows the verified answers too, as the report does.
         where = "the --report files" if args.report else (
-            "the --html page" if args.html else "--report DIR or --html PAGE")
-        # On a store with features the page shows the verified answers, as the report does.
-        verified_where = "the --report files" if args.report else (
             "the --html page" if args.html else "--report DIR or --html PAGE")
         print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
                                              listed_elsewhere=where)
-                          + (f"\n\n{format_verified(e, LISTED_MISSES, verified_where)}"
+                          + (f"\n\n{format_verified(e, LISTED_MISSES, where)}"
                              if e.verified_at is not None else "")
                           for e in evaluations))
         if len(evaluations) > 1:
-            print("\nrecall at each recipe's recommended threshold (precision >= 0.999), or else at"
+            print("\nrecall at each store's recommended threshold (precision >= 0.999), or else at"
                   " its most precise one:")
             print(comparison_table(evaluations))
     if args.report:

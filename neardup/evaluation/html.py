@@ -31,7 +31,13 @@ from ..errors import ImageError, command
 from .keeping import WEAK_INLIERS, Facts, choose, facts_of
 from .montage import thumbnail
 from .output import write_whole
-from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation, verified_table
+from .scoring import (
+    MAX_THRESHOLD,
+    TARGET_PRECISION,
+    Evaluation,
+    verified_scores,
+    verified_table,
+)
 
 THUMBNAIL_SIDE = 150
 JPEG_QUALITY = 80
@@ -93,24 +99,22 @@ def evaluation_page(
         summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
                    f" {len(evaluation.groups)} queries, {evaluation.copies} copies. At max"
                    f" distance {max_distance}: {at.found} of {evaluation.copies} copies found,"
-                   f" {at.false_matches} other matches. Paths are relative to the dataset folder:")
+                   f" {at.false_matches} other matches.")
         tables = [_threshold_table(evaluation, max_distance)]
         shown = _hash_answers(evaluation, max_distance)
         answered = f"at max distance {max_distance}"
     else:
-        others = verified_table(evaluation)[-1][2]
-        found = sum(copy.path in group.verified for group in evaluation.groups
-                    for copy in group.copies)
+        answers = verified_scores(evaluation)[-1][1]
         summary = (f"{evaluation.recipe} and local features: {len(evaluation.groups)} queries,"
                    f" {evaluation.copies} copies. Verified search (what search.py answers, at"
-                   f" max distance {evaluation.verified_at}): {found} of {evaluation.copies}"
-                   f" copies found, {others} other matches. Paths are relative to the dataset"
-                   " folder:")
+                   f" max distance {evaluation.verified_at}): {answers.found} of"
+                   f" {evaluation.copies} copies found, {answers.false_matches} other matches.")
         tables = [_verified_table(evaluation),
                   "<h2>The hash alone, unverified (what a store without features answers)</h2>",
                   _threshold_table(evaluation, max_distance)]
         shown = _verified_answers(evaluation)
         answered = "in the verified search"
+    summary += " Paths are relative to the dataset folder:"
     sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
                          f" {_count(items, 'other', 'other match', 'other matches')}", items,
                          with_pictures=number <= MAX_GROUPS_WITH_THUMBNAILS,

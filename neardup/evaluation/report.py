@@ -14,7 +14,7 @@ import os
 from PIL import Image, ImageDraw, ImageFont
 
 from .output import write_whole
-from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation
+from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation, verified_scores
 
 WIDTH, HEIGHT = 1000, 600
 LEFT, RIGHT, TOP, BOTTOM = 70, 230, 50, 60
@@ -31,12 +31,19 @@ def write_report(evaluation: Evaluation, folder: str, stem: str) -> list[str]:
     csv_path = os.path.join(folder, f"{stem}.csv")
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    writer.writerow(["recipe", "threshold", "edit", "recall", "found", "false_matches",
-                     "precision"])
-    for row in evaluation.rows:
+    # One row per edit kind: "found" and "copies" are the kind's; other matches are of no edit
+    # kind, so false_matches and precision are the whole search's, the same on each kind's row.
+    writer.writerow(["recipe", "search", "threshold", "edit", "recall", "found", "copies",
+                     "false_matches", "precision"])
+    scores = [("hash", row) for row in evaluation.rows]
+    if evaluation.verified_at is not None:
+        scores += verified_scores(evaluation)
+    copies = evaluation.copies_by_kind
+    for search, row in scores:
         for kind, recall in row.recall.items():
-            writer.writerow([evaluation.recipe, row.threshold, kind, f"{recall:.6f}", row.found,
-                             row.false_matches, f"{row.precision:.6f}"])
+            writer.writerow([evaluation.recipe, search, row.threshold, kind, f"{recall:.6f}",
+                             row.found_by_kind[kind], copies[kind], row.false_matches,
+                             f"{row.precision:.6f}"])
     write_whole(csv_path, table.getvalue().encode("utf-8"))
     png_path = os.path.join(folder, f"{stem}.png")
     encoded = io.BytesIO()

@@ -53,9 +53,13 @@ class GroupResult:
 class ThresholdRow:
     threshold: int
     recall: dict[str, float]  # per edit kind, and "all"
-    found: int
-    false_matches: int
+    found_by_kind: dict[str, int]  # copies found per edit kind, and "all"
+    false_matches: int  # other images returned, of no edit kind: the threshold's, over all
     precision: float
+
+    @property
+    def found(self) -> int:
+        return self.found_by_kind["all"]
 
 
 @dataclass(slots=True)
@@ -77,17 +81,28 @@ class Evaluation:
     def copies(self) -> int:
         return sum(len(group.copies) for group in self.groups)
 
+    @property
+    def copies_by_kind(self) -> dict[str, int]:
+        """The manifest's copies per edit kind, and "all"."""
+        totals: dict[str, int] = {}
+        for group in self.groups:
+            for copy in group.copies:
+                totals[copy.kind] = totals.get(copy.kind, 0) + 1
+        return {**dict(sorted(totals.items())), "all": sum(totals.values())}
+
     def row(self, threshold: int) -> ThresholdRow:
         return self.rows[min(threshold, MAX_THRESHOLD)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "store": self.store, "recipe": self.recipe, "mirror": self.mirror,
-            "copies": self.copies, "queries": len(self.groups),
+            "copies": self.copies, "copies_by_kind": self.copies_by_kind,
+            "queries": len(self.groups),
             "target_precision": TARGET_PRECISION, "recommended_threshold": self.recommended,
             "thresholds": [
                 {"threshold": r.threshold, "recall": r.recall, "found": r.found,
-                 "false_matches": r.false_matches, "precision": r.precision} for r in self.rows],
+                 "found_by_kind": r.found_by_kind, "false_matches": r.false_matches,
+                 "precision": r.precision} for r in self.rows],
             "groups": [
                 {"group": g.group, "original": g.original, "low_information": g.low_information,
                  "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance}
@@ -98,7 +113,8 @@ class Evaluation:
         } | ({"verified": {
             "max_distance": self.verified_at,
             "columns": [{"name": name, "recall": recall, "other_matches": others}
-                        for name, recall, others in verified_table(self)]}}
+                        for name, recall, others in verified_table(self)],
+            "found_by_kind": {name: row.found_by_kind for name, row in verified_scores(self)}}}
              if self.verified_at is not None else {})
 
 
@@ -179,9 +195,12 @@ def evaluate_manifest(
                 if match.path != group.original:
                     group.verified[match.path] = match.found_by or ""
 
-    table = [_row(ordered, threshold) for threshold in range(MAX_THRESHOLD + 1)]
-    return Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror, ordered,
-                      table, recommend(table), max_distance if verified is not None else None)
+    evaluation = Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror,
+                            ordered, [], None, max_distance if verified is not None else None)
+    totals = evaluation.copies_by_kind
+    evaluation.rows = [_row(ordered, threshold, totals) for threshold in range(MAX_THRESHOLD + 1)]
+    evaluation.recommended = recommend(evaluation.rows)
+    return evaluation
 
 
 # Columns of the side-by-side table: what each source alone, verified, returns, and both together.
@@ -189,27 +208,33 @@ VERIFIED_SOURCES = {"hash, verified": "hash", "features, verified": "features",
                     "both (search.py)": ""}
 
 
-def verified_table(evaluation: Evaluation) -> list[tuple[str, dict[str, float], int]]:
-    """(column, recall per kind and "all", other matches) for the hash alone (unverified, at
-    --max-distance: a hash-only store's answer) and for each verified source."""
+def verified_scores(evaluation: Evaluation) -> list[tuple[str, ThresholdRow]]:
+    """(column, scores at --max-distance) for each verified source; the last is what search.py
+    answers."""
     assert evaluation.verified_at is not None
-    plain = evaluation.row(evaluation.verified_at)
-    columns = [(f"hash <= {evaluation.verified_at} bits", plain.recall, plain.false_matches)]
+    columns = []
     for title, source in VERIFIED_SOURCES.items():
-        totals: dict[str, int] = {}
         hits: dict[str, int] = {}
         others = 0
         for group in evaluation.groups:
             chosen = {path for path, how in group.verified.items() if source in how}
             copies = {copy.path for copy in group.copies}
             for copy in group.copies:
-                totals[copy.kind] = totals.get(copy.kind, 0) + 1
                 hits[copy.kind] = hits.get(copy.kind, 0) + (copy.path in chosen)
             others += len(chosen - copies)
-        recall = {kind: hits[kind] / totals[kind] for kind in sorted(totals)}
-        recall["all"] = sum(hits.values()) / sum(totals.values()) if totals else 1.0
-        columns.append((title, recall, others))
+        columns.append((title, _scored(evaluation.verified_at, evaluation.copies_by_kind, hits,
+                                       others)))
     return columns
+
+
+def verified_table(evaluation: Evaluation) -> list[tuple[str, dict[str, float], int]]:
+    """(column, recall per kind and "all", other matches) for the hash alone (unverified, at
+    --max-distance: a hash-only store's answer) and for each verified source."""
+    assert evaluation.verified_at is not None
+    plain = evaluation.row(evaluation.verified_at)
+    return [(f"hash <= {evaluation.verified_at} bits", plain.recall, plain.false_matches),
+            *((title, row.recall, row.false_matches)
+              for title, row in verified_scores(evaluation))]
 
 
 def format_verified(evaluation: Evaluation, listed: int | None = None,
@@ -251,19 +276,23 @@ def _listed(misses: list[str], listed: int | None, listed_elsewhere: str) -> lis
             f" matches, all listed in {listed_elsewhere}"]
 
 
-def _row(groups: list[GroupResult], threshold: int) -> ThresholdRow:
-    totals: dict[str, int] = {}
+def _row(groups: list[GroupResult], threshold: int, totals: dict[str, int]) -> ThresholdRow:
     hits: dict[str, int] = {}
     for group in groups:
         for copy in group.copies:
-            totals[copy.kind] = totals.get(copy.kind, 0) + 1
             if copy.distance is not None and copy.distance <= threshold:
                 hits[copy.kind] = hits.get(copy.kind, 0) + 1
-    found = sum(hits.values())
     false = sum(1 for g in groups for d in g.others.values() if d <= threshold)
-    recall = {kind: hits.get(kind, 0) / total for kind, total in sorted(totals.items())}
-    recall["all"] = found / sum(totals.values()) if totals else 1.0
-    precision = found / (found + false) if found + false else 1.0
+    return _scored(threshold, totals, hits, false)
+
+
+def _scored(threshold: int, totals: dict[str, int], hits: dict[str, int],
+            false: int) -> ThresholdRow:
+    """Recall and copies found per kind and "all" (totals holds "all"), and precision."""
+    found = {kind: hits.get(kind, 0) for kind in totals if kind != "all"}
+    found["all"] = sum(found.values())
+    recall = {kind: found[kind] / total if total else 1.0 for kind, total in totals.items()}
+    precision = found["all"] / (found["all"] + false) if found["all"] + false else 1.0
     return ThresholdRow(threshold, recall, found, false, precision)
 
 
@@ -326,20 +355,25 @@ def format_evaluation(
 
 
 def comparison_table(evaluations: list[Evaluation]) -> str:
-    """Several stores (hashes) on the same manifest: recall per kind at each one's recommended
-    threshold, or where none reaches the target precision, at its most precise threshold."""
+    """Several stores on the same manifest, each row named by its store: recall per kind at each
+    one's recommended threshold, or where none reaches the target precision, at its most precise
+    threshold; for a store with features, also what search.py answers (verified matches)."""
     kinds = sorted({kind for evaluation in evaluations for kind in evaluation.kinds})
     rows = []
     for evaluation in evaluations:
-        label = evaluation.recipe + (", mirror" if evaluation.mirror else "")
+        label = (f"{evaluation.store}: {evaluation.recipe}"
+                 + (", mirror" if evaluation.mirror else ""))
         if evaluation.recommended is None:
             row = best_precision(evaluation.rows)
             label += f" (best precision {row.precision:.4f})"
         else:
             row = evaluation.row(evaluation.recommended)
         rows.append((label, row))
-    width = max(len("recipe"), *(len(label) for label, _ in rows))  # columns stay aligned
-    lines = [f"{'recipe':<{width}} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds)
+        if evaluation.verified_at is not None:
+            rows.append((f"{evaluation.store}: verified search (what search.py answers)",
+                         verified_scores(evaluation)[-1][1]))
+    width = max(len("store"), *(len(label) for label, _ in rows))  # columns stay aligned
+    lines = [f"{'store':<{width}} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds)
              + f" {'all':>6}"]
     for label, row in rows:
         cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)
