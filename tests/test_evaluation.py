@@ -93,8 +93,11 @@ def test_copies_removed_from_the_store_are_missed(tmp_path: Path) -> None:
     assert all(copy.distance is None for group in result.groups for copy in group.copies)
     text = format_evaluation(result, 4)
     assert "at --max-distance 4: 0/3 copies found" in text
-    assert ("missed  g2 copies/B_same.png (resize factor=1 jpeg_quality=90; not returned by search"
-            " within 16 bits)") in text
+    assert "2 copies in the manifest are not in the store: counted as missed" in text
+    assert ("missed  g2 copies/B_same.png (resize factor=1 jpeg_quality=90; not in the store)"
+            in text)
+    assert ("missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; not returned by search"
+            " within 16 bits)") in text  # stored, its hash too far
 
 
 def test_a_planted_false_match_lowers_precision_below_the_target(tmp_path: Path) -> None:
@@ -192,3 +195,32 @@ def test_stores_of_one_recipe_compared_are_named_by_their_store(
     header, first, second = table.splitlines()
     assert first.startswith("db.shelve: dhash-8") and second.startswith("again.shelve: dhash-8")
 
+
+def test_copies_deleted_from_disk_are_missed_and_said_to_be_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "copies" / "B_same.png").unlink()
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "at --max-distance 4: 1/3 copies found" in out  # still counted as missed
+    assert "1 copy in the manifest is not on disk or in the store: counted as missed" in out
+    assert ("missed  g2 copies/B_same.png (resize factor=1 jpeg_quality=90; not on disk or in the"
+            " store)") in out
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
+    (group,) = [g for g in json.loads(capsys.readouterr().out)[0]["groups"] if g["group"] == "g2"]
+    assert group["copies"] == [{"path": "copies/B_same.png", "edit": "resize factor=1"
+                                " jpeg_quality=90", "distance": None,
+                                "missing": "not on disk or in the store"}]
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--html", "page.html"]) == 0
+    page = Path("page.html").read_text(encoding="utf-8")
+    assert "1 copy in the manifest is not on disk or in the store: counted as missed." in page
+    assert "(not on disk or in the store)" in page
+    with Store.open_for_writing("db.shelve", Recipe(), str(tmp_path / "data"), {}) as store:
+        store.apply([], ["copies/A_same.png"])  # on disk, taken out of the store
+    assert ("2 copies in the manifest are not in the store (1 of them not on disk either):"
+            " counted as missed") in format_evaluation(evaluate(tmp_path), 4)

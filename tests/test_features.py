@@ -267,6 +267,17 @@ def test_a_feature_store_compared_and_reported_gives_what_search_answers(
     assert verified["flip"]["found"] == "1" and verified["all"]["threshold"] == "4"
 
 
+def test_a_copy_deleted_from_disk_is_a_verified_miss_said_to_be_gone(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    evaluation_dataset()
+    Path("data/copies/crop.jpg").unlink()
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    verified = capsys.readouterr().out.split("verified matches (local features)")[1]
+    assert "  missed  g1 copies/crop.jpg (crop test; not on disk or in the store)" in verified
+
+
 def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
         in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     save(scene(1), "data/haystack/scene.jpg", quality=92)

@@ -35,6 +35,8 @@ from .scoring import (
     MAX_THRESHOLD,
     TARGET_PRECISION,
     Evaluation,
+    hash_miss,
+    missing_copies,
     verified_scores,
     verified_table,
 )
@@ -114,6 +116,8 @@ def evaluation_page(
                   _threshold_table(evaluation, max_distance)]
         shown = _verified_answers(evaluation)
         answered = "in the verified search"
+    if missing := missing_copies(evaluation):
+        summary += f" {missing}."
     summary += " Paths are relative to the dataset folder:"
     sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
                          f" {_count(items, 'other', 'other match', 'other matches')}", items,
@@ -168,10 +172,8 @@ def _hash_answers(evaluation: Evaluation, max_distance: int) -> list[tuple[str, 
                       f"query {group.group}", "query")]
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                state = (f"not returned by search within {MAX_THRESHOLD} bits"
-                         if copy.distance is None else f"distance {copy.distance}")
                 items.append(Item(copy.path, resolve_stored_path(root, copy.path),
-                                  f"missed: {copy.edit} ({state})", "missed"))
+                                  f"missed: {copy.edit} ({hash_miss(copy)})", "missed"))
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:
                 items.append(Item(path, resolve_stored_path(root, path),
@@ -191,8 +193,8 @@ def _verified_answers(evaluation: Evaluation) -> list[tuple[str, list[Item]]]:
         copies = {copy.path for copy in group.copies}
         for copy in group.copies:
             if copy.path not in group.verified:
-                distance = (f"hash not within {MAX_THRESHOLD} bits" if copy.distance is None
-                            else f"hash distance {copy.distance}")
+                distance = (copy.missing or f"hash not within {MAX_THRESHOLD} bits"
+                            if copy.distance is None else f"hash distance {copy.distance}")
                 items.append(Item(copy.path, resolve_stored_path(root, copy.path),
                                   f"missed: {copy.edit} (not verified; {distance})", "missed"))
         for path, how in sorted(group.verified.items()):

@@ -3,12 +3,12 @@
 Each sampled original is a query, searched in the store exactly as search.py searches it, at the
 largest threshold. Its copies are the true matches: a copy counts as found at a threshold only if
 the search returned it within that distance, so a copy missing from the store (never indexed,
-removed, unreadable) is missed, as a user would see it. Every other stored image the search
-returns is a false match (or a true duplicate the source data set
-itself contains: CALTECH-101 has some, e.g. the same photo in Faces and Faces_easy). Then, for
-every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall, false matches,
-precision; and the recommendation: the smallest threshold reaching the best recall that keeps
-precision at or above TARGET_PRECISION.
+removed, unreadable, deleted from disk) is missed, as a user would see it, and said to be
+missing. Every other stored image the search returns is a false match (or a true duplicate the
+source data set itself contains: CALTECH-101 has some, e.g. the same photo in Faces and
+Faces_easy). Then, for every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall,
+false matches, precision; and the recommendation: the smallest threshold reaching the best recall
+that keeps precision at or above TARGET_PRECISION.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class CopyOutcome:
     kind: str  # the edit's first word: resize, crop, ...
     edit: str  # the whole manifest description
     distance: int | None  # as the store's search returned it; None: not returned at all
+    # Why it could not be returned: "not in the store", or "not on disk or in the store" (deleted
+    # and indexed since); None: it is in the store.
+    missing: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,8 +108,8 @@ class Evaluation:
                  "precision": r.precision} for r in self.rows],
             "groups": [
                 {"group": g.group, "original": g.original, "low_information": g.low_information,
-                 "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance}
-                            for c in g.copies],
+                 "copies": [{"path": c.path, "edit": c.edit, "distance": c.distance,
+                             "missing": c.missing} for c in g.copies],
                  "others": g.others}
                 | ({"verified": g.verified} if self.verified_at is not None else {})
                 for g in self.groups],
@@ -175,10 +178,16 @@ def evaluate_manifest(
             found = returned[group.group]
             for match in matches:
                 found[match.path] = min(found.get(match.path, match.distance), match.distance)
+    stored = store.hashes_of_paths(copy.path for group in ordered for copy in group.copies)
     for group in ordered:
         found = returned[group.group]
         for copy in group.copies:
             copy.distance = found.get(copy.path)
+            if copy.distance is None and copy.path not in stored:
+                # Still a miss (the user asked for it and search cannot return it), said as such:
+                # a copy deleted from the dataset is no fault of the hash.
+                copy.missing = ("not in the store" if os.path.lexists(on_disk(copy.path))
+                                else "not on disk or in the store")
         members = {group.original} | {copy.path for copy in group.copies}
         group.others = {path: distance for path, distance in found.items()
                         if path not in members}
@@ -256,12 +265,37 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
         copies = {copy.path for copy in group.copies}
         for copy in group.copies:
             if copy.path not in group.verified:
-                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit})")
+                why = "" if copy.missing is None else f"; {copy.missing}"
+                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit}{why})")
         for path, how in sorted(group.verified.items()):
             if path not in copies:
                 misses.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
     lines += _listed(misses, listed, listed_elsewhere)
     return "\n".join(lines)
+
+
+def hash_miss(copy: CopyOutcome) -> str:
+    """Why the hash search did not return a copy within its distance, as the listings say it."""
+    if copy.missing is not None:
+        return copy.missing
+    if copy.distance is None:
+        return f"not returned by search within {MAX_THRESHOLD} bits"
+    return f"distance {copy.distance}"
+
+
+def missing_copies(evaluation: Evaluation) -> str | None:
+    """One line counting the manifest's copies that search cannot return (None: there are none)."""
+    missing = [copy.missing for group in evaluation.groups for copy in group.copies
+               if copy.missing is not None]
+    if not missing:
+        return None
+    gone = sum(reason != "not in the store" for reason in missing)
+    counted = f"{len(missing)} cop{'y' if len(missing) == 1 else 'ies'} in the manifest" + (
+        " is" if len(missing) == 1 else " are")
+    if gone == len(missing):
+        return f"{counted} not on disk or in the store: counted as missed"
+    either = f" ({gone} of them not on disk either)" if gone else ""
+    return f"{counted} not in the store{either}: counted as missed"
 
 
 def _matches(count: int, kind: str) -> str:
@@ -338,14 +372,14 @@ def format_evaluation(
     at = evaluation.row(max_distance)
     lines.append(f"at --max-distance {max_distance}: {at.found}/{evaluation.copies} copies found,"
                  f" {_matches(at.false_matches, 'other')}")
+    if missing := missing_copies(evaluation):
+        lines.append(missing)
     misses = []
     for group in evaluation.groups:
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                shown = (f"not returned by search within {MAX_THRESHOLD} bits"
-                         if copy.distance is None
-                         else f"distance {copy.distance}")
-                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit}; {shown})")
+                misses.append(f"  missed  {group.group} {copy.path}"
+                              f" ({copy.edit}; {hash_miss(copy)})")
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:
                 misses.append(f"  other   {group.group} {group.original} ~ {path}"
