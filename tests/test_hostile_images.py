@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.core import jpeg
 from neardup.core.discovery import image_extensions
 from neardup.core.hashing import (
     Recipe,
@@ -285,6 +287,36 @@ class TestRefused:
         assert "indexed 1, unchanged 0, removed 0, failed 1" in captured.out
         # A real progressive photo (about ten scans) is hashed as before.
         hash_file(str(zoo.progressive_jpeg(in_tmp)), DEFAULT)
+
+    def test_scans_are_counted_as_a_large_file_is_read_not_from_a_copy_in_memory(
+        self, tmp_path: Path
+    ) -> None:
+        """A progressive JPEG followed by 1 GiB of zeros (a sparse file: 32 KB on disk) was read
+        whole to count its scans: 1.1 GB of memory for one query, 2.1 GB at 2 GiB."""
+        from neardup.service.checker import Checker
+
+        images = tmp_path / "images"
+        images.mkdir()
+        photo = zoo.progressive_jpeg(images)
+        store = str(tmp_path / "db.shelve")
+        assert index_cli.main(["-d", str(images), "-s", store, "-q", "-j", "1"]) == 0
+        expected = hash_file(str(photo), DEFAULT)
+        os.truncate(photo, 64 * 2**20)
+        with Checker(store) as checker:
+            assert checker.check_file(str(photo))["hash"] == expected.hex()  # the store loaded
+            tracemalloc.start()
+            try:
+                assert hash_file(str(photo), DEFAULT) == expected  # index.py and search.py -q
+                assert checker.check_file(str(photo))["hash"] == expected.hex()  # --stdin
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        assert peak < 8 * 2**20
+        # Counted in pieces, a scan's marker or header split between two of them counts the same.
+        whole = photo.read_bytes()[:50_000]
+        for size in (1, 2, 3, 100, 517):
+            pieces = (whole[start : start + size] for start in range(0, len(whole), size))
+            assert jpeg.scan_tally(pieces) == jpeg.scan_tally((whole,))
 
     def test_scans_are_counted_in_every_frame_but_huffman_sequential_and_in_mpo(
         self, tmp_path: Path

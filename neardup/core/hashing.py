@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import imagehash
@@ -337,7 +337,7 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     if plain is None or plain[0][0] * plain[0][1] > max_pixels:
         return None
     size, frame = plain
-    if frame.needs_scan_count() and frame.decoding_refusal(jpeg.scan_tally(data), *size):
+    if frame.needs_scan_count() and frame.decoding_refusal(jpeg.scan_tally((data,)), *size):
         return None  # Pillow's path refuses it with the reason
     width, height = size
     cells = grid_size(recipe, size)
@@ -584,8 +584,7 @@ def open_image(
                 )
             if image.format in ("JPEG", "MPO"):  # (an MPO: more pictures after the first)
                 frame = jpeg.frame_header(_image_bytes(data, stream, 1 << 20)) or jpeg.UNKNOWN_FRAME
-                refusal = (frame.decoding_refusal(jpeg.scan_tally(_image_bytes(data, stream)),
-                                                  width, height)
+                refusal = (frame.decoding_refusal(_scan_tally(data, stream), width, height)
                            if frame.needs_scan_count() else None)
                 if refusal is not None:
                     raise ImageError(path, refusal)
@@ -624,18 +623,39 @@ def picture_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def _image_bytes(data: bytes | None, stream: Any, size: int | None = None) -> bytes:
-    """An image's bytes, all of them or its first `size` (a JPEG's blocks up to its frame, as a
-    rule), from memory when they are there, else from the open file, left where it was."""
+def _image_bytes(data: bytes | None, stream: Any, size: int) -> bytes:
+    """An image's first `size` bytes (a JPEG's blocks up to its frame, as a rule), from memory
+    when they are there, else from the open file, left where it was."""
     if data is None and isinstance(stream, io.BytesIO):
-        data = stream.getvalue() if size is None else bytes(stream.getbuffer()[:size])
+        data = bytes(stream.getbuffer()[:size])
     if data is not None:
-        return data if size is None else data[:size]
+        return data[:size]
     where = stream.tell()
     stream.seek(0)
-    read = stream.read() if size is None else stream.read(size)
+    read = stream.read(size)
     stream.seek(where)
     return read
+
+
+# A file too large to read whole (WHOLE_FILE_BYTES) has its scans counted a piece of this size at
+# a time.
+SCAN_COUNT_CHUNK_BYTES = 1 << 20
+
+
+def _scan_tally(data: bytes | None, stream: Any) -> tuple[int, int, int]:
+    """jpeg.scan_tally of all an image's bytes, from memory when they are there, else read from
+    the open file a piece at a time (its apparent size may be anything: a sparse file), which is
+    left where it was."""
+    if data is None and isinstance(stream, io.BytesIO):
+        data = stream.getvalue()
+    if data is not None:
+        return jpeg.scan_tally((data,))
+    where = stream.tell()
+    stream.seek(0)
+    try:
+        return jpeg.scan_tally(iter(partial(stream.read, SCAN_COUNT_CHUNK_BYTES), b""))
+    finally:
+        stream.seek(where)
 
 
 def hash_source(

@@ -11,7 +11,7 @@ take, so a hash never depends on which of the two is installed.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,22 +102,39 @@ class Frame:
 UNKNOWN_FRAME = Frame(0xC9, 0, 0, 1, None)
 
 
-def scan_tally(data: bytes, stop_after: int = MAX_SCANS) -> tuple[int, int, int]:
+# The furthest a scan's header is read from its marker: length, component count, two bytes per
+# component (at most 255) and Ss.
+_SCAN_HEADER_REACH = 5 + 2 * 255 + 1
+
+
+def scan_tally(chunks: Iterable[bytes], stop_after: int = MAX_SCANS) -> tuple[int, int, int]:
     """(scans, components held by scans of DC coefficients, components held by AC scans) in a
     JPEG's bytes, or more: a marker cannot appear inside entropy-coded data (a 0xFF byte there is
     followed by 0 or a restart marker), but may inside a metadata block or an embedded
-    thumbnail, which only adds. Stops counting past `stop_after` scans (then already refused)."""
+    thumbnail, which only adds. Stops counting past `stop_after` scans (then already refused).
+
+    `chunks`: the bytes in order, in one piece or as a file is read: a file of any apparent
+    size is counted without holding it whole (1 GiB of zeros after a photo took 1.1 GB)."""
     scans = dc_components = ac_components = 0
-    position = data.find(START_OF_SCAN)
-    while position >= 0 and scans <= stop_after:
-        scans += 1
-        held = max(1, data[position + 4]) if position + 4 < len(data) else 1
-        first = position + 5 + 2 * held  # the scan's first coefficient, Ss
-        if first < len(data) and data[first] > 0:
-            ac_components += held
-        else:
-            dc_components += held
-        position = data.find(START_OF_SCAN, position + 2)
+    window, ended, pieces = b"", False, iter(chunks)
+    while not ended and scans <= stop_after:
+        chunk = next(pieces, None)
+        ended = chunk is None
+        window += chunk or b""
+        position = window.find(START_OF_SCAN)
+        while position >= 0 and scans <= stop_after:
+            if not ended and position + _SCAN_HEADER_REACH > len(window):
+                break  # its header may go on in the next chunk
+            scans += 1
+            held = max(1, window[position + 4]) if position + 4 < len(window) else 1
+            first = position + 5 + 2 * held  # the scan's first coefficient, Ss
+            if first < len(window) and window[first] > 0:
+                ac_components += held
+            else:
+                dc_components += held
+            position = window.find(START_OF_SCAN, position + 2)
+        # Kept for the next chunk: a header not yet whole, or a last 0xFF its marker may follow.
+        window = window[position:] if position >= 0 else window[-1:]
     return scans, dc_components, ac_components
 
 

@@ -35,6 +35,7 @@ from PIL import Image
 from ..core import cache
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
+    WHOLE_FILE_BYTES,
     Hash,
     describe_failure,
     hash_source,
@@ -181,10 +182,11 @@ class Checker:
         return self._answer(name, hashes, max_distance, frame)
 
     def _hash(
-        self, data: bytes, name: str, at_most_pixels: int | None = None
+        self, data: bytes | None, name: str, at_most_pixels: int | None = None
     ) -> tuple[Hash, Hash | None]:
-        """The image's hash, and its mirror image's with --mirror, from one decode."""
-        if not data:
+        """The image's hash, and its mirror image's with --mirror, from one decode (of the file
+        `name` when `data` is None)."""
+        if data is not None and not data:
             raise ImageError(name, "empty file")
         with self.decode_budget.reservation() as reservation:
             def on_header(image: Image.Image) -> None:
@@ -196,9 +198,10 @@ class Checker:
             return hash_source(name, self._store.recipe, self.max_pixels, data=data,
                                mirror=self.mirror, on_header=on_header)
 
-    def _frame(self, data: bytes, name: str) -> Any:
+    def _frame(self, data: bytes | None, name: str) -> Any:
         """The picture as local features see it (stores with features only; None otherwise),
-        decoded outside the lock and within the same decode budget as the hash."""
+        decoded outside the lock and within the same decode budget as the hash (from the file
+        `name` when `data` is None)."""
         if self._features is None:
             return None
         with self.decode_budget.reservation() as reservation:
@@ -518,14 +521,16 @@ def without_path(message: str, path: str) -> str:
     return message
 
 
-def read_regular_file(path: str) -> bytes:
-    """A file's bytes, at most MAX_FILE_BYTES; FIFOs and devices refused without blocking."""
+def read_regular_file(path: str) -> bytes | None:
+    """A file's bytes, or None for one over WHOLE_FILE_BYTES, which is read as it is decoded
+    (held whole, a sparse gigabyte took a gigabyte of memory); at most MAX_FILE_BYTES; FIFOs and
+    devices refused without blocking."""
     try:
         with open_regular_file(path) as stream:
             size = os.fstat(stream.fileno()).st_size
             if size > MAX_FILE_BYTES:
                 raise ImageError(path, f"refused: {size:,} bytes is over the limit of"
                                        f" {MAX_FILE_BYTES:,}")
-            return stream.read()
+            return None if size > WHOLE_FILE_BYTES else stream.read()
     except OSError as error:
         raise ImageError(path, describe_failure(path, error)) from error
