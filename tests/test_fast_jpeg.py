@@ -145,7 +145,10 @@ def test_damaged_jpegs_get_the_same_answer_both_ways(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Truncated, bytes overwritten in the header and in the picture, markers cut out: whatever
-    # Pillow answers (a hash, or a reason), the fast path answers too; no other exception escapes.
+    # Pillow answers (a hash, or a reason), the fast path answers too, but where the data ends
+    # before the picture (a marker written over the picture's data): Pillow keeps libjpeg's
+    # warning to itself and decodes the rest as grey, the fast path says "truncated image". No
+    # other exception escapes.
     buffer = io.BytesIO()
     textured(9, (320, 240)).save(buffer, "JPEG", quality=85)
     original = buffer.getvalue()
@@ -167,4 +170,38 @@ def test_damaged_jpegs_get_the_same_answer_both_ways(
         path = tmp_path / f"damaged-{number}.jpg"
         path.write_bytes(data)
         fast, slow = both_ways(str(path), Recipe(), monkeypatch)
-        assert fast == slow, number
+        if fast != slow:
+            assert fast == ("error", "truncated image") and slow[0] != "error", number
+            with pytest.raises(jpeg.CutShort):
+                jpeg.decode_luma(data, (320, 240))
+
+
+def test_a_jpeg_cut_short_is_truncated_even_closed_by_an_end_marker(tmp_path: Path) -> None:
+    """A JPEG cut short was refused as "truncated image", but the same bytes closed by an EOI
+    marker were hashed: libjpeg says "premature end of data segment", fills the rest of the
+    picture with grey, and the hash matched nothing. So was a header claiming far more picture
+    than its data holds. Both decodes the fast decoder makes say so: the plain JPEG's, and the
+    one within Pillow's opening of a JPEG holding EXIF."""
+    buffer = io.BytesIO()
+    textured(9, (320, 240)).save(buffer, "JPEG", quality=85)
+    plain = buffer.getvalue()
+    buffer = io.BytesIO()
+    textured(9, (320, 240)).save(buffer, "JPEG", quality=85, exif=Image.Exif())
+    with_exif = buffer.getvalue()
+    frame = plain.index(b"\xff\xc0")
+    claiming_more = bytearray(plain)
+    claiming_more[frame + 5 : frame + 9] = (9999).to_bytes(2, "big") + (10000).to_bytes(2, "big")
+    damaged = [original[: len(original) // cut] + b"\xff\xd9"
+               for original in (plain, with_exif) for cut in (2, 10)] + [bytes(claiming_more)]
+    for number, data in enumerate(damaged):
+        path = tmp_path / f"cut-{number}.jpg"
+        path.write_bytes(data)
+        assert outcome(str(path), Recipe()) == ("error", "truncated image"), number
+        assert outcome("upload", Recipe(), data=data) == ("error", "truncated image"), number
+    # Bytes between the picture's data and its end marker leave the picture whole (libjpeg's
+    # "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9", common in cameras' files).
+    original = tmp_path / "original.jpg"
+    original.write_bytes(plain)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(plain[:-2] + b"\x00\x12\x34\xff\xd9")
+    assert outcome(str(padded), Recipe()) == outcome(str(original), Recipe())

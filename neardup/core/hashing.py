@@ -342,7 +342,10 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
     width, height = size
     cells = grid_size(recipe, size)
     scale = decode_scale(size, cells, recipe)
-    pixels = jpeg.decode_luma(data, (-(-width // scale), -(-height // scale)))
+    try:
+        pixels = jpeg.decode_luma(data, (-(-width // scale), -(-height // scale)))
+    except jpeg.CutShort:
+        return None  # Pillow's path refuses it with the reason
     if pixels is None:
         return None
     return sampling.grid(pixels, (width / scale, height / scale), cells)
@@ -741,7 +744,8 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
         if unsupported:
             return f"unsupported format: {unsupported}"
         return "not an image, or a format Pillow cannot read"
-    if isinstance(error, OSError) and "truncated" in str(error):
+    if isinstance(error, jpeg.CutShort) or (isinstance(error, OSError)
+                                            and "truncated" in str(error)):
         return "truncated image"
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         # The system's error, not the decoder's (Pillow's carry no errno): a link loop, a name

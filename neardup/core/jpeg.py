@@ -5,7 +5,8 @@ output (accurate integer IDCT, luma taken as it is stored), so they give the sam
 scale; a test holds them equal. simplejpeg goes straight from the bytes to a numpy array, without
 Pillow's Python decode loop and its copy into an array: on 300 x 200 CALTECH-101 photos it halves
 the decode (bench/index_speed.py). Pillow remains the decoder for everything this path does not
-take, so a hash never depends on which of the two is installed.
+take, so a hash never depends on which of the two is installed; only a JPEG whose data ends
+before its picture does is refused here (libjpeg's warning, which Pillow does not report).
 """
 
 from __future__ import annotations
@@ -235,10 +236,22 @@ def plain_size(data: bytes) -> tuple[tuple[int, int], Frame] | None:
     return (width, height), frame or UNKNOWN_FRAME
 
 
+class CutShort(ValueError):
+    """The JPEG's data ends before its picture does."""
+
+
+# libjpeg's warnings that the data ends before the picture: a file cut short and closed by an EOI
+# marker, or a header claiming more picture than its data holds. libjpeg decodes the rest as
+# grey, and Pillow, which keeps libjpeg's warnings to itself, hashes that. Other warnings ("N
+# extraneous bytes before marker", common in cameras' files) leave the picture whole.
+_CUT_SHORT_WARNINGS = ("premature end of data segment", "Premature end of JPEG file")
+
+
 def decode_luma(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
     """The JPEG's grayscale pixels at `size` (width, height: the full size divided by 1, 2, 4 or 8
-    and rounded up, as libjpeg scales), or None when simplejpeg finds anything wrong with the
-    data (strict: libjpeg's warnings too) or decodes another size."""
+    and rounded up, as libjpeg scales), or None when simplejpeg finds anything else wrong with
+    the data (strict: libjpeg's warnings too) or decodes another size. Raises CutShort when the
+    data ends before the picture does."""
     if simplejpeg is None:
         return None
     width, height = size
@@ -246,7 +259,9 @@ def decode_luma(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
         # The smallest of libjpeg's scales keeping at least this size is the one asked for.
         pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=width,
                                         min_height=height, strict=True)
-    except ValueError:  # simplejpeg's every decoding error
+    except ValueError as error:  # simplejpeg's every decoding error
+        if any(warning in str(error) for warning in _CUT_SHORT_WARNINGS):
+            raise CutShort(str(error)) from error
         return None
     if pixels.shape[:2] != (height, width):
         return None
@@ -260,7 +275,8 @@ def decode_gray(image: Image.Image, stream: Any) -> np.ndarray | None:
     `image` is the opened, not yet loaded, Pillow image (its size the drafted one); `stream` what
     it was opened from. None when simplejpeg is missing, the data is not in memory, the JPEG is
     not a luma one, or simplejpeg finds anything wrong with it: Pillow then decodes it and reports
-    its own error, so a damaged file gets the same answer either way.
+    its own error, so a damaged file gets the same answer either way; but CutShort is raised
+    where the data ends before the picture does (Pillow would decode the rest as grey).
     """
     if simplejpeg is None or image.format != "JPEG" or image.mode != "L":
         return None
