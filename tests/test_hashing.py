@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from neardup.core.hashing import (
     grid_size,
     hash_file,
     hash_file_and_mirror,
+    hash_source,
     open_image,
     scale_boundaries,
     upright_grid,
@@ -323,6 +325,24 @@ class TestRefusals:
                 hash_file(str(path), Recipe())
             assert reason in caught.value.reason, (path, caught.value.reason)
             assert str(caught.value).startswith(str(path))
+
+    def test_a_jpeg_cut_anywhere_in_its_blocks_is_a_truncated_image(self) -> None:
+        """Cut inside a block, it was "cannot decode image (OSError: Truncated File Read)";
+        between two blocks, "cannot decode image (OSError: cannot load this image)"; past its
+        first scan's start, "truncated image". From its second block on (before it, no reader
+        knows it for a JPEG) it is one reason."""
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        buffer = io.BytesIO()
+        textured(1, (200, 150)).save(buffer, "JPEG", quality=90, exif=exif)
+        whole = buffer.getvalue()
+        second_block = 4 + int.from_bytes(whole[4:6], "big")
+        reasons = {}
+        for length in range(second_block, whole.index(b"\xff\xda") + 40):
+            with pytest.raises(ImageError) as caught:
+                hash_source("upload", Recipe(), data=whole[:length])
+            reasons.setdefault(caught.value.reason, length)
+        assert reasons.keys() == {"truncated image"}, reasons
 
     def test_pixel_limit_refuses_before_decoding(self, tmp_path: Path) -> None:
         path = save(textured(2, (400, 300)), str(tmp_path / "big.png"))

@@ -586,7 +586,7 @@ def open_image(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
                 )
             if image.format in ("JPEG", "MPO"):  # (an MPO: more pictures after the first)
-                frame = jpeg.frame_header(_image_bytes(data, stream, 1 << 20)) or jpeg.UNKNOWN_FRAME
+                frame = jpeg.frame_header(_image_bytes(data, stream, HEADER_BYTES)) or jpeg.UNKNOWN_FRAME
                 refusal = (frame.decoding_refusal(_scan_tally(data, stream), width, height)
                            if frame.needs_scan_count() else None)
                 if refusal is not None:
@@ -596,14 +596,19 @@ def open_image(
             if read_pixels is None or not read_pixels(image, stream):
                 image.load()
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
+        reason = None
+        # Pillow's reason for a JPEG cut inside its blocks depends on where the cut falls (its
+        # errors carry no errno; a read error's does).
+        if isinstance(error, OSError) and error.errno is None and _cut_in_jpeg_blocks(data, stream):
+            reason = "truncated image"
         if image is not None:
             image.close()
         if stream is not None:
             stream.close()
         if isinstance(error, ImageError):
             raise
-        head = None if data is None else data[:32]
-        raise ImageError(path, describe_failure(path, error, head)) from error
+        reason = reason or describe_failure(path, error, None if data is None else data[:32])
+        raise ImageError(path, reason) from error
     try:
         yield image
     finally:
@@ -626,6 +631,10 @@ def picture_size(path: str) -> tuple[int, int] | None:
         return None
 
 
+# What is read of a JPEG to walk its blocks up to its first scan.
+HEADER_BYTES = 1 << 20
+
+
 def _image_bytes(data: bytes | None, stream: Any, size: int) -> bytes:
     """An image's first `size` bytes (a JPEG's blocks up to its frame, as a rule), from memory
     when they are there, else from the open file, left where it was."""
@@ -638,6 +647,18 @@ def _image_bytes(data: bytes | None, stream: Any, size: int) -> bytes:
     read = stream.read(size)
     stream.seek(where)
     return read
+
+
+def _cut_in_jpeg_blocks(data: bytes | None, stream: Any) -> bool:
+    """Whether the image is a whole JPEG file that ends inside its blocks, before its first scan
+    (jpeg.header_cut_short)."""
+    if stream is None:
+        return False
+    try:
+        opening = _image_bytes(data, stream, HEADER_BYTES)
+    except (OSError, ValueError):  # unreadable, or closed by the decoder
+        return False
+    return len(opening) < HEADER_BYTES and jpeg.header_cut_short(opening)
 
 
 # A file too large to read whole (WHOLE_FILE_BYTES) has its scans counted a piece of this size at
@@ -745,7 +766,7 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
             return f"unsupported format: {unsupported}"
         return "not an image, or a format Pillow cannot read"
     if isinstance(error, jpeg.CutShort) or (isinstance(error, OSError)
-                                            and "truncated" in str(error)):
+                                            and "truncated" in str(error).lower()):
         return "truncated image"
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         # The system's error, not the decoder's (Pillow's carry no errno): a link loop, a name

@@ -145,6 +145,26 @@ def frame_header(data: bytes) -> Frame | None:
     return _header(data)[1]
 
 
+def header_cut_short(data: bytes) -> bool:
+    """Whether these bytes, a whole file, begin a JPEG and end inside its blocks before its first
+    scan does (Pillow then says "Truncated File Read", "cannot load this image" or not an image,
+    by where the cut falls)."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    following = 2  # where the block after the last one walked over begins
+    for position, marker in _blocks(data):
+        if marker in (SOS, 0xD8, 0xD9):
+            return False
+        if marker in _BARE_MARKERS:
+            following = position + 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if length < 2:
+            return False  # damaged, not cut
+        following = position + 2 + length
+    return following + 4 > len(data)
+
+
 def available() -> bool:
     """Whether the fast decoder is installed."""
     return simplejpeg is not None
