@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 from PIL import Image
 
 from neardup.cli import index as index_cli
+from neardup.core import indexing
+from neardup.core.discovery import FoundFile, walk_images
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.indexing import index_folder
 from neardup.core.store import Store
@@ -202,6 +206,62 @@ def committed_count(store: Path) -> int:
             return connection.execute("SELECT COUNT(*) FROM neardup_files").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+class HeldFile(FoundFile):
+    """A file whose worker stays busy with it until a marker file exists (or RELEASE_TIMEOUT
+    passes), as with a huge image or a slow disk: it is held when the worker receives it."""
+
+    __slots__ = ()
+    release: str = ""  # set on the class by the test: the marker's absolute path
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (_received_when_released, (HeldFile.release, *dataclasses.astuple(self)))
+
+
+RELEASE_TIMEOUT = 5.0
+
+
+def _received_when_released(release: str, *fields: object) -> FoundFile:
+    deadline = time.monotonic() + RELEASE_TIMEOUT
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return FoundFile(*fields)  # type: ignore[arg-type]
+
+
+def test_a_slow_file_holds_back_no_commit(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two workers, one busy on a slow file: the other's files are committed while it is
+    (they came back in the order sent, so nothing was committed until the slow file was done,
+    and then only when another result arrived after BATCH_SECONDS)."""
+    make_tree("images", 12)
+    monkeypatch.setattr(indexing, "BATCH_SECONDS", 0.1)
+    monkeypatch.setattr(HeldFile, "release", str(in_tmp / "release"))
+
+    def first_file_held(root: str) -> list[object]:
+        entries = list(walk_images(root))
+        entries[0] = HeldFile(*dataclasses.astuple(entries[0]))
+        return entries
+
+    monkeypatch.setattr(indexing, "walk_images", first_file_held)
+    seen_while_held: list[int] = []
+    finished = threading.Event()
+
+    def release_once_the_others_are_committed() -> None:
+        while not finished.is_set() and not Path(HeldFile.release).exists():
+            seen_while_held.append(committed_count(in_tmp / "db.shelve"))
+            if seen_while_held[-1] == 11:
+                Path(HeldFile.release).touch()
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=release_once_the_others_are_committed)
+    watcher.start()
+    try:
+        summary = index_folder("images", "db.shelve", Recipe(), jobs=2, batch_size=500)
+    finally:
+        finished.set()
+        watcher.join()
+    assert summary.indexed == 12 and committed_count(in_tmp / "db.shelve") == 12
+    assert max(seen_while_held) == 11, "the other files waited for the slow one"
 
 
 def test_kill_9_at_random_points_loses_no_committed_batch(in_tmp: Path) -> None:

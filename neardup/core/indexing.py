@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -424,21 +425,8 @@ def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hashe
     def hash_locally(
         files: list[FoundFile], recipe: Recipe, max_pixels: int
     ) -> Iterator[list[HashOutcome]]:
-        group: list[HashOutcome] = []
-        last = time.monotonic()
-        try:
-            for outcome in hash_files(files, recipe, jobs=jobs, max_pixels=max_pixels,
-                                      features=features):
-                group.append(outcome)
-                if len(group) >= batch_size or time.monotonic() - last > BATCH_SECONDS:
-                    yield group
-                    group, last = [], time.monotonic()
-        except WorkerDied:
-            if group:
-                yield group  # what was hashed before is written
-            raise
-        if group:
-            yield group
+        return hash_in_groups(files, recipe, jobs=jobs, max_pixels=max_pixels, features=features,
+                              group_size=batch_size, group_seconds=BATCH_SECONDS)
 
     return hash_locally
 
@@ -449,11 +437,39 @@ def hash_files(
 ) -> Iterator[HashOutcome]:
     """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
     completion order."""
+    for group in hash_in_groups(files, recipe, jobs=jobs, max_pixels=max_pixels,
+                                features=features):
+        yield from group
+
+
+# Chunks sent to the pool ahead of those being hashed, per worker: enough that no worker waits for
+# its next files, few enough that a million files are not held as futures at once.
+CHUNKS_AHEAD_PER_WORKER = 2
+# The most files one task hashes. A task per file halved the throughput on small photos (a task's
+# round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
+# together, so the files sent with a slow one wait for it (16 did as well as 64).
+MAX_CHUNK = 16
+
+
+def hash_in_groups(
+    files: Sequence[FoundFile], recipe: Recipe, *, jobs: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
+    group_size: int = 1, group_seconds: float | None = None,
+) -> Iterator[list[HashOutcome]]:
+    """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
+    completion order, in groups of at most group_size. A group also ends group_seconds after the
+    last one, whether a file completes then or not: a worker busy on one slow file holds back
+    nothing the others hashed."""
     workers = jobs if jobs > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(files)))
     if workers == 1:
-        for item in files:
-            yield _hash_one(item, recipe, max_pixels, features)
+        remaining = iter(files)
+
+        def next_file_hashed(_timeout: float | None) -> list[HashOutcome] | None:
+            item = next(remaining, None)
+            return None if item is None else [_hash_one(item, recipe, max_pixels, features)]
+
+        yield from _in_groups(next_file_hashed, group_size, group_seconds)
         return
     # forkserver: workers start from a clean process, never a fork of one holding threads or a
     # database connection.
@@ -464,18 +480,42 @@ def hash_files(
     # process's fork server is already running.) Not neardup itself: see _workers_import_ours.
     context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
     _quiet_resource_tracker()
-    chunk = max(1, min(64, len(files) // (workers * 8)))
     # concurrent.futures rather than multiprocessing.Pool: a worker killed (by the kernel when
     # memory runs out, say) breaks the pool and says so, where Pool replaced the worker and
     # waited for the lost files' results for ever, holding the store's lock.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker,
         initargs=(recipe, max_pixels, features))
+    chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
+    unsent = iter(files)
+    running: set[concurrent.futures.Future[list[HashOutcome]]] = set()
+
+    def send() -> None:
+        ahead = workers * CHUNKS_AHEAD_PER_WORKER - len(running)
+        for _ in range(ahead):
+            items = list(itertools.islice(unsent, chunk))
+            if not items:
+                return
+            running.add(pool.submit(_hash_in_worker, items))
+
+    def next_hashed(timeout: float | None) -> list[HashOutcome] | None:
+        nonlocal running
+        send()  # on a broken pool this raises, after the last call's outcomes were taken
+        if not running:
+            return None
+        done, running = concurrent.futures.wait(
+            running, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        failed = {future for future in done if future.exception() is not None}
+        if failed and failed == done:
+            next(iter(failed)).result()  # raises what the worker raised, or BrokenProcessPool
+        running |= failed  # raised on the next call, once the outcomes beside it are taken
+        return [outcome for future in done - failed for outcome in future.result()]
+
     try:
         with _workers_without_the_callers_script(), _workers_import_ours():
-            # Submitting starts the workers, all of them at once.
-            outcomes = pool.map(_hash_in_worker, files, chunksize=chunk)
-        yield from outcomes
+            # Each submission starts a worker until all have started: at least `workers` here.
+            send()
+        yield from _in_groups(next_hashed, group_size, group_seconds)
     except concurrent.futures.process.BrokenProcessPool:
         raise WorkerDied(
             "a worker process died while hashing (killed, or out of memory?); what was hashed"
@@ -483,6 +523,35 @@ def hash_files(
             " or a lower --max-pixels, if memory ran out)") from None
     finally:
         _stop_workers(pool)
+
+
+def _in_groups(
+    next_hashed: Callable[[float | None], list[HashOutcome] | None], size: int,
+    seconds: float | None,
+) -> Iterator[list[HashOutcome]]:
+    """The outcomes next_hashed gives (waiting at most the timeout it is passed; None once every
+    file is done) in groups of at most `size`, a group ending `seconds` after the last."""
+    group: list[HashOutcome] = []
+    due = None if seconds is None else time.monotonic() + seconds
+    try:
+        while (outcomes := next_hashed(
+                None if due is None else max(0.0, due - time.monotonic()))) is not None:
+            group.extend(outcomes)
+            if len(group) < size and (due is None or time.monotonic() < due):
+                continue
+            while len(group) >= size:
+                yield group[:size]
+                del group[:size]
+            if group and due is not None and time.monotonic() >= due:
+                yield group
+                group = []
+            due = None if seconds is None else time.monotonic() + seconds
+    except concurrent.futures.process.BrokenProcessPool:
+        if group:
+            yield group  # what was hashed before is written
+        raise
+    if group:
+        yield group
 
 
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -617,9 +686,9 @@ class _SilentOnceOrphaned:
         return getattr(self._stream, name)
 
 
-def _hash_in_worker(item: FoundFile) -> HashOutcome:
+def _hash_in_worker(items: list[FoundFile]) -> list[HashOutcome]:
     assert _worker_settings is not None
-    return _hash_one(item, *_worker_settings)
+    return hash_partition(items, *_worker_settings)
 
 
 def hash_partition(
