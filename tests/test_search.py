@@ -101,6 +101,26 @@ class TestSearchCommand:
             query, distance, path = line.split("\t")
             assert distance == "0" and query.endswith(path.removeprefix("images/cat1/"))
 
+    @pytest.mark.parametrize("as_json", [False, True])
+    def test_a_query_folder_holding_no_image_is_an_error(
+        self, indexed: Path, capsys: pytest.CaptureFixture, as_json: bool
+    ) -> None:
+        """It printed nothing and exited 1, as if no copy had been found."""
+        Path("empty").mkdir()
+        Path("notes").mkdir()
+        Path("notes/readme.txt").write_text("hi\n")
+        json_flag = ["--json"] if as_json else []
+        code = search_cli.main(["-s", "db.shelve", "-q", "empty", "-q", "notes", *json_flag])
+        captured = capsys.readouterr()
+        assert code == 2
+        assert captured.err == ("search.py: empty: holds no images\n"
+                                "search.py: notes: holds no images\n")
+        if as_json:
+            assert json.loads(captured.out) == [{"query": "empty", "error": "holds no images"},
+                                                {"query": "notes", "error": "holds no images"}]
+        else:
+            assert captured.out == ""
+
     def test_unreadable_query_is_reported_and_the_rest_answered(
         self, indexed: Path, capsys: pytest.CaptureFixture
     ) -> None:

@@ -206,14 +206,18 @@ def positive_float(text: str) -> float:
 
 
 def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
-    """Query files in order (folders walked recursively) and the entries that could not be read."""
+    """Query files in order (folders walked recursively) and the entries that could not be read;
+    a folder holding no image is one of those (answering nothing, it passed for "no match")."""
     paths: list[str] = []
     problems: list[QueryResult] = []
     for query in queries:
         if not os.path.isdir(query):
             paths.append(query)
             continue
-        for entry in walk_images(query):
+        entries = list(walk_images(query))
+        if not entries:
+            problems.append(QueryResult(query, error="holds no images"))
+        for entry in entries:
             if isinstance(entry, Skipped):
                 problems.append(QueryResult(entry.path, error=entry.reason))
             else:
