@@ -694,7 +694,7 @@ def _hash_in_worker(items: list[FoundFile]) -> list[HashOutcome]:
 def hash_partition(
     files: list[FoundFile], recipe: Recipe, max_pixels: int, features: bool = False
 ) -> list[HashOutcome]:
-    """Hash a list of files in this process (a cluster worker's task)."""
+    """Hash a list of files in this process (a task of a local pool's worker or a cluster's)."""
     return [_hash_one(item, recipe, max_pixels, features) for item in files]
 
 
