@@ -20,7 +20,8 @@ from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
 from ..errors import NeardupError, StoreError
 from . import require
-from .extract import FeatureRecipe, FeatureSet, enlarged_features, query_features
+from .extract import (FeatureRecipe, FeatureSet, enlarged_features, query_features,
+                      sharpened_features)
 from .index import FeatureIndex
 from .verify import Verdict, descriptor_index, verify
 
@@ -124,7 +125,8 @@ class VerifiedSearch:
         hash_of |= self.store.hashes_of_paths([path for path in found if path not in hash_of])
         answers_out: list[tuple[Match, Verdict]] = []
         indexes = [descriptor_index(look) for look in looks]
-        enlarged = _Enlarged(frame)
+        enlarged = _LaterLooks(frame, enlarged_features)
+        sharpened = _LaterLooks(frame, sharpened_features)
         refused_in_a_row = 0
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
@@ -134,11 +136,14 @@ class VerifiedSearch:
                 continue
             first = found_by_look.get(path, 0)  # the look that found it, first
             order = [first, *range(first), *range(first + 1, len(looks))]
-            # Enlarged looks for the hash's candidates only: what a smaller copy of the same
-            # photo is (its hash barely moves). Offered a feature candidate too, they verified
-            # small copies of a face against other photographs of the same woman.
+            # Enlarged and sharpened looks for the hash's candidates only: what a smaller or a
+            # blurred copy of the same photo is (its hash barely moves). Offered a feature
+            # candidate too, enlarged looks verified small copies of a face against other
+            # photographs of the same woman.
+            by_hash = "hash" in how
             verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
-                                    stored[path], enlarged if "hash" in how else None)
+                                    stored[path], enlarged if by_hash else None,
+                                    sharpened if by_hash else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = hash_of.get(path, "")
@@ -153,56 +158,67 @@ class VerifiedSearch:
 # Refusals before the pictures are compared: no transform between them was found. Only then is
 # an enlarged look of a small query asked (extract.ENLARGED_BELOW), and only against a stored
 # picture at least ENLARGED_FOR times its size: what the enlarging is for (a picture of the
-# query's own size gains nothing from it). A picture whose keypoints aligned and was refused for
-# how it looks gets no second chance from a blurred enlargement: verification is the only test
-# against look-alikes.
+# query's own size gains nothing from it); then a sharpened look (extract.SHARPEN_SIGMA). A
+# picture whose keypoints aligned and was refused for how it looks gets no second chance from
+# another look: verification is the only test against look-alikes.
 GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no transform",
                                 "implausible scale", "too few inliers"))
 ENLARGED_FOR = 1.15
 
 
-class _Enlarged:
-    """A small query's enlarged looks with their descriptor indexes, made when first asked for
-    (most verifications never need them)."""
+class _LaterLooks:
+    """More looks of a query (enlarged, sharpened) with their descriptor indexes, made when first
+    asked for (most verifications never need them)."""
 
-    def __init__(self, frame: np.ndarray) -> None:
+    def __init__(self, frame: np.ndarray, make: Callable[[np.ndarray], list[FeatureSet]]) -> None:
         self._frame: np.ndarray | None = frame
+        self._make = make
         self._looks: list[tuple[FeatureSet, Any]] = []
 
     def __call__(self) -> list[tuple[FeatureSet, Any]]:
         if self._frame is not None:
-            self._looks = [(look, descriptor_index(look))
-                           for look in enlarged_features(self._frame)]
+            self._looks = [(look, descriptor_index(look)) for look in self._make(self._frame)]
             self._frame = None
         return self._looks
 
 
 def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
-                  enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None) -> Verdict:
+                  enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
+                  sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None) -> Verdict:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
     that verifies, else the look with most inliers: a mirrored copy costs one verification.
-    Each look comes with its descriptor_index(). The `enlarged` looks of a small query are asked
-    only when no look aligned with the stored picture and it is ENLARGED_FOR times the query's
-    size or more."""
+    Each look comes with its descriptor_index(). While no look has aligned with the stored
+    picture, the `enlarged` looks of a small query are asked when the stored picture is
+    ENLARGED_FOR times the query's size or more, then the `sharpened` look."""
     best: Verdict | None = None
     aligned = False
     query_side = 0
-    for look, index in looks:
-        query_side = max(query_side, look.width, look.height)
-        verdict = verify(look, stored, index)
-        if verdict.verified:
-            return verdict
+
+    def tried(verdict: Verdict) -> bool:
+        nonlocal best, aligned
         aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
         if best is None or verdict.inliers > best.inliers:
             best = verdict
+        return verdict.verified
+
+    for look, index in looks:
+        query_side = max(query_side, look.width, look.height)
+        verdict = verify(look, stored, index)
+        if tried(verdict):
+            return verdict
+    later: list[tuple[FeatureSet, Any]] = []
     if enlarged is not None and not aligned and (
             max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
-        for look, index in enlarged():
+        later = enlarged()
+    for look, index in later:
+        verdict = verify(look, stored, index)
+        if tried(verdict):
+            return verdict
+    if sharpened is not None and not aligned:
+        for look, index in sharpened():
             verdict = verify(look, stored, index)
-            if verdict.verified:
+            if tried(verdict):
                 return verdict
-            if best is None or verdict.inliers > best.inliers:
-                best = verdict
     assert best is not None
     return best
 
