@@ -20,8 +20,7 @@ from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
 from ..errors import NeardupError, StoreError
 from . import require
-from .extract import (FeatureRecipe, FeatureSet, enlarged_features, query_features,
-                      sharpened_features)
+from .extract import FeatureRecipe, FeatureSet, enlarged_features, query_features, sharpened_features
 from .index import FeatureIndex
 from .verify import Verdict, descriptor_index, verify
 
