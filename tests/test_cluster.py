@@ -161,3 +161,36 @@ def test_distributeds_own_log_lines_are_quiet_while_the_client_runs(
         for name in names:
             assert not logging.getLogger(name).isEnabledFor(logging.ERROR), name
     assert {name: logging.getLogger(name).getEffectiveLevel() for name in names} == before
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("http://127.0.0.1:8786", "unknown address scheme 'http' (Dask's are tcp://, tls://, ucx://,"
+                               " ws://, wss://)"),
+    ("tls://127.0.0.1:8786", "tls:// needs Dask's TLS settings (distributed.comm.tls in the Dask"
+                             " configuration), and there are none"),
+    ("tcp://127.0.0.1:abc", "the port 'abc' is not a number"),
+    ("tcp://[::1", "invalid address '[::1'; maybe: ipv6 needs brackets like [::1]"),
+    ("inproc://x", "inproc:// addresses are inside one process; give the scheduler's"
+                   " tcp://HOST:PORT"),
+    ("tcp://127.0.0.1", "missing port number in address '127.0.0.1'"),
+    ("tcp://127.0.0.1:99999", "the port 99999 is out of range"),
+])
+def test_a_malformed_scheduler_address_is_one_line(
+        in_tmp: Path, capsys: pytest.CaptureFixture, address: str, reason: str) -> None:
+    """A review: each of these printed a 40-line traceback from Dask's address parsing, exit 1."""
+    make_tree("images", 2)
+    code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--scheduler", address,
+                           "--connect-timeout", "2"])
+    assert code == 2
+    assert capsys.readouterr().err == f"index.py: error: --scheduler {address}: {reason}\n"
+    assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
+
+
+def test_an_empty_scheduler_address_is_refused(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: --scheduler "$SCHED" with the variable unset indexed locally without a word."""
+    make_tree("images", 2)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--scheduler", ""]) == 2
+    assert capsys.readouterr().err == (
+        "index.py: error: --scheduler is empty (an unset variable?): give the scheduler's"
+        " address, tcp://HOST:PORT\n")
+    assert not os.path.exists("db.shelve")

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    "progress": not args.quiet and sys.stderr.isatty(),
                    "report": lambda line: warn(PROG, line), "features": args.features,
                    "allow_mass_removal": args.allow_mass_removal}
-        if args.scheduler or args.local_cluster:
+        if on_cluster(args):
             with connect(args.scheduler, args.local_cluster, args.connect_timeout,
                          features=args.features,
                          report=lambda line: warn(PROG, line)) as client:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if summary.refusal:
             return EXIT_REFUSED
-        if (args.scheduler or args.local_cluster) and summary.missing_there:
+        if on_cluster(args) and summary.missing_there:
             # The workers did not find files that are here: they do not see the folder.
             files = "1 file" if summary.missing_there == 1 else f"{summary.missing_there} files"
             kept = "; stored entries of such files were kept" if summary.kept else ""
@@ -126,9 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, body, "every committed batch is kept; run again to finish")
 
 
+def on_cluster(args: argparse.Namespace) -> bool:
+    """Whether the run hashes on a Dask cluster (an empty --scheduler is refused, not local)."""
+    return args.scheduler is not None or bool(args.local_cluster)
+
+
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse, in one line, options that would do nothing with the hashing place asked for."""
-    on_cluster = "--scheduler" if args.scheduler else "--local-cluster" if args.local_cluster else ""
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise NeardupError("--scheduler is empty (an unset variable?): give the scheduler's"
+                           " address, tcp://HOST:PORT")
+    on_cluster = ("--scheduler" if args.scheduler is not None
+                  else "--local-cluster" if args.local_cluster else "")
     if on_cluster:
         for dest, flag in (("jobs", "--jobs"), ("batch_size", "--batch-size")):
             if dest in given:

@@ -96,6 +96,7 @@ def connect(
             cluster.close()
         return
     address = scheduler or ""
+    check_scheduler_address(address)
     try:
         with _dask_warnings(report):
             client = distributed.Client(address, timeout=f"{timeout_seconds}s")
@@ -115,6 +116,38 @@ def connect(
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse, in one line naming it, an address Dask could not connect to: it raised a 40-line
+    traceback from its address parsing (an http:// URL, a port that is not a number), or from
+    deep in its TLS code for tls:// without TLS settings."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import backends
+    from distributed.security import Security
+
+    def refuse(reason: str) -> NeardupError:
+        return NeardupError(f"--scheduler {address}: {reason}")
+
+    scheme, location = parse_address(address)  # splits at "://", tcp without one
+    if scheme not in backends:
+        schemes = ", ".join(f"{name}://" for name in sorted(backends) if name != "inproc")
+        raise refuse(f"unknown address scheme {scheme!r} (Dask's are {schemes})")
+    if scheme == "inproc":
+        raise refuse("inproc:// addresses are inside one process; give the scheduler's"
+                     " tcp://HOST:PORT")
+    if scheme in ("tls", "wss") and Security().get_connection_args("client")["ssl_context"] is None:
+        raise refuse(f"{scheme}:// needs Dask's TLS settings (distributed.comm.tls in the Dask"
+                     " configuration), and there are none")
+    try:
+        _, port = get_address_host_port(address)
+    except ValueError as error:
+        port_text = location.rpartition(":")[2]
+        if "invalid literal for int()" in str(error):
+            raise refuse(f"the port {port_text!r} is not a number") from None
+        raise refuse(_first_line(error)) from None
+    if not 0 < port < 65536:
+        raise refuse(f"the port {port} is out of range")
 
 
 # distributed's loggers that write to standard error while the client runs: every one of its
