@@ -194,3 +194,12 @@ def test_an_empty_scheduler_address_is_refused(in_tmp: Path, capsys: pytest.Capt
         "index.py: error: --scheduler is empty (an unset variable?): give the scheduler's"
         " address, tcp://HOST:PORT\n")
     assert not os.path.exists("db.shelve")
+
+
+def test_a_file_url_is_decoded_for_the_workers(in_tmp: Path) -> None:
+    """A review: Path.as_uri() of a folder with a space reached the workers percent-encoded."""
+    make_tree("my photos", 4)
+    assert index_cli.main(["-d", Path("my photos").absolute().as_uri(), "-s", "dask.shelve", "-q",
+                           "--local-cluster", "1"]) == 0
+    assert index_cli.main(["-d", "my photos", "-s", "local.shelve", "-q", "-j", "1"]) == 0
+    assert buckets("dask.shelve") == buckets("local.shelve")

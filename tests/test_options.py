@@ -270,3 +270,21 @@ def test_only_a_broken_standard_output_is_silent(tmp_path: Path) -> None:
         reader.stdout.close()  # as `| head -1` does
         assert reader.stderr.read() == b""
         assert reader.wait(timeout=30) == 2
+
+
+def test_file_urls_name_the_folder_on_this_machine(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: Path.as_uri() of a folder with a space (percent-encoded) and file://localhost/
+    were "not a folder", and a local run refused every file:// URL the README says works."""
+    from .imagegen import make_tree
+
+    make_tree("my photos", 2)
+    folder = Path("my photos").absolute()
+    for number, url in enumerate((folder.as_uri(), f"file://localhost{folder}")):
+        assert index_cli.main(["-d", url, "-s", f"db{number}.shelve", "-q", "-j", "1"]) == 0, url
+        assert "indexed 2," in capsys.readouterr().out
+    assert index_cli.main(["-d", "file://elsewhere/photos", "-s", "other.shelve", "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "index.py: error: file://elsewhere/photos: a file:// URL of another host (elsewhere);"
+        " give the folder as this machine sees it\n")
+    assert not os.path.exists("other.shelve")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..api import index_folder
+from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE
 from ..core.results import shown_path
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
                                        **options)
         else:
-            summary = index_folder(args.dataset, args.shelve, jobs=args.jobs,
+            summary = index_folder(dataset_folder(args.dataset), args.shelve, jobs=args.jobs,
                                    batch_size=args.batch_size, **options)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if summary.refusal:

@@ -10,13 +10,31 @@ from __future__ import annotations
 
 import os
 import stat
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 from PIL import Image
 
+from ..errors import NeardupError
 from .hashing import readable_formats
+
+
+def dataset_folder(dataset: str) -> str:
+    """The folder a --dataset names: a path as given, or a file:// URL of this machine, decoded
+    (Path.as_uri() writes a space as %20; file://localhost/ is this machine too)."""
+    if not dataset.startswith("file://"):
+        return dataset
+    url = urllib.parse.urlsplit(dataset)
+    if url.netloc not in ("", "localhost"):
+        raise NeardupError(f"{dataset}: a file:// URL of another host ({url.netloc}); give the"
+                           " folder as this machine sees it")
+    if url.query or url.fragment:
+        raise NeardupError(f"{dataset}: a file:// URL with a ? or # (write them %3F and %23 in"
+                           " a folder's name)")
+    # File names need not be UTF-8: percent-encoded bytes come back as they were.
+    return urllib.parse.unquote(url.path, errors="surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import __version__
-from ..core.discovery import FoundFile
+from ..core.discovery import FoundFile, dataset_folder
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
 from ..errors import NeardupError, command, install_hint
@@ -330,8 +330,7 @@ def _cluster_failure(distributed: Any, error: BaseException) -> BaseException:
 
 def worker_paths(dataset: str) -> str:
     """The dataset folder as workers will read it: local paths and file:// URLs only."""
-    if dataset.startswith("file://"):
-        return dataset.removeprefix("file://")
-    if "://" in dataset:
+    folder = dataset_folder(dataset)
+    if "://" in folder and folder == dataset:
         raise NeardupError(f"{dataset}: only local folders and file:// URLs are supported")
-    return os.path.abspath(dataset)
+    return os.path.abspath(folder)
