@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import logging
 import os
 import threading
@@ -45,7 +46,8 @@ _VERSION_PROBE = (
     " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
 )
 # Which of the features extra's modules a worker cannot import (a list, empty when it has both).
-_FEATURES_PROBE = ("[name for name in ('cv2', 'faiss')"
+FEATURE_MODULES = ("cv2", "faiss")
+_FEATURES_PROBE = (f"[name for name in {FEATURE_MODULES!r}"
                    " if __import__('importlib.util').util.find_spec(name) is None]")
 
 
@@ -255,7 +257,7 @@ def cluster_hasher(
                       for start in range(0, len(files), partition_size)]
         if not partitions:
             return
-        futures = client.map(hash_partition, partitions, recipe=recipe, max_pixels=max_pixels,
+        futures = client.map(_hash_on_worker, partitions, recipe=recipe, max_pixels=max_pixels,
                              features=features, retries=TASK_RETRIES, pure=False)
         watch = _WorkerWatch(client, report)
         try:
@@ -274,6 +276,26 @@ def cluster_hasher(
     return hash_on_cluster
 
 
+class WorkerLacks(NeardupError):
+    """A worker that joined after check_cluster cannot run its task (Dask retries it elsewhere
+    first: a worker that has what it needs may still take it)."""
+
+
+def _hash_on_worker(
+    files: list[FoundFile], recipe: Recipe, max_pixels: int, features: bool = False
+) -> list[HashOutcome]:
+    """hash_partition, on a worker checked first for what --features needs: the first file
+    would otherwise fail with a 45-line ModuleNotFoundError traceback on the client."""
+    if features:
+        missing = [name for name in FEATURE_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise WorkerLacks(
+                f"the Dask worker {_dask().get_worker().address} cannot extract local features"
+                f" ({' and '.join(missing)} missing there; it joined after the cluster was"
+                f" checked); {cluster_install_hint('dask,features')}")
+    return hash_partition(files, recipe, max_pixels, features)
+
+
 class _WorkerWatch:
     """Says once, in one line, when the cluster has had no worker for WORKERLESS_SECONDS while
     partitions wait (every worker killed or gone: Dask waits for a new one without a word), and
@@ -282,6 +304,9 @@ class _WorkerWatch:
     def __init__(self, client: Any, report: Callable[[str], None]) -> None:
         self._client = client
         self._report = report
+        # The scheduler's events from here on tell which workers it lost mid-task: one that
+        # cannot import this neardup (joined after check_cluster) dies on its first partition.
+        self._events_after = self._last_event_time()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="neardup-worker-watch",
                                         daemon=True)
@@ -304,10 +329,34 @@ class _WorkerWatch:
             elif workerless_since is None:
                 workerless_since = now
             elif not said and now - workerless_since >= WORKERLESS_SECONDS:
+                lost = self._lost_mid_task()
+                why = (f" {len(lost)} was lost while running a partition ({lost[0]}"
+                       f"{', ...' if len(lost) > 1 else ''}; a worker that cannot import this"
+                       " neardup is lost that way, as is one killed: its log says which);"
+                       if lost else "")
                 self._report(f"no Dask worker has been connected to the scheduler for"
-                             f" {WORKERLESS_SECONDS:g} s; waiting for one (start `dask worker"
-                             " <scheduler address>`; Ctrl-C stops, and what was hashed is kept)")
+                             f" {WORKERLESS_SECONDS:g} s;{why} waiting for one (start `dask"
+                             " worker <scheduler address>`; Ctrl-C stops, and what was hashed is"
+                             " kept)")
                 said = True
+
+    def _last_event_time(self) -> float:
+        try:
+            events = self._client.get_events("all")
+        except Exception:  # noqa: BLE001 - no events to read: the line says less
+            return float("inf")
+        return max((when for when, _ in events), default=0.0)
+
+    def _lost_mid_task(self) -> list[str]:
+        """The workers the scheduler removed unexpectedly, with tasks, since the watch began."""
+        try:
+            events = self._client.get_events("all")
+        except Exception:  # noqa: BLE001 - the scheduler gone: hash_on_cluster says so
+            return []
+        return sorted({event["worker"] for when, event in events
+                       if when > self._events_after and isinstance(event, dict)
+                       and event.get("action") == "remove-worker" and "worker" in event
+                       and not event.get("expected", True) and event.get("processing-tasks")})
 
     def stop(self) -> None:
         self._stopped.set()
@@ -317,6 +366,8 @@ def _cluster_failure(distributed: Any, error: BaseException) -> BaseException:
     """One line for what the cluster did (the scheduler lost, workers dying on one partition);
     anything else (a bug of ours in a worker) is raised as it is."""
     written = f"what was hashed before is written: run {command('index.py')} again to finish"
+    if isinstance(error, WorkerLacks):
+        return NeardupError(f"{error}; {written}")
     killed = getattr(getattr(distributed, "scheduler", None), "KilledWorker", None)
     if killed is not None and isinstance(error, killed):
         return NeardupError(f"Dask workers died {TASK_RETRIES + 1} times running one partition"
