@@ -233,9 +233,15 @@ def test_workers_that_do_not_see_the_folder_remove_nothing(
     assert code == 1, captured
     assert buckets("db.shelve") == before
     assert ", removed 0," in captured.out and "30 kept as they were" in captured.out
-    assert captured.err.splitlines()[-1] == (
+    lines = captured.err.splitlines()
+    assert lines[-1] == (
         "index.py: the Dask workers did not find 30 files that are under images here: each"
         " worker must see the folder at the same path; stored entries of such files were kept")
+    # A review: one "file not found (deleted or a broken link?)" line per file came first.
+    assert len(lines) == 4, captured.err
+    assert all(line.startswith("index.py: /") and "/images/cat" in line and line.endswith(
+        ": a Dask worker did not find it, though it is here (up to 3 such files are named)")
+        for line in lines[:3]), captured.err
 
 
 def test_features_on_workers_without_opencv_are_refused_in_one_line(

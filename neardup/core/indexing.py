@@ -238,9 +238,16 @@ def index_folder(
                     relpath = outcome.file.relpath
                     if outcome.hash_hex is None:
                         summary.failed += 1
-                        report(f"{shown(outcome.file.path)}: {outcome.error}")
                         if outcome.unreached == "missing" and os.path.exists(outcome.file.path):
-                            summary.missing_there += 1  # a Dask worker that does not see it
+                            # A Dask worker that does not see the folder misses every file: a
+                            # few are named, and the caller says how many in one line.
+                            summary.missing_there += 1
+                            if summary.missing_there <= MISSING_THERE_SHOWN:
+                                report(f"{shown(outcome.file.path)}: a Dask worker did not find"
+                                       f" it, though it is here (up to {MISSING_THERE_SHOWN} such"
+                                       " files are named)")
+                        else:
+                            report(f"{shown(outcome.file.path)}: {outcome.error}")
                         state = stored.get(relpath)
                         if state is None:
                             continue
@@ -697,6 +704,9 @@ def hash_partition(
     """Hash a list of files in this process (a task of a local pool's worker or a cluster's)."""
     return [_hash_one(item, recipe, max_pixels, features) for item in files]
 
+
+# Files the hashing side did not find though they are here: how many are named one by one.
+MISSING_THERE_SHOWN = 3
 
 OUT_OF_MEMORY = "out of memory while hashing it (lower --max-pixels, or allow more memory)"
 
