@@ -373,3 +373,26 @@ def test_a_worker_without_neardup_that_joins_later_is_named(
                            " 1 was lost while running a partition (tcp://127.0.0.1:"), line
     assert ("; a worker that cannot import this neardup is lost that way, as is one killed: its"
             " log says which); waiting for one") in line, line
+
+
+def test_workers_with_other_code_of_the_same_version_are_refused(
+        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: a worker with neardup 0.2.0 from an earlier commit passed the check, which
+    compared only __version__ (0.2.0 for some 180 commits), and hashed with its own code."""
+    import shutil
+
+    other = in_tmp / "other-code"
+    shutil.copytree(Path(neardup.__file__).parent, other / "neardup",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "neardup" / "core" / "hashing.py", "a") as changed:
+        changed.write("\n# a later commit\n")
+    make_tree("images", 2)
+    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(other))) as address:
+        code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
+                               "--connect-timeout", str(START_SECONDS)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:"), err
+    assert (f") has neardup {neardup.__version__} from other files (another commit or"
+            f" checkout); this client has {neardup.__version__}: install the same there") in err
+    assert not os.path.exists("dask.shelve")

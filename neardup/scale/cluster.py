@@ -9,8 +9,8 @@ If a worker dies, Dask runs its partitions again elsewhere.
 
 Before any work is sent, the client asks the scheduler and every worker which neardup they can
 import (`check_cluster`): the scheduler unpickles the task graph and the workers run it, so a
-process without neardup, or with another version, would fail with a long traceback in the middle
-of a run (or, worse, hash with another recipe's code).
+process without neardup, or with another version or other files of it (`code_fingerprint`),
+would fail with a long traceback in the middle of a run (or, worse, hash with other code).
 
 Dask is optional (requirements-dask.txt) and imported only when asked for.
 """
@@ -30,19 +30,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .. import __version__
+from .. import __version__, code_fingerprint
 from ..core.discovery import FoundFile, dataset_folder
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
 from ..errors import NeardupError, command, install_hint
 
 DEFAULT_PARTITION_SIZE = 1000
-# What a cluster process answers when asked which neardup it imports. It is evaluated there with
-# the built-in eval, which every process can unpickle: a probe function defined in neardup would
-# itself need neardup to arrive. find_spec first, so a process without neardup answers None
-# instead of raising.
+# What a cluster process answers when asked which neardup it imports: its version and the
+# fingerprint of its code ("" from a neardup older than code_fingerprint). It is evaluated there
+# with the built-in eval, which every process can unpickle: a probe function defined in neardup
+# would itself need neardup to arrive. find_spec first, so a process without neardup answers
+# None instead of raising.
 _VERSION_PROBE = (
-    "__import__('neardup').__version__"
+    "(lambda neardup: (neardup.__version__,"
+    " getattr(neardup, 'code_fingerprint', lambda: '')()))(__import__('neardup'))"
     " if __import__('importlib.util').util.find_spec('neardup') is not None else None"
 )
 # Which of the features extra's modules a worker cannot import (a list, empty when it has both).
@@ -197,7 +199,8 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
         raise NeardupError(f"the Dask cluster cannot import neardup ({_first_line(error)}); "
                            + cluster_install_hint()) from error
-    wrong = {name: found for name, found in answers.items() if found != __version__}
+    mine = (__version__, code_fingerprint())
+    wrong = {name: found for name, found in answers.items() if tuple(found or ()) != mine}
     if not wrong:
         if features:
             _check_features(client)
@@ -206,11 +209,20 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     workers = sorted(name for name in wrong if name != "scheduler")
     if workers:
         parts.append(_some_workers(workers, len(answers) - 1))
-    versions = sorted({found or "" for found in wrong.values()})
-    seen = " or ".join(f"neardup {found}" if found else "no neardup" for found in versions)
+    seen = " or ".join(sorted({_described(found) for found in wrong.values()}))
     verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
     raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
                        + cluster_install_hint())
+
+
+def _described(found: tuple[str, str] | None) -> str:
+    """What a cluster process answered the version probe, as a refusal says it."""
+    if not found:
+        return "no neardup"
+    version, _ = found
+    if version != __version__:
+        return f"neardup {version}"
+    return f"neardup {version} from other files (another commit or checkout)"
 
 
 def _check_features(client: Any) -> None:
