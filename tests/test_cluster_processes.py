@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -216,8 +217,6 @@ def test_workers_that_do_not_see_the_folder_remove_nothing(
     """A review: workers that could not see the dataset folder reported every changed file "not
     found", and index.py removed their entries (all 200 of a store; with a few changed files,
     exit 0). Entries of files the workers cannot reach now stay, and the run says why."""
-    import shutil
-
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("hiding a folder from the workers needs root and unshare (a mount namespace)")
     make_tree("images", 30, folders=2)
@@ -379,8 +378,6 @@ def test_workers_with_other_code_of_the_same_version_are_refused(
         installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A review: a worker with neardup 0.2.0 from an earlier commit passed the check, which
     compared only __version__ (0.2.0 for some 180 commits), and hashed with its own code."""
-    import shutil
-
     other = in_tmp / "other-code"
     shutil.copytree(Path(neardup.__file__).parent, other / "neardup",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -396,3 +393,30 @@ def test_workers_with_other_code_of_the_same_version_are_refused(
     assert (f") has neardup {neardup.__version__} from other files (another commit or"
             f" checkout); this client has {neardup.__version__}: install the same there") in err
     assert not os.path.exists("dask.shelve")
+
+
+def test_a_file_that_kills_its_workers_is_one_failed_file(
+        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: one image that ran a worker out of memory had Dask give up on its whole
+    partition (KilledWorker), and the run stopped with "run again to finish", which failed the
+    same way every time. The partition is now split until the file is alone, and that file is
+    failed. A worker that dies on a file named killer.jpg plays the out-of-memory kill."""
+    dies = in_tmp / "dies"
+    dies.mkdir()
+    (dies / "sitecustomize.py").write_text(
+        "import os\nimport neardup.core.indexing as indexing\nhash_one = indexing._hash_one\n"
+        "def _hash_one(item, *args):\n    if item.path.endswith('killer.jpg'):\n"
+        "        os._exit(1)\n    return hash_one(item, *args)\n"
+        "indexing._hash_one = _hash_one\n")
+    make_tree("images", 7)
+    shutil.copy("images/cat0/image_0000.jpg", "images/cat1/killer.jpg")
+    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(dies))) as address:
+        code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
+                               "--partition-size", "8", "--connect-timeout", str(START_SECONDS)])
+    captured = capsys.readouterr()
+    assert "indexed 7, unchanged 0, removed 0, failed 1," in captured.out, captured
+    assert captured.err.splitlines()[0].endswith(
+        "/images/cat1/killer.jpg: killed the Dask worker that hashed it (out of memory?); lower"
+        " --max-pixels, or allow the workers more memory"), captured.err
+    assert code == 0
+    assert sum(len(paths) for paths in buckets("dask.shelve").values()) == 7

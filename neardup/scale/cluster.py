@@ -269,21 +269,38 @@ def cluster_hasher(
                       for start in range(0, len(files), partition_size)]
         if not partitions:
             return
-        futures = client.map(_hash_on_worker, partitions, recipe=recipe, max_pixels=max_pixels,
-                             features=features, retries=TASK_RETRIES, pure=False)
+        options = {"recipe": recipe, "max_pixels": max_pixels, "features": features,
+                   "retries": TASK_RETRIES, "pure": False}
+        futures = client.map(_hash_on_worker, partitions, **options)
+        files_of = dict(zip(futures, partitions, strict=True))
         watch = _WorkerWatch(client, report)
+        running = distributed.as_completed(futures)
         try:
-            for future in distributed.as_completed(futures):
+            for future in running:
                 try:
                     outcomes = future.result()
                 except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
-                    raise _cluster_failure(distributed, error) from None
+                    if not _killed_workers(distributed, error):
+                        raise _cluster_failure(distributed, error) from None
+                    # Workers died on this partition every time (one image too large for their
+                    # memory, say): its halves go again, down to the file that kills them,
+                    # which fails alone as a local run fails it.
+                    lost = files_of.pop(future)
+                    if len(lost) == 1:
+                        yield [HashOutcome(lost[0], None, KILLED_WORKERS)]
+                        continue
+                    for half in (lost[:len(lost) // 2], lost[len(lost) // 2:]):
+                        retry = client.submit(_hash_on_worker, half, **options)
+                        files_of[retry] = half
+                        running.add(retry)
+                    continue
+                files_of.pop(future, None)
                 yield outcomes
                 future.release()  # its outcomes are committed; the cluster can forget them
         finally:
             watch.stop()
             with contextlib.suppress(Exception):  # the scheduler may be gone
-                client.cancel(futures)
+                client.cancel(list(files_of))
 
     return hash_on_cluster
 
@@ -374,16 +391,22 @@ class _WorkerWatch:
         self._stopped.set()
 
 
+KILLED_WORKERS = ("killed the Dask worker that hashed it (out of memory?); lower --max-pixels,"
+                  " or allow the workers more memory")
+
+
+def _killed_workers(distributed: Any, error: BaseException) -> bool:
+    """Whether Dask gave a task up because the workers running it died every time."""
+    killed = getattr(getattr(distributed, "scheduler", None), "KilledWorker", None)
+    return killed is not None and isinstance(error, killed)
+
+
 def _cluster_failure(distributed: Any, error: BaseException) -> BaseException:
-    """One line for what the cluster did (the scheduler lost, workers dying on one partition);
+    """One line for what the cluster did (the scheduler lost, a worker lacking a module);
     anything else (a bug of ours in a worker) is raised as it is."""
     written = f"what was hashed before is written: run {command('index.py')} again to finish"
     if isinstance(error, WorkerLacks):
         return NeardupError(f"{error}; {written}")
-    killed = getattr(getattr(distributed, "scheduler", None), "KilledWorker", None)
-    if killed is not None and isinstance(error, killed):
-        return NeardupError(f"Dask workers died {TASK_RETRIES + 1} times running one partition"
-                            f" (out of memory?); {written}")
     if isinstance(error, (asyncio.CancelledError, concurrent.futures.CancelledError, OSError)):
         reason = getattr(error, "reason", None) or " ".join(str(error).split()) or type(
             error).__name__
