@@ -58,7 +58,8 @@ def installed_venv() -> Path:
 
 @contextmanager
 def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str],
-                 hidden: Path | None = None) -> Iterator[str]:
+                 hidden: Path | None = None,
+                 scheduler_env: dict[str, str] | None = None) -> Iterator[str]:
     """A real scheduler and `workers` worker processes; yields the scheduler's address. `hidden`:
     a folder the workers do not see (an empty tmpfs mounted over it in their own mount namespace,
     as on worker machines where a share is not mounted)."""
@@ -75,7 +76,8 @@ def dask_cluster(folder: Path, workers: int, worker_env: dict[str, str],
 
     try:
         start("scheduler", [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                            "--no-dashboard", "--scheduler-file", str(scheduler_file)], clean_env())
+                            "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+              scheduler_env or clean_env())
         deadline = time.monotonic() + START_SECONDS
         while not scheduler_file.exists() or not scheduler_file.read_text().strip():
             assert time.monotonic() < deadline, (folder / "scheduler.log").read_text()
@@ -400,7 +402,8 @@ def test_a_file_that_kills_its_workers_is_one_failed_file(
     """A review: one image that ran a worker out of memory had Dask give up on its whole
     partition (KilledWorker), and the run stopped with "run again to finish", which failed the
     same way every time. The partition is now split until the file is alone, and that file is
-    failed. A worker that dies on a file named killer.jpg plays the out-of-memory kill."""
+    failed. A worker that dies on a file named killer.jpg plays the out-of-memory kill; the
+    scheduler gives a task up at its first death (allowed-failures 0, not 3) to keep it fast."""
     dies = in_tmp / "dies"
     dies.mkdir()
     (dies / "sitecustomize.py").write_text(
@@ -410,7 +413,8 @@ def test_a_file_that_kills_its_workers_is_one_failed_file(
         "indexing._hash_one = _hash_one\n")
     make_tree("images", 7)
     shutil.copy("images/cat0/image_0000.jpg", "images/cat1/killer.jpg")
-    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(dies))) as address:
+    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(dies)), scheduler_env=clean_env(
+            DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")) as address:
         code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
                                "--partition-size", "8", "--connect-timeout", str(START_SECONDS)])
     captured = capsys.readouterr()

@@ -275,6 +275,7 @@ def cluster_hasher(
         files_of = dict(zip(futures, partitions, strict=True))
         watch = _WorkerWatch(client, report)
         running = distributed.as_completed(futures)
+        suspects: list[list[FoundFile]] = []
         try:
             for future in running:
                 try:
@@ -287,7 +288,9 @@ def cluster_hasher(
                     # which fails alone as a local run fails it.
                     lost = files_of.pop(future)
                     if len(lost) == 1:
-                        yield [HashOutcome(lost[0], None, KILLED_WORKERS)]
+                        # Dask also blames the tasks that waited on a dying worker: the file is
+                        # tried again at the end, alone on the cluster, before it is failed.
+                        suspects.append(lost)
                         continue
                     for half in (lost[:len(lost) // 2], lost[len(lost) // 2:]):
                         retry = client.submit(_hash_on_worker, half, **options)
@@ -297,6 +300,17 @@ def cluster_hasher(
                 files_of.pop(future, None)
                 yield outcomes
                 future.release()  # its outcomes are committed; the cluster can forget them
+            for suspect in suspects:
+                alone = client.submit(_hash_on_worker, suspect, **options)
+                files_of[alone] = suspect
+                try:
+                    outcomes = alone.result()
+                except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
+                    if not _killed_workers(distributed, error):
+                        raise _cluster_failure(distributed, error) from None
+                    outcomes = [HashOutcome(suspect[0], None, KILLED_WORKERS)]
+                files_of.pop(alone)
+                yield outcomes
         finally:
             watch.stop()
             with contextlib.suppress(Exception):  # the scheduler may be gone
