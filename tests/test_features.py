@@ -36,6 +36,7 @@ from neardup.features.extract import (
     query_features,
     read_frame,
 )
+from neardup.features import search as feature_search
 from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, verify
 from neardup.sources.edits import crop, pad, rotate, text
 
@@ -503,6 +504,27 @@ def test_a_blurred_copy_as_the_query_is_verified(in_tmp: Path) -> None:
         name = Path(record["query"]).stem
         assert [(m["relpath"], m["verified"]) for m in record["matches"]] == [
             (f"{name}.jpg", True)], record
+
+
+def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture) -> None:
+    """A person deletes from --groups' groups, and the sharpened look verified different
+    photographs shot alike (docs/features.md): groups are linked without it; search uses it."""
+    made = []
+    real = feature_search.sharpened_features
+    monkeypatch.setattr(feature_search, "sharpened_features",
+                        lambda frame: made.append(frame.shape) or real(frame))
+    records = index_and_query_blurred({"a": scene(1, (300, 200))}, 1.9)
+    assert [m["relpath"] for m in records[0]["matches"]] == ["a.jpg"]
+    save(scene(1, (300, 200)).filter(ImageFilter.GaussianBlur(1.9)), "images/b.jpg", quality=90)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    made.clear()
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    assert made == []
+    # The pair is still a group: the sharp original, as the query, verifies its blurred copy.
+    assert [sorted(g["relpaths"]) for g in json.loads(capsys.readouterr().out)] == [
+        ["a.jpg", "b.jpg"]]
 
 
 # CALTECH-101 photos whose blur copies (gather.py --seed 31337) as queries were not verified

@@ -55,8 +55,12 @@ def verified_groups(
                 warn(f"{full}: {error.reason}; its own matches were not searched (run"
                      f" {command('index.py')} to update the store)")
             continue
+        # Not sharpened: a person deletes from these groups, and the sharpened look verified two
+        # different catalogue motorbikes and two drawings of a stop sign (docs/features.md); a
+        # blurred copy is still linked when its original, as the query, verifies it.
         for match in search.search([hashes[relpath]], frame, max_distance,
-                                   include_low_information=include_low_information):
+                                   include_low_information=include_low_information,
+                                   sharpen=False):
             if match.path != relpath and match.inliers is not None:
                 # Closer means more inliers: clique_groups adds the closest candidates first.
                 # Verified both ways, a pair keeps the fewer inliers: the weaker evidence.

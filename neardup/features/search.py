@@ -60,14 +60,16 @@ class VerifiedSearch:
         *,
         include_low_information: bool = False,
         source: str = "both",
+        sharpen: bool = True,
     ) -> list[Match]:
         """Verified matches of one query: `hashes` are its hash (and mirror hash, with --mirror),
         `frame` its analysis frame (extract.read_frame). Best first: by hash distance, then by
         inliers, features-only matches last. `source`: where candidates come from, "hash",
-        "features" or "both" (what search.py does)."""
+        "features" or "both" (what search.py does). `sharpen`: whether a hash candidate no look
+        aligned with is asked again with the query sharpened (for a blurred query)."""
         return [match for match, verdict in self.search_with_verdicts(
             hashes, frame, max_distance, include_low_information=include_low_information,
-            source=source) if verdict.verified]
+            source=source, sharpen=sharpen) if verdict.verified]
 
     def search_with_verdicts(
         self,
@@ -77,6 +79,7 @@ class VerifiedSearch:
         *,
         include_low_information: bool = False,
         source: str = "both",
+        sharpen: bool = True,
     ) -> list[tuple[Match, Verdict]]:
         """Every candidate with its verdict, verified or not (for --evaluate and tests)."""
         looks = query_features(frame)
@@ -142,7 +145,7 @@ class VerifiedSearch:
             by_hash = "hash" in how
             verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
                                     stored[path], enlarged if by_hash else None,
-                                    sharpened if by_hash else None)
+                                    sharpened if by_hash and sharpen else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
             hash_hex = hash_of.get(path, "")
