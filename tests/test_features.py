@@ -28,6 +28,7 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.store import Store
 from neardup.errors import install_hint
+from neardup.features import search as feature_search
 from neardup.features.extract import (
     CHROMA_SIDE,
     STORED_KEYPOINTS,
@@ -36,7 +37,6 @@ from neardup.features.extract import (
     query_features,
     read_frame,
 )
-from neardup.features import search as feature_search
 from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, verify
 from neardup.sources.edits import crop, pad, rotate, text
 
