@@ -245,12 +245,10 @@ def test_workers_that_do_not_see_the_folder_remove_nothing(
         for line in lines[:3]), captured.err
 
 
-def test_features_on_workers_without_opencv_are_refused_in_one_line(
-        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
-    """A review: --features on workers without the features extra failed with a 45-line
-    traceback from a worker (No module named 'cv2'), and left an empty store that then refused a
-    run without --features. Now one line before anything is written."""
-    pytest.importorskip("cv2", reason="the client needs the features extra")
+def features_on_a_worker_without_opencv(in_tmp: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> tuple[int, str]:
+    """index.py --features on a real cluster of one worker that cannot import OpenCV: the exit
+    status and stderr."""
     blocker = in_tmp / "no-opencv"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['cv2'] = None\n")
@@ -258,7 +256,16 @@ def test_features_on_workers_without_opencv_are_refused_in_one_line(
     with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(blocker))) as address:
         code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features",
                                "--scheduler", address, "--connect-timeout", str(START_SECONDS)])
-    err = capsys.readouterr().err
+    return code, capsys.readouterr().err
+
+
+def test_features_on_workers_without_opencv_are_refused_in_one_line(
+        installed_venv: Path, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: --features on workers without the features extra failed with a 45-line
+    traceback from a worker (No module named 'cv2'), and left an empty store that then refused a
+    run without --features. Now one line before anything is written."""
+    pytest.importorskip("cv2", reason="the client needs the features extra")
+    code, err = features_on_a_worker_without_opencv(in_tmp, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:"), err
     assert err.endswith(
@@ -330,14 +337,7 @@ def test_a_worker_without_opencv_that_joins_later_is_one_line(
     from neardup.scale import cluster
 
     monkeypatch.setattr(cluster, "_check_features", lambda client: None)
-    blocker = in_tmp / "no-opencv"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['cv2'] = None\n")
-    make_tree("images", 4)
-    with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(blocker))) as address:
-        code = index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features",
-                               "--scheduler", address, "--connect-timeout", str(START_SECONDS)])
-    err = capsys.readouterr().err
+    code, err = features_on_a_worker_without_opencv(in_tmp, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("index.py: error: the Dask worker tcp://127.0.0.1:"), err
     assert (" cannot extract local features (cv2 missing there; it joined after the cluster was"
