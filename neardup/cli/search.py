@@ -214,14 +214,14 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
         if not os.path.isdir(query):
             paths.append(query)
             continue
-        entries = list(walk_images(query))
-        if not entries:
-            problems.append(QueryResult(query, error="holds no images"))
-        for entry in entries:
+        found_before = len(paths) + len(problems)
+        for entry in walk_images(query):
             if isinstance(entry, Skipped):
                 problems.append(QueryResult(entry.path, error=entry.reason))
             else:
                 paths.append(entry.path)
+        if len(paths) + len(problems) == found_before:
+            problems.append(QueryResult(query, error="holds no images"))
     return paths, problems
 
 
