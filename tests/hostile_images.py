@@ -274,3 +274,34 @@ def tiff_with_entry(path: Path, tag: int, kind: int, values: bytes, count: int) 
             + struct.pack("<I", 0) + blobs + pixels)
     path.write_bytes(data)
     return path
+
+
+def png_chunk(kind: bytes, data: bytes = b"") -> bytes:
+    """One PNG chunk: length, type, data and CRC."""
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def chunk_bomb(path: Path, chunks: int, where: str = "before", kind: bytes = b"tEXt") -> Path:
+    """A valid 160 x 120 PNG holding `chunks` empty chunks of `kind` (12 bytes each) `where`
+    ("before" or "after") its image data, or ("split") its image data cut into that many IDATs of
+    at most one byte, the rest empty. Pillow walks every chunk in Python."""
+    buffer = io.BytesIO()
+    picture().convert("L").save(buffer, "PNG")
+    data = buffer.getvalue()
+    signature_and_header = data[:33]  # the signature and IHDR
+    width, height = PICTURE_SIZE
+    pixels = np.asarray(picture().convert("L"))
+    rows = zlib.compress(b"".join(b"\0" + pixels[row].tobytes() for row in range(height)), 9)
+    assert len(pixels[0]) == width
+    filler = png_chunk(kind) * chunks
+    end = png_chunk(b"IEND")
+    if where == "before":
+        body = filler + png_chunk(b"IDAT", rows)
+    elif where == "after":
+        body = png_chunk(b"IDAT", rows) + filler
+    else:
+        pieces = b"".join(png_chunk(b"IDAT", rows[start:start + 1]) for start in range(len(rows)))
+        body = pieces + png_chunk(b"IDAT") * max(0, chunks - len(rows))
+    path.write_bytes(signature_and_header + body + end)
+    return path

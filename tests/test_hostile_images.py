@@ -228,6 +228,60 @@ class TestRefused:
             with pytest.raises(ImageError, match="refused: a TIFF of more than 65,536 strips"):
                 read_frame(str(strips(70_000)))
 
+    def test_a_png_of_millions_of_chunks_is_refused_before_pillow_walks_them(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pillow walks a PNG's chunks one at a time in Python: 32 MiB of empty chunks (2.8
+        million) before or after the image data took 8 s of CPU to hash, one-byte IDATs as long.
+        Refused from a count of them, on every path: a file, one too large to read whole, an
+        upload, the features' reading, and the size read to pick which duplicate to keep."""
+        from neardup.core import hashing, png
+        from neardup.service.checker import Checker
+
+        reason = "refused: a PNG of more than 262,144 chunks"
+        over = png.MAX_CHUNKS + 10
+        for where in ("before", "after", "split"):
+            bomb = zoo.chunk_bomb(tmp_path / f"{where}.png", over, where)
+            with pytest.raises(ImageError, match=reason):
+                hash_file(str(bomb), DEFAULT)
+        bomb = tmp_path / "before.png"
+        with monkeypatch.context() as patched:
+            patched.setattr(hashing, "WHOLE_FILE_BYTES", 1_000)  # read through the open file
+            patched.setattr(png, "READ_BYTES", 4_096)  # the count's window moves along it
+            with pytest.raises(ImageError, match=reason):
+                hash_file(str(bomb), DEFAULT)
+        assert hashing.picture_size(str(bomb)) is None
+        if importlib.util.find_spec("cv2") is not None:
+            from neardup.features.extract import read_frame
+
+            with pytest.raises(ImageError, match=reason):
+                read_frame(str(bomb))
+        images = tmp_path / "images"
+        images.mkdir()
+        plain = zoo.chunk_bomb(images / "plain.png", 0)
+        store = str(tmp_path / "db.shelve")
+        assert index_cli.main(["-d", str(images), "-s", store, "-q", "-j", "1"]) == 0
+        with Checker(store) as checker:
+            assert reason in checker.check_upload(bomb.read_bytes())["error"]
+        # A PNG of many chunks, but fewer (a 100-megapixel picture of noise written by libpng,
+        # in IDATs of 8 KB, has about 98,000) is hashed as before, on both reading paths.
+        many = zoo.chunk_bomb(tmp_path / "many.png", 100_000, "split")
+        expected = hash_file(str(plain), DEFAULT)
+        assert hash_file(str(many), DEFAULT) == expected
+        with monkeypatch.context() as patched:
+            patched.setattr(hashing, "WHOLE_FILE_BYTES", 1_000)
+            patched.setattr(png, "READ_BYTES", 4_096)
+            assert hash_file(str(many), DEFAULT) == expected
+        # The count stops past its limit, and counts the same whatever its window.
+        with bomb.open("rb") as stream:
+            assert png.chunk_count(stream, stop_after=10) == 11
+        whole = png.chunk_count(many.open("rb"))
+        assert whole == 100_002  # IHDR and IEND too
+        for size in (8, 13, 100, 4_096):
+            monkeypatch.setattr(png, "READ_BYTES", size)
+            with many.open("rb") as stream:
+                assert png.chunk_count(stream) == whole
+
     def test_a_decompression_bomb_is_refused_from_its_header(self, tmp_path: Path) -> None:
         bomb = zoo.png_bomb(tmp_path)
         assert bomb.stat().st_size < 1000

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from . import jpeg, sampling, tiff
+from . import jpeg, png, sampling, tiff
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 
@@ -576,7 +576,8 @@ def open_image(
             # sets it), and its metadata warnings ("tag 282 had too many entries") put two lines
             # on stderr per upload that asks for them, past the checker's log limit.
             warnings.simplefilter("ignore")
-            refused = tiff.refusal(stream)  # before Pillow parses its directory
+            # Before Pillow parses a TIFF's directory, or walks a PNG's chunks.
+            refused = tiff.refusal(stream) or png.refusal(stream)
             if refused is not None:
                 raise ImageError(path, refused)
             image = Image.open(stream, formats=readable_formats())
@@ -621,7 +622,7 @@ def picture_size(path: str) -> tuple[int, int] | None:
     read (for choosing which of a group of duplicates to keep; nothing is decoded)."""
     try:
         with open_regular_file(path) as stream:  # the header only: the file is not read whole
-            if tiff.refusal(stream) is not None:
+            if tiff.refusal(stream) is not None or png.refusal(stream) is not None:
                 return None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # as open_image
