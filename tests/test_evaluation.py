@@ -13,6 +13,7 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.store import Store
+from neardup.evaluation.report import report_stem
 from neardup.evaluation.scoring import (
     MAX_THRESHOLD,
     comparison_table,
@@ -147,7 +148,7 @@ def test_the_command_prints_writes_and_compares(
     assert "dhash-8" in captured.out and "phash-8" in captured.out
     assert "recall at each store's recommended threshold" in captured.out
 
-    for stem in ("evaluation-db-shelve", "evaluation-phash-shelve"):
+    for stem in (report_stem("db.shelve"), report_stem("phash.shelve")):
         data = json.loads(Path(f"report/{stem}.json").read_text())
         assert data["recommended_threshold"] == 0 and len(data["thresholds"]) == MAX_THRESHOLD + 1
         with open(f"report/{stem}.csv", newline="") as stream:
@@ -175,7 +176,7 @@ def test_the_csv_counts_the_copies_found_of_each_edit_kind(
     monkeypatch.chdir(tmp_path)
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
                             "--report", "report"]) == 0
-    with open("report/evaluation-db-shelve.csv", newline="") as stream:
+    with open(f"report/{report_stem('db.shelve')}.csv", newline="") as stream:
         at_zero = {row["edit"]: row for row in csv.DictReader(stream) if row["threshold"] == "0"}
     assert {edit: (row["found"], row["copies"]) for edit, row in at_zero.items()} == {
         "flip": ("0", "1"), "jpeg": ("1", "1"), "resize": ("1", "1"), "all": ("2", "3")}
@@ -194,6 +195,42 @@ def test_stores_of_one_recipe_compared_are_named_by_their_store(
     table = capsys.readouterr().out.split("or else at its most precise one:\n")[1]
     header, first, second = table.splitlines()
     assert first.startswith("db.shelve: dhash-8") and second.startswith("again.shelve: dhash-8")
+
+
+def test_reports_of_stores_named_alike_in_two_folders_do_not_overwrite_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """a/db.shelve and b/db.shelve were both reported as evaluation-db-shelve.*: in one run or
+    two, into the same folder, the second store's files replaced the first's."""
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    Path("a").mkdir()
+    Path("b").mkdir()
+    assert index_cli.main(["-d", "data", "-s", "a/db.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "data", "-s", "b/db.shelve", "-q", "-j", "1",
+                           "--algorithm", "phash"]) == 0
+    capsys.readouterr()
+
+    def written() -> dict[str, str]:
+        """Each report's JSON file -> the store it names."""
+        return {path.name: json.loads(path.read_text())["store"]
+                for path in Path("report").glob("*.json")}
+
+    for stores in (["-s", "a/db.shelve", "-s", "b/db.shelve"], ["-s", "a/db.shelve"]):
+        assert search_cli.main([*stores, "--evaluate", "data/manifest.csv", "--report",
+                                "report"]) == 0
+        assert sorted(written().values()) == ["a/db.shelve", "b/db.shelve"]
+    # Named readably after the store, and the same whichever way the store's path is written.
+    names = sorted(written())
+    assert all(name.startswith("evaluation-db-shelve-") for name in names)
+    assert search_cli.main(["-s", "./b/../b/db.shelve", "--evaluate", "data/manifest.csv",
+                            "--report", "report"]) == 0
+    assert sorted(written()) == names
+    err = capsys.readouterr().err
+    for name in names:
+        stem = name.removesuffix(".json")
+        assert f"wrote report/{stem}.png" in err
+        assert Path(f"report/{stem}.html").is_file() and Path(f"report/{stem}.csv").is_file()
 
 
 def test_copies_deleted_from_disk_are_missed_and_said_to_be_gone(

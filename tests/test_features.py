@@ -28,6 +28,7 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.store import Store
 from neardup.errors import install_hint
+from neardup.evaluation.report import report_stem
 from neardup.features import search as feature_search
 from neardup.features.extract import (
     CHROMA_SIDE,
@@ -260,7 +261,7 @@ def test_a_feature_store_compared_and_reported_gives_what_search_answers(
                       "db.shelve: verified search (what search.py answers)"]
     assert table[-1].split()[-1] == "100.0%"  # every copy, where the hash alone misses some
     assert float(table[-2].split()[-1].rstrip("%")) < 100
-    with open("report/evaluation-db-shelve.csv", newline="") as stream:
+    with open(f"report/{report_stem('db.shelve')}.csv", newline="") as stream:
         verified = {row["edit"]: row for row in csv.DictReader(stream)
                     if row["search"] == "both (search.py)"}
     copies = len(copies_of(scene(1)))
@@ -299,9 +300,10 @@ def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
                             "--report", "report"]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1].endswith("all listed in the --report files")
-    report = json.loads(Path("report/evaluation-db-shelve.json").read_text())
+    stem = report_stem("db.shelve")
+    report = json.loads(Path(f"report/{stem}.json").read_text())
     assert report["groups"][0]["verified"] == {}  # every miss is in the report
-    assert "search.py: wrote report/evaluation-db-shelve-verified.png" in captured.err
+    assert f"search.py: wrote report/{stem}-verified.png" in captured.err
 
 
 def test_stdin_checker_answers_verified_matches(feature_store: Path) -> None:

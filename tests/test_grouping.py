@@ -14,6 +14,7 @@ from neardup.cli import search as search_cli
 from neardup.core.grouping import near_duplicate_groups
 from neardup.core.hashing import Hash, Recipe
 from neardup.core.store import IndexedFile, Store
+from neardup.evaluation.report import report_stem
 
 from .test_evaluation import build
 
@@ -180,5 +181,5 @@ def test_evaluation_report_draws_the_misses(
     monkeypatch.chdir(tmp_path)
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
                             "--report", "report"]) == 0
-    with Image.open("report/evaluation-db-shelve-misses.png") as sheet:
+    with Image.open(f"report/{report_stem('db.shelve')}-misses.png") as sheet:
         assert sheet.height > 2 * 160  # g1's missed mirror copy, g2's planted duplicate

@@ -12,6 +12,7 @@ from PIL import Image, ImageChops
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.evaluation.montage import CAPTION, GAP, HEADER, MAX_ROWS, TILE, Row, Tile, contact_sheet
+from neardup.evaluation.report import report_stem
 
 from .imagegen import save, textured
 from .test_evaluation import build
@@ -80,10 +81,11 @@ def test_nothing_to_draw_is_a_line_not_an_empty_sheet(
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--mirror",
                             "--report", "report"]) == 0
     err = capsys.readouterr().err
-    assert not os.path.exists("report/evaluation-db-shelve-misses.png")
-    assert ("search.py: report/evaluation-db-shelve-misses.png: not written: every copy found and"
+    stem = report_stem("db.shelve")
+    assert not os.path.exists(f"report/{stem}-misses.png")
+    assert (f"search.py: report/{stem}-misses.png: not written: every copy found and"
             " nothing else at --max-distance 4\n") in err
-    assert os.path.exists("report/evaluation-db-shelve.html")
+    assert os.path.exists(f"report/{stem}.html")
 
     os.makedirs("lonely")
     save(textured(50), "lonely/one.png")

@@ -152,7 +152,7 @@ def test_readme_outputs_are_ignored_by_git() -> None:
         pytest.skip("not a git checkout")
     outputs = ["images/manifest.csv", "db.shelve", "db.shelve.lock", "db.shelve-wal",
                "db.shelve-shm", "db.shelve.cache/hashes-1.npy", "dhash-8.shelve",
-               "phash-8.shelve.lock", "report/evaluation-db-shelve.html", "demo/db.shelve",
+               "phash-8.shelve.lock", "report/evaluation-db-shelve-3f2a9c1b.html", "demo/db.shelve",
                "groups.html", "sheet.png", "neardup.egg-info/PKG-INFO"]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=PROJECT_ROOT,
                              capture_output=True, text=True).stdout.split()

@@ -22,6 +22,7 @@ from PIL import Image
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.evaluation.report import report_stem
 
 from .test_evaluation import build
 
@@ -164,7 +165,7 @@ def test_evaluation_page_loads_every_thumbnail(
     monkeypatch.chdir(tmp_path)
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--report",
                             "report"]) == 0
-    page = tmp_path / "report" / "evaluation-db-shelve.html"
+    page = tmp_path / "report" / f"{report_stem('db.shelve')}.html"
     html = page.read_text(encoding="utf-8")
     assert "missed: flip mirror jpeg_quality=90 (not returned by search within 16 bits)" in html
     assert "other match, distance 0" in html and "haystack/B_duplicate.png" in html

@@ -31,7 +31,7 @@ from ..core.store import Store
 from ..errors import ImageError, NeardupError, command
 from ..evaluation.html import Item, evaluation_page, groups_page, write_page
 from ..evaluation.montage import Row, Tile, contact_sheet
-from ..evaluation.report import write_report
+from ..evaluation.report import report_stem, write_report
 from ..evaluation.scoring import (
     MAX_THRESHOLD,
     Evaluation,
@@ -536,7 +536,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
             print(comparison_table(evaluations))
     if args.report:
         for evaluation in evaluations:
-            stem = "evaluation-" + os.path.basename(evaluation.store).replace(".", "-")
+            stem = report_stem(evaluation.store)
             for written in write_report(evaluation, args.report, stem):
                 warn(PROG, f"wrote {written}")
             draw_montage(os.path.join(args.report, f"{stem}-misses.png"),

@@ -7,6 +7,7 @@ precision, against the Hamming threshold, with the recommended threshold marked.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,16 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 230, 50, 60
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232),
            (255, 187, 120), (152, 223, 138), (197, 176, 213)]
+
+
+def report_stem(store: str) -> str:
+    """What the names of a store's --report files begin with: "evaluation-", the store's file name
+    with dashes for dots, and 8 hex digits of the store's resolved path. The file name alone
+    named a/db.shelve and b/db.shelve alike, and the second one's report replaced the first's in
+    a shared folder; the digest tells them apart, and is the same however the path is written
+    (db.shelve, ./db.shelve, an absolute path), so a store's new report replaces its old one."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(store))).hexdigest()[:8]
+    return f"evaluation-{os.path.basename(store).replace('.', '-')}-{digest}"
 
 
 def write_report(evaluation: Evaluation, folder: str, stem: str) -> list[str]:
