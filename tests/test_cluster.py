@@ -203,3 +203,51 @@ def test_a_file_url_is_decoded_for_the_workers(in_tmp: Path) -> None:
                            "--local-cluster", "1"]) == 0
     assert index_cli.main(["-d", "my photos", "-s", "local.shelve", "-q", "-j", "1"]) == 0
     assert buckets("dask.shelve") == buckets("local.shelve")
+
+
+class _WorkerlessClient:
+    """A client whose scheduler has no worker, and whose events after the first read say the
+    scheduler lost `lost` mid-task (the watch reads them only to word its line)."""
+
+    def __init__(self, lost: list[str]) -> None:
+        self._lost = lost
+        self._reads = 0
+
+    def scheduler_info(self) -> dict[str, dict[str, object]]:
+        return {"workers": {}}
+
+    def get_events(self, topic: str) -> list[tuple[float, dict[str, object]]]:
+        self._reads += 1
+        if self._reads == 1:  # when the watch begins
+            return [(1.0, {"action": "add-worker", "worker": "tcp://old:1"})]
+        return [(2.0, {"action": "remove-worker", "worker": worker, "expected": False,
+                       "processing-tasks": ["hash-1"]}) for worker in self._lost]
+
+
+@pytest.mark.parametrize(("lost", "said"), [
+    ([], " 0 s; waiting for one"),
+    (["tcp://a:1"], " 0 s; 1 worker was lost while running a partition (tcp://a:1; a worker"),
+    (["tcp://a:1", "tcp://b:2"],
+     " 0 s; 2 workers were lost while running partitions (tcp://a:1, ...; a worker"),
+])
+def test_the_workerless_line_counts_the_workers_lost_in_words(
+        monkeypatch: pytest.MonkeyPatch, lost: list[str], said: str) -> None:
+    """A review: two workers lost read "2 was lost while running a partition"."""
+    from neardup.scale import cluster as scale_cluster
+
+    monkeypatch.setattr(scale_cluster, "WATCH_SECONDS", 0.01)
+    monkeypatch.setattr(scale_cluster, "WORKERLESS_SECONDS", 0.0)
+    lines: list[str] = []
+    spoken = threading.Event()
+
+    def report(line: str) -> None:
+        lines.append(line)
+        spoken.set()
+
+    watch = scale_cluster._WorkerWatch(_WorkerlessClient(lost), report)
+    try:
+        assert spoken.wait(30), "the watch said nothing"
+    finally:
+        watch.stop()
+    assert lines[0].startswith("no Dask worker has been connected to the scheduler for"), lines
+    assert said in lines[0], lines[0]

@@ -306,7 +306,7 @@ def test_a_run_whose_workers_all_died_says_it_waits(
             indexer.send_signal(signal.SIGINT)
             out, err = indexer.communicate(timeout=60)
     assert line.startswith("index.py: no Dask worker has been connected to the scheduler for"
-                           " 2 s; 1 was lost while running a partition (tcp://127.0.0.1:"), line
+                           " 2 s; 1 worker was lost while running a partition (tcp://127.0.0.1:"), line
     assert "its log says which); waiting for one" in line, line
     assert indexer.returncode == 130, (out, err)
     assert committed_count(in_tmp / "dask.shelve") > 0
@@ -371,7 +371,7 @@ def test_a_worker_without_neardup_that_joins_later_is_named(
             indexer.send_signal(signal.SIGINT)
             indexer.communicate(timeout=60)
     assert line.startswith("index.py: no Dask worker has been connected to the scheduler for 2 s;"
-                           " 1 was lost while running a partition (tcp://127.0.0.1:"), line
+                           " 1 worker was lost while running a partition (tcp://127.0.0.1:"), line
     assert ("; a worker that cannot import this neardup is lost that way, as is one killed: its"
             " log says which); waiting for one") in line, line
 

@@ -373,9 +373,11 @@ class _WorkerWatch:
                 workerless_since = now
             elif not said and now - workerless_since >= WORKERLESS_SECONDS:
                 lost = self._lost_mid_task()
-                why = (f" {len(lost)} was lost while running a partition ({lost[0]}"
-                       f"{', ...' if len(lost) > 1 else ''}; a worker that cannot import this"
-                       " neardup is lost that way, as is one killed: its log says which);"
+                one = len(lost) == 1
+                why = (f" {len(lost)} worker{'' if one else 's'} {'was' if one else 'were'} lost"
+                       f" while running {'a partition' if one else 'partitions'} ({lost[0]}"
+                       f"{'' if one else ', ...'}; a worker that cannot import this neardup is"
+                       " lost that way, as is one killed: its log says which);"
                        if lost else "")
                 self._report(f"no Dask worker has been connected to the scheduler for"
                              f" {WORKERLESS_SECONDS:g} s;{why} waiting for one (start `dask"
