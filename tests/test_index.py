@@ -189,6 +189,32 @@ def test_workers_import_nothing_from_the_current_folder(in_tmp: Path) -> None:
                 shutil.rmtree(name) if os.path.isdir(name) else os.remove(name)
 
 
+def test_workers_start_from_a_current_folder_that_cannot_be_entered(in_tmp: Path) -> None:
+    """multiprocessing starts each worker in the parent's current folder: run from one that was
+    deleted, the parent failed with a traceback (os.getcwd); run from one its user cannot enter
+    (runuser -u nobody from root's folder), each worker printed a traceback (os.chdir:
+    Permission denied) and the run blamed a killed worker. Nothing relative resolves in such a
+    folder, so the workers start elsewhere and the absolute paths are indexed. (The permission
+    case needs a user other than root: /tmp/wt-f1/repro/unenterable_cwd.sh; a deleted folder
+    takes the same path.)"""
+    make_tree("images", 12, folders=2)
+    gone = in_tmp / "gone"
+    # This checkout first on the path in place of the current folder, as `python index.py` has
+    # its own (-E ignores PYTHONPATH); then the current folder made and deleted, once imported
+    # (numpy under Python 3.13 cannot be imported from a deleted folder at all).
+    start = ("import os, runpy, sys; sys.path[0] = sys.argv[1]; import neardup.cli.index;"
+             " os.mkdir(sys.argv[2]);"
+             " os.chdir(sys.argv[2]); os.rmdir(sys.argv[2]); sys.argv = sys.argv[3:];"
+             " runpy.run_path(sys.argv[0], run_name='__main__')")
+    for flags in ([], ["-E"]):
+        result = subprocess.run([sys.executable, *flags, "-c", start, str(PROJECT_ROOT),
+                                 str(gone), str(PROJECT_ROOT / "index.py"), "-d",
+                                 str(in_tmp / "images"), "-s", str(in_tmp / "db.shelve"), "-q",
+                                 "-j", "2"], capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (0, ""), (flags, result.stderr)
+        assert committed_count(in_tmp / "db.shelve") == 12
+
+
 def make_large_tree(root: Path, count: int) -> None:
     """count distinct 640x480 JPEGs, cut from one noise field so they are quick to make."""
     rng = np.random.default_rng(1)

@@ -490,9 +490,12 @@ def hash_in_groups(
     # concurrent.futures rather than multiprocessing.Pool: a worker killed (by the kernel when
     # memory runs out, say) breaks the pool and says so, where Pool replaced the worker and
     # waited for the lost files' results for ever, holding the store's lock.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker,
-        initargs=(recipe, max_pixels, features))
+    # The pool's queues start multiprocessing's resource tracker, a process of its own, as
+    # `python -c` in the current folder: started as the workers are (see _workers_import_ours).
+    with _workers_import_ours():
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker,
+            initargs=(recipe, max_pixels, features))
     chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
     unsent = iter(files)
     running: set[concurrent.futures.Future[list[HashOutcome]]] = set()
@@ -610,17 +613,29 @@ def _workers_import_ours() -> Iterator[None]:
     same neardup as this process. Under `python -E` (passed on to the fork server, which then
     ignores PYTHONSAFEPATH) the fork server is started from the standard library's own folder
     instead, already on its path.
+
+    Every worker also starts by changing to this process's current folder: one its user cannot
+    enter (runuser -u nobody from root's folder) failed each worker with a traceback, and a
+    deleted one failed this process (and under Python 3.13 the resource tracker, with a warning
+    and a traceback per semaphore). Nothing relative resolves in such a folder, so the workers
+    are started from the standard library's folder too, and this process stays there when it
+    cannot go back.
     """
     earlier = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
-    here = None
-    if sys.flags.ignore_environment and not sys.flags.safe_path:
-        here = os.getcwd()
+    try:
+        here: str | None = os.getcwd()
+    except OSError:  # deleted
+        here = None
+    leave = here is None or not os.access(here, os.X_OK)
+    if leave or (sys.flags.ignore_environment and not sys.flags.safe_path):
         os.chdir(os.path.dirname(os.__file__))
+    else:
+        here = None  # stays where it is
     try:
         yield
     finally:
-        if here is not None:
+        if here is not None and not leave:
             os.chdir(here)
         if earlier is None:
             del os.environ["PYTHONSAFEPATH"]
