@@ -20,7 +20,7 @@ from neardup.core import indexing
 from neardup.core.discovery import FoundFile
 from neardup.core.hashing import Recipe
 from neardup.core.indexing import hash_files
-from neardup.core.store import Store
+from neardup.core.store import RACY, Store
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree
@@ -126,6 +126,89 @@ def test_a_file_rewritten_while_it_is_hashed_is_reported_then_indexed_next_run(
     monkeypatch.setattr(indexing, "hash_file", real_hash_file)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert "indexed 1, unchanged 2" in capsys.readouterr().out
+
+
+def _move_ctime(path: str) -> None:
+    """Make the file's ctime move, whatever the file system's timestamp tick: a chmod to the mode
+    it has changes nothing else, and is repeated until the clock has ticked."""
+    before = os.stat(path)
+    while os.stat(path).st_ctime_ns == before.st_ctime_ns:
+        os.chmod(path, before.st_mode)
+
+
+@pytest.mark.parametrize("how", ["hard link", "chmod"])
+def test_a_file_whose_ctime_alone_moves_while_it_is_hashed_is_indexed_and_hashed_again_next_run(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, how: str
+) -> None:
+    # gather.py hard-links its haystack to the source, and another gather run linking the same
+    # source (or a backup tool, a chmod, a scanner's xattrs) moves every shared file's ctime
+    # without a byte or its mtime changing: the file is indexed, not failed, but recorded racy.
+    monkeypatch.setattr(indexing, "RACY_NS", 0)  # only what moved while read is racy here
+    make_tree("images", 3)
+    os.mkdir("links")
+    touched = "cat1/image_0001.jpg"
+    real_hash_file = indexing.hash_file
+    hashed: list[str] = []
+    moved: list[str] = []
+
+    def hash_while_another_program_links(path: str, *args: object) -> object:
+        relpath = os.path.relpath(path, "images")
+        hashed.append(relpath)
+        if relpath == touched and not moved:  # in the first run only
+            moved.append(relpath)
+            if how == "hard link":
+                os.link(path, "links/image_0001.jpg")
+            else:
+                os.chmod(path, 0o600)
+            _move_ctime(path)
+        return real_hash_file(path, *args)
+
+    monkeypatch.setattr(indexing, "hash_file", hash_while_another_program_links)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "changed while being indexed" not in captured.err
+    assert "indexed 3, unchanged 0, removed 0, failed 0" in captured.out
+    with Store.open_for_reading("db.shelve") as store:
+        states = store.file_states()
+    assert states[touched].ctime_ns == RACY  # its hash is not trusted by the next run
+    assert RACY not in (states["cat0/image_0000.jpg"].ctime_ns,
+                        states["cat0/image_0002.jpg"].ctime_ns)
+    assert buckets() == {real_hash_file(os.path.join("images", relpath), Recipe()).hex():
+                         [relpath] for relpath in states}
+
+    hashed.clear()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert "indexed 0, unchanged 3" in capsys.readouterr().out
+    assert hashed == [touched]  # hashed again, found the same: recorded as it is now
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.file_states()[touched].ctime_ns not in (RACY, 0)
+    hashed.clear()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert hashed == []
+
+
+def test_a_file_replaced_while_it_is_hashed_is_still_reported(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Another inode with the same size and mtime (a copy renamed over it, then touch -r): the
+    # bytes read may be of neither file, so it fails as before.
+    make_tree("images", 2)
+    real_hash_file = indexing.hash_file
+
+    def hash_while_someone_replaces(path: str, *args: object) -> object:
+        if path.endswith("image_0001.jpg") and not os.path.exists("copy.jpg"):
+            info = os.stat(path)
+            Path("copy.jpg").write_bytes(Path(path).read_bytes())
+            os.utime("copy.jpg", ns=(info.st_atime_ns, info.st_mtime_ns))
+            os.link("copy.jpg", path + ".tmp")
+            os.replace(path + ".tmp", path)
+        return real_hash_file(path, *args)
+
+    monkeypatch.setattr(indexing, "hash_file", hash_while_someone_replaces)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "image_0001.jpg: changed while being indexed; run again to index it" in captured.err
+    assert "indexed 1, unchanged 0, removed 0, failed 1" in captured.out
 
 
 def _children(pid: int) -> list[int]:

@@ -69,6 +69,9 @@ class HashOutcome:
     # (permission denied), as opposed to read and found wanting ("": says something of its
     # content). An unreached file still the one indexed (FileState.same_file) keeps its entry.
     unreached: str = ""
+    # Only its ctime moved while it was read (a hard link made to it, a chmod, xattrs set): the
+    # hash stands, but is recorded racy, so the next run hashes the file again (see _hash_one).
+    racy: bool = False
 
 
 @dataclass(slots=True)
@@ -262,7 +265,7 @@ def index_folder(
                             written.add(state.hash_hex)
                         continue
                     batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
-                                         outcome.features))
+                                         outcome.features, outcome.racy))
                     if rechecks.get(relpath) == outcome.hash_hex:
                         summary.unchanged += 1  # hashed again to be sure: the same picture
                         continue
@@ -401,9 +404,10 @@ def _compare(state: FileState | None, item: FoundFile) -> str:
 
 
 def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
-            features: bytes | None = None) -> IndexedFile:
-    """What to store for a file hashed now; racily clean files are marked to be hashed again."""
-    racy = max(item.mtime_ns, item.ctime_ns) >= looked_at_ns - RACY_NS
+            features: bytes | None = None, racy: bool = False) -> IndexedFile:
+    """What to store for a file hashed now; racily clean files (and those `racy` says were
+    touched while read) are marked to be hashed again."""
+    racy = racy or max(item.mtime_ns, item.ctime_ns) >= looked_at_ns - RACY_NS
     return IndexedFile(item.relpath, item.size, item.mtime_ns, hash_hex, item.inode,
                        RACY if racy else item.ctime_ns, features)
 
@@ -744,12 +748,17 @@ def _hash_one(item: FoundFile, recipe: Recipe, max_pixels: int, features: bool =
         # (ulimit -v, a container's limit). The others go on; the run says which one.
         return HashOutcome(item, None, OUT_OF_MEMORY)
     # A file rewritten while we read it may have given a hash of neither version: report it and
-    # let the next run, which will see its new size, mtime or ctime, index it.
+    # let the next run, which will see its new size, mtime or inode, index it.
     try:
         after = os.stat(item.path)
     except OSError:
         return HashOutcome(item, None, "vanished while being indexed", unreached="missing")
-    if (after.st_size, after.st_mtime_ns, after.st_ino, after.st_ctime_ns) != (
-            item.size, item.mtime_ns, item.inode or after.st_ino, item.ctime_ns or after.st_ctime_ns):
+    if (after.st_size, after.st_mtime_ns, after.st_ino) != (
+            item.size, item.mtime_ns, item.inode or after.st_ino):
         return HashOutcome(item, None, "changed while being indexed; run again to index it")
-    return HashOutcome(item, hash_hex, None, feature_bytes)
+    # Only ctime moved: far more often a hard link made to the file (gather.py links its haystack,
+    # and so do backup tools), a chmod or a scanner's xattrs than a rewrite that put its mtime
+    # back. Failing it would fail every file of a folder linked meanwhile; the hash is kept, but
+    # recorded racy, so the next run hashes the file again rather than trust it.
+    touched = bool(item.ctime_ns) and after.st_ctime_ns != item.ctime_ns
+    return HashOutcome(item, hash_hex, None, feature_bytes, racy=touched)
