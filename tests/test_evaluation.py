@@ -261,3 +261,33 @@ def test_copies_deleted_from_disk_are_missed_and_said_to_be_gone(
         store.apply([], ["copies/A_same.png"])  # on disk, taken out of the store
     assert ("2 copies in the manifest are not in the store (1 of them not on disk either):"
             " counted as missed") in format_evaluation(evaluate(tmp_path), 4)
+
+
+def test_a_store_lacking_some_of_the_haystack_says_precision_counts_only_what_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # The other match (B's planted duplicate) was never indexed, as when index.py failed it: the
+    # store gives precision 1.0 where the whole haystack gives 2/3, and must say why.
+    build(tmp_path / "data", planted_duplicate=True)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    assert "haystack" not in capsys.readouterr().err  # a complete store: nothing to say
+    with Store.open_for_writing("db.shelve", Recipe(), str(tmp_path / "data"), {}) as store:
+        store.apply([], ["haystack/B_duplicate.png", "haystack/C.png"])
+    (tmp_path / "data" / "haystack" / "C.png").unlink()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    captured = capsys.readouterr()
+    assert "at --max-distance 4: 2/3 copies found, 0 other matches" in captured.out
+    warned = [line for line in captured.err.splitlines() if "haystack" in line]
+    assert warned == ["search.py: db.shelve: 2 of the manifest's 5 haystack images are not in the"
+                      " store (1 of them not on disk either): precision counts only the other"
+                      " matches among the 3 it holds"]
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)[0]
+    assert (data["haystack_images"], data["haystack_not_in_store"]) == (5, 2)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--html", "page.html"]) == 0
+    page = Path("page.html").read_text(encoding="utf-8")
+    assert ("2 of the manifest&#x27;s 5 haystack images are not in the store (1 of them not on"
+            " disk either): precision counts only the other matches among the 3 it holds.") in page

@@ -39,6 +39,7 @@ from ..evaluation.scoring import (
     evaluate_manifest,
     format_evaluation,
     format_verified,
+    missing_haystack,
 )
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch
@@ -519,6 +520,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
                 store, args.evaluate, mirror=args.mirror,
                 include_low_information=args.include_low_information, verified=verified,
                 max_distance=args.max_distance))
+        # Said whatever the output: a store that lacks part of the haystack (files index.py
+        # failed, folders never indexed) misses other matches, and its precision looks better.
+        if lacking := missing_haystack(evaluations[-1]):
+            warn(PROG, f"{path}: {lacking}")
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:

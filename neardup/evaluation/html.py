@@ -37,6 +37,7 @@ from .scoring import (
     Evaluation,
     hash_miss,
     missing_copies,
+    missing_haystack,
     verified_scores,
     verified_table,
 )
@@ -118,6 +119,8 @@ def evaluation_page(
         answered = "in the verified search"
     if missing := missing_copies(evaluation):
         summary += f" {missing}."
+    if lacking := missing_haystack(evaluation):
+        summary += f" {lacking[0].upper()}{lacking[1:]}."
     summary += " Paths are relative to the dataset folder:"
     sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
                          f" {_count(items, 'other', 'other match', 'other matches')}", items,

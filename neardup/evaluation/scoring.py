@@ -6,9 +6,11 @@ the search returned it within that distance, so a copy missing from the store (n
 removed, unreadable, deleted from disk) is missed, as a user would see it, and said to be
 missing. Every other stored image the search returns is a false match (or a true duplicate the
 source data set itself contains: CALTECH-101 has some, e.g. the same photo in Faces and
-Faces_easy). Then, for every threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall,
-false matches, precision; and the recommendation: the smallest threshold reaching the best recall
-that keeps precision at or above TARGET_PRECISION.
+Faces_easy); a haystack image the store lacks cannot be returned, so precision counts only the
+other matches among those it holds, and the evaluation says how many it lacks. Then, for every
+threshold from 0 to MAX_THRESHOLD: recall per edit kind and overall, false matches, precision;
+and the recommendation: the smallest threshold reaching the best recall that keeps precision at
+or above TARGET_PRECISION.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class Evaluation:
     rows: list[ThresholdRow]
     recommended: int | None  # None: no threshold keeps precision at the target
     verified_at: int | None = None  # the --max-distance of the verified search; None: no features
+    # The manifest's haystack images (originals and the rest, not copies); of them, those not in
+    # the store (never indexed, failed, removed), and of those, the ones not on disk either.
+    haystack: int = 0
+    haystack_not_stored: int = 0
+    haystack_not_on_disk: int = 0
 
     @property
     def kinds(self) -> list[str]:
@@ -101,6 +108,8 @@ class Evaluation:
             "store": self.store, "recipe": self.recipe, "mirror": self.mirror,
             "copies": self.copies, "copies_by_kind": self.copies_by_kind,
             "queries": len(self.groups),
+            "haystack_images": self.haystack, "haystack_not_in_store": self.haystack_not_stored,
+            "haystack_not_on_disk": self.haystack_not_on_disk,
             "target_precision": TARGET_PRECISION, "recommended_threshold": self.recommended,
             "thresholds": [
                 {"threshold": r.threshold, "recall": r.recall, "found": r.found,
@@ -206,6 +215,19 @@ def evaluate_manifest(
 
     evaluation = Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror,
                             ordered, [], None, max_distance if verified is not None else None)
+    # The other matches a store lacking part of the haystack cannot return are not counted: its
+    # precision is higher than the whole haystack's, so how much it lacks is counted here.
+    haystack = [os.path.relpath(os.path.join(manifest_dir, *row.file.split("/")),
+                                store.dataset_root).replace(os.sep, "/")
+                for row in rows if row.role != "copy"]
+    held = store.hashes_of_paths(haystack)
+    lacking = [path for path in haystack if path not in held]
+    evaluation.haystack = len(haystack)
+    evaluation.haystack_not_stored = len(lacking)
+    # A path outside the store's dataset (../...) is not looked for on disk: it cannot be indexed.
+    evaluation.haystack_not_on_disk = sum(
+        path == ".." or path.startswith("../") or not os.path.lexists(on_disk(path))
+        for path in lacking)
     totals = evaluation.copies_by_kind
     evaluation.rows = [_row(ordered, threshold, totals) for threshold in range(MAX_THRESHOLD + 1)]
     evaluation.recommended = recommend(evaluation.rows)
@@ -296,6 +318,20 @@ def missing_copies(evaluation: Evaluation) -> str | None:
         return f"{counted} not on disk or in the store: counted as missed"
     either = f" ({gone} of them not on disk either)" if gone else ""
     return f"{counted} not in the store{either}: counted as missed"
+
+
+def missing_haystack(evaluation: Evaluation) -> str | None:
+    """One line counting the manifest's haystack images the store does not hold, whose other
+    matches precision cannot count (None: it holds them all)."""
+    lacking = evaluation.haystack_not_stored
+    if not lacking:
+        return None
+    held = evaluation.haystack - lacking
+    either = (f" ({evaluation.haystack_not_on_disk} of them not on disk either)"
+              if evaluation.haystack_not_on_disk else "")
+    return (f"{lacking} of the manifest's {evaluation.haystack} haystack images"
+            f" {'is' if lacking == 1 else 'are'} not in the store{either}: precision counts only"
+            f" the other matches among the {held} it holds")
 
 
 def _matches(count: int, kind: str) -> str:
