@@ -40,11 +40,10 @@ import zlib
 from multiprocessing.queues import Queue
 from pathlib import Path
 
-from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402  (sets the path)
+from _setup import DEFAULT_DATASET, ROOT, index_whole, require_dataset  # noqa: E402  (sets the path)
 
 from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.core.hashing import Recipe  # noqa: E402
-from neardup.core.indexing import index_folder  # noqa: E402
 
 SEARCH = [sys.executable, str(ROOT / "search.py")]
 HOST = "127.0.0.1"  # loopback only, always
@@ -225,7 +224,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         store = args.store or os.path.join(workdir, "db.shelve")
         if not os.path.exists(store):
-            index_folder(args.dataset, store, Recipe())
+            index_whole(args.dataset, store, Recipe(), "abuse.py")
         log_path = os.path.join(workdir, "server.log")
         with open(log_path, "wb") as log:
             server = subprocess.Popen(SEARCH + ["-s", store, "--serve", f"{HOST}:0"],

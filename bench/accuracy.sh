@@ -9,6 +9,17 @@ source "$root/scripts/setup-venv.sh"
 cd "$root"
 caltech="${NEARDUP_CALTECH101:-$root/../shared/caltech101/101_ObjectCategories}"
 out="${NEARDUP_ACCURACY_DIR:-accuracy}"
+# index.py exits 0 when some files failed (the store holds the others): a store holding a part of
+# the haystack would be scored on that part, so every image is indexed or this stops.
+index_whole() {
+    local summary
+    summary=$("$PY" index.py "$@")
+    echo "$summary"
+    case "$summary" in
+        *"failed 0, skipped 0"*) ;;
+        *) echo "$(basename "$0"): index.py did not index every image: $summary" >&2; exit 1 ;;
+    esac
+}
 "$PY" gather.py --source "$caltech" --output "$out/images" --seed 5 --samples 200 --copies 1 \
     --edits all --force -q
 stores=()
@@ -16,7 +27,7 @@ for recipe in "dhash 8" "dhash 16" "phash 8" "ahash 8" "whash 8" "dhash 8 exact"
     set -- $recipe
     name="$1-$2${3:+-$3}"
     rm -rf "$out/$name.shelve"*
-    "$PY" index.py -d "$out/images" -s "$out/$name.shelve" --algorithm "$1" --hash-size "$2" \
+    index_whole -d "$out/images" -s "$out/$name.shelve" --algorithm "$1" --hash-size "$2" \
         ${3:+--exact} -q
     stores+=(-s "$out/$name.shelve")
 done

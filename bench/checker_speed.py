@@ -31,11 +31,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
+from _setup import (  # noqa: E402, F401  (sets the path)
+    DEFAULT_DATASET,
+    ROOT,
+    index_completely,
+    index_whole,
+    require_dataset,
+)
 
 from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.core.hashing import Recipe  # noqa: E402
-from neardup.core.indexing import index_folder  # noqa: E402
 
 SEARCH = [sys.executable, str(ROOT / "search.py")]
 # The checker as served by http.server's ThreadingHTTPServer, before uvicorn.
@@ -137,7 +142,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as workdir:
         store = os.path.join(workdir, "db.shelve")
-        index_folder(args.dataset, store, Recipe())
+        index_whole(args.dataset, store, Recipe(), "checker_speed.py")
         rows = [process_per_upload(store, paths[: args.processes]), stdin_checker(store, paths)]
         old_search, old_store = None, ""
         if args.baseline:
@@ -204,8 +209,8 @@ def export_baseline(revision: str, workdir: str, dataset: str) -> tuple[list[str
     subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
     store = os.path.join(workdir, "baseline.shelve")
     # Run from the export, so its own neardup package is the one imported.
-    subprocess.run([sys.executable, "index.py", "-d", os.path.abspath(dataset), "-s", store],
-                   cwd=target, check=True, stdout=subprocess.DEVNULL)
+    index_completely(["index.py", "-d", os.path.abspath(dataset), "-s", store],
+                     "checker_speed.py", cwd=target)
     return [sys.executable, os.path.join(target, "search.py")], store
 
 

@@ -90,9 +90,9 @@ def indexing(dataset: Path, work: Path, count: int, baseline: str | None) -> Non
     for label, script, extra in runs + runs[:1]:  # the first again: how much the machine drifted
         store = work / f"speed-{len(rows)}.shelve"
         started = time.perf_counter()
-        subprocess.run([PYTHON, script, "-d", str(sample), "-s", str(store), "-q", "-j", "1",
-                        *extra], check=True, stdout=subprocess.DEVNULL,
-                       env=dict(os.environ, PYTHONPATH=str(Path(script).parent)))
+        _setup.index_completely([script, "-d", str(sample), "-s", str(store), "-q", "-j", "1",
+                                 *extra], "features.py",
+                                env=dict(os.environ, PYTHONPATH=str(Path(script).parent)))
         seconds = time.perf_counter() - started
         with Store.open_for_reading(str(store)) as done:
             if done.image_count() != len(files):  # a skipped file would make the rate look better
@@ -110,8 +110,9 @@ def searching(dataset: Path, work: Path, sizes: list[int], query_count: int,
               prebuilt: str | None, synthetic: str, baseline: str | None) -> None:
     base = Path(prebuilt) if prebuilt else work / "base.shelve"
     if not prebuilt:
-        subprocess.run([PYTHON, INDEX, "-d", str(dataset), "-s", str(base), "-q", "--features"],
-                       check=True, stdout=subprocess.DEVNULL)
+        # Every photo, or the run stops: the originals a part of them cannot find are not misses.
+        _setup.index_completely([INDEX, "-d", str(dataset), "-s", str(base), "-q", "--features"],
+                                "features.py")
     queries = pick_queries(dataset, query_count)
     queries_file = work / "queries.json"
     queries_file.write_text(json.dumps(queries))

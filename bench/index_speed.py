@@ -40,13 +40,17 @@ from contextlib import ExitStack, contextmanager
 
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
-from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
+from _setup import (  # noqa: E402, F401  (sets the path)
+    DEFAULT_DATASET,
+    ROOT,
+    index_whole,
+    require_dataset,
+)
 from PIL import Image  # noqa: E402
 
 from neardup.core import jpeg  # noqa: E402
 from neardup.core.discovery import FoundFile, walk_images  # noqa: E402
 from neardup.core.hashing import Recipe  # noqa: E402
-from neardup.core.indexing import index_folder  # noqa: E402
 from neardup.errors import NeardupError  # noqa: E402
 from neardup.scale.cluster import cluster_hasher, connect  # noqa: E402
 
@@ -156,7 +160,8 @@ def measure(label: str, files: list[tuple[str, str]], workdir: str,
 
     def ours(name: str, recipe: Recipe, jobs: int) -> None:
         store = os.path.join(workdir, f"{label}-{name.replace(' ', '')}.shelve")
-        timed(name, lambda: index_folder(subset, store, recipe, jobs=jobs))
+        # Every file indexed, or the run stops: a failed file is a file not timed.
+        timed(name, lambda: index_whole(subset, store, recipe, "index_speed.py", jobs=jobs))
 
     timed("read bytes", lambda: read_bytes(paths))
     timed("decode floor (1/8 JPEG)", lambda: decode_floor(paths))
@@ -180,7 +185,7 @@ def measure(label: str, files: list[tuple[str, str]], workdir: str,
         store = os.path.join(workdir, f"{label}-dask.shelve")
         hasher = cluster_hasher(dask_cluster, partition_size=max(10, len(paths) // (cores * 8)))
         timed(f"Dask, {cores} local workers",
-              lambda: index_folder(subset, store, Recipe(), hasher=hasher))
+              lambda: index_whole(subset, store, Recipe(), "index_speed.py", hasher=hasher))
     return rows
 
 

@@ -10,6 +10,17 @@ source "$root/scripts/setup-venv.sh"
 cd "$root"
 caltech="${NEARDUP_CALTECH101:-$root/../shared/caltech101/101_ObjectCategories}"
 out="${NEARDUP_ACCURACY_DIR:-accuracy}/vs-exact"
+# index.py exits 0 when some files failed (the store holds the others): a store holding a part of
+# the haystack would be scored on that part, so every image is indexed or this stops.
+index_whole() {
+    local summary
+    summary=$("$PY" index.py "$@")
+    echo "$summary"
+    case "$summary" in
+        *"failed 0, skipped 0"*) ;;
+        *) echo "$(basename "$0"): index.py did not index every image: $summary" >&2; exit 1 ;;
+    esac
+}
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(101 202)
 for seed in "${seeds[@]}"; do
@@ -17,8 +28,8 @@ for seed in "${seeds[@]}"; do
     "$PY" gather.py --source "$caltech" --output "$images" --seed "$seed" --samples 600 \
         --copies 1 --edits resize,jpeg --force -q
     rm -rf "$images.default.shelve"* "$images.exact.shelve"*
-    "$PY" index.py -d "$images" -s "$images.default.shelve" -q
-    "$PY" index.py -d "$images" -s "$images.exact.shelve" --exact -q
+    index_whole -d "$images" -s "$images.default.shelve" -q
+    index_whole -d "$images" -s "$images.exact.shelve" --exact -q
     echo "== seed $seed"
     "$PY" search.py -s "$images.default.shelve" -s "$images.exact.shelve" \
         --evaluate "$images/manifest.csv"

@@ -34,10 +34,14 @@ from functools import partial
 
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
-from _setup import DEFAULT_DATASET, ROOT, require_dataset  # noqa: E402, F401  (sets the path)
+from _setup import (  # noqa: E402, F401  (sets the path)
+    DEFAULT_DATASET,
+    ROOT,
+    index_whole,
+    require_dataset,
+)
 
 from neardup.core.hashing import Hash, Recipe  # noqa: E402
-from neardup.core.indexing import index_folder  # noqa: E402
 from neardup.core.multiindex import MultiIndex, WideMultiIndex  # noqa: E402
 from neardup.core.search import HashIndex  # noqa: E402
 from neardup.core.store import Store  # noqa: E402
@@ -67,7 +71,7 @@ def caltech_hashes(dataset: str, recipe: Recipe | None = None) -> np.ndarray:
     recipe = recipe or Recipe()
     with tempfile.TemporaryDirectory() as workdir:
         path = os.path.join(workdir, "caltech.shelve")
-        index_folder(dataset, path, recipe)
+        index_whole(dataset, path, recipe, "search_speed.py")  # its hashes, every one
         with Store.open_for_reading(path) as store:
             matrix = np.array(store.hash_matrix())
     return matrix[:, 0] if recipe.bits == 64 else matrix

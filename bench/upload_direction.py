@@ -25,20 +25,24 @@ import subprocess
 import sys
 import tempfile
 
-from _setup import ROOT
+from _setup import ROOT, index_completely
 
 
-def run(arguments: list[str], what: str) -> str:
-    """Run one of the project's scripts with this Python; its stdout, or exit with its error."""
-    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
+def search(arguments: list[str], what: str) -> str:
+    """Run search.py with this Python; its stdout, or exit with its error."""
+    result = subprocess.run([sys.executable, str(ROOT / "search.py"), *arguments],
+                            capture_output=True, text=True)
     if result.returncode not in (0, 1):  # 1: a search that found nothing for some query
         sys.exit(f"upload_direction.py: {what} failed: {result.stderr.strip()}")
     return result.stdout
 
 
 def index(folder: str, store: str) -> None:
-    if not os.path.exists(store):
-        run([str(ROOT / "index.py"), "-d", folder, "-s", store, "--features"], f"indexing {folder}")
+    """Index every image of `folder`, or stop: recall measured on a store holding part of the
+    haystack is that part's. A store kept in --workdir is brought up to date (nothing is hashed
+    again but what changed or failed before)."""
+    index_completely([str(ROOT / "index.py"), "-d", folder, "-s", store, "--features"],
+                     "upload_direction.py")
 
 
 def copies_as_queries(dataset: str, store: str, copies: list[dict[str, str]]
@@ -67,8 +71,8 @@ def copies_as_queries(dataset: str, store: str, copies: list[dict[str, str]]
 def originals_as_queries(dataset: str, store: str) -> tuple[dict[str, float], int, int]:
     """What search.py --evaluate reports on a store of the whole dataset: recall per edit kind
     (what search answers), the other matches and the number of queries (the originals)."""
-    report = json.loads(run([str(ROOT / "search.py"), "-s", store, "--json", "--evaluate",
-                             os.path.join(dataset, "manifest.csv")], "--evaluate"))
+    report = json.loads(search(["-s", store, "--json", "--evaluate",
+                                os.path.join(dataset, "manifest.csv")], "--evaluate"))
     both = next(column for column in report[0]["verified"]["columns"]
                 if column["name"].startswith("both"))
     recall = {kind: value for kind, value in both["recall"].items() if kind != "all"}

@@ -1,0 +1,85 @@
+"""The benchmark scripts measure the whole dataset they are given, or stop and say why."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from neardup.sources.dataset import MANIFEST_COLUMNS
+
+from .conftest import PROJECT_ROOT
+from .imagegen import textured
+
+BENCH = PROJECT_ROOT / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py as a module (it imports bench/_setup.py beside it)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def gathered_with_a_broken_photo(root: Path) -> None:
+    """A gather.py output in small: three photos in haystack/, one copy, and a .jpg in haystack/
+    that is no image (index.py fails it, and still exits 0: the store holds the others)."""
+    for number, name in enumerate(("A", "B", "C")):
+        (root / "haystack").mkdir(parents=True, exist_ok=True)
+        textured(40 + number, (160, 120)).save(root / "haystack" / f"{name}.png")
+    (root / "copies").mkdir()
+    textured(40, (160, 120)).save(root / "copies" / "A_same.png")
+    (root / "haystack" / "broken.jpg").write_bytes(b"not a picture at all" * 50)
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows([
+            ("haystack/A.png", "original", "g1", "src/A.png", ""),
+            ("haystack/B.png", "", "", "src/B.png", ""),
+            ("haystack/C.png", "", "", "src/C.png", ""),
+            ("haystack/broken.jpg", "", "", "src/broken.jpg", ""),
+            ("copies/A_same.png", "copy", "g1", "haystack/A.png", "resize factor=1"),
+        ])
+
+
+def test_upload_direction_stops_when_index_py_fails_a_file(in_tmp: Path) -> None:
+    pytest.importorskip("cv2")  # the bench indexes with --features
+    gathered_with_a_broken_photo(Path("data"))
+    done = subprocess.run([sys.executable, str(BENCH / "upload_direction.py"), "--dataset", "data",
+                           "--workdir", "work"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
+    assert done.returncode == 1
+    assert "| all |" not in done.stdout  # no recall measured on a part of the haystack
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("upload_direction.py: index.py did not index every image (exit 0;")
+    assert "failed 1, skipped 0" in line and "data/haystack/broken.jpg" in line
+
+    # The file taken away, the same --workdir: its stores are brought up to date and measured.
+    Path("data/haystack/broken.jpg").unlink()
+    done = subprocess.run([sys.executable, str(BENCH / "upload_direction.py"), "--dataset", "data",
+                           "--workdir", "work"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert "| all | 100.0% | 100.0% |" in done.stdout
+
+
+def test_a_bench_indexing_in_process_stops_when_a_file_fails(in_tmp: Path) -> None:
+    gathered_with_a_broken_photo(Path("data"))
+    search_speed = load_bench("search_speed")
+    with pytest.raises(SystemExit) as stopped:
+        search_speed.caltech_hashes("data")
+    message = str(stopped.value.code)
+    assert message.startswith("search_speed.py: data was not indexed whole (indexed 4,")
+    assert "failed 1" in message and "haystack/broken.jpg" in message
