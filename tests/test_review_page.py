@@ -285,6 +285,54 @@ def test_only_what_can_go_without_losing_a_picture_is_marked(
     assert "(marked: a smaller copy of the one kept, of the same shape)" in page
 
 
+def test_a_smaller_file_is_marked_only_where_the_one_kept_holds_all_of_its_picture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of a photo library: the button marked smaller files whose picture the one kept
+    does not hold. Another frame of a scene (a look-alike that verifies: catalogue motorbikes,
+    one portrait sitting), the only colour version beside a larger gray one, the clean one beside
+    a larger watermarked one, the whole scene beside a larger export of its centre: each was
+    marked, and deleting it loses a picture. A smaller file is marked only where the one kept,
+    brought down to its size, shows the same picture; a plain smaller copy still is."""
+    pytest.importorskip("cv2", reason="the features extra (OpenCV) is not installed")
+    from PIL import ImageDraw, ImageOps
+
+    from .test_features import scene
+
+    def smaller(picture: Image.Image):  # type: ignore[no-untyped-def]
+        return lambda path: picture.resize((320, 240), Image.Resampling.LANCZOS).save(
+            path, quality=90)
+
+    def another_frame(picture: Image.Image) -> Image.Image:
+        changed = picture.copy()  # the same scene with one part of it changed
+        ImageDraw.Draw(changed).rectangle((150, 100, 230, 170), fill=(20, 160, 60))
+        return changed
+
+    def watermarked(picture: Image.Image) -> Image.Image:
+        marked = picture.copy()
+        ImageDraw.Draw(marked).rectangle((0, 250, 400, 300), fill=(250, 250, 250))
+        return marked
+
+    def centre(picture: Image.Image) -> Image.Image:
+        return picture.crop((40, 30, 360, 270)).resize((400, 300), Image.Resampling.LANCZOS)
+
+    one, two, three, four = (scene(seed, (400, 300)) for seed in (21, 22, 23, 24))
+    page, marked = group_page(tmp_path, monkeypatch, {
+        "a_kept.jpg": lambda path: one.save(path, quality=90),
+        "a_smaller_copy.jpg": smaller(one),
+        "a_another_frame.jpg": smaller(another_frame(one)),
+        "b_gray.jpg": lambda path: ImageOps.grayscale(two).save(path, quality=90),
+        "b_colour.jpg": smaller(two),
+        "c_watermarked.jpg": lambda path: watermarked(three).save(path, quality=90),
+        "c_clean.jpg": smaller(three),
+        "d_centre.jpg": lambda path: centre(four).save(path, quality=90),
+        "d_whole.jpg": smaller(four),
+    }, originals=("a_kept.jpg",), features=True)
+    assert marked == ["a_smaller_copy.jpg"]
+    for left in ("a_another_frame.jpg", "b_colour.jpg", "c_clean.jpg", "d_whole.jpg"):
+        assert re.search(re.escape(left) + r".*?(left to you|kept)", page), left
+
+
 def test_paths_to_one_file_are_kept_or_marked_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

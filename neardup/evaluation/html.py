@@ -28,7 +28,7 @@ from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.results import can_be_listed, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
-from .keeping import WEAK_INLIERS, Facts, choose, facts_of
+from .keeping import WEAK_INLIERS, Facts, choose, facts_of, known_fact, shows_whole
 from .montage import thumbnail
 from .output import write_whole
 from .scoring import (
@@ -261,7 +261,11 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
         key = tuple(sorted((items[one].relpath, items[other].relpath)))
         return pairs is not None and pairs.get(key, 0) >= WEAK_INLIERS  # type: ignore[arg-type]
 
-    choice = (choose([item.path for item in items], facts, strong if verified else None)
+    def whole(large: int, small: int) -> bool:  # the kept file gives the smaller one's picture
+        return shows_whole(items[large].path, items[small].path, known_fact(facts, small),
+                           max_pixels)
+
+    choice = (choose([item.path for item in items], facts, strong if verified else None, whole)
               if reviewable else None)
     figures = []
     for position, item in enumerate(items):
