@@ -416,6 +416,53 @@ def _enlarged(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC)
 
 
+# A padded copy as the query holds its picture smaller than the frame (15 % bars on each side:
+# 70 % of it), and a stored frame's 72 keypoints sit mostly on ORB's finest levels, which the
+# smaller picture does not have: with the copies as the queries (bench/upload_direction.py
+# --seed 2026), 6 pad copies of 500 and 10 combos holding a pad were never among the features'
+# candidates, or verified with too few inliers. A query that verified nothing is searched again
+# without its bars (features/search.py). Bars are runs of lines from an edge inwards, each
+# line one colour (every sample within BAR_TOLERANCE of the edge line's median, per channel) and
+# the colour the edge line's; at least BAR_MIN_SHARE of the side (and 2 lines) to count, at most
+# so much that BAR_KEEP_SHARE of each side is left.
+BAR_TOLERANCE = 10
+BAR_MIN_SHARE = 0.02
+BAR_KEEP_SHARE = 0.5
+
+
+def without_bars(frame: np.ndarray) -> np.ndarray | None:
+    """The frame with the flat bars at its edges cut off (a border, a letterbox), brought back to
+    its long side; None when it has none."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    pixels = frame.astype(np.int16).reshape(height, width, -1)
+    top = _bar(pixels, height)
+    bottom = _bar(pixels[::-1], height)
+    left = _bar(pixels.transpose(1, 0, 2), width)
+    right = _bar(pixels.transpose(1, 0, 2)[::-1], width)
+    if not (top or bottom or left or right):
+        return None
+    kept_height, kept_width = height - top - bottom, width - left - right
+    if kept_height < BAR_KEEP_SHARE * height or kept_width < BAR_KEEP_SHARE * width:
+        return None  # mostly flat: a drawing on a blank page, not a padded picture
+    inside = frame[top:height - bottom, left:width - right]
+    scale = max(height, width) / max(kept_height, kept_width)
+    size = (max(1, round(kept_width * scale)), max(1, round(kept_height * scale)))
+    return cv2.resize(np.ascontiguousarray(inside), size, interpolation=cv2.INTER_CUBIC)
+
+
+def _bar(lines: np.ndarray, side: int) -> int:
+    """How many lines, from the first inwards, form a flat bar (0: none, or too thin to be one)."""
+    edge = np.median(lines[0], axis=0)
+    count = 0
+    for line in lines[: int(side * (1 - BAR_KEEP_SHARE))]:
+        if np.abs(line - edge).max() > BAR_TOLERANCE:
+            break
+        count += 1
+    return count if count >= max(2, BAR_MIN_SHARE * side) else 0
+
+
 def sharpened_features(frame: np.ndarray) -> list[FeatureSet]:
     """The query's look sharpened (SHARPEN_SIGMA, SHARPEN_AMOUNT), for a blurred copy."""
     return [_look(*_split(_sharpened(frame)))[0]]

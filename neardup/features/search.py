@@ -20,7 +20,14 @@ from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
 from ..errors import NeardupError, StoreError
 from . import require
-from .extract import FeatureRecipe, FeatureSet, enlarged_features, query_features, sharpened_features
+from .extract import (
+    FeatureRecipe,
+    FeatureSet,
+    enlarged_features,
+    query_features,
+    sharpened_features,
+    without_bars,
+)
 from .index import FeatureIndex
 from .verify import Verdict, descriptor_index, verify
 
@@ -80,8 +87,11 @@ class VerifiedSearch:
         include_low_information: bool = False,
         source: str = "both",
         sharpen: bool = True,
+        unpad: bool = True,
     ) -> list[tuple[Match, Verdict]]:
-        """Every candidate with its verdict, verified or not (for --evaluate and tests)."""
+        """Every candidate with its verdict, verified or not (for --evaluate and tests). `unpad`:
+        whether a query that verified nothing is searched again without the flat bars at its
+        edges (a padded or letterboxed copy: extract.without_bars)."""
         looks = query_features(frame)
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
@@ -154,6 +164,17 @@ class VerifiedSearch:
                                       verdict.verified), verdict))
         answers_out.sort(key=lambda item: (item[0].distance is None, item[0].distance or 0,
                                            -item[1].inliers, item[0].path))
+        # Only then, so a query that found what it is a copy of (nearly every one) costs nothing
+        # more: with bars looked at as they were, padded copies' originals were not among the
+        # features' candidates (bench/upload_direction.py; extract.without_bars).
+        if unpad and not any(verdict.verified for _, verdict in answers_out):
+            inside = without_bars(frame)
+            if inside is not None:
+                again = self.search_with_verdicts(
+                    hashes, inside, max_distance, include_low_information=include_low_information,
+                    source=source, sharpen=sharpen, unpad=False)
+                if any(verdict.verified for _, verdict in again):
+                    return again
         return answers_out
 
 
