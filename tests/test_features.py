@@ -561,9 +561,9 @@ def test_real_photos_blurred_copies_as_queries_are_verified(caltech_root: Path,
 
 
 def test_flat_bars_are_cut_off_a_query_and_nothing_else() -> None:
-    """A padded query is also looked at without its bars (extract.without_bars, searched again when it verified nothing): borders and
-    letterboxes of black or white are cut off, whatever their width; a picture without bars, or
-    one that is mostly flat, is left alone."""
+    """A query that verified nothing is searched again without the flat bars at its edges
+    (extract.without_bars): borders and letterboxes of black or white are cut off, whatever their
+    width; a picture without bars, or one that is mostly flat, is left alone."""
     picture = scene(5, (300, 200))
     for border, fill in (((45, 30), (0, 0, 0)), ((0, 24), (255, 255, 255)), ((9, 6), (0, 0, 0))):
         padded = np.asarray(ImageOps.expand(picture, border=border * 2, fill=fill))
