@@ -70,7 +70,9 @@ class Found:
     hash: str  # the stored image's hash, hexadecimal
     # Stores with features only (index.py --features): every answer is verified (README
     # "Verified matches"); how it was found ("hash", "features", "hash+features") and the
-    # keypoint matches the verifying transform explains. None on a hash-only store.
+    # keypoint matches the verifying transform explains. None on a hash-only store. Where an
+    # index.py --features run did not finish, the images it had not reached yet are answered by
+    # their hash alone: found_by "hash", inliers None, verified False (images_without_features).
     found_by: str | None = None
     inliers: int | None = None
     verified: bool | None = None
@@ -154,6 +156,14 @@ class ImageStore:
         return self._store.has_features()
 
     @property
+    def images_without_features(self) -> int:
+        """On a store with features, how many images have none yet (an index.py --features run
+        that did not finish): search() answers them by their hash alone, unverified, and
+        groups() leaves them out. 0 on a complete store and on a hash-only one."""
+        with self._store.snapshot():
+            return self._store.images_without_features()
+
+    @property
     def path(self) -> str:
         return self._store.path
 
@@ -209,7 +219,8 @@ class ImageStore:
 
         On a store with features (index.py --features) the answers are search.py's: candidates
         from the hash and the local features, only verified ones kept (crops, pads, rotations and
-        mirror images included), nearest by hash first, then by inliers.
+        mirror images included), nearest by hash first, then by inliers; and the hash's
+        candidates that have no features yet (images_without_features), unverified.
         """
         self._check_distance(max_distance)
         if hasattr(image, "read") and not isinstance(image, Image.Image):
@@ -234,13 +245,17 @@ class ImageStore:
         chains: a~b and b~c do not put a and c together), each image in one group at most,
         largest first. On a store with features each image is searched again (its file read:
         minutes for 10^4 images): `progress` shows a bar on a terminal, and `warn` gets a line
-        for each image whose file can no longer be read (its own matches are not searched)."""
+        for each image whose file can no longer be read (its own matches are not searched), and
+        one saying how many images have no features yet (left out: they cannot be verified)."""
         self._check_distance(max_distance)
         with self._store.snapshot():
             if self.has_features:  # every pair in a group is a verified match
                 from .features.grouping import verified_groups
-                from .features.search import VerifiedSearch
+                from .features.search import VerifiedSearch, lacking_features
 
+                _, line = lacking_features(self._store, "--groups leaves them out of its groups; ")
+                if line is not None and warn is not None:
+                    warn(line)
                 search = VerifiedSearch.for_store(self._store, HashIndex.from_store(self._store))
                 assert search is not None
                 groups = verified_groups(self._store, search, max_distance,

@@ -1286,3 +1286,114 @@ def test_verified_answers_are_not_computed_on_the_servers_event_loop(
         app.close()
     assert threads and all(name.startswith("decode") for name in threads), threads
     assert sent[0]["status"] == 200 and b"originals/scene.jpg" in sent[1]["body"]
+
+
+def interrupted_upgrade(batches: int) -> set[str]:
+    """index.py --features over the hash-only store db.shelve of images/, interrupted (as by
+    Ctrl-C) after `batches` batches of one file were committed; the stored files still without
+    features."""
+    from neardup.core.indexing import local_hasher
+
+    hasher = local_hasher(1, 1, features=True)
+
+    def interrupted(files, recipe, max_pixels):  # type: ignore[no-untyped-def]
+        for number, outcomes in enumerate(hasher(files, recipe, max_pixels)):
+            if number == batches:
+                raise KeyboardInterrupt
+            yield outcomes
+
+    with pytest.raises(KeyboardInterrupt):
+        neardup.index_folder("images", "db.shelve", features=True, hasher=interrupted)
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.has_features()
+        return store.paths_without_features()
+
+
+def test_an_interrupted_features_upgrade_still_answers_every_stored_image(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: index.py --features interrupted on a hash-only store (Ctrl-C, a kill, a full
+    disk) recorded the feature recipe first, and from then on every search answered verified
+    matches only: the images still without features, which cannot be verified, were never
+    answered, silently. They are answered by their hash, unverified, and every mode says once
+    how many images lack features and what finishes the upgrade."""
+    from neardup.service.checker import Checker
+
+    original = scene(1)
+    save(original, "images/a_scene.jpg", quality=92)
+    shutil.copyfile("images/a_scene.jpg", "images/z_copy.jpg")  # the same picture, byte for byte
+    for seed in (2, 3, 4):
+        save(scene(seed), f"images/m_other_{seed}.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    lacking = interrupted_upgrade(batches=1)
+    assert "a_scene.jpg" not in lacking and "z_copy.jpg" in lacking and len(lacking) == 4
+    note = ("db.shelve: 4 of the 5 stored images have no local features yet (an index.py"
+            " --features run did not finish): search answers them by their hash alone,"
+            " unverified; run index.py --features again to finish")
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-q", "images/a_scene.jpg", "--json"]) == 0
+    captured = capsys.readouterr()
+    matches = {m["relpath"]: m for m in json.loads(captured.out)[0]["matches"]}
+    assert set(matches) == {"a_scene.jpg", "z_copy.jpg"}
+    assert matches["a_scene.jpg"]["verified"] is True
+    assert matches["z_copy.jpg"] | {"path": ""} == {
+        "path": "", "relpath": "z_copy.jpg", "distance": 0, "hash": matches["a_scene.jpg"]["hash"],
+        "found_by": "hash", "inliers": None, "verified": False}
+    assert captured.err.splitlines() == [f"search.py: {note}"]
+    assert search_cli.main(["-s", "db.shelve", "-q", "images/a_scene.jpg"]) == 0
+    captured = capsys.readouterr()
+    assert "0\t-\timages/z_copy.jpg" in captured.out.splitlines()
+    assert captured.err.splitlines() == [f"search.py: {note}"]
+    # --groups: the images without features cannot be verified, so they are in no group.
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert captured.err.splitlines() == [
+        f"search.py: {note.replace('; run', '; --groups leaves them out of its groups; run')}"]
+    # The Python API answers the same.
+    with neardup.open_store("db.shelve") as store:
+        assert store.images_without_features == 4
+        found = {item.relpath: item for item in store.search("images/a_scene.jpg")}
+        assert (found["z_copy.jpg"].verified, found["z_copy.jpg"].inliers) == (False, None)
+    # The checker: in its log once, and in /health.
+    warnings: list[str] = []
+    with Checker("db.shelve", warn=warnings.append) as checker:
+        for _ in range(2):
+            answer = checker.check_file("images/z_copy.jpg")
+            assert {m["relpath"]: m["verified"] for m in answer["matches"]} == {
+                "a_scene.jpg": True, "z_copy.jpg": False}
+        assert checker.health()["images_without_features"] == 4
+    assert warnings == [note]
+    # Finishing the upgrade ends it all.
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-q", "images/a_scene.jpg", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert all(m["verified"] for m in json.loads(captured.out)[0]["matches"])
+    assert captured.err == ""
+
+
+def test_an_upgrade_interrupted_before_its_first_batch_answers_by_hash_in_evaluate(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """--evaluate on such a store says it too; its verified columns count verified answers
+    only (the hash's column counts every copy the hash finds)."""
+    evaluation_dataset()
+    os.rename("data", "images")
+    save(scene(1), "images/copies/jpeg.jpg", quality=60)  # a copy the hash finds
+    with open("images/manifest.csv", "a") as manifest:
+        manifest.write("copies/jpeg.jpg,copy,g1,haystack/scene.jpg,jpeg test\n")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert interrupted_upgrade(batches=0) == {
+        "haystack/scene.jpg", "haystack/other.jpg", "copies/jpeg.jpg",
+        *(f"copies/{name}.jpg" for name in copies_of(scene(1)))}
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "images/manifest.csv",
+                            "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "search.py: db.shelve: 7 of the 7 stored images have no local features yet (an index.py"
+        " --features run did not finish): search answers them by their hash alone, unverified;"
+        " --evaluate's verified columns count none of them; run index.py --features again to"
+        " finish"]
+    columns = {c["name"]: c for c in json.loads(captured.out)[0]["verified"]["columns"]}
+    assert columns["both (search.py)"]["recall"]["all"] == 0.0
+    assert columns["hash <= 4 bits"]["recall"]["all"] > 0.0

@@ -42,7 +42,7 @@ from ..evaluation.scoring import (
     missing_haystack,
 )
 from ..features.extract import read_frame
-from ..features.search import VerifiedSearch
+from ..features.search import VerifiedSearch, lacking_features
 from ..service.checker import Checker
 from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
 from ..service.server import (
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.matches = matches
             verified = VerifiedSearch.for_store(store, index) if store.has_features() else None
             if verified is not None:  # a store with local features: verified matches only
+                say_lacking_features(store)
                 answer_verified(verified, hashed, mirrored, args)
             if args.montage:
                 draw_montage(args.montage, "queries and their matches", [
@@ -315,10 +316,20 @@ def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Ha
                                          include_low_information=args.include_low_information)
 
 
+def say_lacking_features(store: Store, also: str = "") -> None:
+    """One line when an unfinished index.py --features left images without features (answered
+    by their hash alone, unverified): silent, that looked like a store that answers nothing."""
+    _, line = lacking_features(store, also)
+    if line is not None:
+        say(line)
+
+
 def match_label(match: Match) -> str:
     distance = "-" if match.distance is None else str(match.distance)
     if match.verified is None:
         return f"distance {distance}"
+    if match.inliers is None:  # no features stored for it yet: found by the hash alone
+        return f"d {distance}, unverified"
     return f"d {distance}, {match.inliers} inliers"
 
 
@@ -516,6 +527,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
             verified = None
             if store.has_features():
                 verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
+                say_lacking_features(store, "--evaluate's verified columns count none of them; ")
             evaluations.append(evaluate_manifest(
                 store, args.evaluate, mirror=args.mirror,
                 include_low_information=args.include_low_information, verified=verified,
@@ -745,7 +757,10 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
             for item in record["matches"]:
                 if "verified" in item:  # a store with features: distance (or -), inliers, path
                     distance = "-" if item["distance"] is None else item["distance"]
-                    print(f"{prefix}{distance}\t{item['inliers']}\t{printable(item['path'])}")
+                    # No inliers (-): not verified, its features not stored yet (an unfinished
+                    # index.py --features; said on stderr).
+                    inliers = "-" if item["inliers"] is None else item["inliers"]
+                    print(f"{prefix}{distance}\t{inliers}\t{printable(item['path'])}")
                 else:
                     print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:

@@ -955,6 +955,15 @@ class Store:
                             " (SELECT path FROM neardup_features)")
         return {os.fsdecode(bytes(path)) for (path,) in rows}
 
+    def images_without_features(self) -> int:
+        """How many stored images have no features on a store that keeps them: an index.py
+        --features run on a hash-only store that did not finish (the recipe is recorded before
+        the first batch). 0 on a hash-only store. Counted, not listed: the image count is kept
+        by the triggers, and every feature row belongs to a stored file (one transaction)."""
+        if not self.has_features():
+            return 0
+        return max(0, self.image_count() - self.feature_count())
+
     def feature_count(self) -> int:
         if not self.has_features():
             return 0

@@ -210,7 +210,9 @@ def evaluate_manifest(
                 raise DatasetError(f"{manifest_path}: original {error}") from error
             for match in verified.search(queries[group.group], frame, max_distance,
                                          include_low_information=include_low_information):
-                if match.path != group.original:
+                # Not the unverified answers of an unfinished upgrade (said on stderr): these
+                # columns are what verification finds.
+                if match.path != group.original and match.verified:
                     group.verified[match.path] = match.found_by or ""
 
     evaluation = Evaluation(store.path, store.dataset_root, store.recipe.describe(), mirror,

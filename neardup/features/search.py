@@ -4,6 +4,12 @@ The hash proposes the stored images within max_distance bits; the feature index 
 sharing the most keypoints with the query or with its mirror image (so mirrored copies are found
 without --mirror). Every candidate, however found, is then verified (verify.py) against the
 stored image's features, and only verified ones are answered.
+
+Except the hash's candidates that have no features at all: on a store whose index.py --features
+upgrade did not finish (the recipe is recorded before the first batch), the images not reached
+yet cannot be verified, and leaving them out answered nothing for them, silently (a review). They
+are answered by their hash alone, unverified (found_by "hash", inliers None, verified False),
+and every mode says so once (lacking_features).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from PIL import Image
 from ..core.hashing import Hash
 from ..core.search import HashIndex, Match, find_matches_many
 from ..core.store import Store
-from ..errors import NeardupError, StoreError
+from ..errors import NeardupError, StoreError, command
 from . import require
 from .extract import (
     FeatureRecipe,
@@ -36,6 +42,26 @@ from .verify import Verdict, descriptor_index, verify
 # time). Only feature candidates count: a motorbike's hash finds a dozen other motorbikes, which
 # verification refuses, and counted with them its own copies with 46 votes went unverified.
 STOP_AFTER_REFUSALS = 4
+
+# The verdict of a hash candidate the store holds no features for (an unfinished upgrade).
+NO_FEATURES = "no features stored"
+_UNVERIFIABLE = Verdict(False, 0, 0, None, 0.0, None, None, NO_FEATURES)
+
+
+def lacking_features(store: Store, also: str = "") -> tuple[int, str | None]:
+    """How many stored images have no features on a store that keeps them, and the one line
+    that says so (None when none lacks them). `also`: what the caller's mode does with them,
+    ending with "; "."""
+    lacking = store.images_without_features()
+    if not lacking:
+        return 0, None
+    total = store.image_count()
+    index = command("index.py")
+    verb = "has" if lacking == 1 else "have"
+    return lacking, (f"{store.path}: {lacking} of the {total} stored images {verb} no local"
+                     f" features yet (an {index} --features run did not finish): search answers"
+                     f" {'it by its' if lacking == 1 else 'them by their'} hash alone, unverified;"
+                     f" {also}run {index} --features again to finish")
 
 
 class VerifiedSearch:
@@ -73,10 +99,12 @@ class VerifiedSearch:
         `frame` its analysis frame (extract.read_frame). Best first: by hash distance, then by
         inliers, features-only matches last. `source`: where candidates come from, "hash",
         "features" or "both" (what search.py does). `sharpen`: whether a hash candidate no look
-        aligned with is asked again with the query sharpened (for a blurred query)."""
+        aligned with is asked again with the query sharpened (for a blurred query). A hash
+        candidate without stored features (an unfinished upgrade) is answered unverified."""
         return [match for match, verdict in self.search_with_verdicts(
             hashes, frame, max_distance, include_low_information=include_low_information,
-            source=source, sharpen=sharpen) if verdict.verified]
+            source=source, sharpen=sharpen)
+            if verdict.verified or verdict.reason == NO_FEATURES]
 
     def search_with_verdicts(
         self,
@@ -126,10 +154,14 @@ class VerifiedSearch:
                 found_by_look[path] = candidate.look
                 distance, how = found.get(path, (None, set()))
                 found[path] = (distance, how | {"features"})
+        unverifiable: set[str] = set()  # hash candidates the store holds no features for
         for path in found:
             if path not in stored:
                 record = self.store.features_of_path(path)
-                parsed = None if record is None else _parse(self.store, path, record[1])
+                if record is None:
+                    unverifiable.add(path)
+                    continue
+                parsed = _parse(self.store, path, record[1])
                 if parsed is not None:
                     stored[path] = parsed
         # One query for the hashes of the features' candidates (one per candidate cost 1.4 ms of
@@ -142,8 +174,12 @@ class VerifiedSearch:
         refused_in_a_row = 0
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
+            if path in unverifiable:  # an unfinished upgrade: what the hash alone answers
+                answers_out.append((Match(path, distance, hash_of.get(path, ""), "hash", None,
+                                          False), _UNVERIFIABLE))
+                continue
             if path not in stored:
-                continue  # indexed without features (never in a complete store): cannot verify
+                continue  # a damaged record (said once): it cannot be verified
             if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
                 continue
             first = found_by_look.get(path, 0)  # the look that found it, first

@@ -125,6 +125,14 @@ class Checker:
 
             require()
             self._features = CheckerFeatures(store_path, self._store_problem)
+        # An unfinished index.py --features leaves images without features, answered by their
+        # hash alone: said once in the log (now, at start, or when first seen), and in /health.
+        self._lacking_for: tuple[str, int, str] | None = None  # the state it was counted for
+        self._lacking = 0
+        self._lacking_said = False
+        if self._features is not None:
+            with self._store.snapshot():
+                self._images_without_features(self._store)
 
     @property
     def verifies(self) -> bool:
@@ -225,6 +233,7 @@ class Checker:
                     self._forget_repaired(store)
                     index = self._current_index(store)
                     if self._features is not None and frame is not None:
+                        self._images_without_features(store)
                         looks = [query] + ([flipped] if flipped is not None else [])
                         matches = self._features.answer(
                             store, store.generation(), index, looks, frame, radius,
@@ -287,6 +296,22 @@ class Checker:
             self._rebuild_in_background()
         self._index = index
         return index
+
+    def _images_without_features(self, store: Store) -> int:
+        """How many stored images have no features yet, counted again when the store or its
+        features moved; said in the log once while there are any (called in a snapshot)."""
+        state = (store.store_id, store.generation(), store.feature_token())
+        if state != self._lacking_for:
+            from ..features.search import lacking_features
+
+            self._lacking, line = lacking_features(store)
+            self._lacking_for = state
+            if line is None:
+                self._lacking_said = False  # finished: said again if it ever happens again
+            elif not self._lacking_said:
+                self._warn(line)
+                self._lacking_said = True
+        return self._lacking
 
     def _rebuild_in_background(self) -> None:
         if self._rebuilding is not None or self._closed:
@@ -467,6 +492,9 @@ class Checker:
                         "status": "degraded" if problems else "ok",
                         "hashes": hashes, "images": images,
                         "generation": store.generation()}
+                    if self._features is not None and self._images_without_features(store):
+                        # Answered by their hash alone, unverified: an unfinished upgrade.
+                        report["images_without_features"] = self._lacking
             except (StoreError, sqlite3.DatabaseError) as error:
                 return {"status": "unavailable",
                         "error": f"cannot read the store ({without_path(str(error), store.path)})"}
