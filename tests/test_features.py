@@ -1397,3 +1397,41 @@ def test_an_upgrade_interrupted_before_its_first_batch_answers_by_hash_in_evalua
     columns = {c["name"]: c for c in json.loads(captured.out)[0]["verified"]["columns"]}
     assert columns["both (search.py)"]["recall"]["all"] == 0.0
     assert columns["hash <= 4 bits"]["recall"]["all"] > 0.0
+
+
+def test_a_running_checker_follows_a_store_that_gains_or_loses_features(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: a checker started on a hash-only store kept answering by hash alone after
+    index.py --features had finished on it (the README: the checker answers from the latest
+    commit, whatever program made it, without a restart). It now notices, at its next answer,
+    that the store gained features, loads their index as at start and answers verified matches;
+    and goes back to the hash alone for a store swapped for a hash-only one."""
+    from neardup.service.checker import Checker
+
+    original = scene(1)
+    save(original, "images/scene.jpg", quality=92)
+    for seed in (2, 3):
+        save(scene(seed), f"images/other_{seed}.jpg", quality=92)
+    save(copies_of(original)["crop"], "crop.jpg", quality=90)  # far from it by hash
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    warnings: list[str] = []
+    with Checker("db.shelve", warn=warnings.append) as checker:
+        assert not checker.verifies
+        plain = checker.check_file("images/scene.jpg")["matches"]
+        assert [m["relpath"] for m in plain] == ["scene.jpg"] and "verified" not in plain[0]
+        assert checker.check_file("crop.jpg")["matches"] == []
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        found = checker.check_file("crop.jpg")["matches"]
+        assert [(m["relpath"], m["verified"]) for m in found] == [("scene.jpg", True)]
+        assert checker.verifies
+        assert checker.check_upload(Path("crop.jpg").read_bytes())["matches"][0]["verified"]
+        # Swapped for a hash-only store (rebuilt without --features): the hash alone again.
+        assert index_cli.main(["-d", "images", "-s", "plain.shelve", "-q", "-j", "1"]) == 0
+        os.replace("plain.shelve", "db.shelve")
+        plain = checker.check_file("images/scene.jpg")["matches"]
+        assert [m["relpath"] for m in plain] == ["scene.jpg"] and "verified" not in plain[0]
+        assert not checker.verifies and checker.health()["status"] == "ok"
+    assert [line for line in warnings if "features" in line] == [
+        "db.shelve: the store keeps local features now: answers are verified matches",
+        "db.shelve: the store keeps no local features any more: answers are by hash alone"]

@@ -72,6 +72,10 @@ class StoreReadFailed(NeardupError):
     """Reading the store for one query failed (a corrupt bucket); other queries go on."""
 
 
+class _FrameNeeded(Exception):
+    """The store gained local features after the query was decoded without its frame."""
+
+
 class Checker:
     def __init__(
         self,
@@ -119,6 +123,7 @@ class Checker:
         # A store with local features answers verified matches (neardup.features); the optional
         # libraries are checked now, so a missing one is one line at start, not an error per query.
         self._features: Any = None
+        self._features_refused: str | None = None  # why a store that gained them cannot verify
         if self._store.has_features():
             from ..features import require
             from ..features.search import CheckerFeatures
@@ -163,7 +168,8 @@ class Checker:
         try:
             data = read_regular_file(path)
             hashes = self._hash(data, path)
-            return self._answer(path, hashes, max_distance, self._frame(data, path))
+            return self._answer(path, hashes, max_distance, self._frame(data, path),
+                                lambda: self._frame(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
         except (StoreUnavailable, StoreReadFailed) as error:
@@ -187,7 +193,12 @@ class Checker:
             raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
-        return self._answer(name, hashes, max_distance, frame)
+        try:
+            return self._answer(name, hashes, max_distance, frame, lambda: self._frame(data, name))
+        except (DecodeTooLarge, DecodeBusy):
+            raise
+        except ImageError as error:  # decoded again for features the store gained meanwhile
+            return {"query": name, "error": error.reason}
 
     def _hash(
         self, data: bytes | None, name: str, at_most_pixels: int | None = None
@@ -219,7 +230,20 @@ class Checker:
 
     def _answer(
         self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
-        frame: Any = None,
+        frame: Any, frame_again: Callable[[], Any],
+    ) -> dict[str, Any]:
+        """The record of one decoded query. A store that gained local features since the query
+        was decoded (index.py --features finished meanwhile) needs its frame too:
+        `frame_again` decodes it, outside the lock, and the query is answered again."""
+        try:
+            return self._answer_once(name, hashes, max_distance, frame)
+        except _FrameNeeded:
+            pass
+        return self._answer_once(name, hashes, max_distance, frame_again(), hash_only=True)
+
+    def _answer_once(
+        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
+        frame: Any, hash_only: bool = False,
     ) -> dict[str, Any]:
         query, flipped = hashes
         radius = self.max_distance if max_distance is None else max_distance
@@ -230,6 +254,9 @@ class Checker:
             store = self._current_store()
             try:
                 with store.snapshot():
+                    self._follow_features(store)
+                    if self._features is not None and frame is None and not hash_only:
+                        raise _FrameNeeded
                     self._forget_repaired(store)
                     index = self._current_index(store)
                     if self._features is not None and frame is not None:
@@ -296,6 +323,38 @@ class Checker:
             self._rebuild_in_background()
         self._index = index
         return index
+
+    def _follow_features(self, store: Store) -> None:
+        """Verify answers when the store keeps local features, and only then, whatever it kept
+        at start (called under the lock, in a snapshot: one lookup per answer). A checker
+        started on a hash-only store kept answering by the hash alone after index.py --features
+        had finished on it (a review); the feature index is loaded by the next answer, as at
+        start."""
+        keeps = store.has_features()
+        if keeps == (self._features is not None):
+            return
+        if not keeps:
+            self._features = None
+            self._warn(f"{self.store_path}: the store keeps no local features any more: answers"
+                       " are by hash alone")
+            return
+        from ..features import require
+        from ..features.search import CheckerFeatures
+
+        try:
+            require()
+        except NeardupError as error:  # the libraries are not here: said once, and in /health
+            if self._features_refused is None:
+                self._features_refused = (f"the store keeps local features now, and they cannot"
+                                          f" be used ({error}): answers are by hash alone,"
+                                          " unverified; restart the checker with them installed")
+                self._warn(f"{self.store_path}: {self._features_refused}")
+                with self._problems_lock:
+                    self._note_problem("features", self._features_refused)
+            return
+        self._features = CheckerFeatures(self.store_path, self._store_problem)
+        self._warn(f"{self.store_path}: the store keeps local features now: answers are verified"
+                   " matches")
 
     def _images_without_features(self, store: Store) -> int:
         """How many stored images have no features yet, counted again when the store or its
@@ -484,6 +543,7 @@ class Checker:
                 return {"status": "unavailable", "error": str(error)}
             try:
                 with store.snapshot():
+                    self._follow_features(store)
                     self._forget_repaired(store)
                     hashes, images = store.counts()  # O(1): kept by the store's triggers
                     with self._problems_lock:
