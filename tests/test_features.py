@@ -1435,3 +1435,33 @@ def test_a_running_checker_follows_a_store_that_gains_or_loses_features(
     assert [line for line in warnings if "features" in line] == [
         "db.shelve: the store keeps local features now: answers are verified matches",
         "db.shelve: the store keeps no local features any more: answers are by hash alone"]
+
+
+def test_a_checker_without_the_extra_says_once_that_the_store_gained_features(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenCV and FAISS the checker cannot verify what the store gained: it says so
+    once, in the log and in /health, and goes on answering by the hash alone."""
+    from neardup import features
+    from neardup.errors import NeardupError
+    from neardup.service.checker import Checker
+
+    save(scene(1), "images/scene.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    warnings: list[str] = []
+    with Checker("db.shelve", warn=warnings.append) as checker:
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+
+        def missing() -> None:
+            raise NeardupError("local features need OpenCV and FAISS (cv2 is missing)")
+
+        monkeypatch.setattr(features, "require", missing)
+        for _ in range(2):
+            plain = checker.check_file("images/scene.jpg")["matches"]
+            assert [m["relpath"] for m in plain] == ["scene.jpg"] and "verified" not in plain[0]
+        health = checker.health()
+        assert health["status"] == "degraded" and "cannot be used" in health["problems"][0]
+    assert warnings == [
+        "db.shelve: the store keeps local features now, and they cannot be used (local features"
+        " need OpenCV and FAISS (cv2 is missing)): answers are by hash alone, unverified; restart"
+        " the checker with them installed"]
