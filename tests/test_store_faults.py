@@ -503,3 +503,70 @@ def test_output_and_unpacked_folders_have_the_usual_mode(in_tmp: Path, umask: in
     (unpacked,) = os.listdir("cache/unpacked")
     assert stat.S_IMODE(os.stat(os.path.join("cache/unpacked", unpacked)).st_mode) == wanted
 
+
+
+# -- the last checkpoint on a full disk ----------------------------------------------------------
+
+
+def index_failing_at_checkpoint(store: str, fault: str) -> subprocess.CompletedProcess[str]:
+    """index.py of images/ into `store`, its last checkpoint meeting a real fault: "full" fills
+    the store's file system first (ENOSPC: SQLITE_FULL), "io" lowers the process's file size
+    limit to the store's size (EFBIG: a disk I/O error)."""
+    code = (
+        "import os, resource, signal, sys\n"
+        f"sys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+        "from neardup.core.store import Store\n"
+        "from neardup.cli import index\n"
+        "original = Store.checkpoint\n"
+        "def failing(self):\n"
+        f"    if {fault!r} == 'full':\n"
+        "        filler = os.open(os.path.join(os.path.dirname(os.path.abspath(self.path)),"
+        " 'filler'), os.O_WRONLY | os.O_CREAT)\n"
+        "        try:\n"
+        "            while True:\n"
+        "                os.write(filler, bytes(65536))\n"
+        "        except OSError:\n"
+        "            os.close(filler)\n"
+        "    else:\n"
+        "        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "        size = os.path.getsize(self.path)\n"
+        "        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))\n"
+        "    return original(self)\n"
+        "Store.checkpoint = failing\n"
+        f"sys.exit(index.main(['-d', 'images', '-s', {store!r}, '-q', '-j', '1']))\n")
+    command = [sys.executable, "-c", code]
+    if fault == "full":  # a small file system of its own, in a private mount namespace
+        os.makedirs("small", exist_ok=True)
+        command = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=2m tmpfs small && exec'
+                   ' "$@"', "sh", *command]
+    return run(command)
+
+
+def test_a_checkpoint_on_a_full_disk_names_the_full_disk(in_tmp: Path) -> None:
+    """A review: on a full disk the last checkpoint failed (SQLITE_FULL) and index.py said a
+    search had held an older view of the store, and to run it again once searches were done:
+    no search ran, and the cause was never named."""
+    make_tree("images", 5)
+    done = index_failing_at_checkpoint("small/db.shelve", "full")
+    if "Operation not permitted" in done.stderr or "unshare" in done.stderr:
+        pytest.skip(f"a tmpfs of its own needs root and `unshare -m` ({done.stderr.strip()})")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "index.py: small/db.shelve-wal still holds this run's last commits: the disk is full, so"
+        " they could not be moved into small/db.shelve (SQLite: database or disk is full); they"
+        " are safe in the -wal: free some space and run index.py again (until then copy"
+        " small/db.shelve only with its -wal)"]
+
+
+def test_a_checkpoint_meeting_a_disk_io_error_names_it(in_tmp: Path) -> None:
+    make_tree("images", 5)
+    done = index_failing_at_checkpoint("db.shelve", "io")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "index.py: db.shelve-wal still holds this run's last commits: a disk I/O error stopped"
+        " moving them into db.shelve (SQLite: disk I/O error); they are safe in the -wal: check"
+        " the disk (is it full?) and run index.py again (until then copy db.shelve only with its"
+        " -wal)"]
+    assert index() == 0  # the next run moves them, and every image is there
+    assert not os.path.exists("db.shelve-wal") or os.path.getsize("db.shelve-wal") == 0
+    assert len(relpaths()) == 5

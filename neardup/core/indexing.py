@@ -45,7 +45,18 @@ from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .search import HashIndex
-from .store import RACY, RACY_NS, FileState, IndexedFile, Store, check_store_path, describe_key
+from .store import (
+    CHECKPOINT_FULL,
+    CHECKPOINT_HELD,
+    CHECKPOINT_IO,
+    RACY,
+    RACY_NS,
+    FileState,
+    IndexedFile,
+    Store,
+    check_store_path,
+    describe_key,
+)
 
 DEFAULT_BATCH_SIZE = 500
 # A batch is also committed after this many seconds, so a slow disk still commits often.
@@ -305,12 +316,30 @@ def index_folder(
             # reads the cached index back and checks it (its CRC: 0.2 s at 10^5 images).
             with store.snapshot():
                 FeatureIndex.from_store(store)
-        if not store.checkpoint():
-            report(f"{store.path}-wal still holds this run's last commits (a search held an"
-                   f" older view of the store): copy {store.path} with its -wal, or run"
-                   f" {command('index.py')} again once searches are done, before copying it alone")
+        if (left := store.checkpoint()) is not None:
+            report(checkpoint_line(store.path, *left))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def checkpoint_line(path: str, why: str, sqlite_says: str) -> str:
+    """The one line for commits Store.checkpoint() left in the -wal, naming why."""
+    again = command("index.py")
+    start = f"{path}-wal still holds this run's last commits"
+    if why == CHECKPOINT_HELD:
+        return (f"{start} (a search held an older view of the store): copy {path} with its -wal,"
+                f" or run {again} again once searches are done, before copying it alone")
+    until = f"(until then copy {path} only with its -wal)"
+    if why == CHECKPOINT_FULL:
+        return (f"{start}: the disk is full, so they could not be moved into {path} (SQLite:"
+                f" {sqlite_says}); they are safe in the -wal: free some space and run {again}"
+                f" again {until}")
+    if why == CHECKPOINT_IO:
+        return (f"{start}: a disk I/O error stopped moving them into {path} (SQLite:"
+                f" {sqlite_says}); they are safe in the -wal: check the disk (is it full?) and"
+                f" run {again} again {until}")
+    return (f"{start}: moving them into {path} failed (SQLite: {sqlite_says}); they are safe in"
+            f" the -wal: run {again} again {until}")
 
 
 def settle_caches(store: Store, generation: int) -> None:

@@ -64,6 +64,12 @@ from .storefile import (
 FORMAT_VERSION = 2
 # How long the writer's last checkpoint waits for readers on an older snapshot (Store.checkpoint).
 CHECKPOINT_WAIT_MS = 2000
+# Why Store.checkpoint() left commits in the -wal: a reader on an older snapshot, a full disk, a
+# disk I/O error, another SQLite error.
+CHECKPOINT_HELD, CHECKPOINT_FULL, CHECKPOINT_IO, CHECKPOINT_FAILED = "held", "full", "io", "failed"
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF; named in the module only
+# from Python 3.11 on, and not all of them).
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL = 5, 6, 10, 13
 READABLE_FORMATS = ("1", "2")
 # Paths or hashes looked up in one statement (SQLite allows at least 999 parameters).
 SQL_BATCH = 500
@@ -398,19 +404,31 @@ class Store:
             self._lock.release()
             self._lock = None
 
-    def checkpoint(self) -> bool:
+    def checkpoint(self) -> tuple[str, str] | None:
         """The writer's last step: copy every commit from the `-wal` into the file and empty the
-        `-wal`; False when a reader held an older snapshot for CHECKPOINT_WAIT_MS (the commits
-        are safe in the `-wal`). The last connection to close does that by itself, but a reader
-        (a checker) still open, read-only, cannot: it left a `-wal` full of commits, so that a
-        copy of the file alone (a backup) missed them, a backup copied back over the file was
-        undone by them, and a rebuilt store moved into place was damaged by them."""
+        `-wal`. None when done; else why not, as (CHECKPOINT_HELD, "") when a reader held an
+        older snapshot for CHECKPOINT_WAIT_MS, (CHECKPOINT_FULL | CHECKPOINT_IO |
+        CHECKPOINT_FAILED, SQLite's message) when writing the file failed: the commits are safe
+        in the `-wal` either way. A full disk was told as a search holding an older view (a
+        review), and running index.py again "once searches are done" did not help.
+
+        The last connection to close does that by itself, but a reader (a checker) still open,
+        read-only, cannot: it left a `-wal` full of commits, so that a copy of the file alone (a
+        backup) missed them, a backup copied back over the file was undone by them, and a
+        rebuilt store moved into place was damaged by them."""
         try:
             self._db.raw.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
             row = self._db.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.Error:
-            return False
-        return row is not None and row[0] == 0
+        except sqlite3.Error as error:
+            # The primary result code: extended ones (SQLITE_IOERR_WRITE) carry it in the low byte.
+            code = getattr(error, "sqlite_errorcode", None)
+            primary = None if code is None else code & 0xFF
+            if primary == SQLITE_BUSY or primary == SQLITE_LOCKED:
+                return CHECKPOINT_HELD, ""
+            kind = {SQLITE_FULL: CHECKPOINT_FULL, SQLITE_IOERR: CHECKPOINT_IO}.get(
+                primary or 0, CHECKPOINT_FAILED)
+            return kind, str(error)
+        return None if row is not None and row[0] == 0 else (CHECKPOINT_HELD, "")
 
     def discard(self) -> None:
         """Close and delete a store this writer created and left empty, with its lock and cache."""
