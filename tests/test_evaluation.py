@@ -291,3 +291,40 @@ def test_a_store_lacking_some_of_the_haystack_says_precision_counts_only_what_it
     page = Path("page.html").read_text(encoding="utf-8")
     assert ("2 of the manifest&#x27;s 5 haystack images are not in the store (1 of them not on"
             " disk either): precision counts only the other matches among the 3 it holds.") in page
+
+
+def test_files_changed_since_the_store_indexed_them_are_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A review: gather.py --force with another seed over an indexed dataset, not indexed again,
+    and --evaluate scored the store's old pictures against the new manifest: 0 % recall at every
+    threshold and threshold 0 recommended, silently. Files whose size, mtime or inode are no
+    longer those the store recorded (or that are gone) are counted in one line on stderr (and on
+    the page, and in the JSON), which says to run index.py; a copy missed is listed as changed."""
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    assert "changed" not in capsys.readouterr().err  # an up-to-date store: nothing to say
+    textured(31, (200, 150)).save("data/copies/A_mirror.png")  # another picture, same name
+    textured(32, (200, 150)).save("data/haystack/C.png")
+    Path("data/haystack/D.png").unlink()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "search.py: db.shelve: 3 of the manifest's 7 files changed or are gone since the store"
+        " indexed them (1 copy, 2 haystack images): scored as the store holds them, not as they"
+        " are now; run index.py, then evaluate again"]
+    assert ("missed  g1 copies/A_mirror.png (flip mirror jpeg_quality=90; changed on disk since"
+            " it was indexed)") in captured.out
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)[0]
+    assert (data["files_changed_since_indexed"], data["copies_changed_since_indexed"]) == (3, 1)
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv",
+                            "--html", "page.html"]) == 0
+    page = Path("page.html").read_text(encoding="utf-8")
+    assert "3 of the manifest&#x27;s 7 files changed or are gone since the store indexed" in page
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
+    assert "changed" not in capsys.readouterr().err

@@ -39,6 +39,7 @@ from ..evaluation.scoring import (
     evaluate_manifest,
     format_evaluation,
     format_verified,
+    manifest_changed,
     missing_haystack,
 )
 from ..features.extract import read_frame
@@ -536,6 +537,10 @@ def run_evaluation(args: argparse.Namespace) -> int:
         # failed, folders never indexed) misses other matches, and its precision looks better.
         if lacking := missing_haystack(evaluations[-1]):
             warn(PROG, f"{path}: {lacking}")
+        # A store older than the dataset (gather.py --force, not indexed again) scores the
+        # pictures it indexed, not those in the manifest now.
+        if changed := manifest_changed(evaluations[-1]):
+            warn(PROG, f"{path}: {changed}")
     if args.json:
         print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:

@@ -36,6 +36,7 @@ from .scoring import (
     TARGET_PRECISION,
     Evaluation,
     hash_miss,
+    manifest_changed,
     missing_copies,
     missing_haystack,
     verified_scores,
@@ -121,6 +122,8 @@ def evaluation_page(
         summary += f" {missing}."
     if lacking := missing_haystack(evaluation):
         summary += f" {lacking[0].upper()}{lacking[1:]}."
+    if changed := manifest_changed(evaluation):
+        summary += f" {changed[0].upper()}{changed[1:]}."
     summary += " Paths are relative to the dataset folder:"
     sections = [_section(f"query-{name}", f"{name}: {_count(items, 'missed', 'missed copy')},"
                          f" {_count(items, 'other', 'other match', 'other matches')}", items,

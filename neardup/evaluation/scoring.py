@@ -22,7 +22,7 @@ from typing import Any
 from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import Store
-from ..errors import DatasetError, ImageError
+from ..errors import DatasetError, ImageError, command
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch
 from ..sources.dataset import read_manifest
@@ -40,6 +40,9 @@ class CopyOutcome:
     # Why it could not be returned: "not in the store", or "not on disk or in the store" (deleted
     # and indexed since); None: it is in the store.
     missing: str | None = None
+    # In the store, but the file is no longer the one indexed (another size, mtime or inode), or
+    # gone: the store answers for what it was.
+    changed: bool = False
 
 
 @dataclass(slots=True)
@@ -82,6 +85,11 @@ class Evaluation:
     haystack: int = 0
     haystack_not_stored: int = 0
     haystack_not_on_disk: int = 0
+    # The manifest's files the store holds that changed or are gone since it indexed them
+    # (FileState.same_file), all of them and the copies among them.
+    manifest_files: int = 0
+    files_changed: int = 0
+    copies_changed: int = 0
 
     @property
     def kinds(self) -> list[str]:
@@ -110,6 +118,8 @@ class Evaluation:
             "queries": len(self.groups),
             "haystack_images": self.haystack, "haystack_not_in_store": self.haystack_not_stored,
             "haystack_not_on_disk": self.haystack_not_on_disk,
+            "files_changed_since_indexed": self.files_changed,
+            "copies_changed_since_indexed": self.copies_changed,
             "target_precision": TARGET_PRECISION, "recommended_threshold": self.recommended,
             "thresholds": [
                 {"threshold": r.threshold, "recall": r.recall, "found": r.found,
@@ -230,6 +240,7 @@ def evaluate_manifest(
     evaluation.haystack_not_on_disk = sum(
         path == ".." or path.startswith("../") or not os.path.lexists(on_disk(path))
         for path in lacking)
+    _count_changed(store, evaluation, rows, manifest_dir)
     totals = evaluation.copies_by_kind
     evaluation.rows = [_row(ordered, threshold, totals) for threshold in range(MAX_THRESHOLD + 1)]
     evaluation.recommended = recommend(evaluation.rows)
@@ -298,10 +309,38 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
     return "\n".join(lines)
 
 
+def _count_changed(store: Store, evaluation: Evaluation, rows: list[Any],
+                   manifest_dir: str) -> None:
+    """Count the manifest's files the store holds whose file changed or is gone since it was
+    indexed, and mark such copies. Over a store older than the dataset (gather.py --force with
+    another seed, not indexed again) every score was 0 %, silently (a review)."""
+    states = store.file_states()
+    copies = {copy.path: copy for group in evaluation.groups for copy in group.copies}
+    evaluation.manifest_files = len(rows)
+    for row in rows:
+        relpath = os.path.relpath(os.path.join(manifest_dir, *row.file.split("/")),
+                                  store.dataset_root).replace(os.sep, "/")
+        state = states.get(relpath)
+        if state is None:
+            continue  # not in the store: counted by missing_copies and missing_haystack
+        try:
+            now = os.stat(os.path.join(store.dataset_root, *relpath.split("/")))
+        except OSError:
+            now = None
+        if now is not None and state.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
+            continue
+        evaluation.files_changed += 1
+        if relpath in copies and row.role == "copy":
+            copies[relpath].changed = True
+            evaluation.copies_changed += 1
+
+
 def hash_miss(copy: CopyOutcome) -> str:
     """Why the hash search did not return a copy within its distance, as the listings say it."""
     if copy.missing is not None:
         return copy.missing
+    if copy.changed:
+        return "changed on disk since it was indexed"
     if copy.distance is None:
         return f"not returned by search within {MAX_THRESHOLD} bits"
     return f"distance {copy.distance}"
@@ -334,6 +373,25 @@ def missing_haystack(evaluation: Evaluation) -> str | None:
     return (f"{lacking} of the manifest's {evaluation.haystack} haystack images"
             f" {'is' if lacking == 1 else 'are'} not in the store{either}: precision counts only"
             f" the other matches among the {held} it holds")
+
+
+def manifest_changed(evaluation: Evaluation) -> str | None:
+    """One line counting the manifest's files that changed or are gone since the store indexed
+    them, which it scores as it holds them (None: none did)."""
+    changed = evaluation.files_changed
+    if not changed:
+        return None
+    copies = evaluation.copies_changed
+    others = changed - copies
+    parts = ", ".join(part for part in (
+        f"{copies} cop{'y' if copies == 1 else 'ies'}" if copies else "",
+        f"{others} haystack image{'' if others == 1 else 's'}" if others else "") if part)
+    one = changed == 1
+    return (f"{changed} of the manifest's {evaluation.manifest_files} files"
+            f" {'changed or is' if one else 'changed or are'} gone since the store indexed"
+            f" {'it' if one else 'them'} ({parts}): scored as the store holds"
+            f" {'it, not as it is' if one else 'them, not as they are'} now; run"
+            f" {command('index.py')}, then evaluate again")
 
 
 def _matches(count: int, kind: str) -> str:
