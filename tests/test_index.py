@@ -402,3 +402,26 @@ def test_every_message_is_one_line_whatever_the_file_is_called(
         "index.py: images/c1\\x85\\u2028\\x9b.jpg: not an image, or a format Pillow cannot"
         " read",
         "index.py: no image could be indexed under images"]
+
+
+def test_a_store_inside_the_dataset_is_not_indexed_as_an_image(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: `index.py -d photos -s photos/dupes` (no extension, so a candidate image) found
+    its own store at the next run and reported it "not an image", failed 1. The store's files
+    (the store, its -wal and -shm, its .lock and its .cache folder) are passed over wherever
+    the dataset holds them."""
+    make_tree("photos", 3)
+    store = Path("photos/dupes")
+    assert index_cli.main(["-d", "photos", "-s", str(store), "-j", "1"]) == 0
+    os.makedirs("photos/dupes.cache", exist_ok=True)
+    Path("photos/dupes.cache/entry").write_bytes(b"not an image")  # extensionless, as -wal
+    capsys.readouterr()
+    with Store.open_for_reading(str(store)):  # a reader keeps its -wal and -shm there
+        for named in ("photos/dupes", "./photos/../photos/dupes", str(in_tmp / "photos/dupes")):
+            assert index_cli.main(["-d", "photos", "-s", named, "-j", "1"]) == 0
+            captured = capsys.readouterr()
+            assert captured.err == "" and "failed 0, skipped 0; 3 images" in captured.out
+    assert sorted(path for paths in buckets(str(store)).values() for path in paths) == sorted(
+        os.path.relpath(os.path.join(folder, name), "photos")
+        for folder, _, names in os.walk("photos") for name in names
+        if name.endswith(".jpg") or name.endswith(".png"))

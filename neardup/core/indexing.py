@@ -176,7 +176,11 @@ def index_folder(
     summary = IndexSummary()
     found: list[FoundFile] = []
     kept_prefixes: list[str] = []  # what could not be looked at keeps its entries
+    own = _own_files(root, store_path)
     for entry in walk_images(root):
+        if own(entry.relpath if isinstance(entry, FoundFile)
+               else os.path.relpath(entry.path, root).replace(os.sep, "/")):
+            continue  # the store itself, kept inside the dataset (`-s photos/dupes`)
         if isinstance(entry, Skipped):
             summary.skipped += 1
             report(f"{shown(entry.path)}: {entry.reason}")
@@ -340,6 +344,30 @@ def checkpoint_line(path: str, why: str, sqlite_says: str) -> str:
                 f" run {again} again {until}")
     return (f"{start}: moving them into {path} failed (SQLite: {sqlite_says}); they are safe in"
             f" the -wal: run {again} again {until}")
+
+
+# The files a store keeps beside itself: SQLite's, the writer's lock (storefile.WriterLock) and
+# the search arrays' folder (cache.cache_folder; its files are passed over by their prefix).
+_STORE_COMPANIONS = ("", "-wal", "-shm", "-journal", ".lock", ".cache")
+
+
+def _own_files(root: str, store_path: str) -> Callable[[str], bool]:
+    """Whether a path found under `root` (relative, '/'-separated) is one of the store's own
+    files. A store named without an extension inside the dataset (`-d photos -s photos/dupes`)
+    was found by the next run as an image and failed as "not an image" (a review), and so were
+    its -wal, -shm and cache entries. Both the path as given and as resolved are compared: the
+    walk names files under the dataset as given, and the store may be named through a link."""
+    names: set[str] = set()
+    for base, store in ((os.path.abspath(root), os.path.abspath(store_path)),
+                        (os.path.realpath(root), os.path.realpath(store_path))):
+        inside = os.path.relpath(store, base)
+        if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+            names.add(inside.replace(os.sep, "/"))
+    if not names:
+        return lambda relpath: False
+    own = {name + suffix for name in names for suffix in _STORE_COMPANIONS}
+    caches = tuple(f"{name}.cache/" for name in names)
+    return lambda relpath: relpath in own or relpath.startswith(caches)
 
 
 def settle_caches(store: Store, generation: int) -> None:
