@@ -110,6 +110,7 @@ def index_folder(
     hasher: Hasher | None = None,
     features: bool = False,
     allow_mass_removal: bool = False,
+    moved_from: str | os.PathLike | None = None,
 ) -> IndexSummary:
     """Hash every image under `dataset` into the store at `store` (created if missing).
 
@@ -123,12 +124,16 @@ def index_folder(
     `allow_mass_removal`: let a run drop more than half of the stored images whose files are gone
     (refused otherwise, and `summary.refusal` says why: a folder that failed to mount looks the
     same); an empty folder never empties a store.
+    `moved_from`: the folder an existing store indexes, moved or copied to `dataset` since: the
+    store is re-pointed (its paths are relative to the folder; files whose size, mtime or inode
+    changed are hashed again, as always).
     """
     recipe = Recipe(algorithm, hash_size, exact=exact)
     return _index_folder(os.fspath(dataset), os.fspath(store), recipe, jobs=jobs,
                          batch_size=batch_size, max_pixels=max_pixels, progress=progress,
                          report=report or (lambda line: None), hasher=hasher,
-                         features=features, allow_mass_removal=allow_mass_removal)
+                         features=features, allow_mass_removal=allow_mass_removal,
+                         moved_from=os.fspath(moved_from) if moved_from is not None else None)
 
 
 def open_store(path: str | os.PathLike) -> ImageStore:
@@ -249,7 +254,11 @@ class ImageStore:
         one saying how many images have no features yet (left out: they cannot be verified)."""
         self._check_distance(max_distance)
         with self._store.snapshot():
-            if self.has_features:  # every pair in a group is a verified match
+            if self.has_features and not os.path.isdir(self.dataset):
+                # Its folder is gone (moved with the store?): no image can be read again, so
+                # none verified (Store.dataset_gone() says it once; not a line per image).
+                groups = []
+            elif self.has_features:  # every pair in a group is a verified match
                 from .features.grouping import verified_groups
                 from .features.search import VerifiedSearch, lacking_features
 

@@ -1465,3 +1465,14 @@ def test_a_checker_without_the_extra_says_once_that_the_store_gained_features(
         "db.shelve: the store keeps local features now, and they cannot be used (local features"
         " need OpenCV and FAISS (cv2 is missing)): answers are by hash alone, unverified; restart"
         " the checker with them installed"]
+
+
+def test_groups_of_a_store_whose_folder_is_gone_say_it_once(
+        feature_store: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every image would be said unreadable, one line each: the folder gone is said once."""
+    os.rename("images", "moved")
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"its dataset folder {feature_store / 'images'} no longer exists" in line
+    assert f"--moved-from {feature_store / 'images'}" in line

@@ -425,3 +425,45 @@ def test_a_store_inside_the_dataset_is_not_indexed_as_an_image(
         os.path.relpath(os.path.join(folder, name), "photos")
         for folder, _, names in os.walk("photos") for name in names
         if name.endswith(".jpg") or name.endswith(".png"))
+
+
+def test_a_moved_dataset_folder_is_said_once_and_the_store_can_follow_it(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: after the folder holding the images and the store was moved, search.py printed
+    the old paths (exit 0), --groups said "run index.py" for every file, and index.py refused
+    ("indexes <old>, not <new>; use another --shelve"). Each says once that the store's dataset
+    folder no longer exists, naming it, and what to do; `--moved-from OLD` re-points the store
+    (its paths are relative to the folder), and only files whose stat changed are hashed again."""
+    from neardup.cli import search as search_cli
+
+    make_tree("old/images", 4)
+    shutil.copyfile("old/images/cat0/image_0000.jpg", "old/images/dup.jpg")
+    assert index_cli.main(["-d", "old/images", "-s", "old/db.shelve", "-q", "-j", "1"]) == 0
+    gone, moved = str(in_tmp / "old" / "images"), str(in_tmp / "new" / "images")
+    os.rename("old", "new")
+    capsys.readouterr()
+    said = (f"new/db.shelve: its dataset folder {gone} no longer exists (moved or deleted?): the"
+            " paths it answers are not on disk; if the folder was moved, run index.py -d"
+            f" NEW_FOLDER -s new/db.shelve --moved-from {gone} (or move it back), else index it"
+            " again into a new store")
+    assert search_cli.main(["-s", "new/db.shelve", "-q", "new/images/dup.jpg"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"search.py: {said}"]
+    assert search_cli.main(["-s", "new/db.shelve", "--groups"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"search.py: {said}"]  # not one per file
+    assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"index.py: error: new/db.shelve: indexes {gone}, which no longer exists (moved?): if"
+        f" {moved} is that folder moved, add --moved-from {gone} to re-point the store, else"
+        f" index {moved} into another --shelve"]
+    # A --moved-from that is not the folder the store indexes is refused, the store untouched.
+    assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1",
+                           "--moved-from", "elsewhere"]) == 2
+    assert "indexes " + gone in capsys.readouterr().err
+    assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1",
+                           "--moved-from", "old/images"]) == 0
+    assert "indexed 0, unchanged 5, removed 0" in capsys.readouterr().out  # nothing hashed again
+    assert search_cli.main(["-s", "new/db.shelve", "-q", "new/images/dup.jpg"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.splitlines() == [
+        "0\tnew/images/cat0/image_0000.jpg", "0\tnew/images/dup.jpg"]
+    assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1"]) == 0

@@ -118,9 +118,16 @@ class TestRefusals:
             open_store(tmp_path, Recipe(exact=True))
 
     def test_another_dataset_is_refused(self, tmp_path: Path) -> None:
-        open_store(tmp_path).close()
-        with pytest.raises(StoreError, match="indexes /data, not /elsewhere"):
+        open_store(tmp_path, root=str(tmp_path)).close()
+        with pytest.raises(StoreError, match=f"indexes {tmp_path}, not /elsewhere;"):
             open_store(tmp_path, root="/elsewhere")
+        # The folder it indexes gone (moved?): said, with the way to re-point the store.
+        (tmp_path / "gone").mkdir()
+        Store.open_for_writing(str(tmp_path / "g.shelve"), Recipe(), str(tmp_path / "gone"),
+                               VERSIONS).close()
+        (tmp_path / "gone").rmdir()
+        with pytest.raises(StoreError, match="gone, which no longer exists .* --moved-from"):
+            Store.open_for_writing(str(tmp_path / "g.shelve"), Recipe(), "/elsewhere", VERSIONS)
 
     def test_a_second_writer_is_refused_with_a_clear_message(self, tmp_path: Path) -> None:
         with open_store(tmp_path):

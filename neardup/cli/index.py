@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let this run remove the entries of more than half of the store's"
                         " images when their files are gone (refused otherwise: a folder that"
                         " failed to mount looks the same); an empty folder never empties a store")
+    parser.add_argument("--moved-from", metavar="OLD_FOLDER",
+                        help="the store indexes OLD_FOLDER, since moved or copied to --dataset:"
+                        " re-point it (its paths are relative to the folder; files whose size,"
+                        " mtime or inode changed are hashed again, as always)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                    "max_pixels": args.max_pixels,
                    "progress": not args.quiet and sys.stderr.isatty(),
                    "report": lambda line: warn(PROG, line), "features": args.features,
-                   "allow_mass_removal": args.allow_mass_removal}
+                   "allow_mass_removal": args.allow_mass_removal,
+                   "moved_from": dataset_folder(args.moved_from) if args.moved_from else None}
         if on_cluster(args):
             with connect(args.scheduler, args.local_cluster, args.connect_timeout,
                          features=args.features,

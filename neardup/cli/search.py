@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.shelve) > 1:
             raise NeardupError("several --shelve are only for --evaluate")
         args.shelve = args.shelve[0]
-        check_max_distance(args.shelve, args.max_distance)
+        check_store(args.shelve, args.max_distance)
         if args.stdin or args.serve:
             return run_checker(args)
         if args.groups:
@@ -383,12 +383,16 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise NeardupError(f"{option} {path}: no such folder {folder}")
 
 
-def check_max_distance(store_path: str, max_distance: int) -> None:
+def check_store(store_path: str, max_distance: int) -> None:
     """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it.
+    A store whose dataset folder is gone (moved with it) is said once: it answered the old
+    paths, silently, and --groups said "run index.py" for every file (a review).
 
     Only the recipe is read here: the open that does the work checks the store's pages."""
     with Store.open_for_reading(store_path, report=say, quick_check=False) as store:
         bits = store.recipe.bits
+        if gone := store.dataset_gone():
+            say(gone)
     if max_distance > bits:
         raise NeardupError(f"--max-distance {max_distance} is more than the {bits} bits of"
                            f" {store_path}'s hashes ({store.recipe.describe()})")
@@ -431,7 +435,8 @@ def run_groups(args: argparse.Namespace) -> int:
         # Files changed since they were indexed are shown, never offered for deletion, and said
         # in every output: people script the clean-up from the text and JSON too.
         changed = changed_since_indexed(opened, groups)
-    for relpath in sorted(changed):
+    # Every file is gone with the dataset folder: said once already (check_store), not per file.
+    for relpath in sorted(changed) if os.path.isdir(root) else ():
         say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
             f" run {command('index.py')} before deleting anything from its group")
     if args.json:
@@ -521,7 +526,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         raise NeardupError(f"--max-distance {args.max_distance}: --evaluate scores the thresholds"
                            f" 0 to {MAX_THRESHOLD}")
     for path in args.shelve:
-        check_max_distance(path, args.max_distance)
+        check_store(path, args.max_distance)
     evaluations = []
     for path in args.shelve:
         with Store.open_for_reading(path, report=say) as store, store.snapshot():

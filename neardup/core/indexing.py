@@ -149,6 +149,7 @@ def index_folder(
     hasher: Hasher | None = None,
     allow_mass_removal: bool = False,
     features: bool = False,
+    moved_from: str | None = None,
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
 
@@ -156,6 +157,8 @@ def index_folder(
     hashes, only this process writes, and files committed by an earlier, interrupted run are
     unchanged now and not hashed again. `features`: also store local features (the hasher must
     compute them: local_hasher(..., features=True), cluster_hasher(..., features=True)).
+    `moved_from`: a store indexing that folder is re-pointed to `dataset` (moved or copied
+    there), once the run is not refused.
     """
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
@@ -194,8 +197,9 @@ def index_folder(
     if hasher is None:
         hasher = local_hasher(jobs, batch_size, features=features)
 
-    with Store.open_for_writing(store_path, recipe, root, library_versions(),
-                                report=report) as store:
+    with Store.open_for_writing(store_path, recipe, root, library_versions(), report=report,
+                                moved_from=os.path.abspath(moved_from) if moved_from
+                                else None) as store:
         if store.recipe != recipe:  # the same hash made by an older neardup: keep to its recipe
             if not recipe.exact:
                 report(f"{store_path}: built with {store.recipe.describe()}: new images are"
@@ -215,6 +219,8 @@ def index_folder(
             summary.unchanged = len(found)
             summary.seconds = time.perf_counter() - started
             return summary
+        if store.dataset_root != root:  # --moved-from, and not refused: it indexes root now
+            store.move_dataset(root)
         lacking = _prepare_features(store, store_path, features)
 
         start_generation = store.generation()

@@ -334,12 +334,14 @@ class Store:
     @classmethod
     def open_for_writing(
         cls, path: str, recipe: Recipe, dataset_root: str, versions: dict[str, str], *,
-        report: Report | None = None,
+        report: Report | None = None, moved_from: str | None = None,
     ) -> Store:
         """Open (creating if needed) for one writer. A second writer is refused, not interleaved.
 
         Before anything is written: the path must be a regular file (or nothing, in a folder that
         exists), an SQLite file holding a neardup store (or nothing at all), and undamaged.
+        `moved_from`: a store indexing that folder is opened too, still naming it (the writer
+        calls move_dataset()).
         """
         exists = check_store_path(path, writing=True)
         if exists:
@@ -348,7 +350,8 @@ class Store:
         try:
             db = Db(path, connect_writer(path))
             try:
-                created = _initialise_or_check(db, path, recipe, dataset_root, versions)
+                created = _initialise_or_check(db, path, recipe, dataset_root, versions,
+                                               moved_from)
                 store = cls(path, db, lock, report=report)
                 store.created = created and not exists  # never delete a file found there
                 return store
@@ -477,6 +480,24 @@ class Store:
 
     def quick_check(self) -> None:
         self.check(whole=False)
+
+    def dataset_gone(self) -> str | None:
+        """One line when the folder the store indexes no longer exists (moved with its store,
+        or deleted): every path it answers is then not on disk (None while it exists)."""
+        root = self.dataset_root
+        if os.path.isdir(root):
+            return None
+        return (f"{self.path}: its dataset folder {root} no longer exists (moved or deleted?): the"
+                f" paths it answers are not on disk; if the folder was moved, run"
+                f" {command('index.py')} -d NEW_FOLDER -s {self.path} --moved-from {root} (or"
+                " move it back), else index it again into a new store")
+
+    def move_dataset(self, root: str) -> None:
+        """Record that the store now indexes `root` (its folder moved or copied there): the
+        stored paths are relative to it, and the writer then checks every file's stat as usual."""
+        with self.transaction():
+            self._set_meta("dataset_root", root)
+        self.dataset_root = self.meta["dataset_root"] = root
 
     def file_states(self) -> dict[str, FileState]:
         """Every indexed path with what stat said when it was hashed, and its hash."""
@@ -1093,6 +1114,7 @@ def _initialise_or_check(
     recipe: Recipe,
     dataset_root: str,
     versions: dict[str, str],
+    moved_from: str | None = None,
 ) -> bool:
     """Create a new store, or check and upgrade an existing one. True if it was created."""
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -1129,10 +1151,16 @@ def _initialise_or_check(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
             " use the same options or another --shelve"
         )
-    if meta.get("dataset_root") != dataset_root:
-        raise StoreError(
-            f"{path}: indexes {meta.get('dataset_root')}, not {dataset_root}; use another --shelve"
-        )
+    recorded = meta.get("dataset_root")
+    if recorded != dataset_root and recorded != moved_from:  # moved_from: the writer re-points it
+        if recorded and not os.path.isdir(recorded):
+            # Moved with its store: "use another --shelve" alone left a full rebuild as the only
+            # way out (a review); the stored paths are relative to the folder.
+            raise StoreError(f"{path}: indexes {recorded}, which no longer exists (moved?): if"
+                             f" {dataset_root} is that folder moved, add --moved-from {recorded}"
+                             f" to re-point the store, else index {dataset_root} into another"
+                             " --shelve")
+        raise StoreError(f"{path}: indexes {recorded}, not {dataset_root}; use another --shelve")
     _upgrade(db, path, meta)
     return False
 
