@@ -10,17 +10,7 @@ source "$root/scripts/setup-venv.sh"
 cd "$root"
 caltech="${NEARDUP_CALTECH101:-$root/../shared/caltech101/101_ObjectCategories}"
 out="${NEARDUP_ACCURACY_DIR:-accuracy}/vs-exact"
-# index.py exits 0 when some files failed (the store holds the others): a store holding a part of
-# the haystack would be scored on that part, so every image is indexed or this stops.
-index_whole() {
-    local summary
-    summary=$("$PY" index.py "$@")
-    echo "$summary"
-    case "$summary" in
-        *"failed 0, skipped 0"*) ;;
-        *) echo "$(basename "$0"): index.py did not index every image: $summary" >&2; exit 1 ;;
-    esac
-}
+source "$root/bench/_index_whole.sh"
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(101 202)
 for seed in "${seeds[@]}"; do
