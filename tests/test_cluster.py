@@ -97,6 +97,28 @@ def test_an_interrupted_client_resumes_without_duplicates(in_tmp: Path, cluster)
     assert buckets("dask.shelve") == buckets("local.shelve")
 
 
+def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
+    """A review: Ctrl-C during `index.py --local-cluster 2` printed 69 lines, 4 tracebacks of
+    Dask's worker processes among them (KeyboardInterrupt, CancelledError in "Process Dask
+    Worker process (from Nanny)"), before index.py's own line: a terminal sends SIGINT to each
+    process of the foreground group, the local cluster's workers too."""
+    make_large_tree(in_tmp / "images", 300)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
+               "-q", "--local-cluster", "2", "--partition-size", "5"]
+    # A group of its own, as a terminal's foreground job: SIGINT goes to every process in it.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as run:
+        deadline = time.monotonic() + 120
+        while committed_count(in_tmp / "db.shelve") < 10 and run.poll() is None:
+            assert time.monotonic() < deadline, "nothing committed"
+            time.sleep(0.01)
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    assert committed_count(in_tmp / "db.shelve") < 300, "the run finished before its Ctrl-C"
+    assert (run.returncode, out, err) == (
+        130, "", "index.py: interrupted; every committed batch is kept; run again to finish\n")
+
+
 def test_without_dask_the_option_says_what_to_install(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import threading
 import time
 import warnings
@@ -86,18 +87,30 @@ def connect(
     Dask's own warnings as it connects become one line each (`report`)."""
     distributed = _dask()
     if local_workers:
-        with _dask_warnings(report):
-            cluster = distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1,
-                                               processes=True, host="127.0.0.1",
-                                               dashboard_address=None)
+        from .quiet import QuietWhenClosing, distributed_silenced
+
+        cluster = client = None
         try:
             with _dask_warnings(report):
+                # Its worker processes do not hear Ctrl-C: it would stop each with a traceback
+                # of its own (KeyboardInterrupt, 17 lines) while this process, which hears it
+                # too, closes the cluster anyway.
+                with _sigint_held():
+                    cluster = distributed.LocalCluster(
+                        n_workers=local_workers, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address=None)
                 client = distributed.Client(cluster)
-            with client:
-                check_cluster(client, timeout_seconds, features)
-                yield client
+            client.register_plugin(QuietWhenClosing(), name=QuietWhenClosing.name)
+            check_cluster(client, timeout_seconds, features)
+            yield client
         finally:
-            cluster.close()
+            # Closing a cluster that still runs partitions (Ctrl-C) logs each cancelled task
+            # and lost result: the run says what it kept in its own line.
+            with distributed_silenced():
+                if client is not None:
+                    client.close()
+                if cluster is not None:
+                    cluster.close()
         return
     address = scheduler or ""
     check_scheduler_address(address)
@@ -120,6 +133,41 @@ def connect(
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT blocked for good in the threads started meanwhile and in every process they start
+    (a blocked signal stays blocked across fork and exec, and Python does not unblock it), so
+    that Ctrl-C reaches this process's main thread alone. A Ctrl-C meanwhile is held back, and
+    raised once the body is done: as a KeyboardInterrupt in the middle of starting a
+    LocalCluster, it left half-started processes and 70 to 150 lines of tracebacks."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such thing
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # Started from a thread, the resource tracker process of a spawning multiprocessing unblocks
+    # SIGINT in that thread afterwards, whatever it was before: start it from here, first.
+    resource_tracker.ensure_running()
+    heard: list[int] = []
+    main = threading.current_thread() is threading.main_thread()  # signal.signal's only thread
+    # Another thread (one of a C library's) may take the signal meanwhile: its Python handler
+    # then runs in this thread at any point, where a KeyboardInterrupt would be lost (in a
+    # garbage collector callback) or break the start in two. This one only notes it.
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: heard.append(1)) if main else None
+    # (None too for a handler set from C: left as it is.)
+    try:
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # hears one pending
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    if heard:
+        signal.raise_signal(signal.SIGINT)  # as if it came now: a KeyboardInterrupt, as a rule
 
 
 def check_scheduler_address(address: str) -> None:
