@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import filecmp
 import os
 import random
@@ -118,6 +119,25 @@ class TestOutputFolder:
         assert run_gather("source", "precious", "--force") == 2
         assert "not an earlier gather.py output" in capsys.readouterr().err
         assert Path("precious/thesis.txt").read_text() == "years of work"
+
+    def test_a_full_disk_names_the_output_folder(
+        self, source: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A review (a 2 MB tmpfs): "gather.py: error: cannot write the results (No space left
+        on device)" named neither the folder nor the file it could not write."""
+        assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
+        before = Path("out/manifest.csv").read_bytes()
+
+        def disk_full(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(Image.Image, "save", disk_full)
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2", "--force") == 2
+        assert capsys.readouterr().err == (
+            f"gather.py: error: {Path('out').resolve()}: cannot write the dataset there (No space"
+            " left on device); the folder is as it was\n")
+        assert Path("out/manifest.csv").read_bytes() == before
+        assert not [name for name in os.listdir(".") if ".partial-" in name or ".old-" in name]
 
     def test_output_inside_the_source_is_refused(self, source: Path, capsys: pytest.CaptureFixture) -> None:
         assert run_gather("source", "source/out") == 2

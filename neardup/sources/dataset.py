@@ -12,6 +12,7 @@ leaves nothing half-made and two runs are never mixed.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import random
 import shutil
@@ -32,6 +33,9 @@ MANIFEST_COLUMNS = ("file", "role", "group", "source", "edit")
 HAYSTACK_DIR = "haystack"
 COPIES_DIR = "copies"
 MAX_RANDOM_COPIES = 8  # the reference tutorial's 1..8 copies per sample
+# Failures to write the output that are no bug: a full disk or quota, a file too large, a
+# read-only file system.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +103,25 @@ def gather(
 
     summary = GatherSummary(output=output, seed=options.seed)
     parent = os.path.dirname(destination)
-    os.makedirs(parent, exist_ok=True)
-    staging = make_staging_folder(parent, f".{os.path.basename(destination)}.partial-")
     try:
-        rows = _write_haystack(images, source_root, staging, progress)
-        summary.haystack = len(rows)
-        copy_rows = _write_copies(images, rows, staging, options, summary, report)
-        _write_manifest(os.path.join(staging, MANIFEST_NAME), rows + copy_rows)
-        _move_into_place(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        os.makedirs(parent, exist_ok=True)
+        staging = make_staging_folder(parent, f".{os.path.basename(destination)}.partial-")
+        try:
+            rows = _write_haystack(images, source_root, staging, progress)
+            summary.haystack = len(rows)
+            copy_rows = _write_copies(images, rows, staging, options, summary, report)
+            _write_manifest(os.path.join(staging, MANIFEST_NAME), rows + copy_rows)
+            _move_into_place(staging, destination)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        # The files are written in a hidden folder beside the output, removed on failure: the
+        # output folder is what the user knows, and it was not touched.
+        raise DatasetError(f"{destination}: cannot write the dataset there ({error.strerror});"
+                           " the folder is as it was") from error
     return summary
 
 
