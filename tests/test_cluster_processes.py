@@ -130,7 +130,7 @@ def test_workers_with_another_neardup_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1, err
-    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:")
+    assert err.startswith("index.py: error: the only Dask worker (tcp://127.0.0.1:")
     assert err.endswith(
         f") has neardup 0.0.1; this client has {neardup.__version__}: install the same there"
         f" (neardup {neardup.__version__} with its [dask] extra, from the same wheel or checkout"
@@ -267,7 +267,7 @@ def test_features_on_workers_without_opencv_are_refused_in_one_line(
     pytest.importorskip("cv2", reason="the client needs the features extra")
     code, err = features_on_a_worker_without_opencv(in_tmp, capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:"), err
+    assert err.startswith("index.py: error: the only Dask worker (tcp://127.0.0.1:"), err
     assert err.endswith(
         ") cannot extract local features (cv2 missing there); install the same there (neardup"
         f" {neardup.__version__} with its [dask,features] extra, from the same wheel or checkout"
@@ -391,7 +391,7 @@ def test_workers_with_other_code_of_the_same_version_are_refused(
                                "--connect-timeout", str(START_SECONDS)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("index.py: error: 1 of 1 Dask workers (tcp://127.0.0.1:"), err
+    assert err.startswith("index.py: error: the only Dask worker (tcp://127.0.0.1:"), err
     assert (f") has neardup {neardup.__version__} from other files (another commit or"
             f" checkout); this client has {neardup.__version__}: install the same there") in err
     assert not os.path.exists("dask.shelve")

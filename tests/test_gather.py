@@ -120,6 +120,12 @@ class TestOutputFolder:
         assert "not an earlier gather.py output" in capsys.readouterr().err
         assert Path("precious/thesis.txt").read_text() == "years of work"
 
+    def test_one_sample_and_one_copy_are_said_in_the_singular(
+        self, source: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        assert run_gather("source", "out", "--samples", "1", "--copies", "1", "--seed", "1") == 0
+        assert "30 haystack images, 1 sample, 1 copy, manifest.csv" in capsys.readouterr().out
+
     def test_a_full_disk_names_the_output_folder(
         self, source: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
     ) -> None:

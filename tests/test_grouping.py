@@ -108,6 +108,12 @@ def test_groups_command_text_json_and_montage(
     assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "groups.png"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "# group 1: 3 images, 1 distinct hash, every pair within 0 bits"
+    # A review: "every pair within 1 bits".
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--max-distance", "1", "--html",
+                            "groups.html"]) == 0
+    capsys.readouterr()
+    page = Path("groups.html").read_text()
+    assert "2 groups, 5 images; in each group every pair of images is within 1 bit (hash" in page
     assert "0\tdata/haystack/B_duplicate.png" in out and "data/copies/A_same.png" in out
     with Image.open("groups.png") as sheet:
         assert sheet.width > 3 * 160 and sheet.height > 2 * 160  # two rows, three tiles wide

@@ -169,3 +169,13 @@ def test_a_full_disk_leaves_the_earlier_page_and_sheet_whole(tmp_path: Path) -> 
         assert (tmp_path / "g.html").read_bytes() == page  # the earlier ones, whole
         assert (tmp_path / "g.png").read_bytes() == sheet
         assert not list(tmp_path.glob("*.partial"))
+
+
+def test_counts_of_one_are_said_in_the_singular(tmp_path: Path) -> None:
+    """A review: "all 1 queries shown"."""
+    first, *others = tiles(tmp_path, 5)
+    sheet = contact_sheet([Row(first, others[:1])], "one query", what="queries with matches")
+    assert sheet.line == "the one query with matches shown"
+    sheet = contact_sheet([Row(first, others[:1]), Row(others[2], others[3:4])], "two",
+                          what="queries with matches")
+    assert sheet.line == "all 2 queries with matches shown"

@@ -18,7 +18,7 @@ from ..core.hashing import (
     hash_file_and_mirror,
     is_low_information,
 )
-from ..core.results import QueryResult, display_path, printable, to_record
+from ..core.results import QueryResult, counted, display_path, printable, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
@@ -455,7 +455,7 @@ def run_groups(args: argparse.Namespace) -> int:
                     " inliers), hashes within" if verified else "every pair within")
             print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
                   f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, {rule}"
-                  f" {group.max_distance} bits")
+                  f" {counted(group.max_distance, 'bit')}")
             inliers = group.inliers or (None,) * len(group.relpaths)
             for relpath, distance, count in zip(group.relpaths, group.distances, inliers,
                                                 strict=True):
@@ -466,11 +466,11 @@ def run_groups(args: argparse.Namespace) -> int:
             print()
     if args.montage:
         rule = ("every pair a verified match" if verified
-                else f"every pair within {args.max_distance} bits")
+                else f"every pair within {counted(args.max_distance, 'bit')}")
         draw_montage(args.montage, f"near-duplicate groups, {rule}, largest first",
                      [group_row(group) for group in groups],
                      what="groups", nothing=f"no group of near-duplicates within"
-                     f" {args.max_distance} bits", rest_in=args.html or "--html PAGE",
+                     f" {counted(args.max_distance, 'bit')}", rest_in=args.html or "--html PAGE",
                      max_pixels=args.max_pixels)
     if args.html:
         save_page(args.html, groups_page(

@@ -45,6 +45,12 @@ _LINE_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
     code: f"\\u{code:04x}" for code in [*_BIDI_CONTROLS, *_SEPARATORS]}
 
 
+def counted(count: int, one: str, many: str = "") -> str:
+    """'1 bit', '2 bits', '1 query', '3 queries': the count and its noun, in the singular for one
+    (`many` for a plural other than one + "s")."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def one_line(message: str) -> str:
     """A diagnostic on one line whatever the names in it: line breaks, other control characters
     and direction overrides escaped (a backslash is left as it is: names shown_path escaped

@@ -25,7 +25,7 @@ from html import escape
 from PIL import Image
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
-from ..core.results import can_be_listed, shown_path
+from ..core.results import can_be_listed, counted, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
 from .keeping import WEAK_INLIERS, Facts, choose, facts_of, known_fact, shows_whole
@@ -74,8 +74,9 @@ def groups_page(
     title = f"Near-duplicate groups in {os.path.basename(store)}"
     rule = ("every pair of images is a verified match (local features; hash distances, where"
             f" shown, by {recipe})" if verified
-            else f"every pair of images is within {max_distance} bits (hash {recipe})")
-    summary = (f"{len(groups)} groups, {sum(len(g) for g in groups)} images; in each group"
+            else f"every pair of images is within {counted(max_distance, 'bit')} (hash {recipe})")
+    summary = (f"{counted(len(groups), 'group')}, {sum(len(g) for g in groups)} images; in each"
+               " group"
                f" {rule}. Distances{' and inliers' if verified else ''} are to the first image"
                " of each group. Paths are relative to the dataset folder:")
     sections = []
@@ -98,21 +99,22 @@ def evaluation_page(
     the hash's table kept below the verified one for comparison."""
     title = f"Evaluation of {os.path.basename(evaluation.store)}"
     root = evaluation.dataset_root
+    queries = counted(len(evaluation.groups), "query", "queries")
+    copies = counted(evaluation.copies, "copy", "copies")
     if evaluation.verified_at is None:
         at = evaluation.row(max_distance)
         summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
-                   f" {len(evaluation.groups)} queries, {evaluation.copies} copies. At max"
-                   f" distance {max_distance}: {at.found} of {evaluation.copies} copies found,"
-                   f" {at.false_matches} other matches.")
+                   f" {queries}, {copies}. At max distance {max_distance}: {at.found} of"
+                   f" {copies} found, {counted(at.false_matches, 'other match', 'other matches')}.")
         tables = [_threshold_table(evaluation, max_distance)]
         shown = _hash_answers(evaluation, max_distance)
         answered = f"at max distance {max_distance}"
     else:
         answers = verified_scores(evaluation)[-1][1]
-        summary = (f"{evaluation.recipe} and local features: {len(evaluation.groups)} queries,"
-                   f" {evaluation.copies} copies. Verified search (what search.py answers, at"
-                   f" max distance {evaluation.verified_at}): {answers.found} of"
-                   f" {evaluation.copies} copies found, {answers.false_matches} other matches.")
+        summary = (f"{evaluation.recipe} and local features: {queries}, {copies}. Verified"
+                   f" search (what search.py answers, at max distance {evaluation.verified_at}):"
+                   f" {answers.found} of {copies} found,"
+                   f" {counted(answers.false_matches, 'other match', 'other matches')}.")
         tables = [_verified_table(evaluation),
                   "<h2>The hash alone, unverified (what a store without features answers)</h2>",
                   _threshold_table(evaluation, max_distance)]
@@ -132,7 +134,7 @@ def evaluation_page(
                 for number, (name, items) in enumerate(shown, start=1)]
     found_all = len(evaluation.groups) - len(shown)
     listing = (f"<h2>Queries with a missed copy or another match: {len(shown)}</h2>"
-               f"<p>{found_all} of {len(evaluation.groups)} queries found every copy and nothing"
+               f"<p>{found_all} of {queries} found every copy and nothing"
                f" else {answered}.</p>")
     body = [_header(title, summary, root), *tables, listing, _cut_notice(len(shown)), *sections]
     return _page(title, body)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw, ImageFont
 
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
-from ..core.results import shown_path
+from ..core.results import counted, shown_path
 from ..errors import ImageError
 from .output import write_whole
 
@@ -62,6 +62,7 @@ class Sheet:
     rows_total: int
     tiles_left_out: int = 0  # matches beyond MAX_PER_ROW in the rows shown
     notes: list[str] = field(default_factory=list)
+    line: str = ""  # what the sheet says under its title: its notes, or that all is shown
 
     @property
     def rows_left_out(self) -> int:
@@ -129,8 +130,11 @@ def contact_sheet(
         result.notes.append(f"{len(shown)} of {len(rows)} {what} shown; {result.rows_left_out}"
                             " left out" + (f" ({rest_in} shows them all)" if rest_in else ""))
     if result.tiles_left_out:
-        result.notes.append(f"{result.tiles_left_out} images beyond {MAX_PER_ROW} a row left out")
-    line = "; ".join(result.notes) if result.notes else f"all {len(rows)} {what} shown"
+        result.notes.append(f"{counted(result.tiles_left_out, 'image')} beyond {MAX_PER_ROW} a"
+                            " row left out")
+    result.line = "; ".join(result.notes) if result.notes else (
+        f"all {len(rows)} {what} shown" if len(rows) > 1 else f"the one {_one_of(what)} shown")
+    line = result.line
     draw.text((GAP, 32), _fit(line, font, draw, width - 2 * GAP),
               fill=(214, 39, 40) if result.notes else GREY, font=font)
     return result
@@ -165,6 +169,16 @@ def _tile_image(path: str, max_pixels: int) -> Image.Image:
         tile = Image.new("RGB", (TILE, TILE), (200, 200, 200))
         ImageDraw.Draw(tile).text((6, TILE // 2 - 6), error.reason[:24], fill="black")
         return tile
+
+
+# The singular of the first word of what a sheet's rows are ("queries with matches").
+_SINGULAR = {"queries": "query", "groups": "group", "rows": "row"}
+
+
+def _one_of(what: str) -> str:
+    """'queries with a miss' -> 'query with a miss': what one row of a sheet is."""
+    first, _, rest = what.partition(" ")
+    return " ".join(filter(None, (_SINGULAR.get(first, first), rest)))
 
 
 def _fit(text: str, font: ImageFont.ImageFont, draw: ImageDraw.ImageDraw, room: int = TILE) -> str:

@@ -292,6 +292,8 @@ def _check_features(client: Any) -> None:
 
 def _some_workers(names: list[str], total: int) -> str:
     """'2 of 5 Dask workers (tcp://..., ...)': which workers a refusal is about."""
+    if total == 1:
+        return f"the only Dask worker ({names[0]})"
     more = ", ..." if len(names) > 1 else ""
     return f"{len(names)} of {total} Dask workers ({names[0]}{more})"
 

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..core.jpeg import frame_header
+from ..core.results import counted
 from ..errors import NeardupError, command, install_hint
 from .checker import Checker, NotHere, StoreReadFailed, StoreUnavailable
 from .limits import DecodeBusy, DecodeTooLarge
@@ -229,11 +230,11 @@ class CheckerApp:
                                scope: Scope, send: Send) -> None:
         """Decode and search a whole upload, within the limits on uploads checked at once."""
         if self.in_flight >= self.limits.max_in_flight:
-            raise Refused(503, f"busy: {self.in_flight} uploads in flight; try again shortly",
+            raise Refused(503, f"busy: {counted(self.in_flight, 'upload')} in flight; try again shortly",
                           retry_after=True, close=True)
         mine = self.in_flight_from.get(client, 0)
         if mine >= self.limits.max_in_flight_per_client:
-            raise Refused(429, f"busy: {mine} uploads from this address in flight;"
+            raise Refused(429, f"busy: {counted(mine, 'upload')} from this address in flight;"
                                " try again shortly", retry_after=True, close=True)
         self.in_flight += 1
         self.in_flight_from[client] = mine + 1

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..core.discovery import FoundFile, Skipped, walk_images
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
+from ..core.results import counted
 from ..errors import DatasetError, ImageError, command
 from .archives import make_staging_folder
 from .edits import apply_edit
@@ -71,8 +72,9 @@ class GatherSummary:
 
     def line(self) -> str:
         return (
-            f"{self.output}: {self.haystack} haystack images, {self.samples} samples,"
-            f" {self.copies} copies, {MANIFEST_NAME} (seed {self.seed})"
+            f"{self.output}: {counted(self.haystack, 'haystack image')},"
+            f" {counted(self.samples, 'sample')}, {counted(self.copies, 'copy', 'copies')},"
+            f" {MANIFEST_NAME} (seed {self.seed})"
         )
 
 
@@ -98,7 +100,8 @@ def gather(
         raise DatasetError(f"{source_root}: holds no images")
     if options.samples > len(images):
         raise DatasetError(
-            f"--samples {options.samples} is more than the {len(images)} images in {source_root}"
+            f"--samples {options.samples} is more than the {counted(len(images), 'image')} in"
+            f" {source_root}"
         )
 
     summary = GatherSummary(output=output, seed=options.seed)
