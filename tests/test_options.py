@@ -194,7 +194,9 @@ def test_the_checkers_log_lines_name_the_command_as_typed(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--evaluate", "data/manifest.csv", "--report", "a_file"],
-     "--report a_file: cannot make this folder (File exists)"),
+     "--report a_file: is a file, not a folder; give a folder for the report's files"),
+    (["--evaluate", "data/manifest.csv", "--report", "a_file/report"],
+     "--report a_file/report: cannot make this folder (Not a directory)"),
     (["--groups", "--html", "data"], "--html data: is a folder; give a file name"),
     (["--groups", "--montage", "missing/x.png"], "--montage missing/x.png: no such folder"),
 ])

@@ -368,6 +368,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Where --report, --montage and --html will write, checked before any work is done: a
     mistyped path must not cost a whole evaluation and then a traceback."""
     if args.report:
+        if os.path.exists(args.report) and not os.path.isdir(args.report):
+            # makedirs says "File exists", which reads as if the folder were there.
+            raise NeardupError(f"--report {args.report}: is a file, not a folder; give a folder"
+                               " for the report's files")
         try:
             os.makedirs(args.report, exist_ok=True)
         except OSError as error:
