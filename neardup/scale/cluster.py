@@ -91,17 +91,20 @@ def connect(
 
         cluster = client = None
         try:
-            with _dask_warnings(report):
-                # Its worker processes do not hear Ctrl-C: it would stop each with a traceback
-                # of its own (KeyboardInterrupt, 17 lines) while this process, which hears it
-                # too, closes the cluster anyway.
-                with _sigint_held():
+            # Its worker processes do not hear Ctrl-C: it would stop each with a traceback of
+            # its own (KeyboardInterrupt, 17 lines) while this process, which hears it too,
+            # closes the cluster anyway. A Ctrl-C while the cluster starts waits until it is
+            # up: a KeyboardInterrupt inside Dask's start-up calls also made Dask log tracebacks
+            # of its own (a NameError in distributed.utils.sync's cancel, say).
+            with _sigint_held():
+                with _dask_warnings(report):
                     cluster = distributed.LocalCluster(
                         n_workers=local_workers, threads_per_worker=1, processes=True,
                         host="127.0.0.1", dashboard_address=None)
-                client = distributed.Client(cluster)
-            client.register_plugin(QuietWhenClosing(), name=QuietWhenClosing.name)
-            check_cluster(client, timeout_seconds, features)
+                    client = distributed.Client(cluster)
+                _without_gc_diagnosis()
+                client.register_plugin(QuietWhenClosing(), name=QuietWhenClosing.name)
+                check_cluster(client, timeout_seconds, features)
             yield client
         finally:
             # Closing a cluster that still runs partitions (Ctrl-C) logs each cancelled task
@@ -168,6 +171,17 @@ def _sigint_held() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_handler)
     if heard:
         signal.raise_signal(signal.SIGINT)  # as if it came now: a KeyboardInterrupt, as a rule
+
+
+def _without_gc_diagnosis() -> None:
+    """Unhook the local scheduler's garbage collector callback from this process: a Ctrl-C whose
+    KeyboardInterrupt is raised inside it is lost ("Exception ignored in ... _gc_callback", and
+    the run went on to its end: 2 Ctrl-C in 25 at start-up here). It only logs collection
+    times. The scheduler's own unhooking, when it closes, then finds nothing to do."""
+    with contextlib.suppress(Exception):  # a Dask without it, or another shape of it
+        from distributed.gc import disable_gc_diagnosis
+
+        disable_gc_diagnosis(force=True)
 
 
 def check_scheduler_address(address: str) -> None:

@@ -21,10 +21,12 @@ _CLOSING = frozenset({Status.closing, Status.closing_gracefully, Status.closed, 
 
 
 def _handlers() -> list[logging.Handler]:
-    """The handlers distributed's log records reach: its own (set up by Dask's logging
-    configuration, not propagating) and the root logger's (a configuration of one's own)."""
+    """The handlers Dask's log records reach: distributed's and tornado's (set up by Dask's
+    logging configuration, not propagating) and the root logger's (a configuration of one's
+    own)."""
     found: list[logging.Handler] = []
-    for logger in (logging.getLogger("distributed"), logging.getLogger()):
+    for logger in (logging.getLogger("distributed"), logging.getLogger("tornado"),
+                   logging.getLogger()):
         found.extend(handler for handler in logger.handlers if handler not in found)
     return found
 
@@ -43,13 +45,15 @@ def _add_filter(keep: Callable[[logging.LogRecord], bool]) -> Callable[[], None]
 
 
 def _not_distributed(record: logging.LogRecord) -> bool:
-    return record.name != "distributed" and not record.name.startswith("distributed.")
+    """Whether a record is not Dask's own: distributed's, or that of its event loop (tornado)."""
+    return not any(record.name == name or record.name.startswith(name + ".")
+                   for name in ("distributed", "tornado"))
 
 
 @contextmanager
 def distributed_silenced() -> Iterator[None]:
-    """No line of distributed's loggers in this process meanwhile (the local cluster's scheduler
-    and nannies, and the client, as they close); other loggers' lines pass."""
+    """No line of Dask's loggers in this process meanwhile (the local cluster's scheduler and
+    nannies, the client and their event loop, as they close); other loggers' lines pass."""
     remove = _add_filter(_not_distributed)
     try:
         yield
@@ -58,8 +62,8 @@ def distributed_silenced() -> Iterator[None]:
 
 
 class QuietWhenClosing(WorkerPlugin):
-    """On each worker of the local cluster (those Dask starts again too): no line of
-    distributed's loggers once the worker closes."""
+    """On each worker of the local cluster (those Dask starts again too): no line of Dask's
+    loggers once the worker closes."""
 
     name = "neardup-quiet-when-closing"
 
