@@ -99,13 +99,15 @@ def evaluation_page(
     the hash's table kept below the verified one for comparison."""
     title = f"Evaluation of {os.path.basename(evaluation.store)}"
     root = evaluation.dataset_root
+    # "1 query, 1 copy"; but "1 of 1 copies found", "0 of 1 queries" (of all the copies).
     queries = counted(len(evaluation.groups), "query", "queries")
     copies = counted(evaluation.copies, "copy", "copies")
     if evaluation.verified_at is None:
         at = evaluation.row(max_distance)
         summary = (f"{evaluation.recipe}{', mirror' if evaluation.mirror else ''}:"
                    f" {queries}, {copies}. At max distance {max_distance}: {at.found} of"
-                   f" {copies} found, {counted(at.false_matches, 'other match', 'other matches')}.")
+                   f" {evaluation.copies} copies found,"
+                   f" {counted(at.false_matches, 'other match', 'other matches')}.")
         tables = [_threshold_table(evaluation, max_distance)]
         shown = _hash_answers(evaluation, max_distance)
         answered = f"at max distance {max_distance}"
@@ -113,7 +115,7 @@ def evaluation_page(
         answers = verified_scores(evaluation)[-1][1]
         summary = (f"{evaluation.recipe} and local features: {queries}, {copies}. Verified"
                    f" search (what search.py answers, at max distance {evaluation.verified_at}):"
-                   f" {answers.found} of {copies} found,"
+                   f" {answers.found} of {evaluation.copies} copies found,"
                    f" {counted(answers.false_matches, 'other match', 'other matches')}.")
         tables = [_verified_table(evaluation),
                   "<h2>The hash alone, unverified (what a store without features answers)</h2>",
@@ -134,7 +136,7 @@ def evaluation_page(
                 for number, (name, items) in enumerate(shown, start=1)]
     found_all = len(evaluation.groups) - len(shown)
     listing = (f"<h2>Queries with a missed copy or another match: {len(shown)}</h2>"
-               f"<p>{found_all} of {queries} found every copy and nothing"
+               f"<p>{found_all} of {len(evaluation.groups)} queries found every copy and nothing"
                f" else {answered}.</p>")
     body = [_header(title, summary, root), *tables, listing, _cut_notice(len(shown)), *sections]
     return _page(title, body)
