@@ -60,11 +60,13 @@ class Server:
 
 
 @contextmanager
-def running(*options: str) -> Iterator[Server]:
-    """The server, its stderr going to a file the test reads afterwards."""
+def running(*options: str, python_script: str | None = None) -> Iterator[Server]:
+    """The server, its stderr going to a file the test reads afterwards (run by python_script,
+    given search.py's arguments, when a test patches the server)."""
     log = Path("server.log")
+    command = SEARCH if python_script is None else [sys.executable, python_script, *SEARCH[2:]]
     with log.open("wb") as stderr:
-        process = subprocess.Popen(SEARCH + ["--serve", "127.0.0.1:0", *options],
+        process = subprocess.Popen(command + ["--serve", "127.0.0.1:0", *options],
                                    stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 30
@@ -716,6 +718,52 @@ class TestStore:
         assert "rewritten with other contents" in log and "Traceback" not in log
         assert log.count("db.shelve: the store's file was rewritten and cannot be read") == 1
         assert "can be read again; reopened it" in log and "was replaced" not in log
+
+    def test_health_answers_while_an_answer_holds_the_checker(self, store: Path) -> None:
+        """A review: on a store with features /health waited behind the checker's lock, held
+        by decode threads verifying matches (up to 2.8 s under 16 uploading clients), though it
+        has a thread of its own. Here the search step of an answer is held (until a file is
+        removed) while /health is asked for: it must answer without waiting for it."""
+        hold, entered = Path("hold"), Path("entered")
+        hold.touch()
+        held = (
+            "import os, runpy, sys, time\n"
+            "import neardup.service.checker as checker\n"
+            "real = checker.find_matches\n"
+            "def find_matches(*args, **kwargs):\n"
+            "    open('entered', 'w').close()\n"
+            "    while os.path.exists('hold'):\n"
+            "        time.sleep(0.01)\n"
+            "    return real(*args, **kwargs)\n"
+            "checker.find_matches = find_matches\n"
+            f"sys.argv = [{SEARCH[1]!r}] + sys.argv[1:]\n"
+            f"runpy.run_path({SEARCH[1]!r}, run_name='__main__')\n")
+        Path("held.py").write_text(held)
+        buffer = io.BytesIO()
+        Image.open("images/cat1/image_0001.jpg").save(buffer, "PNG")  # never checked inline
+        answers: list[int] = []
+        with running(*FAST, python_script="held.py") as server:
+            asking = threading.Thread(target=lambda: answers.append(
+                request(server.port, "POST", "/search", buffer.getvalue())[0]))
+            asking.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not entered.exists():
+                    assert time.monotonic() < deadline and asking.is_alive(), server.log()
+                    time.sleep(0.01)
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+                connection.request("GET", "/health")
+                response = connection.getresponse()
+                health = json.loads(response.read())
+                connection.close()
+                assert response.status == 200 and health["status"] == "ok", health
+                assert health["images"] == 6 and "generation" in health
+                assert not answers  # the answer was still held
+            finally:
+                hold.unlink()
+                asking.join(30)
+        assert answers == [200]
+        assert_clean(server, most_lines=1)
 
 
 def test_a_connection_whose_answers_are_not_taken_in_is_aborted_after_the_send_timeout() -> None:

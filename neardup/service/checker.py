@@ -120,6 +120,9 @@ class Checker:
         self._rebuild_error: BaseException | None = None
         self._closed = False
         self._unavailable: str | None = None
+        # The counts /health reports while an answer holds the lock (see health()).
+        with self._store.snapshot():
+            self._seen: dict[str, Any] = seen_in(self._store)
         # A store with local features answers verified matches (neardup.features); the optional
         # libraries are checked now, so a missing one is one line at start, not an error per query.
         self._features: Any = None
@@ -276,6 +279,8 @@ class Checker:
                     truncated = self.max_matches is not None and len(matches) > self.max_matches
                     result.matches = matches[: self.max_matches] if truncated else matches
                     record = to_record(result, store.dataset_root, self._warn)
+                    if store.tracking:  # counted by triggers: O(1), so kept fresh for /health
+                        self._seen = seen_in(store)
             except (StoreError, sqlite3.DatabaseError) as error:
                 reason = f"store damaged: {without_path(str(error), store.path)}"
                 with self._problems_lock:
@@ -533,34 +538,64 @@ class Checker:
             return None
 
     def health(self) -> dict[str, Any]:
-        """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read)."""
-        with self._lock:
-            if self._closed:
-                return {"status": "unavailable", "error": "the checker is stopping"}
-            try:
-                store = self._current_store()
-            except StoreUnavailable as error:
-                return {"status": "unavailable", "error": str(error)}
-            try:
-                with store.snapshot():
-                    self._follow_features(store)
-                    self._forget_repaired(store)
-                    hashes, images = store.counts()  # O(1): kept by the store's triggers
-                    with self._problems_lock:
-                        problems = list(self._problems.values())
-                    report: dict[str, Any] = {
-                        "status": "degraded" if problems else "ok",
-                        "hashes": hashes, "images": images,
-                        "generation": store.generation()}
-                    if self._features is not None and self._images_without_features(store):
-                        # Answered by their hash alone, unverified: an unfinished upgrade.
-                        report["images_without_features"] = self._lacking
-            except (StoreError, sqlite3.DatabaseError) as error:
-                return {"status": "unavailable",
-                        "error": f"cannot read the store ({without_path(str(error), store.path)})"}
-            if problems:
-                report["problems"] = problems
-            return report
+        """"ok", "degraded" (some query met a damaged store) or "unavailable" (no store to read).
+
+        Never waits behind an answer: a review found /health waiting up to 2.8 s for the lock
+        held by answers verifying matches with local features. While an answer holds the lock,
+        the report is the state as that answer or the one before it found it (the answer looks
+        at the store file itself, and reopens or reports it)."""
+        if not self._lock.acquire(blocking=False):
+            return self._health_seen(self._seen)
+        try:
+            return self._health_locked()
+        finally:
+            self._lock.release()
+
+    def _health_seen(self, seen: dict[str, Any]) -> dict[str, Any]:
+        """health() from what the last answer or report saw, without the lock."""
+        if self._closed:
+            return {"status": "unavailable", "error": "the checker is stopping"}
+        unavailable = self._unavailable
+        if unavailable is not None:
+            return {"status": "unavailable", "error": unavailable}
+        with self._problems_lock:
+            problems = list(self._problems.values())
+        report: dict[str, Any] = {"status": "degraded" if problems else "ok", **seen}
+        if problems:
+            report["problems"] = problems
+        return report
+
+    def _health_locked(self) -> dict[str, Any]:
+        if self._closed:
+            return {"status": "unavailable", "error": "the checker is stopping"}
+        try:
+            store = self._current_store()
+        except StoreUnavailable as error:
+            return {"status": "unavailable", "error": str(error)}
+        try:
+            with store.snapshot():
+                self._follow_features(store)
+                self._forget_repaired(store)
+                self._seen = seen_in(store)
+                if self._features is not None and self._images_without_features(store):
+                    # Answered by their hash alone, unverified: an unfinished upgrade.
+                    self._seen["images_without_features"] = self._lacking
+                with self._problems_lock:
+                    problems = list(self._problems.values())
+                report: dict[str, Any] = {
+                    "status": "degraded" if problems else "ok", **self._seen}
+        except (StoreError, sqlite3.DatabaseError) as error:
+            return {"status": "unavailable",
+                    "error": f"cannot read the store ({without_path(str(error), store.path)})"}
+        if problems:
+            report["problems"] = problems
+        return report
+
+
+def seen_in(store: Store) -> dict[str, Any]:
+    """What /health reports of a store (read within a snapshot)."""
+    hashes, images = store.counts()  # O(1) where the store's triggers keep them
+    return {"hashes": hashes, "images": images, "generation": store.generation()}
 
 
 def file_identity(path: str) -> tuple[int, int]:
