@@ -350,6 +350,33 @@ class TestRefusals:
             hash_file(path, Recipe(), max_pixels=100_000)
         assert hash_file(path, Recipe(), max_pixels=120_000).bits == 64
 
+    @pytest.mark.parametrize("size", [(20_000, 20_000), (100_000, 100_000), (65_535, 65_535)])
+    def test_far_over_the_pixel_limit_is_refused_with_our_limit(
+        self, tmp_path: Path, size: tuple[int, int]
+    ) -> None:
+        """A review: over twice Pillow's global limit (178,956,970 pixels) an image was refused
+        with Pillow's message and limit, not the caller's --max-pixels."""
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return (struct.pack(">I", len(body)) + kind + body
+                    + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+        width, height = size
+        data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                                 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+        expected = f"refused: {width} x {height} pixels is over the limit of 50,000,000"
+        with pytest.raises(ImageError) as caught:
+            hash_source("upload", Recipe(), 50_000_000, data=data)
+        assert caught.value.reason == expected
+        path = tmp_path / "huge.png"
+        path.write_bytes(data)
+        with pytest.raises(ImageError) as caught:
+            hash_file(str(path), Recipe(), max_pixels=50_000_000)
+        assert caught.value.reason == expected
+
 
 class TestGridResampling:
     @pytest.mark.parametrize("size", [(9, 8), (32, 32), (64, 64), (128, 128)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from collections.abc import Callable, Iterator
@@ -602,6 +603,11 @@ def open_image(
         # errors carry no errno; a read error's does).
         if isinstance(error, OSError) and error.errno is None and _cut_in_jpeg_blocks(data, stream):
             reason = "truncated image"
+        if isinstance(error, Image.DecompressionBombError) and stream is not None:
+            # Pillow refuses on its own over twice its global MAX_IMAGE_PIXELS (178,956,970),
+            # before our check: a review found uploads of 20000 x 20000 told Pillow's limit and
+            # "could be decompression bomb DOS attack" instead of the caller's --max-pixels.
+            reason = _bomb_refusal(error, stream, max_pixels)
         if image is not None:
             image.close()
         if stream is not None:
@@ -615,6 +621,45 @@ def open_image(
     finally:
         image.close()
         stream.close()
+
+
+def _bomb_refusal(error: Exception, stream: Any, max_pixels: int) -> str:
+    """Our refusal for an image Pillow refused as a decompression bomb: its width and height
+    read from its header by the format's own plug-in (without the global check, which is left
+    alone: changing Image.MAX_IMAGE_PIXELS would change it for every thread), else the pixel
+    count Pillow's message gives."""
+    size = None
+    try:
+        stream.seek(0)
+        prefix = stream.read(16)
+        for name in readable_formats():
+            factory, accept = Image.OPEN.get(name, (None, None))
+            known = accept(prefix) if accept is not None else False
+            if factory is None or not known or isinstance(known, str):
+                continue
+            stream.seek(0)
+            try:
+                with factory(stream, "") as found:
+                    size = found.size
+                break
+            except Exception:  # noqa: BLE001,S112 - not this format: the next one
+                continue
+    except Exception:  # noqa: BLE001 - the count in Pillow's message below
+        size = None
+    if size is not None:
+        width, height = size
+        shown, pixels = f"{width} x {height} pixels", width * height
+    else:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        if found is None:
+            return f"refused: over Pillow's limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+        pixels = int(found.group(1))
+        shown = f"{pixels:,} pixels"
+    if pixels > max_pixels:
+        return f"refused: {shown} is over the limit of {max_pixels:,}"
+    # Under the caller's limit but over the one Pillow enforces for every caller.
+    return (f"refused as a decompression bomb: {shown} is over Pillow's limit of"
+            f" {2 * (Image.MAX_IMAGE_PIXELS or 0):,}")
 
 
 def picture_size(path: str) -> tuple[int, int] | None:
