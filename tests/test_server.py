@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -26,6 +27,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1076,3 +1078,89 @@ def test_requests_before_a_malformed_one_are_answered_first(store: Path) -> None
         assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"400"], answers[:300]
         server.stop()
     assert "Traceback" not in server.log() and "Exception" not in server.log()
+
+
+class TestFairness:
+    """Admission and decode order across client addresses, on the application itself: a check
+    held on an Event stands for an upload slow to decode."""
+
+    @staticmethod
+    def app(threads: int = 2) -> tuple[Any, threading.Event, list[str]]:
+        import logging
+        from types import SimpleNamespace
+
+        from neardup.service.server import CheckerApp, ServiceLimits
+
+        checker = SimpleNamespace(decode_budget=SimpleNamespace(used=0), verifies=True)
+        app = CheckerApp(checker, ServiceLimits(decode_threads=threads),  # type: ignore[arg-type]
+                         logging.getLogger("test"))
+        release, ran = threading.Event(), []
+
+        def check(body: bytes, distance: int | None, at_most: int | None) -> tuple[int, dict]:
+            ran.append(body.decode())
+            release.wait(30)
+            return 200, {"query": "upload"}
+        app.check = check  # type: ignore[method-assign]
+        return app, release, ran
+
+    @staticmethod
+    async def upload(app: Any, client: str, name: str) -> int:
+        from neardup.service.server import Refused
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+        try:
+            await app.check_and_answer(name.encode(), None, client, {"client": (client, 1)}, send)
+        except Refused as refused:
+            return refused.status
+        return sent[0]["status"]
+
+    def test_four_addresses_cannot_hold_every_upload_slot(self) -> None:
+        """A hostile review: four addresses re-sending 47 KB PNGs of 7000 x 7000 pixels (0.45 s
+        of decoding each) held all 16 slots, and a fifth address got 503 for 17 of 19 uploads."""
+        app, release, ran = self.app()
+
+        async def scenario() -> tuple[list[int], int]:
+            attackers = [asyncio.ensure_future(self.upload(app, f"10.0.0.{n % 4}", f"a{n}"))
+                         for n in range(16)]
+            await asyncio.sleep(0)  # every attacker upload admitted or refused
+            for _ in range(50):
+                if len(ran) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            newcomer = asyncio.ensure_future(self.upload(app, "10.0.0.9", "new"))
+            await asyncio.sleep(0.05)
+            release.set()
+            return await asyncio.gather(*attackers), await newcomer
+
+        try:
+            statuses, newcomer = asyncio.run(scenario())
+        finally:
+            release.set()
+            app.close()
+        assert newcomer == 200, statuses
+        assert statuses.count(200) <= 13 and set(statuses) <= {200, 503}, statuses
+
+    def test_decode_threads_take_each_address_in_turn(self) -> None:
+        """With one queue for all, another client's upload waited behind every upload the
+        flooding addresses had queued before it (seconds for two decode threads)."""
+        app, release, ran = self.app(threads=1)
+
+        async def scenario() -> None:
+            uploads = [asyncio.ensure_future(self.upload(app, f"10.0.0.{n % 3}", f"a{n}"))
+                       for n in range(9)]
+            await asyncio.sleep(0)
+            uploads.append(asyncio.ensure_future(self.upload(app, "10.0.0.9", "new")))
+            await asyncio.sleep(0)
+            release.set()
+            assert await asyncio.gather(*uploads) == [200] * 10
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            release.set()
+            app.close()
+        # The one running when the newcomer came, then at most one from each flooding address.
+        assert "new" in ran[:5], ran
