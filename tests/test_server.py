@@ -420,6 +420,8 @@ class TestHostileClients:
             idle = [socket.create_connection(("127.0.0.1", server.port),
                                              source_address=(f"127.0.0.{4 + n}", 0))
                     for n in range(3)]
+            for connection in idle:  # a byte each: none may be closed to make room
+                connection.sendall(b"G")
             time.sleep(0.3)
             reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in reply.lower()
@@ -428,7 +430,7 @@ class TestHostileClients:
                 connection.close()
             time.sleep(0.3)
             assert request(server.port, "POST", "/search", upload)[0] == 200
-        assert_clean(server, most_lines=1 + 3)
+        assert_clean(server, most_lines=1 + 3 + 3)  # and the three ended early, one line each
 
     def test_one_address_cannot_hold_every_connection(self, store: Path) -> None:
         """1,100 idle sockets from one address kept every other client out until the header
@@ -446,6 +448,22 @@ class TestHostileClients:
             for connection in mine:
                 connection.close()
         assert_clean(server, most_lines=1 + 1)
+
+    def test_silent_connections_make_room_for_a_new_client(self, store: Path) -> None:
+        """A hostile review: 250 silent sockets from each of four addresses filled the 1,000
+        connections, reopened as soon as the header deadline closed them, and every other
+        client got 503 for as long as they went on. At the cap the connection that has waited
+        longest without sending a byte is closed to let a new one in."""
+        with running("--max-connections", "8", "--header-timeout", "60") as server:
+            silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                               source_address=(f"127.0.0.{2 + n % 4}", 0))
+                      for n in range(8)]
+            status, health, _ = request(server.port, "GET", "/health", source="127.0.0.9")
+            assert status == 200 and health["status"] == "ok"
+            assert silent[0].recv(100) == b""  # the oldest made room, answered nothing
+            for connection in silent:
+                connection.close()
+        assert_clean(server, most_lines=1)
 
     def test_uploads_trickling_in_hold_no_slot(self, store: Path) -> None:
         """Sixteen uploads trickling a byte at a time from four addresses held every upload slot
