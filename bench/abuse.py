@@ -12,6 +12,8 @@ only. For --seconds, all at once (every count fixed, every client stops by itsel
   --heavy N uploaders   (0 by default) 8-bit RGB 7000 x 7000 PNGs: within the pixel limit, so
                         really decoded, each estimated at 483 MB; the decode memory budget decides
                         how many at once
+  --flood N addresses   (0 by default) each with 4 connections re-sending 8-bit gray 7000 x 7000
+                        PNGs of zeros: 47 KB to send, 0.45 s to decode, within every limit
   2 normal clients      CALTECH photos, one at a time; each answer must name the photo itself
   1 health prober       GET /health every 50 ms; its latency is measured
 Then SIGTERM with all those connections still open. Against the goals:
@@ -209,6 +211,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the abuse lasts")
     parser.add_argument("--heavy", type=int, default=0, choices=range(0, 9),
                         help="clients uploading large images that are really decoded (default 0)")
+    parser.add_argument("--flood", type=int, default=0, choices=range(0, 9),
+                        help="addresses each re-sending 4 small PNGs slow to decode at once"
+                             " (default 0)")
     parser.add_argument("--store", help="a store of the dataset to reuse (built there if missing);"
                         " by default one is built in a temporary folder")
     args = parser.parse_args()
@@ -220,6 +225,7 @@ def main() -> int:
               for entry in sample]
     bomb = png(10_000, 10_000, 16, 0, 1)
     heavy = png(7_000, 7_000, 8, 2, 3)
+    gray = png(7_000, 7_000, 8, 0, 1)
 
     with tempfile.TemporaryDirectory() as workdir:
         store = args.store or os.path.join(workdir, "db.shelve")
@@ -258,6 +264,10 @@ def main() -> int:
                                      args=(port, [("heavy", heavy)], until, tally, "heavy", False,
                                            f"127.0.4.{n + 1}"))
                     for n in range(args.heavy)]
+        threads += [threading.Thread(target=uploader,
+                                     args=(port, [("flood", gray)], until, tally, "flood", False,
+                                           f"127.0.6.{n // 4 + 1}"))
+                    for n in range(4 * args.flood)]
         threads += [threading.Thread(target=uploader,
                                      args=(port, normal[n::NORMAL], until, tally, "normal", True,
                                            f"127.0.5.{n + 1}"))
@@ -303,7 +313,8 @@ def main() -> int:
     ]
     print(f"{args.seconds:g} s of abuse: {IDLE} idle connections, {SLOWLORIS} slowloris, {BOMBS}"
           f" bomb uploaders ({len(bomb):,}-byte 16-bit 10000 x 10000 PNG), {args.heavy} heavy uploaders"
-          f" ({len(heavy):,}-byte RGB 7000 x 7000 PNG), {NORMAL} normal clients; {os.cpu_count()}"
+          f" ({len(heavy):,}-byte RGB 7000 x 7000 PNG), {args.flood} flooding addresses x 4"
+          f" ({len(gray):,}-byte gray 7000 x 7000 PNG), {NORMAL} normal clients; {os.cpu_count()}"
           " cores")
     print("| | measured | goal | met |")
     print("|---|---:|---:|:---:|")
