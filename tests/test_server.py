@@ -452,16 +452,23 @@ class TestHostileClients:
     def test_silent_connections_make_room_for_a_new_client(self, store: Path) -> None:
         """A hostile review: 250 silent sockets from each of four addresses filled the 1,000
         connections, reopened as soon as the header deadline closed them, and every other
-        client got 503 for as long as they went on. At the cap the connection that has waited
-        longest without sending a byte is closed to let a new one in."""
+        client got 503 for as long as they went on. At the cap, of the address holding the most
+        connections, the one that has waited longest without sending a byte is closed to let a
+        new one in; a client's single idle connection, older still, is kept."""
         with running("--max-connections", "8", "--header-timeout", "60") as server:
-            silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10,
-                                               source_address=(f"127.0.0.{2 + n % 4}", 0))
-                      for n in range(8)]
+            def connect(source: str) -> socket.socket:
+                return socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                                source_address=(source, 0))
+
+            lone = connect("127.0.0.2")  # the oldest, alone from its address
+            flood = [connect(f"127.0.0.{3 + n % 3}") for n in range(6)]  # two from each of three
+            last = connect("127.0.0.6")
             status, health, _ = request(server.port, "GET", "/health", source="127.0.0.9")
             assert status == 200 and health["status"] == "ok"
-            assert silent[0].recv(100) == b""  # the oldest made room, answered nothing
-            for connection in silent:
+            assert flood[0].recv(100) == b""  # made room, answered nothing
+            lone.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert lone.recv(100).startswith(b"HTTP/1.1 200")
+            for connection in [lone, last, *flood]:
                 connection.close()
         assert_clean(server, most_lines=1)
 

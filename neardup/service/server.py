@@ -464,8 +464,8 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                            " try again shortly", "retry-after: 1\r\n")
     open_from: dict[str, int] = {}  # connections open per client address
     # Connections waiting for a request that have sent no byte of it (just opened, or idle
-    # between requests), oldest first: at the cap the oldest is closed to let a new one in.
-    silent: dict[Any, None] = {}
+    # between requests), per address, oldest first: at the cap one is closed to let a new one in.
+    silent: dict[str, dict[Any, None]] = {}
     too_large = canned("431 Request Header Fields Too Large",
                        f"request headers over {MAX_HEADER_BYTES:,} bytes")
     too_slow = canned("408 Request Timeout",
@@ -505,11 +505,11 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                     self._refuse(too_many)
                     return
                 # Four addresses of 250 silent sockets, reopened as soon as the header deadline
-                # closed them, kept every other client out (a hostile review): the connection
-                # that has waited longest without sending a byte makes room.
-                oldest = next(iter(silent))
-                del silent[oldest]
-                oldest._make_room()
+                # closed them, kept every other client out (a hostile review): of the address
+                # holding the most connections, the one that has waited longest without sending
+                # a byte makes room (a client with one idle keep-alive connection keeps it).
+                most = max(silent, key=lambda host: open_from.get(host, 0))
+                next(iter(silent[most]))._make_room()
             open_from[host] = open_from.get(host, 0) + 1
             self._counted_as = host
             self._arm()
@@ -518,7 +518,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             if self._refused or self._ahead_too_far:
                 return  # answered already; what the client still sends is not read
             self._bytes_seen = True
-            silent.pop(self, None)
+            self._not_silent()
             if self._deadline is not None:  # still waiting for this request's headers
                 # The parser keeps every header byte until the headers end: bounded here, so a
                 # client cannot hold megabytes per connection within the header deadline.
@@ -537,7 +537,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             closed a moment later."""
             self._refused = True
             self._disarm()
-            silent.pop(self, None)
+            self._not_silent()
             # A request being answered (the parser refused what came after it) must not write
             # after this answer: uvicorn then raised "Cannot call write() after write_eof()" and
             # logged an exception in the application for something a client did.
@@ -667,7 +667,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            silent.pop(self, None)
+            self._not_silent()
             self._stop_send_deadline()
             if self._counted_as is not None:
                 left = open_from[self._counted_as] - 1
@@ -682,14 +682,23 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             self._disarm()
             self._header_bytes = 0
             self._deadline = self.loop.call_later(limits.header_timeout, self._headers_too_slow)
-            if not self._bytes_seen:
-                silent.pop(self, None)
-                silent[self] = None  # the newest
+            if not self._bytes_seen and self._counted_as is not None:
+                self._not_silent()
+                silent.setdefault(self._counted_as, {})[self] = None  # the newest
+
+        def _not_silent(self) -> None:
+            host = self._counted_as or ""
+            mine = silent.get(host)
+            if mine is not None and self in mine:
+                del mine[self]
+                if not mine:
+                    del silent[host]
 
         def _make_room(self) -> None:
             """Closed, having sent nothing, for a new connection at the cap (not logged, like
             a silent connection closed at the header deadline)."""
             self._disarm()
+            self._not_silent()
             self._refused = True
             self.transport.close()
 
