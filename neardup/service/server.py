@@ -247,8 +247,9 @@ class CheckerApp:
         # An address with uploads in flight already shares what the reserve leaves; the
         # reserve takes only first uploads, so a few addresses cannot hold every slot.
         if mine and self.in_flight >= self.limits.max_in_flight - self.limits.reserved_in_flight:
-            raise Refused(503, f"busy: {self.in_flight} uploads in flight; try again shortly",
-                          retry_after=True, close=True)
+            raise Refused(503, f"busy: {self.in_flight} uploads in flight, the other"
+                               f" {self.limits.max_in_flight - self.in_flight} kept for addresses"
+                               " with none; try again shortly", retry_after=True, close=True)
         self.in_flight += 1
         self.in_flight_from[client] = mine + 1
         try:
