@@ -281,6 +281,8 @@ class Checker:
                     record = to_record(result, store.dataset_root, self._warn)
                     if store.tracking:  # counted by triggers: O(1), so kept fresh for /health
                         self._seen = seen_in(store)
+                        if self._features is not None and self._lacking:
+                            self._seen["images_without_features"] = self._lacking
             except (StoreError, sqlite3.DatabaseError) as error:
                 reason = f"store damaged: {without_path(str(error), store.path)}"
                 with self._problems_lock:
