@@ -80,6 +80,16 @@ def test_recall_per_edit_precision_and_the_recommendation(tmp_path: Path) -> Non
     assert result.recommended == 0  # the smallest threshold reaching the best recall
 
 
+def test_one_sample_is_counted_in_the_singular(tmp_path: Path) -> None:
+    """A review: "1 queries" heading the table of a one-sample evaluation."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    kept = [line for line in manifest.read_text().splitlines() if ",g1," not in line]
+    manifest.write_text("\n".join(kept) + "\n")
+    text = format_evaluation(evaluate(tmp_path), 4)
+    assert "; 1 query, 1 copy" in text.splitlines()[0], text.splitlines()[0]
+
+
 def test_copies_removed_from_the_store_are_missed(tmp_path: Path) -> None:
     """Evaluation counts what search returns, not what re-hashing the copy on disk would give."""
     build(tmp_path / "data", planted_duplicate=False)

@@ -870,7 +870,7 @@ class Store:
                 known = {os.fsdecode(bytes(path)) for (path,) in self._db.all(
                     "SELECT path FROM neardup_files WHERE hash = ?", (bytes.fromhex(hash_hex),))}
                 self.report(f"{self.path}: bucket {hash_hex} held {problem}; rewritten with the"
-                            f" {len(known)} indexed images of that hash")
+                            f" {len(known)} indexed image{'' if len(known) == 1 else 's'} of that hash")
                 paths |= known
             else:
                 paths |= set(found)

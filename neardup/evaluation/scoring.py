@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
+from ..core.results import counted
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import Store
 from ..errors import DatasetError, ImageError, command
@@ -289,7 +290,7 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
     columns = verified_table(evaluation)
     kinds = [*evaluation.kinds, "all"]
     lines = [f"{evaluation.store}: recall per edit kind, verified matches (local features),"
-             f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
+             f" {_sizes(evaluation)}"]
     lines.append(f"{'edit':<12}" + "".join(f"{title:>20}" for title, _, _ in columns))
     for kind in kinds:
         lines.append(f"{kind:<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
@@ -394,6 +395,12 @@ def manifest_changed(evaluation: Evaluation) -> str | None:
             f" {command('index.py')}, then evaluate again")
 
 
+def _sizes(evaluation: Evaluation) -> str:
+    """'500 queries, 6500 copies', in the singular for one."""
+    return (f"{counted(len(evaluation.groups), 'query', 'queries')},"
+            f" {counted(evaluation.copies, 'copy', 'copies')}")
+
+
 def _matches(count: int, kind: str) -> str:
     return f"{count} {kind} match" + ("" if count == 1 else "es")
 
@@ -448,7 +455,7 @@ def format_evaluation(
     all of them, or the first `listed` and a count of the rest (found in `listed_elsewhere`)."""
     kinds = evaluation.kinds
     lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
-             f" {len(evaluation.groups)} queries, {evaluation.copies} copies"]
+             f" {_sizes(evaluation)}"]
     header = f"{'t':>3} " + " ".join(f"{kind[:8]:>8}" for kind in kinds)
     lines.append(f"{header} {'all':>6} {'false':>6} {'precision':>9}")
     for row in evaluation.rows:
