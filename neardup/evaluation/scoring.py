@@ -16,13 +16,14 @@ or above TARGET_PRECISION.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
 from ..core.results import counted
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
-from ..core.store import Store
+from ..core.store import FileState, Store
 from ..errors import DatasetError, ImageError, command
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch
@@ -149,12 +150,16 @@ def evaluate_manifest(
     manifest_dir = os.path.dirname(os.path.abspath(manifest_path))
     rows = read_manifest(manifest_path)
 
+    def relative(file: str) -> str:  # a manifest's file as the store names it ("../" outside)
+        return os.path.relpath(os.path.join(manifest_dir, *file.split("/")),
+                               store.dataset_root).replace(os.sep, "/")
+
     def store_path(file: str) -> str:
-        relative = os.path.relpath(os.path.join(manifest_dir, *file.split("/")), store.dataset_root)
-        if relative == ".." or relative.startswith(".." + os.sep):
+        path = relative(file)
+        if _outside(path):
             raise DatasetError(
                 f"{manifest_path}: {file} is not under the store's dataset {store.dataset_root}")
-        return relative.replace(os.sep, "/")
+        return path
 
     def on_disk(path: str) -> str:
         return os.path.join(store.dataset_root, *path.split("/"))
@@ -198,12 +203,12 @@ def evaluate_manifest(
             found = returned[group.group]
             for match in matches:
                 found[match.path] = min(found.get(match.path, match.distance), match.distance)
-    stored = store.hashes_of_paths(copy.path for group in ordered for copy in group.copies)
+    states = store.file_states()  # every indexed file: what the store holds, and as what
     for group in ordered:
         found = returned[group.group]
         for copy in group.copies:
             copy.distance = found.get(copy.path)
-            if copy.distance is None and copy.path not in stored:
+            if copy.distance is None and copy.path not in states:
                 # Still a miss (the user asked for it and search cannot return it), said as such:
                 # a copy deleted from the dataset is no fault of the hash.
                 copy.missing = ("not in the store" if os.path.lexists(on_disk(copy.path))
@@ -230,18 +235,14 @@ def evaluate_manifest(
                             ordered, [], None, max_distance if verified is not None else None)
     # The other matches a store lacking part of the haystack cannot return are not counted: its
     # precision is higher than the whole haystack's, so how much it lacks is counted here.
-    haystack = [os.path.relpath(os.path.join(manifest_dir, *row.file.split("/")),
-                                store.dataset_root).replace(os.sep, "/")
-                for row in rows if row.role != "copy"]
-    held = store.hashes_of_paths(haystack)
-    lacking = [path for path in haystack if path not in held]
+    haystack = [relative(row.file) for row in rows if row.role != "copy"]
+    lacking = [path for path in haystack if path not in states]
     evaluation.haystack = len(haystack)
     evaluation.haystack_not_stored = len(lacking)
     # A path outside the store's dataset (../...) is not looked for on disk: it cannot be indexed.
     evaluation.haystack_not_on_disk = sum(
-        path == ".." or path.startswith("../") or not os.path.lexists(on_disk(path))
-        for path in lacking)
-    _count_changed(store, evaluation, rows, manifest_dir)
+        _outside(path) or not os.path.lexists(on_disk(path)) for path in lacking)
+    _count_changed(evaluation, rows, states, relative, on_disk)
     totals = evaluation.copies_by_kind
     evaluation.rows = [_row(ordered, threshold, totals) for threshold in range(MAX_THRESHOLD + 1)]
     evaluation.recommended = recommend(evaluation.rows)
@@ -310,22 +311,25 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
     return "\n".join(lines)
 
 
-def _count_changed(store: Store, evaluation: Evaluation, rows: list[Any],
-                   manifest_dir: str) -> None:
-    """Count the manifest's files the store holds whose file changed or is gone since it was
-    indexed, and mark such copies. Over a store older than the dataset (gather.py --force with
-    another seed, not indexed again) every score was 0 %, silently (a review)."""
-    states = store.file_states()
+def _outside(path: str) -> bool:
+    """Whether a path relative to the store's dataset leads out of it."""
+    return path == ".." or path.startswith("../")
+
+
+def _count_changed(evaluation: Evaluation, rows: list[Any], states: dict[str, FileState],
+                   relative: Callable[[str], str], on_disk: Callable[[str], str]) -> None:
+    """Count the manifest's files the store holds (`states`) whose file changed or is gone since
+    it was indexed, and mark such copies. Over a store older than the dataset (gather.py --force
+    with another seed, not indexed again) every score was 0 %, silently (a review)."""
     copies = {copy.path: copy for group in evaluation.groups for copy in group.copies}
     evaluation.manifest_files = len(rows)
     for row in rows:
-        relpath = os.path.relpath(os.path.join(manifest_dir, *row.file.split("/")),
-                                  store.dataset_root).replace(os.sep, "/")
+        relpath = relative(row.file)
         state = states.get(relpath)
         if state is None:
             continue  # not in the store: counted by missing_copies and missing_haystack
         try:
-            now = os.stat(os.path.join(store.dataset_root, *relpath.split("/")))
+            now = os.stat(on_disk(relpath))
         except OSError:
             now = None
         if now is not None and state.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
