@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from neardup.cli import search as search_cli
-from neardup.core.grouping import near_duplicate_groups
+from neardup.core.grouping import clique_groups, near_duplicate_groups
 from neardup.core.hashing import Hash, Recipe
 from neardup.core.store import IndexedFile, Store
 from neardup.evaluation.report import report_stem
@@ -70,6 +70,35 @@ def test_every_pair_in_a_group_is_within_the_threshold(tmp_path: Path) -> None:
         assert widest <= 4 and group.max_distance == widest
         assert list(group.distances) == [hashes[0].distance(h) for h in hashes]
     assert len(seen) > 30  # the clusters were found, not just left out
+
+
+def test_a_copy_stays_with_its_original_not_with_a_look_alike() -> None:
+    """A review's case (verified links, distance = -inliers): a portrait's mirrored and rotated
+    copies also verify, weakly, against a look-alike (another frame of the sitting) and its own
+    copies, which the original does not match. Grown from the best-connected image, the
+    look-alike's group took both copies and left the original alone; taken closest link first,
+    the copies stay with their original."""
+    strong, weak = -60, -12
+    pairs = {("portrait", "mirrored"): strong, ("portrait", "rotated"): strong - 5,
+             ("mirrored", "rotated"): strong - 10,
+             ("frame", "frame-a"): -40, ("frame", "frame-b"): -40, ("frame-a", "frame-b"): -38,
+             ("frame", "other-1"): -20, ("frame", "other-2"): -20}
+    for look_alike in ("frame", "frame-a", "frame-b"):
+        pairs[("mirrored", look_alike)] = pairs[("rotated", look_alike)] = weak
+    links: dict[str, dict[str, int]] = {}
+    for (one, other), distance in pairs.items():
+        links.setdefault(one, {})[other] = links.setdefault(other, {})[one] = distance
+    groups = sorted(sorted(members) for members in clique_groups(links))
+    assert ["mirrored", "portrait", "rotated"] in groups
+    assert ["frame", "frame-a", "frame-b"] in groups
+    for members in groups:  # every set a clique, every node in one set
+        assert all(b in links[a] for a in members for b in members if a != b)
+    assert sorted(node for members in groups for node in members) == sorted(links)
+
+
+def test_each_group_starts_with_the_member_nearest_the_others() -> None:
+    links = {"a": {"b": 1, "c": 2}, "b": {"a": 1, "c": 1}, "c": {"a": 2, "b": 1}}
+    assert clique_groups(links) == [["b", "a", "c"]]
 
 
 def test_groups_found_all_at_once_are_the_groups_found_hash_by_hash(

@@ -3,11 +3,14 @@
 A person deletes what we call a duplicate, so a group must never hold two images that are not
 themselves a match. Linking images transitively (a~b, b~c, so a, b, c) does exactly that: on
 CALTECH-101 one such chain held 12 different motorbikes. Here a group is a set in which EVERY
-pair matches (a clique of the match graph), built greedily:
+pair matches (a clique of the match graph), built from the closest links first:
 
-- the best-connected image not yet grouped starts a group (ties: the smaller key);
-- its matches join nearest first, each only if it matches every member already in;
-- whatever is left forms groups of its own in later rounds.
+- every image starts alone; the links are taken nearest first (most inliers, or fewest bits);
+- a link joins its two images' groups only if every member of one matches every member of the
+  other, so each image ends beside its closest match that the others accept: a copy with its
+  original before either can join a look-alike (grown from its best-connected image instead, a
+  look-alike's group took a portrait's mirrored and rotated copies while the original, which the
+  look-alike does not match, was left in a group of its own).
 
 An image is in at most one group, and every distance inside a group is within the threshold
 (hash-only stores) or every pair is a verified match (stores with features, through
@@ -50,28 +53,42 @@ def clique_groups(
 
     `links[a][b]` is the distance of a linked pair (symmetric: b in links[a] iff a in links[b]).
     Every node of `links` ends in one set, a node without links alone in its own; the caller
-    decides which sets are groups (a node may stand for several images). Each set lists its
-    seed first, then the others by their distance to the seed. `weight`: how many images a node
-    stands for (a hash: its bucket); heavier neighbours are preferred, so more images are grouped.
+    decides which sets are groups (a node may stand for several images). Links are taken nearest
+    first, and join two sets only where every pair across them is linked (complete linkage); of
+    equal links, those between heavier nodes first (`weight`: how many images a node stands for,
+    a hash its bucket), so more images are grouped. Each set lists first the member nearest to
+    all the others (its seed), then the others by their distance to it.
     """
-    # The best-connected nodes seed first: they can hold the largest groups. (Degrees are counted
-    # once, not after every group: recounting costs quadratic time on a million hashes.)
-    seeds = sorted(links, key=lambda node: (
-        -sum(weight(other) for other in links[node] if other != node), -weight(node), node))
-    grouped: set[Node] = set()
-    groups: list[list[Node]] = []
-    for seed in seeds:
-        if seed in grouped:
+    nearest_first = sorted(
+        (distance, -weight(one) - weight(other), one, other)
+        for one, near in links.items() for other, distance in near.items() if one < other)
+    set_of: dict[Node, list[Node]] = {node: [node] for node in links}
+    for _distance, _weight, one, other in nearest_first:
+        ours, theirs = set_of[one], set_of[other]
+        if ours is theirs:
             continue
-        members = [seed]
-        candidates = sorted((other for other in links[seed] if other not in grouped and other != seed),
-                            key=lambda other: (links[seed][other], -weight(other), other))
-        for candidate in candidates:
-            if all(candidate in links[member] for member in members):
-                members.append(candidate)
-        grouped.update(members)
-        groups.append(members)
-    return groups
+        if len(ours) < len(theirs):
+            ours, theirs = theirs, ours
+        # The pair itself is linked: with sets of one each (most links) nothing more to check.
+        if (len(ours) > 1 or len(theirs) > 1) and not all(
+                member in links[newcomer] for newcomer in theirs for member in ours):
+            continue
+        ours.extend(theirs)
+        for newcomer in theirs:
+            set_of[newcomer] = ours
+    sets = {id(members): members for members in set_of.values()}.values()
+    return [_seed_first(members, links, weight) for members in sets]
+
+
+def _seed_first(members: list[Node], links: Mapping[Node, Mapping[Node, int]],
+                weight: Callable[[Node], int]) -> list[Node]:
+    if len(members) == 1:
+        return members
+    seed = min(members, key=lambda node: (
+        sum(links[node][other] for other in members if other != node), -weight(node), node))
+    others = sorted((other for other in members if other != seed),
+                    key=lambda other: (links[seed][other], -weight(other), other))
+    return [seed, *others]
 
 
 def near_duplicate_groups(
