@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 import neardup
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
-from neardup.core.store import Store
+from neardup.core import indexing
+from neardup.core.store import RACY, Store
 from neardup.errors import install_hint
 from neardup.evaluation.report import report_stem
 from neardup.features import extract as feature_extract
@@ -389,6 +390,30 @@ class TestStore:
                                "--features"]) == 0
         with Store.open_for_reading("db.shelve") as store:
             assert store.feature_count() == 2 and store.image_count() == 2
+
+    @pytest.mark.parametrize("settled", [False, True], ids=["racy", "settled"])
+    def test_images_that_gain_features_are_counted_as_such(
+        self, in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        settled: bool,
+    ) -> None:
+        """A hash-only store given features: its images were counted "unchanged" when they had
+        been indexed within 2 s of being written (hashed again as racily clean), "indexed"
+        otherwise, though the same was done to both: the hash kept, the features added."""
+        for seed in range(3):
+            save(scene(seed), f"images/s{seed}.jpg", quality=92)
+        if settled:
+            monkeypatch.setattr(indexing, "RACY_NS", 0)  # recorded as a run 2 s later would
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        with Store.open_for_reading("db.shelve") as store:
+            racy = {state.ctime_ns == RACY for state in store.file_states().values()}
+        assert racy == {not settled}
+        save(scene(10), "images/s2.jpg", quality=92)  # another picture: indexed anew
+        capsys.readouterr()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--features"]) == 0
+        assert "indexed 1, features added 2, unchanged 0, removed 0" in capsys.readouterr().out
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.feature_count() == 3 and not store.paths_without_features()
 
     def test_kill_9_keeps_hashes_and_features_together(self, in_tmp: Path) -> None:
         total = 160

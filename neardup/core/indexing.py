@@ -88,6 +88,9 @@ class HashOutcome:
 @dataclass(slots=True)
 class IndexSummary:
     indexed: int = 0  # hashed and stored in this run (new, or changed)
+    # Stored before without local features, the hash the same, stored with them now (a hash-only
+    # store given --features): neither indexed anew nor unchanged.
+    features_added: int = 0
     unchanged: int = 0  # already stored as they are (some hashed again to be sure: same hash)
     removed: int = 0  # stored before, gone (or no longer readable) now
     failed: int = 0  # candidates that could not be hashed
@@ -105,9 +108,11 @@ class IndexSummary:
         if self.refusal:
             return (f"nothing written: {self.refusal}; {_images(self.total)} in the store"
                     f" (found {self.unchanged + self.indexed}, skipped {self.skipped})")
-        rate = self.indexed / self.seconds if self.seconds > 0 else 0.0
+        rate = self.written() / self.seconds if self.seconds > 0 else 0.0
         return (
-            f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed},"
+            f"indexed {self.indexed},"
+            + (f" features added {self.features_added}," if self.features_added else "")
+            + f" unchanged {self.unchanged}, removed {self.removed},"
             f" failed {self.failed}, skipped {self.skipped}"
             + (f", {self.low_information} low-information" if self.low_information else "")
             + (f", {self.bad_entries} bad store entries" if self.bad_entries else "")
@@ -115,6 +120,10 @@ class IndexSummary:
             + f"; {_images(self.total)} in the store"
             f" ({rate:,.0f} images/s)"
         )
+
+    def written(self) -> int:
+        """Images this run stored something for: indexed anew, or given their features."""
+        return self.indexed + self.features_added
 
 
 def _images(count: int) -> str:
@@ -234,9 +243,13 @@ def index_folder(
         for item in found:
             state = stored.get(item.relpath)
             verdict = _compare(state, item)
-            if item.relpath in lacking and verdict in ("unchanged", "record"):
-                verdict = "new"  # hashed again for the local features it lacks
-            if verdict == "unchanged":
+            if item.relpath in lacking and verdict in ("unchanged", "record", "recheck"):
+                # Hashed again for the local features it lacks; the same hash then counts it as
+                # given features (neither "indexed" nor "unchanged"), racily recorded or not.
+                assert state is not None
+                rechecks[item.relpath] = state.hash_hex
+                todo.append(item)
+            elif verdict == "unchanged":
                 summary.unchanged += 1
             elif verdict == "record":
                 assert state is not None
@@ -288,7 +301,10 @@ def index_folder(
                     batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
                                          outcome.features, outcome.racy))
                     if rechecks.get(relpath) == outcome.hash_hex:
-                        summary.unchanged += 1  # hashed again to be sure: the same picture
+                        if relpath in lacking:
+                            summary.features_added += 1
+                        else:
+                            summary.unchanged += 1  # hashed again to be sure: the same picture
                         continue
                     written.add(outcome.hash_hex)
                     if relpath in stored:
@@ -306,7 +322,7 @@ def index_folder(
             store.discard()  # nothing could be indexed into a store this run made: leave nothing
             summary.seconds = time.perf_counter() - started
             return summary
-        if summary.indexed >= COMPACT_MIN_IMAGES and summary.indexed * 2 >= summary.total:
+        if summary.written() >= COMPACT_MIN_IMAGES and summary.written() * 2 >= summary.total:
             store.compact()  # this run at least doubled the store: worth one rewrite
         # Entries changed by other programs while this run wrote, before their log is pruned.
         end_generation = store.generation()
