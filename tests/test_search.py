@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -284,6 +285,43 @@ def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
         store.apply([IndexedFile("new.jpg", 1, 1, near.hex())], [])
     assert (near.hex(), 3) in answer()
     assert sorted(os.listdir(path + ".cache")) == cached
+
+
+@pytest.mark.parametrize("failing", ["hashes", "manifest", "feature index"])
+def test_a_full_disk_leaves_no_partial_cache_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The search arrays are written beside the store under a temporary .partial name, then
+    renamed. A disk full part way through (ENOSPC, EDQUOT, EIO) left that partial file behind,
+    at every search, until index.py pruned it an hour later; the search answered regardless."""
+    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
+    monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 100)
+    rng = random.Random(6)
+    values = clustered_hashes(rng, 400)
+    path = str(tmp_path / "db.shelve")
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 64).hex())
+                     for n, v in enumerate(values)], [])
+
+    def full(*args: object, **_kwargs: object) -> None:
+        # np.save(stream, array) or json.dump(manifest, stream): a part is written, then no more.
+        stream = args[1] if failing == "manifest" else args[0]
+        stream.write("{" if failing == "manifest" else b"\x93NUMPY")  # type: ignore[attr-defined]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if failing == "manifest":
+        monkeypatch.setattr(cache_module.json, "dump", full)
+    else:
+        monkeypatch.setattr(cache_module.np, "save", full)
+    query = Hash(values[0], 64)
+    expected = HashIndex.from_hashes([Hash(v, 64) for v in values], multi_index=False)
+    with Store.open_for_reading(path) as store, store.snapshot():
+        if failing == "feature index":
+            array = cache_module.cached_array(store, "test", lambda: np.arange(10), small_too=True)
+            assert array.tolist() == list(range(10))  # still served to this process
+        else:
+            assert HashIndex.from_store(store).within(query, 8) == expected.within(query, 8)
+    assert not [name for name in os.listdir(path + ".cache") if name.endswith(".partial")]
 
 
 class TestStoresOfOtherRecipeVersions:

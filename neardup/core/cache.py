@@ -37,7 +37,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -247,11 +247,9 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
             if array is None:
                 continue
             array = np.ascontiguousarray(array)
-            final = os.path.join(folder, f"{stem}.{name}.npy")
-            partial = f"{final}.{os.getpid()}.partial"
-            with open(partial, "wb") as stream:
-                np.save(stream, array, allow_pickle=False)
-            os.replace(partial, final)
+            _write_then_rename(os.path.join(folder, f"{stem}.{name}.npy"),
+                               lambda stream, array=array: np.save(stream, array,
+                                                                   allow_pickle=False))
             crc = zlib.crc32(memoryview(array).cast("B")) if array.size else 0
             arrays[name] = {"crc32": crc}
         manifest = {"version": MANIFEST_VERSION, "store_id": store.store_id,
@@ -260,14 +258,30 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
                     "rows": rows, "arrays": arrays,
                     "logged_key": store.logged_key(generation),
                     "log": [[seq, key] for seq, key in store.log_window(generation, WINDOW)]}
-        final = os.path.join(folder, stem + ".json")
-        partial = f"{final}.{os.getpid()}.partial"
-        with open(partial, "w", encoding="utf-8") as stream:
-            json.dump(manifest, stream)
-        os.replace(partial, final)
+        _write_then_rename(os.path.join(folder, stem + ".json"),
+                           lambda stream: json.dump(manifest, stream), text=True)
         return True
     except OSError:
         return False  # a read-only place: the arrays still serve this process
+
+
+def _write_then_rename(final: str, write: Callable[[IO[Any]], object], *,
+                       text: bool = False) -> None:
+    """Write a file under a temporary name, then rename it to `final`, so that no reader ever
+    sees it half written. When writing fails (a disk full, a quota, an I/O error; or Ctrl-C)
+    the partial file is removed before the error goes on: left there, every search on a full
+    disk added one, each as large as the arrays, until index.py pruned them an hour later."""
+    partial = f"{final}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w" if text else "wb", encoding="utf-8" if text else None) as stream:
+            write(stream)
+        os.replace(partial, final)
+    except BaseException:
+        try:
+            os.remove(partial)
+        except OSError:
+            pass  # never made, or the folder went read-only: prune removes it later
+        raise
 
 
 def forget_other_histories(store: Store) -> None:
@@ -393,10 +407,7 @@ def cached_array(
     cached = os.path.join(folder, f"{stem}.{_crc32(array):08x}.npy")
     try:
         os.makedirs(folder, exist_ok=True)
-        partial = f"{cached}.{os.getpid()}.partial"
-        with open(partial, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
-        os.replace(partial, cached)
+        _write_then_rename(cached, lambda stream: np.save(stream, array, allow_pickle=False))
         for other in os.listdir(folder):
             named = cached_array_state(other)
             if named is None or named[:2] != (name, store.store_id):
