@@ -11,7 +11,17 @@ from PIL import Image, ImageChops
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
-from neardup.evaluation.montage import CAPTION, GAP, HEADER, MAX_ROWS, TILE, Row, Tile, contact_sheet
+from neardup.evaluation.montage import (
+    CAPTION,
+    GAP,
+    HEADER,
+    LINE,
+    MAX_ROWS,
+    TILE,
+    Row,
+    Tile,
+    contact_sheet,
+)
 from neardup.evaluation.report import report_stem
 
 from .imagegen import save, textured
@@ -111,7 +121,7 @@ def test_the_command_says_on_stderr_what_the_sheet_left_out(
     assert capsys.readouterr().err == (
         "search.py: wrote g.png (2 of 3 groups shown; 1 left out (--html PAGE shows them all))\n")
     with Image.open("g.png") as sheet:
-        assert sheet.height == HEADER + 2 * (TILE + CAPTION + GAP) + GAP
+        assert sheet.height == HEADER + 2 * (TILE + CAPTION + LINE + GAP) + GAP  # a line kept/marked
 
 
 def test_names_with_line_breaks_are_drawn_escaped(
@@ -179,3 +189,60 @@ def test_counts_of_one_are_said_in_the_singular(tmp_path: Path) -> None:
     sheet = contact_sheet([Row(first, others[:1]), Row(others[2], others[3:4])], "two",
                           what="queries with matches")
     assert sheet.line == "all 2 queries with matches shown"
+
+
+def test_a_groups_sheet_says_what_the_groups_page_keeps_and_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contact sheet of --groups showed the groups without what the --html page's button
+    keeps and marks in each: a person looking at the sheet could not tell which image stays.
+    Under each tile the sheet now says the page's own decision (keeping.py), in its words."""
+    import re
+    import shutil
+    from html import unescape
+
+    from neardup.evaluation import montage
+
+    from .test_review_page import originals_first
+
+    data = tmp_path / "data"
+    picture = textured(3).resize((400, 300))
+    save(picture, str(data / "b_original.png"))
+    shutil.copy(data / "b_original.png", data / "b_twin.png")  # the same bytes: marked
+    alike = textured(7).resize((300, 200))
+    alike.save(data / "g_one.jpg", quality=90)  # alike, not identical: left to the person
+    alike.save(data / "h_two.jpg", quality=80)
+    originals_first(data, "b_original.png")
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    sheets: list[montage.Sheet] = []
+
+    def drawn(*args: object, **kwargs: object) -> montage.Sheet:
+        sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
+        return sheets[-1]
+
+    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "g.html", "--montage",
+                            "g.png"]) == 0
+    page = Path("g.html").read_text(encoding="utf-8")
+    on_page = {unescape(path): unescape(why) for path, why in re.findall(
+        r'<span class="path">([^<]*)</span>.*?<span class="size">[^<(]*\(([^<]*)\)</span>', page)}
+    assert on_page["b_twin.png"].startswith("marked") and on_page["b_original.png"] == "kept"
+    (sheet,) = sheets
+    assert {path: words for row in sheet.statuses for path, words in row} == on_page
+    assert len(on_page) == 4
+    # Drawn under each tile: what is kept in green, what is marked in red, the rest in grey.
+    row_height = TILE + CAPTION + LINE + GAP
+    for number, row in enumerate(sheet.statuses):
+        for column, (path, words) in enumerate(row):
+            left, top = GAP + column * (TILE + GAP), HEADER + number * row_height
+            line = np.asarray(sheet.image.crop((left, top + TILE + CAPTION, left + TILE,
+                                                top + TILE + CAPTION + LINE)))
+            red, green = line[..., 0].astype(int), line[..., 1].astype(int)
+            inked = (line.min(axis=2) < 200).sum()
+            if words == "kept":
+                assert (green - red > 60).sum() > 10, path
+            elif words.startswith("marked"):
+                assert (red - green > 60).sum() > 10, path
+            else:
+                assert inked > 10 and (abs(red - green) > 30).sum() == 0, path

@@ -30,6 +30,7 @@ from ..core.search import (
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, command
 from ..evaluation.html import Item, evaluation_page, groups_page, write_page
+from ..evaluation.keeping import Choice, Facts, choose_in_group
 from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.report import report_stem, write_report
 from ..evaluation.scoring import (
@@ -471,8 +472,9 @@ def run_groups(args: argparse.Namespace) -> int:
     if args.montage:
         rule = ("every pair a verified match" if verified
                 else f"every pair within {counted(args.max_distance, 'bit')}")
-        draw_montage(args.montage, f"near-duplicate groups, {rule}, largest first",
-                     [group_row(group) for group in groups],
+        draw_montage(args.montage, f"near-duplicate groups, {rule}, largest first; under each"
+                     " image, what the --html page's button keeps and marks",
+                     [group_row(group, changed, args.max_pixels) for group in groups],
                      what="groups", nothing=f"no group of near-duplicates within"
                      f" {counted(args.max_distance, 'bit')}", rest_in=args.html or "--html PAGE",
                      max_pixels=args.max_pixels)
@@ -516,12 +518,21 @@ def distance_caption(position: int, distance: int | None, inliers: int | None = 
     return caption if inliers is None else f"{caption}, {inliers} inliers"
 
 
-def group_row(group: DuplicateGroup) -> Row:
+def group_row(group: DuplicateGroup, changed: set[str] | frozenset[str] = frozenset(),
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Row:
+    """A group's row of the contact sheet, saying what the groups page keeps and marks
+    (`changed`: the relpaths changed since they were indexed, never kept)."""
     tiles = [Tile(full, distance_caption(position, distance, count), relpath)
              for position, (relpath, full, distance, count)
              in enumerate(zip(group.relpaths, group.paths, group.distances,
                               group.inliers or (None,) * len(group.relpaths), strict=True))]
-    return Row(tiles[0], tiles[1:])
+
+    def keeping(facts: list[Facts | None]) -> Choice:
+        return choose_in_group(group.paths, group.relpaths, facts, changed=[
+            position for position, relpath in enumerate(group.relpaths) if relpath in changed],
+            pairs=group.pair_inliers, max_pixels=max_pixels)
+
+    return Row(tiles[0], tiles[1:], keeping)
 
 
 def run_evaluation(args: argparse.Namespace) -> int:

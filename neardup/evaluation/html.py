@@ -28,7 +28,7 @@ from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.results import can_be_listed, counted, shown_path
 from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
-from .keeping import WEAK_INLIERS, Facts, choose, facts_of, known_fact, shows_whole
+from .keeping import WEAK_INLIERS, Facts, choose_in_group, facts_of
 from .montage import thumbnail
 from .output import write_whole
 from .scoring import (
@@ -263,16 +263,8 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
         facts.append(None if item.changed else seen[0])
     verified = pairs is not None
     weak = verified and weakest is not None and weakest < WEAK_INLIERS
-
-    def strong(one: int, other: int) -> bool:  # a verified pair with enough inliers
-        key = tuple(sorted((items[one].relpath, items[other].relpath)))
-        return pairs is not None and pairs.get(key, 0) >= WEAK_INLIERS  # type: ignore[arg-type]
-
-    def whole(large: int, small: int) -> bool:  # the kept file gives the smaller one's picture
-        return shows_whole(items[large].path, items[small].path, known_fact(facts, small),
-                           max_pixels)
-
-    choice = (choose([item.path for item in items], facts, strong if verified else None, whole)
+    choice = (choose_in_group([item.path for item in items], [item.relpath for item in items],
+                              facts, pairs=pairs, max_pixels=max_pixels)
               if reviewable else None)
     figures = []
     for position, item in enumerate(items):

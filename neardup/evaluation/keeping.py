@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,13 +186,33 @@ def choose(paths: list[str | None], facts: list[Facts | None],
     return Choice(shown, keep, frozenset(marked), why)
 
 
+def choose_in_group(
+    paths: Sequence[str | None], relpaths: Sequence[str], facts: Sequence[Facts | None], *,
+    changed: Collection[int] = (), pairs: dict[tuple[str, str], int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Choice:
+    """choose() for one group of search.py --groups, as its page and its contact sheet both show
+    it: `changed` (positions of files changed since they were indexed) are never kept; `pairs`
+    (a group of verified matches): the inliers of each pair, by relpaths in sorted order."""
+    weighed = [None if position in changed else fact for position, fact in enumerate(facts)]
+
+    def strong(one: int, other: int) -> bool:  # a verified pair with enough inliers
+        key = tuple(sorted((relpaths[one], relpaths[other])))
+        return pairs is not None and pairs.get(key, 0) >= WEAK_INLIERS  # type: ignore[arg-type]
+
+    def whole(large: int, small: int) -> bool:  # the kept file gives the smaller one's picture
+        return shows_whole(paths[large], paths[small], known_fact(weighed, small), max_pixels)
+
+    return choose(list(paths), weighed, strong if pairs is not None else None, whole)
+
+
 def _left(verified: bool) -> str:
     return ("left to you: which is the original cannot be told from the files (or their match is"
             " weak)" if verified else "left to you: only identical files are marked where the"
             " hash alone links the group")
 
 
-def known_fact(facts: list[Facts | None], position: int) -> Facts:
+def known_fact(facts: Sequence[Facts | None], position: int) -> Facts:
     fact = facts[position]
     assert fact is not None
     return fact

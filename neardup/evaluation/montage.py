@@ -2,7 +2,8 @@
 
 Each row starts with a framed image (the query, or a group's first image) followed by its
 matches. Every tile is captioned with its folder, its file name and a note (the distance), so
-`Faces/image_0324.jpg` and `Faces_easy/image_0324.jpg` stay apart. A sheet holds at most
+`Faces/image_0324.jpg` and `Faces_easy/image_0324.jpg` stay apart; on a sheet of groups, a
+line more says what the groups page's button keeps and marks (keeping.py). A sheet holds at most
 `max_rows` rows and `MAX_PER_ROW` matches a row; whatever does not fit is counted in the sheet
 itself (a "+N more" tile, a line under the title) and in `Sheet.left_out`, so the caller can say
 it too: a picture must not look complete when it is not.
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..core.results import counted, shown_path
 from ..errors import ImageError
+from .keeping import Choice, Facts, facts_of
 from .output import write_whole
 
 TILE = 160
@@ -33,6 +35,8 @@ HEADER = 56  # title and the "shown / left out" line
 MAX_PER_ROW = 8
 MAX_ROWS = 24  # a contact sheet stays a page a person can look at
 GREY = (90, 90, 90)
+KEPT = (0, 128, 0)
+MARKED = (214, 39, 40)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,10 @@ class Tile:
 class Row:
     first: Tile  # the query
     others: list[Tile]  # its matches
+    # A group of search.py --groups: what its page's button keeps and marks among [first,
+    # *others], from what keeping.py weighs of each image (taken as its tile is decoded). Each
+    # tile then says it on a line of its own, in the page's words.
+    keeping: Callable[[list[Facts | None]], Choice] | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +71,9 @@ class Sheet:
     tiles_left_out: int = 0  # matches beyond MAX_PER_ROW in the rows shown
     notes: list[str] = field(default_factory=list)
     line: str = ""  # what the sheet says under its title: its notes, or that all is shown
+    # Per row shown, per tile drawn, of rows with `keeping`: (the path shown, what is kept or
+    # marked, as the page says it under that image).
+    statuses: list[list[tuple[str, str]]] = field(default_factory=list)
 
     @property
     def rows_left_out(self) -> int:
@@ -90,7 +101,9 @@ def contact_sheet(
     title = shown_path(title)  # it may name a query
     title_width = int(ImageDraw.Draw(Image.new("1", (1, 1))).textlength(title, font=heading))
     width = max(GAP + columns * (TILE + GAP) + GAP, min(title_width + 2 * GAP, 1600), 640)
-    row_height = TILE + CAPTION + GAP
+    # A line more under each tile where a row says what is kept (groups).
+    status_line = LINE if any(row.keeping is not None for row in shown) else 0
+    row_height = TILE + CAPTION + status_line + GAP
     sheet = Image.new("RGB", (width, HEADER + len(shown) * row_height + GAP), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
@@ -106,9 +119,25 @@ def contact_sheet(
             result.tiles_left_out += left_out
         else:
             left_out = 0
+        pictures: list[Image.Image] = []
+        facts: list[Facts | None] = []
+        for position, tile in enumerate([row.first, *row.others]):
+            drawn = position < len(tiles)
+            if not drawn and row.keeping is None:
+                break
+            # The tiles left out are weighed too (a tiny decode), as the page weighs them all.
+            weighed: list[Facts | None] = [None]
+            picture = _tile_image(tile.path, max_pixels, TILE if drawn else 16,
+                                  weighed if row.keeping is not None else None)
+            facts.append(weighed[0])
+            if drawn:
+                pictures.append(picture)
+        choice = row.keeping(facts) if row.keeping is not None else None
+        if choice is not None:
+            result.statuses.append([])
         for column, tile in enumerate(tiles):
             left = GAP + column * (TILE + GAP)
-            picture = _tile_image(tile.path, max_pixels)
+            picture = pictures[column]
             sheet.paste(picture, (left + (TILE - picture.width) // 2,
                                   top + (TILE - picture.height) // 2))
             if column == 0:
@@ -121,6 +150,13 @@ def contact_sheet(
                       font=font)
             draw.text((left, top + TILE + 3 + 2 * LINE), _fit(tile.caption, font, draw),
                       fill=GREY, font=font)
+            if choice is not None and column in choice.why:
+                words = choice.why[column]
+                result.statuses[-1].append((tile.shown_path, words))
+                colour = (MARKED if column in choice.marked
+                          else KEPT if column in choice.keep and choice.marked else GREY)
+                draw.text((left, top + TILE + 3 + 3 * LINE), _fit(words, font, draw),
+                          fill=colour, font=font)
         if left_out:
             left = GAP + (columns - 1) * (TILE + GAP)
             draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=(235, 235, 235))
@@ -162,9 +198,16 @@ def thumbnail(
     return picture
 
 
-def _tile_image(path: str, max_pixels: int) -> Image.Image:
+def _tile_image(path: str, max_pixels: int, side: int = TILE,
+                weighed: list[Facts | None] | None = None) -> Image.Image:
+    """The tile's picture; `weighed`, if given, gets keeping.py's facts of the image in its
+    one slot (left None when it cannot be read)."""
+    def inspect(opened: Image.Image, size: tuple[int, int], _picture: Image.Image) -> None:
+        assert weighed is not None
+        weighed[0] = facts_of(path, opened, size)
+
     try:
-        return thumbnail(path, TILE, max_pixels)
+        return thumbnail(path, side, max_pixels, inspect if weighed is not None else None)
     except ImageError as error:
         tile = Image.new("RGB", (TILE, TILE), (200, 200, 200))
         ImageDraw.Draw(tile).text((6, TILE // 2 - 6), error.reason[:24], fill="black")
