@@ -93,7 +93,8 @@ def main() -> None:
              os.path.join(args.dataset, row["source"])) for row in copies[:args.limit]]
     words = DIFFERENT_PHOTOGRAPHS.split()
     jobs += [(f"{a}~{b}", "DIFFERENT", os.path.join(args.caltech, a + ".jpg"),
-              os.path.join(args.caltech, b + ".jpg")) for a, b in zip(words[::2], words[1::2])]
+              os.path.join(args.caltech, b + ".jpg"))
+             for a, b in zip(words[::2], words[1::2], strict=True)]
     with Pool(os.cpu_count()) as pool:
         rows = [row for pair in pool.imap(_both_ways, jobs, chunksize=8) for row in pair]
     if args.jsonl:
