@@ -252,16 +252,24 @@ class TestWideMultiIndexAgreesWithBruteForce:
         assert any(name.endswith(".multiindex.npy") for name in os.listdir(path + ".cache"))
 
 
+def cached_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+                 ) -> tuple[str, list[int]]:
+    """A store of 400 clustered hashes, large enough (thresholds lowered) for the multi-index
+    and the search arrays' cache beside it: its path and its hashes."""
+    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
+    monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 100)
+    values = clustered_hashes(random.Random(seed), 400)
+    path = str(tmp_path / "db.shelve")
+    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
+        store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 64).hex())
+                     for n, v in enumerate(values)], [])
+    return path, values
+
+
 def test_large_stores_use_the_multi_index_and_a_cache_that_follows_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
-    monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 100)
-    rng = random.Random(5)
-    values = clustered_hashes(rng, 400)
-    path = str(tmp_path / "db.shelve")
-    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
-        store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 64).hex()) for n, v in enumerate(values)], [])
+    path, values = cached_store(tmp_path, monkeypatch, seed=5)
     query = Hash(values[0], 64)
 
     def answer() -> list[tuple[str, int]]:
@@ -294,14 +302,7 @@ def test_a_full_disk_leaves_no_partial_cache_file(
     """The search arrays are written beside the store under a temporary .partial name, then
     renamed. A disk full part way through (ENOSPC, EDQUOT, EIO) left that partial file behind,
     at every search, until index.py pruned it an hour later; the search answered regardless."""
-    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 100)
-    monkeypatch.setattr(cache_module, "CACHE_MIN_HASHES", 100)
-    rng = random.Random(6)
-    values = clustered_hashes(rng, 400)
-    path = str(tmp_path / "db.shelve")
-    with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
-        store.apply([IndexedFile(f"{n}.jpg", 1, 1, Hash(v, 64).hex())
-                     for n, v in enumerate(values)], [])
+    path, values = cached_store(tmp_path, monkeypatch, seed=6)
 
     def full(*args: object, **_kwargs: object) -> None:
         # np.save(stream, array) or json.dump(manifest, stream): a part is written, then no more.
