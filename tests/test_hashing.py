@@ -390,6 +390,41 @@ class TestGridResampling:
             banded = sampling.banded_grid(pixels, extent, size)
             assert np.array_equal(dense, banded), (seed, size)
 
+    @pytest.mark.parametrize("size", [(9, 8), (32, 32), (128, 128)])
+    def test_a_very_long_side_is_streamed_to_the_same_cells(
+        self, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from neardup.core import sampling
+
+        for seed, shape in enumerate([(7, 3000), (2900, 5), (1200, 1500), (3, 2500)]):
+            pixels = np.asarray(textured(seed, (shape[1], shape[0])).convert("L"))
+            extent = (shape[1] - 0.5, shape[0] - 0.25)
+            expected = sampling.grid(pixels, extent, size)  # dense or banded
+            with monkeypatch.context() as patched:
+                patched.setattr(sampling, "LONG_SIDE", 1000)
+                patched.setattr(sampling, "STREAM_PIXELS", 700)  # several chunks a cell
+                streamed = sampling.grid(pixels, extent, size)
+            assert np.array_equal(streamed, expected), (seed, size)
+
+    def test_a_hostile_long_picture_costs_no_filter_of_cells_by_pixels(self) -> None:
+        """A 47 KB PNG of 24,000,000 x 2 pixels (under the pixel limit) had the grid build a
+        9 x 24,000,000 filter and its temporaries: 7 GB at the peak for one upload. Here 2 rows
+        of 3,000,000 (6 MB of pixels) must not cost more than a few times that."""
+        import tracemalloc
+
+        from neardup.core import sampling
+
+        pixels = np.zeros((2, 3_000_000), dtype=np.uint8)
+        pixels[:, 1_000_000:] = 200
+        tracemalloc.start()
+        try:
+            cells = sampling.grid(pixels, (3_000_000.0, 2.0), (9, 8))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 40_000_000, peak
+        assert cells[:, 0].max() < 1 and cells[:, -1].min() > 199  # dark left, light right
+
     def test_a_blank_picture_gives_equal_cells_both_ways(self) -> None:
         from neardup.core import sampling
 

@@ -31,6 +31,11 @@ PIXELS_PER_BLOCK = 1 << 21
 SINGLE_THREAD_PRODUCT = 1 << 18
 # Grids up to this many cells (pHash-64's 32 x 32) use dense products; larger ones bands.
 DENSE_CELLS = 32 * 32
+# A side longer than this (no camera's; a hostile PNG's 24,000,000 x 2) is reduced in a stream
+# (streamed_grid): the other ways hold a cells x pixels filter.
+LONG_SIDE = 1 << 16
+# Pixels filtered at a time by streamed_grid (2 MB of float64 per chunk).
+STREAM_PIXELS = 1 << 18
 # Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
 # coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
 # picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
@@ -80,15 +85,8 @@ def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     scale = extent / cells
     widen = max(scale, 1.0)
     centres = (np.arange(cells, dtype=np.float64) + 0.5) * scale
-    x = ((np.arange(pixels, dtype=np.float64) + 0.5)[None, :] - centres[:, None]) / widen
-    # sinc(x) * sinc(x / 3) = 3 sin(pi x) sin(pi x / 3) / (pi x)^2, with sin(pi x) from
-    # sin(pi x / 3) (sin 3a = 3 sin a - 4 sin^3 a): one sine per weight, not two. Photos come in
-    # many heights, so these weights are computed for about one image in six.
-    third = np.sin(x * (np.pi / LANCZOS_LOBES))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weights = LANCZOS_LOBES * third * third * (3.0 - 4.0 * third * third) / (np.pi * x) ** 2
-    weights[x == 0] = 1.0
-    weights[np.abs(x) >= LANCZOS_LOBES] = 0.0  # a cell's filter covers a few of the row's pixels
+    weights = _lanczos(((np.arange(pixels, dtype=np.float64) + 0.5)[None, :]
+                        - centres[:, None]) / widen)
     totals = weights.sum(axis=1, keepdims=True)
     # A row can only sum to zero for degenerate sizes (a filter with no pixel under it): fall
     # back to the nearest pixel rather than divide by zero.
@@ -103,6 +101,19 @@ def _weights(pixels: int, extent: float, cells: int) -> np.ndarray:
     return result
 
 
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    """Pillow's Lanczos-3 filter at x (in output cells from the cell's centre), not normalised."""
+    # sinc(x) * sinc(x / 3) = 3 sin(pi x) sin(pi x / 3) / (pi x)^2, with sin(pi x) from
+    # sin(pi x / 3) (sin 3a = 3 sin a - 4 sin^3 a): one sine per weight, not two. Photos come in
+    # many heights, so these weights are computed for about one image in six.
+    third = np.sin(x * (np.pi / LANCZOS_LOBES))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = LANCZOS_LOBES * third * third * (3.0 - 4.0 * third * third) / (np.pi * x) ** 2
+    weights[x == 0] = 1.0
+    weights[np.abs(x) >= LANCZOS_LOBES] = 0.0  # a cell's filter covers a few of the row's pixels
+    return weights
+
+
 def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
     """Resample 8-bit gray `pixels` (rows, columns) to `size` = (width, height), as float64
     gray levels rounded to STEP.
@@ -113,9 +124,60 @@ def grid(pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int])
     up to 512 x 512, where dense products would cost cells x pixels).
     """
     width, height = size
+    if max(pixels.shape) > LONG_SIDE:
+        return streamed_grid(pixels, extent, size)
     if width * height <= DENSE_CELLS:
         return dense_grid(pixels, extent, size)
     return banded_grid(pixels, extent, size)
+
+
+def streamed_grid(
+    pixels: np.ndarray, extent: tuple[float, float], size: tuple[int, int]
+) -> np.ndarray:
+    """grid() for a picture with a side longer than LONG_SIDE: its long side reduced first, a
+    chunk of filter at a time, then the other. The filters of the other ways are matrices of
+    cells x pixels: a 47 KB PNG of 24,000,000 x 2 pixels (under the pixel limit) made them
+    gigabytes (7 GB at the peak for one upload, and two at once had the checker killed for want
+    of memory), where this holds a few megabytes more than the pixels."""
+    rows, columns = pixels.shape
+    width, height = size
+    if columns >= rows:  # the rows reduced across first: (rows, width), then down
+        across = _streamed_reduction(pixels.T, extent[0], width)  # (width, rows)
+        down = lanczos_weights(rows, extent[1], height) if rows <= LONG_SIDE else None
+        cells = (down @ across.T if down is not None
+                 else _streamed_reduction(across.T, extent[1], height))
+    else:  # a tall picture: down first, (height, columns), then across
+        partial = _streamed_reduction(pixels, extent[1], height)  # (height, columns)
+        cells = partial @ lanczos_weights(columns, extent[0], width).T
+    return np.round(cells / STEP) * STEP
+
+
+def _streamed_reduction(pixels: np.ndarray, extent: float, cells: int) -> np.ndarray:
+    """(cells, other) float64: `pixels` (long side first, then the other; 8-bit or float)
+    filtered along its first axis to `cells`, as lanczos_weights(...) @ pixels would give,
+    computing each cell's filter only over the pixels under it, STREAM_PIXELS at a time."""
+    long_side = pixels.shape[0]
+    scale = extent / cells
+    widen = max(scale, 1.0)
+    sums = np.zeros((cells, pixels.shape[1]), dtype=np.float64)
+    for cell in range(cells):
+        centre = (cell + 0.5) * scale
+        # The pixels whose centres lie within the filter's reach (a few cells wide).
+        first = max(0, int(np.floor(centre - LANCZOS_LOBES * widen - 0.5)))
+        last = min(long_side, int(np.ceil(centre + LANCZOS_LOBES * widen + 0.5)) + 1)
+        total = 0.0
+        step = max(1, STREAM_PIXELS // max(1, pixels.shape[1]))  # lines of the long side
+        for start in range(first, last, step):
+            stop = min(last, start + step)
+            weights = _lanczos((np.arange(start, stop, dtype=np.float64) + 0.5 - centre) / widen)
+            total += float(weights.sum())
+            sums[cell] += weights @ pixels[start:stop].astype(np.float64)
+        if total <= 1e-9:  # no pixel under the filter (degenerate sizes): the nearest pixel
+            nearest = min(max(int(centre), 0), long_side - 1)
+            sums[cell] = pixels[nearest].astype(np.float64)
+        else:
+            sums[cell] /= total
+    return sums
 
 
 def banded_grid(
