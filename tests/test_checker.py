@@ -321,6 +321,35 @@ def test_a_backup_restored_and_indexed_to_the_same_generation_is_answered_as_it_
             assert [m["relpath"] for m in checker.check_file(name)["matches"]] == [found], name
 
 
+@pytest.mark.parametrize("recipe", [["--algorithm", "ahash"], ["--hash-size", "16"]])
+def test_a_store_replaced_by_one_of_another_recipe_hashes_the_next_query_its_way(
+    store: Path, recipe: list[str]
+) -> None:
+    """A review: the store moved aside for one built with another algorithm (the same size) or
+    hash size. The next query had been hashed the old store's way before the replacement was
+    seen: answered from the new store with a hash of the other algorithm (its own image not
+    found, no error), or failed with a 64-bit query against 256-bit hashes (a 500 from
+    --serve)."""
+    from neardup.service.checker import Checker
+
+    assert index_cli.main(["-d", "images", "-s", "other.shelve", "-q", "-j", "1", *recipe]) == 0
+    with Checker("db.shelve") as checker:
+        before = checker.check_file("images/cat0/image_0000.jpg")
+        assert [m["relpath"] for m in before["matches"]][:1] == ["cat0/image_0000.jpg"]
+        os.replace("other.shelve", "db.shelve")
+        after = checker.check_file("images/cat0/image_0000.jpg")
+        assert "error" not in after, after
+        assert after["matches"][0]["relpath"] == "cat0/image_0000.jpg"
+        assert after["matches"][0]["distance"] == 0
+        assert after["hash"] != before["hash"]  # hashed the new store's way
+        assert after == checker.check_file("images/cat0/image_0000.jpg")
+        # And back, for an upload (--serve's way in)
+        assert index_cli.main(["-d", "images", "-s", "third.shelve", "-q", "-j", "1"]) == 0
+        os.replace("third.shelve", "db.shelve")
+        upload = checker.check_upload(Path("images/cat0/image_0000.jpg").read_bytes())
+        assert upload["hash"] == before["hash"] and upload["matches"][0]["distance"] == 0
+
+
 def test_a_damaged_bucket_stays_a_problem_across_index_runs(store: Path) -> None:
     """A review: an index.py run while a bucket was damaged turned /health back to "ok" (the
     checker took the rewritten file for another store and forgot what it had seen)."""

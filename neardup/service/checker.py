@@ -28,6 +28,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -37,6 +38,7 @@ from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     WHOLE_FILE_BYTES,
     Hash,
+    Recipe,
     describe_failure,
     hash_source,
     is_low_information,
@@ -58,6 +60,9 @@ from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 # How many damage reports /health keeps (the newest).
 KEPT_PROBLEMS = 5
+# Times a query is answered again when its store changed under it (gained local features, or was
+# replaced by a store of another recipe) before the checker gives up on it.
+RECIPE_RETRIES = 4
 
 
 class StoreUnavailable(NeardupError):
@@ -74,6 +79,18 @@ class StoreReadFailed(NeardupError):
 
 class _FrameNeeded(Exception):
     """The store gained local features after the query was decoded without its frame."""
+
+
+class _HashNeeded(Exception):
+    """The store at the path now holds hashes of another recipe than the query was hashed with
+    (the file was replaced by a store built with another algorithm or hash size)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Hashed:
+    query: Hash
+    flipped: Hash | None  # with --mirror
+    recipe: Recipe  # the store's recipe they were made with
 
 
 class Checker:
@@ -172,7 +189,7 @@ class Checker:
             data = read_regular_file(path)
             hashes = self._hash(data, path)
             return self._answer(path, hashes, max_distance, self._frame(data, path),
-                                lambda: self._frame(data, path))
+                                lambda: self._frame(data, path), lambda: self._hash(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
         except (StoreUnavailable, StoreReadFailed) as error:
@@ -197,7 +214,8 @@ class Checker:
         except ImageError as error:
             return {"query": name, "error": error.reason}
         try:
-            return self._answer(name, hashes, max_distance, frame, lambda: self._frame(data, name))
+            return self._answer(name, hashes, max_distance, frame, lambda: self._frame(data, name),
+                                lambda: self._hash(data, name))
         except (DecodeTooLarge, DecodeBusy):
             raise
         except ImageError as error:  # decoded again for features the store gained meanwhile
@@ -205,11 +223,12 @@ class Checker:
 
     def _hash(
         self, data: bytes | None, name: str, at_most_pixels: int | None = None
-    ) -> tuple[Hash, Hash | None]:
+    ) -> _Hashed:
         """The image's hash, and its mirror image's with --mirror, from one decode (of the file
-        `name` when `data` is None)."""
+        `name` when `data` is None), with the recipe of the store as it is now."""
         if data is not None and not data:
             raise ImageError(name, "empty file")
+        recipe = self._store.recipe
         with self.decode_budget.reservation() as reservation:
             def on_header(image: Image.Image) -> None:
                 if at_most_pixels is not None and image.width * image.height > at_most_pixels:
@@ -217,8 +236,9 @@ class Checker:
                 # Reserved once the decoder knows its reduced size, before it decodes.
                 reservation.take(name, decode_cost(image))
 
-            return hash_source(name, self._store.recipe, self.max_pixels, data=data,
-                               mirror=self.mirror, on_header=on_header)
+            query, flipped = hash_source(name, recipe, self.max_pixels, data=data,
+                                         mirror=self.mirror, on_header=on_header)
+            return _Hashed(query, flipped, recipe)
 
     def _frame(self, data: bytes | None, name: str) -> Any:
         """The picture as local features see it (stores with features only; None otherwise),
@@ -232,29 +252,40 @@ class Checker:
                 on_header=lambda image: reservation.take(name, decode_cost(image)))
 
     def _answer(
-        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
-        frame: Any, frame_again: Callable[[], Any],
+        self, name: str, hashes: _Hashed, max_distance: int | None, frame: Any,
+        frame_again: Callable[[], Any], hash_again: Callable[[], _Hashed],
     ) -> dict[str, Any]:
         """The record of one decoded query. A store that gained local features since the query
         was decoded (index.py --features finished meanwhile) needs its frame too:
-        `frame_again` decodes it, outside the lock, and the query is answered again."""
-        try:
-            return self._answer_once(name, hashes, max_distance, frame)
-        except _FrameNeeded:
-            pass
-        return self._answer_once(name, hashes, max_distance, frame_again(), hash_only=True)
+        `frame_again` decodes it, outside the lock, and the query is answered again. A store
+        replaced meanwhile by one of another recipe needs the query hashed its way:
+        `hash_again`, also outside the lock."""
+        hash_only = False
+        for _attempt in range(RECIPE_RETRIES):
+            try:
+                return self._answer_once(name, hashes, max_distance, frame, hash_only)
+            except _FrameNeeded:
+                frame, hash_only = frame_again(), True
+            except _HashNeeded:
+                hashes = hash_again()
+        raise StoreUnavailable("the store kept changing its recipe while this query was answered")
 
     def _answer_once(
-        self, name: str, hashes: tuple[Hash, Hash | None], max_distance: int | None,
-        frame: Any, hash_only: bool = False,
+        self, name: str, hashes: _Hashed, max_distance: int | None, frame: Any,
+        hash_only: bool = False,
     ) -> dict[str, Any]:
-        query, flipped = hashes
+        query, flipped = hashes.query, hashes.flipped
         radius = self.max_distance if max_distance is None else max_distance
         result = QueryResult(name, query.hex(), is_low_information(query))
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the checker is stopping")
             store = self._current_store()
+            if store.recipe != hashes.recipe:
+                # Hashed before the store was seen replaced: a 64-bit query against 256-bit
+                # hashes failed every such first query, and one of another algorithm and the
+                # same size was answered from the new store without error, wrongly.
+                raise _HashNeeded
             try:
                 with store.snapshot():
                     self._follow_features(store)
