@@ -1106,6 +1106,39 @@ def test_look_alikes_the_hash_proposes_do_not_stop_the_feature_candidates(in_tmp
     assert [m["relpath"] for m in search_json("-q", "query.jpg")[0]["matches"]] == ["cropped.jpg"]
 
 
+def test_the_mirrored_look_s_candidates_have_refusals_of_their_own(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mirrored look searches fewer keypoints than the look as it is, so its candidates
+    come with fewer votes, behind the other look's. A review: mirrored portraits' originals came
+    7th, behind four other portraits of the look as it is, refused: the search stopped there and
+    6 of 36 mirrored copies went unanswered without --mirror. Here the index proposes five other
+    scenes through the look as it is, then the mirrored copy through the mirrored look."""
+    from neardup.core.search import HashIndex
+    from neardup.features.index import Candidate, FeatureIndex
+    from neardup.features.search import STOP_AFTER_REFUSALS, VerifiedSearch
+
+    query = scene(1)
+    save(ImageOps.mirror(query), "images/mirrored.jpg", quality=92)
+    for seed in range(2, 3 + STOP_AFTER_REFUSALS):
+        save(scene(seed), f"images/scene_{seed}.jpg", quality=92)
+    save(query, "query.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+
+    with Store.open_for_reading("db.shelve") as store, store.snapshot():
+        ids = {Path(path).name: image_id for image_id, path, _ in store.feature_rows()}
+        others = [Candidate(ids[name], 60 - number, 0) for number, name
+                  in enumerate(sorted(name for name in ids if name.startswith("scene_")))]
+        proposed = [*others, Candidate(ids["mirrored.jpg"], 30, 1)]
+        monkeypatch.setattr(FeatureIndex, "candidates", lambda self, looks, exclude=(): proposed)
+        search = VerifiedSearch.for_store(store, HashIndex.from_store(store))
+        assert search is not None
+        answers = search.search_with_verdicts([], read_frame("query.jpg"), 4, source="features")
+    verified = [Path(match.path).name for match, verdict in answers if verdict.verified]
+    assert verified == ["mirrored.jpg"]
+    assert len(others) > STOP_AFTER_REFUSALS  # the case this test is about
+
+
 def object_on_white(body: tuple[int, int, int], seed: int = 4) -> Image.Image:
     """A product shot: a coloured object with dark details on a white background."""
     rng = np.random.default_rng(seed)

@@ -41,6 +41,10 @@ from .verify import Verdict, descriptor_index, verify
 # row the rest are refused unseen: copies have far more votes than look-alikes (bounds the search
 # time). Only feature candidates count: a motorbike's hash finds a dozen other motorbikes, which
 # verification refuses, and counted with them its own copies with 46 votes went unverified.
+# Counted for each look apart: the mirrored look searches fewer keypoints (extract.
+# MIRROR_SEARCHED_KEYPOINTS), so its votes rank below the look as it is; counted together, a
+# review's mirrored portraits found their original 7th (35 votes) behind four other portraits
+# of the plain look, refused, and 6 of 36 mirrored copies were missed without --mirror.
 STOP_AFTER_REFUSALS = 4
 
 # The verdict of a hash candidate the store holds no features for (an unfinished upgrade).
@@ -171,7 +175,7 @@ class VerifiedSearch:
         indexes = [descriptor_index(look) for look in looks]
         enlarged = _LaterLooks(frame, enlarged_features)
         sharpened = _LaterLooks(frame, sharpened_features)
-        refused_in_a_row = 0
+        refused_in_a_row = [0] * len(looks)  # feature candidates refused in a row, per look
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
             if path in unverifiable:  # an unfinished upgrade: what the hash alone answers
@@ -180,9 +184,9 @@ class VerifiedSearch:
                 continue
             if path not in stored:
                 continue  # a damaged record (said once): it cannot be verified
-            if "hash" not in how and refused_in_a_row >= STOP_AFTER_REFUSALS:
-                continue
             first = found_by_look.get(path, 0)  # the look that found it, first
+            if "hash" not in how and refused_in_a_row[first] >= STOP_AFTER_REFUSALS:
+                continue
             order = [first, *range(first), *range(first + 1, len(looks))]
             # Enlarged and sharpened looks for the hash's candidates only: what a smaller or a
             # blurred copy of the same photo is (its hash barely moves). Offered a feature
@@ -193,7 +197,7 @@ class VerifiedSearch:
                                     stored[path], enlarged if by_hash else None,
                                     sharpened if by_hash and sharpen else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
-                refused_in_a_row = 0 if verdict.verified else refused_in_a_row + 1
+                refused_in_a_row[first] = 0 if verdict.verified else refused_in_a_row[first] + 1
             hash_hex = hash_of.get(path, "")
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
