@@ -230,7 +230,8 @@ class ImageStore:
         self._check_distance(max_distance)
         if hasattr(image, "read") and not isinstance(image, Image.Image):
             image = image.read()  # an open file or a stream, as a web framework hands an upload
-        looks = self._hashes(image, mirror=mirror, max_pixels=max_pixels)
+        # On a store with features the mirror image's hash proposes candidates too (verified).
+        looks = self._hashes(image, mirror=mirror or self.has_features, max_pixels=max_pixels)
         if self.has_features:
             return self._verified_search(image, looks, max_distance, include_low_information,
                                          max_pixels)

@@ -156,7 +156,10 @@ def test_python_api_search_answers_verified_matches_like_search_py(feature_store
             assert [match.relpath for match in found] == ["originals/scene.jpg"], name
             assert found[0].verified is True and found[0].inliers >= MIN_INLIERS, name
             assert found[0].found_by in ("features", "hash+features"), name
-        assert answers["mirror, bytes"][0].distance is None  # far by hash: the features found it
+        # Far by hash, near by the mirror image's hash (which a store with features also asks):
+        # the distance is that hash's, as with --mirror.
+        assert answers["mirror, bytes"][0].distance == 0
+        assert answers["mirror, bytes"][0].found_by == "hash+features"
         itself = store.search("images/originals/scene.jpg")
         assert [match.relpath for match in itself] == ["originals/scene.jpg"]
         assert itself[0].distance == 0 and itself[0].found_by == "hash+features"
@@ -168,7 +171,11 @@ def test_plain_output_has_distance_inliers_and_path(
     assert search_cli.main(["-s", "db.shelve", "-q", "queries/mirror.jpg"]) == 0
     distance, inliers, path = capsys.readouterr().out.strip().split("\t")
     assert path == "images/originals/scene.jpg" and int(inliers) >= MIN_INLIERS
-    assert distance == "-"  # a mirror image is far by hash: found by the features alone
+    assert distance == "0"  # the mirror image's hash (a store with features also asks it)
+    assert search_cli.main(["-s", "db.shelve", "-q", "queries/crop.jpg"]) == 0
+    distance, inliers, path = capsys.readouterr().out.strip().split("\t")
+    assert path == "images/originals/scene.jpg" and int(inliers) >= MIN_INLIERS
+    assert distance == "-"  # a crop is far by hash: found by the features alone
 
 
 def test_groups_link_only_verified_matches(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
@@ -1137,6 +1144,37 @@ def test_the_mirrored_look_s_candidates_have_refusals_of_their_own(
     verified = [Path(match.path).name for match, verdict in answers if verdict.verified]
     assert verified == ["mirrored.jpg"]
     assert len(others) > STOP_AFTER_REFUSALS  # the case this test is about
+
+
+def test_a_mirrored_copy_the_features_miss_is_found_by_its_mirror_hash_without_the_flag(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A review: 2 of 36 mirrored copies (portraits among other portraits) were not among the
+    features' candidates at all, and only --mirror found them, by hashing the flipped query. On
+    a store with features the mirror image's hash proposes candidates too, verified like any
+    other: here the features propose nothing, in search.py -q, the checker and the API."""
+    from neardup.features.index import FeatureIndex
+    from neardup.service.checker import Checker
+
+    query = scene(1)
+    save(ImageOps.mirror(query), "images/mirrored.jpg", quality=92)
+    for seed in range(2, 5):
+        save(scene(seed), f"images/scene_{seed}.jpg", quality=92)
+    save(query, "query.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    monkeypatch.setattr(FeatureIndex, "candidates", lambda self, looks, exclude=(): [])
+
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--json", "-q", "query.jpg"]) == 0
+    out = capsys.readouterr().out
+    [record] = json.loads(out)
+    assert [(m["relpath"], m["found_by"], m["verified"]) for m in record["matches"]] == [
+        ("mirrored.jpg", "hash", True)]
+    with Checker("db.shelve") as checker:
+        assert [m["relpath"] for m in checker.check_file("query.jpg")["matches"]] == [
+            "mirrored.jpg"]
+    with neardup.open_store("db.shelve") as store:
+        assert [found.relpath for found in store.search("query.jpg")] == ["mirrored.jpg"]
 
 
 def object_on_white(body: tuple[int, int, int], seed: int = 4) -> Image.Image:

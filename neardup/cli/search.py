@@ -257,11 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             index = HashIndex.from_store(store) if args.max_distance > 0 else None
             hashed: list[tuple[QueryResult, Hash]] = []
             mirrored: list[Hash] = []
+            # On a store with features the mirror image's hash proposes candidates too (verified
+            # like any other): mirrored copies are found without --mirror.
+            flip = args.mirror or store.has_features()
             for path in paths:
                 result = QueryResult(path)
                 results.append(result)
                 try:
-                    if args.mirror:
+                    if flip:
                         query_hash, mirror_hash = hash_file_and_mirror(path, store.recipe,
                                                                        args.max_pixels)
                         mirrored.append(mirror_hash)
@@ -313,7 +316,7 @@ def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Ha
         except ImageError as error:
             result.error = error.reason
             continue
-        hashes = [query_hash] + ([mirrored[number]] if args.mirror else [])
+        hashes = [query_hash] + ([mirrored[number]] if mirrored else [])
         result.matches = verified.search(hashes, frame, args.max_distance,
                                          include_low_information=args.include_low_information)
 

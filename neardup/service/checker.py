@@ -236,8 +236,11 @@ class Checker:
                 # Reserved once the decoder knows its reduced size, before it decodes.
                 reservation.take(name, decode_cost(image))
 
+            # On a store with features the mirror image's hash proposes candidates too
+            # (verified like any other): mirrored copies are found without --mirror.
             query, flipped = hash_source(name, recipe, self.max_pixels, data=data,
-                                         mirror=self.mirror, on_header=on_header)
+                                         mirror=self.mirror or self._features is not None,
+                                         on_header=on_header)
             return _Hashed(query, flipped, recipe)
 
     def _frame(self, data: bytes | None, name: str) -> Any:
@@ -303,7 +306,7 @@ class Checker:
                         matches = find_matches(
                             store, query, radius, index,
                             include_low_information=self.include_low_information)
-                    if flipped is not None and frame is None:
+                    if flipped is not None and frame is None and self.mirror:
                         matches = merge_matches(matches, find_matches(
                             store, flipped, radius, index,
                             include_low_information=self.include_low_information))
