@@ -246,3 +246,42 @@ def test_a_groups_sheet_says_what_the_groups_page_keeps_and_marks(
                 assert (red - green > 60).sum() > 10, path
             else:
                 assert inked > 10 and (abs(red - green) > 30).sum() == 0, path
+
+
+def test_files_marked_beyond_the_row_are_said_on_its_more_tile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the file a group's page marked was among the "+2 more not shown", and the sheet
+    showed that group with "kept" and nothing marked. The "+N more" tile now says how many of
+    them the page marks."""
+    import shutil
+
+    from neardup.evaluation import montage
+
+    from .test_review_page import originals_first
+
+    data = tmp_path / "data"
+    save(textured(3).resize((400, 300)), str(data / "a_original.png"))
+    for number in range(11):  # the same bytes: every one but the kept file marked
+        shutil.copy(data / "a_original.png", data / f"b_twin{number:02d}.png")
+    originals_first(data, "a_original.png")
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    sheets: list[montage.Sheet] = []
+
+    def drawn(*args: object, **kwargs: object) -> montage.Sheet:
+        sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
+        return sheets[-1]
+
+    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png"]) == 0
+    (sheet,) = sheets
+    shown = len(sheet.statuses[0])
+    assert shown == montage.MAX_PER_ROW and sheet.tiles_left_out == 12 - shown
+    marked_shown = sum(words.startswith("marked") for _, words in sheet.statuses[0])
+    assert sheet.marked_not_shown == [11 - marked_shown] and marked_shown < 11
+    # Said in red on the "+N more" tile.
+    left = GAP + montage.MAX_PER_ROW * (TILE + GAP)
+    tile = np.asarray(sheet.image.crop((left, HEADER, left + TILE, HEADER + TILE)))
+    red, green = tile[..., 0].astype(int), tile[..., 1].astype(int)
+    assert (red - green > 60).sum() > 10

@@ -74,6 +74,9 @@ class Sheet:
     # Per row shown, per tile drawn, of rows with `keeping`: (the path shown, what is kept or
     # marked, as the page says it under that image).
     statuses: list[list[tuple[str, str]]] = field(default_factory=list)
+    # Per row shown with `keeping`, how many of the files it marks are among those not drawn
+    # (said on its "+N more" tile: a person reviewing from the sheet must not think nothing is).
+    marked_not_shown: list[int] = field(default_factory=list)
 
     @property
     def rows_left_out(self) -> int:
@@ -157,11 +160,18 @@ def contact_sheet(
                           else KEPT if column in choice.keep and choice.marked else GREY)
                 draw.text((left, top + TILE + 3 + 3 * LINE), _fit(words, font, draw),
                           fill=colour, font=font)
+        hidden_marked = 0 if choice is None else sum(
+            1 for position in choice.marked if position >= len(tiles))
+        if choice is not None:
+            result.marked_not_shown.append(hidden_marked)
         if left_out:
             left = GAP + (columns - 1) * (TILE + GAP)
             draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=(235, 235, 235))
             draw.text((left + 12, top + TILE // 2 - 8), f"+{left_out} more not shown",
                       fill="black", font=font)
+            if hidden_marked:
+                draw.text((left + 12, top + TILE // 2 + 8), f"({hidden_marked} of them marked)",
+                          fill=MARKED, font=font)
     if result.rows_left_out:
         result.notes.append(f"{len(shown)} of {len(rows)} {what} shown; {result.rows_left_out}"
                             " left out" + (f" ({rest_in} shows them all)" if rest_in else ""))
