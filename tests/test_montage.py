@@ -11,6 +11,7 @@ from PIL import Image, ImageChops
 
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.evaluation import montage
 from neardup.evaluation.montage import (
     CAPTION,
     GAP,
@@ -191,6 +192,24 @@ def test_counts_of_one_are_said_in_the_singular(tmp_path: Path) -> None:
     assert sheet.line == "all 2 queries with matches shown"
 
 
+def groups_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+                 ) -> montage.Sheet:
+    """Index tmp_path/data, run search.py --groups --montage g.png (and `options`) there, and
+    return the contact sheet it drew."""
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    sheets: list[montage.Sheet] = []
+
+    def drawn(*args: object, **kwargs: object) -> montage.Sheet:
+        sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
+        return sheets[-1]
+
+    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png", *options]) == 0
+    (sheet,) = sheets
+    return sheet
+
+
 def test_a_groups_sheet_says_what_the_groups_page_keeps_and_marks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,8 +219,6 @@ def test_a_groups_sheet_says_what_the_groups_page_keeps_and_marks(
     import re
     import shutil
     from html import unescape
-
-    from neardup.evaluation import montage
 
     from .test_review_page import originals_first
 
@@ -213,22 +230,11 @@ def test_a_groups_sheet_says_what_the_groups_page_keeps_and_marks(
     alike.save(data / "g_one.jpg", quality=90)  # alike, not identical: left to the person
     alike.save(data / "h_two.jpg", quality=80)
     originals_first(data, "b_original.png")
-    monkeypatch.chdir(tmp_path)
-    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    sheets: list[montage.Sheet] = []
-
-    def drawn(*args: object, **kwargs: object) -> montage.Sheet:
-        sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
-        return sheets[-1]
-
-    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
-    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "g.html", "--montage",
-                            "g.png"]) == 0
+    sheet = groups_sheet(tmp_path, monkeypatch, "--html", "g.html")
     page = Path("g.html").read_text(encoding="utf-8")
     on_page = {unescape(path): unescape(why) for path, why in re.findall(
         r'<span class="path">([^<]*)</span>.*?<span class="size">[^<(]*\(([^<]*)\)</span>', page)}
     assert on_page["b_twin.png"].startswith("marked") and on_page["b_original.png"] == "kept"
-    (sheet,) = sheets
     assert {path: words for row in sheet.statuses for path, words in row} == on_page
     assert len(on_page) == 4
     # Drawn under each tile: what is kept in green, what is marked in red, the rest in grey.
@@ -256,8 +262,6 @@ def test_files_marked_beyond_the_row_are_said_on_its_more_tile(
     them the page marks."""
     import shutil
 
-    from neardup.evaluation import montage
-
     from .test_review_page import originals_first
 
     data = tmp_path / "data"
@@ -265,17 +269,7 @@ def test_files_marked_beyond_the_row_are_said_on_its_more_tile(
     for number in range(11):  # the same bytes: every one but the kept file marked
         shutil.copy(data / "a_original.png", data / f"b_twin{number:02d}.png")
     originals_first(data, "a_original.png")
-    monkeypatch.chdir(tmp_path)
-    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    sheets: list[montage.Sheet] = []
-
-    def drawn(*args: object, **kwargs: object) -> montage.Sheet:
-        sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
-        return sheets[-1]
-
-    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
-    assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png"]) == 0
-    (sheet,) = sheets
+    sheet = groups_sheet(tmp_path, monkeypatch)
     shown = len(sheet.statuses[0])
     assert shown == montage.MAX_PER_ROW and sheet.tiles_left_out == 12 - shown
     marked_shown = sum(words.startswith("marked") for _, words in sheet.statuses[0])
