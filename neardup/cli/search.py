@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             mirrored: list[Hash] = []
             # On a store with features the mirror image's hash proposes candidates too (verified
             # like any other): mirrored copies are found without --mirror.
-            flip = args.mirror or store.has_features()
+            keeps_features = store.has_features()
+            flip = args.mirror or keeps_features
             for path in paths:
                 result = QueryResult(path)
                 results.append(result)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                            for plain, other in zip(answers, flipped, strict=True)]
             for (result, _), matches in zip(hashed, answers, strict=True):
                 result.matches = matches
-            verified = VerifiedSearch.for_store(store, index) if store.has_features() else None
+            verified = VerifiedSearch.for_store(store, index) if keeps_features else None
             if verified is not None:  # a store with local features: verified matches only
                 say_lacking_features(store)
                 answer_verified(verified, hashed, mirrored, args)
