@@ -32,6 +32,7 @@ from .core.hashing import (
     Recipe,
     hash_decoded_and_mirror,
     hash_source,
+    mode_refusal,
 )
 from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
@@ -43,6 +44,7 @@ from .core.search import (
     resolve_stored_path,
 )
 from .core.store import Store
+from .errors import ImageError
 
 # Imported for real (34 ms), not only for type checkers: typing.get_type_hints(), and the tools
 # built on it (sphinx-autodoc-typehints, typeguard, pydantic), must resolve every public
@@ -339,7 +341,12 @@ class ImageStore:
         """The query's hash (and its mirror image's): through hashing's one entry point, so a
         query is hashed exactly as index.py hashed the stored images."""
         if isinstance(image, Image.Image):
-            # Already decoded at full size by the caller: only the recipe's own steps remain.
+            # Already decoded at full size by the caller: only the recipe's own steps remain,
+            # once its mode is one they read (open_image checks a file's; the features, which
+            # look after the hash, read every mode the hash does).
+            refusal = mode_refusal(image, self.recipe)
+            if refusal is not None:
+                raise ImageError(getattr(image, "filename", "") or "image", refusal)
             plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)
         elif isinstance(image, (bytes, bytearray, memoryview)):
             plain, flipped = hash_source("upload", self.recipe, max_pixels, data=bytes(image),

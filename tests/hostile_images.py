@@ -72,6 +72,47 @@ def one_bit_png(tmp: Path) -> Path:
     return path
 
 
+def cielab_tiff(tmp: Path) -> Path:
+    """A CIELab TIFF, as Photoshop writes one (Pillow opens it in mode "LAB")."""
+    path = tmp / "cielab.tif"
+    picture().convert("LAB").save(path)
+    return path
+
+
+def in_mode(mode: str, image: Image.Image | None = None) -> Image.Image:
+    """The picture (or `image`, RGB or RGBA) in any of Pillow's modes: 16-bit ones scaled to their
+    range, "La" (gray premultiplied by alpha) and "HSV" built band by band."""
+    source = picture() if image is None else image
+    if mode.startswith("I;16"):
+        gray = np.asarray(source.convert("L"), dtype=np.uint16) * 257
+        order = ">u2" if mode == "I;16B" else "<u2" if mode != "I;16N" else "=u2"
+        return Image.frombytes(mode, source.size, gray.astype(order).tobytes())
+    if mode == "La":  # Pillow converts nothing with an alpha band to it
+        straight = source.convert("RGBA")
+        gray = np.asarray(straight.convert("L"), dtype=np.uint16)
+        alpha = np.asarray(straight.getchannel("A"), dtype=np.uint16)
+        premultiplied = ((gray * alpha + 127) // 255).astype(np.uint8)
+        return Image.merge("La", (Image.fromarray(premultiplied), Image.fromarray(
+            alpha.astype(np.uint8))))
+    return source.convert(mode)
+
+
+def premultiplied_gray_tiff(tmp: Path, image: Image.Image | None = None) -> Path:
+    """A gray TIFF with associated (premultiplied) alpha, which Pillow opens in mode "La" and
+    cannot write: written as "LA" and its ExtraSamples tag changed from unassociated (2) to
+    associated (1)."""
+    path = tmp / "premultiplied.tif"
+    layers = in_mode("La", image)
+    straight = Image.merge("LA", layers.split())  # the same bytes, labelled LA to be written
+    buffer = io.BytesIO()
+    straight.save(buffer, "TIFF")
+    unassociated = struct.pack("<HHIH", 338, 3, 1, 2)
+    data = buffer.getvalue()
+    assert data.count(unassociated) == 1
+    path.write_bytes(data.replace(unassociated, struct.pack("<HHIH", 338, 3, 1, 1)))
+    return path
+
+
 def lossless_variants(tmp: Path) -> list[Path]:
     paths = []
     for name, options in (("plain.webp", {"lossless": True}), ("plain.bmp", {}),

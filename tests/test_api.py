@@ -93,6 +93,26 @@ def test_errors_are_the_documented_ones(library: Path) -> None:
         neardup.index_folder(library / "photos", library / "photos.shelve", algorithm="phash")
 
 
+def test_a_pil_image_in_any_mode_is_searched_or_refused_as_an_image_error(
+        library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a CIELab image raised ValueError from a conversion to gray."""
+    from neardup.core import hashing
+
+    lab = textured(0).convert("LAB")
+    with neardup.open_store(library / "photos.shelve") as store:
+        assert [f.relpath for f in store.search(lab)][0] == "cat0/image_0000.jpg"
+        monkeypatch.setattr(hashing, "COLOUR_MODES", hashing.COLOUR_MODES - {"LAB"})
+        with pytest.raises(neardup.ImageError) as refused:
+            store.search(lab)
+        assert str(refused.value) == "image: unsupported colour mode LAB"
+    neardup.index_folder(library / "photos", library / "exact.shelve", exact=True, jobs=1)
+    with neardup.open_store(library / "exact.shelve") as store:
+        with pytest.raises(neardup.ImageError) as refused:
+            store.search(textured(0).convert("La"))
+        assert refused.value.reason == ("unsupported colour mode La with --exact (plain ImageHash"
+                                        " cannot read it)")
+
+
 def test_a_store_sees_what_is_indexed_after_it_was_opened(library: Path) -> None:
     with neardup.open_store(library / "photos.shelve") as store:
         new = textured(99)

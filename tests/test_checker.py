@@ -170,6 +170,28 @@ class TestStdin:
         answer = json.loads(run_stdin(b"flipped.jpg\n", "--mirror").stdout)
         assert [m["relpath"] for m in answer["matches"]] == ["cat1/image_0001.jpg"]
 
+    def test_a_cielab_tiff_is_answered_and_so_is_the_next_line(self, store: Path) -> None:
+        """A review: a CIELab TIFF (Photoshop's) killed the checker with a traceback; the lines
+        after it were never answered. Searched as its RGB picture; with --exact (plain
+        ImageHash, which cannot read it), one error line."""
+        textured(0).convert("LAB").save("lab.tif")
+        lines = b"lab.tif\nimages/cat1/image_0001.jpg\n"
+        result = run_stdin(lines)
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [m["relpath"] for m in answers[0]["matches"]] == ["cat0/image_0000.jpg"]
+        assert answers[1]["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert result.returncode == 0 and result.stderr == b""
+
+        assert index_cli.main(["-d", "images", "-s", "exact.shelve", "-q", "-j", "1",
+                               "--exact"]) == 0
+        exact = subprocess.run([*SEARCH[:2], "-s", "exact.shelve", "--stdin"], input=lines,
+                               capture_output=True, timeout=60)
+        answers = [json.loads(line) for line in exact.stdout.splitlines()]
+        assert answers[0] == {"query": "lab.tif", "error": "unsupported colour mode LAB with"
+                              " --exact (plain ImageHash cannot read it)"}
+        assert answers[1]["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert exact.returncode == 2 and exact.stderr == b""
+
 
 def run_stdin(lines: bytes, *options: str,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

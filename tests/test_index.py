@@ -404,6 +404,27 @@ def test_every_message_is_one_line_whatever_the_file_is_called(
         "index.py: no image could be indexed under images"]
 
 
+def test_a_cielab_tiff_is_indexed_and_where_it_cannot_be_hashed_it_is_one_line(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: one CIELab TIFF (Photoshop writes them) among 1,235 photos made every index.py
+    run die with a traceback (ValueError from a conversion to gray), 0 files stored, for ever."""
+    make_tree("images", 3)
+    textured(0).convert("LAB").save("images/cat0/lab.tif")
+    assert run_index() == 0
+    assert capsys.readouterr().err == ""
+    with Store.open_for_reading("db.shelve") as store:
+        assert sorted(store.file_states()) == [
+            "cat0/image_0000.jpg", "cat0/image_0002.jpg", "cat0/lab.tif", "cat1/image_0001.jpg"]
+    # --exact hashes as plain ImageHash, which cannot convert CIELab to gray: refused, one line.
+    assert index_cli.main(["-d", "images", "-s", "exact.shelve", "-q", "-j", "1", "--exact"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "index.py: images/cat0/lab.tif: unsupported colour mode LAB with --exact"
+        " (plain ImageHash cannot read it)"]
+    with Store.open_for_reading("exact.shelve") as store:
+        assert sorted(store.file_states()) == [
+            "cat0/image_0000.jpg", "cat0/image_0002.jpg", "cat1/image_0001.jpg"]
+
+
 def test_a_store_inside_the_dataset_is_not_indexed_as_an_image(
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     """A review: `index.py -d photos -s photos/dupes` (no extension, so a candidate image) found

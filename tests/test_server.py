@@ -153,6 +153,29 @@ class TestAnswers:
             assert status == 405 and response.getheader("Allow") == "POST"
         assert_clean(server, most_lines=1 + 5)
 
+    def test_a_cielab_tiff_is_searched_or_refused_with_400(self, in_tmp: Path) -> None:
+        """A review: a CIELab TIFF (Photoshop's) got 500 "internal error" (ValueError from a
+        conversion to gray). On an --exact store (plain ImageHash cannot read it): 400."""
+        make_tree("images", 6)
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--exact"]) == 0
+        upload = io.BytesIO()
+        textured(1).convert("LAB").save(upload, "TIFF")
+        with running(*FAST) as server:
+            status, answer, _ = request(server.port, "POST", "/search", upload.getvalue())
+            assert status == 400 and answer["error"] == (
+                "unsupported colour mode LAB with --exact (plain ImageHash cannot read it)")
+            status, answer, _ = request(server.port, "POST", "/search", photo())
+            assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert_clean(server, most_lines=1 + 1)
+        for part in Path().glob("db.shelve*"):  # running() serves db.shelve: the default recipe's
+            part.unlink()
+        index_images()
+        with running(*FAST) as server:
+            status, answer, _ = request(server.port, "POST", "/search", upload.getvalue())
+            assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+        assert_clean(server, most_lines=1)
+
     def test_a_form_or_a_compressed_body_is_told_to_send_the_image_itself(
         self, store: Path
     ) -> None:

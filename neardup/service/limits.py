@@ -41,6 +41,9 @@ _ALPHA_WORK = 4 + 4 + 4 + 4
 _DECODER_BUFFERS = 16 * 1024 * 1024
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+# ...and converts the two modes Pillow cannot bring to gray (hashing.flatten): CIELab to an sRGB
+# copy; premultiplied gray to its two bands, then an RGBa and an RGBA picture.
+_CONVERSION_WORK = {"LAB": 4, "La": 1 + 1 + 4 + 4}
 
 
 def decode_cost(image: Image.Image) -> int:
@@ -61,6 +64,7 @@ def decode_cost(image: Image.Image) -> int:
         per_pixel += _HIGH_DEPTH_WORK
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         per_pixel += _ALPHA_WORK
+    per_pixel += _CONVERSION_WORK.get(mode, 0)
     return pixels * per_pixel + _DECODER_BUFFERS
 
 
