@@ -1214,3 +1214,23 @@ class TestFairness:
             app.close()
         # The one running when the newcomer came, then at most one from each flooding address.
         assert "new" in ran[:5], ran
+
+
+@pytest.mark.parametrize("query", [b"max_distance=", b"max_distance", b"max_distance=&x=1",
+                                   b"max_distance=3&max_distance="])
+def test_an_empty_max_distance_is_refused_like_any_bad_value(query: bytes) -> None:
+    """A hostile review: `?max_distance=` was answered 200 with the default distance, while every
+    other value that is not a number got 400."""
+    from neardup.service.server import Refused, parse_distance
+
+    with pytest.raises(Refused) as refused:
+        parse_distance(query, 6)
+    assert refused.value.status == 400 and "max_distance" in refused.value.reason
+
+
+def test_a_max_distance_in_range_or_absent_is_taken() -> None:
+    from neardup.service.server import parse_distance
+
+    assert parse_distance(b"", 6) is None
+    assert parse_distance(b"other=1", 6) is None
+    assert parse_distance(b"max_distance=4", 6) == 4

@@ -407,7 +407,10 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int:
 
 def parse_distance(query_string: bytes, cap: int) -> int | None:
     try:
-        values = parse_qs(query_string.decode("latin-1"), strict_parsing=False).get("max_distance")
+        # Blank values kept: `?max_distance=` was answered with the default, while every other
+        # value that is not a number got 400 (a hostile review).
+        values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True,
+                          strict_parsing=False).get("max_distance")
     except ValueError:
         values = None
     if not values:
