@@ -1167,6 +1167,45 @@ class TestFairness:
             return refused.status
         return sent[0]["status"]
 
+    def test_one_ipv6_slash_64_is_one_address(self) -> None:
+        """A hostile review: shares were keyed by the full IPv6 address, and one client owns a
+        /64, so it took every upload slot from addresses of its own /64."""
+        from neardup.service.server import Refused
+
+        app, release, ran = self.app()
+
+        async def one(n: int) -> int:
+            body = f"a{n}".encode()
+            scope = {"client": (f"2001:db8:1:2::{n + 1:x}", 1), "query_string": b"",
+                     "headers": [(b"content-length", str(len(body)).encode())]}
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict:
+                return messages.pop(0)
+            sent: list[dict] = []
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+            try:
+                await app.answer_search(scope, receive, send)
+            except Refused as refused:
+                return refused.status
+            return sent[0]["status"]
+
+        async def scenario() -> list[int]:
+            uploads = [asyncio.ensure_future(one(n)) for n in range(8)]
+            await asyncio.sleep(0.05)
+            release.set()
+            return await asyncio.gather(*uploads)
+
+        try:
+            statuses = asyncio.run(scenario())
+        finally:
+            release.set()
+            app.close()
+        # A quarter of 16 slots per address: the other four from the same /64 are refused.
+        assert statuses.count(200) == 4 and statuses.count(429) == 4, statuses
+
     def test_four_addresses_cannot_hold_every_upload_slot(self) -> None:
         """A hostile review: four addresses re-sending 47 KB PNGs of 7000 x 7000 pixels (0.45 s
         of decoding each) held all 16 slots, and a fifth address got 503 for 17 of 19 uploads."""
@@ -1234,3 +1273,14 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
     assert parse_distance(b"", 6) is None
     assert parse_distance(b"other=1", 6) is None
     assert parse_distance(b"max_distance=4", 6) == 4
+
+
+def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
+    from neardup.service.server import client_key
+
+    assert client_key("10.1.2.3") == "10.1.2.3"
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.1.2.3") == "10.1.2.3"  # IPv4-mapped: the IPv4 client
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+    assert client_key("unknown") == "unknown"

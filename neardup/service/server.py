@@ -23,6 +23,7 @@ import asyncio
 import collections
 import concurrent.futures
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -222,7 +223,7 @@ class CheckerApp:
                     [(b"retry-after", b"5")] if report["status"] == "unavailable" else [])
 
     async def answer_search(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = (scope.get("client") or ("unknown", 0))[0]
+        client = client_key((scope.get("client") or ("unknown", 0))[0])
         held = [0]  # bytes of this upload counted in body_bytes
         try:
             distance = parse_distance(scope["query_string"], self.limits.max_query_distance)
@@ -496,7 +497,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
-            host = self.client[0] if self.client else "unknown"
+            host = client_key(self.client[0]) if self.client else "unknown"
             if open_from.get(host, 0) >= limits.max_connections_per_client:
                 log.warning("%s: 429 refused a connection: %d open from this address is the"
                             " limit", address(self.client), limits.max_connections_per_client)
@@ -781,6 +782,21 @@ class FairThreads:
                     future.cancel()
             self._queues.clear()
             self._work.notify_all()
+
+
+def client_key(host: str) -> str:
+    """The client a per-address share is counted under: an IPv4 address, or an IPv6 /64 (one
+    client is given a whole /64, so keyed by the full address it could take every share from
+    addresses of its own; a hostile review). An IPv4-mapped IPv6 address is its IPv4 client."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # without a link-local zone (%eth0)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def address(client: tuple[str, int] | None) -> str:
