@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,18 @@ class TestHeic:
 
 
 class TestRefused:
+
+    def test_a_tiff_tile_far_larger_than_its_picture_is_refused(self, tmp_path: Path) -> None:
+        """A hostile review: a 783 KB TIFF of 256 x 256 pixels in one 16384 x 16384 deflate
+        tile made libtiff allocate the whole tile (843 MB) to decode it, in index.py as in the
+        checker, whose memory budget counts pixels."""
+        bomb = zoo.tiled_tiff(tmp_path / "bomb.tif", 256, 8192, zlib.compress(bytes(1024)))
+        with pytest.raises(ImageError, match="refused: a TIFF of 256 x 256 pixels in tiles of"
+                                             " 8192 x 8192"):
+            hash_file(str(bomb), DEFAULT)
+        # Tiles somewhat larger than a small picture, as writers make them, are read.
+        hash_file(str(zoo.tiled_tiff(tmp_path / "small.tif", 100, 256)), DEFAULT)
+        hash_file(str(zoo.tiled_tiff(tmp_path / "one.tif", 1000, 1024)), DEFAULT)
 
     @pytest.mark.parametrize("big_tiff", [False, True])
     def test_a_tiff_of_too_many_strips_is_refused_before_pillow_parses_it(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,30 @@ class TestDecodeCost:
         full = decode_cost(image)
         image.draft("L", (250, 200))
         assert decode_cost(image) - 16 * 2**20 < (full - 16 * 2**20) / 20
+
+
+    def test_a_tiff_tile_counts_whole(self, tmp_path: Path) -> None:
+        """A hostile review: libtiff allocates a whole tile to decode it, however small the
+        picture: 256 x 256 pixels in one 16384 x 16384 tile took 843 MB against 17 estimated."""
+        from .hostile_images import tiled_tiff
+
+        image = Image.open(tiled_tiff(tmp_path / "tiled.tif", 64, 2048))
+        assert decode_cost(image) >= 2048 * 2048 * 3 + 16 * 2**20
+
+    def test_a_progressive_jpeg_counts_its_coefficients_at_full_size(self) -> None:
+        """A hostile review: libjpeg keeps every coefficient of a progressive JPEG, decoded at
+        1/8 scale or not: a 767 KB progressive CMYK JPEG of 7000 x 7000 took 444 MB against
+        24 MB estimated."""
+        stream = io.BytesIO()
+        Image.new("CMYK", (2000, 1600)).save(stream, "JPEG", progressive=True)
+        image = Image.open(io.BytesIO(stream.getvalue()))
+        image.draft("L", (250, 200))
+        coefficients = 250 * 200 * 64 * 2 * 4  # 8 x 8 blocks of 2-byte coefficients, 4 components
+        assert decode_cost(image) >= coefficients
+        sequential = header_of(Image.new("CMYK", (2000, 1600)), "JPEG")
+        sequential.draft("L", (250, 200))
+        # Decoded a row of blocks at a time: no coefficient buffer.
+        assert decode_cost(sequential) - 16 * 2**20 < coefficients / 10
 
 
 class TestDecodeBudget:

@@ -24,6 +24,15 @@ _MAX_ENTRIES = 4_096
 # undefined blobs (an ICC profile, XMP) are read whole, whatever their length.
 MAX_VALUES = 262_144
 _BLOB_TYPES = frozenset((1, 2, 6, 7))  # BYTE, ASCII, SBYTE, UNDEFINED
+# Tags of one number read here: ImageWidth, ImageLength, TileWidth, TileLength.
+_SIZE_TAGS = (256, 257, 322, 323)
+# libtiff allocates a whole tile to decode it, however small the picture: a 783 KB TIFF of
+# 256 x 256 pixels in one 16384 x 16384 deflate tile took 843 MB (a hostile review). A tile of
+# more pixels than MAX_TILE_PIXELS and over TILE_SLACK times the picture (its sides rounded up
+# to 16, as tiles are) is refused; writers use tiles of 256 to 1024 pixels a side, and a tile
+# bigger than the picture only by rounding.
+MAX_TILE_PIXELS = 4 * 1024 * 1024
+TILE_SLACK = 4
 
 
 def is_tiff(head: bytes) -> bool:
@@ -56,19 +65,46 @@ def directory_problem(stream: BinaryIO) -> str | None:
         if entries > _MAX_ENTRIES:
             return f"a TIFF directory of {entries:,} entries (photos have tens)"
         table = stream.read(entries * entry_size)
+        sizes: dict[int, int] = {}
         for offset in range(0, len(table) - entry_size + 1, entry_size):
             tag, kind, count, _value = struct.unpack_from(order + entry_format, table, offset)
+            if tag in _SIZE_TAGS and count == 1:
+                number = _number(table, offset + (12 if big else 8), kind, order)
+                if number is not None:
+                    sizes[tag] = number
             if tag in _BLOCK_TAGS and count > MAX_BLOCKS:
                 return (f"a TIFF of more than {MAX_BLOCKS:,} strips or tiles (each costs memory"
                         " before a pixel is decoded; photos have a few thousand)")
             if kind not in _BLOB_TYPES and count > MAX_VALUES:
                 return (f"a TIFF whose tag {tag} holds {count:,} values (each costs memory before"
                         f" a pixel is decoded; more than {MAX_VALUES:,} are refused)")
-        return None
+        return _tile_problem(sizes)
     except (OSError, struct.error, ValueError, OverflowError):
         return None
     finally:
         stream.seek(where)
+
+
+def _number(table: bytes, where: int, kind: int, order: str) -> int | None:
+    """The one SHORT, LONG or LONG8 held in the value field at `where`, or None."""
+    formats = {3: "H", 4: "I", 16: "Q"}
+    if kind not in formats or where + struct.calcsize(formats[kind]) > len(table):
+        return None
+    return int(struct.unpack_from(order + formats[kind], table, where)[0])
+
+
+def _tile_problem(sizes: dict[int, int]) -> str | None:
+    """Why the tiles the directory declares cost far more than its picture, or None."""
+    width, height = sizes.get(256, 0), sizes.get(257, 0)
+    tile_width, tile_height = sizes.get(322), sizes.get(323)
+    if tile_width is None or tile_height is None or not width or not height:
+        return None  # a TIFF of strips (libtiff bounds a strip by the picture), or Pillow says
+    tile = tile_width * tile_height
+    picture = (-(-width // 16) * 16) * (-(-height // 16) * 16)
+    if tile <= MAX_TILE_PIXELS or tile <= TILE_SLACK * picture:
+        return None
+    return (f"a TIFF of {width} x {height} pixels in tiles of {tile_width} x {tile_height}"
+            " (each tile is decoded whole: far more memory than the picture needs)")
 
 
 def refusal(stream: BinaryIO) -> str | None:
