@@ -1284,3 +1284,39 @@ def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
     assert client_key("::ffff:10.1.2.3") == "10.1.2.3"  # IPv4-mapped: the IPv4 client
     assert client_key("fe80::1%eth0") == "fe80::/64"
     assert client_key("unknown") == "unknown"
+
+
+def corrupt_deflate_tiff() -> bytes:
+    """A deflate TIFF of noise whose first strip's compressed data is damaged: libtiff says so
+    in a line of its own, written straight to file descriptor 2."""
+    stream = io.BytesIO()
+    noise = np.random.default_rng(1).integers(0, 255, (120, 160, 3), np.uint8)
+    Image.fromarray(noise).save(stream, "TIFF", compression="tiff_deflate")
+    data = bytearray(stream.getvalue())
+    for position in range(200, 260):
+        data[position] ^= 0x55
+    return bytes(data)
+
+
+def test_what_image_libraries_write_to_stderr_goes_through_the_limited_log(store: Path) -> None:
+    """A hostile review: 200 corrupt deflate TIFF uploads put 200 raw `ZIPDecode: Decoding error
+    at scanline 0, ...` lines from libtiff on the server's stderr, 986 lines a second, past the
+    log's limit of 20 lines a second."""
+    body = corrupt_deflate_tiff()
+    with running(*FAST) as server:
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        for _ in range(60):
+            connection.request("POST", "/search", body)
+            response = connection.getresponse()
+            response.read()
+        elapsed = time.monotonic() - started
+        connection.close()
+        status, _ = server.stop()
+    assert status == 0
+    lines = server.log().splitlines()
+    assert "Traceback" not in server.log()
+    assert all(line.startswith("search.py: ") for line in lines), lines[:5]
+    assert any("ZIPDecode" in line for line in lines), lines[:5]  # said, not swallowed
+    seconds = int(elapsed) + 2  # the seconds the uploads may have spanned
+    assert len(lines) <= 1 + 20 * seconds + 1, len(lines)

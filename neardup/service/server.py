@@ -32,7 +32,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -864,6 +865,51 @@ def service_logger() -> logging.Logger:
     return logging.getLogger("neardup.service")
 
 
+# The longest line of a library's output logged (the rest of it is logged as further lines).
+_LIBRARY_LINE = 1000
+
+
+@contextmanager
+def library_output_logged() -> Iterator[None]:
+    """While the block runs, what C libraries write to file descriptor 2 themselves (libtiff's
+    `ZIPDecode: Decoding error at scanline 0, ...` for every corrupt deflate TIFF: 200 uploads put
+    200 such lines on stderr at 986 a second, a hostile review) goes through the service's log
+    and its limit of lines a second, one line each. Python's own stderr (sys.stderr: tracebacks
+    of bugs, and the log's handler, made after this starts) writes to the real stderr directly,
+    so nothing of ours is held back or lost with it."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    previous = sys.stderr
+    relay = threading.Thread(target=_relay_library_lines, args=(read_end,), daemon=True,
+                             name="library-stderr")
+    try:
+        sys.stderr = open(real, "w", buffering=1, encoding=previous.encoding,  # noqa: SIM115
+                          errors="backslashreplace", closefd=False)
+        os.dup2(write_end, 2)
+    finally:
+        os.close(write_end)
+    relay.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last writer gone: the relay reads its end and stops
+        relay.join(5)
+        sys.stderr.close()
+        sys.stderr = previous
+        os.close(real)
+
+
+def _relay_library_lines(read_end: int) -> None:
+    log = logging.getLogger("neardup.service")
+    with open(read_end, "rb") as pipe:
+        while line := pipe.readline(_LIBRARY_LINE):
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                log.warning("an image library said: %s", log_safe(text))
+
+
 def usable_connections(wanted: int) -> int:
     """The connection cap, kept below the open-file limit (raised to its hard limit if needed).
 
@@ -899,7 +945,13 @@ def serve(
     except ImportError as error:
         raise NeardupError(f"--serve needs uvicorn and httptools: {install_hint('serve')}"
                            ) from error
-    limits = limits or ServiceLimits()
+    # Before the log is made: its handler writes to the real stderr, the relay's lines to it.
+    with library_output_logged():
+        _serve(uvicorn, HttpToolsProtocol, checker, host, port, limits or ServiceLimits(), ready)
+
+
+def _serve(uvicorn: Any, HttpToolsProtocol: Any, checker: Checker, host: str, port: int,  # noqa: N803
+           limits: ServiceLimits, ready: Callable[[str], None]) -> None:
     log = service_logger()
     cap = usable_connections(limits.max_connections)
     if cap < limits.max_connections:
