@@ -65,6 +65,18 @@ class TestDecodeCost:
         assert decode_cost(sequential) - 16 * 2**20 < coefficients / 10
 
 
+    def test_a_jpeg_whose_first_scan_holds_one_component_counts_its_coefficients(self) -> None:
+        """Its other components come in later scans: libjpeg keeps every coefficient too. Only
+        the header is read here, so the first scan's component count is simply rewritten."""
+        stream = io.BytesIO()
+        Image.new("RGB", (2000, 1600)).save(stream, "JPEG", subsampling=0)
+        data = bytearray(stream.getvalue())
+        data[data.index(b"\xff\xda") + 4] = 1
+        image = Image.open(io.BytesIO(bytes(data)))
+        image.draft("L", (250, 200))
+        assert decode_cost(image) >= 250 * 200 * 64 * 2 * 3
+
+
 class TestDecodeBudget:
     def test_reservations_are_given_back_however_the_block_ends(self) -> None:
         budget = DecodeBudget(1000, wait=0.1)
