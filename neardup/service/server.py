@@ -896,9 +896,9 @@ def library_output_logged() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(real, 2)  # the pipe's last writer gone: the relay reads its end and stops
         relay.join(5)
-        sys.stderr.close()
+        # `real` stays open: the log's handler still holds the stream on it, and a line logged
+        # after this (a thread finishing late) must reach stderr, not a file given its number.
         sys.stderr = previous
-        os.close(real)
 
 
 def _relay_library_lines(read_end: int) -> None:
