@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -407,3 +408,44 @@ def test_sizes_are_shown_upright_and_the_kept_image_is_outlined(
     assert "400 x 300, " in page and "300 x 400" not in page
     assert marked == ["b.jpg"]
     assert page.count('<figure class="kept">') == 1 and "figure.kept img" in page
+
+
+def _facts(identity: int, mtime: int, digest: bytes, size: tuple[int, int] = (400, 300)) -> Any:
+    from neardup.evaluation.keeping import Facts
+
+    return Facts(size[0], size[1], mtime, (1, identity), digest)
+
+
+def test_identical_files_beside_an_older_look_alike_are_marked() -> None:
+    """A review (a store without features): a photo and its byte copy beside an older, different
+    motorbike; the look-alike was kept, nothing marked, and the heading said "no identical
+    files"."""
+    from neardup.evaluation.keeping import choose
+
+    paths = ["bike.jpg", "bike_copy.jpg", "other.jpg"]
+    facts = [_facts(1, 20, b"bike"), _facts(2, 30, b"bike"), _facts(3, 10, b"other")]
+    choice = choose(paths, facts)
+    assert choice.marked == {1} and choice.kept == 0 and 2 not in choice.keep
+    assert choice.why[1] == "marked: the same bytes as the one kept"
+    assert choice.why[2].startswith("left to you")
+
+
+def test_identical_files_are_marked_whichever_picture_is_kept() -> None:
+    """A review (a store with features): an enlarged export kept for its smaller copy, and two
+    identical files of the original left to the person, neither marked."""
+    from neardup.evaluation.keeping import choose
+
+    paths = ["accordion.jpg", "accordion_copy.jpg", "export_large.jpg", "q40_small.jpg"]
+    facts = [_facts(1, 10, b"orig"), _facts(2, 20, b"orig"),
+             _facts(3, 30, b"large", (600, 450)), _facts(4, 40, b"small", (200, 150))]
+
+    def strong(one: int, other: int) -> bool:
+        return True
+
+    def whole(large: int, small: int) -> bool:  # the export shows the small copy whole only
+        return (large, small) == (2, 3)
+
+    choice = choose(paths, facts, strong, whole)
+    assert choice.kept == 2 and choice.marked == {1, 3}, choice
+    assert choice.why[1] == "marked: the same bytes as another image here, left to you"
+    assert choice.why[0].startswith("left to you")

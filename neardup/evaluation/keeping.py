@@ -3,8 +3,10 @@
 People delete what the page's "mark all but the one kept" button marks, so it marks only what
 can be deleted without losing a picture, and leaves the rest to the person:
 
-1. Files with the same bytes as one kept (a photo copied twice): nothing is lost whichever goes.
-   The one kept is the oldest, by a path that is not a symbolic link where it has one.
+1. Files with the same bytes as another of the group (a photo copied twice): nothing is lost
+   whichever goes. Of each such set one stays, the oldest, by a path that is not a symbolic link
+   where it has one; it is the one kept if its picture is (or, with no smaller copy marked
+   anywhere, if it is the only picture held twice), else it is left to the person.
 2. On a store whose matches are verified (local features): a smaller copy of the same shape as
    the image kept, verified against it with at least WEAK_INLIERS inliers (at most
    SMALLER_AREA of its pixels, neither side longer, the aspect ratio within ASPECT_TOLERANCE),
@@ -147,8 +149,12 @@ def choose(paths: list[str | None], facts: list[Facts | None],
                                             known_fact(facts, contents[index][0]))
                           and whole(contents[index][0], positions[0])]
                   for index in range(len(contents))}
+    # Then the content held in more than one file: on a store without features, where only
+    # identical files are marked, a group of a photo and its byte copy beside an older
+    # look-alike kept the look-alike, marked nothing and said "no identical files" (a review).
     kept_content = max(range(len(contents)), key=lambda index: (
-        len(smaller_of[index]), -min(known_fact(facts, position).mtime_ns
+        len(smaller_of[index]), len(_files(facts, contents[index])) > 1,
+        -min(known_fact(facts, position).mtime_ns
                                      for position in contents[index]),
         _area(known_fact(facts, contents[index][0])), -index))
     # Within the content kept: a file the library holds itself (reached by a path that is not a
@@ -156,10 +162,7 @@ def choose(paths: list[str | None], facts: list[Facts | None],
     # review), then the oldest; shown by a path that is not a link.
     kept_positions = contents[kept_content]
     by_link = {position: os.path.islink(paths[position] or "") for position in kept_positions}
-    held = {known_fact(facts, position).identity for position in kept_positions
-            if not by_link[position]}
-    kept_file = min((known_fact(facts, position) for position in kept_positions),
-                    key=lambda fact: (fact.identity not in held, fact.mtime_ns)).identity
+    kept_file = _representative(paths, facts, kept_positions)
     keep = frozenset(position for position in usable
                      if known_fact(facts, position).identity == kept_file)
     shown = min(keep, key=lambda position: (by_link[position], position))  # keep: all in it
@@ -173,6 +176,17 @@ def choose(paths: list[str | None], facts: list[Facts | None],
         for position in contents[index]:
             marked.add(position)
             why[position] = "marked: a smaller copy of the one kept, of the same shape"
+    # Files with the same bytes as one another are redundant wherever they are: of every other
+    # content held in several files, one is left to the person, the others marked (a review: two
+    # identical files beside an enlarged export that was kept were both left to the person).
+    for index, positions in enumerate(contents):
+        if index == kept_content or index in smaller_of[kept_content]:
+            continue
+        left = _representative(paths, facts, positions)
+        for position in positions:
+            if known_fact(facts, position).identity != left:
+                marked.add(position)
+                why[position] = "marked: the same bytes as another image here, left to you"
     for position in usable:
         if position not in keep and position not in marked:
             why[position] = _left(verified)
@@ -204,6 +218,21 @@ def choose_in_group(
         return shows_whole(paths[large], paths[small], known_fact(weighed, small), max_pixels)
 
     return choose(list(paths), weighed, strong if pairs is not None else None, whole)
+
+
+def _files(facts: Sequence[Facts | None], positions: Sequence[int]) -> set[tuple[int, int]]:
+    """The distinct files (device, inode) at these positions."""
+    return {known_fact(facts, position).identity for position in positions}
+
+
+def _representative(paths: Sequence[str | None], facts: Sequence[Facts | None],
+                    positions: Sequence[int]) -> tuple[int, int]:
+    """Of several positions with the same bytes, the file to keep: one the library holds itself
+    (reached by a path that is not a link), then the oldest."""
+    held = {known_fact(facts, position).identity for position in positions
+            if not os.path.islink(paths[position] or "")}
+    return min((known_fact(facts, position) for position in positions),
+               key=lambda fact: (fact.identity not in held, fact.mtime_ns)).identity
 
 
 def _left(verified: bool) -> str:
