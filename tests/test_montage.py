@@ -279,3 +279,29 @@ def test_files_marked_beyond_the_row_are_said_on_its_more_tile(
     tile = np.asarray(sheet.image.crop((left, HEADER, left + TILE, HEADER + TILE)))
     red, green = tile[..., 0].astype(int), tile[..., 1].astype(int)
     assert (red - green > 60).sum() > 10
+
+
+def test_the_kept_image_beyond_the_row_is_said_on_its_more_tile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the image a group's page keeps was among the "+N more not shown", and the
+    sheet showed that group's copies marked with nothing kept in view. The "+N more" tile now
+    says the one kept is among them ("the one kept too")."""
+    import shutil
+
+    from .test_review_page import originals_first
+
+    data = tmp_path / "data"
+    save(textured(3).resize((400, 300)), str(data / "z_original.png"))
+    for number in range(11):  # the same bytes, newer: marked, the oldest kept
+        shutil.copy(data / "z_original.png", data / f"a_twin{number:02d}.png")
+    originals_first(data, "z_original.png")
+    sheet = groups_sheet(tmp_path, monkeypatch)
+    shown = [path for path, _ in sheet.statuses[0]]
+    assert "z_original.png" not in shown and len(shown) == montage.MAX_PER_ROW
+    assert sheet.kept_not_shown == [True]
+    # Said in green on the "+N more" tile.
+    left = GAP + montage.MAX_PER_ROW * (TILE + GAP)
+    tile = np.asarray(sheet.image.crop((left, HEADER, left + TILE, HEADER + TILE)))
+    red, green = tile[..., 0].astype(int), tile[..., 1].astype(int)
+    assert (green - red > 60).sum() > 10

@@ -77,6 +77,9 @@ class Sheet:
     # Per row shown with `keeping`, how many of the files it marks are among those not drawn
     # (said on its "+N more" tile: a person reviewing from the sheet must not think nothing is).
     marked_not_shown: list[int] = field(default_factory=list)
+    # Per row shown with `keeping`, whether the image its page keeps is among those not drawn
+    # (a review: the sheet showed a group's original and byte copies marked, and nothing kept).
+    kept_not_shown: list[bool] = field(default_factory=list)
 
     @property
     def rows_left_out(self) -> int:
@@ -162,8 +165,10 @@ def contact_sheet(
                           fill=colour, font=font)
         hidden_marked = 0 if choice is None else sum(
             1 for position in choice.marked if position >= len(tiles))
+        hidden_kept = choice is not None and bool(choice.marked) and choice.kept >= len(tiles)
         if choice is not None:
             result.marked_not_shown.append(hidden_marked)
+            result.kept_not_shown.append(hidden_kept)
         if left_out:
             left = GAP + (columns - 1) * (TILE + GAP)
             draw.rectangle([left, top, left + TILE - 1, top + TILE - 1], fill=(235, 235, 235))
@@ -172,6 +177,9 @@ def contact_sheet(
             if hidden_marked:
                 draw.text((left + 12, top + TILE // 2 + 8), f"({hidden_marked} of them marked)",
                           fill=MARKED, font=font)
+            if hidden_kept:
+                draw.text((left + 12, top + TILE // 2 + 24), "(the one kept too)",
+                          fill=KEPT, font=font)
     if result.rows_left_out:
         result.notes.append(f"{len(shown)} of {len(rows)} {what} shown; {result.rows_left_out}"
                             " left out" + (f" ({rest_in} shows them all)" if rest_in else ""))
