@@ -449,3 +449,37 @@ def test_identical_files_are_marked_whichever_picture_is_kept() -> None:
     assert choice.kept == 2 and choice.marked == {1, 3}, choice
     assert choice.why[1] == "marked: the same bytes as another image here, left to you"
     assert choice.why[0].startswith("left to you")
+
+
+def test_a_photo_is_not_marked_as_the_smaller_copy_of_its_enlarged_export(tmp_path: Path) -> None:
+    """A review of a photo library: an export enlarged 1.5 times was kept for its pixels and the
+    photo itself marked as its smaller copy. A real smaller copy is still marked."""
+    from neardup.evaluation.keeping import choose, facts_of
+
+    from .imagegen import textured
+
+    photo = textured(3, (300, 225))
+    paths = {"photo": tmp_path / "photo.jpg", "enlarged": tmp_path / "photo_big.jpg",
+             "small": tmp_path / "photo_small.jpg"}
+    photo.save(paths["photo"], quality=92)
+    with Image.open(paths["photo"]) as saved:
+        saved.convert("RGB").resize((450, 338), Image.Resampling.LANCZOS).save(
+            paths["enlarged"], quality=90)
+    photo.resize((180, 135), Image.Resampling.LANCZOS).save(paths["small"], quality=90)
+    for age, name in enumerate(("photo", "enlarged", "small")):
+        os.utime(paths[name], (1_000_000 + age, 1_000_000 + age))
+
+    def weighed(*names: str) -> tuple[list[str | None], list[Any]]:
+        facts = []
+        for name in names:
+            with Image.open(paths[name]) as opened:
+                facts.append(facts_of(str(paths[name]), opened, opened.size))
+        return [str(paths[name]) for name in names], facts
+
+    def strong(one: int, other: int) -> bool:  # every pair verified with many inliers
+        return True
+
+    choice = choose(*weighed("photo", "enlarged"), strong)
+    assert choice.marked == frozenset(), choice.why
+    choice = choose(*weighed("photo", "small"), strong)
+    assert choice.marked == {1} and choice.kept == 0, choice.why
