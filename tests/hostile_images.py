@@ -348,21 +348,27 @@ def chunk_bomb(path: Path, chunks: int, where: str = "before", kind: bytes = b"t
     return path
 
 
-def tiled_tiff(path: Path, side: int, tile: int, compressed: bytes | None = None) -> Path:
+def tiled_tiff(path: Path, side: int, tile: int, compressed: bytes | None = None, *,
+               tile_type: int = 4, doubled: bool = False) -> Path:
     """An RGB TIFF of side x side pixels in one deflate tile declared tile x tile (its data the
     whole tile of gray unless `compressed` is given): libtiff allocates the whole tile to decode
-    it, whatever the picture's size."""
+    it, whatever the picture's size. `tile_type`: the TIFF type of the tile sizes (4 LONG, 9
+    SLONG, 3 SHORT); `doubled`: each tile size given twice, the declared one first and 16 after
+    (libtiff keeps the first)."""
     data = compressed if compressed is not None else zlib.compress(b"\x80" * (tile * tile * 3), 9)
     bits = struct.pack("<HHH", 8, 8, 8)
-    table_end = 8 + 2 + 12 * 12 + 4
+    size_format = "<H" if tile_type == 3 else "<i" if tile_type == 9 else "<I"
+    tile_entries = [(tag, tile_type, 1, struct.pack(size_format, value))
+                    for tag in (322, 323) for value in ((tile, 16) if doubled else (tile,))]
+    count = 10 + len(tile_entries)
+    table_end = 8 + 2 + 12 * count + 4
     entries = [(256, 4, 1, struct.pack("<I", side)), (257, 4, 1, struct.pack("<I", side)),
                (258, 3, 3, struct.pack("<I", table_end)), (259, 3, 1, struct.pack("<H", 8)),
                (262, 3, 1, struct.pack("<H", 2)), (277, 3, 1, struct.pack("<H", 3)),
-               (284, 3, 1, struct.pack("<H", 1)), (322, 4, 1, struct.pack("<I", tile)),
-               (323, 4, 1, struct.pack("<I", tile)),
+               (284, 3, 1, struct.pack("<H", 1)), *tile_entries,
                (324, 4, 1, struct.pack("<I", table_end + len(bits))),
-               (325, 4, 1, struct.pack("<I", len(data))), (339, 3, 3, struct.pack("<I", 0))]
-    entries[-1] = (339, 3, 1, struct.pack("<H", 1))  # SampleFormat: unsigned
+               (325, 4, 1, struct.pack("<I", len(data))), (339, 3, 1, struct.pack("<H", 1))]
+    assert len(entries) == count
     table = b"".join(struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
                      for tag, kind, count, value in entries)
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + table

@@ -311,6 +311,18 @@ class TestRefused:
         hash_file(str(zoo.tiled_tiff(tmp_path / "small.tif", 100, 256)), DEFAULT)
         hash_file(str(zoo.tiled_tiff(tmp_path / "one.tif", 1000, 1024)), DEFAULT)
 
+    @pytest.mark.parametrize(("tile_type", "doubled"), [(9, False), (3, False), (4, True)])
+    def test_a_huge_tile_is_refused_however_its_size_is_written(
+            self, tmp_path: Path, tile_type: int, doubled: bool) -> None:
+        """A review of the refusal above: tile sizes typed SLONG (libtiff takes any integer
+        type), or given twice with the huge one first (libtiff keeps the first), were decoded as
+        16384-pixel tiles: 293 MB for one gray picture of 256 x 256."""
+        bomb = zoo.tiled_tiff(tmp_path / "bomb.tif", 256, 8192, zlib.compress(bytes(1024)),
+                              tile_type=tile_type, doubled=doubled)
+        with pytest.raises(ImageError, match="refused: a TIFF of 256 x 256 pixels in tiles of"
+                                             " 8192 x 8192"):
+            hash_file(str(bomb), DEFAULT)
+
     @pytest.mark.parametrize("big_tiff", [False, True])
     def test_a_tiff_of_too_many_strips_is_refused_before_pillow_parses_it(
             self, tmp_path: Path, big_tiff: bool) -> None:

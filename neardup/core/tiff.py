@@ -68,8 +68,10 @@ def directory_problem(stream: BinaryIO) -> str | None:
         sizes: dict[int, int] = {}
         for offset in range(0, len(table) - entry_size + 1, entry_size):
             tag, kind, count, _value = struct.unpack_from(order + entry_format, table, offset)
-            if tag in _SIZE_TAGS and count == 1:
-                number = _number(table, offset + (12 if big else 8), kind, order)
+            # The first entry of a tag counts, as for libtiff (and Pillow): a TileWidth of
+            # 16384 followed by one of 16 was decoded as 16384 tiles (a review).
+            if tag in _SIZE_TAGS and tag not in sizes and count >= 1:
+                number = _number(table, offset + (12 if big else 8), kind, order, 8 if big else 4)
                 if number is not None:
                     sizes[tag] = number
             if tag in _BLOCK_TAGS and count > MAX_BLOCKS:
@@ -85,12 +87,19 @@ def directory_problem(stream: BinaryIO) -> str | None:
         stream.seek(where)
 
 
-def _number(table: bytes, where: int, kind: int, order: str) -> int | None:
-    """The one SHORT, LONG or LONG8 held in the value field at `where`, or None."""
-    formats = {3: "H", 4: "I", 16: "Q"}
-    if kind not in formats or where + struct.calcsize(formats[kind]) > len(table):
+# Every integer type, read unsigned: libtiff takes a size of any of them (a TileWidth typed SLONG
+# was decoded as 16384-pixel tiles while only SHORT, LONG and LONG8 were read here, a review).
+# BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8, IFD, IFD8.
+_INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "B", 8: "H", 9: "I", 13: "I", 16: "Q", 17: "Q",
+                    18: "Q"}
+
+
+def _number(table: bytes, where: int, kind: int, order: str, field: int) -> int | None:
+    """The first integer held in the value field at `where` (of `field` bytes), or None."""
+    form = _INTEGER_FORMATS.get(kind)
+    if form is None or struct.calcsize(form) > field or where + struct.calcsize(form) > len(table):
         return None
-    return int(struct.unpack_from(order + formats[kind], table, where)[0])
+    return int(struct.unpack_from(order + form, table, where)[0])
 
 
 def _tile_problem(sizes: dict[int, int]) -> str | None:
