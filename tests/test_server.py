@@ -1320,3 +1320,42 @@ def test_what_image_libraries_write_to_stderr_goes_through_the_limited_log(store
     assert any("ZIPDecode" in line for line in lines), lines[:5]  # said, not swallowed
     seconds = int(elapsed) + 2  # the seconds the uploads may have spanned
     assert len(lines) <= 1 + 20 * seconds + 1, len(lines)
+
+
+def test_the_server_serves_with_stderr_closed(store: Path) -> None:
+    """A review: started with stderr closed (`2>&-`), --serve exited 1 at once, saying nothing,
+    since what C libraries write to stderr is relayed into the log."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(SEARCH + ["--serve", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                               preexec_fn=lambda: os.close(2))  # noqa: PLW1509 - the test's point
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "the server ended"
+            try:
+                status, _, _ = request(port, "GET", "/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        assert status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_fatal_error_dump_reaches_stderr_whole(store: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """A review: with faulthandler on (PYTHONFAULTHANDLER=1), a segmentation fault's dump went
+    into the pipe whose reader dies with the process: one line of it logged, or nothing."""
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")
+    with running() as server:
+        server.process.send_signal(signal.SIGSEGV)
+        server.process.wait(30)
+    log = server.log()
+    assert "Fatal Python error: Segmentation fault" in log and "most recent call first" in log, log

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import faulthandler
 import hmac
 import ipaddress
 import json
@@ -877,10 +878,17 @@ def library_output_logged() -> Iterator[None]:
     and its limit of lines a second, one line each. Python's own stderr (sys.stderr: tracebacks
     of bugs, and the log's handler, made after this starts) writes to the real stderr directly,
     so nothing of ours is held back or lost with it."""
-    sys.stderr.flush()
+    previous = sys.stderr
+    try:
+        os.fstat(2)
+    except OSError:
+        previous = None
+    if previous is None:  # started with stderr closed (2>&-): nothing to keep it from
+        yield
+        return
+    previous.flush()
     real = os.dup(2)
     read_end, write_end = os.pipe()
-    previous = sys.stderr
     relay = threading.Thread(target=_relay_library_lines, args=(read_end,), daemon=True,
                              name="library-stderr")
     try:
@@ -889,16 +897,31 @@ def library_output_logged() -> Iterator[None]:
         os.dup2(write_end, 2)
     finally:
         os.close(write_end)
+    # A fatal error's dump (faulthandler, PYTHONFAULTHANDLER=1) must not go into the pipe: the
+    # thread reading it dies with the process (a review: the dump of a segmentation fault was
+    # lost, or cut to one line).
+    dumping = faulthandler.is_enabled()
+    if dumping:
+        _dump_fatal_errors_to(sys.stderr)
     relay.start()
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(real, 2)  # the pipe's last writer gone: the relay reads its end and stops
+        if dumping:
+            _dump_fatal_errors_to(previous)
         relay.join(5)
         # `real` stays open: the log's handler still holds the stream on it, and a line logged
         # after this (a thread finishing late) must reach stderr, not a file given its number.
         sys.stderr = previous
+
+
+def _dump_fatal_errors_to(stream: Any) -> None:
+    try:
+        faulthandler.enable(stream, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # a stream without a file descriptor
+        pass
 
 
 def _relay_library_lines(read_end: int) -> None:
