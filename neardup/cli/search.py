@@ -280,20 +280,24 @@ def main(argv: list[str] | None = None) -> int:
                     warn(PROG, f"{path}: low-information image (blank, single-colour or"
                          " smooth): not matched; --include-low-information matches it anyway")
                 hashed.append((result, query_hash))
-            # Every query is hashed first, then all are searched against the index loaded once.
-            answers = find_matches_many(store, [query for _, query in hashed], args.max_distance,
-                                        index, include_low_information=args.include_low_information)
-            if args.mirror:
-                flipped = find_matches_many(store, mirrored, args.max_distance, index,
-                                            include_low_information=args.include_low_information)
-                answers = [merge_matches(plain, other)
-                           for plain, other in zip(answers, flipped, strict=True)]
-            for (result, _), matches in zip(hashed, answers, strict=True):
-                result.matches = matches
             verified = VerifiedSearch.for_store(store, index) if keeps_features else None
             if verified is not None:  # a store with local features: verified matches only
                 say_lacking_features(store)
                 answer_verified(verified, hashed, mirrored, args)
+            else:
+                # Every query is hashed first, then all are searched against the index loaded
+                # once. (On a store with features the verified search looks the hashes up
+                # itself: a lookup here was thrown away.)
+                answers = find_matches_many(store, [query for _, query in hashed],
+                                            args.max_distance, index,
+                                            include_low_information=args.include_low_information)
+                if args.mirror:
+                    flipped = find_matches_many(store, mirrored, args.max_distance, index,
+                                                include_low_information=args.include_low_information)
+                    answers = [merge_matches(plain, other)
+                               for plain, other in zip(answers, flipped, strict=True)]
+                for (result, _), matches in zip(hashed, answers, strict=True):
+                    result.matches = matches
             if args.montage:
                 draw_montage(args.montage, "queries and their matches", [
                     Row(Tile(r.query, "query", r.query), [
