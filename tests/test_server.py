@@ -362,6 +362,43 @@ class TestHostileClients:
             assert reply.startswith(b"HTTP/1.1 411")
         assert_clean(server, most_lines=1 + 2)
 
+    def test_a_client_sending_the_whole_body_before_reading_gets_the_413(
+            self, store: Path) -> None:
+        # Python's http.client (and requests) send the whole body, then read: closing at once
+        # with the body arriving reset the connection, and such clients never saw the answer.
+        with running(*FAST, "--max-upload-bytes", "200000") as server:
+            for size in (8_000_000, 40_000_000):
+                status, answer, _ = request(server.port, "POST", "/search", b"x" * size)
+                assert status == 413 and f"upload of {size:,} bytes" in answer["error"]
+        assert_clean(server, most_lines=1 + 2)
+
+    def test_a_refused_upload_that_never_stops_arriving_is_cut_off(self, store: Path) -> None:
+        # What arrives after the refusal is read and dropped, for the body deadline at most.
+        with running(*FAST, "--max-upload-bytes", "200000") as server, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+            stopped = threading.Event()
+            sent_for = []
+
+            def keep_sending() -> None:
+                started = time.monotonic()
+                try:
+                    while not stopped.is_set() and time.monotonic() - started < 20:
+                        raw.sendall(b"x" * 65536)
+                except OSError:
+                    pass  # the server closed the connection: what this test waits for
+                sent_for.append(time.monotonic() - started)
+
+            sender = threading.Thread(target=keep_sending)
+            sender.start()
+            answer = b""
+            while b"}\n" not in answer and (chunk := raw.recv(65536)):
+                answer += chunk
+            sender.join(timeout=25)
+            stopped.set()
+            assert answer.startswith(b"HTTP/1.1 413") and b"over the limit" in answer
+            assert sent_for and sent_for[0] < 10  # cut off (body deadline 1 s), not after 20 s
+
     def test_clients_that_leave_early_leave_no_trace(self, store: Path) -> None:
         body = photo()
         with running(*FAST) as server:

@@ -492,6 +492,8 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _half_closed = False  # the client has sent all it will (shut its write side)
         _after_answers: bytes | None = None  # a refusal to send once those read are answered
         _send_deadline: asyncio.TimerHandle | None = None  # armed while writing is paused
+        _lingering: tuple[asyncio.TimerHandle, ...] = ()  # _close_after's (idle, at most)
+        _heard_at = 0.0  # when the client last sent something, while lingering
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
@@ -523,6 +525,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def data_received(self, data: bytes) -> None:
             if self._refused or self._ahead_too_far:
+                self._heard_at = self.loop.time()  # a lingering close waits while it comes
                 return  # answered already; what the client still sends is not read
             self._bytes_seen = True
             self._not_silent()
@@ -588,6 +591,47 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                             address(self.client), MAX_PIPELINED)
                 return
             super().on_headers_complete()
+            # The request's answer closes the connection through this (see _close_after).
+            cycle = self.cycle
+            cycle.transport = ClosesAfterTheBody(self.transport, lambda: self._close_after(cycle))
+
+        def _close_after(self, answered: Any) -> None:
+            """Close once `answered` (a request answered with "connection: close") is done with.
+
+            A refusal sent while the request's body is still arriving (413 for an upload over
+            the limit, 401, 503 busy) used to close at once; the kernel answers the bytes that
+            still arrive on a closed socket with a reset, and a client that sends the whole
+            body before it reads (Python's http.client, requests) got "connection reset"
+            instead of the answer (an upload of 8 MB against a limit of 200 KB). Such a
+            connection is half-closed instead, and what the client still sends is read and
+            dropped until it stops sending (end of its stream, or LINGER_IDLE seconds without
+            a byte), or for the body deadline at most, as web servers do ("lingering close").
+            """
+            if (not answered.more_body or self.transport.is_closing()
+                    or not self.transport.can_write_eof()):
+                self.transport.close()
+                return
+            self._refused = True  # what arrives from now on is dropped (data_received)
+            self._disarm()
+            self._not_silent()
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self._heard_at = self.loop.time()
+            self._lingering = (self.loop.call_later(LINGER_IDLE, self._linger_idle),
+                               self.loop.call_later(limits.body_timeout, self.transport.close))
+
+        def _linger_idle(self) -> None:
+            quiet = self.loop.time() - self._heard_at
+            if quiet >= LINGER_IDLE:
+                self.transport.close()
+            elif self._lingering:
+                self._lingering = (self.loop.call_later(LINGER_IDLE - quiet, self._linger_idle),
+                                   *self._lingering[1:])
+
+        def _stop_lingering(self) -> None:
+            for timer in self._lingering:
+                timer.cancel()
+            self._lingering = ()
 
         def on_body(self, body: bytes) -> None:
             if not self._ahead_too_far:
@@ -674,6 +718,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stop_lingering()
             self._not_silent()
             self._stop_send_deadline()
             if self._counted_as is not None:
@@ -728,6 +773,26 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self.transport.close()
 
     return GuardedHttpProtocol
+
+
+# A lingering close (GuardedHttpProtocol._close_after) ends once the client has sent nothing for
+# this long: it has stopped sending and waits for the answer, or has gone.
+LINGER_IDLE = 2.0
+
+
+class ClosesAfterTheBody:
+    """A connection's transport as one request's answer sees it: closing it asks the connection
+    (`close`), which waits for the rest of the request's body when it is still arriving."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self._transport = transport
+        self._close = close
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._close()
 
 
 class FairThreads:
