@@ -517,3 +517,54 @@ def test_a_photo_compared_with_each_of_its_copies_is_decoded_once(
     for small in range(1, 5):
         assert not keeping.enlarged_from(paths[0], paths[small], facts[0], facts[small])
     assert opened_files.count(paths[0]) == 1, opened_files
+
+
+def test_the_enlargement_check_of_large_pictures_resamples_windows_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: each pair of a group was resampled whole to each other's size (a 4-megapixel
+    photo and a copy at 0.7: 107 ms). Large pictures are compared in windows, with the verdicts
+    and nearly the differences of the whole pictures."""
+    from neardup.evaluation import keeping
+
+    from .imagegen import textured
+
+    photo = textured(5, (1600, 1200))
+    photo.save(tmp_path / "photo.jpg", quality=92)
+    with Image.open(tmp_path / "photo.jpg") as saved:
+        gray = saved.convert("L")
+        gray.load()
+
+    def saved_as_jpeg(size: tuple[int, int]) -> Image.Image:
+        path = tmp_path / f"{size[0]}.jpg"
+        gray.resize(size, Image.Resampling.LANCZOS).save(path, quality=90)
+        with Image.open(path) as reopened:
+            return reopened.convert("L")
+
+    enlarged, smaller = saved_as_jpeg((2000, 1500)), saved_as_jpeg((1120, 840))
+
+    resampled: list[int] = []
+    real_resize = Image.Image.resize
+
+    def counting(self: Image.Image, size: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
+        resampled.append(size[0] * size[1])
+        return real_resize(self, size, *args, **kwargs)
+
+    windowed = {}
+    for name, (larger, small) in {"enlarged": (enlarged, gray), "copy": (gray, smaller)}.items():
+        monkeypatch.setattr(Image.Image, "resize", counting)
+        windowed[name] = keeping._resampling_misses(larger, small)
+        in_windows = sum(resampled)
+        resampled.clear()
+        monkeypatch.setattr(keeping, "ENLARGED_WINDOWS", 100)  # the whole pictures
+        whole = keeping._resampling_misses(larger, small)
+        monkeypatch.setattr(keeping, "ENLARGED_WINDOWS", 3)
+        monkeypatch.setattr(Image.Image, "resize", real_resize)
+        assert in_windows < 0.4 * sum(resampled), (name, in_windows, sum(resampled))
+        resampled.clear()
+        for part, everything in zip(windowed[name], whole, strict=True):
+            assert abs(part - everything) < 0.15 * everything, (name, windowed[name], whole)
+    up, down = windowed["enlarged"]
+    assert up < keeping.ENLARGED_RATIO * down  # an enlargement: its photo is not marked
+    up, down = windowed["copy"]
+    assert up > keeping.ENLARGED_RATIO * down  # a smaller copy: marked
