@@ -1319,6 +1319,11 @@ def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:10.1.2.3") == "10.1.2.3"  # IPv4-mapped: the IPv4 client
+    # IPv4 clients behind one NAT64 gateway, a 6to4 host, a Teredo client: the IPv4 client.
+    assert client_key("64:ff9b::c000:221") == "192.0.2.33"
+    assert client_key("64:ff9b::c000:222") == "192.0.2.34"
+    assert client_key("2002:c000:221:1::1") == client_key("2002:c000:221:2::1") == "192.0.2.33"
+    assert client_key("2001:0:4136:e378:8000:63bf:3fff:fdd2") == "192.0.2.45"
     assert client_key("fe80::1%eth0") == "fe80::/64"
     assert client_key("unknown") == "unknown"
 

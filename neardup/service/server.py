@@ -854,16 +854,25 @@ class FairThreads:
 def client_key(host: str) -> str:
     """The client a per-address share is counted under: an IPv4 address, or an IPv6 /64 (one
     client is given a whole /64, so keyed by the full address it could take every share from
-    addresses of its own; a hostile review). An IPv4-mapped IPv6 address is its IPv4 client."""
+    addresses of its own; a hostile review). An IPv6 address that carries an IPv4 client's
+    address is that IPv4 client: IPv4-mapped, NAT64 (64:ff9b::/96: every IPv4 client behind one
+    NAT64 gateway shared its /64), 6to4 (a 6to4 host holds a whole /48 of /64s) and Teredo."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])  # without a link-local zone (%eth0)
     except ValueError:
         return host
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+        carried = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if carried is None and ip in NAT64_PREFIX:
+            carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if carried is not None:
+            return str(carried)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+# The well-known NAT64 prefix (RFC 6052): the IPv4 address is the last 32 bits.
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def address(client: tuple[str, int] | None) -> str:
