@@ -323,6 +323,18 @@ def png_chunk(kind: bytes, data: bytes = b"") -> bytes:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
+def palette_png_with_alphas(path: Path, alphas: bytes, colours: int = 16) -> Path:
+    """A palette PNG of `colours` colours given the transparency table `alphas` (tRNS), which
+    may hold more entries than the palette (a broken or hostile file)."""
+    opaque = picture().convert("P", palette=Image.Palette.ADAPTIVE, colors=colours)
+    buffer = io.BytesIO()
+    opaque.save(buffer, "PNG")
+    data = buffer.getvalue()
+    first_data = data.find(b"IDAT") - 4
+    path.write_bytes(data[:first_data] + png_chunk(b"tRNS", alphas) + data[first_data:])
+    return path
+
+
 def chunk_bomb(path: Path, chunks: int, where: str = "before", kind: bytes = b"tEXt") -> Path:
     """A valid 160 x 120 PNG holding `chunks` empty chunks of `kind` (12 bytes each) `where`
     ("before" or "after") its image data, or ("split") its image data cut into that many IDATs of

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import warnings
 import zlib
 from pathlib import Path
 
@@ -168,6 +169,33 @@ class TestTransparency:
         first = zoo.with_hidden_colour(tmp_path, mode, seed=1)
         second = zoo.with_hidden_colour(tmp_path, mode, seed=2)
         assert hash_file(str(first), DEFAULT) == hash_file(str(second), DEFAULT)
+
+
+    def test_a_transparency_table_longer_than_the_palette_is_ignored_as_libpng_does(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        # A review: 300 alpha entries for 16 colours raised ValueError when the picture was put
+        # on white, a traceback that ended index.py, -q and --stdin.
+        broken = zoo.palette_png_with_alphas(tmp_path / "broken.png", bytes(300))
+        opaque = zoo.palette_png_with_alphas(tmp_path / "opaque.png", b"\xff" * 16)
+        assert hash_file(str(broken), DEFAULT) == hash_file(str(opaque), DEFAULT)
+        assert hash_file(str(broken), Recipe(exact=True)) == hash_file(str(opaque), Recipe(exact=True))
+        # A table no longer than the palette still counts: transparent pixels show white.
+        clear = zoo.palette_png_with_alphas(tmp_path / "clear.png", bytes(16))
+        assert hash_file(str(clear), DEFAULT) != hash_file(str(opaque), DEFAULT)
+        with warnings.catch_warnings():
+            # --exact: as plain ImageHash, which leaves the table out, but without Pillow's
+            # warning about it (two lines on stderr per such PNG with -q and --stdin)
+            warnings.simplefilter("error")
+            assert hash_file(str(clear), Recipe(exact=True)) == hash_file(str(opaque), Recipe(exact=True))
+        folder = tmp_path / "images"
+        folder.mkdir()
+        broken.rename(folder / "broken.png")
+        zoo.reference(folder)
+        store = str(tmp_path / "db.shelve")
+        assert index_cli.main(["-d", str(folder), "-s", store, "-q", "-j", "1", "--features"]) == 0
+        assert "broken.png" not in capsys.readouterr().err
+        assert search_cli.main(["-s", store, "-q", str(folder / "broken.png")]) == 0
+        assert "broken.png" in capsys.readouterr().out
 
 
 class TestFirstFrame:

@@ -410,7 +410,15 @@ def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
 
 def prepare(image: Image.Image, recipe: Recipe) -> Image.Image:
     """The decoded image as the recipe shows it to the hash (v1, v2 and --exact)."""
-    return image if recipe.exact else normalise(image)
+    if not recipe.exact:
+        return normalise(image)
+    if image.mode == "P" and isinstance(image.info.get("transparency"), bytes):
+        # ImageHash's convert("L") leaves a palette's transparency table out of the gray picture,
+        # and Pillow warns about it: two lines of UserWarning on stderr per such PNG with -q and
+        # --stdin. The same pixels without the table and without the warning.
+        image = image.copy()
+        del image.info["transparency"]
+    return image
 
 
 def hash_prepared(prepared: Image.Image, recipe: Recipe) -> Hash:
@@ -643,6 +651,7 @@ def open_image(
             if read_pixels is None or not read_pixels(image, stream):
                 image.load()
                 _refuse_mode(path, image)  # as decoded (a decoder may change it)
+                _ignore_invalid_palette_alpha(image)
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report
         reason = None
         # Pillow's reason for a JPEG cut inside its blocks depends on where the cut falls (its
@@ -673,6 +682,19 @@ def _refuse_mode(path: str, image: Image.Image) -> None:
     refusal = mode_refusal(image)
     if refusal is not None:
         raise ImageError(path, refusal)
+
+
+def _ignore_invalid_palette_alpha(image: Image.Image) -> None:
+    """A palette image's transparency table with more entries than its palette is ignored, as
+    libpng (and so browsers) ignore it: Pillow keeps it, and showing the picture on white then
+    raised ValueError ("palette index out of range"), which a hostile review's 64 x 64 PNG with
+    300 alpha entries for 16 colours turned into a traceback ending index.py, --stdin and -q
+    (and a 500 from --serve)."""
+    alphas = image.info.get("transparency")
+    if image.mode != "P" or not isinstance(alphas, bytes) or image.palette is None:
+        return
+    if len(alphas) > len(image.palette.palette) // len(image.palette.mode):
+        del image.info["transparency"]
 
 
 def _bomb_refusal(error: Exception, stream: Any, max_pixels: int) -> str:
