@@ -198,6 +198,23 @@ class TestTransparency:
         assert "broken.png" in capsys.readouterr().out
 
 
+def test_a_float_picture_holding_nan_hashes_without_a_warning(tmp_path: Path) -> None:
+    # A hostile review: NaN samples put numpy's "invalid value encountered in cast" on stderr
+    # for every upload (past the checker's log limit), and the hash was undefined.
+    samples = np.asarray(zoo.picture().convert("L"), dtype=np.float32)
+    samples[:4, :4] = np.nan
+    samples[-4:, -4:] = np.inf
+    path = tmp_path / "nan.tif"
+    Image.fromarray(samples, "F").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hashed = hash_file(str(path), DEFAULT)
+    as_shown = np.nan_to_num(samples, nan=0.0, posinf=255.0)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.clip(as_shown, 0, 255).astype(np.uint8)).save(plain)
+    assert hashed == hash_file(str(plain), DEFAULT)
+
+
 class TestFirstFrame:
     @pytest.mark.parametrize("extension", ["gif", "webp", "png", "tiff"])
     def test_animations_and_multi_page_files_hash_their_first_frame(
