@@ -337,6 +337,32 @@ class TestHostileClients:
             lines[0]), lines
         assert_clean(server, most_lines=1 + 1)
 
+    def test_an_upload_asking_to_upgrade_to_http2_is_answered_as_http_1(
+            self, store: Path) -> None:
+        # curl --http2 over http:// sends its POST with "Upgrade: h2c": the parser stopped at
+        # the headers and the body was dropped (400 "the upload ended early").
+        body = photo()
+        upgrade = (b"POST /search HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                   b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body))
+        with running(*FAST) as server:
+            for pieces in ([upgrade + body], [upgrade, body[:100], body[100:]],
+                           [upgrade + body + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"]):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                    for piece in pieces:
+                        raw.sendall(piece)
+                        time.sleep(0.05)
+                    reply = b""
+                    while chunk := raw.recv(65536):
+                        reply += chunk
+                head, _, answer = reply.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), reply
+                assert b"connection: close" in head.lower()  # nothing after it is parsed
+                assert json.loads(answer)["matches"][0]["relpath"] == "cat1/image_0001.jpg"
+            status, _, _ = request(server.port, "GET", "/health")
+            assert status == 200
+        assert_clean(server, most_lines=1 + 3)
+
     def test_a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second(
         self, store: Path
     ) -> None:

@@ -495,6 +495,46 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         _lingering: tuple[asyncio.TimerHandle, ...] = ()  # _close_after's (idle, at most)
         _heard_at = 0.0  # when the client last sent something, while lingering
 
+        _after_upgrade = False  # a request asked to upgrade: no further request is parsed
+        _upgrade_body_left = 0  # bytes of that request's body still to come
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.parser = ParserIgnoringUpgrades(self.parser, self._upgrade_ignored)
+
+        def _upgrade_ignored(self, rest: bytes) -> None:
+            """A request asking to switch protocols (curl --http2's `Upgrade: h2c`, a
+            WebSocket's), parsed up to the end of its headers: answered as plain HTTP/1.1, as
+            a server may (RFC 9110, 7.8). The parser takes whatever follows for the other
+            protocol's, so the request's body (Content-Length bytes) is handed on here, and the
+            connection closed after the answer: a POST with curl --http2 got 400 "the upload
+            ended early", its body dropped (a hostile review)."""
+            self._unsupported_upgrade_warning()
+            self._after_upgrade = True
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                return
+            cycle.keep_alive = False
+            try:
+                length = content_length(cycle.scope["headers"])
+            except Refused:
+                return  # no usable length: the application refuses the request itself
+            if length > 0:
+                cycle.more_body = True
+                self._upgrade_body_left = length
+                self._upgrade_body(rest)
+
+        def _upgrade_body(self, data: bytes) -> None:
+            """Bytes after an upgrade request's headers: its body, then nothing (dropped)."""
+            if self._upgrade_body_left <= 0:
+                return
+            part = data[: self._upgrade_body_left]
+            self._upgrade_body_left -= len(part)
+            if part:
+                self.on_body(part)
+            if self._upgrade_body_left == 0:
+                self.on_message_complete()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
             super()._start_asgi_task(cycle, app)
@@ -529,6 +569,9 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 return  # answered already; what the client still sends is not read
             self._bytes_seen = True
             self._not_silent()
+            if self._after_upgrade:
+                self._upgrade_body(data)
+                return
             if self._deadline is not None:  # still waiting for this request's headers
                 # The parser keeps every header byte until the headers end: bounded here, so a
                 # client cannot hold megabytes per connection within the header deadline.
@@ -778,6 +821,27 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 # A lingering close (GuardedHttpProtocol._close_after) ends once the client has sent nothing for
 # this long: it has stopped sending and waits for the answer, or has gone.
 LINGER_IDLE = 2.0
+
+
+class ParserIgnoringUpgrades:
+    """httptools' request parser, which stops at a request asking to switch protocols and
+    raises HttpParserUpgrade with where the other protocol's bytes begin: those bytes are handed
+    to `upgraded` instead (see GuardedHttpProtocol._upgrade_ignored)."""
+
+    def __init__(self, parser: Any, upgraded: Callable[[bytes], None]) -> None:
+        self._parser = parser
+        self._upgraded = upgraded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+    def feed_data(self, data: bytes) -> None:
+        import httptools  # the serve extra's, as uvicorn's protocol is
+
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0]:])
 
 
 class ClosesAfterTheBody:
