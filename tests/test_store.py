@@ -135,6 +135,27 @@ class TestRefusals:
                 open_store(tmp_path)
         open_store(tmp_path).close()  # and the lock is released afterwards
 
+    @pytest.mark.parametrize("existing", [True, False])
+    def test_a_second_writer_through_another_name_is_refused(
+            self, tmp_path: Path, existing: bool) -> None:
+        # A review: index.py through a symlink to the store took a lock of its own beside the
+        # symlink; two writers at once broke the store's creation ("UNIQUE constraint failed")
+        # and the first, cleaning up, deleted the store the second had just written.
+        if existing:
+            open_store(tmp_path).close()
+        (tmp_path / "alias.shelve").symlink_to("db.shelve")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "up.shelve").symlink_to("../alias.shelve")
+        with open_store(tmp_path):
+            for other in ("alias.shelve", "sub/up.shelve", "sub/../db.shelve"):
+                with pytest.raises(StoreError, match="another index.py is writing"):
+                    Store.open_for_writing(str(tmp_path / other), Recipe(), "/data", VERSIONS)
+        with Store.open_for_writing(str(tmp_path / "alias.shelve"), Recipe(), "/data", VERSIONS):
+            with pytest.raises(StoreError, match="another index.py is writing"):
+                open_store(tmp_path)
+        assert (tmp_path / "alias.shelve").is_symlink()
+        Store.open_for_reading(str(tmp_path / "db.shelve")).close()
+
     def test_a_file_that_is_not_a_store_is_left_untouched(self, tmp_path: Path) -> None:
         path = tmp_path / "db.shelve"
         content = b"precious data, not SQLite" * 100

@@ -362,7 +362,7 @@ class Store:
             if not exists:  # nothing is left behind by a store that could not be created
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     try:
-                        os.remove(path + suffix)
+                        os.remove(os.path.realpath(path) + suffix)  # not a symlink to it
                     except OSError:
                         pass
             lock.release(remove=not exists)

@@ -292,7 +292,11 @@ class WriterLock:
 
     @classmethod
     def take(cls, store_path: str) -> WriterLock:
-        lock_path = store_path + ".lock"
+        """The lock beside the store's file itself, whatever name the store is given (`store_path`
+        names it in messages): taken beside a symlink to it, a second writer through another name
+        got a lock of its own, and two writers at once broke the store's creation, the first then
+        deleting what the second had written (a review)."""
+        lock_path = os.path.realpath(store_path) + ".lock"
         for _attempt in range(5):
             try:
                 stream = open(lock_path, "ab")
