@@ -342,6 +342,34 @@ class TestHeic:
             hash_file(str(zoo.heic_lookalike(tmp_path)), DEFAULT)
 
 
+def test_a_damaged_avif_and_formats_not_read_are_named_as_such(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a truncated AVIF was blamed on a Pillow that reads AVIF, and a PPM (a format
+    Pillow reads, neardup does not) was called "a format Pillow cannot read"."""
+    from neardup.core import hashing
+
+    error = UnidentifiedImageError("cannot identify")
+    avif_head = b"\x00\x00\x00\x1cftypavif" + bytes(16)
+    monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "MPO", "PNG", "WEBP"))
+    assert describe_failure("cut.avif", error, avif_head) == (
+        "unsupported format: AVIF (this Pillow was built without AVIF support)")
+    assert describe_failure("x.bin", error, b"not an image at all") == (
+        "not an image, or a format neardup does not read (it reads JPEG, PNG and WebP)")
+    monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG", "AVIF"))
+    assert describe_failure("cut.avif", error, avif_head) == (
+        "damaged AVIF file (Pillow cannot read it)")
+    monkeypatch.undo()
+    zoo.picture().save(tmp_path / "photo.ppm")
+    with pytest.raises(ImageError, match=r"unsupported format: Netpbm PBM/PGM/PPM \(not read\)"):
+        hash_file(str(tmp_path / "photo.ppm"), DEFAULT)
+    if "AVIF" in hashing.readable_formats():
+        zoo.picture().save(tmp_path / "photo.avif")
+        data = (tmp_path / "photo.avif").read_bytes()
+        (tmp_path / "cut.avif").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ImageError, match="damaged AVIF file"):
+            hash_file(str(tmp_path / "cut.avif"), DEFAULT)
+
+
 class TestRefused:
 
     def test_a_tiff_tile_far_larger_than_its_picture_is_refused(self, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from neardup.cli import index as index_cli
-from neardup.core import indexing
+from neardup.core import hashing, indexing
 from neardup.core.discovery import FoundFile, walk_images
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.indexing import index_folder
@@ -398,9 +398,10 @@ def test_every_message_is_one_line_whatever_the_file_is_called(
     Path("images/c1\u0085\u2028\u009b.jpg").write_bytes(b"x")  # NEL, line separator, CSI
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 1
     assert capsys.readouterr().err.splitlines() == [
-        "index.py: images/bad\\nname.jpg: not an image, or a format Pillow cannot read",
-        "index.py: images/c1\\x85\\u2028\\x9b.jpg: not an image, or a format Pillow cannot"
-        " read",
+        f"index.py: images/bad\\nname.jpg: not an image, or a format neardup does not read (it"
+        f" reads {hashing._formats_read()})",
+        f"index.py: images/c1\\x85\\u2028\\x9b.jpg: not an image, or a format neardup does not"
+        f" read (it reads {hashing._formats_read()})",
         "index.py: no image could be indexed under images"]
 
 

@@ -889,9 +889,13 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
         if unsupported and unsupported.startswith("HEI") and "HEIF" in readable_formats():
             # The plug-in is there and read the file's brand, but not the rest of it.
             return f"damaged {unsupported[:4]} file (the pillow-heif plug-in cannot read it)"
+        if unsupported and unsupported.startswith("AVIF") and "AVIF" in readable_formats():
+            # This Pillow reads AVIF: a file cut short or damaged (a review: a truncated AVIF
+            # was blamed on the Pillow build).
+            return "damaged AVIF file (Pillow cannot read it)"
         if unsupported:
             return f"unsupported format: {unsupported}"
-        return "not an image, or a format Pillow cannot read"
+        return f"not an image, or a format neardup does not read (it reads {_formats_read()})"
     if isinstance(error, jpeg.CutShort) or (isinstance(error, OSError)
                                             and "truncated" in str(error).lower()):
         return "truncated image"
@@ -935,7 +939,18 @@ _REFUSED_SIGNATURES = (
     (b"\x00\x00\x01\x00", "ICO (not read)"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000 (not read)"),
     (b"\xffO\xffQ", "JPEG 2000 (not read)"),
+    (b"qoif", "QOI (not read)"),
+    (b"DDS ", "DDS (not read)"),
 )
+# Netpbm's PBM, PGM, PPM and PAM: "P1" to "P7" and a whitespace.
+_NETPBM = re.compile(rb"P[1-7][ \t\r\n]")
+
+
+def _formats_read() -> str:
+    """The formats this installation reads, for a refusal: "JPEG, PNG, ... and HEIF"."""
+    names = [{"WEBP": "WebP"}.get(name, name) for name in readable_formats()
+             if name != "MPO"]  # an MPO is a JPEG, to a person
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _unsupported_format(head: bytes) -> str | None:
@@ -944,4 +959,6 @@ def _unsupported_format(head: bytes) -> str | None:
     for signature, name in _REFUSED_SIGNATURES:
         if head.startswith(signature):
             return name
+    if _NETPBM.match(head):
+        return "Netpbm PBM/PGM/PPM (not read)"
     return None
