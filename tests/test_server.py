@@ -76,8 +76,8 @@ def running(*options: str, python_script: str | None = None) -> Iterator[Server]
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.05)
-        first = log.read_text().splitlines()[0]
-        yield Server(process, int(first.rsplit(":", 1)[1]), log)
+        serving = next(line for line in log.read_text().splitlines() if "serving on" in line)
+        yield Server(process, int(serving.rsplit(":", 1)[1]), log)
     finally:
         if process.poll() is None:
             process.kill()
@@ -233,37 +233,66 @@ class TestAnswers:
 
 class TestToken:
     def test_requests_without_the_token_get_401(self, store: Path) -> None:
-        Path("token").write_text("s3cret-token\n")
+        Path("token").write_text("s3cret-token-2026-ok\n")
+        Path("token").chmod(0o600)
         with running(*FAST, "--token-file", "token") as server:
             status, answer, response = request(server.port, "POST", "/search", photo())
             assert status == 401 and answer == {"error": "a valid bearer token is required"}
             assert response.getheader("WWW-Authenticate", "").startswith("Bearer")
             status, _, _ = request(server.port, "GET", "/health",
-                                   headers={"Authorization": "Bearer s3cret-tokem"})
+                                   headers={"Authorization": "Bearer s3cret-tokem-2026-ok"})
             assert status == 401
             status, answer, _ = request(server.port, "POST", "/search", photo(),
-                                        headers={"Authorization": "Bearer s3cret-token"})
+                                        headers={"Authorization": "Bearer s3cret-token-2026-ok"})
             assert status == 200 and answer["matches"][0]["relpath"] == "cat1/image_0001.jpg"
         assert_clean(server, most_lines=1 + 2)
 
     def test_the_scheme_is_case_insensitive(self, store: Path) -> None:
-        Path("token").write_text("s3cret-token\n")
+        Path("token").write_text("s3cret-token-2026-ok\n")
+        Path("token").chmod(0o600)
         with running(*FAST, "--token-file", "token") as server:
-            for given in ("bearer s3cret-token", "BEARER  s3cret-token"):
+            for given in ("bearer s3cret-token-2026-ok", "BEARER  s3cret-token-2026-ok"):
                 status, _, _ = request(server.port, "GET", "/health",
                                        headers={"Authorization": given})
                 assert status == 200, given
-            for given in ("Basic s3cret-token", "s3cret-token", "Bearer"):
+            for given in ("Basic s3cret-token-2026-ok", "s3cret-token-2026-ok", "Bearer"):
                 status, _, _ = request(server.port, "GET", "/health",
                                        headers={"Authorization": given})
                 assert status == 401, given
             # Two Authorization headers: which one a proxy in front checked is not known.
-            for first, second in (("Bearer s3cret-token", "Bearer guess"),
-                                  ("Bearer guess", "Bearer s3cret-token")):
+            for first, second in (("Bearer s3cret-token-2026-ok", "Bearer guess"),
+                                  ("Bearer guess", "Bearer s3cret-token-2026-ok")):
                 reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n"
                                      b"authorization: %s\r\nauthorization: %s\r\n\r\n"
                                      % (first.encode(), second.encode()))
                 assert reply.startswith(b"HTTP/1.1 401"), (first, second)
+
+    def test_a_short_or_readable_token_and_an_open_port_without_one_are_told(
+            self, store: Path) -> None:
+        # A hostile review: each was accepted without a word.
+        Path("token").write_text("short\n")
+        Path("token").chmod(0o644)
+        with running(*FAST, "--token-file", "token") as server:
+            assert request(server.port, "GET", "/health",
+                           headers={"Authorization": "Bearer short"})[0] == 200
+        lines = server.log().splitlines()
+        assert lines[:2] == [
+            "search.py: --token-file token: a token of 5 characters can be guessed; use 16 or"
+            " more (python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            "search.py: --token-file token: other users can read it (chmod 600 token)"]
+        with running(*FAST, "--serve", "0.0.0.0:0") as server:  # the last --serve counts
+            pass
+        assert server.log().splitlines()[0] == (
+            "search.py: --serve 0.0.0.0:0: reachable from other machines without --token-file:"
+            " anyone who reaches the port can query the store")
+        with running(*FAST) as server:  # the loopback interface: nothing to say
+            pass
+        assert server.log().splitlines()[0].startswith("search.py: serving on")
+        result = subprocess.run(SEARCH + ["--serve", "http://127.0.0.1:8080"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and result.stderr == (
+            "search.py: error: --serve http://127.0.0.1:8080: expected HOST:PORT, such as"
+            " 127.0.0.1:8080\n")
 
     def test_an_empty_token_file_is_one_line(self, store: Path) -> None:
         Path("token").write_text("\n")
@@ -1332,10 +1361,13 @@ def test_an_empty_max_distance_is_refused_like_any_bad_value(query: bytes) -> No
 
 
 def test_a_max_distance_in_range_or_absent_is_taken() -> None:
-    from neardup.service.server import parse_distance
+    from neardup.service.server import Refused, parse_distance
 
     assert parse_distance(b"", 6) is None
-    assert parse_distance(b"other=1", 6) is None
+    assert parse_distance(b"other=1", 6) is None  # a cache-buster, say
+    for misspelt in (b"max_dist=0", b"MAX_DISTANCE=2", b"distance=1"):  # not the default
+        with pytest.raises(Refused, match="unknown parameter .*: the distance is max_distance"):
+            parse_distance(misspelt, 6)
     assert parse_distance(b"max_distance=4", 6) == 4
 
 

@@ -53,6 +53,7 @@ from ..service.server import (
     DEFAULT_MAX_UPLOAD_BYTES,
     ServiceLimits,
     load_token,
+    reachable_from_elsewhere,
     serve,
 )
 from .common import given_options, non_negative_int, positive_int, run_command, warn
@@ -669,7 +670,11 @@ def run_checker(args: argparse.Namespace) -> int:
             keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
             max_connections=args.max_connections,
             max_in_flight=args.max_in_flight,
-            token=load_token(args.token_file) if args.token_file else None)
+            token=load_token(args.token_file, lambda line: warn(PROG, line))
+            if args.token_file else None)
+        if limits.token is None and reachable_from_elsewhere(host):
+            warn(PROG, f"--serve {args.serve}: reachable from other machines without"
+                       " --token-file: anyone who reaches the port can query the store")
     with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
                  include_low_information=args.include_low_information, mirror=args.mirror,
                  max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
@@ -768,8 +773,9 @@ def _read_available(stream: BinaryIO) -> bytes:
 
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
+    # "/" in the host: a URL (`http://127.0.0.1:8080`), which failed as an unknown host name.
     if not host or not port.isdigit() or int(port) > 65535 or not host.isascii() \
-            or not host.isprintable():
+            or not host.isprintable() or "/" in host:
         raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 

@@ -100,11 +100,17 @@ class ServiceLimits:
     token: bytes | None = None      # the bearer token every request must carry, if set
 
 
-def load_token(path: str) -> bytes:
-    """The bearer token in a file (surrounding whitespace ignored), refused when empty."""
+# A token shorter than this is said to be guessable when the server starts.
+SHORT_TOKEN = 16
+
+
+def load_token(path: str, warn: Callable[[str], None] = lambda line: None) -> bytes:
+    """The bearer token in a file (surrounding whitespace ignored), refused when empty; `warn`
+    is told when the token is short or the file readable by other users."""
     try:
         with open(path, "rb") as stream:
             token = stream.read(4097).strip()
+            readable_by_others = os.fstat(stream.fileno()).st_mode & 0o077
     except OSError as error:
         raise NeardupError(f"--token-file {path}: cannot read it ({error.strerror})") from error
     if not token:
@@ -112,7 +118,23 @@ def load_token(path: str) -> bytes:
     if len(token) > 4096 or any(byte < 0x21 or byte > 0x7E for byte in token):
         raise NeardupError(f"--token-file {path}: a token is up to 4096 printable ASCII"
                            " characters without spaces")
+    if len(token) < SHORT_TOKEN:
+        warn(f"--token-file {path}: a token of {len(token)} characters can be guessed; use"
+             f" {SHORT_TOKEN} or more (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if readable_by_others:
+        warn(f"--token-file {path}: other users can read it (chmod 600 {path})")
     return token
+
+
+def reachable_from_elsewhere(host: str) -> bool:
+    """Whether a server listening on `host` may be reached from other machines (anything but
+    the loopback interface)."""
+    if host.lower() == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return True  # a host name: whatever it resolves to
 
 
 class Refused(Exception):
@@ -417,6 +439,13 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
     except ValueError:
         values = None
     if not values:
+        # A misspelt max_distance (`?max_dist=0`, `?MAX_DISTANCE=2`) was answered at the default
+        # distance without a word (a hostile review); other parameters (a cache-buster) are
+        # left alone.
+        for name in parse_qs(query_string.decode("latin-1"), keep_blank_values=True):
+            if "dist" in name.lower():
+                raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
+                                   " max_distance", close=True)
         return None
     text = values[-1]
     # The length first: int() of a 5,000-digit string raises (Python's conversion limit).
