@@ -1422,8 +1422,8 @@ def test_an_interrupted_features_upgrade_still_answers_every_stored_image(
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     lacking = interrupted_upgrade(batches=1)
     assert "a_scene.jpg" not in lacking and "z_copy.jpg" in lacking and len(lacking) == 4
-    note = ("db.shelve: 4 of the 5 stored images have no local features yet (an index.py"
-            " --features run did not finish): search answers them by their hash alone,"
+    note = ("db.shelve: 4 of the 5 stored images have no local features yet (index.py"
+            " --features did not finish): search answers them by their hash alone,"
             " unverified; run index.py --features again to finish")
     capsys.readouterr()
     assert search_cli.main(["-s", "db.shelve", "-q", "images/a_scene.jpg", "--json"]) == 0
@@ -1486,8 +1486,8 @@ def test_an_upgrade_interrupted_before_its_first_batch_answers_by_hash_in_evalua
                             "--json"]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        "search.py: db.shelve: 7 of the 7 stored images have no local features yet (an index.py"
-        " --features run did not finish): search answers them by their hash alone, unverified;"
+        "search.py: db.shelve: 7 of the 7 stored images have no local features yet (index.py"
+        " --features did not finish): search answers them by their hash alone, unverified;"
         " --evaluate's verified columns count none of them; run index.py --features again to"
         " finish"]
     columns = {c["name"]: c for c in json.loads(captured.out)[0]["verified"]["columns"]}

@@ -63,7 +63,7 @@ def lacking_features(store: Store, also: str = "") -> tuple[int, str | None]:
     index = command("index.py")
     verb = "has" if lacking == 1 else "have"
     return lacking, (f"{store.path}: {lacking} of the {total} stored images {verb} no local"
-                     f" features yet (an {index} --features run did not finish): search answers"
+                     f" features yet ({index} --features did not finish): search answers"
                      f" {'it by its' if lacking == 1 else 'them by their'} hash alone, unverified;"
                      f" {also}run {index} --features again to finish")
 
