@@ -266,6 +266,30 @@ def test_a_worker_killed_mid_run_stops_the_run_with_one_line(in_tmp: Path) -> No
     assert committed_count(in_tmp / "db.shelve") == 600
 
 
+def test_workers_stopped_while_writing_their_results_leave_no_thread_waiting() -> None:
+    """A review: index.py --features stopped on a full disk, printed its error line and hung
+    for good: a worker stopped while writing a chunk's results (megabytes of features) left half
+    a message in the results' pipe, and the executor's thread read on for ever (interpreter
+    exit joins it). The half message is written here by hand, as a stopped worker leaves it."""
+    import concurrent.futures
+    import multiprocessing
+    import struct
+
+    pool = concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("forkserver"))
+    assert pool.submit(int, "7").result() == 7  # the worker and the executor's thread run
+    thread = pool._executor_manager_thread
+    results = pool._result_queue
+    os.write(results._writer.fileno(), struct.pack("!i", 1_000_000) + b"the start of it")
+    try:
+        indexing._stop_workers(pool)
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the executor's thread still waits for the rest"
+    finally:
+        if not results._writer.closed:
+            results._writer.close()  # else this test process would hang at its exit
+
+
 def test_a_file_that_needs_more_memory_than_allowed_is_one_failed_file(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -652,12 +652,21 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     queued (as multiprocessing.Pool's terminate() did not)."""
     # The executor's own record of its processes (Python 3.14 adds terminate_workers()).
     workers = list((getattr(pool, "_processes", None) or {}).values())
+    results = getattr(pool, "_result_queue", None)  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for process in workers:
         if process.is_alive():
             process.terminate()
     for process in workers:
         process.join()
+    # A worker stopped while it wrote its results (a chunk's local features are megabytes)
+    # leaves half a message in the results' pipe: the executor's thread waits for the rest for
+    # ever, and so did index.py when it exited (a review: an index.py --features that stopped
+    # on a full disk hung after its error line, 68 minutes). This process holds the pipe's
+    # other end too, so the rest never came: closed, the read ends and the thread with it.
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
 
 
 @contextmanager
