@@ -86,6 +86,18 @@ def connect(
     """A Dask client: to the scheduler at that address, or to a new local cluster on 127.0.0.1.
     Dask's own warnings as it connects become one line each (`report`)."""
     distributed = _dask()
+    from .quiet import sync_cancel_bug_silenced
+
+    with sync_cancel_bug_silenced():
+        yield from _connected(distributed, scheduler, local_workers, timeout_seconds, features,
+                              report)
+
+
+def _connected(
+    distributed: Any, scheduler: str | None, local_workers: int | None, timeout_seconds: float,
+    features: bool, report: Callable[[str], None],
+) -> Iterator[Any]:
+    """connect()'s client, made and closed."""
     if local_workers:
         from .quiet import QuietWhenClosing, distributed_silenced
 

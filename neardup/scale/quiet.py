@@ -61,6 +61,25 @@ def distributed_silenced() -> Iterator[None]:
         remove()
 
 
+def _not_the_sync_cancel_bug(record: logging.LogRecord) -> bool:
+    """Whether a record is not Dask's own failure to cancel a call interrupted by Ctrl-C: the
+    callback distributed.utils.sync schedules then may run before the name it reads is bound,
+    and the event loop logs "Exception in callback ... sync.<locals>.cancel" with a NameError's
+    traceback (10 lines before index.py's own, in one run of a Ctrl-C test in many)."""
+    return not (record.name == "tornado.application"
+                and "sync.<locals>.cancel" in record.getMessage())
+
+
+@contextmanager
+def sync_cancel_bug_silenced() -> Iterator[None]:
+    """That one record (_not_the_sync_cancel_bug) left unsaid meanwhile; every other passes."""
+    remove = _add_filter(_not_the_sync_cancel_bug)
+    try:
+        yield
+    finally:
+        remove()
+
+
 class QuietWhenClosing(WorkerPlugin):
     """On each worker of the local cluster (those Dask starts again too): no line of Dask's
     loggers once the worker closes."""
