@@ -434,15 +434,16 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
     try:
         # Blank values kept: `?max_distance=` was answered with the default, while every other
         # value that is not a number got 400 (a hostile review).
-        values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True,
-                          strict_parsing=False).get("max_distance")
+        parameters = parse_qs(query_string.decode("latin-1"), keep_blank_values=True,
+                              strict_parsing=False)
     except ValueError:
-        values = None
+        parameters = {}
+    values = parameters.get("max_distance")
     if not values:
         # A misspelt max_distance (`?max_dist=0`, `?MAX_DISTANCE=2`) was answered at the default
         # distance without a word (a hostile review); other parameters (a cache-buster) are
         # left alone.
-        for name in parse_qs(query_string.decode("latin-1"), keep_blank_values=True):
+        for name in parameters:
             if "dist" in name.lower():
                 raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
                                    " max_distance", close=True)
