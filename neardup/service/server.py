@@ -617,7 +617,12 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
         def _refuse(self, answer: bytes) -> None:
             """Answer and close. Closing with the client's request unread would reset the
             connection and lose the answer, so the write side is shut first and the socket
-            closed a moment later."""
+            closed a moment later.
+
+            A fixed moment, not _close_after's lingering close, which waits for the client to
+            stop sending: most refusals here are of a flood (too many connections, headers too
+            slow or too large), and holding each refused socket while its client keeps sending
+            would hand a flood the very descriptors the limits keep for other clients."""
             self._refused = True
             self._disarm()
             self._not_silent()
