@@ -5,8 +5,9 @@
 
 Accuracy: sampled CALTECH-101 photos are enlarged to a shorter side of --side pixels and saved as
 JPEG (quality 90); each is decoded whole and at 1/2, 1/4 and 1/8 scale, and the dHash-64 grid of
-each reduced decode (neardup.core.sampling.grid, the default recipe's) is compared with the whole
-decode's: the mean and largest difference in gray levels. Two references: the 8 x 8 block means
+each reduced decode (neardup.core.sampling.grid, as v4 and as the default v5, which weighs a
+partial last pixel by what it covers) is compared with the whole decode's: the mean and largest
+difference in gray levels. Two references: the 8 x 8 block means
 of the whole decode, in floating point and rounded to 8 bits (what a 1/8 decode would give if it
 were the block mean of the whole decode).
 
@@ -59,9 +60,12 @@ def grid_errors(paths: list[str], side: int, folder: str) -> dict[str, np.ndarra
         whole = decode(data, size, 1)
         reference = sampling.grid(whole, size, CELLS)
         for scale in (2, 4, 8):
-            cells = sampling.grid(decode(data, size, scale), (size[0] / scale, size[1] / scale),
-                                  CELLS)
-            errors.setdefault(f"1/{scale} decode", []).append(np.abs(cells - reference).ravel())
+            pixels = decode(data, size, scale)
+            extent = (size[0] / scale, size[1] / scale)
+            for name, cover in ((f"1/{scale} decode (v4)", False),
+                                (f"1/{scale} decode, partial pixel weighed (v5, default)", True)):
+                cells = sampling.grid(pixels, extent, CELLS, cover)
+                errors.setdefault(name, []).append(np.abs(cells - reference).ravel())
         # Block means over whole blocks only, compared with the whole decode of the same region.
         rows, columns = (whole.shape[0] // 8) * 8, (whole.shape[1] // 8) * 8
         region = whole[:rows, :columns]
@@ -92,6 +96,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=4, help="12-megapixel JPEGs to time")
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
+    if args.large < 1 or args.samples < 1:
+        parser.error("--large and --samples need at least 1")
     if not require_dataset(args.dataset, "decode_paths.py"):
         return 2
     sources = sample_photos(args.dataset, args.samples, random.Random(args.seed))

@@ -129,13 +129,14 @@ def main() -> int:
     sources = sample_photos(args.dataset, args.samples, rng)
     recipes = {
         "--exact (plain ImageHash)": exact_dhash,
-        "v3 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=3)),
-        "v4 (default)": lambda path: hash_file(path, Recipe()),
+        "v3": lambda path: hash_file(path, Recipe(preprocess_version=3)),
+        "v4 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=4)),
+        "v5 (default)": lambda path: hash_file(path, Recipe()),
     }
     started = time.perf_counter()
     header = " | ".join(str(t) for t in THRESHOLDS)
     with tempfile.TemporaryDirectory() as folder:
-        for version in (4, 3):
+        for version in (5, 3):
             edges = boundaries(version)
             pairs = make_pairs(sources, edges, folder, rng)
             print(f"Pairs straddling the v{version} boundaries {edges} (shorter side, pixels),"
@@ -146,16 +147,24 @@ def main() -> int:
                 distances = np.array([hasher(o).distance(hasher(c)) for o, c, _, _ in pairs])
                 print(recall_row(name, distances))
             print()
-            for name in ("--exact (plain ImageHash)", "v4 (default)"):
+            for name in ("--exact (plain ImageHash)", "v4 (previous default)", "v5 (default)"):
                 hasher = recipes[name]
-                worst = {}
+                worst: dict[str, int] = {}
+                near: dict[int, list[int]] = {}  # per boundary: pairs at 0 and within 1 bit
                 for original, copy, edge, direction in pairs:
                     key = f"{edge} {direction}"
-                    worst[key] = max(worst.get(key, 0), hasher(original).distance(hasher(copy)))
+                    distance = hasher(original).distance(hasher(copy))
+                    worst[key] = max(worst.get(key, 0), distance)
+                    counts = near.setdefault(edge, [0, 0])
+                    counts[0] += distance == 0
+                    counts[1] += distance <= 1
                 print(f"  worst distance per boundary, {name}: "
                       + ", ".join(f"{key}: {value}" for key, value in worst.items()))
+                print(f"  pairs at 0 / within 1 bit per boundary, {name}: "
+                      + ", ".join(f"{edge}: {at} / {within}"
+                                  for edge, (at, within) in near.items()))
             print()
-            if version == 4:
+            if version == 5:
                 forced_rows(pairs, max(edges))
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

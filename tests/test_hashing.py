@@ -106,10 +106,10 @@ class TestRecipe:
         with pytest.raises(ValueError):
             Recipe(*arguments)
 
-    def test_default_is_v4_and_a_future_version_is_refused_by_name(self) -> None:
-        assert Recipe().preprocess_version == 4
-        with pytest.raises(ValueError, match="v5 is not known"):
-            Recipe(preprocess_version=5)
+    def test_default_is_v5_and_a_future_version_is_refused_by_name(self) -> None:
+        assert Recipe().preprocess_version == 5
+        with pytest.raises(ValueError, match="v6 is not known"):
+            Recipe(preprocess_version=6)
 
 
 IMAGEHASH = {"dhash": imagehash.dhash, "phash": imagehash.phash,
@@ -201,6 +201,31 @@ class TestStraddle:
             assert np.abs(reduced - whole).max() < 0.5, seed
             # ...so the pair is as near as any two sizes of one picture: at most a bit apart.
             assert hash_file(below, recipe).distance(hash_file(above, recipe)) <= 1, seed
+
+    @pytest.mark.parametrize("size", [(3004, 2882), (3003, 2883), (579, 289)],
+                             ids=["1/8, half a block", "1/8, 3 of 8", "1/2, half a pixel"])
+    def test_a_partial_last_block_weighs_what_it_covers(self, tmp_path: Path,
+                                                        size: tuple[int, int]) -> None:
+        # A picture whose last rows and columns hold sharp detail (here a white edge), of a size
+        # that leaves the reduced decode's last pixel standing for part of a block. v4 weighed
+        # that pixel as a whole one, and the grid's edge cells leant on the picture's last
+        # pixels as the whole decode does not (up to 4 gray levels: a copy a few pixels larger
+        # hashes differently); v5 weighs it by the part of the picture it covers.
+        pixels = np.asarray(textured(3, size).convert("L")).copy()
+        pixels[:, -3:] = 255
+        pixels[-3:, :] = 255
+        path = save(Image.fromarray(pixels), str(tmp_path / "edge.jpg"), quality=95)
+        errors = {}
+        for version in (4, 5):
+            recipe = Recipe(preprocess_version=version)
+            decoder = GridDecoder(recipe)
+            with open_image(path, before_load=decoder) as image:
+                assert image.height < size[1]  # a reduced decode
+                reduced = upright_grid(image, recipe, decoder)
+            with open_image(path, before_load=lambda image: image.draft("L", image.size)) as image:
+                whole = upright_grid(image, recipe)
+            errors[version] = np.abs(reduced - whole).max()
+        assert errors[5] < 0.5 < 1.0 < errors[4], errors
 
     def test_the_emu_of_issue_14(self, caltech_root: Path, tmp_path: Path) -> None:
         # 300 x 253 and its copy resized by 1.5% (305 x 257): v2 decoded them on different

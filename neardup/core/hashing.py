@@ -38,9 +38,11 @@ ALGORITHMS: dict[str, HashFunction] = {
 # 3: the hash's grid resampled in floating point from a decode whose scale keeps DECODE_MARGIN
 #    pixels per grid cell, the filter placed in full-size coordinates (neardup.core.sampling).
 # 4: v3 with wider margins for the 1/4 and 1/8 decodes (DECODE_MARGINS).
-PREPROCESS_VERSION = 4
+# 5: v4, a reduced decode's partial last row and column weighed by the part of the picture they
+#    cover (sampling.grid's `cover`).
+PREPROCESS_VERSION = 5
 # Every version this neardup can still hash with, so a store made by an older one stays searchable.
-PREPROCESS_VERSIONS = (1, 2, 3, 4)
+PREPROCESS_VERSIONS = (1, 2, 3, 4, 5)
 
 # v2 only: JPEGs decoded in grayscale at 1/2, 1/4 or 1/8 scale keeping both sides at least this
 # many pixels per 8 hash bits of side. Its threshold moved nearly equal sizes onto different paths
@@ -59,7 +61,8 @@ DECODE_MARGIN = 16
 # pixels under each cell), a reduced decode's does not: at 16 pixels per cell, v3's 1/4 and 1/8
 # decodes put copies 2 or 3 bits apart that plain ImageHash kept in one bucket. With 40 at those
 # two scales, pairs straddling each boundary (bench/straddle.py, six seeds) stay at least as close
-# as plain ImageHash keeps them at every threshold in 10 sets of 12 (v3: 4), and a 4000 x 3000
+# as plain ImageHash keeps them at every threshold in 10 sets of 12 (v3: 4; v5, the same margins
+# with a partial last pixel weighed by what it covers, in all 12), and a 4000 x 3000
 # photo (41.7 pixels per cell) still decodes at 1/8, where indexing must stay fast; a 12-megapixel
 # photo of another shape (4288 x 2848, 4608 x 2592) decodes at 1/4, about 12 % slower. At 1/2,
 # from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
@@ -303,6 +306,11 @@ def uses_grid(recipe: Recipe) -> bool:
     return not recipe.exact and recipe.preprocess_version >= 3
 
 
+def covers_partial(recipe: Recipe) -> bool:
+    """Whether a reduced decode's partial last pixel weighs only what it covers (v5 and later)."""
+    return recipe.preprocess_version >= 5
+
+
 def grid_size(recipe: Recipe, picture: tuple[int, int]) -> tuple[int, int]:
     """(width, height) of the grid the recipe's algorithm reads, as ImageHash resizes to it.
 
@@ -346,7 +354,7 @@ def scale_boundaries(recipe: Recipe) -> dict[int, int]:
 
 
 class GridDecoder:
-    """The grid recipes' (v3, v4) before-load step for one image: picks the decode and remembers
+    """The grid recipes' (v3 and later) before-load step for one image: picks the decode and remembers
     what it covers, and decodes a JPEG's grayscale pixels itself when the fast decoder can
     (neardup.core.jpeg)."""
 
@@ -374,7 +382,7 @@ class GridDecoder:
 
 
 def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray | None:
-    """The grid (v3, v4) of a JPEG decoded by the fast decoder alone, without Pillow; None for
+    """The grid (v3 and later) of a JPEG decoded by the fast decoder alone, without Pillow; None for
     anything else (Pillow then opens it, and reports what is wrong with it).
 
     Only a JPEG holding nothing Pillow would act on takes this path (see jpeg.plain_size): it is
@@ -397,13 +405,13 @@ def plain_jpeg_grid(data: bytes, recipe: Recipe, max_pixels: int) -> np.ndarray 
         return None  # Pillow's path refuses it with the reason
     if pixels is None:
         return None
-    return sampling.grid(pixels, (width / scale, height / scale), cells)
+    return sampling.grid(pixels, (width / scale, height / scale), cells, covers_partial(recipe))
 
 
 def decoder_settings(recipe: Recipe) -> Callable[[Image.Image], None] | None:
     """What to tell the decoder before it decodes (None: decode as plain ImageHash does).
 
-    v3 and v4 return a fresh GridDecoder: ask for one per image.
+    v3 and later return a fresh GridDecoder: ask for one per image.
     """
     if recipe.exact or recipe.preprocess_version < 2:
         return None
@@ -441,7 +449,8 @@ def exif_orientation(image: Image.Image) -> int:
 def upright_grid(
     image: Image.Image, recipe: Recipe, decoder: Callable[[Image.Image], None] | None = None
 ) -> np.ndarray:
-    """v3 and v4: the recipe's grid of the decoded image as a person sees it, in float gray levels.
+    """v3 and later: the recipe's grid of the decoded image as a person sees it, in float gray
+    levels.
 
     `decoder`: the GridDecoder that decoded it, which knows the picture's size in decoded pixels
     when a reduced decode rounded it up, and holds the pixels when it decoded them itself.
@@ -456,11 +465,13 @@ def upright_grid(
     if sampling.swaps_axes(orientation):
         width, height = height, width
     extent = extent or (float(image.width), float(image.height))
-    return sampling.orient(sampling.grid(pixels, extent, (width, height)), orientation)
+    return sampling.orient(sampling.grid(pixels, extent, (width, height), covers_partial(recipe)),
+                           orientation)
 
 
 def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """The hash bits of a v3 or v4 grid: ImageHash's rule for each algorithm, on float gray levels."""
+    """The hash bits of a grid (v3 and later): ImageHash's rule for each algorithm, on float gray
+    levels."""
     size = recipe.hash_size
     if recipe.algorithm == "dhash":
         return cells[:, 1:] > cells[:, :-1]
@@ -479,7 +490,8 @@ def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def grid_hashes(cells: np.ndarray, recipe: Recipe, mirror: bool) -> tuple[Hash, Hash | None]:
-    """v3 and v4: the hash of an upright grid, and with `mirror` the mirror image's (None without)."""
+    """v3 and later: the hash of an upright grid, and with `mirror` the mirror image's (None
+    without)."""
     plain = Hash.from_bits(grid_bits(cells, recipe))
     return plain, Hash.from_bits(grid_bits(cells[:, ::-1], recipe)) if mirror else None
 
