@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,66 @@ def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"index.py: error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
+
+
+@contextmanager
+def another_protocols_server(greeting: bytes | None) -> Iterator[str]:
+    """A TCP server on 127.0.0.1, in a thread, that is not a Dask scheduler; yields its address.
+    Each connection gets `greeting` and is closed (an HTTP server answering "400 Bad Request" at
+    once, an SSH server's banner), or with None is held open in silence until the server stops
+    (an HTTP server waiting for a request: Dask's dashboard, `python -m http.server`)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:  # the server closed
+                return
+            if greeting is None:
+                held.append(connection)
+                continue
+            with connection:
+                connection.sendall(greeting)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stopping.set()
+        server.close()
+        for connection in held:
+            connection.close()
+        thread.join(timeout=10)
+
+
+def index_in_a_process(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """index.py run as a user runs it, on ./images into ./db.shelve: every line it writes."""
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+                           "db.shelve", "-q", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("greeting", [
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n",
+])
+def test_a_scheduler_address_that_answers_in_another_protocol_is_one_line(
+        in_tmp: Path, greeting: bytes) -> None:
+    """A review: an HTTP server answering at once (a proxy's "400 Bad Request") or an SSH banner
+    at the --scheduler address gave a 56-line traceback ending in numpy's "Unable to allocate
+    3.07 EiB" (Dask read the text as the length of its handshake), exit 1."""
+    make_tree("images", 2)
+    with another_protocols_server(greeting) as address:
+        run = index_in_a_process(["--scheduler", address, "--connect-timeout", "10"])
+    said = greeting.split(b"\r\n")[0].decode()
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", (
+        f"index.py: error: {address} is not a Dask scheduler (it answered in another protocol:"
+        f" {said!r})\n"))
+    assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
 
 
 def test_dasks_version_table_is_one_line() -> None:

@@ -24,6 +24,8 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 import warnings
@@ -129,6 +131,7 @@ def _connected(
         return
     address = scheduler or ""
     check_scheduler_address(address)
+    probe_scheduler(address, timeout_seconds)
     try:
         with _dask_warnings(report):
             client = distributed.Client(address, timeout=f"{timeout_seconds}s")
@@ -226,6 +229,62 @@ def check_scheduler_address(address: str) -> None:
         raise refuse(_first_line(error)) from None
     if not 0 < port < 65536:
         raise refuse(f"the port {port} is out of range")
+
+
+# A Dask scheduler greets each new connection at once with its handshake: an 8-byte length, then
+# a few dozen bytes (its compression, Python version and pickle protocol). Text read as that
+# length (an HTTP reply, an SSH banner) is at least 0x2020202020202020 bytes, exabytes: Dask
+# tried to allocate that much. A length above this is another protocol.
+_MAX_HANDSHAKE_BYTES = 1 << 32
+
+
+def probe_scheduler(address: str, timeout_seconds: float) -> None:
+    """Refuse, in one line, a tcp:// address where something other than a Dask scheduler
+    answers: Dask read an HTTP server's or an SSH server's first words as the length of its
+    handshake and failed with a 56-line traceback (numpy's "Unable to allocate 3.07 EiB").
+    This connection reads the scheduler's handshake and answers it with the same, so that the
+    scheduler sees a handshake completed and then a connection closed (which it does not log;
+    one closed mid-handshake is an INFO line in its log for every run). Other schemes (tls://,
+    ws://) begin with their own protocol's handshake, and are left to Dask."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    if parse_address(address)[0] != "tcp":
+        return
+    host, port = get_address_host_port(address)
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout_seconds)
+    except OSError:
+        return  # Dask tries again, and says why it could not connect
+    with connection:
+        connection.settimeout(None)
+        received = b""
+        while len(received) < 8:
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        if len(received) < 8:
+            raise NeardupError(f"{address} is not a Dask scheduler (it closed the connection"
+                               f" without a Dask handshake{_said(received)})")
+        (length,) = struct.unpack("Q", received[:8])  # as Dask reads it (distributed.comm.tcp)
+        if length > _MAX_HANDSHAKE_BYTES:
+            raise NeardupError(f"{address} is not a Dask scheduler (it answered in another"
+                               f" protocol{_said(received)})")
+        while len(received) < 8 + length:
+            chunk = connection.recv(8 + length - len(received))
+            if not chunk:
+                raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
+                                   " connection in the middle of a Dask handshake)")
+            received += chunk
+        connection.sendall(received[:8 + length])
+
+
+def _said(received: bytes) -> str:
+    """The first line of what a server that is not a scheduler said, for a message: ': '
+    and its words ('HTTP/1.1 400 Bad Request'), or nothing when it said nothing readable."""
+    line = received.decode("utf-8", "replace").splitlines()[0] if received else ""
+    line = "".join(character for character in line if character.isprintable()).strip()[:80]
+    return f": {line!r}" if len(line) >= 3 else ""
 
 
 # distributed's loggers that write to standard error while the client runs: every one of its
