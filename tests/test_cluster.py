@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -173,6 +174,8 @@ def another_protocols_server(greeting: bytes | None) -> Iterator[str]:
         yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
     finally:
         stopping.set()
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
         server.close()
         for connection in held:
             connection.close()
@@ -202,6 +205,23 @@ def test_a_scheduler_address_that_answers_in_another_protocol_is_one_line(
     assert (run.returncode, run.stdout, run.stderr) == (2, "", (
         f"index.py: error: {address} is not a Dask scheduler (it answered in another protocol:"
         f" {said!r})\n"))
+    assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
+
+
+def test_a_scheduler_address_that_says_nothing_gives_up_after_the_connect_timeout(
+        in_tmp: Path) -> None:
+    """A review: --scheduler at Dask's dashboard port (8787 for 8786), or any HTTP server, which
+    waits in silence for a request, hung for ever whatever --connect-timeout said (Dask's
+    handshake read has no time limit)."""
+    make_tree("images", 2)
+    with another_protocols_server(None) as address:
+        # The process's own limit is far above the 2 s asked for: only a hang reaches it.
+        run = index_in_a_process(["--scheduler", address, "--connect-timeout", "2"], timeout=120)
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr
+    assert run.stderr == (
+        f"index.py: error: {address} accepted the connection but sent no Dask handshake within"
+        " 2 s: it is not a Dask scheduler (an HTTP server, such as Dask's dashboard on port 8787,"
+        " waits in silence for a request), or a scheduler too busy to answer\n")
     assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
 
 

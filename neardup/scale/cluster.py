@@ -251,15 +251,26 @@ def probe_scheduler(address: str, timeout_seconds: float) -> None:
     if parse_address(address)[0] != "tcp":
         return
     host, port = get_address_host_port(address)
+    deadline = time.monotonic() + timeout_seconds
     try:
         connection = socket.create_connection((host, port), timeout=timeout_seconds)
     except OSError:
         return  # Dask tries again, and says why it could not connect
     with connection:
-        connection.settimeout(None)
         received = b""
         while len(received) < 8:
-            chunk = connection.recv(4096)
+            # Dask waits for the handshake without a time limit: an HTTP server (Dask's
+            # dashboard, on the port next to the scheduler's) waits in silence for a request,
+            # and the run hung for ever.
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                chunk = connection.recv(4096)
+            except TimeoutError:
+                raise NeardupError(
+                    f"{address} accepted the connection but sent no Dask handshake within"
+                    f" {timeout_seconds:g} s: it is not a Dask scheduler (an HTTP server, such as"
+                    " Dask's dashboard on port 8787, waits in silence for a request), or a"
+                    " scheduler too busy to answer") from None
             if not chunk:
                 break
             received += chunk
@@ -271,7 +282,13 @@ def probe_scheduler(address: str, timeout_seconds: float) -> None:
             raise NeardupError(f"{address} is not a Dask scheduler (it answered in another"
                                f" protocol{_said(received)})")
         while len(received) < 8 + length:
-            chunk = connection.recv(8 + length - len(received))
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                chunk = connection.recv(8 + length - len(received))
+            except TimeoutError:
+                raise NeardupError(
+                    f"{address} began a Dask handshake but did not finish it within"
+                    f" {timeout_seconds:g} s (a scheduler too busy to answer?)") from None
             if not chunk:
                 raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
                                    " connection in the middle of a Dask handshake)")
