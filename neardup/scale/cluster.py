@@ -236,6 +236,9 @@ def check_scheduler_address(address: str) -> None:
 # length (an HTTP reply, an SSH banner) is at least 0x2020202020202020 bytes, exabytes: Dask
 # tried to allocate that much. A length above this is another protocol.
 _MAX_HANDSHAKE_BYTES = 1 << 32
+# A connection refused (nothing listens at the port) is tried again for this long at most: a
+# scheduler may be starting.
+REFUSED_SECONDS = 2.0
 
 
 def probe_scheduler(address: str, timeout_seconds: float) -> None:
@@ -252,11 +255,7 @@ def probe_scheduler(address: str, timeout_seconds: float) -> None:
         return
     host, port = get_address_host_port(address)
     deadline = time.monotonic() + timeout_seconds
-    try:
-        connection = socket.create_connection((host, port), timeout=timeout_seconds)
-    except OSError:
-        return  # Dask tries again, and says why it could not connect
-    with connection:
+    with _connection(address, host, port, timeout_seconds, deadline) as connection:
         received = b""
         while len(received) < 8:
             # Dask waits for the handshake without a time limit: an HTTP server (Dask's
@@ -294,6 +293,43 @@ def probe_scheduler(address: str, timeout_seconds: float) -> None:
                                    " connection in the middle of a Dask handshake)")
             received += chunk
         connection.sendall(received[:8 + length])
+
+
+def _connection(
+    address: str, host: str, port: int, timeout_seconds: float, deadline: float
+) -> socket.socket:
+    """A TCP connection to the scheduler's address, tried again until `deadline` (a scheduler
+    slow to accept, a network slow to route), or for REFUSED_SECONDS at most when the answer
+    comes at once and is no (nothing listens at the port; no such host name), in case the
+    scheduler is starting: Dask tried for the whole --connect-timeout either way, then said
+    "Timed out trying to connect"."""
+    give_up_at_once = min(time.monotonic() + REFUSED_SECONDS, deadline)
+    pause = 0.05
+    while True:
+        try:
+            return socket.create_connection(
+                (host, port), timeout=max(deadline - time.monotonic(), 0.001))
+        except OSError as error:
+            refused = isinstance(error, ConnectionRefusedError) or (
+                isinstance(error, socket.gaierror) and error.errno == socket.EAI_NONAME)
+            now = time.monotonic()
+            if now >= (give_up_at_once if refused else deadline):
+                raise NeardupError(f"cannot reach the Dask scheduler at {address}"
+                                   f" ({_unreachable(error, host, timeout_seconds)})") from None
+            time.sleep(min(pause, max(deadline - now, 0.0)))
+            pause = min(pause * 2, 0.5)
+
+
+def _unreachable(error: OSError, host: str, timeout_seconds: float) -> str:
+    """Why a connection to the scheduler could not be made, in words."""
+    if isinstance(error, ConnectionRefusedError):
+        return ("connection refused: nothing listens at that port; is the scheduler started, and"
+                " is this its port, 8786 by default?")
+    if isinstance(error, socket.gaierror) and error.errno == socket.EAI_NONAME:
+        return f"no host is named {host!r}"
+    if isinstance(error, TimeoutError):
+        return f"no answer within {timeout_seconds:g} s"
+    return error.strerror or str(error) or type(error).__name__
 
 
 def _said(received: bytes) -> str:
