@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import neardup
 from neardup.cli import index as index_cli
-from neardup.errors import install_hint
+from neardup.errors import NeardupError, install_hint
 
 from .conftest import PROJECT_ROOT
 from .imagegen import make_tree
@@ -228,6 +229,35 @@ def test_a_scheduler_address_that_says_nothing_gives_up_after_the_connect_timeou
         " 2 s: it is not a Dask scheduler (an HTTP server, such as Dask's dashboard on port 8787,"
         " waits in silence for a request), or a scheduler too busy to answer\n")
     assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
+
+
+class _ClusterWithoutNeardup:
+    """A client whose scheduler has this neardup and whose one worker has none."""
+
+    def wait_for_workers(self, count: int, timeout: float) -> None:
+        pass
+
+    def run_on_scheduler(self, function: object, probe: str) -> tuple[str, str]:
+        return (neardup.__version__, neardup.code_fingerprint())
+
+    def run(self, function: object, probe: str) -> dict[str, None]:
+        return {"tcp://127.0.0.1:1": None}
+
+
+@pytest.mark.parametrize(("features", "extras"), [(False, "[dask]"), (True, "[dask,features]")])
+def test_a_worker_without_neardup_is_told_the_extras_the_run_needs(
+        features: bool, extras: str) -> None:
+    """A review: on a --features run, a worker without neardup was told to install its [dask]
+    extra, after which the run was refused again for want of OpenCV and FAISS there."""
+    from neardup.scale.cluster import check_cluster
+
+    with pytest.raises(NeardupError) as refused:
+        check_cluster(_ClusterWithoutNeardup(), features=features)
+    assert str(refused.value) == (
+        f"the only Dask worker (tcp://127.0.0.1:1) has no neardup; this client has"
+        f" {neardup.__version__}: install the same there (neardup {neardup.__version__} with its"
+        f" {extras} extra, from the same wheel or checkout as this client, in the environment"
+        " that runs dask scheduler and dask worker)")
 
 
 def test_dasks_version_table_is_one_line() -> None:

@@ -59,6 +59,20 @@ def test_install_hints_name_each_extras_packages(monkeypatch) -> None:  # type: 
     assert (PROJECT_ROOT / "requirements-features.txt").exists()
 
 
+def test_the_help_names_extras_not_requirements_files() -> None:
+    """A review: index.py --help told an installed user to `pip install -r
+    requirements-dask.txt`, a file a wheel does not have; the help names the extra, as
+    --features's does, which is right for a wheel and a checkout alike."""
+    from neardup.cli import gather, index, search
+
+    for command in (gather, index, search):
+        text = " ".join(command.build_parser().format_help().split())
+        assert "requirements-" not in text, command.__name__
+    text = " ".join(index.build_parser().format_help().split())
+    assert "on a Dask cluster (needs the extra 'dask': Dask's distributed;" in text
+    assert "(needs the extra 'features': OpenCV and FAISS)" in text
+
+
 def test_modules_of_the_commands_run_with_python_m() -> None:
     """`python -m neardup.cli.search` runs the command (it used to import it, do nothing and
     exit 0: a mistyped automation step would have passed)."""

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
     cluster = parser.add_argument_group(
-        "on a Dask cluster (pip install -r requirements-dask.txt; workers must see the files"
-        " at the same path)")
+        "on a Dask cluster (needs the extra 'dask': Dask's distributed; workers must see the"
+        " files at the same path)")
     place = cluster.add_mutually_exclusive_group()
     place.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                        help="hash on the workers of this Dask scheduler")

@@ -12,7 +12,7 @@ import (`check_cluster`): the scheduler unpickles the task graph and the workers
 process without neardup, or with another version or other files of it (`code_fingerprint`),
 would fail with a long traceback in the middle of a run (or, worse, hash with other code).
 
-Dask is optional (requirements-dask.txt) and imported only when asked for.
+Dask is optional (the extra 'dask') and imported only when asked for.
 """
 
 from __future__ import annotations
@@ -379,12 +379,15 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     except TimeoutError:
         raise NeardupError(f"no Dask worker joined the scheduler within {timeout_seconds:g} s;"
                            " start some with `dask worker <scheduler address>`") from None
+    # A --features run needs the features extra there too: told [dask] alone, a user installed
+    # it and was refused again for want of OpenCV and FAISS.
+    extras = "dask,features" if features else "dask"
     try:
         answers = {"scheduler": client.run_on_scheduler(eval, _VERSION_PROBE)}
         answers.update(client.run(eval, _VERSION_PROBE))
     except Exception as error:  # noqa: BLE001 - whatever a broken remote import raised
         raise NeardupError(f"the Dask cluster cannot import neardup ({_first_line(error)}); "
-                           + cluster_install_hint()) from error
+                           + cluster_install_hint(extras)) from error
     mine = (__version__, code_fingerprint())
     wrong = {name: found for name, found in answers.items() if tuple(found or ()) != mine}
     if not wrong:
@@ -398,7 +401,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     seen = " or ".join(sorted({_described(found) for found in wrong.values()}))
     verb = "has" if len(parts) == 1 and (not workers or len(workers) == 1) else "have"
     raise NeardupError(f"{' and '.join(parts)} {verb} {seen}; this client has {__version__}: "
-                       + cluster_install_hint())
+                       + cluster_install_hint(extras))
 
 
 def _described(found: tuple[str, str] | None) -> str:
