@@ -123,6 +123,34 @@ def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
         130, "", "index.py: interrupted; every committed batch is kept; run again to finish\n")
 
 
+def test_ctrl_c_pressed_again_while_a_local_cluster_closes_is_still_one_line(in_tmp: Path) -> None:
+    """A review: a second Ctrl-C while an interrupted --local-cluster run closed its cluster cut
+    the close short, and Dask's own close at exit then waited 10 s; a third interrupted that, a
+    17-line "Exception ignored in atexit callback <function close_clusters>" traceback. Here an
+    impatient user presses Ctrl-C again and again until the run has ended."""
+    make_large_tree(in_tmp / "images", 300)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
+               "-q", "--local-cluster", "2", "--partition-size", "5"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as run:
+        deadline = time.monotonic() + 120
+        while committed_count(in_tmp / "db.shelve") < 10 and run.poll() is None:
+            assert time.monotonic() < deadline, "nothing committed"
+            time.sleep(0.01)
+        presses = 0
+        while run.poll() is None and presses < 300:  # a minute of presses at most
+            with contextlib.suppress(ProcessLookupError):  # the group gone meanwhile
+                os.killpg(run.pid, signal.SIGINT)
+            presses += 1
+            time.sleep(0.2)
+        out, err = run.communicate(timeout=120)
+    assert presses > 1, "the run ended at the first Ctrl-C: nothing was pressed while it closed"
+    assert 10 <= committed_count(in_tmp / "db.shelve") < 300, "the run finished before its Ctrl-C"
+    buckets("db.shelve")  # opens, consistent
+    assert (run.returncode, out, err) == (
+        130, "", "index.py: interrupted; every committed batch is kept; run again to finish\n")
+
+
 def test_without_dask_the_option_says_what_to_install(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from ..api import index_folder
 from ..core.discovery import dataset_folder
@@ -13,6 +15,7 @@ from ..core.results import shown_path
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
+    EXIT_INTERRUPTED,
     given_options,
     hash_size,
     non_negative_int,
@@ -129,7 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NOTHING_INDEXED
         return EXIT_OK
 
-    return run_command(PROG, body, "every committed batch is kept; run again to finish")
+    code = run_command(PROG, body, "every committed batch is kept; run again to finish")
+    if (code == EXIT_INTERRUPTED and argv is None
+            and threading.current_thread() is threading.main_thread()):
+        # Run as the program: nothing is left to stop, the process only exits, and a Ctrl-C
+        # pressed again (the local cluster's close is a few seconds) would interrupt Dask's
+        # clean-up at exit with a traceback ("Exception ignored in atexit callback"). A caller
+        # of main(argv) in a process of its own keeps its Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 def on_cluster(args: argparse.Namespace) -> bool:

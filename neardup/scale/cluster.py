@@ -69,6 +69,8 @@ TASK_RETRIES = 3
 # after this long (checked every WATCH_SECONDS).
 WORKERLESS_SECONDS = 30.0
 WATCH_SECONDS = 1.0
+# How long closing a local cluster may take (about 1 to 4 s), each of its client and cluster.
+CLOSE_SECONDS = 20.0
 
 
 def _dask() -> Any:
@@ -122,12 +124,19 @@ def _connected(
             yield client
         finally:
             # Closing a cluster that still runs partitions (Ctrl-C) logs each cancelled task
-            # and lost result: the run says what it kept in its own line.
-            with distributed_silenced():
+            # and lost result: the run says what it kept in its own line. A Ctrl-C meanwhile
+            # (an impatient user's second) is held until the close is done: it cut the close
+            # short, Dask's own close at exit then waited 10 s for the half-closed cluster, and
+            # a third Ctrl-C interrupted that with a 17-line traceback. The close is bounded,
+            # so that a held Ctrl-C is not held for ever; the worker processes end with this
+            # one whatever becomes of it (they watch their parent).
+            with _sigint_held(), distributed_silenced():
                 if client is not None:
-                    client.close()
+                    with contextlib.suppress(TimeoutError):
+                        client.close(timeout=CLOSE_SECONDS)
                 if cluster is not None:
-                    cluster.close()
+                    with contextlib.suppress(TimeoutError):
+                        cluster.close(timeout=CLOSE_SECONDS)
         return
     address = scheduler or ""
     check_scheduler_address(address)
