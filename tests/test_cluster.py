@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -184,8 +185,9 @@ def test_an_unreachable_scheduler_is_one_line(in_tmp: Path, capsys: pytest.Captu
 def another_protocols_server(greeting: bytes | None) -> Iterator[str]:
     """A TCP server on 127.0.0.1, in a thread, that is not a Dask scheduler; yields its address.
     Each connection gets `greeting` and is closed (an HTTP server answering "400 Bad Request" at
-    once, an SSH server's banner), or with None is held open in silence until the server stops
-    (an HTTP server waiting for a request: Dask's dashboard, `python -m http.server`)."""
+    once, an SSH server's banner), or with b"" is reset at once, or with None is held open in
+    silence until the server stops (an HTTP server waiting for a request: Dask's dashboard,
+    `python -m http.server`)."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
     stopping = threading.Event()
@@ -200,7 +202,11 @@ def another_protocols_server(greeting: bytes | None) -> Iterator[str]:
                 held.append(connection)
                 continue
             with connection:
-                connection.sendall(greeting)
+                if greeting:
+                    connection.sendall(greeting)
+                else:  # closed with a reset (a firewall's or a proxy's refusal)
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -239,6 +245,18 @@ def test_a_scheduler_address_that_answers_in_another_protocol_is_one_line(
     assert (run.returncode, run.stdout, run.stderr) == (2, "", (
         f"index.py: error: {address} is not a Dask scheduler (it answered in another protocol:"
         f" {said!r})\n"))
+    assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
+
+
+def test_a_scheduler_address_that_resets_the_connection_is_one_line(in_tmp: Path) -> None:
+    """A connection reset before any handshake (a firewall's or a proxy's refusal) is said in
+    one line, as a refused one is, not raised as an OSError's traceback."""
+    make_tree("images", 2)
+    with another_protocols_server(b"") as address:
+        run = index_in_a_process(["--scheduler", address, "--connect-timeout", "10"])
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", (
+        f"index.py: error: {address} is not a Dask scheduler (it reset the connection without"
+        " a Dask handshake)\n"))
     assert not os.path.exists("db.shelve") and not os.path.exists("db.shelve.lock")
 
 

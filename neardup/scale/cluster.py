@@ -265,42 +265,57 @@ def probe_scheduler(address: str, timeout_seconds: float) -> None:
     host, port = get_address_host_port(address)
     deadline = time.monotonic() + timeout_seconds
     with _connection(address, host, port, timeout_seconds, deadline) as connection:
-        received = b""
-        while len(received) < 8:
-            # Dask waits for the handshake without a time limit: an HTTP server (Dask's
-            # dashboard, on the port next to the scheduler's) waits in silence for a request,
-            # and the run hung for ever.
-            connection.settimeout(max(deadline - time.monotonic(), 0.001))
-            try:
-                chunk = connection.recv(4096)
-            except TimeoutError:
-                raise NeardupError(
-                    f"{address} accepted the connection but sent no Dask handshake within"
-                    f" {timeout_seconds:g} s: it is not a Dask scheduler (an HTTP server, such as"
-                    " Dask's dashboard on port 8787, waits in silence for a request), or a"
-                    " scheduler too busy to answer") from None
-            if not chunk:
-                break
-            received += chunk
-        if len(received) < 8:
-            raise NeardupError(f"{address} is not a Dask scheduler (it closed the connection"
-                               f" without a Dask handshake{_said(received)})")
-        (length,) = struct.unpack("Q", received[:8])  # as Dask reads it (distributed.comm.tcp)
-        if length > _MAX_HANDSHAKE_BYTES:
-            raise NeardupError(f"{address} is not a Dask scheduler (it answered in another"
-                               f" protocol{_said(received)})")
-        while len(received) < 8 + length:
-            connection.settimeout(max(deadline - time.monotonic(), 0.001))
-            try:
-                chunk = connection.recv(8 + length - len(received))
-            except TimeoutError:
-                raise NeardupError(
-                    f"{address} began a Dask handshake but did not finish it within"
-                    f" {timeout_seconds:g} s (a scheduler too busy to answer?)") from None
-            if not chunk:
-                raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
-                                   " connection in the middle of a Dask handshake)")
-            received += chunk
+        try:
+            _read_handshake(connection, address, timeout_seconds, deadline)
+        except ConnectionResetError:
+            raise NeardupError(f"{address} is not a Dask scheduler (it reset the connection"
+                               " without a Dask handshake)") from None
+        except OSError as error:
+            raise NeardupError(f"the connection to {address} failed before a Dask handshake"
+                               f" ({error.strerror or error})") from None
+
+
+def _read_handshake(
+    connection: socket.socket, address: str, timeout_seconds: float, deadline: float
+) -> None:
+    """probe_scheduler's reading of the handshake, and its answer."""
+    received = b""
+    while len(received) < 8:
+        # Dask waits for the handshake without a time limit: an HTTP server (Dask's
+        # dashboard, on the port next to the scheduler's) waits in silence for a request,
+        # and the run hung for ever.
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            chunk = connection.recv(4096)
+        except TimeoutError:
+            raise NeardupError(
+                f"{address} accepted the connection but sent no Dask handshake within"
+                f" {timeout_seconds:g} s: it is not a Dask scheduler (an HTTP server, such as"
+                " Dask's dashboard on port 8787, waits in silence for a request), or a"
+                " scheduler too busy to answer") from None
+        if not chunk:
+            break
+        received += chunk
+    if len(received) < 8:
+        raise NeardupError(f"{address} is not a Dask scheduler (it closed the connection"
+                           f" without a Dask handshake{_said(received)})")
+    (length,) = struct.unpack("Q", received[:8])  # as Dask reads it (distributed.comm.tcp)
+    if length > _MAX_HANDSHAKE_BYTES:
+        raise NeardupError(f"{address} is not a Dask scheduler (it answered in another"
+                           f" protocol{_said(received)})")
+    while len(received) < 8 + length:
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            chunk = connection.recv(8 + length - len(received))
+        except TimeoutError:
+            raise NeardupError(
+                f"{address} began a Dask handshake but did not finish it within"
+                f" {timeout_seconds:g} s (a scheduler too busy to answer?)") from None
+        if not chunk:
+            raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
+                               " connection in the middle of a Dask handshake)")
+        received += chunk
+    with contextlib.suppress(OSError):  # gone at once: Dask's own connection says it
         connection.sendall(received[:8 + length])
 
 
@@ -345,7 +360,8 @@ def _said(received: bytes) -> str:
     """The first line of what a server that is not a scheduler said, for a message: ': '
     and its words ('HTTP/1.1 400 Bad Request'), or nothing when it said nothing readable."""
     line = received.decode("utf-8", "replace").splitlines()[0] if received else ""
-    line = "".join(character for character in line if character.isprintable()).strip()[:80]
+    line = "".join(character for character in line
+                   if character.isascii() and character.isprintable()).strip()[:80]
     return f": {line!r}" if len(line) >= 3 else ""
 
 
