@@ -245,9 +245,6 @@ def check_scheduler_address(address: str) -> None:
 # length (an HTTP reply, an SSH banner) is at least 0x2020202020202020 bytes, exabytes: Dask
 # tried to allocate that much. A length above this is another protocol.
 _MAX_HANDSHAKE_BYTES = 1 << 32
-# A connection refused (nothing listens at the port) is tried again for this long at most: a
-# scheduler may be starting.
-REFUSED_SECONDS = 2.0
 
 
 def probe_scheduler(address: str, timeout_seconds: float) -> None:
@@ -322,22 +319,19 @@ def _read_handshake(
 def _connection(
     address: str, host: str, port: int, timeout_seconds: float, deadline: float
 ) -> socket.socket:
-    """A TCP connection to the scheduler's address, tried again until `deadline` (a scheduler
-    slow to accept, a network slow to route), or for REFUSED_SECONDS at most when the answer
-    comes at once and is no (nothing listens at the port; no such host name), in case the
-    scheduler is starting: Dask tried for the whole --connect-timeout either way, then said
-    "Timed out trying to connect"."""
-    give_up_at_once = min(time.monotonic() + REFUSED_SECONDS, deadline)
+    """A TCP connection to the scheduler's address, tried again until `deadline`: a scheduler
+    slow to accept, a network slow to route, or nothing listening yet (a script that starts
+    `dask scheduler` and then index.py: the scheduler took 9 s to listen on a 2-core machine).
+    Dask also tried for the whole --connect-timeout, then said only "Timed out trying to
+    connect"; this says why (connection refused, no such host, no answer)."""
     pause = 0.05
     while True:
         try:
             return socket.create_connection(
                 (host, port), timeout=max(deadline - time.monotonic(), 0.001))
         except OSError as error:
-            refused = isinstance(error, ConnectionRefusedError) or (
-                isinstance(error, socket.gaierror) and error.errno == socket.EAI_NONAME)
             now = time.monotonic()
-            if now >= (give_up_at_once if refused else deadline):
+            if now >= deadline:
                 raise NeardupError(f"cannot reach the Dask scheduler at {address}"
                                    f" ({_unreachable(error, host, timeout_seconds)})") from None
             time.sleep(min(pause, max(deadline - now, 0.0)))
