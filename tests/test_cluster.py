@@ -102,21 +102,29 @@ def test_an_interrupted_client_resumes_without_duplicates(in_tmp: Path, cluster)
     assert buckets("dask.shelve") == buckets("local.shelve")
 
 
-def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
-    """A review: Ctrl-C during `index.py --local-cluster 2` printed 69 lines, 4 tracebacks of
-    Dask's worker processes among them (KeyboardInterrupt, CancelledError in "Process Dask
-    Worker process (from Nanny)"), before index.py's own line: a terminal sends SIGINT to each
-    process of the foreground group, the local cluster's workers too."""
+@contextmanager
+def local_cluster_run_under_way(in_tmp: Path) -> Iterator[subprocess.Popen[str]]:
+    """`index.py --local-cluster 2` on 300 images, yielded once it has committed 10 of them. In a
+    process group of its own, as a terminal's foreground job: a Ctrl-C there (SIGINT to the
+    group) reaches every process in it, the local cluster's workers too."""
     make_large_tree(in_tmp / "images", 300)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
                "-q", "--local-cluster", "2", "--partition-size", "5"]
-    # A group of its own, as a terminal's foreground job: SIGINT goes to every process in it.
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as run:
         deadline = time.monotonic() + 120
         while committed_count(in_tmp / "db.shelve") < 10 and run.poll() is None:
             assert time.monotonic() < deadline, "nothing committed"
             time.sleep(0.01)
+        yield run
+
+
+def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
+    """A review: Ctrl-C during `index.py --local-cluster 2` printed 69 lines, 4 tracebacks of
+    Dask's worker processes among them (KeyboardInterrupt, CancelledError in "Process Dask
+    Worker process (from Nanny)"), before index.py's own line: a terminal sends SIGINT to each
+    process of the foreground group, the local cluster's workers too."""
+    with local_cluster_run_under_way(in_tmp) as run:
         os.killpg(run.pid, signal.SIGINT)
         out, err = run.communicate(timeout=120)
     assert committed_count(in_tmp / "db.shelve") < 300, "the run finished before its Ctrl-C"
@@ -129,15 +137,7 @@ def test_ctrl_c_pressed_again_while_a_local_cluster_closes_is_still_one_line(in_
     the close short, and Dask's own close at exit then waited 10 s; a third interrupted that, a
     17-line "Exception ignored in atexit callback <function close_clusters>" traceback. Here an
     impatient user presses Ctrl-C again and again until the run has ended."""
-    make_large_tree(in_tmp / "images", 300)
-    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
-               "-q", "--local-cluster", "2", "--partition-size", "5"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as run:
-        deadline = time.monotonic() + 120
-        while committed_count(in_tmp / "db.shelve") < 10 and run.poll() is None:
-            assert time.monotonic() < deadline, "nothing committed"
-            time.sleep(0.01)
+    with local_cluster_run_under_way(in_tmp) as run:
         presses = 0
         while run.poll() is None and presses < 300:  # a minute of presses at most
             with contextlib.suppress(ProcessLookupError):  # the group gone meanwhile
