@@ -276,23 +276,17 @@ def _read_handshake(
     connection: socket.socket, address: str, timeout_seconds: float, deadline: float
 ) -> None:
     """probe_scheduler's reading of the handshake, and its answer."""
-    received = b""
-    while len(received) < 8:
-        # Dask waits for the handshake without a time limit: an HTTP server (Dask's
-        # dashboard, on the port next to the scheduler's) waits in silence for a request,
-        # and the run hung for ever.
-        connection.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            chunk = connection.recv(4096)
-        except TimeoutError:
-            raise NeardupError(
-                f"{address} accepted the connection but sent no Dask handshake within"
-                f" {timeout_seconds:g} s: it is not a Dask scheduler (an HTTP server, such as"
-                " Dask's dashboard on port 8787, waits in silence for a request), or a"
-                " scheduler too busy to answer") from None
-        if not chunk:
-            break
-        received += chunk
+    try:
+        # Dask waits for the handshake without a time limit: an HTTP server (Dask's dashboard,
+        # on the port next to the scheduler's) waits in silence for a request, and the run hung
+        # for ever. More than the length is read at once, for a server's first line.
+        received = _receive(connection, b"", 8, deadline, chunk=4096)
+    except TimeoutError:
+        raise NeardupError(
+            f"{address} accepted the connection but sent no Dask handshake within"
+            f" {timeout_seconds:g} s: it is not a Dask scheduler (an HTTP server, such as"
+            " Dask's dashboard on port 8787, waits in silence for a request), or a"
+            " scheduler too busy to answer") from None
     if len(received) < 8:
         raise NeardupError(f"{address} is not a Dask scheduler (it closed the connection"
                            f" without a Dask handshake{_said(received)})")
@@ -300,20 +294,30 @@ def _read_handshake(
     if length > _MAX_HANDSHAKE_BYTES:
         raise NeardupError(f"{address} is not a Dask scheduler (it answered in another"
                            f" protocol{_said(received)})")
-    while len(received) < 8 + length:
-        connection.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            chunk = connection.recv(8 + length - len(received))
-        except TimeoutError:
-            raise NeardupError(
-                f"{address} began a Dask handshake but did not finish it within"
-                f" {timeout_seconds:g} s (a scheduler too busy to answer?)") from None
-        if not chunk:
-            raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
-                               " connection in the middle of a Dask handshake)")
-        received += chunk
+    try:
+        received = _receive(connection, received, 8 + length, deadline)
+    except TimeoutError:
+        raise NeardupError(
+            f"{address} began a Dask handshake but did not finish it within"
+            f" {timeout_seconds:g} s (a scheduler too busy to answer?)") from None
+    if len(received) < 8 + length:
+        raise NeardupError(f"{address} is not a Dask scheduler (it closed the"
+                           " connection in the middle of a Dask handshake)")
     with contextlib.suppress(OSError):  # gone at once: Dask's own connection says it
         connection.sendall(received[:8 + length])
+
+
+def _receive(connection: socket.socket, received: bytes, wanted: int, deadline: float,
+             chunk: int = 0) -> bytes:
+    """`received` and what follows it on `connection`, until it holds `wanted` bytes or the peer
+    closes; each read asks for `chunk` bytes at least. Raises TimeoutError at `deadline`."""
+    while len(received) < wanted:
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        more = connection.recv(max(wanted - len(received), chunk))
+        if not more:
+            break
+        received += more
+    return received
 
 
 def _connection(
