@@ -143,18 +143,18 @@ def main() -> int:
                   f" {len(sources)} CALTECH-101 photos (seed {args.seed}), both directions:")
             print(f"| recipe | pairs | {header} | worst |")
             print("|---|---:|" + "---:|" * len(THRESHOLDS) + "---:|")
+            distances = {}  # per recipe, each pair's, in the order of `pairs`
             for name, hasher in recipes.items():
-                distances = np.array([hasher(o).distance(hasher(c)) for o, c, _, _ in pairs])
-                print(recall_row(name, distances))
+                distances[name] = np.array([hasher(o).distance(hasher(c))
+                                            for o, c, _, _ in pairs])
+                print(recall_row(name, distances[name]))
             print()
             for name in ("--exact (plain ImageHash)", "v4 (previous default)", "v5 (default)"):
-                hasher = recipes[name]
                 worst: dict[str, int] = {}
                 near: dict[int, list[int]] = {}  # per boundary: pairs at 0 and within 1 bit
-                for original, copy, edge, direction in pairs:
+                for (_, _, edge, direction), distance in zip(pairs, distances[name], strict=True):
                     key = f"{edge} {direction}"
-                    distance = hasher(original).distance(hasher(copy))
-                    worst[key] = max(worst.get(key, 0), distance)
+                    worst[key] = max(worst.get(key, 0), int(distance))
                     counts = near.setdefault(edge, [0, 0])
                     counts[0] += distance == 0
                     counts[1] += distance <= 1
