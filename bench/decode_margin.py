@@ -9,8 +9,9 @@ Each sampled original and its copies are hashed (dHash-64) by: plain ImageHash
 (`imagehash.dhash(Image.open(p))`), the v2 recipe, the v3 recipe (one margin for every scale) with
 DECODE_MARGIN set to each value (a smaller margin decodes more JPEGs at reduced scale: at 8,
 photos of 300 x 200 are decoded at 1/2; at 1, nearly always at 1/8), v3 with its grid rounded to
-whole gray levels (as an 8-bit resize would), v4 (DECODE_MARGINS) and the default (v5: v4, a
-reduced decode's partial last pixel weighed by what it covers). Printed: recall (copies within t
+whole gray levels (as an 8-bit resize would), v4 (DECODE_MARGINS), v5 (v4, a reduced decode's
+partial last pixel weighed by what it covers) and the default (v6: v5, cells within half a gray
+level of each other read as ties). Printed: recall (copies within t
 bits of their original) per edit.
 """
 
@@ -55,7 +56,8 @@ def variants(margins: list[int]) -> dict[str, Callable[[str], Hash]]:
     rows[f"v3, margin {hashing.DECODE_MARGIN}, grid rounded to gray levels"] = v3_with(
         hashing.DECODE_MARGIN, 1.0)
     rows["v4"] = lambda p: hash_file(p, Recipe(preprocess_version=4))
-    rows["v5 (default)"] = lambda p: hash_file(p, Recipe())
+    rows["v5"] = lambda p: hash_file(p, Recipe(preprocess_version=5))
+    rows["v6 (default)"] = lambda p: hash_file(p, Recipe())
     return rows
 
 

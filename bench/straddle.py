@@ -3,7 +3,7 @@
 
     python bench/straddle.py [--dataset DIR] [--samples 100] [--seed 14]
 
-The default recipe (v4) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
+The default recipe (v6) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
 enough decoded pixels per grid cell at that scale (hashing.DECODE_MARGINS): for dHash-64 (a 9 x 8
 grid) the boundaries are at 288, 1,440 and 2,880 pixels. For each boundary and each sampled
 CALTECH-101 photo, two pairs are made, one per direction: an original a few pixels below the
@@ -130,13 +130,14 @@ def main() -> int:
     recipes = {
         "--exact (plain ImageHash)": exact_dhash,
         "v3": lambda path: hash_file(path, Recipe(preprocess_version=3)),
-        "v4 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=4)),
-        "v5 (default)": lambda path: hash_file(path, Recipe()),
+        "v4": lambda path: hash_file(path, Recipe(preprocess_version=4)),
+        "v5 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=5)),
+        "v6 (default)": lambda path: hash_file(path, Recipe()),
     }
     started = time.perf_counter()
     header = " | ".join(str(t) for t in THRESHOLDS)
     with tempfile.TemporaryDirectory() as folder:
-        for version in (5, 3):
+        for version in (6, 3):
             edges = boundaries(version)
             pairs = make_pairs(sources, edges, folder, rng)
             print(f"Pairs straddling the v{version} boundaries {edges} (shorter side, pixels),"
@@ -149,7 +150,7 @@ def main() -> int:
                                             for o, c, _, _ in pairs])
                 print(recall_row(name, distances[name]))
             print()
-            for name in ("--exact (plain ImageHash)", "v4 (previous default)", "v5 (default)"):
+            for name in ("--exact (plain ImageHash)", "v5 (previous default)", "v6 (default)"):
                 worst: dict[str, int] = {}
                 near: dict[int, list[int]] = {}  # per boundary: pairs at 0 and within 1 bit
                 for (_, _, edge, direction), distance in zip(pairs, distances[name], strict=True):
@@ -164,7 +165,7 @@ def main() -> int:
                       + ", ".join(f"{edge}: {at} / {within}"
                                   for edge, (at, within) in near.items()))
             print()
-            if version == 5:
+            if version == 6:
                 forced_rows(pairs, max(edges))
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -100,7 +100,8 @@ def test_a_pil_image_in_any_mode_is_searched_or_refused_as_an_image_error(
 
     lab = textured(0).convert("LAB")
     with neardup.open_store(library / "photos.shelve") as store:
-        assert [f.relpath for f in store.search(lab)][0] == "cat0/image_0000.jpg"
+        # Its gray levels differ from the RGB photo's by rounding: a bit at most.
+        assert {f.relpath: f.distance for f in store.search(lab)}["cat0/image_0000.jpg"] <= 1
         monkeypatch.setattr(hashing, "COLOUR_MODES", hashing.COLOUR_MODES - {"LAB"})
         with pytest.raises(neardup.ImageError) as refused:
             store.search(lab)

@@ -40,9 +40,21 @@ ALGORITHMS: dict[str, HashFunction] = {
 # 4: v3 with wider margins for the 1/4 and 1/8 decodes (DECODE_MARGINS).
 # 5: v4, a reduced decode's partial last row and column weighed by the part of the picture they
 #    cover (sampling.grid's `cover`).
-PREPROCESS_VERSION = 5
+# 6: v5, dHash's neighbouring cells within TIE_BAND of each other read as a tie (bit 0).
+PREPROCESS_VERSION = 6
 # Every version this neardup can still hash with, so a store made by an older one stays searchable.
-PREPROCESS_VERSIONS = (1, 2, 3, 4, 5)
+PREPROCESS_VERSIONS = (1, 2, 3, 4, 5, 6)
+
+# v6: dHash cells that differ by less than this many gray levels give a 0 bit, as equal ones do.
+# The float grid (v3 and later) otherwise decides every such comparison, and on a nearly flat
+# photo saved again at JPEG quality 60 what decides it is compression noise: a white kangaroo
+# photo and its copy resized by 4 % came 8 bits apart, their flipped cells 0.02 to 0.2 levels
+# apart, where plain ImageHash's 8-bit grid read them as ties (2 bits). Half a level is the tie
+# rate of that 8-bit grid (two cells x apart round to one level with probability 1 - x for
+# x < 1), without its rounding lottery: cells 0.1 apart either side of a level boundary. Measured
+# on pair sets built to straddle the decode scales (bench/straddle.py and 27 other
+# constructions) and on resize and jpeg copies: see docs/accuracy.md.
+TIE_BAND = 0.5
 
 # v2 only: JPEGs decoded in grayscale at 1/2, 1/4 or 1/8 scale keeping both sides at least this
 # many pixels per 8 hash bits of side. Its threshold moved nearly equal sizes onto different paths
@@ -311,6 +323,12 @@ def covers_partial(recipe: Recipe) -> bool:
     return recipe.preprocess_version >= 5
 
 
+def tie_band(recipe: Recipe) -> float:
+    """How far apart dHash's neighbouring cells must be to give a 1 bit (v6 and later: TIE_BAND
+    gray levels; before, any amount)."""
+    return TIE_BAND if recipe.preprocess_version >= 6 else 0.0
+
+
 def grid_size(recipe: Recipe, picture: tuple[int, int]) -> tuple[int, int]:
     """(width, height) of the grid the recipe's algorithm reads, as ImageHash resizes to it.
 
@@ -471,10 +489,10 @@ def upright_grid(
 
 def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
     """The hash bits of a grid (v3 and later): ImageHash's rule for each algorithm, on float gray
-    levels."""
+    levels (dHash's near ties read as ties from v6 on: TIE_BAND)."""
     size = recipe.hash_size
     if recipe.algorithm == "dhash":
-        return cells[:, 1:] > cells[:, :-1]
+        return cells[:, 1:] - cells[:, :-1] > tie_band(recipe)
     if recipe.algorithm == "ahash":
         return cells > cells.mean()
     if recipe.algorithm == "phash":
