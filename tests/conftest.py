@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,25 @@ from neardup.cli import index as index_cli
 from .imagegen import make_tree, save, textured
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def sigint_as_in_a_terminal() -> None:
+    """preexec_fn of a child process a test sends SIGINT: SIGINT at its default, as in a terminal,
+    even when the suite itself runs as a background job of a shell, which ignores SIGINT and
+    passes that on to every child (Python then installs no KeyboardInterrupt handler, the
+    signal is lost, and the child runs on)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def finished(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """process.communicate(timeout), the process killed if it has not ended by then, so that a
+    test fails instead of waiting for ever where the Popen block closes."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
 DEFAULT_CALTECH = PROJECT_ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories"
 
 

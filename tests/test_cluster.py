@@ -21,7 +21,7 @@ import neardup
 from neardup.cli import index as index_cli
 from neardup.errors import NeardupError, install_hint
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, finished, sigint_as_in_a_terminal
 from .imagegen import make_tree
 from .test_index import buckets, committed_count, make_large_tree
 
@@ -111,7 +111,7 @@ def local_cluster_run_under_way(in_tmp: Path) -> Iterator[subprocess.Popen[str]]
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
                "-q", "--local-cluster", "2", "--partition-size", "5"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as run:
+                          start_new_session=True, preexec_fn=sigint_as_in_a_terminal) as run:
         deadline = time.monotonic() + 120
         while committed_count(in_tmp / "db.shelve") < 10 and run.poll() is None:
             assert time.monotonic() < deadline, "nothing committed"
@@ -126,7 +126,7 @@ def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
     process of the foreground group, the local cluster's workers too."""
     with local_cluster_run_under_way(in_tmp) as run:
         os.killpg(run.pid, signal.SIGINT)
-        out, err = run.communicate(timeout=120)
+        out, err = finished(run, timeout=120)
     assert committed_count(in_tmp / "db.shelve") < 300, "the run finished before its Ctrl-C"
     assert (run.returncode, out, err) == (
         130, "", "index.py: interrupted; every committed batch is kept; run again to finish\n")
@@ -144,7 +144,7 @@ def test_ctrl_c_pressed_again_while_a_local_cluster_closes_is_still_one_line(in_
                 os.killpg(run.pid, signal.SIGINT)
             presses += 1
             time.sleep(0.2)
-        out, err = run.communicate(timeout=120)
+        out, err = finished(run, timeout=120)
     assert presses > 1, "the run ended at the first Ctrl-C: nothing was pressed while it closed"
     assert 10 <= committed_count(in_tmp / "db.shelve") < 300, "the run finished before its Ctrl-C"
     buckets("db.shelve")  # opens, consistent

@@ -22,6 +22,7 @@ import pytest
 import neardup
 from neardup.cli import index as index_cli
 
+from .conftest import finished, sigint_as_in_a_terminal
 from .imagegen import make_tree
 from .test_index import buckets
 
@@ -293,7 +294,7 @@ def test_a_run_whose_workers_all_died_says_it_waits(
                  str(in_tmp / "dask.shelve"), "-q", "--scheduler", address, "--partition-size",
                  "5", "--connect-timeout", str(START_SECONDS)],
                 cwd=in_tmp, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True) as indexer:
+                text=True, preexec_fn=sigint_as_in_a_terminal) as indexer:
             deadline = time.monotonic() + START_SECONDS
             while committed_count(in_tmp / "dask.shelve") == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -304,7 +305,7 @@ def test_a_run_whose_workers_all_died_says_it_waits(
             assert indexer.stderr
             line = read_line(indexer.stderr, timeout=60)
             indexer.send_signal(signal.SIGINT)
-            out, err = indexer.communicate(timeout=60)
+            out, err = finished(indexer, timeout=60)
     assert line.startswith("index.py: no Dask worker has been connected to the scheduler for"
                            " 2 s; 1 worker was lost while running a partition (tcp://127.0.0.1:"), line
     assert "its log says which); waiting for one" in line, line
@@ -365,11 +366,11 @@ def test_a_worker_without_neardup_that_joins_later_is_named(
                  " from neardup.cli.index import main; sys.exit(main(sys.argv[1:]))",
                  "-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address],
                 cwd=in_tmp, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True) as indexer:
+                text=True, preexec_fn=sigint_as_in_a_terminal) as indexer:
             assert indexer.stderr
             line = read_line(indexer.stderr, timeout=60)
             indexer.send_signal(signal.SIGINT)
-            indexer.communicate(timeout=60)
+            finished(indexer, timeout=60)
     assert line.startswith("index.py: no Dask worker has been connected to the scheduler for 2 s;"
                            " 1 worker was lost while running a partition (tcp://127.0.0.1:"), line
     assert ("; a worker that cannot import this neardup is lost that way, as is one killed: its"

@@ -23,7 +23,7 @@ from neardup.core.hashing import Recipe, hash_file
 from neardup.core.indexing import index_folder
 from neardup.core.store import Store
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, sigint_as_in_a_terminal
 from .imagegen import hashed_apart, make_tree, save, textured
 
 
@@ -325,13 +325,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_committed(in_tmp: Path) -> None
     make_large_tree(in_tmp / "images", 400)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
                "-q", "-j", "2", "--batch-size", "10"]
-    # Its own process group, so the signal reaches the workers too, as a terminal's Ctrl-C does;
-    # SIGINT at its default, as in a terminal, even when the suite itself runs as a background
-    # job of a shell (which ignores SIGINT, and passes that on to every child).
+    # Its own process group, so the signal reaches the workers too, as a terminal's Ctrl-C does.
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
-                          ) as process:
+                          start_new_session=True, preexec_fn=sigint_as_in_a_terminal) as process:
         deadline = time.monotonic() + 60
         while committed_count(in_tmp / "db.shelve") < 20 and time.monotonic() < deadline:
             time.sleep(0.01)
