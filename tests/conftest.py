@@ -13,6 +13,8 @@ from .imagegen import make_tree, save, textured
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+DEFAULT_CALTECH = PROJECT_ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories"
+
 
 def sigint_as_in_a_terminal() -> None:
     """preexec_fn of a child process a test sends SIGINT: SIGINT at its default, as in a terminal,
@@ -31,7 +33,6 @@ def finished(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
         process.kill()
         process.communicate()
         raise
-DEFAULT_CALTECH = PROJECT_ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories"
 
 
 @pytest.fixture(scope="session")

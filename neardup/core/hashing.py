@@ -52,8 +52,10 @@ PREPROCESS_VERSIONS = (1, 2, 3, 4, 5, 6)
 # apart, where plain ImageHash's 8-bit grid read them as ties (2 bits). Half a level is the tie
 # rate of that 8-bit grid (two cells x apart round to one level with probability 1 - x for
 # x < 1), without its rounding lottery: cells 0.1 apart either side of a level boundary. Measured
-# on pair sets built to straddle the decode scales (bench/straddle.py and 27 other
-# constructions) and on resize and jpeg copies: see docs/accuracy.md.
+# on pair sets built to straddle the decode scales (bench/straddle.py and 26 other
+# constructions) and on resize and jpeg copies: see docs/accuracy.md. The edge moves rather than
+# goes: cells about half a level apart (a gentle even slope) are now decided by hundredths of a
+# level (README, Limits).
 TIE_BAND = 0.5
 
 # v2 only: JPEGs decoded in grayscale at 1/2, 1/4 or 1/8 scale keeping both sides at least this
