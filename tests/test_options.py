@@ -290,3 +290,25 @@ def test_file_urls_name_the_folder_on_this_machine(
         "index.py: error: file://elsewhere/photos: a file:// URL of another host (elsewhere);"
         " give the folder as this machine sees it\n")
     assert not os.path.exists("other.shelve")
+
+
+@pytest.mark.parametrize("how", ["script", "module", "console"])
+def test_ctrl_c_while_python_loads_the_libraries_is_one_line(tmp_path: Path, how: str) -> None:
+    """Ctrl-C in the first 0.3 s (numpy, Pillow and sqlite3 loading, before main() runs) printed
+    a KeyboardInterrupt traceback. A stand-in for ImageHash that raises KeyboardInterrupt when
+    imported puts the interrupt there every time."""
+    (tmp_path / "imagehash.py").write_text("raise KeyboardInterrupt\n")
+    command = {"script": ([sys.executable, str(PROJECT_ROOT / "index.py")], "index.py"),
+               "module": ([sys.executable, "-m", "neardup.cli.index"], "python -m neardup.cli.index"),
+               "console": ([str(Path(sys.executable).parent / "neardup-index")], "neardup-index")}
+    argv, name = command[how]
+    if how == "console" and not Path(argv[0]).exists():
+        pytest.skip("neardup is not installed in this venv (bash scripts/setup-venv.sh does it)")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([*argv, "-d", "images", "-s", "db.shelve"], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stderr == f"{name}: interrupted\n"
+    # As a shell reports any command stopped by Ctrl-C: killed by SIGINT, or exit status 130.
+    assert done.returncode in (-2, 130)
+    assert not (tmp_path / "db.shelve").exists()
