@@ -181,7 +181,7 @@ def test_the_checkers_log_lines_name_the_command_as_typed(monkeypatch: pytest.Mo
     import logging
 
     pytest.importorskip("uvicorn", reason="the checker's extra (serve) is not installed")
-    from neardup.service.server import OneLineFormatter
+    from neardup.service.logs import OneLineFormatter
 
     record = logging.LogRecord("neardup", logging.INFO, __file__, 1, "127.0.0.1:5 GET /x: 404",
                                None, None)

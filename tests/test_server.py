@@ -918,7 +918,8 @@ def test_a_connection_whose_answers_are_not_taken_in_is_aborted_after_the_send_t
     import asyncio
     import logging
 
-    from neardup.service.server import ServiceLimits, guarded_protocol
+    from neardup.service.protocol import guarded_protocol
+    from neardup.service.server import ServiceLimits
 
     class Base:  # what uvicorn's protocol does at these calls, for this test: nothing
         def pause_writing(self) -> None: ...
@@ -1082,7 +1083,7 @@ def test_requests_sent_far_ahead_of_their_answers_are_not_queued(store: Path) ->
     connection sending GET /health without reading the answers grew the server by gigabytes.
     A few requests ahead are answered in order; past MAX_PIPELINED the connection is closed once
     those queued are answered."""
-    from neardup.service.server import MAX_PIPELINED
+    from neardup.service.protocol import MAX_PIPELINED
 
     with running() as server:
         few = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 5
@@ -1246,7 +1247,7 @@ class TestFairness:
 
     @staticmethod
     async def upload(app: Any, client: str, name: str) -> int:
-        from neardup.service.server import Refused
+        from neardup.service.http import Refused
 
         sent: list[dict] = []
 
@@ -1263,7 +1264,7 @@ class TestFairness:
     def test_one_ipv6_slash_64_is_one_address(self) -> None:
         """A hostile review: shares were keyed by the full IPv6 address, and one client owns a
         /64, so it took every upload slot from addresses of its own /64."""
-        from neardup.service.server import Refused
+        from neardup.service.http import Refused
 
         app, release, ran = self.app()
 
@@ -1353,7 +1354,7 @@ class TestFairness:
 def test_an_empty_max_distance_is_refused_like_any_bad_value(query: bytes) -> None:
     """A hostile review: `?max_distance=` was answered 200 with the default distance, while every
     other value that is not a number got 400."""
-    from neardup.service.server import Refused, parse_distance
+    from neardup.service.http import Refused, parse_distance
 
     with pytest.raises(Refused) as refused:
         parse_distance(query, 6)
@@ -1361,7 +1362,7 @@ def test_an_empty_max_distance_is_refused_like_any_bad_value(query: bytes) -> No
 
 
 def test_a_max_distance_in_range_or_absent_is_taken() -> None:
-    from neardup.service.server import Refused, parse_distance
+    from neardup.service.http import Refused, parse_distance
 
     assert parse_distance(b"", 6) is None
     assert parse_distance(b"other=1", 6) is None  # a cache-buster, say
@@ -1372,7 +1373,7 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
 
 
 def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
-    from neardup.service.server import client_key
+    from neardup.service.http import client_key
 
     assert client_key("10.1.2.3") == "10.1.2.3"
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64"

@@ -1,0 +1,130 @@
+"""The HTTP side of the checker that is not uvicorn's: reading a request's headers and query,
+the answers (JSON, one record each), and who a client is for its per-address shares and in the log."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Refused(Exception):
+    """A request answered with an error status, and the one log line it is worth."""
+
+    def __init__(self, status: int, reason: str, *, retry_after: bool = False,
+                 close: bool = False, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        self.close = close
+        self.headers = headers or []
+
+
+def refuse_wrapped_bodies(headers: list[tuple[bytes, bytes]]) -> None:
+    """A form upload (what an HTML form and `curl -F` send) or a compressed body is not the
+    image's bytes: said as such (415), not as "not an image" after decoding what it is not."""
+    for name, value in headers:
+        value = value.strip().lower()
+        if name == b"content-type" and value.startswith(b"multipart/"):
+            raise Refused(415, "send the image's bytes as the body (curl --data-binary @FILE),"
+                               " not a form (multipart/form-data)", close=True)
+        if name == b"content-encoding" and value not in (b"", b"identity"):
+            raise Refused(415, "send the image's bytes as they are: Content-Encoding"
+                               f" {value.decode('latin-1')[:40]} is not accepted", close=True)
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    values = [value for name, value in headers if name == b"content-length"]
+    if not values:
+        raise Refused(411, "send the image with a Content-Length", close=True)
+    text = values[0].strip()
+    # The parser already refused most bad lengths; this keeps a 5,000-digit one from ever
+    # becoming a number, and a byte like 0xB2 (which str.isdigit() accepts) from int().
+    if len(values) > 1 or not text or len(text) > 18 or not all(48 <= b <= 57 for b in text):
+        raise Refused(400, "the Content-Length is not a number", close=True)
+    return int(text)
+
+
+def parse_distance(query_string: bytes, cap: int) -> int | None:
+    try:
+        # Blank values kept: `?max_distance=` was answered with the default, while every other
+        # value that is not a number got 400 (a hostile review).
+        parameters = parse_qs(query_string.decode("latin-1"), keep_blank_values=True,
+                              strict_parsing=False)
+    except ValueError:
+        parameters = {}
+    values = parameters.get("max_distance")
+    if not values:
+        # A misspelt max_distance (`?max_dist=0`, `?MAX_DISTANCE=2`) was answered at the default
+        # distance without a word (a hostile review); other parameters (a cache-buster) are
+        # left alone.
+        for name in parameters:
+            if "dist" in name.lower():
+                raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
+                                   " max_distance", close=True)
+        return None
+    text = values[-1]
+    # The length first: int() of a 5,000-digit string raises (Python's conversion limit).
+    if not (text.isascii() and text.isdigit()) or len(text) > 4 or int(text) > cap:
+        raise Refused(400, f"max_distance must be a whole number from 0 to {cap}", close=True)
+    return int(text)
+
+
+async def reply(send: Send, status: int, payload: dict[str, Any],
+                headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False) -> None:
+    body = (json.dumps(payload) + "\n").encode("ascii")
+    all_headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode("ascii"))]
+    all_headers += headers or []
+    if close:
+        all_headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def log_safe(text: str) -> str:
+    """A client's path in a log line: at most 100 characters, control characters escaped."""
+    shown = text[:100].encode("unicode_escape").decode("ascii")
+    return shown + ("..." if len(text) > 100 else "")
+
+
+def canned(status: str, reason: str, extra: str = "") -> bytes:
+    """A whole answer written before any request was parsed (a connection refused or timed out)."""
+    body = json.dumps({"error": reason}) + "\n"
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n{body}").encode()
+
+
+def client_key(host: str) -> str:
+    """The client a per-address share is counted under: an IPv4 address, or an IPv6 /64 (one
+    client is given a whole /64, so keyed by the full address it could take every share from
+    addresses of its own; a hostile review). An IPv6 address that carries an IPv4 client's
+    address is that IPv4 client: IPv4-mapped, NAT64 (64:ff9b::/96: every IPv4 client behind one
+    NAT64 gateway shared its /64), 6to4 (a 6to4 host holds a whole /48 of /64s) and Teredo."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # without a link-local zone (%eth0)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if carried is None and ip in NAT64_PREFIX:
+            carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if carried is not None:
+            return str(carried)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+# The well-known NAT64 prefix (RFC 6052): the IPv4 address is the last 32 bits.
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def address(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "client"
