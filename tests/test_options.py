@@ -212,6 +212,43 @@ def test_output_paths_are_checked_before_any_work(
     assert line.startswith("search.py: error: " + message), line
 
 
+
+def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: --html and --montage renamed their file over whatever was at the path: the store
+    being read (`--html db.shelve`), a query photo, a manifest, a device node (as root,
+    `--montage /dev/full` became a PNG file). Each is refused before any work, and kept."""
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("a_pipe")
+    capsys.readouterr()
+    kept = {name: Path(name).read_bytes() for name in
+            ("db.shelve", "data/haystack/A.png", "data/manifest.csv")}
+    for extra, message in (
+            (["--groups", "--html", "db.shelve"],
+             "--html db.shelve: is not an HTML page (it is an SQLite database: a store?); give"
+             " another file name, or remove it first"),
+            (["--groups", "--montage", "db.shelve"],
+             "--montage db.shelve: is not a contact sheet neardup drew (it is an SQLite database:"
+             " a store?); give another file name, or remove it first"),
+            (["-q", "data/haystack/A.png", "--montage", "data/haystack/A.png"],
+             "--montage data/haystack/A.png: is not a contact sheet neardup drew; give another"
+             " file name, or remove it first"),
+            (["--evaluate", "data/manifest.csv", "--html", "data/manifest.csv"],
+             "--html data/manifest.csv: is not an HTML page; give another file name, or remove"
+             " it first"),
+            (["--groups", "--montage", "a_pipe"],
+             "--montage a_pipe: is not a regular file; give a file name")):
+        line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
+        assert line == "search.py: error: " + message, line
+    assert {name: Path(name).read_bytes() for name in kept} == kept
+    # What neardup wrote is replaced run after run, as the README's commands do.
+    for extra in (["--groups", "--html", "page.html"], ["--groups", "--montage", "sheet.png"],
+                  ["--groups", "--montage", "sheet.jpg"]):
+        for _run in range(2):
+            assert search_cli.main(["-s", "db.shelve", *extra]) == 0, capsys.readouterr().err
+
+
 def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build(tmp_path / "data", planted_duplicate=False)
     monkeypatch.chdir(tmp_path)

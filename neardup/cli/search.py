@@ -32,6 +32,7 @@ from ..errors import ImageError, NeardupError, command
 from ..evaluation.html import Item, evaluation_page, groups_page, write_page
 from ..evaluation.keeping import Choice, Facts, choose_in_group
 from ..evaluation.montage import Row, Tile, contact_sheet
+from ..evaluation.output import page_replace_problem, sheet_replace_problem
 from ..evaluation.report import report_stem, write_report
 from ..evaluation.scoring import (
     MAX_THRESHOLD,
@@ -387,7 +388,8 @@ def check_outputs(args: argparse.Namespace) -> None:
         except OSError as error:
             raise NeardupError(f"--report {args.report}: cannot make this folder"
                                f" ({error.strerror})") from error
-    for option, path in (("--montage", args.montage), ("--html", args.html)):
+    for option, path, replace_problem in (("--montage", args.montage, sheet_replace_problem),
+                                          ("--html", args.html, page_replace_problem)):
         if not path:
             continue
         if os.path.isdir(path):
@@ -395,6 +397,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise NeardupError(f"{option} {path}: no such folder {folder}")
+        # The file is renamed over the path: the store, a photo or a device there would be gone.
+        if problem := replace_problem(path):
+            raise NeardupError(f"{option} {path}: {problem}")
 
 
 def check_store(store_path: str, max_distance: int) -> None:

@@ -19,13 +19,13 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..core.results import counted, shown_path
 from ..errors import ImageError
 from .keeping import Choice, Facts, facts_of
-from .output import write_whole
+from .output import MARK, write_whole
 
 TILE = 160
 LINE = 14
@@ -88,8 +88,16 @@ class Sheet:
     def save(self, path: str) -> None:
         """Write the sheet whole (in the format its extension names, else PNG), or not at all."""
         encoded = io.BytesIO()
-        self.image.save(encoded, format=Image.registered_extensions().get(
-            posixpath.splitext(path)[1].lower(), "PNG"))
+        kind = Image.registered_extensions().get(posixpath.splitext(path)[1].lower(), "PNG")
+        # The mark lets a run again replace this sheet, and no other picture (output.py).
+        marked: dict[str, object] = {}
+        if kind == "PNG":
+            text = PngImagePlugin.PngInfo()
+            text.add_text("Software", MARK)
+            marked["pnginfo"] = text
+        elif kind == "JPEG":
+            marked["comment"] = MARK
+        self.image.save(encoded, format=kind, **marked)
         write_whole(path, encoded.getvalue())
 
 

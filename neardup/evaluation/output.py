@@ -1,13 +1,26 @@
-"""Writing a page, a sheet or a report file whole, or not at all.
+"""Writing a page, a sheet or a report file whole, or not at all, and never over what is not ours.
 
 Each is written to a temporary file beside its place and renamed over it once complete: a full
 disk left a truncated page (its script cut off, its box of names to delete half there) where the
 complete page of an earlier run had been, and a contact sheet of 0 bytes.
+
+The rename replaces whatever was at the path, so what is there is checked first (a review:
+`--html db.shelve` replaced the store being read, `--montage` a query photo, and, run as root,
+`--montage /dev/full` the device itself). A page replaces only an HTML page; a contact sheet only
+a sheet neardup drew, which carries a mark (`MARK`) in its PNG text or JPEG comment.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+
+from PIL import Image
+
+# Written into every contact sheet (a PNG's "Software" text, a JPEG's comment), so that a run
+# again may replace its own sheet and no other picture.
+MARK = "neardup contact sheet"
+_SQLITE = b"SQLite format 3\0"
 
 
 def write_whole(path: str, data: bytes) -> None:
@@ -23,3 +36,58 @@ def write_whole(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def page_replace_problem(path: str) -> str | None:
+    """Why an HTML page must not be written over what is at `path` (None: nothing there, an
+    empty file, or a page)."""
+    head = _existing_head(path)
+    if not head or head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(
+            (b"<!doctype html", b"<html")):
+        return None
+    if head is NOT_A_FILE:
+        return "is not a regular file; give a file name"
+    return "is not an HTML page" + _what(head) + "; give another file name, or remove it first"
+
+
+def sheet_replace_problem(path: str) -> str | None:
+    """Why a contact sheet must not be written over what is at `path` (None: nothing there, an
+    empty file, or a sheet neardup drew)."""
+    head = _existing_head(path)
+    if not head:
+        return None
+    if head is NOT_A_FILE:
+        return "is not a regular file; give a file name"
+    try:
+        with Image.open(path) as picture:
+            if MARK in (picture.info.get("Software"), _text(picture.info.get("comment"))):
+                return None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        pass  # not a picture at all, so not a sheet
+    return ("is not a contact sheet neardup drew" + _what(head)
+            + "; give another file name, or remove it first")
+
+
+# What _existing_head gives for a path that is there but is not a regular file (a device, a pipe).
+NOT_A_FILE = b"not a regular file"
+
+
+def _existing_head(path: str) -> bytes | None:
+    """The first bytes of the file at `path` (b"" for an empty one); None where nothing is there
+    or it cannot be read (the write then fails with its own reason); NOT_A_FILE (the object
+    itself) where it is not a regular file."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return NOT_A_FILE
+        with open(path, "rb") as stream:
+            return stream.read(64)
+    except OSError:
+        return None
+
+
+def _what(head: bytes) -> str:
+    return " (it is an SQLite database: a store?)" if head.startswith(_SQLITE) else ""
+
+
+def _text(value: object) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else None
