@@ -17,6 +17,7 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 
 from .conftest import PROJECT_ROOT
+from .imagegen import textured
 from .test_evaluation import build
 
 
@@ -247,6 +248,47 @@ def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
                   ["--groups", "--montage", "sheet.jpg"]):
         for _run in range(2):
             assert search_cli.main(["-s", "db.shelve", *extra]) == 0, capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize(("main", "argv", "option"), [
+    (index_cli.main, ["-d", "", "-s", "db.shelve"], "-d/--dataset"),
+    (index_cli.main, ["-d", "photos", "-s", ""], "-s/--shelve"),
+    (search_cli.main, ["-s", "", "--groups"], "-s/--shelve"),
+    (search_cli.main, ["-s", "db.shelve", "-q", " "], "-q/--query"),
+    (gather_cli.main, ["--output", "", "--source", "photos"], "-o/--output"),
+    (gather_cli.main, ["--output", "out", "--source", ""], "--source"),
+])
+def test_an_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str], main, argv: list[str],  # type: ignore[no-untyped-def]
+                                  option: str) -> None:
+    """A review: an unset shell variable (-s "$STORE") made index.py index into SQLite's
+    temporary database (summary "2 images in the store", exit 0, no file), and -d "" indexed the
+    current folder, whatever it holds."""
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / "photos")
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: is empty (an unset shell variable?)" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
+
+
+def test_a_store_named_like_sqlites_memory_database_is_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-s ':memory:' was SQLite's in-memory database: "2 images in the store", and nothing kept."""
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / "photos")
+    assert index_cli.main(["-d", "photos", "-s", ":memory:", "-q", "-j", "1"]) == 0
+    assert (tmp_path / ":memory:").is_file()
+    assert search_cli.main(["-s", ":memory:", "-q", "photos/0.png"]) == 0
+
+
+def make_photos(folder: Path) -> None:
+    folder.mkdir()
+    for number in range(2):
+        textured(30 + number, (96, 72)).save(folder / f"{number}.png")
 
 
 def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,6 +92,14 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
     return set(vars(parser.parse_args(argv)))
 
 
+def path_option(text: str) -> str:
+    """A file or folder option: an empty one is an unset shell variable (-s "$STORE"), which
+    SQLite took as its temporary database and a dataset as the current folder (a review)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?)")
+    return text
+
+
 def positive_int(text: str) -> int:
     value = non_negative_int(text)
     if value == 0:

@@ -12,7 +12,14 @@ from ..sources.archives import DEFAULT_MAX_BYTES, Limits
 from ..sources.dataset import GatherOptions, gather
 from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
-from .common import given_options, non_negative_int, positive_int, run_command, warn
+from .common import (
+    given_options,
+    non_negative_int,
+    path_option,
+    positive_int,
+    run_command,
+    warn,
+)
 
 PROG = "gather.py"
 DEFAULT_SCALE = 0.05
@@ -42,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         " random samples under OUTPUT/copies, and write OUTPUT/manifest.csv. Without --source the"
         " official CALTECH-101 archive is downloaded (checksum-verified, cached, resumable).",
     )
-    parser.add_argument("-o", "--output", required=True, help="folder to create")
-    parser.add_argument("--source", help="folder of images, or a .zip / .tar / .tar.gz of one"
+    parser.add_argument("-o", "--output", required=True, type=path_option, help="folder to create")
+    parser.add_argument("--source", type=path_option,
+                        help="folder of images, or a .zip / .tar / .tar.gz of one"
                         " (default: download CALTECH-101)")
     parser.add_argument("--samples", type=positive_int, default=17, help="originals to copy (default 17)")
     parser.add_argument("--copies", type=positive_int, default=None,
@@ -59,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="makes the run reproducible (default: random, printed)")
     parser.add_argument("--force", action="store_true",
                         help=f"replace an earlier {command('gather.py')} output in the folder")
-    parser.add_argument("--cache-dir", default=None,
+    parser.add_argument("--cache-dir", type=path_option, default=None,
                         help="where downloads and unpacked archives are kept"
                         " (default $NEARDUP_CACHE or ~/.cache/neardup)")
     parser.add_argument("--url", default=CALTECH101_URL, help=argparse.SUPPRESS)

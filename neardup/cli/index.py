@@ -19,6 +19,7 @@ from .common import (
     given_options,
     hash_size,
     non_negative_int,
+    path_option,
     positive_int,
     run_command,
     warn,
@@ -41,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         " indexed, 2 on an error (bad options, a store that cannot be used or is damaged, a run"
         " refused because it would remove more than half of the store).",
     )
-    parser.add_argument("-d", "--dataset", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("-s", "--shelve", required=True, help="store file to create or update")
+    parser.add_argument("-d", "--dataset", required=True, type=path_option,
+                        help="folder of images (searched recursively)")
+    parser.add_argument("-s", "--shelve", required=True, type=path_option,
+                        help="store file to create or update")
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="dhash",
                         help="perceptual hash (default dhash); the README's \"How accurate is"
                         " it?\" compares them on each kind of edit")

@@ -57,7 +57,14 @@ from ..service.server import (
     reachable_from_elsewhere,
     serve,
 )
-from .common import given_options, non_negative_int, positive_int, run_command, warn
+from .common import (
+    given_options,
+    non_negative_int,
+    path_option,
+    positive_int,
+    run_command,
+    warn,
+)
 
 PROG = "search.py"
 
@@ -99,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         " starts with the query, as grep does with several files. Exit status, as grep: 0 when a"
         " match was found, 1 when none, 2 on an error.",
     )
-    parser.add_argument("-s", "--shelve", required=True, action="append",
+    parser.add_argument("-s", "--shelve", required=True, type=path_option, action="append",
                         help=f"store built by {command('index.py')} (with --evaluate, repeat it to compare"
                         " stores built with different hashes on the same dataset)")
     wanted = parser.add_mutually_exclusive_group(required=True)
-    wanted.add_argument("-q", "--query", action="append",
+    wanted.add_argument("-q", "--query", type=path_option, action="append",
                         help="query image, or a folder of them; may be repeated")
-    wanted.add_argument("--evaluate", metavar="MANIFEST",
+    wanted.add_argument("--evaluate", type=path_option, metavar="MANIFEST",
                         help=f"score the store against a {command('gather.py')} manifest.csv: search every"
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
@@ -123,15 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mirror", action="store_true",
                         help="also match mirror images: hash the flipped query too (the store"
                         " is unchanged)")
-    parser.add_argument("--montage", metavar="PNG",
+    parser.add_argument("--montage", type=path_option, metavar="PNG",
                         help="with --query or --groups: also draw a contact sheet, each query (or"
                         " group) beside its matches with their distances; at most 24 rows, and"
                         " what is left out is said on the sheet and on stderr")
-    parser.add_argument("--html", metavar="PAGE",
+    parser.add_argument("--html", type=path_option, metavar="PAGE",
                         help="with --groups or --evaluate (one store): also write a"
                         " self-contained HTML page to review every group or every miss, with"
                         " thumbnails, paths relative to the dataset and distances")
-    parser.add_argument("--report", metavar="DIR",
+    parser.add_argument("--report", type=path_option, metavar="DIR",
                         help="with --evaluate: write into DIR, for each store, evaluation JSON and"
                         " CSV, a PNG chart of recall and precision against the threshold, a"
                         " contact sheet of the worst misses and an HTML page of them all")
@@ -151,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--full-paths", action="store_true",
                          help="with --serve: answers also give each match's path on this"
                          " machine; by default only its path inside the dataset (relpath)")
-    service.add_argument("--token-file", metavar="FILE",
+    service.add_argument("--token-file", type=path_option, metavar="FILE",
                          help="with --serve: every request must carry 'Authorization: Bearer"
                          " <the token in FILE>', else 401")
     service.add_argument("--decode-memory-mb", type=positive_int,

@@ -23,7 +23,10 @@ from .hashing import readable_formats
 
 def dataset_folder(dataset: str) -> str:
     """The folder a --dataset names: a path as given, or a file:// URL of this machine, decoded
-    (Path.as_uri() writes a space as %20; file://localhost/ is this machine too)."""
+    (Path.as_uri() writes a space as %20; file://localhost/ is this machine too). An empty one
+    is refused: it would be the current folder, whatever that holds."""
+    if not dataset.strip():
+        raise NeardupError("the dataset folder's path is empty (an unset shell variable?)")
     if not dataset.startswith("file://"):
         return dataset
     url = urllib.parse.urlsplit(dataset)

@@ -94,7 +94,9 @@ class Db:
 def check_store_path(path: str, *, writing: bool) -> bool:
     """True if something is at `path`. Refuses, before anything opens it, what can never be a store:
     a folder, a device or FIFO (opening /dev/null would leave /dev/null-journal; a FIFO would
-    block), a path in a folder that does not exist."""
+    block), a path in a folder that does not exist, an empty path (SQLite's temporary database)."""
+    if not path.strip():
+        raise StoreError("the store's path is empty (an unset shell variable?)")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -184,7 +186,11 @@ def _has_sqlite_header(path: str) -> bool:
 def connect_writer(path: str) -> sqlite3.Connection:
     """The writer's connection (reading goes through connect_reader)."""
     try:
-        connection = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+        # As a file: URI of the absolute path, as the readers open it. A bare name is SQLite's
+        # own: ":memory:" (and "") is a database in memory, gone with the process, and
+        # index.py said "2 images in the store" of it (a review).
+        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri(), uri=True,
+                                     timeout=BUSY_SECONDS, isolation_level=None)
     except sqlite3.Error as error:
         raise sqlite_failure(path, error, "open") from error
     try:
