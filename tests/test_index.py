@@ -485,3 +485,20 @@ def test_a_moved_dataset_folder_is_said_once_and_the_store_can_follow_it(
     assert captured.err == "" and captured.out.splitlines() == [
         "0\tnew/images/cat0/image_0000.jpg", "0\tnew/images/dup.jpg"]
     assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1"]) == 0
+
+
+def test_a_dataset_folder_whose_path_is_not_utf8_is_one_line(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: a folder named in Latin-1 (`M\\xfcnchen`, from an old disk) ended index.py in a
+    UnicodeEncodeError traceback (the store keeps the folder's path as text). Now one line that
+    names the way round it, a symlink with a UTF-8 name, and that way works."""
+    folder = os.fsdecode(b"M\xfcnchen")
+    make_tree(folder, 2)
+    assert index_cli.main(["-d", folder, "-s", "db.shelve", "-q", "-j", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("index.py: error: M\\xfcnchen: the folder's path is not UTF-8"
+                   f" ({os.getcwd()}/M\\xfcnchen), and a store keeps it as text: rename the"
+                   " folder, or index it through a symlink whose path is UTF-8\n"), err
+    assert not os.path.exists("db.shelve")
+    os.symlink(folder, "photos")
+    assert index_cli.main(["-d", "photos", "-s", "db.shelve", "-q", "-j", "1"]) == 0

@@ -44,6 +44,7 @@ from ..errors import DatasetError, ImageError, NeardupError, command
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
+from .results import shown_path
 from .search import HashIndex
 from .store import (
     CHECKPOINT_FULL,
@@ -174,6 +175,16 @@ def index_folder(
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
         raise DatasetError(f"{dataset}: not a folder")
+    for folder in (root, os.path.abspath(moved_from) if moved_from else ""):
+        try:
+            folder.encode("utf-8")
+        except UnicodeEncodeError:
+            # Names inside it may be any bytes (stored escaped), but the folder's own path is
+            # the store's record of what it indexes, kept as text.
+            raise DatasetError(f"{shown_path(dataset if folder == root else moved_from)}: the"
+                               f" folder's path is not UTF-8 ({shown_path(folder)}), and a store"
+                               " keeps it as text: rename the folder, or index it through a"
+                               " symlink whose path is UTF-8") from None
 
     def shown(path: str) -> str:
         """A file's path as the user named its folder (`images/x.jpg` for -d images)."""
