@@ -22,6 +22,7 @@ from neardup.core.discovery import FoundFile, walk_images
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.indexing import index_folder
 from neardup.core.store import Store
+from neardup.errors import NeardupError
 
 from .conftest import PROJECT_ROOT, sigint_as_in_a_terminal
 from .imagegen import hashed_apart, make_tree, save, textured
@@ -502,3 +503,22 @@ def test_a_dataset_folder_whose_path_is_not_utf8_is_one_line(
     assert not os.path.exists("db.shelve")
     os.symlink(folder, "photos")
     assert index_cli.main(["-d", "photos", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+
+
+@pytest.mark.parametrize("size", ["2", "3", "6", "10"])
+def test_a_hash_size_whose_bits_are_not_whole_bytes_is_refused_before_any_store(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str], size: str) -> None:
+    """A review: --hash-size 6 (36 bits, nine hex digits) passed the range check and ended in a
+    ValueError traceback from bytes.fromhex, leaving an empty store recorded as dhash-6 that
+    refused every recipe after it. Sizes a store can keep are multiples of 4 (hash_file makes
+    any size, as ImageHash does)."""
+    make_tree("images", 2)
+    with pytest.raises(SystemExit) as stopped:
+        index_cli.main(["-d", "images", "-s", "db.shelve", "--hash-size", size])
+    assert stopped.value.code == 2
+    assert ("argument --hash-size: must be a multiple of 4 from 4 to 32 (a store keeps each hash"
+            " as whole bytes)") in capsys.readouterr().err
+    assert not os.path.exists("db.shelve")
+    with pytest.raises(NeardupError, match="multiple of 4"):  # the API's way in
+        index_folder("images", "db.shelve", Recipe(hash_size=int(size)))
+    assert not os.path.exists("db.shelve")

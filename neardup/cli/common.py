@@ -112,7 +112,7 @@ def hash_size(text: str) -> int:
     from ..core.hashing import MAX_HASH_SIZE
 
     value = non_negative_int(text)
-    if not 2 <= value <= MAX_HASH_SIZE:
-        raise argparse.ArgumentTypeError(f"must be from 2 to {MAX_HASH_SIZE}"
-                                         f" ({MAX_HASH_SIZE ** 2} bits)")
+    if not 4 <= value <= MAX_HASH_SIZE or value % 4:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 4 from 4 to {MAX_HASH_SIZE} (a"
+                                         " store keeps each hash as whole bytes)")
     return value

@@ -172,6 +172,11 @@ def index_folder(
     """
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
+    if recipe.bits % 8:
+        # A store keeps each hash as whole bytes (its files table, the search arrays): 6 x 6 = 36
+        # bits, nine hex digits, ended in a traceback and left an empty store behind (a review).
+        raise NeardupError(f"a store keeps each hash as whole bytes, so its hash size must be a"
+                           f" multiple of 4 ({recipe.describe()} is {recipe.bits} bits)")
     root = os.path.abspath(dataset)
     if not os.path.isdir(root):
         raise DatasetError(f"{dataset}: not a folder")
