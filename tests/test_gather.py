@@ -120,6 +120,37 @@ class TestOutputFolder:
         assert "not an earlier gather.py output" in capsys.readouterr().err
         assert Path("precious/thesis.txt").read_text() == "years of work"
 
+    def test_force_replaces_only_what_gather_wrote(
+        self, source: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        """A review: --force deleted any folder holding a file named manifest.csv (a photo folder
+        with another program's manifest), and with an earlier output whatever a user had added
+        to it (a store kept inside, a photo of their own), without a word."""
+        os.makedirs("Photos")
+        Path("Photos/mine.jpg").write_bytes(b"a photo")
+        Path("Photos/manifest.csv").write_text("name,size\nmine.jpg,7\n")
+        assert run_gather("source", "Photos", "--force") == 2
+        assert capsys.readouterr().err == (
+            f"gather.py: error: {Path('Photos').resolve()}: its manifest.csv is not one gather.py wrote (its columns"
+            " are not file, role, group, source, edit); refusing to replace the folder even with"
+            " --force\n")
+        assert sorted(os.listdir("Photos")) == ["manifest.csv", "mine.jpg"]
+
+        assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
+        Path("out/db.shelve").write_bytes(b"a store")
+        Path("out/haystack/cat0/added.jpg").write_bytes(b"a photo")
+        capsys.readouterr()
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2", "--force") == 2
+        assert capsys.readouterr().err == (
+            f"gather.py: error: {Path('out').resolve()}: holds 2 files gather.py did not write (db.shelve,"
+            " haystack/cat0/added.jpg); move them out, or choose another --output (--force"
+            " replaces only an earlier gather.py run)\n")
+        assert Path("out/db.shelve").read_bytes() == b"a store"
+        assert Path("out/haystack/cat0/added.jpg").read_bytes() == b"a photo"
+        os.remove("out/db.shelve")
+        os.remove("out/haystack/cat0/added.jpg")
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2", "--force") == 0
+
     def test_one_sample_and_one_copy_are_said_in_the_singular(
         self, source: Path, capsys: pytest.CaptureFixture
     ) -> None:

@@ -167,6 +167,46 @@ def _check_output(source_root: str, destination: str, force: bool) -> None:
             f"{destination}: not empty and holds no {MANIFEST_NAME}, so it is not an earlier"
             f" {command('gather.py')} output; refusing to replace it even with --force"
         )
+    # --force replaces the folder whole: only where everything in it is an earlier run's (a
+    # review: another program's manifest.csv was enough, and a store or a photo a user had put
+    # into an earlier output went without a word).
+    if extra := _not_written_by_gather(destination):
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        files = "1 file" if len(extra) == 1 else f"{len(extra)} files"
+        raise DatasetError(
+            f"{destination}: holds {files} {command('gather.py')} did not write ({shown}); move"
+            f" them out, or choose another --output (--force replaces only an earlier"
+            f" {command('gather.py')} run)"
+        )
+
+
+def _not_written_by_gather(destination: str) -> list[str]:
+    """What is in an earlier output folder that its manifest does not list, sorted; refuses a
+    manifest gather.py did not write."""
+    manifest = os.path.join(destination, MANIFEST_NAME)
+    try:
+        with open(manifest, newline="", encoding="utf-8", errors="surrogateescape") as stream:
+            reader = csv.reader(stream)
+            header = next(reader, [])
+            listed = {row[0] for row in reader if row}
+    except (OSError, csv.Error) as error:
+        raise DatasetError(f"{destination}: cannot read its {MANIFEST_NAME} ({error}); refusing"
+                           " to replace the folder even with --force") from error
+    if tuple(header) != MANIFEST_COLUMNS:
+        raise DatasetError(
+            f"{destination}: its {MANIFEST_NAME} is not one {command('gather.py')} wrote (its"
+            f" columns are not {', '.join(MANIFEST_COLUMNS)}); refusing to replace the folder"
+            " even with --force"
+        )
+    extra = []
+    for folder, subfolders, files in os.walk(destination):
+        inside = os.path.relpath(folder, destination)
+        for name in files + [name for name in subfolders
+                             if os.path.islink(os.path.join(folder, name))]:
+            relpath = name if inside == os.curdir else f"{inside}/{name}".replace(os.sep, "/")
+            if relpath != MANIFEST_NAME and relpath not in listed:
+                extra.append(relpath)
+    return sorted(extra)
 
 
 def _write_haystack(
