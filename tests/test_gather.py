@@ -131,9 +131,9 @@ class TestOutputFolder:
         Path("Photos/manifest.csv").write_text("name,size\nmine.jpg,7\n")
         assert run_gather("source", "Photos", "--force") == 2
         assert capsys.readouterr().err == (
-            f"gather.py: error: {Path('Photos').resolve()}: its manifest.csv is not one gather.py wrote (its columns"
-            " are not file, role, group, source, edit); refusing to replace the folder even with"
-            " --force\n")
+            f"gather.py: error: {Path('Photos').resolve()}: its manifest.csv is not one"
+            " gather.py wrote (its columns are not file, role, group, source, edit); refusing to"
+            " replace the folder even with --force\n")
         assert sorted(os.listdir("Photos")) == ["manifest.csv", "mine.jpg"]
 
         assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0

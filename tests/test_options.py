@@ -354,6 +354,31 @@ def test_only_a_broken_standard_output_is_silent(tmp_path: Path) -> None:
         assert reader.wait(timeout=30) == 2
 
 
+
+def test_a_closed_standard_output_is_one_line_where_results_go_there(tmp_path: Path) -> None:
+    """A review: search.py run with standard output closed (`>&-`, as from cron) ended in an
+    AttributeError traceback, and --groups exited 0 having printed nothing. index.py, whose
+    result is the store, still indexes."""
+    make_photos(tmp_path / "photos")
+
+    def closed_stdout() -> None:
+        os.close(1)
+
+    def run(script: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(PROJECT_ROOT / script), *argv], cwd=tmp_path,
+                              preexec_fn=closed_stdout, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+
+    done = run("index.py", "-d", "photos", "-s", "db.shelve", "-q", "-j", "1")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (tmp_path / "db.shelve").is_file()
+    for argv in (["-q", "photos/0.png"], ["-q", "photos/0.png", "--json"], ["--groups"]):
+        done = run("search.py", "-s", "db.shelve", *argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr == ("search.py: error: standard output is closed, so the results"
+                               " would go nowhere (run it with > FILE)\n"), argv
+
+
 def test_file_urls_name_the_folder_on_this_machine(
         in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A review: Path.as_uri() of a folder with a space (percent-encoded) and file://localhost/

@@ -251,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         check_options(args, given)
+        if sys.stdout is None and not args.serve:
+            # Started with standard output closed (`>&-`, from cron): Python drops every print,
+            # so a search would end in silence, or in a traceback at the first flush (a review).
+            raise NeardupError("standard output is closed, so the results would go nowhere (run"
+                               " it with > FILE)")
         if args.evaluate:
             return run_evaluation(args)
         if len(args.shelve) > 1:
