@@ -370,6 +370,41 @@ def test_a_damaged_avif_and_formats_not_read_are_named_as_such(
             hash_file(str(tmp_path / "cut.avif"), DEFAULT)
 
 
+
+def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
+        tmp_path: Path) -> None:
+    """A review: a 3 KB AVIF whose ispe box declared 64 x 64 held a 16000 x 16000 picture; Pillow
+    reported 64 x 64, so it passed the pixel limit and the checker's memory budget, and libavif
+    decoded it whole (1 GB each). Here a 1,024 x 1,024 picture declares 64 x 64 (the same lie,
+    smaller), and an AVIF whose sequence header cannot be found is damaged."""
+    if "AVIF" not in hashing.readable_formats():
+        pytest.skip("this Pillow reads no AVIF")
+    honest = tmp_path / "honest.avif"
+    Image.new("RGB", (1024, 1024), (10, 20, 30)).save(honest, quality=10, speed=10)
+    data = bytearray(honest.read_bytes())
+    at = data.find(b"ispe")
+    assert struct.unpack_from(">II", data, at + 8) == (1024, 1024)
+    struct.pack_into(">II", data, at + 8, 64, 64)
+    (tmp_path / "lies.avif").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"refused: its coded picture is 1024 x 1024 pixels, but"
+                                         r" it declares 64 x 64"):
+        hash_file(str(tmp_path / "lies.avif"), DEFAULT)
+    # Honest pictures, with and without transparency, odd sizes among them, are hashed.
+    for size, mode in (((1024, 1024), "RGB"), ((301, 17), "RGB"), ((64, 48), "RGBA")):
+        path = tmp_path / f"{size[0]}-{mode}.avif"
+        zoo.picture().convert(mode).resize(size).save(path)
+        assert hash_file(str(path), DEFAULT).bits == 64
+    hash_file(str(honest), DEFAULT)
+    # The sequence header's first byte made into another kind of OBU: nothing says the size.
+    data = bytearray(honest.read_bytes())
+    mdat = data.find(b"mdat") + 4
+    header_at = data.index(bytes([0x0A]), mdat)  # obu_type 1, has_size_field
+    data[header_at] = 0x7A  # obu_type 15, padding
+    (tmp_path / "hidden.avif").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="damaged AVIF file"):
+        hash_file(str(tmp_path / "hidden.avif"), DEFAULT)
+
+
 class TestRefused:
 
     def test_a_tiff_tile_far_larger_than_its_picture_is_refused(self, tmp_path: Path) -> None:

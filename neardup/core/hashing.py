@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
-from . import jpeg, png, sampling, tiff
+from . import avif, jpeg, png, sampling, tiff
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
 
@@ -666,7 +666,7 @@ def open_image(
             # on stderr per upload that asks for them, past the checker's log limit.
             warnings.simplefilter("ignore")
             # Before Pillow parses a TIFF's directory, or walks a PNG's chunks.
-            refused = tiff.refusal(stream) or png.refusal(stream)
+            refused = tiff.refusal(stream) or png.refusal(stream) or avif.refusal(stream)
             if refused is not None:
                 raise ImageError(path, refused)
             image = Image.open(stream, formats=readable_formats())
