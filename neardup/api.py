@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
-from .core.grouping import near_duplicate_groups
+from .core.grouping import groups_distance_problem, near_duplicate_groups
 from .core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -256,6 +256,8 @@ class ImageStore:
         for each image whose file can no longer be read (its own matches are not searched), and
         one saying how many images have no features yet (left out: they cannot be verified)."""
         self._check_distance(max_distance)
+        if problem := groups_distance_problem(max_distance, self.recipe.bits):
+            raise ValueError(problem.replace("--groups", "groups", 1))
         with self._store.snapshot():
             if self.has_features and not os.path.isdir(self.dataset):
                 # Its folder is gone (moved with the store?): no image can be read again, so

@@ -84,7 +84,7 @@ def test_the_same_options_work_where_they_apply(
     build(tmp_path / "data", planted_duplicate=True)
     monkeypatch.chdir(tmp_path)
     assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png", "--max-pixels",
-                            "100000000", "--max-distance", "64"]) == 0
+                            "100000000", "--max-distance", "16"]) == 0
     assert search_cli.main(["-s", "db.shelve", "-q", "data/haystack/A.png", "--max-distance",
                             "64", "--include-low-information"]) == 0
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--mirror",
@@ -296,7 +296,7 @@ def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
-                                 "--groups", "--max-distance", "64"], stdout=full,
+                                 "--groups", "--max-distance", "16"], stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.endswith("error: cannot write the results (No space left on device)\n")

@@ -11,6 +11,7 @@ from typing import BinaryIO, TextIO
 
 from ..api import DuplicateGroup, ImageStore
 from ..core.discovery import Skipped, walk_images
+from ..core.grouping import groups_distance_problem
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -456,6 +457,9 @@ def save_page(path: str, page: str) -> None:
 def run_groups(args: argparse.Namespace) -> int:
     """--groups: sets of images in which every pair is a match (no chains)."""
     opened = Store.open_for_reading(args.shelve, report=say)
+    if problem := groups_distance_problem(args.max_distance, opened.recipe.bits):
+        opened.close()
+        raise NeardupError(problem)
     with ImageStore(opened) as store:
         # On a store with local features every pair in a group is a verified match (api.py).
         groups = store.groups(args.max_distance,
