@@ -5,15 +5,20 @@ import errno
 import filecmp
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from neardup.cli import gather as gather_cli
+from neardup.sources import dataset
 from neardup.sources.dataset import MANIFEST_COLUMNS, read_manifest
 from neardup.sources.edits import resize
 
+from .conftest import PROJECT_ROOT, finished
 from .imagegen import make_tree, save, textured
 
 
@@ -175,6 +180,54 @@ class TestOutputFolder:
             " left on device); the folder is as it was\n")
         assert Path("out/manifest.csv").read_bytes() == before
         assert not [name for name in os.listdir(".") if ".partial-" in name or ".old-" in name]
+
+    def test_sigterm_removes_the_partial_folder_as_ctrl_c_does(
+        self, source: Path
+    ) -> None:
+        """A review: gather.py stopped by SIGTERM (kill, timeout, a service stop) left its
+        .OUT.partial-* folder behind (193 MB after 6 s of CALTECH-101), where Ctrl-C removed it.
+        The run here sends itself SIGTERM once the haystack is written, so the signal arrives
+        mid-run every time, not after some guessed delay."""
+        script = (
+            "import os, signal, sys\n"
+            "from neardup.cli import gather\n"
+            "from neardup.sources import dataset\n"
+            "write_copies = dataset._write_copies\n"
+            "def terminated_then_copies(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return write_copies(*args, **kwargs)\n"
+            "dataset._write_copies = terminated_then_copies\n"
+            "sys.exit(gather.main(sys.argv[1:]))\n"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
+             "--samples", "2", "--seed", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        ) as process:
+            out, err = finished(process, 60)
+        assert process.returncode == 128 + signal.SIGTERM, err
+        assert (out, err) == ("", "gather.py: terminated; nothing was written to the output"
+                              " folder\n")
+        assert sorted(os.listdir(".")) == ["source"]
+
+    def test_partial_folders_of_runs_that_are_gone_are_removed(self, source: Path) -> None:
+        """A run killed outright (SIGKILL, a power cut) cannot clean up after itself: the next run
+        into the same output removes what such a run left, never the folder of a run going on."""
+        with subprocess.Popen([sys.executable, "-c", ""]) as ended:
+            pass  # waited for, so its pid is no process's now
+        host = dataset._host()  # this machine, as folder names give it
+        stale = Path(f".out.partial-{host}-{ended.pid}-abcd_123")
+        running = Path(f".out.partial-{host}-{os.getpid()}-abcd_123")
+        other_host = Path(f".out.partial-{host}x-{ended.pid}-abcd_123")
+        other_output = Path(f".other.partial-{host}-{ended.pid}-abcd_123")
+        not_ours = Path(f".out.partial-{host}-{ended.pid}-kept")
+        for folder in (stale, running, other_host, other_output, not_ours):
+            (folder / "haystack").mkdir(parents=True)
+            (folder / "haystack" / "a.jpg").write_bytes(b"half")
+        assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
+        assert not stale.exists()
+        assert all(folder.is_dir() for folder in (running, other_host, other_output, not_ours))
 
     def test_output_inside_the_source_is_refused(self, source: Path, capsys: pytest.CaptureFixture) -> None:
         assert run_gather("source", "source/out") == 2

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..errors import NeardupError, command
@@ -23,6 +28,37 @@ from .common import (
 
 PROG = "gather.py"
 DEFAULT_SCALE = 0.05
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell shows for a command SIGTERM ended
+NOTHING_WRITTEN = "nothing was written to the output folder"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run. It unwinds as Ctrl-C does, so that every `except BaseException`
+    that cleans up (the .OUTPUT.partial-* folder, a half-unpacked archive) runs for it too: at
+    Python's default, SIGTERM ended the process at once and left the partial folder behind."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Once: a second SIGTERM while the partial folder is being removed would stop the removal
+    # half-way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs, where SIGTERM has its default meaning
+    (a program embedding this keeps its own handler; signal.signal works in the main thread
+    only)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def scale_factor(text: str) -> float:
@@ -108,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         print(summary.line())
         return 0
 
-    return run_command(PROG, body, "nothing was written to the output folder")
+    def body_until_terminated() -> int:
+        try:
+            return body()
+        except Terminated:
+            warn(PROG, f"terminated; {NOTHING_WRITTEN}")
+            return EXIT_TERMINATED
+
+    with _sigterm_unwinds():
+        return run_command(PROG, body_until_terminated, NOTHING_WRITTEN)
 
 
 if __name__ == "__main__":  # python -m neardup.cli.gather

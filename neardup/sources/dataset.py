@@ -15,7 +15,9 @@ import csv
 import errno
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,7 +110,11 @@ def gather(
     parent = os.path.dirname(destination)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = make_staging_folder(parent, f".{os.path.basename(destination)}.partial-")
+        _remove_abandoned_partials(parent, os.path.basename(destination))
+        # The host and pid in the name tell a later run whether the run that made it is still
+        # going.
+        staging = make_staging_folder(
+            parent, f".{os.path.basename(destination)}.partial-{_host()}-{os.getpid()}-")
         try:
             rows = _write_haystack(images, source_root, staging, progress)
             summary.haystack = len(rows)
@@ -207,6 +213,48 @@ def _not_written_by_gather(destination: str) -> list[str]:
             if relpath != MANIFEST_NAME and relpath not in listed:
                 extra.append(relpath)
     return sorted(extra)
+
+
+def _remove_abandoned_partials(parent: str, name: str) -> None:
+    """Remove the partial folders earlier runs into `name` left when they were killed outright
+    (SIGKILL, a power cut: nothing of theirs could clean up), each as large as a dataset.
+
+    Only folders named as gather() names them, `.NAME.partial-HOST-PID-XXXXXXXX`, made on this
+    host (a folder shared with other machines or containers: their pids are not ours to ask
+    about) by a PID that is no running process: a run still going is never touched (a PID reused
+    since counts as running, so such a folder waits for a later run), nor are folders from
+    before names held a PID.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.partial-{re.escape(_host())}-([0-9]{{1,9}})"
+                         r"-[a-z0-9_]{8}")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return  # making the output there reports the real problem
+    for entry in entries:
+        found = pattern.fullmatch(entry)
+        if found is None or _is_running(int(found.group(1))):
+            continue
+        folder = os.path.join(parent, entry)
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _host() -> str:
+    """This machine's name as it can stand in a folder name."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "_"
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process (EPERM), or a pid we cannot ask about: keep it
+    return True
 
 
 def _write_haystack(
