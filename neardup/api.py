@@ -347,6 +347,8 @@ class ImageStore:
             # once its mode is one they read (open_image checks a file's; the features, which
             # look after the hash, read every mode the hash does).
             refusal = mode_refusal(image, self.recipe)
+            if 0 in image.size:  # no file decodes to this (Pillow refuses one), but Image.new can
+                refusal = f"has no pixels ({image.width} x {image.height})"
             if refusal is not None:
                 raise ImageError(getattr(image, "filename", "") or "image", refusal)
             plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)

@@ -114,6 +114,17 @@ def test_a_pil_image_in_any_mode_is_searched_or_refused_as_an_image_error(
                                         " cannot read it)")
 
 
+def test_a_pil_image_without_pixels_is_an_image_error(library: Path) -> None:
+    """A review: a 0 x 0 PIL image raised IndexError from the resampling, where a 0 x 0 file is
+    an ImageError."""
+    with neardup.open_store(library / "photos.shelve") as store:
+        for size in ((0, 0), (0, 7), (7, 0)):
+            for call in (store.search, store.hash):
+                with pytest.raises(neardup.ImageError) as refused:
+                    call(Image.new("RGB", size))
+                assert str(refused.value) == f"image: has no pixels ({size[0]} x {size[1]})"
+
+
 def test_a_store_sees_what_is_indexed_after_it_was_opened(library: Path) -> None:
     with neardup.open_store(library / "photos.shelve") as store:
         new = textured(99)
