@@ -70,7 +70,7 @@ def main() -> int:
     if not os.path.isfile(manifest):
         print(f"decode_margin.py: {manifest}: no such file (run gather.py first)")
         return 2
-    with open(manifest, newline="", encoding="utf-8") as stream:
+    with open(manifest, newline="", encoding="utf-8-sig") as stream:
         rows = list(csv.DictReader(stream))
     originals = {row["group"]: row["file"] for row in rows if row["role"] == "original"}
     copies = [(row["file"], originals[row["group"]], row["edit"].split()[0])

@@ -153,7 +153,7 @@ def feature_index_bytes(store_path: Path) -> int:
 
 
 def pick_queries(dataset: Path, count: int) -> list[tuple[str, str]]:
-    with open(dataset / "manifest.csv", newline="") as stream:
+    with open(dataset / "manifest.csv", newline="", encoding="utf-8-sig") as stream:
         rows = list(csv.DictReader(stream))
     by_kind: dict[str, list[tuple[str, str]]] = {}
     for row in rows:

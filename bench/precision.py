@@ -218,7 +218,7 @@ def from_store(store_path: str, manifest: str, limit: int | None,
     from neardup.features.search import VerifiedSearch
 
     folder = os.path.dirname(os.path.abspath(manifest))
-    rows = list(csv.DictReader(open(manifest, newline="", encoding="utf-8")))
+    rows = list(csv.DictReader(open(manifest, newline="", encoding="utf-8-sig")))
     results = []
     with Store.open_for_reading(store_path) as store:
         root = store.dataset_root

@@ -93,7 +93,7 @@ def main() -> int:
         print(f"upload_direction.py: {manifest}: no such file (a gather.py output folder?)",
               file=sys.stderr)
         return 2
-    with open(manifest, newline="", encoding="utf-8") as stream:
+    with open(manifest, newline="", encoding="utf-8-sig") as stream:
         copies = [row for row in csv.DictReader(stream) if row["role"] == "copy"]
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or scratch

@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--jsonl", help="also write every verdict, one JSON line each")
     args = parser.parse_args()
 
-    with open(os.path.join(args.dataset, "manifest.csv"), newline="") as stream:
+    with open(os.path.join(args.dataset, "manifest.csv"), newline="", encoding="utf-8-sig") as stream:
         copies = [row for row in csv.DictReader(stream) if row["role"] == "copy"]
     jobs = [(row["file"], row["edit"].split()[0], os.path.join(args.dataset, row["file"]),
              os.path.join(args.dataset, row["source"])) for row in copies[:args.limit]]

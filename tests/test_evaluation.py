@@ -90,6 +90,16 @@ def test_one_sample_is_counted_in_the_singular(tmp_path: Path) -> None:
     assert "; 1 query, 1 copy" in text.splitlines()[0], text.splitlines()[0]
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """A review: a manifest saved from Excel or LibreOffice (UTF-8 with a byte-order mark) was
+    "not a manifest (missing file)": the mark read as part of the first column's name."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    result = evaluate(tmp_path)
+    assert result.copies == 3 and result.recommended == 0
+
+
 def test_copies_removed_from_the_store_are_missed(tmp_path: Path) -> None:
     """Evaluation counts what search returns, not what re-hashing the copy on disk would give."""
     build(tmp_path / "data", planted_duplicate=False)

@@ -136,7 +136,9 @@ def gather(
 
 def read_manifest(path: str) -> list[ManifestRow]:
     try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as stream:
+        # utf-8-sig: Excel and LibreOffice save UTF-8 with a byte-order mark, which read as plain
+        # UTF-8 became part of the first column's name ("not a manifest (missing file)").
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as stream:
             reader = csv.DictReader(stream)
             missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
             if missing:
