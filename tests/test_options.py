@@ -78,6 +78,32 @@ def test_search_refuses_what_would_do_nothing(
                   if not name.endswith(("-wal", "-shm"))) == before
 
 
+def test_serve_refuses_a_query_distance_beyond_the_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: --serve --max-query-distance 100 was taken on a 64-bit store, and
+    ?max_distance=100 answered (everything matches), while -m 65 and the API refuse."""
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    served: list[int] = []
+    monkeypatch.setattr(search_cli, "serve", lambda checker, host, port, limits, **_:
+                        served.append(limits.max_query_distance))
+    serve = ["--serve", "127.0.0.1:0"]
+    capsys.readouterr()
+    assert refused(capsys, search_cli.main, ["-s", "db.shelve", *serve, "--max-query-distance",
+                                             "100"]).startswith(
+        "search.py: error: --max-query-distance 100 is more than the 64 bits of db.shelve's"
+        " hashes")
+    assert served == []
+    assert search_cli.main(["-s", "db.shelve", *serve, "--max-query-distance", "64"]) == 0
+    assert served == [64]
+    # A default beyond the store's bits is not refused but lowered to them (the default 10 is
+    # below every --hash-size's bits today: one beyond 64 shows it).
+    monkeypatch.setattr(search_cli, "DEFAULT_MAX_QUERY_DISTANCE", 70)
+    assert search_cli.main(["-s", "db.shelve", *serve]) == 0
+    assert served == [64, 64]
+
+
 def test_the_same_options_work_where_they_apply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

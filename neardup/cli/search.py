@@ -262,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.shelve) > 1:
             raise NeardupError("several --shelve are only for --evaluate")
         args.shelve = args.shelve[0]
-        check_store(args.shelve, args.max_distance)
+        bits = check_store(args.shelve, args.max_distance,
+                           args.max_query_distance if "max_query_distance" in given else None)
+        if args.serve:
+            # The default (10) on a store of fewer bits: beyond them everything matches.
+            args.max_query_distance = min(args.max_query_distance, bits)
         if args.stdin or args.serve:
             return run_checker(args)
         if args.groups:
@@ -415,8 +419,9 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise NeardupError(f"{option} {path}: {problem}")
 
 
-def check_store(store_path: str, max_distance: int) -> None:
-    """A distance beyond the hash's bits would match everything: refused, as HTTP refuses it.
+def check_store(store_path: str, max_distance: int, max_query_distance: int | None = None) -> int:
+    """The bits of the store's hashes. A distance beyond them would match everything: refused,
+    --max-distance and --max-query-distance (the largest ?max_distance of --serve) alike.
     A store whose dataset folder is gone (moved with it) is said once: it answered the old
     paths, silently, and --groups said "run index.py" for every file (a review).
 
@@ -425,9 +430,12 @@ def check_store(store_path: str, max_distance: int) -> None:
         bits = store.recipe.bits
         if gone := store.dataset_gone():
             say(gone)
-    if max_distance > bits:
-        raise NeardupError(f"--max-distance {max_distance} is more than the {bits} bits of"
-                           f" {store_path}'s hashes ({store.recipe.describe()})")
+    for option, distance in (("--max-distance", max_distance),
+                             ("--max-query-distance", max_query_distance)):
+        if distance is not None and distance > bits:
+            raise NeardupError(f"{option} {distance} is more than the {bits} bits of"
+                               f" {store_path}'s hashes ({store.recipe.describe()})")
+    return bits
 
 
 def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: str,
