@@ -488,6 +488,32 @@ def test_a_moved_dataset_folder_is_said_once_and_the_store_can_follow_it(
     assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1"]) == 0
 
 
+def test_a_moved_from_that_the_store_does_not_index_is_refused(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: `--moved-from /no/such/folder` was taken when the store already indexed
+    --dataset (docs/usage.md: refused); a new store has no folder to have moved from either: a
+    mistyped -s would build a whole new store where the user meant to re-point one."""
+    make_tree("images", 2)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    before = Path("db.shelve").read_bytes()
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                           "--moved-from", "/no/such/folder"]) == 2
+    assert capsys.readouterr().err == (
+        f"index.py: error: db.shelve: indexes {in_tmp / 'images'} already, not --moved-from"
+        " /no/such/folder: drop --moved-from, or name the store that indexed that folder\n")
+    assert Path("db.shelve").read_bytes() == before
+    assert index_cli.main(["-d", "images", "-s", "new.shelve", "-q", "-j", "1",
+                           "--moved-from", "/no/such/folder"]) == 2
+    assert capsys.readouterr().err == (
+        "index.py: error: new.shelve: a new store, indexing no folder yet, not --moved-from"
+        " /no/such/folder: drop --moved-from, or name the store that indexed that folder\n")
+    assert not [name for name in os.listdir(".") if name.startswith("new.shelve")]
+    # The folder it indexes, named again, is no mistake.
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                           "--moved-from", "images"]) == 0
+
+
 def test_a_dataset_folder_whose_path_is_not_utf8_is_one_line(
         in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A review: a folder named in Latin-1 (`M\\xfcnchen`, from an old disk) ended index.py in a

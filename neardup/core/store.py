@@ -1120,6 +1120,12 @@ def _initialise_or_check(
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if tables and "neardup_meta" not in tables:
         raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
+    # A --moved-from the store does not index is a mistake (a mistyped -s, another store): refused
+    # before anything is written, as docs/usage.md says, not taken as a plain run.
+    redundant = "drop --moved-from, or name the store that indexed that folder"
+    if not tables and moved_from is not None:
+        raise StoreError(f"{path}: a new store, indexing no folder yet, not --moved-from"
+                         f" {moved_from}: {redundant}")
     if not tables:
         with write_transaction(db, path):
             _create_schema(db)
@@ -1161,6 +1167,9 @@ def _initialise_or_check(
                              f" to re-point the store, else index {dataset_root} into another"
                              " --shelve")
         raise StoreError(f"{path}: indexes {recorded}, not {dataset_root}; use another --shelve")
+    if moved_from is not None and recorded != moved_from:  # it indexes dataset_root already
+        raise StoreError(f"{path}: indexes {recorded} already, not --moved-from {moved_from}:"
+                         f" {redundant}")
     _upgrade(db, path, meta)
     return False
 
