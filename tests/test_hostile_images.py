@@ -389,6 +389,15 @@ def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
     with pytest.raises(ImageError, match=r"refused: its coded picture is 1024 x 1024 pixels, but"
                                          r" it declares 64 x 64"):
         hash_file(str(tmp_path / "lies.avif"), DEFAULT)
+    data[8:12] = b"mif1"  # another major brand Pillow's AVIF plug-in takes
+    (tmp_path / "lies-mif1.avif").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"refused: its coded picture is 1024 x 1024"):
+        hash_file(str(tmp_path / "lies-mif1.avif"), DEFAULT)
+    # Frames in a track: not read (their sizes are not checked before decoding).
+    frames = [Image.new("RGB", (128, 96), (40 * number, 0, 0)) for number in range(3)]
+    frames[0].save(tmp_path / "moving.avif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="refused: an AVIF image sequence"):
+        hash_file(str(tmp_path / "moving.avif"), DEFAULT)
     # Honest pictures, with and without transparency, odd sizes among them, are hashed.
     for size, mode in (((1024, 1024), "RGB"), ((301, 17), "RGB"), ((64, 48), "RGBA")):
         path = tmp_path / f"{size[0]}-{mode}.avif"
@@ -403,6 +412,34 @@ def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
     (tmp_path / "hidden.avif").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="damaged AVIF file"):
         hash_file(str(tmp_path / "hidden.avif"), DEFAULT)
+
+
+
+def test_avifs_damaged_anywhere_are_an_image_error_never_a_crash(tmp_path: Path) -> None:
+    """The AVIF check parses boxes and bits a stranger wrote: 300 copies of a picture with bytes
+    changed at random in its header and first coded bytes are each hashed or refused in one
+    line (ImageError), nothing else."""
+    if "AVIF" not in hashing.readable_formats():
+        pytest.skip("this Pillow reads no AVIF")
+    path = tmp_path / "picture.avif"
+    zoo.picture().save(path, quality=30, speed=10)
+    original = path.read_bytes()
+    mdat = original.find(b"mdat")
+    rng = np.random.default_rng(11)
+    outcomes = {"hashed": 0, "refused": 0}
+    for number in range(300):
+        data = bytearray(original)
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, min(len(data), mdat + 64)))
+            data[at] = int(rng.integers(0, 256))
+        damaged = tmp_path / f"{number}.avif"
+        damaged.write_bytes(bytes(data))
+        try:
+            hash_file(str(damaged), DEFAULT)
+            outcomes["hashed"] += 1
+        except ImageError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 300, outcomes
 
 
 class TestRefused:

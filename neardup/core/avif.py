@@ -17,7 +17,11 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-BRANDS = (b"avif", b"avis")
+# The major brands Pillow's AVIF plug-in takes a file by (mif1 and msf1 too: a review-built
+# lie with its major brand made mif1 was decoded as AVIF all the same).
+BRANDS = (b"avif", b"avis", b"mif1", b"msf1")
+# A box read whole to be parsed (iinf, iloc): an encoder writes a few hundred bytes.
+MAX_BOX_BYTES = 1 << 20
 # An item's data read to find its sequence header: the first OBUs of the stream (a temporal
 # delimiter, the sequence header, a few bytes each).
 HEAD_BYTES = 4096
@@ -47,6 +51,9 @@ def refusal(stream: BinaryIO) -> str | None:
         if len(head) < 12 or head[4:8] != b"ftyp" or head[8:12] not in BRANDS:
             return None
         try:
+            if _is_sequence(stream):
+                return ("refused: an AVIF image sequence (the size of its frames is not checked"
+                        " before decoding, so it is not read)")
             declared, coded = _sizes(stream)
         except _Malformed:
             return None
@@ -65,6 +72,12 @@ def refusal(stream: BinaryIO) -> str | None:
     return None
 
 
+def _is_sequence(stream: BinaryIO) -> bool:
+    """Whether the file has a movie box: frames in a track, whose sizes _sizes does not read
+    (libavif decodes a sequence's track, not its still items)."""
+    return any(kind == b"moov" for kind, _, _ in _boxes(stream, 0, _end_of(stream)))
+
+
 def _sizes(stream: BinaryIO) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(every size the file declares in an ispe box, the coded size of every AV1 item)."""
     meta = None
@@ -79,6 +92,8 @@ def _sizes(stream: BinaryIO) -> tuple[list[tuple[int, int]], list[tuple[int, int
     declared: list[tuple[int, int]] = []
     idat_start = None
     for kind, start, end in _boxes(stream, *meta):
+        if kind in (b"iinf", b"iloc") and end - start > MAX_BOX_BYTES:
+            raise _Unreadable
         if kind == b"iinf":
             av1_items = _av1_items(_read(stream, start, end))
         elif kind == b"iloc":
