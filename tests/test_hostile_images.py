@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import struct
@@ -386,12 +387,13 @@ def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
     assert struct.unpack_from(">II", data, at + 8) == (1024, 1024)
     struct.pack_into(">II", data, at + 8, 64, 64)
     (tmp_path / "lies.avif").write_bytes(bytes(data))
-    with pytest.raises(ImageError, match=r"refused: its coded picture is 1024 x 1024 pixels, but"
-                                         r" it declares 64 x 64"):
+    with pytest.raises(ImageError, match=r"refused: its coded pictures \(1, the largest 1024 x"
+                                         r" 1024 pixels\) are far larger than the 64 x 64 it"
+                                         r" declares"):
         hash_file(str(tmp_path / "lies.avif"), DEFAULT)
     data[8:12] = b"mif1"  # another major brand Pillow's AVIF plug-in takes
     (tmp_path / "lies-mif1.avif").write_bytes(bytes(data))
-    with pytest.raises(ImageError, match=r"refused: its coded picture is 1024 x 1024"):
+    with pytest.raises(ImageError, match=r"the largest 1024 x 1024 pixels\) are far larger"):
         hash_file(str(tmp_path / "lies-mif1.avif"), DEFAULT)
     # Frames in a track: not read (their sizes are not checked before decoding).
     frames = [Image.new("RGB", (128, 96), (40 * number, 0, 0)) for number in range(3)]
@@ -413,6 +415,69 @@ def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
     with pytest.raises(ImageError, match="damaged AVIF file"):
         hash_file(str(tmp_path / "hidden.avif"), DEFAULT)
 
+
+
+
+def test_an_avif_hiding_its_size_behind_a_first_small_sequence_header_is_refused(
+        tmp_path: Path) -> None:
+    """A second review: the picture's data began with a sequence header saying 64 x 64 (as its
+    ispe did) and went on with one saying 16000 x 16000, which the decoder takes; only the first
+    was read. Every sequence header of every AV1 item counts now."""
+    if "AVIF" not in hashing.readable_formats():
+        pytest.skip("this Pillow reads no AVIF")
+    from neardup.core import avif
+
+    def encoded(size: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (size, size), (10, 20, 30)).save(buffer, "AVIF", quality=10, speed=10)
+        return buffer.getvalue()
+
+    def item(data: bytes) -> tuple[int, int, int]:
+        """(where the iloc box's body starts, the item's offset, its length): one extent."""
+        meta = next((start + 4, end) for kind, start, end in avif._boxes(
+            io.BytesIO(data), 0, len(data)) if kind == b"meta")
+        iloc = next(start for kind, start, _ in avif._boxes(io.BytesIO(data), *meta)
+                    if kind == b"iloc")
+        [(offset, length)] = next(iter(avif._locations(data[iloc:]).values()))[1]
+        return iloc, offset, length
+
+    small, large = encoded(64), encoded(512)
+    _, offset, length = item(small)
+    small_header = next(obu for obu in _obus(small[offset:offset + length]) if obu[0] >> 3 == 1)
+    iloc, offset, length = item(large)
+    assert bytes([large[iloc]]) == b"\0" and large[iloc + 4] == 0x44  # version 0, 4-byte fields
+    data = bytearray(large[:offset] + small_header + large[offset:])
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, 64, 64)
+    # The extent's length (iloc v0: item_count, item_ID, data_reference_index, extent_count,
+    # offset, then length), and the mdat box around the item.
+    struct.pack_into(">I", data, iloc + 18, length + len(small_header))
+    mdat = data.find(b"mdat") - 4
+    struct.pack_into(">I", data, mdat, struct.unpack_from(">I", data, mdat)[0] + len(small_header))
+    (tmp_path / "second.avif").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"largest 512 x 512 pixels\) are far larger than the 64"
+                                         r" x 64"):
+        hash_file(str(tmp_path / "second.avif"), DEFAULT)
+
+
+def _obus(data: bytes) -> list[bytes]:
+    """The OBUs of an AV1 stream whose OBUs all carry their size."""
+    found = []
+    position = 0
+    while position < len(data):
+        start = position
+        position += 1 + ((data[position] >> 2) & 1)
+        size = shift = 0
+        while True:
+            byte = data[position]
+            position += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        position += size
+        found.append(data[start:position])
+    return found
 
 
 def test_avifs_damaged_anywhere_are_an_image_error_never_a_crash(tmp_path: Path) -> None:

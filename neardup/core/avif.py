@@ -1,15 +1,17 @@
-"""The size an AVIF's coded pictures really have, read before Pillow decodes it.
+"""What an AVIF's coded pictures really cost, read before they are decoded.
 
-Pillow reports an AVIF's size from its `ispe` box, a declaration: libavif decodes the AV1 stream
-whatever size that stream's own sequence header gives. A review made a 3 KB file declaring 64 x 64
-whose picture is 16000 x 16000: it passed the pixel limit and the checker's decode-memory budget
-(both read the declared size), and each decode took 1 GB. So every AV1 item of the file (the
-picture, its tiles, its alpha plane) has its sequence header read here, and a file whose coded
-pictures are larger than the largest size it declares is refused unopened.
+Pillow reports an AVIF's size from its `ispe` box, a declaration; libavif decodes the AV1 streams
+whatever size their own sequence headers give. A review made a 3 KB file declaring 64 x 64 whose
+picture is 16000 x 16000: it passed the pixel limit and the checker's decode-memory budget (both
+read the declared size), and each decode took 1 GB. A second review hid the same picture behind
+an unused larger `ispe`, in a 1 x 1 grid's tile, in the alpha plane, and behind a second sequence
+header. So every AV1 item of the file (the picture, its tiles, its alpha plane) has every
+sequence header in its data read here, and a file whose coded pictures add up to more than
+ALLOWANCE times the size Pillow reports is refused before decoding.
 
 Only as much of the ISO base media file format and of AV1 as that needs: the boxes meta, iinf,
-iloc, iprp/ipco/ispe and idat, and the sequence header's fields up to max_frame_{width,height}
-(AV1 specification, 5.5).
+iloc and idat, OBU headers, and the sequence header's fields up to max_frame_{width,height} (AV1
+specification, 5.3 and 5.5).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from typing import BinaryIO
 BRANDS = (b"avif", b"avis", b"mif1", b"msf1")
 # A box read whole to be parsed (iinf, iloc): an encoder writes a few hundred bytes.
 MAX_BOX_BYTES = 1 << 20
-# An item's data read to find its sequence header: the first OBUs of the stream (a temporal
-# delimiter, the sequence header, a few bytes each).
-HEAD_BYTES = 4096
-# Coded sizes may round a declared one up (to whole 8 x 8 blocks, say).
-SLACK = 16
+# The coded pixels allowed for each declared one: the colour picture and its alpha plane (2), and
+# a grid's tiles reaching past its edges (encoders cut tiles of 256 or 512 pixels: a 4032 x 3024
+# photo in 512-pixel tiles codes 3 % more), with a margin of 64 pixels on each side.
+ALLOWANCE = 2.5
+MARGIN = 64
+# Item data read whole to walk its OBUs: more than this is not a still picture (a 100-megapixel
+# AVIF at a high quality is tens of megabytes).
+MAX_ITEM_BYTES = 256 << 20
 _MAX_BOXES = 10_000  # a file of more boxes than this is not a picture libavif makes
 SEQUENCE_HEADER = 1  # obu_type
 
@@ -40,10 +45,10 @@ class _Unreadable(Exception):
     trusted (a hostile file could hide its sequence header where this does not look)."""
 
 
-def refusal(stream: BinaryIO) -> str | None:
-    """Why the AVIF in `stream` is not opened ("refused: ..."), or None (also for anything that is
-    not an AVIF, and for files too damaged to tell: the decoder refuses those itself). The stream
-    is left where it was."""
+def refusal(stream: BinaryIO, declared: tuple[int, int]) -> str | None:
+    """Why the AVIF in `stream`, which Pillow says is `declared` (width, height), is not decoded
+    ("refused: ..."), or None (also for anything that is not an AVIF, and for boxes too damaged
+    to walk: libavif refuses those itself). The stream is left where it was."""
     where = stream.tell()
     try:
         stream.seek(0)
@@ -54,22 +59,20 @@ def refusal(stream: BinaryIO) -> str | None:
             if _is_sequence(stream):
                 return ("refused: an AVIF image sequence (the size of its frames is not checked"
                         " before decoding, so it is not read)")
-            declared, coded = _sizes(stream)
+            coded = _coded_sizes(stream)
         except _Malformed:
             return None
         except _Unreadable:
             return "damaged AVIF file (the AV1 sequence header of its picture cannot be read)"
     finally:
         stream.seek(where)
-    if not coded:
+    width, height = declared
+    allowed = ALLOWANCE * (width + 2 * MARGIN) * (height + 2 * MARGIN)
+    if sum(coded_width * coded_height for coded_width, coded_height in coded) <= allowed:
         return None
-    width = max((size[0] for size in declared), default=0)
-    height = max((size[1] for size in declared), default=0)
-    for coded_width, coded_height in coded:
-        if coded_width > width + SLACK or coded_height > height + SLACK:
-            return (f"refused: its coded picture is {coded_width} x {coded_height} pixels, but it"
-                    f" declares {width} x {height} (an AVIF's declared size decides its limits)")
-    return None
+    largest = max(coded, key=lambda size: size[0] * size[1])
+    return (f"refused: its coded pictures ({len(coded)}, the largest {largest[0]} x {largest[1]}"
+            f" pixels) are far larger than the {width} x {height} it declares")
 
 
 def _is_sequence(stream: BinaryIO) -> bool:
@@ -78,8 +81,8 @@ def _is_sequence(stream: BinaryIO) -> bool:
     return any(kind == b"moov" for kind, _, _ in _boxes(stream, 0, _end_of(stream)))
 
 
-def _sizes(stream: BinaryIO) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(every size the file declares in an ispe box, the coded size of every AV1 item)."""
+def _coded_sizes(stream: BinaryIO) -> list[tuple[int, int]]:
+    """The coded size of every AV1 item: the largest of all the sequence headers in its data."""
     meta = None
     for kind, start, end in _boxes(stream, 0, _end_of(stream)):
         if kind == b"meta":
@@ -89,40 +92,38 @@ def _sizes(stream: BinaryIO) -> tuple[list[tuple[int, int]], list[tuple[int, int
         raise _Malformed
     av1_items: set[int] = set()
     locations: dict[int, tuple[int, list[tuple[int, int]]]] = {}
-    declared: list[tuple[int, int]] = []
     idat_start = None
     for kind, start, end in _boxes(stream, *meta):
         if kind in (b"iinf", b"iloc") and end - start > MAX_BOX_BYTES:
             raise _Unreadable
         if kind == b"iinf":
-            av1_items = _av1_items(_read(stream, start, end))
+            av1_items |= _av1_items(_read(stream, start, end))
         elif kind == b"iloc":
-            locations = _locations(_read(stream, start, end))
+            locations.update(_locations(_read(stream, start, end)))
         elif kind == b"idat":
             idat_start = start
-        elif kind == b"iprp":
-            for inner, inner_start, inner_end in _boxes(stream, start, end):
-                if inner == b"ipco":
-                    for prop, prop_start, prop_end in _boxes(stream, inner_start, inner_end):
-                        if prop == b"ispe":
-                            body = _read(stream, prop_start, prop_end)
-                            if len(body) < 12:
-                                raise _Malformed
-                            declared.append(struct.unpack_from(">II", body, 4))
     coded = []
     for item in sorted(av1_items):
         method, extents = locations.get(item, (0, []))
         if not extents or method not in (0, 1) or (method == 1 and idat_start is None):
             raise _Unreadable  # method 2, data made from other items: not what encoders write
-        offset, length = extents[0]
-        if method == 1:
-            offset += idat_start or 0
-        data = _read(stream, offset, offset + min(length or HEAD_BYTES, HEAD_BYTES))
+        data = bytearray()
+        for offset, length in extents:  # an item's OBUs may run on from one extent to the next
+            if method == 1:
+                offset += idat_start or 0
+            if length == 0:
+                length = _end_of(stream) - offset
+            if length < 0 or len(data) + length > MAX_ITEM_BYTES:
+                raise _Unreadable
+            chunk = _read(stream, offset, offset + length)
+            if len(chunk) != length:
+                raise _Unreadable  # cut short
+            data += chunk
         try:
-            coded.append(_coded_size(data))
+            coded.append(_coded_size(bytes(data)))
         except _Malformed:
             raise _Unreadable from None
-    return declared, coded
+    return coded
 
 
 def _end_of(stream: BinaryIO) -> int:
@@ -211,9 +212,11 @@ def _locations(body: bytes) -> dict[int, tuple[int, list[tuple[int, int]]]]:
 
 
 def _coded_size(data: bytes) -> tuple[int, int]:
-    """max_frame_width and max_frame_height of the sequence header among the first OBUs."""
+    """The largest max_frame_width and max_frame_height of all the sequence headers among the
+    OBUs of an item's data (a decoder takes the latest; a review put a small one first)."""
     reader = _Bytes(data)
-    while True:
+    width = height = 0
+    while reader.position < len(data):
         header = reader.int(1)
         kind, extension, has_size = (header >> 3) & 15, (header >> 2) & 1, (header >> 1) & 1
         if extension:
@@ -221,7 +224,13 @@ def _coded_size(data: bytes) -> tuple[int, int]:
         size = reader.leb128() if has_size else len(data) - reader.position
         payload = reader.take(size)
         if kind == SEQUENCE_HEADER:
-            return _sequence_header_size(_Bits(payload))
+            # Its fields end within a few hundred bytes (32 operating points at most): a
+            # payload padded to megabytes is not read as one number.
+            coded_width, coded_height = _sequence_header_size(_Bits(payload[:1024]))
+            width, height = max(width, coded_width), max(height, coded_height)
+    if not width:
+        raise _Malformed  # no sequence header at all
+    return width, height
 
 
 def _sequence_header_size(bits: _Bits) -> tuple[int, int]:

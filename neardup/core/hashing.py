@@ -666,11 +666,14 @@ def open_image(
             # on stderr per upload that asks for them, past the checker's log limit.
             warnings.simplefilter("ignore")
             # Before Pillow parses a TIFF's directory, or walks a PNG's chunks.
-            refused = tiff.refusal(stream) or png.refusal(stream) or avif.refusal(stream)
+            refused = tiff.refusal(stream) or png.refusal(stream)
             if refused is not None:
                 raise ImageError(path, refused)
             image = Image.open(stream, formats=readable_formats())
             width, height = image.size
+            # Before anything counts on that size: an AVIF's is only what it declares.
+            if image.format == "AVIF" and (refused := avif.refusal(stream, image.size)):
+                raise ImageError(path, refused)
             if width * height > max_pixels:
                 raise ImageError(
                     path, f"refused: {width} x {height} pixels is over the limit of {max_pixels:,}"
