@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,12 +223,22 @@ class TestOutputFolder:
         other_host = Path(f".out.partial-{host}x-{ended.pid}-abcd_123")
         other_output = Path(f".other.partial-{host}-{ended.pid}-abcd_123")
         not_ours = Path(f".out.partial-{host}-{ended.pid}-kept")
-        for folder in (stale, running, other_host, other_output, not_ours):
+        # A second review: a run in another pid namespace (a container sharing the host's name)
+        # looks gone by its pid; one still writing was deleted under it. Only folders nothing
+        # has been written into for ABANDONED_AFTER go.
+        busy = Path(f".out.partial-{host}-{ended.pid}-busy_123")
+        folders = (stale, running, other_host, other_output, not_ours, busy)
+        for folder in folders:
             (folder / "haystack").mkdir(parents=True)
             (folder / "haystack" / "a.jpg").write_bytes(b"half")
+        long_ago = time.time() - dataset.ABANDONED_AFTER - 60
+        for folder in folders[:-1]:
+            for inside in (folder / "haystack", folder):
+                os.utime(inside, (long_ago, long_ago))
+        os.utime(busy, (long_ago, long_ago))  # its top folder old, a folder inside it written now
         assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
         assert not stale.exists()
-        assert all(folder.is_dir() for folder in (running, other_host, other_output, not_ours))
+        assert all(folder.is_dir() for folder in folders[1:])
 
     def test_output_inside_the_source_is_refused(self, source: Path, capsys: pytest.CaptureFixture) -> None:
         assert run_gather("source", "source/out") == 2

@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -217,6 +218,11 @@ def _not_written_by_gather(destination: str) -> list[str]:
     return sorted(extra)
 
 
+# A partial folder nothing has been written into for this long, of a run whose pid is gone, was
+# left by a run killed outright (a run writes its files one after another: seconds apart at most).
+ABANDONED_AFTER = 15 * 60
+
+
 def _remove_abandoned_partials(parent: str, name: str) -> None:
     """Remove the partial folders earlier runs into `name` left when they were killed outright
     (SIGKILL, a power cut: nothing of theirs could clean up), each as large as a dataset.
@@ -238,8 +244,22 @@ def _remove_abandoned_partials(parent: str, name: str) -> None:
         if found is None or _is_running(int(found.group(1))):
             continue
         folder = os.path.join(parent, entry)
-        if os.path.isdir(folder) and not os.path.islink(folder):
+        if (os.path.isdir(folder) and not os.path.islink(folder)
+                and _untouched_for(folder) > ABANDONED_AFTER):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _untouched_for(folder: str) -> float:
+    """Seconds since anything was last added to `folder` or a folder inside it. A pid says
+    nothing across pid namespaces: a run in a container sharing this host's name looked gone,
+    and a second review had its folder deleted under it while it wrote."""
+    newest = 0.0
+    for inside, _, _ in os.walk(folder):
+        try:
+            newest = max(newest, os.stat(inside).st_mtime)
+        except OSError:
+            return 0.0  # changing as we look: in use
+    return time.time() - newest
 
 
 def _host() -> str:
