@@ -4,6 +4,7 @@ of the README's commands stay out of `git status`; messages name the command as 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -269,6 +270,13 @@ def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
         line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
         assert line == "search.py: error: " + message, line
     assert {name: Path(name).read_bytes() for name in kept} == kept
+    # Through a link, the page it leads to is written, and the link stays a link.
+    Path("served").mkdir()
+    Path("served/page.html").write_text("<!DOCTYPE html>\n<p>the page of an earlier run</p>\n")
+    os.symlink("served/page.html", "link.html")
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--html", "link.html"]) == 0
+    assert os.path.islink("link.html")
+    assert "earlier run" not in Path("served/page.html").read_text()
     # What neardup wrote is replaced run after run, as the README's commands do.
     for extra in (["--groups", "--html", "page.html"], ["--groups", "--montage", "sheet.png"],
                   ["--groups", "--montage", "sheet.jpg"]):
@@ -403,6 +411,24 @@ def test_a_closed_standard_output_is_one_line_where_results_go_there(tmp_path: P
         assert done.returncode == 2, (argv, done.stderr)
         assert done.stderr == ("search.py: error: standard output is closed, so the results"
                                " would go nowhere (run it with > FILE)\n"), argv
+
+
+
+def test_a_closed_standard_error_keeps_the_results_clean(tmp_path: Path) -> None:
+    """A second review: with standard error closed (`2>&-`) Python's print(file=None) wrote the
+    error lines to standard output, so --json output stopped being JSON."""
+    make_photos(tmp_path / "photos")
+    assert index_cli.main(["-d", str(tmp_path / "photos"), "-s", str(tmp_path / "db.shelve"),
+                           "-q", "-j", "1"]) == 0
+
+    def closed_stderr() -> None:
+        os.close(2)
+
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
+                           "-q", "photos/0.png", "-q", "missing.png", "--json"], cwd=tmp_path,
+                          preexec_fn=closed_stderr, stdout=subprocess.PIPE, text=True, timeout=120)
+    answers = json.loads(done.stdout)
+    assert [answer["query"] for answer in answers] == ["photos/0.png", "missing.png"]
 
 
 def test_file_urls_name_the_folder_on_this_machine(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import select
 import sys
 from collections.abc import Callable
@@ -18,6 +19,11 @@ EXIT_INTERRUPTED = 130
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
     """Run a command body; a user's mistake becomes `prog: error: ...` on stderr, never a traceback."""
     prog = command(prog)  # as the user typed it (neardup-search, search.py)
+    if sys.stderr is None:
+        # Started with standard error closed (`2>&-`): print(file=None) would write every
+        # message to standard output instead, into the results (a review: --json stopped being
+        # JSON). The messages go nowhere, as the user asked; the exit status still tells.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
     # File names need not be UTF-8: write their bytes back as they are (as ls does), not crash.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

@@ -24,7 +24,11 @@ _SQLITE = b"SQLite format 3\0"
 
 
 def write_whole(path: str, data: bytes) -> None:
-    """Write `data` to `path`, replacing what is there only once all of it is written."""
+    """Write `data` to `path`, replacing what is there only once all of it is written. Through a
+    symbolic link, the file it leads to is replaced, not the link (a review: a link to a page a
+    web server serves became a copy, and as root `--html /dev/stdout` renamed a file over the
+    system's /dev/stdout link)."""
+    path = os.path.realpath(path)
     partial = f"{path}.{os.getpid()}.partial"
     try:
         with open(partial, "wb") as stream:
