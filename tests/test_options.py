@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -323,6 +324,30 @@ def make_photos(folder: Path) -> None:
     folder.mkdir()
     for number in range(2):
         textured(30 + number, (96, 72)).save(folder / f"{number}.png")
+
+
+
+def test_a_report_file_name_taken_by_a_folder_or_device_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second review: a folder at the report's <stem>.json was an IsADirectoryError traceback,
+    and (as root) a device node at <stem>.png was replaced by the chart."""
+    from neardup.evaluation.report import report_stem
+
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    stem = report_stem("db.shelve")
+    os.makedirs(f"out/{stem}.json")
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--report",
+                            "out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"search.py: error: {Path(f'out/{stem}.json').resolve()}: cannot write the"
+                   " report (there is something there that is not a file)"), err
+    os.rmdir(f"out/{stem}.json")
+    os.mkfifo(f"out/{stem}.png")
+    assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--report",
+                            "out"]) == 2
+    assert stat.S_ISFIFO(os.stat(f"out/{stem}.png").st_mode)
 
 
 def test_results_on_a_full_disk_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

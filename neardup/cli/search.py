@@ -617,7 +617,12 @@ def run_evaluation(args: argparse.Namespace) -> int:
     if args.report:
         for evaluation in evaluations:
             stem = report_stem(evaluation.store)
-            for written in write_report(evaluation, args.report, stem):
+            try:
+                written_files = write_report(evaluation, args.report, stem)
+            except OSError as error:
+                raise NeardupError(f"{error.filename or args.report}: cannot write the report"
+                                   f" ({error.strerror or error})") from error
+            for written in written_files:
                 warn(PROG, f"wrote {written}")
             draw_montage(os.path.join(args.report, f"{stem}-misses.png"),
                          f"{evaluation.recipe}: copies missed and other matches at"

@@ -12,6 +12,7 @@ a sheet neardup drew, which carries a mark (`MARK`) in its PNG text or JPEG comm
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -29,6 +30,13 @@ def write_whole(path: str, data: bytes) -> None:
     web server serves became a copy, and as root `--html /dev/stdout` renamed a file over the
     system's /dev/stdout link)."""
     path = os.path.realpath(path)
+    try:
+        there = os.stat(path).st_mode
+    except FileNotFoundError:
+        there = None
+    if there is not None and not stat.S_ISREG(there):
+        # A folder or a device at a report's name: renamed over, a device node was gone.
+        raise OSError(errno.EEXIST, "there is something there that is not a file", path)
     partial = f"{path}.{os.getpid()}.partial"
     try:
         with open(partial, "wb") as stream:
