@@ -280,7 +280,8 @@ def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
     assert "earlier run" not in Path("served/page.html").read_text()
     # What neardup wrote is replaced run after run, as the README's commands do.
     for extra in (["--groups", "--html", "page.html"], ["--groups", "--montage", "sheet.png"],
-                  ["--groups", "--montage", "sheet.jpg"]):
+                  *(["--groups", "--montage", f"sheet.{kind}"]
+                    for kind in ("jpg", "webp", "gif", "tif"))):
         for _run in range(2):
             assert search_cli.main(["-s", "db.shelve", *extra]) == 0, capsys.readouterr().err
 

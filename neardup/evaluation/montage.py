@@ -25,7 +25,7 @@ from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
 from ..core.results import counted, shown_path
 from ..errors import ImageError
 from .keeping import Choice, Facts, facts_of
-from .output import MARK, write_whole
+from .output import MARK, MARK_XMP, write_whole
 
 TILE = 160
 LINE = 14
@@ -95,8 +95,12 @@ class Sheet:
             text = PngImagePlugin.PngInfo()
             text.add_text("Software", MARK)
             marked["pnginfo"] = text
-        elif kind == "JPEG":
+        elif kind in ("JPEG", "GIF"):
             marked["comment"] = MARK
+        elif kind == "WEBP":
+            marked["xmp"] = MARK_XMP
+        elif kind == "TIFF":
+            marked["description"] = MARK
         self.image.save(encoded, format=kind, **marked)
         write_whole(path, encoded.getvalue())
 

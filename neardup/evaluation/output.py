@@ -7,7 +7,8 @@ complete page of an earlier run had been, and a contact sheet of 0 bytes.
 The rename replaces whatever was at the path, so what is there is checked first (a review:
 `--html db.shelve` replaced the store being read, `--montage` a query photo, and, run as root,
 `--montage /dev/full` the device itself). A page replaces only an HTML page; a contact sheet only
-a sheet neardup drew, which carries a mark (`MARK`) in its PNG text or JPEG comment.
+a sheet neardup drew, which carries a mark (`MARK`) in its PNG text, JPEG or GIF comment, WebP
+XMP or TIFF description (a BMP, say, has no place for one: a sheet there is drawn once).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from PIL import Image
 # Written into every contact sheet (a PNG's "Software" text, a JPEG's comment), so that a run
 # again may replace its own sheet and no other picture.
 MARK = "neardup contact sheet"
+MARK_XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+            '22-rdf-syntax-ns#"><rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+            f' xmp:CreatorTool="{MARK}"/></rdf:RDF></x:xmpmeta>').encode()  # WebP's place for it
 _SQLITE = b"SQLite format 3\0"
 
 
@@ -72,7 +76,9 @@ def sheet_replace_problem(path: str) -> str | None:
         return "is not a regular file; give a file name"
     try:
         with Image.open(path) as picture:
-            if MARK in (picture.info.get("Software"), _text(picture.info.get("comment"))):
+            marks = (picture.info.get("Software"), _text(picture.info.get("comment")),
+                     getattr(picture, "tag_v2", {}).get(270))  # a TIFF's description
+            if MARK in marks or picture.info.get("xmp") == MARK_XMP:
                 return None
     except (OSError, ValueError, Image.DecompressionBombError):
         pass  # not a picture at all, so not a sheet
