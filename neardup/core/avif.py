@@ -76,7 +76,7 @@ def refusal(stream: BinaryIO, declared: tuple[int, int]) -> str | None:
 
 
 def _is_sequence(stream: BinaryIO) -> bool:
-    """Whether the file has a movie box: frames in a track, whose sizes _sizes does not read
+    """Whether the file has a movie box: frames in a track, whose sizes _coded_sizes does not read
     (libavif decodes a sequence's track, not its still items)."""
     return any(kind == b"moov" for kind, _, _ in _boxes(stream, 0, _end_of(stream)))
 
