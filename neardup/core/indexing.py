@@ -44,6 +44,7 @@ from ..errors import DatasetError, ImageError, NeardupError, command
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
+from .interrupts import sigint_held
 from .results import shown_path
 from .search import HashIndex
 from .store import (
@@ -621,7 +622,7 @@ def hash_in_groups(
         return [outcome for future in done - failed for outcome in future.result()]
 
     try:
-        with _workers_without_the_callers_script(), _workers_import_ours(), _ctrl_c_held():
+        with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
             # Each submission starts a worker until all have started: at least `workers` here.
             send()
         yield from _in_groups(next_hashed, group_size, group_seconds)
@@ -749,35 +750,6 @@ def _workers_import_ours() -> Iterator[None]:
             del os.environ["PYTHONSAFEPATH"]
         else:
             os.environ["PYTHONSAFEPATH"] = earlier
-
-
-@contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Ctrl-C held back while the fork server and the workers start, then given its due.
-
-    Ctrl-C reaches the whole process group: a worker (or the fork server) that got it before it
-    had set it aside printed its own traceback, or "Fatal Python error: init_import_site", and
-    this process, interrupted between starting a worker and recording it, left that worker out
-    of the ones it stops: it lived on to find the pool's semaphores gone (a FileNotFoundError
-    traceback). A review saw them in 3 of 4 batches of 25 tries. So SIGINT is blocked in this
-    thread (a signal mask is inherited by the processes started, and kept across exec: they
-    start with it blocked), and noted rather than raised here (other threads of this process
-    may still take it); a Ctrl-C noted is raised when the workers are all started. The
-    resource tracker, started with the pool's queues before this, is shielded so by
-    multiprocessing itself."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread; Ctrl-C is its business there
-        return
-    heard: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda *_: heard.append(1))
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        signal.signal(signal.SIGINT, previous)
-    if heard:
-        signal.raise_signal(signal.SIGINT)  # as if it came now: a KeyboardInterrupt, as a rule
 
 
 def _quiet_resource_tracker() -> None:

@@ -23,7 +23,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
 import socket
 import struct
 import threading
@@ -37,6 +36,7 @@ from .. import __version__, code_fingerprint
 from ..core.discovery import FoundFile, dataset_folder
 from ..core.hashing import Recipe
 from ..core.indexing import Hasher, HashOutcome, hash_partition
+from ..core.interrupts import sigint_held
 from ..errors import NeardupError, command, install_hint
 
 DEFAULT_PARTITION_SIZE = 1000
@@ -112,7 +112,7 @@ def _connected(
             # closes the cluster anyway. A Ctrl-C while the cluster starts waits until it is
             # up: a KeyboardInterrupt inside Dask's start-up calls also made Dask log tracebacks
             # of its own (a NameError in distributed.utils.sync's cancel, say).
-            with _sigint_held():
+            with sigint_held():
                 with _dask_warnings(report):
                     cluster = distributed.LocalCluster(
                         n_workers=local_workers, threads_per_worker=1, processes=True,
@@ -130,7 +130,7 @@ def _connected(
             # a third Ctrl-C interrupted that with a 17-line traceback. The close is bounded,
             # so that a held Ctrl-C is not held for ever; the worker processes end with this
             # one whatever becomes of it (they watch their parent).
-            with _sigint_held(), distributed_silenced():
+            with sigint_held(), distributed_silenced():
                 if client is not None:
                     with contextlib.suppress(TimeoutError):
                         client.close(timeout=CLOSE_SECONDS)
@@ -160,41 +160,6 @@ def _connected(
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
-
-
-@contextmanager
-def _sigint_held() -> Iterator[None]:
-    """SIGINT blocked for good in the threads started meanwhile and in every process they start
-    (a blocked signal stays blocked across fork and exec, and Python does not unblock it), so
-    that Ctrl-C reaches this process's main thread alone. A Ctrl-C meanwhile is held back, and
-    raised once the body is done: as a KeyboardInterrupt in the middle of starting a
-    LocalCluster, it left half-started processes and 70 to 150 lines of tracebacks."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such thing
-        yield
-        return
-    from multiprocessing import resource_tracker
-
-    # Started from a thread, the resource tracker process of a spawning multiprocessing unblocks
-    # SIGINT in that thread afterwards, whatever it was before: start it from here, first.
-    resource_tracker.ensure_running()
-    heard: list[int] = []
-    main = threading.current_thread() is threading.main_thread()  # signal.signal's only thread
-    # Another thread (one of a C library's) may take the signal meanwhile: its Python handler
-    # then runs in this thread at any point, where a KeyboardInterrupt would be lost (in a
-    # garbage collector callback) or break the start in two. This one only notes it.
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: heard.append(1)) if main else None
-    # (None too for a handler set from C: left as it is.)
-    try:
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # hears one pending
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-    if heard:
-        signal.raise_signal(signal.SIGINT)  # as if it came now: a KeyboardInterrupt, as a rule
 
 
 def _without_gc_diagnosis() -> None:
