@@ -321,6 +321,32 @@ def test_a_store_named_like_sqlites_memory_database_is_a_file(
     assert search_cli.main(["-s", ":memory:", "-q", "photos/0.png"]) == 0
 
 
+def test_more_workers_than_the_machine_can_use_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: `-j 100000` started a process per file (9,145 on CALTECH-101, about 50 MB each);
+    --local-cluster and the API's jobs had no bound either."""
+    import neardup
+    from neardup.core import indexing
+
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / "photos")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert indexing.max_workers() == 32
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert indexing.max_workers() == 128
+    base = ["-d", "photos", "-s", "db.shelve", "-q"]
+    for option in ("--jobs", "--local-cluster"):
+        line = refused(capsys, index_cli.main, [*base, option, "129"])
+        assert line == (f"index.py: error: {option} 129 is more workers than this machine can use:"
+                        " at most 128 on its 16 cores"), line
+    with pytest.raises(neardup.NeardupError, match="jobs 129 is more workers"):
+        neardup.index_folder("photos", "db.shelve", jobs=129)
+    with pytest.raises(neardup.NeardupError, match="jobs -1 is negative"):
+        neardup.index_folder("photos", "db.shelve", jobs=-1)
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
+    assert index_cli.main([*base, "-j", "128"]) == 0  # the bound itself is allowed
+
+
 def make_photos(folder: Path) -> None:
     folder.mkdir()
     for number in range(2):

@@ -10,7 +10,7 @@ import threading
 from ..api import index_folder
 from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
-from ..core.indexing import DEFAULT_BATCH_SIZE
+from ..core.indexing import DEFAULT_BATCH_SIZE, check_worker_count
 from ..core.results import shown_path
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
@@ -153,6 +153,9 @@ def on_cluster(args: argparse.Namespace) -> bool:
 
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse, in one line, options that would do nothing with the hashing place asked for."""
+    check_worker_count(args.jobs, "--jobs")
+    if args.local_cluster:
+        check_worker_count(args.local_cluster, "--local-cluster")
     if args.scheduler is not None and not args.scheduler.strip():
         raise NeardupError("--scheduler is empty (an unset variable?): give the scheduler's"
                            " address, tcp://HOST:PORT")

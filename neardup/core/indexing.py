@@ -67,6 +67,26 @@ BATCH_SECONDS = 2.0
 # A run that adds at least this many images, and half the store, compacts the file afterwards.
 COMPACT_MIN_IMAGES = 10_000
 
+# The most worker processes a run starts: this many per core, and never fewer than the floor. More
+# cannot hash faster (the work is CPU-bound), and each costs about 50 MB: a review's `-j 100000`
+# would have started one process per file of CALTECH-101, 9,145 of them.
+MAX_WORKERS_PER_CORE = 8
+MAX_WORKERS_FLOOR = 32
+
+
+def max_workers() -> int:
+    """The most worker processes (or local Dask workers) this machine is given."""
+    return max(MAX_WORKERS_FLOOR, MAX_WORKERS_PER_CORE * (os.cpu_count() or 1))
+
+
+def check_worker_count(count: int, option: str = "jobs") -> None:
+    """Refuse, in one line, a worker count this machine cannot use (see max_workers)."""
+    if count < 0:
+        raise NeardupError(f"{option} {count} is negative")
+    if count > max_workers():
+        raise NeardupError(f"{option} {count} is more workers than this machine can use: at most"
+                           f" {max_workers()} on its {os.cpu_count() or 1} cores")
+
 Reporter = Callable[[str], None]
 
 
@@ -173,6 +193,7 @@ def index_folder(
     """
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
+    check_worker_count(jobs)
     if recipe.bits % 8:
         # A store keeps each hash as whole bytes (its files table, the search arrays): 6 x 6 = 36
         # bits, nine hex digits, ended in a traceback and left an empty store behind (a review).
@@ -567,6 +588,7 @@ def hash_in_groups(
     completion order, in groups of at most group_size. A group also ends group_seconds after the
     last one, whether a file completes then or not: a worker busy on one slow file holds back
     nothing the others hashed."""
+    check_worker_count(jobs)
     workers = jobs if jobs > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(files)))
     if workers == 1:

@@ -35,7 +35,7 @@ from typing import Any
 from .. import __version__, code_fingerprint
 from ..core.discovery import FoundFile, dataset_folder
 from ..core.hashing import Recipe
-from ..core.indexing import Hasher, HashOutcome, hash_partition
+from ..core.indexing import Hasher, HashOutcome, check_worker_count, hash_partition
 from ..core.interrupts import sigint_held
 from ..errors import NeardupError, command, install_hint
 
@@ -103,6 +103,7 @@ def _connected(
 ) -> Iterator[Any]:
     """connect()'s client, made and closed."""
     if local_workers:
+        check_worker_count(local_workers, "local_workers")
         from .quiet import QuietWhenClosing, distributed_silenced
 
         cluster = client = None
