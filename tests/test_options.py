@@ -347,6 +347,20 @@ def test_more_workers_than_the_machine_can_use_are_refused(
     assert index_cli.main([*base, "-j", "128"]) == 0  # the bound itself is allowed
 
 
+@pytest.mark.parametrize("argv", [["-m", "-1"], ["-0", "--max-distance", "-2"],
+                                  ["--stdin", "-0", "-m", "-3"]])
+def test_a_negative_distance_is_named_as_negative(capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str]) -> None:
+    """search.py has a "-0" option, so argparse read every negative number as an option:
+    `-m -1` said "expected one argument" (a review)."""
+    with pytest.raises(SystemExit) as stopped:
+        search_cli.main(["-s", "db.shelve", *argv] if "--stdin" in argv
+                        else ["-s", "db.shelve", "-q", "x.png", *argv])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("argument -m/--max-distance: " + argv[-1] + " is negative"), err
+
+
 def make_photos(folder: Path) -> None:
     folder.mkdir()
     for number in range(2):

@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=positive_int,
                         help="refuse query images larger than this many pixels (default"
                         f" {DEFAULT_MAX_PIXELS:,}; with --serve {DEFAULT_UPLOAD_MAX_PIXELS:,})")
+    # "-0" looks like a negative number, so argparse took every negative number for an option:
+    # `-m -1` said "expected one argument" instead of "-1 is negative". With the flag cleared a
+    # negative number is a value again; "-0" itself is still matched first, as the option it is.
+    parser._has_negative_number_optionals.clear()  # no public switch for it (3.11 to 3.13)
     return parser
 
 
