@@ -287,6 +287,34 @@ def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
 
 
 
+
+def test_an_output_file_that_cannot_be_read_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: a file at --html's or --montage's path that the user may not read counted as
+    nothing there, and was replaced (the folder being theirs). Root reads any file, so the
+    refusal to read is made here."""
+    from neardup.evaluation import output
+
+    build(tmp_path / "data", planted_duplicate=False)
+    monkeypatch.chdir(tmp_path)
+    secret = {name: f"{name}: another user's file".encode() for name in ("page.html", "sheet.png")}
+    for name, data in secret.items():
+        Path(name).write_bytes(data)
+
+    def refusing_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.path.basename(os.fspath(path)) in secret:
+            raise PermissionError(13, "Permission denied", path)
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(output, "open", refusing_open, raising=False)
+    capsys.readouterr()
+    for option, name, wanted in (("--html", "page.html", "an HTML page"),
+                                 ("--montage", "sheet.png", "a contact sheet neardup drew")):
+        line = refused(capsys, search_cli.main, ["-s", "db.shelve", "--groups", option, name])
+        assert line == (f"search.py: error: {option} {name}: cannot be read, so nothing shows it"
+                        f" is {wanted}; give another file name, or remove it first"), line
+    assert {name: Path(name).read_bytes() for name in secret} == secret
+
 @pytest.mark.parametrize(("main", "argv", "option"), [
     (index_cli.main, ["-d", "", "-s", "db.shelve"], "-d/--dataset"),
     (index_cli.main, ["-d", "photos", "-s", ""], "-s/--shelve"),

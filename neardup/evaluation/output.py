@@ -63,6 +63,8 @@ def page_replace_problem(path: str) -> str | None:
         return None
     if head is NOT_A_FILE:
         return "is not a regular file; give a file name"
+    if head is UNREADABLE:
+        return _unreadable("an HTML page")
     return "is not an HTML page" + _what(head) + "; give another file name, or remove it first"
 
 
@@ -74,6 +76,8 @@ def sheet_replace_problem(path: str) -> str | None:
         return None
     if head is NOT_A_FILE:
         return "is not a regular file; give a file name"
+    if head is UNREADABLE:
+        return _unreadable("a contact sheet neardup drew")
     try:
         with Image.open(path) as picture:
             marks = (picture.info.get("Software"), _text(picture.info.get("comment")),
@@ -86,21 +90,31 @@ def sheet_replace_problem(path: str) -> str | None:
             + "; give another file name, or remove it first")
 
 
-# What _existing_head gives for a path that is there but is not a regular file (a device, a pipe).
+# What _existing_head gives for a path that is there but is not a regular file (a device, a pipe),
+# and for a file there that cannot be read.
 NOT_A_FILE = b"not a regular file"
+UNREADABLE = b"cannot be read"
 
 
 def _existing_head(path: str) -> bytes | None:
-    """The first bytes of the file at `path` (b"" for an empty one); None where nothing is there
-    or it cannot be read (the write then fails with its own reason); NOT_A_FILE (the object
-    itself) where it is not a regular file."""
+    """The first bytes of the file at `path` (b"" for an empty one); None where nothing is there;
+    NOT_A_FILE (the object itself) where it is not a regular file; UNREADABLE where it cannot be
+    read (a review: a file the user may not read counted as nothing there, and was replaced, the
+    folder being theirs)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return NOT_A_FILE
         with open(path, "rb") as stream:
             return stream.read(64)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return UNREADABLE
+
+
+def _unreadable(wanted: str) -> str:
+    return (f"cannot be read, so nothing shows it is {wanted}; give another file name, or remove"
+            " it first")
 
 
 def _what(head: bytes) -> str:
