@@ -61,3 +61,10 @@ def command(script: str) -> str:
         # python -m neardup.cli.search: an installed package has no search.py to name.
         return "python -m neardup.cli." + script.removesuffix(".py")
     return script
+
+
+def looks_unset(path: str) -> bool:
+    """An empty path, or blanks where nothing has that name: what an unset shell variable gives
+    (-s "$STORE"). SQLite took an empty store path as its temporary database, and an empty
+    dataset the current folder; a folder really named " " is still a folder (a review)."""
+    return not path.strip() and not (path and os.path.lexists(path))

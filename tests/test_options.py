@@ -339,6 +339,16 @@ def test_an_empty_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert sorted(os.listdir(tmp_path)) == ["photos"]
 
 
+def test_a_folder_named_with_a_blank_is_a_folder(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blanks are refused as an unset variable only where nothing has that name (a review:
+    -d ' ' was refused with a folder ' ' there)."""
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / " ")
+    assert index_cli.main(["-d", " ", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert search_cli.main(["-s", "db.shelve", "-q", " /0.png", "-m", "0"]) == 0
+
+
 def test_a_store_named_like_sqlites_memory_database_is_a_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """-s ':memory:' was SQLite's in-memory database: "2 images in the store", and nothing kept."""

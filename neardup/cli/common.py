@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from ..core.results import one_line
-from ..errors import NeardupError, command
+from ..errors import NeardupError, command, looks_unset
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -101,7 +101,7 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
 def path_option(text: str) -> str:
     """A file or folder option: an empty one is an unset shell variable (-s "$STORE"), which
     SQLite took as its temporary database and a dataset as the current folder (a review)."""
-    if not text.strip():
+    if looks_unset(text):
         raise argparse.ArgumentTypeError("is empty (an unset shell variable?)")
     return text
 

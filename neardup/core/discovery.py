@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from PIL import Image
 
-from ..errors import NeardupError
+from ..errors import NeardupError, looks_unset
 from .hashing import readable_formats
 
 
@@ -25,7 +25,7 @@ def dataset_folder(dataset: str) -> str:
     """The folder a --dataset names: a path as given, or a file:// URL of this machine, decoded
     (Path.as_uri() writes a space as %20; file://localhost/ is this machine too). An empty one
     is refused: it would be the current folder, whatever that holds."""
-    if not dataset.strip():
+    if looks_unset(dataset):
         raise NeardupError("the dataset folder's path is empty (an unset shell variable?)")
     if not dataset.startswith("file://"):
         return dataset

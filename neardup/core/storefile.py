@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError, command
+from ..errors import StoreError, command, looks_unset
 
 # How long a reader or writer waits for a lock held by another connection before saying so.
 BUSY_SECONDS = 10.0
@@ -95,7 +95,7 @@ def check_store_path(path: str, *, writing: bool) -> bool:
     """True if something is at `path`. Refuses, before anything opens it, what can never be a store:
     a folder, a device or FIFO (opening /dev/null would leave /dev/null-journal; a FIFO would
     block), a path in a folder that does not exist, an empty path (SQLite's temporary database)."""
-    if not path.strip():
+    if looks_unset(path):
         raise StoreError("the store's path is empty (an unset shell variable?)")
     try:
         info = os.stat(path)
