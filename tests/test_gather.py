@@ -212,6 +212,43 @@ class TestOutputFolder:
                               " folder\n")
         assert sorted(os.listdir(".")) == ["source"]
 
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+    def test_a_signal_during_the_swap_leaves_one_whole_run_and_says_which(
+        self, source: Path, signum: int
+    ) -> None:
+        """A review: --force swaps the earlier run out and the new one in by two renames, and
+        removes the earlier one. A signal between the renames left no output folder (the earlier
+        run hidden in .out.old-*); one after them said "nothing was written" with the new run in
+        place and the old one half removed (13 of 20 tries). The run here signals itself right
+        after the first rename, every time."""
+        assert run_gather("source", "out", "--samples", "1", "--seed", "1") == 0
+        script = (
+            "import os, signal, sys\n"
+            "from neardup.cli import gather\n"
+            "rename = os.rename\n"
+            "def signalled_rename(source, target):\n"
+            "    rename(source, target)\n"
+            "    if '.old-' in os.fspath(target):\n"
+            f"        os.kill(os.getpid(), {int(signum)})\n"
+            "os.rename = signalled_rename\n"
+            "sys.exit(gather.main(sys.argv[1:]))\n"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
+             "--samples", "2", "--seed", "2", "--force"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        ) as process:
+            out, err = finished(process, 60)
+        assert process.returncode == 128 + signum, err
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        assert err == (f"gather.py: {what} once the dataset was written (the output folder holds"
+                       " this run, whole)\n")
+        assert out.startswith("out: ") and "(seed 2)" in out, out
+        assert sorted(os.listdir(".")) == ["out", "source"]  # no .out.old-* left
+        rows = read_manifest("out/manifest.csv")
+        assert sum(row.role == "original" for row in rows) == 2  # the new run's two samples
+
     def test_partial_folders_of_runs_that_are_gone_are_removed(self, source: Path) -> None:
         """A run killed outright (SIGKILL, a power cut) cannot clean up after itself: the next run
         into the same output removes what such a run left, never the folder of a run going on."""
@@ -223,11 +260,13 @@ class TestOutputFolder:
         other_host = Path(f".out.partial-{host}x-{ended.pid}-abcd_123")
         other_output = Path(f".other.partial-{host}-{ended.pid}-abcd_123")
         not_ours = Path(f".out.partial-{host}-{ended.pid}-kept")
+        # An earlier run a killed run was removing once it had put its own in place.
+        stale_old = Path(f".out.old-{host}-{ended.pid}-abcd_123")
         # A second review: a run in another pid namespace (a container sharing the host's name)
         # looks gone by its pid; one still writing was deleted under it. Only folders nothing
         # has been written into for ABANDONED_AFTER go.
         busy = Path(f".out.partial-{host}-{ended.pid}-busy_123")
-        folders = (stale, running, other_host, other_output, not_ours, busy)
+        folders = (stale, stale_old, running, other_host, other_output, not_ours, busy)
         for folder in folders:
             (folder / "haystack").mkdir(parents=True)
             (folder / "haystack" / "a.jpg").write_bytes(b"half")
@@ -237,8 +276,8 @@ class TestOutputFolder:
                 os.utime(inside, (long_ago, long_ago))
         os.utime(busy, (long_ago, long_ago))  # its top folder old, a folder inside it written now
         assert run_gather("source", "out", "--samples", "2", "--seed", "1") == 0
-        assert not stale.exists()
-        assert all(folder.is_dir() for folder in folders[1:])
+        assert not stale.exists() and not stale_old.exists()
+        assert all(folder.is_dir() for folder in folders[2:])
 
     def test_output_inside_the_source_is_refused(self, source: Path, capsys: pytest.CaptureFixture) -> None:
         assert run_gather("source", "source/out") == 2

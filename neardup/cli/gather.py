@@ -14,10 +14,11 @@ from types import FrameType
 from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..errors import NeardupError, command
 from ..sources.archives import DEFAULT_MAX_BYTES, Limits
-from ..sources.dataset import GatherOptions, gather
+from ..sources.dataset import GatherOptions, StoppedOnceWritten, gather
 from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
 from .common import (
+    EXIT_INTERRUPTED,
     given_options,
     non_negative_int,
     path_option,
@@ -147,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     def body_until_terminated() -> int:
         try:
             return body()
+        except StoppedOnceWritten as stop:
+            print(stop.summary.line())
+            terminated = stop.signum == signal.SIGTERM
+            warn(PROG, f"{'terminated' if terminated else 'interrupted'} once the dataset was"
+                 " written (the output folder holds this run, whole)")
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except Terminated:
             warn(PROG, f"terminated; {NOTHING_WRITTEN}")
             return EXIT_TERMINATED

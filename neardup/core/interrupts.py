@@ -1,4 +1,4 @@
-"""Ctrl-C held back while child processes start, then given its due.
+"""Ctrl-C (and SIGTERM) held back while a step must not be cut in two, then given its due.
 
 Ctrl-C reaches the whole process group. A child caught starting (a worker, the fork server, a
 Dask nanny) printed its own traceback, or "Fatal Python error: init_import_site"; and this
@@ -12,6 +12,31 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+
+@contextmanager
+def signals_deferred(*signums: int, reraise: bool = True) -> Iterator[list[int]]:
+    """The signals heard meanwhile only noted (in the list it gives), and, with `reraise`, raised
+    once the body is done, as if they came then: a step that must not be cut in two (a swap of
+    two folders) runs whole. Only the main thread can set handlers, and only it is interrupted:
+    elsewhere nothing changes."""
+    heard: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield heard
+        return
+    previous: dict[int, Any] = {}
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, lambda number, _frame: heard.append(number))
+        yield heard
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # (None: a handler set from C, which cannot be set back)
+                signal.signal(signum, handler)
+    if reraise:
+        for signum in dict.fromkeys(heard):
+            signal.raise_signal(signum)
 
 
 @contextmanager
@@ -30,21 +55,12 @@ def sigint_held() -> Iterator[None]:
     # Started from a thread, the resource tracker process of a spawning multiprocessing unblocks
     # SIGINT in that thread afterwards, whatever it was before: start it from here, first.
     resource_tracker.ensure_running()
-    heard: list[int] = []
-    main = threading.current_thread() is threading.main_thread()  # signal.signal's only thread
     # Another thread (one of a C library's) may take the signal meanwhile: its Python handler
     # then runs in this thread at any point, where a KeyboardInterrupt would be lost (in a
-    # garbage collector callback) or break the start in two. This one only notes it.
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: heard.append(1)) if main else None
-    # (None too for a handler set from C: left as it is.)
-    try:
+    # garbage collector callback) or break the start in two. So it is only noted meanwhile.
+    with signals_deferred(signal.SIGINT):
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # hears one pending
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-    if heard:
-        signal.raise_signal(signal.SIGINT)  # as if it came now: a KeyboardInterrupt, as a rule
