@@ -117,6 +117,17 @@ class TestOutputFolder:
         assert on_disk == listed
         assert not [name for name in os.listdir(".") if ".partial-" in name or ".old-" in name]
 
+    def test_an_output_through_a_link_is_the_folder_it_leads_to(self, source: Path) -> None:
+        """A review: --force with -o LINK renamed the link away (left as .out.old-*), put a
+        plain folder in its place and kept the earlier run where the link led."""
+        assert run_gather("source", "real", "--samples", "1", "--seed", "1") == 0
+        os.symlink("real", "out")
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2", "--force") == 0
+        assert os.path.islink("out") and os.readlink("out") == "real"
+        assert sorted(os.listdir(".")) == ["out", "real", "source"]
+        rows = read_manifest("real/manifest.csv")
+        assert sum(row.role == "original" for row in rows) == 2
+
     def test_force_never_deletes_a_folder_gather_did_not_make(
         self, source: Path, capsys: pytest.CaptureFixture
     ) -> None:

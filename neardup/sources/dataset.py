@@ -110,15 +110,19 @@ def gather(
         )
 
     summary = GatherSummary(output=output, seed=options.seed)
-    parent = os.path.dirname(destination)
+    # An output given as a symbolic link is the folder it leads to: the run is written beside
+    # that folder and swapped in there (a review: --force renamed the link away, put a plain
+    # folder in its place and left the earlier run where the link had led).
+    place = os.path.realpath(destination)
+    parent = os.path.dirname(place)
     heard: list[int] = []  # signals held while the dataset was moved into place
     try:
         os.makedirs(parent, exist_ok=True)
-        _remove_abandoned_partials(parent, os.path.basename(destination))
+        _remove_abandoned_partials(parent, os.path.basename(place))
         # The host and pid in the name tell a later run whether the run that made it is still
         # going.
         staging = make_staging_folder(
-            parent, f".{os.path.basename(destination)}.partial-{_host()}-{os.getpid()}-")
+            parent, f".{os.path.basename(place)}.partial-{_host()}-{os.getpid()}-")
         try:
             rows = _write_haystack(images, source_root, staging, progress)
             summary.haystack = len(rows)
@@ -128,7 +132,7 @@ def gather(
             # earlier run hidden in .NAME.old-*), and one after them "nothing was written" with
             # the new run in place and the old one half removed (a review: 13 of 20 tries).
             with signals_deferred(signal.SIGINT, signal.SIGTERM, reraise=False) as heard:
-                _move_into_place(staging, destination)
+                _move_into_place(staging, place)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
