@@ -128,6 +128,26 @@ class TestOutputFolder:
         rows = read_manifest("real/manifest.csv")
         assert sum(row.role == "original" for row in rows) == 2
 
+    def test_force_keeps_a_file_added_to_the_earlier_run_meanwhile(
+        self, source: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    ) -> None:
+        """A review: --force looked at the earlier run only when it started; a file a user
+        saved into it during the run went with it."""
+        assert run_gather("source", "out", "--samples", "1", "--seed", "1") == 0
+        before = Path("out/manifest.csv").read_bytes()
+        write_manifest = dataset._write_manifest
+
+        def saved_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+            Path("out/notes.txt").write_text("written while gather.py ran")
+            return write_manifest(*args, **kwargs)
+
+        monkeypatch.setattr(dataset, "_write_manifest", saved_meanwhile)
+        assert run_gather("source", "out", "--samples", "2", "--seed", "2", "--force") == 2
+        assert "holds 1 file gather.py did not write (notes.txt)" in capsys.readouterr().err
+        assert Path("out/notes.txt").read_text() == "written while gather.py ran"
+        assert Path("out/manifest.csv").read_bytes() == before
+        assert sorted(os.listdir(".")) == ["out", "source"]
+
     def test_force_never_deletes_a_folder_gather_did_not_make(
         self, source: Path, capsys: pytest.CaptureFixture
     ) -> None:

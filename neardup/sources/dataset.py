@@ -128,6 +128,9 @@ def gather(
             summary.haystack = len(rows)
             copy_rows = _write_copies(images, rows, staging, options, summary, report)
             _write_manifest(os.path.join(staging, MANIFEST_NAME), rows + copy_rows)
+            # Looked at again: a file put into the earlier run while this one wrote would go
+            # with it (a review).
+            _check_output(source_root, destination, force)
             # A Ctrl-C or SIGTERM between the swap's two renames left no output folder (the
             # earlier run hidden in .NAME.old-*), and one after them "nothing was written" with
             # the new run in place and the old one half removed (a review: 13 of 20 tries).
