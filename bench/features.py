@@ -167,8 +167,9 @@ def pick_queries(dataset: Path, count: int) -> list[tuple[str, str]]:
     return picked
 
 
-def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
-    """Add synthetic images until the store holds `size` (see the module's docstring)."""
+def grow(store_path: Path, size: int, synthetic: str = "mixed", numbered_from: int = 0) -> None:
+    """Add synthetic images until the store holds `size` (see the module's docstring), named
+    from `numbered_from` on (a second growth must not rewrite the first one's)."""
     rng = np.random.default_rng(size)
     with Store.open_for_reading(str(store_path)) as store:
         recipe, root = store.recipe, store.dataset_root
@@ -194,7 +195,8 @@ def grow(store_path: Path, size: int, synthetic: str = "mixed") -> None:
                               np.packbits(bits, axis=1),
                               np.roll(source.thumbnail, 1 + number % 7, axis=1), source.chroma)
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
-            batch.append(IndexedFile(f"synthetic/{number // 1000:04d}/{number:07d}.jpg", 1, 1,
+            name = numbered_from + number
+            batch.append(IndexedFile(f"synthetic/{name // 1000:04d}/{name:07d}.jpg", 1, 1,
                                      value, features=made.to_bytes()))
             if len(batch) == 5000:
                 store.apply(batch, [])

@@ -906,7 +906,7 @@ def test_the_feature_index_does_not_depend_on_the_order_images_were_stored(in_tm
         with Store.open_for_reading(name) as store:
             ids = {path: image_id for image_id, path, _data in store.feature_rows()}
             assert len(ids) == 4
-            built.append((bytes(_build(_read_descriptors(store)[0])), ids))
+            built.append((bytes(_build(_read_descriptors(store)[0]).index), ids))
     assert built[0][0] == built[1][0]
     assert built[0][1] != built[1][1]  # stored in another order all the same
 
@@ -925,7 +925,8 @@ def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
         written = sorted(os.listdir("db.shelve.cache"))
         state = f"{store.store_id}-{store.generation()}-{store.feature_generation()}"
         assert [name.split(".")[0] for name in written] == [
-            f"feature-index-{state}-{INDEX_BUILD}", f"feature-owners-{state}-{INDEX_BUILD}"]
+            f"feature-{kind}-{state}-{INDEX_BUILD}"
+            for kind in ("assign", "images", "index", "lists", "owners")]
         # What an older build left for this very state (and this build's files not yet made):
         # owners that belong to no image here, and bytes that are no index at all.
         for name in written:
@@ -937,6 +938,133 @@ def test_an_index_cached_by_an_older_build_is_not_used(in_tmp: Path) -> None:
         assert sorted(os.listdir("db.shelve.cache")) == written  # the older build's files gone
         again = FeatureIndex.from_store(store)  # read back from the cache
         assert list(again.owners) == list(fresh.owners)
+
+
+@pytest.fixture()
+def inverted_file_store(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A store of 24 photos whose feature index is an inverted file (as from about 280 images,
+    here from 100 descriptors), and the descriptors each index.py run assigns to their lists."""
+    from neardup.features import index as feature_index
+
+    monkeypatch.setattr(feature_index, "FLAT_MAX_DESCRIPTORS", 100)
+    assigned: list[int] = []
+    nearest_lists = feature_index._nearest_lists
+
+    def counted(quantizer, descriptors):  # type: ignore[no-untyped-def]
+        assigned.append(len(descriptors))
+        return nearest_lists(quantizer, descriptors)
+
+    monkeypatch.setattr(feature_index, "_nearest_lists", counted)
+    Path("images").mkdir()
+    for seed in range(24):
+        save(scene(100 + seed), f"images/scene_{seed:02d}.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    return assigned
+
+
+def _searched_as(index) -> bytes:  # type: ignore[no-untyped-def]
+    """An index's bytes as FeatureIndex searches it (PROBES lists per look: serialised too)."""
+    import faiss
+
+    from neardup.features.index import PROBES
+
+    if isinstance(index, np.ndarray):
+        index = faiss.deserialize_index_binary(index)
+    index.nprobe = PROBES
+    return bytes(faiss.serialize_index_binary(index))
+
+
+def _descriptor_count(store_path: str) -> int:
+    from neardup.features.index import _read_descriptors
+
+    with Store.open_for_reading(store_path) as store:
+        return len(_read_descriptors(store)[0])
+
+
+def test_a_changed_store_keeps_the_lists_of_its_unchanged_images(
+        inverted_file_store: list[int]) -> None:
+    """After any change, index.py (and the checker) built the whole feature index again: its
+    centroids trained anew and every descriptor assigned to them, 16 minutes at 10^6 images for
+    one image added. Now only new and changed images' descriptors are assigned, to the centroids
+    the last build trained, and the index is exactly what those centroids give every descriptor."""
+    import faiss
+
+    from neardup.features.index import FeatureIndex, _read_descriptors
+
+    assigned = inverted_file_store
+    assert assigned == [_descriptor_count("db.shelve")]  # the first build: every descriptor
+    earlier = next(Path("db.shelve.cache").glob("feature-index-*.npy"))
+    centroids = faiss.deserialize_index_binary(np.load(earlier))
+    # One image added, one replaced by another picture, one removed.
+    arrived = scene(300)
+    save(arrived, "images/arrived.jpg", quality=92)
+    save(scene(301), "images/scene_05.jpg", quality=92)
+    Path("images/scene_09.jpg").unlink()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        descriptors, _owners, images = _read_descriptors(store)
+        paths = sorted(path for _id, path, _data in store.feature_rows())
+        new = sum(int(count) for path, count in zip(paths, images[:, 2], strict=True)
+                  if path in ("arrived.jpg", "scene_05.jpg"))
+        assert assigned[1:] == [new]
+        centroids.reset()
+        centroids.add(descriptors)
+        built = FeatureIndex.from_store(store)
+        assert _searched_as(built._index) == _searched_as(centroids)
+
+
+def test_centroids_are_trained_again_once_the_descriptors_outgrow_them(
+        inverted_file_store: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from neardup.features import index as feature_index
+
+    assigned = inverted_file_store
+    monkeypatch.setattr(feature_index, "RETRAIN_GROWTH", 1.01)
+    save(scene(300), "images/arrived.jpg", quality=92)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    assert assigned[1:] == [_descriptor_count("db.shelve")]  # all of them, to new centroids
+
+
+@pytest.mark.parametrize("tampering", ["lists out of range", "counts that do not add up",
+                                       "other centroids"])
+def test_what_a_build_kept_is_checked_before_the_next_one_uses_it(
+        inverted_file_store: list[int], tampering: str) -> None:
+    """Rewritten behind our back under a name whose CRC holds, what the last build kept is
+    checked: lists beyond the index's (FAISS would write outside its arrays) or image counts
+    that do not match them are not used (every descriptor is assigned again), a record of
+    another number of lists has the centroids trained again: the index is then what a build
+    from those centroids, or a fresh build, gives."""
+    import faiss
+
+    from neardup.features.index import FeatureIndex, _build, _read_descriptors
+
+    assigned = inverted_file_store
+    folder = Path("db.shelve.cache")
+    centroids = faiss.deserialize_index_binary(np.load(next(folder.glob("feature-index-*.npy"))))
+    kind = {"lists out of range": "assign", "counts that do not add up": "images",
+            "other centroids": "lists"}[tampering]
+    kept = next(folder.glob(f"feature-{kind}-*.npy"))
+    array = np.load(kept).copy()
+    if kind == "assign":
+        array[0] = 10**6
+    elif kind == "images":
+        array[0, 2] += 1
+    else:
+        array[1] *= 2
+    np.save(kept, array)
+    crc = f"{zlib.crc32(np.ascontiguousarray(array).tobytes()):08x}"
+    kept.rename(kept.with_name(kept.name.rsplit(".", 2)[0] + f".{crc}.npy"))
+    Path("images/scene_03.jpg").unlink()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    assert assigned[1:] == [_descriptor_count("db.shelve")]
+    with Store.open_for_reading("db.shelve") as store:
+        descriptors, _owners, images = _read_descriptors(store)
+        if kind == "lists":
+            expected = _build(descriptors, images).index
+        else:
+            centroids.reset()
+            centroids.add(descriptors)
+            expected = centroids
+        assert _searched_as(FeatureIndex.from_store(store)._index) == _searched_as(expected)
 
 
 def test_a_run_that_changes_nothing_keeps_the_cached_feature_index(in_tmp: Path) -> None:

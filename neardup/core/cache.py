@@ -419,6 +419,44 @@ def cached_array(
     return array
 
 
+def earlier_cached_arrays(store: Store, names: tuple[str, ...], build_version: int
+                          ) -> dict[str, np.ndarray] | None:
+    """The arrays `names` that cached_array kept for the newest earlier state of this store
+    (the same build, all of them from that one state), each passing its CRC; None if there is
+    no such state. What a build of the current state may start from (the feature index keeps
+    the lists it trained, and the lists of unchanged images: neardup.features.index)."""
+    now = (store.generation(), store.feature_generation()) + (
+        (build_version,) if build_version else ())
+    found: dict[tuple[tuple[int, ...], str], dict[str, str]] = {}
+    folder = folder_of(store)
+    try:
+        listed = os.listdir(folder)
+    except OSError:
+        return None
+    for file_name in listed:
+        named = cached_array_state(file_name)
+        if named is None or named[0] not in names or named[1] != store.store_id:
+            continue
+        state = named[2]
+        if state >= now or len(state) != len(now) or (build_version and state[-1] != build_version):
+            continue
+        token = file_name.split(".")[1] if file_name.count(".") == 3 else ""
+        found.setdefault((state, token), {})[named[0]] = file_name
+    for _key, files in sorted(found.items(), reverse=True):
+        if set(files) != set(names):
+            continue
+        arrays = {}
+        for name, file_name in files.items():
+            array = load_array(os.path.join(folder, file_name))
+            crc = file_name.rsplit(".", 2)[-2]
+            if array is None or f"{_crc32(np.ascontiguousarray(array)):08x}" != crc:
+                break
+            arrays[name] = array
+        else:
+            return arrays
+    return None
+
+
 def cached_array_state(file_name: str) -> tuple[str, str, tuple[int, ...]] | None:
     """(name, store id, state) of a file cached_array wrote (`<name>-<store id>-<generation>
     -<feature generation>[-<build>][.<features' token>].<crc>.npy`; store ids are 32 hex digits),
