@@ -57,10 +57,13 @@ def verified_groups(
             continue
         # Not sharpened: a person deletes from these groups, and the sharpened look verified two
         # different catalogue motorbikes and two drawings of a stop sign (docs/features.md); a
-        # blurred copy is still linked when its original, as the query, verifies it.
+        # blurred copy is still linked when its original, as the query, verifies it. Nor asked
+        # again without its bars for finding only itself (what search.py -q does for it): each
+        # image is a query here, so a padded copy is linked when its original verifies it, and
+        # a third of CALTECH-101's photos have such bars (a second search for each).
         for match in search.search([hashes[relpath]], frame, max_distance,
                                    include_low_information=include_low_information,
-                                   sharpen=False):
+                                   sharpen=False, unpad=False):
             if match.path != relpath and match.inliers is not None:
                 # Closer means more inliers: clique_groups adds the closest candidates first.
                 # Verified both ways, a pair keeps the fewer inliers: the weaker evidence.

@@ -145,6 +145,14 @@ class FeatureIndex:
     def __len__(self) -> int:
         return int(self._index.ntotal)  # type: ignore[attr-defined]
 
+    @property
+    def ranks_by_votes(self) -> bool:
+        """Whether the candidates' votes rank copies first. Only with an inverted file, whose
+        crowded lists (the stop words) are skipped: a flat index (up to FLAT_MAX_DESCRIPTORS,
+        about 280 images) counts the common patterns every photo has, and gave 11 stored
+        photos 171 to 309 votes each, a 90-degree copy with 63 inliers 8th (a review)."""
+        return self._crowded is not None
+
     def candidates(self, looks: list[FeatureSet], exclude: set[int] = frozenset()  # type: ignore[assignment]
                    ) -> list[Candidate]:
         """The stored images sharing the most keypoints with any look of the query."""

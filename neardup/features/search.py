@@ -35,7 +35,7 @@ from .extract import (
     without_bars,
 )
 from .index import FeatureIndex
-from .verify import Verdict, descriptor_index, verify
+from .verify import EXACT_RESIDUAL, Verdict, descriptor_index, verify
 
 # Feature candidates come best first (most shared keypoints); after this many of them refused in a
 # row the rest are refused unseen: copies have far more votes than look-alikes (bounds the search
@@ -46,6 +46,10 @@ from .verify import Verdict, descriptor_index, verify
 # review's mirrored portraits found their original 7th (35 votes) behind four other portraits
 # of the plain look, refused, and 6 of 36 mirrored copies were missed without --mirror.
 STOP_AFTER_REFUSALS = 4
+
+# A verified picture within this much of the query's scale, aligned pixel-exact (verify.
+# EXACT_RESIDUAL), is the query's own frame (_same_frame).
+SAME_FRAME_SCALE = 0.01
 
 # The verdict of a hash candidate the store holds no features for (an unfinished upgrade).
 NO_FEATURES = "no features stored"
@@ -98,16 +102,18 @@ class VerifiedSearch:
         include_low_information: bool = False,
         source: str = "both",
         sharpen: bool = True,
+        unpad: bool = True,
     ) -> list[Match]:
         """Verified matches of one query: `hashes` are its hash (and mirror hash, with --mirror),
         `frame` its analysis frame (extract.read_frame). Best first: by hash distance, then by
         inliers, features-only matches last. `source`: where candidates come from, "hash",
         "features" or "both" (what search.py does). `sharpen`: whether a hash candidate no look
-        aligned with is asked again with the query sharpened (for a blurred query). A hash
-        candidate without stored features (an unfinished upgrade) is answered unverified."""
+        aligned with is asked again with the query sharpened (for a blurred query). `unpad`: see
+        search_with_verdicts. A hash candidate without stored features (an unfinished upgrade) is
+        answered unverified."""
         return [match for match, verdict in self.search_with_verdicts(
             hashes, frame, max_distance, include_low_information=include_low_information,
-            source=source, sharpen=sharpen)
+            source=source, sharpen=sharpen, unpad=unpad)
             if verdict.verified or verdict.reason == NO_FEATURES]
 
     def search_with_verdicts(
@@ -122,8 +128,8 @@ class VerifiedSearch:
         unpad: bool = True,
     ) -> list[tuple[Match, Verdict]]:
         """Every candidate with its verdict, verified or not (for --evaluate and tests). `unpad`:
-        whether a query that verified nothing is searched again without the flat bars at its
-        edges (a padded or letterboxed copy: extract.without_bars)."""
+        whether a query that verified nothing but its own frame is searched again without the
+        flat bars at its edges (a padded or letterboxed copy: extract.without_bars)."""
         looks = query_features(frame)
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
@@ -185,7 +191,8 @@ class VerifiedSearch:
             if path not in stored:
                 continue  # a damaged record (said once): it cannot be verified
             first = found_by_look.get(path, 0)  # the look that found it, first
-            if "hash" not in how and refused_in_a_row[first] >= STOP_AFTER_REFUSALS:
+            if ("hash" not in how and self.features.ranks_by_votes
+                    and refused_in_a_row[first] >= STOP_AFTER_REFUSALS):
                 continue
             order = [first, *range(first), *range(first + 1, len(looks))]
             # Enlarged and sharpened looks for the hash's candidates only: what a smaller or a
@@ -202,20 +209,51 @@ class VerifiedSearch:
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
                                       verdict.verified), verdict))
-        answers_out.sort(key=lambda item: (item[0].distance is None, item[0].distance or 0,
-                                           -item[1].inliers, item[0].path))
+        answers_out.sort(key=_answer_order)
         # Only then, so a query that found what it is a copy of (nearly every one) costs nothing
         # more: with bars looked at as they were, padded copies' originals were not among the
         # features' candidates (bench/upload_direction.py; extract.without_bars).
-        if unpad and not any(verdict.verified for _, verdict in answers_out):
+        # A query that found only pictures of its own frame (itself, stored: a re-upload, or
+        # `search.py -q` on a file of the indexed folder) is asked again too: it verified
+        # against itself, and a captioned or padded copy then missed the original the same
+        # query found in a store without it (a review: 10 and 13 of 16).
+        found_itself = [verdict.verified and _same_frame(verdict) for _, verdict in answers_out]
+        if unpad and not any(verdict.verified and not itself for (_, verdict), itself
+                             in zip(answers_out, found_itself, strict=True)):
             inside = without_bars(frame)
             if inside is not None:
                 again = self.search_with_verdicts(
                     hashes, inside, max_distance, include_low_information=include_low_information,
                     source=source, sharpen=sharpen, unpad=False)
+                if any(found_itself):
+                    return _merged(answers_out, again)
                 if any(verdict.verified for _, verdict in again):
                     return again
         return answers_out
+
+
+def _same_frame(verdict: Verdict) -> bool:
+    """Whether a verified picture is the query's own frame: the same size, every keypoint where
+    the query has it (the query itself stored, or a copy that only re-encoded it)."""
+    return (verdict.scale is not None and abs(verdict.scale - 1) <= SAME_FRAME_SCALE
+            and verdict.residual is not None and verdict.residual <= EXACT_RESIDUAL)
+
+
+def _merged(first: list[tuple[Match, Verdict]], again: list[tuple[Match, Verdict]]
+            ) -> list[tuple[Match, Verdict]]:
+    """Both searches' answers, one per path (a verified one where either verified it), in the
+    order search_with_verdicts gives them."""
+    by_path = {match.path: (match, verdict) for match, verdict in first}
+    for match, verdict in again:
+        if match.path not in by_path or (verdict.verified and not by_path[match.path][1].verified):
+            by_path[match.path] = (match, verdict)
+    return sorted(by_path.values(), key=_answer_order)
+
+
+def _answer_order(item: tuple[Match, Verdict]) -> tuple[bool, int, int, str]:
+    """Nearest hash first, then most inliers; features-only matches last."""
+    match, verdict = item
+    return (match.distance is None, match.distance or 0, -verdict.inliers, match.path)
 
 
 # Refusals before the pictures are compared: no transform between them was found. Only then is
