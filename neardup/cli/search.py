@@ -481,7 +481,7 @@ def run_groups(args: argparse.Namespace) -> int:
         verified = store.has_features
         # Files changed since they were indexed are shown, never offered for deletion, and said
         # in every output: people script the clean-up from the text and JSON too.
-        changed = changed_since_indexed(opened, groups)
+        changed = changed_since_indexed(opened, groups, args.max_pixels)
     # Every file is gone with the dataset folder: said once already (check_store), not per file.
     for relpath in sorted(changed) if os.path.isdir(root) else ():
         say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
@@ -535,8 +535,9 @@ def run_groups(args: argparse.Namespace) -> int:
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
-def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str]:
-    """The grouped images whose file is no longer what was indexed (FileState.same_file: a
+def changed_since_indexed(store: Store, groups: list[DuplicateGroup],
+                          max_pixels: int = DEFAULT_MAX_PIXELS) -> set[str]:
+    """The grouped images whose file is no longer what was indexed (FileState.still_indexed: a
     replaced or rewritten file), or missing."""
     states = store.file_states()
     changed = set()
@@ -548,7 +549,7 @@ def changed_since_indexed(store: Store, groups: list[DuplicateGroup]) -> set[str
             except OSError:
                 changed.add(relpath)
                 continue
-            if state is None or not state.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
+            if state is None or not state.still_indexed(path, now, store.recipe, max_pixels):
                 changed.add(relpath)
     return changed
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError, command
-from .hashing import PREPROCESS_VERSIONS, Recipe
+from ..errors import ImageError, StoreError, command
+from .hashing import DEFAULT_MAX_PIXELS, PREPROCESS_VERSIONS, Recipe, hash_file
 from .hashwords import decode_joined_keys, hex_keys_to_words, sort_distinct
 from .storefile import (
     Db,
@@ -299,6 +299,22 @@ class FileState:
         mtime."""
         return (self.size, self.mtime_ns) == (size, mtime_ns) and (
             not self.inode or not inode or self.inode == inode)
+
+    def still_indexed(self, path: str, now: os.stat_result, recipe: Recipe,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+        """Whether the file at `path` (`now`: its stat) is still what was indexed: the same file
+        as same_file weighs it and, where its ctime moved since (a chmod or a hard link, or a
+        file rewritten in place with its size and mtime put back, `touch -r`: a review found
+        such a file grouped by its old hash without a word), the same hash once read again, as
+        index.py reads such a file again."""
+        if not self.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
+            return False
+        if not self.ctime_ns or not self.hash_hex or now.st_ctime_ns == self.ctime_ns:
+            return True
+        try:
+            return hash_file(path, recipe, max_pixels).hex() == self.hash_hex
+        except ImageError:
+            return False
 
 
 Report = Callable[[str], None]

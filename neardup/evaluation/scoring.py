@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.hashing import Hash, hash_file, hash_file_and_mirror, is_low_information
+from ..core.hashing import Hash, Recipe, hash_file, hash_file_and_mirror, is_low_information
 from ..core.results import counted
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import FileState, Store
@@ -242,7 +242,7 @@ def evaluate_manifest(
     # A path outside the store's dataset (../...) is not looked for on disk: it cannot be indexed.
     evaluation.haystack_not_on_disk = sum(
         _outside(path) or not os.path.lexists(on_disk(path)) for path in lacking)
-    _count_changed(evaluation, rows, states, relative, on_disk)
+    _count_changed(evaluation, rows, states, relative, on_disk, store.recipe)
     totals = evaluation.copies_by_kind
     evaluation.rows = [_row(ordered, threshold, totals) for threshold in range(MAX_THRESHOLD + 1)]
     evaluation.recommended = recommend(evaluation.rows)
@@ -317,7 +317,8 @@ def _outside(path: str) -> bool:
 
 
 def _count_changed(evaluation: Evaluation, rows: list[Any], states: dict[str, FileState],
-                   relative: Callable[[str], str], on_disk: Callable[[str], str]) -> None:
+                   relative: Callable[[str], str], on_disk: Callable[[str], str],
+                   recipe: Recipe) -> None:
     """Count the manifest's files the store holds (`states`) whose file changed or is gone since
     it was indexed, and mark such copies. Over a store older than the dataset (gather.py --force
     with another seed, not indexed again) every score was 0 %, silently (a review)."""
@@ -332,7 +333,7 @@ def _count_changed(evaluation: Evaluation, rows: list[Any], states: dict[str, Fi
             now = os.stat(on_disk(relpath))
         except OSError:
             now = None
-        if now is not None and state.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
+        if now is not None and state.still_indexed(on_disk(relpath), now, recipe):
             continue
         evaluation.files_changed += 1
         if relpath in copies and row.role == "copy":
