@@ -183,6 +183,23 @@ class TestRefusals:
         with pytest.raises(StoreError, match="not a neardup store"):
             open_store(tmp_path)
 
+    def test_a_copy_without_its_wal_names_the_wal(self, tmp_path: Path) -> None:
+        """A review: a copy of db.shelve taken while index.py first wrote it (every commit still
+        in db.shelve-wal) read "not a neardup store (no neardup_meta table)", and no more."""
+        writer = Store.open_for_writing(str(tmp_path / "db.shelve"), Recipe(), str(tmp_path), {})
+        try:
+            writer.apply([IndexedFile("a.jpg", 1, 1, "00ff00ff00ff00ff")], [])
+            copy = tmp_path / "copy.shelve"
+            copy.write_bytes((tmp_path / "db.shelve").read_bytes())
+        finally:
+            writer.close()
+        with pytest.raises(StoreError) as refused:
+            Store.open_for_reading(str(copy))
+        assert str(refused.value) == (
+            f"{copy}: not a neardup store (an SQLite database with no tables; a copy of a store"
+            f" index.py was writing holds its commits in {copy}-wal: copy both files, or copy it"
+            " once index.py is done)")
+
     def test_missing_store_for_reading(self, tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="no such store"):
             Store.open_for_reading(str(tmp_path / "nothing.shelve"))

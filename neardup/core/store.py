@@ -1112,6 +1112,12 @@ def stored_recipe(path: str, text: str) -> Recipe:
 
 def _check_is_neardup_store(db: Db, path: str) -> None:
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        # What a copy of a store taken while index.py first wrote it holds: every commit was
+        # still in its -wal (a review read "no neardup_meta table" and was none the wiser).
+        raise StoreError(f"{path}: not a neardup store (an SQLite database with no tables; a"
+                         f" copy of a store index.py was writing holds its commits in {path}-wal:"
+                         " copy both files, or copy it once index.py is done)")
     if "neardup_meta" not in tables or "Dict" not in tables:
         missing = "neardup_meta" if "neardup_meta" not in tables else "Dict"
         raise StoreError(f"{path}: not a neardup store (no {missing} table)")
