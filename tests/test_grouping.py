@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.grouping import clique_groups, near_duplicate_groups
 from neardup.core.hashing import Hash, Recipe
@@ -206,6 +207,37 @@ def test_a_file_rewritten_in_place_with_its_size_and_mtime_is_said_changed(
         " index.py before deleting anything from its group"]
     assert [group["changed"] for group in json.loads(captured.out)] == [
         ["haystack/B_duplicate.png"], []]
+
+
+def test_a_file_over_the_pixel_limit_whose_ctime_moved_is_not_said_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A second review: after `chmod -R`, a grouped image index.py had read under a larger
+    --max-pixels was hashed again under search.py's limit, refused, and said "changed or gone"
+    (with no option to give --groups a larger limit). Refused for a limit, it cannot be read to
+    tell, and is not said; a file damaged in place is."""
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    picture = Image.effect_noise((300, 200), 60).convert("RGB")
+    for name in ("big_a.png", "big_b.png"):
+        picture.save(f"data/{name}")
+    assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    monkeypatch.setattr(search_cli, "DEFAULT_MAX_PIXELS", 1000)  # search.py's limit, lower
+    for name in ("big_a.png", "big_b.png"):
+        os.chmod(f"data/{name}", 0o600)  # the ctime moves, nothing else
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert [group["changed"] for group in json.loads(captured.out)] == [[]]
+    before = os.stat("data/big_b.png")
+    data = Path("data/big_b.png").read_bytes()
+    Path("data/big_b.png").write_bytes(data[:100] + bytes(len(data) - 100))  # damaged in place
+    os.utime("data/big_b.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    monkeypatch.setattr(search_cli, "DEFAULT_MAX_PIXELS", 10**8)
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    assert [group["changed"] for group in json.loads(capsys.readouterr().out)] == [
+        ["big_b.png"]]
 
 
 def test_a_weakly_verified_group_is_said_and_nothing_in_it_marked(tmp_path: Path) -> None:

@@ -306,15 +306,17 @@ class FileState:
         as same_file weighs it and, where its ctime moved since (a chmod or a hard link, or a
         file rewritten in place with its size and mtime put back, `touch -r`: a review found
         such a file grouped by its old hash without a word), the same hash once read again, as
-        index.py reads such a file again."""
+        index.py reads such a file again. A file refused now for a limit (more pixels than
+        `max_pixels`, where index.py was given more: a second review) cannot be read again to
+        tell, and counts as still indexed; a damaged one does not."""
         if not self.same_file(now.st_size, now.st_mtime_ns, now.st_ino):
             return False
         if not self.ctime_ns or not self.hash_hex or now.st_ctime_ns == self.ctime_ns:
             return True
         try:
             return hash_file(path, recipe, max_pixels).hex() == self.hash_hex
-        except ImageError:
-            return False
+        except ImageError as error:
+            return error.reason.startswith("refused")  # ("refused: ...": what every limit says)
 
 
 Report = Callable[[str], None]
