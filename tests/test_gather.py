@@ -280,6 +280,34 @@ class TestOutputFolder:
         rows = read_manifest("out/manifest.csv")
         assert sum(row.role == "original" for row in rows) == 2  # the new run's two samples
 
+    def test_an_ignored_ctrl_c_stays_ignored_during_the_swap(self, source: Path) -> None:
+        """A second review: a gather.py started with SIGINT ignored (a background job of a
+        script) was stopped "interrupted" (exit 130) by a SIGINT during the swap: the handler
+        that holds signals there had replaced the ignoring."""
+        assert run_gather("source", "out", "--samples", "1", "--seed", "1") == 0
+        script = (
+            "import os, signal, sys\n"
+            "from neardup.cli import gather\n"
+            "rename = os.rename\n"
+            "def signalled_rename(source, target):\n"
+            "    rename(source, target)\n"
+            "    if '.old-' in os.fspath(target):\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "os.rename = signalled_rename\n"
+            "sys.exit(gather.main(sys.argv[1:]))\n"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
+             "--samples", "2", "--seed", "2", "--force"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        ) as process:
+            out, err = finished(process, 60)
+        assert (process.returncode, err) == (0, "")
+        assert "(seed 2)" in out
+        assert sorted(os.listdir(".")) == ["out", "source"]
+
     def test_partial_folders_of_runs_that_are_gone_are_removed(self, source: Path) -> None:
         """A run killed outright (SIGKILL, a power cut) cannot clean up after itself: the next run
         into the same output removes what such a run left, never the folder of a run going on."""

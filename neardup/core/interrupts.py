@@ -28,7 +28,11 @@ def signals_deferred(*signums: int, reraise: bool = True) -> Iterator[list[int]]
     previous: dict[int, Any] = {}
     try:
         for signum in signums:
-            previous[signum] = signal.signal(signum, lambda number, _frame: heard.append(number))
+            # An ignored signal stays ignored (a background job of a script keeps SIGINT so:
+            # noted, a second review's Ctrl-C stopped such a gather.py once its swap was done).
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum,
+                                                 lambda number, _frame: heard.append(number))
         yield heard
     finally:
         for signum, handler in previous.items():
