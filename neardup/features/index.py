@@ -134,10 +134,12 @@ class FeatureIndex:
             raise StoreError(f"{store.path}: the feature index built from the store does not"
                              " match it (the store changed while it was built?); search again")
         if built.cache_info().currsize:  # built here: kept for the next build to start from
+            # Written even where another build of this state left its own (fresh): they go
+            # with the index just written, which replaced that build's.
             for name, array in (("feature-assign", built().assign),
                                 ("feature-images", read()[2]), ("feature-lists", built().lists)):
                 cached_array(store, name, lambda array=array: array, small_too=True,
-                             build_version=INDEX_BUILD)
+                             build_version=INDEX_BUILD, fresh=True)
         if hasattr(index, "nprobe"):
             index.nprobe = PROBES
         return cls(index, np.asarray(owners))
@@ -225,7 +227,21 @@ _KEPT_FOR_NEXT = ("feature-index", "feature-assign", "feature-images", "feature-
 class _Built:
     index: np.ndarray  # the serialised FAISS index
     assign: np.ndarray  # the list of each descriptor (empty for a flat index)
-    lists: np.ndarray  # [descriptors the centroids were trained on, lists]; [0, 0] for flat
+    # [descriptors the centroids were trained on, lists ([0, 0] for flat), and the CRC-32 of the
+    # index, of `assign` and of the images array this build was made for]: the arrays a build
+    # keeps are used together only if they are one build's (_earlier_centroids).
+    lists: np.ndarray
+
+
+def _crc(array: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B")) if array.size else 0
+
+
+def _kept_info(trained_on: int, lists: int, index: np.ndarray, assign: np.ndarray,
+               images: np.ndarray | None) -> np.ndarray:
+    """_Built.lists for this build."""
+    images = np.zeros((0, 3), np.int64) if images is None else images
+    return np.array([trained_on, lists, _crc(index), _crc(assign), _crc(images)], np.int64)
 
 
 def _build(descriptors: np.ndarray, images: np.ndarray | None = None,
@@ -238,8 +254,9 @@ def _build(descriptors: np.ndarray, images: np.ndarray | None = None,
     if len(descriptors) <= FLAT_MAX_DESCRIPTORS:
         index = faiss.IndexBinaryFlat(bits)
         index.add(descriptors)
-        return _Built(faiss.serialize_index_binary(index), np.zeros(0, np.int32),
-                      np.zeros(2, np.int64))
+        serialised = faiss.serialize_index_binary(index)
+        no_lists = np.zeros(0, np.int32)
+        return _Built(serialised, no_lists, _kept_info(0, 0, serialised, no_lists, images))
     # As many lists as descriptors per list (the square root of the count): a query then
     # compares each descriptor with every centroid and with PROBES lists, and both costs are
     # equal. Measured at 1.1 million descriptors: 512 lists took 80 ms per query look.
@@ -272,8 +289,9 @@ def _build(descriptors: np.ndarray, images: np.ndarray | None = None,
     assign = np.ascontiguousarray(assign, dtype=np.int64)
     index.add_core(len(descriptors), faiss.swig_ptr(descriptors), None, faiss.swig_ptr(assign))
     del assign
-    return _Built(faiss.serialize_index_binary(index), kept_lists,
-                  np.array([trained_on, lists], np.int64))
+    serialised = faiss.serialize_index_binary(index)
+    return _Built(serialised, kept_lists,
+                  _kept_info(trained_on, lists, serialised, kept_lists, images))
 
 
 def _nearest_lists(quantizer: Any, descriptors: np.ndarray) -> np.ndarray:
@@ -296,7 +314,13 @@ def _earlier_centroids(earlier: dict[str, np.ndarray] | None, lists: int,
         return None
     serialised = earlier.pop("feature-index")  # a memory map, let go of once read (2.2 GB at 10^6)
     info = np.asarray(earlier["feature-lists"])
-    if info.shape != (2,) or info.dtype != np.int64 or int(info[1]) != lists:
+    if info.shape != (5,) or info.dtype != np.int64 or int(info[1]) != lists:
+        return None
+    # All from the one build that wrote `info`: two processes building one state (index.py and
+    # a checker) left one's index beside the other's lists, and the next update filed 21,135 of
+    # 22,032 descriptors under the wrong centroids (a second review), for good.
+    if [int(value) for value in info[2:]] != [_crc(serialised), _crc(earlier["feature-assign"]),
+                                             _crc(earlier["feature-images"])]:
         return None
     trained_on = int(info[0])
     if not trained_on / RETRAIN_GROWTH <= count <= trained_on * RETRAIN_GROWTH:
