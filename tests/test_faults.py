@@ -290,6 +290,27 @@ def test_workers_stopped_while_writing_their_results_leave_no_thread_waiting() -
             results._writer.close()  # else this test process would hang at its exit
 
 
+def test_workers_stopped_leave_the_executors_wake_up_pipe_closed() -> None:
+    """A full suite run: a worker killed mid-run printed index.py's one line, then "Exception
+    ignored in: <module 'threading'> ... OSError: [Errno 9] Bad file descriptor". Python's exit
+    hook checks the executor's wake-up pipe is open, then writes to it, while the executor's
+    thread may close it in between. Once the workers are stopped, that thread has ended and the
+    pipe is closed, so the hook writes nothing."""
+    import concurrent.futures
+    import multiprocessing
+
+    pool = concurrent.futures.ProcessPoolExecutor(
+        2, mp_context=multiprocessing.get_context("forkserver"))
+    assert [pool.submit(int, "7").result() for _ in range(4)] == [7] * 4
+    thread = pool._executor_manager_thread
+    wakeup = pool._executor_manager_thread_wakeup
+    for process in list(pool._processes.values()):
+        process.kill()  # as the out-of-memory killer would
+    indexing._stop_workers(pool)
+    assert not thread.is_alive()
+    assert wakeup._closed
+
+
 def test_a_file_that_needs_more_memory_than_allowed_is_one_failed_file(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

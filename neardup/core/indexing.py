@@ -573,6 +573,9 @@ def hash_files(
 # Chunks sent to the pool ahead of those being hashed, per worker: enough that no worker waits for
 # its next files, few enough that a million files are not held as futures at once.
 CHUNKS_AHEAD_PER_WORKER = 2
+# How long stopping the workers waits for the executor's own thread to end (it ends once the
+# workers are gone and the results' pipe is closed: milliseconds).
+STOP_WAIT_SECONDS = 10.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -692,6 +695,7 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # The executor's own record of its processes (Python 3.14 adds terminate_workers()).
     workers = list((getattr(pool, "_processes", None) or {}).values())
     results = getattr(pool, "_result_queue", None)  # shutdown() forgets it
+    manager = getattr(pool, "_executor_manager_thread", None)  # and this
     pool.shutdown(wait=False, cancel_futures=True)
     for process in workers:
         if process.is_alive():
@@ -706,6 +710,12 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     writer = getattr(results, "_writer", None)
     if writer is not None:
         writer.close()
+    # Until the executor's thread has ended, it may close its wake-up pipe at any moment, and
+    # Python's exit hook checks that pipe and writes to it in two steps: an exit between them
+    # printed "Exception ignored ... OSError: Bad file descriptor" after index.py's one line (a
+    # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=STOP_WAIT_SECONDS)
 
 
 @contextmanager
