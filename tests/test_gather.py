@@ -253,25 +253,8 @@ class TestOutputFolder:
         place and the old one half removed (13 of 20 tries). The run here signals itself right
         after the first rename, every time."""
         assert run_gather("source", "out", "--samples", "1", "--seed", "1") == 0
-        script = (
-            "import os, signal, sys\n"
-            "from neardup.cli import gather\n"
-            "rename = os.rename\n"
-            "def signalled_rename(source, target):\n"
-            "    rename(source, target)\n"
-            "    if '.old-' in os.fspath(target):\n"
-            f"        os.kill(os.getpid(), {int(signum)})\n"
-            "os.rename = signalled_rename\n"
-            "sys.exit(gather.main(sys.argv[1:]))\n"
-        )
-        with subprocess.Popen(
-            [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
-             "--samples", "2", "--seed", "2", "--force"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        ) as process:
-            out, err = finished(process, 60)
-        assert process.returncode == 128 + signum, err
+        code, out, err = _gather_signalled_in_its_swap(signum)
+        assert code == 128 + signum, err
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
         assert err == (f"gather.py: {what} once the dataset was written (the output folder holds"
                        " this run, whole)\n")
@@ -285,26 +268,8 @@ class TestOutputFolder:
         script) was stopped "interrupted" (exit 130) by a SIGINT during the swap: the handler
         that holds signals there had replaced the ignoring."""
         assert run_gather("source", "out", "--samples", "1", "--seed", "1") == 0
-        script = (
-            "import os, signal, sys\n"
-            "from neardup.cli import gather\n"
-            "rename = os.rename\n"
-            "def signalled_rename(source, target):\n"
-            "    rename(source, target)\n"
-            "    if '.old-' in os.fspath(target):\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
-            "os.rename = signalled_rename\n"
-            "sys.exit(gather.main(sys.argv[1:]))\n"
-        )
-        with subprocess.Popen(
-            [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
-             "--samples", "2", "--seed", "2", "--force"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        ) as process:
-            out, err = finished(process, 60)
-        assert (process.returncode, err) == (0, "")
+        code, out, err = _gather_signalled_in_its_swap(signal.SIGINT, sigint_ignored=True)
+        assert (code, err) == (0, "")
         assert "(seed 2)" in out
         assert sorted(os.listdir(".")) == ["out", "source"]
 
@@ -350,6 +315,33 @@ class TestOutputFolder:
         with pytest.raises(SystemExit) as exited:
             run_gather("source", "out", "--scale", "2")
         assert exited.value.code == 2
+
+
+def _gather_signalled_in_its_swap(signum: int, *, sigint_ignored: bool = False
+                                  ) -> tuple[int, str, str]:
+    """gather.py --force into ./out from ./source, sending itself `signum` right after the swap's
+    first rename (the earlier run moved aside, the new one not yet in place), every time: its
+    exit status, standard output and standard error."""
+    script = (
+        "import os, sys\n"
+        "from neardup.cli import gather\n"
+        "rename = os.rename\n"
+        "def signalled_rename(source, target):\n"
+        "    rename(source, target)\n"
+        "    if '.old-' in os.fspath(target):\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
+        "os.rename = signalled_rename\n"
+        "sys.exit(gather.main(sys.argv[1:]))\n"
+    )
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    with subprocess.Popen(
+        [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
+         "--samples", "2", "--seed", "2", "--force"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, preexec_fn=ignore,
+    ) as process:
+        out, err = finished(process, 60)
+    return process.returncode, out, err
 
 
 def test_resizing_never_returns_the_same_size() -> None:
