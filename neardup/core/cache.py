@@ -250,7 +250,7 @@ def save(store: Store, generation: int, matrix: np.ndarray, tables: np.ndarray |
             _write_then_rename(os.path.join(folder, f"{stem}.{name}.npy"),
                                lambda stream, array=array: np.save(stream, array,
                                                                    allow_pickle=False))
-            crc = zlib.crc32(memoryview(array).cast("B")) if array.size else 0
+            crc = crc32_of(array)
             arrays[name] = {"crc32": crc}
         manifest = {"version": MANIFEST_VERSION, "store_id": store.store_id,
                     "generation": generation, "bits": store.recipe.bits,
@@ -401,10 +401,10 @@ def cached_array(
         crc = found[len(stem) + 1:-len(".npy")]
         if found.startswith(stem + ".") and found.endswith(".npy") and len(crc) == 8:
             array = load_array(os.path.join(folder, found))
-            if array is not None and f"{_crc32(array):08x}" == crc:
+            if array is not None and f"{crc32_of(array):08x}" == crc:
                 return array
     array = np.ascontiguousarray(build())
-    cached = os.path.join(folder, f"{stem}.{_crc32(array):08x}.npy")
+    cached = os.path.join(folder, f"{stem}.{crc32_of(array):08x}.npy")
     try:
         os.makedirs(folder, exist_ok=True)
         _write_then_rename(cached, lambda stream: np.save(stream, array, allow_pickle=False))
@@ -419,8 +419,17 @@ def cached_array(
     return array
 
 
+@dataclass(frozen=True)
+class EarlierArrays:
+    """What earlier_cached_arrays found: each array by name, and its CRC-32 (checked against the
+    file's name, so a caller comparing CRCs need not read the array again)."""
+
+    arrays: dict[str, np.ndarray]
+    crcs: dict[str, int]
+
+
 def earlier_cached_arrays(store: Store, names: tuple[str, ...], build_version: int
-                          ) -> dict[str, np.ndarray] | None:
+                          ) -> EarlierArrays | None:
     """The arrays `names` that cached_array kept for the newest earlier state of this store
     (the same build, all of them from that one state), each passing its CRC; None if there is
     no such state. What a build of the current state may start from (the feature index keeps
@@ -445,15 +454,15 @@ def earlier_cached_arrays(store: Store, names: tuple[str, ...], build_version: i
     for _key, files in sorted(found.items(), reverse=True):
         if set(files) != set(names):
             continue
-        arrays = {}
+        arrays, crcs = {}, {}
         for name, file_name in files.items():
             array = load_array(os.path.join(folder, file_name))
             crc = file_name.rsplit(".", 2)[-2]
-            if array is None or f"{_crc32(np.ascontiguousarray(array)):08x}" != crc:
+            if array is None or f"{crc32_of(np.ascontiguousarray(array)):08x}" != crc:
                 break
-            arrays[name] = array
+            arrays[name], crcs[name] = array, int(crc, 16)
         else:
-            return arrays
+            return EarlierArrays(arrays, crcs)
     return None
 
 
@@ -475,7 +484,7 @@ def cached_array_state(file_name: str) -> tuple[str, str, tuple[int, ...]] | Non
     return None
 
 
-def _crc32(array: np.ndarray) -> int:
+def crc32_of(array: np.ndarray) -> int:
     """CRC-32 of a C-contiguous array's bytes (about 1 GB/s: 0.2 s for the feature index of 10^5
     images)."""
     return zlib.crc32(memoryview(array).cast("B")) if array.size else 0

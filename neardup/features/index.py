@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.cache import cached_array, earlier_cached_arrays
+from ..core.cache import EarlierArrays, cached_array, crc32_of, earlier_cached_arrays
 from ..core.store import Store
 from ..errors import StoreError
 from .extract import DESCRIPTOR_BYTES, MIRROR_SEARCHED_KEYPOINTS, SEARCHED_KEYPOINTS, FeatureSet
@@ -233,19 +233,16 @@ class _Built:
     lists: np.ndarray
 
 
-def _crc(array: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B")) if array.size else 0
-
-
 def _kept_info(trained_on: int, lists: int, index: np.ndarray, assign: np.ndarray,
                images: np.ndarray | None) -> np.ndarray:
     """_Built.lists for this build."""
     images = np.zeros((0, 3), np.int64) if images is None else images
-    return np.array([trained_on, lists, _crc(index), _crc(assign), _crc(images)], np.int64)
+    return np.array([trained_on, lists, crc32_of(np.ascontiguousarray(index)),
+                     crc32_of(assign), crc32_of(np.ascontiguousarray(images))], np.int64)
 
 
 def _build(descriptors: np.ndarray, images: np.ndarray | None = None,
-           earlier: dict[str, np.ndarray] | None = None) -> _Built:
+           earlier: EarlierArrays | None = None) -> _Built:
     """The FAISS index of every stored descriptor; `images` (from _read_descriptors) and the
     arrays an `earlier` build kept let it keep that build's centroids and lists."""
     import faiss
@@ -303,7 +300,7 @@ def _nearest_lists(quantizer: Any, descriptors: np.ndarray) -> np.ndarray:
     return found
 
 
-def _earlier_centroids(earlier: dict[str, np.ndarray] | None, lists: int,
+def _earlier_centroids(earlier: EarlierArrays | None, lists: int,
                        count: int) -> tuple[Any, int] | None:
     """An earlier build's inverted file, emptied, with the count its centroids were trained
     on; None where they are not to be kept (none, another number of lists, grown or shrunk
@@ -312,15 +309,15 @@ def _earlier_centroids(earlier: dict[str, np.ndarray] | None, lists: int,
 
     if earlier is None:
         return None
-    serialised = earlier.pop("feature-index")  # a memory map, let go of once read (2.2 GB at 10^6)
-    info = np.asarray(earlier["feature-lists"])
+    # A memory map, let go of once read (2.2 GB at 10^6).
+    serialised = earlier.arrays.pop("feature-index")
+    info = np.asarray(earlier.arrays["feature-lists"])
     if info.shape != (5,) or info.dtype != np.int64 or int(info[1]) != lists:
         return None
     # All from the one build that wrote `info`: two processes building one state (index.py and
     # a checker) left one's index beside the other's lists, and the next update filed 21,135 of
     # 22,032 descriptors under the wrong centroids (a second review), for good.
-    if [int(value) for value in info[2:]] != [_crc(serialised), _crc(earlier["feature-assign"]),
-                                             _crc(earlier["feature-images"])]:
+    if [int(value) for value in info[2:]] != [earlier.crcs[name] for name in _KEPT_FOR_NEXT[:3]]:
         return None
     trained_on = int(info[0])
     if not trained_on / RETRAIN_GROWTH <= count <= trained_on * RETRAIN_GROWTH:
@@ -338,14 +335,14 @@ def _earlier_centroids(earlier: dict[str, np.ndarray] | None, lists: int,
     return index, trained_on
 
 
-def _earlier_assignments(earlier: dict[str, np.ndarray], images: np.ndarray,
+def _earlier_assignments(earlier: EarlierArrays, images: np.ndarray,
                          lists: int) -> np.ndarray | None:
     """The list of each descriptor whose image's record is unchanged since the earlier build
     (same id, same CRC-32, same descriptor count), -1 for the others; None if the earlier
     build's arrays do not fit together. Per-descriptor arrays are 32-bit (72 million
     descriptors at 10^6 images)."""
-    before = np.asarray(earlier["feature-images"])
-    their_lists = np.asarray(earlier["feature-assign"])
+    before = np.asarray(earlier.arrays["feature-images"])
+    their_lists = np.asarray(earlier.arrays["feature-assign"])
     if (before.ndim != 2 or before.shape[1] != 3 or before.dtype != np.int64
             or their_lists.ndim != 1 or their_lists.dtype != np.int32
             or int(before[:, 2].sum()) != len(their_lists) or (before[:, 2] < 0).any()
