@@ -22,7 +22,7 @@ from neardup.core.hashing import Recipe
 from neardup.core.indexing import hash_files
 from neardup.core.store import RACY, Store
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, sigint_as_in_a_terminal
 from .imagegen import make_tree
 from .test_index import buckets, committed_count, make_large_tree
 
@@ -239,9 +239,11 @@ def _hashing_workers(indexer: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find workers")
-def test_a_worker_killed_mid_run_stops_the_run_with_one_line(in_tmp: Path) -> None:
+def test_a_worker_killed_mid_run_costs_no_file(in_tmp: Path) -> None:
     """multiprocessing.Pool replaced a killed worker (the kernel's out-of-memory killer, say)
-    and waited for ever for the files it held, keeping the store's lock."""
+    and waited for ever for the files it held, keeping the store's lock; then the run stopped
+    there. Now the files the dead worker may have held are hashed again, each alone, and the
+    run finishes."""
     make_large_tree(in_tmp / "images", 600)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
@@ -254,16 +256,120 @@ def test_a_worker_killed_mid_run_stops_the_run_with_one_line(in_tmp: Path) -> No
         if indexer.poll() is not None or not workers:
             pytest.skip("the run finished before a worker could be killed")
         os.kill(workers[0], signal.SIGKILL)
-        out, err = indexer.communicate(timeout=60)
-    assert indexer.returncode == 2, (out, err)
-    assert err.splitlines() == [
-        "index.py: error: a worker process died while hashing (killed, or out of memory?);"
-        " what was hashed before is written: run index.py again to finish (with fewer --jobs,"
-        " or a lower --max-pixels, if memory ran out)"], err
-    kept = committed_count(in_tmp / "db.shelve")
-    assert 0 < kept
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "2"]) == 0
+        out, err = indexer.communicate(timeout=120)
+    assert indexer.returncode == 0, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("index.py: a worker process died while hashing (SIGKILL); the "), err
+    assert lines[0].endswith(" sent to the workers and not answered are hashed again, each"
+                             " alone, to find the one that killed it"), err
+    assert "indexed 600, unchanged 0, removed 0, failed 0" in out
     assert committed_count(in_tmp / "db.shelve") == 600
+
+
+# Imported by every Python process the test starts (PYTHONPATH): in a worker process (one with a
+# multiprocessing parent), opening a PNG whose text chunk says "crash" kills the process with
+# SIGSEGV, as a fault in a C image decoder does. The fork server imports it too, so the workers
+# it forks have Pillow already patched.
+CRASHING_DECODER = """
+import multiprocessing, os, resource, signal
+from PIL import PngImagePlugin
+
+_open = PngImagePlugin.PngImageFile._open
+
+def _crashing_open(self):
+    _open(self)
+    if multiprocessing.parent_process() is None:
+        return
+    if self.info.get("trap") == "crash":
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if self.info.get("trap") == "hang":  # a decoder caught in a loop
+        with open(os.environ["HANGING_PIDS"], "a") as pids:
+            pids.write(f"{os.getpid()} ")
+        while True:
+            signal.pause()
+
+PngImagePlugin.PngImageFile._open = _crashing_open
+"""
+
+
+def _crashing_png(path: Path, trap: str = "crash") -> None:
+    from PIL import Image, PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("trap", trap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path, pnginfo=text)
+
+
+def _with_crashing_decoder(folder: Path) -> dict[str, str]:
+    """The environment for a process whose workers run CRASHING_DECODER."""
+    trap = folder / "trap"
+    trap.mkdir()
+    (trap / "sitecustomize.py").write_text(CRASHING_DECODER)
+    return {**os.environ, "HANGING_PIDS": str(folder / "hanging.pids"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(trap), os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_file_that_crashes_its_worker_fails_alone_and_the_run_goes_on(in_tmp: Path) -> None:
+    """A file that kills the process decoding it (a decoder's crash; the out-of-memory killer)
+    broke the pool and stopped the run with one line, and every later run stopped at the same
+    file: a library holding one could never be indexed. It now fails alone, named with the
+    signal, and everything else is stored, run after run."""
+    make_large_tree(in_tmp / "images", 200)
+    _crashing_png(in_tmp / "images" / "d1" / "0050b.png")
+    _crashing_png(in_tmp / "images" / "d3" / "0150b.png")
+    env = _with_crashing_decoder(in_tmp)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+               "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
+    for run in (1, 2):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done
+        crashed = [line for line in done.stderr.splitlines() if "crashed" in line]
+        assert sorted(crashed) == [
+            f"index.py: images/{name}: crashed the process that hashed it (SIGSEGV: a fault in"
+            " an image decoder?)" for name in ("d1/0050b.png", "d3/0150b.png")], done.stderr
+        died = [line for line in done.stderr.splitlines() if "a worker process died" in line]
+        assert 1 <= len(died) <= 2 and len(died) + len(crashed) == len(
+            done.stderr.splitlines()), done.stderr
+        indexed = 200 if run == 1 else 0
+        assert f"indexed {indexed}, unchanged {200 - indexed}, removed 0, failed 2" in done.stdout
+        assert committed_count(in_tmp / "db.shelve") == 200
+
+
+def test_ctrl_c_while_the_suspects_are_hashed_alone_stops_at_once(in_tmp: Path) -> None:
+    """After a worker died, its files are hashed one at a time by a process of its own: Ctrl-C
+    while that process is stuck on one stops the run at once, with index.py's one line, and the
+    process with it."""
+    make_large_tree(in_tmp / "images", 40)
+    _crashing_png(in_tmp / "images" / "d0" / "0000a.png")
+    _crashing_png(in_tmp / "images" / "d0" / "0000b.png", trap="hang")
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+               "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=_with_crashing_decoder(in_tmp), start_new_session=True,
+                          preexec_fn=sigint_as_in_a_terminal) as indexer:
+        pids = in_tmp / "hanging.pids"
+        deadline = time.monotonic() + 60
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Perhaps hanging first in the pool, stopped when the other worker crashed (both files
+        # are in the workers' first chunks); then alone, where it stays.
+        time.sleep(2)
+        assert indexer.poll() is None, indexer.communicate()
+        os.killpg(indexer.pid, signal.SIGINT)
+        started = time.monotonic()
+        _out, err = indexer.communicate(timeout=60)
+    assert time.monotonic() - started < 5
+    assert indexer.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        "index.py: interrupted; every committed batch is kept; run again to finish"), err
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    for pid in map(int, pids.read_text().split()):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
+            f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0], f"{pid} still runs"
 
 
 def test_workers_stopped_while_writing_their_results_leave_no_thread_waiting() -> None:

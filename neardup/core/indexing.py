@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -33,6 +34,7 @@ import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -242,7 +244,7 @@ def index_folder(
         summary.seconds = time.perf_counter() - started
         return summary  # nothing to index, and no empty store left behind
     if hasher is None:
-        hasher = local_hasher(jobs, batch_size, features=features)
+        hasher = local_hasher(jobs, batch_size, features=features, report=report)
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(), report=report,
                                 moved_from=os.path.abspath(moved_from) if moved_from
@@ -547,14 +549,16 @@ class WorkerDied(NeardupError):
     """A worker process ended without a word: the pool cannot go on."""
 
 
-def local_hasher(jobs: int, batch_size: int, *, features: bool = False) -> Hasher:
-    """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS."""
+def local_hasher(jobs: int, batch_size: int, *, features: bool = False,
+                 report: Callable[[str], None] = lambda line: None) -> Hasher:
+    """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS.
+    `report` hears when a worker process dies (its files are hashed again, each alone)."""
 
     def hash_locally(
         files: list[FoundFile], recipe: Recipe, max_pixels: int
     ) -> Iterator[list[HashOutcome]]:
         return hash_in_groups(files, recipe, jobs=jobs, max_pixels=max_pixels, features=features,
-                              group_size=batch_size, group_seconds=BATCH_SECONDS)
+                              group_size=batch_size, group_seconds=BATCH_SECONDS, report=report)
 
     return hash_locally
 
@@ -586,11 +590,13 @@ def hash_in_groups(
     files: Sequence[FoundFile], recipe: Recipe, *, jobs: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
     group_size: int = 1, group_seconds: float | None = None,
+    report: Callable[[str], None] = lambda line: None,
 ) -> Iterator[list[HashOutcome]]:
     """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
     completion order, in groups of at most group_size. A group also ends group_seconds after the
     last one, whether a file completes then or not: a worker busy on one slow file holds back
-    nothing the others hashed."""
+    nothing the others hashed. A worker process that dies costs the run only the file that
+    killed it (`report` hears once per death)."""
     check_worker_count(jobs)
     workers = jobs if jobs > 0 else (os.cpu_count() or 1)
     workers = min(workers, max(1, len(files)))
@@ -603,61 +609,238 @@ def hash_in_groups(
 
         yield from _in_groups(next_file_hashed, group_size, group_seconds)
         return
-    # forkserver: workers start from a clean process, never a fork of one holding threads or a
-    # database connection.
-    context = multiprocessing.get_context("forkserver")
-    # The fork server imports the libraries once and every worker is forked from it ready,
-    # instead of each importing numpy, Pillow and ImageHash anew (0.2 s of CPU each): on a short
-    # run of small photos the workers' start-up was a sixth of the time. (Ignored when this
-    # process's fork server is already running.) Not neardup itself: see _workers_import_ours.
-    context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-    _quiet_resource_tracker()
-    # concurrent.futures rather than multiprocessing.Pool: a worker killed (by the kernel when
-    # memory runs out, say) breaks the pool and says so, where Pool replaced the worker and
-    # waited for the lost files' results for ever, holding the store's lock.
-    # The pool's queues start multiprocessing's resource tracker, a process of its own, as
-    # `python -c` in the current folder: started as the workers are (see _workers_import_ours).
-    with _workers_import_ours():
-        pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker,
-            initargs=(recipe, max_pixels, features))
-    chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
-    unsent = iter(files)
-    running: set[concurrent.futures.Future[list[HashOutcome]]] = set()
-
-    def send() -> None:
-        ahead = workers * CHUNKS_AHEAD_PER_WORKER - len(running)
-        for _ in range(ahead):
-            items = list(itertools.islice(unsent, chunk))
-            if not items:
-                return
-            running.add(pool.submit(_hash_in_worker, items))
-
-    def next_hashed(timeout: float | None) -> list[HashOutcome] | None:
-        nonlocal running
-        send()  # on a broken pool this raises, after the last call's outcomes were taken
-        if not running:
-            return None
-        done, running = concurrent.futures.wait(
-            running, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
-        failed = {future for future in done if future.exception() is not None}
-        if failed and failed == done:
-            next(iter(failed)).result()  # raises what the worker raised, or BrokenProcessPool
-        running |= failed  # raised on the next call, once the outcomes beside it are taken
-        return [outcome for future in done - failed for outcome in future.result()]
-
+    hashing = _PoolHashing(files, (recipe, max_pixels, features), workers, report)
     try:
+        yield from _in_groups(hashing.next_hashed, group_size, group_seconds)
+    finally:
+        hashing.stop()
+
+
+class _PoolHashing:
+    """Files hashed in chunks by a pool of worker processes.
+
+    A worker that dies (the kernel's out-of-memory killer, a crash in an image decoder) breaks
+    the pool, and the pool cannot say which file it was hashing: every file sent and not
+    answered is then hashed again by a process of its own, one at a time, before a new pool
+    takes the rest. A file that kills that process too fails, with the signal that ended it, and
+    the run goes on (as on a Dask cluster, neardup.scale.cluster). Alone, a file that ran out of
+    memory beside the others' may also pass. Before, the run stopped at the first death, and
+    every later run at the same file, so a folder holding one could never be indexed.
+    """
+
+    def __init__(self, files: Sequence[FoundFile], settings: tuple[Recipe, int, bool],
+                 workers: int, report: Callable[[str], None]) -> None:
+        # forkserver: workers start from a clean process, never a fork of one holding threads or
+        # a database connection.
+        self._context = multiprocessing.get_context("forkserver")
+        # The fork server imports the libraries once and every worker is forked from it ready,
+        # instead of each importing numpy, Pillow and ImageHash anew (0.2 s of CPU each): on a
+        # short run of small photos the workers' start-up was a sixth of the time. (Ignored when
+        # this process's fork server is already running.) Not neardup itself: see
+        # _workers_import_ours.
+        self._context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+        _quiet_resource_tracker()
+        self._settings = settings
+        self._workers = workers
+        self._report = report
+        self._chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
+        self._unsent = iter(files)
+        self._running: dict[concurrent.futures.Future[list[HashOutcome]], list[FoundFile]] = {}
+        self._suspects: list[FoundFile] = []  # sent to a pool that broke, not answered
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._error: BaseException | None = None  # a worker's own exception, raised next
+        self._alone: _OneAtATime | None = None  # hashes the suspects, one at a time
+        self._processes: list[Any] = []  # the pool's worker processes, once started
+
+    def start(self) -> None:
+        # concurrent.futures rather than multiprocessing.Pool: a worker killed breaks the pool
+        # and says so, where Pool replaced the worker and waited for the lost files' results
+        # for ever, holding the store's lock. The pool's queues start multiprocessing's
+        # resource tracker, a process of its own, as `python -c` in the current folder: started
+        # as the workers are (see _workers_import_ours).
+        with _workers_import_ours():
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self._workers, mp_context=self._context, initializer=_init_worker,
+                initargs=self._settings)
         with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
             # Each submission starts a worker until all have started: at least `workers` here.
-            send()
-        yield from _in_groups(next_hashed, group_size, group_seconds)
-    except concurrent.futures.process.BrokenProcessPool:
-        raise WorkerDied(
-            "a worker process died while hashing (killed, or out of memory?); what was hashed"
-            f" before is written: run {command('index.py')} again to finish (with fewer --jobs,"
-            " or a lower --max-pixels, if memory ran out)") from None
-    finally:
-        _stop_workers(pool)
+            self._send()
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            _stop_workers(self._pool)
+            self._pool = None
+        if self._alone is not None:
+            self._alone.stop(at_once=True)
+            self._alone = None
+
+    def _send(self) -> None:
+        assert self._pool is not None
+        for _ in range(self._workers * CHUNKS_AHEAD_PER_WORKER - len(self._running)):
+            items = list(itertools.islice(self._unsent, self._chunk))
+            if not items:
+                return
+            try:
+                self._running[self._pool.submit(_hash_in_worker, items)] = items
+            except concurrent.futures.process.BrokenProcessPool:
+                # Taken from the files, never sent: hashed with the suspects, not lost (a test
+                # found a chunk's files missing from the summary).
+                self._suspects += items
+                raise
+        if len(self._processes) < self._workers:
+            # The executor's own record of its workers (it forgets them when one dies), kept to
+            # say how the one that died ended. Each is started by a submission.
+            self._processes = list((getattr(self._pool, "_processes", None) or {}).values())
+
+    def next_hashed(self, timeout: float | None) -> list[HashOutcome] | None:
+        """Outcomes of the files done within `timeout` (perhaps none); None once all are."""
+        if self._error is not None:
+            raise self._error  # after the outcomes beside it were taken, on the last call
+        if self._suspects:
+            return [self._hash_alone(self._suspects.pop(0))]
+        try:
+            if self._pool is None:
+                self.start()  # at first, or once a broken pool's files are settled
+            else:
+                self._send()
+        except concurrent.futures.process.BrokenProcessPool:
+            return self._settle_broken_pool()
+        if not self._running:
+            return None
+        done, _ = concurrent.futures.wait(self._running, timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        outcomes: list[HashOutcome] = []
+        broken = False
+        for future in done:
+            error = future.exception()
+            if error is None:
+                outcomes += future.result()
+                del self._running[future]
+            elif isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                broken = True
+            elif self._error is None:
+                self._error = error  # a bug of ours in a worker: raised as it is, next call
+        if broken:
+            outcomes += self._settle_broken_pool()
+        return outcomes
+
+    def _settle_broken_pool(self) -> list[HashOutcome]:
+        """Once a worker has died: the outcomes that came back before, and every other file sent
+        to the pool made a suspect, to be hashed alone."""
+        assert self._pool is not None
+        # Broken, the executor fails every future left (at once: its thread is ending).
+        concurrent.futures.wait(self._running, STOP_WAIT_SECONDS)
+        self.stop()
+        # The signal that ended the worker, where one did: the executor then ends the others
+        # (SIGTERM, or an exit status of their own).
+        ended = {code for process in self._processes if (code := process.exitcode) is not None
+                 and code < 0 and code != -signal.SIGTERM}
+        self._processes = []
+        outcomes: list[HashOutcome] = []
+        for future, items in self._running.items():
+            if future.done() and future.exception() is None:
+                outcomes += future.result()
+            else:
+                self._suspects += items
+        self._running.clear()
+        how = f" ({_ended_by(ended.pop())})" if len(ended) == 1 else ""
+        count = len(self._suspects)
+        self._report(f"a worker process died while hashing{how}; the {count}"
+                     f" file{'' if count == 1 else 's'} sent to the workers and not answered"
+                     f" {'is' if count == 1 else 'are'} hashed again, each alone, to find the one"
+                     " that killed it")
+        return outcomes
+
+    def _hash_alone(self, item: FoundFile) -> HashOutcome:
+        """One file hashed with no other in flight: its outcome, or why its process died."""
+        if self._alone is None:
+            self._alone = _OneAtATime(self._context, self._settings)
+        outcome = self._alone.hash(item)
+        if outcome is None:  # the process died on it: the next suspect gets a new one
+            exitcode = self._alone.stop()
+            self._alone = None
+            return HashOutcome(item, None, _death_reason(exitcode))
+        if not self._suspects:
+            self._alone.stop()
+            self._alone = None
+        return outcome
+
+
+class _OneAtATime:
+    """A worker process that hashes the files sent to it one at a time, each only once the last
+    is answered: when it dies, the file it was sent last is the one that killed it. (A process
+    per file took 90 to 155 ms each to start and import neardup: 64 suspects, those of two
+    workers, cost 6 to 10 s; with 16 workers they would be 512.)"""
+
+    def __init__(self, context: Any, settings: tuple[Recipe, int, bool]) -> None:
+        self._connection, theirs = context.Pipe()
+        with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
+            self._process = context.Process(target=_hash_each_sent, name="neardup-one-at-a-time",
+                                            args=(theirs, *settings), daemon=True)
+            self._process.start()
+        theirs.close()  # the child's end: reading here ends with EOF once the child is gone
+        try:
+            self._connection.recv()  # "started": it could import neardup and wait for files
+        except EOFError:
+            exitcode = self.stop()
+            raise WorkerDied(
+                f"a worker process ended as it started ({_ended_by(exitcode)}); what was hashed"
+                f" before is written: run {command('index.py')} again to finish") from None
+
+    def hash(self, item: FoundFile) -> HashOutcome | None:
+        """The file's outcome; None if the process died hashing it."""
+        try:
+            self._connection.send(item)
+            kind, value = self._connection.recv()
+        except (EOFError, BrokenPipeError):
+            return None
+        if kind == "raised":
+            raise value  # a bug of ours, raised as a pool's worker would raise it
+        return value  # type: ignore[no-any-return]
+
+    def stop(self, at_once: bool = False) -> int | None:
+        """End the process (`at_once`: even mid-file, after Ctrl-C); its exit code."""
+        if not at_once:
+            with contextlib.suppress(OSError):
+                self._connection.send(None)
+            self._process.join(STOP_WAIT_SECONDS)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        self._connection.close()
+        return self._process.exitcode
+
+
+def _hash_each_sent(connection: multiprocessing.connection.Connection, recipe: Recipe,
+                    max_pixels: int, features: bool) -> None:
+    """_OneAtATime's process: hashes each file it receives and sends back what came of it."""
+    _init_worker(recipe, max_pixels, features)
+    connection.send("started")
+    while (item := connection.recv()) is not None:
+        try:
+            connection.send(("outcome", _hash_one(item, recipe, max_pixels, features)))
+        except Exception as error:  # noqa: BLE001 - raised again in the parent
+            connection.send(("raised", error))
+    connection.close()
+
+
+def _ended_by(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+def _death_reason(exitcode: int | None) -> str:
+    """Why a file failed whose process died hashing it alone."""
+    if exitcode == -signal.SIGKILL:
+        return ("killed the process that hashed it (SIGKILL: out of memory?); lower --max-pixels,"
+                " or allow more memory")
+    if exitcode is not None and exitcode < 0:
+        return f"crashed the process that hashed it ({_ended_by(exitcode)}: a fault in an image decoder?)"
+    return f"the process that hashed it ended with {_ended_by(exitcode)}"
 
 
 def _in_groups(
@@ -681,7 +864,7 @@ def _in_groups(
                 yield group
                 group = []
             due = None if seconds is None else time.monotonic() + seconds
-    except concurrent.futures.process.BrokenProcessPool:
+    except WorkerDied:
         if group:
             yield group  # what was hashed before is written
         raise
