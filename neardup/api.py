@@ -34,7 +34,7 @@ from .core.hashing import (
     hash_source,
     mode_refusal,
 )
-from .core.indexing import DEFAULT_BATCH_SIZE, Hasher, IndexSummary
+from .core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
 from .core.search import (
     DEFAULT_MAX_DISTANCE,
@@ -113,6 +113,7 @@ def index_folder(
     features: bool = False,
     allow_mass_removal: bool = False,
     moved_from: str | os.PathLike | None = None,
+    file_seconds: float = DEFAULT_FILE_SECONDS,
 ) -> IndexSummary:
     """Hash every image under `dataset` into the store at `store` (created if missing).
 
@@ -129,13 +130,17 @@ def index_folder(
     `moved_from`: the folder an existing store indexes, moved or copied to `dataset` since: the
     store is re-pointed (its paths are relative to the folder; files whose size, mtime or inode
     changed are hashed again, as always).
+    A file that kills the worker process hashing it (a crash in a decoder, the out-of-memory
+    killer), or that it takes more than `file_seconds` to hash, fails alone and the run goes on
+    (not with jobs=1: files are then hashed in this process).
     """
     recipe = Recipe(algorithm, hash_size, exact=exact)
     return _index_folder(os.fspath(dataset), os.fspath(store), recipe, jobs=jobs,
                          batch_size=batch_size, max_pixels=max_pixels, progress=progress,
                          report=report or (lambda line: None), hasher=hasher,
                          features=features, allow_mass_removal=allow_mass_removal,
-                         moved_from=os.fspath(moved_from) if moved_from is not None else None)
+                         moved_from=os.fspath(moved_from) if moved_from is not None else None,
+                         file_seconds=file_seconds)
 
 
 def open_store(path: str | os.PathLike) -> ImageStore:

@@ -267,21 +267,26 @@ def test_a_worker_killed_mid_run_costs_no_file(in_tmp: Path) -> None:
     assert committed_count(in_tmp / "db.shelve") == 600
 
 
-# Imported by every Python process the test starts (PYTHONPATH): in a worker process (one with a
-# multiprocessing parent), opening a PNG whose text chunk says "crash" kills the process with
-# SIGSEGV, as a fault in a C image decoder does. The fork server imports it too, so the workers
+# Imported by every Python process the test starts (PYTHONPATH): opening a PNG whose text chunk
+# says "crash" kills the process with SIGSEGV, as a fault in a C image decoder does; "hang" makes
+# it wait for ever, as a decoder caught in a loop. The fork server imports it too, so the workers
 # it forks have Pillow already patched.
 CRASHING_DECODER = """
-import multiprocessing, os, resource, signal
+import os, resource, signal
 from PIL import PngImagePlugin
 
 _open = PngImagePlugin.PngImageFile._open
 
 def _crashing_open(self):
     _open(self)
-    if multiprocessing.parent_process() is None:
-        return
     if self.info.get("trap") == "crash":
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if self.info.get("trap") == "exit":  # a library that calls sys.exit
+        raise SystemExit(3)
+    if self.info.get("trap") == "stop":  # a process stopped (SIGSTOP) by someone
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if os.environ.get("CRASH_EVERY_PNG"):  # a broken decoder
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.kill(os.getpid(), signal.SIGSEGV)
     if self.info.get("trap") == "hang":  # a decoder caught in a loop
@@ -301,6 +306,10 @@ def _crashing_png(path: Path, trap: str = "crash") -> None:
     text.add_text("trap", trap)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 48), (200, 30, 30)).save(path, pnginfo=text)
+
+
+INDEX_TWO_JOBS = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+                  "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
 
 
 def _with_crashing_decoder(folder: Path) -> dict[str, str]:
@@ -336,6 +345,129 @@ def test_a_file_that_crashes_its_worker_fails_alone_and_the_run_goes_on(in_tmp: 
         indexed = 200 if run == 1 else 0
         assert f"indexed {indexed}, unchanged {200 - indexed}, removed 0, failed 2" in done.stdout
         assert committed_count(in_tmp / "db.shelve") == 200
+
+
+def test_a_run_of_one_new_file_that_crashes_its_decoder_fails_it_alone(in_tmp: Path) -> None:
+    """A run with one file to hash (one added since the last run) hashed it in index.py's own
+    process, which a crashing decoder then killed, with no line at all (exit -11): it now gets
+    a worker process of its own, as any other run does unless --jobs 1 is asked for."""
+    _crashing_png(in_tmp / "images" / "new.png")
+    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+                           "db.shelve", "-q"], capture_output=True, text=True,
+                          env=_with_crashing_decoder(in_tmp), timeout=120)
+    assert done.returncode == 1, done  # nothing could be indexed
+    assert done.stderr.splitlines()[-2:] == [
+        "index.py: images/new.png: crashed the process that hashed it (SIGSEGV: a fault in an"
+        " image decoder?)", "index.py: no image could be indexed under images"], done.stderr
+
+
+def test_a_file_a_decoder_loops_on_fails_after_the_file_timeout(in_tmp: Path) -> None:
+    """A decoder caught in a loop held the run for ever, and every later run at the same file.
+    With --file-timeout, the pool is given up once no file has come back for that long, its
+    files are hashed again alone, and the one still hashing after the timeout fails."""
+    make_large_tree(in_tmp / "images", 60)
+    _crashing_png(in_tmp / "images" / "d2" / "0030b.png", trap="hang")
+    env = _with_crashing_decoder(in_tmp)
+    command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
+               "db.shelve", "-q", "-j", "2", "--batch-size", "10", "--file-timeout", "2"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 0, done
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("index.py: no worker process has finished a file for 2 s; the "), lines
+    assert lines[1:] == ["index.py: images/d2/0030b.png: took more than 2 s to hash (a decoder"
+                         " caught in a loop?); --file-timeout sets the limit"], lines
+    assert "indexed 60, unchanged 0, removed 0, failed 1" in done.stdout
+    assert committed_count(in_tmp / "db.shelve") == 60
+    time.sleep(0.5)
+    hanging = in_tmp / "hanging.pids"
+    for pid in map(int, hanging.read_text().split()):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
+            f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0], f"{pid} still runs"
+
+
+def test_the_file_timeout_is_refused_where_it_would_do_nothing(in_tmp: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    make_tree(in_tmp / "images", 2)
+    for extra in (["-j", "1"], ["--local-cluster", "1"]):
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--file-timeout", "5",
+                               *extra]) == 2
+        assert "--file-timeout does nothing with" in capsys.readouterr().err
+    assert not (in_tmp / "db.shelve").exists()
+
+
+def test_a_library_exiting_in_a_worker_fails_its_file_alone(in_tmp: Path) -> None:
+    """A decoder that called sys.exit(3) in a worker ended index.py with status 3 and no word
+    (a review): the worker dies instead, and the file fails alone like a crash."""
+    make_large_tree(in_tmp / "images", 40)
+    _crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="exit")
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True,
+                          env=_with_crashing_decoder(in_tmp), timeout=120)
+    assert done.returncode == 0, done
+    assert done.stderr.splitlines()[-1] == (
+        "index.py: images/d1/0009b.png: the process that hashed it ended with exit status 3")
+    assert "indexed 40, unchanged 0, removed 0, failed 1" in done.stdout
+
+
+def test_a_worker_stopped_by_sigstop_fails_its_file_after_the_timeout(in_tmp: Path) -> None:
+    """A stopped process holds SIGTERM until it is continued: ending one waited for ever (a
+    review's Ctrl-C hung). Now SIGKILL follows, in the pool and alone."""
+    make_large_tree(in_tmp / "images", 40)
+    _crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="stop")
+    started = time.monotonic()
+    done = subprocess.run([*INDEX_TWO_JOBS, "--file-timeout", "2"], capture_output=True,
+                          text=True, env=_with_crashing_decoder(in_tmp), timeout=120)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 0, done
+    assert done.stderr.splitlines()[-1] == (
+        "index.py: images/d1/0009b.png: took more than 2 s to hash (a decoder caught in a"
+        " loop?); --file-timeout sets the limit"), done.stderr
+    assert "indexed 40, unchanged 0, removed 0, failed 1" in done.stdout
+
+
+def test_a_run_where_every_process_dies_stops_and_keeps_the_stored_entries(in_tmp: Path) -> None:
+    """A review: a decoder broken for every image, after a chmod (every entry looked at again),
+    failed all 300 files one process start at a time and removed all 300 entries. Eight deaths
+    in a row now stop the run in one line, and the entries stay."""
+    from PIL import Image
+
+    (in_tmp / "images").mkdir()
+    for number in range(24):
+        Image.effect_noise((64, 48), 40 + number).convert("RGB").save(
+            in_tmp / "images" / f"{number:02d}.png")
+    env = _with_crashing_decoder(in_tmp)
+    first = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, env=env, timeout=120)
+    assert "indexed 24, unchanged 0" in first.stdout, first
+    for image in (in_tmp / "images").iterdir():
+        image.chmod(0o664)  # the ctime moves: each file is read again
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**env, "CRASH_EVERY_PNG": "1"})
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines()[-1].startswith(
+        "index.py: error: 8 files in a row killed the process hashing them (the last,"), done.stderr
+    assert done.stderr.splitlines()[-1].endswith(
+        "what was hashed before is written, and the entries of those files are kept"), done.stderr
+    assert committed_count(in_tmp / "db.shelve") == 24
+
+
+def test_a_one_at_a_time_process_killed_before_reading_its_file_is_a_death_not_an_error(
+        in_tmp: Path) -> None:
+    """Sending a file to a process that died before reading it says "connection reset" (the
+    pipe is a socket pair): a review's kill loop ended index.py with that traceback."""
+    import multiprocessing
+
+    make_tree(in_tmp / "images", 1)
+    path = next((in_tmp / "images").rglob("*.jpg"))
+    info = path.stat()
+    item = FoundFile(path.name, str(path), info.st_size, info.st_mtime_ns, info.st_ino,
+                     info.st_ctime_ns)
+    alone = indexing._OneAtATime(multiprocessing.get_context("forkserver"),
+                                 (Recipe(), indexing.DEFAULT_MAX_PIXELS, False))
+    assert alone.hash(item, 60).hash_hex  # type: ignore[union-attr]
+    os.kill(alone._process.pid, signal.SIGKILL)
+    alone._process.join()
+    assert alone.hash(item, 60) is None
+    assert alone.stop() == -signal.SIGKILL
 
 
 def test_ctrl_c_while_the_suspects_are_hashed_alone_stops_at_once(in_tmp: Path) -> None:

@@ -10,7 +10,7 @@ import threading
 from ..api import index_folder
 from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
-from ..core.indexing import DEFAULT_BATCH_SIZE, check_worker_count
+from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
 from ..core.results import shown_path
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"images per committed transaction (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (decompression bombs)")
+    parser.add_argument("--file-timeout", type=positive_int, default=int(DEFAULT_FILE_SECONDS),
+                        metavar="SECONDS",
+                        help="a file a worker process takes longer to hash fails, and the run"
+                        f" goes on (default {DEFAULT_FILE_SECONDS:g}; none with --jobs 1)")
     cluster = parser.add_argument_group(
         "on a Dask cluster (needs the extra 'dask': Dask's distributed; workers must see the"
         " files at the same path)")
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                                        **options)
         else:
             summary = index_folder(dataset_folder(args.dataset), args.shelve, jobs=args.jobs,
-                                   batch_size=args.batch_size, **options)
+                                   batch_size=args.batch_size, file_seconds=args.file_timeout,
+                                   **options)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if summary.refusal:
             return EXIT_REFUSED
@@ -162,7 +167,8 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
     on_cluster = ("--scheduler" if args.scheduler is not None
                   else "--local-cluster" if args.local_cluster else "")
     if on_cluster:
-        for dest, flag in (("jobs", "--jobs"), ("batch_size", "--batch-size")):
+        for dest, flag in (("jobs", "--jobs"), ("batch_size", "--batch-size"),
+                           ("file_timeout", "--file-timeout")):
             if dest in given:
                 raise NeardupError(f"{flag} does nothing with {on_cluster} (the cluster's workers"
                                    " hash; --partition-size sets the files per transaction)")
@@ -170,6 +176,9 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
             raise NeardupError("--connect-timeout does nothing with --local-cluster (it is for"
                                " --scheduler)")
         return
+    if "file_timeout" in given and args.jobs == 1:
+        raise NeardupError("--file-timeout does nothing with --jobs 1 (files are hashed in"
+                           " index.py's own process)")
     for dest, flag in (("partition_size", "--partition-size"),
                        ("connect_timeout", "--connect-timeout")):
         if dest in given:

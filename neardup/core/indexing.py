@@ -65,6 +65,11 @@ from .store import (
 DEFAULT_BATCH_SIZE = 500
 # A batch is also committed after this many seconds, so a slow disk still commits often.
 BATCH_SECONDS = 2.0
+# How long a worker may take over one file before it fails (index.py --file-timeout): a decoder
+# caught in a loop held a run for ever, and every later run at the same file. Generous: a
+# picture of noise at the default --max-pixels (100 megapixels, a PNG or a progressive JPEG)
+# took 2.7 to 5.6 s, local features included.
+DEFAULT_FILE_SECONDS = 600.0
 
 # A run that adds at least this many images, and half the store, compacts the file afterwards.
 COMPACT_MIN_IMAGES = 10_000
@@ -101,8 +106,9 @@ class HashOutcome:
     error: str | None
     features: bytes | None = None  # local features, when the store keeps them
     # The file could not be reached where it was hashed: "missing" (not found there) or "denied"
-    # (permission denied), as opposed to read and found wanting ("": says something of its
-    # content). An unreached file still the one indexed (FileState.same_file) keeps its entry.
+    # (permission denied), or its process "died" or "timed out" on it, as opposed to read and
+    # found wanting ("": says something of its content). An unreached file still the one
+    # indexed (FileState.same_file) keeps its entry.
     unreached: str = ""
     # Only its ctime moved while it was read (a hard link made to it, a chmod, xattrs set): the
     # hash stands, but is recorded racy, so the next run hashes the file again (see _hash_one).
@@ -183,6 +189,7 @@ def index_folder(
     allow_mass_removal: bool = False,
     features: bool = False,
     moved_from: str | None = None,
+    file_seconds: float = DEFAULT_FILE_SECONDS,
 ) -> IndexSummary:
     """Bring the store up to date with the images under `dataset`. `jobs=0` uses every core.
 
@@ -191,11 +198,14 @@ def index_folder(
     unchanged now and not hashed again. `features`: also store local features (the hasher must
     compute them: local_hasher(..., features=True), cluster_hasher(..., features=True)).
     `moved_from`: a store indexing that folder is re-pointed to `dataset` (moved or copied
-    there), once the run is not refused.
+    there), once the run is not refused. `file_seconds`: a file the local workers take longer
+    to hash fails (a decoder caught in a loop), and the run goes on.
     """
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
     check_worker_count(jobs)
+    if not file_seconds > 0:  # NaN too
+        raise NeardupError(f"file_seconds {file_seconds} is not positive")
     if recipe.bits % 8:
         # A store keeps each hash as whole bytes (its files table, the search arrays): 6 x 6 = 36
         # bits, nine hex digits, ended in a traceback and left an empty store behind (a review).
@@ -244,7 +254,8 @@ def index_folder(
         summary.seconds = time.perf_counter() - started
         return summary  # nothing to index, and no empty store left behind
     if hasher is None:
-        hasher = local_hasher(jobs, batch_size, features=features, report=report)
+        hasher = local_hasher(jobs, batch_size, features=features, report=report,
+                              file_seconds=file_seconds)
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(), report=report,
                                 moved_from=os.path.abspath(moved_from) if moved_from
@@ -550,7 +561,8 @@ class WorkerDied(NeardupError):
 
 
 def local_hasher(jobs: int, batch_size: int, *, features: bool = False,
-                 report: Callable[[str], None] = lambda line: None) -> Hasher:
+                 report: Callable[[str], None] = lambda line: None,
+                 file_seconds: float = DEFAULT_FILE_SECONDS) -> Hasher:
     """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS.
     `report` hears when a worker process dies (its files are hashed again, each alone)."""
 
@@ -558,7 +570,8 @@ def local_hasher(jobs: int, batch_size: int, *, features: bool = False,
         files: list[FoundFile], recipe: Recipe, max_pixels: int
     ) -> Iterator[list[HashOutcome]]:
         return hash_in_groups(files, recipe, jobs=jobs, max_pixels=max_pixels, features=features,
-                              group_size=batch_size, group_seconds=BATCH_SECONDS, report=report)
+                              group_size=batch_size, group_seconds=BATCH_SECONDS, report=report,
+                              file_seconds=file_seconds)
 
     return hash_locally
 
@@ -580,6 +593,11 @@ CHUNKS_AHEAD_PER_WORKER = 2
 # How long stopping the workers waits for the executor's own thread to end (it ends once the
 # workers are gone and the results' pipe is closed: milliseconds).
 STOP_WAIT_SECONDS = 10.0
+# Files in a row whose one-at-a-time process died on them before the run stops (see
+# _PoolHashing._hash_alone).
+DEATHS_IN_A_ROW = 8
+# How long a worker process has to end once terminated before it is killed.
+TERMINATE_WAIT_SECONDS = 2.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -591,16 +609,19 @@ def hash_in_groups(
     max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
     group_size: int = 1, group_seconds: float | None = None,
     report: Callable[[str], None] = lambda line: None,
+    file_seconds: float = DEFAULT_FILE_SECONDS,
 ) -> Iterator[list[HashOutcome]]:
     """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
     completion order, in groups of at most group_size. A group also ends group_seconds after the
     last one, whether a file completes then or not: a worker busy on one slow file holds back
     nothing the others hashed. A worker process that dies costs the run only the file that
-    killed it (`report` hears once per death)."""
+    killed it (`report` hears once per death), and so does one that takes longer than
+    `file_seconds` to hash a file (with jobs == 1 there is no such limit)."""
     check_worker_count(jobs)
-    workers = jobs if jobs > 0 else (os.cpu_count() or 1)
-    workers = min(workers, max(1, len(files)))
-    if workers == 1:
+    if jobs == 1 or not files:
+        # In this process. With jobs == 0 a single file, or a machine of one core, still gets a
+        # worker process: only there can a file that crashes its decoder or loops in it fail
+        # alone (0.2 s more for a run of one new file).
         remaining = iter(files)
 
         def next_file_hashed(_timeout: float | None) -> list[HashOutcome] | None:
@@ -609,7 +630,8 @@ def hash_in_groups(
 
         yield from _in_groups(next_file_hashed, group_size, group_seconds)
         return
-    hashing = _PoolHashing(files, (recipe, max_pixels, features), workers, report)
+    workers = min(jobs if jobs > 0 else (os.cpu_count() or 1), len(files))
+    hashing = _PoolHashing(files, (recipe, max_pixels, features), workers, report, file_seconds)
     try:
         yield from _in_groups(hashing.next_hashed, group_size, group_seconds)
     finally:
@@ -629,7 +651,7 @@ class _PoolHashing:
     """
 
     def __init__(self, files: Sequence[FoundFile], settings: tuple[Recipe, int, bool],
-                 workers: int, report: Callable[[str], None]) -> None:
+                 workers: int, report: Callable[[str], None], file_seconds: float) -> None:
         # forkserver: workers start from a clean process, never a fork of one holding threads or
         # a database connection.
         self._context = multiprocessing.get_context("forkserver")
@@ -651,6 +673,9 @@ class _PoolHashing:
         self._error: BaseException | None = None  # a worker's own exception, raised next
         self._alone: _OneAtATime | None = None  # hashes the suspects, one at a time
         self._processes: list[Any] = []  # the pool's worker processes, once started
+        self._file_seconds = file_seconds
+        self._answered_at = time.monotonic()  # when a chunk last came back (or the pool started)
+        self._deaths_in_a_row = 0  # suspects whose one-at-a-time process died on them, in a row
 
     def start(self) -> None:
         # concurrent.futures rather than multiprocessing.Pool: a worker killed breaks the pool
@@ -658,6 +683,7 @@ class _PoolHashing:
         # for ever, holding the store's lock. The pool's queues start multiprocessing's
         # resource tracker, a process of its own, as `python -c` in the current folder: started
         # as the workers are (see _workers_import_ours).
+        self._answered_at = time.monotonic()
         with _workers_import_ours():
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self._workers, mp_context=self._context, initializer=_init_worker,
@@ -707,8 +733,17 @@ class _PoolHashing:
             return self._settle_broken_pool()
         if not self._running:
             return None
-        done, _ = concurrent.futures.wait(self._running, timeout,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        # No chunk back for file_seconds: each file still out is given file_seconds alone.
+        # (A chunk of slow files can take longer than that in all: they then pass alone.)
+        stuck_in = self._answered_at + self._file_seconds - time.monotonic()
+        done, _ = concurrent.futures.wait(
+            self._running, max(0.0, stuck_in if timeout is None else min(timeout, stuck_in)),
+            return_when=concurrent.futures.FIRST_COMPLETED)
+        if done:
+            self._answered_at = time.monotonic()
+        elif time.monotonic() - self._answered_at >= self._file_seconds:
+            return self._settle_broken_pool(
+                f"no worker process has finished a file for {self._file_seconds:g} s")
         outcomes: list[HashOutcome] = []
         broken = False
         for future in done:
@@ -724,12 +759,14 @@ class _PoolHashing:
             outcomes += self._settle_broken_pool()
         return outcomes
 
-    def _settle_broken_pool(self) -> list[HashOutcome]:
-        """Once a worker has died: the outcomes that came back before, and every other file sent
-        to the pool made a suspect, to be hashed alone."""
+    def _settle_broken_pool(self, stuck: str = "") -> list[HashOutcome]:
+        """Once a worker has died (or, `stuck`, none has answered for too long): the outcomes that
+        came back before, and every other file sent to the pool made a suspect, to be hashed
+        alone."""
         assert self._pool is not None
-        # Broken, the executor fails every future left (at once: its thread is ending).
-        concurrent.futures.wait(self._running, STOP_WAIT_SECONDS)
+        if not stuck:
+            # Broken, the executor fails every future left (at once: its thread is ending).
+            concurrent.futures.wait(self._running, STOP_WAIT_SECONDS)
         self.stop()
         # The signal that ended the worker, where one did: the executor then ends the others
         # (SIGTERM, or an exit status of their own).
@@ -745,25 +782,50 @@ class _PoolHashing:
         self._running.clear()
         how = f" ({_ended_by(ended.pop())})" if len(ended) == 1 else ""
         count = len(self._suspects)
-        self._report(f"a worker process died while hashing{how}; the {count}"
+        self._report(f"{stuck or f'a worker process died while hashing{how}'}; the {count}"
                      f" file{'' if count == 1 else 's'} sent to the workers and not answered"
                      f" {'is' if count == 1 else 'are'} hashed again, each alone, to find the one"
                      " that killed it")
         return outcomes
 
     def _hash_alone(self, item: FoundFile) -> HashOutcome:
-        """One file hashed with no other in flight: its outcome, or why its process died."""
+        """One file hashed with no other in flight: its outcome, or why its process died.
+
+        Such a file keeps its stored entry, if it is still the file indexed (`unreached`): a
+        kill may pass (memory wanted by others), and a run where every process died (a broken
+        decoder) removed every entry it looked at again (a review: 300 of 300)."""
         if self._alone is None:
-            self._alone = _OneAtATime(self._context, self._settings)
-        outcome = self._alone.hash(item)
-        if outcome is None:  # the process died on it: the next suspect gets a new one
-            exitcode = self._alone.stop()
-            self._alone = None
-            return HashOutcome(item, None, _death_reason(exitcode))
-        if not self._suspects:
-            self._alone.stop()
-            self._alone = None
-        return outcome
+            try:
+                self._alone = _OneAtATime(self._context, self._settings)
+            except WorkerDied:  # killed as it started, perhaps: once more before giving up
+                self._alone = _OneAtATime(self._context, self._settings)
+        outcome = self._alone.hash(item, self._file_seconds)
+        if outcome is not None and outcome is not _TOO_LONG:
+            self._deaths_in_a_row = 0
+            if not self._suspects:
+                self._alone.stop()
+                self._alone = None
+            return outcome  # type: ignore[return-value]
+        exitcode = self._alone.stop(at_once=outcome is _TOO_LONG)
+        self._alone = None
+        if outcome is _TOO_LONG:
+            return HashOutcome(item, None, f"took more than {self._file_seconds:g} s to hash (a"
+                               " decoder caught in a loop?); --file-timeout sets the limit",
+                               unreached="timed out")
+        self._deaths_in_a_row += 1
+        if self._deaths_in_a_row == DEATHS_IN_A_ROW:
+            # Not these files: the decoders themselves (a broken install), or a machine that
+            # kills every process. Failing each file would take a process start per file.
+            raise WorkerDied(
+                f"{DEATHS_IN_A_ROW} files in a row killed the process hashing them (the last,"
+                f" {shown_path(item.path)}: {_ended_by(exitcode)}): this looks like the"
+                " environment, not the files (does Pillow decode an image in a fresh Python"
+                " here?); what was hashed before is written, and the entries of those files are"
+                " kept")
+        return HashOutcome(item, None, _death_reason(exitcode), unreached="died")
+
+
+_TOO_LONG = object()  # what _OneAtATime.hash says of a file still hashing after its seconds
 
 
 class _OneAtATime:
@@ -781,18 +843,24 @@ class _OneAtATime:
         theirs.close()  # the child's end: reading here ends with EOF once the child is gone
         try:
             self._connection.recv()  # "started": it could import neardup and wait for files
-        except EOFError:
-            exitcode = self.stop()
+        except (EOFError, OSError):
+            exitcode = self.stop(at_once=True)
             raise WorkerDied(
-                f"a worker process ended as it started ({_ended_by(exitcode)}); what was hashed"
-                f" before is written: run {command('index.py')} again to finish") from None
+                f"a worker process ended as it started, before hashing anything"
+                f" ({_ended_by(exitcode)}): worker processes cannot run here (does `python -c"
+                " 'import neardup.core.indexing'` work?); what was hashed before is written"
+            ) from None
 
-    def hash(self, item: FoundFile) -> HashOutcome | None:
-        """The file's outcome; None if the process died hashing it."""
+    def hash(self, item: FoundFile, seconds: float) -> HashOutcome | object | None:
+        """The file's outcome; None if the process died hashing it, _TOO_LONG past `seconds`."""
         try:
             self._connection.send(item)
+            if not self._connection.poll(seconds):
+                return _TOO_LONG
             kind, value = self._connection.recv()
-        except (EOFError, BrokenPipeError):
+        except (EOFError, OSError):
+            # OSError: a socket pair under the pipe says "connection reset" when the process
+            # died before reading the file sent (a review's kill loop printed the traceback).
             return None
         if kind == "raised":
             raise value  # a bug of ours, raised as a pool's worker would raise it
@@ -804,9 +872,7 @@ class _OneAtATime:
             with contextlib.suppress(OSError):
                 self._connection.send(None)
             self._process.join(STOP_WAIT_SECONDS)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join()
+        _end(self._process)
         self._connection.close()
         return self._process.exitcode
 
@@ -822,6 +888,17 @@ def _hash_each_sent(connection: multiprocessing.connection.Connection, recipe: R
         except Exception as error:  # noqa: BLE001 - raised again in the parent
             connection.send(("raised", error))
     connection.close()
+
+
+def _end(process: Any) -> None:
+    """Terminate a worker process and wait for it; a stopped one (SIGSTOP) holds SIGTERM until
+    it is continued, and a review's Ctrl-C waited for it for ever: SIGKILL after a moment."""
+    if process.is_alive():
+        process.terminate()
+    process.join(TERMINATE_WAIT_SECONDS)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _ended_by(exitcode: int | None) -> str:
@@ -884,7 +961,7 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.terminate()
     for process in workers:
-        process.join()
+        _end(process)
     # A worker stopped while it wrote its results (a chunk's local features are megabytes)
     # leaves half a message in the results' pipe: the executor's thread waits for the rest for
     # ever, and so did index.py when it exited (a review: an index.py --features that stopped
@@ -1034,7 +1111,12 @@ class _SilentOnceOrphaned:
 
 def _hash_in_worker(items: list[FoundFile]) -> list[HashOutcome]:
     assert _worker_settings is not None
-    return hash_partition(items, *_worker_settings)
+    try:
+        return hash_partition(items, *_worker_settings)
+    except SystemExit as stop:
+        # A library that exits (sys.exit in a decoder) ended index.py with its status and no
+        # word (a review): this worker dies instead, and the file fails alone like a crash.
+        os._exit(stop.code if isinstance(stop.code, int) else 1)
 
 
 def hash_partition(

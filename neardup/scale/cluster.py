@@ -488,7 +488,8 @@ def cluster_hasher(
                 except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
                     if not _killed_workers(distributed, error):
                         raise _cluster_failure(distributed, error) from None
-                    outcomes = [HashOutcome(suspect[0], None, KILLED_WORKERS)]
+                    # Its entry stays, if it is still the file indexed (as a local run's).
+                    outcomes = [HashOutcome(suspect[0], None, KILLED_WORKERS, unreached="died")]
                 files_of.pop(alone)
                 yield outcomes
         finally:
