@@ -70,6 +70,8 @@ BATCH_SECONDS = 2.0
 # picture of noise at the default --max-pixels (100 megapixels, a PNG or a progressive JPEG)
 # took 2.7 to 5.6 s, local features included.
 DEFAULT_FILE_SECONDS = 600.0
+# Waiting longer on a pipe raised OverflowError (a review gave 10^10 to turn the limit off).
+MAX_FILE_SECONDS = 1_000_000
 
 # A run that adds at least this many images, and half the store, compacts the file afterwards.
 COMPACT_MIN_IMAGES = 10_000
@@ -204,8 +206,9 @@ def index_folder(
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
     check_worker_count(jobs)
-    if not file_seconds > 0:  # NaN too
-        raise NeardupError(f"file_seconds {file_seconds} is not positive")
+    if not 0 < file_seconds <= MAX_FILE_SECONDS:  # NaN too
+        raise NeardupError(f"a file timeout of {file_seconds:g} s is not between 0 and"
+                           f" {MAX_FILE_SECONDS:,} s (the most a pipe can be waited on)")
     if recipe.bits % 8:
         # A store keeps each hash as whole bytes (its files table, the search arrays): 6 x 6 = 36
         # bits, nine hex digits, ended in a traceback and left an empty store behind (a review).
@@ -253,9 +256,7 @@ def index_folder(
     if not found and not kept_prefixes and not os.path.exists(store_path):
         summary.seconds = time.perf_counter() - started
         return summary  # nothing to index, and no empty store left behind
-    if hasher is None:
-        hasher = local_hasher(jobs, batch_size, features=features, report=report,
-                              file_seconds=file_seconds)
+    local = hasher is None  # made below, once the store names a file known to hash
 
     with Store.open_for_writing(store_path, recipe, root, library_versions(), report=report,
                                 moved_from=os.path.abspath(moved_from) if moved_from
@@ -289,6 +290,8 @@ def index_folder(
         relisted = _relist_lost_images(store, report)
 
         todo: list[FoundFile] = []
+        # A file hashed before and unchanged since: what tells a broken decoder from bad files.
+        known_good: FoundFile | None = None
         rechecks: dict[str, str] = {}  # relpath -> stored hash, hashed again to be sure
         refreshed: list[IndexedFile] = []  # unchanged, recorded with what stat says now
         for item in found:
@@ -302,6 +305,7 @@ def index_folder(
                 todo.append(item)
             elif verdict == "unchanged":
                 summary.unchanged += 1
+                known_good = known_good or item
             elif verdict == "record":
                 assert state is not None
                 summary.unchanged += 1
@@ -317,6 +321,10 @@ def index_folder(
         summary.removed += len(gone)
         written: set[str] = set(relisted)  # hashes this run changed, not someone else
 
+        if local:
+            hasher = local_hasher(jobs, batch_size, features=features, report=report,
+                                  file_seconds=file_seconds, known_good=known_good)
+        assert hasher is not None
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
         try:
             for outcomes in hasher(todo, recipe, max_pixels):
@@ -562,16 +570,18 @@ class WorkerDied(NeardupError):
 
 def local_hasher(jobs: int, batch_size: int, *, features: bool = False,
                  report: Callable[[str], None] = lambda line: None,
-                 file_seconds: float = DEFAULT_FILE_SECONDS) -> Hasher:
+                 file_seconds: float = DEFAULT_FILE_SECONDS,
+                 known_good: FoundFile | None = None) -> Hasher:
     """Hash in a local process pool; a group ends at batch_size files or BATCH_SECONDS.
-    `report` hears when a worker process dies (its files are hashed again, each alone)."""
+    `report` hears when a worker process dies (its files are hashed again, each alone);
+    `known_good`, a file hashed before, tells a broken decoder from files that crash it."""
 
     def hash_locally(
         files: list[FoundFile], recipe: Recipe, max_pixels: int
     ) -> Iterator[list[HashOutcome]]:
         return hash_in_groups(files, recipe, jobs=jobs, max_pixels=max_pixels, features=features,
                               group_size=batch_size, group_seconds=BATCH_SECONDS, report=report,
-                              file_seconds=file_seconds)
+                              file_seconds=file_seconds, known_good=known_good)
 
     return hash_locally
 
@@ -596,6 +606,8 @@ STOP_WAIT_SECONDS = 10.0
 # Files in a row whose one-at-a-time process died on them before the run stops (see
 # _PoolHashing._hash_alone).
 DEATHS_IN_A_ROW = 8
+# How often, while no chunk comes back, the workers are looked at for one that died unseen.
+LOOK_FOR_DEATHS_SECONDS = 1.0
 # How long a worker process has to end once terminated before it is killed.
 TERMINATE_WAIT_SECONDS = 2.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
@@ -609,14 +621,16 @@ def hash_in_groups(
     max_pixels: int = DEFAULT_MAX_PIXELS, features: bool = False,
     group_size: int = 1, group_seconds: float | None = None,
     report: Callable[[str], None] = lambda line: None,
-    file_seconds: float = DEFAULT_FILE_SECONDS,
+    file_seconds: float = DEFAULT_FILE_SECONDS, known_good: FoundFile | None = None,
 ) -> Iterator[list[HashOutcome]]:
     """Hash files (and extract features), in worker processes when jobs != 1; outcomes come in
     completion order, in groups of at most group_size. A group also ends group_seconds after the
     last one, whether a file completes then or not: a worker busy on one slow file holds back
     nothing the others hashed. A worker process that dies costs the run only the file that
     killed it (`report` hears once per death), and so does one that takes longer than
-    `file_seconds` to hash a file (with jobs == 1 there is no such limit)."""
+    `file_seconds` to hash a file (with jobs == 1 there is no such limit). After
+    DEATHS_IN_A_ROW such deaths in a row, `known_good` (a file hashed before) is hashed alone
+    too: if it dies as well, the run stops (a broken decoder, not bad files)."""
     check_worker_count(jobs)
     if jobs == 1 or not files:
         # In this process. With jobs == 0 a single file, or a machine of one core, still gets a
@@ -631,7 +645,8 @@ def hash_in_groups(
         yield from _in_groups(next_file_hashed, group_size, group_seconds)
         return
     workers = min(jobs if jobs > 0 else (os.cpu_count() or 1), len(files))
-    hashing = _PoolHashing(files, (recipe, max_pixels, features), workers, report, file_seconds)
+    hashing = _PoolHashing(files, (recipe, max_pixels, features), workers, report, file_seconds,
+                           known_good)
     try:
         yield from _in_groups(hashing.next_hashed, group_size, group_seconds)
     finally:
@@ -651,7 +666,8 @@ class _PoolHashing:
     """
 
     def __init__(self, files: Sequence[FoundFile], settings: tuple[Recipe, int, bool],
-                 workers: int, report: Callable[[str], None], file_seconds: float) -> None:
+                 workers: int, report: Callable[[str], None], file_seconds: float,
+                 known_good: FoundFile | None = None) -> None:
         # forkserver: workers start from a clean process, never a fork of one holding threads or
         # a database connection.
         self._context = multiprocessing.get_context("forkserver")
@@ -676,6 +692,7 @@ class _PoolHashing:
         self._file_seconds = file_seconds
         self._answered_at = time.monotonic()  # when a chunk last came back (or the pool started)
         self._deaths_in_a_row = 0  # suspects whose one-at-a-time process died on them, in a row
+        self._known_good = known_good
 
     def start(self) -> None:
         # concurrent.futures rather than multiprocessing.Pool: a worker killed breaks the pool
@@ -737,13 +754,19 @@ class _PoolHashing:
         # (A chunk of slow files can take longer than that in all: they then pass alone.)
         stuck_in = self._answered_at + self._file_seconds - time.monotonic()
         done, _ = concurrent.futures.wait(
-            self._running, max(0.0, stuck_in if timeout is None else min(timeout, stuck_in)),
+            self._running, max(0.0, min(stuck_in, LOOK_FOR_DEATHS_SECONDS,
+                                        LOOK_FOR_DEATHS_SECONDS if timeout is None else timeout)),
             return_when=concurrent.futures.FIRST_COMPLETED)
         if done:
             self._answered_at = time.monotonic()
         elif time.monotonic() - self._answered_at >= self._file_seconds:
             return self._settle_broken_pool(
-                f"no worker process has finished a file for {self._file_seconds:g} s")
+                f"no chunk of files has come back from the workers for {self._file_seconds:g} s")
+        elif any(process.exitcode is not None for process in self._processes):
+            # A worker killed while it wrote its results leaves half a message, and the
+            # executor's thread waits for the rest instead of seeing the death: the run stalled
+            # until the timeout (a review). Workers never end on their own during a run.
+            return self._settle_broken_pool(unseen=True)
         outcomes: list[HashOutcome] = []
         broken = False
         for future in done:
@@ -759,12 +782,12 @@ class _PoolHashing:
             outcomes += self._settle_broken_pool()
         return outcomes
 
-    def _settle_broken_pool(self, stuck: str = "") -> list[HashOutcome]:
-        """Once a worker has died (or, `stuck`, none has answered for too long): the outcomes that
-        came back before, and every other file sent to the pool made a suspect, to be hashed
-        alone."""
+    def _settle_broken_pool(self, stuck: str = "", unseen: bool = False) -> list[HashOutcome]:
+        """Once a worker has died (`unseen`: by the executor), or none has answered for too long
+        (`stuck` says so): the outcomes that came back before, and every other file sent to the
+        pool made a suspect, to be hashed alone."""
         assert self._pool is not None
-        if not stuck:
+        if not stuck and not unseen:
             # Broken, the executor fails every future left (at once: its thread is ending).
             concurrent.futures.wait(self._running, STOP_WAIT_SECONDS)
         self.stop()
@@ -775,17 +798,22 @@ class _PoolHashing:
         self._processes = []
         outcomes: list[HashOutcome] = []
         for future, items in self._running.items():
-            if future.done() and future.exception() is None:
+            # Stopping the pool cancels what it had not started: exception() would raise.
+            if future.done() and not future.cancelled() and future.exception() is None:
                 outcomes += future.result()
             else:
                 self._suspects += items
         self._running.clear()
         how = f" ({_ended_by(ended.pop())})" if len(ended) == 1 else ""
         count = len(self._suspects)
-        self._report(f"{stuck or f'a worker process died while hashing{how}'}; the {count}"
-                     f" file{'' if count == 1 else 's'} sent to the workers and not answered"
-                     f" {'is' if count == 1 else 'are'} hashed again, each alone, to find the one"
-                     " that killed it")
+        what = (f"{stuck}; the {count} file{'' if count == 1 else 's'} sent to the workers and"
+                f" not answered {'is' if count == 1 else 'are'} hashed again, one at a time,"
+                f" each given {self._file_seconds:g} s" if stuck else
+                f"a worker process died while hashing{how}; the {count}"
+                f" file{'' if count == 1 else 's'} sent to the workers and not answered"
+                f" {'is' if count == 1 else 'are'} hashed again, each alone, to find the one that"
+                " killed it")
+        self._report(what)
         return outcomes
 
     def _hash_alone(self, item: FoundFile) -> HashOutcome:
@@ -813,16 +841,28 @@ class _PoolHashing:
                                " decoder caught in a loop?); --file-timeout sets the limit",
                                unreached="timed out")
         self._deaths_in_a_row += 1
-        if self._deaths_in_a_row == DEATHS_IN_A_ROW:
-            # Not these files: the decoders themselves (a broken install), or a machine that
-            # kills every process. Failing each file would take a process start per file.
-            raise WorkerDied(
-                f"{DEATHS_IN_A_ROW} files in a row killed the process hashing them (the last,"
-                f" {shown_path(item.path)}: {_ended_by(exitcode)}): this looks like the"
-                " environment, not the files (does Pillow decode an image in a fresh Python"
-                " here?); what was hashed before is written, and the entries of those files are"
-                " kept")
+        if self._deaths_in_a_row % DEATHS_IN_A_ROW == 0:
+            self._check_known_good(item, exitcode)
         return HashOutcome(item, None, _death_reason(exitcode), unreached="died")
+
+    def _check_known_good(self, item: FoundFile, exitcode: int | None) -> None:
+        """After many deaths in a row: bad files, or a decoder that crashes on every image (a
+        broken install, a machine that kills every process)? A file hashed fine before says.
+        A stop on the count alone blocked a folder for good: failed files are hashed again by
+        every run, one after the other, and eight of them made every run stop (a review)."""
+        if self._known_good is None:
+            return  # nothing to tell them apart: each file fails alone, at a process start each
+        probe = _OneAtATime(self._context, self._settings)
+        outcome = probe.hash(self._known_good, self._file_seconds)
+        probe.stop(at_once=outcome is None or outcome is _TOO_LONG)
+        if outcome is not None and outcome is not _TOO_LONG:
+            return  # the files, then (or the file changed since: it says nothing)
+        raise WorkerDied(
+            f"{self._deaths_in_a_row} files in a row killed the process hashing them (the last,"
+            f" {item.relpath}: {_ended_by(exitcode)}), and so did {self._known_good.relpath},"
+            " hashed before: the image decoders are broken here, not the files (does Pillow"
+            " decode an image in a fresh Python?); what was hashed before is written, and the"
+            " entries of those files are kept")
 
 
 _TOO_LONG = object()  # what _OneAtATime.hash says of a file still hashing after its seconds
