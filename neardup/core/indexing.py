@@ -753,10 +753,9 @@ class _PoolHashing:
         # No chunk back for file_seconds: each file still out is given file_seconds alone.
         # (A chunk of slow files can take longer than that in all: they then pass alone.)
         stuck_in = self._answered_at + self._file_seconds - time.monotonic()
-        done, _ = concurrent.futures.wait(
-            self._running, max(0.0, min(stuck_in, LOOK_FOR_DEATHS_SECONDS,
-                                        LOOK_FOR_DEATHS_SECONDS if timeout is None else timeout)),
-            return_when=concurrent.futures.FIRST_COMPLETED)
+        wait = min(stuck_in, LOOK_FOR_DEATHS_SECONDS, stuck_in if timeout is None else timeout)
+        done, _ = concurrent.futures.wait(self._running, max(0.0, wait),
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
         if done:
             self._answered_at = time.monotonic()
         elif time.monotonic() - self._answered_at >= self._file_seconds:
