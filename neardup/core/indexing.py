@@ -635,7 +635,7 @@ def hash_in_groups(
     if jobs == 1 or not files:
         # In this process. With jobs == 0 a single file, or a machine of one core, still gets a
         # worker process: only there can a file that crashes its decoder or loops in it fail
-        # alone (0.2 s more for a run of one new file).
+        # alone (a run of one new CALTECH photo: 0.41 s for index.py against 0.24 s with -j 1).
         remaining = iter(files)
 
         def next_file_hashed(_timeout: float | None) -> list[HashOutcome] | None:
