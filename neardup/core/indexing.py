@@ -705,7 +705,7 @@ class _PoolHashing:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self._workers, mp_context=self._context, initializer=_init_worker,
                 initargs=self._settings)
-        with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
+        with _starting_workers():
             # Each submission starts a worker until all have started: at least `workers` here.
             self._send()
 
@@ -875,7 +875,7 @@ class _OneAtATime:
 
     def __init__(self, context: Any, settings: tuple[Recipe, int, bool]) -> None:
         self._connection, theirs = context.Pipe()
-        with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
+        with _starting_workers():
             self._process = context.Process(target=_hash_each_sent, name="neardup-one-at-a-time",
                                             args=(theirs, *settings), daemon=True)
             self._process.start()
@@ -1015,6 +1015,14 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
     if manager is not None and manager is not threading.current_thread():
         manager.join(timeout=STOP_WAIT_SECONDS)
+
+
+@contextmanager
+def _starting_workers() -> Iterator[None]:
+    """Where worker processes are started (a pool's, the one-at-a-time one): without the
+    caller's script, importing this neardup, and with a Ctrl-C held until they are started."""
+    with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
+        yield
 
 
 @contextmanager
