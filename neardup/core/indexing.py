@@ -27,12 +27,9 @@ import multiprocessing.connection
 import os
 import platform
 import signal
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +43,16 @@ from ..errors import DatasetError, ImageError, NeardupError, command
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
-from .interrupts import sigint_held
+from .processes import (
+    as_worker,
+    check_timeout,
+    death_reason,
+    end_process,
+    ended_by,
+    starting_workers,
+    worker_context,
+    workers_import_ours,
+)
 from .results import shown_path
 from .search import HashIndex
 from .store import (
@@ -70,8 +76,6 @@ BATCH_SECONDS = 2.0
 # picture of noise at the default --max-pixels (100 megapixels, a PNG or a progressive JPEG)
 # took 2.7 to 5.6 s, local features included.
 DEFAULT_FILE_SECONDS = 600.0
-# Waiting longer on a pipe raised OverflowError (a review gave 10^10 to turn the limit off).
-MAX_FILE_SECONDS = 1_000_000
 
 # A run that adds at least this many images, and half the store, compacts the file afterwards.
 COMPACT_MIN_IMAGES = 10_000
@@ -206,9 +210,7 @@ def index_folder(
     started = time.perf_counter()
     looked_at_ns = time.time_ns()  # every stat below is taken after this moment
     check_worker_count(jobs)
-    if not 0 < file_seconds <= MAX_FILE_SECONDS:  # NaN too
-        raise NeardupError(f"a file timeout of {file_seconds:g} s is not between 0 and"
-                           f" {MAX_FILE_SECONDS:,} s (the most a pipe can be waited on)")
+    check_timeout(file_seconds)
     if recipe.bits % 8:
         # A store keeps each hash as whole bytes (its files table, the search arrays): 6 x 6 = 36
         # bits, nine hex digits, ended in a traceback and left an empty store behind (a review).
@@ -608,8 +610,6 @@ STOP_WAIT_SECONDS = 10.0
 DEATHS_IN_A_ROW = 8
 # How often, while no chunk comes back, the workers are looked at for one that died unseen.
 LOOK_FOR_DEATHS_SECONDS = 1.0
-# How long a worker process has to end once terminated before it is killed.
-TERMINATE_WAIT_SECONDS = 2.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -668,16 +668,7 @@ class _PoolHashing:
     def __init__(self, files: Sequence[FoundFile], settings: tuple[Recipe, int, bool],
                  workers: int, report: Callable[[str], None], file_seconds: float,
                  known_good: FoundFile | None = None) -> None:
-        # forkserver: workers start from a clean process, never a fork of one holding threads or
-        # a database connection.
-        self._context = multiprocessing.get_context("forkserver")
-        # The fork server imports the libraries once and every worker is forked from it ready,
-        # instead of each importing numpy, Pillow and ImageHash anew (0.2 s of CPU each): on a
-        # short run of small photos the workers' start-up was a sixth of the time. (Ignored when
-        # this process's fork server is already running.) Not neardup itself: see
-        # _workers_import_ours.
-        self._context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-        _quiet_resource_tracker()
+        self._context = worker_context()
         self._settings = settings
         self._workers = workers
         self._report = report
@@ -699,13 +690,13 @@ class _PoolHashing:
         # and says so, where Pool replaced the worker and waited for the lost files' results
         # for ever, holding the store's lock. The pool's queues start multiprocessing's
         # resource tracker, a process of its own, as `python -c` in the current folder: started
-        # as the workers are (see _workers_import_ours).
+        # as the workers are (see workers_import_ours).
         self._answered_at = time.monotonic()
-        with _workers_import_ours():
+        with workers_import_ours():
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self._workers, mp_context=self._context, initializer=_init_worker,
                 initargs=self._settings)
-        with _starting_workers():
+        with starting_workers():
             # Each submission starts a worker until all have started: at least `workers` here.
             self._send()
 
@@ -803,7 +794,7 @@ class _PoolHashing:
             else:
                 self._suspects += items
         self._running.clear()
-        how = f" ({_ended_by(ended.pop())})" if len(ended) == 1 else ""
+        how = f" ({ended_by(ended.pop())})" if len(ended) == 1 else ""
         count = len(self._suspects)
         what = (f"{stuck}; the {count} file{'' if count == 1 else 's'} sent to the workers and"
                 f" not answered {'is' if count == 1 else 'are'} hashed again, one at a time,"
@@ -842,7 +833,7 @@ class _PoolHashing:
         self._deaths_in_a_row += 1
         if self._deaths_in_a_row % DEATHS_IN_A_ROW == 0:
             self._check_known_good(item, exitcode)
-        return HashOutcome(item, None, _death_reason(exitcode), unreached="died")
+        return HashOutcome(item, None, death_reason(exitcode), unreached="died")
 
     def _check_known_good(self, item: FoundFile, exitcode: int | None) -> None:
         """After many deaths in a row: bad files, or a decoder that crashes on every image (a
@@ -858,7 +849,7 @@ class _PoolHashing:
             return  # the files, then (or the file changed since: it says nothing)
         raise WorkerDied(
             f"{self._deaths_in_a_row} files in a row killed the process hashing them (the last,"
-            f" {item.relpath}: {_ended_by(exitcode)}), and so did {self._known_good.relpath},"
+            f" {item.relpath}: {ended_by(exitcode)}), and so did {self._known_good.relpath},"
             " hashed before: the image decoders are broken here, not the files (does Pillow"
             " decode an image in a fresh Python?); what was hashed before is written, and the"
             " entries of those files are kept")
@@ -875,7 +866,7 @@ class _OneAtATime:
 
     def __init__(self, context: Any, settings: tuple[Recipe, int, bool]) -> None:
         self._connection, theirs = context.Pipe()
-        with _starting_workers():
+        with starting_workers():
             self._process = context.Process(target=_hash_each_sent, name="neardup-one-at-a-time",
                                             args=(theirs, *settings), daemon=True)
             self._process.start()
@@ -886,7 +877,7 @@ class _OneAtATime:
             exitcode = self.stop(at_once=True)
             raise WorkerDied(
                 f"a worker process ended as it started, before hashing anything"
-                f" ({_ended_by(exitcode)}): worker processes cannot run here (does `python -c"
+                f" ({ended_by(exitcode)}): worker processes cannot run here (does `python -c"
                 " 'import neardup.core.indexing'` work?); what was hashed before is written"
             ) from None
 
@@ -911,7 +902,7 @@ class _OneAtATime:
             with contextlib.suppress(OSError):
                 self._connection.send(None)
             self._process.join(STOP_WAIT_SECONDS)
-        _end(self._process)
+        end_process(self._process)
         self._connection.close()
         return self._process.exitcode
 
@@ -927,36 +918,6 @@ def _hash_each_sent(connection: multiprocessing.connection.Connection, recipe: R
         except Exception as error:  # noqa: BLE001 - raised again in the parent
             connection.send(("raised", error))
     connection.close()
-
-
-def _end(process: Any) -> None:
-    """Terminate a worker process and wait for it; a stopped one (SIGSTOP) holds SIGTERM until
-    it is continued, and a review's Ctrl-C waited for it for ever: SIGKILL after a moment."""
-    if process.is_alive():
-        process.terminate()
-    process.join(TERMINATE_WAIT_SECONDS)
-    if process.is_alive():
-        process.kill()
-        process.join()
-
-
-def _ended_by(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return signal.Signals(-exitcode).name
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit status {exitcode}"
-
-
-def _death_reason(exitcode: int | None) -> str:
-    """Why a file failed whose process died hashing it alone."""
-    if exitcode == -signal.SIGKILL:
-        return ("killed the process that hashed it (SIGKILL: out of memory?); lower --max-pixels,"
-                " or allow more memory")
-    if exitcode is not None and exitcode < 0:
-        return f"crashed the process that hashed it ({_ended_by(exitcode)}: a fault in an image decoder?)"
-    return f"the process that hashed it ended with {_ended_by(exitcode)}"
 
 
 def _in_groups(
@@ -1000,7 +961,7 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.terminate()
     for process in workers:
-        _end(process)
+        end_process(process)
     # A worker stopped while it wrote its results (a chunk's local features are megabytes)
     # leaves half a message in the results' pipe: the executor's thread waits for the rest for
     # ever, and so did index.py when it exited (a review: an index.py --features that stopped
@@ -1017,143 +978,13 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         manager.join(timeout=STOP_WAIT_SECONDS)
 
 
-@contextmanager
-def _starting_workers() -> Iterator[None]:
-    """Where worker processes are started (a pool's, the one-at-a-time one): without the
-    caller's script, importing this neardup, and with a Ctrl-C held until they are started."""
-    with _workers_without_the_callers_script(), _workers_import_ours(), sigint_held():
-        yield
-
-
-@contextmanager
-def _workers_without_the_callers_script() -> Iterator[None]:
-    """Start worker processes that import neardup but not the caller's script.
-
-    multiprocessing runs the parent's __main__ again in every new worker. The workers need nothing
-    from it, and a script that calls neardup.index_folder without an `if __name__ == "__main__":`
-    guard (or one read from standard input) would then index again in each worker, fail, and be
-    restarted without end. Workers are started while __main__ is a blank module: they are all
-    started here, before the pool is used.
-    """
-    script = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = script
-
-
-# Libraries the fork server imports before forking workers (see hash_files).
-FORK_SERVER_PRELOAD = ("numpy", "PIL.Image", "imagehash")
-
-
-@contextmanager
-def _workers_import_ours() -> Iterator[None]:
-    """Start the fork server so that it imports nothing from the current directory.
-
-    Python (3.11 to 3.13) starts its fork server as `python -c ...`, which puts the current
-    directory first on sys.path, and imports the preloaded modules from there, ignoring this
-    process's sys.path: run from a folder holding another neardup (an older checkout) the
-    workers hashed with that one (records of another feature version, found only when the
-    store was read), and a `numpy.py` in the folder being indexed would run in every worker.
-    PYTHONSAFEPATH keeps the current directory off the fork server's path, and neardup is not
-    preloaded: each worker imports it after taking this process's sys.path, so it runs the
-    same neardup as this process. Under `python -E` (passed on to the fork server, which then
-    ignores PYTHONSAFEPATH) the fork server is started from the standard library's own folder
-    instead, already on its path.
-
-    Every worker also starts by changing to this process's current folder: one its user cannot
-    enter (runuser -u nobody from root's folder) failed each worker with a traceback, and a
-    deleted one failed this process (and under Python 3.13 the resource tracker, with a warning
-    and a traceback per semaphore). Nothing relative resolves in such a folder, so the workers
-    are started from the standard library's folder too, and this process stays there when it
-    cannot go back.
-    """
-    earlier = os.environ.get("PYTHONSAFEPATH")
-    os.environ["PYTHONSAFEPATH"] = "1"
-    try:
-        here: str | None = os.getcwd()
-    except OSError:  # deleted
-        here = None
-    leave = here is None or not os.access(here, os.X_OK)
-    if leave or (sys.flags.ignore_environment and not sys.flags.safe_path):
-        os.chdir(os.path.dirname(os.__file__))
-    else:
-        here = None  # stays where it is
-    try:
-        yield
-    finally:
-        if here is not None and not leave:
-            os.chdir(here)
-        if earlier is None:
-            del os.environ["PYTHONSAFEPATH"]
-        else:
-            os.environ["PYTHONSAFEPATH"] = earlier
-
-
-def _quiet_resource_tracker() -> None:
-    """After a kill -9 of index.py, the resource tracker (a child it starts) frees the pool's
-    semaphores and warns once per run that they "leaked"; they are freed, so the warning only
-    buries the useful output. It inherits -W options from sys.warnoptions when started."""
-    option = "ignore:resource_tracker:UserWarning"
-    if option not in sys.warnoptions:
-        sys.warnoptions.append(option)
-
-
 _worker_settings: tuple[Recipe, int, bool] | None = None
 
 
 def _init_worker(recipe: Recipe, max_pixels: int, features: bool = False) -> None:
     global _worker_settings  # one per worker process, set once before any task runs
     _worker_settings = (recipe, max_pixels, features)
-    # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
-    # keeps the committed batches), so workers do not each print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # After a kill -9 of index.py, a worker sending its result finds the pipe broken and
-    # multiprocessing prints the BrokenPipeError twice. The parent's sentinel pipe says whether it
-    # is still there: once it is gone, this worker's stderr says nothing more.
-    parent = multiprocessing.parent_process()
-    if parent is not None and parent.sentinel is not None:
-        sys.stderr = _SilentOnceOrphaned(sys.stderr, parent.sentinel)
-        # And the worker ends with it: a concurrent.futures worker waits for its next file on a
-        # queue whose writing end it holds itself, so it would wait for ever.
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True,
-                         name="exit-with-parent").start()
-
-
-def _exit_with(sentinel: int) -> None:
-    """Wait for the process that started this worker to end, then end this one at once."""
-    try:
-        multiprocessing.connection.wait([sentinel])
-    except (OSError, ValueError):
-        return  # it cannot be watched: the worker goes on as without this thread
-    os._exit(0)
-
-
-class _SilentOnceOrphaned:
-    """A worker's stderr that drops everything once the process that started it has died."""
-
-    def __init__(self, stream: object, sentinel: int) -> None:
-        self._stream = stream
-        self._sentinel = sentinel
-
-    def _orphaned(self) -> bool:
-        try:
-            return bool(multiprocessing.connection.wait([self._sentinel], timeout=0))
-        except (OSError, ValueError):
-            return True
-
-    def write(self, text: str) -> int:
-        if self._orphaned():
-            return len(text)
-        return self._stream.write(text)  # type: ignore[attr-defined, no-any-return]
-
-    def flush(self) -> None:
-        if not self._orphaned():
-            self._stream.flush()  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._stream, name)
+    as_worker()
 
 
 def _hash_in_worker(items: list[FoundFile]) -> list[HashOutcome]:
