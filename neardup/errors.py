@@ -26,6 +26,11 @@ class ImageError(NeardupError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str]]:
+        # Sent back whole from a worker process (pickled): Exception's own pickling passes the
+        # one formatted message, which this __init__ cannot take.
+        return type(self), (self.path, self.reason)
+
 
 def install_hint(extra: str) -> str:
     """How to install one of neardup's optional extras (pyproject.toml), the same words in every

@@ -23,6 +23,7 @@ from neardup.core.indexing import hash_files
 from neardup.core.store import RACY, Store
 
 from .conftest import PROJECT_ROOT, sigint_as_in_a_terminal
+from .decoder_traps import crashing_png, with_crashing_decoder
 from .imagegen import make_tree
 from .test_index import buckets, committed_count, make_large_tree
 
@@ -267,80 +268,8 @@ def test_a_worker_killed_mid_run_costs_no_file(in_tmp: Path) -> None:
     assert committed_count(in_tmp / "db.shelve") == 600
 
 
-# Imported by every Python process the test starts (PYTHONPATH): opening a PNG whose text chunk
-# says "crash" kills the process with SIGSEGV, as a fault in a C image decoder does; "hang" makes
-# it wait for ever, as a decoder caught in a loop. The fork server imports it too, so the workers
-# it forks have Pillow already patched.
-CRASHING_DECODER = """
-import os, resource, signal
-from PIL import PngImagePlugin
-
-_open = PngImagePlugin.PngImageFile._open
-
-def _crashing_open(self):
-    _open(self)
-    if self.info.get("trap") == "crash":
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if self.info.get("trap") == "slow":  # a large picture, say
-        import time
-        time.sleep(0.6)
-    if self.info.get("trap") == "exit":  # a library that calls sys.exit
-        raise SystemExit(3)
-    if self.info.get("trap") == "stop":  # a process stopped (SIGSTOP) by someone
-        os.kill(os.getpid(), signal.SIGSTOP)
-    if os.environ.get("CRASH_EVERY_PNG"):  # a broken decoder
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if self.info.get("trap") == "hang":  # a decoder caught in a loop
-        with open(os.environ["HANGING_PIDS"], "a") as pids:
-            pids.write(f"{os.getpid()} ")
-        while True:
-            signal.pause()
-
-PngImagePlugin.PngImageFile._open = _crashing_open
-
-if os.environ.get("HALF_WRITTEN"):  # a worker killed while it sends its results, once
-    import multiprocessing, struct
-    from multiprocessing import connection
-
-    _send_bytes = connection.Connection._send_bytes
-
-    def _half_sent(self, data):
-        view = memoryview(data)
-        if len(view) > 2000 and multiprocessing.parent_process() is not None:
-            try:
-                os.close(os.open(os.environ["HALF_WRITTEN"], os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return _send_bytes(self, data)
-            self._send(struct.pack("!i", len(view)) + bytes(view[: len(view) // 2]))
-            os.kill(os.getpid(), signal.SIGKILL)
-        return _send_bytes(self, data)
-
-    connection.Connection._send_bytes = _half_sent
-"""
-
-
-def _crashing_png(path: Path, trap: str = "crash") -> None:
-    from PIL import Image, PngImagePlugin
-
-    text = PngImagePlugin.PngInfo()
-    text.add_text("trap", trap)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(path, pnginfo=text)
-
-
 INDEX_TWO_JOBS = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                   "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
-
-
-def _with_crashing_decoder(folder: Path) -> dict[str, str]:
-    """The environment for a process whose workers run CRASHING_DECODER."""
-    trap = folder / "trap"
-    trap.mkdir()
-    (trap / "sitecustomize.py").write_text(CRASHING_DECODER)
-    return {**os.environ, "HANGING_PIDS": str(folder / "hanging.pids"),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(trap), os.environ.get("PYTHONPATH")]))}
 
 
 def test_a_file_that_crashes_its_worker_fails_alone_and_the_run_goes_on(in_tmp: Path) -> None:
@@ -349,9 +278,9 @@ def test_a_file_that_crashes_its_worker_fails_alone_and_the_run_goes_on(in_tmp: 
     file: a library holding one could never be indexed. It now fails alone, named with the
     signal, and everything else is stored, run after run."""
     make_large_tree(in_tmp / "images", 200)
-    _crashing_png(in_tmp / "images" / "d1" / "0050b.png")
-    _crashing_png(in_tmp / "images" / "d3" / "0150b.png")
-    env = _with_crashing_decoder(in_tmp)
+    crashing_png(in_tmp / "images" / "d1" / "0050b.png")
+    crashing_png(in_tmp / "images" / "d3" / "0150b.png")
+    env = with_crashing_decoder(in_tmp)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
     for run in (1, 2):
@@ -373,10 +302,10 @@ def test_a_run_of_one_new_file_that_crashes_its_decoder_fails_it_alone(in_tmp: P
     """A run with one file to hash (one added since the last run) hashed it in index.py's own
     process, which a crashing decoder then killed, with no line at all (exit -11): it now gets
     a worker process of its own, as any other run does unless --jobs 1 is asked for."""
-    _crashing_png(in_tmp / "images" / "new.png")
+    crashing_png(in_tmp / "images" / "new.png")
     done = subprocess.run([sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                            "db.shelve", "-q"], capture_output=True, text=True,
-                          env=_with_crashing_decoder(in_tmp), timeout=120)
+                          env=with_crashing_decoder(in_tmp), timeout=120)
     assert done.returncode == 1, done  # nothing could be indexed
     assert done.stderr.splitlines()[-2:] == [
         "index.py: images/new.png: crashed the process that hashed it (SIGSEGV: a fault in an"
@@ -388,8 +317,8 @@ def test_a_file_a_decoder_loops_on_fails_after_the_file_timeout(in_tmp: Path) ->
     With --file-timeout, the pool is given up once no file has come back for that long, its
     files are hashed again alone, and the one still hashing after the timeout fails."""
     make_large_tree(in_tmp / "images", 60)
-    _crashing_png(in_tmp / "images" / "d2" / "0030b.png", trap="hang")
-    env = _with_crashing_decoder(in_tmp)
+    crashing_png(in_tmp / "images" / "d2" / "0030b.png", trap="hang")
+    env = with_crashing_decoder(in_tmp)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                "db.shelve", "-q", "-j", "2", "--batch-size", "10", "--file-timeout", "2"]
     started = time.monotonic()
@@ -425,7 +354,7 @@ def test_a_worker_killed_while_it_sends_its_results_is_seen_at_once(in_tmp: Path
     leaves half a message: the executor's thread waits for the rest and never sees the death.
     The run stalled until --file-timeout, then ended in a CancelledError traceback (a review)."""
     make_large_tree(in_tmp / "images", 200)
-    env = {**_with_crashing_decoder(in_tmp), "HALF_WRITTEN": str(in_tmp / "half-written")}
+    env = {**with_crashing_decoder(in_tmp), "HALF_WRITTEN": str(in_tmp / "half-written")}
     started = time.monotonic()
     done = subprocess.run([*INDEX_TWO_JOBS, "--file-timeout", "60"], capture_output=True,
                           text=True, env=env, timeout=300)
@@ -444,8 +373,8 @@ def test_eight_files_that_crash_their_decoder_do_not_block_a_folder(in_tmp: Path
     was never indexed (a review). A file hashed before now tells: it passes, so they are files."""
     make_large_tree(in_tmp / "images", 20)
     for number in range(8):
-        _crashing_png(in_tmp / "images" / "a" / f"bad{number}.png")
-    env = _with_crashing_decoder(in_tmp)
+        crashing_png(in_tmp / "images" / "a" / f"bad{number}.png")
+    env = with_crashing_decoder(in_tmp)
     for run in (1, 2):
         if run == 2:
             make_large_tree(in_tmp / "images" / "z", 1)  # a new photo, after the bad ones
@@ -474,11 +403,11 @@ def test_a_pool_given_up_with_chunks_still_queued_loses_nothing(in_tmp: Path) ->
     review). The slow files then pass alone, each within the timeout."""
     make_large_tree(in_tmp / "images", 40)
     for number in range(30):
-        _crashing_png(in_tmp / "images" / "slow" / f"{number:02d}.png", trap="slow")
+        crashing_png(in_tmp / "images" / "slow" / f"{number:02d}.png", trap="slow")
         (in_tmp / "images" / "slow" / f"{number:02d}.png").write_bytes(
             (in_tmp / "images" / "slow" / f"{number:02d}.png").read_bytes())
     done = subprocess.run([*INDEX_TWO_JOBS, "--file-timeout", "2"], capture_output=True,
-                          text=True, env=_with_crashing_decoder(in_tmp), timeout=300)
+                          text=True, env=with_crashing_decoder(in_tmp), timeout=300)
     assert done.returncode == 0, done
     assert "Traceback" not in done.stderr
     assert "indexed 70, unchanged 0, removed 0, failed 0" in done.stdout, done
@@ -489,9 +418,9 @@ def test_a_library_exiting_in_a_worker_fails_its_file_alone(in_tmp: Path) -> Non
     """A decoder that called sys.exit(3) in a worker ended index.py with status 3 and no word
     (a review): the worker dies instead, and the file fails alone like a crash."""
     make_large_tree(in_tmp / "images", 40)
-    _crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="exit")
+    crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="exit")
     done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True,
-                          env=_with_crashing_decoder(in_tmp), timeout=120)
+                          env=with_crashing_decoder(in_tmp), timeout=120)
     assert done.returncode == 0, done
     assert done.stderr.splitlines()[-1] == (
         "index.py: images/d1/0009b.png: the process that hashed it ended with exit status 3")
@@ -502,10 +431,10 @@ def test_a_worker_stopped_by_sigstop_fails_its_file_after_the_timeout(in_tmp: Pa
     """A stopped process holds SIGTERM until it is continued: ending one waited for ever (a
     review's Ctrl-C hung). Now SIGKILL follows, in the pool and alone."""
     make_large_tree(in_tmp / "images", 40)
-    _crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="stop")
+    crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="stop")
     started = time.monotonic()
     done = subprocess.run([*INDEX_TWO_JOBS, "--file-timeout", "2"], capture_output=True,
-                          text=True, env=_with_crashing_decoder(in_tmp), timeout=120)
+                          text=True, env=with_crashing_decoder(in_tmp), timeout=120)
     assert time.monotonic() - started < 30
     assert done.returncode == 0, done
     assert done.stderr.splitlines()[-1] == (
@@ -525,7 +454,7 @@ def test_a_run_where_every_process_dies_stops_and_keeps_the_stored_entries(in_tm
     for number in range(24):
         Image.effect_noise((64, 48), 40 + number).convert("RGB").save(
             in_tmp / "images" / f"{number:02d}.png")
-    env = _with_crashing_decoder(in_tmp)
+    env = with_crashing_decoder(in_tmp)
     time.sleep(2.5)  # older than that, a file is not "racily clean": the next run trusts it
     first = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, env=env, timeout=120)
     assert "indexed 24, unchanged 0" in first.stdout, first
@@ -569,12 +498,12 @@ def test_ctrl_c_while_the_suspects_are_hashed_alone_stops_at_once(in_tmp: Path) 
     while that process is stuck on one stops the run at once, with index.py's one line, and the
     process with it."""
     make_large_tree(in_tmp / "images", 40)
-    _crashing_png(in_tmp / "images" / "d0" / "0000a.png")
-    _crashing_png(in_tmp / "images" / "d0" / "0000b.png", trap="hang")
+    crashing_png(in_tmp / "images" / "d0" / "0000a.png")
+    crashing_png(in_tmp / "images" / "d0" / "0000b.png", trap="hang")
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s",
                "db.shelve", "-q", "-j", "2", "--batch-size", "10"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=_with_crashing_decoder(in_tmp), start_new_session=True,
+                          env=with_crashing_decoder(in_tmp), start_new_session=True,
                           preexec_fn=sigint_as_in_a_terminal) as indexer:
         pids = in_tmp / "hanging.pids"
         deadline = time.monotonic() + 60

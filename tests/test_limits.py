@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neardup.service.limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
+from neardup.service.limits import (
+    DecodeBudget,
+    DecodeBusy,
+    DecodeTooLarge,
+    cost_bound,
+    decode_cost,
+)
 
 
 def header_of(image: Image.Image, format: str = "PNG") -> Image.Image:  # noqa: A002
@@ -19,6 +25,38 @@ def header_of(image: Image.Image, format: str = "PNG") -> Image.Image:  # noqa: 
     stream = io.BytesIO()
     image.save(stream, format)
     return Image.open(io.BytesIO(stream.getvalue()))
+
+
+class TestCostBound:
+    """The checker reserves a small plain JPEG's decode memory from its bytes (cost_bound), so
+    its worker process need not send the header first: the bound must cover what the worker
+    would have reserved (decode_cost), whatever the JPEG holds."""
+
+    @pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+    def test_it_covers_decode_cost_at_every_size_up_to_its_limit(self, mode: str) -> None:
+        for size in [(8, 8), (300, 200), (1000, 1000), (999, 1001)]:
+            stream = io.BytesIO()
+            picture = Image.fromarray(np.random.default_rng(1).integers(
+                0, 255, (size[1], size[0], len(mode)), np.uint8).squeeze(), None)
+            picture.convert(mode).save(stream, "JPEG", quality=20)
+            data = stream.getvalue()
+            bound = cost_bound(data)
+            if len(data) > 64 * 1024 or size[0] * size[1] > 1_000_000:
+                assert bound is None, size
+                continue
+            assert bound is not None and bound >= decode_cost(Image.open(io.BytesIO(data))), size
+
+    def test_anything_else_is_left_to_the_worker_to_report(self) -> None:
+        def saved(format: str, **options: object) -> bytes:  # noqa: A002
+            stream = io.BytesIO()
+            Image.new("RGB", (300, 200), (10, 200, 30)).save(stream, format, **options)
+            return stream.getvalue()
+
+        assert cost_bound(saved("JPEG")) is not None
+        assert cost_bound(saved("JPEG", progressive=True)) is None  # a coefficient buffer
+        assert cost_bound(saved("PNG")) is None
+        assert cost_bound(None) is None and cost_bound(b"") is None
+        assert cost_bound(b"\xff\xd8\xff\xd9") is None  # no frame header
 
 
 class TestDecodeCost:

@@ -644,8 +644,16 @@ class TestHostileClients:
                         hog.send(upload)
                     except OSError:  # its buffer is full (the server stopped reading), or cut
                         pass
-                status = request(server.port, "POST", "/search", body, source="127.0.0.9")[0]
-                assert status == 200, status  # never shut out meanwhile
+                # Never shut out meanwhile: the four can hold every slot only for the moment
+                # their uploads are queued and checked, and a retry gets in (held while their
+                # answers wait to be written, the slots were taken for minutes).
+                for _retry in range(5):
+                    status, record, _ = request(server.port, "POST", "/search", body,
+                                                source="127.0.0.9")
+                    if status != 503:
+                        break
+                    time.sleep(0.02)
+                assert status == 200, (status, record)
                 time.sleep(0.05)
             for hog in hogs:
                 hog.close()
@@ -954,31 +962,6 @@ def test_a_connection_whose_answers_are_not_taken_in_is_aborted_after_the_send_t
     assert lines == ["127.0.0.2:5000: closed: the client took no answer in for 0.2 s"]
 
 
-def test_only_small_huffman_sequential_jpegs_are_decoded_on_the_event_loop(tmp_path: Path) -> None:
-    """The inline rule looked at the size after the decoder was told to reduce it (7000 x 7000
-    counted as 875 x 875) and at the progressive flag only: an arithmetic-coded upload of 7000 x
-    7000 held the loop, and /health, for 78 s."""
-    from neardup.service.server import inline_decodable
-
-    from .hostile_images import sequential_scan_bomb
-
-    def encoded(side: int, **options: object) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(np.full((side, side), 90, np.uint8)).save(buffer, "JPEG", **options)
-        return buffer.getvalue()
-
-    assert inline_decodable(encoded(600))
-    assert not inline_decodable(encoded(1200))  # 1.44 megapixels at full size
-    assert not inline_decodable(encoded(600, progressive=True))
-    assert not inline_decodable(sequential_scan_bomb(tmp_path).read_bytes())
-    png = io.BytesIO()
-    Image.new("L", (60, 60)).save(png, "PNG")
-    assert not inline_decodable(png.getvalue())  # other formats' cost follows their bytes
-    padded = encoded(200)
-    padded = padded[:2] + b"\xff\xe1\x00\x02" * 20_000 + padded[2:]  # 80 KB of empty blocks
-    assert not inline_decodable(padded)
-
-
 def empty_chunks_png(chunks: int) -> bytes:
     """A 100 x 100 PNG whose header is followed by `chunks` empty ancillary chunks: Pillow reads
     them one by one in Python, about 4 us each."""
@@ -1238,7 +1221,7 @@ class TestFairness:
                          logging.getLogger("test"))
         release, ran = threading.Event(), []
 
-        def check(body: bytes, distance: int | None, at_most: int | None) -> tuple[int, dict]:
+        def check(body: bytes, distance: int | None) -> tuple[int, dict]:
             ran.append(body.decode())
             release.wait(30)
             return 200, {"query": "upload"}

@@ -48,6 +48,7 @@ from ..evaluation.scoring import (
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch, lacking_features
 from ..service.checker import Checker
+from ..service.decoding import DEFAULT_DECODE_SECONDS, InWorkers
 from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
 from ..service.server import (
     DEFAULT_MAX_MATCHES,
@@ -90,6 +91,7 @@ APPLIES_TO = {
     "include_low_information": {"query", "groups", "evaluate", "stdin", "serve"},
     "max_pixels": {"query", "stdin", "serve"},  # and the pictures of --groups --montage/--html
     "max_matches": {"stdin", "serve"},
+    "file_timeout": {"stdin", "serve"},
     "null": {"stdin"},
     "max_upload_bytes": _SERVE, "max_query_distance": _SERVE, "full_paths": _SERVE,
     "token_file": _SERVE, "decode_memory_mb": _SERVE, "max_connections": _SERVE,
@@ -149,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--max-matches", type=positive_int, default=DEFAULT_MAX_MATCHES,
                          help="at most this many matches per answer, nearest first; a longer"
                          f' list is cut and marked "truncated": true (default {DEFAULT_MAX_MATCHES})')
+    service.add_argument("--file-timeout", type=positive_int, default=int(DEFAULT_DECODE_SECONDS),
+                         metavar="SECONDS",
+                         help="a query still decoding after this long fails, and its worker"
+                         " process is replaced (queries are decoded in worker processes, so one"
+                         " that crashes a decoder fails alone; default"
+                         f" {DEFAULT_DECODE_SECONDS:g})")
     service.add_argument("--max-upload-bytes", type=positive_int, default=DEFAULT_MAX_UPLOAD_BYTES,
                          help="with --serve: larger bodies are refused with 413 (default"
                          f" {DEFAULT_MAX_UPLOAD_BYTES:,})")
@@ -718,6 +726,7 @@ def run_checker(args: argparse.Namespace) -> int:
                  include_low_information=args.include_low_information, mirror=args.mirror,
                  max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
                  decode_budget=DecodeBudget(args.decode_memory_mb * 2**20) if args.serve else None,
+                 decoders=InWorkers(args.file_timeout),
                  warn=lambda line: warn(PROG, line)) as checker:
         if args.serve:
             try:

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..core.hashing import Hash
 from ..core.search import HashIndex, Match, find_matches_many
@@ -337,15 +336,15 @@ def _parse(store: Store, path: str, data: bytes) -> FeatureSet | None:
 class CheckerFeatures:
     """What the long-running checker (neardup.service.checker) needs from local features.
 
-    The checker calls `frame_of` outside its lock (decoding is the expensive part) and `answer`
-    inside its snapshot. The feature index is loaded when the store is first answered from (or
-    reopened); when the features change after that, a thread builds the new index from its own
-    connection while answers go on from the one in memory, and the first answer after it is
-    done takes it. Meanwhile every candidate is still verified against the store as it is now:
-    only images added since are not yet proposed by their features (their hash still finds
-    them), and images removed since are passed over. Building it in the answer, under the
-    checker's lock, froze every answer and /health for 5.5 s per commit at 2,508 images, and
-    grows with the store (a hostile review).
+    The checker decodes the query's frame outside its lock (service/decoding.py: decoding is the
+    expensive part) and calls `answer` inside its snapshot. The feature index is loaded when the
+    store is first answered from (or reopened); when the features change after that, a thread
+    builds the new index from its own connection while answers go on from the one in memory, and
+    the first answer after it is done takes it. Meanwhile every candidate is still verified against
+    the store as it is now: only images added since are not yet proposed by their features (their
+    hash still finds them), and images removed since are passed over. Building it in the answer,
+    under the checker's lock, froze every answer and /health for 5.5 s per commit at 2,508 images,
+    and grows with the store (a hostile review).
     """
 
     def __init__(self, store_path: str, warn: Callable[[str], None] = lambda line: None) -> None:
@@ -357,13 +356,6 @@ class CheckerFeatures:
         self._building: threading.Thread | None = None
         self._failed: tuple[str, str] | None = None  # (features' token, why) of a build that failed
         self._failed_said = False
-
-    @staticmethod
-    def frame_of(name: str, max_pixels: int, data: bytes | None = None,
-                 on_header: Callable[[Image.Image], None] | None = None) -> np.ndarray:
-        from .extract import read_frame
-
-        return read_frame(name, max_pixels, data, on_header=on_header)
 
     def answer(self, store: Store, generation: int, hash_index: HashIndex | None,
                hashes: list[Hash], frame: np.ndarray, max_distance: int,

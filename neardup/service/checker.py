@@ -11,8 +11,10 @@ log no longer reaches back to the index (index.py prunes it after caching a new 
 builds a new index from its own connection while answers go on from the current one, and the next
 answer takes the new index and follows the few changes made meanwhile. Until then, an image
 added in the gap may be missed for that moment (a second or so at 10^6 hashes); one deleted never
-is, since every bucket is read live. Hashing, the expensive part, runs outside the lock, so
-threads hash uploads in parallel (Pillow releases the GIL while decoding and resizing).
+is, since every bucket is read live. Decoding, the expensive part, runs outside the lock, so
+threads decode uploads in parallel: in worker processes for search.py --stdin and --serve
+(decoding.py: an upload that crashes a decoder or loops in one fails alone), in this process for
+the Python API unless it asks for workers.
 
 Before each answer the store file on disk is compared with the one held open (device and inode,
 size, mtime and ctime): a store deleted, replaced by a rebuilt one, or rewritten in place (a backup
@@ -31,8 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from ..core import cache
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
@@ -40,7 +40,6 @@ from ..core.hashing import (
     Hash,
     Recipe,
     describe_failure,
-    hash_source,
     is_low_information,
     open_regular_file,
 )
@@ -54,7 +53,8 @@ from ..core.search import (
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, StoreError
-from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, decode_cost
+from .decoding import InProcess, InWorkers, OnHeader
+from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, Reservation, cost_bound
 
 # A regular file larger than this is not read by --stdin (the pixel limit would refuse it anyway).
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -67,10 +67,6 @@ RECIPE_RETRIES = 4
 
 class StoreUnavailable(NeardupError):
     """The store was deleted or replaced and the file now at its path cannot be opened."""
-
-
-class NotHere(ImageError):
-    """The upload has more pixels than the caller wanted to decode where it is (not an error)."""
 
 
 class StoreReadFailed(NeardupError):
@@ -105,6 +101,7 @@ class Checker:
         max_matches: int | None = None,
         full_paths: bool = True,
         decode_budget: DecodeBudget | None = None,
+        decoders: InProcess | InWorkers | None = None,
         warn: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.store_path = store_path
@@ -116,6 +113,10 @@ class Checker:
         self.full_paths = full_paths
         # Without a budget (--stdin, the API) decodes are not bounded; one code path either way.
         self.decode_budget = decode_budget or DecodeBudget(capacity=2**62)
+        # Where queries are decoded: search.py --stdin and --serve decode in worker processes
+        # (decoding.py: a decoder's crash ends a worker, not the checker); the API, by default,
+        # in this process.
+        self._decoders = decoders or InProcess()
         self._warn = warn
         self._lock = threading.Lock()
         # What /health reports as "degraded", newest last: a damaged bucket (keyed by its hash,
@@ -159,6 +160,12 @@ class Checker:
             with self._store.snapshot():
                 self._images_without_features(self._store)
 
+    def start_decoding(self, count: int) -> None:
+        """Start `count` decoding worker processes now, if queries are decoded in workers (a
+        server, before it takes uploads: one per decoding thread)."""
+        if isinstance(self._decoders, InWorkers):
+            self._decoders.start(count)
+
     @property
     def verifies(self) -> bool:
         """Whether answers verify matches with local features (each costs milliseconds)."""
@@ -174,6 +181,7 @@ class Checker:
         # failed with "Cannot operate on a closed database", logged as a damaged store.
         with self._lock:
             self._store.close()
+        self._decoders.close()
 
     def __enter__(self) -> Checker:
         return self
@@ -196,20 +204,17 @@ class Checker:
             return {"query": path, "error": str(error)}
 
     def check_upload(
-        self, data: bytes, name: str = "upload", max_distance: int | None = None, *,
-        at_most_pixels: int | None = None,
+        self, data: bytes, name: str = "upload", max_distance: int | None = None
     ) -> dict[str, Any]:
         """An upload's record; a bad image is an error record (the client's fault).
 
         Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
         StoreUnavailable or StoreReadFailed when the store cannot answer: the server's fault.
-        With `at_most_pixels`, a larger image raises NotHere before it is decoded (the server
-        decodes small uploads on its event loop and hands larger ones to a thread).
         """
         try:
-            hashes = self._hash(data, name, at_most_pixels)
+            hashes = self._hash(data, name)
             frame = self._frame(data, name)
-        except (DecodeTooLarge, DecodeBusy, NotHere):
+        except (DecodeTooLarge, DecodeBusy):
             raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
@@ -221,26 +226,18 @@ class Checker:
         except ImageError as error:  # decoded again for features the store gained meanwhile
             return {"query": name, "error": error.reason}
 
-    def _hash(
-        self, data: bytes | None, name: str, at_most_pixels: int | None = None
-    ) -> _Hashed:
+    def _hash(self, data: bytes | None, name: str) -> _Hashed:
         """The image's hash, and its mirror image's with --mirror, from one decode (of the file
         `name` when `data` is None), with the recipe of the store as it is now."""
         if data is not None and not data:
             raise ImageError(name, "empty file")
         recipe = self._store.recipe
         with self.decode_budget.reservation() as reservation:
-            def on_header(image: Image.Image) -> None:
-                if at_most_pixels is not None and image.width * image.height > at_most_pixels:
-                    raise NotHere(name, "larger than asked for")
-                # Reserved once the decoder knows its reduced size, before it decodes.
-                reservation.take(name, decode_cost(image))
-
             # On a store with features the mirror image's hash proposes candidates too
             # (verified like any other): mirrored copies are found without --mirror.
-            query, flipped = hash_source(name, recipe, self.max_pixels, data=data,
-                                         mirror=self.mirror or self._features is not None,
-                                         on_header=on_header)
+            query, flipped = self._decoders.hash(
+                name, data, recipe, self.max_pixels, self.mirror or self._features is not None,
+                on_header=_reserving(reservation, name, data))
             return _Hashed(query, flipped, recipe)
 
     def _frame(self, data: bytes | None, name: str) -> Any:
@@ -250,9 +247,8 @@ class Checker:
         if self._features is None:
             return None
         with self.decode_budget.reservation() as reservation:
-            return self._features.frame_of(
-                name, self.max_pixels, data,
-                on_header=lambda image: reservation.take(name, decode_cost(image)))
+            return self._decoders.frame(name, data, self.max_pixels,
+                                        on_header=_reserving(reservation, name, data))
 
     def _answer(
         self, name: str, hashes: _Hashed, max_distance: int | None, frame: Any,
@@ -626,6 +622,17 @@ class Checker:
         if problems:
             report["problems"] = problems
         return report
+
+
+def _reserving(reservation: Reservation, name: str, data: bytes | None) -> OnHeader | None:
+    """How a query's decode memory is reserved before it is decoded: at once when its bytes
+    bound it (a small plain JPEG), else once the decoder has read its header and knows its
+    reduced size (on_header)."""
+    bound = cost_bound(data)
+    if bound is None:
+        return lambda header: reservation.take(name, header.cost)
+    reservation.take(name, bound)
+    return None
 
 
 def seen_in(store: Store) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -79,6 +80,8 @@ def service_logger() -> logging.Logger:
 
 # The longest line of a library's output logged (the rest of it is logged as further lines).
 _LIBRARY_LINE = 1000
+# How often the relay of library output looks whether it should stop.
+RELAY_LOOK_SECONDS = 0.1
 
 
 @contextmanager
@@ -100,7 +103,8 @@ def library_output_logged() -> Iterator[None]:
     previous.flush()
     real = os.dup(2)
     read_end, write_end = os.pipe()
-    relay = threading.Thread(target=_relay_library_lines, args=(read_end,), daemon=True,
+    stopping = threading.Event()
+    relay = threading.Thread(target=_relay_library_lines, args=(read_end, stopping), daemon=True,
                              name="library-stderr")
     try:
         sys.stderr = open(real, "w", buffering=1, encoding=previous.encoding,  # noqa: SIM115
@@ -119,7 +123,11 @@ def library_output_logged() -> Iterator[None]:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(real, 2)  # the pipe's last writer gone: the relay reads its end and stops
+        os.dup2(real, 2)  # nothing here writes to the pipe any more
+        # The checker's decoding worker processes (and the fork server that starts them) write
+        # to it too, and live until the process exits: the relay stops once it has read what is
+        # there, rather than wait for the end of the pipe (shutting down took 5 s).
+        stopping.set()
         if dumping:
             _dump_fatal_errors_to(previous)
         relay.join(5)
@@ -135,10 +143,31 @@ def _dump_fatal_errors_to(stream: Any) -> None:
         pass
 
 
-def _relay_library_lines(read_end: int) -> None:
+def _relay_library_lines(read_end: int, stopping: threading.Event) -> None:
     log = logging.getLogger("neardup.service")
-    with open(read_end, "rb") as pipe:
-        while line := pipe.readline(_LIBRARY_LINE):
-            text = line.decode("utf-8", "replace").strip()
-            if text:
-                log.warning("an image library said: %s", log_safe(text))
+    pending = b""
+    try:
+        while True:
+            if not select.select([read_end], [], [], RELAY_LOOK_SECONDS)[0]:
+                if stopping.is_set():
+                    return
+                continue
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                return  # every writer gone
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                _log_library_line(log, line)
+            while len(pending) >= _LIBRARY_LINE:
+                _log_library_line(log, pending[:_LIBRARY_LINE])
+                pending = pending[_LIBRARY_LINE:]
+    finally:
+        _log_library_line(log, pending)
+        os.close(read_end)
+
+
+def _log_library_line(log: logging.Logger, line: bytes) -> None:
+    for start in range(0, len(line), _LIBRARY_LINE):
+        text = line[start:start + _LIBRARY_LINE].decode("utf-8", "replace").strip()
+        if text:
+            log.warning("an image library said: %s", log_safe(text))

@@ -14,9 +14,10 @@ around it: protocol.py guards each connection (a deadline for the request header
 times out only idle keep-alive connections and a client that sent a byte every few seconds was
 kept forever; caps on connections and on pipelined requests), http.py reads requests and writes
 answers, logs.py keeps the log to one line per refused request. This module is the application
-(a body deadline, a cap on requests in flight, the bearer token) and the start-up. Decoding and
-searching run on a small pool of threads (fairness.py; Pillow and numpy release the GIL), so the
-event loop keeps answering /health while uploads are decoded.
+(a body deadline, a cap on requests in flight, the bearer token) and the start-up. Uploads are
+checked on a small pool of threads (fairness.py), each decoding in a worker process of its own
+(decoding.py: an upload that crashes a decoder fails alone), so the event loop keeps answering
+/health while uploads are decoded.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.jpeg import frame_header
 from ..core.results import counted
 from ..errors import NeardupError, install_hint
-from .checker import Checker, NotHere, StoreReadFailed, StoreUnavailable
+from .checker import Checker, StoreReadFailed, StoreUnavailable
 from .fairness import FairThreads
 from .http import (
     Receive,
@@ -274,19 +274,8 @@ class CheckerApp:
         self.in_flight += 1
         self.in_flight_from[client] = mine + 1
         try:
-            answer = None
-            if (self.in_flight == 1 and self.checker.decode_budget.used == 0
-                    and not self.checker.verifies and inline_decodable(body)):
-                # Alone, a small upload is decoded right here: handing it to a thread and back
-                # took more time than decoding a CALTECH photo. Not on a store with features:
-                # verifying the matches (keypoints, the index, RANSAC) took 16 to 39 ms of the
-                # loop, which every connection and /health waited for (a review). A larger one
-                # stops at its header and goes to a thread, so the loop is never held more than
-                # a few milliseconds; and with no decode memory in use it never waits for any.
-                answer = self.check(body, distance, INLINE_MAX_PIXELS)
-            if answer is None:
-                answer = await asyncio.wrap_future(
-                    self.decoders.submit(client, self.check, body, distance, None))
+            answer = await asyncio.wrap_future(
+                self.decoders.submit(client, self.check, body, distance))
         finally:
             # The upload is checked: its slot is free before the answer is written. A client that
             # never reads its answers held its slots while the write waited, and 16 of them shut
@@ -298,7 +287,6 @@ class CheckerApp:
                 self.in_flight_from[client] = left
             else:
                 del self.in_flight_from[client]
-        assert answer is not None  # None only where at most INLINE_MAX_PIXELS were asked for
         status, record = answer
         if status != 200:
             self.log.warning("%s POST /search: %d %s", address(scope.get("client")), status,
@@ -317,14 +305,10 @@ class CheckerApp:
         else:
             del self.body_bytes_from[client]
 
-    def check(self, body: bytes, distance: int | None,
-              at_most_pixels: int | None) -> tuple[int, dict[str, Any]] | None:
-        """The status and the record for one upload; None if over at_most_pixels."""
+    def check(self, body: bytes, distance: int | None) -> tuple[int, dict[str, Any]]:
+        """The status and the record for one upload."""
         try:
-            record = self.checker.check_upload(body, "upload", distance,
-                                               at_most_pixels=at_most_pixels)
-        except NotHere:
-            return None
+            record = self.checker.check_upload(body, "upload", distance)
         except DecodeTooLarge as error:
             return 413, {"query": "upload", "error": error.reason}
         except DecodeBusy as error:
@@ -377,30 +361,6 @@ class CheckerApp:
         return b"".join(chunks)
 
 
-# Uploads up to this many pixels and bytes may be decoded on the event loop itself (see
-# answer_search): a few milliseconds at most. Most CALTECH-101 photos are under 64 KB (51 of
-# 9,145 are over); phone photos are megabytes and go to a thread anyway.
-INLINE_MAX_PIXELS = 1_000_000
-INLINE_MAX_BYTES = 64 * 1024
-
-
-def inline_decodable(body: bytes) -> bool:
-    """Whether an upload may be decoded on the event loop (then only up to INLINE_MAX_PIXELS, as
-    its header says once it is told its reduced size). Only a small JPEG, Huffman-coded
-    sequential with every component in its first scan, and small at its full size: another
-    kind's decode takes a pass per scan (up to jpeg.MAX_SCANS), and a reduced decode of a large
-    one still reads all of it (a 7000 x 7000 arithmetic-coded upload held the loop, and /health,
-    for 78 s). Other formats never: their cost follows their bytes, not their pixels (a 100 x 100
-    PNG of 33 MB of empty chunks took 11.7 s, a BMP's run-length codes 13.6 s, a TIFF header of
-    a million strips 7.9 s), and so does a JPEG's header, walked block by block (4-byte blocks:
-    30 ms per 256 KB)."""
-    if len(body) > INLINE_MAX_BYTES or not body.startswith(b"\xff\xd8"):
-        return False
-    frame = frame_header(body)
-    return (frame is not None and not frame.needs_scan_count()
-            and frame.width * frame.height <= INLINE_MAX_PIXELS)
-
-
 def usable_connections(wanted: int) -> int:
     """The connection cap, kept below the open-file limit (raised to its hard limit if needed).
 
@@ -449,6 +409,8 @@ def _serve(uvicorn: Any, HttpToolsProtocol: Any, checker: Checker, host: str, po
         log.warning("at most %d connections: the open-file limit allows no more", cap)
         limits = ServiceLimits(**{**limits.__dict__, "max_connections": cap})
     listener = listen(host, port, limits.backlog)
+    # Inside library_output_logged: the workers' decoders write to stderr too, and it is logged.
+    checker.start_decoding(limits.decode_threads)
     app = CheckerApp(checker, limits, log)
     config = uvicorn.Config(
         app, http=guarded_protocol(HttpToolsProtocol, limits, log), loop="asyncio",

@@ -1,0 +1,82 @@
+"""A decoder that crashes, hangs or exits on demand, in real processes, for the fault tests.
+
+`with_crashing_decoder(folder)` gives the environment of a process (and of every worker process it
+starts) whose Pillow runs CRASHING_DECODER; `crashing_png(path, trap)` writes a PNG that sets it
+off.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Imported by every Python process the test starts (PYTHONPATH): opening a PNG whose text chunk
+# says "crash" kills the process with SIGSEGV, as a fault in a C image decoder does; "hang" makes
+# it wait for ever, as a decoder caught in a loop. The fork server imports it too, so the workers
+# it forks have Pillow already patched.
+CRASHING_DECODER = """
+import os, resource, signal
+from PIL import PngImagePlugin
+
+_open = PngImagePlugin.PngImageFile._open
+
+def _crashing_open(self):
+    _open(self)
+    if self.info.get("trap") == "crash":
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if self.info.get("trap") == "slow":  # a large picture, say
+        import time
+        time.sleep(0.6)
+    if self.info.get("trap") == "exit":  # a library that calls sys.exit
+        raise SystemExit(3)
+    if self.info.get("trap") == "stop":  # a process stopped (SIGSTOP) by someone
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if os.environ.get("CRASH_EVERY_PNG"):  # a broken decoder
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if self.info.get("trap") == "hang":  # a decoder caught in a loop
+        with open(os.environ["HANGING_PIDS"], "a") as pids:
+            pids.write(f"{os.getpid()} ")
+        while True:
+            signal.pause()
+
+PngImagePlugin.PngImageFile._open = _crashing_open
+
+if os.environ.get("HALF_WRITTEN"):  # a worker killed while it sends its results, once
+    import multiprocessing, struct
+    from multiprocessing import connection
+
+    _send_bytes = connection.Connection._send_bytes
+
+    def _half_sent(self, data):
+        view = memoryview(data)
+        if len(view) > 2000 and multiprocessing.parent_process() is not None:
+            try:
+                os.close(os.open(os.environ["HALF_WRITTEN"], os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return _send_bytes(self, data)
+            self._send(struct.pack("!i", len(view)) + bytes(view[: len(view) // 2]))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _send_bytes(self, data)
+
+    connection.Connection._send_bytes = _half_sent
+"""
+
+
+def crashing_png(path: Path, trap: str = "crash") -> None:
+    from PIL import Image, PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("trap", trap)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path, pnginfo=text)
+
+
+def with_crashing_decoder(folder: Path) -> dict[str, str]:
+    """The environment for a process whose workers run CRASHING_DECODER."""
+    trap = folder / "trap"
+    trap.mkdir()
+    (trap / "sitecustomize.py").write_text(CRASHING_DECODER)
+    return {**os.environ, "HANGING_PIDS": str(folder / "hanging.pids"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(trap), os.environ.get("PYTHONPATH")]))}

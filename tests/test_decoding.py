@@ -1,0 +1,184 @@
+"""The checker (search.py --stdin and --serve) decodes queries in worker processes: a query that
+crashes an image decoder, calls sys.exit in one or loops in one fails alone, and the checker goes
+on. Real processes, with a Pillow patched to crash on demand (decoder_traps.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from neardup.errors import ImageError, NeardupError
+from neardup.service.decoding import InWorkers
+from neardup.service.limits import DecodeBusy
+
+from .conftest import PROJECT_ROOT
+from .decoder_traps import crashing_png, with_crashing_decoder
+from .test_server import index_images, request, running
+
+SEARCH = [sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve"]
+CRASHED = "crashed the process that decoded it (SIGSEGV: a fault in an image decoder?)"
+
+
+@pytest.fixture()
+def traps(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A store of six photos, PNGs that crash, exit, hang or are slow to decode, and this test's
+    processes started with the patched Pillow."""
+    from .imagegen import make_tree
+
+    make_tree("images", 6)
+    index_images()
+    for trap in ("crash", "exit", "hang", "slow"):
+        crashing_png(in_tmp / f"{trap}.png", trap)
+    for name, value in with_crashing_decoder(in_tmp).items():
+        monkeypatch.setenv(name, value)
+    return in_tmp
+
+
+def hanging_pids(folder: Path) -> list[int]:
+    path = folder / "hanging.pids"
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def test_stdin_answers_every_query_when_some_crash_exit_or_hang_their_decoder(traps: Path) -> None:
+    """Before, a decoder's crash ended --stdin with no line (exit -11) and every query after it
+    went unanswered; a hang held it for ever."""
+    queries = ["crash.png", "images/cat1/image_0001.jpg", "exit.png", "hang.png",
+               "images/cat0/image_0002.jpg", "missing.jpg"]
+    started = time.monotonic()
+    done = subprocess.run(SEARCH + ["--stdin", "--file-timeout", "2"], text=True,
+                          input="".join(f"{query}\n" for query in queries), capture_output=True,
+                          timeout=60)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [record["query"] for record in records] == queries
+    assert records[0]["error"] == CRASHED
+    assert records[2]["error"] == "the process that decoded it ended with exit status 3"
+    assert records[3]["error"] == "still decoding after 2 s: given up"
+    assert records[5]["error"].startswith("file not found")
+    for answered in (records[1], records[4]):
+        assert answered["matches"][0]["distance"] == 0, answered
+    assert done.returncode == 2 and done.stderr == "", done  # queries failed; no traceback
+    assert time.monotonic() - started < 30
+    (hung,) = hanging_pids(traps)
+    assert not alive(hung), "the worker caught in the loop was left running"
+
+
+def test_the_server_answers_400_for_a_crash_and_goes_on(traps: Path) -> None:
+    """Before, an upload that crashed a decoder ended search.py --serve with every request in
+    flight, and a client could do it at will with one file."""
+    with running("--file-timeout", "2") as server:
+        for _ in range(2):
+            status, record, _ = request(server.port, "POST", "/search",
+                                        Path("crash.png").read_bytes())
+            assert (status, record["error"]) == (400, CRASHED)
+            status, record, _ = request(server.port, "POST", "/search",
+                                        Path("images/cat1/image_0001.jpg").read_bytes())
+            assert status == 200 and record["matches"][0]["distance"] == 0, record
+        status, record, _ = request(server.port, "POST", "/search", Path("exit.png").read_bytes())
+        assert (status, record["error"]) == (400, "the process that decoded it ended with exit"
+                                                  " status 3")
+        assert server.process.poll() is None
+        stopped, took = server.stop()
+    assert stopped == 0 and took < 3, took
+    log = server.log()
+    assert "Traceback" not in log and log.count(CRASHED) == 2, log
+
+
+def test_a_hanging_upload_is_given_up_and_health_answers_meanwhile(traps: Path) -> None:
+    answers: list[tuple[int, dict]] = []
+    with running("--file-timeout", "2") as server:
+        upload = threading.Thread(target=lambda: answers.append(request(
+            server.port, "POST", "/search", Path("hang.png").read_bytes())[:2]))
+        upload.start()
+        deadline = time.monotonic() + 30
+        while not hanging_pids(traps):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        waits = []
+        while upload.is_alive():
+            started = time.monotonic()
+            assert request(server.port, "GET", "/health")[0] == 200
+            waits.append(time.monotonic() - started)
+            time.sleep(0.1)
+        upload.join()
+        status, record, _ = request(server.port, "POST", "/search",
+                                    Path("images/cat0/image_0002.jpg").read_bytes())
+        assert status == 200
+        server.stop()
+    assert answers == [(400, {"query": "upload", "error": "still decoding after 2 s: given up"})]
+    assert len(waits) >= 5 and max(waits) < 0.5, waits
+    (hung,) = hanging_pids(traps)
+    assert not alive(hung)
+    assert "Traceback" not in server.log()
+
+
+def test_a_worker_killed_between_queries_costs_no_query(traps: Path) -> None:
+    """A worker that died idle (an operator's kill, the out-of-memory killer choosing it) is
+    replaced before the next query is sent, not blamed on it."""
+    decoders = InWorkers(30)
+    try:
+        photo = Path("images/cat1/image_0001.jpg").read_bytes()
+        from neardup.core.hashing import Recipe
+
+        first = decoders.hash("a", photo, Recipe(), 10**8, False, lambda header: None)
+        worker = decoders._worker()._process
+        os.kill(worker.pid, 9)
+        worker.join(10)
+        again = decoders.hash("b", photo, Recipe(), 10**8, False, lambda header: None)
+        assert again == first
+    finally:
+        decoders.close()
+    assert not worker.is_alive()
+
+
+def test_a_refusal_at_the_header_leaves_the_worker_ready(traps: Path) -> None:
+    """The checker judges the header (decode memory): the worker decodes only once told to, and
+    a refused query leaves it waiting for the next."""
+    decoders = InWorkers(30)
+    photo = Path("images/cat1/image_0001.jpg").read_bytes()
+    from neardup.core.hashing import Recipe
+
+    headers = []
+
+    def busy(header: object) -> None:
+        headers.append(header)
+        raise DecodeBusy("upload", "no decode memory came free")
+
+    try:
+        with pytest.raises(DecodeBusy):
+            decoders.hash("upload", photo, Recipe(), 10**8, False, busy)
+        process = decoders._worker()._process
+        hashed, _ = decoders.hash("upload", photo, Recipe(), 10**8, False, headers.append)
+        assert decoders._worker()._process is process  # the same worker, still usable
+        assert len(headers) == 2 and headers[0] == headers[1] and headers[0].cost > 0
+        with pytest.raises(ImageError):  # the image's fault, sent back as raised
+            decoders.hash("upload", b"not an image at all", Recipe(), 10**8, False,
+                          headers.append)
+    finally:
+        decoders.close()
+
+
+def test_image_errors_cross_processes_whole() -> None:
+    error = pickle.loads(pickle.dumps(DecodeBusy("upload", "busy")))
+    assert (type(error), error.path, error.reason) == (DecodeBusy, "upload", "busy")
+
+
+def test_a_timeout_no_pipe_can_wait_for_is_refused() -> None:
+    with pytest.raises(NeardupError, match="not between 0 and 1,000,000 s"):
+        InWorkers(10**10)
