@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -75,6 +76,24 @@ def test_stdin_answers_every_query_when_some_crash_exit_or_hang_their_decoder(tr
         assert answered["matches"][0]["distance"] == 0, answered
     assert done.returncode == 2 and done.stderr == "", done  # queries failed; no traceback
     assert time.monotonic() - started < 30
+    (hung,) = hanging_pids(traps)
+    assert not alive(hung), "the worker caught in the loop was left running"
+
+
+def test_sigterm_to_stdin_while_a_query_hangs_ends_it_and_its_worker(traps: Path) -> None:
+    with subprocess.Popen(SEARCH + ["--stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as checker:
+        assert checker.stdin is not None
+        checker.stdin.write("hang.png\n")
+        checker.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not hanging_pids(traps):
+            assert time.monotonic() < deadline and checker.poll() is None
+            time.sleep(0.02)
+        checker.send_signal(signal.SIGTERM)
+        out, err = checker.communicate(timeout=30)
+    assert checker.returncode == 128 + signal.SIGTERM, err
+    assert (out, err) == ("", "search.py: terminated\n")
     (hung,) = hanging_pids(traps)
     assert not alive(hung), "the worker caught in the loop was left running"
 

@@ -6,14 +6,48 @@ import argparse
 import errno
 import os
 import select
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from ..core.results import one_line
 from ..errors import NeardupError, command, looks_unset
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell shows for a command SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command. It unwinds as Ctrl-C does, so that everything that cleans up
+    on Ctrl-C runs for it too (gather.py's partial folder, index.py's worker processes and its
+    uncommitted batch, the checker's workers): at Python's default, SIGTERM ended the process at
+    once, index.py without a word and gather.py leaving its partial folder behind."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Once: a second SIGTERM while the clean-up runs would cut it in two.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs, where SIGTERM has its default meaning
+    (a program embedding this keeps its own handler; signal.signal works in the main thread
+    only)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
@@ -30,14 +64,16 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     try:
-        return body()
+        with sigterm_unwinds():
+            return body()
     except NeardupError as error:
         print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}",
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"{prog}: {how}{'; ' + interrupted_hint if interrupted_hint else ''}",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError as error:
         if _stdout_gone():
             # The reader went away (`search.py ... | head`): not an error worth a message.

@@ -6,10 +6,6 @@ import argparse
 import random
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..errors import NeardupError, command
@@ -19,6 +15,7 @@ from ..sources.edits import KINDS, parse_kinds
 from ..sources.resolve import CALTECH101_MD5, CALTECH101_URL, default_cache_dir, resolve_source
 from .common import (
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     given_options,
     non_negative_int,
     path_option,
@@ -29,37 +26,7 @@ from .common import (
 
 PROG = "gather.py"
 DEFAULT_SCALE = 0.05
-EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell shows for a command SIGTERM ended
 NOTHING_WRITTEN = "nothing was written to the output folder"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during a run. It unwinds as Ctrl-C does, so that every `except BaseException`
-    that cleans up (the .OUTPUT.partial-* folder, a half-unpacked archive) runs for it too: at
-    Python's default, SIGTERM ended the process at once and left the partial folder behind."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # Once: a second SIGTERM while the partial folder is being removed would stop the removal
-    # half-way.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
-
-
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises Terminated while the command runs, where SIGTERM has its default meaning
-    (a program embedding this keeps its own handler; signal.signal works in the main thread
-    only)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def scale_factor(text: str) -> float:
@@ -154,12 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             warn(PROG, f"{'terminated' if terminated else 'interrupted'} once the dataset was"
                  " written (the output folder holds this run, whole)")
             return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-        except Terminated:
-            warn(PROG, f"terminated; {NOTHING_WRITTEN}")
-            return EXIT_TERMINATED
 
-    with _sigterm_unwinds():
-        return run_command(PROG, body_until_terminated, NOTHING_WRITTEN)
+    return run_command(PROG, body_until_terminated, NOTHING_WRITTEN)
 
 
 if __name__ == "__main__":  # python -m neardup.cli.gather

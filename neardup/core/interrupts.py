@@ -61,8 +61,9 @@ def sigint_held() -> Iterator[None]:
     resource_tracker.ensure_running()
     # Another thread (one of a C library's) may take the signal meanwhile: its Python handler
     # then runs in this thread at any point, where a KeyboardInterrupt would be lost (in a
-    # garbage collector callback) or break the start in two. So it is only noted meanwhile.
-    with signals_deferred(signal.SIGINT):
+    # garbage collector callback) or break the start in two. So it is only noted meanwhile,
+    # and so is SIGTERM, which the commands turn into an exception too (cli.common.Terminated).
+    with signals_deferred(signal.SIGINT, signal.SIGTERM):
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
