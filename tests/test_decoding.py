@@ -201,3 +201,37 @@ def test_image_errors_cross_processes_whole() -> None:
 def test_a_timeout_no_pipe_can_wait_for_is_refused() -> None:
     with pytest.raises(NeardupError, match="not between 0 and 1,000,000 s"):
         InWorkers(10**10)
+
+
+def test_the_bytes_kept_for_a_frame_are_the_querys_and_only_until_it_is_done(
+        tmp_path: Path) -> None:
+    """A store with features decodes a query twice (its hash, then its frame) and sends its
+    bytes once; they must be that query's, and not be held once it is done (an upload's bytes
+    held until the next one were memory the server's limits no longer counted)."""
+    import numpy as np
+
+    from neardup.core.hashing import Recipe
+    from neardup.features.extract import read_frame
+
+    from .imagegen import make_tree
+
+    make_tree(tmp_path / "images", 2)
+    first, second = (path.read_bytes() for path in sorted((tmp_path / "images").rglob("*.jpg")))
+    decoders = InWorkers(30)
+    try:
+        decoders.hash("first", first, Recipe(), 10**8, False, None, keep=True)
+        assert decoders._worker().holds is first
+        # Another query's frame (a retry, another thread's bytes): sent, never the kept ones.
+        frame = decoders.frame("second", second, 10**8, None)
+        assert np.array_equal(frame, read_frame("second", 10**8, second))
+        assert decoders._worker().holds is None
+        decoders.hash("first", first, Recipe(), 10**8, False, None, keep=True)
+        assert np.array_equal(decoders.frame("first", first, 10**8, None),
+                              read_frame("first", 10**8, first))
+        decoders.hash("first", first, Recipe(), 10**8, False, None, keep=True)
+        decoders.release()
+        assert decoders._worker().holds is None
+        assert np.array_equal(decoders.frame("first", first, 10**8, None),
+                              read_frame("first", 10**8, first))
+    finally:
+        decoders.close()

@@ -196,12 +196,15 @@ class Checker:
         try:
             data = read_regular_file(path)
             hashes = self._hash(data, path)
-            return self._answer(path, hashes, max_distance, self._frame(data, path),
+            frame = self._frame(data, path)
+            return self._answer(path, hashes, max_distance, frame,
                                 lambda: self._frame(data, path), lambda: self._hash(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
         except (StoreUnavailable, StoreReadFailed) as error:
             return {"query": path, "error": str(error)}
+        finally:
+            self._decoders.release()
 
     def check_upload(
         self, data: bytes, name: str = "upload", max_distance: int | None = None
@@ -218,6 +221,8 @@ class Checker:
             raise  # answered with their own status, or elsewhere
         except ImageError as error:
             return {"query": name, "error": error.reason}
+        finally:
+            self._decoders.release()
         try:
             return self._answer(name, hashes, max_distance, frame, lambda: self._frame(data, name),
                                 lambda: self._hash(data, name))
@@ -235,9 +240,10 @@ class Checker:
         with self.decode_budget.reservation() as reservation:
             # On a store with features the mirror image's hash proposes candidates too
             # (verified like any other): mirrored copies are found without --mirror.
+            # With features its frame is decoded next: the worker keeps the bytes for it.
             query, flipped = self._decoders.hash(
                 name, data, recipe, self.max_pixels, self.mirror or self._features is not None,
-                on_header=_reserving(reservation, name, data))
+                on_header=_reserving(reservation, name, data), keep=self._features is not None)
             return _Hashed(query, flipped, recipe)
 
     def _frame(self, data: bytes | None, name: str) -> Any:

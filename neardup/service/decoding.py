@@ -62,7 +62,7 @@ class InProcess:
     """Queries decoded in the caller's own process (the Python API's default)."""
 
     def hash(self, name: str, data: bytes | None, recipe: Recipe, max_pixels: int, mirror: bool,
-             on_header: OnHeader | None) -> tuple[Hash, Hash | None]:
+             on_header: OnHeader | None, keep: bool = False) -> tuple[Hash, Hash | None]:
         return hash_source(name, recipe, max_pixels, data=data, mirror=mirror,
                            on_header=_judged_by(on_header))
 
@@ -71,6 +71,9 @@ class InProcess:
         from ..features.extract import read_frame
 
         return read_frame(name, max_pixels, data, on_header=_judged_by(on_header))
+
+    def release(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -89,13 +92,21 @@ class InWorkers:
         self._closed = False
 
     def hash(self, name: str, data: bytes | None, recipe: Recipe, max_pixels: int, mirror: bool,
-             on_header: OnHeader | None) -> tuple[Hash, Hash | None]:
+             on_header: OnHeader | None, keep: bool = False) -> tuple[Hash, Hash | None]:
+        """The query's hash (and its mirror image's); with `keep`, the worker keeps its bytes
+        for the frame asked for next (a store with features), until release()."""
         return self._worker().run(name, data, ("hash", recipe, max_pixels, mirror), on_header,
-                                  self.seconds)  # type: ignore[no-any-return]
+                                  self.seconds, keep)  # type: ignore[no-any-return]
 
     def frame(self, name: str, data: bytes | None, max_pixels: int,
               on_header: OnHeader | None) -> Any:
         return self._worker().run(name, data, ("frame", max_pixels), on_header, self.seconds)
+
+    def release(self) -> None:
+        """This thread's query is done: its bytes are not kept for it any more."""
+        worker = getattr(self._mine, "worker", None)
+        if worker is not None:
+            worker.holds = None
 
     def start(self, count: int) -> None:
         """Start `count` workers now, for the threads to take when they first decode: a server
@@ -136,10 +147,13 @@ class _Worker:
     def __init__(self) -> None:
         self._process: Any = None
         self._connection: Any = None
-        self._holds: bytes | None = None  # the bytes the process kept from the last query
+        # The query's bytes the process kept (a hash asked with keep): not sent again for its
+        # frame. Held only for that: an upload's bytes kept until the next query were memory
+        # the server's limits no longer counted.
+        self.holds: bytes | None = None
 
     def run(self, name: str, data: bytes | None, job: tuple[Any, ...],
-            on_header: OnHeader | None, seconds: float) -> Any:
+            on_header: OnHeader | None, seconds: float, keep: bool = False) -> Any:
         """What the worker made of the query. With `on_header`, the worker sends the header and
         decodes only once on_header has returned (it raises to refuse); without, it decodes at
         once (the caller has reserved what it may take: limits.cost_bound)."""
@@ -150,12 +164,13 @@ class _Worker:
         if self._process is None or not self._process.is_alive():
             self._start()
         # A feature store's query is decoded twice (its hash, then its frame): the bytes go once.
-        sent = None if data is self._holds else data
-        self._holds = None
+        sent = None if data is self.holds else data
+        self.holds = None
         try:
-            self._connection.send((name, sent, job, on_header is not None))
-            self._holds = data
-            return self._answer(name, on_header, seconds)
+            self._connection.send((name, sent, job, on_header is not None, keep))
+            answer = self._answer(name, on_header, seconds)
+            self.holds = data if keep else None
+            return answer
         except (EOFError, OSError):
             # OSError: a socket pair under the pipe says "connection reset" when the process died
             # before it read the query.
@@ -213,7 +228,7 @@ class _Worker:
 
     def _ended(self) -> int | None:
         """End the process, if any (killed if still decoding); its exit code."""
-        self._holds = None
+        self.holds = None
         if self._process is None:
             return None
         end_process(self._process)
@@ -238,13 +253,15 @@ def _decode_each_sent(connection: Any) -> None:
     """A worker process: decodes each query sent and sends back what came of it."""
     as_worker()
     connection.send("started")
-    data: bytes | None = None
+    kept: bytes | None = None
     while (query := connection.recv()) is not None:
-        name, sent, job, ask = query
-        data = sent if sent is not None else data
+        name, sent, job, ask, keep = query
+        data = sent if sent is not None else kept
+        kept = None
         try:
-            connection.send(("done", _decode(name, data, job,
-                                             _asking(connection, name) if ask else None)))
+            answer = _decode(name, data, job, _asking(connection, name) if ask else None)
+            kept = data if keep else None
+            connection.send(("done", answer))
         except _Refused:
             connection.send(("refused", None))
         except ImageError as error:
