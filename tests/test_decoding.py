@@ -161,9 +161,127 @@ def test_a_worker_killed_between_queries_costs_no_query(traps: Path) -> None:
         worker.join(10)
         again = decoders.hash("b", photo, Recipe(), 10**8, False, lambda header: None)
         assert again == first
+        # The next query sent at once, before the death is known (a review: 11 to 13 of 30
+        # such uploads were answered "killed the process that decoded it").
+        for _ in range(10):
+            os.kill(decoders._worker()._process.pid, 9)
+            assert decoders.hash("c", photo, Recipe(), 10**8, False, None) == first
     finally:
         decoders.close()
     assert not worker.is_alive()
+
+
+# Run in a process of its own, started with the crashing decoder (its fork server, and so its
+# workers, must have it).
+CLOSED_WHILE_DECODING = """
+import os, sys, threading, time
+from pathlib import Path
+from neardup.core.hashing import Recipe
+from neardup.errors import ImageError
+from neardup.service.decoding import DecoderUnavailable, InWorkers
+pids = Path(os.environ["HANGING_PIDS"])
+outcomes = []
+for _ in range(5):
+    decoders = InWorkers(30)
+    raised = []
+    def decode():
+        try:
+            decoders.hash("hang.png", Path("hang.png").read_bytes(), Recipe(), 10**8, False,
+                          lambda header: None)
+        except BaseException as error:
+            raised.append(error)
+    before = pids.read_text().split() if pids.exists() else []
+    thread = threading.Thread(target=decode)
+    thread.start()
+    while (pids.read_text().split() if pids.exists() else []) == before:
+        time.sleep(0.01)
+    decoders.close()
+    thread.join(10)
+    outcomes.append(not thread.is_alive() and len(raised) == 1
+                    and isinstance(raised[0], (ImageError, DecoderUnavailable)))
+    if not outcomes[-1]:
+        print(repr(raised))
+print(outcomes)
+"""
+
+
+def test_closing_while_a_thread_decodes_raises_nothing_else_there(traps: Path) -> None:
+    """The checker closes its workers from the main thread while a decoding thread may still
+    wait on one (a server stopping with an upload still decoding): the thread raced the close
+    on the worker's pipe and ended in AttributeError, so --serve exited 1 with a traceback (a
+    review: 8 runs in 10)."""
+    Path("script.py").write_text(CLOSED_WHILE_DECODING)
+    done = subprocess.run([sys.executable, "script.py"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [os.environ["PYTHONPATH"], str(PROJECT_ROOT)])})
+    assert done.stdout.strip().splitlines()[-1] == str([True] * 5), done
+    time.sleep(0.5)
+    assert len(hanging_pids(traps)) == 5
+    assert not any(alive(pid) for pid in hanging_pids(traps))
+
+
+def test_workers_started_from_many_threads_at_once_leave_the_process_as_it_was() -> None:
+    """Starting a worker swaps __main__ and PYTHONSAFEPATH for the moment: two decoding threads
+    starting theirs at once left __main__ a blank module and PYTHONSAFEPATH set for good (a
+    review, 2 runs in 5)."""
+    from neardup.core.processes import starting_workers
+
+    main, safe = sys.modules["__main__"], os.environ.get("PYTHONSAFEPATH")
+
+    def start() -> None:
+        for _ in range(50):
+            with starting_workers():
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sys.modules["__main__"] is main and os.environ.get("PYTHONSAFEPATH") == safe
+
+
+# Run in a process of its own: it kills the fork server, which the test process shares.
+FORK_SERVER_DIES = """
+import multiprocessing.forkserver as forkserver, os, signal, sys, threading, time
+from pathlib import Path
+from neardup.core.hashing import Recipe
+from neardup.service.decoding import DecoderUnavailable, InWorkers
+photo = Path(sys.argv[1]).read_bytes()
+decoders = InWorkers(30)
+decoders.start(1)
+first = decoders.hash("a", photo, Recipe(), 10**8, False, None)
+server = forkserver._forkserver._forkserver_pid
+os.kill(server, signal.SIGSTOP)
+os.kill(decoders._worker()._process.pid, signal.SIGKILL)
+time.sleep(0.2)
+answers = []
+thread = threading.Thread(target=lambda: answers.append(
+    decoders.hash("b", photo, Recipe(), 10**8, False, None)))
+thread.start()  # needs a new worker: its start waits on the stopped fork server
+time.sleep(0.5)
+os.kill(server, signal.SIGKILL)
+thread.join(30)
+later = [decoders.hash("c", photo, Recipe(), 10**8, False, None) for _ in range(5)]
+decoders.close()
+print(answers == [first], later == [first] * 5)
+"""
+
+
+def test_a_fork_server_killed_while_a_worker_starts_costs_nothing_lasting(
+        tmp_path: Path) -> None:
+    """A review: the fork server killed while a decoding thread started a worker left that
+    thread failing every later query with 500 ("can only join a started process"), and the
+    server's exit 1 with a traceback."""
+    from .imagegen import make_tree
+
+    make_tree(tmp_path / "images", 1)
+    (photo,) = (tmp_path / "images").rglob("*.jpg")
+    (tmp_path / "script.py").write_text(FORK_SERVER_DIES)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(photo)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.stdout.split() == ["True", "True"], done
 
 
 def test_a_refusal_at_the_header_leaves_the_worker_ready(traps: Path) -> None:

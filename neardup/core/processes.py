@@ -50,11 +50,18 @@ def worker_context() -> Any:
     _quiet_resource_tracker()
     return context
 
+# The checker's decoding threads start workers at any moment, each for itself: what the contexts
+# below swap (__main__, an environment variable, the current folder) is the whole process's, and
+# two at once left __main__ blank for good (a review).
+_STARTING = threading.Lock()
+
+
 @contextmanager
 def starting_workers() -> Iterator[None]:
-    """Where worker processes are started (a pool's, the one-at-a-time one): without the
-    caller's script, importing this neardup, and with a Ctrl-C held until they are started."""
-    with _workers_without_the_callers_script(), workers_import_ours(), sigint_held():
+    """Where worker processes are started (a pool's, the one-at-a-time one, the checker's):
+    without the caller's script, importing this neardup, and with a Ctrl-C held until they are
+    started; one thread at a time."""
+    with _STARTING, _workers_without_the_callers_script(), workers_import_ours(), sigint_held():
         yield
 
 
@@ -195,7 +202,10 @@ def end_process(process: Any) -> None:
     process.join(TERMINATE_WAIT_SECONDS)
     if process.is_alive():
         process.kill()
-        process.join()
+        # Under a fork server the exit status comes through it, and a stopped fork server
+        # (SIGSTOP, a debugger) never tells: waited for without a limit, the checker hung for
+        # good (a review). Killed, the process ends; it is not waited for past this.
+        process.join(TERMINATE_WAIT_SECONDS)
 
 
 def ended_by(exitcode: int | None) -> str:

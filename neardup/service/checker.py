@@ -53,7 +53,7 @@ from ..core.search import (
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, StoreError
-from .decoding import InProcess, InWorkers, OnHeader
+from .decoding import DecoderUnavailable, InProcess, InWorkers, OnHeader
 from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, Reservation, cost_bound
 
 # A regular file larger than this is not read by --stdin (the pixel limit would refuse it anyway).
@@ -201,7 +201,7 @@ class Checker:
                                 lambda: self._frame(data, path), lambda: self._hash(data, path))
         except ImageError as error:
             return {"query": path, "error": error.reason}
-        except (StoreUnavailable, StoreReadFailed) as error:
+        except (StoreUnavailable, StoreReadFailed, DecoderUnavailable) as error:
             return {"query": path, "error": str(error)}
         finally:
             self._decoders.release()
@@ -212,7 +212,8 @@ class Checker:
         """An upload's record; a bad image is an error record (the client's fault).
 
         Raises DecodeTooLarge and DecodeBusy (limits.py) when decode memory refuses it, and
-        StoreUnavailable or StoreReadFailed when the store cannot answer: the server's fault.
+        StoreUnavailable or StoreReadFailed when the store cannot answer, and DecoderUnavailable
+        when no worker process could be started to decode it: the server's fault.
         """
         try:
             hashes = self._hash(data, name)

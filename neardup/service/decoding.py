@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -141,12 +142,27 @@ class InWorkers:
         return worker  # type: ignore[no-any-return]
 
 
+class DecoderUnavailable(NeardupError):
+    """No worker process could be started to decode the query (503: try again shortly)."""
+
+
+# How long a new worker process may take to start and import neardup (about 0.1 s here).
+START_SECONDS = 30.0
+
+
 class _Worker:
-    """One worker process, started when first needed and again after each death."""
+    """One worker process, started when first needed and again after each death.
+
+    Used by one thread, except stop(), which the checker calls from another while it closes:
+    the process and its pipe are swapped under a lock, and the thread decoding holds its own
+    reference to the pipe (a close meanwhile ended in AttributeError and exit 1, a review)."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._process: Any = None
         self._connection: Any = None
+        self._exitcode: int | None = None  # the last process's, once it ended
+        self._stopped = False
         # The query's bytes the process kept (a hash asked with keep): not sent again for its
         # frame. Held only for that: an upload's bytes kept until the next query were memory
         # the server's limits no longer counted.
@@ -154,94 +170,155 @@ class _Worker:
 
     def run(self, name: str, data: bytes | None, job: tuple[Any, ...],
             on_header: OnHeader | None, seconds: float, keep: bool = False) -> Any:
-        """What the worker made of the query. With `on_header`, the worker sends the header and
+        """What the worker made of the query (its bytes, or None: the worker reads the file
+        `name`, one too large to hold). With `on_header`, the worker sends the header and
         decodes only once on_header has returned (it raises to refuse); without, it decodes at
         once (the caller has reserved what it may take: limits.cost_bound)."""
-        if data is None:  # a file named by the caller (--stdin): read here, sent as bytes
-            from .checker import read_regular_file
-
-            data = read_regular_file(name)
-        if self._process is None or not self._process.is_alive():
-            self._start()
         # A feature store's query is decoded twice (its hash, then its frame): the bytes go once.
-        sent = None if data is self.holds else data
+        reuse = data is not None and data is self.holds
         self.holds = None
-        try:
-            self._connection.send((name, sent, job, on_header is not None, keep))
-            answer = self._answer(name, on_header, seconds)
+        for attempt in range(2):
+            connection = self._ready()
+            heard: list[str] = []
+            try:
+                connection.send((name, None if reuse else data, reuse, job,
+                                 on_header is not None, keep))
+                answer = self._answer(connection, name, on_header, seconds, heard)
+            except (EOFError, OSError):
+                # OSError: a socket pair under the pipe says "connection reset" when the process
+                # died before it read the query.
+                exitcode = self._ended()
+                if attempt == 0 and not heard and exitcode == -signal.SIGKILL:
+                    # Killed before it said anything of this query: most likely killed between
+                    # queries (an operator, the out-of-memory killer choosing it), the kill
+                    # landing as the query was sent. A new worker tries it once; one that
+                    # really needs more memory than there is is killed again.
+                    reuse = False
+                    continue
+                raise ImageError(name, death_reason(exitcode, did="decoded")) from None
             self.holds = data if keep else None
             return answer
-        except (EOFError, OSError):
-            # OSError: a socket pair under the pipe says "connection reset" when the process died
-            # before it read the query.
-            raise ImageError(name, death_reason(self._ended(), did="decoded")) from None
+        raise AssertionError("unreachable")
 
-    def _answer(self, name: str, on_header: OnHeader | None, seconds: float) -> Any:
+    def _ready(self) -> Any:
+        """The pipe to a live process, started (again) if needed."""
+        with self._lock:
+            if self._stopped:
+                raise DecoderUnavailable("the checker is stopping")
+            connection = self._connection
+        try:
+            # Idle, a live process has sent nothing: something to read is its end (EOF). A kill
+            # between queries is seen here at once, where is_alive() learns it late under a
+            # fork server (a review: 11 to 13 of 30 uploads sent right after a kill were
+            # answered "killed the process that decoded it").
+            if connection is not None and not connection.poll(0):
+                return connection
+        except OSError:
+            pass
+        self._ended()
+        for attempt in range(2):
+            try:
+                self.launch()
+                return self.wait_started()
+            except DecoderUnavailable:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _answer(self, connection: Any, name: str, on_header: OnHeader | None,
+                seconds: float, heard: list[str]) -> Any:
         due = time.monotonic() + seconds
         while True:
-            if not self._connection.poll(max(0.0, due - time.monotonic())):
+            if not connection.poll(max(0.0, due - time.monotonic())):
                 self._ended()
                 raise ImageError(name, f"still decoding after {seconds:g} s: given up")
-            kind, value = self._connection.recv()
+            kind, value = connection.recv()
+            heard.append(kind)
             if kind == "header":
                 assert on_header is not None
                 waited = time.monotonic()
                 try:
                     on_header(value)
                 except BaseException:
-                    self._connection.send(False)  # not decoded; the process says when it stopped
-                    if self._connection.poll(seconds):
-                        self._connection.recv()
+                    connection.send(False)  # not decoded; the process says when it stopped
+                    if connection.poll(seconds):
+                        connection.recv()
                     else:
                         self._ended()
                     raise
-                self._connection.send(True)
+                connection.send(True)
                 due += time.monotonic() - waited  # waiting for decode memory is not decoding
             elif kind == "done":
                 return value
             else:  # "failed": the image's fault (ImageError); "raised": a bug of ours, as raised
                 raise value
 
-    def _start(self) -> None:
-        self.launch()
-        self.wait_started()
-
     def launch(self) -> None:
         """Start the process (without waiting for it to be ready: see wait_started)."""
         self._ended()
         context = worker_context()
-        self._connection, theirs = context.Pipe()
-        with starting_workers():
-            self._process = context.Process(target=_decode_each_sent, name="neardup-decoder",
-                                            args=(theirs,), daemon=True)
-            self._process.start()
-        theirs.close()  # the worker's end: reading here ends with EOF once it is gone
-
-    def wait_started(self) -> None:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_decode_each_sent, name="neardup-decoder",
+                                  args=(theirs,), daemon=True)
         try:
-            self._connection.recv()  # "started": it could import neardup and wait for queries
+            with starting_workers():
+                process.start()
+        except (OSError, EOFError) as error:
+            # The fork server died or was killed meanwhile: nothing was started. (Recorded
+            # before it had started, such a process failed every later query of its thread,
+            # "can only join a started process", a review.)
+            ours.close()
+            raise DecoderUnavailable(f"a decoding worker process could not be started"
+                                     f" ({type(error).__name__}: {error})") from None
+        finally:
+            theirs.close()  # the worker's end: reading here ends with EOF once it is gone
+        with self._lock:
+            stopped = self._stopped
+            if not stopped:
+                self._process, self._connection = process, ours
+        if stopped:
+            ours.close()
+            end_process(process)
+            raise DecoderUnavailable("the checker is stopping")
+
+    def wait_started(self) -> Any:
+        """The pipe to the process once it says it can decode."""
+        connection = self._connection
+        try:
+            if connection is None or not connection.poll(START_SECONDS):
+                raise EOFError
+            connection.recv()  # "started": it could import neardup and wait for queries
+            return connection
         except (EOFError, OSError):
-            raise NeardupError(
-                f"a decoding worker process ended as it started ({ended_by(self._ended())}): worker"
-                " processes cannot run here (does `python -c 'import neardup.service.decoding'`"
-                " work?)") from None
+            exitcode = self._ended()
+            # Killed as it started (the out-of-memory killer, an operator), or unable to run
+            # here at all: said with the signal; the first is tried again.
+            raise DecoderUnavailable(
+                f"a decoding worker process ended as it started ({ended_by(exitcode)}); if this"
+                " repeats, check that `python -c 'import neardup.service.decoding'` runs"
+            ) from None
 
     def _ended(self) -> int | None:
         """End the process, if any (killed if still decoding); its exit code."""
         self.holds = None
-        if self._process is None:
-            return None
-        end_process(self._process)
+        with self._lock:
+            process, connection = self._process, self._connection
+            self._process = self._connection = None
+        if process is None:
+            return self._exitcode  # ended already (by another thread, as the checker closed)
+        end_process(process)
         with contextlib.suppress(OSError):
-            self._connection.close()
-        exitcode = self._process.exitcode
-        self._process = self._connection = None
-        return exitcode  # type: ignore[no-any-return]
+            connection.close()
+        self._exitcode = process.exitcode
+        return self._exitcode
 
     def stop(self) -> None:
-        if self._connection is not None:
+        with self._lock:
+            self._stopped = True
+            connection = self._connection
+        if connection is not None:
             with contextlib.suppress(OSError):
-                self._connection.send(None)
+                connection.send(None)
         self._ended()
 
 
@@ -255,8 +332,8 @@ def _decode_each_sent(connection: Any) -> None:
     connection.send("started")
     kept: bytes | None = None
     while (query := connection.recv()) is not None:
-        name, sent, job, ask, keep = query
-        data = sent if sent is not None else kept
+        name, sent, reuse, job, ask, keep = query
+        data = kept if reuse else sent
         kept = None
         try:
             answer = _decode(name, data, job, _asking(connection, name) if ask else None)

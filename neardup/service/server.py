@@ -39,6 +39,7 @@ from typing import Any
 from ..core.results import counted
 from ..errors import NeardupError, install_hint
 from .checker import Checker, StoreReadFailed, StoreUnavailable
+from .decoding import DecoderUnavailable
 from .fairness import FairThreads
 from .http import (
     Receive,
@@ -313,7 +314,7 @@ class CheckerApp:
             return 413, {"query": "upload", "error": error.reason}
         except DecodeBusy as error:
             return 503, {"query": "upload", "error": error.reason}
-        except StoreUnavailable as error:
+        except (StoreUnavailable, DecoderUnavailable) as error:
             return 503, {"query": "upload", "error": str(error)}
         except StoreReadFailed as error:
             return 500, {"query": "upload", "error": str(error)}
