@@ -10,7 +10,7 @@ Each of the checker's threads (search.py --serve decodes on a few; --stdin on on
 process and sends it one decode at a time, so a worker's death is always the one upload's it was
 decoding, never a neighbour's. The header is still the checker's to judge: the worker reads it,
 says the decoded size and cost, and decodes only once the checker has reserved that much decode
-memory (or refuses: too large, busy, more pixels than asked for), as it did in its own process.
+memory (or refuses: too large, or no memory free in time), as it did in its own process.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class InWorkers:
         if worker is None:
             with self._lock:
                 if self._closed:
-                    raise NeardupError("the checker is stopping")
+                    raise DecoderUnavailable("the checker is stopping")
                 worker = self._mine.worker = self._spare.pop() if self._spare else _Worker()
                 if worker not in self._all:
                     self._all.append(worker)
@@ -146,7 +146,9 @@ class DecoderUnavailable(NeardupError):
     """No worker process could be started to decode the query (503: try again shortly)."""
 
 
-# How long a new worker process may take to start and import neardup (about 0.1 s here).
+# How long a new worker process may take to start and import neardup (25 to 35 ms here, forked
+# from a fork server that has the libraries loaded; the first, which starts the fork server
+# too, 0.1 to 0.3 s).
 START_SECONDS = 30.0
 
 
