@@ -353,3 +353,73 @@ def test_the_bytes_kept_for_a_frame_are_the_querys_and_only_until_it_is_done(
                               read_frame("first", 10**8, first))
     finally:
         decoders.close()
+
+
+def test_a_worker_replaced_between_a_hash_and_its_frame_is_sent_the_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a store with features a query is decoded twice and its bytes sent once: a worker
+    killed in between was replaced, and the new one was told to reuse bytes it never had, so it
+    read the frame from a file named like the query ("upload") in its folder: a verified match
+    with an unrelated image, or "file not found" (a review)."""
+    import numpy as np
+
+    from neardup.core.hashing import Recipe
+    from neardup.features.extract import read_frame
+
+    from .imagegen import make_tree
+
+    make_tree(tmp_path / "images", 2)
+    first, other = sorted((tmp_path / "images").rglob("*.jpg"))
+    (tmp_path / "upload").write_bytes(other.read_bytes())  # what a wrong read would find
+    monkeypatch.chdir(tmp_path)
+    data = first.read_bytes()
+    decoders = InWorkers(30)
+    try:
+        decoders.hash("upload", data, Recipe(), 10**8, False, None, keep=True)
+        worker = decoders._worker()._process
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        frame = decoders.frame("upload", data, 10**8, None)
+        assert np.array_equal(frame, read_frame("upload", 10**8, data))
+    finally:
+        decoders.close()
+
+
+def test_a_large_query_for_a_stopped_worker_goes_to_a_new_one(tmp_path: Path) -> None:
+    """A query larger than the pipe's buffer waited for the worker to read it: a stopped one
+    (SIGSTOP) never did, so --file-timeout never applied, and SIGTERM could not end the
+    checker (a review)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from neardup.core.hashing import Recipe
+
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (400, 600, 3), np.uint8))
+    stream = io.BytesIO()
+    picture.save(stream, "PNG")
+    large = stream.getvalue()
+    assert len(large) > 300_000
+    decoders = InWorkers(2)
+    try:
+        expected = decoders.hash("a", large, Recipe(), 10**8, False, None)
+        stopped = decoders._worker()._process
+        os.kill(stopped.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        assert decoders.hash("b", large, Recipe(), 10**8, False, None) == expected
+        assert time.monotonic() - started < 10
+    finally:
+        started = time.monotonic()
+        decoders.close()
+        assert time.monotonic() - started < 10
+    time.sleep(0.5)
+    assert not alive(stopped.pid)
+
+
+def test_an_upload_is_not_told_the_operators_advice() -> None:
+    from neardup.core.processes import death_reason
+
+    assert death_reason(-signal.SIGKILL, did="decoded") == (
+        "killed the process that decoded it (SIGKILL: out of memory?)")
+    assert death_reason(-signal.SIGKILL).endswith("lower --max-pixels, or allow more memory")

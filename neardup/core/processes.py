@@ -221,8 +221,9 @@ def ended_by(exitcode: int | None) -> str:
 def death_reason(exitcode: int | None, did: str = "hashed") -> str:
     """Why a file failed whose process died working on it alone (`did`: hashed, decoded)."""
     if exitcode == -signal.SIGKILL:
-        return (f"killed the process that {did} it (SIGKILL: out of memory?); lower --max-pixels,"
-                " or allow more memory")
+        # The advice is index.py's user's to take; the checker's client has no --max-pixels.
+        advice = "; lower --max-pixels, or allow more memory" if did == "hashed" else ""
+        return f"killed the process that {did} it (SIGKILL: out of memory?){advice}"
     if exitcode is not None and exitcode < 0:
         return f"crashed the process that {did} it ({ended_by(exitcode)}: a fault in an image decoder?)"
     return f"the process that {did} it ended with {ended_by(exitcode)}"

@@ -146,6 +146,9 @@ class DecoderUnavailable(NeardupError):
     """No worker process could be started to decode the query (503: try again shortly)."""
 
 
+# A query of at most this many bytes fits in the pipe's buffer (a socket pair's is about 200 KB),
+# so sending it never waits for the worker.
+UNBLOCKED_SEND_BYTES = 64 * 1024
 # How long a new worker process may take to start and import neardup (25 to 35 ms here, forked
 # from a fork server that has the libraries loaded; the first, which starts the fork server
 # too, 0.1 to 0.3 s).
@@ -176,31 +179,61 @@ class _Worker:
         `name`, one too large to hold). With `on_header`, the worker sends the header and
         decodes only once on_header has returned (it raises to refuse); without, it decodes at
         once (the caller has reserved what it may take: limits.cost_bound)."""
-        # A feature store's query is decoded twice (its hash, then its frame): the bytes go once.
-        reuse = data is not None and data is self.holds
-        self.holds = None
         for attempt in range(2):
             connection = self._ready()
-            heard: list[str] = []
+            # A feature store's query is decoded twice (its hash, then its frame): the bytes go
+            # once. Only to the process that kept them: one replaced meanwhile (_ready ended
+            # the old one, which forgets them) is sent them again (sent "reuse", a new worker
+            # read the frame from a file named "upload" in its folder, a review).
+            reuse = data is not None and data is self.holds
+            self.holds = None
+            told_to_decode: list[bool] = []
             try:
-                connection.send((name, None if reuse else data, reuse, job,
-                                 on_header is not None, keep))
-                answer = self._answer(connection, name, on_header, seconds, heard)
-            except (EOFError, OSError):
+                self._send(connection, (name, None if reuse else data, reuse, job,
+                                        on_header is not None, keep), data, seconds)
+                answer = self._answer(connection, name, on_header, seconds, told_to_decode)
+            except (EOFError, OSError) as error:
                 # OSError: a socket pair under the pipe says "connection reset" when the process
                 # died before it read the query.
                 exitcode = self._ended()
-                if attempt == 0 and not heard and exitcode == -signal.SIGKILL:
-                    # Killed before it said anything of this query: most likely killed between
-                    # queries (an operator, the out-of-memory killer choosing it), the kill
-                    # landing as the query was sent. A new worker tries it once; one that
-                    # really needs more memory than there is is killed again.
-                    reuse = False
+                if attempt == 0 and not told_to_decode and (
+                        exitcode == -signal.SIGKILL or isinstance(error, _SendGivenUp)):
+                    # Killed before it was told to decode this query (idle, or waiting for
+                    # decode memory): most likely killed from outside (an operator, the
+                    # out-of-memory killer choosing it), or its send given up (_send). A new
+                    # worker tries it once; one that really needs more memory than there is
+                    # is killed again.
                     continue
                 raise ImageError(name, death_reason(exitcode, did="decoded")) from None
             self.holds = data if keep else None
             return answer
         raise AssertionError("unreachable")
+
+    def _send(self, connection: Any, query: tuple[Any, ...], data: bytes | None,
+              seconds: float) -> None:
+        """Send a query; one larger than the pipe's buffer waits for the worker to read it, and
+        a stopped worker (SIGSTOP) never does: past `seconds` it is killed, and the query goes
+        to a new one (it waited for ever, and SIGTERM with it, a review)."""
+        if data is None or len(data) <= UNBLOCKED_SEND_BYTES:
+            connection.send(query)
+            return
+        gave_up: list[bool] = []
+
+        def give_up() -> None:
+            gave_up.append(True)
+            self._ended()
+
+        watchdog = threading.Timer(seconds, give_up)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            connection.send(query)
+        except OSError as error:
+            if gave_up:
+                raise _SendGivenUp(str(error)) from None
+            raise
+        finally:
+            watchdog.cancel()
 
     def _ready(self) -> Any:
         """The pipe to a live process, started (again) if needed."""
@@ -228,14 +261,13 @@ class _Worker:
         raise AssertionError("unreachable")
 
     def _answer(self, connection: Any, name: str, on_header: OnHeader | None,
-                seconds: float, heard: list[str]) -> Any:
+                seconds: float, told_to_decode: list[bool]) -> Any:
         due = time.monotonic() + seconds
         while True:
             if not connection.poll(max(0.0, due - time.monotonic())):
                 self._ended()
                 raise ImageError(name, f"still decoding after {seconds:g} s: given up")
             kind, value = connection.recv()
-            heard.append(kind)
             if kind == "header":
                 assert on_header is not None
                 waited = time.monotonic()
@@ -248,6 +280,7 @@ class _Worker:
                     else:
                         self._ended()
                     raise
+                told_to_decode.append(True)
                 connection.send(True)
                 due += time.monotonic() - waited  # waiting for decode memory is not decoding
             elif kind == "done":
@@ -315,13 +348,15 @@ class _Worker:
         return self._exitcode
 
     def stop(self) -> None:
+        # Ended (SIGTERM, then SIGKILL), not asked to stop: asking blocked on a pipe full of a
+        # query a stopped worker never read (a review).
         with self._lock:
             self._stopped = True
-            connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(OSError):
-                connection.send(None)
         self._ended()
+
+
+class _SendGivenUp(OSError):
+    """A query the worker did not read within the timeout: it was ended (_Worker._send)."""
 
 
 class _Refused(ImageError):

@@ -314,8 +314,13 @@ class CheckerApp:
             return 413, {"query": "upload", "error": error.reason}
         except DecodeBusy as error:
             return 503, {"query": "upload", "error": error.reason}
-        except (StoreUnavailable, DecoderUnavailable) as error:
+        except StoreUnavailable as error:
             return 503, {"query": "upload", "error": str(error)}
+        except DecoderUnavailable as error:
+            # The why is the operator's (the log's); the client is told to come back.
+            self.log.warning("%s", error)
+            return 503, {"query": "upload", "error": "busy: no decoding worker process could be"
+                                                     " started; try again shortly"}
         except StoreReadFailed as error:
             return 500, {"query": "upload", "error": str(error)}
         return (400 if "error" in record else 200), record
