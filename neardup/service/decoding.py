@@ -189,8 +189,9 @@ class _Worker:
             self.holds = None
             told_to_decode: list[bool] = []
             try:
-                self._send(connection, (name, None if reuse else data, reuse, job,
-                                        on_header is not None, keep), data, seconds)
+                sent = None if reuse else data
+                self._send(connection, (name, sent, reuse, job, on_header is not None, keep),
+                           sent, seconds)
                 answer = self._answer(connection, name, on_header, seconds, told_to_decode)
             except (EOFError, OSError) as error:
                 # OSError: a socket pair under the pipe says "connection reset" when the process
@@ -209,12 +210,12 @@ class _Worker:
             return answer
         raise AssertionError("unreachable")
 
-    def _send(self, connection: Any, query: tuple[Any, ...], data: bytes | None,
+    def _send(self, connection: Any, query: tuple[Any, ...], sent: bytes | None,
               seconds: float) -> None:
         """Send a query; one larger than the pipe's buffer waits for the worker to read it, and
         a stopped worker (SIGSTOP) never does: past `seconds` it is killed, and the query goes
         to a new one (it waited for ever, and SIGTERM with it, a review)."""
-        if data is None or len(data) <= UNBLOCKED_SEND_BYTES:
+        if sent is None or len(sent) <= UNBLOCKED_SEND_BYTES:
             connection.send(query)
             return
         gave_up: list[bool] = []
