@@ -19,6 +19,17 @@ def textured(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def low_contrast(seed: int, size: tuple[int, int] = (400, 300)) -> Image.Image:
+    """A gray picture within a few levels of 128 (a wall, a sky, paper), with a little grain:
+    its hash's neighbouring cells are often a fraction of a level from the edge of a bit."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    coarse = Image.fromarray(rng.uniform(-3, 3, (4, 6)).astype(np.float32), mode="F")
+    shading = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC))
+    pixels = 128 + shading + rng.normal(0, 2, (height, width))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
 def faint_jpeg(path: str, seed: int = 0) -> str:
     """A low-contrast 1601 x 1203 JPEG with a little noise: large enough for reduced decodes, and
     flat enough that each preprocessing version may hash it differently."""

@@ -12,10 +12,13 @@ from PIL import Image, ImageDraw
 from neardup.core.hashing import (
     ALGORITHMS,
     DRAFT_SIDE,
+    MAX_UNDECIDED,
+    UNDECIDED_BAND,
     GridDecoder,
     Hash,
     Recipe,
     decode_scale,
+    grid_hash,
     grid_size,
     hash_file,
     hash_file_and_mirror,
@@ -99,6 +102,46 @@ class TestHashValue:
             Hash.from_hex("abc", 64)
         with pytest.raises(ValueError):
             Hash(1, 64).distance(Hash(1, 256))
+
+
+class TestUndecidedBits:
+    """A dHash bit whose cells differ by within UNDECIDED_BAND of its edge is marked undecided."""
+
+    @staticmethod
+    def grid(differences: dict[tuple[int, int], float]) -> np.ndarray:
+        cells = np.zeros((8, 9))
+        steps = np.full((8, 8), 10.0)  # far from any edge: 10 levels brighter each cell
+        for (row, column), difference in differences.items():
+            steps[row, column] = difference
+        cells[:, 1:] = np.cumsum(steps, axis=1)
+        return cells
+
+    @staticmethod
+    def positions(value: int) -> set[int]:
+        return {63 - bit for bit in range(64) if value >> bit & 1}  # as the grid reads, row by row
+
+    def test_near_the_edge_of_v6_and_of_v5(self) -> None:
+        edge6 = self.grid({(0, 1): 0.5 + UNDECIDED_BAND - 0.01, (2, 3): 0.5 - 0.1,
+                           (4, 4): 0.5 + UNDECIDED_BAND + 0.05, (5, 5): 0.0})
+        value = grid_hash(edge6, Recipe())
+        assert self.positions(value.undecided) == {1, 2 * 8 + 3}
+        edge5 = self.grid({(0, 1): 0.1, (2, 3): 0.5, (7, 7): -0.15})
+        value = grid_hash(edge5, Recipe(preprocess_version=5))
+        assert self.positions(value.undecided) == {1, 7 * 8 + 7}
+        assert grid_hash(self.grid({}), Recipe()).undecided == 0
+
+    def test_at_most_the_nearest_few(self) -> None:
+        margins = [0.19, 0.01, 0.15, 0.03, 0.07, 0.12, 0.05]  # from the edge, along row 0
+        cells = self.grid({(0, column): 0.5 + margin for column, margin in enumerate(margins)})
+        value = grid_hash(cells, Recipe())
+        assert MAX_UNDECIDED == 4
+        assert self.positions(value.undecided) == {1, 3, 4, 6}
+
+    def test_only_dhash_and_not_the_stored_value(self) -> None:
+        cells = self.grid({(0, 0): 0.45})
+        assert grid_hash(cells, Recipe(algorithm="ahash")).undecided == 0
+        marked = grid_hash(cells, Recipe())
+        assert marked.undecided and marked.hex() == Hash(marked.value, 64).hex()
 
 
 class TestRecipe:

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import neardup.core.cache as cache_module
 import neardup.core.search as search_module
+from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
-from neardup.core.hashing import Hash, Recipe
+from neardup.core.hashing import MAX_UNDECIDED, Hash, Recipe, hash_file
 from neardup.core.multiindex import MAX_SUBSTRING_RADIUS, WideMultiIndex
 from neardup.core.search import HashIndex, find_matches
 from neardup.core.store import IndexedFile, Store
 
-from .imagegen import faint_jpeg, hashed_apart, save, textured
+from .imagegen import faint_jpeg, hashed_apart, low_contrast, save, textured
 
 
 def flip_bits(value: int, count: int, bits: int, rng: random.Random) -> int:
@@ -137,6 +139,97 @@ class TestSearchCommand:
         err = capsys.readouterr().err
         assert err == "search.py: error: nothing.shelve: no such store (build one with index.py)\n"
 
+
+
+def undecided_query(rng: random.Random, value: int, bits: int, count: int) -> Hash:
+    undecided = 0
+    for position in rng.sample(range(bits), count):
+        undecided |= 1 << position
+    return Hash(value, bits, undecided)
+
+
+def without_undecided(value: int, query: Hash) -> int:
+    return ((value ^ query.value) & ~query.undecided).bit_count()
+
+
+class TestUndecidedBits:
+    """A query's undecided bits (hashing.UNDECIDED_BAND) count as agreeing with any stored hash,
+    whichever way the index looks: the exact bucket, the multi-index, the scan."""
+
+    def test_they_are_not_part_of_the_hash(self) -> None:
+        query = Hash(0b1010, 64, undecided=0b0011)
+        assert query == Hash(0b1010, 64) and hash(query) == hash(Hash(0b1010, 64))
+        assert query.hex() == Hash(0b1010, 64).hex()
+        assert query.distance(Hash(0b1001, 64)) == 0  # both differing bits undecided
+        assert query.distance(Hash(0b0101, 64)) == 2
+        assert Hash(0b0101, 64).distance(query) == 2  # either side's undecided bits
+        assert sorted(h.value for h in query.settled()) == [0b1000, 0b1001, 0b1010, 0b1011]
+        assert all(h.undecided == 0 for h in query.settled())
+        with pytest.raises(ValueError, match="undecided"):
+            Hash(0, 8, undecided=1 << 8)
+
+    @pytest.mark.parametrize("bits", [64, 256])
+    def test_every_path_counts_them_as_agreeing(self, bits: int) -> None:
+        rng = random.Random(f"undecided{bits}")
+        stored = {rng.getrandbits(bits) for _ in range(25_000)}
+        queries = [undecided_query(rng, rng.getrandbits(bits), bits, count)
+                   for count in (1, 2, 3, MAX_UNDECIDED, MAX_UNDECIDED + 3) for _ in range(3)]
+        for query in queries:  # planted: flips of undecided bits, of others, and of both
+            positions = [b for b in range(bits) if query.undecided >> b & 1]
+            for distance in range(9):
+                value = flip_bits(query.value, distance, bits, rng)
+                for position in rng.sample(positions, rng.randint(1, len(positions))):
+                    value ^= 1 << position
+                stored |= {value, flip_bits(query.value, distance, bits, rng)}
+        hashes = [Hash(value, bits) for value in stored]
+        multi = HashIndex.from_hashes(hashes, multi_index=True)
+        brute = HashIndex.from_hashes(hashes, multi_index=False)
+        for query in queries:
+            for radius in (0, 1, 2, 4, 8):
+                expected = sorted(((Hash(value, bits).hex(), without_undecided(value, query))
+                                   for value in stored if without_undecided(value, query) <= radius),
+                                  key=lambda pair: (pair[1], pair[0]))
+                assert brute.within(query, radius) == expected, (query, radius)
+                assert multi.within(query, radius) == expected, (query, radius)
+                assert len(expected) > radius  # the planted neighbours are there
+
+    def test_the_exact_bucket_is_each_setting_of_them(self, tmp_path: Path) -> None:
+        query = Hash(0x0F0F, 64, undecided=0x0101)
+        with Store.open_for_writing(str(tmp_path / "s"), Recipe(), "/d", {}) as store:
+            store.apply([IndexedFile("same.jpg", 1, 1, "0000000000000f0f"),
+                         IndexedFile("settled.jpg", 1, 1, "0000000000000e0e"),
+                         IndexedFile("other.jpg", 1, 1, "0000000000000f0d")], [])
+            assert [(m.path, m.distance) for m in find_matches(store, query, 0)] == [
+                ("same.jpg", 0), ("settled.jpg", 0)]
+            assert [(m.path, m.distance) for m in find_matches(store, query, 1)] == [
+                ("same.jpg", 0), ("settled.jpg", 0), ("other.jpg", 1)]
+
+    def test_low_contrast_copies_share_the_exact_bucket(
+        self, in_tmp: Path, capsys: pytest.CaptureFixture
+    ) -> None:
+        """Copies resized by under 1 % and saved again: a low-contrast picture's hash has cells a
+        fraction of a level from a bit's edge, and plain ImageHash-style distances put a third of
+        them 1 to 3 bits from their original; search.py finds every one at distance 0."""
+        rng = random.Random(5)
+        apart = 0
+        for seed in range(12):
+            original = low_contrast(seed)
+            factor = 1 + rng.uniform(-0.01, 0.01)
+            copy = original.resize((round(400 * factor), round(300 * factor)),
+                                   Image.Resampling.LANCZOS)
+            save(original, str(in_tmp / "images" / f"o{seed:02d}.jpg"), quality=95)
+            save(copy, str(in_tmp / "images" / f"c{seed:02d}.jpg"), quality=90)
+            apart += hash_file(f"images/o{seed:02d}.jpg", Recipe()) != hash_file(
+                f"images/c{seed:02d}.jpg", Recipe())
+        assert apart >= 3  # the case is real: these hashes differ
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        capsys.readouterr()
+        for seed in range(12):
+            for query, wanted in ((f"c{seed:02d}", f"o{seed:02d}"), (f"o{seed:02d}", f"c{seed:02d}")):
+                assert search_cli.main(["-s", "db.shelve", "-q", f"images/{query}.jpg",
+                                        "-m", "0"]) == 0
+                found = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+                assert ["0", f"images/{wanted}.jpg"] in found, (query, found)
 
 
 def clustered_hashes(rng: random.Random, count: int) -> list[int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cache
-from .hashing import Hash, is_low_information
+from .hashing import MAX_UNDECIDED, Hash, is_low_information
 from .hashwords import hash_to_words, hex_keys_to_words, sort_distinct, words_to_hex
 from .multiindex import MultiIndex, WideMultiIndex, build_tables
 from .store import Store
@@ -199,11 +199,15 @@ class HashIndex:
         """(hash hex, distance) of every stored hash within max_distance, nearest first."""
         if query.bits != self.bits:
             raise ValueError(f"a {query.bits}-bit query against {self.bits}-bit hashes")
-        if max_distance <= 0 and self.matrix.shape[1] == 1:
+        exact = max_distance <= 0 and self.matrix.shape[1] == 1
+        indexed = exact or self.multi is not None and self.multi.worth_it(max_distance)
+        if query.undecided and indexed and query.undecided.bit_count() <= MAX_UNDECIDED:
+            return self.within_settled(query, max_distance)
+        if exact and not query.undecided:
             positions, distances = self.exact(query)
-        elif self.multi is not None and self.multi.worth_it(max_distance):
+        elif indexed and not query.undecided:
             positions, distances = self.multi.within(query.value, max_distance)
-        else:
+        else:  # the scan counts undecided bits as agreeing itself
             positions, distances = self.scan(query, max_distance)
         # Positions follow the hashes' ascending order, so this sorts by distance, then hash.
         order = np.lexsort((positions, distances))
@@ -215,6 +219,17 @@ class HashIndex:
                       for i, d in zip(hits, extra_distances, strict=True)]
             found.sort(key=lambda pair: (pair[1], pair[0]))
         return found
+
+    def within_settled(self, query: Hash, max_distance: int) -> list[tuple[str, int]]:
+        """within() for a query with undecided bits, by the exact lookup or the multi-index: each
+        setting of those bits looked up, every stored hash kept at its nearest (the distance that
+        does not count them)."""
+        nearest: dict[str, int] = {}
+        for settled in query.settled():
+            for key, distance in self.within(settled, max_distance):
+                if distance < nearest.get(key, max_distance + 1):
+                    nearest[key] = distance
+        return sorted(nearest.items(), key=lambda pair: (pair[1], pair[0]))
 
     def pairs_within(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Every pair of hashes within max_distance, found at once: positions (as hex_at takes
@@ -277,10 +292,15 @@ def _scan(matrix: np.ndarray, query: Hash, max_distance: int) -> tuple[np.ndarra
     if matrix.shape[0] == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     words = hash_to_words(query)
+    # A query's undecided bits count as agreeing with any stored hash.
+    counted = ~hash_to_words(Hash(query.undecided, query.bits))
     if matrix.shape[1] == 1:  # 64-bit hashes: no per-row sum needed (3x less memory traffic)
-        distances = np.bitwise_count(matrix[:, 0] ^ words[0])
+        differ = matrix[:, 0] ^ words[0]
+        distances = np.bitwise_count(differ & counted[0] if query.undecided else differ)
     else:
-        distances = np.bitwise_count(matrix ^ words).sum(axis=1, dtype=np.int64)
+        differ = matrix ^ words
+        distances = np.bitwise_count(differ & counted if query.undecided else differ).sum(
+            axis=1, dtype=np.int64)
     hits = np.flatnonzero(distances <= max_distance)
     return hits, distances[hits].astype(np.int64)
 
@@ -318,8 +338,10 @@ def find_matches_many(
     """
     wanted = [include_low_information or not is_low_information(query) for query in queries]
     searched = [query for query, keep in zip(queries, wanted, strict=True) if keep]
-    if max_distance <= 0:
-        found = [[(query.hex(), 0)] for query in searched]
+    if max_distance <= 0 and all(query.undecided.bit_count() <= MAX_UNDECIDED
+                                 for query in searched):
+        # Each setting of a query's undecided bits is a bucket of its own.
+        found = [[(settled.hex(), 0) for settled in query.settled()] for query in searched]
     else:
         if index is None:
             index = HashIndex.from_store(store)
