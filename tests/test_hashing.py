@@ -121,18 +121,20 @@ class TestUndecidedBits:
         return {63 - bit for bit in range(64) if value >> bit & 1}  # as the grid reads, row by row
 
     def test_near_the_edge_of_v6_and_of_v5(self) -> None:
-        edge6 = self.grid({(0, 1): 0.5 + UNDECIDED_BAND - 0.01, (2, 3): 0.5 - 0.1,
-                           (4, 4): 0.5 + UNDECIDED_BAND + 0.05, (5, 5): 0.0})
+        band = UNDECIDED_BAND
+        edge6 = self.grid({(0, 1): 0.5 + band * 0.9, (2, 3): 0.5 - band / 2,
+                           (4, 4): 0.5 + band * 1.5, (5, 5): 0.0})
         value = grid_hash(edge6, Recipe())
         assert self.positions(value.undecided) == {1, 2 * 8 + 3}
-        edge5 = self.grid({(0, 1): 0.1, (2, 3): 0.5, (7, 7): -0.15})
+        edge5 = self.grid({(0, 1): band / 2, (2, 3): 0.5, (7, 7): -band * 0.8})
         value = grid_hash(edge5, Recipe(preprocess_version=5))
         assert self.positions(value.undecided) == {1, 7 * 8 + 7}
         assert grid_hash(self.grid({}), Recipe()).undecided == 0
 
     def test_at_most_the_nearest_few(self) -> None:
-        margins = [0.19, 0.01, 0.15, 0.03, 0.07, 0.12, 0.05]  # from the edge, along row 0
-        cells = self.grid({(0, column): 0.5 + margin for column, margin in enumerate(margins)})
+        shares = [0.95, 0.05, 0.75, 0.15, 0.35, 0.6, 0.25]  # of the band from the edge, row 0
+        cells = self.grid({(0, column): 0.5 + share * UNDECIDED_BAND
+                           for column, share in enumerate(shares)})
         value = grid_hash(cells, Recipe())
         assert MAX_UNDECIDED == 4
         assert self.positions(value.undecided) == {1, 3, 4, 6}

@@ -149,7 +149,7 @@ def undecided_query(rng: random.Random, value: int, bits: int, count: int) -> Ha
 
 
 def without_undecided(value: int, query: Hash) -> int:
-    return ((value ^ query.value) & ~query.undecided).bit_count()
+    return query.search_distance(Hash(value, query.bits))
 
 
 class TestUndecidedBits:
@@ -160,9 +160,10 @@ class TestUndecidedBits:
         query = Hash(0b1010, 64, undecided=0b0011)
         assert query == Hash(0b1010, 64) and hash(query) == hash(Hash(0b1010, 64))
         assert query.hex() == Hash(0b1010, 64).hex()
-        assert query.distance(Hash(0b1001, 64)) == 0  # both differing bits undecided
-        assert query.distance(Hash(0b0101, 64)) == 2
-        assert Hash(0b0101, 64).distance(query) == 2  # either side's undecided bits
+        assert query.search_distance(Hash(0b1001, 64)) == 0  # both differing bits undecided
+        assert query.search_distance(Hash(0b0101, 64)) == 2
+        assert query.distance(Hash(0b1001, 64)) == 2  # the bits as they are
+        assert Hash(0b1001, 64).search_distance(query) == 2  # only the query's count
         assert sorted(h.value for h in query.settled()) == [0b1000, 0b1001, 0b1010, 0b1011]
         assert all(h.undecided == 0 for h in query.settled())
         with pytest.raises(ValueError, match="undecided"):

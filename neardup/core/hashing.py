@@ -60,14 +60,16 @@ TIE_BAND = 0.5
 
 # A query's dHash bit whose two cells differ by within this many gray levels of the edge that
 # decides it (tie_band: 0.5 from v6 on, 0 before) is one its picture leaves undecided: a copy
-# resized by a fraction of a percent or saved again moves such cells by a few tenths of a level
-# and often flips the bit. Search counts an undecided bit of the query as agreeing with any stored
-# hash (Hash.undecided); the stored hashes are unchanged. Measured on 600 resize and 600 jpeg
-# copies of CALTECH-101 (gather.py --seed 606, scratch scripts): exact-bucket recall, resize
-# 91.7 % without, 98.8 % with 0.2 (99.0 % with 0.3); jpeg 85.2 % and 95.7 % (96.8 %); plain
-# ImageHash 79.8 and 72.2 %. A photo holds 0.7 such bits on average at 0.2, 1.1 at 0.3; 0.3
-# also let more different photographs within 4 bits (docs/accuracy.md).
-UNDECIDED_BAND = 0.2
+# resized by a fraction of a percent or saved again moves such cells by tenths of a level and
+# often flips the bit. Search counts an undecided bit of the query as agreeing with any stored
+# hash (Hash.undecided); the stored hashes are unchanged. Measured with search.py --evaluate on
+# 600 resize and 600 jpeg copies of CALTECH-101 for each of four seeds (bench/recipe_vs_exact.sh
+# 505 606 707 808, the same stores searched each way): exact-bucket recall, resize 90.0 to 91.7 %
+# without, 96.0 to 98.0 % with 0.1, 98.0 to 99.0 % with 0.2 (plain ImageHash 78.0 to 80.5 %);
+# jpeg 79.8 to 87.2 %, 89.2 to 94.0 % and 94.3 to 96.7 % (70.2 to 73.8 %). What it costs is other
+# images within the default distance 4: 115 without, 124 with 0.1, 141 with 0.2 (plain ImageHash
+# 129), so 0.1. A CALTECH-101 photo holds 0.4 such bits on average.
+UNDECIDED_BAND = 0.1
 # At most this many undecided bits per query, those nearest the edge: search looks up each of
 # their 2**n settings in the exact bucket and the multi-index, so this bounds a query's cost at
 # 16 lookups (a photo with more is mostly one whose cells are all about half a level apart, a
@@ -128,11 +130,17 @@ class Hash:
         return format(self.value, f"0{(self.bits + 3) // 4}x")
 
     def distance(self, other: Hash) -> int:
-        """Hamming distance: the number of differing bits, not counting bits either hash left
-        undecided (a query's; stored hashes have none)."""
+        """Hamming distance: the number of differing bits (undecided or not)."""
         if other.bits != self.bits:
             raise ValueError(f"cannot compare a {self.bits}-bit hash with a {other.bits}-bit hash")
-        return ((self.value ^ other.value) & ~(self.undecided | other.undecided)).bit_count()
+        return (self.value ^ other.value).bit_count()
+
+    def search_distance(self, stored: Hash) -> int:
+        """The distance search reports for a stored hash with this one as the query: the
+        differing bits this one did not leave undecided."""
+        if stored.bits != self.bits:
+            raise ValueError(f"cannot compare a {self.bits}-bit hash with a {stored.bits}-bit hash")
+        return ((self.value ^ stored.value) & ~self.undecided).bit_count()
 
     def settled(self) -> Iterator[Hash]:
         """Every hash the undecided bits could make, each without undecided bits (2**n of them:
