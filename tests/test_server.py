@@ -962,6 +962,62 @@ def test_a_connection_whose_answers_are_not_taken_in_is_aborted_after_the_send_t
     assert lines == ["127.0.0.2:5000: closed: the client took no answer in for 0.2 s"]
 
 
+def test_a_client_gone_as_its_refusal_is_sent_is_closed_without_an_error() -> None:
+    """Ending what is sent (write_eof, a shutdown of the socket) fails with ENOTCONN when the
+    client has already gone; raised from the answer's send, uvicorn logged "Exception in ASGI
+    application" for something a client did (trickling uploads closing as their 408 went out).
+    Driven as asyncio drives the protocol: the timing of a real race is the kernel's."""
+    import asyncio
+    import errno
+    import logging
+
+    from neardup.service.protocol import guarded_protocol
+    from neardup.service.server import ServiceLimits
+
+    class Base:
+        def connection_lost(self, exc: Exception | None) -> None: ...
+
+    class Gone:  # a transport whose peer has gone
+        closed = False
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write(self, data: bytes) -> None: ...
+
+        def write_eof(self) -> None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Answered:  # a request answered while its body is still arriving
+        more_body = True
+        response_complete = False
+
+    protocol_class = guarded_protocol(Base, ServiceLimits(), logging.getLogger("test-gone"))
+
+    async def drive() -> list[bool]:
+        closed = []
+        for refuse in (False, True):
+            protocol = protocol_class.__new__(protocol_class)
+            protocol.loop, protocol.transport = asyncio.get_running_loop(), Gone()
+            protocol.client, protocol._counted_as, protocol._deadline = ("127.0.0.2", 5000), None, None
+            protocol._running = protocol.cycle = None
+            protocol.pipeline = []
+            if refuse:
+                protocol._refuse(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            else:
+                protocol._close_after(Answered())
+            closed.append(protocol.transport.closed)
+        return closed
+
+    assert asyncio.run(drive()) == [True, True]
+
+
 def empty_chunks_png(chunks: int) -> bytes:
     """A 100 x 100 PNG whose header is followed by `chunks` empty ancillary chunks: Pillow reads
     them one by one in Python, about 4 us each."""
