@@ -4,12 +4,15 @@ import errno
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import neardup
 import neardup.core.cache as cache_module
 import neardup.core.search as search_module
 from neardup.cli import index as index_cli
@@ -19,6 +22,7 @@ from neardup.core.multiindex import MAX_SUBSTRING_RADIUS, WideMultiIndex
 from neardup.core.search import HashIndex, find_matches
 from neardup.core.store import IndexedFile, Store
 
+from .conftest import PROJECT_ROOT
 from .imagegen import faint_jpeg, hashed_apart, low_contrast, save, textured
 
 
@@ -231,6 +235,21 @@ class TestUndecidedBits:
                                         "-m", "0"]) == 0
                 found = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
                 assert ["0", f"images/{wanted}.jpg"] in found, (query, found)
+        # The checker (its queries hashed in worker processes) and the Python API answer alike.
+        copies = "".join(f"images/c{seed:02d}.jpg\n" for seed in range(12))
+        checked = subprocess.run([sys.executable, str(PROJECT_ROOT / "search.py"), "-s", "db.shelve",
+                                  "--stdin", "-m", "0"], input=copies, capture_output=True,
+                                 text=True, timeout=120)
+        assert checked.returncode == 0, checked.stderr
+        for seed, line in enumerate(checked.stdout.splitlines()):
+            answer = json.loads(line)
+            assert {"relpath": f"o{seed:02d}.jpg", "distance": 0} in [
+                {"relpath": match["relpath"], "distance": match["distance"]}
+                for match in answer["matches"]], answer
+        with neardup.open_store("db.shelve") as store:
+            for seed in range(12):
+                assert f"o{seed:02d}.jpg" in [found.relpath for found in store.search(
+                    f"images/c{seed:02d}.jpg", max_distance=0)]
 
 
 def clustered_hashes(rng: random.Random, count: int) -> list[int]:
