@@ -66,8 +66,9 @@ class Found:
 
     relpath: str  # as stored: relative to the store's dataset folder, '/'-separated
     path: str  # the file on disk (the dataset folder joined with relpath)
-    # Hamming distance between the two hashes, in bits; None on a store with features when the
-    # hash did not find it (a crop, a mirror image: found by the features alone).
+    # Bits by which the stored hash differs from the query's, not counting the query's undecided
+    # bits (hashing.UNDECIDED_BAND); None on a store with features when the hash did not find it
+    # (a crop, a mirror image: found by the features alone).
     distance: int | None
     hash: str  # the stored image's hash, hexadecimal
     # Stores with features only (index.py --features): every answer is verified (README

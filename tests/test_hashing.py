@@ -139,6 +139,12 @@ class TestUndecidedBits:
         assert MAX_UNDECIDED == 4
         assert self.positions(value.undecided) == {1, 3, 4, 6}
 
+    def test_short_hashes_get_fewer(self) -> None:
+        cells = np.zeros((4, 5))
+        cells[:, 1:] = np.cumsum(np.full((4, 4), 0.5 + UNDECIDED_BAND / 2), axis=1)  # all near
+        marked = grid_hash(cells, Recipe(hash_size=4))
+        assert marked.bits == 16 and marked.undecided.bit_count() == 1
+
     def test_only_dhash_and_not_the_stored_value(self) -> None:
         cells = self.grid({(0, 0): 0.45})
         assert grid_hash(cells, Recipe(algorithm="ahash")).undecided == 0

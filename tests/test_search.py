@@ -198,6 +198,30 @@ class TestUndecidedBits:
                 assert multi.within(query, radius) == expected, (query, radius)
                 assert len(expected) > radius  # the planted neighbours are there
 
+    def test_a_query_with_many_of_them_is_scanned_where_that_is_cheaper(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each setting of the undecided bits is one probing of the multi-index: with 4, sixteen.
+        Where one scan costs less (the multi-index's own cost rule, times the lookups), the
+        query is scanned; the answers are the same either way."""
+        rng = random.Random("many")
+        values = [rng.getrandbits(64) for _ in range(60_000)]
+        index = HashIndex.from_hashes([Hash(value, 64) for value in values], multi_index=True)
+        assert index.multi is not None
+        assert index.multi.worth_it(4) and not index.multi.worth_it(4, 16)
+        probed: list[int] = []
+        within = index.multi.within
+        monkeypatch.setattr(index.multi, "within",
+                            lambda value, radius: probed.append(value) or within(value, radius))
+        for count, lookups in ((4, 0), (1, 2)):
+            probed.clear()
+            query = undecided_query(rng, values[0], 64, count)
+            expected = sorted((Hash(value, 64).hex(), without_undecided(value, query))
+                              for value in set(values) if without_undecided(value, query) <= 4)
+            assert sorted(index.within(query, 4)) == expected
+            assert len(probed) == lookups
+        assert index.within(query, -1) == [] and index.within(Hash(values[0], 64), -1) == []
+
     def test_the_exact_bucket_is_each_setting_of_them(self, tmp_path: Path) -> None:
         query = Hash(0x0F0F, 64, undecided=0x0101)
         with Store.open_for_writing(str(tmp_path / "s"), Recipe(), "/d", {}) as store:

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=command(PROG),
         description="Hash query images with the store's recipe and list the stored images within"
-        " a Hamming distance, nearest first.",
+        " a distance in bits (the query's undecided bits not counted), nearest first.",
         epilog="Output: one match per line, 'distance<TAB>path'; with several queries each line"
         " starts with the query, as grep does with several files. Exit status, as grep: 0 when a"
         " match was found, 1 when none, 2 on an error.",
@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                          " connection's buffer full) before the connection is closed (default"
                          f" {ServiceLimits.send_timeout:g})")
     parser.add_argument("-m", "--max-distance", type=non_negative_int, default=DEFAULT_MAX_DISTANCE,
-                        help=f"largest Hamming distance reported (default {DEFAULT_MAX_DISTANCE};"
+                        help=f"largest distance in bits reported, the query's undecided bits not counted"
+                        f" (default {DEFAULT_MAX_DISTANCE};"
                         " 0 is the exact bucket only; at most the hash's bits, and for --evaluate"
                         f" at most {MAX_THRESHOLD})")
     parser.add_argument("--json", action="store_true",

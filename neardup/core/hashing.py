@@ -559,19 +559,26 @@ def grid_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def undecided_bits(cells: np.ndarray, recipe: Recipe) -> np.ndarray | None:
-    """Which of a grid's dHash bits its picture leaves undecided: the MAX_UNDECIDED whose cells'
-    difference is nearest the edge, among those within UNDECIDED_BAND of it (None for the other
-    algorithms)."""
+    """Which of a grid's dHash bits its picture leaves undecided: the most_undecided() whose
+    cells' difference is nearest the edge, among those within UNDECIDED_BAND of it (None for the
+    other algorithms)."""
     if recipe.algorithm != "dhash":
         return None
     margin = np.abs(cells[:, 1:] - cells[:, :-1] - tie_band(recipe))
     near = margin < UNDECIDED_BAND
-    if np.count_nonzero(near) > MAX_UNDECIDED:
-        nearest = np.argsort(margin, axis=None, kind="stable")[:MAX_UNDECIDED]
+    most = most_undecided(margin.size)
+    if np.count_nonzero(near) > most:
+        nearest = np.argsort(margin, axis=None, kind="stable")[:most]
         near = np.zeros(margin.size, dtype=bool)
         near[nearest] = True
         near = near.reshape(margin.shape)
     return near
+
+
+def most_undecided(bits: int) -> int:
+    """How many of a query's bits may be undecided: MAX_UNDECIDED, and at most one in 16 (a
+    16-bit dHash, --hash-size 4, gets 1: 4 would leave a quarter of its bits counting nothing)."""
+    return min(MAX_UNDECIDED, bits // 16)
 
 
 def grid_hash(cells: np.ndarray, recipe: Recipe) -> Hash:

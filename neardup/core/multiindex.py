@@ -40,13 +40,14 @@ class MultiIndex:
         if self.tables.shape != (2 * PARTS, self.values.size):
             raise ValueError("substring tables do not fit the hashes")
 
-    def worth_it(self, max_distance: int) -> bool:
-        """Whether probing beats scanning every hash for this radius and this many hashes."""
+    def worth_it(self, max_distance: int, lookups: int = 1) -> bool:
+        """Whether probing beats scanning every hash for this radius and this many hashes, when a
+        query needs `lookups` probings (one per setting of its undecided bits) or one scan."""
         radius = max_distance // PARTS
         if radius > MAX_SUBSTRING_RADIUS:
             return False
         probes = sum(len(flip_masks(width, radius)) for width in WIDTHS)
-        return self.values.size > HASHES_PER_PROBE * probes
+        return self.values.size > HASHES_PER_PROBE * probes * lookups
 
     def within(self, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions (into values) and distances of every hash within max_distance of query."""
@@ -239,13 +240,14 @@ class WideMultiIndex:
     def substring_radius(self, max_distance: int) -> int:
         return max(0, max_distance) // len(self.layout)
 
-    def worth_it(self, max_distance: int) -> bool:
-        """Whether probing beats scanning every hash for this radius and this many hashes."""
+    def worth_it(self, max_distance: int, lookups: int = 1) -> bool:
+        """Whether probing beats scanning every hash for this radius and this many hashes, when a
+        query needs `lookups` probings (one per setting of its undecided bits) or one scan."""
         radius = self.substring_radius(max_distance)
         if radius > MAX_SUBSTRING_RADIUS:
             return False
         probes = sum(len(flip_masks(width, radius)) for _word, _shift, width in self.layout)
-        return self.matrix.shape[0] > HASHES_PER_PROBE * probes
+        return self.matrix.shape[0] > HASHES_PER_PROBE * probes * lookups
 
     def within(self, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions (into the matrix) and distances of every hash within max_distance of query."""

@@ -199,14 +199,18 @@ class HashIndex:
         """(hash hex, distance) of every stored hash within max_distance, nearest first."""
         if query.bits != self.bits:
             raise ValueError(f"a {query.bits}-bit query against {self.bits}-bit hashes")
-        exact = max_distance <= 0 and self.matrix.shape[1] == 1
-        indexed = exact or self.multi is not None and self.multi.worth_it(max_distance)
-        if query.undecided and indexed and query.undecided.bit_count() <= MAX_UNDECIDED:
-            return self.within_settled(query, max_distance)
-        if exact and not query.undecided:
-            positions, distances = self.exact(query)
-        elif indexed and not query.undecided:
-            positions, distances = self.multi.within(query.value, max_distance)
+        if max_distance < 0:
+            return []
+        undecided = query.undecided.bit_count()
+        # A query with undecided bits is looked up once per setting of them, or scanned once.
+        lookups = 1 << undecided if undecided <= MAX_UNDECIDED else 0
+        exact = max_distance == 0 and self.matrix.shape[1] == 1 and lookups > 0
+        indexed = exact or (lookups > 0 and self.multi is not None
+                            and self.multi.worth_it(max_distance, lookups))
+        if indexed:  # each setting of the undecided bits looked up; each hash at its nearest
+            positions, distances = _nearest([
+                self.exact(settled) if exact else self.multi.within(settled.value, max_distance)
+                for settled in query.settled()])
         else:  # the scan counts undecided bits as agreeing itself
             positions, distances = self.scan(query, max_distance)
         # Positions follow the hashes' ascending order, so this sorts by distance, then hash.
@@ -219,17 +223,6 @@ class HashIndex:
                       for i, d in zip(hits, extra_distances, strict=True)]
             found.sort(key=lambda pair: (pair[1], pair[0]))
         return found
-
-    def within_settled(self, query: Hash, max_distance: int) -> list[tuple[str, int]]:
-        """within() for a query with undecided bits, by the exact lookup or the multi-index: each
-        setting of those bits looked up, every stored hash kept at its nearest (the distance that
-        does not count them)."""
-        nearest: dict[str, int] = {}
-        for settled in query.settled():
-            for key, distance in self.within(settled, max_distance):
-                if distance < nearest.get(key, max_distance + 1):
-                    nearest[key] = distance
-        return sorted(nearest.items(), key=lambda pair: (pair[1], pair[0]))
 
     def pairs_within(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Every pair of hashes within max_distance, found at once: positions (as hex_at takes
@@ -286,6 +279,19 @@ class HashIndex:
         for word in row:
             value = (value << 64) | int(word)
         return format(value, f"0{width}x")
+
+
+def _nearest(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, distances) found by several lookups, each position once at its smallest."""
+    if len(found) == 1:
+        return found[0]
+    positions = np.concatenate([hits for hits, _ in found])
+    distances = np.concatenate([near for _, near in found])
+    order = np.lexsort((distances, positions))
+    positions, distances = positions[order], distances[order]
+    first = np.ones(positions.size, dtype=bool)
+    first[1:] = positions[1:] != positions[:-1]
+    return positions[first], distances[first]
 
 
 def _scan(matrix: np.ndarray, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
