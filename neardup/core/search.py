@@ -297,16 +297,16 @@ def _nearest(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
 def _scan(matrix: np.ndarray, query: Hash, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     if matrix.shape[0] == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    wide = matrix.shape[1] > 1
     words = hash_to_words(query)
-    # A query's undecided bits count as agreeing with any stored hash.
-    counted = ~hash_to_words(Hash(query.undecided, query.bits))
-    if matrix.shape[1] == 1:  # 64-bit hashes: no per-row sum needed (3x less memory traffic)
-        differ = matrix[:, 0] ^ words[0]
-        distances = np.bitwise_count(differ & counted[0] if query.undecided else differ)
-    else:
-        differ = matrix ^ words
-        distances = np.bitwise_count(differ & counted if query.undecided else differ).sum(
-            axis=1, dtype=np.int64)
+    # 64-bit hashes: one column, no per-row sum needed (3x less memory traffic).
+    differ = matrix ^ words if wide else matrix[:, 0] ^ words[0]
+    if query.undecided:  # they count as agreeing with any stored hash
+        counted = ~hash_to_words(Hash(query.undecided, query.bits))
+        differ &= counted if wide else counted[0]
+    distances = np.bitwise_count(differ)
+    if wide:
+        distances = distances.sum(axis=1, dtype=np.int64)
     hits = np.flatnonzero(distances <= max_distance)
     return hits, distances[hits].astype(np.int64)
 
