@@ -610,6 +610,9 @@ STOP_WAIT_SECONDS = 10.0
 DEATHS_IN_A_ROW = 8
 # How often, while no chunk comes back, the workers are looked at for one that died unseen.
 LOOK_FOR_DEATHS_SECONDS = 1.0
+# How long a worker's death found by this process is left to the executor's thread, which may be
+# seeing it too, before it is taken for one the thread cannot see (see _settle_broken_pool).
+UNSEEN_GRACE_SECONDS = 1.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -752,7 +755,7 @@ class _PoolHashing:
         elif time.monotonic() - self._answered_at >= self._file_seconds:
             return self._settle_broken_pool(
                 f"no chunk of files has come back from the workers for {self._file_seconds:g} s")
-        elif any(process.exitcode is not None for process in self._processes):
+        elif _any_ended(self._processes):
             # A worker killed while it wrote its results leaves half a message, and the
             # executor's thread waits for the rest instead of seeing the death: the run stalled
             # until the timeout (a review). Workers never end on their own during a run.
@@ -777,9 +780,18 @@ class _PoolHashing:
         (`stuck` says so): the outcomes that came back before, and every other file sent to the
         pool made a suspect, to be hashed alone."""
         assert self._pool is not None
-        if not stuck and not unseen:
-            # Broken, the executor fails every future left (at once: its thread is ending).
-            concurrent.futures.wait(self._running, STOP_WAIT_SECONDS)
+        if not stuck:
+            # A dead worker's exit status comes once, through its fork server's pipe: read by two
+            # threads at once, the second read finds the pipe empty and sets the status to 255
+            # over the first's. The executor's thread reads it as it ends the broken pool, and
+            # this one did too while stopping the pool: a run in CI said "a worker process died"
+            # without its SIGKILL. The executor's thread is let finish first (once broken, it
+            # fails every future left and ends); one that has not seen the death (`unseen`) is
+            # given a moment to.
+            executor_thread = getattr(self._pool, "_executor_manager_thread", None)
+            if executor_thread is not None:
+                executor_thread.join(UNSEEN_GRACE_SECONDS if unseen else STOP_WAIT_SECONDS)
+            concurrent.futures.wait(self._running, 0 if unseen else STOP_WAIT_SECONDS)
         self.stop()
         # The signal that ended the worker, where one did: the executor then ends the others
         # (SIGTERM, or an exit status of their own).
@@ -947,6 +959,13 @@ def _in_groups(
         raise
     if group:
         yield group
+
+
+def _any_ended(processes: list[Any]) -> bool:
+    """Whether any of these worker processes has ended, without reading its exit status: that
+    is read once, and the executor's thread may be reading it (see _settle_broken_pool)."""
+    return bool(processes) and bool(
+        multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0))
 
 
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
