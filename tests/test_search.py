@@ -265,11 +265,24 @@ class TestUndecidedBits:
                                   "--stdin", "-m", "0"], input=copies, capture_output=True,
                                  text=True, timeout=120)
         assert checked.returncode == 0, checked.stderr
-        for seed, line in enumerate(checked.stdout.splitlines()):
-            answer = json.loads(line)
+        answers = [json.loads(line) for line in checked.stdout.splitlines()]
+        assert search_cli.main(["-s", "db.shelve", "-q", "images", "-m", "0", "--json"]) == 0
+        for seed, answer in enumerate(answers):
             assert {"relpath": f"o{seed:02d}.jpg", "distance": 0} in [
                 {"relpath": match["relpath"], "distance": match["distance"]}
                 for match in answer["matches"]], answer
+        # Each answer says which of its bits were left out: every distance shown is the bits
+        # outside that mask by which the two hashes differ, where the hashes alone could not
+        # explain a copy shown at 0 whose hash differs.
+        unexplained = 0
+        for answer in answers + json.loads(capsys.readouterr().out):
+            assert len(answer["undecided"]) == len(answer["hash"]) == 16, answer
+            query, undecided = int(answer["hash"], 16), int(answer["undecided"], 16)
+            for match in answer["matches"]:
+                differing = query ^ int(match["hash"], 16)
+                assert match["distance"] == (differing & ~undecided).bit_count(), answer
+                unexplained += differing != 0
+        assert unexplained >= 3
         with neardup.open_store("db.shelve") as store:
             for seed in range(12):
                 assert f"o{seed:02d}.jpg" in [found.relpath for found in store.search(

@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     result.error = error.reason
                     continue
                 result.hash_hex = query_hash.hex()
+                result.undecided_hex = query_hash.undecided_hex()
                 result.low_information = is_low_information(query_hash)
                 if result.low_information and not args.include_low_information:
                     warn(PROG, f"{path}: low-information image (blank, single-colour or"

@@ -129,6 +129,11 @@ class Hash:
         """Fixed-width lowercase hex, identical to `str(imagehash_object)`."""
         return format(self.value, f"0{(self.bits + 3) // 4}x")
 
+    def undecided_hex(self) -> str:
+        """The undecided bits as a mask in hex(), same width: its 1 bits are left out of the
+        distance search reports."""
+        return format(self.undecided, f"0{(self.bits + 3) // 4}x")
+
     def distance(self, other: Hash) -> int:
         """Hamming distance: the number of differing bits (undecided or not)."""
         if other.bits != self.bits:

@@ -24,6 +24,9 @@ class QueryResult:
     low_information: bool = False
     matches: list[Match] = field(default_factory=list)
     error: str | None = None
+    # The query's undecided bits as a mask of hash_hex's width (Hash.undecided_hex): without it a
+    # distance shown could exceed the two hashes' Hamming distance with nothing saying why.
+    undecided_hex: str | None = None
 
 
 # Control characters escaped and backslashes doubled, so that a name stays on one line and no two
@@ -111,5 +114,5 @@ def to_record(
             record |= {"found_by": match.found_by, "inliers": match.inliers,
                        "verified": match.verified}
         shown.append(record)
-    return {"query": result.query, "hash": result.hash_hex,
+    return {"query": result.query, "hash": result.hash_hex, "undecided": result.undecided_hex,
             "low_information": result.low_information, "matches": shown}

@@ -282,7 +282,8 @@ class Checker:
     ) -> dict[str, Any]:
         query, flipped = hashes.query, hashes.flipped
         radius = self.max_distance if max_distance is None else max_distance
-        result = QueryResult(name, query.hex(), is_low_information(query))
+        result = QueryResult(name, query.hex(), is_low_information(query),
+                             undecided_hex=query.undecided_hex())
         with self._lock:
             if self._closed:
                 raise StoreUnavailable("the checker is stopping")
