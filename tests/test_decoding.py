@@ -417,6 +417,48 @@ def test_a_large_query_for_a_stopped_worker_goes_to_a_new_one(tmp_path: Path) ->
     assert not alive(stopped.pid)
 
 
+def test_a_stopped_worker_given_up_mid_send_is_replaced_whatever_the_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given up, a stopped worker was ended and its pipe closed from the timer's thread while the
+    query was still being written: the write returned part of the query as the worker died, and
+    the next write found no handle (TypeError; a full test run under load, 1 in many). Here the
+    sending thread pauses after each partial write, so the timer always acts in between: the
+    query must still go to a new worker, and the pipe must never be closed under the write."""
+    import io
+    from multiprocessing.connection import Connection
+
+    import numpy as np
+    from PIL import Image
+
+    from neardup.core.hashing import Recipe
+
+    send = Connection._send
+
+    def send_pausing_after_partial_writes(self, buf, write=os.write):  # type: ignore[no-untyped-def]
+        def pausing_write(handle, data):  # type: ignore[no-untyped-def]
+            written = write(handle, data)
+            if written < len(data):
+                time.sleep(1.0)  # the sending thread descheduled: the timer's thread runs
+            return written
+        return send(self, buf, pausing_write)
+
+    picture = Image.fromarray(np.random.default_rng(4).integers(0, 255, (400, 600, 3), np.uint8))
+    stream = io.BytesIO()
+    picture.save(stream, "PNG")
+    large = stream.getvalue()
+    decoders = InWorkers(1.0)
+    try:
+        expected = decoders.hash("a", large, Recipe(), 10**8, False, None)
+        stopped = decoders._worker()._process
+        os.kill(stopped.pid, signal.SIGSTOP)
+        monkeypatch.setattr(Connection, "_send", send_pausing_after_partial_writes)
+        assert decoders.hash("b", large, Recipe(), 10**8, False, None) == expected
+    finally:
+        decoders.close()
+    assert not alive(stopped.pid)
+
+
 def test_an_upload_is_not_told_the_operators_advice() -> None:
     from neardup.core.processes import death_reason
 

@@ -193,9 +193,12 @@ class _Worker:
                 self._send(connection, (name, sent, reuse, job, on_header is not None, keep),
                            sent, seconds)
                 answer = self._answer(connection, name, on_header, seconds, told_to_decode)
-            except (EOFError, OSError) as error:
+            except (EOFError, OSError, TypeError, ValueError) as error:
                 # OSError: a socket pair under the pipe says "connection reset" when the process
-                # died before it read the query.
+                # died before it read the query. TypeError or ValueError: the pipe closed under
+                # the call by another thread (stop(), as the checker closes); otherwise a bug.
+                if isinstance(error, (TypeError, ValueError)) and not connection.closed:
+                    raise
                 exitcode = self._ended()
                 if attempt == 0 and not told_to_decode and (
                         exitcode == -signal.SIGKILL or isinstance(error, _SendGivenUp)):
@@ -222,7 +225,15 @@ class _Worker:
 
         def give_up() -> None:
             gave_up.append(True)
-            self._ended()
+            # Only the process is ended here: the write then fails (the worker's end is gone),
+            # and the pipe is closed by the thread writing to it. Closed from this thread, a
+            # write that had sent part of the query as the worker died went on with no handle
+            # (TypeError, a test run under load), or with its number already given to another
+            # file or socket.
+            with self._lock:
+                process = self._process
+            if process is not None:
+                end_process(process)
 
         watchdog = threading.Timer(seconds, give_up)
         watchdog.daemon = True
