@@ -610,9 +610,11 @@ STOP_WAIT_SECONDS = 10.0
 DEATHS_IN_A_ROW = 8
 # How often, while no chunk comes back, the workers are looked at for one that died unseen.
 LOOK_FOR_DEATHS_SECONDS = 1.0
-# How long a worker's death found by this process is left to the executor's thread, which may be
-# seeing it too, before it is taken for one the thread cannot see (see _settle_broken_pool).
-UNSEEN_GRACE_SECONDS = 1.0
+# How long the executor's thread is given to end a broken pool before the workers are stopped
+# from here (see _settle_broken_pool): milliseconds once it has seen the death, but without limit
+# while a worker that ignores SIGTERM (stopped, SIGSTOP) holds it. Waited for 10 s, such a worker
+# kept index.py silent for 12 s after the death (a review; 2 s before).
+EXECUTOR_GRACE_SECONDS = 1.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -780,22 +782,26 @@ class _PoolHashing:
         (`stuck` says so): the outcomes that came back before, and every other file sent to the
         pool made a suspect, to be hashed alone."""
         assert self._pool is not None
+        # The workers that ended before the pool is stopped here: the one that died, perhaps
+        # others (not those this process kills as it stops the pool, with SIGKILL when SIGTERM
+        # does not end them).
+        died = [process for process in self._processes if _any_ended([process])]
         if not stuck:
             # A dead worker's exit status comes once, through its fork server's pipe: read by two
             # threads at once, the second read finds the pipe empty and sets the status to 255
             # over the first's. The executor's thread reads it as it ends the broken pool, and
             # this one did too while stopping the pool: a run in CI said "a worker process died"
             # without its SIGKILL. The executor's thread is let finish first (once broken, it
-            # fails every future left and ends); one that has not seen the death (`unseen`) is
-            # given a moment to.
+            # fails every future left and ends); one that has not seen the death (`unseen`), or
+            # waits for a stopped worker, is given a moment.
             executor_thread = getattr(self._pool, "_executor_manager_thread", None)
             if executor_thread is not None:
-                executor_thread.join(UNSEEN_GRACE_SECONDS if unseen else STOP_WAIT_SECONDS)
-            concurrent.futures.wait(self._running, 0 if unseen else STOP_WAIT_SECONDS)
+                executor_thread.join(EXECUTOR_GRACE_SECONDS)
+            concurrent.futures.wait(self._running, 0 if unseen else EXECUTOR_GRACE_SECONDS)
         self.stop()
         # The signal that ended the worker, where one did: the executor then ends the others
         # (SIGTERM, or an exit status of their own).
-        ended = {code for process in self._processes if (code := process.exitcode) is not None
+        ended = {code for process in died if (code := process.exitcode) is not None
                  and code < 0 and code != -signal.SIGTERM}
         self._processes = []
         outcomes: list[HashOutcome] = []
@@ -975,12 +981,16 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     workers = list((getattr(pool, "_processes", None) or {}).values())
     results = getattr(pool, "_result_queue", None)  # shutdown() forgets it
     manager = getattr(pool, "_executor_manager_thread", None)  # and this
-    pool.shutdown(wait=False, cancel_futures=True)
+    # The workers are ended before shutdown(): on Python 3.13 the executor's thread ending a
+    # broken pool holds the lock shutdown() takes while it waits for every worker, and a
+    # stopped one (SIGSTOP) never ends on the SIGTERM it was sent: index.py hung for good, deaf
+    # to Ctrl-C (a review: a worker stopped and the other killed).
     for process in workers:
         if process.is_alive():
             process.terminate()
     for process in workers:
         end_process(process)
+    pool.shutdown(wait=False, cancel_futures=True)
     # A worker stopped while it wrote its results (a chunk's local features are megabytes)
     # leaves half a message in the results' pipe: the executor's thread waits for the rest for
     # ever, and so did index.py when it exited (a review: an index.py --features that stopped
