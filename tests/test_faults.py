@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -240,6 +242,23 @@ def _hashing_workers(indexer: int) -> list[int]:
     return workers
 
 
+@contextlib.contextmanager
+def _indexing_mid_run(
+    in_tmp: Path, command: list[str], workers_wanted: int
+) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """index.py started, once it has committed its first batch: the process and its worker
+    processes (the test skipped if the run ended first, or has fewer workers than wanted)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as indexer:
+        deadline = time.monotonic() + 60
+        while committed_count(in_tmp / "db.shelve") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        workers = _hashing_workers(indexer.pid)
+        if indexer.poll() is not None or len(workers) < workers_wanted:
+            pytest.skip("the run finished before its workers could be signalled")
+        yield indexer, workers
+
+
 # index.py as a script whose reading of a process's exit status (once, from its fork server's pipe)
 # is slowed down: two threads reading it at once then always collide, where in CI they did in
 # about one run of thirty and the death lost its signal's name.
@@ -269,14 +288,7 @@ def test_a_worker_killed_mid_run_costs_no_file(in_tmp: Path, status_reads: str) 
               else [str(PROJECT_ROOT / "index.py")])
     command = [sys.executable, *script, "-d", "images", "-s", "db.shelve", "-q", "-j", "2",
                "--batch-size", "10"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as indexer:
-        deadline = time.monotonic() + 60
-        while committed_count(in_tmp / "db.shelve") == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        workers = _hashing_workers(indexer.pid)
-        if indexer.poll() is not None or not workers:
-            pytest.skip("the run finished before a worker could be killed")
+    with _indexing_mid_run(in_tmp, command, workers_wanted=1) as (indexer, workers):
         os.kill(workers[0], signal.SIGKILL)
         out, err = indexer.communicate(timeout=120)
     assert indexer.returncode == 0, (out, err)
@@ -380,14 +392,7 @@ def test_a_death_beside_a_stopped_worker_is_said_at_once_and_the_run_finishes(in
     make_large_tree(in_tmp / "images", 600)
     command = [sys.executable, str(PROJECT_ROOT / "index.py"), "-d", "images", "-s", "db.shelve",
                "-q", "-j", "2", "--batch-size", "10"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as indexer:
-        deadline = time.monotonic() + 60
-        while committed_count(in_tmp / "db.shelve") == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        workers = _hashing_workers(indexer.pid)
-        if indexer.poll() is not None or len(workers) < 2:
-            pytest.skip("the run finished before its workers could be stopped and killed")
+    with _indexing_mid_run(in_tmp, command, workers_wanted=2) as (indexer, workers):
         os.kill(workers[1], signal.SIGSTOP)
         os.kill(workers[0], signal.SIGSEGV)
         killed = time.monotonic()
