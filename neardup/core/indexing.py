@@ -44,6 +44,7 @@ from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .processes import (
+    TERMINATE_WAIT_SECONDS,
     as_worker,
     check_timeout,
     death_reason,
@@ -610,10 +611,10 @@ STOP_WAIT_SECONDS = 10.0
 DEATHS_IN_A_ROW = 8
 # How often, while no chunk comes back, the workers are looked at for one that died unseen.
 LOOK_FOR_DEATHS_SECONDS = 1.0
-# How long the executor's thread is given to end a broken pool before the workers are stopped
-# from here (see _settle_broken_pool): milliseconds once it has seen the death, but without limit
-# while a worker that ignores SIGTERM (stopped, SIGSTOP) holds it. Waited for 10 s, such a worker
-# kept index.py silent for 12 s after the death (a review; 2 s before).
+# How long the executor's thread is given to end a broken pool before the workers still running
+# are killed from here (see _settle_broken_pool): milliseconds once it has seen the death, but
+# without limit while a worker that ignores SIGTERM (stopped, SIGSTOP) holds it. Waited for 10 s
+# instead, such a worker kept index.py silent for 12 s after the death (a review; 2 s before).
 EXECUTOR_GRACE_SECONDS = 1.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
@@ -797,7 +798,13 @@ class _PoolHashing:
             executor_thread = getattr(self._pool, "_executor_manager_thread", None)
             if executor_thread is not None:
                 executor_thread.join(EXECUTOR_GRACE_SECONDS)
-            concurrent.futures.wait(self._running, 0 if unseen else EXECUTOR_GRACE_SECONDS)
+                if executor_thread.is_alive() and not unseen:
+                    # Still waiting for a worker that does not end on SIGTERM (stopped), or slow
+                    # (a loaded machine): the workers still running are killed, so that it ends,
+                    # and waited for (reading the statuses beside it lost the signal under load).
+                    _signal_running(self._processes, signal.SIGKILL)
+                    executor_thread.join(STOP_WAIT_SECONDS)
+            concurrent.futures.wait(self._running, 0 if unseen else STOP_WAIT_SECONDS)
         self.stop()
         # The signal that ended the worker, where one did: the executor then ends the others
         # (SIGTERM, or an exit status of their own).
@@ -974,6 +981,26 @@ def _any_ended(processes: list[Any]) -> bool:
         multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0))
 
 
+def _signal_running(processes: list[Any], signal_number: int) -> None:
+    """Send a signal to the worker processes that have not ended, without reading any exit
+    status (see _any_ended); one ending meanwhile is already gone, its status kept by its fork
+    server."""
+    for process in processes:
+        if not _any_ended([process]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal_number)
+
+
+def _wait_ended(processes: list[Any], seconds: float) -> None:
+    """Wait until every one of these processes has ended, at most `seconds`, reading nothing."""
+    deadline = time.monotonic() + seconds
+    while (running := [process.sentinel for process in processes if not _any_ended([process])]):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        multiprocessing.connection.wait(running, left)
+
+
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """Stop the workers now: after Ctrl-C, shutdown() alone would wait for every file still
     queued (as multiprocessing.Pool's terminate() did not)."""
@@ -984,12 +1011,13 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # The workers are ended before shutdown(): on Python 3.13 the executor's thread ending a
     # broken pool holds the lock shutdown() takes while it waits for every worker, and a
     # stopped one (SIGSTOP) never ends on the SIGTERM it was sent: index.py hung for good, deaf
-    # to Ctrl-C (a review: a worker stopped and the other killed).
-    for process in workers:
-        if process.is_alive():
-            process.terminate()
-    for process in workers:
-        end_process(process)
+    # to Ctrl-C (a review: a worker stopped and the other killed). They are ended by signals
+    # and watched by their sentinels, their exit statuses read only once the executor's thread
+    # has ended: read by both at once, one was lost (see _settle_broken_pool).
+    _signal_running(workers, signal.SIGTERM)
+    _wait_ended(workers, TERMINATE_WAIT_SECONDS)
+    _signal_running(workers, signal.SIGKILL)
+    _wait_ended(workers, TERMINATE_WAIT_SECONDS)
     pool.shutdown(wait=False, cancel_futures=True)
     # A worker stopped while it wrote its results (a chunk's local features are megabytes)
     # leaves half a message in the results' pipe: the executor's thread waits for the rest for
@@ -1005,6 +1033,8 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
     if manager is not None and manager is not threading.current_thread():
         manager.join(timeout=STOP_WAIT_SECONDS)
+    for process in workers:
+        end_process(process)  # reaped (each has ended by now, unless its fork server is stopped)
 
 
 _worker_settings: tuple[Recipe, int, bool] | None = None
