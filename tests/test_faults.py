@@ -260,8 +260,8 @@ def _indexing_mid_run(
 
 
 # index.py as a script whose reading of a process's exit status (once, from its fork server's pipe)
-# is slowed down: two threads reading it at once then always collide, where in CI they did in
-# about one run of thirty and the death lost its signal's name.
+# is slowed down: two threads reading it at once then always collide, where they did once in a
+# CI run (of many that passed) and the death lost its signal's name.
 INDEX_WITH_SLOW_STATUS_READS = """
 import sys, time
 from multiprocessing import forkserver
