@@ -127,12 +127,15 @@ class Hash:
 
     def hex(self) -> str:
         """Fixed-width lowercase hex, identical to `str(imagehash_object)`."""
-        return format(self.value, f"0{(self.bits + 3) // 4}x")
+        return self._hex(self.value)
 
     def undecided_hex(self) -> str:
         """The undecided bits as a mask in hex(), same width: its 1 bits are left out of the
         distance search reports."""
-        return format(self.undecided, f"0{(self.bits + 3) // 4}x")
+        return self._hex(self.undecided)
+
+    def _hex(self, bits: int) -> str:
+        return format(bits, f"0{(self.bits + 3) // 4}x")
 
     def distance(self, other: Hash) -> int:
         """Hamming distance: the number of differing bits (undecided or not)."""
