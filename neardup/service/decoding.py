@@ -146,6 +146,10 @@ class DecoderUnavailable(NeardupError):
     """No worker process could be started to decode the query (503: try again shortly)."""
 
 
+class _NotLaunched(DecoderUnavailable):
+    """The fork server could not be reached to start a worker (it died or was killed)."""
+
+
 # A query of at most this many bytes fits in the pipe's buffer (a socket pair's is about 200 KB),
 # so sending it never waits for the worker.
 UNBLOCKED_SEND_BYTES = 64 * 1024
@@ -153,6 +157,11 @@ UNBLOCKED_SEND_BYTES = 64 * 1024
 # from a fork server that has the libraries loaded; the first, which starts the fork server
 # too, 0.1 to 0.3 s).
 START_SECONDS = 30.0
+# How long a worker's start is tried again while the fork server cannot be reached. A killed fork
+# server has closed its socket (which then refuses) a moment before the kernel lets it be reaped,
+# and until then multiprocessing takes it for alive and does not start another; under load that
+# moment is longer (CI's one failure: the retry came too soon, and the query failed).
+LAUNCH_RETRY_SECONDS = 2.0
 
 
 class _Worker:
@@ -263,14 +272,23 @@ class _Worker:
         except OSError:
             pass
         self._ended()
-        for attempt in range(2):
+        retried_start = False
+        pause, given_up = 0.01, time.monotonic() + LAUNCH_RETRY_SECONDS
+        while True:
             try:
                 self.launch()
+            except _NotLaunched:
+                if self._stopped or time.monotonic() + pause > given_up:
+                    raise
+                time.sleep(pause)
+                pause *= 2
+                continue
+            try:
                 return self.wait_started()
             except DecoderUnavailable:
-                if attempt:
+                if retried_start:  # it ended as it started twice: it cannot run here
                     raise
-        raise AssertionError("unreachable")
+                retried_start = True
 
     def _answer(self, connection: Any, name: str, on_header: OnHeader | None,
                 seconds: float, told_to_decode: list[bool]) -> Any:
@@ -315,7 +333,7 @@ class _Worker:
             # before it had started, such a process failed every later query of its thread,
             # "can only join a started process", a review.)
             ours.close()
-            raise DecoderUnavailable(f"a decoding worker process could not be started"
+            raise _NotLaunched(f"a decoding worker process could not be started"
                                      f" ({type(error).__name__}: {error})") from None
         finally:
             theirs.close()  # the worker's end: reading here ends with EOF once it is gone
