@@ -786,7 +786,7 @@ class _PoolHashing:
         # The workers that ended before the pool is stopped here: the one that died, perhaps
         # others (not those this process kills as it stops the pool, with SIGKILL when SIGTERM
         # does not end them).
-        died = [process for process in self._processes if _any_ended([process])]
+        died = [process for process in self._processes if _has_ended(process)]
         if not stuck:
             # A dead worker's exit status comes once, through its fork server's pipe: read by two
             # threads at once, the second read finds the pipe empty and sets the status to 255
@@ -977,16 +977,38 @@ def _in_groups(
 def _any_ended(processes: list[Any]) -> bool:
     """Whether any of these worker processes has ended, without reading its exit status: that
     is read once, and the executor's thread may be reading it (see _settle_broken_pool)."""
-    return bool(processes) and bool(
-        multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0))
+    return any(_has_ended(process) for process in processes)
+
+
+def _has_ended(process: Any) -> bool:
+    """Whether this worker process has ended, reading no exit status.
+
+    Its sentinel alone does not say: under a fork server it is the pipe the status comes
+    through, readable once the status is written, until another thread (the executor's) has read
+    it; then again once the fork server closes its end, a moment later. Looked at between the
+    two, a dead worker passed for running: a CI run and 2 of 40 runs here named no signal for a
+    worker's death, the dead worker left out of those that died. The fork server reaps a worker
+    before it writes its status, so by then its pid is gone."""
+    popen = getattr(process, "_popen", None)
+    if getattr(popen, "returncode", None) is not None:
+        return True  # read already
+    if multiprocessing.connection.wait([process.sentinel], timeout=0):
+        return True
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # its pid taken by another user's process since: it has ended, but not said here
+    return False
 
 
 def _signal_running(processes: list[Any], signal_number: int) -> None:
     """Send a signal to the worker processes that have not ended, without reading any exit
-    status (see _any_ended); one ending meanwhile is already gone, its status kept by its fork
+    status (see _has_ended); one ending meanwhile is already gone, its status kept by its fork
     server."""
     for process in processes:
-        if not _any_ended([process]):
+        if not _has_ended(process):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal_number)
 
@@ -994,7 +1016,7 @@ def _signal_running(processes: list[Any], signal_number: int) -> None:
 def _wait_ended(processes: list[Any], seconds: float) -> None:
     """Wait until every one of these processes has ended, at most `seconds`, reading nothing."""
     deadline = time.monotonic() + seconds
-    while (running := [process.sentinel for process in processes if not _any_ended([process])]):
+    while (running := [process.sentinel for process in processes if not _has_ended(process)]):
         left = deadline - time.monotonic()
         if left <= 0:
             return
