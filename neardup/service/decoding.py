@@ -334,7 +334,7 @@ class _Worker:
             # "can only join a started process", a review.)
             ours.close()
             raise _NotLaunched(f"a decoding worker process could not be started"
-                                     f" ({type(error).__name__}: {error})") from None
+                               f" ({type(error).__name__}: {error})") from None
         finally:
             theirs.close()  # the worker's end: reading here ends with EOF once it is gone
         with self._lock:
