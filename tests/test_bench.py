@@ -83,3 +83,10 @@ def test_a_bench_indexing_in_process_stops_when_a_file_fails(in_tmp: Path) -> No
     message = str(stopped.value.code)
     assert message.startswith("search_speed.py: data was not indexed whole (indexed 4,")
     assert "failed 1" in message and "haystack/broken.jpg" in message
+
+
+def test_gray_copies_says_which_dataset_is_missing(in_tmp: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "gray_copies.py"), "--dataset", "absent"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "gray_copies.py: absent: no such folder (set NEARDUP_CALTECH101)\n"
