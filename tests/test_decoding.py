@@ -298,6 +298,49 @@ def test_a_fork_server_killed_while_a_worker_starts_costs_nothing_lasting(
     assert done.stdout.split() == ["True", "True"], done
 
 
+# A worker killed mid-query together with its fork server: its exit status never comes (Python
+# then says 255). Run in a process of its own, which kills its own fork server.
+WORKER_AND_FORK_SERVER_DIE = """
+import io, multiprocessing.forkserver as forkserver, os, signal, sys, threading, time
+import numpy as np
+from PIL import Image
+from neardup.core.hashing import Recipe
+from neardup.service.decoding import InWorkers
+picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (3000, 4000, 3), np.uint8))
+data = io.BytesIO()
+picture.save(data, "PNG", compress_level=1)  # slow to decode: the kill lands mid-query
+photo = data.getvalue()
+decoders = InWorkers(60)
+decoders.start(1)
+first = decoders.hash("a", photo, Recipe(), 10**8, False, None)
+worker = decoders._worker()._process.pid  # this thread's
+def kill_both():
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+threading.Timer(0.1, kill_both).start()
+answers = []
+try:
+    answers.append(decoders.hash("b", photo, Recipe(), 10**8, False, None))
+except Exception as error:
+    answers.append(repr(error))
+later = decoders.hash("c", photo, Recipe(), 10**8, False, None)
+decoders.close()
+print(answers == [first], later == first, answers[0] if answers != [first] else "")
+"""
+
+
+def test_a_worker_killed_with_its_fork_server_does_not_fail_the_upload(tmp_path: Path) -> None:
+    """A review (r23): a worker and the fork server killed together (an operator's kill of the
+    process group, the out-of-memory killer twice) answered the upload 400 "the process that
+    decoded it ended with exit status 255", as if the upload were at fault: the status, which
+    comes through the fork server, never came. The query goes to a new worker, as after a
+    SIGKILL."""
+    (tmp_path / "script.py").write_text(WORKER_AND_FORK_SERVER_DIE)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True,
+                          text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.stdout.split()[:2] == ["True", "True"], done
+
+
 def test_a_refusal_at_the_header_leaves_the_worker_ready(traps: Path) -> None:
     """The checker judges the header (decode memory): the worker decodes only once told to, and
     a refused query leaves it waiting for the next."""

@@ -157,6 +157,11 @@ UNBLOCKED_SEND_BYTES = 64 * 1024
 # from a fork server that has the libraries loaded; the first, which starts the fork server
 # too, 0.1 to 0.3 s).
 START_SECONDS = 30.0
+# A worker's exit status comes through the fork server that started it: when that is killed too,
+# Python reads it as 255, whatever ended the worker. Such a query was answered 400, "the process
+# that decoded it ended with exit status 255", as if the upload were at fault (a review: 14 of
+# 2,634 uploads while a worker and the fork server were killed together every second).
+STATUS_LOST = 255
 # How long a worker's start is tried again while the fork server cannot be reached. A killed fork
 # server has closed its socket (which then refuses) a moment before the kernel lets it be reaped,
 # and until then multiprocessing takes it for alive and does not start another; under load that
@@ -209,14 +214,18 @@ class _Worker:
                 if isinstance(error, (TypeError, ValueError)) and not connection.closed:
                     raise
                 exitcode = self._ended()
-                if attempt == 0 and not told_to_decode and (
-                        exitcode == -signal.SIGKILL or isinstance(error, _SendGivenUp)):
+                if attempt == 0 and (exitcode == STATUS_LOST or not told_to_decode and (
+                        exitcode == -signal.SIGKILL or isinstance(error, _SendGivenUp))):
                     # Killed before it was told to decode this query (idle, or waiting for
                     # decode memory): most likely killed from outside (an operator, the
                     # out-of-memory killer choosing it), or its send given up (_send). A new
                     # worker tries it once; one that really needs more memory than there is
-                    # is killed again.
+                    # is killed again. So does a worker whose end is unknown.
                     continue
+                if exitcode == STATUS_LOST:
+                    raise DecoderUnavailable(
+                        "the decoding worker process ended twice, its exit status lost with the"
+                        " fork server that started it (both ended from outside?)") from None
                 raise ImageError(name, death_reason(exitcode, did="decoded")) from None
             self.holds = data if keep else None
             return answer
@@ -278,9 +287,10 @@ class _Worker:
             try:
                 self.launch()
             except _NotLaunched:
-                if self._stopped or time.monotonic() + pause > given_up:
+                left = given_up - time.monotonic()
+                if self._stopped or left <= 0:
                     raise
-                time.sleep(pause)
+                time.sleep(min(pause, left))  # the last pause cut short: 2 s in all, not 1.3
                 pause *= 2
                 continue
             try:
