@@ -996,10 +996,8 @@ def _has_ended(process: Any) -> bool:
         return True
     try:
         os.kill(process.pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or its pid another user's since
         return True
-    except PermissionError:
-        pass  # its pid taken by another user's process since: it has ended, but not said here
     return False
 
 
