@@ -26,6 +26,9 @@ from .interrupts import sigint_held
 MAX_WAIT_SECONDS = 1_000_000
 # How long a worker process has to end once terminated before it is killed.
 TERMINATE_WAIT_SECONDS = 2.0
+# A worker's exit status comes through the fork server that started it: when that has ended too,
+# Python reads the status as 255, whatever ended the worker.
+STATUS_LOST = 255
 
 
 def check_timeout(seconds: float) -> None:

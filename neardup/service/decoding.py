@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..core.hashing import Hash, Recipe, hash_source
 from ..core.processes import (
+    STATUS_LOST,
     as_worker,
     check_timeout,
     death_reason,
@@ -157,11 +158,6 @@ UNBLOCKED_SEND_BYTES = 64 * 1024
 # from a fork server that has the libraries loaded; the first, which starts the fork server
 # too, 0.1 to 0.3 s).
 START_SECONDS = 30.0
-# A worker's exit status comes through the fork server that started it: when that is killed too,
-# Python reads it as 255, whatever ended the worker. Such a query was answered 400, "the process
-# that decoded it ended with exit status 255", as if the upload were at fault (a review: 14 of
-# 2,634 uploads while a worker and the fork server were killed together every second).
-STATUS_LOST = 255
 # How long a worker's start is tried again while the fork server cannot be reached. A killed fork
 # server has closed its socket (which then refuses) a moment before the kernel lets it be reaped,
 # and until then multiprocessing takes it for alive and does not start another; under load that
@@ -214,6 +210,10 @@ class _Worker:
                 if isinstance(error, (TypeError, ValueError)) and not connection.closed:
                     raise
                 exitcode = self._ended()
+                # A lost status (STATUS_LOST: the fork server killed too) was answered 400,
+                # "the process that decoded it ended with exit status 255", as if the upload
+                # were at fault (a review: 14 of 2,634 uploads while a worker and the fork server
+                # were killed together every second).
                 if attempt == 0 and (exitcode == STATUS_LOST or not told_to_decode and (
                         exitcode == -signal.SIGKILL or isinstance(error, _SendGivenUp))):
                     # Killed before it was told to decode this query (idle, or waiting for
