@@ -30,6 +30,13 @@ def _crashing_open(self):
         time.sleep(0.6)
     if self.info.get("trap") == "exit":  # a library that calls sys.exit
         raise SystemExit(3)
+    if self.info.get("trap") == "killboth" and os.path.getsize(os.environ["KILLED_BOTH"]) < 2:
+        # The worker and the fork server that started it killed together (an operator's kill
+        # of the process group), the first two times: the worker's exit status is lost.
+        with open(os.environ["KILLED_BOTH"], "a") as killed:
+            killed.write("k")
+        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
     if self.info.get("trap") == "stop":  # a process stopped (SIGSTOP) by someone
         os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get("CRASH_EVERY_PNG"):  # a broken decoder
@@ -42,6 +49,51 @@ def _crashing_open(self):
             signal.pause()
 
 PngImagePlugin.PngImageFile._open = _crashing_open
+
+if os.environ.get("FAIL_WORKER_START"):
+    # The run's own process fails to start its n-th worker processes (numbers counted from 1,
+    # comma-separated; "a-b" a range), as when the fork server is killed during the start.
+    import multiprocessing
+    from multiprocessing import popen_forkserver
+
+    _launch, _starts, _failing = popen_forkserver.Popen._launch, [], set()
+    for part in os.environ["FAIL_WORKER_START"].split(","):
+        first, _, last = part.partition("-")
+        _failing.update(range(int(first), int(last or first) + 1))
+
+    def _failing_launch(self, process_obj):
+        _starts.append(1)
+        if len(_starts) in _failing:
+            raise EOFError("unexpected EOF")
+        return _launch(self, process_obj)
+
+    if multiprocessing.parent_process() is None:
+        popen_forkserver.Popen._launch = _failing_launch
+
+if os.environ.get("FORK_SERVER_REAPED_LATE"):
+    # A killed process closes its files (the fork server's socket then refuses) a moment before
+    # the kernel lets its parent reap it; under load that moment grows, and multiprocessing,
+    # asked meanwhile to start a worker, takes the fork server for alive. Here the run's own
+    # process sees its dead fork server alive for that many seconds.
+    import multiprocessing, time
+    from multiprocessing import forkserver
+
+    _waitpid, _reaped = os.waitpid, {}
+
+    def _late_waitpid(pid, options):
+        if not options & os.WNOHANG or pid != forkserver._forkserver._forkserver_pid:
+            return _waitpid(pid, options)
+        if pid not in _reaped:
+            got = _waitpid(pid, options)
+            if not got[0]:
+                return got
+            _reaped[pid] = (time.monotonic(), got)
+        seen, got = _reaped[pid]
+        late = float(os.environ["FORK_SERVER_REAPED_LATE"])
+        return (0, 0) if time.monotonic() < seen + late else got
+
+    if multiprocessing.parent_process() is None:
+        os.waitpid = _late_waitpid
 
 if os.environ.get("HALF_WRITTEN"):  # a worker killed while it sends its results, once
     import multiprocessing, struct

@@ -494,6 +494,61 @@ def test_a_library_exiting_in_a_worker_fails_its_file_alone(in_tmp: Path) -> Non
     assert "indexed 40, unchanged 0, removed 0, failed 1" in done.stdout
 
 
+@pytest.mark.parametrize("reaped_late", ["0", "0.3"], ids=["reaped at once", "reaped late"])
+def test_a_file_whose_process_dies_with_the_fork_server_is_hashed_again(
+        in_tmp: Path, reaped_late: str) -> None:
+    """A worker killed together with the fork server that started it leaves no exit status
+    (Python reads 255): hashed alone, such a file failed "the process that hashed it ended with
+    exit status 255", as if it were at fault (a review). A new process tries it once more.
+    Started while the dead fork server could not yet be reaped, that process failed index.py
+    with a ConnectionRefusedError traceback (1 run in 8 under load)."""
+    make_large_tree(in_tmp / "images", 40)
+    crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="killboth")
+    env = with_crashing_decoder(in_tmp)
+    killed = in_tmp / "killed-both"
+    killed.touch()
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True,
+                          env={**env, "KILLED_BOTH": str(killed),
+                               "FORK_SERVER_REAPED_LATE": reaped_late}, timeout=120)
+    assert done.returncode == 0, done
+    assert killed.read_text() == "kk"  # in the pool, then alone
+    # The pool's line, without a signal (none was read); no failure.
+    line, = done.stderr.splitlines()
+    assert line.startswith("index.py: a worker process died while hashing; the "), done
+    assert "indexed 41, unchanged 0, removed 0, failed 0" in done.stdout, done
+    assert committed_count(in_tmp / "db.shelve") == 41
+
+
+@pytest.mark.parametrize("failing", ["2", "2,3", "2-5"], ids=[
+    "a pool's worker", "then the one hashing alone", "then the one alone three times"])
+def test_a_worker_that_cannot_be_started_costs_no_file(in_tmp: Path, failing: str) -> None:
+    """A worker started as the fork server is killed fails to start (EOFError "unexpected EOF",
+    ConnectionRefusedError): index.py ended with that traceback, in a pool's submission or
+    starting the process that hashes a broken pool's files alone. The files go alone, and such
+    a process's start is tried again for up to 2 s."""
+    make_large_tree(in_tmp / "images", 40)
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**with_crashing_decoder(in_tmp), "FAIL_WORKER_START": failing})
+    assert done.returncode == 0, done
+    line, = done.stderr.splitlines()
+    assert line.startswith("index.py: a worker process could not be started (EOFError: unexpected"
+                           " EOF; the fork server killed?); the "), done
+    assert "indexed 40, unchanged 0, removed 0, failed 0" in done.stdout, done
+    assert committed_count(in_tmp / "db.shelve") == 40
+
+
+def test_workers_that_never_start_end_the_run_with_one_line(in_tmp: Path) -> None:
+    """Every worker start after the first pool's fails: one line, a failed run, no traceback."""
+    make_large_tree(in_tmp / "images", 40)
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**with_crashing_decoder(in_tmp), "FAIL_WORKER_START": "2-999"})
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr, done
+    assert done.stderr.splitlines()[-1] == (
+        "index.py: error: a worker process could not be started (EOFError: unexpected EOF; the fork"
+        " server killed?); what was hashed before is written"), done
+
+
 def test_a_worker_stopped_by_sigstop_fails_its_file_after_the_timeout(in_tmp: Path) -> None:
     """A stopped process holds SIGTERM until it is continued: ending one waited for ever (a
     review's Ctrl-C hung). Now SIGKILL follows, in the pool and alone."""
@@ -683,3 +738,34 @@ def test_a_file_that_needs_more_memory_than_allowed_is_one_failed_file(
     captured = capsys.readouterr()
     assert "indexed 3, unchanged 0, removed 0, failed 1" in captured.out
     assert captured.err.endswith("image_0002.jpg: " + indexing.OUT_OF_MEMORY + "\n")
+
+
+# Each kind of worker that is sent its work through a pipe, the pipe then closed on it.
+PIPE_CLOSED_ON_WORKERS = """
+import multiprocessing, sys, time
+from neardup.core import indexing
+from neardup.core.hashing import Recipe
+from neardup.service import decoding
+decoder = decoding._Worker()
+decoder.launch()
+decoder.wait_started().close()
+alone = indexing._OneAtATime(multiprocessing.get_context("forkserver"),
+                             (Recipe(), indexing.DEFAULT_MAX_PIXELS, False))
+alone._connection.close()
+deadline = time.monotonic() + 30
+processes = [decoder._process, alone._process]
+while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(*(process.exitcode for process in processes))
+"""
+
+
+def test_a_worker_whose_pipe_closes_ends_without_a_word(tmp_path: Path) -> None:
+    """A worker whose parent closed the pipe to it (gave up on it, or went away) printed
+    "Process neardup-decoder:" and an EOFError's traceback on the parent's stderr: a review saw
+    that line alone on the checker's stderr as the fork server was stopped and killed."""
+    (tmp_path / "script.py").write_text(PIPE_CLOSED_ON_WORKERS)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.stdout.split() == ["0", "0"], done
+    assert done.stderr == "", done

@@ -44,12 +44,17 @@ from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
 from .processes import (
+    STATUS_LOST,
     TERMINATE_WAIT_SECONDS,
+    ForkServerUnreachable,
+    answer_each_sent,
     as_worker,
     check_timeout,
     death_reason,
     end_process,
     ended_by,
+    not_started,
+    start_worker,
     starting_workers,
     worker_context,
     workers_import_ours,
@@ -727,6 +732,12 @@ class _PoolHashing:
                 # found a chunk's files missing from the summary).
                 self._suspects += items
                 raise
+            except (OSError, EOFError) as error:
+                # The submission starts a worker, and the fork server was killed meanwhile
+                # (ConnectionRefusedError, EOFError "unexpected EOF"): index.py ended with that
+                # traceback. The files go alone, as from a broken pool; a new pool follows.
+                self._suspects += items
+                raise _StartFailed(not_started(error)) from None
         if len(self._processes) < self._workers:
             # The executor's own record of its workers (it forgets them when one dies), kept to
             # say how the one that died ended. Each is started by a submission.
@@ -745,6 +756,8 @@ class _PoolHashing:
                 self._send()
         except concurrent.futures.process.BrokenProcessPool:
             return self._settle_broken_pool()
+        except _StartFailed as error:
+            return self._settle_broken_pool(str(error))
         if not self._running:
             return None
         # No chunk back for file_seconds: each file still out is given file_seconds alone.
@@ -831,7 +844,7 @@ class _PoolHashing:
         self._report(what)
         return outcomes
 
-    def _hash_alone(self, item: FoundFile) -> HashOutcome:
+    def _hash_alone(self, item: FoundFile, retried: bool = False) -> HashOutcome:
         """One file hashed with no other in flight: its outcome, or why its process died.
 
         Such a file keeps its stored entry, if it is still the file indexed (`unreached`): a
@@ -855,6 +868,12 @@ class _PoolHashing:
             return HashOutcome(item, None, f"took more than {self._file_seconds:g} s to hash (a"
                                " decoder caught in a loop?); --file-timeout sets the limit",
                                unreached="timed out")
+        if exitcode == STATUS_LOST and not retried:
+            # Ended together with the fork server (both killed from outside: an operator's kill
+            # of the process group), so its status never came: nothing says the file did it.
+            # It failed as "ended with exit status 255" (a review); a new process tries it once,
+            # as the checker does with an upload.
+            return self._hash_alone(item, retried=True)
         self._deaths_in_a_row += 1
         if self._deaths_in_a_row % DEATHS_IN_A_ROW == 0:
             self._check_known_good(item, exitcode)
@@ -880,6 +899,10 @@ class _PoolHashing:
             " entries of those files are kept")
 
 
+class _StartFailed(Exception):
+    """A pool's submission could not start its worker process (see _PoolHashing._send)."""
+
+
 _TOO_LONG = object()  # what _OneAtATime.hash says of a file still hashing after its seconds
 
 
@@ -891,11 +914,15 @@ class _OneAtATime:
 
     def __init__(self, context: Any, settings: tuple[Recipe, int, bool]) -> None:
         self._connection, theirs = context.Pipe()
-        with starting_workers():
-            self._process = context.Process(target=_hash_each_sent, name="neardup-one-at-a-time",
-                                            args=(theirs, *settings), daemon=True)
-            self._process.start()
-        theirs.close()  # the child's end: reading here ends with EOF once the child is gone
+        self._process = context.Process(target=_hash_each_sent, name="neardup-one-at-a-time",
+                                        args=(theirs, *settings), daemon=True)
+        try:
+            start_worker(self._process)
+        except ForkServerUnreachable as error:
+            self._connection.close()
+            raise WorkerDied(f"{error}; what was hashed before is written") from None
+        finally:
+            theirs.close()  # the child's end: reading here ends with EOF once the child is gone
         try:
             self._connection.recv()  # "started": it could import neardup and wait for files
         except (EOFError, OSError):
@@ -936,13 +963,14 @@ def _hash_each_sent(connection: multiprocessing.connection.Connection, recipe: R
                     max_pixels: int, features: bool) -> None:
     """_OneAtATime's process: hashes each file it receives and sends back what came of it."""
     _init_worker(recipe, max_pixels, features)
-    connection.send("started")
-    while (item := connection.recv()) is not None:
+
+    def answer(item: FoundFile) -> tuple[str, Any]:
         try:
-            connection.send(("outcome", _hash_one(item, recipe, max_pixels, features)))
+            return ("outcome", _hash_one(item, recipe, max_pixels, features))
         except Exception as error:  # noqa: BLE001 - raised again in the parent
-            connection.send(("raised", error))
-    connection.close()
+            return ("raised", error)
+
+    answer_each_sent(connection, answer)
 
 
 def _in_groups(

@@ -29,12 +29,14 @@ from PIL import Image
 from ..core.hashing import Hash, Recipe, hash_source
 from ..core.processes import (
     STATUS_LOST,
+    ForkServerUnreachable,
+    answer_each_sent,
     as_worker,
     check_timeout,
     death_reason,
     end_process,
     ended_by,
-    starting_workers,
+    start_worker,
     worker_context,
 )
 from ..errors import ImageError, NeardupError
@@ -147,10 +149,6 @@ class DecoderUnavailable(NeardupError):
     """No worker process could be started to decode the query (503: try again shortly)."""
 
 
-class _NotLaunched(DecoderUnavailable):
-    """The fork server could not be reached to start a worker (it died or was killed)."""
-
-
 # A query of at most this many bytes fits in the pipe's buffer (a socket pair's is about 200 KB),
 # so sending it never waits for the worker.
 UNBLOCKED_SEND_BYTES = 64 * 1024
@@ -158,11 +156,6 @@ UNBLOCKED_SEND_BYTES = 64 * 1024
 # from a fork server that has the libraries loaded; the first, which starts the fork server
 # too, 0.1 to 0.3 s).
 START_SECONDS = 30.0
-# How long a worker's start is tried again while the fork server cannot be reached. A killed fork
-# server has closed its socket (which then refuses) a moment before the kernel lets it be reaped,
-# and until then multiprocessing takes it for alive and does not start another; under load that
-# moment is longer (CI's one failure: the retry came too soon, and the query failed).
-LAUNCH_RETRY_SECONDS = 2.0
 
 
 class _Worker:
@@ -282,17 +275,8 @@ class _Worker:
             pass
         self._ended()
         retried_start = False
-        pause, given_up = 0.01, time.monotonic() + LAUNCH_RETRY_SECONDS
         while True:
-            try:
-                self.launch()
-            except _NotLaunched:
-                left = given_up - time.monotonic()
-                if self._stopped or left <= 0:
-                    raise
-                time.sleep(min(pause, left))  # the last pause cut short: 2 s in all, not 1.3
-                pause *= 2
-                continue
+            self.launch()
             try:
                 return self.wait_started()
             except DecoderUnavailable:
@@ -336,15 +320,12 @@ class _Worker:
         process = context.Process(target=_decode_each_sent, name="neardup-decoder",
                                   args=(theirs,), daemon=True)
         try:
-            with starting_workers():
-                process.start()
-        except (OSError, EOFError) as error:
-            # The fork server died or was killed meanwhile: nothing was started. (Recorded
-            # before it had started, such a process failed every later query of its thread,
-            # "can only join a started process", a review.)
+            start_worker(process, lambda: self._stopped, kind="decoding worker")
+        except ForkServerUnreachable as error:
+            # Nothing was started. (Recorded before it had started, such a process failed every
+            # later query of its thread, "can only join a started process", a review.)
             ours.close()
-            raise _NotLaunched(f"a decoding worker process could not be started"
-                               f" ({type(error).__name__}: {error})") from None
+            raise DecoderUnavailable(str(error)) from None
         finally:
             theirs.close()  # the worker's end: reading here ends with EOF once it is gone
         with self._lock:
@@ -406,31 +387,32 @@ class _Refused(ImageError):
 def _decode_each_sent(connection: Any) -> None:
     """A worker process: decodes each query sent and sends back what came of it."""
     as_worker()
-    connection.send("started")
     kept: bytes | None = None
-    while (query := connection.recv()) is not None:
+
+    def answer(query: tuple[Any, ...]) -> tuple[str, Any]:
+        nonlocal kept
         name, sent, reuse, job, ask, keep = query
         data = kept if reuse else sent
         kept = None
         try:
-            answer = _decode(name, data, job, _asking(connection, name) if ask else None)
+            decoded = _decode(name, data, job, _asking(connection, name) if ask else None)
             kept = data if keep else None
-            connection.send(("done", answer))
+            return ("done", decoded)
         except _Refused:
-            connection.send(("refused", None))
+            return ("refused", None)
         except ImageError as error:
-            connection.send(("failed", error))
+            return ("failed", error)
         except MemoryError:
             # A decoder's own allocation failed (ulimit -v, a container's limit): the image's
             # size, not a bug; the worker goes on.
-            connection.send(("failed", ImageError(name, "out of memory while decoding it")))
+            return ("failed", ImageError(name, "out of memory while decoding it"))
         except SystemExit as stop:
             # A library that calls sys.exit: the worker dies, and the query fails like a crash.
             os._exit(stop.code if isinstance(stop.code, int) else 1)
         except Exception as error:  # noqa: BLE001 - a bug of ours: raised again in the checker
-            connection.send(("raised", RuntimeError(f"decoding {name}: {type(error).__name__}:"
-                                                    f" {error}")))
-    connection.close()
+            return ("raised", RuntimeError(f"decoding {name}: {type(error).__name__}: {error}"))
+
+    answer_each_sent(connection, answer)
 
 
 def _asking(connection: Any, name: str) -> Callable[[Image.Image], None]:
