@@ -201,7 +201,8 @@ def as_worker() -> None:
 
 def answer_each_sent(connection: Any, answer: Callable[[Any], Any]) -> None:
     """A worker's loop: says it started, then sends back `answer` of each query sent, until sent
-    None. `answer` catches what the work raises (its sends to the parent are the only ones left).
+    None. `answer` catches whatever the work raises, so that only the pipe's own errors end up
+    here.
 
     Once the pipe is gone (the parent closed it, gave up on this worker or ended) the worker ends
     quietly: the EOFError escaped before, and multiprocessing printed "Process neardup-decoder:"
