@@ -317,10 +317,20 @@ worker = decoders._worker()._process.pid  # this thread's
 def kill_both():
     os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
     os.kill(worker, signal.SIGKILL)
-threading.Timer(0.1, kill_both).start()
+judged = []
+def on_header(header):  # as the server's reservation: taken once per upload
+    if judged:
+        raise RuntimeError("a reservation is taken once")
+    judged.append(header)
+    threading.Timer(0.05, kill_both).start()  # once told to decode
+if sys.argv[1] == "judged":
+    asked = on_header
+else:
+    asked = None
+    threading.Timer(0.1, kill_both).start()
 answers = []
 try:
-    answers.append(decoders.hash("b", photo, Recipe(), 10**8, False, None))
+    answers.append(decoders.hash("b", photo, Recipe(), 10**8, False, asked))
 except Exception as error:
     answers.append(repr(error))
 later = decoders.hash("c", photo, Recipe(), 10**8, False, None)
@@ -329,14 +339,18 @@ print(answers == [first], later == first, answers[0] if answers != [first] else 
 """
 
 
-def test_a_worker_killed_with_its_fork_server_does_not_fail_the_upload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("header", ["not asked", "judged"])
+def test_a_worker_killed_with_its_fork_server_does_not_fail_the_upload(
+        tmp_path: Path, header: str) -> None:
     """A review (r23): a worker and the fork server killed together (an operator's kill of the
     process group, the out-of-memory killer twice) answered the upload 400 "the process that
     decoded it ended with exit status 255", as if the upload were at fault: the status, which
     comes through the fork server, never came. The query goes to a new worker, as after a
-    SIGKILL."""
+    SIGKILL. Review r24: its header, judged by the first worker (decode memory reserved), was
+    judged again, and the server's reservation raised (500; --stdin's traceback)."""
     (tmp_path / "script.py").write_text(WORKER_AND_FORK_SERVER_DIE)
-    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True,
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), header],
+                          capture_output=True,
                           text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert done.stdout.split()[:2] == ["True", "True"], done
 

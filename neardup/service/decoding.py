@@ -182,6 +182,10 @@ class _Worker:
         `name`, one too large to hold). With `on_header`, the worker sends the header and
         decodes only once on_header has returned (it raises to refuse); without, it decodes at
         once (the caller has reserved what it may take: limits.cost_bound)."""
+        # Its header judged (decode memory reserved) and the worker then lost: the next worker
+        # sends the same header, which is not judged again (a review: the reservation, taken a
+        # second time, raised "a reservation is taken once": a 500, and --stdin's traceback).
+        judged = False
         for attempt in range(2):
             connection = self._ready()
             # A feature store's query is decoded twice (its hash, then its frame): the bytes go
@@ -195,7 +199,8 @@ class _Worker:
                 sent = None if reuse else data
                 self._send(connection, (name, sent, reuse, job, on_header is not None, keep),
                            sent, seconds)
-                answer = self._answer(connection, name, on_header, seconds, told_to_decode)
+                answer = self._answer(connection, name, _accepting if judged else on_header,
+                                      seconds, told_to_decode)
             except (EOFError, OSError, TypeError, ValueError) as error:
                 # OSError: a socket pair under the pipe says "connection reset" when the process
                 # died before it read the query. TypeError or ValueError: the pipe closed under
@@ -203,6 +208,7 @@ class _Worker:
                 if isinstance(error, (TypeError, ValueError)) and not connection.closed:
                     raise
                 exitcode = self._ended()
+                judged = judged or bool(told_to_decode)
                 # A lost status (STATUS_LOST: the fork server killed too) was answered 400,
                 # "the process that decoded it ended with exit status 255", as if the upload
                 # were at fault (a review: 14 of 2,634 uploads while a worker and the fork server
@@ -374,6 +380,10 @@ class _Worker:
         with self._lock:
             self._stopped = True
         self._ended()
+
+
+def _accepting(header: Header) -> None:
+    """The on_header of a query whose header was judged already, by a worker lost since."""
 
 
 class _SendGivenUp(OSError):
