@@ -355,6 +355,57 @@ def test_a_worker_killed_with_its_fork_server_does_not_fail_the_upload(
     assert done.stdout.split()[:2] == ["True", "True"], done
 
 
+# A worker that cannot end by itself (stopped here; caught in a decoder's loop that holds the
+# GIL in the review), its fork server then killed. Run in a process of its own.
+LOST_WORKER_OUTLIVES = """
+import multiprocessing.forkserver as forkserver, os, signal, sys, time
+from pathlib import Path
+from neardup.core.hashing import Recipe
+from neardup.service.decoding import InWorkers
+decoders = InWorkers(60)
+decoders.start(1)
+decoders.hash("a", Path(sys.argv[1]).read_bytes(), Recipe(), 10**8, False, None)
+worker = decoders._worker()._process.pid
+os.kill(worker, signal.SIGSTOP)
+os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+time.sleep(0.3)
+decoders.close()
+print(worker)
+"""
+
+
+def test_a_worker_whose_status_was_lost_does_not_outlive_the_checker(tmp_path: Path) -> None:
+    """Review r24: once the fork server had ended, Python read a worker's status as lost and
+    took it for ended, so nothing signalled it: one caught in a decoder's loop spun on after
+    the checker (and index.py) had exited, for 25 minutes, with parent pid 1."""
+    from .imagegen import make_tree
+
+    make_tree(tmp_path / "images", 1)
+    (photo,) = (tmp_path / "images").rglob("*.jpg")
+    (tmp_path / "script.py").write_text(LOST_WORKER_OUTLIVES)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(photo)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    worker = int(done.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 5
+        while _runs(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _runs(worker), f"worker {worker} outlived the checker"
+    finally:
+        if _runs(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _runs(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_a_refusal_at_the_header_leaves_the_worker_ready(traps: Path) -> None:
     """The checker judges the header (decode memory): the worker decodes only once told to, and
     a refused query leaves it waiting for the next."""

@@ -53,9 +53,11 @@ from .processes import (
     death_reason,
     end_process,
     ended_by,
+    kill_for_sure,
     not_started,
     start_worker,
     starting_workers,
+    watch,
     worker_context,
     workers_import_ours,
 )
@@ -742,6 +744,8 @@ class _PoolHashing:
             # The executor's own record of its workers (it forgets them when one dies), kept to
             # say how the one that died ended. Each is started by a submission.
             self._processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            for process in self._processes:
+                watch(process)
 
     def next_hashed(self, timeout: float | None) -> list[HashOutcome] | None:
         """Outcomes of the files done within `timeout` (perhaps none); None once all are."""
@@ -1066,6 +1070,8 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     _wait_ended(workers, TERMINATE_WAIT_SECONDS)
     _signal_running(workers, signal.SIGKILL)
     _wait_ended(workers, TERMINATE_WAIT_SECONDS)
+    for worker in workers:
+        kill_for_sure(worker)  # those whose status was lost with the fork server (_has_ended)
     pool.shutdown(wait=False, cancel_futures=True)
     # A worker stopped while it wrote its results (a chunk's local features are megabytes)
     # leaves half a message in the results' pipe: the executor's thread waits for the rest for

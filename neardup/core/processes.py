@@ -17,7 +17,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from ..errors import NeardupError
@@ -90,6 +90,7 @@ def start_worker(process: Any, stopping: Callable[[], bool] = lambda: False,
         try:
             with starting_workers():
                 process.start()  # a start that fails leaves the process unstarted: startable
+            watch(process)
             return
         except (OSError, EOFError) as error:
             left = given_up - time.monotonic()
@@ -264,6 +265,35 @@ def end_process(process: Any) -> None:
         # (SIGSTOP, a debugger) never tells: waited for without a limit, the checker hung for
         # good (a review). Killed, the process ends; it is not waited for past this.
         process.join(TERMINATE_WAIT_SECONDS)
+    kill_for_sure(process)
+
+
+def watch(process: Any) -> None:
+    """Keep a handle on a worker process just started (a pidfd, on Linux): one that names this
+    process and no other, even once its pid is free and used again, for kill_for_sure."""
+    if getattr(process, "_neardup_pidfd", None) is None and hasattr(os, "pidfd_open"):
+        with suppress(OSError):
+            process._neardup_pidfd = os.pidfd_open(process.pid)
+
+
+def kill_for_sure(process: Any) -> None:
+    """SIGKILL a worker process, if it still runs, through its watch() handle, then close that.
+
+    Once the fork server that started it has ended, Python reads its status as lost (255) and
+    takes it for ended, so nothing else signals it: one caught in a loop inside a decoder (which
+    holds the GIL, so its exit-with-parent thread never runs) or stopped (SIGSTOP) outlived
+    index.py and the checker, spinning for 25 minutes, and held index.py's stdout open, so a
+    reader of it waited for ever (review r24)."""
+    handle = getattr(process, "_neardup_pidfd", None)
+    if handle is None:
+        return
+    process._neardup_pidfd = None
+    try:
+        signal.pidfd_send_signal(handle, signal.SIGKILL)  # a process gone already: an OSError
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def ended_by(exitcode: int | None) -> str:
