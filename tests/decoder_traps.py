@@ -37,6 +37,10 @@ def _crashing_open(self):
             killed.write("k")
         os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+    if self.info.get("trap") == "killserver" and not os.path.exists(os.environ["KILLED_BOTH"]):
+        # The fork server alone killed (an operator), once; this worker goes on.
+        open(os.environ["KILLED_BOTH"], "w").close()
+        os.kill(os.getppid(), signal.SIGKILL)
     if self.info.get("trap") == "stop":  # a process stopped (SIGSTOP) by someone
         os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get("CRASH_EVERY_PNG"):  # a broken decoder

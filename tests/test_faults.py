@@ -514,9 +514,28 @@ def test_a_file_whose_process_dies_with_the_fork_server_is_hashed_again(
     assert killed.read_text() == "kk"  # in the pool, then alone
     # The pool's line, without a signal (none was read); no failure.
     line, = done.stderr.splitlines()
-    assert line.startswith("index.py: a worker process died while hashing; the "), done
+    assert line.startswith("index.py: the fork server that starts the worker processes ended"
+                           " (killed?), and their exit statuses with it; the "), done
     assert "indexed 41, unchanged 0, removed 0, failed 0" in done.stdout, done
     assert committed_count(in_tmp / "db.shelve") == 41
+
+
+def test_a_fork_server_killed_alone_is_not_said_as_a_worker_death(in_tmp: Path) -> None:
+    """Killed from outside, the fork server takes its workers' exit statuses with it, and the
+    executor takes them for dead: index.py said "a worker process died while hashing ... to
+    find the one that killed it", where no file killed anything (review r24)."""
+    make_large_tree(in_tmp / "images", 40)
+    crashing_png(in_tmp / "images" / "d1" / "0009b.png", trap="killserver")
+    killed = in_tmp / "killed-server"
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**with_crashing_decoder(in_tmp), "KILLED_BOTH": str(killed)})
+    assert done.returncode == 0, done
+    assert killed.exists()
+    line, = done.stderr.splitlines()
+    assert line.startswith("index.py: the fork server that starts the worker processes ended"
+                           " (killed?), and their exit statuses with it; the "), done
+    assert line.endswith(" hashed again, each alone"), done
+    assert "indexed 41, unchanged 0, removed 0, failed 0" in done.stdout, done
 
 
 @pytest.mark.parametrize("failing", ["2", "2,3", "2-5"], ids=[
