@@ -54,6 +54,19 @@ def _crashing_open(self):
 
 PngImagePlugin.PngImageFile._open = _crashing_open
 
+if os.environ.get("NO_THREADS_IN_WORKERS"):
+    # Worker processes cannot start a thread (a container's pids.max reached).
+    import multiprocessing, threading
+
+    _start = threading.Thread.start
+
+    def _refused_start(self):
+        if multiprocessing.parent_process() is not None and self.name == "exit-with-parent":
+            raise RuntimeError("can't start new thread")
+        return _start(self)
+
+    threading.Thread.start = _refused_start
+
 if os.environ.get("FAIL_WORKER_START"):
     # The run's own process fails to start its n-th worker processes (numbers counted from 1,
     # comma-separated; "a-b" a range), as when the fork server is killed during the start.

@@ -520,6 +520,17 @@ def test_a_file_whose_process_dies_with_the_fork_server_is_hashed_again(
     assert committed_count(in_tmp / "db.shelve") == 41
 
 
+def test_workers_that_cannot_start_a_thread_still_hash(in_tmp: Path) -> None:
+    """Under a limit on processes and threads (a container's pids.max), a worker could not
+    start its exit-with-parent thread: a traceback per worker (review r24)."""
+    make_large_tree(in_tmp / "images", 40)
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**with_crashing_decoder(in_tmp), "NO_THREADS_IN_WORKERS": "1"})
+    assert done.returncode == 0, done
+    assert done.stderr == "", done
+    assert "indexed 40, unchanged 0, removed 0, failed 0" in done.stdout, done
+
+
 def test_a_fork_server_killed_alone_is_not_said_as_a_worker_death(in_tmp: Path) -> None:
     """Killed from outside, the fork server takes its workers' exit statuses with it, and the
     executor takes them for dead: index.py said "a worker process died while hashing ... to

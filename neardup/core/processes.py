@@ -196,8 +196,14 @@ def as_worker() -> None:
         # And the worker ends with it: a concurrent.futures worker waits for its next file on a
         # queue whose writing end it holds itself, and a decoder caught in a loop never asks for
         # more, so either would live on for ever.
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True,
-                         name="exit-with-parent").start()
+        watcher = threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True,
+                                   name="exit-with-parent")
+        try:
+            watcher.start()
+        except RuntimeError:
+            # "can't start new thread": a limit on processes and threads (a container's
+            # pids.max) reached. The worker goes on without it; it failed with a traceback.
+            pass
 
 
 def answer_each_sent(connection: Any, answer: Callable[[Any], Any]) -> None:
