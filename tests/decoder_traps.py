@@ -87,6 +87,28 @@ if os.environ.get("FAIL_WORKER_START"):
     if multiprocessing.parent_process() is None:
         popen_forkserver.Popen._launch = _failing_launch
 
+if os.environ.get("NO_POOL_THREAD"):
+    # The run's own process cannot start the thread of its n-th worker pool (counted from 1, as
+    # FAIL_WORKER_START): a limit on processes and threads (a container's pids.max) reached.
+    import multiprocessing, threading
+
+    _thread_start, _pools = threading.Thread.start, []
+
+    def _refused_pool_thread(self):
+        # "feeder": the thread that feeds the first pool's workers, which that pool's own thread
+        # starts; it dies of the error, and the files it held stay unanswered.
+        refused = os.environ["NO_POOL_THREAD"].split(",")
+        if type(self).__name__ == "_ExecutorManagerThread":
+            _pools.append(1)
+            if str(len(_pools)) in refused:
+                raise RuntimeError("can't start new thread")
+        elif self.name == "QueueFeederThread" and "feeder" in refused and len(_pools) == 1:
+            raise RuntimeError("can't start new thread")
+        return _thread_start(self)
+
+    if multiprocessing.parent_process() is None:
+        threading.Thread.start = _refused_pool_thread
+
 if os.environ.get("FORK_SERVER_REAPED_LATE"):
     # A killed process closes its files (the fork server's socket then refuses) a moment before
     # the kernel lets its parent reap it; under load that moment grows, and multiprocessing,

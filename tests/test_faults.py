@@ -562,7 +562,31 @@ def test_a_worker_that_cannot_be_started_costs_no_file(in_tmp: Path, failing: st
     assert done.returncode == 0, done
     line, = done.stderr.splitlines()
     assert line.startswith("index.py: a worker process could not be started (EOFError: unexpected"
-                           " EOF; the fork server killed?); the "), done
+                           " EOF; the fork server killed, or a limit on processes reached?); the "
+                           ), done
+    assert "indexed 40, unchanged 0, removed 0, failed 0" in done.stdout, done
+    assert committed_count(in_tmp / "db.shelve") == 40
+
+
+@pytest.mark.parametrize("refused", ["1", "1,2,3", "feeder"],
+                         ids=["the pool's thread", "three pools' in a row, said once", "its feeder"])
+def test_a_pool_whose_thread_cannot_start_costs_no_file(in_tmp: Path, refused: str) -> None:
+    """Under a limit on processes and threads (a container's pids.max, which counts threads), the
+    worker pool's own thread could not start: index.py ended with a RuntimeError traceback
+    (review r24); or that thread could not start the one that feeds the workers: it died with a
+    traceback and the run stalled for the file timeout (600 s). The pool's files go alone, as
+    when its worker cannot start, and one line says so."""
+    make_large_tree(in_tmp / "images", 40)
+    started = time.monotonic()
+    done = subprocess.run(INDEX_TWO_JOBS, capture_output=True, text=True, timeout=120,
+                          env={**with_crashing_decoder(in_tmp), "NO_POOL_THREAD": refused})
+    assert time.monotonic() - started < 60, done
+    assert done.returncode == 0, done
+    line, = done.stderr.splitlines()
+    said = ("a worker process could not be started (RuntimeError: can't start new thread; a limit"
+            " on processes and threads reached?)" if refused != "feeder" else
+            "the worker pool's own thread ended (a limit on processes and threads reached?)")
+    assert line.startswith(f"index.py: {said}; the "), done
     assert "indexed 40, unchanged 0, removed 0, failed 0" in done.stdout, done
     assert committed_count(in_tmp / "db.shelve") == 40
 

@@ -4,6 +4,8 @@ of the README's commands stay out of `git status`; messages name the command as 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import pytest
 from neardup.cli import gather as gather_cli
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.cli.common import run_command
 
 from .conftest import PROJECT_ROOT
 from .imagegen import textured
@@ -491,6 +494,48 @@ def test_only_a_broken_standard_output_is_silent(tmp_path: Path) -> None:
         assert reader.stderr.read() == b""
         assert reader.wait(timeout=30) == 2
 
+
+
+def test_a_thread_refused_by_the_system_is_one_line_and_other_thread_errors_show() -> None:
+    """Under a limit on processes and threads (a container's pids.max), Python's RuntimeError
+    "can't start new thread" ended a command in a traceback (review r24), and a helper thread
+    that died of it printed one; any other error still shows as the bug it is."""
+    import threading
+
+    def refused() -> int:
+        raise RuntimeError("can't start new thread")
+
+    def buggy() -> int:
+        raise RuntimeError("a bug")
+
+    def in_a_thread() -> int:
+        def run() -> None:
+            raise RuntimeError(sys.argv[0] if said else "can't start new thread")
+        for _ in (1, 2):
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+            said.append(1)
+        return 0
+
+    said: list[int] = []
+    seen: list[BaseException | None] = []
+    earlier = threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)
+    try:
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            assert run_command("x.py", refused) == 2
+            assert run_command("x.py", in_a_thread) == 0
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_command("x.py", buggy)
+    finally:
+        threading.excepthook = earlier
+    assert stderr.getvalue() == (
+        "x.py: error: a thread could not be started (can't start new thread): a limit on"
+        " processes and threads reached (ulimit -u, a container's pids.max)?\n")
+    assert [str(error) for error in seen] == [sys.argv[0]]  # the refused one said nothing
+    assert threading.excepthook is earlier
 
 
 def test_a_closed_standard_output_is_one_line_where_results_go_there(tmp_path: Path) -> None:

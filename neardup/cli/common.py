@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from ..core.processes import thread_refused
 from ..core.results import one_line
 from ..errors import NeardupError, command, looks_unset
 
@@ -64,7 +65,7 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     try:
-        with sigterm_unwinds():
+        with sigterm_unwinds(), _threads_refused_quietly():
             return body()
     except NeardupError as error:
         print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
@@ -74,6 +75,13 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         print(f"{prog}: {how}{'; ' + interrupted_hint if interrupted_hint else ''}",
               file=sys.stderr)
         return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+    except RuntimeError as error:
+        if not thread_refused(error):
+            raise  # a bug of ours, and shows as one
+        # Nothing is lost: a store's batch is committed whole or not at all.
+        print(f"{prog}: error: a thread could not be started ({error}): a limit on processes and"
+              " threads reached (ulimit -u, a container's pids.max)?", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError as error:
         if _stdout_gone():
             # The reader went away (`search.py ... | head`): not an error worth a message.
@@ -93,6 +101,25 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         except OSError:
             pass
         return EXIT_ERROR
+
+
+@contextmanager
+def _threads_refused_quietly() -> Iterator[None]:
+    """While a command runs, a thread that dies because the system refused it a thread of its
+    own (a limit on processes and threads: a container's pids.max) prints no traceback: what
+    waits on it notices it gone and says so in one line (index.py's worker pool: the one such
+    thread that runs inside a command). Any other error in a thread shows as before."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not thread_refused(args.exc_value):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _stdout_gone() -> bool:

@@ -57,6 +57,7 @@ from .processes import (
     not_started,
     start_worker,
     starting_workers,
+    thread_refused,
     watch,
     worker_context,
     workers_import_ours,
@@ -685,6 +686,7 @@ class _PoolHashing:
         self._settings = settings
         self._workers = workers
         self._report = report
+        self._said: set[str] = set()  # the reasons a pool was given up for, said already
         self._chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
         self._unsent = iter(files)
         self._running: dict[concurrent.futures.Future[list[HashOutcome]], list[FoundFile]] = {}
@@ -734,10 +736,14 @@ class _PoolHashing:
                 # found a chunk's files missing from the summary).
                 self._suspects += items
                 raise
-            except (OSError, EOFError) as error:
+            except (OSError, EOFError, RuntimeError) as error:
                 # The submission starts a worker, and the fork server was killed meanwhile
-                # (ConnectionRefusedError, EOFError "unexpected EOF"): index.py ended with that
-                # traceback. The files go alone, as from a broken pool; a new pool follows.
+                # (ConnectionRefusedError, EOFError "unexpected EOF"), or the executor's thread
+                # could not start (RuntimeError, under a limit on processes and threads): index.py
+                # ended with that traceback. The files go alone, as from a broken pool; a new
+                # pool follows.
+                if isinstance(error, RuntimeError) and not thread_refused(error):
+                    raise
                 self._suspects += items
                 raise _StartFailed(not_started(error)) from None
         if len(self._processes) < self._workers:
@@ -780,6 +786,13 @@ class _PoolHashing:
             # executor's thread waits for the rest instead of seeing the death: the run stalled
             # until the timeout (a review). Workers never end on their own during a run.
             return self._settle_broken_pool(unseen=True)
+        elif not _executor_thread_running(self._pool) and not any(
+                future.done() for future in self._running):  # (a broken pool's are)
+            # It ends only with the pool, having failed what was left; one that died of an
+            # error (it could not start the thread that feeds the workers, under a limit on
+            # threads) left every file unanswered: the run stalled until the timeout.
+            return self._settle_broken_pool(
+                "the worker pool's own thread ended (a limit on processes and threads reached?)")
         outcomes: list[HashOutcome] = []
         broken = False
         for future in done:
@@ -813,7 +826,7 @@ class _PoolHashing:
             # fails every future left and ends); one that has not seen the death (`unseen`), or
             # waits for a stopped worker, is given a moment.
             executor_thread = getattr(self._pool, "_executor_manager_thread", None)
-            if executor_thread is not None:
+            if executor_thread is not None and executor_thread.ident is not None:  # started
                 executor_thread.join(EXECUTOR_GRACE_SECONDS)
                 if executor_thread.is_alive() and not unseen:
                     # Still waiting for a worker that does not end on SIGTERM (stopped), or slow
@@ -849,7 +862,11 @@ class _PoolHashing:
                 f" their exit statuses with it; {files}, each alone" if lost
                 else f"a worker process died while hashing{how}; {files}, each alone, to find the"
                 " one that killed it")
-        self._report(what)
+        if not stuck or stuck not in self._said:
+            # A pool that cannot start (a limit on processes, reached again by each new pool)
+            # is said once, not once a chunk: a review's run printed the same line 8 times.
+            self._report(what)
+        self._said.add(stuck)
         return outcomes
 
     def _hash_alone(self, item: FoundFile, retried: bool = False) -> HashOutcome:
@@ -1057,6 +1074,13 @@ def _wait_ended(processes: list[Any], seconds: float) -> None:
         multiprocessing.connection.wait(running, left)
 
 
+def _executor_thread_running(pool: concurrent.futures.ProcessPoolExecutor | None) -> bool:
+    """Whether the executor's thread, which sends the files and gathers the results, is still
+    there (or not yet started: the executor starts it with the first submission)."""
+    thread = getattr(pool, "_executor_manager_thread", None)
+    return thread is None or thread.ident is None or thread.is_alive()
+
+
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """Stop the workers now: after Ctrl-C, shutdown() alone would wait for every file still
     queued (as multiprocessing.Pool's terminate() did not)."""
@@ -1089,7 +1113,8 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # Python's exit hook checks that pipe and writes to it in two steps: an exit between them
     # printed "Exception ignored ... OSError: Bad file descriptor" after index.py's one line (a
     # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
-    if manager is not None and manager is not threading.current_thread():
+    # (Never started, under a limit on threads: joined, it raised RuntimeError.)
+    if manager is not None and manager.ident is not None and manager is not threading.current_thread():
         manager.join(timeout=STOP_WAIT_SECONDS)
     for process in workers:
         end_process(process)  # reaped (each has ended by now, unless its fork server is stopped)

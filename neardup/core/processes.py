@@ -101,9 +101,17 @@ def start_worker(process: Any, stopping: Callable[[], bool] = lambda: False,
 
 
 def not_started(error: BaseException, kind: str = "worker") -> str:
-    """Why a worker process could not be started, as a person reads it."""
-    return (f"a {kind} process could not be started ({type(error).__name__}: {error}; the fork"
-            " server killed?)")
+    """Why a worker process could not be started, as a person reads it. The fork server dies
+    either way: killed, or unable to fork under a limit on processes (a container's pids.max,
+    which counts threads too; review r24 found "the fork server killed?" said of that)."""
+    cause = ("a limit on processes and threads reached?" if thread_refused(error)
+             else "the fork server killed, or a limit on processes reached?")
+    return f"a {kind} process could not be started ({type(error).__name__}: {error}; {cause})"
+
+
+def thread_refused(error: BaseException | None) -> bool:
+    """Whether `error` is the RuntimeError of a thread the system would not start."""
+    return isinstance(error, RuntimeError) and "can't start new thread" in str(error)
 
 
 @contextmanager
