@@ -106,21 +106,36 @@ def test_each_group_starts_with_the_member_nearest_the_others() -> None:
 def test_groups_found_all_at_once_are_the_groups_found_hash_by_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A store large enough for the multi-index: --groups takes every pair at once from it
-    # (MultiIndex.pairs_within); the same groups as searching around each hash in turn.
+    # A store large enough for the multi-index (its thresholds lowered: 22,000 hashes took 21 s):
+    # --groups takes every pair at once from it (MultiIndex.pairs_within); the same groups as
+    # searching around each hash in turn.
     from neardup.core import search as search_module
 
+    from neardup.core import multiindex
+
+    monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 2_000)
+    monkeypatch.setattr(multiindex, "HASHES_PER_PROBE", 1)  # and taken at each radius below
     rng = random.Random(12)
-    centres = [rng.getrandbits(64) for _ in range(400)]
+    centres = [rng.getrandbits(64) for _ in range(150)]
     values = {f"{i:05d}.jpg": rng.choice(centres)
               ^ sum(1 << bit for bit in rng.sample(range(64), rng.randint(0, 6)))
-              for i in range(search_module.MULTI_INDEX_MIN_HASHES + 2_000)}
+              for i in range(search_module.MULTI_INDEX_MIN_HASHES + 1_000)}
     path = str(tmp_path / "s")
     with Store.open_for_writing(path, Recipe(), "/d", {}) as store:
         store.apply([IndexedFile(name, 1, 1, Hash(value, 64).hex())
                      for name, value in values.items()], [])
+    taken: list[int] = []
+    pairs_within = search_module.HashIndex.pairs_within
+
+    def counted(self: search_module.HashIndex, radius: int) -> object:
+        found = pairs_within(self, radius)
+        if found is not None:
+            taken.append(radius)
+        return found
+
     for distance in (0, 3, 5):
-        with Store.open_for_reading(path) as store:
+        with Store.open_for_reading(path) as store, monkeypatch.context() as patched:
+            patched.setattr(search_module.HashIndex, "pairs_within", counted)
             at_once = near_duplicate_groups(store, distance)
         with monkeypatch.context() as patched:
             patched.setattr(search_module.HashIndex, "pairs_within", lambda self, radius: None)
@@ -128,6 +143,7 @@ def test_groups_found_all_at_once_are_the_groups_found_hash_by_hash(
                 one_by_one = near_duplicate_groups(store, distance)
         assert at_once == one_by_one, distance
         assert len(at_once) > 50
+    assert taken == [3, 5]  # every pair taken at once, as it is to be tested (0: the buckets)
 
 
 def test_groups_command_text_json_and_montage(
