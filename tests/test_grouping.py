@@ -109,9 +109,8 @@ def test_groups_found_all_at_once_are_the_groups_found_hash_by_hash(
     # A store large enough for the multi-index (its thresholds lowered: 22,000 hashes took 21 s):
     # --groups takes every pair at once from it (MultiIndex.pairs_within); the same groups as
     # searching around each hash in turn.
-    from neardup.core import search as search_module
-
     from neardup.core import multiindex
+    from neardup.core import search as search_module
 
     monkeypatch.setattr(search_module, "MULTI_INDEX_MIN_HASHES", 2_000)
     monkeypatch.setattr(multiindex, "HASHES_PER_PROBE", 1)  # and taken at each radius below
