@@ -295,7 +295,7 @@ def test_a_worker_killed_mid_run_costs_no_file(in_tmp: Path, status_reads: str) 
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("index.py: a worker process died while hashing (SIGKILL); the "), err
-    assert lines[0].endswith(" sent to the workers and not answered are hashed again, each"
+    assert lines[0].endswith(" given to the workers and not answered are hashed again, each"
                              " alone, to find the one that killed it"), err
     assert "indexed 600, unchanged 0, removed 0, failed 0" in out
     assert committed_count(in_tmp / "db.shelve") == 600

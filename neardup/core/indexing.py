@@ -855,7 +855,7 @@ class _PoolHashing:
         # for a file that killed nothing (review r24: 31 of 40 runs with the fork server killed).
         lost = bool(died) and all(process.exitcode == STATUS_LOST for process in died)
         count = len(self._suspects)
-        files = (f"the {count} file{'' if count == 1 else 's'} sent to the workers and not"
+        files = (f"the {count} file{'' if count == 1 else 's'} given to the workers and not"
                  f" answered {'is' if count == 1 else 'are'} hashed again")
         what = (f"{stuck}; {files}, one at a time, each given {self._file_seconds:g} s" if stuck
                 else f"the fork server that starts the worker processes ended (killed?), and"
