@@ -109,6 +109,20 @@ if os.environ.get("NO_POOL_THREAD"):
     if multiprocessing.parent_process() is None:
         threading.Thread.start = _refused_pool_thread
 
+if os.environ.get("SLOW_SUBMIT"):
+    # The run's own process pauses that many seconds before each submission to its pool: a
+    # worker's death then mostly comes while it is about to submit (a loaded machine).
+    import concurrent.futures, multiprocessing, time
+
+    _submit = concurrent.futures.ProcessPoolExecutor.submit
+
+    def _slow_submit(self, *args, **kwargs):
+        time.sleep(float(os.environ["SLOW_SUBMIT"]))
+        return _submit(self, *args, **kwargs)
+
+    if multiprocessing.parent_process() is None:
+        concurrent.futures.ProcessPoolExecutor.submit = _slow_submit
+
 if os.environ.get("FORK_SERVER_REAPED_LATE"):
     # A killed process closes its files (the fork server's socket then refuses) a moment before
     # the kernel lets its parent reap it; under load that moment grows, and multiprocessing,

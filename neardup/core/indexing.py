@@ -624,6 +624,9 @@ LOOK_FOR_DEATHS_SECONDS = 1.0
 # without limit while a worker that ignores SIGTERM (stopped, SIGSTOP) holds it. Waited for 10 s
 # instead, such a worker kept index.py silent for 12 s after the death (a review; 2 s before).
 EXECUTOR_GRACE_SECONDS = 1.0
+# How long a submission to the pool may wait for the pool's lock before the pool's workers that
+# still run are killed (see _PoolHashing._submit).
+SUBMIT_STUCK_SECONDS = 1.0
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -687,6 +690,7 @@ class _PoolHashing:
         self._workers = workers
         self._report = report
         self._said: set[str] = set()  # the reasons a pool was given up for, said already
+        self._killed_here: set[int] = set()  # id() of workers killed by _end_if_broken
         self._chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
         self._unsent = iter(files)
         self._running: dict[concurrent.futures.Future[list[HashOutcome]], list[FoundFile]] = {}
@@ -730,7 +734,7 @@ class _PoolHashing:
             if not items:
                 return
             try:
-                self._running[self._pool.submit(_hash_in_worker, items)] = items
+                self._running[self._submit(items)] = items
             except concurrent.futures.process.BrokenProcessPool:
                 # Taken from the files, never sent: hashed with the suspects, not lost (a test
                 # found a chunk's files missing from the summary).
@@ -752,6 +756,37 @@ class _PoolHashing:
             self._processes = list((getattr(self._pool, "_processes", None) or {}).values())
             for process in self._processes:
                 watch(process)
+
+    def _submit(self, items: list[FoundFile]) -> concurrent.futures.Future[list[HashOutcome]]:
+        """Submit a chunk to the pool, which waits for the pool's lock. On Python 3.13 the
+        executor's thread holds that lock while it ends a broken pool, waiting for every worker
+        to end: one stopped (SIGSTOP), which holds the SIGTERM it was sent, made that wait, and
+        the submission, last for ever, and index.py hung beside a worker's death (1 run in about
+        25 under load). A submission that waits that long for a pool already broken kills the
+        pool's workers that still run, from a thread of its own; the submission then fails as
+        broken, and the broken pool is settled as usual."""
+        assert self._pool is not None
+        pool, workers = self._pool, list(self._processes)
+        guard = threading.Timer(SUBMIT_STUCK_SECONDS, self._end_if_broken, args=(pool, workers))
+        guard.daemon = True
+        try:
+            guard.start()
+        except RuntimeError as error:
+            if not thread_refused(error):
+                raise
+            # No thread to spare (a limit on threads): submitted unguarded.
+        try:
+            return pool.submit(_hash_in_worker, items)
+        finally:
+            guard.cancel()
+
+    def _end_if_broken(self, pool: concurrent.futures.ProcessPoolExecutor,
+                       workers: list[Any]) -> None:
+        """Kill the workers still running of a pool that is broken (its executor's thread, which
+        marks it so first, is then waiting for them to end), reading no exit status. They are
+        not counted among the deaths (the one that broke the pool is named by its signal)."""
+        if getattr(pool, "_broken", False):
+            self._killed_here.update(map(id, _signal_running(workers, signal.SIGKILL)))
 
     def next_hashed(self, timeout: float | None) -> list[HashOutcome] | None:
         """Outcomes of the files done within `timeout` (perhaps none); None once all are."""
@@ -816,7 +851,8 @@ class _PoolHashing:
         # The workers that ended before the pool is stopped here: the one that died, perhaps
         # others (not those this process kills as it stops the pool, with SIGKILL when SIGTERM
         # does not end them).
-        died = [process for process in self._processes if _has_ended(process)]
+        died = [process for process in self._processes
+                if _has_ended(process) and id(process) not in self._killed_here]
         if not stuck:
             # A dead worker's exit status comes once, through its fork server's pipe: read by two
             # threads at once, the second read finds the pipe empty and sets the status to 255
@@ -1054,14 +1090,17 @@ def _has_ended(process: Any) -> bool:
     return False
 
 
-def _signal_running(processes: list[Any], signal_number: int) -> None:
+def _signal_running(processes: list[Any], signal_number: int) -> list[Any]:
     """Send a signal to the worker processes that have not ended, without reading any exit
     status (see _has_ended); one ending meanwhile is already gone, its status kept by its fork
-    server."""
+    server. Those signalled are returned."""
+    signalled = []
     for process in processes:
         if not _has_ended(process):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal_number)
+                signalled.append(process)
+    return signalled
 
 
 def _wait_ended(processes: list[Any], seconds: float) -> None:
@@ -1114,7 +1153,8 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # printed "Exception ignored ... OSError: Bad file descriptor" after index.py's one line (a
     # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
     # (Never started, under a limit on threads: joined, it raised RuntimeError.)
-    if manager is not None and manager.ident is not None and manager is not threading.current_thread():
+    if (manager is not None and manager.ident is not None
+            and manager is not threading.current_thread()):
         manager.join(timeout=STOP_WAIT_SECONDS)
     for process in workers:
         end_process(process)  # reaped (each has ended by now, unless its fork server is stopped)
