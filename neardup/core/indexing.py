@@ -29,7 +29,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ from .processes import (
     start_worker,
     starting_workers,
     thread_refused,
+    thread_refused_text,
     watch,
     worker_context,
     workers_import_ours,
@@ -624,6 +625,8 @@ LOOK_FOR_DEATHS_SECONDS = 1.0
 # without limit while a worker that ignores SIGTERM (stopped, SIGSTOP) holds it. Waited for 10 s
 # instead, such a worker kept index.py silent for 12 s after the death (a review; 2 s before).
 EXECUTOR_GRACE_SECONDS = 1.0
+# Why a pool is given up when its own thread could not start a thread it needs.
+POOL_THREAD_ENDED = "the worker pool's own thread ended (a limit on processes and threads reached?)"
 # How long a submission to the pool may wait for the pool's lock before the pool's workers that
 # still run are killed (see _PoolHashing._submit).
 SUBMIT_STUCK_SECONDS = 1.0
@@ -826,8 +829,7 @@ class _PoolHashing:
             # It ends only with the pool, having failed what was left; one that died of an
             # error (it could not start the thread that feeds the workers, under a limit on
             # threads) left every file unanswered: the run stalled until the timeout.
-            return self._settle_broken_pool(
-                "the worker pool's own thread ended (a limit on processes and threads reached?)")
+            return self._settle_broken_pool(POOL_THREAD_ENDED)
         outcomes: list[HashOutcome] = []
         broken = False
         for future in done:
@@ -853,6 +855,11 @@ class _PoolHashing:
         # does not end them).
         died = [process for process in self._processes
                 if _has_ended(process) and id(process) not in self._killed_here]
+        if not stuck and not died and _thread_refused_in(self._running):
+            # Python 3.13's executor breaks the pool itself when its thread cannot start the one
+            # that feeds the workers (3.11's thread dies instead: see next_hashed). No worker
+            # died: it said "a worker process died while hashing".
+            stuck = POOL_THREAD_ENDED
         if not stuck:
             # A dead worker's exit status comes once, through its fork server's pipe: read by two
             # threads at once, the second read finds the pipe empty and sets the status to 255
@@ -1111,6 +1118,16 @@ def _wait_ended(processes: list[Any], seconds: float) -> None:
         if left <= 0:
             return
         multiprocessing.connection.wait(running, left)
+
+
+def _thread_refused_in(futures: Iterable[concurrent.futures.Future[Any]]) -> bool:
+    """Whether a pool broke, as these futures say, because a thread could not be started."""
+    for future in futures:
+        if future.done() and not future.cancelled():
+            error = future.exception()
+            if error is not None and thread_refused_text(str(error.__cause__ or "")):
+                return True
+    return False
 
 
 def _executor_thread_running(pool: concurrent.futures.ProcessPoolExecutor | None) -> bool:

@@ -111,7 +111,12 @@ def not_started(error: BaseException, kind: str = "worker") -> str:
 
 def thread_refused(error: BaseException | None) -> bool:
     """Whether `error` is the RuntimeError of a thread the system would not start."""
-    return isinstance(error, RuntimeError) and "can't start new thread" in str(error)
+    return isinstance(error, RuntimeError) and thread_refused_text(str(error))
+
+
+def thread_refused_text(text: str) -> bool:
+    """Whether `text` (an error, or a traceback passed on as text) says a thread could not start."""
+    return "can't start new thread" in text
 
 
 @contextmanager
