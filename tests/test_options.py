@@ -533,8 +533,10 @@ def test_a_thread_refused_by_the_system_is_one_line_and_other_thread_errors_show
         threading.excepthook = earlier
     assert stderr.getvalue() == (
         "x.py: error: a thread could not be started (can't start new thread): a limit on"
-        " processes and threads reached (ulimit -u, a container's pids.max)?\n")
-    assert [str(error) for error in seen] == [sys.argv[0]]  # the refused one said nothing
+        " processes and threads reached (ulimit -u, a container's pids.max)?\n"
+        "x.py: a thread ended: can't start new thread (a limit on processes and threads"
+        " reached?)\n")
+    assert [str(error) for error in seen] == [sys.argv[0]]  # the refused one: the line above
     assert threading.excepthook is earlier
 
 

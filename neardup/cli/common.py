@@ -65,7 +65,7 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     try:
-        with sigterm_unwinds(), _threads_refused_quietly():
+        with sigterm_unwinds(), _threads_refused_quietly(prog):
             return body()
     except NeardupError as error:
         print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr)
@@ -104,16 +104,20 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
 
 
 @contextmanager
-def _threads_refused_quietly() -> Iterator[None]:
+def _threads_refused_quietly(prog: str) -> Iterator[None]:
     """While a command runs, a thread that dies because the system refused it a thread of its
-    own (a limit on processes and threads: a container's pids.max) prints no traceback: what
-    waits on it notices it gone and says so in one line (index.py's worker pool: the one such
-    thread that runs inside a command). Any other error in a thread shows as before."""
+    own (a limit on processes and threads: a container's pids.max) prints one line, not a
+    traceback; the executor's thread of index.py's worker pool prints nothing, since index.py
+    notices it gone and says what becomes of its files. Any other error in a thread shows as
+    before."""
     previous = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
         if not thread_refused(args.exc_value):
             previous(args)
+        elif type(args.thread).__name__ != "_ExecutorManagerThread":  # (concurrent.futures')
+            print(f"{prog}: a thread ended: {args.exc_value} (a limit on processes and threads"
+                  " reached?)", file=sys.stderr)
 
     threading.excepthook = hook
     try:
