@@ -869,7 +869,7 @@ class _PoolHashing:
             # fails every future left and ends); one that has not seen the death (`unseen`), or
             # waits for a stopped worker, is given a moment.
             executor_thread = getattr(self._pool, "_executor_manager_thread", None)
-            if executor_thread is not None and executor_thread.ident is not None:  # started
+            if _started(executor_thread):
                 executor_thread.join(EXECUTOR_GRACE_SECONDS)
                 if executor_thread.is_alive() and not unseen:
                     # Still waiting for a worker that does not end on SIGTERM (stopped), or slow
@@ -1134,7 +1134,13 @@ def _executor_thread_running(pool: concurrent.futures.ProcessPoolExecutor | None
     """Whether the executor's thread, which sends the files and gathers the results, is still
     there (or not yet started: the executor starts it with the first submission)."""
     thread = getattr(pool, "_executor_manager_thread", None)
-    return thread is None or thread.ident is None or thread.is_alive()
+    return not _started(thread) or thread.is_alive()
+
+
+def _started(thread: threading.Thread | None) -> bool:
+    """Whether this thread exists and was started: joined before its start (the executor's,
+    under a limit on threads), it raised RuntimeError."""
+    return thread is not None and thread.ident is not None
 
 
 def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -1169,9 +1175,7 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # Python's exit hook checks that pipe and writes to it in two steps: an exit between them
     # printed "Exception ignored ... OSError: Bad file descriptor" after index.py's one line (a
     # worker killed mid-run, 1 run in about 50). Waited for here, the pipe is closed before.
-    # (Never started, under a limit on threads: joined, it raised RuntimeError.)
-    if (manager is not None and manager.ident is not None
-            and manager is not threading.current_thread()):
+    if _started(manager) and manager is not threading.current_thread():
         manager.join(timeout=STOP_WAIT_SECONDS)
     for process in workers:
         end_process(process)  # reaped (each has ended by now, unless its fork server is stopped)
