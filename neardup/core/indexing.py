@@ -628,8 +628,9 @@ EXECUTOR_GRACE_SECONDS = 1.0
 # Why a pool is given up when its own thread could not start a thread it needs.
 POOL_THREAD_ENDED = "the worker pool's own thread ended (a limit on processes and threads reached?)"
 # How long a submission to the pool may wait for the pool's lock before the pool's workers that
-# still run are killed (see _PoolHashing._submit).
+# still run are killed (see _PoolHashing._submit), and how often that is looked at.
 SUBMIT_STUCK_SECONDS = 1.0
+SUBMIT_WATCH_SECONDS = 0.25
 # The most files one task hashes. A task per file halved the throughput on small photos (a task's
 # round trip through the pool costs about as much as hashing one); a chunk's outcomes come back
 # together, so the files sent with a slow one wait for it (16 did as well as 64).
@@ -694,6 +695,7 @@ class _PoolHashing:
         self._report = report
         self._said: set[str] = set()  # the reasons a pool was given up for, said already
         self._killed_here: set[int] = set()  # id() of workers killed by _end_if_broken
+        self._watch: _SubmissionWatch | None = None  # started at the first submission
         self._chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
         self._unsent = iter(files)
         self._running: dict[concurrent.futures.Future[list[HashOutcome]], list[FoundFile]] = {}
@@ -723,6 +725,9 @@ class _PoolHashing:
             self._send()
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._pool is not None:
             _stop_workers(self._pool)
             self._pool = None
@@ -765,23 +770,14 @@ class _PoolHashing:
         executor's thread holds that lock while it ends a broken pool, waiting for every worker
         to end: one stopped (SIGSTOP), which holds the SIGTERM it was sent, made that wait, and
         the submission, last for ever, and index.py hung beside a worker's death (1 run in about
-        25 under load). A submission that waits that long for a pool already broken kills the
-        pool's workers that still run, from a thread of its own; the submission then fails as
-        broken, and the broken pool is settled as usual."""
+        25 under load). The watch kills the workers still running of a pool already broken
+        when a submission has waited that long; the submission then fails as broken, and the
+        broken pool is settled as usual."""
         assert self._pool is not None
-        pool, workers = self._pool, list(self._processes)
-        guard = threading.Timer(SUBMIT_STUCK_SECONDS, self._end_if_broken, args=(pool, workers))
-        guard.daemon = True
-        try:
-            guard.start()
-        except RuntimeError as error:
-            if not thread_refused(error):
-                raise
-            # No thread to spare (a limit on threads): submitted unguarded.
-        try:
-            return pool.submit(_hash_in_worker, items)
-        finally:
-            guard.cancel()
+        if self._watch is None:
+            self._watch = _SubmissionWatch(self._end_if_broken)
+        with self._watch.submitting(self._pool, list(self._processes)):
+            return self._pool.submit(_hash_in_worker, items)
 
     def _end_if_broken(self, pool: concurrent.futures.ProcessPoolExecutor,
                        workers: list[Any]) -> None:
@@ -969,6 +965,47 @@ class _PoolHashing:
 
 class _StartFailed(Exception):
     """A pool's submission could not start its worker process (see _PoolHashing._send)."""
+
+
+class _SubmissionWatch:
+    """One thread for a run that looks, every SUBMIT_WATCH_SECONDS, at the submission under way
+    and calls `on_stuck(pool, workers)` while one has waited SUBMIT_STUCK_SECONDS or more. A
+    timer started for each submission did the same at about 190 µs each (a thread's start),
+    where marking one costs well under one. When the system refuses the thread (a limit on
+    processes and threads), submissions go unwatched."""
+
+    def __init__(self, on_stuck: Callable[[concurrent.futures.ProcessPoolExecutor, list[Any]],
+                                          None]) -> None:
+        self._on_stuck = on_stuck
+        # (since, pool, workers) while a submission waits: set and read whole, so no lock.
+        self._under_way: tuple[float, concurrent.futures.ProcessPoolExecutor,
+                               list[Any]] | None = None
+        self._stopped = threading.Event()
+        thread = threading.Thread(target=self._watch, name="neardup-submission-watch",
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as error:
+            if not thread_refused(error):
+                raise
+
+    @contextlib.contextmanager
+    def submitting(self, pool: concurrent.futures.ProcessPoolExecutor,
+                   workers: list[Any]) -> Iterator[None]:
+        self._under_way = (time.monotonic(), pool, workers)
+        try:
+            yield
+        finally:
+            self._under_way = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(SUBMIT_WATCH_SECONDS):
+            under_way = self._under_way
+            if under_way is not None and time.monotonic() - under_way[0] >= SUBMIT_STUCK_SECONDS:
+                self._on_stuck(under_way[1], under_way[2])
 
 
 _TOO_LONG = object()  # what _OneAtATime.hash says of a file still hashing after its seconds
