@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -45,10 +46,11 @@ def main() -> int:
     parser.add_argument("commits", nargs="+", help="the first is the base the others are held to")
     parser.add_argument("--dataset", default=DEFAULT_DATASET)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--jobs", type=int, default=0, help="index.py -j (0: every core)")
+    parser.add_argument("-j", "--jobs", type=int, default=0, help="index.py -j (0: every core)")
     args = parser.parse_args()
     if not require_dataset(args.dataset, SCRIPT):
         return 2
+    dataset = os.path.abspath(args.dataset)  # index.py runs in each worktree
     with tempfile.TemporaryDirectory(prefix="index-commits-") as work:
         trees = {}
         try:
@@ -62,10 +64,12 @@ def main() -> int:
                                          f"-{args.commits.index(commit)}.shelve")
                     started = time.perf_counter()
                     summary = index_completely(
-                        [os.path.join(tree, "index.py"), "-d", args.dataset, "-s", store, "-q",
+                        [os.path.join(tree, "index.py"), "-d", dataset, "-s", store, "-q",
                          "-j", str(args.jobs)], SCRIPT, cwd=tree)
                     seconds[commit].append(time.perf_counter() - started)
-                    images = int(summary.split()[1].rstrip(","))
+                    indexed = re.search(r"\bindexed (\d+)", summary)
+                    assert indexed is not None  # index_completely returned the summary line
+                    images = int(indexed.group(1))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tree],

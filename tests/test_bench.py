@@ -90,3 +90,28 @@ def test_gray_copies_says_which_dataset_is_missing(in_tmp: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "gray_copies.py: absent: no such folder (set NEARDUP_CALTECH101)\n"
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT / ".git").exists(), reason="needs the project's git clone")
+def test_index_commits_times_each_commit_and_names_one_it_cannot_check_out(in_tmp: Path) -> None:
+    for number in range(6):
+        (in_tmp / "photos").mkdir(exist_ok=True)
+        textured(60 + number, (160, 120)).save(in_tmp / "photos" / f"{number}.png")
+    command = [sys.executable, str(BENCH / "index_commits.py"), "--dataset", "photos",
+               "--rounds", "2", "-j", "1"]
+    done = subprocess.run([*command, "HEAD", "HEAD~1"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("index.py -j 1 on 6 images, 2 rounds")
+    assert rows[1].split()[0] == "HEAD" and "x1.000 speed" in rows[1]
+    assert rows[2].split()[0] == "HEAD~1"
+    refused = subprocess.run([*command, "HEAD", "no-such-commit"], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("index_commits.py: no-such-commit: cannot check it out:")
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    # No worktree is left behind in either case.
+    listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "index-commits-" not in listed
