@@ -417,7 +417,7 @@ def test_a_file_that_kills_its_workers_is_one_failed_file(
     with dask_cluster(in_tmp / "cluster", 1, clean_env(PYTHONPATH=str(dies)), scheduler_env=clean_env(
             DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")) as address:
         code = index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--scheduler", address,
-                               "--partition-size", "8", "--connect-timeout", str(START_SECONDS)])
+                               "--partition-size", "4", "--connect-timeout", str(START_SECONDS)])
     captured = capsys.readouterr()
     assert "indexed 7, unchanged 0, removed 0, failed 1," in captured.out, captured
     assert captured.err.splitlines()[0].endswith(

@@ -474,18 +474,18 @@ def test_a_file_timeout_too_long_to_wait_for_is_one_line(in_tmp: Path, capsys) -
 def test_a_pool_given_up_with_chunks_still_queued_loses_nothing(in_tmp: Path) -> None:
     """Every worker slow at once, with chunks still queued: giving the pool up cancelled those,
     and reading a cancelled future raised CancelledError, a traceback and the group lost (a
-    review). The slow files then pass alone, each within the timeout."""
-    make_large_tree(in_tmp / "images", 40)
-    for number in range(30):
-        crashing_png(in_tmp / "images" / "slow" / f"{number:02d}.png", trap="slow")
-        (in_tmp / "images" / "slow" / f"{number:02d}.png").write_bytes(
-            (in_tmp / "images" / "slow" / f"{number:02d}.png").read_bytes())
+    review). The slow files then pass alone, each within the timeout. (64 files: chunks of 4;
+    the first two, all slow, take 2.4 s each on both workers, over the timeout, while the
+    chunks behind them wait.)"""
+    make_large_tree(in_tmp / "images", 56)
+    for number in range(8):
+        crashing_png(in_tmp / "images" / "0slow" / f"{number:02d}.png", trap="slow")
     done = subprocess.run([*INDEX_TWO_JOBS, "--file-timeout", "2"], capture_output=True,
                           text=True, env=with_crashing_decoder(in_tmp), timeout=300)
     assert done.returncode == 0, done
     assert "Traceback" not in done.stderr
-    assert "indexed 70, unchanged 0, removed 0, failed 0" in done.stdout, done
-    assert committed_count(in_tmp / "db.shelve") == 70
+    assert "indexed 64, unchanged 0, removed 0, failed 0" in done.stdout, done
+    assert committed_count(in_tmp / "db.shelve") == 64
 
 
 def test_a_library_exiting_in_a_worker_fails_its_file_alone(in_tmp: Path) -> None:

@@ -401,14 +401,17 @@ def test_paths_round_trip_whatever_bytes_they_hold(in_tmp: Path) -> None:
         save(textured(40 + number), f"query{number}.jpg", quality=92)  # the same picture
     assert index() == 0
     assert relpaths() == {f"odd/{name}" for name in ODD_NAMES}
-    for number, name in enumerate(ODD_NAMES):
-        for distance in ("0", "4"):
-            result = run(SEARCH + ["-s", "db.shelve", "-q", f"query{number}.jpg", "-m", distance,
-                                   "--json"])
-            assert result.returncode == 0, result.stderr
-            (record,) = json.loads(result.stdout)
+    queries = [argument for number in range(len(ODD_NAMES))
+               for argument in ("-q", f"query{number}.jpg")]
+    for distance in ("0", "4"):
+        result = run(SEARCH + ["-s", "db.shelve", *queries, "-m", distance, "--json"])
+        assert result.returncode == 0, result.stderr
+        records = json.loads(result.stdout)
+        assert [record["query"] for record in records] == queries[1::2]
+        for record, name in zip(records, ODD_NAMES, strict=True):
             assert [m["relpath"] for m in record["matches"]] == [f"odd/{name}"]
             assert record["matches"][0]["path"] == os.path.join("images", "odd", name)
+    for name in ODD_NAMES:
         plain = run(SEARCH + ["-s", "db.shelve", "-q", os.path.join("images", "odd", name),
                               "-m", "0"])
         assert plain.returncode == 0 and len(plain.stdout.splitlines()) == 1, plain.stderr
