@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 import neardup
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.cli import search_evaluate
 from neardup.core import indexing
 from neardup.core.store import RACY, Store
 from neardup.errors import install_hint
@@ -299,7 +300,7 @@ def test_evaluation_lists_a_few_verified_misses_and_points_to_the_rest(
     Path("data/manifest.csv").write_text("\n".join(rows) + "\n")
     assert index_cli.main(["-d", "data", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(search_cli, "LISTED_MISSES", 2)
+    monkeypatch.setattr(search_evaluate, "LISTED_MISSES", 2)
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
     verified = capsys.readouterr().out.split("verified matches (local features)")[1].splitlines()
     assert [line.split()[:2] for line in verified[-3:-1]] == [["missed", "g1"]] * 2

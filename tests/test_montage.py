@@ -204,7 +204,7 @@ def groups_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
         sheets.append(contact_sheet(*args, **kwargs))  # type: ignore[arg-type]
         return sheets[-1]
 
-    monkeypatch.setattr(search_cli, "contact_sheet", drawn)
+    monkeypatch.setattr(montage, "contact_sheet", drawn)  # as search.py draws it
     assert search_cli.main(["-s", "db.shelve", "--groups", "--montage", "g.png", *options]) == 0
     (sheet,) = sheets
     return sheet

@@ -19,6 +19,7 @@ import pytest
 from neardup.cli import gather as gather_cli
 from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
+from neardup.cli import search_checker, search_evaluate
 from neardup.cli.common import run_command
 
 from .conftest import PROJECT_ROOT
@@ -91,7 +92,7 @@ def test_serve_refuses_a_query_distance_beyond_the_hash(
     build(tmp_path / "data", planted_duplicate=False)
     monkeypatch.chdir(tmp_path)
     served: list[int] = []
-    monkeypatch.setattr(search_cli, "serve", lambda checker, host, port, limits, **_:
+    monkeypatch.setattr(search_checker, "serve", lambda checker, host, port, limits, **_:
                         served.append(limits.max_query_distance))
     serve = ["--serve", "127.0.0.1:0"]
     capsys.readouterr()
@@ -129,7 +130,7 @@ def test_evaluate_prints_a_few_misses_and_points_to_the_rest(
     build(tmp_path / "data", planted_duplicate=True)  # one missed copy, one other match
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    monkeypatch.setattr(search_cli, "LISTED_MISSES", 1)
+    monkeypatch.setattr(search_evaluate, "LISTED_MISSES", 1)
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-2].startswith("  missed  g1 copies/A_mirror.png")

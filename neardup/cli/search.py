@@ -6,12 +6,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import BinaryIO, TextIO
 
-from ..api import DuplicateGroup, ImageStore
 from ..core.discovery import Skipped, walk_images
-from ..core.grouping import groups_distance_problem
 from ..core.hashing import (
     DEFAULT_MAX_PIXELS,
     Hash,
@@ -19,45 +15,27 @@ from ..core.hashing import (
     hash_file_and_mirror,
     is_low_information,
 )
-from ..core.results import QueryResult, counted, display_path, printable, to_record
+from ..core.results import QueryResult, printable, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
-    Match,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, command
-from ..evaluation.html import Item, evaluation_page, groups_page, write_page
-from ..evaluation.keeping import Choice, Facts, choose_in_group
-from ..evaluation.montage import Row, Tile, contact_sheet
 from ..evaluation.output import page_replace_problem, sheet_replace_problem
-from ..evaluation.report import report_stem, write_report
-from ..evaluation.scoring import (
-    MAX_THRESHOLD,
-    Evaluation,
-    comparison_table,
-    evaluate_manifest,
-    format_evaluation,
-    format_verified,
-    manifest_changed,
-    missing_haystack,
-)
+from ..evaluation.scoring import MAX_THRESHOLD
 from ..features.extract import read_frame
-from ..features.search import VerifiedSearch, lacking_features
-from ..service.checker import Checker
-from ..service.decoding import DEFAULT_DECODE_SECONDS, InWorkers
-from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS, DecodeBudget
-from ..service.server import (
+from ..features.search import VerifiedSearch
+from ..service.decoding import DEFAULT_DECODE_SECONDS
+from ..service.limits import DEFAULT_DECODE_MEMORY, DEFAULT_UPLOAD_MAX_PIXELS
+from ..service.settings import (
     DEFAULT_MAX_MATCHES,
     DEFAULT_MAX_QUERY_DISTANCE,
     DEFAULT_MAX_UPLOAD_BYTES,
     ServiceLimits,
-    load_token,
-    reachable_from_elsewhere,
-    serve,
 )
 from .common import (
     given_options,
@@ -67,15 +45,20 @@ from .common import (
     run_command,
     warn,
 )
+from .search_common import (
+    EXIT_ERROR,
+    EXIT_MATCH,
+    EXIT_NO_MATCH,
+    PROG,
+    check_store,
+    draw_montage,
+    match_label,
+    say,
+    say_lacking_features,
+)
 
-PROG = "search.py"
-
-EXIT_MATCH = 0
-EXIT_NO_MATCH = 1
-EXIT_ERROR = 2
-# --evaluate prints its table and at most this many missed copies and other matches; all of them
-# are in the --report files and the --html page (17,281 lines would bury the table).
-LISTED_MISSES = 10
+# The other modes' code is loaded only when asked for (search_groups, search_evaluate,
+# search_checker): with it, a one-shot search took 0.65 s of CPU before its first file, 0.45 without.
 
 # The modes (the one required choice) in which each option does something. Given in another mode
 # it would be silently ignored, so it is refused instead: a user who asks for a report and gets
@@ -251,9 +234,6 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
     return paths, problems
 
 
-def say(line: str) -> None:
-    """A line on stderr about the store (an entry skipped), not about a query."""
-    warn(PROG, line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             raise NeardupError("standard output is closed, so the results would go nowhere (run"
                                " it with > FILE)")
         if args.evaluate:
+            from .search_evaluate import run_evaluation
             return run_evaluation(args)
         if len(args.shelve) > 1:
             raise NeardupError("several --shelve are only for --evaluate")
@@ -281,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             # The default (10) on a store of fewer bits: beyond them everything matches.
             args.max_query_distance = min(args.max_query_distance, bits)
         if args.stdin or args.serve:
+            from .search_checker import run_checker
             return run_checker(args)
         if args.groups:
+            from .search_groups import run_groups
             return run_groups(args)
         with Store.open_for_reading(args.shelve, report=say) as store, store.snapshot():
             paths, results = expand_queries(args.query)
@@ -332,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 for (result, _), matches in zip(hashed, answers, strict=True):
                     result.matches = matches
             if args.montage:
+                from ..evaluation.montage import Row, Tile
                 draw_montage(args.montage, "queries and their matches", [
                     Row(Tile(r.query, "query", r.query), [
                         Tile(full, match_label(m), m.path) for m in r.matches
@@ -359,21 +343,8 @@ def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Ha
                                          include_low_information=args.include_low_information)
 
 
-def say_lacking_features(store: Store, also: str = "") -> None:
-    """One line when an unfinished index.py --features left images without features (answered
-    by their hash alone, unverified): silent, that looked like a store that answers nothing."""
-    _, line = lacking_features(store, also)
-    if line is not None:
-        say(line)
 
 
-def match_label(match: Match) -> str:
-    distance = "-" if match.distance is None else str(match.distance)
-    if match.verified is None:
-        return f"distance {distance}"
-    if match.inliers is None:  # no features stored for it yet: found by the hash alone
-        return f"d {distance}, unverified"
-    return f"d {distance}, {match.inliers} inliers"
 
 
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
@@ -433,401 +404,38 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise NeardupError(f"{option} {path}: {problem}")
 
 
-def check_store(store_path: str, max_distance: int, max_query_distance: int | None = None) -> int:
-    """The bits of the store's hashes. A distance beyond them would match everything: refused,
-    --max-distance and --max-query-distance (the largest ?max_distance of --serve) alike.
-    A store whose dataset folder is gone (moved with it) is said once: it answered the old
-    paths, silently, and --groups said "run index.py" for every file (a review).
-
-    Only the recipe is read here: the open that does the work checks the store's pages."""
-    with Store.open_for_reading(store_path, report=say, quick_check=False) as store:
-        bits = store.recipe.bits
-        if gone := store.dataset_gone():
-            say(gone)
-    for option, distance in (("--max-distance", max_distance),
-                             ("--max-query-distance", max_query_distance)):
-        if distance is not None and distance > bits:
-            raise NeardupError(f"{option} {distance} is more than the {bits} bits of"
-                               f" {store_path}'s hashes ({store.recipe.describe()})")
-    return bits
 
 
-def draw_montage(path: str, title: str, rows: list[Row], *, what: str, nothing: str,
-                 rest_in: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Write a contact sheet, say what it leaves out; with nothing to draw, a line instead."""
-    if not rows:
-        warn(PROG, f"{path}: not written: {nothing}")
-        return
-    try:
-        sheet = contact_sheet(rows, title, what=what, rest_in=rest_in, max_pixels=max_pixels)
-        sheet.save(path)
-    except (OSError, ValueError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise NeardupError(f"{path}: cannot write the contact sheet ({reason})") from error
-    cut = f" ({'; '.join(sheet.notes)})" if sheet.notes else ""
-    warn(PROG, f"wrote {path}{cut}")
 
 
-def save_page(path: str, page: str) -> None:
-    try:
-        write_page(path, page)
-    except OSError as error:
-        raise NeardupError(f"{path}: cannot write the page ({error.strerror})") from error
-    warn(PROG, f"wrote {path}")
 
 
-def run_groups(args: argparse.Namespace) -> int:
-    """--groups: sets of images in which every pair is a match (no chains)."""
-    opened = Store.open_for_reading(args.shelve, report=say)
-    if problem := groups_distance_problem(args.max_distance, opened.recipe.bits):
-        opened.close()
-        raise NeardupError(problem)
-    with ImageStore(opened) as store:
-        # On a store with local features every pair in a group is a verified match (api.py).
-        groups = store.groups(args.max_distance,
-                              include_low_information=args.include_low_information,
-                              progress=True, warn=say)
-        root, recipe = store.dataset, store.recipe.describe()
-        verified = store.has_features
-        # Files changed since they were indexed are shown, never offered for deletion, and said
-        # in every output: people script the clean-up from the text and JSON too.
-        changed = changed_since_indexed(opened, groups, args.max_pixels)
-    # Every file is gone with the dataset folder: said once already (check_store), not per file.
-    for relpath in sorted(changed) if os.path.isdir(root) else ():
-        say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
-            f" run {command('index.py')} before deleting anything from its group")
-    if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
-                           "relpaths": list(group.relpaths), "distances": list(group.distances),
-                           "max_distance": group.max_distance,
-                           "distinct_hashes": group.distinct_hashes,
-                           "changed": [relpath for relpath in group.relpaths
-                                       if relpath in changed],
-                           **({"verified": True, "inliers": list(group.inliers or ()),
-                               "fewest_inliers": group.fewest_inliers} if verified else {})}
-                          for group in groups], indent=2))
-    else:
-        for number, group in enumerate(groups, start=1):
-            rule = (f"every pair a verified match (the weakest with {group.fewest_inliers}"
-                    " inliers), hashes within" if verified else "every pair within")
-            print(f"# group {number}: {len(group.relpaths)} images, {group.distinct_hashes}"
-                  f" distinct hash{'es' if group.distinct_hashes > 1 else ''}, {rule}"
-                  f" {counted(group.max_distance, 'bit')}")
-            inliers = group.inliers or (None,) * len(group.relpaths)
-            for relpath, distance, count in zip(group.relpaths, group.distances, inliers,
-                                                strict=True):
-                shown = "-" if distance is None else distance
-                # On a store with features, as -q prints: distance, inliers (- for the first).
-                middle = f"{'-' if count is None else count}\t" if verified else ""
-                print(f"{shown}\t{middle}{printable(display_path(root, relpath) or relpath)}")
-            print()
-    if args.montage:
-        rule = ("every pair a verified match" if verified
-                else f"every pair within {counted(args.max_distance, 'bit')}")
-        draw_montage(args.montage, f"near-duplicate groups, {rule}, largest first; under each"
-                     " image, what the --html page's button keeps and marks",
-                     [group_row(group, changed, args.max_pixels) for group in groups],
-                     what="groups", nothing=f"no group of near-duplicates within"
-                     f" {counted(args.max_distance, 'bit')}", rest_in=args.html or "--html PAGE",
-                     max_pixels=args.max_pixels)
-    if args.html:
-        save_page(args.html, groups_page(
-            [[Item(relpath, full, distance_caption(position, distance, count),
-                   changed=relpath in changed)
-              for position, (relpath, full, distance, count)
-              in enumerate(zip(group.relpaths, group.paths, group.distances,
-                               group.inliers or (None,) * len(group.relpaths), strict=True))]
-             for group in groups],
-            store=args.shelve, dataset=root, recipe=recipe, max_distance=args.max_distance,
-            max_pixels=args.max_pixels, verified=verified,
-            fewest_inliers=[group.fewest_inliers for group in groups] if verified else None,
-            pair_inliers=[group.pair_inliers for group in groups] if verified else None))
-    return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
-def changed_since_indexed(store: Store, groups: list[DuplicateGroup],
-                          max_pixels: int = DEFAULT_MAX_PIXELS) -> set[str]:
-    """The grouped images whose file is no longer what was indexed (FileState.still_indexed: a
-    replaced or rewritten file), or missing."""
-    states = store.file_states()
-    changed = set()
-    for group in groups:
-        for relpath, path in zip(group.relpaths, group.paths, strict=True):
-            state = states.get(relpath)
-            try:
-                now = os.stat(path)
-            except OSError:
-                changed.add(relpath)
-                continue
-            if state is None or not state.still_indexed(path, now, store.recipe, max_pixels):
-                changed.add(relpath)
-    return changed
 
 
-def distance_caption(position: int, distance: int | None, inliers: int | None = None) -> str:
-    if position == 0:
-        return "first"
-    caption = "matched" if distance is None else f"distance {distance}"
-    return caption if inliers is None else f"{caption}, {inliers} inliers"
 
 
-def group_row(group: DuplicateGroup, changed: set[str] | frozenset[str] = frozenset(),
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Row:
-    """A group's row of the contact sheet, saying what the groups page keeps and marks
-    (`changed`: the relpaths changed since they were indexed, never kept)."""
-    tiles = [Tile(full, distance_caption(position, distance, count), relpath)
-             for position, (relpath, full, distance, count)
-             in enumerate(zip(group.relpaths, group.paths, group.distances,
-                              group.inliers or (None,) * len(group.relpaths), strict=True))]
-
-    def keeping(facts: list[Facts | None]) -> Choice:
-        return choose_in_group(group.paths, group.relpaths, facts, changed=[
-            position for position, relpath in enumerate(group.relpaths) if relpath in changed],
-            pairs=group.pair_inliers, max_pixels=max_pixels)
-
-    return Row(tiles[0], tiles[1:], keeping)
 
 
-def run_evaluation(args: argparse.Namespace) -> int:
-    """--evaluate: score each store against the manifest; several stores are compared."""
-    if args.max_distance > MAX_THRESHOLD:
-        raise NeardupError(f"--max-distance {args.max_distance}: --evaluate scores the thresholds"
-                           f" 0 to {MAX_THRESHOLD}")
-    for path in args.shelve:
-        check_store(path, args.max_distance)
-    evaluations = []
-    for path in args.shelve:
-        with Store.open_for_reading(path, report=say) as store, store.snapshot():
-            verified = None
-            if store.has_features():
-                verified = VerifiedSearch.for_store(store, HashIndex.from_store(store))
-                say_lacking_features(store, "--evaluate's verified columns count none of them; ")
-            evaluations.append(evaluate_manifest(
-                store, args.evaluate, mirror=args.mirror,
-                include_low_information=args.include_low_information, verified=verified,
-                max_distance=args.max_distance))
-        # Said whatever the output: a store that lacks part of the haystack (files index.py
-        # failed, folders never indexed) misses other matches, and its precision looks better.
-        if lacking := missing_haystack(evaluations[-1]):
-            warn(PROG, f"{path}: {lacking}")
-        # A store older than the dataset (gather.py --force, not indexed again) scores the
-        # pictures it indexed, not those in the manifest now.
-        if changed := manifest_changed(evaluations[-1]):
-            warn(PROG, f"{path}: {changed}")
-    if args.json:
-        print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
-    else:
-        # On a store with features the page shows the verified answers too, as the report does.
-        where = "the --report files" if args.report else (
-            "the --html page" if args.html else "--report DIR or --html PAGE")
-        print("\n\n".join(format_evaluation(e, args.max_distance, listed=LISTED_MISSES,
-                                             listed_elsewhere=where)
-                          + (f"\n\n{format_verified(e, LISTED_MISSES, where)}"
-                             if e.verified_at is not None else "")
-                          for e in evaluations))
-        if len(evaluations) > 1:
-            print("\nrecall at each store's recommended threshold (precision >= 0.999), or else at"
-                  " its most precise one:")
-            print(comparison_table(evaluations))
-    if args.report:
-        for evaluation in evaluations:
-            stem = report_stem(evaluation.store)
-            try:
-                written_files = write_report(evaluation, args.report, stem)
-            except OSError as error:
-                raise NeardupError(f"{error.filename or args.report}: cannot write the report"
-                                   f" ({error.strerror or error})") from error
-            for written in written_files:
-                warn(PROG, f"wrote {written}")
-            draw_montage(os.path.join(args.report, f"{stem}-misses.png"),
-                         f"{evaluation.recipe}: copies missed and other matches at"
-                         f" --max-distance {args.max_distance}, worst first",
-                         evaluation_rows(evaluation, args.max_distance),
-                         what="queries with a miss or another match",
-                         nothing=f"every copy found and nothing else at --max-distance"
-                         f" {args.max_distance}",
-                         # On a store with features the page shows the verified answers.
-                         rest_in=f"{stem}.html" if evaluation.verified_at is None
-                         else f"{stem}.json")
-            if evaluation.verified_at is not None:
-                draw_montage(os.path.join(args.report, f"{stem}-verified.png"),
-                             f"{evaluation.recipe}: verified search, copies missed and other"
-                             " matches, worst first", verified_rows(evaluation),
-                             what="queries with a miss or another match",
-                             nothing="every copy verified and nothing else",
-                             rest_in=f"{stem}.html")
-            save_page(os.path.join(args.report, f"{stem}.html"),
-                      evaluation_page(evaluation, args.max_distance))
-    if args.html:
-        save_page(args.html, evaluation_page(evaluations[0], args.max_distance))
-    return EXIT_MATCH
 
 
-def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
-    """The worst first: queries with the most missed copies, then those with other matches."""
-    root = evaluation.dataset_root
-    rows = []
-    for group in evaluation.groups:
-        missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}",
-                       c.path)
-                  for c in group.copies
-                  if (c.distance is None or c.distance > max_distance)
-                  and (full := resolve_stored_path(root, c.path))]
-        others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),
-                                                                    key=lambda item: item[1])
-                  if d <= max_distance and (full := resolve_stored_path(root, p))]
-        if missed or others:
-            original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others),
-                         Row(Tile(original, f"query {group.group}", group.original),
-                             missed + others)))
-    rows.sort(key=lambda item: -item[0])
-    return [row for _, row in rows]
 
 
-def verified_rows(evaluation: Evaluation) -> list[Row]:
-    """Copies the verified search missed and other images it returned, per query, worst first."""
-    root = evaluation.dataset_root
-    rows = []
-    for group in evaluation.groups:
-        copies = {copy.path for copy in group.copies}
-        missed = [Tile(full, f"missed: {c.kind}", c.path) for c in group.copies
-                  if c.path not in group.verified and (full := resolve_stored_path(root, c.path))]
-        others = [Tile(full, f"other ({how})", path) for path, how in sorted(group.verified.items())
-                  if path not in copies and (full := resolve_stored_path(root, path))]
-        if missed or others:
-            original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others),
-                         Row(Tile(original, f"query {group.group}", group.original),
-                             missed + others)))
-    rows.sort(key=lambda item: -item[0])
-    return [row for _, row in rows]
 
 
-def run_checker(args: argparse.Namespace) -> int:
-    """--stdin and --serve: the store loaded once, many queries answered."""
-    if args.stdin:  # started with either closed (`<&-`, `>&-`), Python has None for it
-        for stream, name in ((sys.stdin, "standard input"), (sys.stdout, "standard output")):
-            if stream is None:
-                raise NeardupError(f"--stdin needs {name}, and it is closed")
-    limits = None
-    if args.serve:
-        host, port = parse_address(args.serve)
-        limits = ServiceLimits(
-            max_upload_bytes=args.max_upload_bytes, max_query_distance=args.max_query_distance,
-            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            keep_alive_timeout=args.keep_alive_timeout, send_timeout=args.send_timeout,
-            max_connections=args.max_connections,
-            max_in_flight=args.max_in_flight,
-            token=load_token(args.token_file, lambda line: warn(PROG, line))
-            if args.token_file else None)
-        if limits.token is None and reachable_from_elsewhere(host):
-            warn(PROG, f"--serve {args.serve}: reachable from other machines without"
-                       " --token-file: anyone who reaches the port can query the store")
-    with Checker(args.shelve, max_distance=args.max_distance, max_pixels=args.max_pixels,
-                 include_low_information=args.include_low_information, mirror=args.mirror,
-                 max_matches=args.max_matches, full_paths=not args.serve or args.full_paths,
-                 decode_budget=DecodeBudget(args.decode_memory_mb * 2**20) if args.serve else None,
-                 decoders=InWorkers(args.file_timeout),
-                 warn=lambda line: warn(PROG, line)) as checker:
-        if args.serve:
-            try:
-                serve(checker, host, port, limits, ready=lambda line: warn(PROG, line))
-            except OSError as error:
-                raise NeardupError(f"cannot serve on {args.serve}: {error.strerror}") from error
-            return 0
-        return answer_lines(checker, sys.stdin.buffer, sys.stdout, null=args.null)
 
 
-def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO, null: bool = False) -> int:
-    """--stdin: one JSON line per path read, flushed; 2 at the end if any query failed.
-
-    Lines are bytes, so a file name need not be UTF-8 (it is decoded as the OS does, and its
-    record escapes what is not ASCII); a CRLF line ending is not part of the name. Every line
-    gets its answer, an empty one included. `null` (--null): paths end with a NUL byte instead,
-    the one byte no file name holds, so names with line breaks can be asked for too.
-    """
-    failed = False
-    unit = "path" if null else "line"
-    records = bounded_records(lines, MAX_LINE_BYTES) if null else bounded_lines(lines,
-                                                                                 MAX_LINE_BYTES)
-    for line in records:
-        if line is None:  # skipped unkept: a 100 MB line took 732 MB and was answered twice over
-            record = {"query": "", "error": f"a {unit} of more than {MAX_LINE_BYTES:,} bytes: no"
-                                            " file name is that long"}
-            failed = True
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            continue
-        if null:
-            line = line[:-1] if line.endswith(b"\0") else line
-        else:
-            # Exactly one line ending comes off: any other byte, spaces and CRs included, can be
-            # part of a file name.
-            line = line[:-1] if line.endswith(b"\n") else line
-            line = line[:-1] if line.endswith(b"\r") else line
-        path = os.fsdecode(line)
-        if path:
-            record = checker.check_file(path)
-        else:  # still answered: a client pairs answers with its lines by their order
-            record = {"query": "", "error": f"empty {unit}: no file named"}
-        failed = failed or "error" in record
-        out.write(json.dumps(record) + "\n")
-        out.flush()
-    return EXIT_ERROR if failed else EXIT_MATCH
 
 
-# Longer than any path the system takes (PATH_MAX is 4,096 bytes on Linux).
-MAX_LINE_BYTES = 64 * 1024
 
 
-def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
-    """The stream's lines, each with its line ending; None for a line longer than `limit`,
-    which is read to its end without being kept."""
-    while True:
-        line = stream.readline(limit + 1)
-        if not line:
-            return
-        if len(line) <= limit or line.endswith(b"\n"):
-            yield line
-            continue
-        while line and not line.endswith(b"\n"):  # the rest of the long line, dropped
-            line = stream.readline(limit)
-        yield None
 
 
-def bounded_records(stream: BinaryIO, limit: int, end: bytes = b"\0") -> Iterator[bytes | None]:
-    """bounded_lines() for records ending with `end` (a NUL byte): each as soon as its end has
-    arrived (a client waits for its answer before sending the next path), None for one longer
-    than `limit`, dropped as it streams in."""
-    pending = b""
-    too_long = False
-    while chunk := _read_available(stream):
-        pending += chunk
-        while (cut := pending.find(end)) >= 0:
-            record, pending = pending[:cut + 1], pending[cut + 1:]
-            yield None if too_long or len(record) > limit + 1 else record
-            too_long = False
-        if len(pending) > limit:
-            too_long, pending = True, b""
-    if pending or too_long:  # the last path without its NUL
-        yield None if too_long else pending
 
 
-def _read_available(stream: BinaryIO) -> bytes:
-    """What the stream holds now (at least one byte, or b"" at its end), without waiting for
-    more: read(n) of a pipe would wait for all n bytes."""
-    read1 = getattr(stream, "read1", None)
-    return read1(64 * 1024) if read1 is not None else stream.read(1)
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    # "/" in the host: a URL (`http://127.0.0.1:8080`), which failed as an unknown host name.
-    if not host or not port.isdigit() or int(port) > 65535 or not host.isascii() \
-            or not host.isprintable() or "/" in host:
-        raise NeardupError(f"--serve {text}: expected HOST:PORT, such as 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
 
 
 def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, several: bool) -> int:

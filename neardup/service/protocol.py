@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .http import Refused, address, canned, client_key, content_length
 
 if TYPE_CHECKING:
-    from .server import ServiceLimits
+    from .settings import ServiceLimits
 
 # Request line and headers together; a browser sends under 8 KB, and uvicorn's h11 default is 16 KB.
 MAX_HEADER_BYTES = 64 * 1024
