@@ -46,6 +46,54 @@ def relpaths() -> set[str]:
     return {path for paths in buckets().values() for path in paths}
 
 
+# -- values another program wrote ---------------------------------------------------------------
+
+RECIPE = '{"algorithm": "dhash", "hash_size": %s, "exact": %s, "preprocess_version": 6}'
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("recipe", RECIPE % ("1e999", "false"), "its recipe cannot be used here: its fields are not"),
+    ("recipe", RECIPE % ("7", "false"), "its recipe cannot be used here: dhash-7 (49 bits,"
+     " normalised v6) is not whole bytes"),
+    ("recipe", RECIPE % ("8", '"yes"'), "its recipe cannot be used here: its fields are not"),
+    ("recipe", RECIPE % ("true", "false"), "its recipe cannot be used here: its fields are not"),
+    ("recipe", "[1]", "its recipe cannot be used here: '[1]' is not a recipe"),
+    ("feature_recipe", "notjson", "its neardup_meta table is not understood (feature_recipe is"
+     " 'notjson', not a recipe)"),
+    ("feature_recipe", "[1, 2]", "its neardup_meta table is not understood (feature_recipe is"),
+    ("feature_recipe", '{"extractor": "orb"}', "its neardup_meta table is not understood (it"
+     " records local features, and there is no neardup_features table)"),
+    ("changes_since", "abc", "its neardup_meta table is not understood (changes_since is 'abc',"
+     " not a whole number)"),
+], ids=["huge size", "size 7", "exact a word", "size true", "a list", "features not JSON",
+        "features a list", "features without their table", "a log position not a number"])
+def test_a_meta_value_written_by_another_program_is_one_line(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str], name: str, value: str, said: str) -> None:
+    """A review: such values ended search.py or index.py in a JSONDecodeError, TypeError,
+    ValueError or OverflowError traceback, and a recipe of 7 x 7 bits or `"exact": "yes"` was
+    taken (one "not a 49-bit hash" line for every entry)."""
+    features = name == "feature_recipe" and value[0] != "{"  # a store that keeps them
+    if features:
+        pytest.importorskip("cv2", reason="local features need the features extra (OpenCV)")
+    make_tree("images", 3)
+    assert index(*(["--features"] if features else [])) == 0
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("INSERT OR REPLACE INTO neardup_meta VALUES (?, ?)", (name, value))
+    capsys.readouterr()
+    from neardup.cli import search as search_cli
+
+    query = str(next(Path("images").rglob("*.jpg")))
+    # changes_since is read by index.py only (search.py never needs the log's start).
+    commands = [index] + ([] if name == "changes_since" else [
+        lambda: search_cli.main(["-s", "db.shelve", "-q", query])])
+    for command in commands:
+        assert command() == 2
+        err = capsys.readouterr().err
+        assert err.split(": error: db.shelve: ")[1].startswith(said), err
+        assert len(err.splitlines()) == 1, err
+    assert Path("db.shelve").exists()
+
+
 # -- damage -------------------------------------------------------------------------------------
 
 

@@ -252,12 +252,16 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return cls(
-            algorithm=str(data["algorithm"]),
-            hash_size=int(data["hash_size"]),
-            exact=bool(data["exact"]),
-            preprocess_version=int(data["preprocess_version"]),
-        )
+        """The recipe as to_dict wrote it. Each field must have its own type: converted, a stored
+        `"exact": "yes"` read as exact, `true` as preprocessing v1, and 1e999 ended in an
+        OverflowError traceback (a review)."""
+        algorithm, size = data["algorithm"], data["hash_size"]
+        exact, version = data["exact"], data["preprocess_version"]
+        if not (isinstance(algorithm, str) and type(size) is int and type(exact) is bool
+                and type(version) is int):
+            raise ValueError("its fields are not a name, a whole number, true or false and a"
+                             f" whole number ({algorithm!r}, {size!r}, {exact!r}, {version!r})")
+        return cls(algorithm=algorithm, hash_size=size, exact=exact, preprocess_version=version)
 
 
 def normalise(image: Image.Image) -> Image.Image:

@@ -542,15 +542,25 @@ class Store:
     def generation(self) -> int:
         """The store's change sequence: moves with every change of Dict, by any program."""
         if not self.tracking:
-            row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'generation'")
-            return int(row[0]) if row else 0
+            return self._meta_number("generation")
         row = self._db.one("SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'")
         return int(row[0]) if row else 0
 
     def changes_since(self) -> int:
         """The change log holds every change after this generation (index.py prunes the rest)."""
-        row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'changes_since'")
-        return int(row[0]) if row else 0
+        return self._meta_number("changes_since")
+
+    def _meta_number(self, name: str) -> int:
+        """A whole number neardup_meta keeps (0 when absent); one that is not is a StoreError, in
+        one line (another program wrote it: a review's "abc" ended index.py in a traceback)."""
+        row = self._db.one("SELECT value FROM neardup_meta WHERE name = ?", (name,))
+        if row is None:
+            return 0
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path}: its neardup_meta table is not understood ({name} is"
+                             f" {str(row[0])[:40]!r}, not a whole number)") from None
 
     def logged_key(self, generation: int) -> str | None:
         """The key whose change made this generation, while the change log still holds it (after
@@ -989,7 +999,16 @@ class Store:
     def feature_recipe(self) -> dict[str, Any] | None:
         """The recorded feature recipe, or None for a hash-only store."""
         found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
-        return None if found is None else dict(json.loads(found[0]))
+        if found is None:
+            return None
+        try:
+            recipe = json.loads(found[0])
+        except (TypeError, ValueError):
+            recipe = None
+        if not isinstance(recipe, dict):
+            raise StoreError(f"{self.path}: its neardup_meta table is not understood"
+                             f" (feature_recipe is {str(found[0])[:40]!r}, not a recipe)")
+        return recipe
 
     def enable_features(
         self, recipe: dict[str, Any], describe: Callable[[dict[str, Any]], str]
@@ -1028,8 +1047,7 @@ class Store:
 
     def feature_generation(self) -> int:
         """Moves with every change of the features (which need not change any hash)."""
-        found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_generation'")
-        return int(found[0]) if found else 0
+        return self._meta_number("feature_generation")
 
     def feature_token(self) -> str:
         """A random word drawn anew with every change of the features: two copies of a store
@@ -1104,9 +1122,16 @@ _FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMA
 def stored_recipe(path: str, text: str) -> Recipe:
     """The recipe a store records, or a StoreError naming the store (one from a newer neardup)."""
     try:
-        return Recipe.from_dict(json.loads(text))
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{text[:40]!r} is not a recipe")
+        recipe = Recipe.from_dict(data)
     except (ValueError, KeyError, TypeError) as error:
         raise StoreError(f"{path}: its recipe cannot be used here: {error}") from error
+    if recipe.bits % 8:  # as index.py refuses to make (--hash-size, a multiple of 4)
+        raise StoreError(f"{path}: its recipe cannot be used here: {recipe.describe()} is not"
+                         " whole bytes, as a store keeps each hash")
+    return recipe
 
 
 # -- helpers for opening -----------------------------------------------------------------------
@@ -1123,6 +1148,12 @@ def _check_is_neardup_store(db: Db, path: str) -> None:
     if "neardup_meta" not in tables or "Dict" not in tables:
         missing = "neardup_meta" if "neardup_meta" not in tables else "Dict"
         raise StoreError(f"{path}: not a neardup store (no {missing} table)")
+    if "neardup_features" not in tables and db.one(
+            "SELECT 1 FROM neardup_meta WHERE name = 'feature_recipe'") is not None:
+        # Written by hand or by another program: every read of the features failed "no such
+        # table" (a review).
+        raise StoreError(f"{path}: its neardup_meta table is not understood (it records local"
+                         " features, and there is no neardup_features table)")
     version = db.one("SELECT value FROM neardup_meta WHERE name = 'format_version'")
     if version is None or str(version[0]) not in READABLE_FORMATS:
         found = "none" if version is None else version[0]
