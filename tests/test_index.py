@@ -190,6 +190,28 @@ def test_workers_import_nothing_from_the_current_folder(in_tmp: Path) -> None:
                 shutil.rmtree(name) if os.path.isdir(name) else os.remove(name)
 
 
+def test_workers_start_one_blas_thread_unless_told_otherwise(in_tmp: Path) -> None:
+    """Under a limit on processes and threads, every worker printed OpenBLAS's four-line warning
+    when the threads numpy's OpenBLAS starts were refused (a review): workers start with one,
+    or with what the user set; the process that starts them keeps its own setting. (In a
+    process of its own: a fork server keeps the environment it started with.)"""
+    probe = ("import concurrent.futures, os\n"
+             "from neardup.core import processes\n"
+             "with processes.starting_workers(), concurrent.futures.ProcessPoolExecutor(\n"
+             "        1, mp_context=processes.worker_context()) as pool:\n"
+             "    worker = pool.submit(os.getenv, 'OPENBLAS_NUM_THREADS')\n"
+             "print(worker.result(60), os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    for given, expected in ((None, "1 None"), ("3", "3 3")):
+        env = {name: value for name, value in os.environ.items()
+               if name != "OPENBLAS_NUM_THREADS"} | ({} if given is None
+                                                      else {"OPENBLAS_NUM_THREADS": given})
+        env["PYTHONPATH"] = str(PROJECT_ROOT)
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected.split()
+
+
 def test_workers_start_from_a_current_folder_that_cannot_be_entered(in_tmp: Path) -> None:
     """multiprocessing starts each worker in the parent's current folder: run from one that was
     deleted, the parent failed with a traceback (os.getcwd); run from one its user cannot enter

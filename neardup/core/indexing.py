@@ -694,7 +694,9 @@ class _PoolHashing:
         self._workers = workers
         self._report = report
         self._said: set[str] = set()  # the reasons a pool was given up for, said already
-        self._killed_here: set[int] = set()  # id() of workers killed by _end_if_broken
+        # Workers killed by _end_if_broken, kept themselves: by id() alone, a later worker given
+        # a freed one's id would have its own death left unsaid (a review).
+        self._killed_here: list[Any] = []
         self._watch: _SubmissionWatch | None = None  # started at the first submission
         self._chunk = max(1, min(MAX_CHUNK, len(files) // (workers * 8)))
         self._unsent = iter(files)
@@ -785,7 +787,7 @@ class _PoolHashing:
         marks it so first, is then waiting for them to end), reading no exit status. They are
         not counted among the deaths (the one that broke the pool is named by its signal)."""
         if getattr(pool, "_broken", False):
-            self._killed_here.update(map(id, _signal_running(workers, signal.SIGKILL)))
+            self._killed_here += _signal_running(workers, signal.SIGKILL)
 
     def next_hashed(self, timeout: float | None) -> list[HashOutcome] | None:
         """Outcomes of the files done within `timeout` (perhaps none); None once all are."""
@@ -850,7 +852,8 @@ class _PoolHashing:
         # others (not those this process kills as it stops the pool, with SIGKILL when SIGTERM
         # does not end them).
         died = [process for process in self._processes
-                if _has_ended(process) and id(process) not in self._killed_here]
+                if _has_ended(process)
+                and not any(process is killed for killed in self._killed_here)]
         if not stuck and not died and _thread_refused_in(self._running):
             # Python 3.13's executor breaks the pool itself when its thread cannot start the one
             # that feeds the workers (3.11's thread dies instead: see next_hashed). No worker

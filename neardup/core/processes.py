@@ -165,6 +165,13 @@ def workers_import_ours() -> Iterator[None]:
     """
     earlier = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
+    # One thread for numpy's OpenBLAS in the fork server and so in every worker (the user's own
+    # setting kept): a worker hashes one image at a time and never multiplies matrices, and
+    # under a limit on processes and threads each worker printed OpenBLAS's four-line
+    # "pthread_create failed" warning when its threads were refused (44 lines in one run).
+    blas_set = "OPENBLAS_NUM_THREADS" not in os.environ
+    if blas_set:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         here: str | None = os.getcwd()
     except OSError:  # deleted
@@ -183,6 +190,8 @@ def workers_import_ours() -> Iterator[None]:
             del os.environ["PYTHONSAFEPATH"]
         else:
             os.environ["PYTHONSAFEPATH"] = earlier
+        if blas_set:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
 
 
 def _quiet_resource_tracker() -> None:
