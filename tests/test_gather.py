@@ -357,5 +357,17 @@ def test_exif_rotated_samples_are_copied_upright(in_tmp: Path) -> None:
     exif[0x0112] = 6
     save(upright.transpose(Image.Transpose.ROTATE_90), "source/sideways.jpg", exif=exif, quality=95)
     assert run_gather("source", "out", "--samples", "1", "--copies", "1", "--seed", "1") == 0
-    with Image.open("out/copies/g1_copy1.jpg") as copy:
+    with Image.open("out/copies/g01_copy1.jpg") as copy:
         assert copy.width > copy.height  # upright, as a viewer shows the original
+
+
+@pytest.mark.parametrize(("samples", "first"), [(3, "g01"), (12, "g01"), (120, "g001")])
+def test_groups_are_named_with_at_least_two_digits(in_tmp: Path, samples: int, first: str) -> None:
+    """The README's examples query images/copies/g01_copy1.jpg: a trial with fewer than ten
+    samples named it g1_copy1.jpg, and the example said "file not found" (a review)."""
+    Path("source").mkdir()
+    for number in range(samples):
+        textured(number, (64, 48)).save(f"source/{number:03d}.png")
+    assert run_gather("source", "out", "--samples", str(samples), "--copies", "1",
+                      "--seed", "1") == 0
+    assert Path(f"out/copies/{first}_copy1.jpg").is_file()

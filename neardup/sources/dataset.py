@@ -331,7 +331,9 @@ def _write_copies(
     report: Callable[[str], None],
 ) -> list[ManifestRow]:
     rng = random.Random(options.seed)
-    width = len(str(options.samples))
+    # At least two digits: the README's examples name images/copies/g01_copy1.jpg, which a trial
+    # with fewer than ten samples did not have (a review).
+    width = max(2, len(str(options.samples)))
     os.makedirs(os.path.join(staging, COPIES_DIR))
     copy_rows: list[ManifestRow] = []
     # Walk a seeded permutation and take the first samples that decode, so one corrupt file does
