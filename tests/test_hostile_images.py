@@ -630,6 +630,26 @@ class TestRefused:
                                              " pixels is over Pillow's limit of 178,956,970"):
             hash_file(str(bomb), DEFAULT, max_pixels=10**10)
 
+    @pytest.mark.parametrize("chunk", ["zTXt", "iCCP"])
+    def test_a_chunk_that_inflates_past_pillows_limit_is_said_in_our_words(
+            self, tmp_path: Path, chunk: str) -> None:
+        """2 KB of PNG whose compressed text (or colour profile) inflates to 2 MB: Pillow refuses
+        it, and the line named Pillow's constant (a review)."""
+        from PIL import PngImagePlugin
+
+        path = tmp_path / "chatty.png"
+        picture = Image.new("RGB", (64, 48), "red")
+        if chunk == "zTXt":
+            info = PngImagePlugin.PngInfo()
+            info.add_text("Comment", "a" * 2**21, zip=True)
+            picture.save(path, pnginfo=info)
+        else:
+            picture.save(path, icc_profile=b"\0" * 2**21)
+        assert path.stat().st_size < 10_000
+        with pytest.raises(ImageError, match=r"chatty.png: refused: a text or colour-profile"
+                                             r" chunk in it inflates past Pillow's limit of 1 MB"):
+            hash_file(str(path), DEFAULT)
+
     def test_our_pixel_limit_refuses_from_the_header(self, tmp_path: Path) -> None:
         bomb = zoo.png_bomb(tmp_path, 9000, 9000)  # 81 megapixels in a few hundred bytes
         with pytest.raises(ImageError, match="9000 x 9000 pixels is over the limit of 1,000,000"):

@@ -19,7 +19,7 @@ from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
 from . import avif, jpeg, png, sampling, tiff
@@ -1022,6 +1022,11 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
     if isinstance(error, jpeg.CutShort) or (isinstance(error, OSError)
                                             and "truncated" in str(error).lower()):
         return "truncated image"
+    if isinstance(error, ValueError) and "MAX_TEXT_CHUNK" in str(error):
+        # Pillow's own guard: a text or colour-profile chunk that inflates past its limit (a
+        # review found Pillow's wording, naming its constant, in the line).
+        return ("refused: a text or colour-profile chunk in it inflates past Pillow's limit of"
+                f" {PngImagePlugin.MAX_TEXT_CHUNK // 2**20} MB (a decompression bomb?)")
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         # The system's error, not the decoder's (Pillow's carry no errno): a link loop, a name
         # too long, a read error. Said without the path the caller already names.
