@@ -94,6 +94,22 @@ def test_a_meta_value_written_by_another_program_is_one_line(
     assert Path("db.shelve").exists()
 
 
+def test_searching_a_store_that_holds_no_images_says_so(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What an index.py stopped before its first batch leaves: searched, it answered nothing and
+    exit 1 without a word, as if there were no match (a review)."""
+    from neardup.cli import search as search_cli
+
+    Path("images").mkdir()
+    with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp / "images"), {}):
+        pass
+    save(textured(1), "query.jpg", quality=90)
+    assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == 1
+    assert capsys.readouterr().err == (
+        "search.py: db.shelve: holds no images yet (an index.py run stopped before its first"
+        " batch?); index.py fills it\n")
+
+
 # -- damage -------------------------------------------------------------------------------------
 
 

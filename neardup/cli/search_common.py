@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.search import Match
 from ..core.store import Store
-from ..errors import NeardupError
+from ..errors import NeardupError, command
 from ..features.search import lacking_features
 from .common import warn
 
@@ -40,6 +40,11 @@ def check_store(store_path: str, max_distance: int, max_query_distance: int | No
         bits = store.recipe.bits
         if gone := store.dataset_gone():
             say(gone)
+        if store.hash_count() == 0:
+            # An index.py stopped before its first batch leaves one: searched, it answered
+            # nothing and exit 1 without a word, as if there were no match (a review).
+            say(f"{store_path}: holds no images yet (an index.py run stopped before its first"
+                f" batch?); {command('index.py')} fills it")
     for option, distance in (("--max-distance", max_distance),
                              ("--max-query-distance", max_query_distance)):
         if distance is not None and distance > bits:
