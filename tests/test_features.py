@@ -1538,6 +1538,30 @@ def test_a_damaged_feature_record_is_skipped_and_said_once(feature_store: Path) 
     assert [m["relpath"] for m in result[0]["matches"]] == []  # unverifiable: not answered
 
 
+def test_index_py_extracts_a_damaged_feature_record_again(
+        feature_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: each index.py --features run said the damaged record was skipped and counted
+    its file unchanged, so only a new store mended it. It is now said once and extracted
+    again, and the next run finds nothing to say."""
+    whole = stored_features("db.shelve")
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        for relpath, data in (("others/scene_3.jpg", b"\x00\x01"),
+                              ("others/scene_5.jpg", whole["others/scene_5.jpg"][:-1])):
+            database.execute("UPDATE neardup_features SET data = ? WHERE path = ?",
+                             (data, relpath.encode()))
+    capsys.readouterr()
+    command = ["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]
+    assert index_cli.main(command) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("index.py: db.shelve: features of others/scene_3.jpg: feature record"
+                            " too short (and 1 more); extracted again\n")
+    assert "indexed 0, features added 2, unchanged 6," in captured.out
+    assert stored_features("db.shelve") == whole
+    assert index_cli.main(command) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "indexed 0, unchanged 8," in captured.out
+
+
 def test_verified_answers_are_not_computed_on_the_servers_event_loop(
     feature_store: Path,
 ) -> None:

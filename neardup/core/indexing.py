@@ -294,7 +294,7 @@ def index_folder(
             return summary
         if store.dataset_root != root:  # --moved-from, and not refused: it indexes root now
             store.move_dataset(root)
-        lacking = _prepare_features(store, store_path, features)
+        lacking = _prepare_features(store, store_path, features, report)
 
         start_generation = store.generation()
         cache.forget_other_histories(store)
@@ -562,18 +562,30 @@ def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
                        RACY if racy else item.ctime_ns, features)
 
 
-def _prepare_features(store: Store, store_path: str, features: bool) -> set[str]:
-    """Record the feature recipe (or refuse a mismatch); the stored files that still lack them."""
+def _prepare_features(store: Store, store_path: str, features: bool,
+                      report: Callable[[str], None]) -> set[str]:
+    """Record the feature recipe (or refuse a mismatch); the stored files that still lack them,
+    or whose record is damaged: said, and extracted again (each run said the record was skipped
+    and counted the file unchanged, so only a new store mended it: a review)."""
     if not features:
         if store.has_features():
             raise NeardupError(f"{store_path}: keeps local features of every image; run"
                                f" {command('index.py')} with --features to keep them complete")
         return set()
-    from ..features.extract import FeatureRecipe
+    from ..features import extract
 
-    recipe = FeatureRecipe()
-    store.enable_features(recipe.to_dict(), FeatureRecipe.describe_recorded)
-    return store.paths_without_features()
+    recipe = extract.FeatureRecipe()
+    store.enable_features(recipe.to_dict(), extract.FeatureRecipe.describe_recorded)
+    unlike = store.feature_records_unlike(extract.FEATURE_VERSION, extract.RECORD_FIXED_BYTES,
+                                          extract.RECORD_POINT_BYTES)
+    damaged = {path: problem for path, data in unlike.items()
+               if (problem := extract.record_problem(data[:extract.HEADER_BYTES], len(data)))}
+    if damaged:
+        first = min(damaged)
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        report(f"{store_path}: features of {shown_path(first)}: {damaged[first]}{more};"
+               " extracted again")
+    return store.paths_without_features() | set(damaged)
 
 
 class WorkerDied(NeardupError):

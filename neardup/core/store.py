@@ -1031,6 +1031,18 @@ class Store:
                             " (SELECT path FROM neardup_features)")
         return {os.fsdecode(bytes(path)) for (path,) in rows}
 
+    def feature_records_unlike(self, version: int, fixed: int, per_point: int) -> dict[str, bytes]:
+        """The feature records (by path) that cannot be well formed: not of this one-byte
+        version, a frame side of 0, or a length other than `fixed` + `per_point` x a whole
+        number. Filtered by SQLite as it reads the table (0.55 s for 300,000 records, warm, where
+        fetching each record's head into Python took 1.2 to 1.5 s)."""
+        rows = self._db.all(
+            "SELECT path, data FROM neardup_features WHERE length(data) < ?"
+            " OR (length(data) - ?) % ? != 0 OR substr(data, 1, 1) != ?"
+            " OR substr(data, 2, 2) = x'0000' OR substr(data, 4, 2) = x'0000'",
+            (fixed, fixed, per_point, bytes([version])))
+        return {os.fsdecode(bytes(path)): bytes(data) for path, data in rows}
+
     def images_without_features(self) -> int:
         """How many stored images have no features on a store that keeps them: an index.py
         --features run on a hash-only store that did not finish (the recipe is recorded before

@@ -74,6 +74,29 @@ POSITION_SCALE = 8
 DESCRIPTOR_BYTES = 16
 
 _HEADER = struct.Struct("<BHHH")  # version, frame width, frame height, keypoint count
+HEADER_BYTES = _HEADER.size
+_THUMBNAIL_BYTES = 16 + THUMBNAIL_SIDE * THUMBNAIL_SIDE // 2  # a 16-level table, then 4 bits each
+_CHROMA_BYTES = CHROMA_SIDE * CHROMA_SIDE * 2 // 2  # two signed 4-bit values per cell
+
+
+# A record's length: RECORD_FIXED_BYTES, then RECORD_POINT_BYTES per keypoint (its position,
+# then its descriptor).
+RECORD_POINT_BYTES = 3 + DESCRIPTOR_BYTES
+RECORD_FIXED_BYTES = _HEADER.size + _THUMBNAIL_BYTES + _CHROMA_BYTES
+
+
+def record_problem(head: bytes, length: int) -> str | None:
+    """What is wrong with a stored feature record, from its first HEADER_BYTES and its length,
+    or None."""
+    if len(head) < _HEADER.size:
+        return "feature record too short"
+    version, width, height, count = _HEADER.unpack_from(head)
+    if version != FEATURE_VERSION:
+        return f"feature record version {version}, expected {FEATURE_VERSION}"
+    expected = RECORD_FIXED_BYTES + count * RECORD_POINT_BYTES
+    if length != expected or width == 0 or height == 0:
+        return f"feature record of {length} bytes, expected {expected}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +168,10 @@ class FeatureSet:
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureSet:
         """Parse a stored feature set; a malformed one (a store from elsewhere) is a ValueError."""
-        if len(data) < _HEADER.size:
-            raise ValueError("feature record too short")
-        version, width, height, count = _HEADER.unpack_from(data)
-        if version != FEATURE_VERSION:
-            raise ValueError(f"feature record version {version}, expected {FEATURE_VERSION}")
-        thumb = 16 + THUMBNAIL_SIDE * THUMBNAIL_SIDE // 2
-        colour = CHROMA_SIDE * CHROMA_SIDE * 2 // 2
-        expected = _HEADER.size + count * (3 + DESCRIPTOR_BYTES) + thumb + colour
-        if len(data) != expected or width == 0 or height == 0:
-            raise ValueError(f"feature record of {len(data)} bytes, expected {expected}")
+        if problem := record_problem(data[:_HEADER.size], len(data)):
+            raise ValueError(problem)
+        _, width, height, count = _HEADER.unpack_from(data)
+        thumb, colour = _THUMBNAIL_BYTES, _CHROMA_BYTES
         offset = _HEADER.size
         packed = np.zeros((count, 4), np.uint8)
         packed[:, :3] = np.frombuffer(data, np.uint8, count * 3, offset).reshape(count, 3)
