@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 
 from ..core.search import HashIndex, resolve_stored_path
 from ..core.store import Store
@@ -16,6 +17,7 @@ from ..evaluation.report import report_stem, write_report
 from ..evaluation.scoring import (
     MAX_THRESHOLD,
     Evaluation,
+    GroupResult,
     comparison_table,
     evaluate_manifest,
     format_evaluation,
@@ -117,9 +119,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
 
 def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
     """The worst first: queries with the most missed copies, then those with other matches."""
-    root = evaluation.dataset_root
-    rows = []
-    for group in evaluation.groups:
+    def misses_and_others(group: GroupResult, root: str) -> list[Tile]:
         missed = [Tile(full, f"missed: {c.kind} d={'-' if c.distance is None else c.distance}",
                        c.path)
                   for c in group.copies
@@ -128,29 +128,34 @@ def evaluation_rows(evaluation: Evaluation, max_distance: int) -> list[Row]:
         others = [Tile(full, f"other d={d}", p) for p, d in sorted(group.others.items(),
                                                                     key=lambda item: item[1])
                   if d <= max_distance and (full := resolve_stored_path(root, p))]
-        if missed or others:
-            original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others),
-                         Row(Tile(original, f"query {group.group}", group.original),
-                             missed + others)))
-    rows.sort(key=lambda item: -item[0])
-    return [row for _, row in rows]
+        return missed + others
+
+    return _worst_first(evaluation, misses_and_others)
 
 
 def verified_rows(evaluation: Evaluation) -> list[Row]:
     """Copies the verified search missed and other images it returned, per query, worst first."""
-    root = evaluation.dataset_root
-    rows = []
-    for group in evaluation.groups:
+    def misses_and_others(group: GroupResult, root: str) -> list[Tile]:
         copies = {copy.path for copy in group.copies}
         missed = [Tile(full, f"missed: {c.kind}", c.path) for c in group.copies
                   if c.path not in group.verified and (full := resolve_stored_path(root, c.path))]
         others = [Tile(full, f"other ({how})", path) for path, how in sorted(group.verified.items())
                   if path not in copies and (full := resolve_stored_path(root, path))]
-        if missed or others:
+        return missed + others
+
+    return _worst_first(evaluation, misses_and_others)
+
+
+def _worst_first(evaluation: Evaluation,
+                 misses_and_others: Callable[[GroupResult, str], list[Tile]]) -> list[Row]:
+    """A row per query with tiles (its original, then what misses_and_others gives), the rows
+    with the most tiles first."""
+    root = evaluation.dataset_root
+    rows = []
+    for group in evaluation.groups:
+        if tiles := misses_and_others(group, root):
             original = resolve_stored_path(root, group.original) or group.original
-            rows.append((len(missed) + len(others),
-                         Row(Tile(original, f"query {group.group}", group.original),
-                             missed + others)))
+            rows.append((len(tiles), Row(Tile(original, f"query {group.group}", group.original),
+                                         tiles)))
     rows.sort(key=lambda item: -item[0])
     return [row for _, row in rows]
