@@ -1542,20 +1542,37 @@ def test_index_py_extracts_a_damaged_feature_record_again(
         feature_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A review: each index.py --features run said the damaged record was skipped and counted
     its file unchanged, so only a new store mended it. It is now said once and extracted
-    again, and the next run finds nothing to say."""
+    again, and the next run finds nothing to say. Damaged as hand edits do (a second review):
+    cut short by a byte and by a whole keypoint, stored as text (which ended searches in a
+    TypeError traceback, and text that is not UTF-8 in sqlite3's), a frame of width 0, and a
+    record of no indexed file."""
     whole = stored_features("db.shelve")
+    cut = whole["others/scene_6.jpg"]
+    assert cut[5] > 0  # a keypoint to cut
     with closing(sqlite3.connect("db.shelve")) as database, database:
         for relpath, data in (("others/scene_3.jpg", b"\x00\x01"),
-                              ("others/scene_5.jpg", whole["others/scene_5.jpg"][:-1])):
+                              ("others/scene_5.jpg", whole["others/scene_5.jpg"][:-1]),
+                              ("others/scene_6.jpg", cut[:5] + bytes([cut[5] - 1]) + cut[6:]),
+                              ("others/scene_7.jpg", "abc"),
+                              ("others/scene_2.jpg", cut[:1] + b"\0\0" + cut[3:])):
             database.execute("UPDATE neardup_features SET data = ? WHERE path = ?",
                              (data, relpath.encode()))
+        database.execute("UPDATE neardup_features SET data = CAST(x'09ff' AS TEXT) WHERE path = ?",
+                         (b"others/half_alike.jpg",))
+        database.execute("INSERT INTO neardup_features (path, data) VALUES (?, x'00')",
+                         (b"ghost.jpg",))
+    # Searched meanwhile: each damaged record skipped, none a traceback.
+    (answer,) = search_json("-q", "queries/crop.jpg")
+    assert [m["relpath"] for m in answer["matches"]] == ["originals/scene.jpg"]
     capsys.readouterr()
     command = ["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]
     assert index_cli.main(command) == 0
     captured = capsys.readouterr()
-    assert captured.err == ("index.py: db.shelve: features of others/scene_3.jpg: feature record"
-                            " too short (and 1 more); extracted again\n")
-    assert "indexed 0, features added 2, unchanged 6," in captured.out
+    assert captured.err == (
+        "index.py: db.shelve: 1 feature record of no indexed file removed\n"
+        "index.py: db.shelve: features of others/half_alike.jpg: feature record too short (and 5"
+        " more); extracted again\n")
+    assert "indexed 0, features added 6, unchanged 2," in captured.out
     assert stored_features("db.shelve") == whole
     assert index_cli.main(command) == 0
     captured = capsys.readouterr()

@@ -576,6 +576,10 @@ def _prepare_features(store: Store, store_path: str, features: bool,
 
     recipe = extract.FeatureRecipe()
     store.enable_features(recipe.to_dict(), extract.FeatureRecipe.describe_recorded)
+    if orphans := store.drop_orphan_features():
+        # Written by hand: each run said they were extracted again, and searches skipped them.
+        report(f"{store_path}: {orphans} feature record{'s' if orphans > 1 else ''} of no"
+               " indexed file removed")
     unlike = store.feature_records_unlike(extract.FEATURE_VERSION, extract.RECORD_FIXED_BYTES,
                                           extract.RECORD_POINT_BYTES)
     damaged = {path: problem for path, data in unlike.items()

@@ -529,9 +529,19 @@ class Store:
         if self.tracking:
             found = dict(self._db.all("SELECT name, n FROM neardup_counts"))
             if "hashes" in found and "images" in found:
-                return int(found["hashes"]), int(found["images"])
+                try:
+                    return int(found["hashes"]), int(found["images"])
+                except (TypeError, ValueError):
+                    raise StoreError(f"{self.path}: its neardup_counts table is not understood"
+                                     f" ({found['hashes']!r:.40} hashes, {found['images']!r:.40}"
+                                     " images)") from None
         return (int(self._db.one("SELECT COUNT(*) FROM Dict")[0]),
                 int(self._db.one("SELECT COUNT(*) FROM neardup_files")[0]))
+
+    def is_empty(self) -> bool:
+        """No hash stored, read from the table itself (the counters are kept by triggers, and a
+        hand edit can make them say anything)."""
+        return self._db.one("SELECT 1 FROM Dict LIMIT 1") is None
 
     def image_count(self) -> int:
         return self.counts()[1]
@@ -985,8 +995,6 @@ class Store:
 
 # -- keys as numbers ------------------------------------------------------------------------------
 
-
-
     # -- local features (neardup.features) -----------------------------------------------------
     # One table of its own, created by enable_features and written by _apply_features inside
     # apply()'s transaction, so a file's hash and its features are committed together or not at
@@ -1032,16 +1040,32 @@ class Store:
         return {os.fsdecode(bytes(path)) for (path,) in rows}
 
     def feature_records_unlike(self, version: int, fixed: int, per_point: int) -> dict[str, bytes]:
-        """The feature records (by path) that cannot be well formed: not of this one-byte
-        version, a frame side of 0, or a length other than `fixed` + `per_point` x a whole
-        number. Filtered by SQLite as it reads the table (0.55 s for 300,000 records, warm, where
-        fetching each record's head into Python took 1.2 to 1.5 s)."""
+        """The feature records (by path) that cannot be well formed: stored as other than bytes,
+        not of this one-byte version, a frame side of 0, or a length other than `fixed` +
+        `per_point` x the keypoint count its header gives (bytes 6 and 7, little-endian, as hex
+        against the count the length implies). Filtered by SQLite as it reads the table (0.55 s
+        for 300,000 records, warm, where fetching each record's head into Python took 1.2 to
+        1.5 s)."""
         rows = self._db.all(
-            "SELECT path, data FROM neardup_features WHERE length(data) < ?"
-            " OR (length(data) - ?) % ? != 0 OR substr(data, 1, 1) != ?"
-            " OR substr(data, 2, 2) = x'0000' OR substr(data, 4, 2) = x'0000'",
-            (fixed, fixed, per_point, bytes([version])))
+            # ?1 the fixed bytes, ?2 those per keypoint, ?3 the version byte.
+            f"SELECT path, {_AS_BYTES} FROM neardup_features WHERE typeof(data) != 'blob'"
+            " OR length(data) < ?1 OR (length(data) - ?1) % ?2 != 0"
+            " OR substr(data, 1, 1) != ?3"
+            " OR substr(data, 2, 2) = x'0000' OR substr(data, 4, 2) = x'0000'"
+            " OR hex(substr(data, 6, 2)) != printf('%02X%02X',"
+            " (length(data) - ?1) / ?2 % 256, (length(data) - ?1) / ?2 / 256)",
+            (fixed, per_point, bytes([version])))
         return {os.fsdecode(bytes(path)): bytes(data) for path, data in rows}
+
+    def drop_orphan_features(self) -> int:
+        """Delete the feature records of no indexed file (written by hand: index.py writes a
+        file's record with its entry, in one transaction); how many there were."""
+        with self.transaction():
+            dropped = int(self._db.run("DELETE FROM neardup_features WHERE path NOT IN"
+                                       " (SELECT path FROM neardup_files)").rowcount)
+            if dropped:
+                self._features_changed()
+        return dropped
 
     def images_without_features(self) -> int:
         """How many stored images have no features on a store that keeps them: an index.py
@@ -1071,7 +1095,7 @@ class Store:
     def feature_rows(self) -> Iterator[tuple[int, str, bytes]]:
         """(id, path, features) of every stored image, by id (the order they were stored in)."""
         for image_id, path, data in self._db.run(
-                "SELECT id, path, data FROM neardup_features ORDER BY id"):
+                f"SELECT id, path, {_AS_BYTES} FROM neardup_features ORDER BY id"):
             yield int(image_id), os.fsdecode(bytes(path)), bytes(data)
 
     def features_by_id(self, ids: Iterable[int]) -> dict[int, tuple[str, bytes]]:
@@ -1081,12 +1105,13 @@ class Store:
             chunk = wanted[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for image_id, path, data in self._db.all(
-                    f"SELECT id, path, data FROM neardup_features WHERE id IN ({marks})", chunk):
+                    f"SELECT id, path, {_AS_BYTES} FROM neardup_features WHERE id IN ({marks})",
+                    chunk):
                 found[int(image_id)] = (os.fsdecode(bytes(path)), bytes(data))
         return found
 
     def features_of_path(self, relpath: str) -> tuple[int, bytes] | None:
-        row = self._db.one("SELECT id, data FROM neardup_features WHERE path = ?",
+        row = self._db.one(f"SELECT id, {_AS_BYTES} FROM neardup_features WHERE path = ?",
                            (os.fsencode(relpath),))
         return None if row is None else (int(row[0]), bytes(row[1]))
 
@@ -1118,14 +1143,21 @@ class Store:
             changed += self._db.run("DELETE FROM neardup_features WHERE path = ?",
                                     (os.fsencode(relpath),)).rowcount
         if changed:
-            # The feature index cache is named by this too: features can change without a hash.
             # A file read again only because its ctime moved (a hard link made to it) gives the
             # same record, and the cached index of 10^5 images (40 s to build) stays valid.
-            self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
-                         " WHERE name = 'feature_generation'")
-            self._set_meta("feature_token", uuid.uuid4().hex[:16])
+            self._features_changed()
+
+    def _features_changed(self) -> None:
+        """Move the feature generation and draw a new token, in the transaction that changed
+        them: the feature index cache is named by these (features can change without a hash)."""
+        self._db.run("UPDATE neardup_meta SET value = CAST(value AS INTEGER) + 1"
+                     " WHERE name = 'feature_generation'")
+        self._set_meta("feature_token", uuid.uuid4().hex[:16])
 
 
+# A feature record as bytes, whatever type a hand edit stored it as (text failed with a TypeError
+# traceback, text that is not UTF-8 with sqlite3's "Could not decode" before any of our code).
+_AS_BYTES = "CAST(data AS BLOB)"
 # Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.
 _FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMARY KEY,"
                   " path BLOB UNIQUE NOT NULL, data BLOB NOT NULL)")

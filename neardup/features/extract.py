@@ -77,8 +77,6 @@ _HEADER = struct.Struct("<BHHH")  # version, frame width, frame height, keypoint
 HEADER_BYTES = _HEADER.size
 _THUMBNAIL_BYTES = 16 + THUMBNAIL_SIDE * THUMBNAIL_SIDE // 2  # a 16-level table, then 4 bits each
 _CHROMA_BYTES = CHROMA_SIDE * CHROMA_SIDE * 2 // 2  # two signed 4-bit values per cell
-
-
 # A record's length: RECORD_FIXED_BYTES, then RECORD_POINT_BYTES per keypoint (its position,
 # then its descriptor).
 RECORD_POINT_BYTES = 3 + DESCRIPTOR_BYTES
@@ -93,8 +91,10 @@ def record_problem(head: bytes, length: int) -> str | None:
     version, width, height, count = _HEADER.unpack_from(head)
     if version != FEATURE_VERSION:
         return f"feature record version {version}, expected {FEATURE_VERSION}"
+    if width == 0 or height == 0:
+        return f"feature record of a frame {width} x {height}"
     expected = RECORD_FIXED_BYTES + count * RECORD_POINT_BYTES
-    if length != expected or width == 0 or height == 0:
+    if length != expected:
         return f"feature record of {length} bytes, expected {expected}"
     return None
 
