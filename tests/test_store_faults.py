@@ -103,11 +103,22 @@ def test_searching_a_store_that_holds_no_images_says_so(
     Path("images").mkdir()
     with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp / "images"), {}):
         pass
-    save(textured(1), "query.jpg", quality=90)
+    save(textured(77), "query.jpg", quality=90)  # like no image of make_tree's below
     assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == 1
     assert capsys.readouterr().err == (
         "search.py: db.shelve: holds no images yet (an index.py run stopped before its first"
         " batch?); index.py fills it\n")
+    # Told by the table itself, not by the counters a hand edit can change (a review).
+    make_tree("images", 2)
+    assert index() == 0
+    for count, said in (("0", ""), ("'abc'", "search.py: error: db.shelve: its neardup_counts"
+                                               " table is not understood ('abc' hashes, ")):
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute(f"UPDATE neardup_counts SET n = {count} WHERE name = 'hashes'")
+        capsys.readouterr()
+        assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == (2 if said else 1)
+        err = capsys.readouterr().err
+        assert err.startswith(said) and len(err.splitlines()) == (1 if said else 0), err
 
 
 # -- damage -------------------------------------------------------------------------------------
@@ -569,7 +580,6 @@ def test_output_and_unpacked_folders_have_the_usual_mode(in_tmp: Path, umask: in
     assert stat.S_IMODE(os.stat("out").st_mode) == wanted
     (unpacked,) = os.listdir("cache/unpacked")
     assert stat.S_IMODE(os.stat(os.path.join("cache/unpacked", unpacked)).st_mode) == wanted
-
 
 
 # -- the last checkpoint on a full disk ----------------------------------------------------------

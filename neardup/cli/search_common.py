@@ -40,7 +40,7 @@ def check_store(store_path: str, max_distance: int, max_query_distance: int | No
         bits = store.recipe.bits
         if gone := store.dataset_gone():
             say(gone)
-        if store.hash_count() == 0:
+        if store.is_empty():
             # An index.py stopped before its first batch leaves one: searched, it answered
             # nothing and exit 1 without a word, as if there were no match (a review).
             say(f"{store_path}: holds no images yet (an index.py run stopped before its first"
