@@ -144,6 +144,7 @@ def test_a_one_shot_search_loads_no_other_mode(tmp_path) -> None:  # type: ignor
         "code = search.main(sys.argv[1:])\n"
         "other = ('asyncio', 'uvicorn', 'neardup.service.server', 'neardup.service.checker',"
         " 'neardup.evaluation.html', 'neardup.evaluation.montage', 'neardup.evaluation.report',"
+        " 'neardup.evaluation.scoring', 'neardup.sources.dataset',"
         " 'neardup.cli.search_groups', 'neardup.cli.search_evaluate', 'neardup.cli.search_checker')\n"
         "print(code, sorted(m for m in sys.modules if m.split('.')[0] in other or m in other))\n")
     run = subprocess.run([sys.executable, "-c", probe, "-s", "db.shelve", "-q", "images/0.png",

@@ -25,8 +25,8 @@ from ..core.search import (
 )
 from ..core.store import Store
 from ..errors import ImageError, NeardupError, command
+from ..evaluation import MAX_THRESHOLD
 from ..evaluation.output import page_replace_problem, sheet_replace_problem
-from ..evaluation.scoring import MAX_THRESHOLD
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch
 from ..service.decoding import DEFAULT_DECODE_SECONDS
@@ -235,8 +235,6 @@ def expand_queries(queries: list[str]) -> tuple[list[str], list[QueryResult]]:
     return paths, problems
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -344,10 +342,6 @@ def answer_verified(verified: VerifiedSearch, hashed: list[tuple[QueryResult, Ha
                                          include_low_information=args.include_low_information)
 
 
-
-
-
-
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse, in one line, every option given that would do nothing in the mode asked for."""
     mode = next(name for name in MODES if getattr(args, name))
@@ -403,40 +397,6 @@ def check_outputs(args: argparse.Namespace) -> None:
         # The file is renamed over the path: the store, a photo or a device there would be gone.
         if problem := replace_problem(path):
             raise NeardupError(f"{option} {path}: {problem}")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, several: bool) -> int:

@@ -28,8 +28,8 @@ from ..errors import DatasetError, ImageError, command
 from ..features.extract import read_frame
 from ..features.search import VerifiedSearch
 from ..sources.dataset import read_manifest
+from . import MAX_THRESHOLD
 
-MAX_THRESHOLD = 16
 TARGET_PRECISION = 0.999
 
 
