@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from _setup import DEFAULT_DATASET, ROOT, index_completely, require_dataset  # noqa: E402
+from _setup import DEFAULT_DATASET, ROOT, index_completely, require_dataset
 
 SCRIPT = "index_commits.py"
 
@@ -51,34 +51,35 @@ def main() -> int:
     if not require_dataset(args.dataset, SCRIPT):
         return 2
     dataset = os.path.abspath(args.dataset)  # index.py runs in each worktree
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    commits = args.commits  # the same commit may be given twice: each is a column of its own
     with tempfile.TemporaryDirectory(prefix="index-commits-") as work:
-        trees = {}
+        trees: list[str] = []
         try:
-            for number, commit in enumerate(args.commits):
-                trees[commit] = worktree(commit, os.path.join(work, f"tree{number}"))
-            seconds: dict[str, list[float]] = {commit: [] for commit in args.commits}
+            for number, commit in enumerate(commits):
+                trees.append(worktree(commit, os.path.join(work, f"tree{number}")))
+            seconds: list[list[float]] = [[] for _ in commits]
             images = 0
             for round_number in range(args.rounds):
-                for commit, tree in trees.items():
-                    store = os.path.join(work, f"store-{round_number}-{len(seconds[commit])}"
-                                         f"-{args.commits.index(commit)}.shelve")
+                for number, tree in enumerate(trees):
+                    store = os.path.join(work, f"store-{round_number}-{number}.shelve")
                     started = time.perf_counter()
                     summary = index_completely(
                         [os.path.join(tree, "index.py"), "-d", dataset, "-s", store, "-q",
                          "-j", str(args.jobs)], SCRIPT, cwd=tree)
-                    seconds[commit].append(time.perf_counter() - started)
+                    seconds[number].append(time.perf_counter() - started)
                     indexed = re.search(r"\bindexed (\d+)", summary)
                     assert indexed is not None  # index_completely returned the summary line
                     images = int(indexed.group(1))
         finally:
-            for tree in trees.values():
+            for tree in trees:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tree],
                                capture_output=True)
-    base = statistics.median(seconds[args.commits[0]])
+    base = statistics.median(seconds[0])
     print(f"index.py -j {args.jobs or os.cpu_count()} on {images} images, {args.rounds} rounds,"
           f" whole process, medians (Python {sys.version.split()[0]})")
-    for commit in args.commits:
-        times = seconds[commit]
+    for commit, times in zip(commits, seconds, strict=True):
         middle = statistics.median(times)
         print(f"  {label(commit):<28} {middle:7.2f} s  {images / middle:7.0f} images/s"
               f"  x{base / middle:5.3f} speed  (rounds {min(times):.2f}-{max(times):.2f} s)")
