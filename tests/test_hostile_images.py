@@ -171,7 +171,6 @@ class TestTransparency:
         second = zoo.with_hidden_colour(tmp_path, mode, seed=2)
         assert hash_file(str(first), DEFAULT) == hash_file(str(second), DEFAULT)
 
-
     def test_a_transparency_table_longer_than_the_palette_is_ignored_as_libpng_does(
             self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         # A review: 300 alpha entries for 16 colours raised ValueError when the picture was put
@@ -371,7 +370,6 @@ def test_a_damaged_avif_and_formats_not_read_are_named_as_such(
             hash_file(str(tmp_path / "cut.avif"), DEFAULT)
 
 
-
 def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
         tmp_path: Path) -> None:
     """A review: a 3 KB AVIF whose ispe box declared 64 x 64 held a 16000 x 16000 picture; Pillow
@@ -414,8 +412,6 @@ def test_an_avif_is_refused_where_its_coded_picture_is_larger_than_it_declares(
     (tmp_path / "hidden.avif").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="damaged AVIF file"):
         hash_file(str(tmp_path / "hidden.avif"), DEFAULT)
-
-
 
 
 def test_an_avif_hiding_its_size_behind_a_first_small_sequence_header_is_refused(

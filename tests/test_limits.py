@@ -78,7 +78,6 @@ class TestDecodeCost:
         image.draft("L", (250, 200))
         assert decode_cost(image) - 16 * 2**20 < (full - 16 * 2**20) / 20
 
-
     def test_a_tiff_tile_counts_whole(self, tmp_path: Path) -> None:
         """A hostile review: libtiff allocates a whole tile to decode it, however small the
         picture: 256 x 256 pixels in one 16384 x 16384 tile took 843 MB against 17 estimated."""
@@ -101,7 +100,6 @@ class TestDecodeCost:
         sequential.draft("L", (250, 200))
         # Decoded a row of blocks at a time: no coefficient buffer.
         assert decode_cost(sequential) - 16 * 2**20 < coefficients / 10
-
 
     def test_a_jpeg_whose_first_scan_holds_one_component_counts_its_coefficients(self) -> None:
         """Its other components come in later scans: libjpeg keeps every coefficient too. Only

@@ -224,7 +224,6 @@ def test_the_checkers_log_lines_name_the_command_as_typed(monkeypatch: pytest.Mo
         assert OneLineFormatter().format(record) == f"{name}: 127.0.0.1:5 GET /x: 404"
 
 
-
 @pytest.mark.parametrize(("extra", "message"), [
     (["--evaluate", "data/manifest.csv", "--report", "a_file"],
      "--report a_file: is a file, not a folder; give a folder for the report's files"),
@@ -243,7 +242,6 @@ def test_output_paths_are_checked_before_any_work(
     capsys.readouterr()
     line = refused(capsys, search_cli.main, ["-s", "db.shelve", *extra])
     assert line.startswith("search.py: error: " + message), line
-
 
 
 def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
@@ -288,8 +286,6 @@ def test_an_output_replaces_only_a_page_or_sheet_neardup_wrote(
                     for kind in ("jpg", "webp", "gif", "tif"))):
         for _run in range(2):
             assert search_cli.main(["-s", "db.shelve", *extra]) == 0, capsys.readouterr().err
-
-
 
 
 def test_an_output_file_that_cannot_be_read_is_kept(
@@ -409,7 +405,6 @@ def make_photos(folder: Path) -> None:
         textured(30 + number, (96, 72)).save(folder / f"{number}.png")
 
 
-
 def test_a_report_file_name_taken_by_a_folder_or_device_is_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A second review: a folder at the report's <stem>.json was an IsADirectoryError traceback,
@@ -496,7 +491,6 @@ def test_only_a_broken_standard_output_is_silent(tmp_path: Path) -> None:
         assert reader.wait(timeout=30) == 2
 
 
-
 def test_a_thread_refused_by_the_system_is_one_line_and_other_thread_errors_show() -> None:
     """Under a limit on processes and threads (a container's pids.max), Python's RuntimeError
     "can't start new thread" ended a command in a traceback (review r24), and a helper thread
@@ -563,7 +557,6 @@ def test_a_closed_standard_output_is_one_line_where_results_go_there(tmp_path: P
         assert done.returncode == 2, (argv, done.stderr)
         assert done.stderr == ("search.py: error: standard output is closed, so the results"
                                " would go nowhere (run it with > FILE)\n"), argv
-
 
 
 def test_a_closed_standard_error_keeps_the_results_clean(tmp_path: Path) -> None:

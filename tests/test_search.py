@@ -144,7 +144,6 @@ class TestSearchCommand:
         assert err == "search.py: error: nothing.shelve: no such store (build one with index.py)\n"
 
 
-
 def undecided_query(rng: random.Random, value: int, bits: int, count: int) -> Hash:
     undecided = 0
     for position in rng.sample(range(bits), count):
@@ -324,7 +323,6 @@ class TestMultiIndexAgreesWithBruteForce:
                     scanned, scan_distances = brute.scan(Hash(query, 64), radius)
                     assert sorted(zip(positions.tolist(), distances.tolist(), strict=True)) == \
                         sorted(zip(scanned.tolist(), scan_distances.tolist(), strict=True))
-
 
     @pytest.mark.parametrize("kind", ["random", "clustered"])
     def test_every_pair_at_once_is_every_pair_brute_force_finds(

@@ -160,8 +160,6 @@ class TestLocalSources:
         assert len([r for r in read_manifest("out/manifest.csv") if r.role != "copy"]) == 12
 
 
-
-
 def test_a_source_of_links_to_folders_says_they_are_not_followed(
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     make_tree("real", 6, folders=2)

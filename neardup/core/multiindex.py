@@ -65,7 +65,6 @@ class MultiIndex:
         keep = distances <= max_distance
         return candidates[keep].astype(np.int64), distances[keep]
 
-
     def pairs_within(self, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every pair of stored hashes within max_distance, each once: positions (first <
         second) and distances. within() for every hash at once: per substring and probe mask,

@@ -203,7 +203,6 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.append(option)
 
 
-
 def as_worker() -> None:
     """Called first in every worker process."""
     # Ctrl-C reaches the whole process group: only the parent handles it (it stops the workers

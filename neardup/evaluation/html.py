@@ -224,8 +224,6 @@ def write_page(path: str, page: str) -> None:
     write_whole(path, page.encode("utf-8", errors="backslashreplace"))
 
 
-
-
 def _data_uri(picture: Image.Image) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=JPEG_QUALITY)
