@@ -94,6 +94,27 @@ def test_a_meta_value_written_by_another_program_is_one_line(
     assert Path("db.shelve").exists()
 
 
+def test_entries_that_all_disagree_with_the_recipe_are_said_in_a_few_lines(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A recipe edited to 16 x 16 bits on a store of 64-bit keys: every entry was said, one line
+    each (985 lines in a review). Twenty are, then one line says there are more."""
+    from neardup.cli import search as search_cli
+    from neardup.core.store import MAX_PROBLEMS_SAID
+
+    with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp), {}) as store:
+        store.shelf.update({f"{number:016x}": [f"{number}.jpg"] for number in range(30)})
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'",
+                         (RECIPE.replace('"hash_size": %s', '"hash_size": 16') % "false",))
+    save(textured(1), "query.jpg", quality=90)
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == 1
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == MAX_PROBLEMS_SAID + 1, said
+    assert said[0].endswith(": not a 256-bit hash in lowercase hex; skipped")
+    assert said[-1] == "search.py: db.shelve: more problems like these, not listed"
+
+
 def test_searching_a_store_that_holds_no_images_says_so(
         in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """What an index.py stopped before its first batch leaves: searched, it answered nothing and

@@ -75,6 +75,8 @@ READABLE_FORMATS = ("1", "2")
 SQL_BATCH = 500
 # Protocol 2 has no frame header: 4 bytes less per bucket than 4, and every Python 3 reads it.
 PICKLE_PROTOCOL = 2
+# Problems with stored entries one Store says before it says only that there are more.
+MAX_PROBLEMS_SAID = 20
 # How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
 # its structure: about 4.5 ms per MB here (0.66 s at 10^6 images). PRAGMA integrity_check also
 # checks that every index agrees with its table (a key changed in one and not the other): about 27
@@ -335,6 +337,7 @@ class Store:
         self.report: Report = report or (lambda line: None)
         self.shelf = SafeShelf(SqliteDict(db), protocol=PICKLE_PROTOCOL)
         self._reported: set[object] = set()
+        self._problems_said = 0  # by _report_once
         meta = self._read_meta()
         try:
             self.recipe = stored_recipe(path, meta["recipe"])
@@ -702,9 +705,16 @@ class Store:
         self._report_once(("features", relpath), f"features of {relpath}: {problem}; skipped")
 
     def _report_once(self, what: object, line: str) -> None:
-        if what not in self._reported:
-            self._reported.add(what)
+        """Say a problem once; after MAX_PROBLEMS_SAID, one line more and then nothing (a recipe
+        edited to disagree with every stored key said 985 lines, one per entry: a review)."""
+        if what in self._reported:
+            return
+        self._reported.add(what)
+        self._problems_said += 1
+        if self._problems_said <= MAX_PROBLEMS_SAID:
             self.report(f"{self.path}: {line}")
+        elif self._problems_said == MAX_PROBLEMS_SAID + 1:
+            self.report(f"{self.path}: more problems like these, not listed")
 
     # -- checking what other programs wrote (index.py) -----------------------------------------
 
