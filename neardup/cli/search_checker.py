@@ -14,7 +14,8 @@ from ..errors import NeardupError
 from ..service.checker import Checker
 from ..service.decoding import InWorkers
 from ..service.limits import DecodeBudget
-from ..service.server import ServiceLimits, load_token, reachable_from_elsewhere, serve
+from ..service.server import load_token, reachable_from_elsewhere, serve
+from ..service.settings import ServiceLimits
 from .common import warn
 from .search_common import EXIT_ERROR, EXIT_MATCH, PROG
 

@@ -35,7 +35,8 @@ def check_store(store_path: str, max_distance: int, max_query_distance: int | No
     A store whose dataset folder is gone (moved with it) is said once: it answered the old
     paths, silently, and --groups said "run index.py" for every file (a review).
 
-    Only the recipe is read here: the open that does the work checks the store's pages."""
+    An empty store is said too. Only the recipe, the dataset folder and whether a hash is
+    stored are read here: the open that does the work checks the store's pages."""
     with Store.open_for_reading(store_path, report=say, quick_check=False) as store:
         bits = store.recipe.bits
         if gone := store.dataset_gone():
