@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,26 @@ def finished(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
         process.kill()
         process.communicate()
         raise
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_kept_with_the_tests(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """TMPDIR inside pytest's own temporary folder for the whole run, for this process and every
+    child: a process the tests kill with SIGKILL leaves its multiprocessing folder (pymp-...,
+    the fork server's socket) behind, 25 to 50 of them per run, and pytest removes its folders
+    of older runs, /tmp's are kept for ever."""
+    folder = tmp_path_factory.mktemp("tmp", numbered=False)
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
