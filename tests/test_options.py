@@ -224,6 +224,24 @@ def test_the_checkers_log_lines_name_the_command_as_typed(monkeypatch: pytest.Mo
         assert OneLineFormatter().format(record) == f"{name}: 127.0.0.1:5 GET /x: 404"
 
 
+def test_an_event_asyncio_logs_on_two_lines_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    pytest.importorskip("uvicorn", reason="the checker's extra (serve) is not installed")
+    from neardup.service.logs import OneLineFormatter
+
+    monkeypatch.setattr(sys, "argv", ["search.py", "--serve", "127.0.0.1:0"])
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out"
+                                   " of system resource\nsocket: <TransportSocket fd=8>", None,
+                                   sys.exc_info())
+    assert OneLineFormatter().format(record) == (
+        "search.py: socket.accept() out of system resource socket: <TransportSocket fd=8>"
+        " (OSError: [Errno 24] Too many open files)")
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--evaluate", "data/manifest.csv", "--report", "a_file"],
      "--report a_file: is a file, not a folder; give a folder for the report's files"),

@@ -26,7 +26,9 @@ class OneLineFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             line += f" ({type(error).__name__}: {error})"
-        return line
+        # asyncio writes some events on two lines ("socket.accept() out of system resource",
+        # then "socket: <...>"): one event, one line.
+        return " ".join(line.split("\n"))
 
 
 class LinesPerSecond(logging.Filter):

@@ -22,6 +22,12 @@ MAX_HEADER_BYTES = 64 * 1024
 # request that has arrived and queues it, and reads on after each answer: one connection sending
 # a million GET /health without reading the answers took the server from 50 MB to 2.5 GB.
 MAX_PIPELINED = 16
+# Connections refused on arrival (over the caps) whose answer waits a moment before the close
+# (_refuse). Past this many, one more is answered and closed at once: a flood of new connections
+# (2,900 in 5 s from four threads) held one descriptor each for that moment, on top of the
+# capped connections, until accept() failed with EMFILE and healthy clients waited seconds.
+# usable_connections (server.py) keeps descriptors free for them.
+MAX_LINGERING_REFUSALS = 16
 
 
 def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> type:
@@ -39,6 +45,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
     # Connections waiting for a request that have sent no byte of it (just opened, or idle
     # between requests), per address, oldest first: at the cap one is closed to let a new one in.
     silent: dict[str, dict[Any, None]] = {}
+    lingering_refusals: set[Any] = set()  # refused on arrival, waiting to be closed
     too_large = canned("431 Request Header Fields Too Large",
                        f"request headers over {MAX_HEADER_BYTES:,} bytes")
     too_slow = canned("408 Request Timeout",
@@ -111,13 +118,13 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             if open_from.get(host, 0) >= limits.max_connections_per_client:
                 log.warning("%s: 429 refused a connection: %d open from this address is the"
                             " limit", address(self.client), limits.max_connections_per_client)
-                self._refuse(too_many_here)
+                self._refuse_on_arrival(too_many_here)
                 return
             if len(self.connections) > limits.max_connections:
                 if not silent:
                     log.warning("%s: 503 refused a connection: %d open is the limit",
                                 address(self.client), limits.max_connections)
-                    self._refuse(too_many)
+                    self._refuse_on_arrival(too_many)
                     return
                 # Four addresses of 250 silent sockets, reopened as soon as the header deadline
                 # closed them, kept every other client out (a hostile review): of the address
@@ -174,6 +181,19 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self.loop.call_later(1.0, self.transport.close)
             else:
                 self.transport.close()
+
+        def _refuse_on_arrival(self, answer: bytes) -> None:
+            """_refuse for a connection over the caps: with MAX_LINGERING_REFUSALS of them
+            waiting already, answered and closed at once. The client may then get a reset
+            instead of the answer (its request unread), a flood's lot; the descriptor is free."""
+            if len(lingering_refusals) >= MAX_LINGERING_REFUSALS:
+                self._refused = True
+                self._disarm()
+                self.transport.write(answer)
+                self.transport.close()
+                return
+            lingering_refusals.add(self)
+            self._refuse(answer)
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what its parser rejects is plain text, and its log line
@@ -343,6 +363,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             self.transport.abort()  # what is buffered is dropped; connection_lost follows
 
         def connection_lost(self, exc: Exception | None) -> None:
+            lingering_refusals.discard(self)
             self._disarm()
             self._stop_lingering()
             self._not_silent()

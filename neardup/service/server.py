@@ -55,7 +55,7 @@ from .http import (
 )
 from .limits import DecodeBusy, DecodeTooLarge
 from .logs import library_output_logged, service_logger
-from .protocol import guarded_protocol
+from .protocol import MAX_LINGERING_REFUSALS, guarded_protocol
 from .settings import ServiceLimits
 
 # A token shorter than this is said to be guessable when the server starts.
@@ -315,13 +315,39 @@ class CheckerApp:
         return b"".join(chunks)
 
 
-def usable_connections(wanted: int) -> int:
+# Connections asyncio accepts in one go when the listening socket is ready: uvicorn's backlog,
+# which asyncio also uses as that count. At 1,024, a flood of new connections had up to 1,024
+# descriptors open before the connection caps saw any of them, and accept() failed with EMFILE
+# (then paused for a second, healthy clients waiting) under an open-file limit of 1,024.
+ACCEPT_BATCH = 8
+
+
+# Descriptors kept free besides those open when the server starts and those the connections
+# take: refusals waiting to close, a batch accepted before the caps see it, and some margin
+# (a decode worker replaced, the store's files reopened, Pillow's files).
+SPARE_DESCRIPTORS = MAX_LINGERING_REFUSALS + 4 * ACCEPT_BATCH + 16
+
+
+def open_descriptors() -> int | None:
+    """How many file descriptors this process has open, where the system says (Linux, macOS)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder)) - 1  # less the one listdir opened
+        except OSError:
+            continue
+    return None
+
+
+def usable_connections(wanted: int, in_use: int | None = None) -> int:
     """The connection cap, kept below the open-file limit (raised to its hard limit if needed).
 
-    Past the file limit accept() fails and asyncio's accept loop spins; below it every extra
-    connection is accepted, answered 503 and closed.
+    Past the file limit accept() fails and asyncio stops accepting for a second; below it every
+    extra connection is accepted, answered 503 and closed. `in_use`: the descriptors open before
+    any connection (the store, the listening socket, the decode workers' pipes: 28 with two
+    workers, more with more cores); 64 if unknown. A fixed reserve of 64 let a flood from four
+    addresses reach 252 of 256 descriptors, and accept() fail.
     """
-    reserve = 64  # the store, its WAL, the listening socket, logs, Pillow's files
+    reserve = (64 if in_use is None else in_use) + SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted + reserve:
         target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, wanted + reserve)
@@ -358,20 +384,20 @@ def serve(
 def _serve(uvicorn: Any, HttpToolsProtocol: Any, checker: Checker, host: str, port: int,  # noqa: N803
            limits: ServiceLimits, ready: Callable[[str], None]) -> None:
     log = service_logger()
-    cap = usable_connections(limits.max_connections)
-    if cap < limits.max_connections:
-        log.warning("at most %d connections: the open-file limit allows no more", cap)
-        limits = ServiceLimits(**{**limits.__dict__, "max_connections": cap})
     listener = listen(host, port, limits.backlog)
     # Inside library_output_logged: the workers' decoders write to stderr too, and it is logged.
     checker.start_decoding(limits.decode_threads)
+    cap = usable_connections(limits.max_connections, open_descriptors())
+    if cap < limits.max_connections:
+        log.warning("at most %d connections: the open-file limit allows no more", cap)
+        limits = ServiceLimits(**{**limits.__dict__, "max_connections": cap})
     app = CheckerApp(checker, limits, log)
     config = uvicorn.Config(
         app, http=guarded_protocol(HttpToolsProtocol, limits, log), loop="asyncio",
         lifespan="off", ws="none", log_config=None, access_log=False, proxy_headers=False,
         server_header=False, timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
         timeout_graceful_shutdown=limits.shutdown_timeout,  # type: ignore[arg-type]
-        backlog=limits.backlog)
+        backlog=ACCEPT_BATCH)
     server = uvicorn.Server(config)
 
     async def run() -> None:
@@ -379,6 +405,9 @@ def _serve(uvicorn: Any, HttpToolsProtocol: Any, checker: Checker, host: str, po
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if server.started:
+            # asyncio listened with ACCEPT_BATCH, which is also how many it accepts at a time;
+            # the kernel's queue of connections waiting to be accepted is limits.backlog again.
+            listener.listen(limits.backlog)
             bound_host, bound_port = listener.getsockname()[:2]
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host  # an IPv6 address
             ready(f"serving on http://{shown}:{bound_port}")
