@@ -241,7 +241,7 @@ def test_evaluation_shows_hash_features_and_both(in_tmp: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert search_cli.main(["-s", "db.shelve", "--evaluate", "data/manifest.csv", "--json"]) == 0
     columns = {c["name"]: c for c in json.loads(capsys.readouterr().out)[0]["verified"]["columns"]}
-    assert columns["both (search.py)"]["recall"]["all"] == 1.0
+    assert columns["both, verified"]["recall"]["all"] == 1.0
     assert columns["features, verified"]["recall"]["all"] == 1.0
     assert columns["hash <= 4 bits"]["recall"]["all"] < 1.0  # the hash misses crops and mirrors
     assert all(column["other_matches"] == 0 for column in columns.values())
@@ -273,7 +273,7 @@ def test_a_feature_store_compared_and_reported_gives_what_search_answers(
     assert float(table[-2].split()[-1].rstrip("%")) < 100
     with open(f"report/{report_stem('db.shelve')}.csv", newline="") as stream:
         verified = {row["edit"]: row for row in csv.DictReader(stream)
-                    if row["search"] == "both (search.py)"}
+                    if row["search"] == "both, verified"}
     copies = len(copies_of(scene(1)))
     assert verified["all"]["recall"] == "1.000000" and verified["all"]["found"] == str(copies)
     assert verified["flip"]["found"] == "1" and verified["all"]["threshold"] == "4"
@@ -1721,7 +1721,7 @@ def test_an_upgrade_interrupted_before_its_first_batch_answers_by_hash_in_evalua
         " --evaluate's verified columns count none of them; run index.py --features again to"
         " finish"]
     columns = {c["name"]: c for c in json.loads(captured.out)[0]["verified"]["columns"]}
-    assert columns["both (search.py)"]["recall"]["all"] == 0.0
+    assert columns["both, verified"]["recall"]["all"] == 0.0
     assert columns["hash <= 4 bits"]["recall"]["all"] > 0.0
 
 

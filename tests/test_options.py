@@ -632,3 +632,33 @@ def test_ctrl_c_while_python_loads_the_libraries_is_one_line(tmp_path: Path, how
     # As a shell reports any command stopped by Ctrl-C: killed by SIGINT, or exit status 130.
     assert done.returncode in (-2, 130)
     assert not (tmp_path / "db.shelve").exists()
+
+
+def test_messages_that_name_another_command_name_it_as_typed(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run as a console command (neardup-search), hints named index.py and search.py in a few
+    places (a review): the empty store, --file-timeout with -j 1, a store's -wal copy."""
+    import sqlite3
+
+    from neardup.core.hashing import Recipe
+    from neardup.core.store import Store
+
+    Path("images").mkdir()
+    with Store.open_for_writing("db.shelve", Recipe(), str(in_tmp / "images"), {}):
+        pass
+    textured(5).save("query.jpg")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/neardup-search"])
+    assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == 1
+    assert capsys.readouterr().err == (
+        "neardup-search: db.shelve: holds no images yet (did neardup-index stop before its first"
+        " batch?); neardup-index fills it\n")
+    with contextlib.closing(sqlite3.connect("empty.shelve")) as empty:
+        empty.execute("PRAGMA user_version = 1")  # no tables: what a copy without its -wal holds
+        empty.commit()
+    assert search_cli.main(["-s", "empty.shelve", "-q", "query.jpg"]) == 2
+    assert "a copy of a store neardup-index was writing" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/neardup-index"])
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-j", "1",
+                           "--file-timeout", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "in neardup-index's own process" in err and "index.py" not in err

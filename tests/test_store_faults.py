@@ -127,7 +127,7 @@ def test_searching_a_store_that_holds_no_images_says_so(
     save(textured(77), "query.jpg", quality=90)  # like no image of make_tree's below
     assert search_cli.main(["-s", "db.shelve", "-q", "query.jpg"]) == 1
     assert capsys.readouterr().err == (
-        "search.py: db.shelve: holds no images yet (an index.py run stopped before its first"
+        "search.py: db.shelve: holds no images yet (did index.py stop before its first"
         " batch?); index.py fills it\n")
     # Told by the table itself, not by the counters a hand edit can change (a review).
     make_tree("images", 2)

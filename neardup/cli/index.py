@@ -178,7 +178,7 @@ def check_options(args: argparse.Namespace, given: set[str]) -> None:
         return
     if "file_timeout" in given and args.jobs == 1:
         raise NeardupError("--file-timeout does nothing with --jobs 1 (files are hashed in"
-                           " index.py's own process)")
+                           f" {command('index.py')}'s own process)")
     for dest, flag in (("partition_size", "--partition-size"),
                        ("connect_timeout", "--connect-timeout")):
         if dest in given:

@@ -44,8 +44,9 @@ def check_store(store_path: str, max_distance: int, max_query_distance: int | No
         if store.is_empty():
             # An index.py stopped before its first batch leaves one: searched, it answered
             # nothing and exit 1 without a word, as if there were no match (a review).
-            say(f"{store_path}: holds no images yet (an index.py run stopped before its first"
-                f" batch?); {command('index.py')} fills it")
+            indexer = command("index.py")
+            say(f"{store_path}: holds no images yet (did {indexer} stop before its first"
+                f" batch?); {indexer} fills it")
     for option, distance in (("--max-distance", max_distance),
                              ("--max-query-distance", max_query_distance)):
         if distance is not None and distance > bits:

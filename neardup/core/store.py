@@ -1197,8 +1197,8 @@ def _check_is_neardup_store(db: Db, path: str) -> None:
         # What a copy of a store taken while index.py first wrote it holds: every commit was
         # still in its -wal (a review read "no neardup_meta table" and was none the wiser).
         raise StoreError(f"{path}: not a neardup store (an SQLite database with no tables; a"
-                         f" copy of a store index.py was writing holds its commits in {path}-wal:"
-                         " copy both files, or copy it once index.py is done)")
+                         f" copy of a store {command('index.py')} was writing holds its commits"
+                         f" in {path}-wal: copy both files, or copy it once it is done)")
     if "neardup_meta" not in tables or "Dict" not in tables:
         missing = "neardup_meta" if "neardup_meta" not in tables else "Dict"
         raise StoreError(f"{path}: not a neardup store (no {missing} table)")

@@ -114,7 +114,8 @@ def evaluation_page(
     else:
         answers = verified_scores(evaluation)[-1][1]
         summary = (f"{evaluation.recipe} and local features: {queries}, {copies}. Verified"
-                   f" search (what search.py answers, at max distance {evaluation.verified_at}):"
+                   f" search (what {command('search.py')} answers, at max distance"
+                   f" {evaluation.verified_at}):"
                    f" {answers.found} of {evaluation.copies} copies found,"
                    f" {counted(answers.false_matches, 'other match', 'other matches')}.")
         tables = [_verified_table(evaluation),

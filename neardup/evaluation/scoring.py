@@ -251,7 +251,7 @@ def evaluate_manifest(
 
 # Columns of the side-by-side table: what each source alone, verified, returns, and both together.
 VERIFIED_SOURCES = {"hash, verified": "hash", "features, verified": "features",
-                    "both (search.py)": ""}
+                    "both, verified": ""}
 
 
 def verified_scores(evaluation: Evaluation) -> list[tuple[str, ThresholdRow]]:
@@ -512,7 +512,8 @@ def comparison_table(evaluations: list[Evaluation]) -> str:
             row = evaluation.row(evaluation.recommended)
         rows.append((label, row))
         if evaluation.verified_at is not None:
-            rows.append((f"{evaluation.store}: verified search (what search.py answers)",
+            rows.append((f"{evaluation.store}: verified search (what {command('search.py')}"
+                         " answers)",
                          verified_scores(evaluation)[-1][1]))
     width = max(len("store"), *(len(label) for label, _ in rows))  # columns stay aligned
     lines = [f"{'store':<{width}} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds)
