@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from neardup.service.limits import (
+    DEFAULT_DECODE_MEMORY,
     DecodeBudget,
     DecodeBusy,
     DecodeTooLarge,
@@ -66,11 +69,25 @@ class TestDecodeCost:
         rgb = decode_cost(header_of(Image.new("RGB", size)))
         rgba = decode_cost(header_of(Image.new("RGBA", size)))
         deep = decode_cost(header_of(Image.fromarray(np.zeros((100, 200), dtype="<u2"))))
-        buffers = 16 * 2**20
+        buffers = 16 * 2**20 + 100 * 32  # and Pillow's pointers to rows
         assert gray == 200 * 100 * (2 * 1 + 2) + buffers
         assert rgb == 200 * 100 * (2 * 4 + 2) + buffers  # Pillow keeps RGB in four bytes a pixel
         assert rgba == rgb + 200 * 100 * 16
         assert deep > rgb  # 16-bit samples go through float64 arrays
+
+    def test_a_tall_thin_picture_counts_its_rows(self) -> None:
+        # 1 x 49,000,000 gray pixels, 95 KB as a PNG: 1,370 MB measured at the peak (a hostile
+        # review), 213 MB estimated from its pixels. Only the header is needed here.
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return (struct.pack(">I", len(data)) + kind + data
+                    + struct.pack(">I", zlib.crc32(kind + data)))
+
+        for width, height, measured in ((1, 49_000_000, 1_370e6), (2, 24_000_000, 781e6)):
+            header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            cost = decode_cost(Image.open(io.BytesIO(png)))
+            assert cost >= measured
+            assert cost > DEFAULT_DECODE_MEMORY  # so the checker refuses it (413)
 
     def test_a_jpeg_counts_at_its_reduced_decode_size(self) -> None:
         image = header_of(Image.new("RGB", (2000, 1600)), "JPEG")

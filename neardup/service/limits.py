@@ -45,6 +45,12 @@ _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 # ...and converts the two modes Pillow cannot bring to gray (hashing.flatten): CIELab to an sRGB
 # copy; premultiplied gray to its two bands, then an RGBa and an RGBA picture.
 _CONVERSION_WORK = {"LAB": 4, "La": 1 + 1 + 4 + 4}
+# Pillow keeps a pointer to each row of an image, and about three images of the picture's height
+# are alive at the peak: a PNG of 1 x 49,000,000 gray pixels (95 KB) took 1,370 MB and 2 x
+# 24,000,000 781 MB (search.py -q on a store with features, /usr/bin/time), against 213 and
+# 209 MB estimated from pixels alone (a hostile review: four at once took a server to 1.9 GB
+# under a decode budget of 512 MB). 8 bytes x 3 images, and some margin.
+_ROW_WORK = 32
 
 
 def decode_cost(image: Image.Image) -> int:
@@ -53,9 +59,10 @@ def decode_cost(image: Image.Image) -> int:
     Call after the decoder was told its reduced size (a JPEG draft), so that size is what counts.
     The decoded image counts twice (an upright copy is made), plus two bytes a pixel for the
     grayscale copy the hash is taken from and its working arrays, plus those of 16-bit samples
-    and of transparency, plus the decoder's buffers. bench/decode_memory.py holds it to the
-    peaks measured on 4000 x 4000 uploads (8-bit gray 60 MB, RGB 121, RGBA 311, 16-bit gray 302,
-    a JPEG 9): it estimates 77, 169, 413, 367 and 17 MB.
+    and of transparency, plus Pillow's pointers to rows, plus the decoder's buffers.
+    bench/decode_memory.py holds it to the peaks measured on 4000 x 4000 uploads (8-bit gray
+    60 MB, RGB 121, RGBA 311, 16-bit gray 302, a JPEG 9): it estimates 77, 169, 413, 367 and
+    17 MB.
     """
     width, height = image.size
     pixels = width * height
@@ -66,7 +73,8 @@ def decode_cost(image: Image.Image) -> int:
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         per_pixel += _ALPHA_WORK
     per_pixel += _CONVERSION_WORK.get(mode, 0)
-    return pixels * per_pixel + _DECODER_BUFFERS + _tiff_blocks(image) + _jpeg_coefficients(image)
+    return (pixels * per_pixel + height * _ROW_WORK + _DECODER_BUFFERS + _tiff_blocks(image)
+            + _jpeg_coefficients(image))
 
 
 # A JPEG this small in bytes and pixels, Huffman-coded sequential with every component in its
@@ -89,7 +97,8 @@ def cost_bound(data: bytes | None) -> int | None:
         return None
     # decode_cost at full size (a draft only makes it smaller), at its most bytes a pixel; a
     # sequential JPEG whose first scan holds every component keeps no coefficient buffer.
-    return frame.width * frame.height * (2 * max(_STORED_BYTES.values()) + 2) + _DECODER_BUFFERS
+    return (frame.width * frame.height * (2 * max(_STORED_BYTES.values()) + 2)
+            + frame.height * _ROW_WORK + _DECODER_BUFFERS)
 
 
 def _tiff_blocks(image: Image.Image) -> int:
