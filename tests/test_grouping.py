@@ -170,6 +170,13 @@ def test_groups_command_text_json_and_montage(
         ["copies/B_same.png", "haystack/B.png", "haystack/B_duplicate.png"],
         ["copies/A_same.png", "haystack/A.png"]]
     assert groups[0]["distances"] == [0, 0, 0] and groups[0]["max_distance"] == 0
+    # Each image's stored hash, so that a person can check every pair (a review).
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json", "-m", "1"]) == 0
+    for group in json.loads(capsys.readouterr().out):
+        hashes = [int(value, 16) for value in group["hashes"]]
+        assert len(hashes) == len(group["relpaths"]) == len(group["distances"])
+        assert group["distances"] == [(hashes[0] ^ other).bit_count() for other in hashes]
+        assert max((a ^ b).bit_count() for a in hashes for b in hashes) == group["max_distance"]
 
 
 def test_groups_say_which_files_changed_since_they_were_indexed(

@@ -11,7 +11,7 @@ from ..api import DuplicateGroup, ImageStore
 from ..core.grouping import groups_distance_problem
 from ..core.hashing import DEFAULT_MAX_PIXELS
 from ..core.results import counted, display_path, printable
-from ..core.store import Store
+from ..core.store import FileState, Store
 from ..errors import NeardupError, command
 from ..evaluation.html import Item, groups_page
 from ..evaluation.keeping import Choice, Facts, choose_in_group
@@ -34,14 +34,19 @@ def run_groups(args: argparse.Namespace) -> int:
         verified = store.has_features
         # Files changed since they were indexed are shown, never offered for deletion, and said
         # in every output: people script the clean-up from the text and JSON too.
-        changed = changed_since_indexed(opened, groups, args.max_pixels)
+        states = opened.file_states()
+        changed = changed_since_indexed(opened, states, groups, args.max_pixels)
     # Every file is gone with the dataset folder: said once already (check_store), not per file.
     for relpath in sorted(changed) if os.path.isdir(root) else ():
         say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
             f" run {command('index.py')} before deleting anything from its group")
     if args.json:
         print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
-                           "relpaths": list(group.relpaths), "distances": list(group.distances),
+                           "relpaths": list(group.relpaths),
+                           # Each image's stored hash: a person can check the distances.
+                           "hashes": [states[relpath].hash_hex if relpath in states else None
+                                      for relpath in group.relpaths],
+                           "distances": list(group.distances),
                            "max_distance": group.max_distance,
                            "distinct_hashes": group.distinct_hashes,
                            "changed": [relpath for relpath in group.relpaths
@@ -88,11 +93,11 @@ def run_groups(args: argparse.Namespace) -> int:
     return EXIT_MATCH if groups else EXIT_NO_MATCH
 
 
-def changed_since_indexed(store: Store, groups: list[DuplicateGroup],
+def changed_since_indexed(store: Store, states: dict[str, FileState],
+                          groups: list[DuplicateGroup],
                           max_pixels: int = DEFAULT_MAX_PIXELS) -> set[str]:
     """The grouped images whose file is no longer what was indexed (FileState.still_indexed: a
-    replaced or rewritten file), or missing."""
-    states = store.file_states()
+    replaced or rewritten file), or missing. `states`: store.file_states()."""
     changed = set()
     for group in groups:
         for relpath, path in zip(group.relpaths, group.paths, strict=True):
