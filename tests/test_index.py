@@ -531,7 +531,11 @@ def test_a_moved_dataset_folder_is_said_once_and_the_store_can_follow_it(
     # A --moved-from that is not the folder the store indexes is refused, the store untouched.
     assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1",
                            "--moved-from", "elsewhere"]) == 2
-    assert "indexes " + gone in capsys.readouterr().err
+    elsewhere = in_tmp / "elsewhere"
+    # Naming the folder to give: it said "add --moved-from" to a user who had (a review).
+    assert capsys.readouterr().err == (
+        f"index.py: error: new/db.shelve: indexes {gone}, not --moved-from {elsewhere}: give"
+        f" --moved-from {gone}, or name the store that indexed {elsewhere}\n")
     assert index_cli.main(["-d", "new/images", "-s", "new/db.shelve", "-q", "-j", "1",
                            "--moved-from", "old/images"]) == 0
     assert "indexed 0, unchanged 5, removed 0" in capsys.readouterr().out  # nothing hashed again

@@ -1268,6 +1268,12 @@ def _initialise_or_check(
         )
     recorded = meta.get("dataset_root")
     if recorded != dataset_root and recorded != moved_from:  # moved_from: the writer re-points it
+        if moved_from is not None:
+            # Told to add --moved-from, a user who had given one but mistyped it was none the
+            # wiser (a review).
+            raise StoreError(f"{path}: indexes {recorded}, not --moved-from {moved_from}: give"
+                             f" --moved-from {recorded}, or name the store that indexed"
+                             f" {moved_from}")
         if recorded and not os.path.isdir(recorded):
             # Moved with its store: "use another --shelve" alone left a full rebuild as the only
             # way out (a review); the stored paths are relative to the folder.
