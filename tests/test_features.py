@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -574,23 +575,33 @@ BLURRED = (
 )
 
 
-def test_real_photos_blurred_copies_as_queries_are_verified(caltech_root: Path,
-                                                            in_tmp: Path) -> None:
+def assert_copies_as_queries_verify(caltech_root: Path, relpaths: Sequence[str],
+                                    edit: Callable[[Image.Image, int], Image.Image]) -> None:
+    """Each CALTECH-101 photo stored (with features), its copy made by edit(photo, number) as
+    the query: the photo, and it alone, is a verified match."""
     Path("images").mkdir()
-    for number, (relpath, radius) in enumerate(BLURRED):
+    for number, relpath in enumerate(relpaths):
         shutil.copyfile(caltech_root / relpath, f"images/{number}.jpg")
-        with Image.open(caltech_root / relpath) as photo:  # gray photos stay gray, as in gather.py
-            picture = photo.convert("L" if photo.mode == "L" else "RGB")
-        blurred = picture.filter(ImageFilter.GaussianBlur(radius))
-        save(blurred, f"queries/{number}.jpg", quality=90)
+        with Image.open(caltech_root / relpath) as photo:
+            save(edit(photo, number), f"queries/{number}.jpg", quality=90)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
-    records = search_json(*[arg for number in range(len(BLURRED))
+    records = search_json(*[arg for number in range(len(relpaths))
                             for arg in ("-q", f"queries/{number}.jpg")])
-    assert len(records) == len(BLURRED)
+    assert len(records) == len(relpaths)
     for record in records:
         number = Path(record["query"]).stem
         assert [m["relpath"] for m in record["matches"] if m["verified"]] == [
-            f"{number}.jpg"], (BLURRED[int(number)], record)
+            f"{number}.jpg"], (relpaths[int(number)], record)
+
+
+def test_real_photos_blurred_copies_as_queries_are_verified(caltech_root: Path,
+                                                            in_tmp: Path) -> None:
+    def blurred(photo: Image.Image, number: int) -> Image.Image:
+        # Gray photos stay gray, as in gather.py.
+        picture = photo.convert("L" if photo.mode == "L" else "RGB")
+        return picture.filter(ImageFilter.GaussianBlur(BLURRED[number][1]))
+
+    assert_copies_as_queries_verify(caltech_root, [relpath for relpath, _ in BLURRED], blurred)
 
 
 def test_flat_bars_are_cut_off_a_query_and_nothing_else() -> None:
@@ -618,22 +629,12 @@ PADDED = ("cellphone/image_0005.jpg", "crab/image_0005.jpg", "dollar_bill/image_
 
 def test_real_photos_padded_copies_as_queries_are_verified(caltech_root: Path,
                                                            in_tmp: Path) -> None:
-    Path("images").mkdir()
-    for number, relpath in enumerate(PADDED):
-        shutil.copyfile(caltech_root / relpath, f"images/{number}.jpg")
-        with Image.open(caltech_root / relpath) as photo:
-            picture = photo.convert("RGB")
+    def padded(photo: Image.Image, _number: int) -> Image.Image:
+        picture = photo.convert("RGB")
         border = (picture.width * 15 // 100, picture.height * 15 // 100)
-        save(ImageOps.expand(picture, border=border * 2, fill=(0, 0, 0)),
-             f"queries/{number}.jpg", quality=90)
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
-    records = search_json(*[arg for number in range(len(PADDED))
-                            for arg in ("-q", f"queries/{number}.jpg")])
-    assert len(records) == len(PADDED)
-    for record in records:
-        number = Path(record["query"]).stem
-        assert [m["relpath"] for m in record["matches"] if m["verified"]] == [
-            f"{number}.jpg"], (PADDED[int(number)], record)
+        return ImageOps.expand(picture, border=border * 2, fill=(0, 0, 0))
+
+    assert_copies_as_queries_verify(caltech_root, PADDED, padded)
 
 
 def caption_bar(picture: Image.Image, share: float = 0.12) -> Image.Image:
@@ -656,22 +657,13 @@ CAPTION_BARRED = ("car_side/image_0015.jpg", "grand_piano/image_0061.jpg",
 
 def test_real_photos_resized_with_a_caption_bar_are_verified(caltech_root: Path,
                                                              in_tmp: Path) -> None:
-    Path("images").mkdir()
-    for number, relpath in enumerate(CAPTION_BARRED):
-        shutil.copyfile(caltech_root / relpath, f"images/{number}.jpg")
-        with Image.open(caltech_root / relpath) as photo:
-            picture = photo.convert("RGB")
-        small = picture.resize((round(picture.width * 0.7), round(picture.height * 0.7)),
-                               Image.Resampling.LANCZOS)
-        save(caption_bar(small), f"queries/{number}.jpg", quality=90)
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
-    records = search_json(*[arg for number in range(len(CAPTION_BARRED))
-                            for arg in ("-q", f"queries/{number}.jpg")])
-    assert len(records) == len(CAPTION_BARRED)
-    for record in records:
-        number = Path(record["query"]).stem
-        assert [m["relpath"] for m in record["matches"] if m["verified"]] == [
-            f"{number}.jpg"], (CAPTION_BARRED[int(number)], record)
+    def barred(photo: Image.Image, _number: int) -> Image.Image:
+        picture = photo.convert("RGB")
+        return caption_bar(picture.resize((round(picture.width * 0.7),
+                                           round(picture.height * 0.7)),
+                                          Image.Resampling.LANCZOS))
+
+    assert_copies_as_queries_verify(caltech_root, CAPTION_BARRED, barred)
 
 
 def test_a_caption_band_is_left_out_of_the_comparison_and_a_backdrop_is_not() -> None:
