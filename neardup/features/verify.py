@@ -104,8 +104,9 @@ MIN_PADDING_ROWS = 2
 # A caption bar stamped over the top or bottom of the query (a band of one colour across the
 # whole width, with text on it) is left out of the appearance test: it is not in the stored
 # picture, and over 12 % of the height it took the aligned pictures' correlation to 0.5 to 0.9
-# (a review: 2 of 14 CALTECH-101 photos at 0.7 of their size with a black "Summer 2019" bar found
-# with features, where the hash alone found 6 of 9). A row belongs to the band when at least
+# (a review: 0 of 9 CALTECH-101 photos at 0.7 of their size with a black "Summer 2019" bar found
+# their originals with features, where the hash alone found 6; 2 of 14 other photos here, now
+# 11: docs/features.md). A row belongs to the band when at least
 # CAPTION_BAND_SHARE of its pixels are within CAPTION_TOLERANCE of the edge row's median (the text
 # takes the rest); a band counts from CAPTION_MIN_SHARE of the height, at most CAPTION_MAX_SHARE,
 # and only with a bar's clean inner edge: its last row flat (CAPTION_EDGE_SHARE), the next one
