@@ -198,7 +198,7 @@ class TestRefusals:
         assert str(refused.value) == (
             f"{copy}: not a neardup store (an SQLite database with no tables; a copy of a store"
             f" index.py was writing holds its commits in {copy}-wal: copy both files, or copy it"
-            " once index.py is done)")
+            " once it is done)")
 
     def test_missing_store_for_reading(self, tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="no such store"):
