@@ -157,10 +157,10 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                     return
             super().data_received(data)
 
-        def _refuse(self, answer: bytes) -> None:
+        def _refuse(self, answer: bytes, *, wait: bool = True) -> None:
             """Answer and close. Closing with the client's request unread would reset the
             connection and lose the answer, so the write side is shut first and the socket
-            closed a moment later.
+            closed a moment later (at once when not `wait`: the client may then get a reset).
 
             A fixed moment, not _close_after's lingering close, which waits for the client to
             stop sending: most refusals here are of a flood (too many connections, headers too
@@ -177,23 +177,19 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                     cycle.disconnected = True
                     cycle.message_event.set()
             self.transport.write(answer)
-            if self.transport.can_write_eof() and self._half_close():
+            if wait and self.transport.can_write_eof() and self._half_close():
                 self.loop.call_later(1.0, self.transport.close)
             else:
                 self.transport.close()
 
         def _refuse_on_arrival(self, answer: bytes) -> None:
             """_refuse for a connection over the caps: with MAX_LINGERING_REFUSALS of them
-            waiting already, answered and closed at once. The client may then get a reset
-            instead of the answer (its request unread), a flood's lot; the descriptor is free."""
-            if len(lingering_refusals) >= MAX_LINGERING_REFUSALS:
-                self._refused = True
-                self._disarm()
-                self.transport.write(answer)
-                self.transport.close()
-                return
-            lingering_refusals.add(self)
-            self._refuse(answer)
+            waiting already, answered and closed at once, a flood's lot: the descriptor is
+            free."""
+            wait = len(lingering_refusals) < MAX_LINGERING_REFUSALS
+            if wait:
+                lingering_refusals.add(self)
+            self._refuse(answer, wait=wait)
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to what its parser rejects is plain text, and its log line
