@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import neardup.core.cache as cache_module
 import neardup.core.search as search_module
@@ -580,7 +581,8 @@ def test_a_path_another_program_moved_to_another_bucket_goes_back_to_its_own(
     capsys.readouterr()
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert (f"bucket {into} listed 1 image indexed under another hash (moved there by another"
-            " program); it is listed under its own again") in capsys.readouterr().err
+            " program, or the file damaged); it is listed under its own again"
+            ) in capsys.readouterr().err
     with Store.open_for_reading("db.shelve") as store:
         assert store.bucket(moved) == ["cat0/image_0000.jpg"]
         assert store.bucket(into) == ["cat1/image_0001.jpg", "up/other.jpg"]
@@ -589,6 +591,41 @@ def test_a_path_another_program_moved_to_another_bucket_goes_back_to_its_own(
     with Store.open_for_reading("db.shelve") as store:
         listed = [path for paths in store.all_buckets().values() for path in paths]
     assert "cat0/image_0000.jpg" not in listed and sorted(listed) == sorted(set(listed))
+
+
+def test_a_path_changed_in_the_file_itself_is_mended_by_the_next_index_run(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: one byte changed in the store file, inside a bucket's pickled list, turned
+    cat0/image_0000.jpg into cat0/image_0001.jpg there. SQLite indexes no value and the change
+    log sees no write, so every later run left it, and a search answered the wrong image. The
+    next run now compares every bucket with the table of files and mends it."""
+    make_tree("images", 1)
+    os.link("images/cat0/image_0000.jpg", "images/cat0/image_1000.jpg")  # one bucket, two paths
+    Image.new("RGB", (64, 48), (200, 30, 30)).save("images/cat0/image_0001.jpg")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    key = hash_file("images/cat0/image_0000.jpg", Recipe()).hex()
+    other = hash_file("images/cat0/image_0001.jpg", Recipe()).hex()
+    assert key != other
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.bucket(key) == ["cat0/image_0000.jpg", "cat0/image_1000.jpg"]
+    assert not os.path.exists("db.shelve-wal") or os.path.getsize("db.shelve-wal") == 0
+    data = Path("db.shelve").read_bytes()
+    listed = b"cat0/image_0000.jpg"
+    at = data.index(b"X" + len(listed).to_bytes(4, "little") + listed)  # the pickle's, not the table's
+    Path("db.shelve").write_bytes(data[:at + 5] + b"cat0/image_0001.jpg" + data[at + 5 + len(listed):])
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.bucket(key) == ["cat0/image_0001.jpg", "cat0/image_1000.jpg"]  # the damage
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"bucket {key} had lost 1 image indexed under that hash" in err
+    assert f"bucket {key} listed 1 image indexed under another hash" in err
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.bucket(key) == ["cat0/image_0000.jpg", "cat0/image_1000.jpg"]
+        assert store.bucket(other) == ["cat0/image_0001.jpg"]
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert "bucket" not in capsys.readouterr().err  # mended for good: nothing said again
 
 
 def test_a_search_holding_an_old_view_is_told_of(

@@ -76,6 +76,7 @@ from .store import (
     Store,
     check_store_path,
     describe_key,
+    key_text,
 )
 
 DEFAULT_BATCH_SIZE = 500
@@ -298,8 +299,11 @@ def index_folder(
 
         start_generation = store.generation()
         cache.forget_other_histories(store)
-        bad = _check_foreign_entries(store)
-        relisted = _relist_lost_images(store, report)
+        # What other programs wrote since the last run, as the change log lists it, and what
+        # changed in the file behind SQLite's back, found by comparing every bucket.
+        out_of_step = store.buckets_out_of_step(stored)
+        bad = _check_foreign_entries(store, out_of_step)
+        relisted = _relist_lost_images(store, report, out_of_step)
 
         todo: list[FoundFile] = []
         # A file hashed before and unchanged since: what tells a broken decoder from bad files.
@@ -398,7 +402,7 @@ def index_folder(
         # Entries changed by other programs while this run wrote, before their log is pruned.
         end_generation = store.generation()
         late = [key for key in store.changed_raw_keys(start_generation, end_generation)
-                if _hash_text(key) not in written]
+                if key_text(key) not in written]
         bad = store.check_entries(list(dict.fromkeys([*bad, *late])))  # as they are now
         for key, problem in bad.items():
             report(f"{store.path}: store entry {describe_key(key)}: {problem}; search skips it"
@@ -477,43 +481,37 @@ def settle_caches(store: Store, generation: int) -> None:
         store.prune_changes(generation)
 
 
-def _check_foreign_entries(store: Store) -> dict[object, str]:
-    """Entries other programs wrote since this store was last indexed, and those found bad before,
-    looked at again: raw key -> what is wrong (reported at the end of the run)."""
+def _check_foreign_entries(store: Store, out_of_step: list[object]) -> dict[object, str]:
+    """Entries other programs wrote since this store was last indexed, those found bad before,
+    and those out of step with the table of files, looked at again: raw key -> what is wrong
+    (reported at the end of the run)."""
     if not store.tracking:
-        return {}
+        return store.check_entries(out_of_step)
     if not store.entries_checked():
         return store.check_entries(None)  # upgraded from format 1: look at every entry once
-    keys = store.changed_raw_keys(store.changes_since()) + store.known_bad_entries()
+    keys = store.changed_raw_keys(store.changes_since()) + store.known_bad_entries() + out_of_step
     return store.check_entries(list(dict.fromkeys(keys)))
 
 
-def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
-    """Buckets other programs changed since the last run that lost images indexed under them (a
-    `del db[hash]`, as the message about a bad entry invites): those images are listed again,
-    or they would stay out of every answer while the summary counted them. Returns the hashes."""
-    if not store.tracking:
-        return []
-    changed = [_hash_text(key) for key in store.changed_raw_keys(store.changes_since())]
-    relisted = store.relist_indexed(hash_hex for hash_hex in changed if hash_hex)
+def _relist_lost_images(store: Store, report: Reporter, out_of_step: list[object]) -> list[str]:
+    """Buckets other programs changed since the last run, or found out of step with the table of
+    files, that lost images indexed under them (a `del db[hash]`, as the message about a bad
+    entry invites, or a path changed in the file): those images are listed again, or they would
+    stay out of every answer while the summary counted them. Returns the hashes."""
+    changed = [key_text(key) for key in out_of_step]
+    if store.tracking:
+        changed += [key_text(key) for key in store.changed_raw_keys(store.changes_since())]
+    relisted = store.relist_indexed(hash_hex for hash_hex in dict.fromkeys(changed) if hash_hex)
     for hash_hex, (again, out) in relisted.items():
         if again:
             report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"
-                   " hash (deleted or rewritten by another program); listed again")
+                   " hash (deleted or rewritten by another program, or the file damaged); listed"
+                   " again")
         if out:
             own = "it is listed under its own" if out == 1 else "they are listed under their own"
             report(f"{store.path}: bucket {hash_hex} listed {_images(out)} indexed under another"
-                   f" hash (moved there by another program); {own} again")
+                   f" hash (moved there by another program, or the file damaged); {own} again")
     return list(relisted)
-
-
-def _hash_text(key: object) -> str:
-    if isinstance(key, str):
-        return key
-    try:
-        return bytes(key).decode("ascii")  # type: ignore[arg-type]
-    except UnicodeDecodeError:
-        return ""
 
 
 def _under_any(relpath: str, prefixes: list[str]) -> bool:
