@@ -300,10 +300,16 @@ def index_folder(
         start_generation = store.generation()
         cache.forget_other_histories(store)
         # What other programs wrote since the last run, as the change log lists it, and what
-        # changed in the file behind SQLite's back, found by comparing every bucket.
-        out_of_step = store.buckets_out_of_step(stored)
+        # changed in the file behind SQLite's back, found by comparing every bucket with the
+        # table of files. Where those two disagree neither is trusted: the images concerned are
+        # hashed again, and their buckets mended from what that gives (after hashing, below).
+        relisted = _relist_lost_images(store, report)
+        out_of_step, doubtful = store.buckets_out_of_step(stored)
         bad = _check_foreign_entries(store, out_of_step)
-        relisted = _relist_lost_images(store, report, out_of_step)
+        if doubtful:
+            report(f"{store.path}: {_images(len(doubtful))} listed under one hash and recorded"
+                   " under another, or not listed at all (the store file was changed behind"
+                   " index.py); hashed again")
 
         todo: list[FoundFile] = []
         # A file hashed before and unchanged since: what tells a broken decoder from bad files.
@@ -313,7 +319,11 @@ def index_folder(
         for item in found:
             state = stored.get(item.relpath)
             verdict = _compare(state, item)
-            if item.relpath in lacking and verdict in ("unchanged", "record", "recheck"):
+            if item.relpath in doubtful and verdict in ("unchanged", "record", "recheck"):
+                assert state is not None
+                rechecks[item.relpath] = state.hash_hex
+                todo.append(item)
+            elif item.relpath in lacking and verdict in ("unchanged", "record", "recheck"):
                 # Hashed again for the local features it lacks; the same hash then counts it as
                 # given features (neither "indexed" nor "unchanged"), racily recorded or not.
                 assert state is not None
@@ -392,6 +402,7 @@ def index_folder(
                 bar.update(len(outcomes))
         finally:
             bar.close()
+        written.update(_mend_out_of_step(store, report, out_of_step))
         summary.total = store.image_count()
         if summary.total == 0 and store.created:
             store.discard()  # nothing could be indexed into a store this run made: leave nothing
@@ -493,15 +504,24 @@ def _check_foreign_entries(store: Store, out_of_step: list[object]) -> dict[obje
     return store.check_entries(list(dict.fromkeys(keys)))
 
 
-def _relist_lost_images(store: Store, report: Reporter, out_of_step: list[object]) -> list[str]:
-    """Buckets other programs changed since the last run, or found out of step with the table of
-    files, that lost images indexed under them (a `del db[hash]`, as the message about a bad
-    entry invites, or a path changed in the file): those images are listed again, or they would
-    stay out of every answer while the summary counted them. Returns the hashes."""
-    changed = [key_text(key) for key in out_of_step]
-    if store.tracking:
-        changed += [key_text(key) for key in store.changed_raw_keys(store.changes_since())]
-    relisted = store.relist_indexed(hash_hex for hash_hex in dict.fromkeys(changed) if hash_hex)
+def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
+    """Buckets other programs changed since the last run that lost images indexed under them (a
+    `del db[hash]`, as the message about a bad entry invites): those images are listed again,
+    or they would stay out of every answer while the summary counted them. Returns the hashes."""
+    if not store.tracking:
+        return []
+    changed = [key_text(key) for key in store.changed_raw_keys(store.changes_since())]
+    return _relist(store, report, changed)
+
+
+def _mend_out_of_step(store: Store, report: Reporter, out_of_step: list[object]) -> list[str]:
+    """The buckets found out of step with the table of files, once their images have been hashed
+    again (the table then holds what the files say): brought back to it. Returns the hashes."""
+    return _relist(store, report, [key_text(key) for key in out_of_step])
+
+
+def _relist(store: Store, report: Reporter, hashes: list[str]) -> list[str]:
+    relisted = store.relist_indexed(hash_hex for hash_hex in dict.fromkeys(hashes) if hash_hex)
     for hash_hex, (again, out) in relisted.items():
         if again:
             report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"

@@ -837,14 +837,15 @@ class Store:
                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value", written)
         self._db.many("DELETE FROM Dict WHERE key = ?", emptied)
 
-    def buckets_out_of_step(self, stored: Mapping[str, FileState]) -> list[object]:
+    def buckets_out_of_step(self, stored: Mapping[str, FileState]
+                            ) -> tuple[list[object], set[str]]:
         """The raw keys (as stored) of buckets that disagree with the table of files (`stored`,
         file_states()): a bucket that lacks an image indexed under its hash, or lists one indexed
-        under another, or is missing, or whose value is not a list of paths. Neither the change
-        log nor SQLite sees a byte changed in the file itself (a path in a bucket turned into
-        another indexed path: a review), and a search then answers the wrong image; index.py
-        looks here before it writes. Paths the table does not hold (added by other programs)
-        are no disagreement.
+        under another, or is missing, or whose value is not a list of paths; and the images so
+        concerned. Neither the change log nor SQLite sees a byte changed in the file itself (a
+        path in a bucket turned into another indexed path, or two hashes of the table swapped:
+        reviews), and a search then answers the wrong image; index.py looks here before it
+        writes. Paths the table does not hold (added by other programs) are no disagreement.
 
         A bucket written by index.py is the pickle of its sorted paths, so most compare as bytes:
         about 3.7 s and 140 MB per 10^6 images (a merge of both tables sorted by SQLite took
@@ -853,6 +854,7 @@ class Store:
         for relpath, state in stored.items():
             by_hash.setdefault(state.hash_hex, []).append(relpath)
         out: list[object] = []
+        concerned: set[str] = set()
         for key, value in self._db.all("SELECT key, value FROM Dict"):
             raw = key if isinstance(key, str) else bytes(key)
             hash_hex = key_text(raw)
@@ -861,14 +863,18 @@ class Store:
                 continue
             listed, problem = bucket_problem(value)
             if problem is not None or listed is None:
-                out.append(raw)
+                out.append(raw)  # reported as a bad entry; its images are listed elsewhere
                 continue
-            misplaced = any(stored[path].hash_hex != hash_hex
-                            for path in listed if path in stored)
-            if misplaced or not set(indexed) <= set(listed):
+            misplaced = {path for path in listed
+                         if path in stored and stored[path].hash_hex != hash_hex}
+            lost = set(indexed) - set(listed)
+            if misplaced or lost:
                 out.append(raw)
-        out.extend(hash_hex.encode("ascii") for hash_hex in by_hash)  # indexed, bucket missing
-        return out
+                concerned |= misplaced | lost
+        for hash_hex, indexed in by_hash.items():  # indexed under a hash no bucket holds
+            out.append(hash_hex.encode("ascii"))
+            concerned.update(indexed)
+        return out, concerned
 
     def relist_indexed(self, hashes: Iterable[str]) -> dict[str, tuple[int, int]]:
         """Bring the buckets of these hashes (those others changed) back to what index.py stored
