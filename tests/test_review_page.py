@@ -82,11 +82,17 @@ def assert_not_blank(chromium: str, page: Path) -> None:
     # The virtual time budget lets the page load its thumbnails before the screenshot: taken at
     # once, 1 of 3 showed the page before they were painted (41,936 dark pixels, not 76,967),
     # and CI's rehearsal failed "the page looks blank".
-    browser(chromium, page.parent / "profile", "--window-size=1000,900",
-            "--virtual-time-budget=5000", f"--screenshot={shot}", page.as_uri())
-    with Image.open(shot) as picture:
-        histogram = picture.convert("L").histogram()
-    assert sum(histogram[:200]) > 0.05 * sum(histogram), "the page looks blank"
+    # Under load (the 3.13 suite beside another run) the budget was not always enough (41,919):
+    # painting is the browser's timing, not the page's; a page that is blank stays blank.
+    for _attempt in range(3):
+        browser(chromium, page.parent / "profile", "--window-size=1000,900",
+                "--virtual-time-budget=5000", f"--screenshot={shot}", page.as_uri())
+        with Image.open(shot) as picture:
+            histogram = picture.convert("L").histogram()
+        if sum(histogram[:200]) > 0.05 * sum(histogram):
+            return
+    raise AssertionError(f"the page looks blank: {sum(histogram[:200])} dark pixels of"
+                         f" {sum(histogram)}")
 
 
 def test_groups_page_loads_every_thumbnail(
