@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -47,7 +49,8 @@ class TestCostBound:
             if len(data) > 64 * 1024 or size[0] * size[1] > 1_000_000:
                 assert bound is None, size
                 continue
-            assert bound is not None and bound >= decode_cost(Image.open(io.BytesIO(data))), size
+            assert bound is not None and bound >= decode_cost(Image.open(io.BytesIO(data)),
+                                                              frame=True), size
 
     def test_anything_else_is_left_to_the_worker_to_report(self) -> None:
         def saved(format: str, **options: object) -> bytes:  # noqa: A002
@@ -174,3 +177,42 @@ class TestDecodeBudget:
             assert budget.used == 300
         thread.join()
         assert budget.used == 0
+
+
+# Hashes or decodes for features (as the checker's worker does) one upload in a fresh process, and
+# prints the estimate and the rise of its resident memory's high-water mark, in bytes.
+_PEAK = """
+import io, sys
+from PIL import Image
+from neardup.core.hashing import Recipe, decoder_settings, hash_source
+from neardup.features.extract import read_frame
+from neardup.service.limits import decode_cost
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
+kind, frame = sys.argv[1], sys.argv[2] == "frame"
+stream = io.BytesIO()
+Image.new("RGB", (2000, 2000), (10, 200, 30)).save(stream, kind)
+data = stream.getvalue()
+header = Image.open(io.BytesIO(data))
+decoder_settings(Recipe())(header)
+estimate = decode_cost(header, frame=frame)
+with open("/proc/self/clear_refs", "w") as reset:
+    reset.write("5")
+before = status("VmRSS")
+read_frame("x", 10**9, data) if frame else hash_source("x", Recipe(), 10**9, data=data)
+print(estimate, status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(("kind", "use"), [("WEBP", "hash"), ("WEBP", "frame"), ("PNG", "frame")])
+def test_the_estimate_covers_what_decoding_takes(kind: str, use: str) -> None:
+    """A hostile review: 7000 x 7000 WebP uploads, estimated at 506 MB, took 736 to 745 MB to
+    hash (libwebp's own buffer) and more decoded for local features (an upright and an RGB copy
+    at full size), under a decode budget of 512 MB."""
+    done = subprocess.run([sys.executable, "-c", _PEAK, kind, use], capture_output=True,
+                          text=True, check=True)
+    estimate, peak = map(int, done.stdout.split())
+    assert peak > 20 * 2**20  # the decode is measured (4 megapixels)
+    assert estimate >= peak, (estimate / 2**20, peak / 2**20)

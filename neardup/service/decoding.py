@@ -74,7 +74,7 @@ class InProcess:
               on_header: OnHeader | None) -> Any:
         from ..features.extract import read_frame
 
-        return read_frame(name, max_pixels, data, on_header=_judged_by(on_header))
+        return read_frame(name, max_pixels, data, on_header=_judged_by(on_header, frame=True))
 
     def release(self) -> None:
         pass
@@ -405,7 +405,8 @@ def _decode_each_sent(connection: Any) -> None:
         data = kept if reuse else sent
         kept = None
         try:
-            decoded = _decode(name, data, job, _asking(connection, name) if ask else None)
+            asking = _asking(connection, name, frame=job[0] != "hash") if ask else None
+            decoded = _decode(name, data, job, asking)
             kept = data if keep else None
             return ("done", decoded)
         except _Refused:
@@ -425,10 +426,10 @@ def _decode_each_sent(connection: Any) -> None:
     answer_each_sent(connection, answer)
 
 
-def _asking(connection: Any, name: str) -> Callable[[Image.Image], None]:
+def _asking(connection: Any, name: str, *, frame: bool) -> Callable[[Image.Image], None]:
     """The worker's on_header: tell the checker the header, decode only if it says so."""
     def on_header(image: Image.Image) -> None:
-        connection.send(("header", _header(image)))
+        connection.send(("header", _header(image, frame)))
         if not connection.recv():
             raise _Refused(name, "refused at its header")
 
@@ -445,11 +446,13 @@ def _decode(name: str, data: bytes | None, job: tuple[Any, ...],
     return read_frame(name, job[1], data, on_header=on_header)
 
 
-def _judged_by(on_header: OnHeader | None) -> Callable[[Image.Image], None] | None:
+def _judged_by(on_header: OnHeader | None, *, frame: bool = False
+               ) -> Callable[[Image.Image], None] | None:
     if on_header is None:
         return None
-    return lambda image: on_header(_header(image))
+    return lambda image: on_header(_header(image, frame))
 
 
-def _header(image: Image.Image) -> Header:
-    return Header(image.width, image.height, decode_cost(image))
+def _header(image: Image.Image, frame: bool) -> Header:
+    """`frame`: decoded for its local features (extract.read_frame), not for its hash."""
+    return Header(image.width, image.height, decode_cost(image, frame=frame))

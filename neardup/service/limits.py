@@ -51,9 +51,18 @@ _CONVERSION_WORK = {"LAB": 4, "La": 1 + 1 + 4 + 4}
 # 209 MB estimated from pixels alone (a hostile review: four at once took a server to 1.9 GB
 # under a decode budget of 512 MB). 8 bytes x 3 images, and some margin.
 _ROW_WORK = 32
+# libwebp decodes into a buffer of its own (4 bytes a pixel) that Pillow then copies: a 4000 x
+# 4000 WebP, lossless or not, peaked at 244 to 248 MB hashed, against 169 estimated (a hostile
+# review: 7000 x 7000 ones, estimated 506 MB, took 736 to 745 MB under a 512 MB budget).
+_WEBP_DECODER = 6
+# extract.analysis_frame makes an upright copy and an RGB one at full size before it reduces
+# them: 4000 x 4000 RGB uploads decoded for features peaked at 192 (PNG), 196 (AVIF) and 312 MB
+# (WebP) against 169 estimated, 78 MB more than hashing the same file; a gray one (52 MB) did not.
+_FRAME_WORK = 6
+_GRAY_FRAME_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def decode_cost(image: Image.Image) -> int:
+def decode_cost(image: Image.Image, *, frame: bool = False) -> int:
     """Bytes decoding and preparing this image will take at its peak, from its header alone.
 
     Call after the decoder was told its reduced size (a JPEG draft), so that size is what counts.
@@ -62,7 +71,8 @@ def decode_cost(image: Image.Image) -> int:
     and of transparency, plus Pillow's pointers to rows, plus the decoder's buffers.
     bench/decode_memory.py holds it to the peaks measured on 4000 x 4000 uploads (8-bit gray
     60 MB, RGB 121, RGBA 311, 16-bit gray 302, a JPEG 9): it estimates 77, 169, 413, 367 and
-    17 MB.
+    17 MB. `frame`: decoded for local features (extract.read_frame), which makes an upright
+    copy and a colour one at full size before it reduces them (FRAME_WORK).
     """
     width, height = image.size
     pixels = width * height
@@ -73,6 +83,10 @@ def decode_cost(image: Image.Image) -> int:
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         per_pixel += _ALPHA_WORK
     per_pixel += _CONVERSION_WORK.get(mode, 0)
+    if image.format == "WEBP":
+        per_pixel += _WEBP_DECODER
+    if frame and mode not in _GRAY_FRAME_MODES:
+        per_pixel += _FRAME_WORK
     return (pixels * per_pixel + height * _ROW_WORK + _DECODER_BUFFERS + _tiff_blocks(image)
             + _jpeg_coefficients(image))
 
@@ -95,9 +109,10 @@ def cost_bound(data: bytes | None) -> int | None:
     if (frame is None or frame.needs_scan_count()
             or frame.width * frame.height > BOUNDED_MAX_PIXELS):
         return None
-    # decode_cost at full size (a draft only makes it smaller), at its most bytes a pixel; a
-    # sequential JPEG whose first scan holds every component keeps no coefficient buffer.
-    return (frame.width * frame.height * (2 * max(_STORED_BYTES.values()) + 2)
+    # decode_cost at full size (a draft only makes it smaller), at its most bytes a pixel, decoded
+    # for its features too; a sequential JPEG whose first scan holds every component keeps no
+    # coefficient buffer.
+    return (frame.width * frame.height * (2 * max(_STORED_BYTES.values()) + 2 + _FRAME_WORK)
             + frame.height * _ROW_WORK + _DECODER_BUFFERS)
 
 
