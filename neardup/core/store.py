@@ -196,6 +196,10 @@ def _raw_hex(key: object) -> str:
         key).hex()  # type: ignore[arg-type]
 
 
+def _elsewhere(count: int) -> str:
+    return f"lists {'1 image' if count == 1 else f'{count} images'} indexed under another hash"
+
+
 def bucket_problem(value: object) -> tuple[list[str] | None, str | None]:
     """The paths a stored value holds, or why it holds none (a shelve user can write anything)."""
     if not isinstance(value, (bytes, memoryview)):
@@ -630,19 +634,41 @@ class Store:
 
     def bucket(self, hash_hex: str) -> list[str]:
         """The paths stored under one hash: a single indexed lookup. A value that is not a list
-        of paths is skipped, with a line (once), as is a key written as text instead of bytes."""
+        of paths is skipped, with a line (once), as is a key written as text instead of bytes,
+        and so is a path the table of files records under another hash (_listed_elsewhere)."""
         rows = self._db.all("SELECT value FROM Dict WHERE key IN (?, ?)",
                             (hash_hex.encode("ascii"), hash_hex))
-        return self._bucket_paths(hash_hex, [value for (value,) in rows])
+        paths = self._bucket_paths(hash_hex, [value for (value,) in rows])
+        if not paths:
+            return paths
+        indexed = self._stored_hashes([os.fsencode(path) for path in paths])
+        return self._listed_elsewhere(hash_hex, paths, lambda path: indexed.get(os.fsencode(path)))
 
     def all_buckets(self) -> dict[str, list[str]]:
-        """Every hash's paths, as bucket() reads them, in one pass over the table."""
+        """Every hash's paths, as bucket() reads them, in one pass over each table."""
         values: dict[str, list[object]] = {}
         for key, value in self._db.all("SELECT key, value FROM Dict"):
             hash_hex = key if isinstance(key, str) else bytes(key).decode("ascii", "replace")
             values.setdefault(hash_hex, []).append(value)
-        return {hash_hex: self._bucket_paths(hash_hex, stored)
+        indexed = {os.fsdecode(bytes(path)): bytes(blob).hex()
+                   for path, blob in self._db.all("SELECT path, hash FROM neardup_files")}
+        return {hash_hex: self._listed_elsewhere(hash_hex, self._bucket_paths(hash_hex, stored),
+                                                 indexed.get)
                 for hash_hex, stored in values.items()}
+
+    def _listed_elsewhere(self, hash_hex: str, paths: list[str],
+                          indexed_as: Callable[[str], str | None]) -> list[str]:
+        """The paths of a bucket but those the table of files records under another hash,
+        skipped with a line (once). The two disagree only where something wrote the store
+        behind index.py (a review swapped two buckets' values by hand, and a search answered
+        each image for the other at distance 0); index.py mends them at its next run. A path
+        the table does not hold (another program's) is kept."""
+        kept = [path for path in paths if indexed_as(path) in (None, hash_hex)]
+        if elsewhere := len(paths) - len(kept):
+            self._report_once(("elsewhere", hash_hex),
+                              f"bucket {hash_hex}: {_elsewhere(elsewhere)}; skipped (run"
+                              f" {command('index.py')} to mend it)")
+        return kept
 
     def _bucket_paths(self, hash_hex: str, values: list[object]) -> list[str]:
         """The paths of one hash's stored values (its bytes key's, and a text key's if someone
@@ -701,13 +727,19 @@ class Store:
 
     def bucket_problem_now(self, hash_hex: str) -> str | None:
         """What is wrong with the bucket of this hash (hex) now, or None where it is gone or
-        holds a list of paths (one reported bad, rewritten since by whoever damaged it: then
-        forgotten as reported, so that a new problem with it is reported again). Call inside a
-        snapshot."""
+        holds a list of paths none of which the table of files records under another hash (one
+        reported bad, rewritten since by whoever damaged it: then forgotten as reported, so that
+        a new problem with it is reported again). Call inside a snapshot."""
         row = self._db.one("SELECT value FROM Dict WHERE key = ?", (hash_hex.encode("ascii"),))
-        problem = None if row is None else bucket_problem(row[0])[1]
+        paths, problem = (None, None) if row is None else bucket_problem(row[0])
         if problem is None:
             self._reported.discard(("bucket", hash_hex))
+        if paths:
+            indexed = self._stored_hashes([os.fsencode(path) for path in paths])
+            if elsewhere := sum(indexed.get(os.fsencode(path), hash_hex) != hash_hex
+                                for path in paths):
+                return _elsewhere(elsewhere)
+            self._reported.discard(("elsewhere", hash_hex))
         return problem
 
     def report_damaged_features(self, relpath: str, problem: str) -> None:
