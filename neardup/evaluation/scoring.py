@@ -461,6 +461,11 @@ def format_evaluation(
     kinds = evaluation.kinds
     lines = [f"{evaluation.store}: {evaluation.recipe}{', mirror' if evaluation.mirror else ''};"
              f" {_sizes(evaluation)}"]
+    if evaluation.verified_at is not None:
+        # A review read the hash's threshold and its missed copies, printed first, as what a
+        # store with features answers, which the verified table below them contradicted.
+        lines.append("the hash alone, by threshold (what a store without features answers;"
+                     " search.py's verified answers are in the table after this one):")
     header = f"{'t':>3} " + " ".join(f"{kind[:8]:>8}" for kind in kinds)
     lines.append(f"{header} {'all':>6} {'false':>6} {'precision':>9}")
     for row in evaluation.rows:
