@@ -1638,6 +1638,25 @@ def test_a_damaged_feature_record_is_skipped_and_said_once(feature_store: Path) 
         ("others/scene_3.jpg", "hash", False)]
 
 
+def test_feature_records_swapped_by_hand_verify_no_wrong_image(feature_store: Path) -> None:
+    """A hostile review: two images' feature records swapped by hand; a copy of one was then
+    verified, with 72 inliers, under the other's path. A record whose thumbnail is far from the
+    hash stored for its path is not taken to describe that image."""
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        records = dict(database.execute(
+            "SELECT path, data FROM neardup_features WHERE path IN (?, ?)",
+            (b"originals/scene.jpg", b"others/scene_2.jpg")).fetchall())
+        for path, other in ((b"originals/scene.jpg", b"others/scene_2.jpg"),
+                            (b"others/scene_2.jpg", b"originals/scene.jpg")):
+            database.execute("UPDATE neardup_features SET data = ? WHERE path = ?",
+                             (records[other], path))
+    for query in ("queries/crop.jpg", "queries/mirror.jpg", "images/others/scene_2.jpg"):
+        (answer,) = search_json("-q", query)
+        verified = [m["relpath"] for m in answer["matches"] if m["verified"]]
+        assert "others/scene_2.jpg" not in verified, answer
+        assert "originals/scene.jpg" not in verified, answer
+
+
 def test_index_py_extracts_a_damaged_feature_record_again(
         feature_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A review: each index.py --features run said the damaged record was skipped and counted

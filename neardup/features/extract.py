@@ -145,6 +145,13 @@ class FeatureSet:
     # once); colour queries only.
     colour: np.ndarray | None = None
 
+    def thumbnail_dhash(self) -> int:
+        """A 64-bit dHash of the stored thumbnail: within a few bits of the dHash-64 its image
+        is stored under (search.RECORD_HASH_BITS), far from another image's."""
+        small = np.asarray(Image.fromarray(self.thumbnail.astype(np.uint8)).resize(
+            (9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+        return int(np.packbits(small[:, 1:] > small[:, :-1]).view(">u8")[0])
+
     def to_bytes(self) -> bytes:
         positions = np.clip(np.rint(self.points * POSITION_SCALE), 0, 4095).astype(np.uint32)
         # x and y, 12 bits each, in 3 little-endian bytes per keypoint
