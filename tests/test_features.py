@@ -1650,11 +1650,17 @@ def test_feature_records_swapped_by_hand_verify_no_wrong_image(feature_store: Pa
                             (b"others/scene_2.jpg", b"originals/scene.jpg")):
             database.execute("UPDATE neardup_features SET data = ? WHERE path = ?",
                              (records[other], path))
+        # And a copy of a record under a path no image is indexed at (a second review: the
+        # check was skipped where the path had no stored hash, and that path was answered).
+        database.execute("INSERT INTO neardup_features (path, data) VALUES (?, ?)",
+                         (b"others/ghost.jpg", records[b"originals/scene.jpg"]))
+        database.execute("UPDATE neardup_meta SET value = 'changed' WHERE name = 'feature_token'")
     for query in ("queries/crop.jpg", "queries/mirror.jpg", "images/others/scene_2.jpg"):
         (answer,) = search_json("-q", query)
         verified = [m["relpath"] for m in answer["matches"] if m["verified"]]
         assert "others/scene_2.jpg" not in verified, answer
         assert "originals/scene.jpg" not in verified, answer
+        assert "others/ghost.jpg" not in [m["relpath"] for m in answer["matches"]], answer
 
 
 def test_index_py_extracts_a_damaged_feature_record_again(

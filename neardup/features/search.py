@@ -90,8 +90,11 @@ class VerifiedSearch:
     def _describes(self, path: str, record: FeatureSet, hash_hex: str) -> bool:
         """Whether a verified candidate's record describes the image of its path (unknown, and
         taken as so, on a store of another hash than dHash-64); said once where it does not."""
+        if not hash_hex:  # a record of no indexed image (written by hand; index.py drops it)
+            self.store.report_damaged_features(path, "the record belongs to no indexed image")
+            return False
         recipe = self.store.recipe
-        if recipe.algorithm != "dhash" or recipe.hash_size != 8 or not hash_hex:
+        if recipe.algorithm != "dhash" or recipe.hash_size != 8:
             return True
         apart = (record.thumbnail_dhash() ^ int(hash_hex, 16)).bit_count()
         if apart <= RECORD_HASH_BITS:

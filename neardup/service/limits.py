@@ -53,8 +53,9 @@ _CONVERSION_WORK = {"LAB": 4, "La": 1 + 1 + 4 + 4}
 _ROW_WORK = 32
 # libwebp decodes into a buffer of its own (4 bytes a pixel) that Pillow then copies: a 4000 x
 # 4000 WebP, lossless or not, peaked at 244 to 248 MB hashed, against 169 estimated (a hostile
-# review: 7000 x 7000 ones, estimated 506 MB, took 736 to 745 MB under a 512 MB budget).
-_WEBP_DECODER = 6
+# review: 7000 x 7000 ones, estimated 506 MB, took 736 to 745 MB under a 512 MB budget). 8, not
+# 6: a second review's lossless ones went 2 to 4 % over with 6 (330 MB against 325 at 4500 x 4500).
+_WEBP_DECODER = 8
 # extract.analysis_frame makes an upright copy and an RGB one at full size before it reduces
 # them: 4000 x 4000 RGB uploads decoded for features peaked at 192 (PNG), 196 (AVIF) and 312 MB
 # (WebP) against 169 estimated, 78 MB more than hashing the same file; a gray one (52 MB) did not.
