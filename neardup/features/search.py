@@ -210,9 +210,8 @@ class VerifiedSearch:
         refused_in_a_row = [0] * len(looks)  # feature candidates refused in a row, per look
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
-            if path in unverifiable:  # what the hash alone answers
-                answers_out.append((Match(path, distance, hash_of.get(path, ""), "hash", None,
-                                          False), _UNVERIFIABLE))
+            if path in unverifiable:
+                answers_out.append(_by_hash_alone(path, distance, hash_of.get(path, "")))
                 continue
             first = found_by_look.get(path, 0)  # the look that found it, first
             if ("hash" not in how and self.features.ranks_by_votes
@@ -231,9 +230,8 @@ class VerifiedSearch:
                 refused_in_a_row[first] = 0 if verdict.verified else refused_in_a_row[first] + 1
             hash_hex = hash_of.get(path, "")
             if verdict.verified and not self._describes(path, stored[path], hash_hex):
-                if by_hash:  # as for a damaged record: what the hash alone answers
-                    answers_out.append((Match(path, distance, hash_hex, "hash", None, False),
-                                        _UNVERIFIABLE))
+                if by_hash:  # as for a damaged record
+                    answers_out.append(_by_hash_alone(path, distance, hash_hex))
                 continue
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
@@ -259,6 +257,11 @@ class VerifiedSearch:
                 if any(verdict.verified for _, verdict in again):
                     return again
         return answers_out
+
+
+def _by_hash_alone(path: str, distance: int | None, hash_hex: str) -> tuple[Match, Verdict]:
+    """What the hash alone answers for a candidate that cannot be verified: unverified."""
+    return Match(path, distance, hash_hex, "hash", None, False), _UNVERIFIABLE
 
 
 def _same_frame(verdict: Verdict) -> bool:
