@@ -310,6 +310,11 @@ def index_folder(
             report(f"{store.path}: {_images(len(doubtful))} listed under one hash and recorded"
                    " under another, or not listed at all (the store file was changed behind"
                    " index.py); hashed again")
+        edited = _indexed_under_edited_buckets(store, stored) - doubtful
+        if edited:
+            report(f"{store.path}: {_images(len(edited))} indexed under hashes other programs"
+                   " changed since the last run; hashed again")
+            doubtful |= edited
 
         todo: list[FoundFile] = []
         # A file hashed before and unchanged since: what tells a broken decoder from bad files.
@@ -512,6 +517,20 @@ def _relist_lost_images(store: Store, report: Reporter) -> list[str]:
         return []
     changed = [key_text(key) for key in store.changed_raw_keys(store.changes_since())]
     return _relist(store, report, changed)
+
+
+def _indexed_under_edited_buckets(store: Store, stored: dict[str, FileState]) -> set[str]:
+    """The images the table of files records under a hash whose bucket another program changed
+    since the last run. Both tables can be changed to agree (two images' hashes swapped in one,
+    their buckets in the other: a review), and then nothing compares wrong: each image was
+    answered for the other for good. Hashing them again settles it; the change log says which
+    (neardup's own writes, from a run that was killed, left out: those are not hashed twice)."""
+    if not store.tracking:
+        return set()
+    edited = {key_text(key) for key in store.others_changed_keys()}
+    if not edited:
+        return set()
+    return {relpath for relpath, state in stored.items() if state.hash_hex in edited}
 
 
 def _mend_out_of_step(store: Store, report: Reporter, out_of_step: list[object]) -> list[str]:

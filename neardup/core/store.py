@@ -77,6 +77,10 @@ SQL_BATCH = 500
 PICKLE_PROTOCOL = 2
 # Problems with stored entries one Store says before it says only that there are more.
 MAX_PROBLEMS_SAID = 20
+# Spans of the change log that neardup's own transactions wrote (meta "own_changes"), kept so
+# that index.py can tell the changes other programs made; beyond this many, the two nearest are
+# joined (the few changes between them then count as neardup's: relisted, not hashed again).
+OWN_SPANS_KEPT = 64
 # How much of a store is checked when it is opened. PRAGMA quick_check reads every page and checks
 # its structure: about 4.5 ms per MB here (0.66 s at 10^6 images). PRAGMA integrity_check also
 # checks that every index agrees with its table (a key changed in one and not the other): about 27
@@ -896,7 +900,8 @@ class Store:
                 continue
             listed, problem = bucket_problem(value)
             if problem is not None or listed is None:
-                out.append(raw)  # reported as a bad entry; its images are listed elsewhere
+                out.append(raw)  # emptied or junk: rewritten from the table (relist_indexed)
+                concerned.update(indexed)  # after hashing its images again, as the file is in doubt
                 continue
             misplaced = {path for path in listed
                          if path in stored and stored[path].hash_hex != hash_hex}
@@ -917,16 +922,19 @@ class Store:
         it indexed under another hash, which another program moved into one of these buckets,
         goes back to its own (else it would be listed twice, and stay listed there once its file
         is deleted). Paths index.py never indexed stay where others put them. A bucket whose
-        value is not a list of paths is left as it is (reported until someone fixes it). One pass
-        over the files table, whatever the number of hashes. Returns hash -> (paths listed
-        again, paths taken out)."""
+        value is not a list of paths (emptied, junk) is rewritten with the images index.py
+        indexed under its hash, and said so, as when index.py adds to one (else those images
+        stayed out of every answer, run after run: a review); one with none is left as it is
+        (reported until someone fixes it). One pass over the files table, whatever the number of
+        hashes. Returns hash -> (paths listed again, paths taken out)."""
         wanted = {hash_hex for hash_hex in hashes if _is_hex(hash_hex)}
         if not wanted:
             return {}
         changed: dict[str, tuple[int, int]] = {}
         with self.transaction():
             buckets = self._stored_buckets(sorted(wanted))
-            listed: dict[str, set[str]] = {}  # valid buckets only: others are left alone
+            listed: dict[str, set[str]] = {}  # valid buckets only
+            unreadable: set[str] = set()
             for hash_hex in wanted:
                 paths: set[str] | None = set()
                 for _key, value in buckets.get(hash_hex, []):
@@ -935,7 +943,9 @@ class Store:
                         paths = None
                         break
                     paths |= set(found)
-                if paths is not None:
+                if paths is None:
+                    unreadable.add(hash_hex)
+                else:
                     listed[hash_hex] = paths
             every_listed = set().union(*listed.values())
             known: dict[str, set[str]] = {}  # hash -> the paths index.py indexed under it
@@ -960,6 +970,10 @@ class Store:
                 rewritten[hash_hex] = self._bucket_after(hash_hex, buckets.get(hash_hex, []),
                                                          missing, misplaced[hash_hex])
                 changed[hash_hex] = (len(missing), len(misplaced[hash_hex]))
+            for hash_hex in sorted(unreadable & set(known)):
+                # _bucket_after rebuilds it from the files table and reports what it held.
+                rewritten[hash_hex] = self._bucket_after(hash_hex, buckets[hash_hex], set(), set())
+                changed[hash_hex] = (0, 0)
             self._write_buckets(rewritten)
         return changed
 
@@ -1000,7 +1014,7 @@ class Store:
                 # files table, already updated in this transaction), and said so.
                 known = {os.fsdecode(bytes(path)) for (path,) in self._db.all(
                     "SELECT path FROM neardup_files WHERE hash = ?", (bytes.fromhex(hash_hex),))}
-                self.report(f"{self.path}: bucket {hash_hex} held {problem}; rewritten with the"
+                self.report(f"{self.path}: bucket {hash_hex}: {problem}; rewritten with the"
                             f" {len(known)} indexed image{'' if len(known) == 1 else 's'} of that hash")
                 paths |= known
             else:
@@ -1025,7 +1039,10 @@ class Store:
         except sqlite3.Error as error:
             raise sqlite_failure(self.path, error, "start a write to") from error
         try:
+            before = self.generation() if self.tracking else 0
             yield
+            if self.tracking:
+                self._note_own_changes(before)
             self._db.raw.execute("COMMIT")
         except (sqlite3.Error, SqliteFailure) as failure:  # disk full, read-only, I/O error, damage
             self._rollback()
@@ -1054,6 +1071,47 @@ class Store:
             self._db.run("DELETE FROM neardup_changes WHERE seq <= ?", (upto,))
             if upto > self.changes_since():
                 self._set_meta("changes_since", str(upto))
+            self._set_meta("own_changes", json.dumps(
+                [[max(first, upto), last] for first, last in self._own_spans() if last > upto]))
+
+    def _own_spans(self) -> list[list[int]]:
+        """The spans (after, upto] of the change log written by neardup's own transactions; none
+        if the record is not understood (then every logged change counts as another's)."""
+        row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'own_changes'")
+        try:
+            spans = json.loads(row[0]) if row else []
+            if all(isinstance(first, int) and isinstance(last, int) and first < last
+                   for first, last in spans):
+                return [[first, last] for first, last in spans]
+        except (ValueError, TypeError):
+            pass
+        return []
+
+    def _note_own_changes(self, before: int) -> None:
+        """Inside a transaction: the changes logged since `before` are this transaction's own
+        (SQLite lets one writer at a time), added to the spans kept in neardup_meta."""
+        after = self.generation()
+        if after <= before:
+            return
+        spans = self._own_spans()
+        if spans and spans[-1][1] == before:
+            spans[-1][1] = after
+        else:
+            spans.append([before, after])
+        while len(spans) > OWN_SPANS_KEPT:
+            gaps = [spans[i + 1][0] - spans[i][1] for i in range(len(spans) - 1)]
+            nearest = gaps.index(min(gaps))
+            spans[nearest:nearest + 2] = [[spans[nearest][0], spans[nearest + 1][1]]]
+        self._set_meta("own_changes", json.dumps(spans))
+
+    def others_changed_keys(self) -> list[object]:
+        """The keys (as stored) the change log holds since the last index.py run that other
+        programs wrote: neardup's own writes (a run that was killed, say) left out."""
+        spans = self._own_spans()
+        rows = self._db.all("SELECT DISTINCT key FROM neardup_changes WHERE seq > ?"
+                            + " AND NOT (seq > ? AND seq <= ?)" * len(spans),
+                            (self.changes_since(), *(bound for span in spans for bound in span)))
+        return [key if isinstance(key, str) else bytes(key) for (key,) in rows]
 
     def compact(self) -> None:
         """Rewrite the file with full pages. Hashes arrive in random order, so after a large
