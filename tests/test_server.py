@@ -1517,6 +1517,15 @@ def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
     assert client_key("unknown") == "unknown"
 
 
+def test_a_log_line_names_a_client_reset_before_its_address_was_known() -> None:
+    """A hostile review: a connection reset at once was logged as `client: ...`, read as a
+    host name."""
+    from neardup.service.http import address
+
+    assert address(("10.1.2.3", 5000)) == "10.1.2.3:5000"
+    assert address(None) == "a client of unknown address"
+
+
 def corrupt_deflate_tiff() -> bytes:
     """A deflate TIFF of noise whose first strip's compressed data is damaged: libtiff says so
     in a line of its own, written straight to file descriptor 2."""

@@ -127,4 +127,6 @@ NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def address(client: tuple[str, int] | None) -> str:
-    return f"{client[0]}:{client[1]}" if client else "client"
+    """How a log line names a client: host:port, or (a connection reset before the server could
+    ask its address) a label that says so rather than a bare "client"."""
+    return f"{client[0]}:{client[1]}" if client else "a client of unknown address"
