@@ -386,3 +386,28 @@ def tiled_tiff(path: Path, side: int, tile: int, compressed: bytes | None = None
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)) + table
                      + struct.pack("<I", 0) + bits + data)
     return path
+
+
+def raw_png(path: Path, pixels: np.ndarray, *, colour_type: int, depth: int = 8,
+            interlaced: bool = False, rows_kept: float = 1.0, palette: bytes = b"") -> Path:
+    """A PNG written from `pixels` (rows x columns [x channels], already packed to bytes per row
+    for depths under 8) with filter 0, straight or Adam7-interlaced, whose image data (a complete
+    zlib stream) keeps only the first `rows_kept` share of the rows it should hold: libpng calls
+    such a file short of image data, Pillow decoded it without a word."""
+    height, width = pixels.shape[:2]
+    if pixels.dtype == np.uint16:
+        pixels = pixels.astype(">u2")
+    passes = ([(0, 0, 1, 1)] if not interlaced else
+              [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+               (0, 1, 1, 2)])
+    rows: list[bytes] = []
+    for column, row, column_step, row_step in passes:
+        part = pixels[row::row_step, column::column_step]
+        rows += [b"\x00" + line.tobytes() for line in part if part.shape[1]]
+    kept = b"".join(rows[: round(len(rows) * rows_kept)])
+    header = struct.pack(">IIBBBBB", width if depth >= 8 else width * 8 // depth, height, depth,
+                         colour_type, 0, 0, int(interlaced))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+                     + (png_chunk(b"PLTE", palette) if palette else b"")
+                     + png_chunk(b"IDAT", zlib.compress(kept)) + png_chunk(b"IEND"))
+    return path

@@ -848,3 +848,52 @@ def test_a_bug_in_our_code_is_not_reported_as_a_bad_image(tmp_path: Path, monkey
         hash_file(str(path), DEFAULT)
     with pytest.raises(TypeError, match="a bug"):
         hash_file(str(path), Recipe(preprocess_version=2))
+
+
+def _png_cases() -> dict[str, dict[str, object]]:
+    """PNGs of each kind whose last rows hold the value neardup fills the memory with (the
+    worst case: only counting the image data tells them from a short file)."""
+    rng = np.random.default_rng(7)
+
+    def noise(*shape: int, top: int = 256) -> np.ndarray:
+        return rng.integers(0, top, shape).astype(np.uint8)
+
+    gray, rgb = noise(40, 50), noise(40, 50, 3)
+    gray[-3:], rgb[-3:] = 251, (3, 251, 7)
+    rgba, la = noise(40, 50, 4), noise(40, 50, 2)
+    rgba[-3:], la[-3:] = (3, 251, 7, 5), (251, 3)
+    deep = rng.integers(0, 65536, (40, 50)).astype(np.uint16)
+    deep[-3:] = 65521
+    bits = noise(40, 7)
+    bits[-3:] = 0xFF
+    palette = bytes(noise(256 * 3))
+    return {
+        "gray": {"pixels": gray, "colour_type": 0},
+        "rgb": {"pixels": rgb, "colour_type": 2},
+        "rgba": {"pixels": rgba, "colour_type": 6},
+        "gray and alpha": {"pixels": la, "colour_type": 4},
+        "palette": {"pixels": gray, "colour_type": 3, "palette": palette},
+        "16-bit gray": {"pixels": deep, "colour_type": 0, "depth": 16},
+        "1-bit": {"pixels": bits, "colour_type": 0, "depth": 1},
+        "interlaced rgb": {"pixels": rgb, "colour_type": 2, "interlaced": True},
+        "interlaced gray": {"pixels": gray[:39], "colour_type": 0, "interlaced": True},
+    }
+
+
+@pytest.mark.parametrize("kind", list(_png_cases()))
+def test_a_png_whose_image_data_stops_short_is_refused_and_a_whole_one_is_not(
+        tmp_path: Path, kind: str) -> None:
+    """A hostile review: a PNG whose image data held half of its rows (a complete zlib stream)
+    was hashed as if whole; Pillow decodes it without an error, the missing rows left as the
+    memory was. Whole PNGs ending in the value the memory is filled with must still decode."""
+    case = _png_cases()[kind]
+    whole = zoo.raw_png(tmp_path / "whole.png", **case)  # type: ignore[arg-type]
+    with Image.open(whole) as reference:
+        expected = np.asarray(reference.convert("RGBA"))  # Pillow's own reading of it
+    with hashing.open_image(str(whole)) as image:
+        assert np.array_equal(np.asarray(image.convert("RGBA")), expected)
+    for kept in (0.5, 0.97):  # half, and all but the last row or so
+        short = zoo.raw_png(tmp_path / f"short{kept}.png", rows_kept=kept, **case)  # type: ignore[arg-type]
+        with pytest.raises(ImageError, match="truncated image \\(its image data ends before its"
+                           " last row\\)"):
+            hash_file(str(short), DEFAULT)

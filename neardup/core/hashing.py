@@ -776,7 +776,11 @@ def open_image(
             if before_load is not None:
                 before_load(image)
             if read_pixels is None or not read_pixels(image, stream):
+                png.prefill(image)
                 image.load()
+                if png.rows_missing(image, stream):
+                    raise ImageError(path, "truncated image (its image data ends before its last"
+                                     " row)")
                 _refuse_mode(path, image)  # as decoded (a decoder may change it)
                 _ignore_invalid_palette_alpha(image)
     except Exception as error:  # noqa: BLE001 - hostile files raise anything; each becomes a report

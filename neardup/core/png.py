@@ -13,7 +13,10 @@ of more than MAX_CHUNKS is refused unopened (at the limit, hashing it takes abou
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import BinaryIO
+
+from PIL import Image
 
 MAX_CHUNKS = 262_144
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,3 +62,101 @@ def refusal(stream: BinaryIO) -> str | None:
         return None
     return (f"refused: a PNG of more than {MAX_CHUNKS:,} chunks (Pillow reads each one in Python:"
             " it would take seconds; a 100-megapixel picture has at most about 100,000)")
+
+
+# -- image data that stops before the last row -------------------------------------------------
+# A PNG whose image data is a complete zlib stream holding fewer rows than its header declares
+# decodes in Pillow without an error (its zlib decoder stops at the stream's end and never counts
+# rows): the rows never written stay as the memory was, and the picture was hashed, missing half
+# of itself (a hostile review). libpng says "Not enough image data". So the memory is filled
+# first with a value few pictures have (prefill); only where the last rows still hold it after
+# decoding is the image data inflated again and counted (rows_missing), to tell a short file
+# from a picture whose bottom has that colour.
+_UNLIKELY = {"1": 1, "L": 251, "LA": (251, 3), "P": 251, "RGB": (3, 251, 7),
+             "RGBA": (3, 251, 7, 5), "I;16": 65521, "I;16B": 65521, "I": 2_147_483_629}
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+# Adam7's passes: (first column, first row, column step, row step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 20  # inflated bytes held at a time while counting
+
+
+def prefill(image: Image.Image) -> None:
+    """Before `image.load()` of a PNG: its memory filled with an unlikely value (see above)."""
+    value = _UNLIKELY.get(image.mode)
+    if image.format == "PNG" and value is not None:
+        image.im = Image.core.fill(image.mode, image.size, value)
+
+
+def rows_missing(image: Image.Image, stream: BinaryIO) -> bool:
+    """After `image.load()` of a prefilled PNG: whether its image data stops before its last row.
+    The last two rows are looked at (an interlaced picture's odd rows come in its last pass)."""
+    value = _UNLIKELY.get(image.mode)
+    if image.format != "PNG" or value is None:
+        return False
+    width, height = image.size
+    unlikely = Image.new(image.mode, (width, 1), value).tobytes()
+    if not any(image.crop((0, y, width, y + 1)).tobytes() == unlikely
+               for y in range(max(0, height - 2), height)):
+        return False
+    return _image_data_short(stream)
+
+
+def _image_data_short(stream: BinaryIO) -> bool:
+    """Whether the inflated IDAT data is shorter than IHDR's picture needs (rows and filter
+    bytes), read chunk by chunk and inflated a step at a time."""
+    where = stream.tell()
+    try:
+        stream.seek(len(SIGNATURE))
+        needed: int | None = None
+        inflater = zlib.decompressobj()
+        got = 0
+        while True:
+            header = stream.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                break
+            length, kind = _HEADER.unpack(header)
+            if kind == b"IHDR":
+                needed = _raw_bytes(stream.read(length))
+                stream.seek(4, 1)
+            elif kind == b"IDAT" and needed is not None:
+                data = stream.read(length)
+                stream.seek(4, 1)
+                while data and got < needed:
+                    got += len(inflater.decompress(data, _INFLATE_STEP))
+                    data = inflater.unconsumed_tail
+                if got >= needed:
+                    return False
+            elif kind in (b"IEND", b"fdAT") or (kind != b"IDAT" and got):
+                break  # the default picture's data is over
+            else:
+                stream.seek(length + 4, 1)
+        return needed is not None and got < needed
+    except (OSError, zlib.error, struct.error):
+        return False  # Pillow decoded it: a stream it read whole is not judged here again
+    finally:
+        stream.seek(where)
+
+
+def _raw_bytes(ihdr: bytes) -> int | None:
+    """The inflated size of a picture's image data, from its IHDR chunk."""
+    if len(ihdr) < 13:
+        return None
+    width, height, depth, colour, _compression, _filter, interlace = struct.unpack(">IIBBBBB",
+                                                                                   ihdr[:13])
+    channels = _CHANNELS.get(colour)
+    if channels is None:
+        return None
+
+    def row_bytes(columns: int) -> int:
+        return 1 + (columns * channels * depth + 7) // 8  # a filter byte, then the pixels
+
+    if not interlace:
+        return height * row_bytes(width)
+    total = 0
+    for column, row, column_step, row_step in _ADAM7:
+        columns = (width - column + column_step - 1) // column_step
+        rows = (height - row + row_step - 1) // row_step
+        if columns > 0 and rows > 0:
+            total += rows * row_bytes(columns)
+    return total
