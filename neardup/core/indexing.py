@@ -539,17 +539,29 @@ def _mend_out_of_step(store: Store, report: Reporter, out_of_step: list[object])
     return _relist(store, report, [key_text(key) for key in out_of_step])
 
 
+# Buckets mended in one run that are each named; past that, one line counts the rest (a script
+# that rewrote 10^4 buckets must not bury the run's other messages).
+BUCKETS_NAMED = 10
+
+
 def _relist(store: Store, report: Reporter, hashes: list[str]) -> list[str]:
     relisted = store.relist_indexed(hash_hex for hash_hex in dict.fromkeys(hashes) if hash_hex)
-    for hash_hex, (again, out) in relisted.items():
-        if again:
+    mended = [(hash_hex, again, out) for hash_hex, (again, out) in relisted.items() if again or out]
+    for hash_hex, again, out in mended[:BUCKETS_NAMED]:
+        if again and out:  # one line for a bucket both emptied of its own and given another's
+            report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"
+                   f" hash and listed {_images(out)} indexed under another (changed by another"
+                   " program, or the file damaged); each is listed under its own hash again")
+        elif again:
             report(f"{store.path}: bucket {hash_hex} had lost {_images(again)} indexed under that"
                    " hash (deleted or rewritten by another program, or the file damaged); listed"
                    " again")
-        if out:
+        else:
             own = "it is listed under its own" if out == 1 else "they are listed under their own"
             report(f"{store.path}: bucket {hash_hex} listed {_images(out)} indexed under another"
                    f" hash (moved there by another program, or the file damaged); {own} again")
+    if len(mended) > BUCKETS_NAMED:
+        report(f"{store.path}: {len(mended) - BUCKETS_NAMED:,} more buckets mended likewise")
     return list(relisted)
 
 
