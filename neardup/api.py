@@ -18,7 +18,8 @@ ValueError is raised for arguments outside their range (a distance beyond the ha
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
@@ -34,6 +35,7 @@ from .core.hashing import (
     hash_source,
     mode_refusal,
 )
+from .core.identity import identity_and_state, open_with_identity
 from .core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
 from .core.search import (
@@ -44,7 +46,7 @@ from .core.search import (
     resolve_stored_path,
 )
 from .core.store import Store
-from .errors import ImageError
+from .errors import ImageError, StoreError
 
 # Imported for real (34 ms), not only for type checkers: typing.get_type_hints(), and the tools
 # built on it (sphinx-autodoc-typehints, typeguard, pydantic), must resolve every public
@@ -146,18 +148,24 @@ def index_folder(
 
 def open_store(path: str | os.PathLike) -> ImageStore:
     """Open a store built by index.py or index_folder() for searching (read-only)."""
-    return ImageStore(Store.open_for_reading(os.fspath(path)))
+    store, _identity = open_with_identity(os.fspath(path), shared_between_threads=False)
+    return ImageStore(store)
 
 
 class ImageStore:
     """A store open for reading. Use it as a context manager, or call close().
 
     Searches see the store's latest committed state: when another process has indexed more images
-    since the last call, the search index is rebuilt first. One ImageStore is for one thread.
+    since the last call, the search index is rebuilt first; when the file at the store's path was
+    replaced (a rebuild moved over it), deleted or rewritten, the store there is opened again
+    (StoreError if there is none to open). One ImageStore is for one thread.
     """
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self._opened = store
+        self._file = os.path.abspath(store.path)  # looked at again after a chdir as well
+        self._identity, self._state = identity_and_state(self._file)
+        self._pinned = 0  # inside _reading(): the store that snapshot was taken on
         self._index: HashIndex | None = None
         self._generation = -1
         self._verified: VerifiedSearch | None = None  # stores with features: loaded once
@@ -173,12 +181,12 @@ class ImageStore:
         """On a store with features, how many images have none yet (an index.py --features run
         that did not finish): search() answers them by their hash alone, unverified, and
         groups() leaves them out. 0 on a complete store and on a hash-only one."""
-        with self._store.snapshot():
+        with self._reading():
             return self._store.images_without_features()
 
     @property
     def path(self) -> str:
-        return self._store.path
+        return self._opened.path
 
     @property
     def dataset(self) -> str:
@@ -192,11 +200,11 @@ class ImageStore:
 
     def __len__(self) -> int:
         """How many images the store holds."""
-        with self._store.snapshot():
+        with self._reading():
             return self._store.image_count()
 
     def close(self) -> None:
-        self._store.close()
+        self._opened.close()
 
     def __enter__(self) -> ImageStore:
         return self
@@ -243,7 +251,7 @@ class ImageStore:
         if self.has_features:
             return self._verified_search(image, looks, max_distance, include_low_information,
                                          max_pixels)
-        with self._store.snapshot():
+        with self._reading():
             index = self._current_index() if max_distance > 0 else None
             answers = find_matches_many(self._store, looks, max_distance, index,
                                         include_low_information=include_low_information)
@@ -264,7 +272,7 @@ class ImageStore:
         self._check_distance(max_distance)
         if problem := groups_distance_problem(max_distance, self.recipe.bits):
             raise ValueError(problem.replace("--groups", "groups", 1))
-        with self._store.snapshot():
+        with self._reading():
             if self.has_features and not os.path.isdir(self.dataset):
                 # Its folder is gone (moved with the store?): no image can be read again, so
                 # none verified (Store.dataset_gone() says it once; not a line per image).
@@ -307,10 +315,51 @@ class ImageStore:
         precision, the recommended threshold (see search.py --evaluate)."""
         from .evaluation.scoring import evaluate_manifest  # only evaluation needs the manifests
 
-        with self._store.snapshot():
+        with self._reading():
             return evaluate_manifest(self._store, os.fspath(manifest), mirror=mirror)
 
     # -- inside ------------------------------------------------------------------------------
+
+    @property
+    def _store(self) -> Store:
+        return self._opened if self._pinned else self._follow()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Store]:
+        """One consistent view of the store at the path (followed first), held for the block."""
+        store = self._follow() if not self._pinned else self._opened
+        self._pinned += 1
+        try:
+            with store.snapshot():
+                yield store
+        finally:
+            self._pinned -= 1
+
+    def _follow(self) -> Store:
+        """The store open, opened again first if the file at its path is no longer the one held
+        open or was written since (a stat: microseconds). A review: a script holding an
+        ImageStore went on answering from the old file after the README's rebuild (`index.py -s
+        new.shelve && mv new.shelve db.shelve`) and after `rm db.shelve`; the checker behind
+        --stdin and --serve reopened. The file is written in place by index.py's checkpoints
+        too: opening it again then costs milliseconds beside the index rebuilt for the new
+        generation anyway."""
+        identity, state = identity_and_state(self._file)
+        if identity is not None and identity == self._identity and state == self._state:
+            return self._opened
+        path = self._opened.path
+        try:
+            # As it was named, unless the caller has changed folder since.
+            named = path if os.path.abspath(path) == self._file else self._file
+            store, identity = open_with_identity(named, shared_between_threads=False)
+        except StoreError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            raise StoreError(f"{path}: the store file was replaced, deleted or rewritten since it"
+                             f" was opened, and cannot be opened again ({reason})") from error
+        self._opened.close()
+        self._opened, self._identity, self._state = store, identity, state
+        self._index, self._generation = None, -1
+        self._verified, self._verified_generation = None, -1
+        return store
 
     def _check_distance(self, max_distance: int) -> None:
         if isinstance(max_distance, bool) or not isinstance(max_distance, int):
@@ -330,7 +379,7 @@ class ImageStore:
     def _verified_search(self, image: ImageInput, hashes: list[Hash], max_distance: int,
                          include_low_information: bool, max_pixels: int) -> list[Found]:
         frame = _analysis_frame(image, max_pixels)
-        with self._store.snapshot():
+        with self._reading():
             generation = self._store.generation()
             if self._verified is None or generation != self._verified_generation:
                 # The feature index is read once per store generation, not once per query.

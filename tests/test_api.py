@@ -134,6 +134,36 @@ def test_a_store_sees_what_is_indexed_after_it_was_opened(library: Path) -> None
         assert [f.relpath for f in store.search(new)] == ["new.png"]
 
 
+def test_a_store_follows_its_file_replaced_deleted_or_copied_over(library: Path) -> None:
+    """A hostile review: a script holding open_store() went on answering from the old file after
+    the README's rebuild (index.py -s new.shelve && mv new.shelve db.shelve), and after rm;
+    the checker behind --stdin and --serve reopened. Now the API does too, after a chdir as
+    well, and a store that is gone is a StoreError (one line), never an answer."""
+    import shutil
+
+    query = library / "photos" / "cat0" / "image_0000.jpg"
+    shutil.copytree(library / "photos", library / "fewer")
+    shutil.rmtree(library / "fewer" / "cat0")
+    os.remove(library / "fewer" / "copy_of_0.jpg")
+    neardup.index_folder(library / "fewer", library / "fewer.shelve", jobs=1)
+    shutil.copy(library / "photos.shelve", library / "backup.shelve")
+    with neardup.open_store("photos.shelve") as store:
+        assert {f.relpath for f in store.search(query)} == {"cat0/image_0000.jpg", "copy_of_0.jpg"}
+        assert len(store) == 8
+        os.replace(library / "fewer.shelve", library / "photos.shelve")  # the rebuild moved over
+        assert store.search(query) == [] and len(store) == 4
+        os.chdir(library / "photos")
+        shutil.copy(library / "backup.shelve", library / "photos.shelve")  # copied over in place
+        assert {f.relpath for f in store.search(query)} == {"cat0/image_0000.jpg", "copy_of_0.jpg"}
+        os.remove(library / "photos.shelve")
+        with pytest.raises(neardup.StoreError, match="photos.shelve: the store file was replaced,"
+                           " deleted or rewritten since it was opened, and cannot be opened"
+                           " again"):
+            store.search(query)
+        with pytest.raises(neardup.StoreError):
+            len(store)
+
+
 def test_the_groups_command_uses_the_api(
     library: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

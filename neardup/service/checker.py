@@ -43,6 +43,7 @@ from ..core.hashing import (
     is_low_information,
     open_regular_file,
 )
+from ..core.identity import file_state, identity_and_state, open_with_identity
 from ..core.results import QueryResult, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
@@ -495,12 +496,7 @@ class Checker:
         commits into the file after more of them) keeps the search index, which then follows
         the log as for any commit (_reopen_rewritten says when it is loaded again).
         """
-        try:
-            status = os.stat(self.store_path)
-            identity: tuple[int, int] | None = (status.st_dev, status.st_ino)
-            state = file_state(status)
-        except OSError:
-            identity = state = None
+        identity, state = identity_and_state(self.store_path)
         if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
             if state == self._state and self._unavailable is None:
                 return self._store
@@ -647,40 +643,6 @@ def seen_in(store: Store) -> dict[str, Any]:
     """What /health reports of a store (read within a snapshot)."""
     hashes, images = store.counts()  # O(1) where the store's triggers keep them
     return {"hashes": hashes, "images": images, "generation": store.generation()}
-
-
-def file_identity(path: str) -> tuple[int, int]:
-    status = os.stat(path)
-    return status.st_dev, status.st_ino
-
-
-def file_state(status: os.stat_result) -> tuple[int, int, int]:
-    """What moves when the file's contents are written: its size, mtime and ctime."""
-    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
-
-
-def open_with_identity(
-    path: str, warn: Callable[[str], None] = lambda line: None
-) -> tuple[Store, tuple[int, int]]:
-    """The store at `path` opened for reading, with the identity of the file that was opened.
-
-    The path is looked at before and after opening; if it changed in between (a rebuild swapped
-    it), the open is tried again, so the identity is the opened file's.
-    """
-    for _ in range(3):
-        try:
-            before = file_identity(path)
-        except OSError:
-            before = None
-        store = Store.open_for_reading(path, shared_between_threads=True, report=warn)
-        try:
-            after = file_identity(path)
-        except OSError:
-            after = None
-        if before is not None and before == after:
-            return store, before
-        store.close()
-    raise StoreError(f"{path}: keeps changing while being opened")
 
 
 def without_path(message: str, path: str) -> str:
