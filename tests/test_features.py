@@ -1927,3 +1927,35 @@ def test_groups_of_a_store_whose_folder_is_gone_say_it_once(
     (line,) = capsys.readouterr().err.splitlines()
     assert f"its dataset folder {feature_store / 'images'} no longer exists" in line
     assert f"--moved-from {feature_store / 'images'}" in line
+
+
+def test_a_feature_record_whose_path_is_text_is_no_traceback(
+        feature_store: Path, capsys: pytest.CaptureFixture) -> None:
+    """A hostile review: one feature record's path written as TEXT (Python's sqlite3 with a str)
+    made a running checker exit on a TypeError, --serve answer every upload 500 while /health
+    said ok, and search.py -q, --groups and the API end the same way. Read as bytes, it is a
+    record like any other; index.py writes it back as bytes."""
+    from neardup.service.checker import Checker
+
+    query = "images/originals/scene.jpg"
+    with Checker("db.shelve") as checker:
+        assert "originals/scene.jpg" in {m["relpath"] for m in checker.check_file(query)["matches"]}
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute("UPDATE neardup_features SET path = ? WHERE path = ?",
+                             ("originals/scene.jpg", b"originals/scene.jpg"))
+        matches = checker.check_file(query)["matches"]
+        assert ("originals/scene.jpg", True) in {(m["relpath"], m["verified"]) for m in matches}
+        assert checker.health()["status"] == "ok"
+    [record] = search_json("-q", query)
+    assert ("originals/scene.jpg", True) in {(m["relpath"], m["verified"])
+                                              for m in record["matches"]}
+    with neardup.open_store("db.shelve") as store:
+        assert "originals/scene.jpg" in {found.relpath for found in store.search(query)}
+        assert store.groups() is not None
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups"]) in (0, 1)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    assert "1 path stored as text by another program" in capsys.readouterr().err
+    with closing(sqlite3.connect("db.shelve")) as database:
+        assert database.execute("SELECT DISTINCT typeof(path) FROM neardup_features").fetchall() == [
+            ("blob",)]

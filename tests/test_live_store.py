@@ -773,6 +773,76 @@ def test_only_other_programs_changes_are_hashed_again(
         assert store.others_changed_keys() == []
 
 
+@pytest.mark.parametrize("edit", ["path as text", "hash as text", "hash cut short"])
+def test_a_path_or_hash_written_as_text_is_no_traceback_and_index_py_puts_it_right(
+        in_tmp: Path, capsys: pytest.CaptureFixture, edit: str) -> None:
+    """A hostile review: a path of the table of files written back as TEXT (Python's sqlite3
+    with a str, or the sqlite3 shell without CAST) ended --groups and index.py in a TypeError,
+    a hash as TEXT every command too. Reads take them as bytes; index.py writes a path back as
+    bytes (else its lookups by path miss the row: listed twice once changed, never removed) and
+    hashes again an image whose hash is not the recipe's bytes."""
+    key, _other = indexed_tree(4)
+    path = b"cat0/image_0000.jpg"
+    if edit == "path as text":
+        sqlite_write("db.shelve", "UPDATE neardup_files SET path = ? WHERE path = ?",
+                     path.decode(), path)
+    else:
+        sqlite_write("db.shelve", "UPDATE neardup_files SET hash = ? WHERE path = ?",
+                     key if edit == "hash as text" else bytes.fromhex(key)[:3], path)
+    for args in (["-q", "images/cat0/image_0000.jpg"], ["--groups"], ["--groups", "--json"]):
+        code, _out, err = search(*args)
+        assert code in (0, 1) and "Traceback" not in err, err
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    err = capsys.readouterr().err
+    assert ("1 path stored as text by another program; written back as bytes" if edit ==
+            "path as text" else "1 image recorded with a hash that is not a 64-bit one") in err
+    with closing(sqlite3.connect("db.shelve")) as database:
+        assert database.execute("SELECT typeof(path), hex(hash) FROM neardup_files WHERE"
+                                " CAST(path AS BLOB) = ?", (path,)).fetchall() == [
+                                    ("blob", key.upper())]
+    assert answers("images/cat0/image_0000.jpg") == {"cat0/image_0000.jpg"}
+    os.remove("images/cat0/image_0000.jpg")  # and removed when its file goes
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert "cat0/image_0000.jpg" not in store.file_states() and store.image_count() == 3
+
+
+@pytest.mark.parametrize("counted", [0, -3, 9223372036854775807, "abc", None])
+def test_counters_another_program_changed_are_counted_again(
+        in_tmp: Path, capsys: pytest.CaptureFixture, counted: object) -> None:
+    """A hostile review: neardup_counts set to 0 by hand made index.py say "0 images in the
+    store" and exit 1 as if nothing could be indexed, run after run; -3 and 2^63 - 1 were
+    printed as they were. index.py counts both tables again and sets the counters right."""
+    indexed_tree(4)
+    if counted is None:
+        sqlite_write("db.shelve", "DELETE FROM neardup_counts")
+    else:
+        sqlite_write("db.shelve", "UPDATE neardup_counts SET n = ?", counted)
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "; 4 images in the store" in captured.out
+    assert "(changed by another program); counted again" in captured.err
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.counts() == (4, 4)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert "counted again" not in capsys.readouterr().err
+
+
+def test_a_change_sequence_that_is_not_a_number_is_one_line(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A hostile review: sqlite_sequence's row set to 'x' ended every command in a ValueError."""
+    indexed_tree(2)
+    sqlite_write("db.shelve", "UPDATE sqlite_sequence SET seq = 'x'")
+    code, out, err = search("-q", "images/cat0/image_0000.jpg")
+    assert code == 2 and err.count("\n") == 1
+    assert "its sqlite_sequence table is not understood (neardup_changes is 'x'" in err
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 2
+    assert "its sqlite_sequence table is not understood" in capsys.readouterr().err
+
+
 def test_a_search_holding_an_old_view_is_told_of(
         in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A review: while a long search held one snapshot (search.py over many queries), the -wal

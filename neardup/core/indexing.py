@@ -280,6 +280,7 @@ def index_folder(
                        f" hashed with v{store.recipe.preprocess_version} too (another --shelve"
                        f" would use v{recipe.preprocess_version})")
             recipe = store.recipe
+        _put_right(store, report)
         stored = store.file_states()
         present = {item.relpath for item in found}
         gone = [relpath for relpath in stored
@@ -495,6 +496,24 @@ def settle_caches(store: Store, generation: int) -> None:
     cache.prune(store, keep=generation)
     if store.tracking:
         store.prune_changes(generation)
+
+
+def _put_right(store: Store, report: Reporter) -> None:
+    """What other programs wrote into the tables index.py keeps, in a form its lookups miss
+    (a path as text, a hash of another length) or counted wrong, put right before it reads
+    them (reviews: each ended commands in a TypeError, or made the summary say 0 images)."""
+    paths, forgotten = store.normalise_rows()
+    if paths:
+        report(f"{store.path}: {paths:,} path{'' if paths == 1 else 's'} stored as text by another"
+               " program; written back as bytes")
+    if forgotten:
+        report(f"{store.path}: {_images(forgotten)} recorded with a hash that is not a"
+               f" {store.recipe.bits}-bit one (written by another program); hashed again")
+    said = store.recount()
+    if said is not None:
+        hashes, images = ("nothing" if value is None else str(value)[:20] for value in said)
+        report(f"{store.path}: its counters said {images} images and {hashes} hashes (changed by"
+               " another program); counted again")
 
 
 def _check_foreign_entries(store: Store, out_of_step: list[object]) -> dict[object, str]:
