@@ -843,6 +843,40 @@ def test_a_change_sequence_that_is_not_a_number_is_one_line(
     assert "its sqlite_sequence table is not understood" in capsys.readouterr().err
 
 
+def test_bad_entries_are_named_up_to_a_limit(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A hostile review: a recipe edited to 256 bits by hand made every key a bad entry, and
+    index.py printed one line for each of 200. Twenty are named; the summary counts them all."""
+    indexed_tree(2)
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.executemany("INSERT INTO Dict (key, value) VALUES (?, ?)",
+                             [(f"not a hash {n}".encode(), pickle.dumps([])) for n in range(25)])
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("search skips it (fix it, or delete it)") == 20
+    assert "db.shelve: 5 more bad store entries" in captured.err
+    assert ", 25 bad store entries;" in captured.out
+
+
+@pytest.mark.parametrize("edit", ["DELETE FROM neardup_meta WHERE name = 'recipe'",
+                                  "UPDATE neardup_meta SET value = '' WHERE name = 'dataset_root'"])
+def test_a_recipe_or_dataset_folder_deleted_by_hand_is_said_as_such(
+        in_tmp: Path, capsys: pytest.CaptureFixture, edit: str) -> None:
+    """A hostile review: with the recipe row deleted index.py said "Expecting value: line 1
+    column 1 (char 0)"; with the dataset folder emptied, "indexes , not ...", and searches
+    answered paths in no folder."""
+    indexed_tree(2)
+    sqlite_write("db.shelve", edit)
+    missing = "recipe" if "recipe" in edit else "dataset_root"
+    code, _out, err = search("-q", "images/cat0/image_0000.jpg")
+    assert code == 2 and err.count("\n") == 1
+    assert f"its neardup_meta table is incomplete or not understood (no {missing})" in err
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"its neardup_meta table is incomplete or not understood (no {missing})" in err
+
+
 def test_a_search_holding_an_old_view_is_told_of(
         in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A review: while a long search held one snapshot (search.py over many queries), the -wal

@@ -421,9 +421,11 @@ def index_folder(
         late = [key for key in store.changed_raw_keys(start_generation, end_generation)
                 if key_text(key) not in written]
         bad = store.check_entries(list(dict.fromkeys([*bad, *late])))  # as they are now
-        for key, problem in bad.items():
+        for key, problem in list(bad.items())[:BAD_ENTRIES_NAMED]:
             report(f"{store.path}: store entry {describe_key(key)}: {problem}; search skips it"
                    " (fix it, or delete it)")
+        if len(bad) > BAD_ENTRIES_NAMED:  # a recipe edited by hand made every key one (a review)
+            report(f"{store.path}: {len(bad) - BAD_ENTRIES_NAMED:,} more bad store entries")
         summary.bad_entries = len(bad)
         store.record_bad_entries(bad)
         settle_caches(store, end_generation)
@@ -558,6 +560,8 @@ def _mend_out_of_step(store: Store, report: Reporter, out_of_step: list[object])
     return _relist(store, report, [key_text(key) for key in out_of_step])
 
 
+# Bad store entries named in one run's report; the summary line counts them all.
+BAD_ENTRIES_NAMED = 20
 # Buckets mended in one run that are each named; past that, one line counts the rest (a script
 # that rewrote 10^4 buckets must not bury the run's other messages).
 BUCKETS_NAMED = 10

@@ -361,10 +361,14 @@ class Store:
         try:
             self.recipe = stored_recipe(path, meta["recipe"])
             self.dataset_root = meta["dataset_root"]
+            if not self.dataset_root:  # emptied by another program: no folder to answer in
+                raise KeyError("dataset_root")
             self.store_id = meta["store_id"]
         except (KeyError, TypeError, ValueError) as error:
+            detail = (f"no {error.args[0]}" if isinstance(error, KeyError)
+                      else f"{type(error).__name__}: {error}")
             raise StoreError(f"{path}: its neardup_meta table is incomplete or not understood"
-                             f" ({type(error).__name__}: {error})") from error
+                             f" ({detail})") from error
         self.meta = meta
         self.format = meta.get("format_version", "1")
         self.tracking = self._has_tracking()
@@ -1459,7 +1463,14 @@ def _initialise_or_check(
     _check_is_neardup_store(db, path)
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
-    stored = stored_recipe(path, meta.get("recipe", ""))
+    if "recipe" not in meta or not meta.get("dataset_root"):
+        # Deleted or emptied by another program: said as such, not as a JSON parse error or as
+        # "indexes , not ..." (a review).
+        missing = "recipe" if "recipe" not in meta else "dataset_root"
+        raise StoreError(f"{path}: its neardup_meta table is incomplete or not understood (no"
+                         f" {missing}); build a new store (README: Checking and repairing a"
+                         " store)")
+    stored = stored_recipe(path, meta["recipe"])
     if stored != recipe and not keeps_its_recipe(stored, recipe):
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
