@@ -782,6 +782,9 @@ class TestHostileClients:
             assert answer["error"].startswith("refused: decoding it would take about")
             assert answer["error"].endswith("over the decode memory limit of 20 MB")
             assert request(server.port, "POST", "/search", photo())[0] == 200
+            # The operator (the log, not the client) is told what raises the limit.
+            assert "decode memory limit of 20 MB; --decode-memory-mb raises the limit" in (
+                server.log())
         with running(*FAST) as roomy:  # the default budget decodes it
             assert request(roomy.port, "POST", "/search", Path("deep.png").read_bytes())[0] == 200
 

@@ -238,8 +238,12 @@ class CheckerApp:
                 del self.in_flight_from[client]
         status, record = answer
         if status != 200:
-            self.log.warning("%s POST /search: %d %s", address(scope.get("client")), status,
-                             record.get("error"))
+            # A 413 here is the decode budget's: what the operator can do about it goes to the
+            # log, not to the client (a review: 24-megapixel WebPs are refused by default on a
+            # store with features).
+            self.log.warning("%s POST /search: %d %s%s", address(scope.get("client")), status,
+                             record.get("error"),
+                             "; --decode-memory-mb raises the limit" if status == 413 else "")
         await reply(send, status, record, [(b"retry-after", b"1")] if status == 503 else [])
 
     def _hold(self, client: str, held: list[int], amount: int) -> None:
