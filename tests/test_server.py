@@ -1504,6 +1504,23 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
     assert parse_distance(b"max_distance=4", 6) == 4
 
 
+@pytest.mark.parametrize("query", [b"max_distance=abc&max_distance=3",
+                                   b"max_distance=99&max_distance=3",
+                                   b"max_distance=3&max_distance=3",
+                                   b"max_distance=3&max_dist=0", b"max_dist=0&max_distance=3"])
+def test_a_distance_given_twice_or_beside_a_misspelt_one_is_refused(query: bytes) -> None:
+    """A hostile review: the last max_distance was taken, the others unchecked (`abc`, `99`),
+    and a misspelt one beside the real one was ignored; a proxy or a log reading the first would
+    see another distance than the one answered."""
+    from neardup.service.http import Refused, parse_distance
+
+    with pytest.raises(Refused) as refused:
+        parse_distance(query, 6)
+    assert refused.value.status == 400
+    assert refused.value.reason in ("max_distance given more than once",
+                                    "unknown parameter max_dist: the distance is max_distance")
+
+
 def test_clients_are_keyed_by_ipv4_address_or_ipv6_slash_64() -> None:
     from neardup.service.http import client_key
 

@@ -61,16 +61,20 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
     except ValueError:
         parameters = {}
     values = parameters.get("max_distance")
+    # A misspelt max_distance (`?max_dist=0`, `?MAX_DISTANCE=2`) was answered at the default
+    # distance without a word, and beside the real one it was ignored (hostile reviews); other
+    # parameters (a cache-buster) are left alone.
+    for name in parameters:
+        if "dist" in name.lower() and name != "max_distance":
+            raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
+                               " max_distance", close=True)
     if not values:
-        # A misspelt max_distance (`?max_dist=0`, `?MAX_DISTANCE=2`) was answered at the default
-        # distance without a word (a hostile review); other parameters (a cache-buster) are
-        # left alone.
-        for name in parameters:
-            if "dist" in name.lower():
-                raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
-                                   " max_distance", close=True)
         return None
-    text = values[-1]
+    if len(values) > 1:
+        # The last one was taken, unchecked the others: a proxy or a log reading the first
+        # would see another distance than the one answered (a review).
+        raise Refused(400, "max_distance given more than once", close=True)
+    text = values[0]
     # The length first: int() of a 5,000-digit string raises (Python's conversion limit).
     if not (text.isascii() and text.isdigit()) or len(text) > 4 or int(text) > cap:
         raise Refused(400, f"max_distance must be a whole number from 0 to {cap}", close=True)
