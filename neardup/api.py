@@ -167,9 +167,9 @@ class ImageStore:
         self._identity, self._state = identity_and_state(self._file)
         self._pinned = 0  # inside _reading(): the store that snapshot was taken on
         self._index: HashIndex | None = None
-        self._generation = -1
+        self._generation: int | tuple[int, int] = -1
         self._verified: VerifiedSearch | None = None  # stores with features: loaded once
-        self._verified_generation = -1
+        self._verified_generation: int | tuple[int, int] = -1
 
     @property
     def has_features(self) -> bool:
@@ -370,17 +370,25 @@ class ImageStore:
                              f" {self.path}'s hashes")
 
     def _current_index(self) -> HashIndex:
-        generation = self._store.generation()
+        generation = self._state_seen()
         if self._index is None or generation != self._generation:
             self._index = HashIndex.from_store(self._store)
             self._generation = generation
         return self._index
 
+    def _state_seen(self) -> int | tuple[int, int]:
+        """What moves with every change of the store: its generation, or where no change log is
+        kept (an old store, or triggers another program dropped) every commit seen."""
+        store = self._store
+        if store.refresh_tracking():
+            return store.generation()
+        return store.generation(), store.data_version()
+
     def _verified_search(self, image: ImageInput, hashes: list[Hash], max_distance: int,
                          include_low_information: bool, max_pixels: int) -> list[Found]:
         frame = _analysis_frame(image, max_pixels)
         with self._reading():
-            generation = self._store.generation()
+            generation = self._state_seen()
             if self._verified is None or generation != self._verified_generation:
                 # The feature index is read once per store generation, not once per query.
                 from .features.search import VerifiedSearch

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,33 @@ def test_stdin_with_its_input_or_output_closed_is_one_line(store: Path) -> None:
             shell=True, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (redirect, result.stderr)
         assert result.stderr.count("\n") == 1 and "is closed" in result.stderr, result.stderr
+
+
+def test_writes_made_after_the_triggers_were_dropped_are_seen(store: Path) -> None:
+    """A hostile review: another program deleted a bucket, dropped the insert triggers, and
+    wrote the bucket back; a running checker (and an open API store) had decided once, at open,
+    that the store keeps its change log, so the write, which moved no generation, was never
+    seen. Where the triggers are gone every commit is followed instead."""
+    import neardup
+    from neardup.service.checker import Checker
+
+    query = "images/cat0/image_0000.jpg"
+    with Checker("db.shelve") as checker, neardup.open_store("db.shelve") as api:
+        def found() -> tuple[bool, bool]:
+            return ("cat0/image_0000.jpg" in {m["relpath"] for m in
+                                              checker.check_file(query)["matches"]},
+                    "cat0/image_0000.jpg" in {f.relpath for f in api.search(query)})
+
+        assert found() == (True, True)
+        key = checker.check_file(query)["hash"].encode()
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            (value,) = database.execute("SELECT value FROM Dict WHERE key = ?", (key,)).fetchone()
+            database.execute("DELETE FROM Dict WHERE key = ?", (key,))
+        assert found() == (False, False)
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute("DROP TRIGGER neardup_dict_inserted")
+            database.execute("DROP TRIGGER neardup_dict_counted")
+        assert found() == (False, False)
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute("INSERT INTO Dict (key, value) VALUES (?, ?)", (key, value))
+        assert found() == (True, True)

@@ -372,6 +372,7 @@ class Store:
         self.meta = meta
         self.format = meta.get("format_version", "1")
         self.tracking = self._has_tracking()
+        self._tracking_schema = self.schema_version()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1179,6 +1180,17 @@ class Store:
     def _read_meta(self) -> dict[str, str]:
         return {str(name): str(value) for name, value in
                 self._db.all("SELECT name, value FROM neardup_meta")}
+
+    def refresh_tracking(self) -> bool:
+        """Whether the change log is kept now: looked at again when the schema changed since
+        (a PRAGMA read). A long-lived reader decided it once, at open: another program that
+        dropped a trigger then wrote without moving the generation, and a running checker never
+        saw those writes (a review); without the log it follows every commit instead."""
+        version = self.schema_version()
+        if version != self._tracking_schema:
+            self.tracking = self._has_tracking()
+            self._tracking_schema = version
+        return self.tracking
 
     def _has_tracking(self) -> bool:
         names = {row[0] for row in self._db.all(

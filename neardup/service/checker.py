@@ -349,9 +349,10 @@ class Checker:
         if self._pending is not None:
             self._index, self._pending = self._pending, None
         index = self._index
-        if not store.tracking:
-            # A format 1 store (written by an older neardup, not upgraded yet): no change log, so
-            # any commit by another connection means a full rebuild, done here.
+        if not store.refresh_tracking():
+            # A format 1 store (written by an older neardup, not upgraded yet), or one whose
+            # triggers another program dropped: no change log, so any commit by another
+            # connection means a full rebuild, done here.
             version = store.data_version()
             if version != self._data_version:
                 self._index = index = HashIndex.from_store(store)
