@@ -545,6 +545,13 @@ def test_a_checker_left_running_leaves_the_commits_in_the_store_file(in_tmp: Pat
         assert copy.image_count() == 18
 
 
+def index_again(capsys: pytest.CaptureFixture) -> pytest.CaptureResult[str]:
+    """index.py run again on images/ into db.shelve (exit 0): what it printed, and only that."""
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    return capsys.readouterr()
+
+
 def indexed_tree(count: int) -> tuple[str, str]:
     """`count` images indexed into db.shelve; the hashes of cat0/image_0000 and cat1/image_0001."""
     make_tree("images", count)
@@ -763,9 +770,7 @@ def test_only_other_programs_changes_are_hashed_again(
         assert store.others_changed_keys() == [other.encode("ascii")]
         store.apply([IndexedFile("cat9/newer.jpg", 1, 1, other)], [])  # own spans join up
         assert store.others_changed_keys() == [other.encode("ascii")]
-    capsys.readouterr()
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    captured = capsys.readouterr()
+    captured = index_again(capsys)
     # cat1/image_0001.jpg and cat9/newer.jpg (its file is gone: removed), not cat0/image_0000.jpg
     assert "2 images indexed under hashes other programs changed since the last run" in captured.err
     assert "unchanged 4, removed 2" in captured.out
@@ -819,9 +824,7 @@ def test_counters_another_program_changed_are_counted_again(
         sqlite_write("db.shelve", "DELETE FROM neardup_counts")
     else:
         sqlite_write("db.shelve", "UPDATE neardup_counts SET n = ?", counted)
-    capsys.readouterr()
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    captured = capsys.readouterr()
+    captured = index_again(capsys)
     assert "; 4 images in the store" in captured.out
     assert "(changed by another program); counted again" in captured.err
     with Store.open_for_reading("db.shelve") as store:
@@ -850,9 +853,7 @@ def test_bad_entries_are_named_up_to_a_limit(in_tmp: Path, capsys: pytest.Captur
     with closing(sqlite3.connect("db.shelve")) as database, database:
         database.executemany("INSERT INTO Dict (key, value) VALUES (?, ?)",
                              [(f"not a hash {n}".encode(), pickle.dumps([])) for n in range(25)])
-    capsys.readouterr()
-    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    captured = capsys.readouterr()
+    captured = index_again(capsys)
     assert captured.err.count("search skips it (fix it, or delete it)") == 20
     assert "db.shelve: 5 more bad store entries" in captured.err
     assert ", 25 bad store entries;" in captured.out
