@@ -327,7 +327,7 @@ class ImageStore:
     @contextmanager
     def _reading(self) -> Iterator[Store]:
         """One consistent view of the store at the path (followed first), held for the block."""
-        store = self._follow() if not self._pinned else self._opened
+        store = self._store
         self._pinned += 1
         try:
             with store.snapshot():
