@@ -333,7 +333,10 @@ def _gather_signalled_in_its_swap(signum: int, *, sigint_ignored: bool = False
         "os.rename = signalled_rename\n"
         "sys.exit(gather.main(sys.argv[1:]))\n"
     )
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    # Set either way: a test run started in the background of a shell without job control
+    # inherits SIGINT ignored, and then the run that should be interrupted was not (exit 0).
+    disposition = signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+    ignore = lambda: signal.signal(signal.SIGINT, disposition)  # noqa: E731
     with subprocess.Popen(
         [sys.executable, "-c", script, "--source", "source", "--output", "out", "-q",
          "--samples", "2", "--seed", "2", "--force"],
