@@ -897,3 +897,31 @@ def test_a_search_holding_an_old_view_is_told_of(
     assert "db.shelve-wal still holds this run's last commits (a search held an older view" in err
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
     assert not os.path.exists("db.shelve-wal") or os.path.getsize("db.shelve-wal") == 0
+
+
+@pytest.mark.parametrize("spans", ["[[0, 1000000000000000000000000000000]]",
+                                   "[[0, 9223372036854775807]]", "[[true, 400]]", "junk"])
+def test_spans_of_own_changes_written_by_hand_hide_nothing(
+        in_tmp: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        spans: str) -> None:
+    """A hostile review: neardup_meta's own_changes set by hand to a span beyond SQLite's
+    integers ended every index.py run in an OverflowError; one covering the whole log (or with a
+    boolean bound) hid another program's swap of two images' hashes and buckets for good. Spans
+    not within the log as it is are not trusted: every logged change counts as another's."""
+    monkeypatch.setattr(indexing, "RACY_NS", 0)
+    one, other = indexed_tree(4)
+    sqlite_write("db.shelve", "UPDATE neardup_files SET hash = CASE path WHEN ? THEN ? ELSE ? END"
+                 " WHERE path IN (?, ?)", b"cat0/image_0000.jpg", bytes.fromhex(other),
+                 bytes.fromhex(one), b"cat0/image_0000.jpg", b"cat1/image_0001.jpg")
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        values = dict(database.execute("SELECT key, value FROM Dict WHERE key IN (?, ?)",
+                                       (one.encode(), other.encode())).fetchall())
+        for key, value in ((one, values[other.encode()]), (other, values[one.encode()])):
+            database.execute("UPDATE Dict SET value = ? WHERE key = ?", (value, key.encode()))
+        database.execute("INSERT INTO neardup_meta (name, value) VALUES ('own_changes', ?)"
+                         " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (spans,))
+    captured = index_again(capsys)
+    assert "Traceback" not in captured.err
+    assert "indexed under hashes other programs changed since the last run" in captured.err
+    assert answers("images/cat0/image_0000.jpg") == {"cat0/image_0000.jpg"}
+    assert answers("images/cat1/image_0001.jpg") == {"cat1/image_0001.jpg"}

@@ -1124,7 +1124,11 @@ class Store:
         row = self._db.one("SELECT value FROM neardup_meta WHERE name = 'own_changes'")
         try:
             spans = json.loads(row[0]) if row else []
-            if all(isinstance(first, int) and isinstance(last, int) and first < last
+            # Whole numbers (not booleans) within the log as it is: a span another program wrote
+            # past the last change, or beyond SQLite's integers, hid its edits or ended index.py
+            # in an OverflowError (a review).
+            newest = self.generation() if spans else 0
+            if all(type(first) is int and type(last) is int and 0 <= first < last <= newest
                    for first, last in spans):
                 return [[first, last] for first, last in spans]
         except (ValueError, TypeError):
