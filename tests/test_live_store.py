@@ -552,6 +552,19 @@ def index_again(capsys: pytest.CaptureFixture) -> pytest.CaptureResult[str]:
     return capsys.readouterr()
 
 
+def swap_hashes_and_buckets(one: str, other: str) -> None:
+    """cat0/image_0000.jpg's and cat1/image_0001.jpg's hashes (`one`, `other`) swapped in the
+    table of files and their buckets swapped in Dict, through SQLite, so the two tables agree."""
+    sqlite_write("db.shelve", "UPDATE neardup_files SET hash = CASE path WHEN ? THEN ? ELSE ? END"
+                 " WHERE path IN (?, ?)", b"cat0/image_0000.jpg", bytes.fromhex(other),
+                 bytes.fromhex(one), b"cat0/image_0000.jpg", b"cat1/image_0001.jpg")
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        values = dict(database.execute("SELECT key, value FROM Dict WHERE key IN (?, ?)",
+                                       (one.encode(), other.encode())).fetchall())
+        for key, value in ((one, values[other.encode()]), (other, values[one.encode()])):
+            database.execute("UPDATE Dict SET value = ? WHERE key = ?", (value, key.encode()))
+
+
 def indexed_tree(count: int) -> tuple[str, str]:
     """`count` images indexed into db.shelve; the hashes of cat0/image_0000 and cat1/image_0001."""
     make_tree("images", count)
@@ -732,14 +745,7 @@ def test_hashes_and_buckets_swapped_together_behind_index_py_are_hashed_again(
     change: the images indexed under hashes others changed are hashed again."""
     monkeypatch.setattr(indexing, "RACY_NS", 0)  # recorded as a run 2 s later would: not racy
     one, other = indexed_tree(4)
-    sqlite_write("db.shelve", "UPDATE neardup_files SET hash = CASE path WHEN ? THEN ? ELSE ? END"
-                 " WHERE path IN (?, ?)", b"cat0/image_0000.jpg", bytes.fromhex(other),
-                 bytes.fromhex(one), b"cat0/image_0000.jpg", b"cat1/image_0001.jpg")
-    with closing(sqlite3.connect("db.shelve")) as database, database:
-        values = dict(database.execute("SELECT key, value FROM Dict WHERE key IN (?, ?)",
-                                       (one.encode(), other.encode())).fetchall())
-        for key, value in ((one, values[other.encode()]), (other, values[one.encode()])):
-            database.execute("UPDATE Dict SET value = ? WHERE key = ?", (value, key.encode()))
+    swap_hashes_and_buckets(one, other)
     assert answers("images/cat0/image_0000.jpg") == {"cat1/image_0001.jpg"}  # the harm
     capsys.readouterr()
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
@@ -910,14 +916,8 @@ def test_spans_of_own_changes_written_by_hand_hide_nothing(
     not within the log as it is are not trusted: every logged change counts as another's."""
     monkeypatch.setattr(indexing, "RACY_NS", 0)
     one, other = indexed_tree(4)
-    sqlite_write("db.shelve", "UPDATE neardup_files SET hash = CASE path WHEN ? THEN ? ELSE ? END"
-                 " WHERE path IN (?, ?)", b"cat0/image_0000.jpg", bytes.fromhex(other),
-                 bytes.fromhex(one), b"cat0/image_0000.jpg", b"cat1/image_0001.jpg")
+    swap_hashes_and_buckets(one, other)
     with closing(sqlite3.connect("db.shelve")) as database, database:
-        values = dict(database.execute("SELECT key, value FROM Dict WHERE key IN (?, ?)",
-                                       (one.encode(), other.encode())).fetchall())
-        for key, value in ((one, values[other.encode()]), (other, values[one.encode()])):
-            database.execute("UPDATE Dict SET value = ? WHERE key = ?", (value, key.encode()))
         database.execute("INSERT INTO neardup_meta (name, value) VALUES ('own_changes', ?)"
                          " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (spans,))
     captured = index_again(capsys)
