@@ -42,6 +42,12 @@ def index(*extra: str) -> int:
     return index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", *extra])
 
 
+def dump(path: str) -> list[str]:
+    """A store's content as SQL, whatever pages it sits in (a reader may move the WAL in)."""
+    with closing(sqlite3.connect(path)) as database:
+        return list(database.iterdump())
+
+
 def relpaths() -> set[str]:
     return {path for paths in buckets().values() for path in paths}
 
@@ -92,6 +98,38 @@ def test_a_meta_value_written_by_another_program_is_one_line(
         assert err.split(": error: db.shelve: ")[1].startswith(said), err
         assert len(err.splitlines()) == 1, err
     assert Path("db.shelve").exists()
+
+
+def test_a_feature_recipe_deleted_by_another_program_is_one_line_not_a_silent_hash_search(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A review: with the recipe deleted and the records left, searches answered by the hash
+    alone without a word (a crop went unfound), and index.py --features would have kept records
+    of a recipe no one knows."""
+    pytest.importorskip("cv2", reason="local features need the features extra (OpenCV)")
+    from neardup.api import open_store
+    from neardup.cli import search as search_cli
+
+    make_tree("images", 3)
+    assert index("--features") == 0
+    query = str(next(Path("images").rglob("*.jpg")))
+    opened = open_store("db.shelve")  # open before: told at its next call
+    assert opened.search(query)[0].verified
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("DELETE FROM neardup_meta WHERE name = 'feature_recipe'")
+    with pytest.raises(StoreError, match=r"\(no feature_recipe beside its neardup_features"):
+        opened.search(query)
+    opened.close()
+    before = dump("db.shelve")
+    capsys.readouterr()
+    for command in (lambda: index("--features"), index,
+                    lambda: search_cli.main(["-s", "db.shelve", "-q", query])):
+        assert command() == 2
+        err = capsys.readouterr().err
+        assert err.split(": error: db.shelve: ")[1] == (
+            "its neardup_meta table is incomplete or not understood (no feature_recipe beside"
+            " its neardup_features table); build a new store (README: Checking and repairing"
+            " a store)\n"), err
+    assert dump("db.shelve") == before
 
 
 def test_entries_that_all_disagree_with_the_recipe_are_said_in_a_few_lines(

@@ -1218,6 +1218,10 @@ class Store:
         """The recorded feature recipe, or None for a hash-only store."""
         found = self._db.one("SELECT value FROM neardup_meta WHERE name = 'feature_recipe'")
         if found is None:
+            # Deleted behind an open store (opening checks it too): not a hash-only store.
+            if self._db.one("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                            " AND name = 'neardup_features'") is not None:
+                raise _features_without_recipe(self.path)
             return None
         try:
             recipe = json.loads(found[0])
@@ -1410,6 +1414,12 @@ def stored_recipe(path: str, text: str) -> Recipe:
 # -- helpers for opening -----------------------------------------------------------------------
 
 
+def _features_without_recipe(path: str) -> StoreError:
+    return StoreError(f"{path}: its neardup_meta table is incomplete or not understood (no"
+                      " feature_recipe beside its neardup_features table); build a new store"
+                      " (README: Checking and repairing a store)")
+
+
 def _check_is_neardup_store(db: Db, path: str) -> None:
     tables = {row[0] for row in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
@@ -1427,6 +1437,11 @@ def _check_is_neardup_store(db: Db, path: str) -> None:
         # table" (a review).
         raise StoreError(f"{path}: its neardup_meta table is not understood (it records local"
                          " features, and there is no neardup_features table)")
+    if "neardup_features" in tables and db.one(
+            "SELECT 1 FROM neardup_meta WHERE name = 'feature_recipe'") is None:
+        # The recipe deleted by hand: every search answered by the hash alone without a word,
+        # and index.py --features would have taken records made by an unknown recipe (a review).
+        raise _features_without_recipe(path)
     version = db.one("SELECT value FROM neardup_meta WHERE name = 'format_version'")
     if version is None or str(version[0]) not in READABLE_FORMATS:
         found = "none" if version is None else version[0]
