@@ -445,3 +445,28 @@ def test_writes_made_after_the_triggers_were_dropped_are_seen(store: Path) -> No
         with closing(sqlite3.connect("db.shelve")) as database, database:
             database.execute("INSERT INTO Dict (key, value) VALUES (?, ?)", (key, value))
         assert found() == (True, True)
+
+
+def test_a_dataset_folder_moved_while_checking_is_said_once_and_its_return_too(
+        store: Path) -> None:
+    """A review: a checker started while the dataset folder existed said nothing once it was
+    moved, and answered paths no longer on disk."""
+    from neardup.service.checker import Checker
+
+    said: list[str] = []
+    query = "query.jpg"
+    shutil.copy("images/cat0/image_0000.jpg", query)
+    with Checker("db.shelve", warn=said.append) as checker:
+        assert checker.check_file(query)["matches"]
+        assert said == []
+        os.rename("images", "moved")
+        for _ in range(3):  # said once, however many answers follow
+            assert checker.check_file(query)["matches"][0]["relpath"] == "cat0/image_0000.jpg"
+        checker.health()
+        assert len(said) == 1, said
+        assert f"its dataset folder {store / 'images'} no longer exists" in said[0]
+        assert "--moved-from" in said[0]
+        os.rename("moved", "images")
+        checker.check_file(query)
+        checker.check_file(query)
+        assert said[1:] == [f"db.shelve: its dataset folder {store / 'images'} exists again"]

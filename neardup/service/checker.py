@@ -142,6 +142,9 @@ class Checker:
         # The counts /health reports while an answer holds the lock (see health()).
         with self._store.snapshot():
             self._seen: dict[str, Any] = seen_in(self._store)
+        # The dataset folder's state as last said: search.py says it once at start; a folder
+        # moved or deleted while the checker runs was not said at all (a review).
+        self._dataset_said = (self._store.dataset_root, self._store.dataset_gone())
         # A store with local features answers verified matches (neardup.features); the optional
         # libraries are checked now, so a missing one is one line at start, not an error per query.
         self._features: Any = None
@@ -300,6 +303,7 @@ class Checker:
                     if self._features is not None and frame is None and not hash_only:
                         raise _FrameNeeded
                     self._forget_repaired(store)
+                    self._watch_dataset(store)
                     index = self._current_index(store)
                     if self._features is not None and frame is not None:
                         self._images_without_features(store)
@@ -402,6 +406,19 @@ class Checker:
         self._features = CheckerFeatures(self.store_path, self._store_problem)
         self._warn(f"{self.store_path}: the store keeps local features now: answers are verified"
                    " matches")
+
+    def _watch_dataset(self, store: Store) -> None:
+        """Say once in the log when the store's dataset folder goes (the paths answered are then
+        not on disk) or comes back; a look at one folder, about a microsecond an answer."""
+        gone = store.dataset_gone()
+        root, said = self._dataset_said
+        if root == store.dataset_root and (gone is None) == (said is None):
+            return
+        self._dataset_said = (store.dataset_root, gone)
+        if gone is not None:
+            self._warn(gone)
+        elif root == store.dataset_root:
+            self._warn(f"{self.store_path}: its dataset folder {root} exists again")
 
     def _images_without_features(self, store: Store) -> int:
         """How many stored images have no features yet, counted again when the store or its
@@ -613,6 +630,7 @@ class Checker:
             with store.snapshot():
                 self._follow_features(store)
                 self._forget_repaired(store)
+                self._watch_dataset(store)
                 self._seen = seen_in(store)
                 if self._features is not None and self._images_without_features(store):
                     # Answered by their hash alone, unverified: an unfinished upgrade.
