@@ -925,3 +925,26 @@ def test_spans_of_own_changes_written_by_hand_hide_nothing(
     assert "indexed under hashes other programs changed since the last run" in captured.err
     assert answers("images/cat0/image_0000.jpg") == {"cat0/image_0000.jpg"}
     assert answers("images/cat1/image_0001.jpg") == {"cat1/image_0001.jpg"}
+
+
+def test_a_change_sequence_set_back_behind_the_log_does_not_revive_a_cache(cached: Path) -> None:
+    """A hostile review: a bucket written and another deleted by hand, then sqlite_sequence set
+    back to the generation the search cache was built at, were answered from that cache (the
+    new bucket unfound, the deleted one still found). The log's own newest entry counts too, as
+    it does for SQLite's next number."""
+    path, key = foreign_picture()
+    gone = "images/cat0/image_0000.jpg"
+    gone_key = hash_file(gone, Recipe()).hex()
+    assert answers(path) == set() and "cat0/image_0000.jpg" in answers(gone)
+    with Store.open_for_reading("db.shelve") as store:
+        generation = store.generation()
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("INSERT INTO Dict (key, value) VALUES (?, ?)",
+                         (key.encode(), pickle.dumps(["extra/foreign.jpg"])))
+        database.execute("DELETE FROM Dict WHERE key = ?", (gone_key.encode(),))
+        database.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'neardup_changes'",
+                         (generation,))
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.generation() == generation + 2
+    assert answers(path) == {"extra/foreign.jpg"}
+    assert "cat0/image_0000.jpg" not in answers(gone)

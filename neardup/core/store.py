@@ -581,8 +581,13 @@ class Store:
         """The store's change sequence: moves with every change of Dict, by any program."""
         if not self.tracking:
             return self._meta_number("generation")
-        row = self._db.one("SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'")
-        return _sequence_number(self.path, row)
+        # The log's newest entry counts too, as it does for SQLite's next number: a sequence set
+        # back by hand behind it revived a search cache built at that number (a review).
+        sequence, newest = self._db.one(
+            "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'),"
+            " (SELECT MAX(seq) FROM neardup_changes)")
+        number = _sequence_number(self.path, None if sequence is None else (sequence,))
+        return max(number, newest) if isinstance(newest, int) else number
 
     def changes_since(self) -> int:
         """The change log holds every change after this generation (index.py prunes the rest)."""
