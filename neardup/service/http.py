@@ -14,6 +14,11 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+# A key the guarded protocol adds to each request's scope: a function saying whether the
+# connection has already answered the request itself (protocol.py) and closed.
+ANSWERED_BY_CONNECTION = "neardup.answered_by_connection"
+
+
 class Refused(Exception):
     """A request answered with an error status, and the one log line it is worth."""
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .http import Refused, address, canned, client_key, content_length
+from .http import ANSWERED_BY_CONNECTION, Refused, address, canned, client_key, content_length
 
 if TYPE_CHECKING:
     from .settings import ServiceLimits
@@ -223,6 +223,10 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             # The request's answer closes the connection through this (see _close_after).
             cycle = self.cycle
             cycle.transport = ClosesAfterTheBody(self.transport, lambda: self._close_after(cycle))
+            # Whether this connection answered the request itself (its parser refused what came
+            # in the same read, a chunk size of 20 hex digits): the application's own refusal is
+            # then neither sent nor logged (it logged a 411 after the 400 the client got).
+            cycle.scope[ANSWERED_BY_CONNECTION] = lambda: self._refused and cycle.disconnected
 
         def _close_after(self, answered: Any) -> None:
             """Close once `answered` (a request answered with "connection: close") is done with.

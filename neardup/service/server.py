@@ -41,6 +41,7 @@ from .checker import Checker, StoreReadFailed, StoreUnavailable
 from .decoding import DecoderUnavailable
 from .fairness import FairThreads
 from .http import (
+    ANSWERED_BY_CONNECTION,
     Receive,
     Refused,
     Scope,
@@ -156,6 +157,9 @@ class CheckerApp:
             else:
                 raise Refused(404, "not found; use POST /search or GET /health", close=True)
         except Exception as error:  # noqa: BLE001 - our bug must not become uvicorn's text/plain 500
+            answered = scope.get(ANSWERED_BY_CONNECTION)
+            if isinstance(error, Refused) and answered is not None and answered():
+                return  # the connection refused it first, and said so in the log
             if isinstance(error, Refused):
                 refusal = error
                 self.log.warning("%s %s %s: %d %s", address(scope.get("client")), method, log_safe(path),
