@@ -1267,6 +1267,33 @@ def test_a_request_cut_off_by_a_malformed_one_after_it_logs_no_exception(store: 
     assert " 411 " not in log, log
 
 
+def test_uploads_whose_client_reset_at_once_are_not_decoded_while_queued(
+        store: Path) -> None:
+    """A hostile review: uploads sent and their connections reset at once were each decoded
+    for nobody. 49-megapixel PNGs (about half a second each), two more than there are decode
+    threads: those still queued when their client has gone are not decoded."""
+    picture = io.BytesIO()
+    Image.new("L", (7000, 7000), 200).save(picture, "PNG")
+    upload = (b"POST /search HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+              % len(picture.getvalue()) + picture.getvalue())
+    with running() as server:  # two decode threads on two cores or fewer, more on more
+        for _ in range(2 + (os.cpu_count() or 2)):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                raw.sendall(upload)
+                # Closed with a reset, as by a client killed with its answer unread; a plain
+                # close is a client that may still read (it may only have shut its write side).
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 20
+        while "not decoded" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert request(server.port, "GET", "/health")[0] == 200
+        server.stop()
+    log = server.log()
+    # (an address read after the reset is unknown: "a client of unknown address")
+    assert " POST /search: the client left before its upload was decoded; not decoded" in log
+    assert "Traceback" not in log, log
+
+
 def test_a_client_that_shuts_its_write_side_is_answered(store: Path) -> None:
     """`nc -N` and some HTTP/1.0 clients send the request, shut their write side and read: the
     connection was closed at once, with no answer, and an upload cut short never heard why."""
@@ -1460,6 +1487,42 @@ class TestFairness:
             app.close()
         assert newcomer == 200, statuses
         assert statuses.count(200) <= 13 and set(statuses) <= {200, 503}, statuses
+
+    def test_an_upload_whose_client_left_while_queued_is_not_decoded(self) -> None:
+        """A hostile review: an upload queued behind others was decoded after its client had
+        gone, for nobody; with uploads sent and the connection closed at once, that was all a
+        flood cost itself."""
+        from neardup.service.http import CLIENT_GONE
+
+        app, release, ran = self.app(threads=1)
+        left = threading.Event()
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def scenario() -> None:
+            first = asyncio.ensure_future(self.upload(app, "10.0.0.1", "first"))
+            for _ in range(100):  # the one thread is busy with it
+                if ran:
+                    break
+                await asyncio.sleep(0.01)
+            queued = asyncio.ensure_future(app.check_and_answer(
+                b"queued", None, "10.0.0.2", {"client": ("10.0.0.2", 1),
+                                               CLIENT_GONE: left.is_set}, send))
+            await asyncio.sleep(0.05)
+            left.set()
+            release.set()
+            assert await first == 200
+            await queued
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            release.set()
+            app.close()
+        assert ran == ["first"] and sent == []
+        assert app.in_flight == 0 and app.in_flight_from == {}
 
     def test_decode_threads_take_each_address_in_turn(self) -> None:
         """With one queue for all, another client's upload waited behind every upload the

@@ -17,6 +17,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # A key the guarded protocol adds to each request's scope: a function saying whether the
 # connection has already answered the request itself (protocol.py) and closed.
 ANSWERED_BY_CONNECTION = "neardup.answered_by_connection"
+# Another: whether the client has gone (its connection lost or closed by the server), so an
+# upload still queued for decoding need not be decoded.
+CLIENT_GONE = "neardup.client_gone"
 
 
 class Refused(Exception):

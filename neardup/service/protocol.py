@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .http import ANSWERED_BY_CONNECTION, Refused, address, canned, client_key, content_length
+from .http import ANSWERED_BY_CONNECTION, CLIENT_GONE, Refused, address, canned, client_key, content_length
 
 if TYPE_CHECKING:
     from .settings import ServiceLimits
@@ -227,6 +227,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             # in the same read, a chunk size of 20 hex digits): the application's own refusal is
             # then neither sent nor logged (it logged a 411 after the 400 the client got).
             cycle.scope[ANSWERED_BY_CONNECTION] = lambda: self._refused and cycle.disconnected
+            cycle.scope[CLIENT_GONE] = lambda: cycle.disconnected
 
         def _close_after(self, answered: Any) -> None:
             """Close once `answered` (a request answered with "connection: close") is done with.

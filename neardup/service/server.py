@@ -42,6 +42,7 @@ from .decoding import DecoderUnavailable
 from .fairness import FairThreads
 from .http import (
     ANSWERED_BY_CONNECTION,
+    CLIENT_GONE,
     Receive,
     Refused,
     Scope,
@@ -227,8 +228,8 @@ class CheckerApp:
         self.in_flight += 1
         self.in_flight_from[client] = mine + 1
         try:
-            answer = await asyncio.wrap_future(
-                self.decoders.submit(client, self.check, body, distance))
+            answer = await asyncio.wrap_future(self.decoders.submit(
+                client, self._check_if_wanted, body, distance, scope.get(CLIENT_GONE)))
         finally:
             # The upload is checked: its slot is free before the answer is written. A client that
             # never reads its answers held its slots while the write waited, and 16 of them shut
@@ -240,6 +241,10 @@ class CheckerApp:
                 self.in_flight_from[client] = left
             else:
                 del self.in_flight_from[client]
+        if answer is None:
+            self.log.warning("%s POST /search: the client left before its upload was decoded;"
+                             " not decoded", address(scope.get("client")))
+            return
         status, record = answer
         if status != 200:
             # A 413 here is the decode budget's: what the operator can do about it goes to the
@@ -261,6 +266,15 @@ class CheckerApp:
             self.body_bytes_from[client] = mine
         else:
             del self.body_bytes_from[client]
+
+    def _check_if_wanted(self, body: bytes, distance: int | None,
+                         gone: Callable[[], bool] | None) -> tuple[int, dict[str, Any]] | None:
+        """check(), unless the client has gone while the upload waited for a decode thread
+        (None): a client sending uploads and closing at once had each decoded for nobody (a
+        hostile review). One being decoded when its client goes runs to its end."""
+        if gone is not None and gone():
+            return None
+        return self.check(body, distance)
 
     def check(self, body: bytes, distance: int | None) -> tuple[int, dict[str, Any]]:
         """The status and the record for one upload."""
