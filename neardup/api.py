@@ -18,6 +18,7 @@ ValueError is raised for arguments outside their range (a distance beyond the ha
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ def index_folder(
 
 def open_store(path: str | os.PathLike) -> ImageStore:
     """Open a store built by index.py or index_folder() for searching (read-only)."""
-    store, _identity = open_with_identity(os.fspath(path), shared_between_threads=False)
+    store, _identity = open_with_identity(os.fspath(path))
     return ImageStore(store)
 
 
@@ -158,7 +159,8 @@ class ImageStore:
     Searches see the store's latest committed state: when another process has indexed more images
     since the last call, the search index is rebuilt first; when the file at the store's path was
     replaced (a rebuild moved over it), deleted or rewritten, the store there is opened again
-    (StoreError if there is none to open). One ImageStore is for one thread.
+    (StoreError if there is none to open). One ImageStore may be shared by threads: images
+    are decoded and hashed in parallel, and the store is read by one thread at a time.
     """
 
     def __init__(self, store: Store) -> None:
@@ -170,11 +172,18 @@ class ImageStore:
         self._generation: int | tuple[int, int] = -1
         self._verified: VerifiedSearch | None = None  # stores with features: loaded once
         self._verified_generation: int | tuple[int, int] = -1
+        # One SQLite connection and one search index, used by one thread at a time: a web
+        # application's worker threads sharing an ImageStore failed with SQLite's "objects
+        # created in a thread can only be used in that same thread" once one of them had
+        # opened a replaced store again (a review). Reentrant: a block reading the store calls
+        # helpers that read it too.
+        self._lock = threading.RLock()
 
     @property
     def has_features(self) -> bool:
         """True for a store built with index.py --features (verified matches)."""
-        return self._store.has_features()
+        with self._lock:
+            return self._store.has_features()
 
     @property
     def images_without_features(self) -> int:
@@ -191,12 +200,14 @@ class ImageStore:
     @property
     def dataset(self) -> str:
         """The folder the stored paths are relative to."""
-        return self._store.dataset_root
+        with self._lock:
+            return self._store.dataset_root
 
     @property
     def recipe(self) -> Recipe:
         """How the stored hashes were made; queries are hashed the same way."""
-        return self._store.recipe
+        with self._lock:
+            return self._store.recipe
 
     def __len__(self) -> int:
         """How many images the store holds."""
@@ -204,7 +215,8 @@ class ImageStore:
             return self._store.image_count()
 
     def close(self) -> None:
-        self._opened.close()
+        with self._lock:
+            self._opened.close()
 
     def __enter__(self) -> ImageStore:
         return self
@@ -251,13 +263,14 @@ class ImageStore:
         if self.has_features:
             return self._verified_search(image, looks, max_distance, include_low_information,
                                          max_pixels)
-        with self._reading():
+        with self._reading() as store:
             index = self._current_index() if max_distance > 0 else None
-            answers = find_matches_many(self._store, looks, max_distance, index,
+            answers = find_matches_many(store, looks, max_distance, index,
                                         include_low_information=include_low_information)
             matches = answers[0] if len(answers) == 1 else merge_matches(*answers)
+            root = store.dataset_root  # of the store answered from, were it replaced since
         return [Found(match.path, full, match.distance, match.hash_hex) for match in matches
-                if (full := resolve_stored_path(self.dataset, match.path)) is not None]
+                if (full := resolve_stored_path(root, match.path)) is not None]
 
     def groups(
         self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False,
@@ -326,14 +339,16 @@ class ImageStore:
 
     @contextmanager
     def _reading(self) -> Iterator[Store]:
-        """One consistent view of the store at the path (followed first), held for the block."""
-        store = self._store
-        self._pinned += 1
-        try:
-            with store.snapshot():
-                yield store
-        finally:
-            self._pinned -= 1
+        """One consistent view of the store at the path (followed first), held for the block,
+        and the store to this thread alone."""
+        with self._lock:
+            store = self._store
+            self._pinned += 1
+            try:
+                with store.snapshot():
+                    yield store
+            finally:
+                self._pinned -= 1
 
     def _follow(self) -> Store:
         """The store open, opened again first if the file at its path is no longer the one held
@@ -350,7 +365,7 @@ class ImageStore:
         try:
             # As it was named, unless the caller has changed folder since.
             named = path if os.path.abspath(path) == self._file else self._file
-            store, identity = open_with_identity(named, shared_between_threads=False)
+            store, identity = open_with_identity(named)
         except StoreError as error:
             reason = str(error).removeprefix(f"{path}: ")
             raise StoreError(f"{path}: the store file was replaced, deleted or rewritten since it"
@@ -398,9 +413,10 @@ class ImageStore:
             assert self._verified is not None  # has_features: the store records a recipe
             matches = self._verified.search(hashes, frame, max_distance,
                                             include_low_information=include_low_information)
+            root = self._store.dataset_root
         return [Found(match.path, full, match.distance, match.hash_hex, match.found_by,
                       match.inliers, match.verified) for match in matches
-                if (full := resolve_stored_path(self.dataset, match.path)) is not None]
+                if (full := resolve_stored_path(root, match.path)) is not None]
 
     def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
         """The query's hash (and its mirror image's): through hashing's one entry point, so a

@@ -164,6 +164,51 @@ def test_a_store_follows_its_file_replaced_deleted_or_copied_over(library: Path)
             len(store)
 
 
+def test_one_store_shared_by_threads_follows_its_file_replaced_meanwhile(library: Path) -> None:
+    """A review: threads sharing one ImageStore (a web application's workers) failed with
+    SQLite's "objects created in a thread can only be used in that same thread" once one of
+    them had opened a replaced store again. Every answer is one of the two stores', none is an
+    error, and once a replace is done the next answer is from the new file."""
+    import shutil
+    import threading
+
+    query = library / "photos" / "cat0" / "image_0000.jpg"
+    shutil.copytree(library / "photos", library / "fewer")
+    shutil.rmtree(library / "fewer" / "cat0")
+    neardup.index_folder(library / "fewer", library / "fewer.shelve", jobs=1)
+    shutil.copy(library / "photos.shelve", library / "all.shelve")
+    both = {frozenset({"cat0/image_0000.jpg", "copy_of_0.jpg"}), frozenset({"copy_of_0.jpg"})}
+    seen: list[frozenset[str]] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def searching() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(frozenset(f.relpath for f in store.search(query)))
+            except BaseException as error:  # noqa: BLE001 - any of them is the failure
+                failures.append(error)
+                return
+
+    with neardup.open_store("photos.shelve") as store:
+        threads = [threading.Thread(target=searching) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            for turn in range(40):
+                source = "fewer.shelve" if turn % 2 == 0 else "all.shelve"
+                shutil.copy(library / source, library / "next.shelve")
+                os.replace(library / "next.shelve", library / "photos.shelve")
+                assert frozenset(f.relpath for f in store.search(query)) == (
+                    {"copy_of_0.jpg"} if source == "fewer.shelve"
+                    else {"cat0/image_0000.jpg", "copy_of_0.jpg"})
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+    assert failures == [] and seen and set(seen) <= both
+
+
 def test_the_groups_command_uses_the_api(
     library: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
