@@ -581,13 +581,7 @@ class Store:
         """The store's change sequence: moves with every change of Dict, by any program."""
         if not self.tracking:
             return self._meta_number("generation")
-        # The log's newest entry counts too, as it does for SQLite's next number: a sequence set
-        # back by hand behind it revived a search cache built at that number (a review).
-        sequence, newest = self._db.one(
-            "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'),"
-            " (SELECT MAX(seq) FROM neardup_changes)")
-        number = _sequence_number(self.path, None if sequence is None else (sequence,))
-        return max(number, newest) if isinstance(newest, int) else number
+        return _logged_generation(self._db, self.path)
 
     def changes_since(self) -> int:
         """The change log holds every change after this generation (index.py prunes the rest)."""
@@ -1388,6 +1382,17 @@ _FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMA
                   " path BLOB UNIQUE NOT NULL, data BLOB NOT NULL)")
 
 
+def _logged_generation(db: Db, path: str) -> int:
+    """The change log's generation: its sequence, or its newest entry where that is later, as
+    it is for SQLite's next number (a sequence set back by hand behind the log revived a search
+    cache built at that number: a review)."""
+    sequence, newest = db.one(
+        "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'),"
+        " (SELECT MAX(seq) FROM neardup_changes)")
+    number = _sequence_number(path, None if sequence is None else (sequence,))
+    return max(number, newest) if isinstance(newest, int) else number
+
+
 def _sequence_number(path: str, row: tuple[Any, ...] | None) -> int:
     """The change log's sequence (sqlite_sequence), which another program can set to anything:
     a value that is not a whole number is a StoreError in one line (a review's 'x' ended every
@@ -1564,8 +1569,7 @@ def _upgrade(db: Db, path: str, meta: dict[str, str]) -> None:
                " ON CONFLICT (name) DO UPDATE SET n = excluded.n")
         # Changes made while nothing logged them are unknown: no delta may span them. (Caches
         # built before are refused anyway: creating the triggers moved the schema cookie.)
-        row = db.one("SELECT seq FROM sqlite_sequence WHERE name = 'neardup_changes'")
-        since = str(_sequence_number(path, row))
+        since = str(_logged_generation(db, path))
         upgrades = {"format_version": str(FORMAT_VERSION), "changes_since": since}
         for name, value in upgrades.items():
             db.run("INSERT INTO neardup_meta (name, value) VALUES (?, ?)"
