@@ -178,6 +178,7 @@ class ImageStore:
         # opened a replaced store again (a review). Reentrant: a block reading the store calls
         # helpers that read it too.
         self._lock = threading.RLock()
+        self._closed = False
 
     @property
     def has_features(self) -> bool:
@@ -216,6 +217,7 @@ class ImageStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._opened.close()
 
     def __enter__(self) -> ImageStore:
@@ -335,6 +337,9 @@ class ImageStore:
 
     @property
     def _store(self) -> Store:
+        if self._closed:  # said as such, not as SQLite's "cannot operate on a closed database"
+            raise StoreError(f"{self._opened.path}: this store was closed (close() or the end of"
+                             " its with block); open it again with neardup.open_store()")
         return self._opened if self._pinned else self._follow()
 
     @contextmanager

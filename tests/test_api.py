@@ -209,6 +209,19 @@ def test_one_store_shared_by_threads_follows_its_file_replaced_meanwhile(library
     assert failures == [] and seen and set(seen) <= both
 
 
+def test_a_closed_store_says_so(library: Path) -> None:
+    """Used after close() (or its with block), a store raised SQLite's "cannot operate on a
+    closed database" as if the store could not be read."""
+    store = neardup.open_store(library / "photos.shelve")
+    store.close()
+    store.close()  # twice is harmless
+    for call in (lambda: store.search(library / "photos" / "cat0" / "image_0000.jpg"),
+                 lambda: len(store), lambda: store.groups(), lambda: store.dataset):
+        with pytest.raises(neardup.StoreError, match=r"photos.shelve: this store was closed"
+                           r" \(close\(\) or the end of its with block\); open it again"):
+            call()
+
+
 def test_the_groups_command_uses_the_api(
     library: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
