@@ -42,6 +42,7 @@ from .core.indexing import index_folder as _index_folder
 from .core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
+    Match,
     find_matches_many,
     merge_matches,
     resolve_stored_path,
@@ -53,6 +54,10 @@ from .errors import ImageError, StoreError
 # built on it (sphinx-autodoc-typehints, typeguard, pydantic), must resolve every public
 # annotation.
 from .evaluation.scoring import Evaluation
+
+# A query is hashed again this many times when the store is replaced meanwhile by one of another
+# recipe (each time outside the lock), before it is given up.
+RECIPE_RETRIES = 4
 
 if TYPE_CHECKING:
     import numpy as np
@@ -169,9 +174,9 @@ class ImageStore:
         self._identity, self._state = identity_and_state(self._file)
         self._pinned = 0  # inside _reading(): the store that snapshot was taken on
         self._index: HashIndex | None = None
-        self._generation: int | tuple[int, int] = -1
+        self._generation: tuple[str, int, int] | None = None
         self._verified: VerifiedSearch | None = None  # stores with features: loaded once
-        self._verified_generation: int | tuple[int, int] = -1
+        self._verified_generation: tuple[str, int, int] | None = None
         # One SQLite connection and one search index, used by one thread at a time: a web
         # application's worker threads sharing an ImageStore failed with SQLite's "objects
         # created in a thread can only be used in that same thread" once one of them had
@@ -231,7 +236,7 @@ class ImageStore:
 
     def hash(self, image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         """The image's hash with this store's recipe, hexadecimal."""
-        return self._hashes(image, mirror=False, max_pixels=max_pixels)[0].hex()
+        return self._hashes(image, self.recipe, mirror=False, max_pixels=max_pixels)[0].hex()
 
     def search(
         self,
@@ -260,19 +265,33 @@ class ImageStore:
         self._check_distance(max_distance)
         if hasattr(image, "read") and not isinstance(image, Image.Image):
             image = image.read()  # an open file or a stream, as a web framework hands an upload
-        # On a store with features the mirror image's hash proposes candidates too (verified).
-        looks = self._hashes(image, mirror=mirror or self.has_features, max_pixels=max_pixels)
-        if self.has_features:
-            return self._verified_search(image, looks, max_distance, include_low_information,
-                                         max_pixels)
-        with self._reading() as store:
-            index = self._current_index() if max_distance > 0 else None
-            answers = find_matches_many(store, looks, max_distance, index,
-                                        include_low_information=include_low_information)
-            matches = answers[0] if len(answers) == 1 else merge_matches(*answers)
-            root = store.dataset_root  # of the store answered from, were it replaced since
-        return [Found(match.path, full, match.distance, match.hash_hex) for match in matches
-                if (full := resolve_stored_path(root, match.path)) is not None]
+        for _attempt in range(RECIPE_RETRIES):
+            # Decoded and hashed outside the lock (threads do that in parallel), the way the
+            # store asks; a store replaced meanwhile by one of another recipe, or with or without
+            # features, is asked again its own way (a review: a query hashed for the old store
+            # was looked up in the new one, a wrong empty answer or a ValueError).
+            with self._lock:
+                recipe, features = self._store.recipe, self._store.has_features()
+            # On a store with features the mirror image's hash proposes candidates too (verified).
+            looks = self._hashes(image, recipe, mirror=mirror or features, max_pixels=max_pixels)
+            frame = _analysis_frame(image, max_pixels) if features else None
+            with self._reading() as store:
+                if store.recipe != recipe or store.has_features() != features:
+                    continue
+                if frame is not None:
+                    matches = self._verified_matches(looks, frame, max_distance,
+                                                     include_low_information)
+                else:
+                    index = self._current_index() if max_distance > 0 else None
+                    answers = find_matches_many(store, looks, max_distance, index,
+                                                include_low_information=include_low_information)
+                    matches = answers[0] if len(answers) == 1 else merge_matches(*answers)
+                root = store.dataset_root  # of the store answered from, were it replaced since
+            return [Found(match.path, full, match.distance, match.hash_hex, match.found_by,
+                          match.inliers, match.verified) for match in matches
+                    if (full := resolve_stored_path(root, match.path)) is not None]
+        raise StoreError(f"{self.path}: the store kept changing its recipe while this query was"
+                         " answered")
 
     def groups(
         self, max_distance: int = DEFAULT_MAX_DISTANCE, *, include_low_information: bool = False,
@@ -308,6 +327,9 @@ class ImageStore:
             else:
                 groups = near_duplicate_groups(self._store, max_distance,
                                                include_low_information=include_low_information)
+            # The folder of the store grouped, were it replaced since (paths came out under the
+            # new one's: a review).
+            root = self._store.dataset_root
         result = []
         for group in groups:
             # Stored paths that would leave the dataset (a store from someone else) are dropped.
@@ -315,7 +337,7 @@ class ImageStore:
             kept = [(relpath, full, distance, count)
                     for relpath, distance, count in zip(group.paths, group.distances, inliers,
                                                         strict=True)
-                    if (full := resolve_stored_path(self.dataset, relpath)) is not None]
+                    if (full := resolve_stored_path(root, relpath)) is not None]
             if len(kept) < 2:
                 continue
             result.append(DuplicateGroup(
@@ -377,8 +399,8 @@ class ImageStore:
                              f" was opened, and cannot be opened again ({reason})") from error
         self._opened.close()
         self._opened, self._identity, self._state = store, identity, state
-        self._index, self._generation = None, -1
-        self._verified, self._verified_generation = None, -1
+        self._index, self._generation = None, None
+        self._verified, self._verified_generation = None, None
         return store
 
     def _check_distance(self, max_distance: int) -> None:
@@ -396,51 +418,50 @@ class ImageStore:
             self._generation = generation
         return self._index
 
-    def _state_seen(self) -> int | tuple[int, int]:
-        """What moves with every change of the store: its generation, or where no change log is
-        kept (an old store, or triggers another program dropped) every commit seen."""
+    def _state_seen(self) -> tuple[str, int, int]:
+        """What moves with every change of the store: its generation and schema (triggers
+        dropped, a bucket written and the triggers made again between two calls kept the old
+        index: a review), or where no change log is kept (an old store, or triggers another
+        program dropped) every commit seen."""
         store = self._store
         if store.refresh_tracking():
-            return store.generation()
-        return store.generation(), store.data_version()
+            return "logged", store.generation(), store.schema_version()
+        return "every commit", store.generation(), store.data_version()
 
-    def _verified_search(self, image: ImageInput, hashes: list[Hash], max_distance: int,
-                         include_low_information: bool, max_pixels: int) -> list[Found]:
-        frame = _analysis_frame(image, max_pixels)
-        with self._reading():
-            generation = self._state_seen()
-            if self._verified is None or generation != self._verified_generation:
-                # The feature index is read once per store generation, not once per query.
-                from .features.search import VerifiedSearch
+    def _verified_matches(self, hashes: list[Hash], frame: np.ndarray, max_distance: int,
+                          include_low_information: bool) -> list[Match]:
+        """search() on a store with features (called reading it)."""
+        generation = self._state_seen()
+        if self._verified is None or generation != self._verified_generation:
+            # The feature index is read once per store generation, not once per query.
+            from .features.search import VerifiedSearch
 
-                self._verified = VerifiedSearch.for_store(self._store, self._current_index())
-                self._verified_generation = generation
-            assert self._verified is not None  # has_features: the store records a recipe
-            matches = self._verified.search(hashes, frame, max_distance,
-                                            include_low_information=include_low_information)
-            root = self._store.dataset_root
-        return [Found(match.path, full, match.distance, match.hash_hex, match.found_by,
-                      match.inliers, match.verified) for match in matches
-                if (full := resolve_stored_path(root, match.path)) is not None]
+            self._verified = VerifiedSearch.for_store(self._store, self._current_index())
+            self._verified_generation = generation
+        if self._verified is None:  # has_features() was checked in this snapshot
+            raise StoreError(f"{self.path}: its local features cannot be read")
+        return self._verified.search(hashes, frame, max_distance,
+                                     include_low_information=include_low_information)
 
-    def _hashes(self, image: ImageInput, *, mirror: bool, max_pixels: int) -> list[Hash]:
+    def _hashes(self, image: ImageInput, recipe: Recipe, *, mirror: bool,
+                max_pixels: int) -> list[Hash]:
         """The query's hash (and its mirror image's): through hashing's one entry point, so a
         query is hashed exactly as index.py hashed the stored images."""
         if isinstance(image, Image.Image):
             # Already decoded at full size by the caller: only the recipe's own steps remain,
             # once its mode is one they read (open_image checks a file's; the features, which
             # look after the hash, read every mode the hash does).
-            refusal = mode_refusal(image, self.recipe)
+            refusal = mode_refusal(image, recipe)
             if 0 in image.size:  # no file decodes to this (Pillow refuses one), but Image.new can
                 refusal = f"has no pixels ({image.width} x {image.height})"
             if refusal is not None:
                 raise ImageError(getattr(image, "filename", "") or "image", refusal)
-            plain, flipped = hash_decoded_and_mirror(image, self.recipe, mirror=mirror)
+            plain, flipped = hash_decoded_and_mirror(image, recipe, mirror=mirror)
         elif isinstance(image, (bytes, bytearray, memoryview)):
-            plain, flipped = hash_source("upload", self.recipe, max_pixels, data=bytes(image),
+            plain, flipped = hash_source("upload", recipe, max_pixels, data=bytes(image),
                                          mirror=mirror)
         else:
-            plain, flipped = hash_source(os.fspath(image), self.recipe, max_pixels, mirror=mirror)
+            plain, flipped = hash_source(os.fspath(image), recipe, max_pixels, mirror=mirror)
         return [plain] if flipped is None else [plain, flipped]
 
 

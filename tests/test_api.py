@@ -209,6 +209,98 @@ def test_one_store_shared_by_threads_follows_its_file_replaced_meanwhile(library
     assert failures == [] and seen and set(seen) <= both
 
 
+@pytest.mark.parametrize("other", ["256 bits", "phash", "features", "hash only"])
+def test_a_store_replaced_by_another_recipe_while_the_query_is_hashed_answers_its_way(
+        library: Path, monkeypatch: pytest.MonkeyPatch, other: str) -> None:
+    """A hostile review: search() hashed the query with the old store's recipe and looked it up
+    in the store that replaced it meanwhile: a ValueError against 256-bit hashes, a wrong empty
+    answer against pHash, an AssertionError from a store with features replaced by a hash-only
+    one, unverified answers the other way. The query is hashed again the new store's way."""
+    import shutil
+
+    if other in ("features", "hash only"):
+        pytest.importorskip("cv2", reason="local features need the features extra (OpenCV)")
+    options = {"256 bits": {"hash_size": 16}, "phash": {"algorithm": "phash"},
+               "features": {"features": True}, "hash only": {}}[other]
+    neardup.index_folder(library / "photos", library / "other.shelve", jobs=1, **options)
+    if other == "hash only":  # the one open has features, the one coming does not
+        neardup.index_folder(library / "photos", library / "features.shelve", jobs=1,
+                             features=True)
+        shutil.copy(library / "features.shelve", library / "photos.shelve")
+    query = library / "photos" / "cat0" / "image_0000.jpg"
+    with neardup.open_store(library / "photos.shelve") as store:
+        hashes = store._hashes
+        replaced = []
+
+        def hashing_while_replaced(*args: object, **kwargs: object) -> object:
+            hashed = hashes(*args, **kwargs)  # type: ignore[arg-type]
+            if not replaced:  # once, between hashing the query and searching
+                replaced.append(True)
+                os.replace(library / "other.shelve", library / "photos.shelve")
+            return hashed
+
+        monkeypatch.setattr(store, "_hashes", hashing_while_replaced)
+        found = store.search(query)
+        assert replaced
+        assert [(f.relpath, f.distance) for f in found][0] == ("cat0/image_0000.jpg", 0)
+        assert {f.relpath for f in found} >= {"cat0/image_0000.jpg", "copy_of_0.jpg"}
+        assert (found[0].verified is True) == (other == "features")
+
+
+def test_a_bucket_written_with_the_triggers_dropped_and_made_again_is_found(
+        library: Path) -> None:
+    """A hostile review: another program dropped the change log's triggers, wrote a bucket and
+    made the triggers again between two calls: the generation had not moved, so an open store
+    kept its search index, and searches within a distance missed the bucket for good."""
+    import pickle
+    import sqlite3
+    from contextlib import closing
+
+    picture = save(textured(500), "photos/extra/foreign.jpg", quality=92)
+    with neardup.open_store(library / "photos.shelve") as store:
+        key = store.hash(picture)
+        assert store.search(picture) == []
+        with closing(sqlite3.connect(library / "photos.shelve")) as database, database:
+            triggers = database.execute("SELECT name, sql FROM sqlite_master WHERE type ="
+                                        " 'trigger' AND tbl_name = 'Dict'").fetchall()
+            for name, _sql in triggers:
+                database.execute(f"DROP TRIGGER {name}")
+            database.execute("INSERT INTO Dict (key, value) VALUES (?, ?)",
+                             (key.encode(), pickle.dumps(["extra/foreign.jpg"])))
+            for _name, sql in triggers:
+                database.execute(sql)
+        assert [(f.relpath, f.distance) for f in store.search(picture)] == [
+            ("extra/foreign.jpg", 0)]
+
+
+def test_groups_name_files_in_the_folder_of_the_store_grouped(
+        library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile review: groups() resolved its paths after reading the store, under the folder
+    of a store that had replaced it meanwhile."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    import neardup.api as api_module
+
+    shutil.copy(library / "photos.shelve", library / "elsewhere.shelve")
+    with closing(sqlite3.connect(library / "elsewhere.shelve")) as database, database:
+        database.execute("UPDATE neardup_meta SET value = ? WHERE name = 'dataset_root'",
+                         (str(library / "elsewhere"),))
+    grouping = api_module.near_duplicate_groups
+
+    def grouping_while_replaced(*args: object, **kwargs: object) -> object:
+        groups = grouping(*args, **kwargs)  # type: ignore[arg-type]
+        os.replace(library / "elsewhere.shelve", library / "photos.shelve")
+        return groups
+
+    monkeypatch.setattr(api_module, "near_duplicate_groups", grouping_while_replaced)
+    with neardup.open_store(library / "photos.shelve") as store:
+        groups = store.groups()
+    assert groups and all(path.startswith(str(library / "photos") + os.sep)
+                          for group in groups for path in group.paths)
+
+
 def test_a_closed_store_says_so(library: Path) -> None:
     """Used after close() (or its with block), a store raised SQLite's "cannot operate on a
     closed database" as if the store could not be read."""
