@@ -154,6 +154,19 @@ class TestDecodeBudget:
         assert refused.value.reason == ("refused: decoding it would take about 5 MB, over the"
                                         " decode memory limit of 0 MB")
 
+    @pytest.mark.parametrize(("limit", "amount", "said"), [
+        (64 * 2**20, 64 * 2**20 + 1, "about 65 MB, over the decode memory limit of 64 MB"),
+        (512 * 2**20, 512 * 2**20 + 2**19, "about 513 MB, over the decode memory limit of 512 MB"),
+        (int(63.5 * 2**20), int(63.55 * 2**20), "about 63.6 MB, over the decode memory limit of"
+                                                " 63.5 MB"),
+    ])
+    def test_just_over_the_budget_never_reads_as_the_budget(self, limit: int, amount: int,
+                                                             said: str) -> None:
+        """A review: "would take about 64 MB, over the decode memory limit of 64 MB"."""
+        with pytest.raises(DecodeTooLarge) as refused, DecodeBudget(limit).reservation() as held:
+            held.take("upload", amount)
+        assert refused.value.reason == f"refused: decoding it would take {said}"
+
     def test_a_decode_waits_for_room_then_gives_up_busy(self) -> None:
         budget = DecodeBudget(1000, wait=0.2)
         release = threading.Event()

@@ -9,6 +9,7 @@ fits later waits a little, and is answered 503 if room does not come in time.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -230,8 +231,14 @@ class DecodeBudget:
 
     def _take(self, name: str, amount: int) -> None:
         if amount > self.capacity:
-            raise DecodeTooLarge(name, f"refused: decoding it would take about {mb(amount)}, over"
-                                       f" the decode memory limit of {mb(self.capacity)}")
+            # Rounded up, and both to a tenth where whole megabytes would read alike ("about 64
+            # MB, over the decode memory limit of 64 MB": a review).
+            needed, limit = mb(amount, up=True), mb(self.capacity)
+            if needed == limit:
+                needed = f"{math.ceil(amount / 2**20 * 10) / 10:,.1f} MB"
+                limit = f"{math.floor(self.capacity / 2**20 * 10) / 10:,.1f} MB"
+            raise DecodeTooLarge(name, f"refused: decoding it would take about {needed}, over"
+                                       f" the decode memory limit of {limit}")
         with self._room:
             if not self._room.wait_for(lambda: self._used + amount <= self.capacity, self.wait):
                 raise DecodeBusy(name, f"busy: {mb(self._used)} of {mb(self.capacity)} decode memory in"
@@ -261,5 +268,6 @@ class Reservation:
             self.amount = 0
 
 
-def mb(amount: int) -> str:
-    return f"{amount / 2**20:,.0f} MB"
+def mb(amount: int, *, up: bool = False) -> str:
+    megabytes = amount / 2**20
+    return f"{math.ceil(megabytes) if up else round(megabytes):,} MB"
