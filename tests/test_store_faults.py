@@ -706,3 +706,29 @@ def test_a_checkpoint_meeting_a_disk_io_error_names_it(in_tmp: Path) -> None:
     assert index() == 0  # the next run moves them, and every image is there
     assert not os.path.exists("db.shelve-wal") or os.path.getsize("db.shelve-wal") == 0
     assert len(relpaths()) == 5
+
+
+def test_a_trigger_another_program_put_on_the_store_is_refused_before_writing(
+        in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hostile review: a trigger deleting every new bucket made index.py say it had indexed
+    new images that no search found, and list them again at every run."""
+    make_tree("images", 3)
+    assert index() == 0
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("CREATE TRIGGER evil AFTER INSERT ON Dict BEGIN DELETE FROM Dict WHERE"
+                         " key = NEW.key; END")
+    before = dump("db.shelve")
+    make_tree("images", 6)
+    capsys.readouterr()
+    assert index() == 2
+    err = capsys.readouterr().err
+    assert err.split(": error: ")[1] == (
+        "db.shelve: holds a trigger neardup did not make ('evil' on Dict), which would change"
+        " what index.py writes; drop it (DROP TRIGGER in sqlite3) or build a new store (README:"
+        " Checking and repairing a store)\n"), err
+    assert dump("db.shelve") == before
+    with closing(sqlite3.connect("db.shelve")) as database, database:
+        database.execute("DROP TRIGGER evil")
+    assert index() == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 6

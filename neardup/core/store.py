@@ -1424,6 +1424,26 @@ def stored_recipe(path: str, text: str) -> Recipe:
 # -- helpers for opening -----------------------------------------------------------------------
 
 
+# The tables index.py writes: a trigger on one of them that is not neardup's changes what it writes.
+_WRITTEN_TABLES = {"dict", "neardup_meta", "neardup_files", "neardup_changes", "neardup_counts",
+                   "neardup_features"}
+
+
+def _refuse_foreign_triggers(db: Db, path: str) -> None:
+    """A trigger another program put on a table index.py writes (one deleting every new bucket,
+    in a review) silently undid its writes, run after run, while it said it had listed them."""
+    foreign = [(str(name), str(table)) for name, table in db.all(
+        "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'")
+        if name not in _TRIGGERS and str(table).lower() in _WRITTEN_TABLES]
+    if foreign:
+        name, table = foreign[0]
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise StoreError(f"{path}: holds a trigger neardup did not make ({name[:40]!r} on"
+                         f" {table[:40]}{more}), which would change what index.py writes; drop it"
+                         f" (DROP TRIGGER in sqlite3) or build a new store (README: Checking and"
+                         " repairing a store)")
+
+
 def _features_without_recipe(path: str) -> StoreError:
     return StoreError(f"{path}: its neardup_meta table is incomplete or not understood (no"
                       " feature_recipe beside its neardup_features table); build a new store"
@@ -1502,6 +1522,7 @@ def _initialise_or_check(
         size = 0
     check_pages(db, path, whole=size <= WRITER_INTEGRITY_MAX_BYTES)
     _check_is_neardup_store(db, path)
+    _refuse_foreign_triggers(db, path)
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
     if "recipe" not in meta or not meta.get("dataset_root"):
