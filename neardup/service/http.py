@@ -60,6 +60,21 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int:
     return int(text)
 
 
+# Names a client may try for the distance: refused (400), not answered at the default distance.
+# A name with a byte beyond ASCII (`max_d%D1%96stance`, a Cyrillic letter) too: a review found
+# homoglyphs and `threshold`, `radius`, `max_hamming`, `md` getting the default silently.
+_DISTANCE_WORDS = ("dist", "radius", "thresh", "hamming")
+_DISTANCE_NAMES = {"d", "md", "maxd", "max_d", "r", "k", "bits"}
+# search.py options a client may try per request; they are the server's.
+SERVER_OPTIONS = {"mirror", "max_matches", "include_low_information", "full_paths", "max_pixels"}
+
+
+def _asks_for_a_distance(name: str) -> bool:
+    lowered = name.lower()
+    return (not name.isascii() or lowered in _DISTANCE_NAMES
+            or any(word in lowered for word in _DISTANCE_WORDS))
+
+
 def parse_distance(query_string: bytes, cap: int) -> int | None:
     try:
         # Blank values kept: `?max_distance=` was answered with the default, while every other
@@ -73,9 +88,14 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
     # distance without a word, and beside the real one it was ignored (hostile reviews); other
     # parameters (a cache-buster) are left alone.
     for name in parameters:
-        if "dist" in name.lower() and name != "max_distance":
+        if name != "max_distance" and _asks_for_a_distance(name):
             raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
                                " max_distance", close=True)
+        if name.lower() in SERVER_OPTIONS:
+            # `?mirror=1`, `?max_matches=1` were answered as if not asked (a review).
+            raise Refused(400, f"{log_safe(name)} is not a parameter of /search: it is set for"
+                               f" the whole server (search.py --serve"
+                               f" --{name.lower().replace('_', '-')})", close=True)
     if not values:
         return None
     if len(values) > 1:
