@@ -1576,7 +1576,7 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
                                           f" whole server \\(search.py --serve {flag}\\)"):
             parse_distance(option + b"&max_distance=2", 6)
     assert parse_distance(b"max_distance=4", 6) == 4
-    assert parse_distance(b"max_distance=4&_=1700000000&v=2&t=x", 6) == 4  # cache-busters
+    assert parse_distance(b"max_distance=4&_=1700000000&v=2&t=x&r=0.25", 6) == 4  # busters
 
 
 @pytest.mark.parametrize("query", [b"max_distance=abc&max_distance=3",

@@ -64,7 +64,7 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int:
 # A name with a byte beyond ASCII (`max_d%D1%96stance`, a Cyrillic letter) too: a review found
 # homoglyphs and `threshold`, `radius`, `max_hamming`, `md` getting the default silently.
 _DISTANCE_WORDS = ("dist", "radius", "thresh", "hamming")
-_DISTANCE_NAMES = {"d", "md", "maxd", "max_d", "r", "k", "bits"}
+_DISTANCE_NAMES = {"d", "md", "maxd", "max_d", "bits"}  # not `r`: a common cache-buster
 # search.py options a client may try per request; they are the server's.
 SERVER_OPTIONS = {"mirror", "max_matches", "include_low_information", "full_paths", "max_pixels"}
 
