@@ -36,7 +36,7 @@ from .core.hashing import (
     hash_source,
     mode_refusal,
 )
-from .core.identity import identity_and_state, open_with_identity
+from .core.identity import RECIPE_RETRIES, identity_and_state, open_with_identity
 from .core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, Hasher, IndexSummary
 from .core.indexing import index_folder as _index_folder
 from .core.search import (
@@ -54,10 +54,6 @@ from .errors import ImageError, StoreError
 # built on it (sphinx-autodoc-typehints, typeguard, pydantic), must resolve every public
 # annotation.
 from .evaluation.scoring import Evaluation
-
-# A query is hashed again this many times when the store is replaced meanwhile by one of another
-# recipe (each time outside the lock), before it is given up.
-RECIPE_RETRIES = 4
 
 if TYPE_CHECKING:
     import numpy as np

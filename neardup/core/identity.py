@@ -16,6 +16,11 @@ from collections.abc import Callable
 from ..errors import StoreError
 from .store import Store
 
+# Times a long-lived reader answers a query again when the store at its path changed under it
+# (replaced by a store of another recipe, or one that gained or lost local features: the query
+# is hashed or decoded again its way) before it gives up on that query.
+RECIPE_RETRIES = 4
+
 
 def file_identity(path: str) -> tuple[int, int]:
     status = os.stat(path)

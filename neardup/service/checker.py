@@ -43,7 +43,12 @@ from ..core.hashing import (
     is_low_information,
     open_regular_file,
 )
-from ..core.identity import file_state, identity_and_state, open_with_identity
+from ..core.identity import (
+    RECIPE_RETRIES,
+    file_state,
+    identity_and_state,
+    open_with_identity,
+)
 from ..core.results import QueryResult, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
@@ -61,9 +66,6 @@ from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, Reservation, cost_
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 # How many damage reports /health keeps (the newest).
 KEPT_PROBLEMS = 5
-# Times a query is answered again when its store changed under it (gained local features, or was
-# replaced by a store of another recipe) before the checker gives up on it.
-RECIPE_RETRIES = 4
 
 
 class StoreUnavailable(NeardupError):
