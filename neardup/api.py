@@ -382,9 +382,15 @@ class ImageStore:
         too: opening it again then costs milliseconds beside the index rebuilt for the new
         generation anyway."""
         identity, state = identity_and_state(self._file)
-        if identity is not None and identity == self._identity and state == self._state:
+        if (identity is not None and identity == self._identity and state == self._state
+                and not self._opened.shared_memory_lost):
             return self._opened
         path = self._opened.path
+        # Closed before it is opened again: a connection to the old file and one to the new,
+        # open at once, share the -shm path, and the old one's close would drop the new one's
+        # lock (core.sharedmemory). Until it opens, nothing matches the old identity.
+        self._opened.close()
+        self._identity = None
         try:
             # As it was named, unless the caller has changed folder since.
             named = path if os.path.abspath(path) == self._file else self._file
@@ -393,7 +399,6 @@ class ImageStore:
             reason = str(error).removeprefix(f"{path}: ")
             raise StoreError(f"{path}: the store file was replaced, deleted or rewritten since it"
                              f" was opened, and cannot be opened again ({reason})") from error
-        self._opened.close()
         self._opened, self._identity, self._state = store, identity, state
         self._index, self._generation = None, None
         self._verified, self._verified_generation = None, None

@@ -393,7 +393,7 @@ class Store:
             probe_for_writing(path)  # reads only: refuses a foreign or damaged file untouched
         lock = WriterLock.take(path)
         try:
-            db = Db(path, connect_writer(path))
+            db = Db(path, *connect_writer(path))
             try:
                 created = _initialise_or_check(db, path, recipe, dataset_root, versions,
                                                moved_from)
@@ -427,8 +427,9 @@ class Store:
         check_store_path(path, writing=False)
         if file_size(path) == 0:
             raise StoreError(f"{path}: not a neardup store (an empty file)")
-        connection, immutable = connect_reader(path, same_thread=not shared_between_threads)
-        db = Db(path, connection)
+        connection, shared_memory = connect_reader(path, same_thread=not shared_between_threads)
+        immutable = shared_memory is None
+        db = Db(path, connection, shared_memory)
         try:
             _check_is_neardup_store(db, path)
             store = cls(path, db, None, report=report, immutable=immutable)
@@ -451,6 +452,13 @@ class Store:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    @property
+    def shared_memory_lost(self) -> bool:
+        """Whether this process lost SQLite's lock on the store's -shm since this store was opened
+        (core.sharedmemory): a reader following its file closes it before reading again, then
+        opens the store anew."""
+        return self._db.shared_memory_lost
 
     def checkpoint(self) -> tuple[str, str] | None:
         """The writer's last step: copy every commit from the `-wal` into the file and empty the

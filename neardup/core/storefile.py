@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, command, looks_unset
+from .sharedmemory import SharedMemoryUse, file_id_between, stat_or_none
 
 # How long a reader or writer waits for a lock held by another connection before saying so.
 BUSY_SECONDS = 10.0
@@ -56,9 +57,16 @@ class Db:
     """A store's connection: every statement goes through here, so every SQLite error becomes one
     line (StoreError) and a damaged file is named as such wherever it is first noticed."""
 
-    def __init__(self, path: str, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: str, connection: sqlite3.Connection,
+                 shared_memory: SharedMemoryUse | None = None) -> None:
         self.path = path
         self.raw = connection
+        self._shared_memory = shared_memory
+
+    @property
+    def shared_memory_lost(self) -> bool:
+        """See sharedmemory: close this connection before the next read, then open it again."""
+        return self._shared_memory is not None and self._shared_memory.lost
 
     def run(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -89,6 +97,8 @@ class Db:
             self.raw.close()
         except sqlite3.Error:
             pass
+        if self._shared_memory is not None:
+            self._shared_memory.leave()
 
 
 def check_store_path(path: str, *, writing: bool) -> bool:
@@ -152,10 +162,14 @@ def probe_for_writing(path: str) -> bool:
         # which would then be filled: refused like any other file that is not one.
         raise StoreError(f"{path}: exists and is not a neardup store (not an SQLite database);"
                          " choose another --shelve")
-    query = "?mode=ro" if wal_has_data(path) else "?immutable=1"
+    uri = Path(os.path.abspath(path)).as_uri()
+    shared_memory = None  # an immutable connection uses no -shm
     try:
-        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + query, uri=True,
-                                     timeout=BUSY_SECONDS, isolation_level=None)
+        if wal_has_data(path):
+            connection, shared_memory = _connect(path, uri + "?mode=ro", timeout=BUSY_SECONDS,
+                                                 isolation_level=None)
+        else:
+            connection = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None)
     except sqlite3.Error as error:
         raise sqlite_failure(path, error, "open") from error
     try:
@@ -168,6 +182,8 @@ def probe_for_writing(path: str) -> bool:
         raise sqlite_failure(path, error, "open") from error
     finally:
         connection.close()
+        if shared_memory is not None:
+            shared_memory.leave()
     if not tables:
         return True
     if "neardup_meta" not in tables:
@@ -183,14 +199,27 @@ def _has_sqlite_header(path: str) -> bool:
         return True  # SQLite's own open then says what is wrong
 
 
-def connect_writer(path: str) -> sqlite3.Connection:
+def _connect(path: str, uri: str, **options: Any) -> tuple[sqlite3.Connection, SharedMemoryUse]:
+    """sqlite3.connect, with the file it opened said to sharedmemory before anything is read
+    (SQLite opens the file at once, and its -shm at the first read)."""
+    before = stat_or_none(path)
+    connection = sqlite3.connect(uri, uri=True, **options)
+    return connection, SharedMemoryUse(path, file_id_between(before, stat_or_none(path)))
+
+
+def _close(connection: sqlite3.Connection, shared_memory: SharedMemoryUse) -> None:
+    connection.close()
+    shared_memory.leave()
+
+
+def connect_writer(path: str) -> tuple[sqlite3.Connection, SharedMemoryUse]:
     """The writer's connection (reading goes through connect_reader)."""
     try:
         # As a file: URI of the absolute path, as the readers open it. A bare name is SQLite's
         # own: ":memory:" (and "") is a database in memory, gone with the process, and
         # index.py said "2 images in the store" of it (a review).
-        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri(), uri=True,
-                                     timeout=BUSY_SECONDS, isolation_level=None)
+        connection, shared_memory = _connect(path, Path(os.path.abspath(path)).as_uri(),
+                                             timeout=BUSY_SECONDS, isolation_level=None)
     except sqlite3.Error as error:
         raise sqlite_failure(path, error, "open") from error
     try:
@@ -198,12 +227,13 @@ def connect_writer(path: str) -> sqlite3.Connection:
         # FULL: a committed batch survives a power cut too, at one fsync per batch.
         connection.execute("PRAGMA synchronous = FULL")
     except sqlite3.Error as error:
-        connection.close()
+        _close(connection, shared_memory)
         raise sqlite_failure(path, error, "open") from error
-    return connection
+    return connection, shared_memory
 
 
-def connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bool]:
+def connect_reader(path: str, same_thread: bool,
+                   ) -> tuple[sqlite3.Connection, SharedMemoryUse | None]:
     """A read-only connection that sees every committed transaction, WAL included.
 
     SQLite's read-only mode writes nothing to the store (a read-write connection would checkpoint
@@ -214,15 +244,15 @@ def connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bo
     the busy timeout is set before the first read, and a lock held longer is an error.
     """
     uri = Path(os.path.abspath(path)).as_uri()
-    connection = None
+    opened = None
     try:
-        connection = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_SECONDS,
-                                     isolation_level=None, check_same_thread=same_thread)
-        connection.execute("SELECT name FROM sqlite_master").fetchall()
-        return connection, False
+        opened = _connect(path, uri + "?mode=ro", timeout=BUSY_SECONDS, isolation_level=None,
+                          check_same_thread=same_thread)
+        opened[0].execute("SELECT name FROM sqlite_master").fetchall()
+        return opened
     except sqlite3.Error as error:
-        if connection is not None:
-            connection.close()
+        if opened is not None:
+            _close(*opened)
         name = getattr(error, "sqlite_errorname", "") or ""
         if name == "SQLITE_NOTADB":
             raise StoreError(f"{path}: not a neardup store (not an SQLite database)") from error
@@ -245,7 +275,7 @@ def connect_reader(path: str, same_thread: bool) -> tuple[sqlite3.Connection, bo
         connection = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
                                      check_same_thread=same_thread)
         connection.execute("SELECT name FROM sqlite_master").fetchall()
-        return connection, True
+        return connection, None  # immutable: SQLite uses no -shm for it
     except sqlite3.Error as error:
         raise sqlite_failure(path, error, "open") from error
 

@@ -380,9 +380,13 @@ class CheckerFeatures:
     and grows with the store (a hostile review).
     """
 
-    def __init__(self, store_path: str, warn: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(self, store_path: str, warn: Callable[[str], None] = lambda line: None,
+                 answers_lock: threading.Lock | None = None) -> None:
         self._store_path = store_path
         self._warn = warn
+        # Held by the checker's answers: the builder's connection closes under it, never while
+        # an answer reads (its close may drop the answer's lock on the -shm: core.sharedmemory).
+        self._answers_lock = answers_lock or threading.Lock()
         self._search: VerifiedSearch | None = None
         self._loaded_token = ""  # the features' token of the index in memory
         self._pending: tuple[str, FeatureIndex] | None = None  # built by the thread: (token, index)
@@ -441,12 +445,17 @@ class CheckerFeatures:
     def _build(self, store_id: str) -> None:
         token = ""
         try:
-            with Store.open_for_reading(self._store_path, quick_check=False,
-                                        report=self._warn) as store, store.snapshot():
-                if store.store_id != store_id:
-                    return  # another store at the path: the next answer reopens it
-                token = store.feature_token()
-                built = (token, FeatureIndex.from_store(store))
+            store = Store.open_for_reading(self._store_path, quick_check=False,
+                                           report=self._warn)
+            try:
+                with store.snapshot():
+                    if store.store_id != store_id:
+                        return  # another store at the path: the next answer reopens it
+                    token = store.feature_token()
+                    built = (token, FeatureIndex.from_store(store))
+            finally:
+                with self._answers_lock:
+                    store.close()
             self._pending = built
         except Exception as error:  # noqa: BLE001 - said by the next answer; the old one serves
             self._failed = (token, str(error) if isinstance(error, NeardupError)

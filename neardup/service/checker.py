@@ -156,7 +156,7 @@ class Checker:
             from ..features.search import CheckerFeatures
 
             require()
-            self._features = CheckerFeatures(store_path, self._store_problem)
+            self._features = CheckerFeatures(store_path, self._store_problem, self._lock)
         # An unfinished index.py --features leaves images without features, answered by their
         # hash alone: said once in the log (now, at start, or when first seen), and in /health.
         self._lacking_for: tuple[str, int, str] | None = None  # the state it was counted for
@@ -405,7 +405,7 @@ class Checker:
                 with self._problems_lock:
                     self._note_problem("features", self._features_refused)
             return
-        self._features = CheckerFeatures(self.store_path, self._store_problem)
+        self._features = CheckerFeatures(self.store_path, self._store_problem, self._lock)
         self._warn(f"{self.store_path}: the store keeps local features now: answers are verified"
                    " matches")
 
@@ -448,12 +448,17 @@ class Checker:
     def _rebuild(self) -> None:
         epoch = self._epoch
         try:
-            with Store.open_for_reading(self.store_path, quick_check=False,
-                                        report=self._warn) as store, store.snapshot():
-                if store.store_id != self._store.store_id:
-                    return  # the file was replaced meanwhile: the next answer reopens it
-                # A fresh base (or a cache entry of this very state), saved for everyone else.
-                index = HashIndex.from_store(store, max_delta=0)
+            store = Store.open_for_reading(self.store_path, quick_check=False,
+                                           report=self._warn)
+            try:
+                with store.snapshot():
+                    if store.store_id != self._store.store_id:
+                        return  # the file was replaced meanwhile: the next answer reopens it
+                    # A fresh base (or a cache entry of this very state), saved for everyone else.
+                    index = HashIndex.from_store(store, max_delta=0)
+            finally:
+                with self._lock:  # never during an answer: it may drop the answer's lock on the
+                    store.close()  # -shm (core.sharedmemory); the next answer opens it again
             with self._lock:
                 if epoch == self._epoch:  # not for a file answered from before it was rewritten
                     self._pending = index
@@ -518,9 +523,13 @@ class Checker:
         """
         identity, state = identity_and_state(self.store_path)
         if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
-            if state == self._state and self._unavailable is None:
+            if (state == self._state and self._unavailable is None
+                    and not self._store.shared_memory_lost):
                 return self._store
             return self._reopen_rewritten(state)
+        # Closed before the new file is opened: a connection to each, open at once, share the
+        # -shm path, and the old one's close would drop the new one's lock (core.sharedmemory).
+        self._store.close()
         store, identity = self._open_again("the store was deleted or replaced and cannot be"
                                            " reopened")
         self._replace_store(store, identity, state)
@@ -551,7 +560,11 @@ class Checker:
         state it wrote, checked against the store as at start, or built: milliseconds below
         cache.CACHE_MIN_HASHES): a checkpoint and a backup restored and indexed back to that
         very generation cannot be told apart by the log, which index.py prunes (a review found
-        such a store answered from the replaced one's index)."""
+        such a store answered from the replaced one's index).
+
+        Also where this process lost its lock on the -shm (core.sharedmemory): the connection
+        is closed first, as any opened beside it would share its node, lock lost."""
+        self._store.close()
         store, identity = self._open_again("the store's file was rewritten and cannot be read")
         index = self._index
         other = store.store_id != self._store.store_id or (
@@ -559,8 +572,7 @@ class Checker:
             and store.generation() < index.generation)
         later = (not other and index is not None and index.tracked and store.tracking
                  and store.generation() > index.generation)
-        old, self._store = self._store, store
-        self._identity, self._state = identity, state
+        self._store, self._identity, self._state = store, identity, state
         if self._unavailable is not None:
             self._unavailable = None
             self._warn(f"{self.store_path}: the store's file can be read again; reopened it")
@@ -568,7 +580,6 @@ class Checker:
             self._index, self._pending = None, None
             self._epoch += 1
         self._checked_repairs_at = -1
-        old.close()
         if other:  # not a later state of the store answered from: what it said no longer holds
             with self._problems_lock:
                 self._problems = {}
@@ -578,7 +589,6 @@ class Checker:
 
     def _replace_store(self, store: Store, identity: tuple[int, int],
                        state: tuple[int, int, int] | None) -> None:
-        self._store.close()
         self._store, self._identity, self._state = store, identity, state
         self._index, self._pending = None, None  # of the old contents
         self._epoch += 1
