@@ -948,3 +948,59 @@ def test_a_change_sequence_set_back_behind_the_log_does_not_revive_a_cache(cache
         assert store.generation() == generation + 2
     assert answers(path) == {"extra/foreign.jpg"}
     assert "cat0/image_0000.jpg" not in answers(gone)
+
+
+def test_a_store_in_use_is_rebuilt_in_one_commit_that_readers_and_writers_take_whole(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: after the documented `index.py -s new.shelve && mv new.shelve db.shelve` with a
+    checker running, index.py and a new reader called the moved-in store damaged: the -shm, kept
+    by the checker, still counted the old file's pages. index.py --rebuild copies the new store
+    in through SQLite instead: here with another hash, more images, and the checker's -shm last
+    written by an index.py run it had not answered after."""
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    probe = str(in_tmp / "images" / "cat0" / "image_0000.jpg")
+    with subprocess.Popen(SEARCH + ["-s", "db.shelve", "--stdin"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as checker:
+        assert ask(checker, probe) == {"cat0/image_0000.jpg"}
+        shutil.move("images/cat1", "cat1")
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--allow-mass-removal"]) == 0
+        shutil.move("cat1", "images/cat1")
+        make_tree("images/more", 150, start_seed=100)
+        capsys.readouterr()
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild",
+                               "--algorithm", "phash"]) == 0
+        out = capsys.readouterr().out
+        assert "156 images in the store" in out and "rebuilt" in out
+        assert not any(".rebuilding" in name for name in os.listdir("."))
+        # Opened before the checker answers again (it would then reopen, and alone on the -shm,
+        # set it up afresh).
+        with Store.open_for_reading("db.shelve") as store:
+            assert store.image_count() == 156 and store.recipe.algorithm == "phash"
+        assert ask(checker, probe) == {"cat0/image_0000.jpg"}  # the new store: phash
+        shutil.rmtree("images/more")
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--algorithm", "phash", "--allow-mass-removal"]) == 0
+        assert "6 images in the store" in capsys.readouterr().out
+        assert checker.stdin
+        checker.stdin.close()
+        assert checker.wait(timeout=60) == 0
+        assert checker.stderr
+        assert "rewritten with other contents (index.py --rebuild" in checker.stderr.read()
+
+
+def test_rebuild_refuses_what_it_cannot_do_before_hashing(in_tmp: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 4)
+    Path("notes.txt").write_text("not a store\n")
+    assert index_cli.main(["-d", "images", "-s", "notes.txt", "-q", "--rebuild"]) == 2
+    assert "notes.txt: exists and is not a neardup store" in capsys.readouterr().err
+    assert not os.path.exists("notes.txt.rebuilding")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--rebuild",
+                           "--moved-from", "old"]) == 2
+    assert "--moved-from does nothing with --rebuild" in capsys.readouterr().err
+    # A store that does not exist yet is simply built.
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    assert "4 images in the store" in capsys.readouterr().out
+    assert not any(name.startswith("db.shelve.rebuilding") for name in os.listdir("."))

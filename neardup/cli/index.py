@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,8 @@ from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
 from ..core.results import shown_path
+from ..core.store import copy_store_into, remove_store_files
+from ..core.storefile import WriterLock, check_store_path, probe_for_writing
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
@@ -31,6 +34,7 @@ EXIT_OK = 0
 EXIT_NOTHING_INDEXED = 1
 EXIT_REFUSED = 2
 DEFAULT_CONNECT_SECONDS = 30
+REBUILDING = ".rebuilding"  # the store --rebuild builds, beside the one it rebuilds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the store indexes OLD_FOLDER, since moved or copied to --dataset:"
                         " re-point it (its paths are relative to the folder; files whose size,"
                         " mtime or inode changed are hashed again, as always)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="hash every image again into a new store beside this one"
+                        " (SHELVE.rebuilding, resumed if a run was stopped), then give this one"
+                        " its contents in one commit: searches running meanwhile answer from the"
+                        " old contents until then. The way to change the hash or start afresh"
+                        " while checkers read the store; moving a file over a store in use is"
+                        " not safe with SQLite")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -113,19 +124,32 @@ def main(argv: list[str] | None = None) -> int:
                    "report": lambda line: warn(PROG, line), "features": args.features,
                    "allow_mass_removal": args.allow_mass_removal,
                    "moved_from": dataset_folder(args.moved_from) if args.moved_from else None}
+        # --rebuild of a store that exists: built beside it, copied into it at the end.
+        target = args.shelve
+        if args.rebuild and os.path.lexists(args.shelve):
+            check_store_path(args.shelve, writing=True)
+            probe_for_writing(args.shelve)  # a file that is not a store is refused before hashing
+            target = args.shelve + REBUILDING
         if on_cluster(args):
             with connect(args.scheduler, args.local_cluster, args.connect_timeout,
                          features=args.features,
                          report=lambda line: warn(PROG, line)) as client:
                 hasher = cluster_hasher(client, args.partition_size, features=args.features,
                                         report=lambda line: warn(PROG, line))
-                summary = index_folder(worker_paths(args.dataset), args.shelve, hasher=hasher,
+                summary = index_folder(worker_paths(args.dataset), target, hasher=hasher,
                                        **options)
         else:
-            summary = index_folder(dataset_folder(args.dataset), args.shelve, jobs=args.jobs,
+            summary = index_folder(dataset_folder(args.dataset), target, jobs=args.jobs,
                                    batch_size=args.batch_size, file_seconds=args.file_timeout,
                                    **options)
+        if target != args.shelve and not summary.refusal and summary.total:
+            copy_store_into(target, args.shelve, report=lambda line: warn(PROG, line))
+            remove_store_files(target, cache_moved_to=args.shelve + ".cache")
+            WriterLock.take(target).release(remove=True)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
+        if target != args.shelve and summary.total:
+            print(f"{shown_path(args.shelve)}: rebuilt; it holds the new contents from this one"
+                  " commit on")
         if summary.refusal:
             return EXIT_REFUSED
         if on_cluster(args) and summary.missing_there:
@@ -159,6 +183,9 @@ def on_cluster(args: argparse.Namespace) -> bool:
 def check_options(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse, in one line, options that would do nothing with the hashing place asked for."""
     check_worker_count(args.jobs, "--jobs")
+    if args.rebuild and args.moved_from:
+        raise NeardupError("--moved-from does nothing with --rebuild (every image is hashed"
+                           " again into a new store)")
     if args.local_cluster:
         check_worker_count(args.local_cluster, "--local-cluster")
     if args.scheduler is not None and not args.scheduler.strip():

@@ -489,22 +489,7 @@ class Store:
     def discard(self) -> None:
         """Close and delete a store this writer created and left empty, with its lock and cache."""
         self._db.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.remove(self.path + suffix)
-            except OSError:
-                pass
-        cache_folder = self.path + ".cache"
-        if os.path.isdir(cache_folder):
-            for name in os.listdir(cache_folder):
-                try:
-                    os.remove(os.path.join(cache_folder, name))
-                except OSError:
-                    pass
-            try:
-                os.rmdir(cache_folder)
-            except OSError:
-                pass
+        remove_store_files(self.path)
         if self._lock is not None:
             self._lock.release(remove=True)
             self._lock = None
@@ -1607,3 +1592,72 @@ def _upgrade(db: Db, path: str, meta: dict[str, str]) -> None:
             db.run("DELETE FROM neardup_meta WHERE name IN ('generation', 'entries_checked')")
 
 
+
+
+def copy_store_into(source: str, destination: str, report: Report | None = None) -> None:
+    """Give the store at `destination` the contents of the store at `source` (index.py
+    --rebuild), in one commit made through SQLite, while programs read it.
+
+    Moving a rebuilt file over a store that another program has open is not safe with SQLite:
+    the `-shm` beside it still describes the old file while anyone keeps that open, and was
+    trusted for the new one (a review: after `mv new.shelve db.shelve` with a checker running,
+    index.py and a new reader called the moved-in store damaged, its pages counted as the old
+    file's). SQLite's backup copies the pages as a writer does: a reader answers from the old
+    contents until the commit and from the new ones after it; the one writer at a time is kept
+    by the store's lock. `source` is read only."""
+    check_store_path(destination, writing=True)
+    probe_for_writing(destination)  # refuses a foreign or damaged file untouched
+    with Store.open_for_reading(source, for_queries=False) as rebuilt:
+        lock = WriterLock.take(destination)
+        try:
+            connection, shared_memory = connect_writer(destination)
+            db = Db(destination, connection, shared_memory)
+            try:
+                rebuilt._db.raw.backup(connection)
+                copied = Store(destination, db, lock, report=report)
+            except sqlite3.Error as error:
+                db.close()
+                raise sqlite_failure(destination, error, "write") from error
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            lock.release()
+            raise
+    with copied:
+        if (left := copied.checkpoint()) is not None:
+            from .indexing import checkpoint_line  # the line index.py says for the same
+
+            (report or (lambda line: None))(checkpoint_line(destination, *left))
+
+
+def remove_store_files(path: str, *, cache_moved_to: str | None = None) -> None:
+    """Delete a store's file with its -wal, -shm and cache folder (not its lock file): one this
+    writer created and left empty, or the store index.py --rebuild built and copied. The cache's
+    entries are named by the store's id, so `cache_moved_to` (the cache folder of the store that
+    was given these contents) can take them as they are."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.remove(path + suffix)
+        except OSError:
+            pass
+    cache_folder = path + ".cache"
+    if not os.path.isdir(cache_folder):
+        return
+    if cache_moved_to is not None:
+        try:
+            os.makedirs(cache_moved_to, exist_ok=True)
+        except OSError:
+            cache_moved_to = None  # built again by whoever needs it
+    for name in os.listdir(cache_folder):
+        try:
+            if cache_moved_to is not None:
+                os.replace(os.path.join(cache_folder, name), os.path.join(cache_moved_to, name))
+            else:
+                os.remove(os.path.join(cache_folder, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(cache_folder)
+    except OSError:
+        pass

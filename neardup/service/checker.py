@@ -58,7 +58,7 @@ from ..core.search import (
     merge_matches,
 )
 from ..core.store import Store
-from ..errors import ImageError, NeardupError, StoreError
+from ..errors import ImageError, NeardupError, StoreError, command
 from .decoding import DecoderUnavailable, InProcess, InWorkers, OnHeader
 from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, Reservation, cost_bound
 
@@ -583,8 +583,8 @@ class Checker:
         if other:  # not a later state of the store answered from: what it said no longer holds
             with self._problems_lock:
                 self._problems = {}
-            self._warn(f"{self.store_path}: the store's file was rewritten with other contents (a"
-                       " backup copied over it?); reloaded it")
+            self._warn(f"{self.store_path}: the store's file was rewritten with other contents"
+                       f" ({command('index.py')} --rebuild, or a backup copied over it); reloaded it")
         return store
 
     def _replace_store(self, store: Store, identity: tuple[int, int],
