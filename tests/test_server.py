@@ -1382,8 +1382,23 @@ def test_requests_before_a_malformed_one_are_answered_first(store: Path) -> None
                   % len(photo_bytes) + photo_bytes)
         answers = raw_exchange(server.port, upload + b"garbage\r\n\r\n")
         assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"400"], answers[:300]
+        # A review: a request whose chunk size the parser refuses, after others in the same
+        # write, took their answers' place: one 400 came back.
+        for chunk_size in (b"FFFFFFFFFFFFFFFFFFFF", b"zz"):
+            chunked = (b"POST /search HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                       + chunk_size + b"\r\nabc\r\n0\r\n\r\n")
+            answers = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 2
+                                   + chunked)
+            assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"200", b"400"], answers
+            answers = raw_exchange(server.port, upload + chunked)
+            assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"200", b"400"], answers[:300]
+            answers = raw_exchange(server.port, chunked)
+            assert re.findall(rb"HTTP/1.1 (\d+)", answers) == [b"400"], answers
         server.stop()
-    assert "Traceback" not in server.log() and "Exception" not in server.log()
+    log = server.log()
+    assert "Traceback" not in log and "Exception" not in log
+    assert log.count("400 closed: malformed HTTP request") == 8, log
+    assert "411" not in log, log
 
 
 class TestFairness:

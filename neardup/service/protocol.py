@@ -195,8 +195,22 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             # uvicorn's own answer to what its parser rejects is plain text, and its log line
             # (left out by UvicornsBadRequestLine) does not say who sent it.
             log.warning("%s: 400 closed: malformed HTTP request", address(self.client))
-            if self.cycle is not None and not self.cycle.more_body and (
-                    not self.cycle.response_complete or self.pipeline):
+            current = self.cycle
+            if current is not None and current.more_body:
+                # The parser refused this request's body (a chunk size of 20 hex digits): it is
+                # never answered, its body cannot be read. Queued behind others, it is dropped
+                # from the queue, so that those are answered first and the 400 after them (a
+                # review: answered at once, the 400 took their place).
+                for queued in list(self.pipeline):
+                    if queued[0] is current:
+                        self.pipeline.remove(queued)
+                        current.disconnected = True
+                        current.message_event.set()
+                pending = self.pipeline or (self._running is not None and self._running
+                                            is not current and not self._running.response_complete)
+            else:
+                pending = current is not None and (not current.response_complete or self.pipeline)
+            if pending:
                 # Requests read whole before it are answered first, in order, and the 400
                 # after them: written at once, it took the place of the first one's answer.
                 self._refused = True
