@@ -447,6 +447,24 @@ def test_writes_made_after_the_triggers_were_dropped_are_seen(store: Path) -> No
         assert found() == (True, True)
 
 
+def test_a_change_log_dropped_by_another_program_is_not_read(store: Path) -> None:
+    """A review: `DROP TABLE neardup_changes` made a running checker fail every answer (500),
+    and /health say "cannot read the store" twice: the log was read before the checker looked
+    whether it was still kept."""
+    import neardup
+    from neardup.service.checker import Checker
+
+    query = "images/cat0/image_0000.jpg"
+    with Checker("db.shelve") as checker, neardup.open_store("db.shelve") as api:
+        assert checker.check_file(query)["matches"] and api.search(query)
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute("DROP TABLE neardup_changes")
+        assert "cat0/image_0000.jpg" in {m["relpath"] for m in
+                                         checker.check_file(query)["matches"]}
+        assert "cat0/image_0000.jpg" in {f.relpath for f in api.search(query)}
+        assert checker.health()["status"] == "ok", checker.health()
+
+
 def test_a_dataset_folder_moved_while_checking_is_said_once_and_its_return_too(
         store: Path) -> None:
     """A review: a checker started while the dataset folder existed said nothing once it was

@@ -571,8 +571,12 @@ class Store:
         return self.counts()[0]
 
     def generation(self) -> int:
-        """The store's change sequence: moves with every change of Dict, by any program."""
-        if not self.tracking:
+        """The store's change sequence: moves with every change of Dict, by any program.
+
+        Whether the log is kept is looked at again first (one PRAGMA read): with its table
+        dropped by another program, a running checker read it and failed every answer (a
+        review)."""
+        if not self.refresh_tracking():
             return self._meta_number("generation")
         return _logged_generation(self._db, self.path)
 
