@@ -465,6 +465,35 @@ def test_a_change_log_dropped_by_another_program_is_not_read(store: Path) -> Non
         assert checker.health()["status"] == "ok", checker.health()
 
 
+def test_what_the_store_was_opened_as_changed_by_hand_is_followed(store: Path) -> None:
+    """A review: the dataset folder and the recipe changed in neardup_meta by another program
+    were not followed by a running checker or an open API store (the folder and recipe read at
+    open were used for ever)."""
+    import neardup
+    from neardup.service.checker import Checker
+
+    query = "images/cat0/image_0000.jpg"
+    shutil.copytree("images", "copy")
+    with Checker("db.shelve") as checker, neardup.open_store("db.shelve") as api:
+        first = checker.check_file(query)
+        assert os.path.abspath(first["matches"][0]["path"]) == str(
+            store / "images" / "cat0" / "image_0000.jpg")
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            database.execute("UPDATE neardup_meta SET value = ? WHERE name = 'dataset_root'",
+                             (str(store / "copy"),))
+        assert (os.path.abspath(checker.check_file(query)["matches"][0]["path"])
+                == str(store / "copy" / "cat0" / "image_0000.jpg"))
+        assert (os.path.abspath(api.search(query)[0].path)
+                == str(store / "copy" / "cat0" / "image_0000.jpg"))
+        with closing(sqlite3.connect("db.shelve")) as database, database:
+            (recipe,) = database.execute(
+                "SELECT value FROM neardup_meta WHERE name = 'recipe'").fetchone()
+            database.execute("UPDATE neardup_meta SET value = ? WHERE name = 'recipe'",
+                             (recipe.replace("dhash", "phash"),))
+        assert checker.check_file(query)["hash"] != first["hash"]  # hashed as the store says
+        assert api.recipe.algorithm == "phash"
+
+
 def test_a_dataset_folder_moved_while_checking_is_said_once_and_its_return_too(
         store: Path) -> None:
     """A review: a checker started while the dataset folder existed said nothing once it was

@@ -373,6 +373,7 @@ class Store:
         self.format = meta.get("format_version", "1")
         self.tracking = self._has_tracking()
         self._tracking_schema = self.schema_version()
+        self._meta_seen_at = self.data_version()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -1181,6 +1182,19 @@ class Store:
         return {str(name): str(value) for name, value in
                 self._db.all("SELECT name, value FROM neardup_meta")}
 
+    def meta_changed(self) -> bool:
+        """Whether another program changed what this store was opened as since (its recipe,
+        dataset folder, id, format or feature recipe in neardup_meta): read again only once
+        another connection has committed since the last look (PRAGMA data_version). A running
+        checker and an open API store answered with the recipe and folder read at open (a
+        review); they open the store again when this says so."""
+        version = self.data_version()
+        if version == self._meta_seen_at:
+            return False
+        self._meta_seen_at = version
+        meta = self._read_meta()
+        return any(meta.get(name) != self.meta.get(name) for name in _OPENED_AS)
+
     def refresh_tracking(self) -> bool:
         """Whether the change log is kept now: looked at again when the schema changed since
         (a PRAGMA read). A long-lived reader decided it once, at open: another program that
@@ -1377,6 +1391,10 @@ _HASH = "CAST(hash AS BLOB)"
 # Rowid table (not WITHOUT ROWID): records of about 4 KB, and ids the feature index can keep.
 _FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMARY KEY,"
                   " path BLOB UNIQUE NOT NULL, data BLOB NOT NULL)")
+
+
+# What a reader holds a store as (Store.meta_changed); the counters index.py moves are not.
+_OPENED_AS = ("recipe", "dataset_root", "store_id", "format_version", "feature_recipe")
 
 
 def _logged_generation(db: Db, path: str) -> int:

@@ -524,7 +524,7 @@ class Checker:
         identity, state = identity_and_state(self.store_path)
         if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
             if (state == self._state and self._unavailable is None
-                    and not self._store.shared_memory_lost):
+                    and not self._store.shared_memory_lost and not self._meta_changed()):
                 return self._store
             return self._reopen_rewritten(state)
         # Closed before the new file is opened: a connection to each, open at once, share the
@@ -535,6 +535,12 @@ class Checker:
         self._replace_store(store, identity, state)
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
         return store
+
+    def _meta_changed(self) -> bool:
+        try:
+            return self._store.meta_changed()
+        except StoreError:
+            return True  # opened again, which says what is wrong
 
     def _open_again(self, failure: str) -> tuple[Store, tuple[int, int]]:
         """The store at the path opened anew, or StoreUnavailable (said once) with `failure`."""
