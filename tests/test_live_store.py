@@ -852,6 +852,22 @@ def test_a_change_sequence_that_is_not_a_number_is_one_line(
     assert "its sqlite_sequence table is not understood" in capsys.readouterr().err
 
 
+def test_a_change_sequence_at_its_end_is_said_as_such(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: sqlite_sequence set to 2**63 - 1 made index.py say "database or disk is full"."""
+    indexed_tree(2)
+    sqlite_write("db.shelve", "UPDATE sqlite_sequence SET seq = ? WHERE name = 'neardup_changes'",
+                 2**63 - 1)
+    make_tree("images/more", 2, start_seed=50)
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disk is full" not in err, err
+    assert "change log's sequence (sqlite_sequence) is at the end of what SQLite can count" in err
+    code, out, err = search("-q", "images/cat0/image_0000.jpg")  # read as it is
+    assert code == 0, err
+
+
 def test_bad_entries_are_named_up_to_a_limit(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     """A hostile review: a recipe edited to 256 bits by hand made every key a bad entry, and
     index.py printed one line for each of 200. Twenty are named; the summary counts them all."""

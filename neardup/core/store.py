@@ -1459,6 +1459,24 @@ def _refuse_foreign_triggers(db: Db, path: str) -> None:
                          " repairing a store)")
 
 
+# SQLite's largest AUTOINCREMENT number; past it an insert fails with "database or disk is full".
+_LAST_SEQUENCE = 2**63 - 1
+# Left for one run at least: a run logs one change per bucket it writes.
+_SEQUENCE_MARGIN = 2**32
+
+
+def _refuse_exhausted_log(db: Db, path: str) -> None:
+    """A review set the change log's sequence near its end by hand: index.py then failed with
+    SQLite's "database or disk is full", which sent the user looking at the disk."""
+    if "neardup_changes" not in {row[0] for row in db.all(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}:
+        return
+    if _logged_generation(db, path) > _LAST_SEQUENCE - _SEQUENCE_MARGIN:
+        raise StoreError(f"{path}: its change log's sequence (sqlite_sequence) is at the end of"
+                         " what SQLite can count, set there by another program; build a new"
+                         " store (README: Checking and repairing a store)")
+
+
 def _features_without_recipe(path: str) -> StoreError:
     return StoreError(f"{path}: its neardup_meta table is incomplete or not understood (no"
                       " feature_recipe beside its neardup_features table); build a new store"
@@ -1538,6 +1556,7 @@ def _initialise_or_check(
     check_pages(db, path, whole=size <= WRITER_INTEGRITY_MAX_BYTES)
     _check_is_neardup_store(db, path)
     _refuse_foreign_triggers(db, path)
+    _refuse_exhausted_log(db, path)
     meta = {str(name): str(value) for name, value in
             db.all("SELECT name, value FROM neardup_meta")}
     if "recipe" not in meta or not meta.get("dataset_root"):
