@@ -516,4 +516,16 @@ def test_a_dataset_folder_moved_while_checking_is_said_once_and_its_return_too(
         os.rename("moved", "images")
         checker.check_file(query)
         checker.check_file(query)
-        assert said[1:] == [f"db.shelve: its dataset folder {store / 'images'} exists again"]
+        assert said[1:] == [f"db.shelve: its dataset folder {store / 'images'} is back"]
+        # An empty folder in its place (the mount point of a disk not mounted): said too.
+        os.rename("images", "moved")
+        os.mkdir("images")
+        for _ in range(3):
+            checker.check_file(query)
+        assert len(said) == 3 and said[2] == (f"db.shelve: its dataset folder {store / 'images'}"
+                                              " is empty (a disk not mounted?): the paths it"
+                                              " answers are not on disk"), said
+        os.rmdir("images")
+        os.rename("moved", "images")
+        checker.check_file(query)
+        assert said[3:] == [f"db.shelve: its dataset folder {store / 'images'} is back"]

@@ -33,6 +33,7 @@ import os
 import pickle
 import shelve
 import sqlite3
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -374,6 +375,8 @@ class Store:
         self.tracking = self._has_tracking()
         self._tracking_schema = self.schema_version()
         self._meta_seen_at = self.data_version()
+        self._dataset_seen: tuple[int, int, int] | None = None  # dataset_gone's last look
+        self._dataset_empty = False
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -524,8 +527,25 @@ class Store:
         """One line when the folder the store indexes no longer exists (moved with its store,
         or deleted): every path it answers is then not on disk (None while it exists)."""
         root = self.dataset_root
-        if os.path.isdir(root):
-            return None
+        try:
+            folder = os.stat(root)
+        except OSError:
+            folder = None
+        if folder is not None and stat.S_ISDIR(folder.st_mode):
+            # An empty folder in its place: the mount point of a disk not mounted, most often
+            # (a review: not said). Looked into again only when the folder itself changed.
+            seen = (folder.st_dev, folder.st_ino, folder.st_mtime_ns)
+            if seen != self._dataset_seen:
+                self._dataset_seen = seen
+                try:
+                    with os.scandir(root) as entries:
+                        self._dataset_empty = next(entries, None) is None
+                except OSError:
+                    self._dataset_empty = False
+            if not self._dataset_empty or self.is_empty():
+                return None
+            return (f"{self.path}: its dataset folder {root} is empty (a disk not mounted?): the"
+                    " paths it answers are not on disk")
         return (f"{self.path}: its dataset folder {root} no longer exists (moved or deleted?): the"
                 f" paths it answers are not on disk; if the folder was moved, run"
                 f" {command('index.py')} -d NEW_FOLDER -s {self.path} --moved-from {root} (or"

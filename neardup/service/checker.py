@@ -420,7 +420,7 @@ class Checker:
         if gone is not None:
             self._warn(gone)
         elif root == store.dataset_root:
-            self._warn(f"{self.store_path}: its dataset folder {root} exists again")
+            self._warn(f"{self.store_path}: its dataset folder {root} is back")
 
     def _images_without_features(self, store: Store) -> int:
         """How many stored images have no features yet, counted again when the store or its
