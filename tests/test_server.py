@@ -1584,16 +1584,21 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
     for misspelt in (b"max_dist=0", b"MAX_DISTANCE=2", b"distance=1",  # not the default
                      # a review: homoglyphs and other words for it got the default silently
                      b"max_d%D1%96stance=0", b"max_%C4%B1stance=0", b"max_distanc%C3%A9=0",
-                     b"threshold=2", b"radius=2", b"max_hamming=2", b"md=2", b"d=2"):
+                     b"threshold=2", b"radius=2", b"max_hamming=2", b"md=2", b"d=2",
+                     # a later review: these too
+                     b"tolerance=2", b"tol=2", b"max_bits=2", b"maxbits=2", b"max_diff=2",
+                     b"hd=2", b"k=2", b"maxDistance=2", b"max-distance=2"):
         with pytest.raises(Refused, match="unknown parameter .*: the distance is max_distance"):
             parse_distance(misspelt, 6)
     for option, flag in ((b"mirror=1", "--mirror"), (b"max_matches=1", "--max-matches"),
-                         (b"Full_Paths=1", "--full-paths")):
+                         (b"Full_Paths=1", "--full-paths"), (b"max-matches=1", "--max-matches"),
+                         (b"maxMatches=1", "--max-matches"), (b"full-paths=1", "--full-paths")):
         with pytest.raises(Refused, match=f"is not a parameter of /search: it is set for the"
                                           f" whole server \\(search.py --serve {flag}\\)"):
             parse_distance(option + b"&max_distance=2", 6)
     assert parse_distance(b"max_distance=4", 6) == 4
-    assert parse_distance(b"max_distance=4&_=1700000000&v=2&t=x&r=0.25", 6) == 4  # busters
+    assert parse_distance(b"max_distance=4&_=1700000000&v=2&t=x&r=0.25&ts=1&cb=2&nocache=1",
+                          6) == 4  # cache-busters
 
 
 @pytest.mark.parametrize("query", [b"max_distance=abc&max_distance=3",

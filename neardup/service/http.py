@@ -63,16 +63,23 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int:
 # Names a client may try for the distance: refused (400), not answered at the default distance.
 # A name with a byte beyond ASCII (`max_d%D1%96stance`, a Cyrillic letter) too: a review found
 # homoglyphs and `threshold`, `radius`, `max_hamming`, `md` getting the default silently.
-_DISTANCE_WORDS = ("dist", "radius", "thresh", "hamming")
-_DISTANCE_NAMES = {"d", "md", "maxd", "max_d", "bits"}  # not `r`: a common cache-buster
+# Names are compared lowercased and without `_` and `-` (a later review: `tolerance`, `max_bits`,
+# `max_diff`, `hd`, `k`, and `max-matches`, `maxMatches` got the defaults silently).
+_DISTANCE_WORDS = ("dist", "radius", "thresh", "hamming", "tol", "bits", "diff")
+_DISTANCE_NAMES = {"d", "md", "maxd", "hd", "k"}  # not `r`, `t`, `v`, `_`: common cache-busters
 # search.py options a client may try per request; they are the server's.
 SERVER_OPTIONS = {"mirror", "max_matches", "include_low_information", "full_paths", "max_pixels"}
+_SERVER_OPTION_KEYS = {option.replace("_", ""): option for option in SERVER_OPTIONS}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
 
 
 def _asks_for_a_distance(name: str) -> bool:
-    lowered = name.lower()
-    return (not name.isascii() or lowered in _DISTANCE_NAMES
-            or any(word in lowered for word in _DISTANCE_WORDS))
+    key = _key(name)
+    return (not name.isascii() or key in _DISTANCE_NAMES
+            or any(word in key for word in _DISTANCE_WORDS))
 
 
 def parse_distance(query_string: bytes, cap: int) -> int | None:
@@ -91,11 +98,12 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
         if name != "max_distance" and _asks_for_a_distance(name):
             raise Refused(400, f"unknown parameter {log_safe(name)}: the distance is"
                                " max_distance", close=True)
-        if name.lower() in SERVER_OPTIONS:
+        option = _SERVER_OPTION_KEYS.get(_key(name))
+        if option is not None:
             # `?mirror=1`, `?max_matches=1` were answered as if not asked (a review).
             raise Refused(400, f"{log_safe(name)} is not a parameter of /search: it is set for"
                                f" the whole server (search.py --serve"
-                               f" --{name.lower().replace('_', '-')})", close=True)
+                               f" --{option.replace('_', '-')})", close=True)
     if not values:
         return None
     if len(values) > 1:
