@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -92,7 +93,12 @@ class TestStdin:
         assert [a.get("error") for a in answers] == [
             None, None, "not a regular file (a FIFO, device or socket): not read",
             "not a regular file (a FIFO, device or socket): not read", "is a directory", None]
-        assert answers[1]["query"] == odd_name
+        # A review: written as \\udce9, which strict JSON parsers (serde_json) refuse. Now
+        # U+FFFD, and the exact bytes beside it.
+        assert answers[1]["query"] == "images/caf\ufffd.jpg"
+        assert base64.b64decode(answers[1]["query_base64"]) == os.fsencode(odd_name)
+        for answer in answers:
+            json.dumps(answer, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
         assert answers[1]["matches"][0]["relpath"] == "cat0/image_0000.jpg"
         assert answers[0]["query"] == "images/cat0/image_0000.jpg"
         assert result.returncode == 2 and result.stderr == b""

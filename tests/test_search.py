@@ -93,6 +93,32 @@ class TestSearchCommand:
         paths = {match["relpath"]: match["distance"] for match in record["matches"]}
         assert paths["copy.jpg"] == 0 and "cat0/image_0000.jpg" in paths
 
+    def test_json_output_names_a_file_that_is_not_utf8_exactly_and_validly(
+            self, indexed: Path, capsys: pytest.CaptureFixture) -> None:
+        """A review: such a name was written as \\udce9, which strict JSON parsers refuse."""
+        import base64
+
+        odd = os.fsdecode(b"images/caf\xe9.jpg")
+        Path(odd).write_bytes(Path("images/copy.jpg").read_bytes())
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+        capsys.readouterr()
+        assert search_cli.main(["-s", "db.shelve", "-q", odd, "--json"]) == 0
+        out = capsys.readouterr().out
+        out.encode("ascii")
+        (record,) = json.loads(out)
+        json.dumps(record, ensure_ascii=False).encode("utf-8")  # no lone surrogate anywhere
+        assert record["query"] == "images/caf\ufffd.jpg"
+        assert base64.b64decode(record["query_base64"]) == b"images/caf\xe9.jpg"
+        (match,) = [m for m in record["matches"] if "relpath_base64" in m]
+        assert match["relpath"] == "caf\ufffd.jpg"
+        assert base64.b64decode(match["relpath_base64"]) == b"caf\xe9.jpg"
+        assert os.path.exists(os.fsdecode(base64.b64decode(match["path_base64"])))
+        assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+        (group,) = [g for g in json.loads(capsys.readouterr().out) if "relpaths_base64" in g]
+        assert [base64.b64decode(name) if name else None for name in group["relpaths_base64"]
+                ] == [None if relpath != "caf\ufffd.jpg" else b"caf\xe9.jpg"
+                      for relpath in group["relpaths"]]
+
     def test_no_match_exits_1(self, indexed: Path, capsys: pytest.CaptureFixture) -> None:
         save(textured(999), str(indexed / "stranger.jpg"))
         assert search_cli.main(["-s", "db.shelve", "-q", "stranger.jpg", "-m", "2"]) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -15,7 +14,7 @@ from ..core.hashing import (
     hash_file_and_mirror,
     is_low_information,
 )
-from ..core.results import QueryResult, printable, to_record
+from ..core.results import QueryResult, json_text, printable, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,
@@ -422,9 +421,8 @@ def emit(results: list[QueryResult], dataset_root: str, *, as_json: bool, severa
                 else:
                     print(f"{prefix}{item['distance']}\t{printable(item['path'])}")
     if as_json:
-        # ASCII escapes keep the JSON valid even for file names that are not UTF-8.
-        json.dump(records, sys.stdout, indent=2)
-        print()
+        # Valid for strict parsers even for file names that are not UTF-8 (json_text).
+        print(json_text(records, indent=2))
     sys.stdout.flush()
     if errors:
         return EXIT_ERROR

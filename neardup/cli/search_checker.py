@@ -4,12 +4,12 @@ from standard input or images uploaded over HTTP."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
+from ..core.results import json_text
 from ..errors import NeardupError
 from ..service.checker import Checker
 from ..service.decoding import InWorkers
@@ -75,7 +75,7 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO, null: bool = Fa
             record = {"query": "", "error": f"a {unit} of more than {MAX_LINE_BYTES:,} bytes: no"
                                             " file name is that long"}
             failed = True
-            out.write(json.dumps(record) + "\n")
+            out.write(json_text(record) + "\n")
             out.flush()
             continue
         if null:
@@ -91,7 +91,7 @@ def answer_lines(checker: Checker, lines: BinaryIO, out: TextIO, null: bool = Fa
         else:  # still answered: a client pairs answers with its lines by their order
             record = {"query": "", "error": f"empty {unit}: no file named"}
         failed = failed or "error" in record
-        out.write(json.dumps(record) + "\n")
+        out.write(json_text(record) + "\n")
         out.flush()
     return EXIT_ERROR if failed else EXIT_MATCH
 

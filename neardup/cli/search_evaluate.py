@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 
+from ..core.results import json_text
 from ..core.search import HashIndex, resolve_stored_path
 from ..core.store import Store
 from ..errors import NeardupError
@@ -69,7 +69,7 @@ def run_evaluation(args: argparse.Namespace) -> int:
         if changed := manifest_changed(evaluations[-1]):
             warn(PROG, f"{path}: {changed}")
     if args.json:
-        print(json.dumps([evaluation.as_dict() for evaluation in evaluations], indent=2))
+        print(json_text([evaluation.as_dict() for evaluation in evaluations], indent=2))
     else:
         # On a store with features the page shows the verified answers too, as the report does.
         where = "the --report files" if args.report else (

@@ -4,13 +4,12 @@ sheet or written as an HTML page to review."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from ..api import DuplicateGroup, ImageStore
 from ..core.grouping import groups_distance_problem
 from ..core.hashing import DEFAULT_MAX_PIXELS
-from ..core.results import counted, display_path, printable
+from ..core.results import counted, display_path, json_text, printable
 from ..core.store import FileState, Store
 from ..errors import NeardupError, command
 from ..evaluation.html import Item, groups_page
@@ -41,7 +40,7 @@ def run_groups(args: argparse.Namespace) -> int:
         say(f"{display_path(root, relpath) or relpath}: changed or gone since it was indexed;"
             f" run {command('index.py')} before deleting anything from its group")
     if args.json:
-        print(json.dumps([{"images": [display_path(root, relpath) for relpath in group.relpaths],
+        print(json_text([{"images": [display_path(root, relpath) for relpath in group.relpaths],
                            "relpaths": list(group.relpaths),
                            # Each image's stored hash: a person can check the distances.
                            "hashes": [states[relpath].hash_hex if relpath in states else None

@@ -9,6 +9,8 @@ On a store with local features each match also has "found_by", "inliers" and "ve
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,3 +118,60 @@ def to_record(
         shown.append(record)
     return {"query": result.query, "hash": result.hash_hex, "undecided": result.undecided_hex,
             "low_information": result.low_information, "matches": shown}
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """json.dumps of a record, valid for strict parsers whatever the file names in it.
+
+    Python holds the bytes of a name that are not UTF-8 as lone surrogates, which json.dumps
+    writes as escapes such as \\udcff: a review found strict parsers (serde_json) refusing such
+    a line, and others replace them, so a client could not name the file back. Such a name is
+    written with U+FFFD in place of those bytes, and its exact bytes, base64, beside it under the
+    same key with `_base64` (a list of names gets a list, null for the names that are UTF-8).
+    Records without such a name (the escapes are the only way one shows) cost one search of the
+    text."""
+    text = json.dumps(value, **options)
+    if "\\ud" not in text:
+        return text
+    return json.dumps(_strict(value), **options)
+
+
+def _exact_bytes(text: str) -> str | None:
+    """The name's bytes as base64 when it is not UTF-8; None when it is."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "replace")
+        return base64.b64encode(raw).decode("ascii")
+
+
+def _escaped_only(text: str) -> bool:
+    """Whether every surrogate in `text` stands for a byte (surrogateescape: U+DC80 to U+DCFF)."""
+    return all(not "\ud800" <= char <= "\udfff" or "\udc80" <= char <= "\udcff" for char in text)
+
+
+def _readable(text: str) -> str:
+    raw = text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "replace")
+    return raw.decode("utf-8", "replace")
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, dict):
+        strict: dict[Any, Any] = {}
+        for key, item in value.items():
+            strict[key] = _strict(item)
+            if isinstance(item, str):
+                exact = _exact_bytes(item)
+                if exact is not None:
+                    strict[f"{key}_base64"] = exact
+            elif isinstance(item, list | tuple):
+                names = [_exact_bytes(name) if isinstance(name, str) else None for name in item]
+                if any(name is not None for name in names):
+                    strict[f"{key}_base64"] = names
+        return strict
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    if isinstance(value, str):
+        return _readable(value)
+    return value

@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.results import json_text
 from .output import write_whole
 from .scoring import MAX_THRESHOLD, TARGET_PRECISION, Evaluation, verified_scores
 
@@ -38,7 +38,7 @@ def write_report(evaluation: Evaluation, folder: str, stem: str) -> list[str]:
     """Write <stem>.json, <stem>.csv and <stem>.png into folder; return their paths."""
     os.makedirs(folder, exist_ok=True)
     json_path = os.path.join(folder, f"{stem}.json")
-    write_whole(json_path, (json.dumps(evaluation.as_dict(), indent=2) + "\n").encode("utf-8"))
+    write_whole(json_path, (json_text(evaluation.as_dict(), indent=2) + "\n").encode("utf-8"))
     csv_path = os.path.join(folder, f"{stem}.csv")
     table = io.StringIO(newline="")
     writer = csv.writer(table)

@@ -4,10 +4,11 @@ the answers (JSON, one record each), and who a client is for its per-address sha
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
+
+from ..core.results import json_text
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -119,7 +120,7 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
 
 async def reply(send: Send, status: int, payload: dict[str, Any],
                 headers: list[tuple[bytes, bytes]] | None = None, *, close: bool = False) -> None:
-    body = (json.dumps(payload) + "\n").encode("ascii")
+    body = (json_text(payload) + "\n").encode("ascii")
     all_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode("ascii"))]
     all_headers += headers or []
@@ -137,7 +138,7 @@ def log_safe(text: str) -> str:
 
 def canned(status: str, reason: str, extra: str = "") -> bytes:
     """A whole answer written before any request was parsed (a connection refused or timed out)."""
-    body = json.dumps({"error": reason}) + "\n"
+    body = json_text({"error": reason}) + "\n"
     return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n{body}").encode()
 
