@@ -1020,3 +1020,21 @@ def test_rebuild_refuses_what_it_cannot_do_before_hashing(in_tmp: Path,
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
     assert "4 images in the store" in capsys.readouterr().out
     assert not any(name.startswith("db.shelve.rebuilding") for name in os.listdir("."))
+    # Another writer on the store when the copy comes: the rebuilt store is kept, and the same
+    # command then copies it in without hashing again.
+    from neardup.core.storefile import WriterLock
+
+    make_tree("images/more", 2, start_seed=40)
+    writer = WriterLock.take("db.shelve")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    err = capsys.readouterr().err
+    assert "another index.py is writing to this store" in err
+    assert "the rebuilt store is kept in db.shelve.rebuilding" in err
+    writer.release()
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 4
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    assert "indexed 0, unchanged 6" in capsys.readouterr().out
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 6
+    assert not any(name.startswith("db.shelve.rebuilding") for name in os.listdir("."))

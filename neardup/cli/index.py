@@ -15,7 +15,7 @@ from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_work
 from ..core.results import shown_path
 from ..core.store import copy_store_into, remove_store_files
 from ..core.storefile import WriterLock, check_store_path, probe_for_writing
-from ..errors import NeardupError, command
+from ..errors import NeardupError, StoreError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
     EXIT_INTERRUPTED,
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                    batch_size=args.batch_size, file_seconds=args.file_timeout,
                                    **options)
         if target != args.shelve and not summary.refusal and summary.total:
-            copy_store_into(target, args.shelve, report=lambda line: warn(PROG, line))
-            remove_store_files(target, cache_moved_to=args.shelve + ".cache")
-            WriterLock.take(target).release(remove=True)
+            copy_rebuilt(target, args.shelve)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if target != args.shelve and summary.total:
             print(f"{shown_path(args.shelve)}: rebuilt; it holds the new contents from this one"
@@ -173,6 +171,22 @@ def main(argv: list[str] | None = None) -> int:
         # of main(argv) in a process of its own keeps its Ctrl-C.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
+
+
+def copy_rebuilt(rebuilt: str, store: str) -> None:
+    """--rebuild's last step: the store given the rebuilt one's contents, which are then deleted.
+    The rebuilt store's lock is held throughout, so that another --rebuild cannot write to it
+    meanwhile; a copy that cannot be made keeps it, for the same command to copy it in."""
+    lock = WriterLock.take(rebuilt)
+    try:
+        try:
+            copy_store_into(rebuilt, store, report=lambda line: warn(PROG, line))
+        except StoreError as error:
+            raise StoreError(f"{error}; the rebuilt store is kept in {rebuilt}: run the same"
+                             f" {command(PROG)} --rebuild again to copy it in") from error
+        remove_store_files(rebuilt, cache_moved_to=store + ".cache")
+    finally:
+        lock.release(remove=True)
 
 
 def on_cluster(args: argparse.Namespace) -> bool:
