@@ -571,7 +571,27 @@ class TestHostileClients:
                    or ": 429 busy: 4 uploads from this address in flight" in line
                    or ": 400 closed: the upload ended early" in line
                    or ": the client left before its upload was decoded; not decoded" in line
+                   or ": the client left during its upload (" in line
                    for line in log.splitlines()[1:]), log
+
+    def test_a_client_that_resets_during_its_upload_is_said_once(self, store: Path) -> None:
+        """A review: a reset in the middle of an upload left no line in the log."""
+        import struct
+
+        body = photo()
+        with running(*FAST) as server:
+            with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                raw.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                            + str(len(body)).encode() + b"\r\n\r\n" + body[:500])
+                time.sleep(0.5)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            deadline = time.monotonic() + 10
+            while "left during its upload" not in server.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status, _, _ = request(server.port, "GET", "/health")
+            assert status == 200
+        lines = [line for line in server.log().splitlines() if "during its upload" in line]
+        assert len(lines) == 1 and f"(500 of {len(body):,} bytes); not answered" in lines[0], lines
 
     def test_slow_headers_idle_connections_and_slow_bodies_are_cut_off(self, store: Path) -> None:
         with running(*FAST) as server:

@@ -312,6 +312,12 @@ class CheckerApp:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
+                        # Said, as an upload cut short by a plain close is (400 "ended
+                        # early"): a reset mid-upload left no line at all (a review).
+                        self.log.warning("%s POST /search: the client left during its upload"
+                                         " (%s of %s bytes); not answered",
+                                         address(scope.get("client")), f"{received:,}",
+                                         f"{length:,}")
                         return None
                     chunk = message.get("body", b"")
                     received += len(chunk)
