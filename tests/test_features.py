@@ -386,6 +386,18 @@ class TestStore:
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features"]) == 2
         err = capsys.readouterr().err
         assert "orb-50" in err and "orb-72" in err and len(err.splitlines()) == 1
+        # A review: a recipe that differs where the words did not look (the thumbnail's side,
+        # a key more) read the same as this neardup's.
+        for change in ("json_set(value, '$.stored_keypoints', 72, '$.thumbnail_side', 99)",
+                       "json_set(value, '$.stored_keypoints', 72, '$.extra', 1)"):
+            with closing(sqlite3.connect("db.shelve")) as connection:
+                connection.execute(f"UPDATE neardup_meta SET value = {change}"
+                                   " WHERE name = 'feature_recipe'")
+                connection.commit()
+            assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "--features"]) == 2
+            err = capsys.readouterr().err
+            made_with, asked = err.split("holds features made with ")[1].split(", this run asks")
+            assert made_with != asked.removeprefix(" for ").split("; use")[0], err
 
     def test_features_are_added_to_a_hash_store_incrementally(self, in_tmp: Path) -> None:
         for seed in range(3):

@@ -110,19 +110,24 @@ class FeatureRecipe:
     version: int = FEATURE_VERSION
 
     def describe(self) -> str:
-        return (f"{self.detector}-{self.stored_keypoints} (long side {self.max_side},"
-                f" v{self.version})")
+        return (f"{self.detector}-{self.stored_keypoints} (long side {self.max_side}, thumbnail"
+                f" {self.thumbnail_side}, v{self.version})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def describe_recorded(data: dict[str, Any]) -> str:
-        """A recorded recipe in words, even one this version cannot read."""
+        """A recorded recipe in words, even one this version cannot read; as it is recorded
+        where the words would not show how it differs (a key more or fewer, a number written as
+        text: a review read the same words for two recipes)."""
         try:
-            return FeatureRecipe.from_dict(data).describe()
+            recipe = FeatureRecipe.from_dict(data)
         except (KeyError, TypeError, ValueError):
             return json.dumps(data, sort_keys=True)
+        if recipe.to_dict() != data:
+            return json.dumps(data, sort_keys=True)
+        return recipe.describe()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureRecipe:
