@@ -1006,6 +1006,31 @@ def test_a_store_in_use_is_rebuilt_in_one_commit_that_readers_and_writers_take_w
         assert "rewritten with other contents (index.py --rebuild" in checker.stderr.read()
 
 
+def test_a_rebuild_never_drops_what_it_could_not_read_again_nor_half_the_store_unasked(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    Path("images/cat0/image_0002.jpg").write_bytes(b"\xff\xd8 damaged since")
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    out = capsys.readouterr().out
+    assert "images/cat0/image_0002.jpg" not in out and "cat0/image_0002.jpg: held by the store" in out
+    assert "the store keeps its contents, and the rebuilt store is kept in" in out
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 6
+    os.remove("images/cat0/image_0002.jpg")  # gone for good: a rebuild may drop it
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 5
+    shutil.rmtree("images/cat1")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    assert "lacks 3 of the store's 5 images" in capsys.readouterr().out
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild",
+                           "--allow-mass-removal"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 2
+
+
 def test_rebuild_refuses_what_it_cannot_do_before_hashing(in_tmp: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     make_tree("images", 4)

@@ -13,7 +13,7 @@ from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
 from ..core.results import shown_path
-from ..core.store import copy_store_into, remove_store_files
+from ..core.store import Store, copy_store_into, remove_store_files
 from ..core.storefile import WriterLock, check_store_path, probe_for_writing
 from ..errors import NeardupError, StoreError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
@@ -142,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = index_folder(dataset_folder(args.dataset), target, jobs=args.jobs,
                                    batch_size=args.batch_size, file_seconds=args.file_timeout,
                                    **options)
-        if target != args.shelve and not summary.refusal and summary.total:
+        rebuilt = target != args.shelve and not summary.refusal and summary.total > 0
+        if rebuilt:
+            summary.refusal = rebuild_refusal(args.shelve, target, args.allow_mass_removal)
+            rebuilt = not summary.refusal
+        if rebuilt:
             copy_rebuilt(target, args.shelve)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
-        if target != args.shelve and summary.total:
+        if rebuilt:
             print(f"{shown_path(args.shelve)}: rebuilt; it holds the new contents from this one"
                   " commit on")
         if summary.refusal:
@@ -171,6 +175,34 @@ def main(argv: list[str] | None = None) -> int:
         # of main(argv) in a process of its own keeps its Ctrl-C.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
+
+
+def rebuild_refusal(store: str, rebuilt: str, allow_mass_removal: bool) -> str:
+    """Why the rebuilt store must not replace the store's contents, or "".
+
+    The incremental run's rules, for what a rebuild would drop: an image the store holds whose
+    file is still there and could not be hashed again (a decode that timed out under load, a
+    Dask worker that did not see the file) is never dropped by a rebuild; more than half of
+    the store's images gone from the folder needs --allow-mass-removal. The rebuilt store is
+    kept either way, for the same command to finish."""
+    with Store.open_for_reading(store, quick_check=False, for_queries=False) as old:
+        held, root = set(old.file_states()), old.dataset_root
+    with Store.open_for_reading(rebuilt, quick_check=False, for_queries=False) as new:
+        dropped = held - set(new.file_states())
+    unread = sorted(relpath for relpath in dropped
+                    if os.path.lexists(os.path.join(root, relpath)))
+    kept = f"the store keeps its contents, and the rebuilt store is kept in {rebuilt}"
+    if unread:
+        many = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
+        return (f"{shown_path(unread[0])}{many}: held by the store, still in the folder, and"
+                f" not hashed again by this run (see the lines above); {kept}: run the same"
+                " command again once they can be read")
+    gone = len(dropped)
+    if gone * 2 > len(held) and not allow_mass_removal:
+        return (f"the rebuilt store lacks {gone} of the store's {len(held)} images, whose files"
+                " are gone from the folder (more than half); check that the folder is the"
+                f" right one and mounted, or run again with --allow-mass-removal; {kept}")
+    return ""
 
 
 def copy_rebuilt(rebuilt: str, store: str) -> None:
