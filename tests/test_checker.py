@@ -448,6 +448,7 @@ def test_writes_made_after_the_triggers_were_dropped_are_seen(store: Path) -> No
             database.execute("DROP TRIGGER neardup_dict_inserted")
             database.execute("DROP TRIGGER neardup_dict_counted")
         assert found() == (False, False)
+        assert checker.health()["generation"] is None  # no longer counted (it said 0)
         with closing(sqlite3.connect("db.shelve")) as database, database:
             database.execute("INSERT INTO Dict (key, value) VALUES (?, ?)", (key, value))
         assert found() == (True, True)

@@ -679,7 +679,11 @@ def _reserving(reservation: Reservation, name: str, data: bytes | None) -> OnHea
 def seen_in(store: Store) -> dict[str, Any]:
     """What /health reports of a store (read within a snapshot)."""
     hashes, images = store.counts()  # O(1) where the store's triggers keep them
-    return {"hashes": hashes, "images": images, "generation": store.generation()}
+    # No number while another program has dropped the triggers that count the changes: it said
+    # 0, as if the store had never changed (a review).
+    counted = store.refresh_tracking() or store.format == "1"
+    return {"hashes": hashes, "images": images,
+            "generation": store.generation() if counted else None}
 
 
 def without_path(message: str, path: str) -> str:
