@@ -1617,6 +1617,8 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
                                           f" whole server \\(search.py --serve {flag}\\)"):
             parse_distance(option + b"&max_distance=2", 6)
     assert parse_distance(b"max_distance=4", 6) == 4
+    assert parse_distance(b"max_distance=00", 6) == 0
+    assert parse_distance(b"max_distance=" + b"0" * 40 + b"4", 6) == 4
     assert parse_distance(b"max_distance=4&_=1700000000&v=2&t=x&r=0.25&ts=1&cb=2&nocache=1",
                           6) == 4  # cache-busters
 

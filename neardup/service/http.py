@@ -113,9 +113,11 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
         raise Refused(400, "max_distance given more than once", close=True)
     text = values[0]
     # The length first: int() of a 5,000-digit string raises (Python's conversion limit).
-    if not (text.isascii() and text.isdigit()) or len(text) > 4 or int(text) > cap:
+    # Leading zeros are no reason to refuse a value (`00` was taken, `00004` refused: a review).
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > 4 or int(digits) > cap:
         raise Refused(400, f"max_distance must be a whole number from 0 to {cap}", close=True)
-    return int(text)
+    return int(digits)
 
 
 async def reply(send: Send, status: int, payload: dict[str, Any],
