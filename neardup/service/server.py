@@ -313,7 +313,11 @@ class CheckerApp:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         # Said, as an upload cut short by a plain close is (400 "ended
-                        # early"): a reset mid-upload left no line at all (a review).
+                        # early", by the connection, which then says it alone): a reset
+                        # mid-upload left no line at all (a review).
+                        answered = scope.get(ANSWERED_BY_CONNECTION)
+                        if answered is not None and answered():
+                            return None
                         self.log.warning("%s POST /search: the client left during its upload"
                                          " (%s of %s bytes); not answered",
                                          address(scope.get("client")), f"{received:,}",
