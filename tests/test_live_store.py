@@ -1031,6 +1031,24 @@ def test_a_rebuild_never_drops_what_it_could_not_read_again_nor_half_the_store_u
         assert store.image_count() == 2
 
 
+def test_a_damaged_store_is_repaired_by_a_rebuild(in_tmp: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    with open("db.shelve", "r+b") as damaged:  # every page but the schema's
+        size = damaged.seek(0, os.SEEK_END)
+        damaged.seek(4096)
+        damaged.write(b"\xde\xad" * ((size - 4096) // 2))
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    captured = capsys.readouterr()
+    assert "the store is damaged" in captured.err and "rebuilt" in captured.out
+    with closing(sqlite3.connect("db.shelve")) as database:
+        assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 6
+
+
 def test_rebuild_refuses_what_it_cannot_do_before_hashing(in_tmp: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     make_tree("images", 4)

@@ -14,7 +14,7 @@ from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
 from ..core.results import shown_path
 from ..core.store import Store, copy_store_into, remove_store_files
-from ..core.storefile import WriterLock, check_store_path, probe_for_writing
+from ..core.storefile import StoreDamaged, WriterLock, check_store_path, probe_for_writing
 from ..errors import NeardupError, StoreError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
@@ -185,8 +185,14 @@ def rebuild_refusal(store: str, rebuilt: str, allow_mass_removal: bool) -> str:
     Dask worker that did not see the file) is never dropped by a rebuild; more than half of
     the store's images gone from the folder needs --allow-mass-removal. The rebuilt store is
     kept either way, for the same command to finish."""
-    with Store.open_for_reading(store, quick_check=False, for_queries=False) as old:
-        held, root = set(old.file_states()), old.dataset_root
+    try:
+        with Store.open_for_reading(store, quick_check=False, for_queries=False) as old:
+            held, root = set(old.file_states()), old.dataset_root
+    except StoreDamaged as error:
+        # The rebuild is the repair (README: Checking and repairing a store).
+        warn(PROG, f"{error.args[0].split('; ')[0]}: replaced by the rebuilt store without"
+             " comparing what each holds")
+        return ""
     with Store.open_for_reading(rebuilt, quick_check=False, for_queries=False) as new:
         dropped = held - set(new.file_states())
     unread = sorted(relpath for relpath in dropped
