@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             copy_rebuilt(target, args.shelve)
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if rebuilt:
-            print(f"{shown_path(args.shelve)}: rebuilt; it holds the new contents from this one"
-                  " commit on")
+            print(f"{shown_path(args.shelve)}: rebuilt: the new contents replaced the old in one"
+                  " commit")
         if summary.refusal:
             return EXIT_REFUSED
         if on_cluster(args) and summary.missing_there:
