@@ -158,9 +158,9 @@ class ImageStore:
     """A store open for reading. Use it as a context manager, or call close().
 
     Searches see the store's latest committed state: when another process has indexed more images
-    since the last call, the search index is rebuilt first; when the file at the store's path was
-    replaced (a rebuild moved over it), deleted or rewritten, the store there is opened again
-    (StoreError if there is none to open). One ImageStore may be shared by threads: images
+    since the last call, the search index is rebuilt first; when the store was rebuilt
+    (index.py --rebuild) or the file at its path replaced, deleted or rewritten, the store there
+    is opened again (StoreError if there is none to open). One ImageStore may be shared by threads: images
     are decoded and hashed in parallel, and the store is read by one thread at a time.
     """
 
