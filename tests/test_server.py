@@ -1460,6 +1460,40 @@ class TestFairness:
             return refused.status
         return sent[0]["status"]
 
+    def test_the_address_that_used_the_threads_least_goes_next(self) -> None:
+        """A review: taken in turn, a client whose photos decode in milliseconds still waited
+        behind each address sending pictures that take half a second (2.6 to 6 s an answer
+        beside several). Charged by the thread time it uses, it goes first."""
+        from neardup.service.fairness import FairThreads
+
+        ran: list[str] = []
+        started = threading.Event()
+
+        def job(name: str, seconds: float) -> None:
+            ran.append(name)
+            started.set()
+            time.sleep(seconds)
+
+        pool = FairThreads(1, "test")
+        try:
+            heavy = [pool.submit("10.0.0.1", job, f"h{n}", 0.1) for n in range(4)]
+            assert started.wait(10)
+            light = [pool.submit("10.0.0.2", job, f"l{n}", 0.0) for n in range(3)]
+            for future in heavy + light:
+                future.result(timeout=30)
+            # In turn, it was h0 l0 h1 l1 h2 l2 h3.
+            assert ran == ["h0", "l0", "l1", "l2", "h1", "h2", "h3"], ran
+            # Back after a pause, the light address starts level with the heavy one: its idle
+            # time bought no credit beyond that.
+            more_heavy = [pool.submit("10.0.0.1", job, f"H{n}", 0.05) for n in range(2)]
+            time.sleep(0.01)
+            back = pool.submit("10.0.0.2", job, "L", 0.0)
+            for future in [*more_heavy, back]:
+                future.result(timeout=30)
+            assert ran[7:] == ["H0", "L", "H1"], ran
+        finally:
+            pool.shutdown()
+
     def test_one_ipv6_slash_64_is_one_address(self) -> None:
         """A hostile review: shares were keyed by the full IPv6 address, and one client owns a
         /64, so it took every upload slot from addresses of its own /64."""
