@@ -272,7 +272,8 @@ class ImageStore:
             looks = self._hashes(image, recipe, mirror=mirror or features, max_pixels=max_pixels)
             frame = _analysis_frame(image, max_pixels) if features else None
             with self._reading() as store:
-                if store.recipe != recipe or store.has_features() != features:
+                if (store.meta_changed()  # since the look at the file: see Store.meta_changed
+                        or store.recipe != recipe or store.has_features() != features):
                     continue
                 if frame is not None:
                     matches = self._verified_matches(looks, frame, max_distance,

@@ -12,15 +12,20 @@ lock. Another program opening the store found the `-shm` unused, cut it short an
 under the reader's map, and the reader's next read died of SIGBUS (a review: `--serve` killed three
 times in a minute of swaps and index.py runs).
 
-SQLite gives no way to take the lock again on a node that lost it; only a node made anew takes
-it, and a node is made anew only once every connection of the process to that file is closed.
-So every connection says here which file it opened; closing the last one of a file marks every
-other file's node on the same `-shm` path as lost, and whoever holds such a connection closes it
-before anything else reads through it, then opens the store again (Store.shared_memory_lost).
+So every connection says here which file it opened. When the last connection of one file
+closes while connections of another file on the same `-shm` path stay open, the lock is taken
+again at once, through a descriptor of the `-shm` kept here for as long as any connection uses
+that path: POSIX locks belong to the process, so it stands for SQLite's own (the read lock on
+the `-shm`'s "DMS" byte, the only one a connection holds between reads). The first fix made such
+connections open the store again instead, and two API stores of one store in one process then
+took turns reopening at every search, neither ever holding the lock (a review). Where the lock
+cannot be taken again, the other files' connections are marked lost
+(Store.shared_memory_lost), and their owners close them before reading and open the store anew.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import threading
@@ -28,8 +33,11 @@ import threading
 # (the -shm path, the database file's (st_dev, st_ino) or a number of its own) -> open connections
 _users: dict[tuple[str, object], int] = {}
 _lost: set[tuple[str, object]] = set()
+_guards: dict[str, int] = {}  # -shm path -> a descriptor this module holds the lock through
 _lock = threading.Lock()
 _unknown = itertools.count()
+# SQLite's unix VFS: the byte of the -shm whose read lock says "in use" (UNIX_SHM_DMS).
+_IN_USE_BYTE = 128
 
 
 class SharedMemoryUse:
@@ -58,11 +66,33 @@ class SharedMemoryUse:
             if left:
                 _users[self._key] = left
                 return
-            # SQLite closes this file's node, and with it a descriptor of the -shm.
+            # SQLite closed this file's node, and with it a descriptor of the -shm: the
+            # process's locks on it are gone, those of other files' connections with them.
             del _users[self._key]
             _lost.discard(self._key)
             shm_path = self._key[0]
-            _lost.update(key for key in _users if key[0] == shm_path)
+            others = [key for key in _users if key[0] == shm_path]
+            if not others:
+                guard = _guards.pop(shm_path, None)
+                if guard is not None:
+                    os.close(guard)  # nothing of the process maps the -shm any more
+                return
+            if not _lock_again(shm_path):
+                _lost.update(others)
+
+
+def _lock_again(shm_path: str) -> bool:
+    """Take the "in use" read lock on `shm_path` again for this process (called holding _lock)."""
+    try:
+        guard = _guards.get(shm_path)
+        if guard is None:
+            guard = _guards[shm_path] = os.open(shm_path, os.O_RDWR | os.O_CLOEXEC)
+        # Waits while another program holds it for writing: that is one setting the -shm up,
+        # for a moment, having found it unused in the instant it was.
+        fcntl.lockf(guard, fcntl.LOCK_SH, 1, _IN_USE_BYTE, os.SEEK_SET)
+        return True
+    except OSError:
+        return False
 
 
 def file_id_between(before: os.stat_result | None, after: os.stat_result | None) -> object:

@@ -375,6 +375,7 @@ class Store:
         self.tracking = self._has_tracking()
         self._tracking_schema = self.schema_version()
         self._meta_seen_at = self.data_version()
+        self._meta_stale = False
         self._dataset_seen: tuple[int, int, int] | None = None  # dataset_gone's last look
         self._dataset_empty = False
 
@@ -1208,12 +1209,21 @@ class Store:
         another connection has committed since the last look (PRAGMA data_version). A running
         checker and an open API store answered with the recipe and folder read at open (a
         review); they open the store again when this says so."""
+        if self._meta_stale:
+            return True
         version = self.data_version()
         if version == self._meta_seen_at:
             return False
-        self._meta_seen_at = version
         meta = self._read_meta()
-        return any(meta.get(name) != self.meta.get(name) for name in _OPENED_AS)
+        if any(meta.get(name) != self.meta.get(name) for name in _OPENED_AS):
+            # Said until the store is opened again: asked first by a reader inside its snapshot
+            # (index.py --rebuild's commit can land between its look at the file and its read:
+            # a review's query hashed with the old recipe was answered from the new contents),
+            # then by the code that reopens.
+            self._meta_stale = True
+            return True
+        self._meta_seen_at = version
+        return False
 
     def refresh_tracking(self) -> bool:
         """Whether the change log is kept now: looked at again when the schema changed since

@@ -80,6 +80,10 @@ class _FrameNeeded(Exception):
     """The store gained local features after the query was decoded without its frame."""
 
 
+class _StoreChanged(Exception):
+    """What the store was opened as changed before its snapshot began: open it again, ask again."""
+
+
 class _HashNeeded(Exception):
     """The store at the path now holds hashes of another recipe than the query was hashed with
     (the file was replaced by a store built with another algorithm or hash size)."""
@@ -280,6 +284,8 @@ class Checker:
                 frame, hash_only = frame_again(), True
             except _HashNeeded:
                 hashes = hash_again()
+            except _StoreChanged:
+                pass  # the next attempt opens the store again (_current_store)
         raise StoreUnavailable("the store kept changing its recipe while this query was answered")
 
     def _answer_once(
@@ -301,6 +307,8 @@ class Checker:
                 raise _HashNeeded
             try:
                 with store.snapshot():
+                    if store.meta_changed():  # since the look at the file: see meta_changed
+                        raise _StoreChanged
                     self._follow_features(store)
                     if self._features is not None and frame is None and not hash_only:
                         raise _FrameNeeded
