@@ -866,6 +866,8 @@ def test_a_change_sequence_at_its_end_is_said_as_such(
     assert "change log's sequence (sqlite_sequence) is at the end of what SQLite can count" in err
     code, out, err = search("-q", "images/cat0/image_0000.jpg")  # read as it is
     assert code == 0, err
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
 
 
 def test_bad_entries_are_named_up_to_a_limit(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
@@ -1010,11 +1012,18 @@ def test_a_rebuild_never_drops_what_it_could_not_read_again_nor_half_the_store_u
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     make_tree("images", 6)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-    Path("images/cat0/image_0002.jpg").write_bytes(b"\xff\xd8 damaged since")
+    # Unreadable now, but unchanged as far as its stat goes (its size, mtime and inode): kept,
+    # as a plain run keeps it (a read that failed this time, or damage that stat cannot see).
+    damaged = Path("images/cat0/image_0002.jpg")
+    before = damaged.stat()
+    with open(damaged, "r+b") as stream:
+        stream.write(b"\x00" * before.st_size)
+    os.utime(damaged, ns=(before.st_atime_ns, before.st_mtime_ns))
     capsys.readouterr()
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
     out = capsys.readouterr().out
     assert "images/cat0/image_0002.jpg" not in out and "cat0/image_0002.jpg: held by the store" in out
+    assert "6 images in the store" in out  # the store's, not the rebuilt one's
     assert "the store keeps its contents, and the rebuilt store is kept in" in out
     with Store.open_for_reading("db.shelve") as store:
         assert store.image_count() == 6
@@ -1047,6 +1056,79 @@ def test_a_damaged_store_is_repaired_by_a_rebuild(in_tmp: Path,
         assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     with Store.open_for_reading("db.shelve") as store:
         assert store.image_count() == 6
+
+
+def test_a_rebuild_starts_again_what_a_stopped_one_left_that_it_cannot_resume(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """A review: a leftover db.shelve.rebuilding of another hash (or damaged) blocked every
+    rebuild, with advice to use another --shelve or to rebuild, which looped."""
+    make_tree("images", 4)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    assert index_cli.main(["-d", "images", "-s", "db.shelve.rebuilding", "-q", "-j", "1",
+                           "--algorithm", "phash"]) == 0
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    err = capsys.readouterr().err
+    assert "db.shelve.rebuilding: left by a stopped --rebuild, made with phash" in err, err
+    assert "started again" in err
+    assert index_cli.main(["-d", "images", "-s", "db.shelve.rebuilding", "-q", "-j", "1"]) == 0
+    with open("db.shelve.rebuilding", "r+b") as damaged:
+        damaged.seek(4096)
+        damaged.write(b"\xde\xad" * 4096)
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    assert "left by a stopped --rebuild, damaged" in capsys.readouterr().err
+    Path("db.shelve.rebuilding").write_text("someone's notes\n")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    err = capsys.readouterr().err
+    assert "is the name --rebuild builds under: move that file away" in err, err
+    assert Path("db.shelve.rebuilding").read_text() == "someone's notes\n"
+
+
+def test_rebuild_through_a_symlink_builds_beside_the_store_and_keeps_to_its_folder(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 4)
+    make_tree("others", 2, start_seed=30)
+    os.mkdir("stores")
+    assert index_cli.main(["-d", "images", "-s", "stores/db.shelve", "-q", "-j", "1"]) == 0
+    os.symlink("stores/db.shelve", "link.shelve")
+    os.mkdir("images/more")
+    shutil.copy("images/cat0/image_0000.jpg", "images/more/copy.jpg")
+    capsys.readouterr()
+    assert index_cli.main(["-d", "images", "-s", "link.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    assert not os.path.exists("link.shelve.rebuilding")
+    with Store.open_for_reading("stores/db.shelve") as store:
+        assert store.image_count() == 5
+    # Another folder: refused before any hashing, as a plain run refuses it.
+    assert index_cli.main(["-d", "others", "-s", "link.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    err = capsys.readouterr().err
+    assert f"indexes {in_tmp / 'images'}, not others; --rebuild builds a store again" in err, err
+    # A dangling link: a store made through it, as a plain run does.
+    os.symlink("stores/new.shelve", "dangling.shelve")
+    assert index_cli.main(["-d", "others", "-s", "dangling.shelve", "-q", "-j", "1",
+                           "--rebuild"]) == 0
+    assert os.path.isfile("stores/new.shelve")
+
+
+def test_a_rebuild_refused_counts_the_store_and_drops_what_changed_and_cannot_be_read(
+        in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    make_tree("images", 6)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    os.mkdir("empty")
+    capsys.readouterr()
+    # An empty folder in its place (a disk not mounted): not an empty store.
+    shutil.move("images", "away")
+    os.mkdir("images")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 2
+    out = capsys.readouterr().out
+    assert "holds no image that could be indexed" in out and "6 images in the store" in out, out
+    os.rmdir("images")
+    shutil.move("away", "images")
+    # A stored file rewritten since and unreadable now is dropped, as a plain run drops it.
+    Path("images/cat0/image_0002.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--rebuild"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        assert store.image_count() == 5
 
 
 def test_rebuild_refuses_what_it_cannot_do_before_hashing(in_tmp: Path,

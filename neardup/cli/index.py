@@ -12,10 +12,9 @@ from ..api import index_folder
 from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
+from ..core.rebuilding import finish_rebuild, rebuild_target
 from ..core.results import shown_path
-from ..core.store import Store, copy_store_into, remove_store_files
-from ..core.storefile import StoreDamaged, WriterLock, check_store_path, probe_for_writing
-from ..errors import NeardupError, StoreError, command
+from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (
     EXIT_INTERRUPTED,
@@ -34,7 +33,6 @@ EXIT_OK = 0
 EXIT_NOTHING_INDEXED = 1
 EXIT_REFUSED = 2
 DEFAULT_CONNECT_SECONDS = 30
-REBUILDING = ".rebuilding"  # the store --rebuild builds, beside the one it rebuilds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                    "moved_from": dataset_folder(args.moved_from) if args.moved_from else None}
         # --rebuild of a store that exists: built beside it, copied into it at the end.
         target = args.shelve
-        if args.rebuild and os.path.lexists(args.shelve):
-            check_store_path(args.shelve, writing=True)
-            probe_for_writing(args.shelve)  # a file that is not a store is refused before hashing
-            target = args.shelve + REBUILDING
+        if args.rebuild and os.path.exists(args.shelve):
+            target = rebuild_target(args.shelve, dataset_folder(args.dataset),
+                                    Recipe(args.algorithm, args.hash_size, exact=args.exact),
+                                    args.features, lambda line: warn(PROG, line))
         if on_cluster(args):
             with connect(args.scheduler, args.local_cluster, args.connect_timeout,
                          features=args.features,
@@ -142,12 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = index_folder(dataset_folder(args.dataset), target, jobs=args.jobs,
                                    batch_size=args.batch_size, file_seconds=args.file_timeout,
                                    **options)
-        rebuilt = target != args.shelve and not summary.refusal and summary.total > 0
-        if rebuilt:
-            summary.refusal = rebuild_refusal(args.shelve, target, args.allow_mass_removal)
-            rebuilt = not summary.refusal
-        if rebuilt:
-            copy_rebuilt(target, args.shelve)
+        rebuilt = target != args.shelve and finish_rebuild(
+            args.shelve, target, summary, args.dataset, args.allow_mass_removal,
+            lambda line: warn(PROG, line))
         print(f"{shown_path(args.shelve)}: {summary.line()}")  # one line, whatever the name
         if rebuilt:
             print(f"{shown_path(args.shelve)}: rebuilt: the new contents replaced the old in one"
@@ -175,56 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         # of main(argv) in a process of its own keeps its Ctrl-C.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
-
-
-def rebuild_refusal(store: str, rebuilt: str, allow_mass_removal: bool) -> str:
-    """Why the rebuilt store must not replace the store's contents, or "".
-
-    The incremental run's rules, for what a rebuild would drop: an image the store holds whose
-    file is still there and could not be hashed again (a decode that timed out under load, a
-    Dask worker that did not see the file) is never dropped by a rebuild; more than half of
-    the store's images gone from the folder needs --allow-mass-removal. The rebuilt store is
-    kept either way, for the same command to finish."""
-    try:
-        with Store.open_for_reading(store, quick_check=False, for_queries=False) as old:
-            held, root = set(old.file_states()), old.dataset_root
-    except StoreDamaged as error:
-        # The rebuild is the repair (README: Checking and repairing a store).
-        warn(PROG, f"{error.args[0].split('; ')[0]}: replaced by the rebuilt store without"
-             " comparing what each holds")
-        return ""
-    with Store.open_for_reading(rebuilt, quick_check=False, for_queries=False) as new:
-        dropped = held - set(new.file_states())
-    unread = sorted(relpath for relpath in dropped
-                    if os.path.lexists(os.path.join(root, relpath)))
-    kept = f"the store keeps its contents, and the rebuilt store is kept in {rebuilt}"
-    if unread:
-        many = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
-        return (f"{shown_path(unread[0])}{many}: held by the store, still in the folder, and"
-                f" not hashed again by this run (see the lines above); {kept}: run the same"
-                " command again once they can be read")
-    gone = len(dropped)
-    if gone * 2 > len(held) and not allow_mass_removal:
-        return (f"the rebuilt store lacks {gone} of the store's {len(held)} images, whose files"
-                " are gone from the folder (more than half); check that the folder is the"
-                f" right one and mounted, or run again with --allow-mass-removal; {kept}")
-    return ""
-
-
-def copy_rebuilt(rebuilt: str, store: str) -> None:
-    """--rebuild's last step: the store given the rebuilt one's contents, which are then deleted.
-    The rebuilt store's lock is held throughout, so that another --rebuild cannot write to it
-    meanwhile; a copy that cannot be made keeps it, for the same command to copy it in."""
-    lock = WriterLock.take(rebuilt)
-    try:
-        try:
-            copy_store_into(rebuilt, store, report=lambda line: warn(PROG, line))
-        except StoreError as error:
-            raise StoreError(f"{error}; the rebuilt store is kept in {rebuilt}: run the same"
-                             f" {command(PROG)} --rebuild again to copy it in") from error
-        remove_store_files(rebuilt, cache_moved_to=store + ".cache")
-    finally:
-        lock.release(remove=True)
 
 
 def on_cluster(args: argparse.Namespace) -> bool:

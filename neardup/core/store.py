@@ -1503,8 +1503,9 @@ def _refuse_exhausted_log(db: Db, path: str) -> None:
         return
     if _logged_generation(db, path) > _LAST_SEQUENCE - _SEQUENCE_MARGIN:
         raise StoreError(f"{path}: its change log's sequence (sqlite_sequence) is at the end of"
-                         " what SQLite can count, set there by another program; build a new"
-                         " store (README: Checking and repairing a store)")
+                         " what SQLite can count, set there by another program; rebuild it with"
+                         f" {command('index.py')} --rebuild (README: Checking and repairing a"
+                         " store)")
 
 
 def _features_without_recipe(path: str) -> StoreError:
