@@ -1634,7 +1634,12 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
     from neardup.service.http import Refused, parse_distance
 
     assert parse_distance(b"", 6) is None
-    assert parse_distance(b"other=1", 6) is None  # a cache-buster, say
+    assert parse_distance(b"_=1700000000", 6) is None  # a cache-buster
+    # A third review: any other name was answered at the server's settings without a word.
+    for other in (b"other=1", b"limit=5", b"top=3", b"n=2", b"flip=1", b"low_info=1",
+                  b"full_path=1", b"similarity=0.9", b"max=2", b"utm_source=x"):
+        with pytest.raises(Refused, match="unknown parameter .*: /search takes max_distance"):
+            parse_distance(other, 6)
     for misspelt in (b"max_dist=0", b"MAX_DISTANCE=2", b"distance=1",  # not the default
                      # a review: homoglyphs and other words for it got the default silently
                      b"max_d%D1%96stance=0", b"max_%C4%B1stance=0", b"max_distanc%C3%A9=0",

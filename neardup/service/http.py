@@ -68,6 +68,11 @@ def content_length(headers: list[tuple[bytes, bytes]]) -> int:
 # `max_diff`, `hd`, `k`, and `max-matches`, `maxMatches` got the defaults silently).
 _DISTANCE_WORDS = ("dist", "radius", "thresh", "hamming", "tol", "bits", "diff")
 _DISTANCE_NAMES = {"d", "md", "maxd", "hd", "k"}  # not `r`, `t`, `v`, `_`: common cache-busters
+# Any other name is refused too (a third review found `limit`, `top`, `flip`, `low_info`,
+# `similarity` and more answered at the server's settings without a word), except these
+# cache-busters and names starting with `_` (jQuery's `_=1700000000`).
+CACHE_BUSTERS = {"v", "t", "r", "ts", "cb", "nocache", "cachebust", "cachebuster", "rand",
+                 "random", "nonce", "version"}
 # search.py options a client may try per request; they are the server's.
 SERVER_OPTIONS = {"mirror", "max_matches", "include_low_information", "full_paths", "max_pixels"}
 _SERVER_OPTION_KEYS = {option.replace("_", ""): option for option in SERVER_OPTIONS}
@@ -105,6 +110,11 @@ def parse_distance(query_string: bytes, cap: int) -> int | None:
             raise Refused(400, f"{log_safe(name)} is not a parameter of /search: it is set for"
                                f" the whole server (search.py --serve"
                                f" --{option.replace('_', '-')})", close=True)
+        if name != "max_distance" and not name.startswith("_") and (
+                name.lower() not in CACHE_BUSTERS):
+            raise Refused(400, f"unknown parameter {log_safe(name)}: /search takes max_distance"
+                               " (the server's other settings are its options; a cache-buster"
+                               " may be named _ or start with _)", close=True)
     if not values:
         return None
     if len(values) > 1:
