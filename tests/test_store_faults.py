@@ -64,6 +64,8 @@ RECIPE = '{"algorithm": "dhash", "hash_size": %s, "exact": %s, "preprocess_versi
     ("recipe", RECIPE % ("8", '"yes"'), "its recipe cannot be used here: its fields are not"),
     ("recipe", RECIPE % ("true", "false"), "its recipe cannot be used here: its fields are not"),
     ("recipe", "[1]", "its recipe cannot be used here: '[1]' is not a recipe"),
+    ("recipe", "notjson", "its neardup_meta table is not understood (recipe is 'notjson', not a"
+     " recipe)"),
     ("feature_recipe", "notjson", "its neardup_meta table is not understood (feature_recipe is"
      " 'notjson', not a recipe)"),
     ("feature_recipe", "[1, 2]", "its neardup_meta table is not understood (feature_recipe is"),

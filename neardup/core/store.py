@@ -1455,6 +1455,11 @@ def stored_recipe(path: str, text: str) -> Recipe:
     """The recipe a store records, or a StoreError naming the store (one from a newer neardup)."""
     try:
         data = json.loads(text)
+    except ValueError:
+        # JSON's own words ("Expecting value: line 1 column 1") went to clients (a review).
+        raise StoreError(f"{path}: its neardup_meta table is not understood (recipe is"
+                         f" {text[:40]!r}, not a recipe)") from None
+    try:
         if not isinstance(data, dict):
             raise ValueError(f"{text[:40]!r} is not a recipe")
         recipe = Recipe.from_dict(data)
