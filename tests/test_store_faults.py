@@ -73,7 +73,7 @@ RECIPE = '{"algorithm": "dhash", "hash_size": %s, "exact": %s, "preprocess_versi
      " records local features, and there is no neardup_features table)"),
     ("changes_since", "abc", "its neardup_meta table is not understood (changes_since is 'abc',"
      " not a whole number)"),
-], ids=["huge size", "size 7", "exact a word", "size true", "a list", "features not JSON",
+], ids=["huge size", "size 7", "exact a word", "size true", "a list", "not JSON", "features not JSON",
         "features a list", "features without their table", "a log position not a number"])
 def test_a_meta_value_written_by_another_program_is_one_line(
         in_tmp: Path, capsys: pytest.CaptureFixture[str], name: str, value: str, said: str) -> None:
