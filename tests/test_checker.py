@@ -481,7 +481,9 @@ def test_what_the_store_was_opened_as_changed_by_hand_is_followed(store: Path) -
 
     query = "images/cat0/image_0000.jpg"
     shutil.copytree("images", "copy")
-    with Checker("db.shelve") as checker, neardup.open_store("db.shelve") as api:
+    said: list[str] = []
+    with Checker("db.shelve", warn=said.append) as checker, \
+            neardup.open_store("db.shelve") as api:
         first = checker.check_file(query)
         assert os.path.abspath(first["matches"][0]["path"]) == str(
             store / "images" / "cat0" / "image_0000.jpg")
@@ -499,6 +501,10 @@ def test_what_the_store_was_opened_as_changed_by_hand_is_followed(store: Path) -
                              (recipe.replace("dhash", "phash"),))
         assert checker.check_file(query)["hash"] != first["hash"]  # hashed as the store says
         assert api.recipe.algorithm == "phash"
+    assert said == ["db.shelve: another program changed what the store records of itself"
+                    " (dataset_root); reopened it",
+                    "db.shelve: another program changed what the store records of itself"
+                    " (recipe); reopened it"], said
 
 
 def test_a_dataset_folder_moved_while_checking_is_said_once_and_its_return_too(

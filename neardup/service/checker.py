@@ -532,8 +532,19 @@ class Checker:
         identity, state = identity_and_state(self.store_path)
         if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
             if (state == self._state and self._unavailable is None
-                    and not self._store.shared_memory_lost and not self._meta_changed()):
-                return self._store
+                    and not self._store.shared_memory_lost):
+                if not self._meta_changed():
+                    return self._store
+                old = self._store
+                store = self._reopen_rewritten(state)
+                if store.store_id == old.store_id:  # else said as other contents
+                    changed = [name for name in ("recipe", "dataset_root", "format_version",
+                                                 "feature_recipe")
+                               if store.meta.get(name) != old.meta.get(name)]
+                    self._warn(f"{self.store_path}: another program changed what the store"
+                               f" records of itself ({', '.join(changed) or 'neardup_meta'});"
+                               " reopened it")
+                return store
             return self._reopen_rewritten(state)
         # Closed before the new file is opened: a connection to each, open at once, share the
         # -shm path, and the old one's close would drop the new one's lock (core.sharedmemory).
