@@ -121,28 +121,17 @@ def test_a_checker_following_a_rebuild_keeps_the_lock(two_stores: Path) -> None:
         assert shm_read_locks(two_stores / "db.shelve") == 1
 
 
+@pytest.mark.parametrize("lock_taken_again", [True, False],
+                         ids=["taken again", "cannot be taken again"])
 def test_a_checker_keeps_the_lock_when_a_slower_connection_lets_go(
-        two_stores: Path) -> None:
+        two_stores: Path, monkeypatch: pytest.MonkeyPatch, lock_taken_again: bool) -> None:
     """A connection to the old file outlives the swap (as the checker's background index
     builders can): its close drops the process's lock, taken again at once for the checker's
-    new connection."""
-    query = str(two_stores / "photos" / "cat0" / "image_0002.jpg")
-    with Checker("db.shelve") as checker:
-        builder = Store.open_for_reading("db.shelve", quick_check=False)
-        builder.image_count()
-        os.replace("rebuilt.shelve", "db.shelve")
-        assert checker.check_file(query)["matches"]
-        builder.close()
-        assert shm_read_locks(two_stores / "db.shelve") == 1  # taken again at once
-        assert checker.check_file(query)["matches"]
-        assert shm_read_locks(two_stores / "db.shelve") == 1
-
-
-def test_where_the_lock_cannot_be_taken_again_the_connection_is_opened_anew(
-        two_stores: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new connection; where it cannot be, the checker opens the store again before reading."""
     import neardup.core.sharedmemory as sharedmemory
 
-    monkeypatch.setattr(sharedmemory, "_lock_again", lambda shm_path: False)
+    if not lock_taken_again:
+        monkeypatch.setattr(sharedmemory, "_lock_again", lambda shm_path: False)
     query = str(two_stores / "photos" / "cat0" / "image_0002.jpg")
     with Checker("db.shelve") as checker:
         builder = Store.open_for_reading("db.shelve", quick_check=False)
@@ -150,8 +139,8 @@ def test_where_the_lock_cannot_be_taken_again_the_connection_is_opened_anew(
         os.replace("rebuilt.shelve", "db.shelve")
         assert checker.check_file(query)["matches"]
         builder.close()
-        assert shm_read_locks(two_stores / "db.shelve") == 0
-        assert checker.check_file(query)["matches"]  # opened again first: a lock of its own
+        assert shm_read_locks(two_stores / "db.shelve") == (1 if lock_taken_again else 0)
+        assert checker.check_file(query)["matches"]
         assert shm_read_locks(two_stores / "db.shelve") == 1
 
 
