@@ -399,6 +399,17 @@ class TestStore:
             made_with, asked = err.split("holds features made with ")[1].split(", this run asks")
             assert made_with != asked.removeprefix(" for ").split("; use")[0], err
 
+    def test_a_rebuild_without_features_leaves_none_of_their_cached_arrays(
+            self, feature_store: Path) -> None:
+        """A review: the old contents' feature index files stayed in db.shelve.cache/."""
+        assert os.listdir("db.shelve.cache")  # the feature index, cached by index.py
+        assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
+                               "--rebuild"]) == 0
+        with Store.open_for_reading("db.shelve") as store:
+            assert not store.has_features()
+            left = os.listdir("db.shelve.cache") if os.path.isdir("db.shelve.cache") else []
+            assert all(store.store_id in name for name in left), left
+
     def test_features_are_added_to_a_hash_store_incrementally(self, in_tmp: Path) -> None:
         for seed in range(3):
             save(scene(seed), f"images/s{seed}.jpg", quality=92)

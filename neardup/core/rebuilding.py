@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 
 from ..errors import StoreError, command
+from . import cache
 from .hashing import Recipe
 from .indexing import IndexSummary
 from .results import shown_path
@@ -140,3 +141,7 @@ def _copy(rebuilt: str, store_path: str, report: Report) -> None:
         remove_store_files(rebuilt, cache_moved_to=store_path + ".cache")
     finally:
         lock.release(remove=True)
+    # The old contents' search and feature arrays are of another store id now: deleted (a
+    # review found a hash-only rebuild leaving the old feature index's files).
+    with Store.open_for_reading(store_path, quick_check=False, for_queries=False) as copied:
+        cache.prune(copied, keep=copied.generation())
