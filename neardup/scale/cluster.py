@@ -459,7 +459,7 @@ def cluster_hasher(
         try:
             for future in running:
                 try:
-                    outcomes = future.result()
+                    result = future.result()
                 except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
                     if not _killed_workers(distributed, error):
                         raise _cluster_failure(distributed, error) from None
@@ -477,6 +477,7 @@ def cluster_hasher(
                         files_of[retry] = half
                         running.add(retry)
                     continue
+                outcomes = _checked(result)
                 files_of.pop(future, None)
                 yield outcomes
                 future.release()  # its outcomes are committed; the cluster can forget them
@@ -484,7 +485,9 @@ def cluster_hasher(
                 alone = client.submit(_hash_on_worker, suspect, **options)
                 files_of[alone] = suspect
                 try:
-                    outcomes = alone.result()
+                    outcomes = _checked(alone.result())
+                except WorkerDiffers:
+                    raise
                 except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
                     if not _killed_workers(distributed, error):
                         raise _cluster_failure(distributed, error) from None
@@ -505,11 +508,18 @@ class WorkerLacks(NeardupError):
     first: a worker that has what it needs may still take it)."""
 
 
+class WorkerDiffers(NeardupError):
+    """A worker that joined after check_cluster runs other neardup code than the client's."""
+
+
 def _hash_on_worker(
     files: list[FoundFile], recipe: Recipe, max_pixels: int, features: bool = False
-) -> list[HashOutcome]:
-    """hash_partition, on a worker checked first for what --features needs: the first file
-    would otherwise fail with a 45-line ModuleNotFoundError traceback on the client."""
+) -> tuple[str, str, str, list[HashOutcome]]:
+    """hash_partition, on a worker checked first for what --features needs (the first file
+    would otherwise fail with a 45-line ModuleNotFoundError traceback on the client), with the
+    neardup the worker ran (its version and code fingerprint) and its address: the client
+    stores nothing a worker with other code hashed (_checked)."""
+    worker = _dask().get_worker().address
     if features:
         missing = [name for name in FEATURE_MODULES if importlib.util.find_spec(name) is None]
         if missing:
@@ -517,7 +527,27 @@ def _hash_on_worker(
                 f"the Dask worker {_dask().get_worker().address} cannot extract local features"
                 f" ({' and '.join(missing)} missing there; it joined after the cluster was"
                 f" checked); {cluster_install_hint('dask,features')}")
-    return hash_partition(files, recipe, max_pixels, features)
+    return __version__, code_fingerprint(), worker, hash_partition(files, recipe, max_pixels,
+                                                                   features)
+
+
+def _checked(result: Any) -> list[HashOutcome]:
+    """A partition's outcomes, once the worker that made them is known to run the client's
+    neardup. check_cluster asks the workers there at the start; one that joined later was
+    given partitions unasked, and a review's, with other code, had its wrong hashes stored
+    without a word (1,032 images, 999 buckets merged into one)."""
+    if not (isinstance(result, tuple) and len(result) == 4):
+        # What _hash_on_worker returned before it said which neardup ran it.
+        raise WorkerDiffers("a Dask worker that joined after the start hashed with an older"
+                            " neardup; nothing it hashed was stored; stop it, then "
+                            + cluster_install_hint("dask"))
+    version, fingerprint, worker, outcomes = result
+    if (version, fingerprint) != (__version__, code_fingerprint()):
+        raise WorkerDiffers(f"the Dask worker {worker}, which joined after the start, has"
+                            f" {_described((version, fingerprint))}; this client has"
+                            f" {__version__}: nothing it hashed was stored; stop it, then "
+                            + cluster_install_hint("dask"))
+    return list(outcomes)
 
 
 class _WorkerWatch:
