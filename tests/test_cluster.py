@@ -485,3 +485,21 @@ def test_nothing_a_worker_with_other_code_hashed_is_stored(
     # What a worker of a neardup older than this check returns: refused as such.
     with pytest.raises(scale_cluster.WorkerDiffers, match="hashed with an older neardup"):
         scale_cluster._checked([])
+
+
+def test_workers_that_cannot_read_heic_are_said_once_when_this_client_can(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A review: each HEIC file failed on the workers with "install the pillow-heif plug-in",
+    which the user had just installed here."""
+    import importlib.util
+
+    import neardup.scale.cluster as scale_cluster
+
+    if importlib.util.find_spec("pillow_heif") is None:
+        pytest.skip("pillow-heif is not installed here (requirements-heic.txt)")
+    make_tree("images", 4)
+    monkeypatch.setattr(scale_cluster, "_HEIC_PROBE", "False")  # as a worker without it answers
+    assert index_cli.main(["-d", "images", "-s", "dask.shelve", "-q", "--local-cluster", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("cannot read HEIC (pillow-heif missing there)") == 1, err
+    assert "[dask,heic] extra" in err

@@ -54,6 +54,8 @@ _VERSION_PROBE = (
 FEATURE_MODULES = ("cv2", "faiss")
 _FEATURES_PROBE = (f"[name for name in {FEATURE_MODULES!r}"
                    " if __import__('importlib.util').util.find_spec(name) is None]")
+# Whether a worker can read HEIC (the heic extra's plug-in).
+_HEIC_PROBE = "__import__('importlib.util').util.find_spec('pillow_heif') is not None"
 
 
 def cluster_install_hint(extras: str = "dask") -> str:
@@ -121,7 +123,7 @@ def _connected(
                     client = distributed.Client(cluster)
                 _without_gc_diagnosis()
                 client.register_plugin(QuietWhenClosing(), name=QuietWhenClosing.name)
-                check_cluster(client, timeout_seconds, features)
+                check_cluster(client, timeout_seconds, features, report)
             yield client
         finally:
             # Closing a cluster that still runs partitions (Ctrl-C) logs each cancelled task
@@ -156,7 +158,7 @@ def _connected(
         logger.setLevel(logging.CRITICAL)
     try:
         with client:
-            check_cluster(client, timeout_seconds, features)
+            check_cluster(client, timeout_seconds, features, report)
             yield client
     finally:
         for logger, level in zip(quiet, levels, strict=True):
@@ -360,9 +362,11 @@ def _dask_warnings(report: Callable[[str], None]) -> Iterator[None]:
                                    warning.lineno)
 
 
-def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = False) -> None:
+def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = False,
+                  report: Callable[[str], None] = lambda line: None) -> None:
     """Refuse, in one line, a cluster whose scheduler or workers cannot import this neardup (or,
-    for `features`, whose workers lack OpenCV or FAISS)."""
+    for `features`, whose workers lack OpenCV or FAISS); say (`report`) when workers cannot read
+    HEIC and this client can."""
     try:
         client.wait_for_workers(1, timeout=timeout_seconds)
     except TimeoutError:
@@ -382,6 +386,7 @@ def check_cluster(client: Any, timeout_seconds: float = 30, features: bool = Fal
     if not wrong:
         if features:
             _check_features(client)
+        _check_heic(client, report)
         return
     parts = ["the Dask scheduler"] if "scheduler" in wrong else []
     workers = sorted(name for name in wrong if name != "scheduler")
@@ -418,6 +423,21 @@ def _check_features(client: Any) -> None:
     raise NeardupError(f"{_some_workers(sorted(lacking), len(client.scheduler_info()['workers']))}"
                        f" cannot extract local features ({missing} missing there); "
                        + cluster_install_hint("dask,features"))
+
+
+def _check_heic(client: Any, report: Callable[[str], None]) -> None:
+    """A review: with pillow-heif on the client and not on the workers, each HEIC file failed
+    with "install the pillow-heif plug-in to read it", which the user had just done here."""
+    if importlib.util.find_spec("pillow_heif") is None:
+        return  # this client cannot read HEIC either: its runs fail those files alike
+    try:
+        lacking = sorted(name for name, can in client.run(eval, _HEIC_PROBE).items() if not can)
+    except Exception:  # noqa: BLE001 - a probe that fails says nothing; hashing will
+        return
+    if lacking:
+        report(f"{_some_workers(lacking, len(client.scheduler_info()['workers']))} cannot read"
+               " HEIC (pillow-heif missing there), as this client can: HEIC files hashed there"
+               f" fail; {cluster_install_hint('dask,heic')}")
 
 
 def _some_workers(names: list[str], total: int) -> str:
