@@ -461,8 +461,8 @@ class Store:
     @property
     def shared_memory_lost(self) -> bool:
         """Whether this process lost SQLite's lock on the store's -shm since this store was opened
-        (core.sharedmemory): a reader following its file closes it before reading again, then
-        opens the store anew."""
+        and could not take it again (core.sharedmemory): a reader following its file then closes
+        it before reading again, and opens the store anew."""
         return self._db.shared_memory_lost
 
     def checkpoint(self) -> tuple[str, str] | None:

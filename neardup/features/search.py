@@ -385,7 +385,8 @@ class CheckerFeatures:
         self._store_path = store_path
         self._warn = warn
         # Held by the checker's answers: the builder's connection closes under it, never while
-        # an answer reads (its close may drop the answer's lock on the -shm: core.sharedmemory).
+        # an answer reads (its close may drop the process's lock on the -shm for a moment:
+        # core.sharedmemory).
         self._answers_lock = answers_lock or threading.Lock()
         self._search: VerifiedSearch | None = None
         self._loaded_token = ""  # the features' token of the index in memory

@@ -465,8 +465,8 @@ class Checker:
                     # A fresh base (or a cache entry of this very state), saved for everyone else.
                     index = HashIndex.from_store(store, max_delta=0)
             finally:
-                with self._lock:  # never during an answer: it may drop the answer's lock on the
-                    store.close()  # -shm (core.sharedmemory); the next answer opens it again
+                with self._lock:  # never during an answer: its close drops the process's lock
+                    store.close()  # on the -shm for a moment (core.sharedmemory takes it again)
             with self._lock:
                 if epoch == self._epoch:  # not for a file answered from before it was rewritten
                     self._pending = index
