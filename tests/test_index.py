@@ -641,3 +641,24 @@ def test_the_fork_server_and_workers_start_deaf_to_ctrl_c(in_tmp: Path) -> None:
         finished(process, 60)
     assert len(seen) >= 3, seen  # the fork server and two workers (and the resource tracker)
     assert all(line.endswith("deaf=True") for line in seen.values()), seen
+
+
+def test_a_folder_that_vanishes_during_the_run_is_said_once(in_tmp: Path) -> None:
+    """A review: a subfolder deleted during a run gave a line per file (711 for one folder)."""
+    for number in range(12):
+        save(textured(number), f"images/keep/k{number}.jpg")
+        save(textured(100 + number), f"images/lib/vanish/deep/v{number}.jpg")
+    said: list[str] = []
+    real = indexing.local_hasher(1, 4)
+
+    def vanishing(files, recipe, max_pixels):  # type: ignore[no-untyped-def]
+        shutil.rmtree("images/lib/vanish")  # after the files were found, before any is read
+        os.remove("images/keep/k0.jpg")  # a file alone: still said by name
+        yield from real(files, recipe, max_pixels)
+
+    summary = index_folder("images", "db.shelve", Recipe(), hasher=vanishing, report=said.append)
+    assert summary.failed == 13 and summary.indexed == 11
+    assert sorted(said) == ["images/keep/k0.jpg: file not found (deleted or a broken link?)",
+                            "images/lib/vanish: this folder was deleted or moved during the"
+                            " run; its files are not found (said once for the folder, counted"
+                            " as failed)"], said

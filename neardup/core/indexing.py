@@ -358,6 +358,7 @@ def index_folder(
                                   file_seconds=file_seconds, known_good=known_good)
         assert hasher is not None
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
+        vanished: set[str] = set()  # folders found gone during the run, said once each
         try:
             for outcomes in hasher(todo, recipe, max_pixels):
                 batch: list[IndexedFile] = []
@@ -374,6 +375,15 @@ def index_folder(
                                 report(f"{shown(outcome.file.path)}: a Dask worker did not find"
                                        f" it, though it is here (up to {MISSING_THERE_SHOWN} such"
                                        " files are named)")
+                        elif outcome.unreached == "missing" and (
+                                gone := _vanished_folder(root, outcome.file)) is not None:
+                            # A folder deleted or moved during the run: said once for it, not
+                            # once per file (a review: 711 lines for one folder).
+                            if gone not in vanished:
+                                vanished.add(gone)
+                                report(f"{shown(gone)}: this folder was deleted or moved during"
+                                       " the run; its files are not found (said once for the"
+                                       " folder, counted as failed)")
                         else:
                             report(f"{shown(outcome.file.path)}: {outcome.error}")
                         state = stored.get(relpath)
@@ -440,6 +450,19 @@ def index_folder(
             report(checkpoint_line(store.path, *left))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _vanished_folder(root: str, file: FoundFile) -> str | None:
+    """The outermost folder under the dataset `root` holding `file` that no longer exists, named
+    as the file is; None when the file's own folder is still there (the file alone is gone)."""
+    parts = file.relpath.split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        if not os.path.isdir(os.path.join(root, *parts[:depth])):
+            folder = "/".join(parts[:depth])
+            prefix = file.path[: len(file.path) - len(file.relpath)]
+            return prefix + folder if file.path.endswith(file.relpath) else os.path.join(
+                root, folder)
+    return None
 
 
 def checkpoint_line(path: str, why: str, sqlite_says: str) -> str:
