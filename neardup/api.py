@@ -384,7 +384,7 @@ class ImageStore:
         generation anyway."""
         identity, state = identity_and_state(self._file)
         if (identity is not None and identity == self._identity and state == self._state
-                and not self._opened.shared_memory_lost and not self._meta_changed()):
+                and not self._opened.shared_memory_lost and not self._opened.meta_changed()):
             return self._opened
         path = self._opened.path
         # Closed before it is opened again: a connection to the old file and one to the new,
@@ -404,12 +404,6 @@ class ImageStore:
         self._index, self._generation = None, None
         self._verified, self._verified_generation = None, None
         return store
-
-    def _meta_changed(self) -> bool:
-        try:
-            return self._opened.meta_changed()
-        except StoreError:
-            return True  # opened again, which says what is wrong
 
     def _check_distance(self, max_distance: int) -> None:
         if isinstance(max_distance, bool) or not isinstance(max_distance, int):

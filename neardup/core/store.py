@@ -1211,11 +1211,14 @@ class Store:
         review); they open the store again when this says so."""
         if self._meta_stale:
             return True
-        version = self.data_version()
-        if version == self._meta_seen_at:
-            return False
-        meta = self._read_meta()
-        if any(meta.get(name) != self.meta.get(name) for name in _OPENED_AS):
+        try:
+            version = self.data_version()
+            if version == self._meta_seen_at:
+                return False
+            meta = self._read_meta()
+        except StoreError:
+            return True  # opened again, which says what is wrong
+        if any(meta.get(name) != self.meta.get(name) for name in OPENED_AS):
             # Said until the store is opened again: asked first by a reader inside its snapshot
             # (index.py --rebuild's commit can land between its look at the file and its read:
             # a review's query hashed with the old recipe was answered from the new contents),
@@ -1424,7 +1427,7 @@ _FEATURE_TABLE = ("CREATE TABLE IF NOT EXISTS neardup_features (id INTEGER PRIMA
 
 
 # What a reader holds a store as (Store.meta_changed); the counters index.py moves are not.
-_OPENED_AS = ("recipe", "dataset_root", "store_id", "format_version", "feature_recipe")
+OPENED_AS = ("recipe", "dataset_root", "store_id", "format_version", "feature_recipe")
 
 
 def _logged_generation(db: Db, path: str) -> int:

@@ -57,7 +57,7 @@ from ..core.search import (
     find_matches,
     merge_matches,
 )
-from ..core.store import Store
+from ..core.store import OPENED_AS, Store
 from ..errors import ImageError, NeardupError, StoreError, command
 from .decoding import DecoderUnavailable, InProcess, InWorkers, OnHeader
 from .limits import DecodeBudget, DecodeBusy, DecodeTooLarge, Reservation, cost_bound
@@ -533,13 +533,12 @@ class Checker:
         if identity == self._identity:  # the same file, perhaps rewritten (or unreadable since)
             if (state == self._state and self._unavailable is None
                     and not self._store.shared_memory_lost):
-                if not self._meta_changed():
+                if not self._store.meta_changed():
                     return self._store
                 old = self._store
                 store = self._reopen_rewritten(state)
                 if store.store_id == old.store_id:  # else said as other contents
-                    changed = [name for name in ("recipe", "dataset_root", "format_version",
-                                                 "feature_recipe")
+                    changed = [name for name in OPENED_AS
                                if store.meta.get(name) != old.meta.get(name)]
                     self._warn(f"{self.store_path}: another program changed what the store"
                                f" records of itself ({', '.join(changed) or 'neardup_meta'});"
@@ -554,12 +553,6 @@ class Checker:
         self._replace_store(store, identity, state)
         self._warn(f"{self.store_path}: the store was replaced; reopened it")
         return store
-
-    def _meta_changed(self) -> bool:
-        try:
-            return self._store.meta_changed()
-        except StoreError:
-            return True  # opened again, which says what is wrong
 
     def _open_again(self, failure: str) -> tuple[Store, tuple[int, int]]:
         """The store at the path opened anew, or StoreUnavailable (said once) with `failure`."""
