@@ -342,7 +342,8 @@ def test_a_run_of_one_new_file_that_crashes_its_decoder_fails_it_alone(in_tmp: P
     assert done.returncode == 1, done  # nothing could be indexed
     assert done.stderr.splitlines()[-2:] == [
         "index.py: images/new.png: crashed the process that hashed it (SIGSEGV: a fault in an"
-        " image decoder?)", "index.py: no image could be indexed under images"], done.stderr
+        " image decoder?)", "index.py: no image could be indexed under images; db.shelve was not"
+        " written"], done.stderr
 
 
 def test_a_file_a_decoder_loops_on_fails_after_the_file_timeout(in_tmp: Path) -> None:

@@ -115,7 +115,19 @@ class TestBadInput:
         os.makedirs("images")
         Path("images/text.jpg").write_text("no")
         assert run_index() == 1
-        assert "no image could be indexed" in capsys.readouterr().err
+        # search.py would then say only "no such store": this run says why there is none.
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            "index.py: no image could be indexed under images; db.shelve was not written")
+        assert not Path("db.shelve").exists()
+        # A store already there is kept and named no more: its images went, it did not.
+        save(textured(1), "images/ok.png")
+        assert run_index() == 0
+        Path("images/ok.png").unlink()
+        capsys.readouterr()
+        assert run_index("--allow-mass-removal") == 1
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            "index.py: no image could be indexed under images")
+        assert Path("db.shelve").exists()
 
     def test_missing_dataset_and_mixed_recipes_exit_2(
         self, in_tmp: Path, capsys: pytest.CaptureFixture
@@ -453,7 +465,7 @@ def test_every_message_is_one_line_whatever_the_file_is_called(
         f" reads {hashing._formats_read()})",
         f"index.py: images/c1\\x85\\u2028\\x9b.jpg: not an image, or a format neardup does not"
         f" read (it reads {hashing._formats_read()})",
-        "index.py: no image could be indexed under images"]
+        "index.py: no image could be indexed under images; db.shelve was not written"]
 
 
 def test_a_cielab_tiff_is_indexed_and_where_it_cannot_be_hashed_it_is_one_line(

@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                  f" here: each worker must see the folder at the same path{kept}")
             return EXIT_NOTHING_INDEXED
         if summary.total == 0:
-            warn(PROG, f"no image could be indexed under {args.dataset}")
+            # Said, as search.py would otherwise only answer "no such store" after this run.
+            unwritten = "" if os.path.lexists(args.shelve) else f"; {shown_path(args.shelve)} was not written"
+            warn(PROG, f"no image could be indexed under {args.dataset}{unwritten}")
             return EXIT_NOTHING_INDEXED
         return EXIT_OK
 
