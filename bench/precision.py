@@ -272,8 +272,8 @@ def neighbours(dataset: str, categories: list[str], span: int,
             for second in range(max(0, first - span), min(len(names), first + span + 1)):
                 if first == second:
                     continue
-                verdict = _best_verdict([(look, descriptor_index(look)) for look in looks[first]],
-                                        stored[second])
+                verdict, _ = _best_verdict([(look, descriptor_index(look)) for look in looks[first]],
+                                           stored[second])
                 if verdict.inliers < 10:
                     continue
                 found = best_of_looks(looks[first], stored[second],

@@ -83,6 +83,10 @@ class Found:
     found_by: str | None = None
     inliers: int | None = None
     verified: bool | None = None
+    # Whether it is the query's mirror image (its mirror image's hash was the nearer, or its
+    # mirror image is what verified); None where mirror images were not looked at (a hash-only
+    # store searched without mirror=True). `distance` is then the nearer of the two hashes'.
+    mirrored: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +289,7 @@ class ImageStore:
                     matches = answers[0] if len(answers) == 1 else merge_matches(*answers)
                 root = store.dataset_root  # of the store answered from, were it replaced since
             return [Found(match.path, full, match.distance, match.hash_hex, match.found_by,
-                          match.inliers, match.verified) for match in matches
+                          match.inliers, match.verified, match.mirrored) for match in matches
                     if (full := resolve_stored_path(root, match.path)) is not None]
         raise StoreError(f"{self.path}: the store kept changing its recipe while this query was"
                          " answered")

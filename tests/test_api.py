@@ -51,7 +51,11 @@ def test_mirror_and_low_information(library: Path) -> None:
     flipped = ImageOps.mirror(textured(3))
     with neardup.open_store(library / "photos.shelve") as store:
         assert store.search(flipped) == []
-        assert [f.relpath for f in store.search(flipped, mirror=True)] == ["cat1/image_0003.jpg"]
+        assert [(f.relpath, f.mirrored) for f in store.search(flipped, mirror=True)] == [
+            ("cat1/image_0003.jpg", True)]
+        # Not asked of a hash-only store without mirror=True; the image itself is not mirrored.
+        assert [found.mirrored for found in store.search(textured(3))] == [None]
+        assert [found.mirrored for found in store.search(textured(3), mirror=True)] == [False]
         blank = Image.new("RGB", (64, 64), "white")
         assert store.search(blank, max_distance=64) == []  # blank matches nothing by default
 

@@ -119,6 +119,8 @@ def test_crop_pad_rotation_and_mirror_are_found_and_verified(feature_store: Path
         assert match["found_by"] in ("features", "hash+features")
         if match["found_by"] == "features":
             assert match["distance"] is None
+        # Said of the mirror image only (a review: its distance, the nearer hash's, said nothing).
+        assert match["mirrored"] is record["query"].endswith("mirror.jpg"), record
 
 
 def test_a_smaller_copy_as_the_query_finds_its_original(feature_store: Path) -> None:
@@ -1427,13 +1429,14 @@ def test_a_mirrored_copy_the_features_miss_is_found_by_its_mirror_hash_without_t
     assert search_cli.main(["-s", "db.shelve", "--json", "-q", "query.jpg"]) == 0
     out = capsys.readouterr().out
     [record] = json.loads(out)
-    assert [(m["relpath"], m["found_by"], m["verified"]) for m in record["matches"]] == [
-        ("mirrored.jpg", "hash", True)]
+    assert [(m["relpath"], m["found_by"], m["verified"], m["mirrored"])
+            for m in record["matches"]] == [("mirrored.jpg", "hash", True, True)]
     with Checker("db.shelve") as checker:
-        assert [m["relpath"] for m in checker.check_file("query.jpg")["matches"]] == [
-            "mirrored.jpg"]
+        assert [(m["relpath"], m["mirrored"]) for m in checker.check_file("query.jpg")["matches"]
+                ] == [("mirrored.jpg", True)]
     with neardup.open_store("db.shelve") as store:
-        assert [found.relpath for found in store.search("query.jpg")] == ["mirrored.jpg"]
+        assert [(found.relpath, found.mirrored) for found in store.search("query.jpg")] == [
+            ("mirrored.jpg", True)]
 
 
 def object_on_white(body: tuple[int, int, int], seed: int = 4) -> Image.Image:
@@ -1811,7 +1814,7 @@ def test_an_interrupted_features_upgrade_still_answers_every_stored_image(
     assert matches["a_scene.jpg"]["verified"] is True
     assert matches["z_copy.jpg"] | {"path": ""} == {
         "path": "", "relpath": "z_copy.jpg", "distance": 0, "hash": matches["a_scene.jpg"]["hash"],
-        "found_by": "hash", "inliers": None, "verified": False}
+        "found_by": "hash", "inliers": None, "verified": False, "mirrored": False}
     assert captured.err.splitlines() == [f"search.py: {note}"]
     assert search_cli.main(["-s", "db.shelve", "-q", "images/a_scene.jpg"]) == 0
     captured = capsys.readouterr()

@@ -4,7 +4,9 @@ One JSON shape everywhere (`--json`, `--stdin`, HTTP):
     {"query": ..., "hash": ..., "low_information": ..., "matches": [{"path", "relpath", "distance",
      "hash"}, ...]}   or   {"query": ..., "error": ...}
 On a store with local features each match also has "found_by", "inliers" and "verified", and
-"distance" is null for a match the hash did not find.
+"distance" is null for a match the hash did not find. Where the query's mirror image was looked
+at too (a store with features, --mirror), each match says whether it is the mirror image
+("mirrored"); "distance" is then the nearer of the two hashes'.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def to_record(
         if match.verified is not None:  # a store with local features: how it was found, verified
             record |= {"found_by": match.found_by, "inliers": match.inliers,
                        "verified": match.verified}
+        if match.mirrored is not None:  # the query's mirror image looked at (features, --mirror)
+            record["mirrored"] = match.mirrored
         shown.append(record)
     return {"query": result.query, "hash": result.hash_hex, "undecided": result.undecided_hex,
             "low_information": result.low_information, "matches": shown}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,6 +45,10 @@ class Match:
     found_by: str | None = None  # "hash", "features" or "hash+features"
     inliers: int | None = None
     verified: bool | None = None
+    # Whether the stored image is the query's mirror image: the query's mirror image's hash was
+    # the nearer (--mirror), or its mirror image is what verified (a store with local features).
+    # None where the mirror image was not looked at.
+    mirrored: bool | None = None
 
 
 class HashIndex:
@@ -370,11 +374,12 @@ def find_matches_many(
 
 
 def merge_matches(plain: list[Match], mirrored: list[Match]) -> list[Match]:
-    """Matches of a query and of its mirror image: each path once, at its smaller distance."""
+    """Matches of a query and of its mirror image: each path once, at its smaller distance (the
+    query's own on a tie), marked with which of the two it was."""
     best: dict[str, Match] = {}
-    for match in plain + mirrored:
+    for match, flipped in [(match, False) for match in plain] + [(match, True) for match in mirrored]:
         if match.path not in best or match.distance < best[match.path].distance:
-            best[match.path] = match
+            best[match.path] = replace(match, mirrored=flipped)
     return sorted(best.values(), key=lambda match: (match.distance, match.path))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -149,6 +149,7 @@ class FeatureSet:
     # The whole frame in RGB, and its gray as a fourth channel (verification warps all four at
     # once); colour queries only.
     colour: np.ndarray | None = None
+    mirrored: bool = False  # a query's look of its mirror image (a match through it is mirrored)
 
     def thumbnail_dhash(self) -> int:
         """A 64-bit dHash of the stored thumbnail: within a few bits of the dHash-64 its image
@@ -531,6 +532,7 @@ def _looks(frame: np.ndarray) -> list[FeatureSet]:
     flipped = np.ascontiguousarray(gray[:, ::-1])
     flipped_colour = None if colour is None else np.ascontiguousarray(colour[:, ::-1])
     mirrored, mirrored_descriptors = _describe(flipped, _mirrored_keypoints(found, gray.shape[1]))
-    looks.append(_feature_set(flipped, flipped_colour, mirrored, mirrored_descriptors,
-                              keep_frame=True))
+    looks.append(replace(
+        _feature_set(flipped, flipped_colour, mirrored, mirrored_descriptors, keep_frame=True),
+        mirrored=True))
     return looks

@@ -14,14 +14,15 @@ and every mode says so once (lacking_features).
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ..core.hashing import Hash
-from ..core.search import HashIndex, Match, find_matches_many
+from ..core.search import HashIndex, Match, find_matches_many, merge_matches
 from ..core.store import Store
 from ..errors import NeardupError, StoreError, command
 from . import require
@@ -158,17 +159,15 @@ class VerifiedSearch:
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
         hash_of: dict[str, str] = {}  # the stored hash (hex) of each candidate the hash found
+        by_mirror_hash: set[str] = set()  # hash candidates the query's mirror image was nearer to
         if source in ("hash", "both") and hashes:
             answers = find_matches_many(self.store, hashes, max_distance, self.hash_index,
                                         include_low_information=include_low_information)
-            for matches in answers:
-                for match in matches:
-                    earlier = found.get(match.path)
-                    distance = match.distance
-                    if earlier is not None and earlier[0] is not None and distance is not None:
-                        distance = min(earlier[0], distance)  # the mirror hash was nearer
-                    found[match.path] = (distance, {"hash"})
-                    hash_of[match.path] = match.hash_hex
+            for match in merge_matches(*answers) if len(answers) == 2 else answers[0]:
+                found[match.path] = (match.distance, {"hash"})
+                hash_of[match.path] = match.hash_hex
+                if match.mirrored:
+                    by_mirror_hash.add(match.path)
         stored: dict[str, FeatureSet] = {}
         found_by_look: dict[str, int] = {}  # which look's descriptors found a feature candidate
         if source in ("features", "both"):
@@ -211,7 +210,8 @@ class VerifiedSearch:
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
             if path in unverifiable:
-                answers_out.append(_by_hash_alone(path, distance, hash_of.get(path, "")))
+                answers_out.append(_by_hash_alone(path, distance, hash_of.get(path, ""),
+                                                  path in by_mirror_hash))
                 continue
             first = found_by_look.get(path, 0)  # the look that found it, first
             if ("hash" not in how and self.features.ranks_by_votes
@@ -223,19 +223,20 @@ class VerifiedSearch:
             # candidate too, enlarged looks verified small copies of a face against other
             # photographs of the same woman.
             by_hash = "hash" in how
-            verdict = _best_verdict([(looks[number], indexes[number]) for number in order],
-                                    stored[path], enlarged if by_hash else None,
-                                    sharpened if by_hash and sharpen else None)
+            verdict, through = _best_verdict(
+                [(looks[number], indexes[number]) for number in order], stored[path],
+                enlarged if by_hash else None, sharpened if by_hash and sharpen else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row[first] = 0 if verdict.verified else refused_in_a_row[first] + 1
             hash_hex = hash_of.get(path, "")
             if verdict.verified and not self._describes(path, stored[path], hash_hex):
                 if by_hash:  # as for a damaged record
-                    answers_out.append(_by_hash_alone(path, distance, hash_hex))
+                    answers_out.append(_by_hash_alone(path, distance, hash_hex,
+                                                      path in by_mirror_hash))
                 continue
             found_by = "+".join(name for name in ("hash", "features") if name in how)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
-                                      verdict.verified), verdict))
+                                      verdict.verified, through.mirrored), verdict))
         answers_out.sort(key=_answer_order)
         # Only then, so a query that found what it is a copy of (nearly every one) costs nothing
         # more: with bars looked at as they were, padded copies' originals were not among the
@@ -259,9 +260,10 @@ class VerifiedSearch:
         return answers_out
 
 
-def _by_hash_alone(path: str, distance: int | None, hash_hex: str) -> tuple[Match, Verdict]:
+def _by_hash_alone(path: str, distance: int | None, hash_hex: str,
+                   mirrored: bool) -> tuple[Match, Verdict]:
     """What the hash alone answers for a candidate that cannot be verified: unverified."""
-    return Match(path, distance, hash_hex, "hash", None, False), _UNVERIFIABLE
+    return Match(path, distance, hash_hex, "hash", None, False, mirrored), _UNVERIFIABLE
 
 
 def _same_frame(verdict: Verdict) -> bool:
@@ -317,41 +319,34 @@ class _LaterLooks:
 
 def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
                   enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
-                  sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None) -> Verdict:
+                  sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None
+                  ) -> tuple[Verdict, FeatureSet]:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
-    that verifies, else the look with most inliers: a mirrored copy costs one verification.
+    that verifies, else the look with most inliers (a mirrored copy costs one verification),
+    and that look.
     Each look comes with its descriptor_index(). While no look has aligned with the stored
     picture, the `enlarged` looks of a small query are asked when the stored picture is
     ENLARGED_FOR times the query's size or more, then the `sharpened` look."""
-    best: Verdict | None = None
+    best: tuple[Verdict, FeatureSet] | None = None
     aligned = False
     query_side = 0
 
-    def tried(verdict: Verdict) -> bool:
-        nonlocal best, aligned
-        aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
-        if best is None or verdict.inliers > best.inliers:
-            best = verdict
-        return verdict.verified
+    def later() -> Iterator[tuple[FeatureSet, Any]]:
+        """The enlarged, then the sharpened looks, each only while no look has aligned."""
+        if enlarged is not None and not aligned and (
+                max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
+            yield from enlarged()
+        if sharpened is not None and not aligned:
+            yield from sharpened()
 
-    for look, index in looks:
-        query_side = max(query_side, look.width, look.height)
+    for look, index in itertools.chain(looks, later()):
+        query_side = max(query_side, look.width, look.height)  # read by later() once looks end
         verdict = verify(look, stored, index)
-        if tried(verdict):
-            return verdict
-    later: list[tuple[FeatureSet, Any]] = []
-    if enlarged is not None and not aligned and (
-            max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
-        later = enlarged()
-    for look, index in later:
-        verdict = verify(look, stored, index)
-        if tried(verdict):
-            return verdict
-    if sharpened is not None and not aligned:
-        for look, index in sharpened():
-            verdict = verify(look, stored, index)
-            if tried(verdict):
-                return verdict
+        aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
+        if best is None or verdict.inliers > best[0].inliers:
+            best = verdict, look
+        if verdict.verified:
+            return verdict, look
     assert best is not None
     return best
 
