@@ -169,6 +169,41 @@ def test_python_api_search_answers_verified_matches_like_search_py(feature_store
         assert itself[0].distance == 0 and itself[0].found_by == "hash+features"
 
 
+def test_every_thread_that_searches_keeps_faiss_to_one_openmp_thread(
+        feature_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the limit was set once, in the thread that loaded the index, and OpenMP keeps it
+    per thread, so the checker's decode threads and the API's callers searched with one OpenMP
+    thread per core: on a busy 2-core machine 1.5 answers/s, against 50 with the limit. Each
+    FAISS search is watched from inside, in threads that did not load the index."""
+    import threading
+
+    import faiss
+
+    from neardup.service.checker import Checker
+
+    seen: list[int] = []
+    for kind in (faiss.IndexBinaryFlat, faiss.IndexBinaryIVF):
+        searching = kind.search
+
+        def watched(self: object, *args: object, _searching: Callable = searching, **kw: object
+                    ) -> object:
+            seen.append(faiss.omp_get_max_threads())
+            return _searching(self, *args, **kw)
+
+        monkeypatch.setattr(kind, "search", watched)
+    with neardup.open_store("db.shelve") as store, Checker("db.shelve") as checker:
+        store.search("queries/crop.jpg")  # the index is loaded here, in this thread
+        answers: list[object] = []
+        threads = [threading.Thread(target=lambda: answers.append(store.search("queries/pad.jpg"))),
+                   threading.Thread(target=lambda: answers.append(checker.check_file(
+                       "queries/rotate.jpg")))]
+        for thread in threads:
+            thread.start()
+            thread.join()
+    assert len(answers) == 2 and seen, "nothing searched through FAISS"
+    assert set(seen) == {1}, seen
+
+
 def test_plain_output_has_distance_inliers_and_path(
     feature_store: Path, capsys: pytest.CaptureFixture
 ) -> None:

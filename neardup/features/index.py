@@ -31,6 +31,7 @@ import numpy as np
 from ..core.cache import EarlierArrays, cached_array, crc32_of, earlier_cached_arrays
 from ..core.store import Store
 from ..errors import StoreError
+from . import faiss_in_this_thread
 from .extract import DESCRIPTOR_BYTES, MIRROR_SEARCHED_KEYPOINTS, SEARCHED_KEYPOINTS, FeatureSet
 
 # Two ORB descriptors of the same point in a copy differ by up to about 25 of the 128 bits stored;
@@ -97,7 +98,7 @@ class FeatureIndex:
         self._crowded: np.ndarray | None = None  # per list of an inverted file: skipped
         lists = getattr(index, "invlists", None)
         if lists is not None:
-            import faiss
+            faiss = faiss_in_this_thread()
 
             self._quantizer = faiss.downcast_IndexBinary(index.quantizer)  # type: ignore[attr-defined]
             sizes = np.array([lists.list_size(number) for number in range(lists.nlist)])
@@ -105,11 +106,7 @@ class FeatureIndex:
 
     @classmethod
     def from_store(cls, store: Store) -> FeatureIndex:
-        import faiss
-
-        # The checker answers from several threads and index.py runs workers: FAISS's own
-        # OpenMP threads only fight them for the same cores (measured 60x slower on 2 busy cores).
-        faiss.omp_set_num_threads(1)
+        faiss = faiss_in_this_thread()
         # Both arrays come from one reading of every stored record (4 s per 10^5 images),
         # whichever of the two has to be built.
         read = functools.cache(lambda: _read_descriptors(store))
@@ -184,6 +181,7 @@ class FeatureIndex:
 
     def _search(self, searched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The NEIGHBOURS nearest stored descriptors of each searched one, or -1."""
+        faiss_in_this_thread()  # this thread's own OpenMP limit, before FAISS searches
         if self._crowded is None:
             return self._index.search(searched, NEIGHBOURS)  # type: ignore[attr-defined]
         nearest, lists = self._quantizer.search(searched, PROBES)
@@ -245,7 +243,7 @@ def _build(descriptors: np.ndarray, images: np.ndarray | None = None,
            earlier: EarlierArrays | None = None) -> _Built:
     """The FAISS index of every stored descriptor; `images` (from _read_descriptors) and the
     arrays an `earlier` build kept let it keep that build's centroids and lists."""
-    import faiss
+    faiss = faiss_in_this_thread()
 
     bits = DESCRIPTOR_BYTES * 8
     if len(descriptors) <= FLAT_MAX_DESCRIPTORS:
@@ -305,7 +303,7 @@ def _earlier_centroids(earlier: EarlierArrays | None, lists: int,
     """An earlier build's inverted file, emptied, with the count its centroids were trained
     on; None where they are not to be kept (none, another number of lists, grown or shrunk
     past RETRAIN_GROWTH, anything malformed)."""
-    import faiss
+    faiss = faiss_in_this_thread()
 
     if earlier is None:
         return None

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import faiss_in_this_thread
 from .extract import CHROMA_SIDE, DESCRIPTOR_BYTES, THUMBNAIL_SIDE, FeatureSet, chroma_grid, opponent
 
 # Lowe's ratio test: a match counts only if clearly better than the second best.
@@ -164,7 +165,7 @@ def descriptor_index(query: FeatureSet) -> Any:
     each stored keypoint's two nearest query keypoints in under half the time of OpenCV's
     brute-force matcher, which also builds a Python object per match (72 stored keypoints against
     500: 67 against 156 us)."""
-    import faiss
+    faiss = faiss_in_this_thread()  # and so each thread that verifies limits its own OpenMP
 
     index = faiss.IndexBinaryFlat(DESCRIPTOR_BYTES * 8)
     index.add(np.ascontiguousarray(query.descriptors))
