@@ -33,7 +33,7 @@ from neardup.core.hashing import (
     hash_source,
     is_low_information,
 )
-from neardup.errors import ImageError
+from neardup.errors import ImageError, install_hint
 
 from . import hostile_images as zoo
 from .conftest import PROJECT_ROOT
@@ -303,7 +303,8 @@ class TestHeic:
         path = zoo.heic_lookalike(tmp_path)
         monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG"))
         assert describe_failure(str(path), error) == (
-            "unsupported format: HEIC (install the pillow-heif plug-in to read it)")
+            "unsupported format: HEIC (the pillow-heif plug-in reads it:"
+            f" {install_hint('heic')})")
         # With the plug-in, a file it cannot read is damaged; installing it again would not help.
         monkeypatch.setattr(hashing, "readable_formats", lambda: ("JPEG", "PNG", "HEIF"))
         assert describe_failure(str(path), error) == (
@@ -332,8 +333,9 @@ class TestHeic:
             zoo.picture().save("photos/other.jpg")
             assert index_cli.main(["-d", "photos", "-s", "db.shelve", "-q", "-j", "1"]) == 0
             captured = capsys.readouterr()
-            assert "photos/photo.heic: unsupported format: HEIC (install the pillow-heif" in (
-                captured.err)
+            # The same words as every other missing extra: the command that installs it.
+            assert (f"photos/photo.heic: unsupported format: HEIC (the pillow-heif plug-in reads"
+                    f" it: {install_hint('heic')})") in captured.err
             assert "failed 1" in captured.out
         finally:
             discovery.image_extensions.cache_clear()

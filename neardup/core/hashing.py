@@ -14,14 +14,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache, partial
+from functools import cache, lru_cache, partial
 from typing import Any
 
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, install_hint
 from . import avif, jpeg, png, sampling, tiff
 
 HashFunction = Callable[[Image.Image, int], imagehash.ImageHash]
@@ -1047,15 +1047,19 @@ def _one_line(error: BaseException) -> str:
 # ISO media brands of image formats Pillow reads only with a plug-in (pillow-heif for HEIC/HEIF;
 # AVIF is built into recent Pillow wheels, but not every build).
 _ISO_IMAGE_BRANDS = {
-    b"heic": "HEIC (install the pillow-heif plug-in to read it)",
-    b"heix": "HEIC (install the pillow-heif plug-in to read it)",
-    b"hevc": "HEIC (install the pillow-heif plug-in to read it)",
-    b"heif": "HEIF (install the pillow-heif plug-in to read it)",
-    b"mif1": "HEIF (install the pillow-heif plug-in to read it)",
-    b"msf1": "HEIF (install the pillow-heif plug-in to read it)",
-    b"avif": "AVIF (this Pillow was built without AVIF support)",
-    b"avis": "AVIF (this Pillow was built without AVIF support)",
+    b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC",
+    b"heif": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF",
+    b"avif": "AVIF", b"avis": "AVIF",
 }
+
+
+@cache
+def _iso_format_remedy(name: str) -> str:
+    """What a format of _ISO_IMAGE_BRANDS needs, with the command that installs it, the same
+    words as every other missing extra (read once: a folder of HEIC photos asks for each)."""
+    if name == "AVIF":
+        return "AVIF (this Pillow was built without AVIF support)"
+    return f"{name} (the pillow-heif plug-in reads it: {install_hint('heic')})"
 
 
 # Formats Pillow has a plug-in for but neardup never hands to it (see RASTER_FORMATS): named in
@@ -1087,7 +1091,8 @@ def _formats_read() -> str:
 
 def _unsupported_format(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
-        return _ISO_IMAGE_BRANDS.get(head[8:12])
+        name = _ISO_IMAGE_BRANDS.get(head[8:12])
+        return None if name is None else _iso_format_remedy(name)
     for signature, name in _REFUSED_SIGNATURES:
         if head.startswith(signature):
             return name
