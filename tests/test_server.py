@@ -1655,6 +1655,9 @@ def test_a_max_distance_in_range_or_absent_is_taken() -> None:
         with pytest.raises(Refused, match=f"is not a parameter of /search: it is set for the"
                                           f" whole server \\(search.py --serve {flag}\\)"):
             parse_distance(option + b"&max_distance=2", 6)
+    for not_utf8 in (b"%ff=1", b"max_distance=4&x%C3=1", b"max_distance=%E9"):
+        with pytest.raises(Refused, match=r"^the query string is not UTF-8 text once"):
+            parse_distance(not_utf8, 6)
     assert parse_distance(b"max_distance=4", 6) == 4
     assert parse_distance(b"max_distance=00", 6) == 0
     assert parse_distance(b"max_distance=" + b"0" * 40 + b"4", 6) == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from ..core.results import json_text
 
@@ -89,6 +89,13 @@ def _asks_for_a_distance(name: str) -> bool:
 
 
 def parse_distance(query_string: bytes, cap: int) -> int | None:
+    try:
+        # Bytes that are not UTF-8 once percent-decoded (`?%ff=1`) became U+FFFD, and the name
+        # was then refused as a misspelt distance shown as "\ufffd" (a review).
+        unquote_to_bytes(query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, "the query string is not UTF-8 text once percent-decoded",
+                      close=True) from None
     try:
         # Blank values kept: `?max_distance=` was answered with the default, while every other
         # value that is not a number got 400 (a hostile review).
