@@ -114,6 +114,14 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
+            if self.client is None:
+                # uvicorn asks the socket, which no longer knows its peer once the client has
+                # reset the connection; asyncio kept the address accept() gave. Without it such
+                # a client was "of unknown address" in the log and shared one per-address limit
+                # with every other such client (a review).
+                peer = transport.get_extra_info("peername")
+                if isinstance(peer, tuple) and len(peer) >= 2:
+                    self.client = (str(peer[0]), int(peer[1]))
             host = client_key(self.client[0]) if self.client else "unknown"
             if open_from.get(host, 0) >= limits.max_connections_per_client:
                 log.warning("%s: 429 refused a connection: %d open from this address is the"
