@@ -1320,6 +1320,41 @@ def test_uploads_whose_client_reset_at_once_are_not_decoded_while_queued(
     assert "Traceback" not in log, log
 
 
+def test_expectations_and_http_versions_are_answered_as_rfc_9110_asks(store: Path) -> None:
+    """A review: `Expect: 200-ok` was answered as if not asked (RFC 9110: 417), a request line
+    of HTTP/2.0 was answered as HTTP/1.1 (505), and an HTTP/1.0 client sending `Expect:
+    100-continue` was sent a 100 Continue, which HTTP/1.0 does not have."""
+    body = photo()
+    with running() as server:
+        answer = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nhost: x\r\nexpect: 200-ok\r\n"
+                              b"content-length: %d\r\n\r\n" % len(body) + body)
+        assert answer.startswith(b"HTTP/1.1 417 "), answer[:200]
+        assert b"the only expectation served is Expect: 100-continue" in answer
+        answer = raw_exchange(server.port, b"POST /search HTTP/2.0\r\nhost: x\r\n"
+                              b"content-length: %d\r\n\r\n" % len(body) + body)
+        assert answer.startswith(b"HTTP/1.1 505 "), answer[:200]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"POST /search HTTP/1.0\r\nexpect: 100-continue\r\n"
+                        b"content-length: %d\r\n\r\n" % len(body))
+            raw.settimeout(1)
+            with pytest.raises(TimeoutError):  # no 100 Continue: the body is simply sent
+                raw.recv(65536)
+            raw.settimeout(10)
+            raw.sendall(body)
+            chunks = []
+            while chunk := raw.recv(65536):
+                chunks.append(chunk)
+        answer = b"".join(chunks)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in answer, answer[:200]
+        # HTTP/1.1 keeps its 100 Continue.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"POST /search HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+                        b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body))
+            assert raw.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
 def test_a_client_that_shuts_its_write_side_is_answered(store: Path) -> None:
     """`nc -N` and some HTTP/1.0 clients send the request, shut their write side and read: the
     connection was closed at once, with no answer, and an upload cut short never heard why."""

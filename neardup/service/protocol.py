@@ -241,6 +241,10 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                             " connection is closed once those are answered",
                             address(self.client), MAX_PIPELINED)
                 return
+            if self.parser.get_http_version() == "1.0":
+                # HTTP/1.0 has no 100 Continue: a 1.0 client is not to be sent one (RFC 9110,
+                # 10.1.1), as uvicorn did when it sent `Expect: 100-continue` (a review).
+                self.expect_100_continue = False
             super().on_headers_complete()
             # The request's answer closes the connection through this (see _close_after).
             cycle = self.cycle

@@ -97,6 +97,18 @@ def reachable_from_elsewhere(host: str) -> bool:
         return True  # a host name: whatever it resolves to
 
 
+def check_protocol(scope: Scope) -> None:
+    """HTTP as RFC 9110 asks of what uvicorn's parser lets through (a review): a request line of
+    another version (`HTTP/2.0`) was answered as HTTP/1.1, and an expectation other than
+    100-continue (`Expect: 200-ok`) as if not asked."""
+    version = scope.get("http_version", "1.1")
+    if version not in ("1.0", "1.1"):
+        raise Refused(505, f"HTTP/{log_safe(version)} is not served: use HTTP/1.1", close=True)
+    if any(name == b"expect" and value.strip().lower() != b"100-continue"
+           for name, value in scope["headers"]):
+        raise Refused(417, "the only expectation served is Expect: 100-continue", close=True)
+
+
 class CheckerApp:
     """The ASGI application: routing, limits, and the checker's answers as JSON."""
 
@@ -144,6 +156,7 @@ class CheckerApp:
         """Answer one request, every refusal and our own errors included, in JSON."""
         method, path = scope["method"], scope["path"]
         try:
+            check_protocol(scope)
             self.check_token(scope)
             if path == "/health":
                 if method not in ("GET", "HEAD"):
