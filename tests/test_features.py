@@ -137,34 +137,24 @@ def test_a_smaller_copy_as_the_query_finds_its_original(feature_store: Path) -> 
         assert matches[0]["verified"] is True
 
 
-def test_two_crops_of_different_parts_of_one_photo_are_not_copies_a_crop_within_it_is(
-        in_tmp: Path) -> None:
-    """A review: two crops of one photo overlapping by half (each with half its picture missing
-    from the other) were verified and grouped, 20 of 20. A copy's picture lies within the
-    other's, but for flat parts: a crop inside the photo, the photo inside its padded or
-    rotated copy, are still verified both ways."""
-    photo = scene(5, (640, 360))
-
-    def verdict(query: Image.Image, stored: Image.Image) -> str:
-        query.save("query.jpg", quality=92)
-        stored.save("stored.jpg", quality=92)
-        record = FeatureSet.from_bytes(
-            extract(read_frame("stored.jpg"), STORED_KEYPOINTS).to_bytes())
-        return verify(query_features(read_frame("query.jpg"))[0], record).reason
-
-    # Half of each crop is in the other (the least overlap that verified: 45 %).
-    left, right = photo.crop((0, 0, 430, 360)), photo.crop((210, 0, 640, 360))
-    assert verdict(left, right) == verdict(right, left) == "each shows picture the other lacks"
-    inside = photo.crop((100, 50, 540, 330))
-    padded = ImageOps.expand(photo, border=(60, 40, 60, 40), fill=(0, 0, 0))
-    turned = photo.rotate(4, resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
-    cropped_then_padded = ImageOps.expand(photo.crop((40, 30, 600, 330)), border=50,
-                                          fill=(255, 255, 255))
-    for copy in (inside, padded, turned):
-        assert verdict(copy, photo) == verdict(photo, copy) == "verified"
-    # As the query, its frame over the photo's own picture is a search again without its bars
-    # (search.py), not verify()'s to leave out.
-    assert verdict(photo, cropped_then_padded) == "verified"
+def test_a_cropped_photo_captioned_above_is_a_copy_both_ways(in_tmp: Path) -> None:
+    """A meme: the photo cropped, then a caption bar added above it. Its caption lies outside
+    the photo's frame and the part cut off outside the copy's: a rule refusing pairs in which
+    each lacks picture the other has (meant for two crops of one photo) refused such copies (a
+    review: 40 of 48 found) and was not kept (docs/features.md, Known limits)."""
+    photo = scene(5, (480, 360))
+    kept = photo.crop((0, 0, 480, 234))  # the top 65 %
+    meme = Image.new("RGB", (480, 234 + 58), "white")
+    draw = ImageDraw.Draw(meme)
+    font = ImageFont.load_default(size=16)
+    draw.text((6, 4), "When you find the duplicate", fill="black", font=font)
+    draw.text((6, 26), "but it is cropped (c) someone 2019", fill="black", font=font)
+    meme.paste(kept, (0, 58))
+    photo.save("photo.jpg", quality=92)
+    meme.save("meme.jpg", quality=92)
+    for query, stored in (("meme.jpg", "photo.jpg"), ("photo.jpg", "meme.jpg")):
+        record = FeatureSet.from_bytes(extract(read_frame(stored), STORED_KEYPOINTS).to_bytes())
+        assert verify(query_features(read_frame(query))[0], record).verified, query
 
 
 def test_a_half_alike_picture_matches_keypoints_but_is_refused(feature_store: Path) -> None:

@@ -113,15 +113,6 @@ MARK_CELLS = 3
 # (CALTECH-101 airplanes/image_0565 ~ 0566). Measured in docs/features.md (Verification).
 PADDING_TOLERANCE = 24
 MIN_PADDING_ROWS = 2
-# Two crops of different parts of one photo share the part where they overlap, and verified as
-# copies of each other at 45 % overlap or more (a review: 20 of 20 pairs grouped). A copy's
-# picture lies within the other's (a crop in its original, an original in its padded copy), but
-# for flat parts (bars, the fill of a rotation, a backdrop): so a pair in which each picture
-# has more than PARTIAL_LIMIT of its detail (thumbnail pixels whose gradient exceeds
-# DETAIL_GRADIENT grey levels) outside the other's frame is two views, not a copy, and is
-# refused. Measured in docs/features.md (Verification).
-PARTIAL_LIMIT = 0.25
-DETAIL_GRADIENT = 8.0
 
 # A caption bar stamped over the top or bottom of the query (a band of one colour across the
 # whole width, with text on it) is left out of the appearance test: it is not in the stored
@@ -265,11 +256,6 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     overlap = float(covered.mean())
     if overlap < MIN_OVERLAP:
         return Verdict(False, inliers, good, scale, overlap, None, None, "too little overlap")
-    if (_detail_outside(query, transform, stored.width, stored.height) > PARTIAL_LIMIT
-            and _detail_outside(stored, cv2.invertAffineTransform(transform), query.width,
-                                query.height) > PARTIAL_LIMIT):
-        return Verdict(False, inliers, good, scale, overlap, None, None,
-                       "each shows picture the other lacks", None, residual)
     if outside_bands is not None:
         # The overlap counts the band (a plain strip of the original's own, as the query, is
         # in the stored copy too); the comparison leaves it out.
@@ -310,28 +296,6 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
             reason = "verified"
     return Verdict(reason == "verified", inliers, good, scale, overlap, correlation, detail,
                    reason, colour, residual)
-
-
-# The centres of a thumbnail's pixels, as shares of its width (first) and height (second).
-_THUMBNAIL_CENTRES = np.meshgrid(*[(np.arange(THUMBNAIL_SIDE) + 0.5) / THUMBNAIL_SIDE] * 2)
-
-
-def _detail_outside(picture: FeatureSet, to_other: np.ndarray, other_width: int,
-                    other_height: int) -> float:
-    """The share of `picture`'s detail (its thumbnail's pixels with an edge) that `to_other` (its
-    frame's coordinates to the other's) puts outside the other picture's frame."""
-    levels = picture.thumbnail.astype(np.float32)
-    down, across = np.gradient(levels)
-    detail = np.hypot(across, down) > DETAIL_GRADIENT
-    total = int(detail.sum())
-    if total == 0:
-        return 0.0  # a flat picture: nothing of it is missing anywhere
-    # Each thumbnail pixel's centre in the picture's frame (the thumbnail squeezes the frame).
-    xs, ys = _THUMBNAIL_CENTRES[0] * picture.width, _THUMBNAIL_CENTRES[1] * picture.height
-    x = to_other[0, 0] * xs + to_other[0, 1] * ys + to_other[0, 2]
-    y = to_other[1, 0] * xs + to_other[1, 1] * ys + to_other[1, 2]
-    outside = (x < 0) | (y < 0) | (x >= other_width) | (y >= other_height)
-    return float((detail & outside).sum()) / total
 
 
 # The last query frame looked at and its mask: a query is verified against up to dozens of
