@@ -1330,6 +1330,10 @@ def test_expectations_and_http_versions_are_answered_as_rfc_9110_asks(store: Pat
                               b"content-length: %d\r\n\r\n" % len(body) + body)
         assert answer.startswith(b"HTTP/1.1 417 "), answer[:200]
         assert b"the only expectation served is Expect: 100-continue" in answer
+        answer = raw_exchange(server.port, b"POST /search HTTP/1.1\r\nhost: x\r\nexpect: \r\n"
+                              b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+                              + body)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]  # an empty one asks nothing
         answer = raw_exchange(server.port, b"POST /search HTTP/2.0\r\nhost: x\r\n"
                               b"content-length: %d\r\n\r\n" % len(body) + body)
         assert answer.startswith(b"HTTP/1.1 505 "), answer[:200]

@@ -104,8 +104,8 @@ def check_protocol(scope: Scope) -> None:
     version = scope.get("http_version", "1.1")
     if version not in ("1.0", "1.1"):
         raise Refused(505, f"HTTP/{log_safe(version)} is not served: use HTTP/1.1", close=True)
-    if any(name == b"expect" and value.strip().lower() != b"100-continue"
-           for name, value in scope["headers"]):
+    if any(name == b"expect" and value.strip().lower() not in (b"100-continue", b"")
+           for name, value in scope["headers"]):  # an empty one asks nothing
         raise Refused(417, "the only expectation served is Expect: 100-continue", close=True)
 
 
