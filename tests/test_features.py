@@ -42,7 +42,7 @@ from neardup.features.extract import (
     query_features,
     read_frame,
 )
-from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, verify
+from neardup.features.verify import EXACT_RESIDUAL, MIN_INLIERS, Verdict, verify
 from neardup.sources.edits import crop, pad, rotate, text
 
 from .conftest import PROJECT_ROOT
@@ -1632,6 +1632,66 @@ def test_a_real_sepia_copy_is_verified(caltech_root: Path) -> None:
     sepia = ImageOps.colorize(ImageOps.grayscale(original), (40, 26, 13), (255, 240, 192))
     stored = FeatureSet.from_bytes(extract(np.asarray(original), STORED_KEYPOINTS).to_bytes())
     assert verify(query_features(np.asarray(sepia))[0], stored).verified
+
+
+def vignetted(picture: Image.Image, corners: float, towards_white: bool = False) -> Image.Image:
+    """A copy whose light falls off from the centre (quadratically in the distance from it) to
+    `corners` of it at the corners, or, `towards_white`, blended that far towards white there."""
+    pixels = np.asarray(picture).astype(np.float32)
+    height, width = pixels.shape[:2]
+    down, across = np.ogrid[-1:1:complex(0, height), -1:1:complex(0, width)]
+    falloff = ((across * across + down * down) / 2)[..., None] * (1 - corners)
+    lit = pixels * (1 - falloff) + (255 * falloff if towards_white else 0)
+    return Image.fromarray(np.clip(np.rint(lit), 0, 255).astype(np.uint8))
+
+
+def _jpeg(picture: Image.Image) -> np.ndarray:
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90)
+    with Image.open(buffer) as saved:
+        return np.asarray(saved.convert("RGB"))
+
+
+def _verified_both_ways(original: Image.Image, copy: Image.Image) -> list[Verdict]:
+    """The verdicts on a copy as the query against the original stored, and the other way."""
+    verdicts = []
+    for query, stored in ((_jpeg(copy), np.asarray(original)), (np.asarray(original), _jpeg(copy))):
+        record = FeatureSet.from_bytes(extract(stored, STORED_KEYPOINTS).to_bytes())
+        verdicts.append(max((verify(look, record) for look in query_features(query)),
+                            key=lambda verdict: verdict.verified))
+    return verdicts
+
+
+def test_a_vignetted_copy_is_verified_both_ways() -> None:
+    """A vignette leaves every pixel in place but changes the light by half or more from the
+    centre to the corners: the aligned pictures' brightness and edges then disagreed."""
+    original = object_on_white((200, 40, 40))
+    for verdict in _verified_both_ways(original, vignetted(original, 0.2)):
+        assert verdict.verified, verdict
+
+
+@pytest.mark.parametrize(("relpath", "corners", "towards_white"), [
+    ("chandelier/image_0016.jpg", 0.4, False), ("watch/image_0181.jpg", 0.4, False),
+    ("ketch/image_0081.jpg", 0.4, False), ("butterfly/image_0072.jpg", 0.2, False),
+    ("Leopards/image_0010.jpg", 0.4, True)])
+def test_real_vignetted_photos_are_verified_both_ways(
+        caltech_root: Path, relpath: str, corners: float, towards_white: bool) -> None:
+    """A review's misses (corners darkened to 40 %) and harder vignettes of other photos."""
+    with Image.open(caltech_root / relpath) as photo:
+        original = photo.convert("RGB")
+    for verdict in _verified_both_ways(original, vignetted(original, corners, towards_white)):
+        assert verdict.verified, verdict
+
+
+def test_a_different_photograph_is_not_a_vignette(caltech_root: Path) -> None:
+    """Light taken out as a smooth field cannot give a different photograph's edges: two
+    catalogue shots of one motorbike model aligned to a fraction of a pixel stay refused."""
+    frames = {number: read_frame(str(caltech_root / f"Motorbikes/image_{number:04d}.jpg"))
+              for number in (716, 722)}
+    for query, stored in ((716, 722), (722, 716)):
+        record = FeatureSet.from_bytes(extract(frames[stored], STORED_KEYPOINTS).to_bytes())
+        verdict = verify(query_features(frames[query])[0], record)
+        assert not verdict.verified, verdict
 
 
 def test_one_picture_tinted_in_two_colours_is_refused() -> None:
