@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.core.hashing import Recipe, hash_file
 from neardup.core.store import Store
+from neardup.errors import DatasetError
 from neardup.evaluation.report import report_stem
 from neardup.evaluation.scoring import (
     MAX_THRESHOLD,
@@ -20,7 +24,7 @@ from neardup.evaluation.scoring import (
     evaluate_manifest,
     format_evaluation,
 )
-from neardup.sources.dataset import MANIFEST_COLUMNS
+from neardup.sources.dataset import MANIFEST_COLUMNS, MAX_MANIFEST_LINE, read_manifest
 
 from .imagegen import textured
 
@@ -98,6 +102,60 @@ def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
     result = evaluate(tmp_path)
     assert result.copies == 3 and result.recommended == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda lines: lines + ["haystack/C.png,original,g1,src/C.png,"],
+     "group g1 has two originals, haystack/A.png and haystack/C.png"),
+    (lambda lines: [line.replace("B_same.png,copy,g2,haystack/B.png",
+                                 "B_same.png,copy,g2,haystack/A.png") for line in lines],
+     "copy copies/B_same.png names haystack/A.png as its source, but the original of its group"
+     " g2 is haystack/B.png"),
+    (lambda lines: lines + [lines[-1]], "copy copies/B_same.png is listed twice"),
+    (lambda lines: [line for line in lines if ",copy," not in line],
+     "names no copies, so there is no recall to measure"),
+])
+def test_a_manifest_that_contradicts_itself_is_refused(
+        tmp_path: Path, change: Callable[[list[str]], list[str]], message: str) -> None:
+    """A review: a group's second original silently replaced the first (a copy of the first was
+    then scored a miss), a copy listed twice counted twice, and no copies scored "0/0"."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text("\n".join(change(manifest.read_text().splitlines())) + "\n")
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        evaluate(tmp_path)
+
+
+def test_a_manifest_without_line_breaks_is_refused_without_reading_it_whole(
+        tmp_path: Path) -> None:
+    """A review: /dev/zero (or a file of NUL bytes a crash left) as the manifest was read into
+    memory at 1 GB/s until killed: the csv module's field limit applies to a line read whole."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_bytes(b"\0" * (MAX_MANIFEST_LINE + 10))
+    with pytest.raises(DatasetError, match="line 1 is over 1,048,576 characters long"):
+        evaluate(tmp_path)
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(DatasetError, match="line 1 is over"):
+            read_manifest("/dev/zero")
+
+
+def test_names_in_the_list_of_misses_stay_on_their_line(tmp_path: Path) -> None:
+    """A review: a manifest's names and edits went to the terminal raw (an escape sequence in
+    the edit column reached it; a line break split an entry)."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    with open(manifest, newline="") as stream:
+        rows = list(csv.reader(stream))
+    with open(manifest, "w", newline="") as stream:
+        csv.writer(stream).writerows(
+            [[field.replace("flip mirror jpeg_quality=90", "flip \x1b]0;title\x07 and\nmore")
+              for field in row] for row in rows])
+    text = format_evaluation(evaluate(tmp_path), 4)
+    missed = [line for line in text.splitlines() if "missed" in line]
+    assert missed == ["  missed  g1 copies/A_mirror.png (flip \\x1b]0;title\\x07 and\\nmore;"
+                      " not returned by search within 16 bits)"], missed
+    assert "\x1b" not in text
 
 
 def test_copies_removed_from_the_store_are_missed(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, Recipe, hash_file, hash_file_and_mirror, is_low_information
-from ..core.results import counted
+from ..core.results import counted, printable
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import FileState, Store
 from ..errors import DatasetError, ImageError, command
@@ -165,9 +165,16 @@ def evaluate_manifest(
         return os.path.join(store.dataset_root, *path.split("/"))
 
     groups: dict[str, GroupResult] = {}
+    original_file: dict[str, str] = {}  # group -> its original as the manifest names it
     for row in rows:
         if row.role == "original":
+            # A second original silently took the group (a review: a copy of the first was
+            # scored a miss against the second).
+            if row.group in groups:
+                raise DatasetError(f"{manifest_path}: group {row.group} has two originals,"
+                                   f" {original_file[row.group]} and {row.file}")
             groups[row.group] = GroupResult(row.group, store_path(row.file))
+            original_file[row.group] = row.file
     if not groups:
         raise DatasetError(f"{manifest_path}: names no sampled originals")
 
@@ -183,13 +190,24 @@ def evaluate_manifest(
         queries[group.group] = looks
         group.low_information = is_low_information(looks[0])
 
+    listed: set[str] = set()
     for row in rows:
         if row.role != "copy":
             continue
         if row.group not in groups:
             raise DatasetError(f"{manifest_path}: copy {row.file} has no original")
+        if row.source and row.source != original_file[row.group]:
+            raise DatasetError(
+                f"{manifest_path}: copy {row.file} names {row.source} as its source, but the"
+                f" original of its group {row.group} is {original_file[row.group]}")
+        path = store_path(row.file)
+        if path in listed:  # counted twice, it was found (or missed) twice
+            raise DatasetError(f"{manifest_path}: copy {row.file} is listed twice")
+        listed.add(path)
         kind = row.edit.split()[0] if row.edit else "copy"
-        groups[row.group].copies.append(CopyOutcome(store_path(row.file), kind, row.edit, None))
+        groups[row.group].copies.append(CopyOutcome(path, kind, row.edit, None))
+    if not listed:
+        raise DatasetError(f"{manifest_path}: names no copies, so there is no recall to measure")
 
     # What search returns, at the largest threshold; every smaller one is a filter of it.
     index = HashIndex.from_store(store)
@@ -294,7 +312,7 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
              f" {_sizes(evaluation)}"]
     lines.append(f"{'edit':<12}" + "".join(f"{title:>20}" for title, _, _ in columns))
     for kind in kinds:
-        lines.append(f"{kind:<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
+        lines.append(f"{printable(kind):<12}" + "".join(f"{recall.get(kind, 0.0):>20.1%}"
                                              for _, recall, _ in columns))
     lines.append(f"{'other':<12}" + "".join(f"{others:>20}" for _, _, others in columns))
     misses = []
@@ -303,10 +321,12 @@ def format_verified(evaluation: Evaluation, listed: int | None = None,
         for copy in group.copies:
             if copy.path not in group.verified:
                 why = "" if copy.missing is None else f"; {copy.missing}"
-                misses.append(f"  missed  {group.group} {copy.path} ({copy.edit}{why})")
+                misses.append(f"  missed  {printable(group.group)} {printable(copy.path)}"
+                              f" ({printable(copy.edit)}{why})")
         for path, how in sorted(group.verified.items()):
             if path not in copies:
-                misses.append(f"  other   {group.group} {group.original} ~ {path} ({how})")
+                misses.append(f"  other   {printable(group.group)} {printable(group.original)}"
+                              f" ~ {printable(path)} ({how})")
     lines += _listed(misses, listed, listed_elsewhere)
     return "\n".join(lines)
 
@@ -466,7 +486,7 @@ def format_evaluation(
         # store with features answers, which the verified table below them contradicted.
         lines.append("the hash alone, by threshold (what a store without features answers;"
                      " search.py's verified answers are in the table after this one):")
-    header = f"{'t':>3} " + " ".join(f"{kind[:8]:>8}" for kind in kinds)
+    header = f"{'t':>3} " + " ".join(f"{printable(kind)[:8]:>8}" for kind in kinds)
     lines.append(f"{header} {'all':>6} {'false':>6} {'precision':>9}")
     for row in evaluation.rows:
         cells = " ".join(f"{row.recall[kind]:>8.1%}" for kind in kinds)
@@ -491,12 +511,12 @@ def format_evaluation(
     for group in evaluation.groups:
         for copy in group.copies:
             if copy.distance is None or copy.distance > max_distance:
-                misses.append(f"  missed  {group.group} {copy.path}"
-                              f" ({copy.edit}; {hash_miss(copy)})")
+                misses.append(f"  missed  {printable(group.group)} {printable(copy.path)}"
+                              f" ({printable(copy.edit)}; {hash_miss(copy)})")
         for path, distance in sorted(group.others.items(), key=lambda item: (item[1], item[0])):
             if distance <= max_distance:
-                misses.append(f"  other   {group.group} {group.original} ~ {path}"
-                              f" (distance {distance})")
+                misses.append(f"  other   {printable(group.group)} {printable(group.original)}"
+                              f" ~ {printable(path)} (distance {distance})")
     lines += _listed(misses, listed, listed_elsewhere)
     return "\n".join(lines)
 
@@ -521,7 +541,7 @@ def comparison_table(evaluations: list[Evaluation]) -> str:
                          " answers)",
                          verified_scores(evaluation)[-1][1]))
     width = max(len("store"), *(len(label) for label, _ in rows))  # columns stay aligned
-    lines = [f"{'store':<{width}} {'t':>3} " + " ".join(f"{k[:8]:>8}" for k in kinds)
+    lines = [f"{'store':<{width}} {'t':>3} " + " ".join(f"{printable(k)[:8]:>8}" for k in kinds)
              + f" {'all':>6}"]
     for label, row in rows:
         cells = " ".join(f"{row.recall.get(kind, 0):>8.1%}" for kind in kinds)

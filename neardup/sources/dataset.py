@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import itertools
 import os
 import random
 import re
@@ -21,8 +22,9 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -166,7 +168,7 @@ def read_manifest(path: str) -> list[ManifestRow]:
         # utf-8-sig: Excel and LibreOffice save UTF-8 with a byte-order mark, which read as plain
         # UTF-8 became part of the first column's name ("not a manifest (missing file)").
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as stream:
-            reader = csv.DictReader(stream)
+            reader = csv.DictReader(_bounded_lines(stream, path))
             missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
             if missing:
                 raise DatasetError(f"{path}: not a manifest (missing {', '.join(sorted(missing))})")
@@ -176,6 +178,24 @@ def read_manifest(path: str) -> list[ManifestRow]:
         raise DatasetError(f"{path}: cannot read manifest ({error.strerror})") from error
     except csv.Error as error:
         raise DatasetError(f"{path}: not a valid CSV file ({error})") from error
+
+
+# A manifest line longer than this is refused: the csv module's own field limit applies only to a
+# line already read whole, and a file of NUL bytes (what a crash can leave) or /dev/zero was read
+# into memory until it ran out (a review: 1 GB/s). gather.py's lines are a few hundred characters.
+MAX_MANIFEST_LINE = 1 << 20
+
+
+def _bounded_lines(stream: TextIO, path: str) -> Iterator[str]:
+    """The stream's lines, refusing one of over MAX_MANIFEST_LINE characters."""
+    for number in itertools.count(1):
+        line = stream.readline(MAX_MANIFEST_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_MANIFEST_LINE:
+            raise DatasetError(f"{path}: not a manifest (line {number} is over"
+                               f" {MAX_MANIFEST_LINE:,} characters long)")
+        yield line
 
 
 # -- steps ---------------------------------------------------------------------------------------
