@@ -440,6 +440,29 @@ def test_a_folder_that_cannot_be_listed_keeps_its_entries(
     assert "indexed 0, unchanged 10" in capsys.readouterr().out  # nothing hashed again
 
 
+def test_a_dataset_folder_that_cannot_be_listed_is_one_line_and_a_failure(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A review: the dataset folder itself unreadable said "cannot list folder", "skipped 1" and
+    exited 0, though the run could do none of its job."""
+    make_tree("images", 4, folders=1)
+    assert index() == 0
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if os.path.abspath(path) == os.path.abspath("images"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(discovery_module.os, "scandir", scandir)
+    capsys.readouterr()
+    assert index() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (
+        "images: cannot list folder (Permission denied); the store is as it was") in err, err
+    assert len(relpaths()) == 4
+
+
 # -- files that change without saying so ---------------------------------------------------------
 
 

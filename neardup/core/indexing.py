@@ -260,6 +260,8 @@ def index_folder(
                else os.path.relpath(entry.path, root).replace(os.sep, "/")):
             continue  # the store itself, kept inside the dataset (`-s photos/dupes`)
         if isinstance(entry, Skipped):
+            if entry.relpath == "":  # the dataset folder itself: the run can do nothing
+                raise DatasetError(f"{dataset}: {entry.reason}; the store is as it was")
             summary.skipped += 1
             report(f"{shown(entry.path)}: {entry.reason}")
             if entry.relpath is not None:
