@@ -29,6 +29,8 @@ from neardup.cli import index as index_cli
 from neardup.cli import search as search_cli
 from neardup.cli import search_evaluate
 from neardup.core import indexing
+from neardup.core.hashing import Hash
+from neardup.core.search import Match
 from neardup.core.store import RACY, Store
 from neardup.errors import install_hint
 from neardup.evaluation.report import report_stem
@@ -645,6 +647,37 @@ def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
     # The pair is still a group: the sharp original, as the query, verifies its blurred copy.
     assert [sorted(g["relpaths"]) for g in json.loads(capsys.readouterr().out)] == [
         ["a.jpg", "b.jpg"]]
+
+
+def test_groups_take_the_fewest_bits_first_then_the_most_inliers(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """As docs/usage.md says and search.py orders its answers. By inliers alone, a review's
+    byte-identical files went to two groups, one of them with a mirrored copy (72 inliers
+    against the identical pair's 70). Here a's re-encoded copy b (a few bits apart, 40 inliers)
+    and its mirror image m (72 inliers) both verify against a, not against each other."""
+    Path("images").mkdir()
+    save(scene(1), "images/a.jpg", quality=95)
+    save(scene(1), "images/b.jpg", quality=70)
+    save(ImageOps.mirror(scene(1)), "images/m.jpg", quality=95)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with Store.open_for_reading("db.shelve") as store:
+        stored = {name: store.hash_of_path(name) for name in ("a.jpg", "b.jpg", "m.jpg")}
+    assert Hash.from_hex(stored["a.jpg"], 64).distance(Hash.from_hex(stored["b.jpg"], 64)) <= 4
+    verified = {("a.jpg", "b.jpg"): 40, ("a.jpg", "m.jpg"): 72}
+    by_hash = {hash_hex: name for name, hash_hex in stored.items()}
+
+    def search(self, hashes, frame, max_distance, **options):  # type: ignore[no-untyped-def]
+        query = by_hash[hashes[0].hex()]
+        return [Match(other, None, stored[other], "features", count, True)
+                for pair, count in verified.items() if query in pair
+                for other in pair if other != query]
+
+    monkeypatch.setattr(feature_search.VerifiedSearch, "search", search)
+    capsys.readouterr()
+    assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [(group["relpaths"], group["inliers"]) for group in groups] == [
+        (["a.jpg", "b.jpg"], [None, 40])], groups
 
 
 # CALTECH-101 photos whose blur copies (gather.py --seed 31337) as queries were not verified

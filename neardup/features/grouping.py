@@ -20,6 +20,10 @@ from ..errors import ImageError, command
 from .extract import read_frame
 from .search import VerifiedSearch
 
+# A verified link's closeness is bits apart * INLIER_RANKS + (INLIER_RANKS - 1 - inliers): one
+# number (clique_groups sums them to choose a group's first image), ordered by bits, then inliers.
+INLIER_RANKS = 1000
+
 
 def verified_groups(
     store: Store,
@@ -35,7 +39,9 @@ def verified_groups(
     `progress`: a bar on standard error while the images are searched, if it is a terminal."""
     bits = store.recipe.bits
     hashes: dict[str, Hash] = {}
-    links: dict[str, dict[str, int]] = {}
+    links: dict[str, dict[str, int]] = {}  # how close each verified pair is (see below)
+    inliers: dict[tuple[str, str], int] = {}  # each verified pair's inliers, either way round
+
     rows = list(store.feature_rows())
     for _image_id, relpath, _data in tqdm(rows, unit="img", desc="verifying",
                                           disable=None if progress else True,
@@ -65,11 +71,20 @@ def verified_groups(
                                    include_low_information=include_low_information,
                                    sharpen=False, unpad=False):
             if match.path != relpath and match.inliers is not None:
-                # Closer means more inliers: clique_groups adds the closest candidates first.
-                # Verified both ways, a pair keeps the fewer inliers: the weaker evidence.
-                closeness = max(-match.inliers, links[relpath].get(match.path, -10**9))
+                # clique_groups adds the closest links first: fewest bits between the stored
+                # hashes, then most inliers, as search.py orders its answers. By inliers alone,
+                # byte-identical files (70 inliers of a record's 72) went to two groups, one of
+                # them with a mirrored copy (72: a review). Verified both ways, a pair keeps the
+                # farther link and the fewer inliers: the weaker evidence.
+                bits_apart = (hashes[relpath].distance(Hash.from_hex(match.hash_hex, bits))
+                              if match.hash_hex else bits)
+                closeness = max(bits_apart * INLIER_RANKS + INLIER_RANKS - 1
+                                - min(match.inliers, INLIER_RANKS - 1),
+                                links[relpath].get(match.path, -1))
                 links[relpath][match.path] = closeness
                 links.setdefault(match.path, {})[relpath] = closeness
+                inliers[relpath, match.path] = inliers[match.path, relpath] = min(
+                    match.inliers, inliers.get((relpath, match.path), match.inliers))
     # A pair verified in one direction only is still linked, from both sides.
     groups = []
     for members in clique_groups(links):
@@ -81,9 +96,9 @@ def verified_groups(
                           for value in values)
         known = [value for value in values if value is not None]
         widest = max((a.distance(b) for a in known for b in known), default=None)
-        inliers = (None, *(-links[members[0]][path] for path in members[1:]))
-        pairs = {(a, b): -links[a][b] for a in members for b in members if a < b}
+        pairs = {(a, b): inliers[a, b] for a in members for b in members if a < b}
         groups.append(Group(tuple(members), len({value for value in known}), distances, widest,
-                            inliers, min(pairs.values()), pairs))
+                            (None, *(inliers[members[0], path] for path in members[1:])),
+                            min(pairs.values()), pairs))
     groups.sort(key=lambda group: (-len(group.paths), group.paths))
     return groups
