@@ -787,19 +787,22 @@ class TestAwkwardNames:
         images.mkdir()
         picture = zoo.picture()
         names = [b"caf\xe9.png", b"with space.png", b"new\nline.png",
-                 "B\u202egnp.exe.png".encode()]  # shows as "Bexe.png" reversed on a terminal
+                 "B\u202egnp.exe.png".encode(),  # shows as "Bexe.png" reversed on a terminal
+                 "zw\u200bsp.png".encode(), "no\u00a0break.png".encode()]  # as "zwsp.png", ...
         for name in names:
             picture.save(os.path.join(os.fsencode(images), name), format="PNG")
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1"]) == 0
-        assert b"indexed 4" in capsysbinary.readouterr().out
+        assert b"indexed 6" in capsysbinary.readouterr().out
 
         assert search_cli.main(["-s", "db.shelve", "-q", "images/with space.png"]) == 0
         lines = capsysbinary.readouterr().out.splitlines()
-        assert len(lines) == 4, "one line per match, whatever the names hold"
+        assert len(lines) == 6, "one line per match, whatever the names hold"
         # The name's own bytes come back, as ls prints them; a newline is shown escaped, and so
         # is a character that would reverse the rest of the line on a terminal.
         assert b"0\timages/caf\xe9.png" in lines and b"0\timages/new\\nline.png" in lines
         assert b"0\timages/B\\u202egnp.exe.png" in lines
+        # Nor does a name print as another: a zero-width or a no-break space shows (a review).
+        assert b"0\timages/zw\\u200bsp.png" in lines and b"0\timages/no\\u00a0break.png" in lines
 
         assert search_cli.main(["-s", "db.shelve", "-q", "images/with space.png", "--json"]) == 0
         (record,) = json.loads(capsysbinary.readouterr().out)

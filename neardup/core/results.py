@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,21 +36,31 @@ class QueryResult:
 
 # Control characters escaped and backslashes doubled, so that a name stays on one line and no two
 # names print alike (a backslash followed by n prints as two backslashes and an n; a newline as
-# one backslash and an n). The characters that reorder text on a terminal (bidirectional
-# overrides, embeddings, isolates, marks) too: "B\u202egnp.exe.png" would show as another name.
-_BIDI_CONTROLS = [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-# C1 controls (U+0085 is a line break to str.splitlines, U+009B a terminal's CSI) and the line and
-# paragraph separators break or steer a line as the C0 ones do.
+# one backslash and an n). Characters a terminal does not show as themselves too: those that
+# reorder text (bidirectional overrides, embeddings, isolates, marks: "B\u202egnp.exe.png" would
+# show as another name), and every other format character and space but the plain one (a
+# review: "zw\u200bsp.jpg", a zero-width space in it, printed as "zwsp.jpg"; a no-break space
+# as a space).
 _CONTROLS = [*range(32), *range(0x7F, 0xA0)]
-_SEPARATORS = [0x2028, 0x2029]
-_NAME_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"} | {
-    code: f"\\u{code:04x}" for code in [*_BIDI_CONTROLS, *_SEPARATORS]}
+_INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp"))
 
 
-_LINE_ESCAPES = {code: f"\\x{code:02x}" for code in _CONTROLS} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"} | {
-    code: f"\\u{code:04x}" for code in [*_BIDI_CONTROLS, *_SEPARATORS]}
+class _Escapes(dict[int, str]):
+    """A str.translate table: the escapes given, \\uNNNN for any other invisible character
+    (_INVISIBLE_CATEGORIES) and any other character as it is (bytes that are not UTF-8,
+    surrogates here, included). Only printable ASCII is kept in the table: a hostile client's
+    names could otherwise fill it with every code point."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        return f"\\u{code:04x}" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char
+
+
+_PRINTABLE_ASCII = {code: chr(code) for code in range(0x20, 0x7F)}
+_NAME_ESCAPES = _Escapes(_PRINTABLE_ASCII | {code: f"\\x{code:02x}" for code in _CONTROLS} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"})
+_LINE_ESCAPES = _Escapes(_PRINTABLE_ASCII | {code: f"\\x{code:02x}" for code in _CONTROLS} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
 
 
 def counted(count: int, one: str, many: str = "") -> str:
