@@ -512,6 +512,27 @@ def test_a_store_inside_the_dataset_is_not_indexed_as_an_image(
         if name.endswith(".jpg") or name.endswith(".png"))
 
 
+@pytest.mark.parametrize(("options", "refusal"), [
+    ((), "db.shelve: indexes {first}, not {other}; use another --shelve"),
+    (("--algorithm", "phash"), "db.shelve: built with dhash"),
+])
+def test_what_the_store_alone_refuses_is_said_before_the_folder_is_walked(
+        in_tmp: Path, capsys: pytest.CaptureFixture, options: tuple[str, ...],
+        refusal: str) -> None:
+    """A review: `-d /` with a store of another folder printed a line for each of 8,709 files it
+    could not read, then refused. The refusal comes first, and alone."""
+    make_tree("first", 2)
+    assert index_cli.main(["-d", "first", "-s", "db.shelve", "-q", "-j", "1"]) == 0
+    make_tree("other", 2)
+    folder = "first" if options else "other"
+    os.symlink("nowhere.jpg", Path(folder, "broken.jpg"))  # said as the folder is walked
+    capsys.readouterr()
+    assert index_cli.main(["-d", folder, "-s", "db.shelve", "-q", "-j", "1", *options]) == 2
+    err = capsys.readouterr().err.splitlines()
+    expected = refusal.format(first=in_tmp / "first", other=in_tmp / "other")
+    assert len(err) == 1 and err[0].startswith(f"index.py: error: {expected}"), err
+
+
 def test_a_moved_dataset_folder_is_said_once_and_the_store_can_follow_it(
         in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     """A review: after the folder holding the images and the store was moved, search.py printed

@@ -74,6 +74,7 @@ from .store import (
     FileState,
     IndexedFile,
     Store,
+    check_recipe_and_folder,
     check_store_path,
     describe_key,
     key_text,
@@ -247,6 +248,8 @@ def index_folder(
         return path if inside.startswith(os.pardir) else os.path.join(dataset, inside)
 
     check_store_path(store_path, writing=True)  # a device, FIFO or missing folder: before anything
+    _refuse_before_the_walk(store_path, recipe, root,
+                            os.path.abspath(moved_from) if moved_from else None, features)
     if features:
         from ..features import require
 
@@ -659,6 +662,30 @@ def _record(item: FoundFile, hash_hex: str, looked_at_ns: int,
                        RACY if racy else item.ctime_ns, features)
 
 
+def _refuse_before_the_walk(store_path: str, recipe: Recipe, root: str, moved_from: str | None,
+                            features: bool) -> None:
+    """What an existing store's record alone refuses (another recipe or dataset folder, a run
+    without --features on a store with them), said before the folder is walked: `-d /` printed
+    8,709 lines of files it could not read, then the refusal (a review). Anything wrong with the
+    file itself is left to the writer, which says it as before."""
+    if not os.path.isfile(store_path) or os.path.getsize(store_path) == 0:
+        return
+    try:
+        with Store.open_for_reading(store_path, quick_check=False, for_queries=False) as store:
+            stored, recorded, with_features = (store.recipe, store.dataset_root,
+                                               store.has_features())
+    except NeardupError:
+        return
+    check_recipe_and_folder(store_path, stored, recorded, recipe, root, moved_from)
+    if with_features and not features:
+        raise NeardupError(_features_kept(store_path))
+
+
+def _features_kept(store_path: str) -> str:
+    return (f"{store_path}: keeps local features of every image; run {command('index.py')} with"
+            " --features to keep them complete")
+
+
 def _prepare_features(store: Store, store_path: str, features: bool,
                       report: Callable[[str], None]) -> set[str]:
     """Record the feature recipe (or refuse a mismatch); the stored files that still lack them,
@@ -666,8 +693,7 @@ def _prepare_features(store: Store, store_path: str, features: bool,
     and counted the file unchanged, so only a new store mended it: a review)."""
     if not features:
         if store.has_features():
-            raise NeardupError(f"{store_path}: keeps local features of every image; run"
-                               f" {command('index.py')} with --features to keep them complete")
+            raise NeardupError(_features_kept(store_path))
         return set()
     from ..features import extract
 

@@ -1605,13 +1605,23 @@ def _initialise_or_check(
         raise StoreError(f"{path}: its neardup_meta table is incomplete or not understood (no"
                          f" {missing}); build a new store (README: Checking and repairing a"
                          " store)")
-    stored = stored_recipe(path, meta["recipe"])
+    check_recipe_and_folder(path, stored_recipe(path, meta["recipe"]), meta["dataset_root"],
+                            recipe, dataset_root, moved_from)
+    _upgrade(db, path, meta)
+    return False
+
+
+def check_recipe_and_folder(path: str, stored: Recipe, recorded: str, recipe: Recipe,
+                            dataset_root: str, moved_from: str | None = None) -> None:
+    """Refuse to index `dataset_root` with `recipe` into a store built with `stored` for the
+    folder `recorded`, unless it keeps its recipe and indexes that folder (or is re-pointed from
+    it: `moved_from`)."""
+    redundant = "drop --moved-from, or name the store that indexed that folder"
     if stored != recipe and not keeps_its_recipe(stored, recipe):
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
             " use the same options or another --shelve"
         )
-    recorded = meta.get("dataset_root")
     if recorded != dataset_root and recorded != moved_from:  # moved_from: the writer re-points it
         if moved_from is not None:
             # Told to add --moved-from, a user who had given one but mistyped it was none the
@@ -1630,8 +1640,6 @@ def _initialise_or_check(
     if moved_from is not None and recorded != moved_from:  # it indexes dataset_root already
         raise StoreError(f"{path}: indexes {recorded} already, not --moved-from {moved_from}:"
                          f" {redundant}")
-    _upgrade(db, path, meta)
-    return False
 
 
 def _create_schema(db: Db) -> None:
