@@ -508,6 +508,17 @@ def test_avifs_damaged_anywhere_are_an_image_error_never_a_crash(tmp_path: Path)
 
 class TestRefused:
 
+    @pytest.mark.parametrize("keep", [20, 200])
+    def test_a_truncated_webp_is_said_as_such(self, tmp_path: Path, keep: int) -> None:
+        """A review: a WebP cut short said "cannot decode image (OSError: could not create
+        decoder object)", where every other format says "truncated image"."""
+        buffer = io.BytesIO()
+        zoo.picture().save(buffer, "WEBP", quality=80)
+        (tmp_path / "cut.webp").write_bytes(buffer.getvalue()[:keep])
+        with pytest.raises(ImageError) as refused:
+            hash_file(str(tmp_path / "cut.webp"), DEFAULT)
+        assert refused.value.reason in ("truncated or damaged WebP file", "truncated image")
+
     def test_a_tiff_tile_far_larger_than_its_picture_is_refused(self, tmp_path: Path) -> None:
         """A hostile review: a 783 KB TIFF of 256 x 256 pixels in one 16384 x 16384 deflate
         tile made libtiff allocate the whole tile (843 MB) to decode it, in index.py as in the

@@ -1026,6 +1026,10 @@ def describe_failure(path: str, error: BaseException, head: bytes | None = None)
     if isinstance(error, jpeg.CutShort) or (isinstance(error, OSError)
                                             and "truncated" in str(error).lower()):
         return "truncated image"
+    if isinstance(error, OSError) and "could not create decoder object" in str(error):
+        # Pillow's WebP decoder's words for a file cut short or damaged (a review): every other
+        # format says "truncated image".
+        return "truncated or damaged WebP file"
     if isinstance(error, ValueError) and "MAX_TEXT_CHUNK" in str(error):
         # Pillow's own guard: a text or colour-profile chunk that inflates past its limit (a
         # review found Pillow's wording, naming its constant, in the line).
