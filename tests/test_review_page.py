@@ -384,6 +384,41 @@ def test_paths_to_one_file_are_kept_or_marked_together(
     assert sorted(kept) == ["camera/image_0001.png", "outside/own_copy.png"]  # not the links
 
 
+def test_a_group_of_paths_to_one_file_says_so(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: a group of hard links to one file was headed "no identical files" while each
+    of its captions said "every path here is one file"."""
+    from .imagegen import textured
+
+    page, marked = group_page(tmp_path, monkeypatch, {
+        "photo.png": textured(48).resize((400, 300)),
+        "again.png": lambda path: os.link(path.parent / "photo.png", path),
+        "and_again.png": lambda path: os.link(path.parent / "photo.png", path)},
+        originals=("photo.png",))
+    assert marked == []
+    assert "no identical files" not in page
+    assert ("every path here is one file (hard or symbolic links to it), so the button marks"
+            " none: deleting one would free nothing") in page
+
+
+def test_the_dataset_folder_and_the_store_are_shown_escaped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review: the page's title, heading and dataset folder kept an escape sequence and a line
+    break of their names raw (the paths in the groups are shown escaped)."""
+    from .imagegen import textured
+
+    folder = tmp_path / "photos\x1b[31m\nred"
+    folder.mkdir()
+    textured(49).resize((400, 300)).save(folder / "a.png")
+    shutil.copy(folder / "a.png", folder / "b.png")
+    monkeypatch.chdir(tmp_path)
+    assert index_cli.main(["-d", folder.name, "-s", "db\x1b.shelve", "-q", "-j", "1"]) == 0
+    assert search_cli.main(["-s", "db\x1b.shelve", "--groups", "--html", "review.html"]) == 0
+    page = (tmp_path / "review.html").read_text(encoding="utf-8")
+    assert "\x1b" not in page and "photos\\x1b[31m\\nred" in page
+    assert "<title>Near-duplicate groups in db\\x1b.shelve</title>" in page
+
+
 def test_a_name_that_cannot_be_listed_is_not_offered_for_deletion_by_hand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

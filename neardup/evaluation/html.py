@@ -301,6 +301,11 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
     if choice is not None and not choice.keep:
         heading += (": no image here is still what was indexed and readable, so none is kept"
                     " and none marked by the button")
+    elif choice is not None and not choice.marked and choice.kept >= 0:
+        # Only when every path is one file (links to it) is one kept with nothing marked: it
+        # said "no identical files" of 15 hard links to one file (a review).
+        heading += (": every path here is one file (hard or symbolic links to it), so the button"
+                    " marks none: deleting one would free nothing")
     elif choice is not None and not choice.marked:
         heading += ": the button marks nothing here (" + (
             "which image is the original cannot be told from the files" if verified else
@@ -309,7 +314,7 @@ def _section(anchor: str, heading: str, items: Iterable[Item], *, with_pictures:
     if weak:
         heading += (f"; weakly verified (a pair with only {weakest} inliers, which different"
                     " photographs taken alike reach): look before deleting")
-    return (f'<section id="{escape(anchor)}"><h3>{escape(heading)}</h3>'
+    return (f'<section id="{escape(anchor)}"><h3>{escape(shown_path(heading))}</h3>'
             f'<div class="row">{"".join(figures)}</div></section>')
 
 
@@ -319,8 +324,10 @@ def _count(items: list[Item], css: str, one: str, many: str = "") -> str:
 
 
 def _header(title: str, summary: str, dataset: str) -> str:
-    return (f"<h1>{escape(title)}</h1><p>{escape(summary)}</p>"
-            f'<p class="dataset">{escape(dataset)}</p>')
+    # The title and the dataset folder name files: shown as the paths in the groups are (a
+    # review: an escape sequence or a line break in the folder's name reached the page raw).
+    return (f"<h1>{escape(shown_path(title))}</h1><p>{escape(summary)}</p>"
+            f'<p class="dataset">{escape(shown_path(dataset))}</p>')
 
 
 def _cut_notice(sections: int) -> str:
@@ -332,7 +339,7 @@ def _cut_notice(sections: int) -> str:
 
 def _page(title: str, body: list[str], script: str = "") -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{escape(shown_path(title))}</title><style>{_STYLE}</style></head><body>"
             + "\n".join(part for part in body if part)
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
 

@@ -210,7 +210,9 @@ def choose(paths: list[str | None], facts: list[Facts | None],
     for position in keep:
         why[position] = ("kept" if position == shown else "kept: the same file as the one kept")
     if not marked:  # nothing to keep one image against: none is called the one kept
-        lone = len(contents) == 1 and len(keep) == len(usable)
+        # Every path one file: not where the others changed since indexing (then this is only
+        # the one image left as it was).
+        lone = len(contents) == 1 and len(keep) == len(usable) == len(paths)
         for position in keep:  # the others are left to the person already
             why[position] = "every path here is one file" if lone else _left(verified)
         return Choice(-1 if not lone else shown, keep, frozenset(), why)
