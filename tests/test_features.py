@@ -649,35 +649,56 @@ def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
         ["a.jpg", "b.jpg"]]
 
 
-def test_groups_take_the_fewest_bits_first_then_the_most_inliers(
-        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """As docs/usage.md says and search.py orders its answers. By inliers alone, a review's
-    byte-identical files went to two groups, one of them with a mirrored copy (72 inliers
-    against the identical pair's 70). Here a's re-encoded copy b (a few bits apart, 40 inliers)
-    and its mirror image m (72 inliers) both verify against a, not against each other."""
+@pytest.mark.parametrize(("verified", "grouped"), [
+    # a's re-encoded copy b (a few bits apart, 40 inliers) and its mirror image m (72), both
+    # aligned pixel for pixel: b, the nearer in bits. By inliers alone, a review's byte-identical
+    # files went to two groups, one of them with a mirrored copy (72 inliers against 70).
+    ({("a.jpg", "b.jpg"): (40, True, None), ("a.jpg", "m.jpg"): (72, True, None)},
+     (["a.jpg", "b.jpg"], [None, 40])),
+    # a's crop c (41 inliers) and a look-alike l shot the same way (as near as can be in bits,
+    # 11 inliers), neither aligned pixel for pixel: the crop. By bits first, another review's
+    # originals joined such look-alikes before their own crops, mirror images and rotations.
+    ({("a.jpg", "c.jpg"): (41, False, None), ("a.jpg", "l.jpg"): (11, False, "a.jpg")},
+     (["a.jpg", "c.jpg"], [None, 41])),
+])
+def test_groups_take_pixel_exact_pairs_by_bits_then_the_rest_by_inliers(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        verified: dict[tuple[str, str], tuple[int, bool, str | None]],
+        grouped: tuple[list[str], list[int | None]]) -> None:
+    """Each pair verified as given (inliers, aligned pixel for pixel, and whose stored hash it
+    is answered with: its own by default); only a's pairs are, so a joins one of them."""
     Path("images").mkdir()
     save(scene(1), "images/a.jpg", quality=95)
     save(scene(1), "images/b.jpg", quality=70)
     save(ImageOps.mirror(scene(1)), "images/m.jpg", quality=95)
+    save(scene(1).crop((20, 10, 300, 230)), "images/c.jpg", quality=95)
+    save(scene(2), "images/l.jpg", quality=95)
     assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
     with Store.open_for_reading("db.shelve") as store:
-        stored = {name: store.hash_of_path(name) for name in ("a.jpg", "b.jpg", "m.jpg")}
+        stored = {name: store.hash_of_path(name) for name in ("a.jpg", "b.jpg", "m.jpg", "c.jpg",
+                                                               "l.jpg")}
     assert Hash.from_hex(stored["a.jpg"], 64).distance(Hash.from_hex(stored["b.jpg"], 64)) <= 4
-    verified = {("a.jpg", "b.jpg"): 40, ("a.jpg", "m.jpg"): 72}
     by_hash = {hash_hex: name for name, hash_hex in stored.items()}
 
-    def search(self, hashes, frame, max_distance, **options):  # type: ignore[no-untyped-def]
+    def search_with_verdicts(self, hashes, frame, max_distance,  # type: ignore[no-untyped-def]
+                             **options):
         query = by_hash[hashes[0].hex()]
-        return [Match(other, None, stored[other], "features", count, True)
-                for pair, count in verified.items() if query in pair
-                for other in pair if other != query]
+        answers = []
+        for pair, (inliers, exact, answered_as) in verified.items():
+            if query in pair:
+                other = pair[1] if query == pair[0] else pair[0]
+                verdict = Verdict(True, inliers, inliers, 1.0 if exact else 1.2, 1.0, 0.99, 0.99,
+                                  "verified", None, 0.05 if exact else 0.8)
+                answers.append((Match(other, None, stored[answered_as or other], "features",
+                                      inliers, True), verdict))
+        return answers
 
-    monkeypatch.setattr(feature_search.VerifiedSearch, "search", search)
+    monkeypatch.setattr(feature_search.VerifiedSearch, "search_with_verdicts",
+                        search_with_verdicts)
     capsys.readouterr()
     assert search_cli.main(["-s", "db.shelve", "--groups", "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)
-    assert [(group["relpaths"], group["inliers"]) for group in groups] == [
-        (["a.jpg", "b.jpg"], [None, 40])], groups
+    assert [(group["relpaths"], group["inliers"]) for group in groups] == [grouped], groups
 
 
 # CALTECH-101 photos whose blur copies (gather.py --seed 31337) as queries were not verified

@@ -5,7 +5,8 @@ themselves a match. Linking images transitively (a~b, b~c, so a, b, c) does exac
 CALTECH-101 one such chain held 12 different motorbikes. Here a group is a set in which EVERY
 pair matches (a clique of the match graph), built from the closest links first:
 
-- every image starts alone; the links are taken nearest first (fewest bits, then most inliers);
+- every image starts alone; the links are taken nearest first (fewest bits; with features, pairs
+  aligned pixel for pixel by fewest bits, then the others by most inliers: features/grouping.py);
 - a link joins its two images' groups only if every member of one matches every member of the
   other, so each image ends beside its closest match that the others accept: a copy with its
   original before either can join a look-alike (grown from its best-connected image instead, a

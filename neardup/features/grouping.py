@@ -14,15 +14,32 @@ from tqdm import tqdm
 
 from ..core.grouping import Group, clique_groups
 from ..core.hashing import DEFAULT_MAX_PIXELS, Hash
-from ..core.search import resolve_stored_path
+from ..core.search import Match, resolve_stored_path
 from ..core.store import Store
 from ..errors import ImageError, command
 from .extract import read_frame
-from .search import VerifiedSearch
+from .search import VerifiedSearch, same_frame
+from .verify import Verdict
 
-# A verified link's closeness is bits apart * INLIER_RANKS + (INLIER_RANKS - 1 - inliers): one
-# number (clique_groups sums them to choose a group's first image), ordered by bits, then inliers.
+# clique_groups adds the closest links first. Closest are the pairs aligned pixel for pixel
+# (search.same_frame: byte copies, re-encoded, captioned or mirrored copies), fewest bits
+# between the stored hashes first, then the most inliers; then every other verified pair, by
+# inliers alone. By inliers alone throughout, a review's byte-identical files (70 inliers of a
+# record's 72) went to two groups, one of them with a mirrored copy (72); by bits throughout,
+# another review's originals joined a look-alike shot the same way (8 bits, 11 inliers) before
+# their own crops, mirror images and rotated copies (far in bits, 33 to 67 inliers): 9 of 300.
+# One number per pair (clique_groups sums them to choose a group's first image).
 INLIER_RANKS = 1000
+NOT_SAME_FRAME = 1000 * INLIER_RANKS  # past any number of bits
+
+
+def _closeness(verdict: Verdict, match: Match, query: Hash, bits: int) -> int:
+    """How close a verified pair is (smaller: closer), as the comment above says."""
+    fewer = INLIER_RANKS - 1 - min(match.inliers or 0, INLIER_RANKS - 1)
+    if not same_frame(verdict):
+        return NOT_SAME_FRAME + fewer
+    apart = query.distance(Hash.from_hex(match.hash_hex, bits)) if match.hash_hex else bits
+    return apart * INLIER_RANKS + fewer
 
 
 def verified_groups(
@@ -67,19 +84,11 @@ def verified_groups(
         # again without its bars for finding only itself (what search.py -q does for it): each
         # image is a query here, so a padded copy is linked when its original verifies it, and
         # a third of CALTECH-101's photos have such bars (a second search for each).
-        for match in search.search([hashes[relpath]], frame, max_distance,
-                                   include_low_information=include_low_information,
-                                   sharpen=False, unpad=False):
-            if match.path != relpath and match.inliers is not None:
-                # clique_groups adds the closest links first: fewest bits between the stored
-                # hashes, then most inliers, as search.py orders its answers. By inliers alone,
-                # byte-identical files (70 inliers of a record's 72) went to two groups, one of
-                # them with a mirrored copy (72: a review). Verified both ways, a pair keeps the
-                # farther link and the fewer inliers: the weaker evidence.
-                bits_apart = (hashes[relpath].distance(Hash.from_hex(match.hash_hex, bits))
-                              if match.hash_hex else bits)
-                closeness = max(bits_apart * INLIER_RANKS + INLIER_RANKS - 1
-                                - min(match.inliers, INLIER_RANKS - 1),
+        for match, verdict in search.search_with_verdicts(
+                [hashes[relpath]], frame, max_distance,
+                include_low_information=include_low_information, sharpen=False, unpad=False):
+            if match.path != relpath and verdict.verified and match.inliers is not None:
+                closeness = max(_closeness(verdict, match, hashes[relpath], bits),
                                 links[relpath].get(match.path, -1))
                 links[relpath][match.path] = closeness
                 links.setdefault(match.path, {})[relpath] = closeness

@@ -48,7 +48,7 @@ from .verify import EXACT_RESIDUAL, Verdict, descriptor_index, verify
 STOP_AFTER_REFUSALS = 4
 
 # A verified picture within this much of the query's scale, aligned pixel-exact (verify.
-# EXACT_RESIDUAL), is the query's own frame (_same_frame).
+# EXACT_RESIDUAL), is the query's own frame (same_frame).
 SAME_FRAME_SCALE = 0.01
 
 # The verdict of a hash candidate the store holds no features for (an unfinished upgrade).
@@ -245,7 +245,7 @@ class VerifiedSearch:
         # `search.py -q` on a file of the indexed folder) is asked again too: it verified
         # against itself, and a captioned or padded copy then missed the original the same
         # query found in a store without it (a review: 10 and 13 of 16).
-        found_itself = [verdict.verified and _same_frame(verdict) for _, verdict in answers_out]
+        found_itself = [verdict.verified and same_frame(verdict) for _, verdict in answers_out]
         if unpad and not any(verdict.verified and not itself for (_, verdict), itself
                              in zip(answers_out, found_itself, strict=True)):
             inside = without_bars(frame)
@@ -266,7 +266,7 @@ def _by_hash_alone(path: str, distance: int | None, hash_hex: str,
     return Match(path, distance, hash_hex, "hash", None, False, mirrored), _UNVERIFIABLE
 
 
-def _same_frame(verdict: Verdict) -> bool:
+def same_frame(verdict: Verdict) -> bool:
     """Whether a verified picture is the query's own frame: the same size, every keypoint where
     the query has it (the query itself stored, or a copy that only re-encoded it)."""
     return (verdict.scale is not None and abs(verdict.scale - 1) <= SAME_FRAME_SCALE
