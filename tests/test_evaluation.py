@@ -114,6 +114,12 @@ def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None
     (lambda lines: lines + [lines[-1]], "copy copies/B_same.png is listed twice"),
     (lambda lines: [line for line in lines if ",copy," not in line],
      "names no copies, so there is no recall to measure"),
+    (lambda lines: lines + ["haystack/A.png,copy,g1,haystack/A.png,jpeg"],
+     "copy haystack/A.png is also the original of group g1"),
+    (lambda lines: lines + ["haystack/B.png,copy,g1,haystack/A.png,jpeg"],
+     "copy haystack/B.png is also the original of group g2"),
+    (lambda lines: lines + ["haystack/A.png,original,g3,src/A.png,"],
+     "haystack/A.png is the original of two groups, g1 and g3"),
 ])
 def test_a_manifest_that_contradicts_itself_is_refused(
         tmp_path: Path, change: Callable[[list[str]], list[str]], message: str) -> None:
@@ -123,6 +129,33 @@ def test_a_manifest_that_contradicts_itself_is_refused(
     manifest = tmp_path / "data" / "manifest.csv"
     manifest.write_text("\n".join(change(manifest.read_text().splitlines())) + "\n")
     with pytest.raises(DatasetError, match=re.escape(message)):
+        evaluate(tmp_path)
+
+
+def test_a_source_is_compared_as_the_store_names_it(tmp_path: Path) -> None:
+    """A review: a copy whose source was written ./haystack/A.png was refused as naming another
+    original than its group's haystack/A.png."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace(",g1,haystack/A.png,", ",g1,./haystack/A.png,"))
+    assert evaluate(tmp_path).copies == 3
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_manifest_line_of_the_longest_length_is_read(tmp_path: Path, ending: str) -> None:
+    """The limit counts a line's characters, not its line break (a review: off by one, and a
+    CRLF line counted one more than the same line with LF)."""
+    build(tmp_path / "data", planted_duplicate=False)
+    manifest = tmp_path / "data" / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    filler = "haystack/C.png,,,src/C.png,"
+    lines.append(filler + "x" * (MAX_MANIFEST_LINE - len(filler)))
+    manifest.write_bytes(ending.join(lines).encode() + ending.encode())
+    with pytest.raises(DatasetError, match="field larger than field limit"):
+        evaluate(tmp_path)  # the csv module's own limit on one field, but read
+    lines[-1] = filler + "x" * (MAX_MANIFEST_LINE - len(filler) + 1)
+    manifest.write_bytes(ending.join(lines).encode() + ending.encode())
+    with pytest.raises(DatasetError, match=f"line {len(lines)} is over"):
         evaluate(tmp_path)
 
 

@@ -166,15 +166,22 @@ def evaluate_manifest(
 
     groups: dict[str, GroupResult] = {}
     original_file: dict[str, str] = {}  # group -> its original as the manifest names it
+    group_of_original: dict[str, str] = {}  # an original's store path -> its group
     for row in rows:
         if row.role == "original":
             # A second original silently took the group (a review: a copy of the first was
-            # scored a miss against the second).
+            # scored a miss against the second); one file the original of two groups was
+            # counted as two queries.
             if row.group in groups:
                 raise DatasetError(f"{manifest_path}: group {row.group} has two originals,"
                                    f" {original_file[row.group]} and {row.file}")
-            groups[row.group] = GroupResult(row.group, store_path(row.file))
+            path = store_path(row.file)
+            if path in group_of_original:
+                raise DatasetError(f"{manifest_path}: {row.file} is the original of two groups,"
+                                   f" {group_of_original[path]} and {row.group}")
+            groups[row.group] = GroupResult(row.group, path)
             original_file[row.group] = row.file
+            group_of_original[path] = row.group
     if not groups:
         raise DatasetError(f"{manifest_path}: names no sampled originals")
 
@@ -196,13 +203,17 @@ def evaluate_manifest(
             continue
         if row.group not in groups:
             raise DatasetError(f"{manifest_path}: copy {row.file} has no original")
-        if row.source and row.source != original_file[row.group]:
+        # Compared as the store names them: "./haystack/a.jpg" is "haystack/a.jpg" (a review).
+        if row.source and relative(row.source) != groups[row.group].original:
             raise DatasetError(
                 f"{manifest_path}: copy {row.file} names {row.source} as its source, but the"
                 f" original of its group {row.group} is {original_file[row.group]}")
         path = store_path(row.file)
         if path in listed:  # counted twice, it was found (or missed) twice
             raise DatasetError(f"{manifest_path}: copy {row.file} is listed twice")
+        if path in group_of_original:  # its own original, or another group's: found by itself
+            raise DatasetError(f"{manifest_path}: copy {row.file} is also the original of group"
+                               f" {group_of_original[path]}")
         listed.add(path)
         kind = row.edit.split()[0] if row.edit else "copy"
         groups[row.group].copies.append(CopyOutcome(path, kind, row.edit, None))

@@ -187,12 +187,13 @@ MAX_MANIFEST_LINE = 1 << 20
 
 
 def _bounded_lines(stream: TextIO, path: str) -> Iterator[str]:
-    """The stream's lines, refusing one of over MAX_MANIFEST_LINE characters."""
+    """The stream's lines, refusing one of over MAX_MANIFEST_LINE characters (its line break not
+    counted: LF or CRLF alike)."""
     for number in itertools.count(1):
-        line = stream.readline(MAX_MANIFEST_LINE + 1)
+        line = stream.readline(MAX_MANIFEST_LINE + 3)
         if not line:
             return
-        if len(line) > MAX_MANIFEST_LINE:
+        if len(line.rstrip("\r\n")) > MAX_MANIFEST_LINE:
             raise DatasetError(f"{path}: not a manifest (line {number} is over"
                                f" {MAX_MANIFEST_LINE:,} characters long)")
         yield line
