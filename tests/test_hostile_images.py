@@ -33,6 +33,7 @@ from neardup.core.hashing import (
     hash_source,
     is_low_information,
 )
+from neardup.core.results import one_line, printable, shown_path
 from neardup.errors import ImageError, install_hint
 
 from . import hostile_images as zoo
@@ -822,6 +823,29 @@ class TestAwkwardNames:
         relpaths = sorted(base64.b64decode(match["relpath_base64"]) if "relpath_base64" in match
                           else match["relpath"].encode() for match in record["matches"])
         assert relpaths == sorted(names)
+
+
+    @pytest.mark.parametrize(("name", "printed"), [
+        ("zw\u200bsp.png", "zw\\u200bsp.png"),  # would print as "zwsp.png"
+        ("zw\u200dsp.png", "zw\\u200dsp.png"),  # a joiner with nothing to join
+        ("\u200dstart.png", "\\u200dstart.png"),
+        ("no\u00a0break.png", "no\\u00a0break.png"),  # would print as "no break.png"
+        ("x\U000e0067.png", "x\\U000e0067.png"),  # past U+FFFF: eight digits
+        ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.png",  # Persian, with a ZWNJ
+         "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.png"),
+        ("\u0915\u094d\u200d\u0937.png", "\u0915\u094d\u200d\u0937.png"),  # Devanagari
+        ("\U0001f468\u200d\U0001f469\u200d\U0001f467.png",  # an emoji family
+         "\U0001f468\u200d\U0001f469\u200d\U0001f467.png"),
+        ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f.png",
+         "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f.png"),
+    ])
+    def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
+            self, name: str, printed: str) -> None:
+        """Two reviews: a zero-width or no-break space printed a name as another; then the
+        joiners Persian, Devanagari and emoji sequences are written with were escaped too."""
+        assert printable(name) == printed
+        assert shown_path(name) == printed
+        assert one_line(f"{name}: cannot decode") == f"{printed}: cannot decode"
 
 
 class TestOnlyRasterFormats:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,20 +41,39 @@ class QueryResult:
 # reorder text (bidirectional overrides, embeddings, isolates, marks: "B\u202egnp.exe.png" would
 # show as another name), and every other format character and space but the plain one (a
 # review: "zw\u200bsp.jpg", a zero-width space in it, printed as "zwsp.jpg"; a no-break space
-# as a space).
+# as a space). But for the joiners that Persian, Devanagari and emoji sequences are written
+# with (ZWJ, ZWNJ, the tag characters of a flag such as Scotland's), kept where they follow a
+# character that is not ASCII, and escaped after one that is ("zw\u200dsp.jpg"): a second
+# review found them escaped inside valid names.
 _CONTROLS = [*range(32), *range(0x7F, 0xA0)]
 _INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp"))
+_JOINERS = "\u200c\u200d\U000e0020-\U000e007f"
+_JOINERS_AFTER_ASCII = re.compile(f"(?<![^\x00-\x7f])[{_JOINERS}]+")
+_KEPT_JOINER = re.compile(f"[{_JOINERS}]")
+
+
+def _escaped(code: int) -> str:
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 class _Escapes(dict[int, str]):
-    """A str.translate table: the escapes given, \\uNNNN for any other invisible character
-    (_INVISIBLE_CATEGORIES) and any other character as it is (bytes that are not UTF-8,
-    surrogates here, included). Only printable ASCII is kept in the table: a hostile client's
-    names could otherwise fill it with every code point."""
+    """A str.translate table: the escapes given, _escaped() for any other invisible character
+    (_INVISIBLE_CATEGORIES) but the joiners, and any other character as it is (bytes that are not
+    UTF-8, surrogates here, included). Only printable ASCII is kept in the table: a hostile
+    client's names could otherwise fill it with every code point."""
 
     def __missing__(self, code: int) -> str:
         char = chr(code)
-        return f"\\u{code:04x}" if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char
+        if unicodedata.category(char) not in _INVISIBLE_CATEGORIES or (
+                code in (0x200C, 0x200D) or 0xE0020 <= code <= 0xE007F):
+            return char
+        return _escaped(code)
+
+
+def _escape_all(translated: str, table: _Escapes) -> str:
+    """The translated text with the joiners that follow ASCII (or nothing) escaped too."""
+    return _JOINERS_AFTER_ASCII.sub(
+        lambda joiners: "".join(_escaped(ord(char)) for char in joiners.group()), translated)
 
 
 _PRINTABLE_ASCII = {code: chr(code) for code in range(0x20, 0x7F)}
@@ -73,20 +93,22 @@ def one_line(message: str) -> str:
     """A diagnostic on one line whatever the names in it: line breaks, other control characters
     and direction overrides escaped (a backslash is left as it is: names shown_path escaped
     already keep their form)."""
-    return message.translate(_LINE_ESCAPES)
+    return _escape_all(message.translate(_LINE_ESCAPES), _LINE_ESCAPES)
 
 
 def printable(path: str) -> str:
     """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
     (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
-    return path.translate(_NAME_ESCAPES)
+    return _escape_all(path.translate(_NAME_ESCAPES), _NAME_ESCAPES)
 
 
 def shown_path(path: str) -> str:
     """A name as a page shows it: printable(), then bytes that are not UTF-8 (which reach us as
-    surrogates) as \\xNN and invisible characters (a direction override) as \\uNNNN."""
+    surrogates) as \\xNN and any other character that is not printable as \\uNNNN (the joiners
+    printable() keeps, kept)."""
     text = os.fsencode(printable(path)).decode("utf-8", "backslashreplace")
-    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in text)
+    return "".join(char if char.isprintable() or _KEPT_JOINER.fullmatch(char)
+                   else _escaped(ord(char)) for char in text)
 
 
 def can_be_listed(path: str) -> bool:
