@@ -459,11 +459,16 @@ class TestStore:
             assert made_with != asked.removeprefix(" for ").split("; use")[0], err
 
     def test_a_rebuild_without_features_leaves_none_of_their_cached_arrays(
-            self, feature_store: Path) -> None:
-        """A review: the old contents' feature index files stayed in db.shelve.cache/."""
+            self, feature_store: Path, capsys: pytest.CaptureFixture) -> None:
+        """A review: the old contents' feature index files stayed in db.shelve.cache/. Another:
+        the features went without a word (README says to add --features to keep them)."""
         assert os.listdir("db.shelve.cache")  # the feature index, cached by index.py
+        capsys.readouterr()
         assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1",
                                "--rebuild"]) == 0
+        assert capsys.readouterr().err == (
+            "index.py: db.shelve: keeps local features; rebuilt without --features it will be"
+            " hash-only (stop now and add --features to keep them)\n")
         with Store.open_for_reading("db.shelve") as store:
             assert not store.has_features()
             left = os.listdir("db.shelve.cache") if os.path.isdir("db.shelve.cache") else []

@@ -35,13 +35,16 @@ def rebuild_target(store_path: str, dataset: str, recipe: Recipe, features: bool
     probe_for_writing(store_path)  # a file that is not a store is refused untouched
     try:
         with Store.open_for_reading(store_path, quick_check=False, for_queries=False) as old:
-            root = old.dataset_root
+            root, had_features = old.dataset_root, old.has_features()
     except StoreDamaged:
-        root = None  # the rebuild is its repair
+        root, had_features = None, False  # the rebuild is its repair
     if root is not None and os.path.abspath(root) != os.path.abspath(dataset):
         raise StoreError(f"{store_path}: indexes {root}, not {dataset}; --rebuild builds a store"
                          f" again from its own folder (a folder moved since: {command('index.py')}"
                          f" --moved-from first; another folder: another --shelve)")
+    if had_features and not features:  # as README says, but it went without a word (a review)
+        report(f"{shown_path(store_path)}: keeps local features; rebuilt without --features it"
+               " will be hash-only (stop now and add --features to keep them)")
     # Beside the store's own file (through a symlink too), where its lock is; named as the
     # store was where that is the same.
     real = os.path.realpath(store_path)
