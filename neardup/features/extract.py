@@ -506,8 +506,15 @@ def sharpened_features(frame: np.ndarray) -> list[FeatureSet]:
 # near where they were: 7 of the 8 verified. Asked only of the hash's candidates that no other
 # look aligned with (features/search.py), it newly verified 2 of 222 such pairs of neighbouring
 # CALTECH-101 photos (two catalogue motorbikes, two drawings of a stop sign): docs/features.md.
-SHARPEN_SIGMA = 2.0
-SHARPEN_AMOUNT = 1.5
+# A finer, stronger mask than the first one (sigma 2, amount 1.5), after a review found 10 of 500
+# blurred copies of gather.py --seed 7373 unanswered (fine detail: banknotes, text, a ferry):
+# the blur copies of three samples (--seed 7373, 9191, 2727) that verify as they are or
+# sharpened, 490, 495 and 495 of 500 with the first mask, 496, 497 and 498 with this one (496,
+# 497, 496 with sigma 1.5, amount 3); of the 188 ordered pairs of CALTECH-101 photos within 4
+# bits of each other (BACKGROUND_Google left out) that no other look aligns, it verifies none
+# (the first mask 2, sigma 1.5 and amount 3 one: the stop-sign drawings).
+SHARPEN_SIGMA = 1.0
+SHARPEN_AMOUNT = 4.0
 
 
 def _sharpened(frame: np.ndarray) -> np.ndarray:
