@@ -494,35 +494,35 @@ def _bar(lines: np.ndarray, side: int) -> int:
 
 
 def sharpened_features(frame: np.ndarray) -> list[FeatureSet]:
-    """The query's look sharpened (SHARPEN_SIGMA, SHARPEN_AMOUNT), for a blurred copy."""
-    return [_look(*_split(_sharpened(frame)))[0]]
+    """The query's looks sharpened by each of SHARPEN_MASKS, for a blurred copy."""
+    return [_look(*_split(_sharpened(frame, sigma, amount)))[0] for sigma, amount in SHARPEN_MASKS]
 
 
 # A blurred copy as the query has lost the fine corners on which a sharp stored picture keeps its
 # 72 keypoints (ORB's strongest are the finest), so too few of its keypoints find a partner: of
 # 200 CALTECH-101 copies blurred by a radius of 1 to 2 pixels, 8 were not verified against their
 # originals (all at hash distance 0 to 2), while the other way round (the sharp original as the
-# query, 500 keypoints, against the blurred copy's 72) 199 were. An unsharp mask puts corners back
-# near where they were: 7 of the 8 verified. Asked only of the hash's candidates that no other
-# look aligned with (features/search.py), it newly verified 2 of 222 such pairs of neighbouring
-# CALTECH-101 photos (two catalogue motorbikes, two drawings of a stop sign): docs/features.md.
-# A finer, stronger mask than the first one (sigma 2, amount 1.5), after a review found 10 of 500
+# query, 500 keypoints, against the blurred copy's 72) 199 were. An unsharp mask (Gaussian sigma,
+# amount) puts corners back near where they were: 7 of the 8 verified with the first mask below.
+# Asked only of the hash's candidates that no other look aligned with (features/search.py), it
+# newly verified 2 of 222 such pairs of neighbouring CALTECH-101 photos (two catalogue
+# motorbikes, two drawings of a stop sign): docs/features.md. A review later found 10 of 500
 # blurred copies of gather.py --seed 7373 unanswered (fine detail: banknotes, text, a ferry):
-# the blur copies of three samples (--seed 7373, 9191, 2727) that verify as they are or
-# sharpened, 490, 495 and 495 of 500 with the first mask, 496, 497 and 498 with this one (496,
-# 497, 496 with sigma 1.5, amount 3); of the 188 ordered pairs of CALTECH-101 photos within 4
-# bits of each other (BACKGROUND_Google left out) that no other look aligns, it verifies none
-# (the first mask 2, sigma 1.5 and amount 3 one: the stop-sign drawings).
-SHARPEN_SIGMA = 1.0
-SHARPEN_AMOUNT = 4.0
+# a finer, stronger mask, asked when the first does not align either, verifies 7 of them. The
+# blur copies of three samples (--seed 7373, 9191, 2727) that verify as they are or sharpened:
+# 490, 495 and 495 of 500 with the first mask, 497, 497 and 498 with both; of the 188 ordered
+# pairs of CALTECH-101 photos within 4 bits of each other (BACKGROUND_Google left out) that no
+# other look aligns, the second verifies none (the first, the 2 above). The second alone lost
+# captioned copies that the first verifies (3 of 500 text copies of --seed 7373).
+SHARPEN_MASKS = ((2.0, 1.5), (1.0, 4.0))
 
 
-def _sharpened(frame: np.ndarray) -> np.ndarray:
+def _sharpened(frame: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     import cv2
 
     pixels = frame.astype(np.float32)
-    detail = pixels - cv2.GaussianBlur(pixels, (0, 0), SHARPEN_SIGMA)
-    return np.clip(pixels + SHARPEN_AMOUNT * detail, 0, 255).astype(np.uint8)
+    detail = pixels - cv2.GaussianBlur(pixels, (0, 0), sigma)
+    return np.clip(pixels + amount * detail, 0, 255).astype(np.uint8)
 
 
 def _look(colour: np.ndarray | None, gray: np.ndarray) -> tuple[FeatureSet, list[Any]]:

@@ -293,7 +293,7 @@ def _answer_order(item: tuple[Match, Verdict]) -> tuple[bool, int, int, str]:
 # Refusals before the pictures are compared: no transform between them was found. Only then is
 # an enlarged look of a small query asked (extract.ENLARGED_BELOW), and only against a stored
 # picture at least ENLARGED_FOR times its size: what the enlarging is for (a picture of the
-# query's own size gains nothing from it); then a sharpened look (extract.SHARPEN_SIGMA). A
+# query's own size gains nothing from it); then the sharpened looks (extract.SHARPEN_MASKS). A
 # picture whose keypoints aligned and was refused for how it looks gets no second chance from
 # another look: verification is the only test against look-alikes.
 GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no transform",
@@ -336,8 +336,10 @@ def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
         if enlarged is not None and not aligned and (
                 max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
             yield from enlarged()
-        if sharpened is not None and not aligned:
-            yield from sharpened()
+        for sharper in sharpened() if sharpened is not None and not aligned else ():
+            if aligned:  # the first mask aligned and was refused: no second chance
+                return
+            yield sharper
 
     for look, index in itertools.chain(looks, later()):
         query_side = max(query_side, look.width, look.height)  # read by later() once looks end
