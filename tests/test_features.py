@@ -633,6 +633,29 @@ def test_a_blurred_copy_as_the_query_is_verified(in_tmp: Path) -> None:
             (f"{name}.jpg", True)], record
 
 
+def test_a_sharpened_look_that_aligned_and_was_refused_gets_no_second_mask(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification is the only test against look-alikes: the finer mask is asked only when the
+    first did not align either."""
+    plain, first, second = (extract(np.asarray(scene(seed)), STORED_KEYPOINTS)
+                            for seed in (1, 2, 3))
+    asked: list[FeatureSet] = []
+
+    def verdicts(look, stored, index=None):  # type: ignore[no-untyped-def]
+        asked.append(look)
+        reason = "the aligned pictures differ" if look is first else "too few inliers"
+        return Verdict(False, 12, 12, 1.0, 1.0, 0.5, 0.5, reason)
+
+    monkeypatch.setattr(feature_search, "verify", verdicts)
+    feature_search._best_verdict([(plain, None)], plain, None,
+                                 lambda: [(first, None), (second, None)])
+    assert asked == [plain, first]
+    asked.clear()
+    feature_search._best_verdict([(plain, None)], plain, None,
+                                 lambda: [(second, None), (first, None)])
+    assert asked == [plain, second, first]  # the first mask did not align: the second is asked
+
+
 def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture) -> None:
     """A person deletes from --groups' groups, and the sharpened look verified different
