@@ -838,6 +838,10 @@ class TestAwkwardNames:
          "\U0001f468\u200d\U0001f469\u200d\U0001f467.png"),
         ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f.png",
          "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f.png"),
+        # A third review: kept after any letter, they printed "caf\u00e9" and "\u00e9" alike.
+        ("caf\u00e9\u200d.png", "caf\u00e9\\u200d.png"),
+        ("caf\u00e9\u200c.png", "caf\u00e9\\u200c.png"),
+        ("\u00e9\U000e0061\U000e0062.png", "\u00e9\\U000e0061\\U000e0062.png"),
     ])
     def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
             self, name: str, printed: str) -> None:

@@ -42,14 +42,35 @@ class QueryResult:
 # show as another name), and every other format character and space but the plain one (a
 # review: "zw\u200bsp.jpg", a zero-width space in it, printed as "zwsp.jpg"; a no-break space
 # as a space). But for the joiners that Persian, Devanagari and emoji sequences are written
-# with (ZWJ, ZWNJ, the tag characters of a flag such as Scotland's), kept where they follow a
-# character that is not ASCII, and escaped after one that is ("zw\u200dsp.jpg"): a second
-# review found them escaped inside valid names.
+# with: ZWJ and ZWNJ kept between two characters that are neither ASCII nor Latin letters, the
+# tag characters of a flag (Scotland's) kept after a black flag, and escaped anywhere else
+# ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"): a second review found them escaped
+# inside valid names, a third kept after any letter.
 _CONTROLS = [*range(32), *range(0x7F, 0xA0)]
 _INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp"))
-_JOINERS = "\u200c\u200d\U000e0020-\U000e007f"
-_JOINERS_AFTER_ASCII = re.compile(f"(?<![^\x00-\x7f])[{_JOINERS}]+")
-_KEPT_JOINER = re.compile(f"[{_JOINERS}]")
+_JOINERS = re.compile("[\u200c\u200d\U000e0020-\U000e007f]")
+_BLACK_FLAG = "\U0001f3f4"
+
+
+def _is_tag(char: str) -> bool:
+    return 0xE0020 <= ord(char) <= 0xE007F
+
+
+def _joinable(char: str) -> bool:
+    """Whether a ZWJ or ZWNJ beside this character can be part of how a word is written."""
+    code = ord(char)
+    return (code > 0x7F and not 0xD800 <= code <= 0xDFFF
+            and not unicodedata.name(char, "LATIN").startswith("LATIN"))
+
+
+def _kept_joiner(text: str, at: int) -> bool:
+    char = text[at]
+    if _is_tag(char):
+        start = at
+        while start > 0 and _is_tag(text[start - 1]):
+            start -= 1
+        return start > 0 and text[start - 1] == _BLACK_FLAG
+    return 0 < at < len(text) - 1 and _joinable(text[at - 1]) and _joinable(text[at + 1])
 
 
 def _escaped(code: int) -> str:
@@ -70,10 +91,13 @@ class _Escapes(dict[int, str]):
         return _escaped(code)
 
 
-def _escape_all(translated: str, table: _Escapes) -> str:
-    """The translated text with the joiners that follow ASCII (or nothing) escaped too."""
-    return _JOINERS_AFTER_ASCII.sub(
-        lambda joiners: "".join(_escaped(ord(char)) for char in joiners.group()), translated)
+def _escape_all(translated: str) -> str:
+    """The translated text with the joiners _kept_joiner() does not keep escaped too."""
+    if not _JOINERS.search(translated):
+        return translated
+    return "".join(_escaped(ord(char)) if _JOINERS.fullmatch(char)
+                   and not _kept_joiner(translated, at) else char
+                   for at, char in enumerate(translated))
 
 
 _PRINTABLE_ASCII = {code: chr(code) for code in range(0x20, 0x7F)}
@@ -93,13 +117,13 @@ def one_line(message: str) -> str:
     """A diagnostic on one line whatever the names in it: line breaks, other control characters
     and direction overrides escaped (a backslash is left as it is: names shown_path escaped
     already keep their form)."""
-    return _escape_all(message.translate(_LINE_ESCAPES), _LINE_ESCAPES)
+    return _escape_all(message.translate(_LINE_ESCAPES))
 
 
 def printable(path: str) -> str:
     """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
     (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
-    return _escape_all(path.translate(_NAME_ESCAPES), _NAME_ESCAPES)
+    return _escape_all(path.translate(_NAME_ESCAPES))
 
 
 def shown_path(path: str) -> str:
@@ -107,7 +131,7 @@ def shown_path(path: str) -> str:
     surrogates) as \\xNN and any other character that is not printable as \\uNNNN (the joiners
     printable() keeps, kept)."""
     text = os.fsencode(printable(path)).decode("utf-8", "backslashreplace")
-    return "".join(char if char.isprintable() or _KEPT_JOINER.fullmatch(char)
+    return "".join(char if char.isprintable() or _JOINERS.fullmatch(char)
                    else _escaped(ord(char)) for char in text)
 
 
