@@ -63,16 +63,6 @@ def _joinable(char: str) -> bool:
             and not unicodedata.name(char, "LATIN").startswith("LATIN"))
 
 
-def _kept_joiner(text: str, at: int) -> bool:
-    char = text[at]
-    if _is_tag(char):
-        start = at
-        while start > 0 and _is_tag(text[start - 1]):
-            start -= 1
-        return start > 0 and text[start - 1] == _BLACK_FLAG
-    return 0 < at < len(text) - 1 and _joinable(text[at - 1]) and _joinable(text[at + 1])
-
-
 def _escaped(code: int) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
@@ -85,19 +75,29 @@ class _Escapes(dict[int, str]):
 
     def __missing__(self, code: int) -> str:
         char = chr(code)
-        if unicodedata.category(char) not in _INVISIBLE_CATEGORIES or (
-                code in (0x200C, 0x200D) or 0xE0020 <= code <= 0xE007F):
-            return char
+        if unicodedata.category(char) not in _INVISIBLE_CATEGORIES or _JOINERS.fullmatch(char):
+            return char  # the joiners: _escape_all() decides
         return _escaped(code)
 
 
 def _escape_all(translated: str) -> str:
-    """The translated text with the joiners _kept_joiner() does not keep escaped too."""
+    """The translated text with the joiners escaped where they join nothing (see above), in one
+    pass: a hostile name of thousands of tag characters costs no more than its length."""
     if not _JOINERS.search(translated):
         return translated
-    return "".join(_escaped(ord(char)) if _JOINERS.fullmatch(char)
-                   and not _kept_joiner(translated, at) else char
-                   for at, char in enumerate(translated))
+    out = []
+    after_flag = False  # within a run of tag characters that follows a black flag
+    for at, char in enumerate(translated):
+        if _is_tag(char):
+            after_flag = after_flag or (at > 0 and translated[at - 1] == _BLACK_FLAG)
+            kept = after_flag
+        else:
+            after_flag = False
+            kept = not _JOINERS.fullmatch(char) or (
+                0 < at < len(translated) - 1 and _joinable(translated[at - 1])
+                and _joinable(translated[at + 1]))
+        out.append(char if kept else _escaped(ord(char)))
+    return "".join(out)
 
 
 _PRINTABLE_ASCII = {code: chr(code) for code in range(0x20, 0x7F)}

@@ -1553,6 +1553,10 @@ def _check_is_neardup_store(db: Db, path: str) -> None:
         )
 
 
+# What to do about a --moved-from the store does not need.
+_REDUNDANT_MOVED_FROM = "drop --moved-from, or name the store that indexed that folder"
+
+
 def _initialise_or_check(
     db: Db,
     path: str,
@@ -1567,10 +1571,9 @@ def _initialise_or_check(
         raise StoreError(f"{path}: exists and is not a neardup store; choose another --shelve")
     # A --moved-from the store does not index is a mistake (a mistyped -s, another store): refused
     # before anything is written, as docs/usage.md says, not taken as a plain run.
-    redundant = "drop --moved-from, or name the store that indexed that folder"
     if not tables and moved_from is not None:
         raise StoreError(f"{path}: a new store, indexing no folder yet, not --moved-from"
-                         f" {moved_from}: {redundant}")
+                         f" {moved_from}: {_REDUNDANT_MOVED_FROM}")
     if not tables:
         with write_transaction(db, path):
             _create_schema(db)
@@ -1616,7 +1619,6 @@ def check_recipe_and_folder(path: str, stored: Recipe, recorded: str, recipe: Re
     """Refuse to index `dataset_root` with `recipe` into a store built with `stored` for the
     folder `recorded`, unless it keeps its recipe and indexes that folder (or is re-pointed from
     it: `moved_from`)."""
-    redundant = "drop --moved-from, or name the store that indexed that folder"
     if stored != recipe and not keeps_its_recipe(stored, recipe):
         raise StoreError(
             f"{path}: built with {stored.describe()}, this run asks for {recipe.describe()};"
@@ -1639,7 +1641,7 @@ def check_recipe_and_folder(path: str, stored: Recipe, recorded: str, recipe: Re
         raise StoreError(f"{path}: indexes {recorded}, not {dataset_root}; use another --shelve")
     if moved_from is not None and recorded != moved_from:  # it indexes dataset_root already
         raise StoreError(f"{path}: indexes {recorded} already, not --moved-from {moved_from}:"
-                         f" {redundant}")
+                         f" {_REDUNDANT_MOVED_FROM}")
 
 
 def _create_schema(db: Db) -> None:
