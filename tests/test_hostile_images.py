@@ -852,6 +852,13 @@ class TestAwkwardNames:
         assert one_line(f"{name}: cannot decode") == f"{printed}: cannot decode"
 
 
+    def test_a_name_with_a_surrogate_no_file_system_gives_is_shown(self) -> None:
+        """A review: a lone surrogate outside U+DC80-DCFF (a name that came as text, from JSON)
+        raised UnicodeEncodeError in the page's escaping."""
+        assert shown_path("a\ud800b.jpg") == "a\\xed\\xa0\\x80b.jpg"
+        assert shown_path(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"  # as before
+
+
 class TestOnlyRasterFormats:
     """Pillow picks its plug-in from the content; only the raster formats we mean to read are tried."""
 

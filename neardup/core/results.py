@@ -130,7 +130,11 @@ def shown_path(path: str) -> str:
     """A name as a page shows it: printable(), then bytes that are not UTF-8 (which reach us as
     surrogates) as \\xNN and any other character that is not printable as \\uNNNN (the joiners
     printable() keeps, kept)."""
-    text = os.fsencode(printable(path)).decode("utf-8", "backslashreplace")
+    # A lone surrogate outside U+DC80-DCFF is no byte the file system gave (a name that came as
+    # text, from JSON): its UTF-8 form, shown escaped like any other, rather than an exception.
+    text = printable(path).encode("utf-8", "surrogateescape" if all(
+        0xDC80 <= ord(char) <= 0xDCFF for char in path if 0xD800 <= ord(char) <= 0xDFFF)
+        else "surrogatepass").decode("utf-8", "backslashreplace")
     return "".join(char if char.isprintable() or _JOINERS.fullmatch(char)
                    else _escaped(ord(char)) for char in text)
 
