@@ -629,3 +629,27 @@ def test_a_huge_16_bit_png_is_hashed_without_a_float_copy(tmp_path: Path) -> Non
                           text=True, check=True)
     peak_mb = int(done.stdout.split()[-1]) / 1024
     assert peak_mb < 128 + 64 + 250, peak_mb  # decoded + 8-bit result + the interpreter, numpy
+
+
+def test_a_file_read_in_short_pieces_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """A network file system may give less than asked before a file's end: reading stops early
+    only once the size the file had is in hand, so such a file is hashed whole, not cut."""
+    from neardup.core import hashing
+
+    path = tmp_path / "photo.jpg"
+    save(textured(seed=3), path, quality=90)
+    data = path.read_bytes()
+    expected = hash_file(str(path), Recipe())
+    real_read = os.read
+    sizes: list[int] = []
+
+    def short_read(descriptor: int, count: int) -> bytes:
+        chunk = real_read(descriptor, min(count, 1000))
+        sizes.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(hashing.os, "read", short_read)
+    assert hashing.read_file(str(path)).read() == data
+    assert len(sizes) > 2
+    assert hash_file(str(path), Recipe()) == expected

@@ -704,9 +704,17 @@ def read_file(path: str) -> io.BufferedIOBase:
         # the size said a moment ago.
         chunks = []
         left = WHOLE_FILE_BYTES + 1
-        while left > 0 and (chunk := os.read(descriptor, min(left, max(size + 1, 65536)))):
+        while left > 0:
+            asked = min(left, max(size + 1, 65536))
+            chunk = os.read(descriptor, asked)
+            if not chunk:
+                break
             chunks.append(chunk)
             left -= len(chunk)
+            if len(chunk) < asked and WHOLE_FILE_BYTES + 1 - left >= size:
+                # Less than asked, and all the size said: the end, without a second system call
+                # per photo to learn it (a network file system may give less before its end).
+                break
     finally:
         os.close(descriptor)
     return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))

@@ -231,16 +231,21 @@ def dense_grid(
     width, height = size
     across = lanczos_weights(columns, extent[0], width, cover)
     down = lanczos_weights(rows, extent[1], height, cover)
-    partial = np.zeros((height, columns), dtype=np.float64)
     step = max(1, min(PIXELS_PER_BLOCK // max(1, columns),
                       SINGLE_THREAD_PRODUCT // max(1, height * columns)))
-    for start in range(0, rows, step):
+    # The first block's product is the partial sum itself (adding it to zeros changes no bit):
+    # one array fewer to fill per image, a few microseconds of a 300 x 200 photo's 40.
+    partial = down[:, :step] @ pixels[:step].astype(np.float64)
+    for start in range(step, rows, step):
         block = pixels[start : start + step].astype(np.float64)
         partial += down[:, start : start + step] @ block
-    cells = np.empty((height, width), dtype=np.float64)
     step = max(1, SINGLE_THREAD_PRODUCT // max(1, columns * width))
-    for start in range(0, height, step):
-        cells[start : start + step] = partial[start : start + step] @ across.T
+    if step >= height:  # one product (every grid of dHash, aHash and pHash on a photo)
+        cells = partial @ across.T
+    else:
+        cells = np.empty((height, width), dtype=np.float64)
+        for start in range(0, height, step):
+            cells[start : start + step] = partial[start : start + step] @ across.T
     return np.round(cells / STEP) * STEP
 
 
