@@ -842,6 +842,22 @@ class TestAwkwardNames:
         ("caf\u00e9\u200d.png", "caf\u00e9\\u200d.png"),
         ("caf\u00e9\u200c.png", "caf\u00e9\\u200c.png"),
         ("\u00e9\U000e0061\U000e0062.png", "\u00e9\\U000e0061\\U000e0062.png"),
+        # A fourth: other marks drawn as nothing, kept after ASCII ("a\ufe0f" printed as "a").
+        ("a\ufe0f.png", "a\\ufe0f.png"),
+        ("1\ufe0f.png", "1\\ufe0f.png"),
+        ("caf\u00e9\ufe0e.png", "caf\u00e9\\ufe0e.png"),
+        ("x\u034f.png", "x\\u034f.png"),
+        ("\u3164.png", "\\u3164.png"),  # a Hangul filler, a letter drawn as nothing
+        ("a\u2800b.png", "a\\u2800b.png"),  # a blank braille cell
+        ("\u115f.png", "\\u115f.png"),
+        ("\ufff0.png", "\\ufff0.png"),  # no character assigned
+        # ... and kept where writing uses them: an emoji's picture form, a keycap, an
+        # ideograph's variant, a Mongolian variant form, a syllable of conjoining jamo.
+        ("\u2764\ufe0f.png", "\u2764\ufe0f.png"),
+        ("1\ufe0f\u20e3.png", "1\ufe0f\u20e3.png"),
+        ("\u8fbb\U000e0100.png", "\u8fbb\U000e0100.png"),
+        ("\u1820\u180b.png", "\u1820\u180b.png"),
+        ("\u115f\u1161.png", "\u115f\u1161.png"),
     ])
     def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
             self, name: str, printed: str) -> None:

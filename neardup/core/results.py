@@ -41,15 +41,26 @@ class QueryResult:
 # reorder text (bidirectional overrides, embeddings, isolates, marks: "B\u202egnp.exe.png" would
 # show as another name), and every other format character and space but the plain one (a
 # review: "zw\u200bsp.jpg", a zero-width space in it, printed as "zwsp.jpg"; a no-break space
-# as a space). But for the joiners that Persian, Devanagari and emoji sequences are written
-# with: ZWJ and ZWNJ kept between two characters that are neither ASCII nor Latin letters, the
-# tag characters of a flag (Scotland's) kept after a black flag, and escaped anywhere else
-# ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"): a second review found them escaped
-# inside valid names, a third kept after any letter.
+# as a space), code points no character is assigned to, and the letters and symbols drawn as
+# nothing (Hangul fillers, a blank braille cell). But for the invisible marks that real writing
+# uses, each kept only where it can take part in it and escaped anywhere else
+# ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"): ZWJ and ZWNJ between two characters
+# that are neither ASCII nor Latin letters (Persian, Devanagari, emoji sequences); the tag
+# characters of a flag (Scotland's) after a black flag; variation selectors, the combining
+# grapheme joiner and Mongolian and Khmer format marks after such a character (an emoji's text
+# or picture form, an ideograph's variant), and a variation selector in a keycap ("1\ufe0f\u20e3");
+# the Hangul jamo fillers beside another jamo. Reviews found them escaped inside valid names,
+# then kept after any letter, then a variation selector kept after ASCII.
 _CONTROLS = [*range(32), *range(0x7F, 0xA0)]
-_INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp"))
-_JOINERS = re.compile("[\u200c\u200d\U000e0020-\U000e007f]")
+_INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp", "Cn"))
+_DRAWN_AS_NOTHING = frozenset((0x2800, 0x3164, 0xFFA0))  # braille blank, Hangul fillers
+_JOINERS = re.compile("[\u200c\u200d]")
+_MARKS = re.compile("[\u034f\u17b4\u17b5\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+_JAMO_FILLERS = re.compile("[\u115f\u1160]")
+_CONTEXTUAL = re.compile("[\u200c\u200d\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f"
+                         "\ufe00-\ufe0f\U000e0020-\U000e007f\U000e0100-\U000e01ef]")
 _BLACK_FLAG = "\U0001f3f4"
+_KEYCAP = "\u20e3"
 
 
 def _is_tag(char: str) -> bool:
@@ -63,39 +74,57 @@ def _joinable(char: str) -> bool:
             and not unicodedata.name(char, "LATIN").startswith("LATIN"))
 
 
+def _is_jamo(char: str) -> bool:
+    code = ord(char)
+    return (0x1100 <= code <= 0x11FF or 0xA960 <= code <= 0xA97F
+            or 0xD7B0 <= code <= 0xD7FF) and not _JAMO_FILLERS.fullmatch(char)
+
+
 def _escaped(code: int) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 class _Escapes(dict[int, str]):
     """A str.translate table: the escapes given, _escaped() for any other invisible character
-    (_INVISIBLE_CATEGORIES) but the joiners, and any other character as it is (bytes that are not
-    UTF-8, surrogates here, included). Only printable ASCII is kept in the table: a hostile
-    client's names could otherwise fill it with every code point."""
+    (_INVISIBLE_CATEGORIES, _DRAWN_AS_NOTHING) but the contextual marks, and any other character
+    as it is (bytes that are not UTF-8, surrogates here, included). Only printable ASCII is kept
+    in the table: a hostile client's names could otherwise fill it with every code point."""
 
     def __missing__(self, code: int) -> str:
         char = chr(code)
-        if unicodedata.category(char) not in _INVISIBLE_CATEGORIES or _JOINERS.fullmatch(char):
-            return char  # the joiners: _escape_all() decides
-        return _escaped(code)
+        if _CONTEXTUAL.fullmatch(char):
+            return char  # _escape_all() decides
+        if code in _DRAWN_AS_NOTHING or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            return _escaped(code)
+        return char
 
 
 def _escape_all(translated: str) -> str:
-    """The translated text with the joiners escaped where they join nothing (see above), in one
-    pass: a hostile name of thousands of tag characters costs no more than its length."""
-    if not _JOINERS.search(translated):
+    """The translated text with the contextual marks escaped where they take part in nothing
+    (see above), in one pass: a hostile name of thousands of tag characters costs no more than
+    its length."""
+    if not _CONTEXTUAL.search(translated):
         return translated
     out = []
     after_flag = False  # within a run of tag characters that follows a black flag
+    last = len(translated) - 1
     for at, char in enumerate(translated):
+        before = translated[at - 1] if at > 0 else ""
+        after = translated[at + 1] if at < last else ""
         if _is_tag(char):
-            after_flag = after_flag or (at > 0 and translated[at - 1] == _BLACK_FLAG)
+            after_flag = after_flag or before == _BLACK_FLAG
             kept = after_flag
         else:
             after_flag = False
-            kept = not _JOINERS.fullmatch(char) or (
-                0 < at < len(translated) - 1 and _joinable(translated[at - 1])
-                and _joinable(translated[at + 1]))
+            if _JOINERS.fullmatch(char):
+                kept = bool(before and after) and _joinable(before) and _joinable(after)
+            elif _MARKS.fullmatch(char):
+                kept = bool(before) and (_joinable(before) or (
+                    before in "#*0123456789" and after == _KEYCAP and "\ufe00" <= char <= "\ufe0f"))
+            elif _JAMO_FILLERS.fullmatch(char):
+                kept = any(side and _is_jamo(side) for side in (before, after))
+            else:
+                kept = True
         out.append(char if kept else _escaped(ord(char)))
     return "".join(out)
 
@@ -135,7 +164,7 @@ def shown_path(path: str) -> str:
     text = printable(path).encode("utf-8", "surrogateescape" if all(
         0xDC80 <= ord(char) <= 0xDCFF for char in path if 0xD800 <= ord(char) <= 0xDFFF)
         else "surrogatepass").decode("utf-8", "backslashreplace")
-    return "".join(char if char.isprintable() or _JOINERS.fullmatch(char)
+    return "".join(char if char.isprintable() or _CONTEXTUAL.fullmatch(char)
                    else _escaped(ord(char)) for char in text)
 
 
