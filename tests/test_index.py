@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -48,15 +49,43 @@ def buckets(path: str = "db.shelve") -> dict[str, list[str]]:
 
 
 class TestIncremental:
-    def test_rerun_adds_nothing(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    def test_rerun_adds_nothing(self, in_tmp: Path, capsys: pytest.CaptureFixture,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+        # Files written just now are hashed again by the next run, to be sure (racily clean):
+        # not here, where the second run must hash nothing.
+        monkeypatch.setattr(indexing, "RACY_NS", 0)
         make_tree("images", 8)
         assert run_index() == 0
         first = buckets()
         assert "indexed 8, unchanged 0" in capsys.readouterr().out
         assert run_index() == 0
-        assert "indexed 0, unchanged 8, removed 0" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "indexed 0, unchanged 8, removed 0" in out
+        # No rate where nothing was hashed: a review read "(0 images/s)", and one new photo
+        # among thousands as a few images a second (the whole run's time).
+        assert re.search(r"8 images in the store \(\d+\.\d s in all\)$", out.strip()), out
         assert buckets() == first
         assert sum(len(paths) for paths in first.values()) == 8
+
+    def test_the_rate_is_the_hashings_own(self, in_tmp: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(indexing, "RACY_NS", 0)  # hashed again to be sure: not here
+        make_tree("images", 8)
+        assert run_index() == 0
+        capsys.readouterr()
+        save(textured(77), "images/new.jpg", quality=92)
+        walk = indexing.walk_images
+
+        def slow_walk(*args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # a large folder's walk: no hashing in it
+            yield from walk(*args, **kwargs)
+
+        monkeypatch.setattr(indexing, "walk_images", slow_walk)
+        assert run_index() == 0
+        out = capsys.readouterr().out.strip()
+        found = re.search(r"\(1 hashed, ([\d,]+) images/s; (\d+\.\d) s in all\)$", out)
+        assert found, out
+        assert int(found[1].replace(",", "")) > 5 and float(found[2]) >= 1.0
 
     def test_changed_added_and_deleted_files(self, in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
         relpaths = make_tree("images", 6)
