@@ -11,7 +11,9 @@ as the query. Verification is not symmetric (each side keeps its own keypoints: 
 72, a query 500), so the two directions can differ. Both stores are built with `index.py
 --features` by this script; per edit kind: the share of copies found each way, and the other
 images each way answers (in the upload direction, anything but the copy's original: mostly the
-same photo twice in CALTECH-101, as in the README's "other matches").
+same photo twice in CALTECH-101, as in the README's "other matches"), and how many distinct
+(original, other image) pairs they make: the figure to set beside --evaluate's other matches per
+500 queries, once a person has looked at each (--others writes them out).
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ def index(folder: str, store: str) -> None:
 
 
 def copies_as_queries(dataset: str, store: str, copies: list[dict[str, str]]
-                      ) -> tuple[collections.Counter[str], int]:
-    """Per edit kind, the copies whose original the store of haystack/ answers; and how many
-    other images the answers hold in all."""
+                      ) -> tuple[collections.Counter[str], int, dict[tuple[str, str], list[str]]]:
+    """Per edit kind, the copies whose original the store of haystack/ answers; how many other
+    images the answers hold in all; and each (original, other image) pair with the copies that
+    answered it (one different photograph answers for several copies of one original)."""
     found: collections.Counter[str] = collections.Counter()
     others = 0
+    pairs: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     query = "\n".join(os.path.join(dataset, row["file"]) for row in copies) + "\n"
     result = subprocess.run([sys.executable, str(ROOT / "search.py"), "-s", store, "--stdin"],
                             input=query, capture_output=True, text=True)
@@ -65,7 +69,9 @@ def copies_as_queries(dataset: str, store: str, copies: list[dict[str, str]]
         paths = {match["relpath"] for match in answers[row["file"]].get("matches", [])}
         found[edit_kind(row)] += wanted in paths
         others += len(paths - {wanted})
-    return found, others
+        for other in sorted(paths - {wanted}):
+            pairs[(wanted, other)].append(row["file"])
+    return found, others, pairs
 
 
 def originals_as_queries(dataset: str, store: str) -> tuple[dict[str, float], int, int]:
@@ -87,6 +93,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="a gather.py output folder")
     parser.add_argument("--workdir", help="where the two stores are kept (default: a temporary folder)")
+    parser.add_argument("--others", metavar="FILE",
+                        help="write each (original, other image) pair the uploads were answered"
+                             " with, and the copies that asked, as tab-separated lines: for a"
+                             " person to tell the same photo twice from different photographs")
     args = parser.parse_args()
     manifest = os.path.join(args.dataset, "manifest.csv")
     if not os.path.isfile(manifest):
@@ -103,7 +113,7 @@ def main() -> int:
         index(args.dataset, everything)
         index(os.path.join(args.dataset, "haystack"), originals)
         recall, other_matches, queries = originals_as_queries(args.dataset, everything)
-        found, others = copies_as_queries(args.dataset, originals, copies)
+        found, others, pairs = copies_as_queries(args.dataset, originals, copies)
     total = collections.Counter(edit_kind(row) for row in copies)
     recall_all = sum(recall.get(kind, 0.0) * count for kind, count in total.items()) / len(copies)
     print(f"{args.dataset}: {len(copies)} copies, verified matches (default settings) both ways")
@@ -116,6 +126,15 @@ def main() -> int:
     print(f"| other images answered, per 100 queries | {100 * other_matches / queries:.1f}"
           f" ({other_matches} for {queries} originals) | {100 * others / len(copies):.1f}"
           f" ({others} for {len(copies)} copies) |")
+    originals_asked = len({row["source"] for row in copies})
+    print(f"| (original, other image) pairs, per 500 originals | | {500 * len(pairs) / originals_asked:.1f}"
+          f" ({len(pairs)} for {originals_asked} originals) |")
+    if args.others:
+        with open(args.others, "w", encoding="utf-8") as out:
+            out.write("original\tother image\tcopies answered with it\n")
+            for (original, other), asked in sorted(pairs.items()):
+                out.write(f"{original}\t{other}\t{' '.join(asked)}\n")
+        print(f"the pairs: {args.others}")
     return 0
 
 
