@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tries neardup as a new user would, from a fresh clone of this checkout's last commit:
 #   1. `pip install '.[dask]'` into a new venv; the README's example with the console commands,
-#      run from a folder outside the clone (so only the installed package can answer);
+#      then the example of "Use" after it, run from a folder outside the clone (so only the
+#      installed package can answer);
 #   2. the README's Python API example, extracted from README.md and run as written (python -c);
 #   3. a real `dask scheduler` and `dask worker` from a second venv that has Dask but not
 #      neardup: index.py must refuse in one line; after `pip install` of the clone there, the
@@ -49,6 +50,11 @@ EOF
 fi
 
 say "the README's example with the console commands"
+neardup-gather --output installed-images --source "$caltech" --seed 1 -q
+neardup-index --dataset installed-images --shelve installed.shelve -q
+neardup-search --shelve installed.shelve --query installed-images/copies/g01_copy1.jpg
+
+say "the example of 'Use' after it (its gather.py, index.py and search.py are the same programs)"
 neardup-gather --output images --source "$caltech" --seed 1 -q
 neardup-index --dataset images --shelve db.shelve -q
 neardup-search --shelve db.shelve --query images/copies/g01_copy1.jpg

@@ -67,6 +67,19 @@ class TestIncremental:
         assert buckets() == first
         assert sum(len(paths) for paths in first.values()) == 8
 
+    def test_files_hashed_again_to_be_sure_are_said(self, in_tmp: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+        """Files written just before a run are hashed again by the next one (racily clean): the
+        line says so, beside "unchanged", rather than leave "8 hashed" unexplained."""
+        make_tree("images", 8)
+        assert run_index() == 0
+        capsys.readouterr()
+        assert run_index() == 0
+        out = capsys.readouterr().out.strip()
+        assert "indexed 0, unchanged 8, removed 0" in out
+        assert re.search(r"\(8 hashed \(8 again, to be sure\), [\d,]+ images/s; \d+\.\d s in all\)$",
+                         out), out
+
     def test_the_rate_is_the_hashings_own(self, in_tmp: Path, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(indexing, "RACY_NS", 0)  # hashed again to be sure: not here

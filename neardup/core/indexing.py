@@ -147,6 +147,9 @@ class IndexSummary:
     total: int = 0  # images in the store after the run
     seconds: float = 0.0  # the whole run
     hashed: int = 0  # files given to the hashing side (new, changed, or hashed again to be sure)
+    # Of those, files stored before that were hashed again to be sure (written within RACY_NS of
+    # the run that indexed them, or replaced keeping size and mtime): most come back unchanged.
+    rehashed: int = 0
     hashing_seconds: float = 0.0  # from the first file given to it to its last outcome stored
     bad_entries: int = 0  # store entries written by others that are not (hash, list of paths)
     refused_removal: int = 0  # entries this run would have removed, had it not been refused
@@ -160,8 +163,9 @@ class IndexSummary:
                     f" (found {self.unchanged + self.indexed}, skipped {self.skipped})")
         # The rate is the hashing's own: over the whole run, one new photo among 9,000 unchanged
         # read as "3 images/s" (the walk and the checks are most of such a run).
-        speed = (f"{self.hashed:,} hashed, {self.hashed / self.hashing_seconds:,.0f} images/s; "
-                 if self.hashed and self.hashing_seconds > 0 else "")
+        again = f" ({self.rehashed:,} again, to be sure)" if self.rehashed else ""
+        speed = (f"{self.hashed:,} hashed{again}, {self.hashed / self.hashing_seconds:,.0f}"
+                 " images/s; " if self.hashed and self.hashing_seconds > 0 else "")
         return (
             f"indexed {self.indexed},"
             + (f" features added {self.features_added}," if self.features_added else "")
@@ -338,6 +342,7 @@ def index_folder(
             if item.relpath in doubtful and verdict in ("unchanged", "record", "recheck"):
                 assert state is not None
                 rechecks[item.relpath] = state.hash_hex
+                summary.rehashed += 1
                 todo.append(item)
             elif item.relpath in lacking and verdict in ("unchanged", "record", "recheck"):
                 # Hashed again for the local features it lacks; the same hash then counts it as
@@ -355,6 +360,7 @@ def index_folder(
             elif verdict == "recheck":
                 assert state is not None
                 rechecks[item.relpath] = state.hash_hex
+                summary.rehashed += 1
                 todo.append(item)
             else:
                 todo.append(item)
