@@ -700,8 +700,8 @@ def read_file(path: str) -> io.BufferedIOBase:
         return os.fdopen(descriptor, "rb")
     try:
         # Straight from the descriptor (a photo is one read): a buffered file object costs more
-        # than the read itself. Read to the end (as much as fits in memory, as before), whatever
-        # the size said a moment ago.
+        # than the read itself. Read to the end (as much as fits in memory), whatever the size
+        # said a moment ago, but for the common case below.
         chunks = []
         left = WHOLE_FILE_BYTES + 1
         while left > 0:
@@ -711,9 +711,11 @@ def read_file(path: str) -> io.BufferedIOBase:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-            if len(chunk) < asked and WHOLE_FILE_BYTES + 1 - left >= size:
-                # Less than asked, and all the size said: the end, without a second system call
-                # per photo to learn it (a network file system may give less before its end).
+            if len(chunk) < asked and 0 < size == WHOLE_FILE_BYTES + 1 - left:
+                # Less than asked, and exactly the size fstat gave: the end, without a second
+                # system call per photo to learn it. Not where the size is 0 or out of date
+                # (procfs, some FUSE file systems), which also give data in short pieces: read
+                # on (a review: /proc/self/maps cut at 4 KB, indexed photos dropped as truncated).
                 break
     finally:
         os.close(descriptor)
