@@ -80,6 +80,19 @@ class TestIncremental:
         assert re.search(r"\(8 hashed \(8 again, to be sure\), [\d,]+ images/s; \d+\.\d s in all\)$",
                          out), out
 
+    def test_files_that_fail_are_not_counted_as_hashed(self, in_tmp: Path,
+                                                       capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        """A review: a broken file tried again read "1 hashed, 3,265 images/s"."""
+        monkeypatch.setattr(indexing, "RACY_NS", 0)
+        make_tree("images", 3)
+        Path("images/broken.jpg").write_bytes(b"junk")
+        assert run_index() == 0
+        assert "(3 hashed, " in capsys.readouterr().out
+        assert run_index() == 0
+        out = capsys.readouterr().out.strip()
+        assert "unchanged 3, removed 0, failed 1" in out and " hashed" not in out, out
+
     def test_the_rate_is_the_hashings_own(self, in_tmp: Path, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(indexing, "RACY_NS", 0)  # hashed again to be sure: not here

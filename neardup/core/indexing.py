@@ -146,8 +146,8 @@ class IndexSummary:
     low_information: int = 0  # indexed in this run with a blank/smooth hash (see is_low_information)
     total: int = 0  # images in the store after the run
     seconds: float = 0.0  # the whole run
-    hashed: int = 0  # files given to the hashing side (new, changed, or hashed again to be sure)
-    # Of those, files stored before that were hashed again to be sure (written within RACY_NS of
+    hashed: int = 0  # files hashed in this run (new, changed, or hashed again to be sure)
+    # Of those, files stored before that were hashed again to be sure (changed within RACY_NS of
     # the run that indexed them, or replaced keeping size and mtime): most come back unchanged.
     rehashed: int = 0
     hashing_seconds: float = 0.0  # from the first file given to it to its last outcome stored
@@ -342,7 +342,6 @@ def index_folder(
             if item.relpath in doubtful and verdict in ("unchanged", "record", "recheck"):
                 assert state is not None
                 rechecks[item.relpath] = state.hash_hex
-                summary.rehashed += 1
                 todo.append(item)
             elif item.relpath in lacking and verdict in ("unchanged", "record", "recheck"):
                 # Hashed again for the local features it lacks; the same hash then counts it as
@@ -360,7 +359,6 @@ def index_folder(
             elif verdict == "recheck":
                 assert state is not None
                 rechecks[item.relpath] = state.hash_hex
-                summary.rehashed += 1
                 todo.append(item)
             else:
                 todo.append(item)
@@ -375,7 +373,6 @@ def index_folder(
         assert hasher is not None
         bar = tqdm(total=len(todo), unit="img", disable=not progress, dynamic_ncols=True)
         vanished: set[str] = set()  # folders found gone during the run, said once each
-        summary.hashed = len(todo)
         hashing_started = time.perf_counter()
         try:
             for outcomes in hasher(todo, recipe, max_pixels):
@@ -419,6 +416,8 @@ def index_folder(
                         continue
                     batch.append(_record(outcome.file, outcome.hash_hex, looked_at_ns,
                                          outcome.features, outcome.racy))
+                    summary.hashed += 1
+                    summary.rehashed += relpath in rechecks and relpath not in lacking
                     if rechecks.get(relpath) == outcome.hash_hex:
                         if relpath in lacking:
                             summary.features_added += 1
