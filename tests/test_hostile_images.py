@@ -33,7 +33,7 @@ from neardup.core.hashing import (
     hash_source,
     is_low_information,
 )
-from neardup.core.results import one_line, printable, shown_path
+from neardup.core.names import one_line, printable, shown_path
 from neardup.errors import ImageError, install_hint
 
 from . import hostile_images as zoo
@@ -857,7 +857,26 @@ class TestAwkwardNames:
         ("1\ufe0f\u20e3.png", "1\ufe0f\u20e3.png"),
         ("\u8fbb\U000e0100.png", "\u8fbb\U000e0100.png"),
         ("\u1820\u180b.png", "\u1820\u180b.png"),
-        ("\u115f\u1161.png", "\u115f\u1161.png"),
+        ("\u2764\ufe0f\u200d\U0001f525.png", "\u2764\ufe0f\u200d\U0001f525.png"),
+        ("\U0001f468\U0001f3fd\u200d\U0001f4bb.png", "\U0001f468\U0001f3fd\u200d\U0001f4bb.png"),
+        ("\u0dc1\u0dca\u200d\u0dbb\u0dd3.png", "\u0dc1\u0dca\u200d\u0dbb\u0dd3.png"),  # Sinhala
+        ("\u271d\ufe0f.png", "\u271d\ufe0f.png"),  # LATIN CROSS, an emoji whatever its name
+        # A fifth review: still kept after any non-Latin character, they printed alike names
+        # whose marks follow a combining accent, a Greek, Cyrillic or fullwidth letter, an
+        # ideograph, another mark; a flag's tags with no cancel tag; a literal U+FFFD as a
+        # terminal draws a byte that is not UTF-8.
+        ("cafe\u0301\ufe0e.png", "cafe\u0301\\ufe0e.png"),
+        ("\u03b1\ufe0f.png", "\u03b1\\ufe0f.png"),
+        ("\u0430\ufe00.png", "\u0430\\ufe00.png"),
+        ("\uff21\ufe0f.png", "\uff21\\ufe0f.png"),
+        ("\u4e00\u034f.png", "\u4e00\\u034f.png"),
+        ("\u4e00\u200d\u4e00.png", "\u4e00\\u200d\u4e00.png"),
+        ("\u2764\ufe0f\ufe0f.png", "\u2764\ufe0f\\ufe0f.png"),
+        ("1\ufe00\u20e3.png", "1\\ufe00\u20e3.png"),
+        ("\u1100\u1161\u1160.png", "\u1100\u1161\\u1160.png"),
+        ("\u115f\u1161.png", "\\u115f\u1161.png"),
+        ("\U0001f3f4\U000e0061.png", "\U0001f3f4\\U000e0061.png"),
+        ("\ufffd.jpg", "\\ufffd.jpg"),
     ])
     def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
             self, name: str, printed: str) -> None:

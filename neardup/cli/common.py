@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from ..core.names import one_line
 from ..core.processes import thread_refused
-from ..core.results import one_line
 from ..errors import NeardupError, command, looks_unset
 
 EXIT_ERROR = 2

@@ -12,8 +12,8 @@ from ..api import index_folder
 from ..core.discovery import dataset_folder
 from ..core.hashing import ALGORITHMS, DEFAULT_MAX_PIXELS, Recipe
 from ..core.indexing import DEFAULT_BATCH_SIZE, DEFAULT_FILE_SECONDS, check_worker_count
+from ..core.names import shown_path
 from ..core.rebuilding import finish_rebuild, rebuild_target
-from ..core.results import shown_path
 from ..errors import NeardupError, command
 from ..scale.cluster import DEFAULT_PARTITION_SIZE, cluster_hasher, connect, worker_paths
 from .common import (

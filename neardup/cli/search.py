@@ -14,7 +14,8 @@ from ..core.hashing import (
     hash_file_and_mirror,
     is_low_information,
 )
-from ..core.results import QueryResult, json_text, printable, to_record
+from ..core.names import printable
+from ..core.results import QueryResult, json_text, to_record
 from ..core.search import (
     DEFAULT_MAX_DISTANCE,
     HashIndex,

@@ -9,7 +9,8 @@ import os
 from ..api import DuplicateGroup, ImageStore
 from ..core.grouping import groups_distance_problem
 from ..core.hashing import DEFAULT_MAX_PIXELS
-from ..core.results import counted, display_path, json_text, printable
+from ..core.names import printable
+from ..core.results import counted, display_path, json_text
 from ..core.store import FileState, Store
 from ..errors import NeardupError, command
 from ..evaluation.html import Item, groups_page

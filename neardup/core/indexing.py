@@ -43,6 +43,7 @@ from ..errors import DatasetError, ImageError, NeardupError, command
 from . import cache
 from .discovery import FoundFile, Skipped, walk_images
 from .hashing import DEFAULT_MAX_PIXELS, Hash, Recipe, hash_file, is_low_information
+from .names import shown_path
 from .processes import (
     STATUS_LOST,
     TERMINATE_WAIT_SECONDS,
@@ -63,7 +64,6 @@ from .processes import (
     worker_context,
     workers_import_ours,
 )
-from .results import shown_path
 from .search import HashIndex
 from .store import (
     CHECKPOINT_FULL,

@@ -17,7 +17,7 @@ from ..errors import StoreError, command
 from . import cache
 from .hashing import Recipe
 from .indexing import IndexSummary
-from .results import shown_path
+from .names import shown_path
 from .store import Store, copy_store_into, remove_store_files
 from .storefile import StoreDamaged, WriterLock, check_store_path, probe_for_writing
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,150 +33,10 @@ class QueryResult:
     undecided_hex: str | None = None
 
 
-# Control characters escaped and backslashes doubled, so that a name stays on one line and no two
-# names print alike (a backslash followed by n prints as two backslashes and an n; a newline as
-# one backslash and an n). Characters a terminal does not show as themselves too: those that
-# reorder text (bidirectional overrides, embeddings, isolates, marks: "B\u202egnp.exe.png" would
-# show as another name), and every other format character and space but the plain one (a
-# review: "zw\u200bsp.jpg", a zero-width space in it, printed as "zwsp.jpg"; a no-break space
-# as a space), code points no character is assigned to, and the letters and symbols drawn as
-# nothing (Hangul fillers, a blank braille cell). But for the invisible marks that real writing
-# uses, each kept only where it can take part in it and escaped anywhere else
-# ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"): ZWJ and ZWNJ between two characters
-# that are neither ASCII nor Latin letters (Persian, Devanagari, emoji sequences); the tag
-# characters of a flag (Scotland's) after a black flag; variation selectors, the combining
-# grapheme joiner and Mongolian and Khmer format marks after such a character (an emoji's text
-# or picture form, an ideograph's variant), and a variation selector in a keycap ("1\ufe0f\u20e3");
-# the Hangul jamo fillers beside another jamo. Reviews found them escaped inside valid names,
-# then kept after any letter, then a variation selector kept after ASCII.
-_CONTROLS = [*range(32), *range(0x7F, 0xA0)]
-_INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp", "Cn"))
-_DRAWN_AS_NOTHING = frozenset((0x2800, 0x3164, 0xFFA0))  # braille blank, Hangul fillers
-_JOINERS = re.compile("[\u200c\u200d]")
-_MARKS = re.compile("[\u034f\u17b4\u17b5\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
-_JAMO_FILLERS = re.compile("[\u115f\u1160]")
-_CONTEXTUAL = re.compile("[\u200c\u200d\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f"
-                         "\ufe00-\ufe0f\U000e0020-\U000e007f\U000e0100-\U000e01ef]")
-_BLACK_FLAG = "\U0001f3f4"
-_KEYCAP = "\u20e3"
-
-
-def _is_tag(char: str) -> bool:
-    return 0xE0020 <= ord(char) <= 0xE007F
-
-
-def _joinable(char: str) -> bool:
-    """Whether a ZWJ or ZWNJ beside this character can be part of how a word is written."""
-    code = ord(char)
-    return (code > 0x7F and not 0xD800 <= code <= 0xDFFF
-            and not unicodedata.name(char, "LATIN").startswith("LATIN"))
-
-
-def _is_jamo(char: str) -> bool:
-    code = ord(char)
-    return (0x1100 <= code <= 0x11FF or 0xA960 <= code <= 0xA97F
-            or 0xD7B0 <= code <= 0xD7FF) and not _JAMO_FILLERS.fullmatch(char)
-
-
-def _escaped(code: int) -> str:
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
-class _Escapes(dict[int, str]):
-    """A str.translate table: the escapes given, _escaped() for any other invisible character
-    (_INVISIBLE_CATEGORIES, _DRAWN_AS_NOTHING) but the contextual marks, and any other character
-    as it is (bytes that are not UTF-8, surrogates here, included). Only printable ASCII is kept
-    in the table: a hostile client's names could otherwise fill it with every code point."""
-
-    def __missing__(self, code: int) -> str:
-        char = chr(code)
-        if _CONTEXTUAL.fullmatch(char):
-            return char  # _escape_all() decides
-        if code in _DRAWN_AS_NOTHING or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
-            return _escaped(code)
-        return char
-
-
-def _escape_all(translated: str) -> str:
-    """The translated text with the contextual marks escaped where they take part in nothing
-    (see above), in one pass: a hostile name of thousands of tag characters costs no more than
-    its length."""
-    if not _CONTEXTUAL.search(translated):
-        return translated
-    out = []
-    after_flag = False  # within a run of tag characters that follows a black flag
-    last = len(translated) - 1
-    for at, char in enumerate(translated):
-        before = translated[at - 1] if at > 0 else ""
-        after = translated[at + 1] if at < last else ""
-        if _is_tag(char):
-            after_flag = after_flag or before == _BLACK_FLAG
-            kept = after_flag
-        else:
-            after_flag = False
-            if _JOINERS.fullmatch(char):
-                kept = bool(before and after) and _joinable(before) and _joinable(after)
-            elif _MARKS.fullmatch(char):
-                kept = bool(before) and (_joinable(before) or (
-                    before in "#*0123456789" and after == _KEYCAP and "\ufe00" <= char <= "\ufe0f"))
-            elif _JAMO_FILLERS.fullmatch(char):
-                kept = any(side and _is_jamo(side) for side in (before, after))
-            else:
-                kept = True
-        out.append(char if kept else _escaped(ord(char)))
-    return "".join(out)
-
-
-_PRINTABLE_ASCII = {code: chr(code) for code in range(0x20, 0x7F)}
-_NAME_ESCAPES = _Escapes(_PRINTABLE_ASCII | {code: f"\\x{code:02x}" for code in _CONTROLS} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"})
-_LINE_ESCAPES = _Escapes(_PRINTABLE_ASCII | {code: f"\\x{code:02x}" for code in _CONTROLS} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
-
-
 def counted(count: int, one: str, many: str = "") -> str:
     """'1 bit', '2 bits', '1 query', '3 queries': the count and its noun, in the singular for one
     (`many` for a plural other than one + "s")."""
     return f"{count} {one if count == 1 else many or one + 's'}"
-
-
-def one_line(message: str) -> str:
-    """A diagnostic on one line whatever the names in it: line breaks, other control characters
-    and direction overrides escaped (a backslash is left as it is: names shown_path escaped
-    already keep their form)."""
-    return _escape_all(message.translate(_LINE_ESCAPES))
-
-
-def printable(path: str) -> str:
-    """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
-    (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
-    return _escape_all(path.translate(_NAME_ESCAPES))
-
-
-def shown_path(path: str) -> str:
-    """A name as a page shows it: printable(), then bytes that are not UTF-8 (which reach us as
-    surrogates) as \\xNN and any other character that is not printable as \\uNNNN (the joiners
-    printable() keeps, kept)."""
-    # A lone surrogate outside U+DC80-DCFF is no byte the file system gave (a name that came as
-    # text, from JSON): its UTF-8 form, shown escaped like any other, rather than an exception.
-    text = printable(path).encode("utf-8", "surrogateescape" if all(
-        0xDC80 <= ord(char) <= 0xDCFF for char in path if 0xD800 <= ord(char) <= 0xDFFF)
-        else "surrogatepass").decode("utf-8", "backslashreplace")
-    return "".join(char if char.isprintable() or _CONTEXTUAL.fullmatch(char)
-                   else _escaped(ord(char)) for char in text)
-
-
-def can_be_listed(path: str) -> bool:
-    """Whether a name can go in a list of paths, one per line, as it is: not when it holds a line
-    break or another control character (it would read as two paths, or another file's), an
-    invisible character, or bytes that are not UTF-8 (a page could only show a stand-in)."""
-    if not path.isprintable():
-        return False
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def display_path(dataset_root: str, relpath: str) -> str | None:

@@ -25,7 +25,8 @@ from html import escape
 from PIL import Image
 
 from ..core.hashing import DEFAULT_MAX_PIXELS
-from ..core.results import can_be_listed, counted, shown_path
+from ..core.names import can_be_listed, shown_path
+from ..core.results import counted
 from ..core.search import resolve_stored_path
 from ..errors import ImageError, command
 from .keeping import WEAK_INLIERS, Facts, choose_in_group, facts_of

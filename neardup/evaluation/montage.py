@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..core.hashing import DEFAULT_MAX_PIXELS, normalise, open_image
-from ..core.results import counted, shown_path
+from ..core.names import shown_path
+from ..core.results import counted
 from ..errors import ImageError
 from .keeping import Choice, Facts, facts_of
 from .output import MARK, MARK_XMP, write_whole

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, Recipe, hash_file, hash_file_and_mirror, is_low_information
-from ..core.results import counted, printable
+from ..core.names import printable
+from ..core.results import counted
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import FileState, Store
 from ..errors import DatasetError, ImageError, command

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 
 from ..core.discovery import LINK_TO_FOLDER, FoundFile, Skipped, walk_images
-from ..core.results import shown_path
+from ..core.names import shown_path
 from ..errors import DatasetError
 from .archives import Limits, extract, is_archive
 from .download import download
