@@ -80,7 +80,11 @@ from .store import (
     key_text,
 )
 
-DEFAULT_BATCH_SIZE = 500
+# Images per committed transaction. Each commit waits for the disk (synchronous = FULL): at 500,
+# index.py -j 1 committed 8 times a second on small photos, 2 % of its time on this machine's SSD
+# (CALTECH-101: 2.18 s against 2.14 s at 2,000) and more on a slow disk. BATCH_SECONDS bounds
+# what a crash can cost either way.
+DEFAULT_BATCH_SIZE = 2000
 # A batch is also committed after this many seconds, so a slow disk still commits often.
 BATCH_SECONDS = 2.0
 # How long a worker may take over one file before it fails (index.py --file-timeout): a decoder
