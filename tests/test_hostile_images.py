@@ -877,6 +877,29 @@ class TestAwkwardNames:
         ("\u115f\u1161.png", "\\u115f\u1161.png"),
         ("\U0001f3f4\U000e0061.png", "\U0001f3f4\\U000e0061.png"),
         ("\ufffd.jpg", "\\ufffd.jpg"),
+        # A sixth: kept after ASCII symbols, any symbol, a letter of a joining script without a
+        # virama, an escaped selector, an escape's own digit; flags of any tags.
+        ("a+\ufe00b.jpg", "a+\\ufe00b.jpg"),
+        ("\u0628\ufe00.jpg", "\u0628\\ufe00.jpg"),
+        ("\u00a9\u200d\u00a9.jpg", "\u00a9\\u200d\u00a9.jpg"),
+        ("\u00b0\ufe0f.jpg", "\u00b0\\ufe0f.jpg"),
+        ("a\ufe0f\u200d\U0001f600.jpg", "a\\ufe0f\\u200d\U0001f600.jpg"),
+        ("\u0915\u200d\u0916.jpg", "\u0915\\u200d\u0916.jpg"),
+        ("\u0627\u200c\u0627.jpg", "\u0627\\u200c\u0627.jpg"),  # alef joins no letter after it
+        ("\u2000\ufe0f\u20e3", "\\u2000\\ufe0f\u20e3"),
+        ("\U0001f3f4\U000e0078\U000e0079\U000e007f.jpg",
+         "\U0001f3f4\\U000e0078\\U000e0079\\U000e007f.jpg"),
+        ("a\U00016fe4.jpg", "a\\U00016fe4.jpg"),
+        # ... and valid names it had mangled or must keep: a chillu at a word's end, a Mongolian
+        # vowel separator, emoji forms of symbols of other categories, a rainbow flag, ra-phala.
+        ("\u0d05\u0d35\u0d28\u0d4d\u200d.jpg", "\u0d05\u0d35\u0d28\u0d4d\u200d.jpg"),
+        ("\u1828\u1820\u1836\u1822\u180e\u1820.jpg", "\u1828\u1820\u1836\u1822\u180e\u1820.jpg"),
+        ("\u2139\ufe0f\u25fb\ufe0f.jpg", "\u2139\ufe0f\u25fb\ufe0f.jpg"),
+        ("\U0001f3f3\ufe0f\u200d\U0001f308.jpg", "\U0001f3f3\ufe0f\u200d\U0001f308.jpg"),
+        ("\u09b0\u200d\u09cd\u09af.jpg", "\u09b0\u200d\u09cd\u09af.jpg"),
+        ("\u0646\u0645\u06cc\u200c\u062f\u0627\u0646\u0645.jpg",
+         "\u0646\u0645\u06cc\u200c\u062f\u0627\u0646\u0645.jpg"),
+        ("\U0001f3c3\u200d\u2640\ufe0f.jpg", "\U0001f3c3\u200d\u2640\ufe0f.jpg"),
     ])
     def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
             self, name: str, printed: str) -> None:

@@ -10,24 +10,29 @@ is assigned to (by this Python's Unicode database: 3.11's is older than 3.13's, 
 the newest emoji), the letters and symbols drawn as nothing (Hangul fillers, a blank braille
 cell), and U+FFFD, which is how a terminal draws a byte that is not UTF-8 (printed as it is).
 
-The invisible marks real writing uses are kept only where they take part in it, and escaped
-anywhere else ("caf\\u00e9\\u200d.jpg" would print as "caf\\u00e9.jpg"):
-- ZWJ in an emoji sequence (between two emoji, or after an emoji's picture form), ZWJ and ZWNJ
-  after a virama or between letters of a script that joins them (Arabic, Persian, Syriac,
-  Indic, Myanmar, Khmer, Mongolian...);
-- the tag characters of a flag (Scotland's): after a black flag and ended by a cancel tag;
-- U+FE0E and U+FE0F (text or emoji form) after an emoji or in a keycap ("1\\ufe0f\\u20e3"); the
-  other variation selectors after an ideograph or a symbol; an ideographic variation selector
-  (U+E0100-E01EF) after an ideograph; Mongolian free variation selectors after a Mongolian
-  letter.
-Never after another mark: a second selector or joiner in a row draws nothing more. The grapheme
-joiner U+034F, Khmer's deprecated inherent vowels and the Hangul jamo fillers are always
-escaped. Reviews found these marks escaped inside valid names, then kept after any letter, then
-kept after any character that is neither ASCII nor Latin (a decomposed "cafe\\u0301" then
-printed as "cafe\\u0301\\ufe0e").
+The invisible marks real writing uses are kept only inside the sequences it uses them in, and
+escaped anywhere else ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"); each is judged by
+the characters of the name beside it, never by an escape written for them:
+- U+FE0E and U+FE0F (text or emoji form) after a character emoji are made of, or in a keycap
+  ("1\ufe0f\u20e3"); the other variation selectors after an ideograph (a standardized variant),
+  and an ideographic variation selector (U+E0100-E01EF) too; Mongolian free variation selectors
+  and the vowel separator after a Mongolian letter;
+- ZWJ between emoji (after an emoji, or its emoji form kept), ZWJ and ZWNJ after a virama or
+  before one (Indic conjuncts, half forms, chillus, ra-phala), and between an Arabic-script
+  letter that joins the next one and a letter (Persian, Urdu);
+- the tag characters of the flags of England, Scotland and Wales, after a black flag and ended
+  by a cancel tag.
+Never after another mark that was not kept. The grapheme joiner U+034F, Khmer's deprecated
+inherent vowels, the Hangul and Khitan fillers are always escaped. Reviews found these marks
+escaped inside valid names, then kept after any letter, then after any character neither ASCII
+nor Latin ("cafe\u0301\ufe0e" printed as "cafe\u0301"), then after any symbol or letter of a
+joining script ("a+\ufe00b", "\u00a9\u200d\u00a9", "\u0915\u200d\u0916").
 
-Names written alike in different ways (composed and decomposed accents, letters of other scripts
-that look the same) are not told apart: that is spelling, not an invisible character.
+Left, for want of Unicode's emoji tables: within those sequences a mark that changes nothing
+visible still prints alike (an emoji's selector for the form it is drawn in anyway, a ZWJ between
+two emoji that make no sequence: "\U0001f600\u200d\U0001f600" as "\U0001f600\U0001f600"), and
+so do names written alike in different ways (composed and decomposed accents, letters of other
+scripts that look the same): that is spelling, not an invisible character.
 """
 
 from __future__ import annotations
@@ -37,39 +42,66 @@ import unicodedata
 
 _CONTROLS = [*range(32), *range(0x7F, 0xA0)]
 _INVISIBLE_CATEGORIES = frozenset(("Cf", "Zs", "Zl", "Zp", "Cn"))
-# Drawn as nothing, or as a byte that is not UTF-8 is: a blank braille cell, the Hangul fillers,
-# the grapheme joiner, Khmer's inherent vowels, and U+FFFD.
-_ALWAYS_ESCAPED = frozenset((0x2800, 0x3164, 0xFFA0, 0x115F, 0x1160, 0x034F, 0x17B4, 0x17B5,
-                             0xFFFD))
+# Drawn as nothing, or as a byte that is not UTF-8 is: a blank braille cell, the Hangul and Khitan
+# fillers, the grapheme joiner, Khmer's inherent vowels, and U+FFFD.
+_ALWAYS_ESCAPED = frozenset((0x2800, 0x3164, 0xFFA0, 0x115F, 0x1160, 0x16FE4, 0x034F, 0x17B4,
+                             0x17B5, 0xFFFD))
 _ZWNJ, _ZWJ = "\u200c", "\u200d"
 _TEXT_FORM, _EMOJI_FORM = "\ufe0e", "\ufe0f"
 _BLACK_FLAG = "\U0001f3f4"
-_CANCEL_TAG = "\U000e007f"
 _KEYCAP = "\u20e3"
-# Every mark whose place decides whether it is kept (_escape_all).
-_CONTEXTUAL = re.compile("[\u200c\u200d\u180b-\u180d\u180f\ufe00-\ufe0f"
+_KEYCAP_BASES = "#*0123456789"
+# The tags of the flags Unicode recommends (England, Scotland, Wales), cancel tag included.
+_FLAG_TAGS = frozenset("".join(chr(0xE0000 + ord(letter)) for letter in code) + "\U000e007f"
+                       for code in ("gbeng", "gbsct", "gbwls"))
+# Every mark whose place decides whether it is kept (_decide).
+_CONTEXTUAL = re.compile("[\u200c\u200d\u180b-\u180f\ufe00-\ufe0f"
                          "\U000e0020-\U000e007f\U000e0100-\U000e01ef]")
-# Emoji that are neither symbols (So) nor modifiers (Sk) in Unicode's categories: double and
-# interrobang marks, arrows, the wavy dash, the part alternation mark.
-_EMOJI_OTHERS = frozenset((0x203C, 0x2049, *range(0x2194, 0x219A), 0x21A9, 0x21AA, 0x2934,
-                           0x2935, 0x3030, 0x303D))
-# Scripts whose letters ZWJ and ZWNJ join or keep apart: Arabic (with its supplements and
-# presentation forms), Syriac, Thaana, N'Ko, the Indic scripts from Devanagari to Sinhala,
-# Myanmar, Khmer, Mongolian, and the Brahmic ones of Southeast Asia and Indonesia.
-_JOINING_SCRIPTS = ((0x0600, 0x07FF), (0x0860, 0x08FF), (0x0900, 0x0DFF), (0x1000, 0x109F),
-                    (0x1780, 0x18AF), (0x1A00, 0x1AAF), (0x1B00, 0x1BFF), (0xA8E0, 0xA8FF),
-                    (0xA980, 0xA9DF), (0xAA60, 0xAA7F), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF),
-                    (0x10D00, 0x10D3F), (0x11000, 0x1107F))
+# The characters emoji are made of: the symbols of the BMP that have an emoji form (copyright,
+# double exclamation, arrows, watch, media keys, geometric squares, the miscellaneous symbols and
+# dingbats, stars, the wavy dash...) and the emoji blocks of the supplementary planes.
+_EMOJI_RANGES = ((0x00A9, 0x00A9), (0x00AE, 0x00AE), (0x203C, 0x203C), (0x2049, 0x2049),
+                 (0x2122, 0x2122), (0x2139, 0x2139), (0x2194, 0x2199), (0x21A9, 0x21AA),
+                 (0x231A, 0x231B), (0x2328, 0x2328), (0x23CF, 0x23CF), (0x23E9, 0x23FA),
+                 (0x24C2, 0x24C2), (0x25AA, 0x25AB), (0x25B6, 0x25B6), (0x25C0, 0x25C0),
+                 (0x25FB, 0x25FE), (0x2600, 0x27BF), (0x2934, 0x2935), (0x2B05, 0x2B07),
+                 (0x2B1B, 0x2B1C), (0x2B50, 0x2B50), (0x2B55, 0x2B55), (0x3030, 0x3030),
+                 (0x303D, 0x303D), (0x3297, 0x3297), (0x3299, 0x3299), (0x1F000, 0x1FAFF))
+# Arabic-script letters that join only the letter before them, or none (alef, dal, reh, waw, teh
+# marbuta, hamza and their variants): a ZWNJ or ZWJ after them changes nothing.
+_ARABIC_NOT_JOINING_NEXT = frozenset((*range(0x0621, 0x0626), 0x0627, 0x0629,
+                                      *range(0x062F, 0x0633), 0x0648, *range(0x0671, 0x0674),
+                                      *range(0x0675, 0x0678), *range(0x0688, 0x069A), 0x06C0,
+                                      *range(0x06C3, 0x06CC), 0x06CD, 0x06CF, 0x06D2, 0x06D3,
+                                      0x06D5, 0x06EE, 0x06EF))
+_ARABIC_LETTERS = ((0x0620, 0x064A), (0x066E, 0x06D3), (0x06D5, 0x06D5), (0x06EE, 0x06FF),
+                   (0x0750, 0x077F), (0x08A0, 0x08C9))
 
 
-def _is_tag(char: str) -> bool:
-    return 0xE0020 <= ord(char) <= 0xE007F
+def _in(code: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(first <= code <= last for first, last in ranges)
 
 
 def _is_emoji(char: str) -> bool:
-    """A character that can stand in an emoji sequence (not ASCII: a keycap's base is apart)."""
-    return ord(char) > 0x7F and (unicodedata.category(char) in ("So", "Sk")
-                                 or ord(char) in _EMOJI_OTHERS)
+    return _in(ord(char), _EMOJI_RANGES)
+
+
+# The characters of the BMP that emoji ZWJ sequences begin a part with (a heart on fire, a
+# broken chain, a person bouncing a ball) or end one with (a woman's or man's sign, a medical,
+# scales, plane, heart, black square, snowflake, transgender, rightwards arrow, skull and
+# crossbones part); every other part is an emoji of the supplementary planes.
+_JOINED_EMOJI_FIRST = frozenset((0x2764, 0x26D3, 0x26F9))
+_JOINED_EMOJI_LAST = frozenset((0x2640, 0x2642, 0x2695, 0x2696, 0x2708, 0x2764, 0x2B1B, 0x2744,
+                                0x26A7, 0x27A1, 0x2620))
+
+
+def _starts_joined_emoji(char: str) -> bool:
+    return char == _EMOJI_FORM or ord(char) >= 0x1F000 and _is_emoji(char) or (
+        ord(char) in _JOINED_EMOJI_FIRST)
+
+
+def _ends_joined_emoji(char: str) -> bool:
+    return ord(char) >= 0x1F000 and _is_emoji(char) or ord(char) in _JOINED_EMOJI_LAST
 
 
 def _is_ideograph(char: str) -> bool:
@@ -77,34 +109,42 @@ def _is_ideograph(char: str) -> bool:
                                                   "CJK COMPATIBILITY IDEOGRAPH"))
 
 
-def _in_joining_script(char: str) -> bool:
-    """A letter or mark of a script whose writing uses ZWJ and ZWNJ."""
-    code = ord(char)
-    return (unicodedata.category(char)[0] in "LM"
-            and any(first <= code <= last for first, last in _JOINING_SCRIPTS))
+def _is_virama(char: str) -> bool:
+    return unicodedata.combining(char) == 9
 
 
-def _joins(char: str, before: str, after: str) -> bool:
+def _is_arabic_letter(char: str) -> bool:
+    return _in(ord(char), _ARABIC_LETTERS)
+
+
+def _is_mongolian_letter(char: str) -> bool:
+    return unicodedata.name(char, "").startswith("MONGOLIAN LETTER")
+
+
+def _joins(char: str, before: str, after: str, before_kept: bool) -> bool:
     """Whether this ZWJ or ZWNJ, between `before` and `after` ("" at either end), is writing."""
-    if not before or not after:
+    if not before or not before_kept:
         return False
-    if char == _ZWJ and (_is_emoji(before) or before == _EMOJI_FORM) and _is_emoji(after):
+    if char == _ZWJ and _starts_joined_emoji(before) and after and _ends_joined_emoji(after):
         return True
-    return ((unicodedata.combining(before) == 9 or _in_joining_script(before))
-            and _in_joining_script(after))
+    if _is_virama(before):  # a conjunct kept apart, a half form, a chillu at a word's end
+        return True
+    if after and _is_virama(after):  # Bengali ra-phala, Sinhala touching letters
+        return unicodedata.category(before).startswith("L") and ord(before) > 0x7F
+    return (_is_arabic_letter(before) and ord(before) not in _ARABIC_NOT_JOINING_NEXT
+            and bool(after) and _is_arabic_letter(after))
 
 
-def _selects(char: str, before: str, after: str) -> bool:
-    """Whether this variation selector, after `before` ("" at the start), chooses a form."""
-    if not before:
+def _selects(char: str, before: str, after: str, before_kept: bool) -> bool:
+    """Whether this variation selector (or Mongolian vowel separator), after `before` ("" at
+    the start), chooses a form."""
+    if not before or not before_kept:
         return False
     if char in (_TEXT_FORM, _EMOJI_FORM):
-        return _is_emoji(before) or (before in "#*0123456789" and after == _KEYCAP)
-    if "\u180b" <= char <= "\u180f":  # Mongolian free variation selectors
-        return unicodedata.name(before, "").startswith("MONGOLIAN LETTER")
-    if char >= "\U000e0100":  # ideographic variation selectors
-        return _is_ideograph(before)
-    return _is_ideograph(before) or unicodedata.category(before) in ("Sm", "So", "Lo")
+        return _is_emoji(before) or (before in _KEYCAP_BASES and after == _KEYCAP)
+    if "\u180b" <= char <= "\u180f":  # Mongolian free variation selectors, vowel separator
+        return _is_mongolian_letter(before)
+    return _is_ideograph(before)  # standardized and ideographic variation selectors
 
 
 def _escaped(code: int) -> str:
@@ -120,49 +160,55 @@ class _Escapes(dict[int, str]):
     def __missing__(self, code: int) -> str:
         char = chr(code)
         if _CONTEXTUAL.fullmatch(char):
-            return char  # _escape_all() decides
+            return char  # _render() decides
         if code in _ALWAYS_ESCAPED or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
             return _escaped(code)
         return char
 
 
-def _valid_flag_tags(text: str) -> set[int]:
-    """Where the tag characters of a valid flag sequence stand: after a black flag, at least one
-    tag, ended by a cancel tag."""
+def _is_tag(char: str) -> bool:
+    return 0xE0020 <= ord(char) <= 0xE007F
+
+
+def _flag_tags(text: str) -> set[int]:
+    """Where the tag characters of a recommended flag stand (_FLAG_TAGS, after a black flag)."""
     kept: set[int] = set()
     at = 0
     while (at := text.find(_BLACK_FLAG, at)) >= 0:
         end = at + 1
-        while end < len(text) and _is_tag(text[end]) and text[end] != _CANCEL_TAG:
+        while end < len(text) and _is_tag(text[end]):
             end += 1
-        if end > at + 1 and end < len(text) and text[end] == _CANCEL_TAG:
-            kept.update(range(at + 1, end + 1))
+        if text[at + 1:end] in _FLAG_TAGS:
+            kept.update(range(at + 1, end))
         at = end
     return kept
 
 
-def _escape_all(translated: str) -> str:
-    """The translated text with the contextual marks escaped where they take part in nothing
-    (see above), in one pass: a hostile name of thousands of marks costs no more than its
-    length."""
-    if not _CONTEXTUAL.search(translated):
-        return translated
-    flag_tags = _valid_flag_tags(translated)
+def _render(text: str, table: _Escapes) -> str:
+    """`text` translated by `table`, its contextual marks kept or escaped as the characters of
+    `text` beside them say (see above), in one pass: a hostile name of thousands of marks costs
+    no more than its length."""
+    if not _CONTEXTUAL.search(text):
+        return text.translate(table)
+    flag_tags = _flag_tags(text)
     out = []
-    last = len(translated) - 1
-    for at, char in enumerate(translated):
+    last = len(text) - 1
+    before_kept = True
+    for at, char in enumerate(text):
         if not _CONTEXTUAL.fullmatch(char):
-            out.append(char)
+            out.append(char.translate(table))
+            before_kept = True
             continue
-        before = translated[at - 1] if at > 0 else ""
-        after = translated[at + 1] if at < last else ""
+        before = text[at - 1] if at > 0 else ""
+        after = text[at + 1] if at < last else ""
         if _is_tag(char):
             kept = at in flag_tags
         elif char in (_ZWJ, _ZWNJ):
-            kept = _joins(char, before, after)
+            kept = _joins(char, before, after, before_kept)
         else:
-            kept = _selects(char, before, after)
+            kept = _selects(char, before, after, before_kept)
         out.append(char if kept else _escaped(ord(char)))
+        before_kept = kept
     return "".join(out)
 
 
@@ -177,13 +223,13 @@ def one_line(message: str) -> str:
     """A diagnostic on one line whatever the names in it: line breaks, other control characters
     and direction overrides escaped (a backslash is left as it is: names shown_path escaped
     already keep their form)."""
-    return _escape_all(message.translate(_LINE_ESCAPES))
+    return _render(message, _LINE_ESCAPES)
 
 
 def printable(path: str) -> str:
     """A name on one line, for plain output: escaped as _NAME_ESCAPES says; any other character
     (bytes that are not UTF-8 included) as it is, so a terminal or a pipe gets the name's bytes."""
-    return _escape_all(path.translate(_NAME_ESCAPES))
+    return _render(path, _NAME_ESCAPES)
 
 
 def shown_path(path: str) -> str:
