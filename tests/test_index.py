@@ -427,7 +427,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_committed(in_tmp: Path) -> None
         pytest.skip("the indexer finished before Ctrl-C arrived")
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == (
-        "index.py: interrupted; every committed batch is kept; run again to finish")
+        "index.py: interrupted; every committed batch is kept (files hashed since the last commit are"
+        " hashed again); run again to finish")
     assert "Traceback" not in err
     kept = committed_count(in_tmp / "db.shelve")
     assert 20 <= kept < 400
@@ -456,7 +457,8 @@ def test_sigterm_stops_cleanly_and_keeps_what_was_committed(in_tmp: Path) -> Non
         pytest.skip("the indexer finished before SIGTERM arrived")
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines() == [
-        "index.py: terminated; every committed batch is kept; run again to finish"], err
+        "index.py: terminated; every committed batch is kept (files hashed since the last commit are"
+        " hashed again); run again to finish"], err
     time.sleep(0.5)
     for child in map(int, children):
         assert not Path(f"/proc/{child}").exists() or "Z" in Path(
