@@ -654,6 +654,16 @@ def test_a_sharpened_look_that_aligned_and_was_refused_gets_no_second_mask(
     feature_search._best_verdict([(plain, None)], plain, None,
                                  lambda: [(second, None), (first, None)])
     assert asked == [plain, second, first]  # the first mask did not align: the second is asked
+    # The softened look comes last, and only while nothing aligned.
+    softened = extract(np.asarray(scene(4)), STORED_KEYPOINTS)
+    asked.clear()
+    feature_search._best_verdict([(plain, None)], plain, None, lambda: [(second, None)],
+                                 lambda: [(softened, None)])
+    assert asked == [plain, second, softened]
+    asked.clear()
+    feature_search._best_verdict([(plain, None)], plain, None, lambda: [(first, None)],
+                                 lambda: [(softened, None)])
+    assert asked == [plain, first]
 
 
 def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
@@ -661,9 +671,11 @@ def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
     """A person deletes from --groups' groups, and the sharpened look verified different
     photographs shot alike (docs/features.md): groups are linked without it; search uses it."""
     made = []
-    real = feature_search.sharpened_features
+    real, real_soft = feature_search.sharpened_features, feature_search.softened_features
     monkeypatch.setattr(feature_search, "sharpened_features",
                         lambda frame: made.append(frame.shape) or real(frame))
+    monkeypatch.setattr(feature_search, "softened_features",
+                        lambda frame: made.append(frame.shape) or real_soft(frame))
     records = index_and_query_blurred({"a": scene(1, (300, 200))}, 1.9)
     assert [m["relpath"] for m in records[0]["matches"]] == ["a.jpg"]
     save(scene(1, (300, 200)).filter(ImageFilter.GaussianBlur(1.9)), "images/b.jpg", quality=90)
@@ -773,6 +785,66 @@ def test_real_photos_blurred_copies_as_queries_are_verified(caltech_root: Path,
         return picture.filter(ImageFilter.GaussianBlur(BLURRED[number][1]))
 
     assert_copies_as_queries_verify(caltech_root, [relpath for relpath, _ in BLURRED], blurred)
+
+
+class Replayed:
+    """A random source that gives back, call by call, what gather.py's drew for one copy (so the
+    test makes that very copy without gathering 500 samples first)."""
+
+    def __init__(self, calls: list[tuple[str, object]]) -> None:
+        self.calls = list(calls)
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            asked, value = self.calls.pop(0)
+            assert asked == name, (asked, name)
+            return value
+        return call
+
+
+# CALTECH-101 photos whose combo copy with a blur (gather.py --seed 6553: the random draws of
+# neardup.sources.edits.combo for it) their original, as the query, did not verify: neither the
+# query nor its sharpened looks aligned with the copy's stored keypoints; the query blurred as
+# well does (extract.SOFTEN_SIGMA).
+SOFTENED = (
+    ("ceiling_fan/image_0030.jpg",  # blur 1.72, a caption in the middle, brightness 0.88
+     [("randint", 3), ("sample", ["blur", "text", "brightness"]), ("uniform", 1.715048613303956),
+      ("randint", 10), ("choice", "SAMPLE"), ("choice", "middle"),
+      ("uniform", 0.8765048910884781), ("uniform", 1.3613595388165005),
+      ("choice", 0.8765048910884781)]),
+    ("dolphin/image_0017.jpg",  # 0.964 of its size, blur 1.90, contrast 0.65
+     [("randint", 3), ("sample", ["resize", "blur", "contrast"]), ("uniform", 0.9641463493641407),
+      ("uniform", 1.8964568940957678), ("uniform", 0.6495393655030117),
+      ("uniform", 1.1131429414772147), ("choice", 0.6495393655030117)]),
+)
+
+
+@pytest.mark.parametrize("softened", [True, False])
+def test_real_photos_find_their_blurred_and_edited_copies(caltech_root: Path, in_tmp: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          softened: bool) -> None:
+    from neardup.core.hashing import normalise
+    from neardup.sources.edits import combo
+
+    if not softened:  # what the search answered before: the copies missed
+        monkeypatch.setattr(feature_search, "softened_features", lambda frame: [])
+    Path("images").mkdir()
+    for number, (relpath, draws) in enumerate(SOFTENED):
+        shutil.copyfile(caltech_root / relpath, f"images/{number}.jpg")
+        with Image.open(caltech_root / relpath) as photo:
+            picture = normalise(photo)  # as gather.py reads a sample
+        copy, _, quality = combo(picture if picture.mode in ("RGB", "L") else
+                                 picture.convert("RGB"), Replayed(draws))  # type: ignore[arg-type]
+        copy.save(f"images/{number}_copy.jpg", "JPEG", quality=quality)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with neardup.open_store("db.shelve") as store:  # in this process, as monkeypatched
+        found = [sorted(match.relpath for match in store.search(f"images/{number}.jpg")
+                        if match.verified) for number in range(len(SOFTENED))]
+    if softened:
+        assert found == [[f"{number}.jpg", f"{number}_copy.jpg"]
+                         for number in range(len(SOFTENED))]
+    else:
+        assert found == [[f"{number}.jpg"] for number in range(len(SOFTENED))]
 
 
 def test_flat_bars_are_cut_off_a_query_and_nothing_else() -> None:

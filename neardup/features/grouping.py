@@ -78,9 +78,10 @@ def verified_groups(
                 warn(f"{full}: {error.reason}; its own matches were not searched (run"
                      f" {command('index.py')} to update the store)")
             continue
-        # Not sharpened: a person deletes from these groups, and the sharpened look verified two
-        # different catalogue motorbikes and two drawings of a stop sign (docs/features.md); a
-        # blurred copy is still linked when its original, as the query, verifies it. Nor asked
+        # Neither sharpened nor softened: a person deletes from these groups, and the sharpened
+        # look verified two different catalogue motorbikes and two drawings of a stop sign, the
+        # softened one a third drawing (docs/features.md); a blurred copy is still linked when
+        # its original, as the query, verifies it. Nor asked
         # again without its bars for finding only itself (what search.py -q does for it): each
         # image is a query here, so a padded copy is linked when its original verifies it, and
         # a third of CALTECH-101's photos have such bars (a second search for each).

@@ -32,6 +32,7 @@ from .extract import (
     enlarged_features,
     query_features,
     sharpened_features,
+    softened_features,
     without_bars,
 )
 from .index import FeatureIndex
@@ -206,6 +207,7 @@ class VerifiedSearch:
         indexes = [descriptor_index(look) for look in looks]
         enlarged = _LaterLooks(frame, enlarged_features)
         sharpened = _LaterLooks(frame, sharpened_features)
+        softened = _LaterLooks(frame, softened_features)
         refused_in_a_row = [0] * len(looks)  # feature candidates refused in a row, per look
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
@@ -225,7 +227,8 @@ class VerifiedSearch:
             by_hash = "hash" in how
             verdict, through = _best_verdict(
                 [(looks[number], indexes[number]) for number in order], stored[path],
-                enlarged if by_hash else None, sharpened if by_hash and sharpen else None)
+                enlarged if by_hash else None, sharpened if by_hash and sharpen else None,
+                softened if by_hash and sharpen else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row[first] = 0 if verdict.verified else refused_in_a_row[first] + 1
             hash_hex = hash_of.get(path, "")
@@ -293,9 +296,10 @@ def _answer_order(item: tuple[Match, Verdict]) -> tuple[bool, int, int, str]:
 # Refusals before the pictures are compared: no transform between them was found. Only then is
 # an enlarged look of a small query asked (extract.ENLARGED_BELOW), and only against a stored
 # picture at least ENLARGED_FOR times its size: what the enlarging is for (a picture of the
-# query's own size gains nothing from it); then the sharpened looks (extract.SHARPEN_MASKS). A
-# picture whose keypoints aligned and was refused for how it looks gets no second chance from
-# another look: verification is the only test against look-alikes.
+# query's own size gains nothing from it); then the sharpened looks (extract.SHARPEN_MASKS), then
+# the softened one (extract.SOFTEN_SIGMA). A picture whose keypoints aligned and was refused for
+# how it looks gets no second chance from another look: verification is the only test against
+# look-alikes.
 GEOMETRIC_REFUSALS = frozenset(("too few keypoints", "too few matches", "no transform",
                                 "implausible scale", "too few inliers"))
 ENLARGED_FOR = 1.15
@@ -319,27 +323,31 @@ class _LaterLooks:
 
 def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
                   enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
-                  sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None
+                  sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
+                  softened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None
                   ) -> tuple[Verdict, FeatureSet]:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
     that verifies, else the look with most inliers (a mirrored copy costs one verification),
     and that look.
     Each look comes with its descriptor_index(). While no look has aligned with the stored
     picture, the `enlarged` looks of a small query are asked when the stored picture is
-    ENLARGED_FOR times the query's size or more, then the `sharpened` look."""
+    ENLARGED_FOR times the query's size or more, then the `sharpened` looks, then the
+    `softened` one."""
     best: tuple[Verdict, FeatureSet] | None = None
     aligned = False
     query_side = 0
 
     def later() -> Iterator[tuple[FeatureSet, Any]]:
-        """The enlarged, then the sharpened looks, each only while no look has aligned."""
+        """The enlarged, the sharpened, then the softened looks, each only while no look has
+        aligned (one that aligned and was refused gets no second chance)."""
         if enlarged is not None and not aligned and (
                 max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
             yield from enlarged()
-        for sharper in sharpened() if sharpened is not None and not aligned else ():
-            if aligned:  # the first mask aligned and was refused: no second chance
-                return
-            yield sharper
+        for make in (sharpened, softened):
+            for look in make() if make is not None and not aligned else ():
+                if aligned:
+                    return
+                yield look
 
     for look, index in itertools.chain(looks, later()):
         query_side = max(query_side, look.width, look.height)  # read by later() once looks end
