@@ -134,8 +134,8 @@ def test_ctrl_c_on_a_local_cluster_is_index_pys_one_line(in_tmp: Path) -> None:
         out, err = finished(run, timeout=120)
     assert committed_count(in_tmp / "db.shelve") < IMAGES, "the run finished before its Ctrl-C"
     assert (run.returncode, out, err) == (
-        130, "", "index.py: interrupted; every committed batch is kept (files hashed since the last"
-        " commit are hashed again); run again to finish\n")
+        130, "", "index.py: interrupted; every committed batch is kept in db.shelve"
+        " (files hashed since the last commit are hashed again); run again to finish\n")
 
 
 def test_ctrl_c_pressed_again_while_a_local_cluster_closes_is_still_one_line(in_tmp: Path) -> None:
@@ -155,8 +155,8 @@ def test_ctrl_c_pressed_again_while_a_local_cluster_closes_is_still_one_line(in_
     assert 10 <= committed_count(in_tmp / "db.shelve") < IMAGES, "the run finished before its Ctrl-C"
     buckets("db.shelve")  # opens, consistent
     assert (run.returncode, out, err) == (
-        130, "", "index.py: interrupted; every committed batch is kept (files hashed since the last"
-        " commit are hashed again); run again to finish\n")
+        130, "", "index.py: interrupted; every committed batch is kept in db.shelve"
+        " (files hashed since the last commit are hashed again); run again to finish\n")
 
 
 def test_without_dask_the_option_says_what_to_install(

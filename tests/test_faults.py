@@ -704,8 +704,8 @@ def test_ctrl_c_while_the_suspects_are_hashed_alone_stops_at_once(in_tmp: Path) 
     assert time.monotonic() - started < 5
     assert indexer.returncode == 130, err
     assert err.splitlines()[-1] == (
-        "index.py: interrupted; every committed batch is kept (files hashed since the last commit are"
-        " hashed again); run again to finish"), err
+        "index.py: interrupted; every committed batch is kept in db.shelve"
+        " (files hashed since the last commit are hashed again); run again to finish"), err
     assert "Traceback" not in err
     time.sleep(0.5)
     for pid in map(int, pids.read_text().split()):

@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NOTHING_INDEXED
         return EXIT_OK
 
-    code = run_command(PROG, body, "every committed batch is kept (files hashed since the last"
-                       " commit are hashed again); run again to finish")
+    code = run_command(PROG, body, f"every committed batch is kept in {shown_path(args.shelve)}"
+                       " (files hashed since the last commit are hashed again); run again to"
+                       " finish")
     if (code == EXIT_INTERRUPTED and argv is None
             and threading.current_thread() is threading.main_thread()):
         # Run as the program: nothing is left to stop, the process only exits, and a Ctrl-C

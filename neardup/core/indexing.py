@@ -119,6 +119,10 @@ def check_worker_count(count: int, option: str = "jobs") -> None:
 Reporter = Callable[[str], None]
 
 
+# Files hashed from which the summary line gives a rate.
+RATE_FROM = 50
+
+
 @dataclass(frozen=True, slots=True)
 class HashOutcome:
     """What a worker made of one file: a hash, or the reason there is none."""
@@ -160,6 +164,9 @@ class IndexSummary:
     refusal: str = ""  # why the run wrote nothing
     kept: int = 0  # stored images that could not be reached this run: their entries stay
     missing_there: int = 0  # files the hashing side did not find, though this side sees them
+    # Of `removed`, stored images still there but read and found no image now (damaged in place):
+    # "removed" alone read as files deleted (a review).
+    unreadable_now: int = 0
 
     def line(self) -> str:
         if self.refusal:
@@ -167,13 +174,17 @@ class IndexSummary:
                     f" (found {self.unchanged + self.indexed}, skipped {self.skipped})")
         # The rate is the hashing's own: over the whole run, one new photo among 9,000 unchanged
         # read as "3 images/s" (the walk and the checks are most of such a run).
+        # A rate over a few files is mostly the workers' start (a review read "1 hashed, 6
+        # images/s" as a slowdown): given from RATE_FROM files on.
         again = f" ({self.rehashed:,} again, to be sure)" if self.rehashed else ""
-        speed = (f"{self.hashed:,} hashed{again}, {self.hashed / self.hashing_seconds:,.0f}"
-                 " images/s; " if self.hashed and self.hashing_seconds > 0 else "")
+        rate = (f", {self.hashed / self.hashing_seconds:,.0f} images/s"
+                if self.hashed >= RATE_FROM and self.hashing_seconds > 0 else "")
+        speed = f"{self.hashed:,} hashed{again}{rate}; " if self.hashed else ""
+        unreadable = f" ({self.unreadable_now} no longer readable)" if self.unreadable_now else ""
         return (
             f"indexed {self.indexed},"
             + (f" features added {self.features_added}," if self.features_added else "")
-            + f" unchanged {self.unchanged}, removed {self.removed},"
+            + f" unchanged {self.unchanged}, removed {self.removed}{unreadable},"
             f" failed {self.failed}, skipped {self.skipped}"
             + (f", {self.low_information} low-information" if self.low_information else "")
             + (f", {self.bad_entries} bad store entries" if self.bad_entries else "")
@@ -436,6 +447,7 @@ def index_folder(
                         summary.low_information += 1
                 store.apply(batch, failed_before)
                 summary.removed += len(failed_before)
+                summary.unreadable_now += len(failed_before)
                 bar.update(len(outcomes))
         finally:
             bar.close()
