@@ -11,10 +11,10 @@ the newest emoji), the letters and symbols drawn as nothing (Hangul fillers, a b
 cell), and U+FFFD, which is how a terminal draws a byte that is not UTF-8 (printed as it is).
 
 The invisible marks real writing uses are kept only inside the sequences it uses them in, and
-escaped anywhere else ("caf\u00e9\u200d.jpg" would print as "caf\u00e9.jpg"); each is judged by
+escaped anywhere else ("caf\\u00e9\\u200d.jpg" would print as "caf\\u00e9.jpg"); each is judged by
 the characters of the name beside it, never by an escape written for them:
 - U+FE0E and U+FE0F (text or emoji form) after a character emoji are made of, or in a keycap
-  ("1\ufe0f\u20e3"); the other variation selectors after an ideograph (a standardized variant),
+  ("1\\ufe0f\\u20e3"); the other variation selectors after an ideograph (a standardized variant),
   and an ideographic variation selector (U+E0100-E01EF) too; Mongolian free variation selectors
   and the vowel separator after a Mongolian letter;
 - ZWJ between emoji (after an emoji, or its emoji form kept), ZWJ and ZWNJ after a virama or
@@ -25,12 +25,12 @@ the characters of the name beside it, never by an escape written for them:
 Never after another mark that was not kept. The grapheme joiner U+034F, Khmer's deprecated
 inherent vowels, the Hangul and Khitan fillers are always escaped. Reviews found these marks
 escaped inside valid names, then kept after any letter, then after any character neither ASCII
-nor Latin ("cafe\u0301\ufe0e" printed as "cafe\u0301"), then after any symbol or letter of a
-joining script ("a+\ufe00b", "\u00a9\u200d\u00a9", "\u0915\u200d\u0916").
+nor Latin ("cafe\\u0301\\ufe0e" printed as "cafe\\u0301"), then after any symbol or letter of a
+joining script ("a+\\ufe00b", "\\u00a9\\u200d\\u00a9", "\\u0915\\u200d\\u0916").
 
 Left, for want of Unicode's emoji tables: within those sequences a mark that changes nothing
 visible still prints alike (an emoji's selector for the form it is drawn in anyway, a ZWJ between
-two emoji that make no sequence: "\U0001f600\u200d\U0001f600" as "\U0001f600\U0001f600"), and
+two emoji that make no sequence: "\\U0001f600\\u200d\\U0001f600" as "\\U0001f600\\U0001f600"), and
 so do names written alike in different ways (composed and decomposed accents, letters of other
 scripts that look the same): that is spelling, not an invisible character.
 """
@@ -95,13 +95,17 @@ _JOINED_EMOJI_LAST = frozenset((0x2640, 0x2642, 0x2695, 0x2696, 0x2708, 0x2764, 
                                 0x26A7, 0x27A1, 0x2620))
 
 
+def _is_supplementary_emoji(char: str) -> bool:
+    return 0x1F000 <= ord(char) <= 0x1FAFF
+
+
 def _starts_joined_emoji(char: str) -> bool:
-    return char == _EMOJI_FORM or ord(char) >= 0x1F000 and _is_emoji(char) or (
-        ord(char) in _JOINED_EMOJI_FIRST)
+    return (char == _EMOJI_FORM or _is_supplementary_emoji(char)
+            or ord(char) in _JOINED_EMOJI_FIRST)
 
 
 def _ends_joined_emoji(char: str) -> bool:
-    return ord(char) >= 0x1F000 and _is_emoji(char) or ord(char) in _JOINED_EMOJI_LAST
+    return _is_supplementary_emoji(char) or ord(char) in _JOINED_EMOJI_LAST
 
 
 def _is_ideograph(char: str) -> bool:
