@@ -141,6 +141,20 @@ def test_a_source_is_compared_as_the_store_names_it(tmp_path: Path) -> None:
     assert evaluate(tmp_path).copies == 3
 
 
+def test_another_datasets_manifest_is_said_to_be_one(tmp_path: Path) -> None:
+    """A review: "haystack/x.jpg is not under the store's dataset" left the person to work out
+    that the manifest was another folder's."""
+    build(tmp_path / "data", planted_duplicate=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_bytes((tmp_path / "data" / "manifest.csv").read_bytes())
+    with Store.open_for_reading(str(tmp_path / "db.shelve")) as store, store.snapshot():
+        with pytest.raises(DatasetError) as refused:
+            evaluate_manifest(store, str(other / "manifest.csv"))
+    assert f"describes the files of {other}, and the store indexes {tmp_path / 'data'}" in str(
+        refused.value)
+
+
 @pytest.mark.parametrize("ending", ["\n", "\r\n"])
 def test_a_manifest_line_of_the_longest_length_is_read(tmp_path: Path, ending: str) -> None:
     """The limit counts a line's characters, not its line break (a review: off by one, and a

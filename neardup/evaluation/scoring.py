@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.hashing import Hash, Recipe, hash_file, hash_file_and_mirror, is_low_information
-from ..core.names import printable
+from ..core.names import printable, shown_path
 from ..core.results import counted
 from ..core.search import DEFAULT_MAX_DISTANCE, HashIndex, find_matches_many
 from ..core.store import FileState, Store
@@ -158,8 +158,12 @@ def evaluate_manifest(
     def store_path(file: str) -> str:
         path = relative(file)
         if _outside(path):
+            # The likeliest cause said first: another dataset's manifest (a review found the
+            # file-by-file wording indirect).
             raise DatasetError(
-                f"{manifest_path}: {file} is not under the store's dataset {store.dataset_root}")
+                f"{manifest_path}: describes the files of {shown_path(manifest_dir)}, and the store"
+                f" indexes {shown_path(store.dataset_root)} ({shown_path(file)} is not under it):"
+                " give the manifest of the folder the store indexes")
         return path
 
     def on_disk(path: str) -> str:
