@@ -847,6 +847,25 @@ def test_real_photos_find_their_blurred_and_edited_copies(caltech_root: Path, in
         assert found == [[f"{number}.jpg"] for number in range(len(SOFTENED))]
 
 
+def test_a_padded_query_finds_its_original_beside_a_blurred_copy_of_itself(
+        caltech_root: Path, in_tmp: Path) -> None:
+    """A review: the query blurred verified a stored copy of the padded query (blurred too), so
+    the search without the bars was never asked and the sharp original went missing. Both now."""
+    Path("images").mkdir()
+    with Image.open(caltech_root / "dollar_bill/image_0028.jpg") as photo:
+        picture = photo.convert("RGB")
+    width, height = picture.size
+    padded = Image.new("RGB", (width + 2 * (width // 4), height), "white")
+    padded.paste(picture, (width // 4, 0))
+    picture.save("images/original.jpg", quality=95)
+    padded.filter(ImageFilter.GaussianBlur(3.5)).save("images/padded_blurred.jpg", quality=70)
+    padded.save("query.jpg", quality=90)
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    with neardup.open_store("db.shelve") as store:
+        found = sorted(match.relpath for match in store.search("query.jpg") if match.verified)
+    assert found == ["original.jpg", "padded_blurred.jpg"]
+
+
 def test_flat_bars_are_cut_off_a_query_and_nothing_else() -> None:
     """A query that verified nothing is searched again without the flat bars at its edges
     (extract.without_bars): borders and letterboxes of black or white are cut off, whatever their

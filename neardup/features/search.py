@@ -208,6 +208,7 @@ class VerifiedSearch:
         enlarged = _LaterLooks(frame, enlarged_features)
         sharpened = _LaterLooks(frame, sharpened_features)
         softened = _LaterLooks(frame, softened_features)
+        by_softened: set[str] = set()  # verified only by the query blurred
         refused_in_a_row = [0] * len(looks)  # feature candidates refused in a row, per look
         # Hash candidates first (each verified), then feature candidates by votes, best first.
         for path, (distance, how) in sorted(found.items(), key=lambda item: "hash" not in item[1][1]):
@@ -238,6 +239,8 @@ class VerifiedSearch:
                                                       path in by_mirror_hash))
                 continue
             found_by = "+".join(name for name in ("hash", "features") if name in how)
+            if verdict.verified and softened.made(through):
+                by_softened.add(path)
             answers_out.append((Match(path, distance, hash_hex, found_by, verdict.inliers,
                                       verdict.verified, through.mirrored), verdict))
         answers_out.sort(key=_answer_order)
@@ -247,16 +250,19 @@ class VerifiedSearch:
         # A query that found only pictures of its own frame (itself, stored: a re-upload, or
         # `search.py -q` on a file of the indexed folder) is asked again too: it verified
         # against itself, and a captioned or padded copy then missed the original the same
-        # query found in a store without it (a review: 10 and 13 of 16).
-        found_itself = [verdict.verified and same_frame(verdict) for _, verdict in answers_out]
-        if unpad and not any(verdict.verified and not itself for (_, verdict), itself
-                             in zip(answers_out, found_itself, strict=True)):
+        # query found in a store without it (a review: 10 and 13 of 16). So is one that found
+        # only what the query blurred verified (a copy stored blurred, padded like the query:
+        # a review found the sharp original then missed), and both answers are kept.
+        kept_anyway = [verdict.verified and (same_frame(verdict) or match.path in by_softened)
+                       for match, verdict in answers_out]
+        if unpad and not any(verdict.verified and not kept for (_, verdict), kept
+                             in zip(answers_out, kept_anyway, strict=True)):
             inside = without_bars(frame)
             if inside is not None:
                 again = self.search_with_verdicts(
                     hashes, inside, max_distance, include_low_information=include_low_information,
                     source=source, sharpen=sharpen, unpad=False)
-                if any(found_itself):
+                if any(kept_anyway):
                     return _merged(answers_out, again)
                 if any(verdict.verified for _, verdict in again):
                     return again
@@ -319,6 +325,10 @@ class _LaterLooks:
             self._looks = [(look, descriptor_index(look)) for look in self._make(self._frame)]
             self._frame = None
         return self._looks
+
+    def made(self, look: FeatureSet) -> bool:
+        """Whether `look` is one of these looks (made already: asked for before)."""
+        return any(look is mine for mine, _ in self._looks)
 
 
 def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
