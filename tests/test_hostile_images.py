@@ -900,6 +900,17 @@ class TestAwkwardNames:
         ("\u0646\u0645\u06cc\u200c\u062f\u0627\u0646\u0645.jpg",
          "\u0646\u0645\u06cc\u200c\u062f\u0627\u0646\u0645.jpg"),
         ("\U0001f3c3\u200d\u2640\ufe0f.jpg", "\U0001f3c3\u200d\u2640\ufe0f.jpg"),
+        # A seventh: ZWNJ after a virama with no letter after it, ZWJ between Arabic letters
+        # that join anyway, a selector no ideograph has, a vowel separator at a word's end, a
+        # virama-class mark of another script; and, kept, 15.1's head shake and an Arabic
+        # letter's joining form at a word's end.
+        ("\u0915\u094d\u200c.jpg", "\u0915\u094d\\u200c.jpg"),
+        ("\u0628\u200d\u0628.jpg", "\u0628\\u200d\u0628.jpg"),
+        ("\u4e00\ufe05.jpg", "\u4e00\\ufe05.jpg"),
+        ("\u1820\u180e.jpg", "\u1820\\u180e.jpg"),
+        ("a\u0e3a\u200d.jpg", "a\u0e3a\\u200d.jpg"),
+        ("\U0001f642\u200d\u2194\ufe0f.jpg", "\U0001f642\u200d\u2194\ufe0f.jpg"),
+        ("\u0644\u200d.jpg", "\u0644\u200d.jpg"),
     ])
     def test_invisible_characters_are_escaped_and_joiners_kept_in_writing(
             self, name: str, printed: str) -> None:

@@ -14,12 +14,13 @@ The invisible marks real writing uses are kept only inside the sequences it uses
 escaped anywhere else ("caf\\u00e9\\u200d.jpg" would print as "caf\\u00e9.jpg"); each is judged by
 the characters of the name beside it, never by an escape written for them:
 - U+FE0E and U+FE0F (text or emoji form) after a character emoji are made of, or in a keycap
-  ("1\\ufe0f\\u20e3"); the other variation selectors after an ideograph (a standardized variant),
-  and an ideographic variation selector (U+E0100-E01EF) too; Mongolian free variation selectors
-  and the vowel separator after a Mongolian letter;
-- ZWJ between emoji (after an emoji, or its emoji form kept), ZWJ and ZWNJ after a virama or
-  before one (Indic conjuncts, half forms, chillus, ra-phala), and between an Arabic-script
-  letter that joins the next one and a letter (Persian, Urdu);
+  ("1\\ufe0f\\u20e3"); the first three other variation selectors after an ideograph (a
+  standardized variant), and an ideographic variation selector (U+E0100-E01EF) too; Mongolian
+  free variation selectors after a Mongolian letter, the vowel separator between two;
+- ZWJ between emoji (after an emoji, or its emoji form kept); ZWJ after a virama (a half form,
+  a chillu), ZWNJ after one before a letter (a conjunct kept apart), either before a virama
+  (ra-phala); ZWNJ between an Arabic-script letter that joins the next one and a letter
+  (Persian, Urdu), ZWJ after such a letter where no letter follows (its joining form);
 - the tag characters of the flags of England, Scotland and Wales, after a black flag and ended
   by a cancel tag.
 Never after another mark that was not kept. The grapheme joiner U+034F, Khmer's deprecated
@@ -28,9 +29,11 @@ escaped inside valid names, then kept after any letter, then after any character
 nor Latin ("cafe\\u0301\\ufe0e" printed as "cafe\\u0301"), then after any symbol or letter of a
 joining script ("a+\\ufe00b", "\\u00a9\\u200d\\u00a9", "\\u0915\\u200d\\u0916").
 
-Left, for want of Unicode's emoji tables: within those sequences a mark that changes nothing
-visible still prints alike (an emoji's selector for the form it is drawn in anyway, a ZWJ between
-two emoji that make no sequence: "\\U0001f600\\u200d\\U0001f600" as "\\U0001f600\\U0001f600"), and
+Left, for want of Unicode's emoji and variation tables: within those sequences a mark that
+changes nothing visible still prints alike (an emoji's selector for the form it is drawn in
+anyway, or after a symbol of those blocks that has no emoji form; a ZWJ between two emoji that
+make no sequence: "\\U0001f600\\u200d\\U0001f600" as "\\U0001f600\\U0001f600"; a variation
+selector after an ideograph or a Mongolian letter that has no such variant), and
 so do names written alike in different ways (composed and decomposed accents, letters of other
 scripts that look the same): that is spelling, not an invisible character.
 """
@@ -92,7 +95,11 @@ def _is_emoji(char: str) -> bool:
 # crossbones part); every other part is an emoji of the supplementary planes.
 _JOINED_EMOJI_FIRST = frozenset((0x2764, 0x26D3, 0x26F9))
 _JOINED_EMOJI_LAST = frozenset((0x2640, 0x2642, 0x2695, 0x2696, 0x2708, 0x2764, 0x2B1B, 0x2744,
-                                0x26A7, 0x27A1, 0x2620))
+                                0x26A7, 0x27A1, 0x2620, 0x2194, 0x2195))
+# The Indic and Southeast Asian scripts whose viramas ZWJ and ZWNJ follow or precede (Devanagari
+# to Sinhala, Myanmar, Khmer, Balinese, Javanese...).
+_VIRAMA_SCRIPTS = ((0x0900, 0x0DFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x1A00, 0x1AAF),
+                   (0x1B00, 0x1BFF), (0xA8E0, 0xA8FF), (0xA980, 0xA9DF), (0x11000, 0x1107F))
 
 
 def _is_supplementary_emoji(char: str) -> bool:
@@ -114,7 +121,11 @@ def _is_ideograph(char: str) -> bool:
 
 
 def _is_virama(char: str) -> bool:
-    return unicodedata.combining(char) == 9
+    return unicodedata.combining(char) == 9 and _in(ord(char), _VIRAMA_SCRIPTS)
+
+
+def _is_letter_or_mark(char: str) -> bool:
+    return ord(char) > 0x7F and unicodedata.category(char)[0] in "LM"
 
 
 def _is_arabic_letter(char: str) -> bool:
@@ -131,12 +142,18 @@ def _joins(char: str, before: str, after: str, before_kept: bool) -> bool:
         return False
     if char == _ZWJ and _starts_joined_emoji(before) and after and _ends_joined_emoji(after):
         return True
-    if _is_virama(before):  # a conjunct kept apart, a half form, a chillu at a word's end
-        return True
+    if _is_virama(before):
+        # ZWJ: a half form, or a chillu at a word's end; ZWNJ: a conjunct kept apart, so only
+        # before the letter it keeps apart.
+        return char == _ZWJ or bool(after) and _is_letter_or_mark(after)
     if after and _is_virama(after):  # Bengali ra-phala, Sinhala touching letters
-        return unicodedata.category(before).startswith("L") and ord(before) > 0x7F
-    return (_is_arabic_letter(before) and ord(before) not in _ARABIC_NOT_JOINING_NEXT
-            and bool(after) and _is_arabic_letter(after))
+        return _in(ord(before), _VIRAMA_SCRIPTS) and _is_letter_or_mark(before)
+    if not _is_arabic_letter(before) or ord(before) in _ARABIC_NOT_JOINING_NEXT:
+        return False
+    # Between two letters that would join, ZWNJ parts them; ZWJ changes something only where
+    # no letter follows (the joining form at a word's end).
+    followed = bool(after) and _is_arabic_letter(after)
+    return followed if char == _ZWNJ else not followed
 
 
 def _selects(char: str, before: str, after: str, before_kept: bool) -> bool:
@@ -146,8 +163,12 @@ def _selects(char: str, before: str, after: str, before_kept: bool) -> bool:
         return False
     if char in (_TEXT_FORM, _EMOJI_FORM):
         return _is_emoji(before) or (before in _KEYCAP_BASES and after == _KEYCAP)
-    if "\u180b" <= char <= "\u180f":  # Mongolian free variation selectors, vowel separator
+    if char == "\u180e":  # the Mongolian vowel separator: between a letter and its vowel
+        return _is_mongolian_letter(before) and bool(after) and _is_mongolian_letter(after)
+    if "\u180b" <= char <= "\u180f":  # Mongolian free variation selectors
         return _is_mongolian_letter(before)
+    if "\ufe03" <= char <= "\ufe0d":  # no ideograph has a standardized variant past the third
+        return False
     return _is_ideograph(before)  # standardized and ideographic variation selectors
 
 
