@@ -57,19 +57,20 @@ _KEYCAP_BASES = "#*0123456789"
 # The tags of the flags Unicode recommends (England, Scotland, Wales), cancel tag included.
 _FLAG_TAGS = frozenset("".join(chr(0xE0000 + ord(letter)) for letter in code) + "\U000e007f"
                        for code in ("gbeng", "gbsct", "gbwls"))
-# Every mark whose place decides whether it is kept (_decide).
+# Every mark whose place decides whether it is kept (_render).
 _CONTEXTUAL = re.compile("[\u200c\u200d\u180b-\u180f\ufe00-\ufe0f"
                          "\U000e0020-\U000e007f\U000e0100-\U000e01ef]")
 # The characters emoji are made of: the symbols of the BMP that have an emoji form (copyright,
 # double exclamation, arrows, watch, media keys, geometric squares, the miscellaneous symbols and
 # dingbats, stars, the wavy dash...) and the emoji blocks of the supplementary planes.
+_SUPPLEMENTARY_EMOJI = (0x1F000, 0x1FAFF)
 _EMOJI_RANGES = ((0x00A9, 0x00A9), (0x00AE, 0x00AE), (0x203C, 0x203C), (0x2049, 0x2049),
                  (0x2122, 0x2122), (0x2139, 0x2139), (0x2194, 0x2199), (0x21A9, 0x21AA),
                  (0x231A, 0x231B), (0x2328, 0x2328), (0x23CF, 0x23CF), (0x23E9, 0x23FA),
                  (0x24C2, 0x24C2), (0x25AA, 0x25AB), (0x25B6, 0x25B6), (0x25C0, 0x25C0),
                  (0x25FB, 0x25FE), (0x2600, 0x27BF), (0x2934, 0x2935), (0x2B05, 0x2B07),
                  (0x2B1B, 0x2B1C), (0x2B50, 0x2B50), (0x2B55, 0x2B55), (0x3030, 0x3030),
-                 (0x303D, 0x303D), (0x3297, 0x3297), (0x3299, 0x3299), (0x1F000, 0x1FAFF))
+                 (0x303D, 0x303D), (0x3297, 0x3297), (0x3299, 0x3299), _SUPPLEMENTARY_EMOJI)
 # Arabic-script letters that join only the letter before them, or none (alef, dal, reh, waw, teh
 # marbuta, hamza and their variants): a ZWNJ or ZWJ after them changes nothing.
 _ARABIC_NOT_JOINING_NEXT = frozenset((*range(0x0621, 0x0626), 0x0627, 0x0629,
@@ -103,7 +104,7 @@ _VIRAMA_SCRIPTS = ((0x0900, 0x0DFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x1A00
 
 
 def _is_supplementary_emoji(char: str) -> bool:
-    return 0x1F000 <= ord(char) <= 0x1FAFF
+    return _in(ord(char), (_SUPPLEMENTARY_EMOJI,))
 
 
 def _starts_joined_emoji(char: str) -> bool:

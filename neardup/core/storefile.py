@@ -293,8 +293,8 @@ def check_pages(db: Db, path: str, *, whole: bool) -> None:
         # SQLite may put many problems in one row, a line each, under a heading ("*** in
         # database main ***"): the first problem is named, the others counted (a review: one
         # row of 30 problems made a message of 1,900 characters).
-        problems = [line.strip() for row in rows for line in str(row[0]).splitlines()
-                    if line.strip() and not line.strip().startswith("***")]
+        lines = (line.strip() for row in rows for line in str(row[0]).splitlines())
+        problems = [line for line in lines if line and not line.startswith("***")]
         first = problems[0] if problems else "no answer"
         more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
         raise StoreDamaged(f"{path}: the store is damaged ({first}{more}); "
