@@ -3,18 +3,19 @@
 
     python bench/straddle.py [--dataset DIR] [--samples 100] [--seed 14]
 
-The default recipe (v6) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
+The default recipe (v7) decodes a JPEG at 1/2, 1/4 or 1/8 scale once its shorter side holds
 enough decoded pixels per grid cell at that scale (hashing.DECODE_MARGINS): for dHash-64 (a 9 x 8
-grid) the boundaries are at 288, 1,440 and 2,880 pixels. For each boundary and each sampled
-CALTECH-101 photo, two pairs are made, one per direction: an original a few pixels below the
-boundary (saved at JPEG quality 95) and its copy resized by 0.5-2 % to a few pixels above it
-(quality 90), and the reverse. The two images of a pair take different decode paths. Rows: recall
-(copies within t bits of their original) at every threshold for --exact (plain ImageHash,
-`imagehash.dhash(Image.open(p))`), the v3 recipe (16 pixels per cell at every scale: boundaries
-at 288, 576 and 1,152, where its pairs are built too) and the default, all on the same files in
-one run: each the Hamming distance of the two hashes, and for the default also as search.py
-counts it (the query's undecided bits not counted, hashing.UNDECIDED_BAND; a pair within t
-only if each file as the query finds the other).
+grid) the boundaries are at 144, 1,440 and 2,880 pixels (v4 to v6: 1/2 from 288). For each
+boundary and each sampled CALTECH-101 photo, two pairs are made, one per direction: an original a
+few pixels below the boundary (saved at JPEG quality 95) and its copy resized by 0.5-2 % to a few
+pixels above it (quality 90), and the reverse. The two images of a pair take different decode
+paths. Rows: recall (copies within t bits of their original) at every threshold for --exact
+(plain ImageHash, `imagehash.dhash(Image.open(p))`), the v3 recipe (16 pixels per cell at every
+scale: boundaries at 288, 576 and 1,152, where its pairs are built too, which are also v4 to v6's
+1/2 boundary), v5, v6 and the default, all on the same files in one run: each the Hamming
+distance of the two hashes, and for the default also as search.py counts it (the query's
+undecided bits not counted, hashing.UNDECIDED_BAND; a pair within t only if each file as the
+query finds the other).
 
 Then, for the pairs across the largest boundary, both images of every pair decoded at one forced
 scale (1/8, 1/4, 1/2, whole): what the 1/8 decode costs large photos and their copies, not only
@@ -41,7 +42,7 @@ from neardup.core.discovery import FoundFile, walk_images
 from neardup.core.hashing import Hash, Recipe, hash_file, scale_boundaries
 
 THRESHOLDS = range(17)
-SEARCHED = "v6 (default), as search.py counts"
+SEARCHED = "v7 (default), as search.py counts"
 
 
 def boundaries(recipe_version: int) -> list[int]:
@@ -134,13 +135,14 @@ def main() -> int:
         "--exact (plain ImageHash)": exact_dhash,
         "v3": lambda path: hash_file(path, Recipe(preprocess_version=3)),
         "v4": lambda path: hash_file(path, Recipe(preprocess_version=4)),
-        "v5 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=5)),
-        "v6 (default)": lambda path: hash_file(path, Recipe()),
+        "v5": lambda path: hash_file(path, Recipe(preprocess_version=5)),
+        "v6 (previous default)": lambda path: hash_file(path, Recipe(preprocess_version=6)),
+        "v7 (default)": lambda path: hash_file(path, Recipe()),
     }
     started = time.perf_counter()
     header = " | ".join(str(t) for t in THRESHOLDS)
     with tempfile.TemporaryDirectory() as folder:
-        for version in (6, 3):
+        for version in (7, 3):
             edges = boundaries(version)
             pairs = make_pairs(sources, edges, folder, rng)
             print(f"Pairs straddling the v{version} boundaries {edges} (shorter side, pixels),"
@@ -160,7 +162,7 @@ def main() -> int:
                                             for o, c, _, _ in pairs])
             print(recall_row(SEARCHED, distances[SEARCHED]))
             print()
-            for name in ("--exact (plain ImageHash)", "v5 (previous default)", "v6 (default)",
+            for name in ("--exact (plain ImageHash)", "v6 (previous default)", "v7 (default)",
                          SEARCHED):
                 worst: dict[str, int] = {}
                 near: dict[int, list[int]] = {}  # per boundary: pairs at 0 and within 1 bit
@@ -176,7 +178,7 @@ def main() -> int:
                       + ", ".join(f"{edge}: {at} / {within}"
                                   for edge, (at, within) in near.items()))
             print()
-            if version == 6:
+            if version == 7:
                 forced_rows(pairs, max(edges))
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -326,8 +326,8 @@ def test_a_feature_store_compared_and_reported_gives_what_search_answers(
                             "data/manifest.csv", "--report", "report"]) == 0
     table = capsys.readouterr().out.split("or else at its most precise one")[1].splitlines()
     labels = [line.split("  ")[0] for line in table[2:]]
-    assert labels == ["plain.shelve: dhash-8 (64 bits, normalised v6)",
-                      "db.shelve: dhash-8 (64 bits, normalised v6)",
+    assert labels == ["plain.shelve: dhash-8 (64 bits, normalised v7)",
+                      "db.shelve: dhash-8 (64 bits, normalised v7)",
                       "db.shelve: verified search (what search.py answers)"]
     assert table[-1].split()[-1] == "100.0%"  # every copy, where the hash alone misses some
     assert float(table[-2].split()[-1].rstrip("%")) < 100

@@ -48,13 +48,17 @@ GOLDEN_V2 = {  # the v2 recipe: grayscale JPEG decoding at reduced scale (DRAFT_
     **GOLDEN_EXACT,
     "Faces/image_0001.jpg": ("b2b3a56d71d90928", "daac3999979292d8"),  # 510x337, decoded at 1/2
 }
-GOLDEN_DEFAULT = {  # v6: the grid resampled in floating point (neardup.core.sampling), near ties
+GOLDEN_DEFAULT = {  # v7: the grid resampled in floating point (neardup.core.sampling), near ties
+    # read as ties, JPEGs decoded at 1/2 from 144 pixels on the shorter side
     "Faces/image_0001.jpg": ("b2b3a56d71d90928", "daac3991979292f8"),
     "Leopards/image_0001.jpg": ("9898f0b2a8ca84b4", "90b972633c4ec766"),
     "airplanes/image_0001.jpg": ("01692539691b4915", "fa94a12bda70b48e"),
     "BACKGROUND_Google/tmp": ("5574144435476627", "ffd22ea19005d33c"),
-    "pagoda/image_0010.jpg": ("74e2c30c9b9c38d3", "918e1f947a7e5078"),
+    "pagoda/image_0010.jpg": ("34e2c30c9b9c38d3", "918e1f947a7e5078"),
 }
+# v6 decoded the same JPEGs whole below 288 pixels: 203 x 300 pagoda one bit apart from v7's.
+GOLDEN_V6_DHASH = {relpath: dhash for relpath, (dhash, _) in GOLDEN_DEFAULT.items()} | {
+    "pagoda/image_0010.jpg": "74e2c30c9b9c38d3"}
 # v3 to v5 read every difference of two cells as a bit: stores of theirs are still hashed so.
 GOLDEN_V5_DHASH = {
     "Faces/image_0001.jpg": "b2b3a56d71d90928",
@@ -165,10 +169,10 @@ class TestRecipe:
         with pytest.raises(ValueError):
             Recipe(*arguments)
 
-    def test_default_is_v6_and_a_future_version_is_refused_by_name(self) -> None:
-        assert Recipe().preprocess_version == 6
-        with pytest.raises(ValueError, match="v7 is not known"):
-            Recipe(preprocess_version=7)
+    def test_default_is_v7_and_a_future_version_is_refused_by_name(self) -> None:
+        assert Recipe().preprocess_version == 7
+        with pytest.raises(ValueError, match="v8 is not known"):
+            Recipe(preprocess_version=8)
 
 
 IMAGEHASH = {"dhash": imagehash.dhash, "phash": imagehash.phash,
@@ -228,8 +232,13 @@ class TestStraddle:
     def test_each_version_keeps_its_own_boundaries(self) -> None:
         # dHash-64 (a 9 x 8 grid): v4 keeps 40 decoded pixels per cell at 1/4 and 1/8, so a
         # 4000 x 3000 photo still decodes at 1/8; v3 stores are still hashed with 16 everywhere.
-        assert scale_boundaries(Recipe()) == {2: 288, 4: 1440, 8: 2880}
+        # v7 decodes at 1/2 from 8 pixels per cell: a 300 x 200 photo at 1/2, not whole as
+        # under v6 (its stores are still hashed so).
+        assert scale_boundaries(Recipe()) == {2: 144, 4: 1440, 8: 2880}
+        assert scale_boundaries(Recipe(preprocess_version=6)) == {2: 288, 4: 1440, 8: 2880}
         assert scale_boundaries(Recipe(preprocess_version=3)) == {2: 288, 4: 576, 8: 1152}
+        assert hashing_scale((300, 200), Recipe()) == 2
+        assert hashing_scale((300, 200), Recipe(preprocess_version=6)) == 1
         assert hashing_scale((4000, 3000), Recipe()) == 8
         assert hashing_scale((2000, 1500), Recipe()) == 4
         assert hashing_scale((2000, 1500), Recipe(preprocess_version=3)) == 8
@@ -349,6 +358,7 @@ class TestGolden:
         dhash, phash = GOLDEN_DEFAULT[relpath]
         assert hash_file(path, Recipe()).hex() == dhash
         assert hash_file(path, Recipe("phash", 8)).hex() == phash
+        assert hash_file(path, Recipe(preprocess_version=6)).hex() == GOLDEN_V6_DHASH[relpath]
         assert hash_file(path, Recipe(preprocess_version=5)).hex() == GOLDEN_V5_DHASH[relpath]
         dhash, phash = GOLDEN_V2[relpath]
         assert hash_file(path, Recipe(preprocess_version=V2)).hex() == dhash

@@ -41,9 +41,11 @@ ALGORITHMS: dict[str, HashFunction] = {
 # 5: v4, a reduced decode's partial last row and column weighed by the part of the picture they
 #    cover (sampling.grid's `cover`).
 # 6: v5, dHash's neighbouring cells within TIE_BAND of each other read as a tie (bit 0).
-PREPROCESS_VERSION = 6
+# 7: v6 with a JPEG decoded at 1/2 scale from half the margin (DECODE_MARGINS; v4-v6 keep
+#    DECODE_MARGINS_V4).
+PREPROCESS_VERSION = 7
 # Every version this neardup can still hash with, so a store made by an older one stays searchable.
-PREPROCESS_VERSIONS = (1, 2, 3, 4, 5, 6)
+PREPROCESS_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 
 # v6: dHash cells that differ by less than this many gray levels give a 0 bit, as equal ones do.
 # The float grid (v3 and later) otherwise decides every such comparison, and on a nearly flat
@@ -98,7 +100,17 @@ DECODE_MARGIN = 16
 # photo (41.7 pixels per cell) still decodes at 1/8, where indexing must stay fast; a 12-megapixel
 # photo of another shape (4288 x 2848, 4608 x 2592) decodes at 1/4, about 12 % slower. At 1/2,
 # from 288 pixels (dHash-64), plain ImageHash is still the noisier of the two.
-DECODE_MARGINS = {2: 16, 4: 40, 8: 40}
+DECODE_MARGINS_V4 = {2: 16, 4: 40, 8: 40}
+# v7: 8 decoded pixels per cell at 1/2 (from 144 pixels for dHash-64), so that the 300 x 200
+# photos of a typical collection decode at 1/2, not whole: the full-scale decode was more than
+# half of indexing's time on CALTECH-101 (7,232 of its 9,145 photos change path; index.py -j 1
+# about 20 % faster, bench/index_speed.py). v3's margin of 8 had cost exact-bucket recall
+# (80.2 % against 90.0 %), but v5's partial pixel and v6's tie band took most of that error
+# away: with undecided bits, resize copies in the exact bucket 94.8 to 96.8 % against v6's
+# 96.7 to 97.5 % (plain ImageHash 78.0 to 81.7 %), jpeg copies within half a point either way
+# (bench/recipe_vs_exact.sh, docs/accuracy.md), and pairs across 144 pixels at least as close as
+# plain ImageHash keeps them (bench/straddle.py). 1/4 and 1/8 keep v4's margins.
+DECODE_MARGINS = {2: 8, 4: 40, 8: 40}
 
 # Checked from the header, before any pixel is decoded: a few-KB PNG can claim gigabytes. Pillow
 # only warns up to twice its own limit (about 179 megapixels) and refuses beyond, whatever we say;
@@ -414,6 +426,8 @@ def decode_margins(recipe: Recipe) -> dict[int, int]:
     own grid (v3 and later; uses_grid)."""
     if recipe.preprocess_version <= 3:
         return dict.fromkeys((2, 4, 8), DECODE_MARGIN)
+    if recipe.preprocess_version <= 6:
+        return dict(DECODE_MARGINS_V4)
     return dict(DECODE_MARGINS)
 
 
