@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Why the decode margin is 16 at least and the grid is kept in floating point: recall of variants.
+"""What the decode margin costs and why the grid is kept in floating point: recall of variants.
 
     python gather.py --source CALTECH --output images --seed 101 --samples 600 --copies 1 \\
         --edits resize,jpeg
@@ -10,9 +10,9 @@ Each sampled original and its copies are hashed (dHash-64) by: plain ImageHash
 DECODE_MARGIN set to each value (a smaller margin decodes more JPEGs at reduced scale: at 8,
 photos of 300 x 200 are decoded at 1/2; at 1, nearly always at 1/8), v3 with its grid rounded to
 whole gray levels (as an 8-bit resize would), v4 (DECODE_MARGINS), v5 (v4, a reduced decode's
-partial last pixel weighed by what it covers) and the default (v6: v5, cells within half a gray
-level of each other read as ties). Printed: recall (copies within t
-bits of their original) per edit.
+partial last pixel weighed by what it covers), v6 (v5, cells within half a gray level of each
+other read as ties) and the default (v7: v6 decoding at 1/2 from 8 pixels per cell, v4's 1/4 and
+1/8). Printed: recall (copies within t bits of their original) per edit.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def variants(margins: list[int]) -> dict[str, Callable[[str], Hash]]:
         hashing.DECODE_MARGIN, 1.0)
     rows["v4"] = lambda p: hash_file(p, Recipe(preprocess_version=4))
     rows["v5"] = lambda p: hash_file(p, Recipe(preprocess_version=5))
-    rows["v6 (default)"] = lambda p: hash_file(p, Recipe())
+    rows["v6"] = lambda p: hash_file(p, Recipe(preprocess_version=6))
+    rows["v7 (default)"] = lambda p: hash_file(p, Recipe())
     return rows
 
 
