@@ -5,8 +5,8 @@
 
 Accuracy: sampled CALTECH-101 photos are enlarged to a shorter side of --side pixels and saved as
 JPEG (quality 90); each is decoded whole and at 1/2, 1/4 and 1/8 scale, and the dHash-64 grid of
-each reduced decode (neardup.core.sampling.grid, as v4 and as v5 and the default v6, which weigh a
-partial last pixel by what it covers) is compared with the whole decode's: the mean and largest
+each reduced decode (neardup.core.sampling.grid, as v4 and as v5 to v7, the default, which weigh
+a partial last pixel by what it covers) is compared with the whole decode's: the mean and largest
 difference in gray levels. Two references: the 8 x 8 block means
 of the whole decode, in floating point and rounded to 8 bits (what a 1/8 decode would give if it
 were the block mean of the whole decode).
@@ -63,7 +63,7 @@ def grid_errors(paths: list[str], side: int, folder: str) -> dict[str, np.ndarra
             pixels = decode(data, size, scale)
             extent = (size[0] / scale, size[1] / scale)
             for name, cover in ((f"1/{scale} decode (v4)", False),
-                                (f"1/{scale} decode, partial pixel weighed (v5, v6: default)", True)):
+                                (f"1/{scale} decode, partial pixel weighed (v5 to v7)", True)):
                 cells = sampling.grid(pixels, extent, CELLS, cover)
                 errors.setdefault(name, []).append(np.abs(cells - reference).ravel())
         # Block means over whole blocks only, compared with the whole decode of the same region.
