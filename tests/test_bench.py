@@ -115,3 +115,22 @@ def test_index_commits_times_each_commit_and_names_one_it_cannot_check_out(in_tm
     listed = subprocess.run(["git", "-C", str(PROJECT_ROOT), "worktree", "list"],
                             capture_output=True, text=True, check=True).stdout
     assert "index-commits-" not in listed
+
+
+def test_lossless_copies_compares_each_jpeg_with_a_png_of_its_pixels(in_tmp: Path) -> None:
+    # Two JPEGs from the first reduced scale up and one below it (left out): plain ImageHash puts
+    # a lossless copy at 0 bits, every time, and each row counts the two pairs.
+    Path("data").mkdir()
+    for name, size in (("a", (220, 160)), ("b", (300, 200)), ("small", (120, 100))):
+        textured(50 + len(name), size).save(f"data/{name}.jpg", quality=90)
+    done = subprocess.run([sys.executable, str(BENCH / "lossless_copies.py"), "--dataset", "data"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 JPEGs of 144 pixels or more on their shorter side from data")
+    rows = {line.split(" | ")[0].strip("| "): line for line in done.stdout.splitlines()
+            if line.startswith("| ") and "%" in line}
+    assert set(rows) == {"--exact (plain ImageHash)", "v6", "v6, as search.py counts", "default",
+                         "default, as search.py counts"}
+    assert rows["--exact (plain ImageHash)"].count("100.0% (2)") == 5
+    for line in rows.values():
+        assert line.split(" | ")[-2] == "100.0% (2)"  # within 4 bits, every recipe
