@@ -37,7 +37,7 @@ ALGORITHMS: dict[str, HashFunction] = {
 # 1: orientation, alpha, bit depth. 2: JPEGs decoded in grayscale at reduced scale (DRAFT_SIDE).
 # 3: the hash's grid resampled in floating point from a decode whose scale keeps DECODE_MARGIN
 #    pixels per grid cell, the filter placed in full-size coordinates (neardup.core.sampling).
-# 4: v3 with wider margins for the 1/4 and 1/8 decodes (DECODE_MARGINS).
+# 4: v3 with wider margins for the 1/4 and 1/8 decodes (DECODE_MARGINS_V4).
 # 5: v4, a reduced decode's partial last row and column weighed by the part of the picture they
 #    cover (sampling.grid's `cover`).
 # 6: v5, dHash's neighbouring cells within TIE_BAND of each other read as a tie (bit 0).
