@@ -134,3 +134,33 @@ def test_lossless_copies_compares_each_jpeg_with_a_png_of_its_pixels(in_tmp: Pat
     assert rows["--exact (plain ImageHash)"].count("100.0% (2)") == 5
     for line in rows.values():
         assert line.split(" | ")[-2] == "100.0% (2)"  # within 4 bits, every recipe
+
+
+def test_copies_as_queries_counts_each_copy_against_its_original(in_tmp: Path) -> None:
+    # A gather.py folder in small: one original, a byte copy (0 bits under every hash) and a copy
+    # of another picture (far under every hash): within 4 bits, one of the two copies each time.
+    root = Path("data")
+    (root / "haystack").mkdir(parents=True)
+    (root / "copies").mkdir()
+    textured(60, (220, 160)).save(root / "haystack" / "A.jpg", quality=90)
+    (root / "copies" / "A_same.jpg").write_bytes((root / "haystack" / "A.jpg").read_bytes())
+    textured(61, (220, 160)).save(root / "copies" / "A_other.jpg", quality=90)
+    with open(root / "manifest.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows([("haystack/A.jpg", "original", "g1", "src/A.jpg", ""),
+                          ("copies/A_same.jpg", "copy", "g1", "haystack/A.jpg", "jpeg"),
+                          ("copies/A_other.jpg", "copy", "g1", "haystack/A.jpg", "jpeg")])
+    done = subprocess.run([sys.executable, str(BENCH / "copies_as_queries.py"), "data"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("data: 2 copies as queries")
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row[0].strip("| ") for row in rows] == ["default", "v6", "--exact (plain ImageHash)"]
+    for row in rows:
+        assert row[1] == "1" and row[5] == "1"  # at 0 and within 4 bits: the byte copy alone
+    missing = subprocess.run([sys.executable, str(BENCH / "copies_as_queries.py"), "absent"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr == ("copies_as_queries.py: absent: no manifest.csv"
+                              " (run gather.py first)\n")
