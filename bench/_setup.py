@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from neardup.core.hashing import Recipe
+    from neardup.core.hashing import Hash, Recipe
     from neardup.core.indexing import IndexSummary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +20,12 @@ if str(ROOT) not in sys.path:
 DEFAULT_DATASET = os.environ.get(
     "NEARDUP_CALTECH101", str(ROOT.parent / "shared" / "caltech101" / "101_ObjectCategories")
 )
+
+
+def searched_both_ways(first: Hash, second: Hash) -> int:
+    """A pair's distance as search.py reports it (each query's undecided bits left out), the
+    worse of its two directions: within t only if each image, as the query, finds the other."""
+    return max(first.search_distance(second), second.search_distance(first))
 
 
 def require_dataset(path: str, script: str) -> bool:

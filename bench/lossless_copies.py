@@ -25,11 +25,15 @@ import time
 
 import imagehash
 import numpy as np
-from _setup import DEFAULT_DATASET, require_dataset  # noqa: F401  (sets the path)
+from _setup import (  # noqa: F401  (sets the path)
+    DEFAULT_DATASET,
+    require_dataset,
+    searched_both_ways,
+)
 from PIL import Image
 
 from neardup.core.discovery import FoundFile, walk_images
-from neardup.core.hashing import Hash, Recipe, hash_file, scale_boundaries
+from neardup.core.hashing import Recipe, hash_file, scale_boundaries
 
 THRESHOLDS = range(5)
 
@@ -44,11 +48,6 @@ def eligible(dataset: str, shorter: int) -> list[str]:
             if image.format == "JPEG" and min(image.size) >= shorter:
                 found.append(entry.path)
     return sorted(found)
-
-
-def searched(first: Hash, second: Hash) -> int:
-    """The distance search.py reports for the pair, the worse of its two directions."""
-    return max(first.search_distance(second), second.search_distance(first))
 
 
 def main() -> int:
@@ -81,7 +80,7 @@ def main() -> int:
             for name, recipe in (("v6", Recipe(preprocess_version=6)), ("default", Recipe())):
                 original, png = hash_file(photo, recipe), hash_file(copy, recipe)
                 rows[name].append(original.distance(png))
-                rows[f"{name}, as search.py counts"].append(searched(original, png))
+                rows[f"{name}, as search.py counts"].append(searched_both_ways(original, png))
     print(f"{len(photos) - skipped} JPEGs of {scale_boundaries(Recipe())[2]} pixels or more on their"
           f" shorter side from {args.dataset} ({skipped} CMYK left out), each against a PNG of its"
           f" own pixels; pairs within t bits:")
