@@ -164,3 +164,26 @@ def test_copies_as_queries_counts_each_copy_against_its_original(in_tmp: Path) -
     assert missing.returncode == 2
     assert missing.stderr == ("copies_as_queries.py: absent: no manifest.csv"
                               " (run gather.py first)\n")
+
+
+def test_rerendered_reads_a_copy_at_the_stored_keypoints_and_says_when_it_is_blurred(
+        in_tmp: Path) -> None:
+    # A re-encoded copy gives the stored keypoints' bits back almost whole and is as sharp as
+    # its original; a blurred one is not as sharp, which is why its bits are not read.
+    import numpy as np
+    from PIL import ImageFilter
+
+    rerendered = load_bench("rerendered")
+    picture = textured(70, (300, 220))
+    picture.save("original.png")
+    picture.save("copy.jpg", quality=85)
+    copy = rerendered.one_way("copy.jpg", "original.png")
+    assert copy["verified"] and copy["rerendered_bits"] <= 2
+    assert abs(copy["sharpness_ratio"] - 1) < 0.1
+    gray = picture.convert("L")
+    blurred = gray.filter(ImageFilter.GaussianBlur(1))
+    assert rerendered.sharpness(np.asarray(blurred)) < 0.8 * rerendered.sharpness(np.asarray(gray))
+    missing = subprocess.run([sys.executable, str(BENCH / "rerendered.py"), "--dataset", "absent"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr == "rerendered.py: absent: no manifest.csv (run gather.py first)\n"
