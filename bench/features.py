@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import _setup  # noqa: F401  (puts the project on the import path)
@@ -191,9 +192,8 @@ def grow(store_path: Path, size: int, synthetic: str = "mixed", numbered_from: i
             flipped = np.argpartition(rng.random(bits.shape), 10, axis=1)[:, :10]
             np.put_along_axis(bits, flipped, 1 - np.take_along_axis(bits, flipped, axis=1),
                               axis=1)
-            made = FeatureSet(source.width, source.height, source.points,
-                              np.packbits(bits, axis=1),
-                              np.roll(source.thumbnail, 1 + number % 7, axis=1), source.chroma)
+            made = replace(source, descriptors=np.packbits(bits, axis=1),
+                           thumbnail=np.roll(source.thumbnail, 1 + number % 7, axis=1))
             value = Hash(int(rng.integers(0, 2**63)) * 2 + 1, 64).hex()
             name = numbered_from + number
             batch.append(IndexedFile(f"synthetic/{name // 1000:04d}/{name:07d}.jpg", 1, 1,

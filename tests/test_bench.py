@@ -173,6 +173,8 @@ def test_rerendered_reads_a_copy_at_the_stored_keypoints_and_says_when_it_is_blu
     import numpy as np
     from PIL import ImageFilter
 
+    from neardup.features.extract import sharpness
+
     rerendered = load_bench("rerendered")
     picture = textured(70, (300, 220))
     picture.save("original.png")
@@ -182,7 +184,7 @@ def test_rerendered_reads_a_copy_at_the_stored_keypoints_and_says_when_it_is_blu
     assert abs(copy["sharpness_ratio"] - 1) < 0.1
     gray = picture.convert("L")
     blurred = gray.filter(ImageFilter.GaussianBlur(1))
-    assert rerendered.sharpness(np.asarray(blurred)) < 0.8 * rerendered.sharpness(np.asarray(gray))
+    assert sharpness(np.asarray(blurred)) < 0.8 * sharpness(np.asarray(gray))
     missing = subprocess.run([sys.executable, str(BENCH / "rerendered.py"), "--dataset", "absent"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2

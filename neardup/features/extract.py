@@ -24,14 +24,18 @@ from ..errors import ImageError
 # 2: a 28 x 28 thumbnail and the 8 x 8 colour grid.
 # 3: a record half the size (1,847 bytes, two per 4 KB SQLite page): 128-bit descriptors, positions
 #    in 3 bytes, thumbnail and colour grid in 4 bits; keypoints chosen among 500 detected.
-FEATURE_VERSION = 3
+# 4: each keypoint's orientation (a byte) and pyramid level, and the frame's sharpness (1,929
+#    bytes): verification describes the aligned query at the stored keypoints themselves
+#    (verify.py, "fine detail"). Descriptors, positions and thumbnails as in 3.
+FEATURE_VERSION = 4
 
 # Pictures are analysed with their long side at most this: CALTECH-101 photos (about 300 x 200)
 # keep every pixel, and a 12-megapixel photo costs no more than a small one.
 MAX_SIDE = 320
-# 72 stored keypoints: 72 x (16 descriptor + 3 position) bytes + a 408-byte thumbnail + 64 bytes of
-# colour + a 7-byte header is 1,847 bytes. SQLite fits two such records (with a path of up to
-# about 180 bytes) in one 4 KB page; a record over about 2,030 bytes takes a page of its own.
+# 72 stored keypoints: 72 x (16 descriptor + 3 position + 1 orientation) bytes + a 408-byte thumbnail
+# + 64 bytes of colour + 8 of keypoints per pyramid level + a 9-byte header is 1,929 bytes. SQLite
+# fits two such records (with a path of up to about 100 bytes) in one 4 KB page; a record over
+# about 2,030 bytes takes a page of its own.
 # Measured on 1,300 CALTECH-101 copies of 13 edit kinds (seed 111): every copy but a few combos
 # kept at least 18 RANSAC inliers with 72 stored and 500 query keypoints.
 STORED_KEYPOINTS = 72
@@ -73,14 +77,28 @@ POSITION_SCALE = 8
 # and in the FAISS index, half the work per comparison.
 DESCRIPTOR_BYTES = 16
 
-_HEADER = struct.Struct("<BHHH")  # version, frame width, frame height, keypoint count
+# ORB's pyramid: 8 levels (OpenCV's default), each 1.2 times smaller than the one before.
+PYRAMID_LEVELS = 8
+# Orientation in a byte: 1/256 of a turn. The stored descriptor stays computed at ORB's own angle:
+# computed at the byte's, it lost a blurred banknote's last matches (a test's
+# dollar_bill/image_0026, 11 matches to 9); the query described at the byte's angle flips a bit
+# or so more (verify.MAX_RERENDERED_BITS was chosen so). In 6 bits, 36 copy verdicts of 7,751
+# were refused at 6 bits against 4 (gather.py --seed 4711).
+ANGLE_STEPS = 256
+# The frame's sharpness (see sharpness()), in thousandths; 0: not known.
+SHARPNESS_SCALE = 1000
+
+# version, frame width, frame height, keypoint count, sharpness: the first four where
+# Store.feature_records_unlike reads them.
+_HEADER = struct.Struct("<BHHHH")
 HEADER_BYTES = _HEADER.size
 _THUMBNAIL_BYTES = 16 + THUMBNAIL_SIDE * THUMBNAIL_SIDE // 2  # a 16-level table, then 4 bits each
 _CHROMA_BYTES = CHROMA_SIDE * CHROMA_SIDE * 2 // 2  # two signed 4-bit values per cell
 # A record's length: RECORD_FIXED_BYTES, then RECORD_POINT_BYTES per keypoint (its position,
-# then its descriptor).
-RECORD_POINT_BYTES = 3 + DESCRIPTOR_BYTES
-RECORD_FIXED_BYTES = _HEADER.size + _THUMBNAIL_BYTES + _CHROMA_BYTES
+# its descriptor, its orientation). The keypoints are stored by pyramid level, lowest first, and
+# the fixed part counts them per level (ORB's detector gives them in that order).
+RECORD_POINT_BYTES = 3 + DESCRIPTOR_BYTES + 1
+RECORD_FIXED_BYTES = _HEADER.size + PYRAMID_LEVELS + _THUMBNAIL_BYTES + _CHROMA_BYTES
 
 
 def record_problem(head: bytes, length: int) -> str | None:
@@ -88,7 +106,7 @@ def record_problem(head: bytes, length: int) -> str | None:
     or None."""
     if len(head) < _HEADER.size:
         return "feature record too short"
-    version, width, height, count = _HEADER.unpack_from(head)
+    version, width, height, count, _ = _HEADER.unpack_from(head)
     if version != FEATURE_VERSION:
         return f"feature record version {version}, expected {FEATURE_VERSION}"
     if width == 0 or height == 0:
@@ -150,6 +168,16 @@ class FeatureSet:
     # once); colour queries only.
     colour: np.ndarray | None = None
     mirrored: bool = False  # a query's look of its mirror image (a match through it is mirrored)
+    # Stored records (and extract() for them): each keypoint's orientation, degrees (ORB's angle,
+    # to ANGLE_STEPS), and pyramid level. None: not known (a query's looks).
+    angles: np.ndarray | None = None
+    octaves: np.ndarray | None = None
+    # sharpness() of the frame: a stored record's, or a query's as it came (None for its
+    # sharpened, softened and bar-less looks, and for a record that does not know it).
+    sharpness: float | None = None
+    # A query's look: how many times larger its frame is than the picture as it came (an
+    # enlarged look); verification reads fine detail only where the query is not magnified.
+    magnified: float = 1.0
 
     def thumbnail_dhash(self) -> int:
         """A 64-bit dHash of the stored thumbnail: within a few bits of the dHash-64 its image
@@ -172,9 +200,18 @@ class FeatureSet:
         codes, table = _grey_levels(self.thumbnail.ravel())
         chroma = self.chroma.astype(np.float32)
         chroma = np.sign(chroma) * np.minimum(np.rint(np.sqrt(np.abs(chroma))), CHROMA_LEVELS)
-        return (_HEADER.pack(FEATURE_VERSION, self.width, self.height, len(self.points))
+        count = len(self.points)
+        octaves = np.zeros(count, np.int64) if self.octaves is None else self.octaves.astype(int)
+        if np.any(np.diff(octaves) < 0) or np.any(octaves >= PYRAMID_LEVELS):
+            raise ValueError("keypoints must be stored by pyramid level, lowest first")
+        angles = np.zeros(count) if self.angles is None else self.angles
+        sharpness = 0 if self.sharpness is None else round(self.sharpness * SHARPNESS_SCALE)
+        return (_HEADER.pack(FEATURE_VERSION, self.width, self.height, count,
+                             min(max(sharpness, 0), 65535))
+                + np.bincount(octaves, minlength=PYRAMID_LEVELS).astype(np.uint8).tobytes()
                 + np.ascontiguousarray(packed).tobytes()
                 + np.ascontiguousarray(self.descriptors[:, :DESCRIPTOR_BYTES]).tobytes()
+                + angle_bytes(angles).tobytes()
                 + table.tobytes() + _nibbles(codes)
                 + _nibbles((chroma.astype(np.int8) & 15).ravel()))
 
@@ -183,9 +220,15 @@ class FeatureSet:
         """Parse a stored feature set; a malformed one (a store from elsewhere) is a ValueError."""
         if problem := record_problem(data[:_HEADER.size], len(data)):
             raise ValueError(problem)
-        _, width, height, count = _HEADER.unpack_from(data)
+        _, width, height, count, sharpness = _HEADER.unpack_from(data)
         thumb, colour = _THUMBNAIL_BYTES, _CHROMA_BYTES
         offset = _HEADER.size
+        per_level = np.frombuffer(data, np.uint8, PYRAMID_LEVELS, offset)
+        if int(per_level.sum()) != count:
+            raise ValueError(f"feature record of {count} keypoints counting {per_level.sum()}"
+                             " by pyramid level")
+        octaves = np.repeat(np.arange(PYRAMID_LEVELS, dtype=np.uint8), per_level)
+        offset += PYRAMID_LEVELS
         packed = np.zeros((count, 4), np.uint8)
         packed[:, :3] = np.frombuffer(data, np.uint8, count * 3, offset).reshape(count, 3)
         both = packed.view("<u4").ravel()
@@ -193,6 +236,9 @@ class FeatureSet:
         offset += count * 3
         descriptors = np.frombuffer(data, np.uint8, count * DESCRIPTOR_BYTES, offset)
         offset += count * DESCRIPTOR_BYTES
+        angles = np.frombuffer(data, np.uint8, count, offset).astype(np.float32) * (
+            360 / ANGLE_STEPS)
+        offset += count
         table = np.frombuffer(data, np.uint8, 16, offset)
         thumbnail = table[_unnibble(data[offset + 16:offset + thumb])]
         offset += thumb
@@ -201,7 +247,29 @@ class FeatureSet:
         chroma = np.sign(root) * root * root
         return cls(width, height, points, descriptors.reshape(count, DESCRIPTOR_BYTES),
                    thumbnail.reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE),
-                   chroma.astype(np.int8).reshape(CHROMA_SIDE, CHROMA_SIDE, 2))
+                   chroma.astype(np.int8).reshape(CHROMA_SIDE, CHROMA_SIDE, 2),
+                   angles=angles, octaves=octaves,
+                   sharpness=sharpness / SHARPNESS_SCALE if sharpness else None)
+
+
+def angle_bytes(angles: np.ndarray) -> np.ndarray:
+    """Orientations in degrees as the record keeps them: the nearest 1/ANGLE_STEPS of a turn."""
+    return (np.rint(np.asarray(angles, np.float64) * (ANGLE_STEPS / 360)) % ANGLE_STEPS
+            ).astype(np.uint8)
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """How much finer than 1.5 pixels the frame's detail goes: the mean absolute Laplacian of the
+    frame over that of the frame blurred by a Gaussian of 1.5 pixels (1: no finer detail; 300
+    CALTECH-101 photos 4.3 to 15.2 from their 5th to their 95th percentile, each blurred by a
+    Gaussian of 1 pixel at most 0.58 of its own).
+    Verification reads the fine detail of two pictures only when they are about as sharp."""
+    import cv2
+
+    pixels = gray.astype(np.float32)
+    fine = float(np.abs(cv2.Laplacian(pixels, cv2.CV_32F)).mean())
+    coarse = float(np.abs(cv2.Laplacian(cv2.GaussianBlur(pixels, (0, 0), 1.5), cv2.CV_32F)).mean())
+    return fine / coarse if coarse > 0 else 1.0
 
 
 def _grey_levels(pixels: np.ndarray, rounds: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -273,6 +341,8 @@ _detectors: dict[int, Any] = {}
 # ORB keeps its keypoints ORB_EDGE pixels from every edge: a side shorter than this has none.
 ORB_EDGE = 15
 ORB_MIN_SIDE = 2 * ORB_EDGE + 1
+ORB_PATCH = 15  # the patch a descriptor's tests lie in, at the keypoint's own pyramid level
+PYRAMID_SCALE = 1.2  # OpenCV's default, as PYRAMID_LEVELS
 
 
 def _orb(keypoints: int) -> Any:
@@ -282,7 +352,8 @@ def _orb(keypoints: int) -> Any:
         # Smaller borders and patches than OpenCV's defaults (31): on 300 x 200 photos the default
         # leaves a 31-pixel margin without keypoints, the very part a crop keeps or a pad moves.
         _detectors[keypoints] = cv2.ORB_create(nfeatures=keypoints, edgeThreshold=ORB_EDGE,
-                                               patchSize=15, fastThreshold=10)
+                                               patchSize=ORB_PATCH, fastThreshold=10,
+                                               scaleFactor=PYRAMID_SCALE, nlevels=PYRAMID_LEVELS)
     return _detectors[keypoints]
 
 
@@ -294,8 +365,17 @@ def extract(frame: np.ndarray, keypoints: int, *, keep_frame: bool = False,
     next...), so that the first N are the best N spread over the picture (queries: the candidate
     search looks up only the first SEARCHED_KEYPOINTS); otherwise in the detector's order."""
     colour, gray = _split(frame)
-    found, descriptors = _describe(gray, _choose(gray, keypoints, ranked))
-    return _feature_set(gray, colour, found, descriptors, keep_frame)
+    chosen = _choose(gray, keypoints, ranked)
+    if ranked:
+        found, descriptors = _describe(gray, chosen)
+        return _feature_set(gray, colour, found, descriptors, keep_frame)
+    # By pyramid level, lowest first, as the record keeps them: ORB's own order, sorted all the
+    # same (stably) should another OpenCV give them otherwise.
+    found, descriptors = _describe(gray, sorted(chosen, key=lambda point: point.octave))
+    return replace(_feature_set(gray, colour, found, descriptors, keep_frame),
+                   angles=np.array([point.angle for point in found], np.float32),
+                   octaves=np.array([point.octave for point in found], np.uint8),
+                   sharpness=sharpness(gray))
 
 
 def _split(frame: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
@@ -356,6 +436,26 @@ def _feature_set(gray: np.ndarray, colour: np.ndarray | None, found: list[Any],
                       None if colour is None else cv2.merge([*cv2.split(colour), gray]))
 
 
+def describe_at(gray: np.ndarray, points: np.ndarray, angles: np.ndarray, octaves: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """ORB's descriptors of `gray` at given keypoints (a stored record's: position, orientation in
+    degrees, pyramid level), none detected: the rows of those described (OpenCV leaves out those
+    too near the border) and their descriptors, cut as a record keeps them."""
+    import cv2
+
+    keypoints = [cv2.KeyPoint(float(x), float(y), ORB_PATCH * PYRAMID_SCALE ** int(octave),
+                              float(angle), 0, int(octave), row)
+                 for row, ((x, y), angle, octave) in enumerate(zip(points, angles, octaves,
+                                                                   strict=True))]
+    if not keypoints or min(gray.shape) < ORB_MIN_SIDE:
+        return np.zeros(0, np.int64), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+    found, descriptors = _orb(DETECTED_KEYPOINTS).compute(gray, keypoints)
+    if descriptors is None or not found:
+        return np.zeros(0, np.int64), np.zeros((0, DESCRIPTOR_BYTES), np.uint8)
+    return (np.array([point.class_id for point in found], np.int64),
+            np.ascontiguousarray(descriptors[:, :DESCRIPTOR_BYTES]))
+
+
 def _mirrored_keypoints(keypoints: list[Any], width: int) -> list[Any]:
     """The frame's keypoints as they lie in its mirror image: each point mirrored within its own
     pyramid level (a level is round(width / scale) wide), its orientation mirrored. ORB's pyramid
@@ -414,17 +514,29 @@ def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     return extract(read_frame(path, max_pixels), STORED_KEYPOINTS).to_bytes()
 
 
-def query_features(frame: np.ndarray) -> list[FeatureSet]:
+def query_features(frame: np.ndarray, *, fine_detail: bool = True) -> list[FeatureSet]:
     """A query's looks: its features and its mirror image's (mirrored copies are found without
-    --mirror)."""
-    return _looks(frame)
+    --mirror), each knowing the frame's sharpness unless `fine_detail` is False (a frame
+    resampled from the query: verification then does not read its fine detail)."""
+    looks = _looks(frame)
+    return _with_sharpness(looks, frame, 1.0) if fine_detail else looks
 
 
-def enlarged_features(frame: np.ndarray) -> list[FeatureSet]:
-    """The looks of a small query enlarged to MAX_SIDE (ENLARGED_BELOW), or none."""
+def enlarged_features(frame: np.ndarray, *, fine_detail: bool = True) -> list[FeatureSet]:
+    """The looks of a small query enlarged to MAX_SIDE (ENLARGED_BELOW), or none; their sharpness
+    is the frame's as it came (enlarging blurs it, not the picture), with how much larger."""
     if max(frame.shape[:2]) >= ENLARGED_BELOW:
         return []
-    return _looks(_enlarged(frame))
+    looks = _looks(_enlarged(frame))
+    if not fine_detail:
+        return looks
+    return _with_sharpness(looks, frame, MAX_SIDE / max(frame.shape[:2]))
+
+
+def _with_sharpness(looks: list[FeatureSet], frame: np.ndarray, magnified: float
+                    ) -> list[FeatureSet]:
+    measured = sharpness(_split(frame)[1])
+    return [replace(look, sharpness=measured, magnified=magnified) for look in looks]
 
 
 # A query whose analysis frame's long side is under this many pixels is also looked at enlarged

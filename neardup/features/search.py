@@ -36,7 +36,7 @@ from .extract import (
     without_bars,
 )
 from .index import FeatureIndex
-from .verify import EXACT_RESIDUAL, Verdict, descriptor_index, verify
+from .verify import EXACT_RESIDUAL, FINE_DETAIL, Verdict, descriptor_index, verify
 
 # Feature candidates come best first (most shared keypoints); after this many of them refused in a
 # row the rest are refused unseen: copies have far more votes than look-alikes (bounds the search
@@ -152,11 +152,14 @@ class VerifiedSearch:
         source: str = "both",
         sharpen: bool = True,
         unpad: bool = True,
+        fine_detail: bool = True,
     ) -> list[tuple[Match, Verdict]]:
         """Every candidate with its verdict, verified or not (for --evaluate and tests). `unpad`:
         whether a query that verified nothing but its own frame is searched again without the
-        flat bars at its edges (a padded or letterboxed copy: extract.without_bars)."""
-        looks = query_features(frame)
+        flat bars at its edges (a padded or letterboxed copy: extract.without_bars).
+        `fine_detail`: whether verification reads the fine detail of the query's looks (not of
+        a frame resampled from it, as one cut of its bars is)."""
+        looks = query_features(frame, fine_detail=fine_detail)
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
         hash_of: dict[str, str] = {}  # the stored hash (hex) of each candidate the hash found
@@ -205,7 +208,8 @@ class VerifiedSearch:
         hash_of |= self.store.hashes_of_paths([path for path in found if path not in hash_of])
         answers_out: list[tuple[Match, Verdict]] = []
         indexes = [descriptor_index(look) for look in looks]
-        enlarged = _LaterLooks(frame, enlarged_features)
+        enlarged = _LaterLooks(frame, lambda picture: enlarged_features(
+            picture, fine_detail=fine_detail))
         sharpened = _LaterLooks(frame, sharpened_features)
         softened = _LaterLooks(frame, softened_features)
         by_softened: set[str] = set()  # verified only by the query blurred
@@ -259,9 +263,14 @@ class VerifiedSearch:
                              in zip(answers_out, kept_anyway, strict=True)):
             inside = without_bars(frame)
             if inside is not None:
-                again = self.search_with_verdicts(
+                # Its frame resampled, the query's fine detail is not read again: a picture the
+                # query as it came showed to be another photograph stays refused.
+                another = {match.path for match, verdict in answers_out
+                           if verdict.reason == FINE_DETAIL}
+                again = [(match, verdict) for match, verdict in self.search_with_verdicts(
                     hashes, inside, max_distance, include_low_information=include_low_information,
-                    source=source, sharpen=sharpen, unpad=False)
+                    source=source, sharpen=sharpen, unpad=False, fine_detail=False)
+                    if match.path not in another]
                 if any(kept_anyway):
                     return _merged(answers_out, again)
                 if any(verdict.verified for _, verdict in again):
