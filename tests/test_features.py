@@ -873,8 +873,10 @@ def test_flat_bars_are_cut_off_a_query_and_nothing_else() -> None:
     picture = scene(5, (300, 200))
     for border, fill in (((45, 30), (0, 0, 0)), ((0, 24), (255, 255, 255)), ((9, 6), (0, 0, 0))):
         padded = np.asarray(ImageOps.expand(picture, border=border * 2, fill=fill))
-        inside = feature_extract.without_bars(padded)
-        assert inside is not None, (border, fill)
+        cut = feature_extract.without_bars(padded)
+        assert cut is not None, (border, fill)
+        inside, enlarged_by = cut
+        assert abs(enlarged_by - padded.shape[1] / 300) < 0.01  # the picture is 300 wide
         # The picture's own shape, brought back to the padded frame's long side.
         assert abs(inside.shape[1] / inside.shape[0] - 1.5) < 0.03, inside.shape
         assert inside.shape[1] == padded.shape[1]
@@ -2354,6 +2356,20 @@ def test_a_feature_record_whose_path_is_text_is_no_traceback(
 SHOT_ALIKE = (("Motorbikes/image_0074.jpg", "Motorbikes/image_0117.jpg"),
               ("Motorbikes/image_0750.jpg", "Motorbikes/image_0751.jpg"),
               ("Motorbikes/image_0475.jpg", "Motorbikes/image_0474.jpg"))
+
+
+def test_a_look_alike_refused_as_the_query_came_is_not_verified_without_its_bars(
+        caltech_root: Path, in_tmp: Path) -> None:
+    """Motorbikes/image_0454's look-alike 0490 is refused for its fine detail; the query, having
+    then verified only itself, is searched again without its flat white sides, enlarged 1.32
+    times: a review found another look-alike (0453, refused as the query came) verified there,
+    its fine detail unread (the enlarged frame measured blurrier than the query as it came)."""
+    Path("images").mkdir()
+    for number in ("0453", "0454", "0490"):
+        shutil.copyfile(caltech_root / f"Motorbikes/image_{number}.jpg", f"images/{number}.jpg")
+    assert index_cli.main(["-d", "images", "-s", "db.shelve", "-q", "-j", "1", "--features"]) == 0
+    record = search_json("-q", "images/0454.jpg")[0]
+    assert [m["relpath"] for m in record["matches"] if m["verified"]] == ["0454.jpg"], record
 
 
 def test_real_photographs_shot_alike_differ_in_fine_detail_and_their_copies_do_not(

@@ -173,10 +173,11 @@ class FeatureSet:
     angles: np.ndarray | None = None
     octaves: np.ndarray | None = None
     # sharpness() of the frame: a stored record's, or a query's as it came (None for its
-    # sharpened, softened and bar-less looks, and for a record that does not know it).
+    # sharpened and softened looks, and for a record that does not know it).
     sharpness: float | None = None
     # A query's look: how many times larger its frame is than the picture as it came (an
-    # enlarged look); verification reads fine detail only where the query is not magnified.
+    # enlarged look, one cut of its bars); verification reads fine detail only where the query
+    # keeps its size.
     magnified: float = 1.0
 
     def thumbnail_dhash(self) -> int:
@@ -514,28 +515,28 @@ def stored_features(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     return extract(read_frame(path, max_pixels), STORED_KEYPOINTS).to_bytes()
 
 
-def query_features(frame: np.ndarray, *, fine_detail: bool = True) -> list[FeatureSet]:
+def query_features(frame: np.ndarray, magnified: float = 1.0,
+                   as_came: float | None = None) -> list[FeatureSet]:
     """A query's looks: its features and its mirror image's (mirrored copies are found without
-    --mirror), each knowing the frame's sharpness unless `fine_detail` is False (a frame
-    resampled from the query: verification then does not read its fine detail)."""
-    looks = _looks(frame)
-    return _with_sharpness(looks, frame, 1.0) if fine_detail else looks
+    --mirror), each knowing the query's sharpness as it came (`as_came`, else the frame's) and
+    how many times larger than the query as it came the frame is (`magnified`: a frame cut of
+    its bars and brought back to its size, which resampling blurs, not the picture)."""
+    return _with_sharpness(_looks(frame), frame, magnified, as_came)
 
 
-def enlarged_features(frame: np.ndarray, *, fine_detail: bool = True) -> list[FeatureSet]:
+def enlarged_features(frame: np.ndarray, magnified: float = 1.0,
+                      as_came: float | None = None) -> list[FeatureSet]:
     """The looks of a small query enlarged to MAX_SIDE (ENLARGED_BELOW), or none; their sharpness
-    is the frame's as it came (enlarging blurs it, not the picture), with how much larger."""
+    is the query's as it came, with how much larger they are (see query_features)."""
     if max(frame.shape[:2]) >= ENLARGED_BELOW:
         return []
-    looks = _looks(_enlarged(frame))
-    if not fine_detail:
-        return looks
-    return _with_sharpness(looks, frame, MAX_SIDE / max(frame.shape[:2]))
+    return _with_sharpness(_looks(_enlarged(frame)), frame,
+                           magnified * MAX_SIDE / max(frame.shape[:2]), as_came)
 
 
-def _with_sharpness(looks: list[FeatureSet], frame: np.ndarray, magnified: float
-                    ) -> list[FeatureSet]:
-    measured = sharpness(_split(frame)[1])
+def _with_sharpness(looks: list[FeatureSet], frame: np.ndarray, magnified: float,
+                    as_came: float | None) -> list[FeatureSet]:
+    measured = sharpness(_split(frame)[1]) if as_came is None else as_came
     return [replace(look, sharpness=measured, magnified=magnified) for look in looks]
 
 
@@ -572,9 +573,9 @@ BAR_MIN_SHARE = 0.02
 BAR_KEEP_SHARE = 0.5
 
 
-def without_bars(frame: np.ndarray) -> np.ndarray | None:
+def without_bars(frame: np.ndarray) -> tuple[np.ndarray, float] | None:
     """The frame with the flat bars at its edges cut off (a border, a letterbox), brought back to
-    its long side; None when it has none."""
+    its long side, and how many times larger that made the picture; None when it has none."""
     import cv2
 
     height, width = frame.shape[:2]
@@ -591,7 +592,7 @@ def without_bars(frame: np.ndarray) -> np.ndarray | None:
     inside = frame[top:height - bottom, left:width - right]
     scale = max(height, width) / max(kept_height, kept_width)
     size = (max(1, round(kept_width * scale)), max(1, round(kept_height * scale)))
-    return cv2.resize(np.ascontiguousarray(inside), size, interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(np.ascontiguousarray(inside), size, interpolation=cv2.INTER_CUBIC), scale
 
 
 def _bar(lines: np.ndarray, side: int) -> int:

@@ -152,14 +152,17 @@ class VerifiedSearch:
         source: str = "both",
         sharpen: bool = True,
         unpad: bool = True,
-        fine_detail: bool = True,
+        magnified: float = 1.0,
+        as_came: float | None = None,
     ) -> list[tuple[Match, Verdict]]:
         """Every candidate with its verdict, verified or not (for --evaluate and tests). `unpad`:
         whether a query that verified nothing but its own frame is searched again without the
         flat bars at its edges (a padded or letterboxed copy: extract.without_bars).
-        `fine_detail`: whether verification reads the fine detail of the query's looks (not of
-        a frame resampled from it, as one cut of its bars is)."""
-        looks = query_features(frame, fine_detail=fine_detail)
+        `magnified`, `as_came`: how many times larger than the query as it came `frame` is and
+        the query's sharpness as it came (for a frame cut of its bars: verification reads fine
+        detail only where the query keeps its size and is as sharp as the stored picture)."""
+        looks = query_features(frame, magnified, as_came)
+        as_came = looks[0].sharpness
         # path -> (hash distance or None, how it was found)
         found: dict[str, tuple[int | None, set[str]]] = {}
         hash_of: dict[str, str] = {}  # the stored hash (hex) of each candidate the hash found
@@ -208,8 +211,8 @@ class VerifiedSearch:
         hash_of |= self.store.hashes_of_paths([path for path in found if path not in hash_of])
         answers_out: list[tuple[Match, Verdict]] = []
         indexes = [descriptor_index(look) for look in looks]
-        enlarged = _LaterLooks(frame, lambda picture: enlarged_features(
-            picture, fine_detail=fine_detail))
+        enlarged = _LaterLooks(frame, lambda picture: enlarged_features(picture, magnified,
+                                                                        as_came))
         sharpened = _LaterLooks(frame, sharpened_features)
         softened = _LaterLooks(frame, softened_features)
         by_softened: set[str] = set()  # verified only by the query blurred
@@ -261,15 +264,21 @@ class VerifiedSearch:
                        for match, verdict in answers_out]
         if unpad and not any(verdict.verified and not kept for (_, verdict), kept
                              in zip(answers_out, kept_anyway, strict=True)):
-            inside = without_bars(frame)
-            if inside is not None:
-                # Its frame resampled, the query's fine detail is not read again: a picture the
-                # query as it came showed to be another photograph stays refused.
+            cut = without_bars(frame)
+            if cut is not None:
+                inside, enlarged_by = cut
+                # A picture the query as it came showed to be another photograph stays refused.
+                # The looks without bars are read for fine detail where they keep the query's
+                # size on the stored frame, with the query's sharpness as it came: measured on
+                # the frame cut and enlarged, a catalogue motorbike's (its white sides cut off,
+                # the rest enlarged 1.32 times) was blurred past "as sharp", and a look-alike
+                # refused in another way as it came was verified (a review).
                 another = {match.path for match, verdict in answers_out
                            if verdict.reason == FINE_DETAIL}
                 again = [(match, verdict) for match, verdict in self.search_with_verdicts(
                     hashes, inside, max_distance, include_low_information=include_low_information,
-                    source=source, sharpen=sharpen, unpad=False, fine_detail=False)
+                    source=source, sharpen=sharpen, unpad=False,
+                    magnified=magnified * enlarged_by, as_came=as_came)
                     if match.path not in another]
                 if any(kept_anyway):
                     return _merged(answers_out, again)
