@@ -8,7 +8,7 @@ threshold refuses and costs.
 The test describes the query, aligned onto the stored frame, at the stored keypoints themselves
 (position, orientation, pyramid level) and takes the median distance, of the 128 stored bits,
 of the RANSAC inliers within 20 bits; it reads it only where both pictures are about as sharp
-and the query is not magnified onto the stored frame. Each pair is asked as search.py asks it:
+and the query keeps its size on the stored frame (within 3 %). Each pair is asked as search.py asks it:
 the query's looks (as it came, mirrored), then, while none has aligned, its enlarged looks.
 
 Pairs: every copy of a gather.py dataset against its original, both ways (the copy as the query,
