@@ -19,19 +19,14 @@ the figures.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import csv
-import json
 import math
 import os
 import sys
-from multiprocessing import Pool
 
-from _setup import DEFAULT_DATASET  # noqa: F401  (puts the project on the import path)
-from verdicts import DIFFERENT_PHOTOGRAPHS
+import _setup  # noqa: F401  (puts the project on the import path)
+from verdicts import arguments, measured, pairs
 
-from neardup.cli.common import positive_int
 from neardup.features import extract
 from neardup.features.extract import FeatureSet
 from neardup.features.search import _best_verdict
@@ -104,33 +99,14 @@ def report(rows: list[dict]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="a gather.py dataset (its manifest.csv)")
-    parser.add_argument("--caltech", default=DEFAULT_DATASET,
-                        help="CALTECH-101's 101_ObjectCategories, for the different photographs")
-    parser.add_argument("--limit", type=positive_int, help="only the first N copies")
-    parser.add_argument("--jsonl", help="also write every verdict, one JSON line each")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     for folder, needs, hint in ((args.dataset, "manifest.csv", "run gather.py first"),
                                 (args.caltech, "Motorbikes", "give --caltech")):
         if not os.path.exists(os.path.join(folder, needs)):
             print(f"rerendered.py: {folder}: no {needs} ({hint})", file=sys.stderr)
             return 2
-
-    with open(os.path.join(args.dataset, "manifest.csv"), newline="", encoding="utf-8-sig") as stream:
-        copies = [row for row in csv.DictReader(stream) if row["role"] == "copy"]
-    jobs = [(row["file"], row["edit"].split()[0], os.path.join(args.dataset, row["file"]),
-             os.path.join(args.dataset, row["source"])) for row in copies[:args.limit]]
-    words = DIFFERENT_PHOTOGRAPHS.split()
-    jobs += [(f"{a}~{b}", "DIFFERENT", os.path.join(args.caltech, a + ".jpg"),
-              os.path.join(args.caltech, b + ".jpg"))
-             for a, b in zip(words[::2], words[1::2], strict=True) if f"{a}~{b}" not in ONE_PHOTO]
-    with Pool(os.cpu_count()) as pool:
-        rows = [row for pair in pool.imap(both_ways, jobs, chunksize=8) for row in pair]
-    if args.jsonl:
-        with open(args.jsonl, "w") as out:
-            out.writelines(json.dumps(row) + "\n" for row in rows)
-    report(rows)
+    report(measured(pairs(args.dataset, args.caltech, args.limit, frozenset(ONE_PHOTO)),
+                    both_ways, args.jsonl))
     return 0
 
 

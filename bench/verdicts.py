@@ -23,6 +23,7 @@ import collections
 import csv
 import json
 import os
+from collections.abc import Callable
 from multiprocessing import Pool
 
 from _setup import DEFAULT_DATASET  # noqa: F401  (puts the project on the import path)
@@ -78,29 +79,47 @@ def _both_ways(job: tuple[str, str, str, str]) -> list[dict[str, object]]:
             for direction, query, stored in (("up", copy, original), ("down", original, copy))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.Namespace:
+    """The command line this script and bench/rerendered.py share."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset", required=True, help="a gather.py dataset (its manifest.csv)")
     parser.add_argument("--caltech", default=DEFAULT_DATASET,
                         help="CALTECH-101's 101_ObjectCategories, for the different photographs")
     parser.add_argument("--limit", type=positive_int, help="only the first N copies")
     parser.add_argument("--jsonl", help="also write every verdict, one JSON line each")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with open(os.path.join(args.dataset, "manifest.csv"), newline="", encoding="utf-8-sig") as stream:
+
+def pairs(dataset: str, caltech: str, limit: int | None, leave_out: frozenset[str] = frozenset()
+          ) -> list[tuple[str, str, str, str]]:
+    """(name, kind, copy, original) for each copy of the dataset (its first `limit`), then
+    (name, "DIFFERENT", photo, photo) for DIFFERENT_PHOTOGRAPHS but those named in `leave_out`."""
+    with open(os.path.join(dataset, "manifest.csv"), newline="", encoding="utf-8-sig") as stream:
         copies = [row for row in csv.DictReader(stream) if row["role"] == "copy"]
-    jobs = [(row["file"], row["edit"].split()[0], os.path.join(args.dataset, row["file"]),
-             os.path.join(args.dataset, row["source"])) for row in copies[:args.limit]]
+    jobs = [(row["file"], row["edit"].split()[0], os.path.join(dataset, row["file"]),
+             os.path.join(dataset, row["source"])) for row in copies[:limit]]
     words = DIFFERENT_PHOTOGRAPHS.split()
-    jobs += [(f"{a}~{b}", "DIFFERENT", os.path.join(args.caltech, a + ".jpg"),
-              os.path.join(args.caltech, b + ".jpg"))
-             for a, b in zip(words[::2], words[1::2], strict=True)]
+    return jobs + [(f"{a}~{b}", "DIFFERENT", os.path.join(caltech, a + ".jpg"),
+                    os.path.join(caltech, b + ".jpg"))
+                   for a, b in zip(words[::2], words[1::2], strict=True)
+                   if f"{a}~{b}" not in leave_out]
+
+
+def measured(jobs: list[tuple[str, str, str, str]],
+             both_ways: Callable[[tuple[str, str, str, str]], list[dict[str, object]]],
+             jsonl: str | None) -> list[dict[str, object]]:
+    """Every job's rows, measured on every core; also written to `jsonl`, one JSON line each."""
     with Pool(os.cpu_count()) as pool:
-        rows = [row for pair in pool.imap(_both_ways, jobs, chunksize=8) for row in pair]
-    if args.jsonl:
-        with open(args.jsonl, "w") as out:
+        rows = [row for pair in pool.imap(both_ways, jobs, chunksize=8) for row in pair]
+    if jsonl:
+        with open(jsonl, "w") as out:
             out.writelines(json.dumps(row) + "\n" for row in rows)
-    report(rows)
+    return rows
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    report(measured(pairs(args.dataset, args.caltech, args.limit), _both_ways, args.jsonl))
 
 
 def report(rows: list[dict]) -> None:
