@@ -688,3 +688,29 @@ def test_a_proc_file_is_read_whole() -> None:
         pytest.skip("no /proc/self/smaps on this system")
     whole = hashing.read_file("/proc/self/smaps").read()
     assert len(whole) > 8192 and whole.endswith(b"\n")
+
+
+def test_a_float_picture_with_white_at_1_hashes_as_the_same_picture_in_8_bits(tmp_path: Path) -> None:
+    # Image editors and scientific software write float TIFFs with white at 1.0; read as 8-bit
+    # levels (clipped) such a photo was black, and answered as a blank picture.
+    from neardup.core import hashing, sampling
+    from neardup.features import extract
+
+    fractions = np.asarray(textured(seed=5).convert("L"), dtype=np.float32) / 255.0
+    floats, plain = tmp_path / "fractions.tif", tmp_path / "plain.png"
+    Image.fromarray(fractions, "F").save(floats)
+    Image.fromarray(np.clip(fractions * 255.0, 0, 255).astype(np.uint8)).save(plain)
+    recipe = hashing.Recipe()
+    assert hashing.hash_file(str(floats), recipe) == hashing.hash_file(str(plain), recipe)
+    with Image.open(floats) as image:
+        with pytest.MonkeyPatch.context() as patched:  # the range read in bands, as it is hashed
+            patched.setattr(sampling, "PIXELS_PER_BLOCK", image.width * 3)
+            banded = hashing.gray_pixels(image)
+        with Image.open(plain) as eight_bits:
+            assert np.array_equal(banded, np.asarray(eight_bits))
+            assert np.array_equal(extract.analysis_frame(image), extract.analysis_frame(eight_bits))
+    # One sample past 1 and the picture's samples are levels again, clipped as before.
+    levels = fractions.copy()
+    levels[0, 0] = 1.5
+    assert np.array_equal(hashing.gray_pixels(Image.fromarray(levels, "F")),
+                          np.clip(levels, 0, 255).astype(np.uint8))

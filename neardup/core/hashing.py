@@ -359,7 +359,8 @@ def gray_pixels(image: Image.Image) -> np.ndarray:
     16-bit and 32-bit samples are divided by 257 (rounded down, clipped to 0-255), float ones
     clipped, a band of rows at a time: a float64 copy of the whole picture, as before, took 800 MB
     for a 100-megapixel 16-bit PNG (1.9 GB at the peak for a 1 MB file); this needs the decoded
-    picture and its 8-bit result.
+    picture and its 8-bit result. Float samples that all lie within 0 to 1 (the convention of
+    the programs that write float TIFFs) are read as fractions of white (see float_gain).
     """
     if image.mode not in WIDE_MODES:
         flat = flatten(image)
@@ -367,19 +368,37 @@ def gray_pixels(image: Image.Image) -> np.ndarray:
     width, height = image.size
     pixels = np.empty((height, width), dtype=np.uint8)
     rows = max(1, sampling.PIXELS_PER_BLOCK // max(1, width))
+    gain = float_gain(image, rows) if image.mode == "F" else 1.0
     for top in range(0, height, rows):
         band = np.asarray(image.crop((0, top, width, min(height, top + rows))))
         if image.mode == "F":
             # NaN as black and infinities at either end, as Pillow's convert("L") gives them:
             # cast as they were, each NaN put numpy's RuntimeWarning on stderr (two lines per
             # upload, past the checker's log limit; a hostile review) and its value undefined.
-            pixels[top : top + rows] = np.clip(np.nan_to_num(band, nan=0.0, posinf=255.0,
+            pixels[top : top + rows] = np.clip(np.nan_to_num(band * gain, nan=0.0, posinf=255.0,
                                                              neginf=0.0), 0, 255)
         elif image.mode == "I":  # any 32-bit value: as flatten() scales it
             pixels[top : top + rows] = np.clip(band / 257.0, 0, 255)
         else:  # 16-bit: floor(x / 257), in integers
             pixels[top : top + rows] = band // 257
     return pixels
+
+
+def float_gain(image: Image.Image, rows: int) -> float:
+    """255 for a float picture whose finite samples all lie within 0 to 1, else 1 (its samples
+    taken as 8-bit levels, clipped, as Pillow's convert("L") takes them).
+
+    Image editors (GIMP, Photoshop's 32-bit mode) and scientific software write float TIFFs with
+    white at 1.0; read as levels, such a photo became black and was answered as a blank picture.
+    A picture that holds a sample over 1 keeps the levels rule: 0 to 1 is then not its range.
+    """
+    width, height = image.size
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+        finite = band[np.isfinite(band)]
+        if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
+            return 1.0
+    return 255.0
 
 
 def decode_reduced(image: Image.Image, recipe: Recipe) -> None:
