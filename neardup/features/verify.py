@@ -11,8 +11,9 @@ Three tests, all required, because each alone accepts something it should not:
    correlation of their gradients (edges), which photos taken the same way (the look-alike
    motorbikes of CALTECH-101, up to 42 inliers) do not share.
 3. Fine detail, where both pictures are about as sharp: the aligned query, described at the
-   stored keypoints themselves, gives their descriptors back (MAX_RERENDERED_BITS), which a
-   second photograph from the same tripod often does not.
+   stored keypoints themselves, gives their descriptors back, at the inliers
+   (MAX_RERENDERED_BITS) and at every keypoint it covers (MAX_COVERED_BITS), which a second
+   photograph from the same tripod often does not.
 
 The thresholds were measured with ORB, 80 stored and 500 query keypoints, on 1,300 CALTECH-101 copies
 (100 originals x 13 edit kinds, gather.py --seed 111), 400 random pairs of distinct photos, and
@@ -30,6 +31,8 @@ from . import faiss_in_this_thread
 from .extract import (
     CHROMA_SIDE,
     DESCRIPTOR_BYTES,
+    ORB_PATCH,
+    PYRAMID_SCALE,
     THUMBNAIL_SIDE,
     FeatureSet,
     chroma_grid,
@@ -98,6 +101,25 @@ TRIMMED_SHARE = 0.25
 # either way) and 2 copy verdicts (combos, the copy as the query); above 5, 32 and 8; above 7, 17
 # and 2. docs/features.md.
 MAX_RERENDERED_BITS = 6.0
+# Fine detail everywhere: the aligned query described at every stored keypoint whose patch it
+# covers in the part compared, not only at the inliers. A second photograph's inliers are the
+# parts that did not change (the backdrop, the bike's frame), and there it agrees to 4 to 6 bits
+# as copies do; the keypoints on what changed are no inliers. Read where both pictures are about
+# as sharp, at any size, on the pyramid levels whose detail the query has (an enlarged query has
+# none of the finest), and without the thumbnail pixels where the aligned pictures differ by more
+# than MARKED_DIFFERENCE grey levels (a caption's keypoints: a letterboxed, rotated copy with a
+# caption across the middle read 33 bits without them left out, 4 at its inliers). Refused above
+# MAX_COVERED_BITS, over at least MIN_COVERED_KEYPOINTS. Measured with bench/rerendered.py (the
+# same samples as above, and 60 CALTECH-101 photos made 3 to 15 % smaller or larger and given a
+# local contrast (CLAHE), brightness, gamma, contrast, sharpness or softness edit, both ways:
+# 1,680 verdicts): above 11 bits, 7 more of the 39 different photographs' verdicts that verify
+# refused, and no copy verdict; above 10, the same 7, but search.py --evaluate on --seed 7 lost a
+# combo copy (a caption across the middle and a contrast change: 11 bits). With no pixels left
+# out, above 10: 10 refused, and the captioned copy above and a CLAHE copy. Copies read 2 to 7
+# bits, CLAHE-edited ones up to 10; the different photographs 5 to 24. docs/features.md.
+MAX_COVERED_BITS = 11.0
+MIN_COVERED_KEYPOINTS = 10
+MARKED_DIFFERENCE = 36
 SHARED_BITS = 20
 SHARPNESS_ALIKE = 0.1
 DETAIL_SCALE_TOLERANCE = 0.03
@@ -214,6 +236,7 @@ class Verdict:
     colour_agreement: float | None = None  # None: not measured (refused before), or a gray picture
     residual: float | None = None  # median distance of the inliers from the transform, pixels
     rerendered_bits: float | None = None  # fine detail (see MAX_RERENDERED_BITS); None: not read
+    covered_bits: float | None = None  # the same at every covered keypoint (MAX_COVERED_BITS)
 
     def as_dict(self) -> dict[str, object]:
         return {"verified": self.verified, "inliers": self.inliers, "matches": self.matches,
@@ -222,7 +245,8 @@ class Verdict:
                 "detail_correlation": _rounded(self.detail_correlation),
                 "colour_agreement": _rounded(self.colour_agreement),
                 "residual": _rounded(self.residual),
-                "rerendered_bits": _rounded(self.rerendered_bits), "reason": self.reason}
+                "rerendered_bits": _rounded(self.rerendered_bits),
+                "covered_bits": _rounded(self.covered_bits), "reason": self.reason}
 
 
 def _rounded(value: float | None) -> float | None:
@@ -375,16 +399,21 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
             reason = "the aligned pictures differ in colour"
         else:
             reason = "verified"
-    rerendered = None
+    rerendered = everywhere = None
     # Not for a pixel-exact copy: every keypoint where the stored one is, which no second
     # photograph of the samples reached (see MAX_RERENDERED_BITS).
-    if (reason == "verified" and not exact and _as_sharp(query, stored)
-            and abs(query.magnified * scale - 1) <= DETAIL_SCALE_TOLERANCE):
-        rerendered = _rerendered_bits(query, stored, transform, stored_rows[kept])
-        if rerendered is not None and rerendered > MAX_RERENDERED_BITS:
+    if reason == "verified" and not exact and _as_sharp(query, stored):
+        size = query.magnified * scale
+        rerendered, everywhere = _fine_detail(
+            query, stored, transform, stored_rows[kept],
+            _covered_keypoints(stored, coverage, covered & ~_marked(warped_thumb, stored_thumb,
+                                                                    covered), size),
+            inliers_read=abs(size - 1) <= DETAIL_SCALE_TOLERANCE)
+        if ((rerendered is not None and rerendered > MAX_RERENDERED_BITS)
+                or (everywhere is not None and everywhere > MAX_COVERED_BITS)):
             reason = FINE_DETAIL
     return Verdict(reason == "verified", inliers, good, scale, overlap, correlation, detail,
-                   reason, colour, residual, rerendered)
+                   reason, colour, residual, rerendered, everywhere)
 
 
 def _as_sharp(query: FeatureSet, stored: FeatureSet) -> bool:
@@ -395,24 +424,72 @@ def _as_sharp(query: FeatureSet, stored: FeatureSet) -> bool:
             and abs(np.log(query.sharpness / stored.sharpness)) < SHARPNESS_ALIKE)
 
 
-def _rerendered_bits(query: FeatureSet, stored: FeatureSet, transform: np.ndarray,
-                     rows: np.ndarray) -> float | None:
-    """The query warped onto the stored frame and described at the stored keypoints `rows` (the
-    inliers): the median distance, in bits, of those within SHARED_BITS of the stored
-    descriptor; None when none could be described."""
+def _covered_keypoints(stored: FeatureSet, coverage: np.ndarray, covered: np.ndarray,
+                       size: float) -> np.ndarray:
+    """The stored keypoints whose whole patch the warped query covers (`coverage`, on the warp's
+    grid) in a part of the thumbnail compared (`covered`: bars and captions left out), on a
+    pyramid level the query has the resolution of (`size`: the query's look brought onto the
+    stored frame; enlarged, it has none of the finest levels' detail)."""
+    assert stored.octaves is not None
+    level_scale = PYRAMID_SCALE ** stored.octaves.astype(np.float64)
+    # The patch turned by any angle (half its side times the square root of 2), and the blur
+    # ORB gives each level before its tests: about ORB_PATCH pixels of the level either way.
+    reach = ORB_PATCH * level_scale
+    x, y = stored.points[:, 0].astype(np.float64), stored.points[:, 1].astype(np.float64)
+    inside = ((x - reach >= 0) & (y - reach >= 0) & (x + reach < stored.width)
+              & (y + reach < stored.height) & (level_scale * (1 + DETAIL_SCALE_TOLERANCE) >= size))
+    grid_x = coverage.shape[1] / stored.width
+    grid_y = coverage.shape[0] / stored.height
+    for dx, dy in ((-1, -1), (-1, 1), (1, -1), (1, 1), (0, 0)):
+        column = np.clip(((x + dx * reach) * grid_x).astype(int), 0, coverage.shape[1] - 1)
+        row = np.clip(((y + dy * reach) * grid_y).astype(int), 0, coverage.shape[0] - 1)
+        inside &= coverage[row, column] > 0
+    cell_x = np.clip((x * covered.shape[1] / stored.width).astype(int), 0, covered.shape[1] - 1)
+    cell_y = np.clip((y * covered.shape[0] / stored.height).astype(int), 0, covered.shape[0] - 1)
+    inside &= covered[cell_y, cell_x]
+    return np.flatnonzero(inside)
+
+
+def _marked(warped: np.ndarray, stored: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The covered thumbnail pixels where the aligned pictures differ by more than
+    MARKED_DIFFERENCE grey levels once brightness and contrast are matched: a caption or logo on
+    one of them, whose keypoints say nothing of the other picture's fine detail."""
+    return covered & (np.abs(_in_stored_tones(warped, stored, covered) - stored)
+                      > MARKED_DIFFERENCE)
+
+
+def _fine_detail(query: FeatureSet, stored: FeatureSet, transform: np.ndarray,
+                 inlier_rows: np.ndarray, covered_rows: np.ndarray, inliers_read: bool
+                 ) -> tuple[float | None, float | None]:
+    """The query warped onto the stored frame and described at stored keypoints: over the
+    inliers (when `inliers_read`), the median distance in bits of those within SHARED_BITS of
+    their stored descriptor; over every keypoint in `covered_rows` (at least
+    MIN_COVERED_KEYPOINTS described), the median distance. None where not read."""
     import cv2
 
     assert query.gray is not None and stored.angles is not None and stored.octaves is not None
+    rows = np.union1d(inlier_rows if inliers_read else np.zeros(0, np.int64), covered_rows)
+    if not len(rows):
+        return None, None
     warped = cv2.warpAffine(query.gray, transform, (stored.width, stored.height),
                             flags=cv2.INTER_LINEAR)
     described, again = describe_at(warped, stored.points[rows], stored.angles[rows],
                                    stored.octaves[rows])
-    if not len(described):
-        return None
-    bits = np.unpackbits(np.bitwise_xor(stored.descriptors[rows[described]], again),
-                         axis=1).sum(axis=1)
-    shared = bits[bits <= SHARED_BITS]
-    return float(np.median(shared)) if len(shared) else float(SHARED_BITS + 1)
+    bits = np.full(len(stored.points), -1)
+    if len(described):
+        bits[rows[described]] = np.unpackbits(
+            np.bitwise_xor(stored.descriptors[rows[described]], again), axis=1).sum(axis=1)
+    on_inliers = None
+    if inliers_read:
+        read = bits[inlier_rows]
+        read = read[read >= 0]
+        if len(read):
+            shared = read[read <= SHARED_BITS]
+            on_inliers = float(np.median(shared)) if len(shared) else float(SHARED_BITS + 1)
+    everywhere = bits[covered_rows]
+    everywhere = everywhere[everywhere >= 0]
+    return on_inliers, (float(np.median(everywhere)) if len(everywhere) >= MIN_COVERED_KEYPOINTS
+                        else None)
 
 
 # The last query frame looked at and its mask: a query is verified against up to dozens of
