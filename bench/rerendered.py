@@ -8,8 +8,9 @@ threshold refuses and costs.
 The test describes the query, aligned onto the stored frame, at the stored keypoints themselves
 (position, orientation, pyramid level) and takes the median distance, of the 128 stored bits,
 of the RANSAC inliers within 20 bits, read only where both pictures are about as sharp and the
-query keeps its size on the stored frame (within 3 %); and the median distance at every stored
-keypoint the aligned query covers, read where both are about as sharp. Each pair is asked as
+query keeps its size on the stored frame (within 3 %); and the 40th percentile of the distances
+at every stored keypoint the aligned query covers near the inliers, read where both are about as
+sharp and of one size within 10 % (verify.MAX_COVERED_BITS). Each pair is asked as
 search.py asks it: the query's looks (as it came, mirrored), then, while none has aligned, its
 enlarged looks.
 
