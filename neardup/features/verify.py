@@ -411,14 +411,16 @@ def verify(query: FeatureSet, stored: FeatureSet, query_index: Any = None) -> Ve
     rerendered = everywhere = None
     # Not for a pixel-exact copy: every keypoint where the stored one is, which no second
     # photograph of the samples reached (see MAX_RERENDERED_BITS).
-    if reason == "verified" and not exact and _as_sharp(query, stored):
-        size = query.magnified * scale
+    # (COVERED_SIZE_TOLERANCE is the wider of the two size bands.)
+    size = query.magnified * scale
+    if (reason == "verified" and not exact and _as_sharp(query, stored)
+            and abs(size - 1) <= COVERED_SIZE_TOLERANCE):
+        inlier_rows = stored_rows[kept]
+        compared = covered & ~_marked(warped_thumb, stored_thumb, covered)
         rerendered, everywhere = _fine_detail(
-            query, stored, transform, stored_rows[kept],
-            _covered_keypoints(stored, coverage, covered & ~_marked(warped_thumb, stored_thumb,
-                                                                    covered), size),
-            inliers_read=abs(size - 1) <= DETAIL_SCALE_TOLERANCE,
-            covered_read=abs(size - 1) <= COVERED_SIZE_TOLERANCE)
+            query, stored, transform, inlier_rows,
+            _covered_keypoints(stored, coverage, compared, size, inlier_rows),
+            inliers_read=abs(size - 1) <= DETAIL_SCALE_TOLERANCE)
         if ((rerendered is not None and rerendered > MAX_RERENDERED_BITS)
                 or (everywhere is not None and everywhere > MAX_COVERED_BITS)):
             reason = FINE_DETAIL
@@ -435,11 +437,12 @@ def _as_sharp(query: FeatureSet, stored: FeatureSet) -> bool:
 
 
 def _covered_keypoints(stored: FeatureSet, coverage: np.ndarray, covered: np.ndarray,
-                       size: float) -> np.ndarray:
+                       size: float, inlier_rows: np.ndarray) -> np.ndarray:
     """The stored keypoints whose whole patch the warped query covers (`coverage`, on the warp's
     grid) in a part of the thumbnail compared (`covered`: bars and captions left out), on a
     pyramid level the query has the resolution of (`size`: the query's look brought onto the
-    stored frame; enlarged, it has none of the finest levels' detail)."""
+    stored frame; enlarged, it has none of the finest levels' detail), within COVERED_REACH of
+    an inlier (where the transform was seen to hold)."""
     assert stored.octaves is not None
     level_scale = PYRAMID_SCALE ** stored.octaves.astype(np.float64)
     # The patch turned by any angle (half its side times the square root of 2), and the blur
@@ -457,6 +460,8 @@ def _covered_keypoints(stored: FeatureSet, coverage: np.ndarray, covered: np.nda
     cell_x = np.clip((x * covered.shape[1] / stored.width).astype(int), 0, covered.shape[1] - 1)
     cell_y = np.clip((y * covered.shape[0] / stored.height).astype(int), 0, covered.shape[0] - 1)
     inside &= covered[cell_y, cell_x]
+    apart = stored.points[:, None, :].astype(np.float64) - stored.points[inlier_rows][None, :, :]
+    inside &= np.hypot(apart[..., 0], apart[..., 1]).min(axis=1, initial=np.inf) <= COVERED_REACH
     return np.flatnonzero(inside)
 
 
@@ -469,24 +474,15 @@ def _marked(warped: np.ndarray, stored: np.ndarray, covered: np.ndarray) -> np.n
 
 
 def _fine_detail(query: FeatureSet, stored: FeatureSet, transform: np.ndarray,
-                 inlier_rows: np.ndarray, covered_rows: np.ndarray, inliers_read: bool,
-                 covered_read: bool) -> tuple[float | None, float | None]:
-    """The query warped onto the stored frame and described at stored keypoints: over the
-    inliers (when `inliers_read`), the median distance in bits of those within SHARED_BITS of
-    their stored descriptor; over the keypoints in `covered_rows` within COVERED_REACH of an
-    inlier (when `covered_read`; at least MIN_COVERED_KEYPOINTS described), the
-    COVERED_PERCENTILE of the distances. None where not read."""
+                 inlier_rows: np.ndarray, covered_rows: np.ndarray, inliers_read: bool
+                 ) -> tuple[float | None, float | None]:
+    """The query warped onto the stored frame and described at stored keypoints, in one ORB
+    call: over the inliers (when `inliers_read`), the median distance in bits of those within
+    SHARED_BITS of their stored descriptor; over `covered_rows` (at least MIN_COVERED_KEYPOINTS
+    described), the COVERED_PERCENTILE of the distances. None where not read."""
     import cv2
 
     assert query.gray is not None and stored.angles is not None and stored.octaves is not None
-    if not covered_read:
-        covered_rows = np.zeros(0, np.int64)
-    elif len(covered_rows) and len(inlier_rows):
-        # Only near the inliers, where the transform was seen to hold (COVERED_REACH).
-        apart = (stored.points[covered_rows][:, None, :]
-                 - stored.points[inlier_rows][None, :, :]).astype(np.float64)
-        covered_rows = covered_rows[np.hypot(apart[..., 0], apart[..., 1]).min(axis=1)
-                                    <= COVERED_REACH]
     rows = np.union1d(inlier_rows if inliers_read else np.zeros(0, np.int64), covered_rows)
     if not len(rows):
         return None, None
