@@ -72,7 +72,7 @@ class TestDecodeCost:
         rgb = decode_cost(header_of(Image.new("RGB", size)))
         rgba = decode_cost(header_of(Image.new("RGBA", size)))
         deep = decode_cost(header_of(Image.fromarray(np.zeros((100, 200), dtype="<u2"))))
-        buffers = 16 * 2**20 + 100 * 32  # and Pillow's pointers to rows
+        buffers = 16 * 2**20 + 200 * 32  # and Pillow's pointers to rows (of the longer side)
         assert gray == 200 * 100 * (2 * 1 + 2) + buffers
         assert rgb == 200 * 100 * (2 * 4 + 2) + buffers  # Pillow keeps RGB in four bytes a pixel
         assert rgba == rgb + 200 * 100 * 16
@@ -85,7 +85,10 @@ class TestDecodeCost:
             return (struct.pack(">I", len(data)) + kind + data
                     + struct.pack(">I", zlib.crc32(kind + data)))
 
-        for width, height, measured in ((1, 49_000_000, 1_370e6), (2, 24_000_000, 781e6)):
+        # The same turned on its side: an EXIF orientation of 5 to 8 makes the upright copies as
+        # tall (a 45,000,000 x 1 PNG with orientation 6 took 1.6 GB, a later review).
+        for width, height, measured in ((1, 49_000_000, 1_370e6), (2, 24_000_000, 781e6),
+                                        (49_000_000, 1, 1_370e6), (24_000_000, 2, 781e6)):
             header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64))
             cost = decode_cost(Image.open(io.BytesIO(png)))

@@ -50,7 +50,11 @@ _CONVERSION_WORK = {"LAB": 4, "La": 1 + 1 + 4 + 4}
 # are alive at the peak: a PNG of 1 x 49,000,000 gray pixels (95 KB) took 1,370 MB and 2 x
 # 24,000,000 781 MB (search.py -q on a store with features, /usr/bin/time), against 213 and
 # 209 MB estimated from pixels alone (a hostile review: four at once took a server to 1.9 GB
-# under a decode budget of 512 MB). 8 bytes x 3 images, and some margin.
+# under a decode budget of 512 MB). 8 bytes x 3 images, and some margin. Counted for the longer
+# side: an EXIF orientation of 5 to 8 turns the picture upright, and the upright copies have as
+# many rows as the file has columns (a later review: a 44 KB PNG of 45,000,000 x 1 pixels with
+# orientation 6 took 1.6 GB, estimated at 200 MB from its rows as stored). The orientation cannot
+# be read first: a PNG may keep its eXIf chunk after the pixels.
 _ROW_WORK = 32
 # libwebp decodes into a buffer of its own (4 bytes a pixel) that Pillow then copies: a 4000 x
 # 4000 WebP, lossless or not, peaked at 244 to 248 MB hashed, against 169 estimated (a hostile
@@ -89,8 +93,8 @@ def decode_cost(image: Image.Image, *, frame: bool = False) -> int:
         per_pixel += _WEBP_DECODER
     if frame and mode not in _GRAY_FRAME_MODES:
         per_pixel += _FRAME_WORK
-    return (pixels * per_pixel + height * _ROW_WORK + _DECODER_BUFFERS + _tiff_blocks(image)
-            + _jpeg_coefficients(image))
+    return (pixels * per_pixel + max(width, height) * _ROW_WORK + _DECODER_BUFFERS
+            + _tiff_blocks(image) + _jpeg_coefficients(image))
 
 
 # A JPEG this small in bytes and pixels, Huffman-coded sequential with every component in its
@@ -115,7 +119,7 @@ def cost_bound(data: bytes | None) -> int | None:
     # for its features too; a sequential JPEG whose first scan holds every component keeps no
     # coefficient buffer.
     return (frame.width * frame.height * (2 * max(_STORED_BYTES.values()) + 2 + _FRAME_WORK)
-            + frame.height * _ROW_WORK + _DECODER_BUFFERS)
+            + max(frame.width, frame.height) * _ROW_WORK + _DECODER_BUFFERS)
 
 
 def _tiff_blocks(image: Image.Image) -> int:
