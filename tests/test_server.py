@@ -648,8 +648,8 @@ class TestHostileClients:
             idle = [socket.create_connection(("127.0.0.1", server.port),
                                              source_address=(f"127.0.0.{4 + n}", 0))
                     for n in range(3)]
-            for connection in idle:  # a byte each: none may be closed to make room
-                connection.sendall(b"G")
+            for connection in idle:  # uploads begun: none may be closed to make room
+                connection.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
             time.sleep(0.3)
             reply = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in reply.lower()
@@ -699,6 +699,41 @@ class TestHostileClients:
             for connection in [lone, last, *flood]:
                 connection.close()
         assert_clean(server, most_lines=1)
+
+    def test_unfinished_headers_make_room_too(self, store: Path) -> None:
+        """A later review: 250 sockets from each of four addresses that each sent one byte of a
+        request kept every other client, /health included, out until the header deadline, as
+        the silent ones had. At the cap, with no silent connection left, the one of the address
+        holding the most that has waited longest with its headers unfinished makes room; an
+        upload whose headers have arrived keeps its place."""
+        with running("--max-connections", "8", "--header-timeout", "60") as server:
+            def connect(source: str) -> socket.socket:
+                return socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                                source_address=(source, 0))
+
+            upload = connect("127.0.0.2")  # oldest, its body still to come
+            upload.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            flood = [connect(f"127.0.0.{3 + n % 3}") for n in range(7)]
+            for connection in flood:
+                connection.sendall(b"G")
+            time.sleep(0.3)
+            for _ in range(3):
+                status, health, _ = request(server.port, "GET", "/health", source="127.0.0.9")
+                assert status == 200 and health["status"] == "ok"
+            closed = 0
+            for connection in flood:
+                connection.settimeout(0.2)
+                try:
+                    closed += connection.recv(100) == b""
+                except TimeoutError:
+                    pass
+            assert closed == 1  # room made once; the health checks after found it
+            assert flood[0].recv(100) == b""  # of the address holding the most, the oldest
+            upload.sendall(b"x" * 10)  # the upload kept its place: answered (not an image)
+            assert upload.recv(100).startswith(b"HTTP/1.1 400")
+            for connection in [upload, *flood]:
+                connection.close()
+        assert_clean(server, most_lines=1 + 7)
 
     def test_uploads_trickling_in_hold_no_slot(self, store: Path) -> None:
         """Sixteen uploads trickling a byte at a time from four addresses held every upload slot

@@ -45,6 +45,9 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
     # Connections waiting for a request that have sent no byte of it (just opened, or idle
     # between requests), per address, oldest first: at the cap one is closed to let a new one in.
     silent: dict[str, dict[Any, None]] = {}
+    # Connections whose request's headers have begun but not ended, per address, oldest first:
+    # at the cap, with no silent one to close, one of these is refused to let a new one in.
+    unfinished: dict[str, dict[Any, None]] = {}
     lingering_refusals: set[Any] = set()  # refused on arrival, waiting to be closed
     too_large = canned("431 Request Header Fields Too Large",
                        f"request headers over {MAX_HEADER_BYTES:,} bytes")
@@ -129,7 +132,7 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self._refuse_on_arrival(too_many_here)
                 return
             if len(self.connections) > limits.max_connections:
-                if not silent:
+                if not silent and not unfinished:
                     log.warning("%s: 503 refused a connection: %d open is the limit",
                                 address(self.client), limits.max_connections)
                     self._refuse_on_arrival(too_many)
@@ -138,8 +141,12 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 # closed them, kept every other client out (a hostile review): of the address
                 # holding the most connections, the one that has waited longest without sending
                 # a byte makes room (a client with one idle keep-alive connection keeps it).
-                most = max(silent, key=lambda host: open_from.get(host, 0))
-                next(iter(silent[most]))._make_room()
+                # Failing that, the one that has waited longest with its headers unfinished: a
+                # later review's 250 sockets per address that each sent one byte kept every
+                # other client, /health included, out as the silent ones had.
+                waiting = silent or unfinished
+                most = max(waiting, key=lambda host: open_from.get(host, 0))
+                next(iter(waiting[most]))._make_room()
             open_from[host] = open_from.get(host, 0) + 1
             self._counted_as = host
             self._arm()
@@ -154,6 +161,8 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                 self._upgrade_body(data)
                 return
             if self._deadline is not None:  # still waiting for this request's headers
+                if self._counted_as is not None:
+                    unfinished.setdefault(self._counted_as, {}).setdefault(self)
                 # The parser keeps every header byte until the headers end: bounded here, so a
                 # client cannot hold megabytes per connection within the header deadline.
                 end = data.find(b"\r\n\r\n")  # body bytes in the same read do not count
@@ -421,8 +430,8 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
                     del silent[host]
 
         def _make_room(self) -> None:
-            """Closed, having sent nothing, for a new connection at the cap (not logged, like
-            a silent connection closed at the header deadline)."""
+            """Closed, having sent nothing or headers that have not ended, for a new connection
+            at the cap (not logged, like a silent connection closed at the header deadline)."""
             self._disarm()
             self._not_silent()
             self._refused = True
@@ -432,6 +441,11 @@ def guarded_protocol(base: type, limits: ServiceLimits, log: logging.Logger) -> 
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+            mine = unfinished.get(self._counted_as or "")
+            if mine is not None and self in mine:
+                del mine[self]
+                if not mine:
+                    del unfinished[self._counted_as]
 
         def _headers_too_slow(self) -> None:
             self._deadline = None
