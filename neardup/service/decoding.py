@@ -40,7 +40,7 @@ from ..core.processes import (
     worker_context,
 )
 from ..errors import ImageError, NeardupError
-from .limits import decode_cost
+from .limits import decode_cost, large_blocks_returned
 
 # How long one query may take to decode before its worker is killed and the query fails. The
 # slowest legitimate file measured, a picture of noise at the default --max-pixels (100
@@ -397,6 +397,7 @@ class _Refused(ImageError):
 def _decode_each_sent(connection: Any) -> None:
     """A worker process: decodes each query sent and sends back what came of it."""
     as_worker()
+    large_blocks_returned()
     kept: bytes | None = None
 
     def answer(query: tuple[Any, ...]) -> tuple[str, Any]:

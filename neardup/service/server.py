@@ -55,7 +55,7 @@ from .http import (
     refuse_wrapped_bodies,
     reply,
 )
-from .limits import DecodeBusy, DecodeTooLarge
+from .limits import DecodeBusy, DecodeTooLarge, large_blocks_returned
 from .logs import library_output_logged, service_logger
 from .protocol import MAX_LINGERING_REFUSALS, guarded_protocol
 from .settings import ServiceLimits
@@ -309,7 +309,7 @@ class CheckerApp:
         return (400 if "error" in record else 200), record
 
     async def read_body(self, scope: Scope, receive: Receive, client: str,
-                        held: list[int]) -> bytes | None:
+                        held: list[int]) -> bytearray | None:
         """The whole body, each chunk counted in the memory all uploads hold as it arrives."""
         length = content_length(scope["headers"])
         if length > self.limits.max_upload_bytes:
@@ -317,7 +317,13 @@ class CheckerApp:
             # for the next request.
             raise Refused(413, f"upload of {length:,} bytes is over the limit of"
                                f" {self.limits.max_upload_bytes:,}", close=True)
-        chunks: list[bytes] = []
+        # One buffer grown as chunks arrive (not allocated at the announced size: a body
+        # trickling in holds what it has sent): the chunks kept and joined at the end held every
+        # body twice at its peak, in small blocks the allocator kept after (a review: 32 uploads
+        # of 30 MB took the server to 1.2 GB, held after they were answered, against the 537 MB
+        # counted). Returned as it is (Pillow, the worker pipes and the hash take any bytes-like
+        # object): a copy to bytes would double it again.
+        body = bytearray()
         received = 0
         share = max(self.limits.max_upload_bytes, self.limits.max_body_bytes // 4)
         try:
@@ -337,8 +343,7 @@ class CheckerApp:
                                          f"{length:,}")
                         return None
                     chunk = message.get("body", b"")
-                    received += len(chunk)
-                    if received > length:  # the parser enforces the length; never trust it twice
+                    if received + len(chunk) > length:  # the parser enforces it; trusted once
                         raise Refused(400, "more body than its Content-Length", close=True)
                     if self.body_bytes + len(chunk) > self.limits.max_body_bytes:
                         raise Refused(503, f"busy: uploads hold {self.body_bytes:,} bytes of"
@@ -349,7 +354,8 @@ class CheckerApp:
                                            f" {self.body_bytes_from[client]:,} bytes of memory;"
                                            " try again shortly", retry_after=True, close=True)
                     self._hold(client, held, len(chunk))
-                    chunks.append(chunk)
+                    body += chunk
+                    received += len(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
@@ -357,7 +363,7 @@ class CheckerApp:
                                f" ({received:,} of {length:,} bytes)", close=True) from None
         if received < length:
             raise Refused(400, "the upload ended early", close=True)
-        return b"".join(chunks)
+        return body
 
 
 # Connections asyncio accepts in one go when the listening socket is ready: uvicorn's backlog,
@@ -429,6 +435,7 @@ def serve(
 def _serve(uvicorn: Any, HttpToolsProtocol: Any, checker: Checker, host: str, port: int,  # noqa: N803
            limits: ServiceLimits, ready: Callable[[str], None]) -> None:
     log = service_logger()
+    large_blocks_returned()
     listener = listen(host, port, limits.backlog)
     # Inside library_output_logged: the workers' decoders write to stderr too, and it is logged.
     checker.start_decoding(limits.decode_threads)
