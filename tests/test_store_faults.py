@@ -69,8 +69,8 @@ RECIPE = '{"algorithm": "dhash", "hash_size": %s, "exact": %s, "preprocess_versi
     ("feature_recipe", "notjson", "its neardup_meta table is not understood (feature_recipe is"
      " 'notjson', not a recipe)"),
     ("feature_recipe", "[1, 2]", "its neardup_meta table is not understood (feature_recipe is"),
-    ("feature_recipe", '{"extractor": "orb"}', "its neardup_meta table is not understood (it"
-     " records local features, and there is no neardup_features table)"),
+    ("feature_recipe", '{"extractor": "orb"}', "its neardup_features table is missing, though"
+     " neardup_meta records local features (README: Checking and repairing a store)"),
     ("changes_since", "abc", "its neardup_meta table is not understood (changes_since is 'abc',"
      " not a whole number)"),
 ], ids=["huge size", "size 7", "exact a word", "size true", "a list", "not JSON", "features not JSON",

@@ -1537,8 +1537,8 @@ def _check_is_neardup_store(db: Db, path: str) -> None:
             "SELECT 1 FROM neardup_meta WHERE name = 'feature_recipe'") is not None:
         # Written by hand or by another program: every read of the features failed "no such
         # table" (a review).
-        raise StoreError(f"{path}: its neardup_meta table is not understood (it records local"
-                         " features, and there is no neardup_features table)")
+        raise StoreError(f"{path}: its neardup_features table is missing, though neardup_meta"
+                         " records local features (README: Checking and repairing a store)")
     if "neardup_features" in tables and db.one(
             "SELECT 1 FROM neardup_meta WHERE name = 'feature_recipe'") is None:
         # The recipe deleted by hand: every search answered by the hash alone without a word,
