@@ -211,6 +211,10 @@ LIGHT_CENTRE_GAIN = 0.25
 # (CALTECH-101 airplanes/image_0565 ~ 0566). Measured in docs/features.md (Verification).
 PADDING_TOLERANCE = 24
 MIN_PADDING_ROWS = 2
+FILL_DEPTH = 7
+MIN_FILL_PIXELS = 3
+FILL_DARK = 16
+FILL_LIGHT = 240
 
 # A caption bar stamped over the top or bottom of the query (a band of one colour across the
 # whole width, with text on it) is left out of the appearance test: it is not in the stored
@@ -583,7 +587,11 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
     pad) where the warped query, in the stored picture's tones, shows something else over most of
     the part it covers: a copy cropped, then padded, has its bars where the query, not cropped,
     still has picture. A band the query mostly agrees with stays: a different motorbike on the
-    same white reaching into it is a difference, not a pad."""
+    same white reaching into it is a difference, not a pad. The same for a region of one grey
+    level that touches an edge and lies within FILL_DEPTH of it (the corners a rotation filled,
+    a pad turned with the picture), with the pixels around it."""
+    import cv2
+
     padding = np.zeros(stored.shape, bool)
     half = stored.shape[0] // 2
     bands = []  # (how to see the thumbnail with that edge on top, rows of the band)
@@ -594,7 +602,19 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
             rows += 1
         if rows >= MIN_PADDING_ROWS and from_edge(covered)[:rows + 1].any():
             bands.append((from_edge, rows + 1))
-    if not bands:
+    edge = np.zeros(stored.shape, bool)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    fills = []
+    for level in np.unique(stored[edge]):
+        if FILL_DARK < level < FILL_LIGHT:
+            continue  # a fill is black or white; a photo's own backdrop reaches any grey
+        count, labels = cv2.connectedComponents((stored == level).astype(np.uint8), connectivity=4)
+        for label in np.unique(labels[edge & (stored == level)]):
+            region = labels == label
+            if (region.sum() >= MIN_FILL_PIXELS and not (region & _DEEP).any()
+                    and _straight_from_an_edge(region)):
+                fills.append(region)
+    if not bands and not fills:
         return padding  # most pictures: nothing more to measure
     # Different as it is and in the stored picture's tones: a darker copy is not a pad, and a
     # white background does not stop being white because the line fitted to a whole picture
@@ -604,10 +624,36 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
     for from_edge, rows in bands:
         if from_edge(differ)[:rows][from_edge(covered)[:rows]].mean() > 0.5:
             from_edge(padding)[:rows] = True  # a view: marks `padding` itself
+    for region in fills:
+        inside = region & covered
+        if inside.any() and differ[inside].mean() > 0.5:
+            padding |= cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     if (covered & ~padding).mean() < MIN_OVERLAP:
         padding[:] = False  # too little would be left to compare: the pictures decide as they are
     return padding
 
+
+def _straight_from_an_edge(region: np.ndarray) -> bool:
+    """Whether `region` is what a pad or a rotation's fill leaves: seen from one edge, every
+    pixel of it in an unbroken run from that edge, the runs' lengths along the edge on one
+    straight line (within a pixel). A photo's own dark or white backdrop has a ragged edge."""
+    for from_edge in _FROM_EACH_EDGE:
+        ours = from_edge(region)
+        depth = np.argmin(np.vstack([ours, np.zeros((1, ours.shape[1]), bool)]), axis=0)
+        if depth.sum() != ours.sum():
+            continue  # pixels not reached from this edge in a straight run
+        along = np.flatnonzero(depth)
+        if len(along) < 2 or (len(along) == len(depth) and depth.min() == depth.max()):
+            continue  # an even band the whole edge long is a band's to judge (MIN_PADDING_ROWS)
+        slope, offset = np.polyfit(along, depth[along], 1)
+        if np.abs(depth[along] - (slope * along + offset)).max() <= 1.0:
+            return True
+    return False
+
+
+# Thumbnail pixels further than FILL_DEPTH from every edge.
+_DEEP = np.zeros((THUMBNAIL_SIDE, THUMBNAIL_SIDE), bool)
+_DEEP[FILL_DEPTH:-FILL_DEPTH, FILL_DEPTH:-FILL_DEPTH] = True
 
 # The thumbnail seen with its top, bottom, left or right edge as the first row (views, not copies).
 _FROM_EACH_EDGE = (lambda array: array, lambda array: array[::-1], lambda array: array.T,
