@@ -614,14 +614,14 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray,
             rows += 1
         if rows >= MIN_PADDING_ROWS and from_edge(covered)[:rows + 1].any():
             bands.append((from_edge, rows + 1))
-    edge = np.zeros(stored.shape, bool)
-    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
     fills = []
-    for level in np.unique(stored[edge]):
-        if FILL_DARK < level < FILL_LIGHT:
-            continue  # a fill is black or white; a photo's own backdrop reaches any grey
+    # A fill is black or white (a photo's own backdrop reaches any grey), and the query differs
+    # from some of it as it is: most verifications end here.
+    extreme = (stored <= FILL_DARK) | (stored >= FILL_LIGHT)
+    seen = extreme & covered & ~_DEEP & (np.abs(warped - stored) > PADDING_TOLERANCE)
+    for level in np.unique(stored[seen]) if seen.any() else ():
         _, labels = cv2.connectedComponents((stored == level).astype(np.uint8), connectivity=4)
-        for label in np.unique(labels[edge & (stored == level)]):
+        for label in np.unique(labels[_EDGE & (stored == level)]):
             region = labels == label
             if (region.sum() >= MIN_FILL_PIXELS and not (region & _DEEP).any()
                     and _straight_from_an_edge(region)):
@@ -657,15 +657,21 @@ def _straight_from_an_edge(region: np.ndarray) -> bool:
         along = np.flatnonzero(depth)
         if len(along) < 2 or (len(along) == len(depth) and depth.min() == depth.max()):
             continue  # an even band the whole edge long is a band's to judge (MIN_PADDING_ROWS)
-        slope, offset = np.polyfit(along, depth[along], 1)
-        if np.abs(depth[along] - (slope * along + offset)).max() <= 1.0:
+        # The least-squares line through (position, run length), in closed form (np.polyfit
+        # took a tenth of a verification).
+        x, y = along.astype(np.float64), depth[along].astype(np.float64)
+        x_mean, y_mean = x.mean(), y.mean()
+        slope = ((x - x_mean) * (y - y_mean)).sum() / ((x - x_mean) ** 2).sum()
+        if np.abs(y - (y_mean + slope * (x - x_mean))).max() <= 1.0:
             return True
     return False
 
 
-# Thumbnail pixels further than FILL_DEPTH from every edge.
+# Thumbnail pixels further than FILL_DEPTH from every edge, and those on an edge.
 _DEEP = np.zeros((THUMBNAIL_SIDE, THUMBNAIL_SIDE), bool)
 _DEEP[FILL_DEPTH:-FILL_DEPTH, FILL_DEPTH:-FILL_DEPTH] = True
+_EDGE = np.ones((THUMBNAIL_SIDE, THUMBNAIL_SIDE), bool)
+_EDGE[1:-1, 1:-1] = False
 
 # The thumbnail seen with its top, bottom, left or right edge as the first row (views, not copies).
 _FROM_EACH_EDGE = (lambda array: array, lambda array: array[::-1], lambda array: array.T,
