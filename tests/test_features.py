@@ -1179,6 +1179,35 @@ def test_real_photos_cropped_and_turned_are_verified(
     assert verdict.verified, verdict
 
 
+@pytest.mark.parametrize("stored", ["stop_sign/image_0043.jpg", "stop_sign/image_0056.jpg"])
+def test_real_photos_an_unturned_pictures_corners_are_no_fill(caltech_root: Path,
+                                                              stored: str) -> None:
+    """A review: three stop sign drawings on white pages, their white corners straight from the
+    edges at 45 degrees, verified as each other once those corners were left out. Only a turned
+    copy has filled corners, as steep as the turn."""
+    record = FeatureSet.from_bytes(extract(read_frame(str(caltech_root / stored)),
+                                           STORED_KEYPOINTS).to_bytes())
+    query = read_frame(str(caltech_root / "stop_sign/image_0049.jpg"))
+    assert not any(verify(look, record).verified for look in query_features(query))
+
+
+def test_real_photos_a_photo_pasted_over_black_corners_is_no_copy(caltech_root: Path,
+                                                                   in_tmp: Path) -> None:
+    """A review: a leopard pasted over the bottom right of a photo whose own corners are black
+    (the query) verified against that photo once its corners were left out as fills."""
+    with Image.open(caltech_root / "accordion/image_0006.jpg") as photo:
+        picture = photo.convert("RGB")
+    with Image.open(caltech_root / "Leopards/image_0001.jpg") as donor:
+        side = int(0.3 * min(picture.size))
+        picture.paste(donor.convert("RGB").resize((side, side)),
+                      (picture.width - side, picture.height - side))
+    save(picture, "pasted.jpg", quality=92)
+    record = FeatureSet.from_bytes(extract(read_frame(
+        str(caltech_root / "accordion/image_0006.jpg")), STORED_KEYPOINTS).to_bytes())
+    assert not any(verify(look, record).verified
+                   for look in query_features(read_frame("pasted.jpg")))
+
+
 @pytest.mark.parametrize(("query", "stored", "blur"), [
     # The stored one has a white line one pixel wide down its left edge, which the query lacks:
     # an even band the whole edge long is the band rule's, which wants two rows of it.
