@@ -318,11 +318,10 @@ class CheckerApp:
             raise Refused(413, f"upload of {length:,} bytes is over the limit of"
                                f" {self.limits.max_upload_bytes:,}", close=True)
         # One buffer grown as chunks arrive (not allocated at the announced size: a body
-        # trickling in holds what it has sent): the chunks kept and joined at the end held every
-        # body twice at its peak, in small blocks the allocator kept after (a review: 32 uploads
-        # of 30 MB took the server to 1.2 GB, held after they were answered, against the 537 MB
-        # counted). Returned as it is (Pillow, the worker pipes and the hash take any bytes-like
-        # object): a copy to bytes would double it again.
+        # trickling in holds what it has sent); the chunks kept and joined at the end held each
+        # body twice for a moment. Returned as it is (Pillow, the worker pipes and the hash take
+        # any bytes-like object): a copy to bytes would double it again. (What stayed with the
+        # server after large uploads was the allocator's: limits.large_blocks_returned.)
         body = bytearray()
         received = 0
         share = max(self.limits.max_upload_bytes, self.limits.max_body_bytes // 4)
