@@ -686,6 +686,7 @@ def _straight_from_an_edge(region: np.ndarray, slopes: tuple[float, float]) -> b
         x_mean, y_mean = x.mean(), y.mean()
         slope = ((x - x_mean) * (y - y_mean)).sum() / ((x - x_mean) ** 2).sum()
         if (np.abs(y - (y_mean + slope * (x - x_mean))).max() <= 1.0
+                # _FROM_EACH_EDGE's first two views have the top and bottom edge on top.
                 and abs(abs(slope) - slopes[number // 2]) <= FILL_SLOPE_TOLERANCE):
             return True
     return False
