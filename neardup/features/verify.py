@@ -637,16 +637,18 @@ def _padding_over_the_picture(stored: np.ndarray, warped: np.ndarray, covered: n
             bands.append((from_edge, rows + 1))
     fills = []
     # A fill is black or white (a photo's own backdrop reaches any grey), and the query differs
-    # from some of it as it is: most verifications end here.
-    extreme = (stored <= FILL_DARK) | (stored >= FILL_LIGHT)
-    seen = extreme & covered & ~_DEEP & (np.abs(warped - stored) > PADDING_TOLERANCE)
-    for level in np.unique(stored[seen]) if fill_slopes is not None and seen.any() else ():
-        _, labels = cv2.connectedComponents((stored == level).astype(np.uint8), connectivity=4)
-        for label in np.unique(labels[_EDGE & (stored == level)]):
-            region = labels == label
-            if (region.sum() >= MIN_FILL_PIXELS and not (region & _DEEP).any()
-                    and _straight_from_an_edge(region, fill_slopes)):
-                fills.append(region)
+    # from some of it as it is; only a turned candidate has any (most end at the first test).
+    if fill_slopes is not None:
+        seen = (((stored <= FILL_DARK) | (stored >= FILL_LIGHT)) & covered & ~_DEEP
+                & (np.abs(warped - stored) > PADDING_TOLERANCE))
+        for level in np.unique(stored[seen]):
+            _, labels = cv2.connectedComponents((stored == level).astype(np.uint8),
+                                                connectivity=4)
+            for label in np.unique(labels[_EDGE & (stored == level)]):
+                region = labels == label
+                if (region.sum() >= MIN_FILL_PIXELS and not (region & _DEEP).any()
+                        and _straight_from_an_edge(region, fill_slopes)):
+                    fills.append(region)
     if not bands and not fills:
         return padding  # most pictures: nothing more to measure
     # Different as it is and in the stored picture's tones: a darker copy is not a pad, and a
