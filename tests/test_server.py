@@ -160,7 +160,7 @@ class TestAnswers:
             status, _, _ = request(server.port, "GET", "/elsewhere")
             assert status == 404
             status, _, response = request(server.port, "GET", "/search")
-            assert status == 405 and response.getheader("Allow") == "POST"
+            assert status == 405 and response.getheader("Allow") == "POST, OPTIONS"
         assert_clean(server, most_lines=1 + 5)
 
     def test_a_cielab_tiff_is_searched_or_refused_with_400(self, in_tmp: Path) -> None:
@@ -1276,8 +1276,8 @@ def test_requests_sent_far_ahead_of_their_answers_are_not_queued(store: Path) ->
 
     with running() as server:
         few = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 5
-        answers = raw_exchange(server.port, few + b"GET /health HTTP/1.1\r\nconnection: close"
-                               b"\r\n\r\n")
+        answers = raw_exchange(server.port, few + b"GET /health HTTP/1.1\r\nhost: x\r\n"
+                               b"connection: close\r\n\r\n")
         assert answers.count(b"HTTP/1.1 200 OK") == 6
         before = resident_mb(server.process.pid)
         flood = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 100_000  # 3.3 MB
@@ -1390,6 +1390,34 @@ def test_expectations_and_http_versions_are_answered_as_rfc_9110_asks(store: Pat
             raw.sendall(b"POST /search HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
                         b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body))
             assert raw.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_host_headers_and_options_are_answered_as_rfc_9112_asks(store: Path) -> None:
+    """A review: an HTTP/1.1 request without a Host header was answered 200 (RFC 9112: 400, as
+    for two Host headers), and `OPTIONS *` got 404. HTTP/1.0 has no Host header to send."""
+    with running() as server:
+        for request_line, hosts, status, said in (
+                (b"GET /health HTTP/1.1", b"", b"400", b"exactly one Host header (none sent)"),
+                (b"GET /health HTTP/1.1", b"host: a\r\nhost: b\r\n", b"400", b"(2 sent)"),
+                (b"GET /health HTTP/1.0", b"", b"200", b'"status": "ok"'),
+                (b"GET /health HTTP/1.1", b"host:\r\n", b"200", b'"status": "ok"'),  # empty: allowed
+                (b"GET * HTTP/1.1", b"host: a\r\n", b"400", b"use OPTIONS *"),
+                (b"OPTIONS * HTTP/1.1", b"host: a\r\n", b"200", b'"POST", "OPTIONS"]'),
+                (b"OPTIONS /health HTTP/1.1", b"host: a\r\n", b"200", b'["GET", "HEAD", "OPTIONS"]'),
+                (b"DELETE /search HTTP/1.1", b"host: a\r\n", b"405", b"use POST /search")):
+            answer = raw_exchange(server.port, request_line + b"\r\n" + hosts
+                                  + b"connection: close\r\n\r\n")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 " + status) and said in body, (request_line, answer)
+            if request_line.startswith(b"OPTIONS /health"):
+                assert b"\r\nallow: GET, HEAD, OPTIONS" in head, head
+        # An OPTIONS request's body is not read: the connection closes after the answer, and
+        # the body is not taken for a next request.
+        answer = raw_exchange(server.port, b"OPTIONS /search HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 37\r\n\r\nGET /health HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert answer.count(b"HTTP/1.1 ") == 1 and b"\r\nallow: POST, OPTIONS" in answer, answer
         server.stop()
     assert "Traceback" not in server.log()
 

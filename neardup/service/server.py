@@ -97,13 +97,23 @@ def reachable_from_elsewhere(host: str) -> bool:
         return True  # a host name: whatever it resolves to
 
 
+# The methods each path answers.
+ALLOWED = {"/health": ["GET", "HEAD", "OPTIONS"], "/search": ["POST", "OPTIONS"]}
+
+
 def check_protocol(scope: Scope) -> None:
-    """HTTP as RFC 9110 asks of what uvicorn's parser lets through (a review): a request line of
-    another version (`HTTP/2.0`) was answered as HTTP/1.1, and an expectation other than
-    100-continue (`Expect: 200-ok`) as if not asked."""
+    """HTTP as RFCs 9110 and 9112 ask of what uvicorn's parser lets through (reviews): a request
+    line of another version (`HTTP/2.0`) was answered as HTTP/1.1, an expectation other than
+    100-continue (`Expect: 200-ok`) as if not asked, and an HTTP/1.1 request without a Host
+    header, or with two, as if it had one."""
     version = scope.get("http_version", "1.1")
     if version not in ("1.0", "1.1"):
         raise Refused(505, f"HTTP/{log_safe(version)} is not served: use HTTP/1.1", close=True)
+    hosts = sum(name == b"host" for name, _ in scope["headers"])
+    # HTTP/1.0 had no Host header; in HTTP/1.1 a request names exactly one (RFC 9112, 3.2).
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        raise Refused(400, "an HTTP/1.1 request needs exactly one Host header"
+                           f" ({'none' if hosts == 0 else hosts} sent)", close=True)
     if any(name == b"expect" and value.strip().lower() not in (b"100-continue", b"")
            for name, value in scope["headers"]):  # an empty one asks nothing
         raise Refused(417, "the only expectation served is Expect: 100-continue", close=True)
@@ -158,18 +168,27 @@ class CheckerApp:
         try:
             check_protocol(scope)
             self.check_token(scope)
-            if path == "/health":
-                if method not in ("GET", "HEAD"):
-                    raise Refused(405, "use GET /health", close=True,
-                                  headers=[(b"allow", b"GET, HEAD")])
-                await self.answer_health(send)
-            elif path == "/search":
-                if method != "POST":
-                    raise Refused(405, "use POST /search with the image as the body", close=True,
-                                  headers=[(b"allow", b"POST")])
-                await self.answer_search(scope, receive, send)
+            if path == "*":  # the server itself: only OPTIONS may ask (RFC 9112, 3.2.4)
+                if method != "OPTIONS":
+                    raise Refused(400, f"{log_safe(method)} * is not a request; use OPTIONS *",
+                                  close=True)
+                allowed = ["GET", "HEAD", "POST", "OPTIONS"]
             else:
+                allowed = ALLOWED.get(path)
+            if allowed is None:
                 raise Refused(404, "not found; use POST /search or GET /health", close=True)
+            if method == "OPTIONS":  # what may be asked of the path, or of the server
+                # Closed after: a body sent with it is not read (nor kept for a next request).
+                await reply(send, 200, {"allow": allowed}, [(b"allow", ", ".join(allowed).encode())],
+                            close=True)
+            elif method not in allowed:
+                raise Refused(405, "use POST /search with the image as the body"
+                                   if path == "/search" else f"use GET {path}", close=True,
+                              headers=[(b"allow", ", ".join(allowed).encode())])
+            elif path == "/health":
+                await self.answer_health(send)
+            else:
+                await self.answer_search(scope, receive, send)
         except Exception as error:  # noqa: BLE001 - our bug must not become uvicorn's text/plain 500
             answered = scope.get(ANSWERED_BY_CONNECTION)
             if isinstance(error, Refused) and answered is not None and answered():
