@@ -88,10 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=command(PROG),
         description="Hash query images with the store's recipe and list the stored images within"
-        " a distance in bits (the query's undecided bits not counted), nearest first.",
-        epilog="Output: one match per line, 'distance<TAB>path'; with several queries each line"
-        " starts with the query, as grep does with several files. Exit status, as grep: 0 when a"
-        " match was found, 1 when none, 2 on an error.",
+        " a distance in bits (the query's undecided bits not counted), nearest first; on a store"
+        f" with local features ({command('index.py')} --features), the verified matches.",
+        epilog="Output: one match per line, 'distance<TAB>path' ('distance<TAB>inliers<TAB>path'"
+        " on a store with features, '-' as the distance of a match the features found beyond"
+        " --max-distance); with several queries each line starts with the query, as grep does"
+        " with several files. Exit status, as grep: 0 when a match was found, 1 when none, 2 on"
+        " an error.",
     )
     parser.add_argument("-s", "--shelve", required=True, type=path_option, action="append",
                         help=f"store built by {command('index.py')} (with --evaluate, repeat it to compare"
@@ -104,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " sampled original, report the copies found and every other match")
     wanted.add_argument("--groups", action="store_true",
                         help="list every group of near-duplicates in the store, largest first:"
-                        " every pair in a group is within --max-distance (no chains)")
+                        " every pair in a group is within --max-distance, or on a store with"
+                        " features a verified match (no chains)")
     wanted.add_argument("--stdin", action="store_true",
                         help="read one image path per line, answer each with one JSON line"
                         f" (flushed); images {command('index.py')} commits meanwhile are found too")
