@@ -649,6 +649,42 @@ def softened_features(frame: np.ndarray) -> list[FeatureSet]:
     return [_look(*_split(cv2.GaussianBlur(frame, (0, 0), SOFTEN_SIGMA)))[0]]
 
 
+# A caption or watermark across the query: its corners, the strongest there are, take most of
+# the query's keypoints, and those near the stored original's are too few to align with it. When
+# BAND_SHARE of the query's keypoints lie in one horizontal band of at most BAND_HEIGHT of its
+# height, a later look is made of the rest of the picture alone.
+BAND_SHARE = 0.6
+BAND_HEIGHT = 0.15
+MIN_BAND_KEYPOINTS = 20
+
+
+def beyond_a_band_features(frame: np.ndarray, look: FeatureSet) -> list[FeatureSet]:
+    """The query's look without the band of a caption across it (its keypoints detected on the
+    rest of the picture), or none where no band holds most of the keypoints of `look`, the
+    query's look as it is (its sharpness kept: the fine detail is read as for that look)."""
+    if len(look.points) < MIN_BAND_KEYPOINTS:
+        return []
+    rows = np.sort(look.points[:, 1])
+    reach = BAND_HEIGHT * look.height
+    held = np.searchsorted(rows, rows + reach, side="right") - np.arange(len(rows))
+    first = int(np.argmax(held))
+    if held[first] < BAND_SHARE * len(rows):
+        return []
+    colour, gray = _split(frame)
+    # The band and a descriptor's patch on each side of it: no keypoint described from it.
+    mask = np.full(gray.shape, 255, np.uint8)
+    mask[max(0, int(rows[first]) - ORB_PATCH):int(np.ceil(rows[first] + reach)) + ORB_PATCH + 1] = 0
+    found = _orb(DETECTED_KEYPOINTS).detect(gray, mask)
+    if not found:
+        return []
+    points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
+    order = _spread(points, np.array([point.response for point in found]), gray.shape,
+                    QUERY_KEYPOINTS)
+    described, descriptors = _describe(gray, [found[index] for index in order])
+    return [replace(_feature_set(gray, colour, described, descriptors, keep_frame=True),
+                    sharpness=look.sharpness, magnified=look.magnified)]
+
+
 def _sharpened(frame: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     import cv2
 

@@ -29,6 +29,7 @@ from . import require
 from .extract import (
     FeatureRecipe,
     FeatureSet,
+    beyond_a_band_features,
     enlarged_features,
     query_features,
     sharpened_features,
@@ -215,6 +216,7 @@ class VerifiedSearch:
                                                                         as_came))
         sharpened = _LaterLooks(frame, sharpened_features)
         softened = _LaterLooks(frame, softened_features)
+        uncaptioned = _LaterLooks(frame, lambda picture: beyond_a_band_features(picture, looks[0]))
         by_softened: set[str] = set()  # verified only by the query blurred
         refused_in_a_row = [0] * len(looks)  # feature candidates refused in a row, per look
         # Hash candidates first (each verified), then feature candidates by votes, best first.
@@ -236,7 +238,7 @@ class VerifiedSearch:
             verdict, through = _best_verdict(
                 [(looks[number], indexes[number]) for number in order], stored[path],
                 enlarged if by_hash else None, sharpened if by_hash and sharpen else None,
-                softened if by_hash and sharpen else None)
+                softened if by_hash and sharpen else None, uncaptioned if by_hash else None)
             if "hash" not in how:  # the hash's refusals say nothing of the features' ranking
                 refused_in_a_row[first] = 0 if verdict.verified else refused_in_a_row[first] + 1
             hash_hex = hash_of.get(path, "")
@@ -352,7 +354,8 @@ class _LaterLooks:
 def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
                   enlarged: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
                   sharpened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
-                  softened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None
+                  softened: Callable[[], list[tuple[FeatureSet, Any]]] | None = None,
+                  uncaptioned: Callable[[], list[tuple[FeatureSet, Any]]] | None = None
                   ) -> tuple[Verdict, FeatureSet]:
     """The first look (the one whose descriptors found the candidate, else the query as it is)
     that verifies, else the look with most inliers (a mirrored copy costs one verification),
@@ -374,8 +377,10 @@ def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
         for make in (sharpened, softened):
             for look in make() if make is not None and not aligned else ():
                 if aligned:
-                    return
+                    break
                 yield look
+        if uncaptioned is not None:
+            yield from uncaptioned()
 
     for look, index in itertools.chain(looks, later()):
         query_side = max(query_side, look.width, look.height)  # read by later() once looks end
