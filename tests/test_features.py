@@ -666,6 +666,31 @@ def test_a_sharpened_look_that_aligned_and_was_refused_gets_no_second_mask(
     assert asked == [plain, first]
 
 
+def test_the_look_past_a_caption_comes_last_unless_the_fine_detail_said_another_photograph(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caption in the query changes how the aligned pictures compare: the look without its
+    band is asked even after a look aligned and was refused, but not once a look's fine detail
+    showed the stored picture to be another photograph."""
+    plain, sharpened, uncaptioned = (extract(np.asarray(scene(seed)), STORED_KEYPOINTS)
+                                     for seed in (1, 2, 3))
+    asked: list[FeatureSet] = []
+    reason = ["the aligned pictures differ"]
+
+    def verdicts(look, stored, index=None):  # type: ignore[no-untyped-def]
+        asked.append(look)
+        return Verdict(False, 12, 12, 1.0, 1.0, 0.5, 0.5, reason[0])
+
+    monkeypatch.setattr(feature_search, "verify", verdicts)
+    feature_search._best_verdict([(plain, None)], plain, None, lambda: [(sharpened, None)],
+                                 None, lambda: [(uncaptioned, None)])
+    assert asked == [plain, uncaptioned]  # aligned: no sharpened look, the uncaptioned one
+    asked.clear()
+    reason[0] = feature_search.FINE_DETAIL
+    feature_search._best_verdict([(plain, None)], plain, None, lambda: [(sharpened, None)],
+                                 None, lambda: [(uncaptioned, None)])
+    assert asked == [plain]
+
+
 def test_groups_never_sharpen(in_tmp: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture) -> None:
     """A person deletes from --groups' groups, and the sharpened look verified different

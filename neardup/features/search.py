@@ -363,14 +363,18 @@ def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
     Each look comes with its descriptor_index(). While no look has aligned with the stored
     picture, the `enlarged` looks of a small query are asked when the stored picture is
     ENLARGED_FOR times the query's size or more, then the `sharpened` looks, then the
-    `softened` one."""
+    `softened` one. The `uncaptioned` look (a caption's band left out) comes last, aligned or
+    not (the caption is what made the aligned pictures differ), unless a look's fine detail
+    showed the stored picture to be another photograph."""
     best: tuple[Verdict, FeatureSet] | None = None
     aligned = False
+    another_photograph = False
     query_side = 0
 
     def later() -> Iterator[tuple[FeatureSet, Any]]:
         """The enlarged, the sharpened, then the softened looks, each only while no look has
-        aligned (one that aligned and was refused gets no second chance)."""
+        aligned (one that aligned and was refused gets no second chance); then the uncaptioned
+        one."""
         if enlarged is not None and not aligned and (
                 max(stored.width, stored.height) >= ENLARGED_FOR * query_side):
             yield from enlarged()
@@ -379,13 +383,14 @@ def _best_verdict(looks: Iterable[tuple[FeatureSet, Any]], stored: FeatureSet,
                 if aligned:
                     break
                 yield look
-        if uncaptioned is not None:
+        if uncaptioned is not None and not another_photograph:
             yield from uncaptioned()
 
     for look, index in itertools.chain(looks, later()):
         query_side = max(query_side, look.width, look.height)  # read by later() once looks end
         verdict = verify(look, stored, index)
         aligned = aligned or verdict.reason not in GEOMETRIC_REFUSALS
+        another_photograph = another_photograph or verdict.reason == FINE_DETAIL
         if best is None or verdict.inliers > best[0].inliers:
             best = verdict, look
         if verdict.verified:
