@@ -177,14 +177,14 @@ class CheckerApp:
                 allowed = ALLOWED.get(path)
             if allowed is None:
                 raise Refused(404, "not found; use POST /search or GET /health", close=True)
+            allow = [(b"allow", ", ".join(allowed).encode())]
             if method == "OPTIONS":  # what may be asked of the path, or of the server
                 # Closed after: a body sent with it is not read (nor kept for a next request).
-                await reply(send, 200, {"allow": allowed}, [(b"allow", ", ".join(allowed).encode())],
-                            close=True)
+                await reply(send, 200, {"allow": allowed}, allow, close=True)
             elif method not in allowed:
                 raise Refused(405, "use POST /search with the image as the body"
                                    if path == "/search" else f"use GET {path}", close=True,
-                              headers=[(b"allow", ", ".join(allowed).encode())])
+                              headers=allow)
             elif path == "/health":
                 await self.answer_health(send)
             else:
