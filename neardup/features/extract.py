@@ -388,15 +388,17 @@ def _split(frame: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     return None, frame
 
 
-def _choose(gray: np.ndarray, keypoints: int, ranked: bool) -> list[Any]:
-    """At most `keypoints` ORB keypoints (cv2.KeyPoint), spread over the picture."""
+def _choose(gray: np.ndarray, keypoints: int, ranked: bool,
+            mask: np.ndarray | None = None) -> list[Any]:
+    """At most `keypoints` ORB keypoints (cv2.KeyPoint), spread over the picture (where `mask`,
+    if given, is not 0)."""
     # Detect many, keep the strongest of each part of the picture: the strongest overall gather
     # on a caption or watermark (text corners are the strongest there are), which the original
     # does not have, and a crop then loses them all together. Descriptors are computed only for
     # the keypoints kept (cheaper than for every one detected).
     if min(gray.shape) < ORB_MIN_SIDE:
         return []  # no keypoint there; OpenCV's pyramid fails an assertion on a 1-pixel side
-    found = _orb(max(keypoints, DETECTED_KEYPOINTS)).detect(gray, None)
+    found = _orb(max(keypoints, DETECTED_KEYPOINTS)).detect(gray, mask)
     if found and (len(found) > keypoints or ranked):
         points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
         chosen = _spread(points, np.array([point.response for point in found]), gray.shape,
@@ -674,15 +676,8 @@ def beyond_a_band_features(frame: np.ndarray, look: FeatureSet) -> list[FeatureS
     # The band and a descriptor's patch on each side of it: no keypoint described from it.
     mask = np.full(gray.shape, 255, np.uint8)
     mask[max(0, int(rows[first]) - ORB_PATCH):int(np.ceil(rows[first] + reach)) + ORB_PATCH + 1] = 0
-    found = _orb(DETECTED_KEYPOINTS).detect(gray, mask)
-    if not found:
-        return []
-    points = np.array([point.pt for point in found], np.float32).reshape(-1, 2)
-    order = _spread(points, np.array([point.response for point in found]), gray.shape,
-                    QUERY_KEYPOINTS)
-    described, descriptors = _describe(gray, [found[index] for index in order])
-    return [replace(_feature_set(gray, colour, described, descriptors, keep_frame=True),
-                    sharpness=look.sharpness, magnified=look.magnified)]
+    beyond, found = _look(colour, gray, mask)
+    return [replace(beyond, sharpness=look.sharpness, magnified=look.magnified)] if found else []
 
 
 def _sharpened(frame: np.ndarray, sigma: float, amount: float) -> np.ndarray:
@@ -693,9 +688,11 @@ def _sharpened(frame: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     return np.clip(pixels + amount * detail, 0, 255).astype(np.uint8)
 
 
-def _look(colour: np.ndarray | None, gray: np.ndarray) -> tuple[FeatureSet, list[Any]]:
-    """A query's look of a frame (its features, the frame kept) and the keypoints it holds."""
-    found, descriptors = _describe(gray, _choose(gray, QUERY_KEYPOINTS, ranked=True))
+def _look(colour: np.ndarray | None, gray: np.ndarray,
+          mask: np.ndarray | None = None) -> tuple[FeatureSet, list[Any]]:
+    """A query's look of a frame (its features, the frame kept) and the keypoints it holds
+    (detected where `mask`, if given, is not 0)."""
+    found, descriptors = _describe(gray, _choose(gray, QUERY_KEYPOINTS, ranked=True, mask=mask))
     return _feature_set(gray, colour, found, descriptors, keep_frame=True), found
 
 
